@@ -1,0 +1,236 @@
+"""Normalisation and hashing of identifiers, exactly as the ad platforms require.
+
+This runs once per member sent (up to tens of millions per apply), so every function here is
+a few string operations and at most one precompiled regular expression: no parsing library
+at runtime. ``tests/test_identity.py`` cross-checks the phone rules against ``phonenumbers``.
+
+Normalised forms (what is hashed):
+
+- e-mail: trimmed and lowercased; ``None`` when not of the shape ``local@domain.tld``;
+- phone: E.164 with the ``+`` (``+61412345678``); national numbers get the workspace's
+  default country code (see :func:`normalise_phone`).
+
+Record strings (what an adapter returns in ``BatchResult.records``, what the state keeps and
+what a removal sends back) have the form ``<identifier>_<hash>:<lowercase hex digest>``::
+
+    email_sha256:973dfe463ec85785f5f95af5ba3906eedb2d931c24e69824a89ea65dba4e813b
+    phone_sha256:<sha256 of "+61412345678">
+
+Platform-specific variants (e.g. Meta hashes phone digits without the ``+``) get their own
+helper here, such as :func:`meta_phone`, and their own identifier name in the record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Mapping, Sequence
+
+__all__ = [
+    "COUNTRIES",
+    "hashed_identifiers",
+    "md5_hex",
+    "meta_phone",
+    "normalise_email",
+    "normalise_phone",
+    "sha256_hex",
+]
+
+# country -> (calling code, trunk prefix or None, international dialling prefix, possible
+# lengths of the national significant number). Calling codes, trunk prefixes and lengths
+# come from libphonenumber's metadata (NANP narrowed to 10 digits); the tests check the
+# resulting rules against the `phonenumbers` library for every country listed.
+COUNTRIES: dict[str, tuple[str, str | None, str, frozenset[int]]] = {
+    code: (cc, trunk, idd, frozenset(lengths))
+    for code, (cc, trunk, idd, lengths) in {
+        "AE": ("971", "0", "00", (5, 6, 7, 8, 9, 10, 11, 12)),
+        "AT": ("43", "0", "00", (4, 5, 6, 7, 8, 9, 10, 11, 12, 13)),
+        "AU": ("61", "0", "0011", (5, 6, 7, 8, 9, 10, 12)),
+        "BD": ("880", "0", "00", (6, 7, 8, 9, 10)),
+        "BE": ("32", "0", "00", (8, 9)),
+        "BG": ("359", "0", "00", (6, 7, 8, 9, 12)),
+        "BR": ("55", "0", "00", (8, 9, 10, 11)),
+        "CA": ("1", "1", "011", (10,)),
+        "CH": ("41", "0", "00", (9, 12)),
+        "CL": ("56", None, "00", (9, 10, 11)),
+        "CN": ("86", "0", "00", (7, 8, 9, 10, 11, 12)),
+        "CZ": ("420", None, "00", (9, 10, 11, 12)),
+        "DE": ("49", "0", "00", (4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)),
+        "DK": ("45", None, "00", (8,)),
+        "EE": ("372", None, "00", (7, 8, 10)),
+        "EG": ("20", "0", "00", (8, 9, 10)),
+        "ES": ("34", None, "00", (9,)),
+        "FI": ("358", "0", "00", (5, 6, 7, 8, 9, 10, 11, 12)),
+        "FR": ("33", "0", "00", (9,)),
+        "GB": ("44", "0", "00", (7, 9, 10)),
+        "GR": ("30", None, "00", (10, 11, 12)),
+        "HK": ("852", None, "00", (5, 6, 7, 8, 9, 11)),
+        "HR": ("385", "0", "00", (7, 8, 9)),
+        "HU": ("36", "06", "00", (8, 9)),
+        "ID": ("62", "0", "00", (7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17)),
+        "IE": ("353", "0", "00", (7, 8, 9, 10)),
+        "IL": ("972", "0", "00", (7, 8, 9, 10, 11, 12)),
+        "IN": ("91", "0", "00", (8, 9, 10, 11, 12, 13)),
+        "IS": ("354", None, "00", (7, 9)),
+        "IT": ("39", None, "00", (6, 7, 8, 9, 10, 11, 12)),
+        "JP": ("81", "0", "010", (8, 9, 10, 11, 12, 13, 14, 15, 16, 17)),
+        "KR": ("82", "0", "00", (5, 6, 8, 9, 10, 11, 12, 13, 14)),
+        "KW": ("965", None, "00", (7, 8)),
+        "LK": ("94", "0", "00", (9,)),
+        "LT": ("370", "0", "00", (8,)),
+        "LU": ("352", None, "00", (4, 5, 6, 7, 8, 9, 10, 11)),
+        "LV": ("371", None, "00", (8,)),
+        "MX": ("52", None, "00", (10,)),
+        "MY": ("60", "0", "00", (8, 9, 10)),
+        "NL": ("31", "0", "00", (5, 6, 7, 8, 9, 10, 11)),
+        "NO": ("47", None, "00", (5, 8)),
+        "NZ": ("64", "0", "00", (5, 6, 7, 8, 9, 10)),
+        "PH": ("63", "0", "00", (6, 8, 9, 10, 11, 12, 13)),
+        "PK": ("92", "0", "00", (8, 9, 10, 11, 12)),
+        "PL": ("48", None, "00", (6, 7, 8, 9, 10)),
+        "PT": ("351", None, "00", (9,)),
+        "QA": ("974", None, "00", (7, 8, 9, 11)),
+        "RO": ("40", "0", "00", (6, 9)),
+        "RU": ("7", "8", "810", (10, 14)),
+        "SA": ("966", "0", "00", (9, 10)),
+        "SE": ("46", "0", "00", (6, 7, 8, 9, 10, 12)),
+        "SG": ("65", None, "00", (8, 10, 11)),
+        "SI": ("386", "0", "00", (5, 6, 7, 8)),
+        "SK": ("421", "0", "00", (6, 7, 9)),
+        "TH": ("66", "0", "00", (8, 9, 10, 13)),
+        "TR": ("90", "0", "00", (7, 10, 12, 13)),
+        "TW": ("886", "0", "00", (7, 8, 9, 10, 11)),
+        "UA": ("380", "0", "00", (9, 10)),
+        "US": ("1", "1", "011", (10,)),
+        "VN": ("84", "0", "00", (7, 8, 9, 10)),
+        "ZA": ("27", "0", "00", (5, 6, 7, 8, 9, 10)),
+    }.items()
+}
+
+# calling codes whose numbers may be written "+44 (0)20 ..." (a trunk 0 after the code);
+# calling codes are prefix-free, so at most one of them starts a number
+_ZERO_TRUNK_CODES = frozenset(cc for cc, trunk, _, _ in COUNTRIES.values() if trunk == "0")
+
+_EMAIL = re.compile(r"[^@\s]+@[^@\s.][^@\s]*\.[^@\s.]+")
+# optional "(" / "+" start, then digits and the usual separators only; letters (a hash,
+# a vanity number) make the value unusable. An extension at the end is cut off first.
+_PHONE = re.compile(r"[\s(]*(\+)?[\d\s\-.()/]*", re.ASCII)
+_EXTENSION = re.compile(r"\s*(?:;ext=|[,;#]|(?:e?xt(?:ension|n)?|x)\.?)\s*\d{1,7}#?\s*$", re.I)
+_NON_DIGITS = re.compile(r"\D", re.ASCII)
+
+
+def normalise_email(value: str | None) -> str | None:
+    """Trimmed, lowercased e-mail, or ``None`` when empty or clearly not an address
+    (anything but one ``@`` between a non-empty local part and a dotted domain)."""
+    if not value:
+        return None
+    email = value.strip().lower()
+    return email if _EMAIL.fullmatch(email) else None
+
+
+def normalise_phone(value: str | None, default_country: str) -> str | None:
+    """The number in E.164 with ``+``, or ``None`` when it cannot be one.
+
+    A number starting with ``+``, ``00`` or the country's international prefix (``0011``
+    AU, ``011`` US/CA, ``010`` JP) is international; a ``(0)`` right after a calling code
+    whose trunk prefix is 0 is dropped (``+44 (0)20 ...``). Otherwise the number is
+    national in ``default_country``: one leading trunk prefix (``0``; ``1`` in NANP, ``8``
+    in RU, ``06`` in HU) is dropped and the calling code prefixed, unless the digits
+    already start with the calling code and only make sense that way (``61412345678`` in
+    AU, ``14155552671`` in US). A national number must have a length the country uses;
+    every result has 8 to 15 digits. Extensions (``x123``, ``ext. 4``) are ignored.
+
+    Raises ``ValueError`` for a ``default_country`` missing from :data:`COUNTRIES`.
+    """
+    country = COUNTRIES.get(default_country) or COUNTRIES.get(default_country.upper())
+    if country is None:
+        known = ", ".join(sorted(COUNTRIES))
+        raise ValueError(f"unknown default phone country {default_country!r}; use one of {known}")
+    if not value:
+        return None
+    text = value.strip()
+    match = _PHONE.fullmatch(text)
+    if match is None:
+        match = _PHONE.fullmatch(_EXTENSION.sub("", text))
+        if match is None:
+            return None
+        text = match.group(0)
+    digits = _NON_DIGITS.sub("", text)
+    calling_code, trunk, idd, lengths = country
+    if match.group(1) or digits[:2] == "00" or digits.startswith(idd):
+        # international: drop the dialling prefix and a "(0)" trunk after the calling code
+        if not match.group(1):
+            digits = digits[len(idd) :] if digits.startswith(idd) else digits[2:]
+        for size in (1, 2, 3):
+            if digits[size : size + 1] == "0" and digits[:size] in _ZERO_TRUNK_CODES:
+                digits = digits[:size] + digits[size + 1 :]
+                break
+        number = digits
+    else:
+        if trunk and digits.startswith(trunk):
+            rest = digits[len(trunk) :]
+            if trunk[0] == "0" or len(rest) in lengths:
+                digits = rest
+        elif (
+            digits.startswith(calling_code)
+            and len(digits) not in lengths
+            and len(digits) - len(calling_code) in lengths
+        ):
+            digits = digits[len(calling_code) :]
+        if len(digits) not in lengths:
+            return None
+        number = calling_code + digits
+    if not 8 <= len(number) <= 15 or number[0] == "0":
+        return None
+    return "+" + number
+
+
+def sha256_hex(value: str) -> str:
+    """Lowercase hex SHA-256 of the UTF-8 bytes of ``value``."""
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def md5_hex(value: str) -> str:
+    """Lowercase hex MD5 of the UTF-8 bytes of ``value`` (Mailchimp's subscriber hash)."""
+    return hashlib.md5(value.encode()).hexdigest()
+
+
+def meta_phone(e164: str) -> str:
+    """Meta's phone form: the E.164 digits without ``+`` (``+61412345678`` -> ``61412345678``)."""
+    return e164[1:] if e164.startswith("+") else e164
+
+
+def _email_record(value: str | None, default_country: str) -> str | None:
+    email = normalise_email(value)
+    return None if email is None else "email_sha256:" + sha256_hex(email)
+
+
+def _phone_record(value: str | None, default_country: str) -> str | None:
+    phone = normalise_phone(value, default_country)
+    return None if phone is None else "phone_sha256:" + sha256_hex(phone)
+
+
+_RECORDERS: dict[str, Callable[[str | None, str], str | None]] = {
+    "email": _email_record,
+    "phone": _phone_record,
+}
+
+
+def hashed_identifiers(
+    identifiers: Mapping[str, str | None], accepted: Sequence[str], default_country: str
+) -> tuple[str, ...]:
+    """The record strings of one member: each ``accepted`` identifier type (in that order)
+    that the member has and that normalises, as ``<type>_sha256:<hex>``; unusable ones are
+    skipped, so the result may be empty. Raises ``ValueError`` for an identifier type this
+    module cannot hash."""
+    records: list[str] = []
+    for kind in accepted:
+        recorder = _RECORDERS.get(kind)
+        if recorder is None:
+            raise ValueError(
+                f"cannot hash identifier type {kind!r}; supported: {', '.join(_RECORDERS)}"
+            )
+        record = recorder(identifiers.get(kind), default_country)
+        if record is not None:
+            records.append(record)
+    return tuple(records)

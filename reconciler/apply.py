@@ -1,0 +1,246 @@
+"""Plan -> destination calls -> state, in confirmed steps.
+
+For each activation with changes: create (or find) its audiences, then per audience the
+removals, updates and additions in batches. Before each destination call an intent is
+journaled with a deterministic batch id (the idempotency key); the members of a batch are
+recorded only after the destination confirmed it, in the same transaction that closes the
+intent. A crash or kill at any point therefore loses nothing: the next plan sees exactly what
+was not recorded and the next apply sends it (destinations treat re-sent members as no-ops).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from destinations.base import AudienceRef, Destination
+from reconciler import membership, splits
+from reconciler.apply_batches import BatchRunner, Interrupted
+from reconciler.connections import Connections
+from reconciler.errors import CredentialsRefused, DestinationError, ReconcileError
+from reconciler.interrupts import InterruptGuard
+from reconciler.plan import ActivationPlan, AudienceChange, Change, Plan
+from reconciler.planning import digest, recorded_spec
+from reconciler.session import Session
+from reconciler.state.writer import StateStore
+from reconciler.templating import local_date
+from reconciler.workspace import Workspace
+
+
+@dataclass
+class ApplyOptions:
+    allow_mass_removal: bool = False
+    trigger: str = "apply"  # apply | run | schedule
+    from_plan_file: bool = False
+
+
+@dataclass
+class ActivationOutcome:
+    id: str
+    status: str  # Complete | Failed | Disabled | Refused | Skipped
+    added: int = 0
+    removed: int = 0
+    updated: int = 0
+    failed: int = 0
+    error: str | None = None
+    audiences: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class ApplyResult:
+    outcomes: list[ActivationOutcome] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.interrupted and all(
+            o.status in ("Complete", "Skipped") for o in self.outcomes
+        )
+
+
+class Applier:
+    def __init__(self, ws: Workspace, plan: Plan, session: Session, conns: Connections,
+                 options: ApplyOptions, guard: InterruptGuard):
+        self.ws, self.plan, self.session, self.conns = ws, plan, session, conns
+        self.opts, self.guard = options, guard
+        self.state = StateStore(session.con)
+        self.reader = session.cursor()  # streams staged changes while `state` writes
+
+    def run(self) -> ApplyResult:
+        result = ApplyResult()
+        for ap in self.plan.activations:
+            if self.guard.stop_requested:
+                result.interrupted = True
+                break
+            if not ap.has_changes and not (ap.due and self.opts.trigger != "apply"):
+                continue
+            try:
+                outcome = self._activation(ap)
+            except Interrupted:
+                result.interrupted = True
+                break
+            result.outcomes.append(outcome)
+        return result
+
+    # ------------------------------------------------------------------ one activation
+    def _activation(self, ap: ActivationPlan) -> ActivationOutcome:
+        refusal = self._refusal(ap)
+        if refusal:
+            return ActivationOutcome(ap.id, "Refused", error=refusal)
+        if ap.change is Change.DELETE:
+            return self._delete(ap)
+        act = self.ws.activations[ap.id].resolved(self.ws.config.defaults)
+        if ap.moved_from:
+            self.state.move_activation(ap.moved_from, ap.id)
+        self.state.ensure_activation(
+            ap.id, destination=act.destination, frequency=act.frequency,
+            date_created=local_date(self.plan.as_of, self.ws.config.timezone),
+        )
+        run_id = _run_id()
+        self.state.start_run(run_id, ap.id, self.opts.trigger)
+        self.state.set_status(ap.id, "Running")
+        outcome = ActivationOutcome(ap.id, "Complete")
+        try:
+            dest = self.conns.get(act.destination)
+            integ = self.ws.integrations[act.destination]
+            fp = membership.fingerprint_sql(
+                self.ws.config.source.profiles, tuple(dest.accepted_identifiers),
+                [integ.attributes[f] for f in act.attributes],
+            )
+            runner = BatchRunner(self.state, self.reader, self.ws.config.source.profiles, dest,
+                                 self.guard, run_id, ap.id, fp,
+                                 {f: integ.attributes[f] for f in act.attributes})
+            for aud in ap.audiences:
+                self._audience(ap, aud, dest, runner, outcome)
+        except Interrupted:
+            self._finish(run_id, ap, outcome, "Failed", "interrupted; the next apply resumes")
+            raise
+        except CredentialsRefused as exc:
+            outcome.status, outcome.error = "Disabled", str(exc)
+        except (DestinationError, ReconcileError) as exc:
+            outcome.status, outcome.error = "Failed", str(exc)
+        if outcome.status == "Complete" and outcome.failed:
+            outcome.status = "Failed"
+            outcome.error = f"{outcome.failed:,} member(s) refused by the destination"
+        if outcome.status == "Complete":
+            spec = recorded_spec(self.ws, act)
+            self.state.record_spec(ap.id, spec, digest(spec), frequency=act.frequency,
+                                   paused=act.paused, destination=act.destination)
+            self.state.bump_serial(ap.id)
+        self._finish(run_id, ap, outcome, outcome.status, outcome.error)
+        return outcome
+
+    def _finish(self, run_id: str, ap: ActivationPlan, o: ActivationOutcome, status: str,
+                error: str | None) -> None:
+        o.status, o.error = status, error
+        self.state.finish_run(run_id, status, added=o.added, removed=o.removed,
+                              updated=o.updated, failed=o.failed, audiences=o.audiences,
+                              error=error)
+        self.state.set_status(ap.id, status, error, success=status == "Complete",
+                              ran=status == "Complete")
+
+    def _refusal(self, ap: ActivationPlan) -> str | None:
+        if ap.mass_removal and not self.opts.allow_mass_removal:
+            worst = max((a for a in ap.audiences if a.mass_removal), key=lambda a: a.remove)
+            return (
+                f"refused by the mass-removal guard: audience {worst.name!r} would lose "
+                f"{worst.remove:,} of {worst.size_before:,} members (max_removal_share "
+                f"{ap.max_removal_share:.0%}); re-run with --allow-mass-removal if intended"
+            )
+        if not self.opts.from_plan_file:
+            return None
+        rec = self.state.activation(ap.moved_from or ap.id)
+        serial = rec.serial if rec else 0
+        if serial != ap.state_serial:
+            return (f"the saved plan is stale: the state of {ap.id!r} moved since the plan "
+                    f"(serial {ap.state_serial} -> {serial}); run `reconcile plan` again")
+        if ap.change is not Change.DELETE:
+            act = self.ws.activations.get(ap.id)
+            now = digest(recorded_spec(self.ws, act.resolved(self.ws.config.defaults))) \
+                if act else None
+            if now != ap.spec_digest:
+                return (f"the saved plan is stale: {ap.file or ap.id} changed since the plan; "
+                        "run `reconcile plan` again")
+        return None
+
+    # ------------------------------------------------------------------ one audience
+    def _audience(self, ap: ActivationPlan, aud: AudienceChange, dest: Destination,
+                  runner: BatchRunner, outcome: ActivationOutcome) -> None:
+        ref = self._ensure_audience(ap, aud, dest) if aud.sent else None
+        counts = runner.run_audience(aud.group, ref, sent=aud.sent)
+        if aud.sent:  # a control group is recorded, never sent: not in the run's totals
+            outcome.added += counts["add"]
+            outcome.removed += counts["remove"]
+            outcome.updated += counts["update"]
+            outcome.failed += counts["failed"]
+        outcome.audiences.append({"group": aud.group, "name": aud.name, "sent": aud.sent,
+                                  **counts})
+        if aud.group not in splits.groups(self.ws.activations[ap.id].split) \
+                and aud.size_after == 0:
+            self.state.drop_audience(ap.id, aud.group)
+
+    def _ensure_audience(self, ap: ActivationPlan, aud: AudienceChange,
+                         dest: Destination) -> AudienceRef:
+        recorded = self.state.audiences(ap.id).get(aud.group)
+        if aud.resource_id and not aud.create:
+            ref = AudienceRef(aud.resource_id, recorded.name if recorded else aud.name)
+            if aud.rename_from:
+                ref = dest.rename_audience(ref, aud.name)
+            self.state.record_audience(ap.id, aud.group, aud.name, ref.id, True)
+            return ref
+        if recorded is not None and recorded.resource_id:
+            return AudienceRef(recorded.resource_id, recorded.name)
+        key = _batch_id(ap.id, aud.group, "create", aud.name)
+        pending = {b for b, *_ in self.state.pending_intents()}
+        ref = dest.find_audience(aud.name) if key in pending else None
+        if ref is None:
+            if key not in pending:
+                self.state.journal_intent(key, "", ap.id, aud.group, "create", 1)
+            ref = dest.create_audience(aud.name, idempotency_key=key)
+        with self.state.transaction():
+            self.state.record_audience(ap.id, aud.group, aud.name, ref.id, True)
+            self.state.journal_outcome(key, "done", f"audience {ref.id}")
+        return ref
+
+    # ------------------------------------------------------------------ deleted files
+    def _delete(self, ap: ActivationPlan) -> ActivationOutcome:
+        run_id = _run_id()
+        self.state.start_run(run_id, ap.id, self.opts.trigger)
+        outcome = ActivationOutcome(ap.id, "Complete")
+        if any(a.remove for a in ap.audiences):
+            try:
+                dest = self.conns.get(ap.destination)
+                runner = BatchRunner(self.state, self.reader, self.ws.config.source.profiles,
+                                     dest, self.guard, run_id, ap.id, "0::UBIGINT", {})
+                for aud in ap.audiences:
+                    ref = AudienceRef(aud.resource_id or "", aud.name) if aud.sent else None
+                    counts = runner.run_audience(aud.group, ref, sent=aud.sent)
+                    outcome.removed += counts["remove"]
+                    outcome.failed += counts["failed"]
+            except CredentialsRefused as exc:
+                outcome.status, outcome.error = "Disabled", str(exc)
+            except (DestinationError, ReconcileError) as exc:
+                outcome.status, outcome.error = "Failed", str(exc)
+            if outcome.failed and outcome.status == "Complete":
+                outcome.status = "Failed"
+                outcome.error = f"{outcome.failed:,} removal(s) refused by the destination"
+        self._finish(run_id, ap, outcome, outcome.status, outcome.error)
+        if outcome.status == "Complete":
+            self.state.forget_activation(ap.id)
+        return outcome
+
+
+def _run_id() -> str:
+    return datetime.now().strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def _batch_id(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:24]
+
+
+def iter_chunks(rows: list, size: int) -> Iterator[list]:
+    for i in range(0, len(rows), size):
+        yield rows[i:i + size]

@@ -1,0 +1,218 @@
+"""Read-only and housekeeping commands: status, log, lists, segments, state."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from reconciler import engine
+from reconciler.errors import ReconcileError
+from reconciler.reports import activation_rows, log_rows, segment_rows
+from reconciler.workspace import Workspace
+
+
+def _ws() -> Workspace:
+    return click.get_current_context().find_root().obj.workspace()
+
+
+def _handled(fn):
+    from reconciler.cli import handle_errors
+
+    return handle_errors(fn)
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*headers), *(fmt.format(*map(str, r)) for r in rows)])
+
+
+@click.command()
+@click.option("--active", "which", flag_value="active", help="Only auto-updating ones.")
+@click.option("--inactive", "which", flag_value="inactive", help="Only one-time and paused.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@_handled
+def status(which, fmt) -> None:
+    """Activations with their status, last run and last counts."""
+    ws = _ws()
+    with engine.read_state(ws) as state:
+        rows = activation_rows(ws, state)
+    if which:
+        rows = [r for r in rows if r["tab"] == which.capitalize()]
+    if fmt == "json":
+        click.echo(json.dumps({"activations": rows}, indent=2, default=str))
+        return
+    for tab in ("Active", "Inactive"):
+        tab_rows = [r for r in rows if r["tab"] == tab]
+        if not tab_rows:
+            continue
+        click.echo(f"{tab}:")
+        click.echo(_table(
+            ["ID", "STATUS", "DESTINATION", "LAST RUN", "ADDED", "REMOVED", "UPDATED"],
+            [[r["id"], r["status"], r["destination"], r["last_run"] or "never",
+              r["added"], r["removed"], r["updated"]] for r in tab_rows],
+        ))
+        click.echo("")
+    if not rows:
+        click.echo("No activations.")
+
+
+@click.command()
+@click.argument("name")
+@click.option("--limit", type=int, default=20, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@_handled
+def log(name, limit, fmt) -> None:
+    """Runs of one activation: time, status, counts per audience, errors."""
+    ws = _ws()
+    with engine.read_state(ws) as state:
+        rows = log_rows(state, name, limit)
+    if not rows and name not in ws.activations:
+        raise ReconcileError(f"no activation {name!r} in the workspace or the state")
+    if fmt == "json":
+        click.echo(json.dumps({"activation": name, "runs": rows}, indent=2, default=str))
+        return
+    if not rows:
+        click.echo(f"{name}: no runs yet.")
+        return
+    click.echo(_table(
+        ["STARTED", "TRIGGER", "STATUS", "ADDED", "REMOVED", "UPDATED", "REFUSED"],
+        [[r["started_at"], r["trigger"], r["status"], r["added"], r["removed"], r["updated"],
+          r["failed"]] for r in rows],
+    ))
+    for r in rows:
+        if r["error"]:
+            click.echo(f"  {r['started_at']}: {r['error']}")
+
+
+@click.command()
+@click.argument("integration")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@_handled
+def lists(integration, fmt) -> None:
+    """The destination's existing lists (the drop-down of `list: existing`)."""
+    from reconciler.connections import Connections
+
+    ws = _ws()
+    if integration not in ws.integrations:
+        raise ReconcileError(
+            f"unknown integration {integration!r}; known: {', '.join(sorted(ws.integrations))}"
+        )
+    conns = Connections(ws)
+    try:
+        found = conns.get(integration).list_audiences()
+    finally:
+        conns.close()
+    if fmt == "json":
+        click.echo(json.dumps([{"id": a.id, "name": a.name, "size": a.size} for a in found],
+                              indent=2))
+        return
+    click.echo(_table(["ID", "NAME", "SIZE"],
+                      [[a.id, a.name, "" if a.size is None else a.size] for a in found]))
+
+
+@click.command()
+@click.argument("name", required=False)
+@click.option("--show-pii", is_flag=True, help="Preview e-mail addresses too.")
+@click.option("--limit", type=int, default=5, show_default=True, help="Keys to preview.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@_handled
+def segments(name, show_pii, limit, fmt) -> None:
+    """Segment sizes and a preview of their keys."""
+    ws = _ws()
+    rows = segment_rows(ws, name, limit, show_pii)
+    if fmt == "json":
+        click.echo(json.dumps({"segments": rows}, indent=2, default=str))
+        return
+    for r in rows:
+        click.echo(f"{r['name']}: {r['size']:,} profiles  ({r['file']})")
+        for p in r["preview"]:
+            click.echo(f"    {p}")
+
+
+# ---------------------------------------------------------------------- state
+@click.group()
+def state() -> None:
+    """Inspect and repair the recorded state."""
+
+
+@state.command("show")
+@click.argument("name", required=False)
+@_handled
+def state_show(name) -> None:
+    """Recorded activations (or one), with serials, audiences and member counts."""
+    ws = _ws()
+    with engine.read_state(ws) as st:
+        recs = st.activations()
+        if name:
+            if name not in recs:
+                raise ReconcileError(f"no activation {name!r} in the state")
+            recs = {name: recs[name]}
+        out = []
+        for aid, rec in sorted(recs.items()):
+            counts = st.member_counts(aid)
+            out.append({
+                "id": aid, "serial": rec.serial, "status": rec.status,
+                "destination": rec.destination, "spec_digest": rec.spec_digest,
+                "audiences": [
+                    {"group": a.grp, "name": a.name, "resource_id": a.resource_id,
+                     "sent": a.sent, "members": counts.get(a.grp, 0)}
+                    for a in st.audiences(aid).values()
+                ],
+            })
+    click.echo(json.dumps(out, indent=2, default=str))
+
+
+@state.command("unlock")
+@_handled
+def state_unlock() -> None:
+    """Remove the state lock left by a process that is gone."""
+    ws = _ws()
+    lock = engine.state_lock(ws)
+    holder = lock.holder()
+    if holder:
+        raise ReconcileError(f"the lock is held by a live process: {holder}; not removing it")
+    click.echo("Lock removed." if lock.force_unlock() else "No lock to remove.")
+
+
+@state.command("rm")
+@click.argument("name")
+@_handled
+def state_rm(name) -> None:
+    """Stop managing an activation: drop its state (the destination is not touched)."""
+    ws = _ws()
+    with engine.state_lock(ws) as lock:
+        lock.acquire("state rm")
+        with engine.write_state(ws) as st:
+            if st.activation(name) is None:
+                raise ReconcileError(f"no activation {name!r} in the state")
+            st.forget_activation(name)
+    click.echo(f"Removed {name!r} from the state.")
+
+
+@state.command("mv")
+@click.argument("old")
+@click.argument("new")
+@_handled
+def state_mv(old, new) -> None:
+    """Rename an activation in the state (like `moved_from:` in a file)."""
+    ws = _ws()
+    with engine.state_lock(ws) as lock:
+        lock.acquire("state mv")
+        with engine.write_state(ws) as st:
+            if st.activation(old) is None:
+                raise ReconcileError(f"no activation {old!r} in the state")
+            if st.activation(new) is not None:
+                raise ReconcileError(f"{new!r} already exists in the state")
+            st.move_activation(old, new)
+    click.echo(f"Moved {old!r} to {new!r}.")
+
+
+@state.command("migrate")
+def state_migrate() -> None:
+    """Copy the state to another backend (PostgreSQL: not supported yet)."""
+    click.echo("Error: `state migrate` needs a second state backend (PostgreSQL), which is "
+               "not supported yet.", err=True)
+    sys.exit(1)

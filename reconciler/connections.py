@@ -1,0 +1,60 @@
+"""Build destination adapters for a workspace's integrations, lazily, with credentials
+resolved from the environment (never logged, never rendered, never stored)."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from destinations import registry
+from destinations.base import Destination, DestinationContext
+from reconciler.errors import ConfigError
+from reconciler.workspace import Workspace
+
+_ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class Connections:
+    """``require_credentials=False`` (plan) builds adapters even when a credential's variable
+    is unset — construction does no I/O; a call that needs the credential then fails."""
+
+    def __init__(self, ws: Workspace, *, require_credentials: bool = True):
+        self.ws = ws
+        self.require_credentials = require_credentials
+        self._open: dict[str, Destination] = {}
+
+    def get(self, integration: str) -> Destination:
+        if integration not in self._open:
+            self._open[integration] = self._build(integration)
+        return self._open[integration]
+
+    def type_of(self, integration: str) -> str:
+        return self.ws.integrations[integration].type
+
+    def _build(self, name: str) -> Destination:
+        integ = self.ws.integrations[name]
+        factory = registry.load(integ.type)
+        config = factory.config_model.model_validate(integ.config)
+        credentials = {}
+        for key, ref in integ.credentials.items():
+            var = _ENV_REF.fullmatch(ref).group(1)  # validated by the spec
+            value = os.environ.get(var)
+            if not value and not self.require_credentials:
+                continue
+            if not value:
+                raise ConfigError(
+                    f"integration {name!r} needs credential {key!r} from environment "
+                    f"variable {var}, which is not set",
+                    self.ws.location("integrations", name, "credentials", key),
+                )
+            credentials[key] = value
+        context = DestinationContext(
+            root=self.ws.root,
+            default_phone_country=self.ws.config.source.profiles.default_phone_country,
+        )
+        return factory(config, credentials, integ.endpoint, context)
+
+    def close(self) -> None:
+        for dest in self._open.values():
+            dest.close()
+        self._open.clear()

@@ -1,0 +1,156 @@
+"""The engine's front door: the few functions every front end (CLI, CI, tests) calls.
+load -> resolve -> plan -> render -> apply -> record."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+
+from reconciler import planfile
+from reconciler.apply import Applier, ApplyOptions, ApplyResult
+from reconciler.connections import Connections
+from reconciler.errors import StateError
+from reconciler.interrupts import InterruptGuard
+from reconciler.plan import Plan
+from reconciler.planning import Planner, PlanRequest, plan_as_of
+from reconciler.session import Session, new_staging_path, remove_staging
+from reconciler.sources import open_source
+from reconciler.state.lock import StateLock
+from reconciler.templating import local_date
+from reconciler.workspace import Workspace
+
+
+@dataclass
+class StagedPlan:
+    """A plan and the staging database holding its member changes."""
+
+    plan: Plan
+    staging: Path
+
+    def discard(self) -> None:
+        remove_staging(self.staging)
+
+
+def make_plan(ws: Workspace, request: PlanRequest, as_of: datetime | None = None) -> StagedPlan:
+    as_of = plan_as_of(as_of)
+    source = open_source(ws)
+    source.prepare(local_date(as_of, ws.config.timezone))
+    staging = new_staging_path(ws)
+    conns = Connections(ws, require_credentials=False)
+    try:
+        with Session(ws, source, write_state=False, staging_path=staging, lock_down=True) as s:
+            plan = Planner(ws, s, conns, as_of, request).build()
+    except BaseException:
+        remove_staging(staging)
+        raise
+    finally:
+        conns.close()
+    return StagedPlan(plan, staging)
+
+
+def save_plan(ws: Workspace, staged: StagedPlan, out: Path) -> None:
+    planfile.save(staged.plan, staged.staging, out, _tmp(ws))
+
+
+def load_plan(ws: Workspace, path: Path) -> StagedPlan:
+    staging = new_staging_path(ws)
+    try:
+        plan = planfile.load(path, staging, _tmp(ws))
+    except BaseException:
+        remove_staging(staging)
+        raise
+    return StagedPlan(plan, staging)
+
+
+def state_lock(ws: Workspace) -> StateLock:
+    return StateLock(ws.path(ws.config.state.path).with_suffix(".lock"))
+
+
+def execute(ws: Workspace, staged: StagedPlan, options: ApplyOptions,
+            guard: InterruptGuard, lock_timeout: float = 0.0) -> ApplyResult:
+    """Apply a plan; the caller holds the state lock."""
+    conns = Connections(ws)
+    try:
+        with _apply_session(ws, staged.staging, lock_timeout) as session:
+            return Applier(ws, staged.plan, session, conns, options, guard).run()
+    finally:
+        conns.close()
+
+
+@contextmanager
+def _apply_session(ws: Workspace, staging: Path, lock_timeout: float):
+    deadline = time.monotonic() + max(lock_timeout, 5.0)
+    while True:
+        try:
+            session = Session(ws, open_source(ws), write_state=True, staging_path=staging,
+                              lock_down=False)
+            break
+        except StateError:
+            # a concurrent `plan` may hold the state file open read-only for a moment
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+@contextmanager
+def read_state(ws: Workspace):
+    """A read-only connection to the state (status, log, state show)."""
+    path = ws.path(ws.config.state.path)
+    from reconciler.state.store import CATALOG, StateReader, create_schema
+
+    con = duckdb.connect(":memory:")
+    try:
+        if path.exists():
+            try:
+                con.execute(f"ATTACH '{_q(path)}' AS {CATALOG} (READ_ONLY)")
+            except duckdb.IOException as exc:
+                holder = state_lock(ws).holder()
+                raise StateError(
+                    f"the state {path} is in use{' by ' + holder if holder else ''}; "
+                    "try again when it finishes"
+                ) from exc
+        else:
+            con.execute(f"ATTACH ':memory:' AS {CATALOG}")
+            create_schema(con)
+        yield StateReader(con)
+    finally:
+        con.close()
+
+
+@contextmanager
+def write_state(ws: Workspace):
+    from reconciler.state.store import CATALOG, create_schema
+    from reconciler.state.writer import StateStore
+
+    path = ws.path(ws.config.state.path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute(f"ATTACH '{_q(path)}' AS {CATALOG}")
+        create_schema(con)
+        yield StateStore(con)
+    finally:
+        con.close()
+
+
+def _tmp(ws: Workspace) -> Path:
+    p = ws.path(".reconcile/tmp")
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _q(path: Path) -> str:
+    return str(path).replace("'", "''")
+
+
+Confirm = Callable[[Plan], bool]

@@ -1,0 +1,120 @@
+"""The one exception hierarchy of the reconciler.
+
+    ReconcileError                 every error a user can see; the CLI prints it and exits 1
+    ├── ConfigError                the workspace is wrong; carries file, line and field
+    │   └── ValidationFailed       several ConfigErrors found at once (``validate`` reports all)
+    ├── SegmentError               a segment's SQL is not allowed, fails, or returns bad keys
+    ├── SourceError                the source cannot be reached or read
+    ├── StateError                 the recorded state cannot be read or written
+    │   └── StateLocked            another process holds the state lock
+    ├── PlanError                  a saved plan is unreadable or stale
+    └── DestinationError           a destination refused or failed a call
+        ├── TransientError         worth retrying (timeouts, 5xx, concurrent modification)
+        │   └── ThrottledError     rate limited; ``retry_after`` seconds when the vendor says
+        └── TerminalError          retrying will not help
+            └── CredentialsRefused the integration's credentials were refused -> ``Disabled``
+
+Messages say what happened and what to do; they never contain secrets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "ConfigError",
+    "CredentialsRefused",
+    "DestinationError",
+    "Location",
+    "PlanError",
+    "ReconcileError",
+    "SegmentError",
+    "SourceError",
+    "StateError",
+    "StateLocked",
+    "TerminalError",
+    "ThrottledError",
+    "TransientError",
+    "ValidationFailed",
+]
+
+
+class ReconcileError(Exception):
+    """Root of every error the reconciler reports to a user."""
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where in the workspace a problem is: file, 1-based line, dotted field path."""
+
+    file: str
+    line: int | None = None
+    field: str | None = None
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return f"{where}: {self.field}" if self.field else where
+
+
+class ConfigError(ReconcileError):
+    def __init__(self, message: str, location: Location | None = None):
+        self.message = message
+        self.location = location
+        super().__init__(f"{location}: {message}" if location else message)
+
+
+class ValidationFailed(ConfigError):
+    def __init__(self, errors: list[ConfigError]):
+        self.errors = errors
+        lines = "\n".join(f"  {e}" for e in errors)
+        noun = "problem" if len(errors) == 1 else "problems"
+        super().__init__(f"the workspace has {len(errors)} {noun}:\n{lines}")
+
+
+class SegmentError(ReconcileError):
+    pass
+
+
+class SourceError(ReconcileError):
+    pass
+
+
+class StateError(ReconcileError):
+    pass
+
+
+class StateLocked(StateError):
+    def __init__(self, holder: str):
+        self.holder = holder
+        super().__init__(
+            f"the state is locked by {holder}; wait for it to finish, retry with "
+            "--lock-timeout SECONDS, or if that process is gone run `reconcile state unlock`"
+        )
+
+
+class PlanError(ReconcileError):
+    pass
+
+
+class DestinationError(ReconcileError):
+    """A destination call failed. ``transient`` drives retries."""
+
+    transient = False
+
+
+class TransientError(DestinationError):
+    transient = True
+
+
+class ThrottledError(TransientError):
+    def __init__(self, message: str, retry_after: float | None = None):
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class TerminalError(DestinationError):
+    pass
+
+
+class CredentialsRefused(TerminalError):
+    pass

@@ -1,0 +1,277 @@
+"""Membership as set operations in the engine session (SQL, never Python loops over members).
+
+- :class:`SegmentRunner` renders, checks and materialises each segment once per plan.
+- :func:`stage_desired` builds the ``desired`` temp table of one activation: every key of its
+  segments with its group, fingerprint and exclusion flags.
+- :func:`stage_changes` diffs ``desired`` against the recorded members and inserts the member
+  changes (keys only) into the staging table ``changes``.
+
+Ops staged: ``add`` (enter), ``remove`` (leave; removal sends what was recorded),
+``update`` (identifiers or mapped attributes changed), ``purge`` (``action: remove``: remove
+from the destination a profile never sent by us) and ``forget`` (drop a record, no call).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+import duckdb
+
+from reconciler import splits
+from reconciler.errors import SegmentError
+from reconciler.session import STAGING
+from reconciler.sources.base import SqlRejected, check_segment_sql
+from reconciler.spec import ActionMode, Activation, Integration, ProfilesTable
+from reconciler.state.store import CATALOG as STATE
+from reconciler.templating import TemplateFailed, render_sql
+from reconciler.workspace import Workspace
+
+CHANGES_DDL = (
+    f"CREATE TABLE IF NOT EXISTS {STAGING}.changes "
+    "(activation_id VARCHAR, grp VARCHAR, op VARCHAR, key VARCHAR)"
+)
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _lit(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    name: str
+    table: str
+    size: int
+
+
+class SegmentRunner:
+    def __init__(self, ws: Workspace, con: duckdb.DuckDBPyConnection, as_of: datetime,
+                 dialect: str):
+        self.ws, self.con, self.as_of, self.dialect = ws, con, as_of, dialect
+        self._done: dict[str, SegmentResult] = {}
+
+    def run(self, name: str) -> SegmentResult:
+        if name in self._done:
+            return self._done[name]
+        seg = self.ws.segments[name]
+        where = self.ws.location("segments", name, "sql")
+        try:
+            sql = check_segment_sql(
+                render_sql(seg.sql, self.as_of, self.ws.config.timezone), self.dialect
+            )
+        except (TemplateFailed, SqlRejected) as exc:
+            raise SegmentError(f"{where}: segment {name!r}: {exc}") from exc
+        table = f"seg_{len(self._done)}"
+        try:
+            cols = self.con.execute(f"DESCRIBE SELECT * FROM ({sql}) q").fetchall()
+            if len(cols) != 1:
+                raise SegmentError(
+                    f"{where}: segment {name!r} must return exactly one column (the profile "
+                    f"key), it returns {len(cols)}: {[c[0] for c in cols]}"
+                )
+            self.con.execute(
+                f"CREATE OR REPLACE TEMP TABLE {table} AS "
+                f"SELECT CAST({_ident(cols[0][0])} AS VARCHAR) AS k FROM ({sql}) q"
+            )
+            total, non_null, distinct = self.con.execute(
+                f"SELECT count(*), count(k), count(DISTINCT k) FROM {table}"
+            ).fetchone()
+        except SegmentError:
+            raise
+        except duckdb.Error as exc:
+            raise SegmentError(f"{where}: segment {name!r} failed: {_clean(exc)}") from exc
+        if non_null != total:
+            raise SegmentError(
+                f"{where}: segment {name!r} returned {total - non_null} NULL key(s); "
+                "filter them out (WHERE key IS NOT NULL)"
+            )
+        if distinct != total:
+            raise SegmentError(
+                f"{where}: segment {name!r} returned {total - distinct} duplicate key(s); "
+                "use SELECT DISTINCT"
+            )
+        result = SegmentResult(name, table, total)
+        self._done[name] = result
+        return result
+
+    def suppressed_table(self) -> str | None:
+        names = self.ws.config.suppression
+        if not names:
+            return None
+        parts = " UNION ".join(f"SELECT k FROM {self.run(n).table}" for n in names)
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE suppressed AS {parts}")
+        return "suppressed"
+
+
+def _clean(exc: duckdb.Error) -> str:
+    return re.sub(r"\s+", " ", str(exc)).strip()
+
+
+def consent_sql(integ: Integration, integ_where: str, dialect: str) -> str:
+    if not integ.consent:
+        return "TRUE"
+    try:
+        check_segment_sql(f"SELECT 1 FROM profiles WHERE {integ.consent}", dialect)
+    except SqlRejected as exc:
+        raise SegmentError(f"{integ_where}: consent condition: {exc}") from exc
+    return f"({integ.consent})"
+
+
+def fingerprint_sql(profiles: ProfilesTable, identifier_types: tuple[str, ...],
+                    attribute_columns: list[str]) -> str:
+    cols = [profiles.identifiers[t] for t in identifier_types if t in profiles.identifiers]
+    cols += attribute_columns
+    parts = ", ".join(f"coalesce(CAST(p.{_ident(c)} AS VARCHAR), chr(0))" for c in cols)
+    return f"md5_number_lower(concat_ws(chr(31), {parts}))" if cols else "0::UBIGINT"
+
+
+def matchable_sql(profiles: ProfilesTable, identifier_types: tuple[str, ...]) -> str:
+    """A cheap estimate of 'has an identifier the destination accepts'; the adapter's exact
+    normalisation decides at send time (unusable members are recorded as unmatched)."""
+    tests = []
+    for t in identifier_types:
+        col = profiles.identifiers.get(t)
+        if col is None:
+            continue
+        c = f"p.{_ident(col)}"
+        if t == "email":
+            tests.append(f"(strpos({c}, '@') > 1)")
+        elif t == "phone":
+            tests.append(f"(length(regexp_replace({c}, '[^0-9]', '', 'g')) >= 7)")
+    return " OR ".join(tests) if tests else "FALSE"
+
+
+def stage_desired(con: duckdb.DuckDBPyConnection, *, profiles: ProfilesTable,
+                  segment_tables: list[str], suppressed: str | None, consent: str,
+                  group_expr: str, fingerprint: str, matchable: str) -> dict[str, int]:
+    """Create temp table ``desired`` and return the exclusion counts."""
+    if len(segment_tables) == 1:
+        union = f"SELECT k FROM {segment_tables[0]}"
+    else:
+        union = "SELECT DISTINCT k FROM (" + " UNION ALL ".join(
+            f"SELECT k FROM {t}" for t in segment_tables
+        ) + ")"
+    key = f"CAST(p.{_ident(profiles.key)} AS VARCHAR)"
+    supp_join = f"LEFT JOIN {suppressed} s ON s.k = u.k" if suppressed else ""
+    supp_flag = "s.k IS NOT NULL" if suppressed else "FALSE"
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE desired AS
+        SELECT u.k AS key,
+               {key} IS NULL AS unknown,
+               {supp_flag} AS suppressed,
+               NOT coalesce({consent}, FALSE) AS no_consent,
+               coalesce({matchable}, FALSE) AS matchable,
+               {group_expr} AS grp,
+               {fingerprint} AS fp
+        FROM ({union}) u
+        LEFT JOIN {_ident(profiles.table)} p ON {key} = u.k
+        {supp_join}"""
+    )
+    row = con.execute(
+        """SELECT count(*) FILTER (unknown),
+                  count(*) FILTER (NOT unknown AND suppressed),
+                  count(*) FILTER (NOT unknown AND NOT suppressed AND no_consent),
+                  count(*) FILTER (NOT unknown AND NOT suppressed AND NOT no_consent),
+                  count(*) FILTER (NOT unknown AND NOT suppressed AND NOT no_consent
+                                   AND matchable)
+           FROM desired"""
+    ).fetchone()
+    return {
+        "unknown": row[0], "suppression": row[1], "consent": row[2],
+        "eligible": row[3], "matchable": row[4],
+    }
+
+
+def stage_changes(con: duckdb.DuckDBPyConnection, *, activation_id: str, baseline_id: str,
+                  act: Activation, frozen: bool, profiles: ProfilesTable,
+                  suppressed: str | None, consent: str) -> None:
+    """Insert this activation's member changes into the staging table."""
+    con.execute(CHANGES_DDL)
+    aid = _lit(activation_id)
+    members = f"(SELECT key, grp, fp FROM {STATE}.members WHERE activation_id = {_lit(baseline_id)})"
+    eligible = "(SELECT key, grp, fp FROM desired WHERE NOT unknown AND NOT suppressed " \
+               "AND NOT no_consent AND matchable)"
+    ins = f"INSERT INTO {STAGING}.changes "
+    if act.action is ActionMode.REMOVE:
+        targets = "(SELECT key FROM desired WHERE NOT unknown AND matchable)"
+        con.execute(
+            f"{ins} SELECT {aid}, 'all', 'purge', d.key FROM {targets} d "
+            f"ANTI JOIN {members} m ON m.key = d.key"
+        )
+        con.execute(
+            f"{ins} SELECT {aid}, m.grp, 'forget', m.key FROM {members} m "
+            f"ANTI JOIN {targets} d ON m.key = d.key"
+        )
+        return
+    excluded = _excluded_members(members, profiles, suppressed, consent)
+    if frozen:
+        con.execute(f"{ins} SELECT {aid}, grp, 'remove', key FROM {excluded}")
+        return
+    if act.action is ActionMode.MAINTAIN:
+        con.execute(
+            f"""{ins}
+            SELECT {aid}, coalesce(d.grp, m.grp),
+                   CASE WHEN m.key IS NULL THEN 'add' WHEN d.key IS NULL THEN 'remove'
+                        ELSE 'update' END,
+                   coalesce(d.key, m.key)
+            FROM {eligible} d FULL OUTER JOIN {members} m ON d.key = m.key AND d.grp = m.grp
+            WHERE m.key IS NULL OR d.key IS NULL OR d.fp <> m.fp"""
+        )
+        return
+    # append: add entering, update changed, remove only the excluded and the regrouped
+    con.execute(
+        f"""{ins}
+        SELECT {aid}, d.grp, CASE WHEN m.key IS NULL THEN 'add' ELSE 'update' END, d.key
+        FROM {eligible} d LEFT JOIN {members} m ON d.key = m.key AND d.grp = m.grp
+        WHERE m.key IS NULL OR d.fp <> m.fp"""
+    )
+    con.execute(
+        f"""{ins}
+        SELECT {aid}, grp, 'remove', key FROM (
+            SELECT key, grp FROM {excluded}
+            UNION
+            SELECT m.key, m.grp FROM {members} m JOIN {eligible} d
+                ON d.key = m.key AND d.grp <> m.grp)"""
+    )
+
+
+def _excluded_members(members: str, profiles: ProfilesTable, suppressed: str | None,
+                      consent: str) -> str:
+    """Recorded members that a suppression segment or the consent condition now excludes
+    (removed under every action, even when paused)."""
+    key = f"CAST(p.{_ident(profiles.key)} AS VARCHAR)"
+    supp_join = f"LEFT JOIN {suppressed} s ON s.k = m.key" if suppressed else ""
+    supp_flag = "s.k IS NOT NULL" if suppressed else "FALSE"
+    return f"""(SELECT m.key, m.grp FROM {members} m
+        LEFT JOIN {_ident(profiles.table)} p ON {key} = m.key {supp_join}
+        WHERE {supp_flag} OR NOT coalesce({consent}, FALSE))"""
+
+
+def stage_all(con: duckdb.DuckDBPyConnection, activation_id: str, baseline_id: str,
+              op: str) -> None:
+    """Stage ``op`` for every recorded member (``on_delete: clear``)."""
+    con.execute(CHANGES_DDL)
+    con.execute(
+        f"INSERT INTO {STAGING}.changes SELECT {_lit(activation_id)}, grp, "
+        f"CASE WHEN grp = 'control' THEN 'forget' ELSE {_lit(op)} END, key "
+        f"FROM {STATE}.members WHERE activation_id = {_lit(baseline_id)}"
+    )
+
+
+def change_counts(con: duckdb.DuckDBPyConnection, activation_id: str) -> dict[tuple[str, str], int]:
+    con.execute(CHANGES_DDL)
+    rows = con.execute(
+        f"SELECT grp, op, count(*) FROM {STAGING}.changes WHERE activation_id = ? GROUP BY ALL",
+        [activation_id],
+    ).fetchall()
+    return {(g, o): n for g, o, n in rows}
+
+
+def group_expression(act: Activation, seed: str) -> str:
+    """The group of each key of ``desired`` (the union's column ``u.k``)."""
+    return splits.group_sql(act.split, act.control_percent, _lit(seed), "u.k")

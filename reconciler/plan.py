@@ -1,0 +1,165 @@
+"""The plan: a frozen value built only by ``planning.py``, consumed by ``apply.py`` and the
+renderers. It holds specs, counts and digests; the member changes themselves (keys) are
+staged in engine tables (see ``staging.py``), never in this object.
+
+Its JSON form (``Plan.to_json()``) is the documented, versioned ``--format json`` output:
+see ``docs/plan-json.md``. Bump ``FORMAT_VERSION`` on any incompatible change.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FORMAT_VERSION = 1
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Change(StrEnum):
+    """What happens to an activation (Terraform's Action)."""
+
+    CREATE = "create"
+    UPDATE = "update"
+    DELETE = "delete"
+    NOOP = "noop"
+    PAUSED = "paused"
+
+
+class ConfigChange(Frozen):
+    """One field of the recorded spec that differs from the file (deepdiff)."""
+
+    path: str  # dotted, e.g. "split" or "segment_sql.vip"
+    kind: str  # "changed" | "added" | "removed"
+    old: Any = None
+    new: Any = None
+
+
+class SegmentInfo(Frozen):
+    name: str
+    size: int
+    changed: bool = False  # the segment's definition changed since the last apply
+
+
+class AudienceChange(Frozen):
+    """Member changes for one destination audience (one split group)."""
+
+    group: str  # "all" | "A" | "B" | "experiment" | "control"
+    name: str  # audience name at the destination
+    sent: bool = True  # False for a control group: recorded, never sent
+    resource_id: str | None = None  # the destination's id, when known
+    create: bool = False  # the audience is created by this apply
+    rename_from: str | None = None
+    add: int = 0
+    remove: int = 0
+    update: int = 0
+    forget: int = 0  # state-only: records dropped without a destination call
+    size_before: int = 0  # members recorded before the apply
+    size_after: int = 0  # members recorded after the apply
+    mass_removal: bool = False
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(
+            self.create or self.rename_from or self.add or self.remove or self.update
+            or self.forget
+        )
+
+
+class ActivationPlan(Frozen):
+    id: str
+    change: Change
+    destination: str
+    destination_type: str
+    goal: str
+    action: str
+    frequency: str
+    paused: bool = False
+    moved_from: str | None = None
+    file: str | None = None
+    spec_digest: str | None = None  # digest of the resolved spec the plan was made from
+    state_serial: int = 0  # serial of the activation's state when planned
+    config_changes: list[ConfigChange] = Field(default_factory=list)
+    segments: list[SegmentInfo] = Field(default_factory=list)
+    audience_size: int = 0  # de-duplicated, after suppression and consent
+    matchable: int = 0  # of audience_size, profiles with an identifier the destination takes
+    excluded: dict[str, int] = Field(default_factory=dict)  # rule -> profiles excluded
+    audiences: list[AudienceChange] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+    max_removal_share: float = 0.5
+    on_delete: str = "keep"  # "keep" | "clear": what deleting the file does to the audience
+    due: bool = False
+
+    @property
+    def member_changes(self) -> bool:
+        return any(a.has_changes for a in self.audiences)
+
+    @property
+    def has_changes(self) -> bool:
+        return self.change in (Change.CREATE, Change.UPDATE, Change.DELETE) or self.member_changes
+
+    @property
+    def mass_removal(self) -> bool:
+        return any(a.mass_removal for a in self.audiences)
+
+    def totals(self) -> dict[str, int]:
+        return {
+            k: sum(getattr(a, k) for a in self.audiences if a.sent)
+            for k in ("add", "remove", "update")
+        }
+
+
+class Summary(Frozen):
+    create: int = 0
+    update: int = 0
+    delete: int = 0
+    noop: int = 0
+    paused: int = 0
+    add: int = 0
+    remove: int = 0
+    update_members: int = 0
+    mass_removal: int = 0  # activations flagged by the mass-removal guard
+
+
+class Plan(Frozen):
+    format_version: int = FORMAT_VERSION
+    plan_id: str
+    as_of: datetime
+    created_at: datetime
+    workspace: str
+    targets: list[str] = Field(default_factory=list)
+    include_inactive: bool = False
+    activations: list[ActivationPlan] = Field(default_factory=list)
+    summary: Summary = Field(default_factory=Summary)
+
+    @property
+    def has_changes(self) -> bool:
+        return any(a.has_changes for a in self.activations)
+
+    def get(self, activation_id: str) -> ActivationPlan:
+        for a in self.activations:
+            if a.id == activation_id:
+                return a
+        raise KeyError(activation_id)
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def summarise(activations: list[ActivationPlan]) -> Summary:
+    counts = {c.value: 0 for c in Change}
+    for a in activations:
+        counts[a.change.value] += 1
+    totals = [a.totals() for a in activations]
+    return Summary(
+        **counts,
+        add=sum(t["add"] for t in totals),
+        remove=sum(t["remove"] for t in totals),
+        update_members=sum(t["update"] for t in totals),
+        mass_removal=sum(1 for a in activations if a.mass_removal),
+    )

@@ -1,0 +1,313 @@
+"""spec + membership + state -> Plan. Reads through a StateReader, stages member changes in
+the engine session's staging tables, and writes nothing to destinations or state."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, time
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from deepdiff import DeepDiff
+
+from reconciler import membership, splits
+from reconciler.connections import Connections
+from reconciler.errors import ConfigError, ReconcileError, SegmentError
+from reconciler.plan import (
+    ActivationPlan,
+    AudienceChange,
+    Change,
+    ConfigChange,
+    Plan,
+    SegmentInfo,
+    summarise,
+)
+from reconciler.session import Session
+from reconciler.spec import ActionMode, Activation, SplitMode
+from reconciler.state.store import RecordedActivation, StateReader
+from reconciler.templating import DEFAULT_NAME, TemplateFailed, local_date, render_name
+from reconciler.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    targets: tuple[str, ...] = ()
+    include_inactive: bool = False  # `reconcile run NAME`: once activations that ran too
+    due_only: bool = False
+    refresh: bool = True  # contact destinations to resolve existing lists
+
+
+def recorded_spec(ws: Workspace, act: Activation) -> dict[str, Any]:
+    """What is recorded at apply and compared at plan: the resolved activation plus every
+    definition its membership depends on (so a segment edit shows under each user of it)."""
+    integ = ws.integrations[act.destination]
+    spec = act.resolved(ws.config.defaults).model_dump(mode="json", by_alias=True)
+    spec["segment_sql"] = {s: ws.segments[s].sql for s in act.segments}
+    spec["suppression_sql"] = {s: ws.segments[s].sql for s in ws.config.suppression}
+    spec["consent"] = integ.consent
+    spec["attribute_mapping"] = {f: integ.attributes[f] for f in act.attributes}
+    return spec
+
+
+def digest(spec: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def config_diff(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[ConfigChange]:
+    if old is None or new is None:
+        return []
+    diff = DeepDiff(old, new, verbose_level=2)
+    out: list[ConfigChange] = []
+    for kind, key in (("changed", "values_changed"), ("changed", "type_changes"),
+                      ("added", "dictionary_item_added"), ("removed", "dictionary_item_removed"),
+                      ("added", "iterable_item_added"), ("removed", "iterable_item_removed")):
+        for path, value in diff.get(key, {}).items():
+            if kind == "changed":
+                old_v, new_v = value.get("old_value"), value.get("new_value")
+            elif kind == "added":
+                old_v, new_v = None, value
+            else:
+                old_v, new_v = value, None
+            out.append(ConfigChange(path=_dotted(path), kind=kind, old=old_v, new=new_v))
+    return sorted(out, key=lambda c: c.path)
+
+
+def _dotted(path: str) -> str:
+    # "root['segment_sql']['vip']" -> "segment_sql.vip"; "root['segments'][1]" -> "segments[1]"
+    out = path[len("root"):]
+    out = out.replace("']['", ".").replace("['", ".").replace("']", "")
+    return out.lstrip(".")
+
+
+def is_due(rec: RecordedActivation | None, frequency: str, as_of: datetime, timezone: str,
+           last_refresh: datetime | None = None) -> bool:
+    if rec is None:
+        return True
+    if rec.status in ("Failed", "Pending", "Disabled", "New", "Running"):
+        return True
+    if frequency == "once":
+        return not rec.ran
+    tz = ZoneInfo(timezone)
+    midnight = datetime.combine(local_date(as_of, timezone), time.min, tzinfo=tz)
+    since = max(midnight, last_refresh) if last_refresh else midnight
+    return rec.last_success_at is None or rec.last_success_at < since
+
+
+class Planner:
+    def __init__(self, ws: Workspace, session: Session, connections: Connections,
+                 as_of: datetime, request: PlanRequest):
+        self.ws, self.session, self.conns = ws, session, connections
+        self.as_of, self.req = as_of, request
+        self.con = session.con
+        self.state = StateReader(self.con)
+        self.profiles = ws.config.source.profiles
+        self.segments = membership.SegmentRunner(ws, self.con, as_of, session.source.dialect)
+
+    # ------------------------------------------------------------------ entry point
+    def build(self) -> Plan:
+        recorded = self.state.activations()
+        moved_away = {a.moved_from for a in self.ws.activations.values() if a.moved_from}
+        ids = sorted(set(self.ws.activations) | (set(recorded) - moved_away))
+        if self.req.targets:
+            unknown = [t for t in self.req.targets if t not in ids]
+            if unknown:
+                raise ConfigError(
+                    f"unknown activation(s) {unknown}; known: {', '.join(ids) or 'none'}"
+                )
+            ids = [i for i in ids if i in self.req.targets]
+        suppressed = self.segments.suppressed_table()
+        plans = []
+        for aid in ids:
+            act = self.ws.activations.get(aid)
+            if act is None:
+                plans.append(self._plan_delete(recorded[aid]))
+                continue
+            base = recorded.get(aid) or (recorded.get(act.moved_from) if act.moved_from else None)
+            p = self._plan_activation(aid, act.resolved(self.ws.config.defaults), base,
+                                      suppressed)
+            if self.req.due_only and not p.due:
+                continue
+            plans.append(p)
+        now = datetime.now(UTC)
+        return Plan(
+            plan_id=uuid.uuid4().hex[:12], as_of=self.as_of, created_at=now,
+            workspace=str(self.ws.root), targets=list(self.req.targets),
+            include_inactive=self.req.include_inactive, activations=plans,
+            summary=summarise(plans),
+        )
+
+    # ------------------------------------------------------------------ one activation
+    def _plan_activation(self, aid: str, act: Activation, rec: RecordedActivation | None,
+                         suppressed: str | None) -> ActivationPlan:
+        integ = self.ws.integrations[act.destination]
+        dest = self.conns.get(act.destination)
+        spec = recorded_spec(self.ws, act)
+        spec_digest = digest(spec)
+        baseline = rec.id if rec else aid
+        seed = rec.split_seed if rec else aid
+        notes: list[str] = []
+        if act.moved_from and rec is not None and rec.id == act.moved_from:
+            notes.append(f"moved from {act.moved_from!r}: its state and audiences carry over")
+        ran_once = rec is not None and rec.ran and act.frequency == "once"
+        frozen = act.paused or (ran_once and not self.req.include_inactive)
+        if act.paused:
+            notes.append("paused (Stop Updates): only exclusions are applied")
+        elif frozen:
+            notes.append("one-time activation already ran: `reconcile run` re-runs it")
+
+        seg_results = [self.segments.run(s) for s in act.segments]
+        old_sql = (rec.spec.get("segment_sql", {}) if rec else {})
+        seg_info = [
+            SegmentInfo(name=r.name, size=r.size,
+                        changed=rec is not None and old_sql.get(r.name) != spec["segment_sql"][r.name])
+            for r in seg_results
+        ]
+        consent = membership.consent_sql(
+            integ, str(self.ws.location("integrations", act.destination, "consent")),
+            self.session.source.dialect,
+        )
+        ids = tuple(dest.accepted_identifiers)
+        attr_cols = [integ.attributes[f] for f in act.attributes]
+        try:
+            counts = membership.stage_desired(
+                self.con, profiles=self.profiles, segment_tables=[r.table for r in seg_results],
+                suppressed=suppressed, consent=consent,
+                group_expr=membership.group_expression(act, seed),
+                fingerprint=membership.fingerprint_sql(self.profiles, ids, attr_cols),
+                matchable=membership.matchable_sql(self.profiles, ids),
+            )
+            membership.stage_changes(
+                self.con, activation_id=aid, baseline_id=baseline, act=act, frozen=frozen,
+                profiles=self.profiles, suppressed=suppressed, consent=consent,
+            )
+        except ReconcileError:
+            raise
+        except Exception as exc:  # a consent condition or mapping that fails in SQL
+            raise SegmentError(
+                f"{self.ws.file_of('activations', aid)}: computing the audience failed: {exc}"
+            ) from exc
+        if counts["unknown"]:
+            notes.append(f"{counts['unknown']:,} segment key(s) are not in the profiles table")
+        changes = membership.change_counts(self.con, aid)
+        audiences = self._audiences(aid, act, rec, changes)
+        if not self.req.refresh:
+            notes.append("--refresh=false: destination lists were not checked")
+        config_changes = config_diff(rec.spec if rec else None, spec)
+        if rec is None:
+            change = Change.CREATE
+        elif act.paused and not any(a.has_changes for a in audiences) and not config_changes:
+            change = Change.PAUSED
+        elif rec.spec_digest != spec_digest or any(a.has_changes for a in audiences) \
+                or rec.id != aid:
+            change = Change.UPDATE
+        else:
+            change = Change.PAUSED if act.paused else Change.NOOP
+        return ActivationPlan(
+            id=aid, change=change, destination=act.destination, destination_type=integ.type,
+            goal=act.goal.value, action=act.action.value, frequency=act.frequency,
+            paused=act.paused, moved_from=act.moved_from if rec and rec.id != aid else None,
+            file=self.ws.file_of("activations", aid), spec_digest=spec_digest,
+            state_serial=rec.serial if rec else 0, config_changes=config_changes,
+            segments=seg_info, audience_size=counts["eligible"], matchable=counts["matchable"],
+            excluded={k: counts[k] for k in ("suppression", "consent") if counts[k]},
+            audiences=audiences, notes=notes, max_removal_share=act.max_removal_share,
+            on_delete=act.on_delete,
+            due=(not act.paused and is_due(rec, act.frequency, self.as_of, self.ws.config.timezone)),
+        )
+
+    def _audiences(self, aid: str, act: Activation, rec: RecordedActivation | None,
+                   changes: dict[tuple[str, str], int]) -> list[AudienceChange]:
+        recorded_aud = self.state.audiences(rec.id) if rec else {}
+        sizes = self.state.member_counts(rec.id) if rec else {}
+        date_created = rec.date_created if rec else local_date(self.as_of, self.ws.config.timezone)
+        groups = splits.groups(act.split)
+        # groups that exist only in the state (the split changed) still need their leavers
+        groups += [g for g in sorted(set(recorded_aud) | set(sizes)) if g not in groups]
+        out = []
+        for grp in groups:
+            c = {op: changes.get((grp, op), 0) for op in ("add", "remove", "update", "purge", "forget")}
+            before = sizes.get(grp, 0)
+            ra = recorded_aud.get(grp)
+            name, resource_id, create, rename_from = self._audience_target(aid, act, grp, ra,
+                                                                          date_created)
+            sent = splits.sent(grp)
+            removed = c["remove"]
+            after = before + c["add"] + c["purge"] - removed - c["forget"]
+            mass = (
+                sent and act.action is not ActionMode.REMOVE and before > 0 and removed > 0
+                and (after == 0 or removed > act.max_removal_share * before)
+            )
+            if grp not in splits.groups(act.split) and not any(c.values()) and before == 0:
+                continue
+            out.append(AudienceChange(
+                group=grp, name=name, sent=sent, resource_id=resource_id,
+                create=create and sent, rename_from=rename_from if sent else None,
+                add=c["add"], remove=removed + c["purge"], update=c["update"], forget=c["forget"],
+                size_before=before, size_after=after, mass_removal=mass,
+            ))
+        return out
+
+    def _audience_target(self, aid: str, act: Activation, grp: str, ra, date_created):
+        existing = act.target.existing
+        if existing is not None:
+            wanted = existing[grp] if isinstance(existing, dict) else existing
+            if ra is not None and ra.resource_id and wanted in (ra.resource_id, ra.name):
+                return ra.name, ra.resource_id, False, None
+            if not self.req.refresh:
+                return wanted, None, False, None
+            found = self.conns.get(act.destination).find_audience(wanted)
+            if found is None:
+                where = self.ws.location("activations", aid, "list", "existing")
+                raise ConfigError(
+                    f"the destination {act.destination!r} has no list {wanted!r}; "
+                    f"`reconcile lists {act.destination}` shows the lists it has",
+                    where,
+                )
+            return found.name, found.id, False, None
+        try:
+            base = render_name(
+                act.name or DEFAULT_NAME, as_of=self.as_of, timezone=self.ws.config.timezone,
+                date_created=date_created, activation=aid, segments=act.segments,
+            )
+        except TemplateFailed as exc:
+            raise ConfigError(str(exc), self.ws.location("activations", aid, "name")) from exc
+        name = base if act.split is SplitMode.NONE else f"{base} - {grp}"
+        if grp == "experiment":
+            name = base
+        if ra is None or not ra.resource_id:
+            return name, None, True, None
+        return name, ra.resource_id, False, (ra.name if ra.name != name else None)
+
+    # ------------------------------------------------------------------ deleted files
+    def _plan_delete(self, rec: RecordedActivation) -> ActivationPlan:
+        clear = rec.spec.get("on_delete") == "clear"
+        if clear:
+            membership.stage_all(self.con, rec.id, rec.id, "remove")
+        changes = membership.change_counts(self.con, rec.id)
+        sizes = self.state.member_counts(rec.id)
+        audiences = []
+        for grp, ra in sorted(self.state.audiences(rec.id).items()):
+            before = sizes.get(grp, 0)
+            removed = changes.get((grp, "remove"), 0)
+            audiences.append(AudienceChange(
+                group=grp, name=ra.name, sent=ra.sent, resource_id=ra.resource_id,
+                remove=removed, forget=before - removed, size_before=before, size_after=0,
+                mass_removal=ra.sent and removed > 0,
+            ))
+        note = ("on_delete: clear: recorded members are removed from the destination"
+                if clear else "the audience at the destination is kept (on_delete: keep)")
+        return ActivationPlan(
+            id=rec.id, change=Change.DELETE, destination=rec.destination,
+            destination_type=rec.spec.get("_type", ""), goal=rec.spec.get("goal", ""),
+            action=rec.spec.get("action", ""), frequency=rec.frequency, paused=rec.paused,
+            spec_digest=None, state_serial=rec.serial, audiences=audiences, notes=[note],
+            max_removal_share=rec.spec.get("max_removal_share", 0.5),
+            on_delete="clear" if clear else "keep", due=True,
+        )
+
+
+def plan_as_of(now: datetime | None = None) -> datetime:
+    return (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)

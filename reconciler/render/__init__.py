@@ -1,0 +1,28 @@
+"""Renderers of a :class:`~reconciler.plan.Plan`: ``text`` (terminal), ``markdown`` (pull-request
+comment) and ``json`` (scripts). Every front end goes through :func:`render`.
+"""
+
+from __future__ import annotations
+
+from reconciler.plan import Plan
+from reconciler.render.json import render_json
+from reconciler.render.markdown import render_markdown
+from reconciler.render.text import render_text
+
+__all__ = ["FORMATS", "render", "render_json", "render_markdown", "render_text"]
+
+FORMATS = ("text", "markdown", "json")
+
+
+def render(plan: Plan, fmt: str, *, color: bool = False) -> str:
+    """Render ``plan`` as ``text``, ``markdown`` or ``json``; ``color`` applies to text only.
+
+    Raises ``ValueError`` for any other format.
+    """
+    if fmt == "text":
+        return render_text(plan, color=color)
+    if fmt == "markdown":
+        return render_markdown(plan)
+    if fmt == "json":
+        return render_json(plan)
+    raise ValueError(f"unknown plan format {fmt!r}; choose one of: {', '.join(FORMATS)}")

@@ -1,0 +1,104 @@
+"""Rows for `status`, `log` and `segments`: plain dicts any front end can render."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from reconciler.planning import plan_as_of
+from reconciler.state.store import StateReader
+from reconciler.workspace import Workspace
+
+
+def activation_rows(ws: Workspace, state: StateReader) -> list[dict[str, Any]]:
+    recorded = state.activations()
+    last = state.last_runs()
+    ids = sorted(set(ws.activations) | set(recorded))
+    rows = []
+    for aid in ids:
+        act = ws.activations.get(aid)
+        rec = recorded.get(aid)
+        if act is not None:
+            act = act.resolved(ws.config.defaults)
+            frequency, paused, destination = act.frequency, act.paused, act.destination
+        else:
+            frequency, paused, destination = rec.frequency, rec.paused, rec.destination
+        status = rec.status if rec else "New"
+        if status == "Running":  # a run that was killed: waiting for the next apply
+            status = "Pending"
+        run = last.get(aid)
+        rows.append({
+            "id": aid,
+            "tab": "Active" if frequency == "daily" and not paused else "Inactive",
+            "status": status,
+            "frequency": frequency,
+            "paused": paused,
+            "destination": destination,
+            "in_workspace": act is not None,
+            "last_run": run.started_at.isoformat(timespec="seconds") if run else None,
+            "added": run.added if run else 0,
+            "removed": run.removed if run else 0,
+            "updated": run.updated if run else 0,
+            "error": rec.error if rec else None,
+        })
+    return rows
+
+
+def log_rows(state: StateReader, activation_id: str, limit: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "run_id": r.run_id,
+            "started_at": r.started_at.isoformat(timespec="seconds"),
+            "finished_at": r.finished_at.isoformat(timespec="seconds") if r.finished_at else None,
+            "trigger": r.trigger,
+            "status": "Pending" if r.status == "Running" else r.status,
+            "added": r.added,
+            "removed": r.removed,
+            "updated": r.updated,
+            "failed": r.failed,
+            "audiences": r.audiences,
+            "error": r.error,
+        }
+        for r in state.runs(activation_id, limit)
+    ]
+
+
+def segment_rows(ws: Workspace, name: str | None, limit: int,
+                 show_pii: bool) -> list[dict[str, Any]]:
+    from reconciler.errors import ConfigError
+    from reconciler.membership import SegmentRunner, _ident
+    from reconciler.session import Session, new_staging_path, remove_staging
+    from reconciler.sources import open_source
+    from reconciler.templating import local_date
+
+    if name is not None and name not in ws.segments:
+        raise ConfigError(
+            f"unknown segment {name!r}; known: {', '.join(sorted(ws.segments)) or 'none'}"
+        )
+    names = [name] if name else sorted(ws.segments)
+    as_of = plan_as_of()
+    source = open_source(ws)
+    source.prepare(local_date(as_of, ws.config.timezone))
+    staging = new_staging_path(ws)
+    p = ws.config.source.profiles
+    email = p.identifiers.get("email")
+    rows = []
+    try:
+        with Session(ws, source, write_state=False, staging_path=staging, lock_down=True) as s:
+            runner = SegmentRunner(ws, s.con, as_of, source.dialect)
+            for n in names:
+                res = runner.run(n)
+                if show_pii and email:
+                    preview = [
+                        f"{k}  {e or ''}" for k, e in s.con.execute(
+                            f"SELECT t.k, p.{_ident(email)} FROM {res.table} t LEFT JOIN "
+                            f"{_ident(p.table)} p ON CAST(p.{_ident(p.key)} AS VARCHAR) = t.k "
+                            "ORDER BY t.k LIMIT ?", [limit]).fetchall()
+                    ]
+                else:
+                    preview = [r[0] for r in s.con.execute(
+                        f"SELECT k FROM {res.table} ORDER BY k LIMIT ?", [limit]).fetchall()]
+                rows.append({"name": n, "size": res.size, "preview": preview,
+                             "file": ws.file_of("segments", n)})
+    finally:
+        remove_staging(staging)
+    return rows

@@ -1,0 +1,55 @@
+"""Deterministic split groups.
+
+A profile's bucket is ``md5(seed || ':' || key)`` reduced to 0..99, where ``seed`` is the
+activation's split seed (its id when first applied; kept across ``moved_from`` renames).
+The same function exists as SQL (used by planning over millions of rows) and in Python
+(for tests and tools); they agree, so a profile never changes group between runs unless the
+split itself changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from reconciler.spec import SplitMode
+
+ALL = "all"
+
+
+def bucket(seed: str, key: str) -> int:
+    digest = hashlib.md5(f"{seed}:{key}".encode()).digest()
+    # DuckDB's md5_number_lower(x) is the little-endian integer of the digest's last 8 bytes
+    return int.from_bytes(digest[8:], "little") % 100
+
+
+def group(split: SplitMode, control_percent: int | None, seed: str, key: str) -> str:
+    return _label(split, control_percent, bucket(seed, key))
+
+
+def _label(split: SplitMode, control_percent: int | None, b: int) -> str:
+    if split is SplitMode.AB:
+        return "A" if b < 50 else "B"
+    if split is SplitMode.CONTROL:
+        return "control" if b < (control_percent or 10) else "experiment"
+    return ALL
+
+
+def groups(split: SplitMode) -> list[str]:
+    return {SplitMode.AB: ["A", "B"], SplitMode.CONTROL: ["experiment", "control"]}.get(
+        split, [ALL]
+    )
+
+
+def sent(group_name: str) -> bool:
+    """Whether a group's audience is sent to the destination (the control group is not)."""
+    return group_name != "control"
+
+
+def group_sql(split: SplitMode, control_percent: int | None, seed_param: str, key_expr: str) -> str:
+    """SQL expression for the group of ``key_expr``; ``seed_param`` is a SQL string literal."""
+    if split is SplitMode.NONE:
+        return f"'{ALL}'"
+    b = f"(md5_number_lower({seed_param} || ':' || {key_expr}) % 100)"
+    if split is SplitMode.AB:
+        return f"CASE WHEN {b} < 50 THEN 'A' ELSE 'B' END"
+    return f"CASE WHEN {b} < {int(control_percent or 10)} THEN 'control' ELSE 'experiment' END"

@@ -1,0 +1,101 @@
+"""The state lock: one ``apply`` (or ``run``, ``state rm|mv``) at a time.
+
+An OS advisory lock (``flock``) on ``<state>.lock`` — released by the kernel when the holder
+dies, so a killed apply never leaves a stale lock — plus the holder's description written in
+the file, so a second apply can say who holds it."""
+
+from __future__ import annotations
+
+import fcntl
+import getpass
+import json
+import os
+import socket
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from reconciler.errors import StateLocked
+
+
+class StateLock:
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self, operation: str, timeout: float = 0.0) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise StateLocked(self.holder() or "another process") from None
+                time.sleep(0.2)
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "user": _user(),
+            "operation": operation,
+            "since": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        os.ftruncate(self._fd, 0)
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+    def holder(self) -> str | None:
+        """Who holds the lock now, or None when nobody does."""
+        if not self.path.exists():
+            return None
+        fd = os.open(self.path, os.O_RDWR)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                try:
+                    info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+                except ValueError:
+                    info = {}
+                if not info:
+                    return "another process"
+                return (
+                    f"`reconcile {info.get('operation', '?')}` (pid {info.get('pid')} on "
+                    f"{info.get('host')}, user {info.get('user')}, since {info.get('since')})"
+                )
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
+    def force_unlock(self) -> bool:
+        """Remove the lock file (``reconcile state unlock``); True if one existed."""
+        try:
+            self.path.unlink()
+            return True
+        except FileNotFoundError:
+            return False
+
+    def __enter__(self) -> StateLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"

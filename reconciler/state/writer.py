@@ -1,0 +1,168 @@
+"""StateStore: the writing side of the state, used only by apply (and ``state`` commands).
+
+Every method is one transaction, so a process killed at any point leaves the state as it
+was before or after that step, never in between."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from contextlib import contextmanager
+from datetime import UTC, date, datetime
+from typing import Any
+
+from reconciler.state.store import StateReader
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class StateStore(StateReader):
+    @contextmanager
+    def transaction(self):
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            yield
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        self.con.execute("COMMIT")
+
+    # ------------------------------------------------------------------ activations
+    def ensure_activation(self, activation_id: str, *, destination: str, frequency: str,
+                          date_created: date) -> None:
+        """Create the activation's row (status New) if it has none."""
+        self.con.execute(
+            f"""INSERT OR IGNORE INTO {self.c}.activations
+            (id, spec, spec_digest, serial, status, destination, frequency, paused, split_seed,
+             date_created, created_at, updated_at, ran)
+            VALUES (?, '{{}}', '', 0, 'New', ?, ?, FALSE, ?, ?, ?, ?, FALSE)""",
+            [activation_id, destination, frequency, activation_id, date_created, _now(), _now()],
+        )
+
+    def record_spec(self, activation_id: str, spec: dict[str, Any], spec_digest: str,
+                    *, frequency: str, paused: bool, destination: str) -> None:
+        self.con.execute(
+            f"""UPDATE {self.c}.activations SET spec = ?, spec_digest = ?, frequency = ?,
+                paused = ?, destination = ?, updated_at = ? WHERE id = ?""",
+            [json.dumps(spec, sort_keys=True), spec_digest, frequency, paused, destination,
+             _now(), activation_id],
+        )
+
+    def bump_serial(self, activation_id: str) -> None:
+        self.con.execute(
+            f"UPDATE {self.c}.activations SET serial = serial + 1 WHERE id = ?", [activation_id]
+        )
+
+    def set_status(self, activation_id: str, status: str, error: str | None = None,
+                   *, success: bool = False, ran: bool = False) -> None:
+        sets = "status = ?, error = ?, last_run_at = ?"
+        params: list[Any] = [status, error, _now()]
+        if success:
+            sets += ", last_success_at = ?"
+            params.append(_now())
+        if ran:
+            sets += ", ran = TRUE"
+        self.con.execute(
+            f"UPDATE {self.c}.activations SET {sets} WHERE id = ?", [*params, activation_id]
+        )
+
+    def move_activation(self, old: str, new: str) -> None:
+        with self.transaction():
+            for table, col in (("activations", "id"), ("audiences", "activation_id"),
+                               ("members", "activation_id"), ("runs", "activation_id"),
+                               ("journal", "activation_id")):
+                self.con.execute(
+                    f"UPDATE {self.c}.{table} SET {col} = ? WHERE {col} = ?", [new, old]
+                )
+
+    def forget_activation(self, activation_id: str) -> None:
+        """Drop an activation from management; its run history stays for `log`."""
+        with self.transaction():
+            for table in ("members", "audiences"):
+                self.con.execute(
+                    f"DELETE FROM {self.c}.{table} WHERE activation_id = ?", [activation_id]
+                )
+            self.con.execute(f"DELETE FROM {self.c}.activations WHERE id = ?", [activation_id])
+
+    # ------------------------------------------------------------------ audiences
+    def record_audience(self, activation_id: str, grp: str, name: str,
+                        resource_id: str | None, sent: bool) -> None:
+        self.con.execute(
+            f"""INSERT INTO {self.c}.audiences VALUES (?, ?, ?, ?, ?, ?)
+                ON CONFLICT (activation_id, grp) DO UPDATE SET name = excluded.name,
+                resource_id = excluded.resource_id, sent = excluded.sent""",
+            [activation_id, grp, name, resource_id, sent, _now()],
+        )
+
+    def drop_audience(self, activation_id: str, grp: str) -> None:
+        self.con.execute(
+            f"DELETE FROM {self.c}.audiences WHERE activation_id = ? AND grp = ?",
+            [activation_id, grp],
+        )
+
+    # ------------------------------------------------------------------ journal
+    def journal_intent(self, batch_id: str, run_id: str, activation_id: str, grp: str,
+                       op: str, size: int) -> None:
+        self.con.execute(
+            f"INSERT INTO {self.c}.journal VALUES (?, ?, ?, ?, ?, ?, 'intent', NULL, ?, NULL)",
+            [batch_id, run_id, activation_id, grp, op, size, _now()],
+        )
+
+    def _journal_outcome(self, batch_id: str, status: str, detail: str | None) -> None:
+        self.con.execute(
+            f"""UPDATE {self.c}.journal SET status = ?, detail = ?, finished_at = ?
+                WHERE batch_id = ? AND status = 'intent'""",
+            [status, detail, _now(), batch_id],
+        )
+
+    def journal_outcome(self, batch_id: str, status: str, detail: str | None = None) -> None:
+        self._journal_outcome(batch_id, status, detail)
+
+    def resolve_intents(self, batch_ids: Sequence[str], status: str, detail: str) -> None:
+        for b in batch_ids:
+            self._journal_outcome(b, status, detail)
+
+    # ------------------------------------------------------------------ members
+    def confirm_batch(self, batch_id: str, activation_id: str, grp: str, *,
+                      insert: Sequence[tuple[str, Sequence[str], int]] = (),
+                      delete: Sequence[str] = (), detail: str | None = None,
+                      status: str = "done") -> None:
+        """After the destination confirmed a batch: drop the ``delete`` keys' records, add the
+        ``insert`` rows (key, record, fingerprint) and close the batch's intent, in one
+        transaction. Entering members are never recorded yet, so ``add`` batches only insert."""
+        with self.transaction():
+            if delete:
+                self.con.execute(
+                    f"""DELETE FROM {self.c}.members WHERE activation_id = ? AND grp = ?
+                        AND key IN (SELECT unnest(?::VARCHAR[]))""",
+                    [activation_id, grp, list(delete)],
+                )
+            if insert:
+                self.con.execute(
+                    f"""INSERT INTO {self.c}.members
+                        SELECT ?, ?, unnest(?::VARCHAR[]), unnest(?::VARCHAR[][]),
+                               unnest(?::UBIGINT[])""",
+                    [activation_id, grp, [u[0] for u in insert], [list(u[1]) for u in insert],
+                     [u[2] for u in insert]],
+                )
+            if batch_id:
+                self._journal_outcome(batch_id, status, detail)
+
+    # ------------------------------------------------------------------ runs
+    def start_run(self, run_id: str, activation_id: str, trigger: str) -> None:
+        self.con.execute(
+            f"""INSERT INTO {self.c}.runs (run_id, activation_id, trigger, started_at, status,
+                added, removed, updated, failed) VALUES (?, ?, ?, ?, 'Running', 0, 0, 0, 0)""",
+            [run_id, activation_id, trigger, _now()],
+        )
+
+    def finish_run(self, run_id: str, status: str, *, added: int, removed: int, updated: int,
+                   failed: int, audiences: list[dict[str, Any]], error: str | None) -> None:
+        self.con.execute(
+            f"""UPDATE {self.c}.runs SET finished_at = ?, status = ?, added = ?, removed = ?,
+                updated = ?, failed = ?, audiences = ?, error = ? WHERE run_id = ?""",
+            [_now(), status, added, removed, updated, failed, json.dumps(audiences), error,
+             run_id],
+        )

@@ -1,0 +1,208 @@
+"""Find and load a workspace into validated models. Every problem is collected (``validate``
+reports them all at once), each naming its file, line and field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from reconciler import yamlfile
+from reconciler.errors import ConfigError, Location, ValidationFailed
+from reconciler.spec import (
+    NAME_RE,
+    Activation,
+    Goal,
+    Integration,
+    PostgresSource,
+    Segment,
+    WorkspaceConfig,
+)
+
+CONFIG_FILE = "reconcile.yaml"
+KINDS = {"integrations": Integration, "segments": Segment, "activations": Activation}
+
+
+@dataclass
+class Workspace:
+    root: Path
+    config: WorkspaceConfig
+    integrations: dict[str, Integration] = field(default_factory=dict)
+    segments: dict[str, Segment] = field(default_factory=dict)
+    activations: dict[str, Activation] = field(default_factory=dict)
+    docs: dict[str, yamlfile.YamlDoc] = field(default_factory=dict)
+
+    def doc(self, kind: str, name: str) -> yamlfile.YamlDoc:
+        return self.docs[f"{kind}/{name}"]
+
+    def location(self, kind: str, name: str, *loc: str | int) -> Location:
+        key = f"{kind}/{name}"
+        if key in self.docs:
+            return self.docs[key].location(tuple(loc))
+        return Location(f"{kind}/{name}.yaml")
+
+    def file_of(self, kind: str, name: str) -> str:
+        key = f"{kind}/{name}"
+        return self.docs[key].display if key in self.docs else f"{kind}/{name}.yaml"
+
+    def path(self, relative: str) -> Path:
+        p = Path(relative)
+        return p if p.is_absolute() else self.root / p
+
+
+def find_root(start: Path) -> Path:
+    start = start.resolve()
+    for candidate in (start, *start.parents):
+        if (candidate / CONFIG_FILE).is_file():
+            return candidate
+    raise ConfigError(
+        f"no {CONFIG_FILE} in {start} or any parent directory; run `reconcile init` to "
+        "create a workspace, or pass -C DIR"
+    )
+
+
+def load(root: Path, *, check_destinations: bool = True) -> Workspace:
+    """Load and validate everything under ``root``; raise ValidationFailed listing all errors."""
+    errors: list[ConfigError] = []
+    config_doc = _load_doc(root / CONFIG_FILE, root, errors)
+    config = WorkspaceConfig()
+    if config_doc is not None:
+        parsed = _parse(config_doc, WorkspaceConfig, errors)
+        config = parsed if parsed is not None else config
+    ws = Workspace(root=root, config=config)
+    if config_doc is not None:
+        ws.docs[CONFIG_FILE] = config_doc
+    for kind, model in KINDS.items():
+        target: dict[str, Any] = getattr(ws, kind)
+        for path in _yaml_files(root / kind):
+            name = path.stem
+            doc = _load_doc(path, root, errors)
+            if doc is None:
+                continue
+            ws.docs[f"{kind}/{name}"] = doc
+            if not NAME_RE.match(name):
+                errors.append(doc.error(
+                    f"file name {path.name!r} is not a valid {kind[:-1]} id: use lowercase "
+                    "letters, digits, '-' and '_'"
+                ))
+                continue
+            if f"{kind}/{name}" in target:
+                errors.append(doc.error(f"two files define the {kind[:-1]} {name!r}"))
+                continue
+            item = _parse(doc, model, errors)
+            if item is not None:
+                target[name] = item
+    _cross_check(ws, errors, check_destinations)
+    if errors:
+        raise ValidationFailed(errors)
+    return ws
+
+
+def _yaml_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+
+
+def _load_doc(path: Path, root: Path, errors: list[ConfigError]) -> yamlfile.YamlDoc | None:
+    try:
+        doc = yamlfile.load(path, root)
+    except ConfigError as exc:
+        errors.append(exc)
+        return None
+    if doc.data is None:
+        doc = yamlfile.YamlDoc(doc.path, doc.display, {}, doc.node)
+    if not isinstance(doc.data, dict):
+        errors.append(doc.error("the file must hold a mapping of fields (key: value)"))
+        return None
+    return doc
+
+
+def _parse(doc: yamlfile.YamlDoc, model: type, errors: list[ConfigError]) -> Any:
+    try:
+        return model.model_validate(doc.data)
+    except ValidationError as exc:
+        errors.extend(yamlfile.validation_errors(doc, exc))
+        return None
+
+
+def _cross_check(ws: Workspace, errors: list[ConfigError], check_destinations: bool) -> None:
+    cfg_loc = ws.docs.get(CONFIG_FILE)
+    if isinstance(ws.config.source, PostgresSource) and cfg_loc is not None:
+        errors.append(cfg_loc.error(
+            "source type 'postgres' is not supported yet; use 'duckdb'", ("source", "type")
+        ))
+    for i, seg in enumerate(ws.config.suppression):
+        if seg not in ws.segments and cfg_loc is not None:
+            errors.append(cfg_loc.error(_unknown("segment", seg, ws.segments), ("suppression", i)))
+    profile_columns = set(ws.config.source.profiles.attributes)
+    for name, integ in ws.integrations.items():
+        doc = ws.doc("integrations", name)
+        if check_destinations:
+            _check_integration_config(doc, integ, errors)
+        for dest_field, column in integ.attributes.items():
+            if profile_columns and column not in profile_columns:
+                errors.append(doc.error(
+                    f"maps to {column!r}, which is not an attribute column of the profiles "
+                    f"table (declared: {sorted(profile_columns)})",
+                    ("attributes", dest_field),
+                ))
+    for name, act in ws.activations.items():
+        doc = ws.doc("activations", name)
+        for i, seg in enumerate(act.segments):
+            if seg not in ws.segments:
+                errors.append(doc.error(_unknown("segment", seg, ws.segments), ("segments", i)))
+        integ = ws.integrations.get(act.destination)
+        if integ is None:
+            errors.append(doc.error(
+                _unknown("integration", act.destination, ws.integrations), ("destination",)
+            ))
+        else:
+            for i, attr in enumerate(act.attributes):
+                if attr not in integ.attributes:
+                    errors.append(doc.error(
+                        f"attribute {attr!r} is not in the mapping of integration "
+                        f"{act.destination!r} (allowed: {sorted(integ.attributes)})",
+                        ("attributes", i),
+                    ))
+        if act.moved_from is not None and act.moved_from in ws.activations:
+            errors.append(doc.error(
+                f"moved_from {act.moved_from!r}, but activations/{act.moved_from}.yaml still "
+                "exists; delete the old file in the same change",
+                ("moved_from",),
+            ))
+        for field_name, unsupported in _not_supported_yet(act):
+            errors.append(doc.error(f"{unsupported} is not supported yet", (field_name,)))
+
+
+def _not_supported_yet(act: Activation) -> list[tuple[str, str]]:
+    out = []
+    if act.goal is not Goal.SEND_SEGMENTS:
+        out.append(("goal", f"goal {act.goal.value!r}"))
+    if act.notify:
+        out.append(("notify", "`notify` (e-mail and webhook notifications)"))
+    if act.append_to_profiles:
+        out.append(("append_to_profiles", "`append_to_profiles` (write-back to the source)"))
+    return out
+
+
+def _check_integration_config(doc: yamlfile.YamlDoc, integ: Integration,
+                              errors: list[ConfigError]) -> None:
+    from destinations import registry
+
+    try:
+        factory = registry.load(integ.type)
+    except ConfigError as exc:
+        errors.append(doc.error(exc.message, ("type",)))
+        return
+    try:
+        factory.config_model.model_validate(integ.config)
+    except ValidationError as exc:
+        errors.extend(yamlfile.validation_errors(doc, exc, ("config",)))
+
+
+def _unknown(kind: str, name: str, known: dict) -> str:
+    listing = ", ".join(sorted(known)) or "none defined"
+    return f"unknown {kind} {name!r} (known: {listing})"

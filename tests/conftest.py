@@ -1,0 +1,186 @@
+"""Shared fixtures: small workspaces on real DuckDB files, and the CLI.
+
+``workspace(...)`` builds a workspace in a temp dir with a profiles table the test controls
+(``profiles`` rows), so membership histories can be written directly; ``cli(ws, ...)`` runs
+a ``reconcile`` command in-process through click's runner.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, settings
+
+from reconciler.cli import main
+
+settings.register_profile(
+    "ci", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "dev", max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+PROFILE_COLUMNS = (
+    "customer_id VARCHAR, email VARCHAR, phone VARCHAR, first_name VARCHAR, country VARCHAR, "
+    "total_spend DOUBLE, email_consent BOOLEAN, seg_a BOOLEAN, seg_b BOOLEAN"
+)
+
+RECONCILE_YAML = """\
+version: 1
+timezone: UTC
+source:
+  type: duckdb
+  path: data/profiles.duckdb
+  profiles:
+    table: profiles
+    key: customer_id
+    identifiers: {email: email, phone: phone}
+    attributes: [first_name, country, total_spend, email_consent, seg_a, seg_b]
+    default_phone_country: AU
+state:
+  path: .reconcile/state.duckdb
+suppression: []
+"""
+
+SANDBOX_YAML = """\
+type: sandbox
+consent: email_consent
+attributes:
+  FIRST_NAME: first_name
+  COUNTRY: country
+config:
+  path: .reconcile/sandbox.duckdb
+  identifiers: [email, phone]
+  batch_size: 7
+"""
+
+SEGMENTS = {
+    "seg-a": "sql: SELECT customer_id FROM profiles WHERE seg_a\n",
+    "seg-b": "sql: SELECT customer_id FROM profiles WHERE seg_b\n",
+}
+
+
+def profile(i: int, *, a: bool = False, b: bool = False, consent: bool = True,
+            email: str | None = "default", name: str | None = None, spend: float = 10.0) -> dict:
+    return {
+        "customer_id": f"c{i:05d}",
+        "email": f"user{i}@example.com" if email == "default" else email,
+        "phone": None,
+        "first_name": name or f"Name{i}",
+        "country": "AU",
+        "total_spend": spend,
+        "email_consent": consent,
+        "seg_a": a,
+        "seg_b": b,
+    }
+
+
+@dataclass
+class WS:
+    root: Path
+
+    @property
+    def db(self) -> Path:
+        return self.root / "data" / "profiles.duckdb"
+
+    def write(self, relative: str, text: str) -> Path:
+        path = self.root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    def remove(self, relative: str) -> None:
+        (self.root / relative).unlink()
+
+    def set_profiles(self, rows: Iterable[dict]) -> None:
+        rows = list(rows)
+        self.db.parent.mkdir(parents=True, exist_ok=True)
+        con = duckdb.connect(str(self.db))
+        try:
+            con.execute(f"CREATE OR REPLACE TABLE profiles ({PROFILE_COLUMNS})")
+            if rows:
+                cols = list(rows[0])
+                con.executemany(
+                    f"INSERT INTO profiles ({', '.join(cols)}) VALUES "
+                    f"({', '.join('?' for _ in cols)})",
+                    [[r[c] for c in cols] for r in rows],
+                )
+        finally:
+            con.close()
+
+    def sandbox_keys(self, audience_name: str | None = None) -> dict[str, set[str]]:
+        """Sandbox contents: audience name -> set of match keys (what the destination holds)."""
+        path = self.root / ".reconcile" / "sandbox.duckdb"
+        if not path.exists():
+            return {}
+        con = duckdb.connect(str(path), read_only=True)
+        try:
+            rows = con.execute(
+                "SELECT a.name, m.match_key FROM audiences a "
+                "LEFT JOIN members m ON m.audience_id = a.id"
+            ).fetchall()
+        finally:
+            con.close()
+        out: dict[str, set[str]] = {}
+        for name, key in rows:
+            out.setdefault(name, set())
+            if key is not None:
+                out[name].add(key)
+        return out if audience_name is None else {audience_name: out.get(audience_name, set())}
+
+
+@pytest.fixture
+def workspace(tmp_path: Path):
+    def make(activations: dict[str, str] | None = None, *, profiles: Iterable[dict] = (),
+             segments: dict[str, str] | None = None, integration: str = SANDBOX_YAML,
+             reconcile_yaml: str = RECONCILE_YAML) -> WS:
+        ws = WS(tmp_path / "ws")
+        ws.write("reconcile.yaml", reconcile_yaml)
+        ws.write("integrations/sandbox.yaml", integration)
+        for name, text in (segments if segments is not None else SEGMENTS).items():
+            ws.write(f"segments/{name}.yaml", text)
+        for name, text in (activations or {}).items():
+            ws.write(f"activations/{name}.yaml", text)
+        ws.set_profiles(profiles)
+        return ws
+
+    return make
+
+
+@dataclass
+class Result:
+    exit_code: int
+    output: str
+    stderr: str
+
+    def json(self):
+        return json.loads(self.output)
+
+
+def cli(ws: WS, *args: str, input: str | None = None) -> Result:
+    runner = CliRunner()
+    res = runner.invoke(main, ["-C", str(ws.root), "--no-color", *args], input=input,
+                        catch_exceptions=False)
+    return Result(res.exit_code, res.stdout, res.stderr)
+
+
+def plan_json(ws: WS, *args: str) -> dict:
+    res = cli(ws, "plan", "--format", "json", *args)
+    assert res.exit_code == 0, res.stderr + res.output
+    return res.json()
+
+
+def audience_counts(plan: dict, activation: str) -> dict[str, tuple[int, int, int]]:
+    for a in plan["activations"]:
+        if a["id"] == activation:
+            return {au["group"]: (au["add"], au["remove"], au["update"]) for au in a["audiences"]}
+    raise KeyError(activation)

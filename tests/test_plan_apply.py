@@ -1,0 +1,223 @@
+"""End-to-end plan and apply through the CLI against real DuckDB files and the sandbox."""
+
+from __future__ import annotations
+
+from destinations.identity import sha256_hex
+from tests.conftest import audience_counts, cli, plan_json, profile
+
+MAINTAIN = """\
+segments: [seg-a]
+destination: sandbox
+name: Audience A
+attributes: [FIRST_NAME]
+"""
+
+
+def email_key(i: int) -> str:
+    return f"email_sha256:{sha256_hex(f'user{i}@example.com')}"
+
+
+def test_create_apply_then_plan_is_empty(workspace):
+    ws = workspace({"act": MAINTAIN}, profiles=[profile(i, a=i < 10) for i in range(20)])
+    plan = plan_json(ws)
+    assert plan["format_version"] == 1
+    (act,) = plan["activations"]
+    assert act["change"] == "create"
+    assert act["audience_size"] == 10 and act["matchable"] == 10
+    assert audience_counts(plan, "act") == {"all": (10, 0, 0)}
+
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 0, res.output + res.stderr
+    assert ws.sandbox_keys() == {"Audience A": {email_key(i) for i in range(10)}}
+
+    again = cli(ws, "plan", "--detailed-exitcode")
+    assert again.exit_code == 0, again.output
+    assert "No changes" in again.output
+
+
+def test_maintain_adds_removes_and_updates(workspace):
+    ws = workspace({"act": MAINTAIN}, profiles=[profile(i, a=i < 10) for i in range(20)])
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    # 0..2 leave, 10..11 enter, 5 changes its mapped attribute, 6 changes an unmapped one
+    rows = [profile(i, a=3 <= i < 12, name="Renamed" if i == 5 else None,
+                    spend=99.0 if i == 6 else 10.0) for i in range(20)]
+    ws.set_profiles(rows)
+    plan = plan_json(ws)
+    assert audience_counts(plan, "act") == {"all": (2, 3, 1)}
+    res = cli(ws, "plan", "--detailed-exitcode")
+    assert res.exit_code == 2
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    assert ws.sandbox_keys()["Audience A"] == {email_key(i) for i in range(3, 12)}
+    assert cli(ws, "plan", "--detailed-exitcode").exit_code == 0
+
+
+def test_append_never_removes_leavers_but_removes_lost_consent(workspace):
+    ws = workspace({"act": MAINTAIN + "action: append\n"},
+                   profiles=[profile(i, a=i < 6) for i in range(10)])
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    rows = [profile(i, a=i >= 4, consent=i != 5) for i in range(10)]  # 0..3 leave, 5 no consent
+    ws.set_profiles(rows)
+    plan = plan_json(ws)
+    # enter: 6..9 (4); remove: only 5 (consent lost)
+    assert audience_counts(plan, "act") == {"all": (4, 1, 0)}
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    held = ws.sandbox_keys()["Audience A"]
+    assert held == {email_key(i) for i in range(10) if i != 5}
+    assert cli(ws, "plan", "--detailed-exitcode").exit_code == 0
+
+
+def test_remove_action_removes_from_existing_list_and_records_it(workspace):
+    # first fill a list with maintain, then point a `remove` activation at it
+    ws = workspace({"fill": MAINTAIN}, profiles=[profile(i, a=True, b=i < 3) for i in range(8)])
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    ws.write("activations/purge.yaml", """\
+        segments: [seg-b]
+        destination: sandbox
+        action: remove
+        list: {existing: Audience A}
+    """)
+    plan = plan_json(ws, "-t", "purge")
+    assert audience_counts(plan, "purge") == {"all": (0, 3, 0)}
+    assert cli(ws, "apply", "-t", "purge", "--auto-approve").exit_code == 0
+    assert ws.sandbox_keys()["Audience A"] == {email_key(i) for i in range(3, 8)}
+    assert cli(ws, "plan", "-t", "purge", "--detailed-exitcode").exit_code == 0
+
+
+def test_mass_removal_guard_refuses_without_flag(workspace):
+    ws = workspace({"act": MAINTAIN}, profiles=[profile(i, a=True) for i in range(10)])
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    ws.set_profiles([profile(i, a=i < 2) for i in range(10)])  # 8 of 10 leave
+    plan = plan_json(ws)
+    assert plan["activations"][0]["audiences"][0]["mass_removal"] is True
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 1
+    assert "mass-removal guard" in res.stderr
+    assert len(ws.sandbox_keys()["Audience A"]) == 10  # nothing was removed
+    assert cli(ws, "apply", "--auto-approve", "--allow-mass-removal").exit_code == 0
+    assert ws.sandbox_keys()["Audience A"] == {email_key(0), email_key(1)}
+
+
+def test_ab_split_is_stable_and_partitions(workspace):
+    act = MAINTAIN.replace("name: Audience A", "name: Test") + "split: ab\n"
+    ws = workspace({"ab": act}, profiles=[profile(i, a=True) for i in range(60)])
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    held = ws.sandbox_keys()
+    a, b = held["Test - A"], held["Test - B"]
+    assert a and b and not (a & b)
+    assert a | b == {email_key(i) for i in range(60)}
+    # more profiles join: nobody already placed changes group
+    ws.set_profiles([profile(i, a=True) for i in range(90)])
+    assert audience_counts(plan_json(ws), "ab")["A"][1] == 0
+    assert audience_counts(plan_json(ws), "ab")["B"][1] == 0
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    held2 = ws.sandbox_keys()
+    assert a <= held2["Test - A"] and b <= held2["Test - B"]
+
+
+def test_control_group_is_recorded_not_sent(workspace):
+    act = MAINTAIN + "split: control\ncontrol_percent: 20\n"
+    ws = workspace({"ctl": act}, profiles=[profile(i, a=True) for i in range(100)])
+    plan = plan_json(ws)
+    counts = audience_counts(plan, "ctl")
+    assert counts["control"][0] + counts["experiment"][0] == 100
+    assert 5 <= counts["control"][0] <= 40
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    held = ws.sandbox_keys()
+    assert list(held) == ["Audience A"]
+    assert len(held["Audience A"]) == counts["experiment"][0]
+    assert cli(ws, "plan", "--detailed-exitcode").exit_code == 0
+
+
+def test_delete_keeps_audience_unless_clear(workspace):
+    ws = workspace({"keep": MAINTAIN, "clear": MAINTAIN.replace("Audience A", "Audience C")
+                    + "on_delete: clear\n"},
+                   profiles=[profile(i, a=True) for i in range(4)])
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    ws.remove("activations/keep.yaml")
+    ws.remove("activations/clear.yaml")
+    plan = plan_json(ws)
+    assert {a["id"]: a["change"] for a in plan["activations"]} == {
+        "keep": "delete", "clear": "delete"}
+    assert cli(ws, "apply", "--auto-approve", "--allow-mass-removal").exit_code == 0
+    held = ws.sandbox_keys()
+    assert len(held["Audience A"]) == 4 and held["Audience C"] == set()
+    assert cli(ws, "plan", "--detailed-exitcode").exit_code == 0
+    status = cli(ws, "status", "--format", "json").json()
+    assert status["activations"] == []
+
+
+def test_moved_from_carries_state_over(workspace):
+    ws = workspace({"old": MAINTAIN}, profiles=[profile(i, a=True) for i in range(5)])
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    ws.remove("activations/old.yaml")
+    ws.write("activations/new.yaml", MAINTAIN + "moved_from: old\n")
+    plan = plan_json(ws)
+    (act,) = plan["activations"]
+    assert act["id"] == "new" and act["moved_from"] == "old"
+    assert audience_counts(plan, "new") == {"all": (0, 0, 0)}
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    assert len(ws.sandbox_keys()) == 1  # no second audience
+    assert cli(ws, "plan", "--detailed-exitcode").exit_code == 0
+
+
+def test_paused_sends_nothing_but_exclusions(workspace):
+    ws = workspace({"act": MAINTAIN}, profiles=[profile(i, a=i < 5) for i in range(10)])
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    ws.write("activations/act.yaml", MAINTAIN + "paused: true\n")
+    ws.set_profiles([profile(i, a=i >= 3, consent=i != 4) for i in range(10)])
+    plan = plan_json(ws)
+    assert audience_counts(plan, "act") == {"all": (0, 1, 0)}  # only lost consent
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    assert ws.sandbox_keys()["Audience A"] == {email_key(i) for i in (0, 1, 2, 3)}
+    res = cli(ws, "run", "act", "--auto-approve")
+    assert res.exit_code == 1 and "paused" in res.stderr
+
+
+def test_once_activation_runs_once_then_only_with_run(workspace):
+    ws = workspace({"one": MAINTAIN + "frequency: once\n"},
+                   profiles=[profile(i, a=i < 3) for i in range(6)])
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    ws.set_profiles([profile(i, a=i < 5) for i in range(6)])
+    assert audience_counts(plan_json(ws), "one") == {"all": (0, 0, 0)}
+    res = cli(ws, "run", "one", "--auto-approve")
+    assert res.exit_code == 0, res.output + res.stderr
+    assert len(ws.sandbox_keys()["Audience A"]) == 5
+    status = cli(ws, "status", "--format", "json").json()["activations"][0]
+    assert status["tab"] == "Inactive" and status["status"] == "Complete"
+    runs = cli(ws, "log", "one", "--format", "json").json()["runs"]
+    assert [r["trigger"] for r in runs] == ["run", "apply"]
+    assert [r["added"] for r in runs] == [2, 3]
+
+
+def test_saved_plan_applies_exactly_and_refuses_when_stale(workspace, tmp_path):
+    ws = workspace({"act": MAINTAIN}, profiles=[profile(i, a=i < 4) for i in range(8)])
+    out = tmp_path / "p.plan"
+    assert cli(ws, "plan", "--out", str(out)).exit_code == 0
+    shown = cli(ws, "show", str(out), "--format", "json").json()
+    assert audience_counts(shown, "act") == {"all": (4, 0, 0)}
+    # membership drifts after the plan: apply still sends exactly the planned keys
+    ws.set_profiles([profile(i, a=i < 6) for i in range(8)])
+    assert cli(ws, "apply", str(out), "--auto-approve").exit_code == 0
+    assert ws.sandbox_keys()["Audience A"] == {email_key(i) for i in range(4)}
+    # the state moved since that plan: a second apply of it is refused
+    res = cli(ws, "apply", str(out), "--auto-approve")
+    assert res.exit_code == 1 and "stale" in res.stderr
+    assert ws.sandbox_keys()["Audience A"] == {email_key(i) for i in range(4)}
+
+
+def test_status_and_log_report_runs(workspace):
+    ws = workspace({"act": MAINTAIN}, profiles=[profile(i, a=True) for i in range(3)])
+    before = cli(ws, "status", "--format", "json").json()["activations"]
+    assert [(r["id"], r["status"], r["tab"]) for r in before] == [("act", "New", "Active")]
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    after = cli(ws, "status", "--format", "json").json()["activations"][0]
+    assert after["status"] == "Complete" and after["added"] == 3
+    text = cli(ws, "log", "act")
+    assert text.exit_code == 0 and "Complete" in text.output
+
+
+def test_apply_refuses_without_tty_or_approval(workspace):
+    ws = workspace({"act": MAINTAIN}, profiles=[profile(i, a=True) for i in range(3)])
+    res = cli(ws, "apply")
+    assert res.exit_code == 1 and "--auto-approve" in res.stderr
+    assert ws.sandbox_keys() == {}
