@@ -6,66 +6,48 @@ Exit codes: 0 success; 1 error; with ``plan --detailed-exitcode``, 2 = success w
 from __future__ import annotations
 
 import json
-import os
 import sys
-from functools import wraps
 from pathlib import Path
 
 import click
 
 from reconciler import engine, render
 from reconciler.apply import ApplyOptions, ApplyResult
+from reconciler.cli_common import Ctx, handle_errors, use_color
 from reconciler.errors import ReconcileError
 from reconciler.interrupts import InterruptGuard
 from reconciler.planning import PlanRequest
-from reconciler.workspace import Workspace, find_root
-from reconciler.workspace import load as load_workspace
-
-
-class Ctx:
-    def __init__(self, directory: str | None, color: bool):
-        self.directory = Path(directory) if directory else Path.cwd()
-        self.color = color
-
-    def workspace(self) -> Workspace:
-        return load_workspace(find_root(self.directory))
-
-
-def handle_errors(fn):
-    """The single error handler: `Error: ...` on stderr, exit 1."""
-
-    @wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except ReconcileError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            sys.exit(1)
-
-    return wrapper
-
-
-def _use_color(no_color: bool) -> bool:
-    return not no_color and "NO_COLOR" not in os.environ and sys.stdout.isatty()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-C", "directory", type=click.Path(file_okay=False), default=None,
-              help="Workspace directory (default: the current one or its nearest parent "
-                   "holding reconcile.yaml).")
+@click.option(
+    "-C",
+    "directory",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Workspace directory (default: the current one or its nearest parent "
+    "holding reconcile.yaml).",
+)
 @click.option("--no-color", is_flag=True, help="Plain output without ANSI colours.")
 @click.version_option(package_name="activation-reconciler")
 @click.pass_context
 def main(ctx: click.Context, directory: str | None, no_color: bool) -> None:
     """Activations as code: plan and apply customer-audience syncs."""
-    ctx.obj = Ctx(directory, _use_color(no_color))
+    ctx.obj = Ctx(directory, use_color(no_color))
 
 
 pass_ctx = click.make_pass_decorator(Ctx)
-target_option = click.option("-t", "--target", "targets", multiple=True, metavar="ID",
-                             help="Only this activation (repeatable).")
-format_option = click.option("--format", "fmt", type=click.Choice(render.FORMATS),
-                             default="text", show_default=True)
+target_option = click.option(
+    "-t",
+    "--target",
+    "targets",
+    multiple=True,
+    metavar="ID",
+    help="Only this activation (repeatable).",
+)
+format_option = click.option(
+    "--format", "fmt", type=click.Choice(render.FORMATS), default="text", show_default=True
+)
 
 
 # ---------------------------------------------------------------------- validate / schema
@@ -82,8 +64,9 @@ def validate(c: Ctx) -> None:
 
 
 @main.command()
-@click.argument("kind", required=False,
-                type=click.Choice(["reconcile", "activation", "segment", "integration"]))
+@click.argument(
+    "kind", required=False, type=click.Choice(["reconcile", "activation", "segment", "integration"])
+)
 def schema(kind: str | None) -> None:
     """Print the JSON Schema of the workspace files (for editors)."""
     from reconciler.schema import json_schema
@@ -97,8 +80,13 @@ def schema(kind: str | None) -> None:
 @click.option("--out", type=click.Path(dir_okay=False), help="Save the plan for `apply PLANFILE`.")
 @format_option
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 2 when there are changes.")
-@click.option("--refresh", type=click.BOOL, default=True, show_default=True,
-              help="--refresh=false contacts no destination.")
+@click.option(
+    "--refresh",
+    type=click.BOOL,
+    default=True,
+    show_default=True,
+    help="--refresh=false contacts no destination.",
+)
 @click.option("--due", is_flag=True, help="Only activations the schedule says are due.")
 @pass_ctx
 @handle_errors
@@ -111,8 +99,10 @@ def plan(c: Ctx, targets, out, fmt, detailed_exitcode, refresh, due) -> None:
             engine.save_plan(ws, staged, Path(out))
         click.echo(render.render(staged.plan, fmt, color=c.color))
         if out:
-            click.echo(f"Saved the plan to {out}; apply it with `reconcile apply {out}`.",
-                       err=fmt != "text")
+            click.echo(
+                f"Saved the plan to {out}; apply it with `reconcile apply {out}`.",
+                err=fmt != "text",
+            )
     finally:
         staged.discard()
     if detailed_exitcode and staged.plan.has_changes:
@@ -134,13 +124,23 @@ def show(c: Ctx, planfile, fmt) -> None:
 
 # ---------------------------------------------------------------------- apply / run
 def _apply_options(fn):
-    for opt in reversed([
-        click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation."),
-        click.option("--allow-mass-removal", is_flag=True,
-                     help="Allow emptying an audience or removing more than max_removal_share."),
-        click.option("--lock-timeout", type=float, default=0.0, show_default=True,
-                     help="Seconds to wait for the state lock."),
-    ]):
+    for opt in reversed(
+        [
+            click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation."),
+            click.option(
+                "--allow-mass-removal",
+                is_flag=True,
+                help="Allow emptying an audience or removing more than max_removal_share.",
+            ),
+            click.option(
+                "--lock-timeout",
+                type=float,
+                default=0.0,
+                show_default=True,
+                help="Seconds to wait for the state lock.",
+            ),
+        ]
+    ):
         fn = opt(fn)
     return fn
 
@@ -156,8 +156,16 @@ def apply(c: Ctx, planfile, targets, due, auto_approve, allow_mass_removal, lock
     """Plan, confirm, push the changes to the destinations and record them."""
     ws = c.workspace()
     trigger = "schedule" if due else "apply"
-    _apply(c, ws, planfile, PlanRequest(tuple(targets), due_only=due), trigger,
-           auto_approve, allow_mass_removal, lock_timeout)
+    _apply(
+        c,
+        ws,
+        planfile,
+        PlanRequest(tuple(targets), due_only=due),
+        trigger,
+        auto_approve,
+        allow_mass_removal,
+        lock_timeout,
+    )
 
 
 @main.command()
@@ -178,12 +186,21 @@ def run(c: Ctx, name, auto_approve, allow_mass_removal, lock_timeout):
             f"activation {name!r} is paused (Stop Updates); set `paused: false` in "
             f"{ws.file_of('activations', name)} to run it"
         )
-    _apply(c, ws, None, PlanRequest((name,), include_inactive=True), "run", auto_approve,
-           allow_mass_removal, lock_timeout)
+    _apply(
+        c,
+        ws,
+        None,
+        PlanRequest((name,), include_inactive=True),
+        "run",
+        auto_approve,
+        allow_mass_removal,
+        lock_timeout,
+    )
 
 
-def _apply(c: Ctx, ws, planfile, request, trigger, auto_approve, allow_mass_removal,
-           lock_timeout) -> None:
+def _apply(
+    c: Ctx, ws, planfile, request, trigger, auto_approve, allow_mass_removal, lock_timeout
+) -> None:
     lock = engine.state_lock(ws)
     lock.acquire(trigger if trigger != "schedule" else "apply --due", lock_timeout)
     try:
@@ -198,8 +215,11 @@ def _apply(c: Ctx, ws, planfile, request, trigger, auto_approve, allow_mass_remo
             if not auto_approve and not _confirm():
                 click.echo("Apply cancelled; nothing was changed.")
                 sys.exit(1)
-            options = ApplyOptions(allow_mass_removal=allow_mass_removal, trigger=trigger,
-                                   from_plan_file=bool(planfile))
+            options = ApplyOptions(
+                allow_mass_removal=allow_mass_removal,
+                trigger=trigger,
+                from_plan_file=bool(planfile),
+            )
             with InterruptGuard(lambda m: click.echo(m, err=True)) as guard:
                 result = engine.execute(ws, staged, options, guard)
         finally:
@@ -217,8 +237,10 @@ def _confirm() -> bool:
             "apply needs confirmation but standard input is not a terminal; "
             "pass --auto-approve (e.g. in CI) or run it interactively"
         )
-    return click.prompt("Apply these changes? Only 'yes' is accepted", default="",
-                        show_default=False) == "yes"
+    return (
+        click.prompt("Apply these changes? Only 'yes' is accepted", default="", show_default=False)
+        == "yes"
+    )
 
 
 def _report(result: ApplyResult) -> None:
@@ -230,8 +252,7 @@ def _report(result: ApplyResult) -> None:
         if o.error:
             click.echo(f"  {o.error}", err=True)
     if result.interrupted:
-        click.echo("Interrupted: what was sent is recorded; run apply again to finish.",
-                   err=True)
+        click.echo("Interrupted: what was sent is recorded; run apply again to finish.", err=True)
     else:
         done = sum(1 for o in result.outcomes if o.status == "Complete")
         click.echo(f"Apply finished: {done} of {len(result.outcomes)} activation(s) complete.")
@@ -246,6 +267,7 @@ for _cmd in (status, log, lists, segments, state):
 
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False), default=".")
+@handle_errors
 def init(directory: str) -> None:
     """Scaffold a workspace (including .github/workflows)."""
     from reconciler.scaffold import scaffold

@@ -8,6 +8,7 @@ import sys
 import click
 
 from reconciler import engine
+from reconciler.cli_common import handle_errors
 from reconciler.errors import ReconcileError
 from reconciler.reports import activation_rows, log_rows, segment_rows
 from reconciler.workspace import Workspace
@@ -18,8 +19,6 @@ def _ws() -> Workspace:
 
 
 def _handled(fn):
-    from reconciler.cli import handle_errors
-
     return handle_errors(fn)
 
 
@@ -49,11 +48,23 @@ def status(which, fmt) -> None:
         if not tab_rows:
             continue
         click.echo(f"{tab}:")
-        click.echo(_table(
-            ["ID", "STATUS", "DESTINATION", "LAST RUN", "ADDED", "REMOVED", "UPDATED"],
-            [[r["id"], r["status"], r["destination"], r["last_run"] or "never",
-              r["added"], r["removed"], r["updated"]] for r in tab_rows],
-        ))
+        click.echo(
+            _table(
+                ["ID", "STATUS", "DESTINATION", "LAST RUN", "ADDED", "REMOVED", "UPDATED"],
+                [
+                    [
+                        r["id"],
+                        r["status"],
+                        r["destination"],
+                        r["last_run"] or "never",
+                        r["added"],
+                        r["removed"],
+                        r["updated"],
+                    ]
+                    for r in tab_rows
+                ],
+            )
+        )
         click.echo("")
     if not rows:
         click.echo("No activations.")
@@ -77,11 +88,23 @@ def log(name, limit, fmt) -> None:
     if not rows:
         click.echo(f"{name}: no runs yet.")
         return
-    click.echo(_table(
-        ["STARTED", "TRIGGER", "STATUS", "ADDED", "REMOVED", "UPDATED", "REFUSED"],
-        [[r["started_at"], r["trigger"], r["status"], r["added"], r["removed"], r["updated"],
-          r["failed"]] for r in rows],
-    ))
+    click.echo(
+        _table(
+            ["STARTED", "TRIGGER", "STATUS", "ADDED", "REMOVED", "UPDATED", "REFUSED"],
+            [
+                [
+                    r["started_at"],
+                    r["trigger"],
+                    r["status"],
+                    r["added"],
+                    r["removed"],
+                    r["updated"],
+                    r["failed"],
+                ]
+                for r in rows
+            ],
+        )
+    )
     for r in rows:
         if r["error"]:
             click.echo(f"  {r['started_at']}: {r['error']}")
@@ -106,11 +129,16 @@ def lists(integration, fmt) -> None:
     finally:
         conns.close()
     if fmt == "json":
-        click.echo(json.dumps([{"id": a.id, "name": a.name, "size": a.size} for a in found],
-                              indent=2))
+        click.echo(
+            json.dumps([{"id": a.id, "name": a.name, "size": a.size} for a in found], indent=2)
+        )
         return
-    click.echo(_table(["ID", "NAME", "SIZE"],
-                      [[a.id, a.name, "" if a.size is None else a.size] for a in found]))
+    click.echo(
+        _table(
+            ["ID", "NAME", "SIZE"],
+            [[a.id, a.name, "" if a.size is None else a.size] for a in found],
+        )
+    )
 
 
 @click.command()
@@ -153,15 +181,25 @@ def state_show(name) -> None:
         out = []
         for aid, rec in sorted(recs.items()):
             counts = st.member_counts(aid)
-            out.append({
-                "id": aid, "serial": rec.serial, "status": rec.status,
-                "destination": rec.destination, "spec_digest": rec.spec_digest,
-                "audiences": [
-                    {"group": a.grp, "name": a.name, "resource_id": a.resource_id,
-                     "sent": a.sent, "members": counts.get(a.grp, 0)}
-                    for a in st.audiences(aid).values()
-                ],
-            })
+            out.append(
+                {
+                    "id": aid,
+                    "serial": rec.serial,
+                    "status": rec.status,
+                    "destination": rec.destination,
+                    "spec_digest": rec.spec_digest,
+                    "audiences": [
+                        {
+                            "group": a.grp,
+                            "name": a.name,
+                            "resource_id": a.resource_id,
+                            "sent": a.sent,
+                            "members": counts.get(a.grp, 0),
+                        }
+                        for a in st.audiences(aid).values()
+                    ],
+                }
+            )
     click.echo(json.dumps(out, indent=2, default=str))
 
 
@@ -213,6 +251,9 @@ def state_mv(old, new) -> None:
 @state.command("migrate")
 def state_migrate() -> None:
     """Copy the state to another backend (PostgreSQL: not supported yet)."""
-    click.echo("Error: `state migrate` needs a second state backend (PostgreSQL), which is "
-               "not supported yet.", err=True)
+    click.echo(
+        "Error: `state migrate` needs a second state backend (PostgreSQL), which is "
+        "not supported yet.",
+        err=True,
+    )
     sys.exit(1)

@@ -38,8 +38,10 @@ is a fixed anchor: pass the plan's date the first time and keep the file (see
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
+from collections.abc import Iterator
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -114,42 +116,19 @@ def generate(
     """Create the demo database at ``path`` (replacing any file there) with ``profiles`` rows.
 
     Written to ``path.with_suffix('.tmp')`` and moved into place with ``os.replace`` only when
-    complete, so a killed process never leaves a half-built database at ``path``.
+    complete, so a killed process never leaves a half-built database at ``path``. Builders of
+    one path are serialised by ``flock`` on ``<path>.lock`` (left in place, like the state
+    lock).
     """
     path = Path(path)
     profiles = _non_negative_int(profiles, "profiles")
     seed = _int(seed, "seed")
     table = _table_name(table)
     as_of = _as_date(as_of)
-    tmp = path.with_suffix(".tmp")
-    if tmp == path:
+    if path.suffix == ".tmp":
         raise ValueError(f"demo database path must not end in .tmp: {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove(tmp, _wal(tmp))
-    try:
-        con = _connect(tmp, threads, memory_limit)
-        try:
-            columns = ",\n  ".join(
-                f"{name} {type_}{' NOT NULL' if name in _NOT_NULL else ''}"
-                for name, type_ in COLUMNS
-            )
-            con.execute(f'CREATE TABLE "{table}" (\n  {columns}\n)')
-            # range() is a single-threaded source; a scan of a materialised table is parallel
-            con.execute(f"CREATE TEMP TABLE __demo_ids AS SELECT range AS i FROM range({profiles})")
-            con.execute(f'INSERT INTO "{table}" {_select_sql("__demo_ids", as_of, seed)}')
-            con.execute("DROP TABLE __demo_ids")
-            comment = (
-                f"reconciler demo v{VERSION}: profiles={profiles} seed={seed} "
-                f"as_of={as_of.isoformat()}"
-            )
-            con.execute(f"COMMENT ON TABLE \"{table}\" IS '{comment}'")
-            con.execute("CHECKPOINT")
-        finally:
-            con.close()
-        _remove(_wal(path))  # a stale WAL next to the old file must not replay onto the new
-        os.replace(tmp, path)
-    finally:
-        _remove(tmp, _wal(tmp))
+    with _build_lock(path):
+        _build(path, profiles, as_of, seed, table, threads, memory_limit)
 
 
 def ensure_demo(
@@ -170,15 +149,16 @@ def ensure_demo(
     path = Path(path)
     if path.exists():
         return False
-    generate(
-        path,
-        profiles,
-        as_of=as_of,
-        seed=seed,
-        table=table,
-        threads=threads,
-        memory_limit=memory_limit,
-    )
+    profiles = _non_negative_int(profiles, "profiles")
+    seed = _int(seed, "seed")
+    table = _table_name(table)
+    as_of = _as_date(as_of)
+    if path.suffix == ".tmp":
+        raise ValueError(f"demo database path must not end in .tmp: {path}")
+    with _build_lock(path):
+        if path.exists():  # another process built it while we waited
+            return False
+        _build(path, profiles, as_of, seed, table, threads, memory_limit)
     return True
 
 
@@ -236,15 +216,15 @@ def churn(
               ORDER BY {pick_key}, customer_id LIMIT {leave})
             UNION ALL
             SELECT customer_id, false AS leaving, {pick_key} AS k FROM (
-              SELECT customer_id FROM "{table}" WHERE NOT {member}
+              SELECT customer_id FROM "{table}" WHERE {member} IS NOT TRUE
               ORDER BY country <> '{country}', {pick_key}, customer_id LIMIT {enter})"""
         )
         # leaving: a spend in [20%, 90%) of the threshold; entering: threshold + [0, 200.00)
         con.execute(
             f"""UPDATE "{table}" AS p SET
               total_spend = CASE WHEN c.leaving
-                THEN (({min_cents} * (200 + md5_number(c.k) % 700)::BIGINT) // 1000) * 0.01
-                ELSE ({min_cents} + (md5_number(c.k) % 20000)::BIGINT) * 0.01 END,
+                THEN (({min_cents} * (200 + (md5_number(c.k) >> 64)::UBIGINT % 700)::BIGINT) // 1000) * 0.01
+                ELSE ({min_cents} + ((md5_number(c.k) >> 64)::UBIGINT % 20000)::BIGINT) * 0.01 END,
               country = CASE WHEN c.leaving THEN p.country ELSE '{country}' END
             FROM __demo_churn AS c WHERE p.customer_id = c.customer_id"""
         )
@@ -256,6 +236,55 @@ def churn(
 
 
 # --------------------------------------------------------------------------- internals
+
+
+def _build(
+    path: Path,
+    profiles: int,
+    as_of: date,
+    seed: int,
+    table: str,
+    threads: int | None,
+    memory_limit: str | None,
+) -> None:
+    tmp = path.with_suffix(".tmp")
+    _remove(tmp, _wal(tmp))
+    try:
+        con = _connect(tmp, threads, memory_limit)
+        try:
+            columns = ",\n  ".join(
+                f"{name} {type_}{' NOT NULL' if name in _NOT_NULL else ''}"
+                for name, type_ in COLUMNS
+            )
+            con.execute(f'CREATE TABLE "{table}" (\n  {columns}\n)')
+            # range() is a single-threaded source; a scan of a materialised table is parallel
+            con.execute(f"CREATE TEMP TABLE __demo_ids AS SELECT range AS i FROM range({profiles})")
+            con.execute(f'INSERT INTO "{table}" {_select_sql("__demo_ids", as_of, seed)}')
+            con.execute("DROP TABLE __demo_ids")
+            comment = (
+                f"reconciler demo v{VERSION}: profiles={profiles} seed={seed} "
+                f"as_of={as_of.isoformat()}"
+            )
+            con.execute(f"COMMENT ON TABLE \"{table}\" IS '{comment}'")
+            con.execute("CHECKPOINT")
+        finally:
+            con.close()
+        _remove(_wal(path))  # a stale WAL next to the old file must not replay onto the new
+        os.replace(tmp, path)
+    finally:
+        _remove(tmp, _wal(tmp))
+
+
+@contextlib.contextmanager
+def _build_lock(path: Path) -> Iterator[None]:
+    """Serialise builders of one path: two first runs at once must not share ``.tmp``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _select_sql(source: str, as_of: date, seed: int) -> str:
@@ -291,9 +320,7 @@ def _select_sql(source: str, as_of: date, seed: int) -> str:
         f"(h{k} >> 64)::UBIGINT AS r{2 * j}, (h{k} & {_MASK64}::UHUGEINT)::UBIGINT AS r{2 * j + 1}"
         for j, k in enumerate("abc")
     )
-    hashes = ", ".join(
-        f"md5_number(concat('{_SALT}:', {seed}, ':{k}:', i)) AS h{k}" for k in "abc"
-    )
+    hashes = ", ".join(f"md5_number(concat('{_SALT}:', {seed}, ':{k}:', i)) AS h{k}" for k in "abc")
     return f"""
 WITH raw AS (
   SELECT i, md5(concat('{_ID_SALT}', i)) AS idh, {hashes}

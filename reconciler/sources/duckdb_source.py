@@ -3,12 +3,14 @@ by default, generated deterministically on first use)."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
 import duckdb
 
-from reconciler.errors import SourceError
+from reconciler.errors import Location, SourceError
 from reconciler.spec import DuckDBSource
 
 SOURCE_CATALOG = "source"
@@ -18,33 +20,53 @@ class DuckDBFileSource:
     dialect = "duckdb"
     catalog = SOURCE_CATALOG
 
-    def __init__(self, spec: DuckDBSource, root: Path):
+    def __init__(
+        self,
+        spec: DuckDBSource,
+        root: Path,
+        locate: Callable[..., Location] | None = None,
+    ):
         self.spec = spec
         self.profiles = spec.profiles
         path = Path(spec.path)
         self.path = path if path.is_absolute() else root / path
+        # where a setting is in reconcile.yaml, for messages
+        self.locate = locate or (
+            lambda *loc: Location("reconcile.yaml", None, ".".join(map(str, loc)))
+        )
 
     def describe(self) -> str:
         return f"DuckDB file {self.path}"
 
     def prepare(self, as_of_date: date) -> None:
-        if self.path.exists():
+        if self.path.is_file():
             return
+        if self.path.exists():
+            raise SourceError(
+                f"{self.locate('source', 'path')}: the source database {self.path} is not a "
+                "file; point `source.path` at the DuckDB file holding the profiles table"
+            )
         if not self.spec.demo:
             raise SourceError(
-                f"the source database {self.path} does not exist; check `source.path` in "
-                "reconcile.yaml (or set `source.demo: true` for the demo data)"
+                f"{self.locate('source', 'path')}: the source database {self.path} does not "
+                "exist; check `source.path` (or set `source.demo: true` for the demo data)"
             )
         from reconciler.sources import demo
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        demo.generate(self.path, self.spec.demo_profiles, as_of=as_of_date)
+        demo.ensure_demo(self.path, self.spec.demo_profiles, as_of_date,
+                         threads=self.spec.threads, memory_limit=self.spec.memory_limit)
 
     def attach(self, con: duckdb.DuckDBPyConnection) -> None:
         try:
             con.execute(f"ATTACH '{_quote(self.path)}' AS {SOURCE_CATALOG} (READ_ONLY)")
         except duckdb.Error as exc:
-            raise SourceError(f"cannot open the source {self.describe()}: {exc}") from exc
+            detail = re.sub(r"\s+", " ", str(exc)).strip().rstrip(".!")
+            raise SourceError(
+                f"{self.locate('source', 'path')}: cannot open the source {self.describe()}: "
+                f"{detail}. Check that it is a DuckDB database and that no other program "
+                "holds it open for writing"
+            ) from exc
         con.execute(f"USE {SOURCE_CATALOG}")
         table = self.profiles.table
         cols = {
@@ -57,15 +79,21 @@ class DuckDBFileSource:
         }
         if not cols:
             raise SourceError(
-                f"the source {self.describe()} has no table {table!r} "
-                "(source.profiles.table in reconcile.yaml)"
+                f"{self.locate('source', 'profiles', 'table')}: the source {self.describe()} "
+                f"has no table {table!r}; set `source.profiles.table` to the profiles table"
             )
-        wanted = [self.profiles.key, *self.profiles.identifiers.values(), *self.profiles.attributes]
-        missing = [c for c in wanted if c not in cols]
+        declared: list[tuple[str, tuple[str | int, ...]]] = [
+            (self.profiles.key, ("key",)),
+            *((c, ("identifiers", t)) for t, c in self.profiles.identifiers.items()),
+            *((c, ("attributes", i)) for i, c in enumerate(self.profiles.attributes)),
+        ]
+        missing = [(c, loc) for c, loc in declared if c not in cols]
         if missing:
+            names = [c for c, _ in missing]
             raise SourceError(
-                f"the profiles table {table!r} in {self.describe()} lacks column(s) {missing} "
-                "declared in reconcile.yaml (source.profiles)"
+                f"{self.locate('source', 'profiles', *missing[0][1])}: the profiles table "
+                f"{table!r} in {self.describe()} has no column(s) {names}; fix the names "
+                f"under `source.profiles` (the table has: {', '.join(sorted(cols))})"
             )
 
 
