@@ -72,8 +72,13 @@ def state_lock(ws: Workspace) -> StateLock:
     return StateLock(ws.path(ws.config.state.path).with_suffix(".lock"))
 
 
-def execute(ws: Workspace, staged: StagedPlan, options: ApplyOptions,
-            guard: InterruptGuard, lock_timeout: float = 0.0) -> ApplyResult:
+def execute(
+    ws: Workspace,
+    staged: StagedPlan,
+    options: ApplyOptions,
+    guard: InterruptGuard,
+    lock_timeout: float = 0.0,
+) -> ApplyResult:
     """Apply a plan; the caller holds the state lock."""
     conns = Connections(ws)
     try:
@@ -88,8 +93,9 @@ def _apply_session(ws: Workspace, staging: Path, lock_timeout: float):
     deadline = time.monotonic() + max(lock_timeout, 5.0)
     while True:
         try:
-            session = Session(ws, open_source(ws), write_state=True, staging_path=staging,
-                              lock_down=False)
+            session = Session(
+                ws, open_source(ws), write_state=True, staging_path=staging, lock_down=False
+            )
             break
         except StateError:
             # a concurrent `plan` may hold the state file open read-only for a moment
@@ -114,6 +120,11 @@ def read_state(ws: Workspace):
             try:
                 con.execute(f"ATTACH '{_q(path)}' AS {CATALOG} (READ_ONLY)")
             except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower():  # not held by another process: unreadable
+                    raise StateError(
+                        f"cannot open the state {path}: {' '.join(str(exc).split())}; it is "
+                        "not a readable state database, restore it from a backup"
+                    ) from exc
                 holder = state_lock(ws).holder()
                 raise StateError(
                     f"the state {path} is in use{' by ' + holder if holder else ''}; "

@@ -50,8 +50,9 @@ class SegmentResult:
 
 
 class SegmentRunner:
-    def __init__(self, ws: Workspace, con: duckdb.DuckDBPyConnection, as_of: datetime,
-                 dialect: str):
+    def __init__(
+        self, ws: Workspace, con: duckdb.DuckDBPyConnection, as_of: datetime, dialect: str
+    ):
         self.ws, self.con, self.as_of, self.dialect = ws, con, as_of, dialect
         self._done: dict[str, SegmentResult] = {}
 
@@ -65,14 +66,16 @@ class SegmentRunner:
                 render_sql(seg.sql, self.as_of, self.ws.config.timezone), self.dialect
             )
         except (TemplateFailed, SqlRejected) as exc:
-            raise SegmentError(f"{where}: segment {name!r}: {exc}") from exc
+            at = self.ws.doc("segments", name).text_location(("sql",), exc.line)
+            raise SegmentError(f"{at}: segment {name!r}: {exc}") from exc
         table = f"seg_{len(self._done)}"
         try:
             cols = self.con.execute(f"DESCRIBE SELECT * FROM ({sql}) q").fetchall()
             if len(cols) != 1:
                 raise SegmentError(
                     f"{where}: segment {name!r} must return exactly one column (the profile "
-                    f"key), it returns {len(cols)}: {[c[0] for c in cols]}"
+                    f"key), it returns {len(cols)}: {[c[0] for c in cols]}; select only "
+                    f"{self.ws.config.source.profiles.key}"
                 )
             self.con.execute(
                 f"CREATE OR REPLACE TEMP TABLE {table} AS "
@@ -84,11 +87,11 @@ class SegmentRunner:
         except SegmentError:
             raise
         except duckdb.Error as exc:
-            raise SegmentError(f"{where}: segment {name!r} failed: {_clean(exc)}") from exc
+            raise self._failed(name, exc) from exc
         if non_null != total:
             raise SegmentError(
                 f"{where}: segment {name!r} returned {total - non_null} NULL key(s); "
-                "filter them out (WHERE key IS NOT NULL)"
+                f"filter them out (WHERE {cols[0][0]} IS NOT NULL)"
             )
         if distinct != total:
             raise SegmentError(
@@ -99,6 +102,18 @@ class SegmentRunner:
         self._done[name] = result
         return result
 
+    def _failed(self, name: str, exc: duckdb.Error) -> SegmentError:
+        """The engine's error with the file line of the SQL line it names (DuckDB's own
+        ``LINE n:`` excerpt shows our wrapping query, so it is left out)."""
+        text = str(exc)
+        m = re.search(r"\n\s*LINE (\d+):", text)
+        line = int(m.group(1)) if m else None
+        at = self.ws.doc("segments", name).text_location(("sql",), line)
+        detail = _clean_text(text[: m.start()] if m else text).rstrip(".")
+        return SegmentError(
+            f"{at}: segment {name!r} failed when run: {detail}; fix the SQL and plan again"
+        )
+
     def suppressed_table(self) -> str | None:
         names = self.ws.config.suppression
         if not names:
@@ -108,22 +123,43 @@ class SegmentRunner:
         return "suppressed"
 
 
-def _clean(exc: duckdb.Error) -> str:
-    return re.sub(r"\s+", " ", str(exc)).strip()
+def _clean_text(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
 
 
-def consent_sql(integ: Integration, integ_where: str, dialect: str) -> str:
+def consent_sql(
+    integ: Integration,
+    integ_where: str,
+    dialect: str,
+    con: duckdb.DuckDBPyConnection | None = None,
+    profiles: ProfilesTable | None = None,
+) -> str:
+    """The consent condition as SQL over ``p`` (the profiles row). With ``con``, it is also
+    bound once against the profiles table, so a wrong column names the integration file."""
     if not integ.consent:
         return "TRUE"
     try:
-        check_segment_sql(f"SELECT 1 FROM profiles WHERE {integ.consent}", dialect)
+        check_segment_sql(f"SELECT 1 FROM profiles WHERE ({integ.consent})", dialect)
     except SqlRejected as exc:
         raise SegmentError(f"{integ_where}: consent condition: {exc}") from exc
-    return f"({integ.consent})"
+    condition = f"({integ.consent})"
+    if con is not None and profiles is not None:
+        try:
+            con.execute(
+                f"SELECT NOT coalesce({condition}, FALSE) FROM {_ident(profiles.table)} p LIMIT 0"
+            )
+        except duckdb.Error as exc:
+            detail = _clean_text(re.split(r"\n\s*LINE \d+:", str(exc))[0])
+            raise SegmentError(
+                f"{integ_where}: the consent condition fails: {detail}; it must be a true/false "
+                "condition over the columns of the profiles table"
+            ) from exc
+    return condition
 
 
-def fingerprint_sql(profiles: ProfilesTable, identifier_types: tuple[str, ...],
-                    attribute_columns: list[str]) -> str:
+def fingerprint_sql(
+    profiles: ProfilesTable, identifier_types: tuple[str, ...], attribute_columns: list[str]
+) -> str:
     cols = [profiles.identifiers[t] for t in identifier_types if t in profiles.identifiers]
     cols += attribute_columns
     parts = ", ".join(f"coalesce(CAST(p.{_ident(c)} AS VARCHAR), chr(0))" for c in cols)
@@ -146,16 +182,26 @@ def matchable_sql(profiles: ProfilesTable, identifier_types: tuple[str, ...]) ->
     return " OR ".join(tests) if tests else "FALSE"
 
 
-def stage_desired(con: duckdb.DuckDBPyConnection, *, profiles: ProfilesTable,
-                  segment_tables: list[str], suppressed: str | None, consent: str,
-                  group_expr: str, fingerprint: str, matchable: str) -> dict[str, int]:
+def stage_desired(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    profiles: ProfilesTable,
+    segment_tables: list[str],
+    suppressed: str | None,
+    consent: str,
+    group_expr: str,
+    fingerprint: str,
+    matchable: str,
+) -> dict[str, int]:
     """Create temp table ``desired`` and return the exclusion counts."""
     if len(segment_tables) == 1:
         union = f"SELECT k FROM {segment_tables[0]}"
     else:
-        union = "SELECT DISTINCT k FROM (" + " UNION ALL ".join(
-            f"SELECT k FROM {t}" for t in segment_tables
-        ) + ")"
+        union = (
+            "SELECT DISTINCT k FROM ("
+            + " UNION ALL ".join(f"SELECT k FROM {t}" for t in segment_tables)
+            + ")"
+        )
     key = f"CAST(p.{_ident(profiles.key)} AS VARCHAR)"
     supp_join = f"LEFT JOIN {suppressed} s ON s.k = u.k" if suppressed else ""
     supp_flag = "s.k IS NOT NULL" if suppressed else "FALSE"
@@ -182,20 +228,35 @@ def stage_desired(con: duckdb.DuckDBPyConnection, *, profiles: ProfilesTable,
            FROM desired"""
     ).fetchone()
     return {
-        "unknown": row[0], "suppression": row[1], "consent": row[2],
-        "eligible": row[3], "matchable": row[4],
+        "unknown": row[0],
+        "suppression": row[1],
+        "consent": row[2],
+        "eligible": row[3],
+        "matchable": row[4],
     }
 
 
-def stage_changes(con: duckdb.DuckDBPyConnection, *, activation_id: str, baseline_id: str,
-                  act: Activation, frozen: bool, profiles: ProfilesTable,
-                  suppressed: str | None, consent: str) -> None:
+def stage_changes(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    activation_id: str,
+    baseline_id: str,
+    act: Activation,
+    frozen: bool,
+    profiles: ProfilesTable,
+    suppressed: str | None,
+    consent: str,
+) -> None:
     """Insert this activation's member changes into the staging table."""
     con.execute(CHANGES_DDL)
     aid = _lit(activation_id)
-    members = f"(SELECT key, grp, fp FROM {STATE}.members WHERE activation_id = {_lit(baseline_id)})"
-    eligible = "(SELECT key, grp, fp FROM desired WHERE NOT unknown AND NOT suppressed " \
-               "AND NOT no_consent AND matchable)"
+    members = (
+        f"(SELECT key, grp, fp FROM {STATE}.members WHERE activation_id = {_lit(baseline_id)})"
+    )
+    eligible = (
+        "(SELECT key, grp, fp FROM desired WHERE NOT unknown AND NOT suppressed "
+        "AND NOT no_consent AND matchable)"
+    )
     ins = f"INSERT INTO {STAGING}.changes "
     if act.action is ActionMode.REMOVE:
         targets = "(SELECT key FROM desired WHERE NOT unknown AND matchable)"
@@ -240,8 +301,9 @@ def stage_changes(con: duckdb.DuckDBPyConnection, *, activation_id: str, baselin
     )
 
 
-def _excluded_members(members: str, profiles: ProfilesTable, suppressed: str | None,
-                      consent: str) -> str:
+def _excluded_members(
+    members: str, profiles: ProfilesTable, suppressed: str | None, consent: str
+) -> str:
     """Recorded members that a suppression segment or the consent condition now excludes
     (removed under every action, even when paused)."""
     key = f"CAST(p.{_ident(profiles.key)} AS VARCHAR)"
@@ -252,8 +314,9 @@ def _excluded_members(members: str, profiles: ProfilesTable, suppressed: str | N
         WHERE {supp_flag} OR NOT coalesce({consent}, FALSE))"""
 
 
-def stage_all(con: duckdb.DuckDBPyConnection, activation_id: str, baseline_id: str,
-              op: str) -> None:
+def stage_all(
+    con: duckdb.DuckDBPyConnection, activation_id: str, baseline_id: str, op: str
+) -> None:
     """Stage ``op`` for every recorded member (``on_delete: clear``)."""
     con.execute(CHANGES_DDL)
     con.execute(

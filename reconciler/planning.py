@@ -61,9 +61,14 @@ def config_diff(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[
         return []
     diff = DeepDiff(old, new, verbose_level=2)
     out: list[ConfigChange] = []
-    for kind, key in (("changed", "values_changed"), ("changed", "type_changes"),
-                      ("added", "dictionary_item_added"), ("removed", "dictionary_item_removed"),
-                      ("added", "iterable_item_added"), ("removed", "iterable_item_removed")):
+    for kind, key in (
+        ("changed", "values_changed"),
+        ("changed", "type_changes"),
+        ("added", "dictionary_item_added"),
+        ("removed", "dictionary_item_removed"),
+        ("added", "iterable_item_added"),
+        ("removed", "iterable_item_removed"),
+    ):
         for path, value in diff.get(key, {}).items():
             if kind == "changed":
                 old_v, new_v = value.get("old_value"), value.get("new_value")
@@ -77,13 +82,18 @@ def config_diff(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[
 
 def _dotted(path: str) -> str:
     # "root['segment_sql']['vip']" -> "segment_sql.vip"; "root['segments'][1]" -> "segments[1]"
-    out = path[len("root"):]
+    out = path[len("root") :]
     out = out.replace("']['", ".").replace("['", ".").replace("']", "")
     return out.lstrip(".")
 
 
-def is_due(rec: RecordedActivation | None, frequency: str, as_of: datetime, timezone: str,
-           last_refresh: datetime | None = None) -> bool:
+def is_due(
+    rec: RecordedActivation | None,
+    frequency: str,
+    as_of: datetime,
+    timezone: str,
+    last_refresh: datetime | None = None,
+) -> bool:
     if rec is None:
         return True
     if rec.status in ("Failed", "Pending", "Disabled", "New", "Running"):
@@ -97,8 +107,14 @@ def is_due(rec: RecordedActivation | None, frequency: str, as_of: datetime, time
 
 
 class Planner:
-    def __init__(self, ws: Workspace, session: Session, connections: Connections,
-                 as_of: datetime, request: PlanRequest):
+    def __init__(
+        self,
+        ws: Workspace,
+        session: Session,
+        connections: Connections,
+        as_of: datetime,
+        request: PlanRequest,
+    ):
         self.ws, self.session, self.conns = ws, session, connections
         self.as_of, self.req = as_of, request
         self.con = session.con
@@ -126,22 +142,26 @@ class Planner:
                 plans.append(self._plan_delete(recorded[aid]))
                 continue
             base = recorded.get(aid) or (recorded.get(act.moved_from) if act.moved_from else None)
-            p = self._plan_activation(aid, act.resolved(self.ws.config.defaults), base,
-                                      suppressed)
+            p = self._plan_activation(aid, act.resolved(self.ws.config.defaults), base, suppressed)
             if self.req.due_only and not p.due:
                 continue
             plans.append(p)
         now = datetime.now(UTC)
         return Plan(
-            plan_id=uuid.uuid4().hex[:12], as_of=self.as_of, created_at=now,
-            workspace=str(self.ws.root), targets=list(self.req.targets),
-            include_inactive=self.req.include_inactive, activations=plans,
+            plan_id=uuid.uuid4().hex[:12],
+            as_of=self.as_of,
+            created_at=now,
+            workspace=str(self.ws.root),
+            targets=list(self.req.targets),
+            include_inactive=self.req.include_inactive,
+            activations=plans,
             summary=summarise(plans),
         )
 
     # ------------------------------------------------------------------ one activation
-    def _plan_activation(self, aid: str, act: Activation, rec: RecordedActivation | None,
-                         suppressed: str | None) -> ActivationPlan:
+    def _plan_activation(
+        self, aid: str, act: Activation, rec: RecordedActivation | None, suppressed: str | None
+    ) -> ActivationPlan:
         integ = self.ws.integrations[act.destination]
         dest = self.conns.get(act.destination)
         spec = recorded_spec(self.ws, act)
@@ -159,29 +179,44 @@ class Planner:
             notes.append("one-time activation already ran: `reconcile run` re-runs it")
 
         seg_results = [self.segments.run(s) for s in act.segments]
-        old_sql = (rec.spec.get("segment_sql", {}) if rec else {})
+        old_sql = rec.spec.get("segment_sql", {}) if rec else {}
         seg_info = [
-            SegmentInfo(name=r.name, size=r.size,
-                        changed=rec is not None and old_sql.get(r.name) != spec["segment_sql"][r.name])
+            SegmentInfo(
+                name=r.name,
+                size=r.size,
+                changed=rec is not None and old_sql.get(r.name) != spec["segment_sql"][r.name],
+            )
             for r in seg_results
         ]
         consent = membership.consent_sql(
-            integ, str(self.ws.location("integrations", act.destination, "consent")),
+            integ,
+            str(self.ws.location("integrations", act.destination, "consent")),
             self.session.source.dialect,
+            self.con,
+            self.profiles,
         )
         ids = tuple(dest.accepted_identifiers)
         attr_cols = [integ.attributes[f] for f in act.attributes]
         try:
             counts = membership.stage_desired(
-                self.con, profiles=self.profiles, segment_tables=[r.table for r in seg_results],
-                suppressed=suppressed, consent=consent,
+                self.con,
+                profiles=self.profiles,
+                segment_tables=[r.table for r in seg_results],
+                suppressed=suppressed,
+                consent=consent,
                 group_expr=membership.group_expression(act, seed),
                 fingerprint=membership.fingerprint_sql(self.profiles, ids, attr_cols),
                 matchable=membership.matchable_sql(self.profiles, ids),
             )
             membership.stage_changes(
-                self.con, activation_id=aid, baseline_id=baseline, act=act, frozen=frozen,
-                profiles=self.profiles, suppressed=suppressed, consent=consent,
+                self.con,
+                activation_id=aid,
+                baseline_id=baseline,
+                act=act,
+                frozen=frozen,
+                profiles=self.profiles,
+                suppressed=suppressed,
+                consent=consent,
             )
         except ReconcileError:
             raise
@@ -200,26 +235,46 @@ class Planner:
             change = Change.CREATE
         elif act.paused and not any(a.has_changes for a in audiences) and not config_changes:
             change = Change.PAUSED
-        elif rec.spec_digest != spec_digest or any(a.has_changes for a in audiences) \
-                or rec.id != aid:
+        elif (
+            rec.spec_digest != spec_digest or any(a.has_changes for a in audiences) or rec.id != aid
+        ):
             change = Change.UPDATE
         else:
             change = Change.PAUSED if act.paused else Change.NOOP
         return ActivationPlan(
-            id=aid, change=change, destination=act.destination, destination_type=integ.type,
-            goal=act.goal.value, action=act.action.value, frequency=act.frequency,
-            paused=act.paused, moved_from=act.moved_from if rec and rec.id != aid else None,
-            file=self.ws.file_of("activations", aid), spec_digest=spec_digest,
-            state_serial=rec.serial if rec else 0, config_changes=config_changes,
-            segments=seg_info, audience_size=counts["eligible"], matchable=counts["matchable"],
+            id=aid,
+            change=change,
+            destination=act.destination,
+            destination_type=integ.type,
+            goal=act.goal.value,
+            action=act.action.value,
+            frequency=act.frequency,
+            paused=act.paused,
+            moved_from=act.moved_from if rec and rec.id != aid else None,
+            file=self.ws.file_of("activations", aid),
+            spec_digest=spec_digest,
+            state_serial=rec.serial if rec else 0,
+            config_changes=config_changes,
+            segments=seg_info,
+            audience_size=counts["eligible"],
+            matchable=counts["matchable"],
             excluded={k: counts[k] for k in ("suppression", "consent") if counts[k]},
-            audiences=audiences, notes=notes, max_removal_share=act.max_removal_share,
+            audiences=audiences,
+            notes=notes,
+            max_removal_share=act.max_removal_share,
             on_delete=act.on_delete,
-            due=(not act.paused and is_due(rec, act.frequency, self.as_of, self.ws.config.timezone)),
+            due=(
+                not act.paused and is_due(rec, act.frequency, self.as_of, self.ws.config.timezone)
+            ),
         )
 
-    def _audiences(self, aid: str, act: Activation, rec: RecordedActivation | None,
-                   changes: dict[tuple[str, str], int]) -> list[AudienceChange]:
+    def _audiences(
+        self,
+        aid: str,
+        act: Activation,
+        rec: RecordedActivation | None,
+        changes: dict[tuple[str, str], int],
+    ) -> list[AudienceChange]:
         recorded_aud = self.state.audiences(rec.id) if rec else {}
         sizes = self.state.member_counts(rec.id) if rec else {}
         date_created = rec.date_created if rec else local_date(self.as_of, self.ws.config.timezone)
@@ -228,26 +283,44 @@ class Planner:
         groups += [g for g in sorted(set(recorded_aud) | set(sizes)) if g not in groups]
         out = []
         for grp in groups:
-            c = {op: changes.get((grp, op), 0) for op in ("add", "remove", "update", "purge", "forget")}
+            c = {
+                op: changes.get((grp, op), 0)
+                for op in ("add", "remove", "update", "purge", "forget")
+            }
             before = sizes.get(grp, 0)
             ra = recorded_aud.get(grp)
-            name, resource_id, create, rename_from = self._audience_target(aid, act, grp, ra,
-                                                                          date_created)
+            name, resource_id, create, rename_from = self._audience_target(
+                aid, act, grp, ra, date_created
+            )
             sent = splits.sent(grp)
             removed = c["remove"]
             after = before + c["add"] + c["purge"] - removed - c["forget"]
             mass = (
-                sent and act.action is not ActionMode.REMOVE and before > 0 and removed > 0
+                sent
+                and act.action is not ActionMode.REMOVE
+                and before > 0
+                and removed > 0
                 and (after == 0 or removed > act.max_removal_share * before)
             )
             if grp not in splits.groups(act.split) and not any(c.values()) and before == 0:
                 continue
-            out.append(AudienceChange(
-                group=grp, name=name, sent=sent, resource_id=resource_id,
-                create=create and sent, rename_from=rename_from if sent else None,
-                add=c["add"], remove=removed + c["purge"], update=c["update"], forget=c["forget"],
-                size_before=before, size_after=after, mass_removal=mass,
-            ))
+            out.append(
+                AudienceChange(
+                    group=grp,
+                    name=name,
+                    sent=sent,
+                    resource_id=resource_id,
+                    create=create and sent,
+                    rename_from=rename_from if sent else None,
+                    add=c["add"],
+                    remove=removed + c["purge"],
+                    update=c["update"],
+                    forget=c["forget"],
+                    size_before=before,
+                    size_after=after,
+                    mass_removal=mass,
+                )
+            )
         return out
 
     def _audience_target(self, aid: str, act: Activation, grp: str, ra, date_created):
@@ -269,8 +342,12 @@ class Planner:
             return found.name, found.id, False, None
         try:
             base = render_name(
-                act.name or DEFAULT_NAME, as_of=self.as_of, timezone=self.ws.config.timezone,
-                date_created=date_created, activation=aid, segments=act.segments,
+                act.name or DEFAULT_NAME,
+                as_of=self.as_of,
+                timezone=self.ws.config.timezone,
+                date_created=date_created,
+                activation=aid,
+                segments=act.segments,
             )
         except TemplateFailed as exc:
             raise ConfigError(str(exc), self.ws.location("activations", aid, "name")) from exc
@@ -292,20 +369,40 @@ class Planner:
         for grp, ra in sorted(self.state.audiences(rec.id).items()):
             before = sizes.get(grp, 0)
             removed = changes.get((grp, "remove"), 0)
-            audiences.append(AudienceChange(
-                group=grp, name=ra.name, sent=ra.sent, resource_id=ra.resource_id,
-                remove=removed, forget=before - removed, size_before=before, size_after=0,
-                mass_removal=ra.sent and removed > 0,
-            ))
-        note = ("on_delete: clear: recorded members are removed from the destination"
-                if clear else "the audience at the destination is kept (on_delete: keep)")
+            audiences.append(
+                AudienceChange(
+                    group=grp,
+                    name=ra.name,
+                    sent=ra.sent,
+                    resource_id=ra.resource_id,
+                    remove=removed,
+                    forget=before - removed,
+                    size_before=before,
+                    size_after=0,
+                    mass_removal=ra.sent and removed > 0,
+                )
+            )
+        note = (
+            "on_delete: clear: recorded members are removed from the destination"
+            if clear
+            else "the audience at the destination is kept (on_delete: keep)"
+        )
         return ActivationPlan(
-            id=rec.id, change=Change.DELETE, destination=rec.destination,
-            destination_type=rec.spec.get("_type", ""), goal=rec.spec.get("goal", ""),
-            action=rec.spec.get("action", ""), frequency=rec.frequency, paused=rec.paused,
-            spec_digest=None, state_serial=rec.serial, audiences=audiences, notes=[note],
+            id=rec.id,
+            change=Change.DELETE,
+            destination=rec.destination,
+            destination_type=rec.spec.get("_type", ""),
+            goal=rec.spec.get("goal", ""),
+            action=rec.spec.get("action", ""),
+            frequency=rec.frequency,
+            paused=rec.paused,
+            spec_digest=None,
+            state_serial=rec.serial,
+            audiences=audiences,
+            notes=[note],
             max_removal_share=rec.spec.get("max_removal_share", 0.5),
-            on_delete="clear" if clear else "keep", due=True,
+            on_delete="clear" if clear else "keep",
+            due=True,
         )
 
 

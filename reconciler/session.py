@@ -31,8 +31,15 @@ def default_memory_limit() -> str:
 
 
 class Session:
-    def __init__(self, ws: Workspace, source: Source, *, write_state: bool,
-                 staging_path: Path, lock_down: bool):
+    def __init__(
+        self,
+        ws: Workspace,
+        source: Source,
+        *,
+        write_state: bool,
+        staging_path: Path,
+        lock_down: bool,
+    ):
         self.ws = ws
         self.source = source
         self.state_path = ws.path(ws.config.state.path)
@@ -73,11 +80,15 @@ class Session:
                 self.con.execute(f"ATTACH ':memory:' AS {STATE}")
                 create_schema(self.con)
         except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():  # not held by another process: unreadable
+                raise StateError(
+                    f"cannot open the state {path}: {' '.join(str(exc).split())}; it is not "
+                    "a readable state database, restore it from a backup"
+                ) from exc
             holder = StateLock(path.with_suffix(".lock")).holder()
             who = f" by {holder}" if holder else ""
             raise StateError(
-                f"cannot open the state {path}: it is in use{who}. Wait for it to finish. "
-                f"({exc})"
+                f"cannot open the state {path}: it is in use{who}. Wait for it to finish. ({exc})"
             ) from exc
         except duckdb.Error as exc:
             raise StateError(f"cannot open the state {path}: {exc}") from exc

@@ -17,6 +17,15 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
 IDENTIFIER_TYPES = ("email", "phone")
 
 
+class FieldError(ValueError):
+    """A model rule broken by one field: ``loc`` (below the validated value) lets the error
+    name that field's line instead of the start of the file."""
+
+    def __init__(self, message: str, *loc: str | int):
+        super().__init__(message)
+        self.loc = loc
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -81,7 +90,9 @@ class Defaults(Strict):
 class WorkspaceConfig(Strict):
     version: Literal[1] = 1
     timezone: str = "UTC"
-    source: DuckDBSource | PostgresSource = Field(default_factory=DuckDBSource, discriminator="type")
+    source: DuckDBSource | PostgresSource = Field(
+        default_factory=DuckDBSource, discriminator="type"
+    )
     state: LocalState = Field(default_factory=LocalState)
     defaults: Defaults = Field(default_factory=Defaults)
     suppression: list[str] = Field(
@@ -128,9 +139,10 @@ class Integration(Strict):
     def _env_references_only(cls, value: dict[str, str]) -> dict[str, str]:
         for name, ref in value.items():
             if not re.fullmatch(r"\$\{env:[A-Za-z_][A-Za-z0-9_]*\}", ref):
-                raise ValueError(
+                raise FieldError(
                     f"credential {name!r} must be an ${{env:VAR}} reference, "
-                    "never a literal secret"
+                    "never a literal secret",
+                    name,
                 )
         return value
 
@@ -140,7 +152,9 @@ class Integration(Strict):
 
 class Segment(Strict):
     description: str | None = None
-    sql: str = Field(description="a single SELECT returning the profile key (Jinja: today, days_ago)")
+    sql: str = Field(
+        description="a single SELECT returning the profile key (Jinja: today, days_ago)"
+    )
 
 
 # --------------------------------------------------------------------------- activations
@@ -173,9 +187,11 @@ class ListTarget(Strict):
     @model_validator(mode="after")
     def _exactly_one(self) -> ListTarget:
         if (self.create is True) == (self.existing is not None):
-            raise ValueError("set exactly one of `create: true` or `existing: <id or name>`")
+            raise FieldError("set exactly one of `create: true` or `existing: <id or name>`")
         if self.create is False:
-            raise ValueError("`create: false` means nothing; use `existing: <id or name>`")
+            raise FieldError(
+                "`create: false` means nothing; use `existing: <id or name>`", "create"
+            )
         return self
 
 
@@ -218,21 +234,29 @@ class Activation(Strict):
     @model_validator(mode="after")
     def _coherent(self) -> Activation:
         if self.split is not SplitMode.NONE and self.action is ActionMode.REMOVE:
-            raise ValueError("`split` cannot be combined with `action: remove`")
+            raise FieldError("`split` cannot be combined with `action: remove`", "split")
         if self.split is not SplitMode.NONE and self.goal is not Goal.SEND_SEGMENTS:
-            raise ValueError(f"`split` is only for `goal: send_segments`, not {self.goal.value}")
+            raise FieldError(
+                f"`split` is only for `goal: send_segments`, not {self.goal.value}", "split"
+            )
         if self.control_percent is not None and self.split is not SplitMode.CONTROL:
-            raise ValueError("`control_percent` needs `split: control`")
+            raise FieldError("`control_percent` needs `split: control`", "control_percent")
         if self.action is ActionMode.REMOVE and self.target.existing is None:
-            raise ValueError("`action: remove` needs `list: {existing: <id or name>}`")
+            raise FieldError("`action: remove` needs `list: {existing: <id or name>}`", "action")
         if isinstance(self.target.existing, dict) and self.split is not SplitMode.AB:
-            raise ValueError("`list.existing` as {A: .., B: ..} needs `split: ab`")
+            raise FieldError(
+                "`list.existing` as {A: .., B: ..} needs `split: ab`", "list", "existing"
+            )
         if (
             self.split is SplitMode.AB
             and self.target.existing is not None
             and not isinstance(self.target.existing, dict)
         ):
-            raise ValueError("`split: ab` with an existing list needs `existing: {A: id, B: id}`")
+            raise FieldError(
+                "`split: ab` with an existing list needs `existing: {A: id, B: id}`",
+                "list",
+                "existing",
+            )
         return self
 
     def resolved(self, defaults: Defaults) -> Activation:

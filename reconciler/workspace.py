@@ -33,6 +33,8 @@ class Workspace:
     segments: dict[str, Segment] = field(default_factory=dict)
     activations: dict[str, Activation] = field(default_factory=dict)
     docs: dict[str, yamlfile.YamlDoc] = field(default_factory=dict)
+    #: "kind/name" of every file found, also those that failed to load (already reported)
+    files: set[str] = field(default_factory=set)
 
     def doc(self, kind: str, name: str) -> yamlfile.YamlDoc:
         return self.docs[f"{kind}/{name}"]
@@ -42,6 +44,12 @@ class Workspace:
         if key in self.docs:
             return self.docs[key].location(tuple(loc))
         return Location(f"{kind}/{name}.yaml")
+
+    def config_location(self, *loc: str | int) -> Location:
+        """Where in reconcile.yaml a setting is (its line, or the nearest enclosing one)."""
+        if CONFIG_FILE in self.docs:
+            return self.docs[CONFIG_FILE].location(tuple(loc))
+        return Location(CONFIG_FILE, None, ".".join(str(p) for p in loc) or None)
 
     def file_of(self, kind: str, name: str) -> str:
         key = f"{kind}/{name}"
@@ -78,23 +86,33 @@ def load(root: Path, *, check_destinations: bool = True) -> Workspace:
         target: dict[str, Any] = getattr(ws, kind)
         for path in _yaml_files(root / kind):
             name = path.stem
+            if f"{kind}/{name}" in ws.files:
+                errors.append(
+                    ConfigError(
+                        f"two files define the {kind[:-1]} {name!r}; keep one of {name}.yaml and "
+                        f"{name}.yml",
+                        Location(str(path.relative_to(root))),
+                    )
+                )
+                continue
+            ws.files.add(f"{kind}/{name}")
             doc = _load_doc(path, root, errors)
             if doc is None:
                 continue
             ws.docs[f"{kind}/{name}"] = doc
             if not NAME_RE.match(name):
-                errors.append(doc.error(
-                    f"file name {path.name!r} is not a valid {kind[:-1]} id: use lowercase "
-                    "letters, digits, '-' and '_'"
-                ))
-                continue
-            if f"{kind}/{name}" in target:
-                errors.append(doc.error(f"two files define the {kind[:-1]} {name!r}"))
+                errors.append(
+                    doc.error(
+                        f"file name {path.name!r} is not a valid {kind[:-1]} id: rename it using "
+                        "only lowercase letters, digits, '-' and '_' (starting with a letter or digit)"
+                    )
+                )
                 continue
             item = _parse(doc, model, errors)
             if item is not None:
                 target[name] = item
     _cross_check(ws, errors, check_destinations)
+    _check_templates(ws, errors)
     if errors:
         raise ValidationFailed(errors)
     return ws
@@ -131,11 +149,13 @@ def _parse(doc: yamlfile.YamlDoc, model: type, errors: list[ConfigError]) -> Any
 def _cross_check(ws: Workspace, errors: list[ConfigError], check_destinations: bool) -> None:
     cfg_loc = ws.docs.get(CONFIG_FILE)
     if isinstance(ws.config.source, PostgresSource) and cfg_loc is not None:
-        errors.append(cfg_loc.error(
-            "source type 'postgres' is not supported yet; use 'duckdb'", ("source", "type")
-        ))
+        errors.append(
+            cfg_loc.error(
+                "source type 'postgres' is not supported yet; use 'duckdb'", ("source", "type")
+            )
+        )
     for i, seg in enumerate(ws.config.suppression):
-        if seg not in ws.segments and cfg_loc is not None:
+        if _missing(ws, "segments", seg) and cfg_loc is not None:
             errors.append(cfg_loc.error(_unknown("segment", seg, ws.segments), ("suppression", i)))
     profile_columns = set(ws.config.source.profiles.attributes)
     for name, integ in ws.integrations.items():
@@ -144,52 +164,130 @@ def _cross_check(ws: Workspace, errors: list[ConfigError], check_destinations: b
             _check_integration_config(doc, integ, errors)
         for dest_field, column in integ.attributes.items():
             if profile_columns and column not in profile_columns:
-                errors.append(doc.error(
-                    f"maps to {column!r}, which is not an attribute column of the profiles "
-                    f"table (declared: {sorted(profile_columns)})",
-                    ("attributes", dest_field),
-                ))
+                errors.append(
+                    doc.error(
+                        f"maps to {column!r}, which is not an attribute column of the profiles "
+                        f"table (declared: {sorted(profile_columns)})",
+                        ("attributes", dest_field),
+                    )
+                )
     for name, act in ws.activations.items():
         doc = ws.doc("activations", name)
         for i, seg in enumerate(act.segments):
-            if seg not in ws.segments:
+            if _missing(ws, "segments", seg):
                 errors.append(doc.error(_unknown("segment", seg, ws.segments), ("segments", i)))
         integ = ws.integrations.get(act.destination)
-        if integ is None:
-            errors.append(doc.error(
-                _unknown("integration", act.destination, ws.integrations), ("destination",)
-            ))
-        else:
+        if integ is None and _missing(ws, "integrations", act.destination):
+            errors.append(
+                doc.error(
+                    _unknown("integration", act.destination, ws.integrations), ("destination",)
+                )
+            )
+        elif integ is not None:
             for i, attr in enumerate(act.attributes):
                 if attr not in integ.attributes:
-                    errors.append(doc.error(
-                        f"attribute {attr!r} is not in the mapping of integration "
-                        f"{act.destination!r} (allowed: {sorted(integ.attributes)})",
-                        ("attributes", i),
-                    ))
+                    errors.append(
+                        doc.error(
+                            f"attribute {attr!r} is not in the mapping of integration "
+                            f"{act.destination!r} (allowed: {sorted(integ.attributes)})",
+                            ("attributes", i),
+                        )
+                    )
         if act.moved_from is not None and act.moved_from in ws.activations:
-            errors.append(doc.error(
-                f"moved_from {act.moved_from!r}, but activations/{act.moved_from}.yaml still "
-                "exists; delete the old file in the same change",
-                ("moved_from",),
-            ))
-        for field_name, unsupported in _not_supported_yet(act):
-            errors.append(doc.error(f"{unsupported} is not supported yet", (field_name,)))
+            errors.append(
+                doc.error(
+                    f"moved_from {act.moved_from!r}, but activations/{act.moved_from}.yaml still "
+                    "exists; delete the old file in the same change",
+                    ("moved_from",),
+                )
+            )
+        for field_name, message in _not_supported_yet(act):
+            errors.append(doc.error(message, (field_name,)))
 
 
 def _not_supported_yet(act: Activation) -> list[tuple[str, str]]:
     out = []
     if act.goal is not Goal.SEND_SEGMENTS:
-        out.append(("goal", f"goal {act.goal.value!r}"))
+        out.append(
+            (
+                "goal",
+                f"goal {act.goal.value!r} is not supported yet; only "
+                "`goal: send_segments` works today",
+            )
+        )
     if act.notify:
-        out.append(("notify", "`notify` (e-mail and webhook notifications)"))
+        out.append(
+            (
+                "notify",
+                "`notify` (e-mail and webhook notifications) is not supported "
+                "yet; remove the field",
+            )
+        )
     if act.append_to_profiles:
-        out.append(("append_to_profiles", "`append_to_profiles` (write-back to the source)"))
+        out.append(
+            (
+                "append_to_profiles",
+                "`append_to_profiles` (write-back to the source) is "
+                "not supported yet; remove the field",
+            )
+        )
     return out
 
 
-def _check_integration_config(doc: yamlfile.YamlDoc, integ: Integration,
-                              errors: list[ConfigError]) -> None:
+def _missing(ws: Workspace, kind: str, name: str) -> bool:
+    """True when no file defines ``name`` (a file that failed to load has its own error)."""
+    return name not in getattr(ws, kind) and f"{kind}/{name}" not in ws.files
+
+
+def _check_templates(ws: Workspace, errors: list[ConfigError]) -> None:
+    """What can be checked without the data: segment SQL renders and is one allowed SELECT,
+    consent conditions are allowed SQL, audience names render."""
+    from datetime import UTC, datetime
+
+    from reconciler.sources.base import SqlRejected, check_segment_sql
+    from reconciler.templating import DEFAULT_NAME, TemplateFailed, render_name, render_sql
+
+    now = datetime.now(UTC)
+    tz = ws.config.timezone
+    dialect = "postgres" if isinstance(ws.config.source, PostgresSource) else "duckdb"
+    for name, seg in ws.segments.items():
+        doc = ws.doc("segments", name)
+        try:
+            check_segment_sql(render_sql(seg.sql, now, tz), dialect)
+        except (TemplateFailed, SqlRejected) as exc:
+            where = doc.text_location(("sql",), exc.line)
+            errors.append(ConfigError(f"segment {name!r}: {exc}", where))
+    for name, integ in ws.integrations.items():
+        if integ.consent is not None:
+            try:
+                check_segment_sql(f"SELECT 1 FROM profiles WHERE ({integ.consent})", dialect)
+            except SqlRejected as exc:
+                # a parse position would point into our wrapping query: leave it out
+                why = "" if str(exc).startswith("SQL does not parse") else f" ({exc})"
+                errors.append(
+                    ws.doc("integrations", name).error(
+                        "the consent condition must be one true/false SQL condition over the "
+                        f"profiles columns, e.g. `email_consent AND country = 'AU'`{why}",
+                        ("consent",),
+                    )
+                )
+    for name, act in ws.activations.items():
+        try:
+            render_name(
+                act.name or DEFAULT_NAME,
+                as_of=now,
+                timezone=tz,
+                date_created=now.date(),
+                activation=name,
+                segments=act.segments,
+            )
+        except TemplateFailed as exc:
+            errors.append(ws.doc("activations", name).error(str(exc), ("name",)))
+
+
+def _check_integration_config(
+    doc: yamlfile.YamlDoc, integ: Integration, errors: list[ConfigError]
+) -> None:
     from destinations import registry
 
     try:

@@ -7,6 +7,7 @@ location such as ``("list", "existing")`` maps back to the line that holds it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,30 @@ class YamlDoc:
                 break
         return best
 
+    def text_line(self, loc: tuple[str | int, ...], line_in_text: int | None) -> int | None:
+        """File line of line ``line_in_text`` (1-based) of the text value at ``loc`` (e.g. a
+        segment's ``sql: |`` block); the field's line when ``line_in_text`` is None."""
+        node = self.node
+        for part in loc:
+            if not isinstance(node, yaml.MappingNode):
+                return self.line(loc)
+            node = next((v for k, v in node.value if getattr(k, "value", None) == part), None)
+            if node is None:
+                return self.line(loc)
+        if not line_in_text or not isinstance(node, yaml.ScalarNode):
+            return self.line(loc)
+        first = node.start_mark.line + 1
+        if node.style in ("|", ">"):
+            first += 1  # the text starts on the line after the block indicator
+            if node.style == "|":
+                return first + line_in_text - 1
+        return first  # folded or one-line text: its lines are not the file's lines
+
+    def text_location(self, loc: tuple[str | int, ...], line_in_text: int | None) -> Location:
+        return Location(
+            self.display, self.text_line(loc, line_in_text), ".".join(str(p) for p in loc) or None
+        )
+
     def location(self, loc: tuple[str | int, ...] = (), field: str | None = None) -> Location:
         dotted = field if field is not None else ".".join(str(p) for p in loc) or None
         return Location(self.display, self.line(loc), dotted)
@@ -54,22 +79,85 @@ class YamlDoc:
         return ConfigError(message, self.location(loc))
 
 
-def _construct(node: yaml.Node, display: str) -> Any:
-    loader = yaml.SafeLoader("")
-    if isinstance(node, yaml.MappingNode):
-        out: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
-            if key in out:
-                raise ConfigError(
-                    f"duplicate key {key!r}",
-                    Location(display, key_node.start_mark.line + 1, str(key)),
-                )
-            out[key] = _construct(value_node, display)
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_construct(v, display) for v in node.value]
-    return loader.construct_object(node, deep=True)
+#: a workspace file is small; more values than this means an alias bomb
+MAX_VALUES = 100_000
+
+
+#: the plain data YAML tags; anything else (``!!python/...``, ``!custom``) is refused
+_PLAIN_TAGS = {
+    f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "seq", "map")
+}
+_TIMESTAMP, _MERGE = "tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:merge"
+
+
+class _Builder:
+    """Plain data from a composed node tree: duplicate keys, non-text keys, self-referencing
+    aliases and alias bombs are errors that name their line."""
+
+    def __init__(self, display: str):
+        self.display = display
+        self.loader = yaml.SafeLoader("")
+        self.count = 0
+        self.active: set[int] = set()
+
+    def error(self, message: str, node: yaml.Node, path: tuple[Any, ...]) -> ConfigError:
+        field = ".".join(str(p) for p in path) or None
+        return ConfigError(message, Location(self.display, node.start_mark.line + 1, field))
+
+    def build(self, node: yaml.Node, path: tuple[Any, ...] = ()) -> Any:
+        self.count += 1
+        if self.count > MAX_VALUES:
+            raise self.error(
+                f"the file expands to more than {MAX_VALUES:,} values (YAML aliases?); "
+                "write the values out instead of repeating anchors",
+                node,
+                path[:1],
+            )
+        if node.tag == _TIMESTAMP:
+            return node.value  # no field wants a datetime: `name: 2024-06-01` is text
+        if node.tag not in _PLAIN_TAGS:
+            raise self.error(f"unsupported YAML tag {node.tag!r}; remove it", node, path)
+        if isinstance(node, yaml.ScalarNode):
+            return self.scalar(node, path)
+        if id(node) in self.active:
+            raise self.error("a YAML alias refers to its own anchor; remove the loop", node, path)
+        self.active.add(id(node))
+        try:
+            if isinstance(node, yaml.SequenceNode):
+                return [self.build(v, (*path, i)) for i, v in enumerate(node.value)]
+            out: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == _MERGE:
+                    raise self.error(
+                        "YAML merge keys (<<) are not supported; write the fields out",
+                        key_node,
+                        path,
+                    )
+                key = self.scalar(key_node, path) if isinstance(key_node, yaml.ScalarNode) else None
+                if not isinstance(key, str):
+                    shown = "a list or mapping" if key is None else repr(key)
+                    raise self.error(
+                        f"a key must be text, but YAML reads this one as {shown}; "
+                        "put the key in quotes",
+                        key_node,
+                        path,
+                    )
+                if key in out:
+                    raise self.error(
+                        f"duplicate key {key!r}; keep only one", key_node, (*path, key)
+                    )
+                out[key] = self.build(value_node, (*path, key))
+            return out
+        finally:
+            self.active.discard(id(node))
+
+    def scalar(self, node: yaml.Node, path: tuple[Any, ...]) -> Any:
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except yaml.MarkedYAMLError as exc:
+            raise self.error(f"malformed YAML: {exc.problem or exc.context}", node, path) from exc
+        except (ValueError, TypeError) as exc:  # e.g. `!!int abc`
+            raise self.error(f"malformed YAML: {exc}", node, path) from exc
 
 
 def load(path: Path, root: Path) -> YamlDoc:
@@ -90,27 +178,85 @@ def load(path: Path, root: Path) -> YamlDoc:
         line = mark.line + 1 if mark else None
         problem = exc.problem or exc.context or "invalid YAML"
         raise ConfigError(f"malformed YAML: {problem}", Location(display, line)) from exc
-    data = _construct(node, display) if node is not None else None
+    data = _Builder(display).build(node) if node is not None else None
     return YamlDoc(path, display, data, node)
 
 
 def validation_errors(
     doc: YamlDoc, exc: ValidationError, prefix: tuple[str | int, ...] = ()
 ) -> list[ConfigError]:
-    """One ConfigError per pydantic error, each with its file, line and field; ``prefix``
-    places a nested model's errors (e.g. an integration's ``config:`` block)."""
-    errors = []
+    """One ConfigError per field pydantic refused, with its file, line and field; ``prefix``
+    places a nested model's errors (e.g. an integration's ``config:`` block). The alternatives
+    of a union (``existing: <name> | {A: .., B: ..}``) are merged into one message."""
+    merged: dict[tuple[str | int, ...], list[str]] = {}
+    got: dict[tuple[str | int, ...], str] = {}
     for err in exc.errors(include_url=False):
-        loc = prefix + tuple(p for p in err["loc"] if not _is_union_tag(p))
+        loc = prefix + _data_loc(doc.data, prefix, err["loc"])
         msg = err["msg"]
-        if err["type"] == "extra_forbidden":
+        ctx = err.get("ctx") or {}
+        kind = err["type"]
+        if kind == "extra_forbidden":
             msg = "unknown field (not part of the format; check the spelling)"
-        elif msg.startswith("Value error, "):
-            msg = msg[len("Value error, ") :]
+        elif kind == "missing":
+            msg = "required field is missing"
+        elif kind == "union_tag_invalid":
+            loc += (str(ctx.get("discriminator", "type")).strip("'"),)
+            msg = f"unknown value {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"
+        elif kind == "value_error":
+            msg = msg.removeprefix("Value error, ")
+            loc += tuple(getattr(ctx.get("error"), "loc", ()))
+        else:
+            shown = _shown(err.get("input"), loc)
+            if shown:
+                got.setdefault(loc, shown)
+        msgs = merged.setdefault(loc, [])
+        if msg not in msgs:
+            msgs.append(msg)
+    errors = []
+    for loc, msgs in merged.items():
+        msg = _join(msgs) + (f" (got {got[loc]})" if loc in got else "")
         errors.append(ConfigError(msg, doc.location(loc)))
     return errors
 
 
-def _is_union_tag(part: str | int) -> bool:
-    # pydantic puts union member / discriminator tags such as "duckdb" or "str" into the loc
-    return isinstance(part, str) and part in {"duckdb", "postgres", "str", "dict[str,str]"}
+_UNION_TAG = re.compile(r"^(str|int|float|bool|none|duckdb|postgres|[a-z_]+\[.*\])$")
+_SECRET_FIELDS = {"credentials", "endpoint", "dsn"}
+
+
+def _data_loc(
+    data: Any, prefix: tuple[str | int, ...], loc: tuple[str | int, ...]
+) -> tuple[str | int, ...]:
+    """``loc`` without the union member tags pydantic inserts (``str``, ``duckdb``,
+    ``dict[...]``), told apart from real keys by walking the data."""
+    node = data
+    for part in prefix:
+        node = node.get(part) if isinstance(node, dict) else None
+    out: list[str | int] = []
+    for part in loc:
+        in_dict = isinstance(node, dict) and part in node
+        if in_dict or (isinstance(node, list) and isinstance(part, int) and part < len(node)):
+            node = node[part]
+        elif isinstance(part, str) and _UNION_TAG.match(part):
+            continue
+        else:
+            node = None
+        out.append(part)
+    return tuple(out)
+
+
+def _shown(value: Any, loc: tuple[str | int, ...]) -> str | None:
+    """The offending value for a message; never anything that may hold a secret."""
+    if any(p in _SECRET_FIELDS for p in loc):
+        return None
+    if value is None or isinstance(value, bool | int | float):
+        return repr(value)
+    if isinstance(value, str) and len(value) <= 60:
+        return repr(value)
+    return None
+
+
+def _join(msgs: list[str]) -> str:
+    lead = "Input should be "
+    if len(msgs) > 1 and all(m.startswith(lead) for m in msgs):
+        return lead + " or ".join(m[len(lead) :] for m in msgs)
+    return "; ".join(msgs)

@@ -12,5 +12,5 @@ def open_source(ws) -> Source:
     if isinstance(spec, DuckDBSource):
         from reconciler.sources.duckdb_source import DuckDBFileSource
 
-        return DuckDBFileSource(spec, ws.root)
+        return DuckDBFileSource(spec, ws.root, ws.config_location)
     raise ConfigError(f"source type {spec.type!r} is not supported yet")

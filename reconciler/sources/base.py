@@ -8,6 +8,8 @@ disabled; PostgreSQL: a read-only transaction).
 
 from __future__ import annotations
 
+import logging
+import re
 from typing import Protocol
 
 import duckdb
@@ -20,9 +22,20 @@ from reconciler.spec import ProfilesTable
 #: catalogs the engine attaches next to the source; segment SQL may not name them
 INTERNAL_PREFIX = "__reconcile"
 
+#: a table "name" DuckDB would read as a file or URL (``FROM '/etc/passwd'``, ``"x.csv"``)
+_FILE_LIKE = re.compile(
+    r"[/\\:]|\.(csv|tsv|txt|json|jsonl|ndjson|parquet|arrow|xlsx|db|duckdb|sqlite|gz|zst)$",
+    re.IGNORECASE,
+)
+
 
 class SqlRejected(Exception):
-    """Segment SQL that is not a single read-only SELECT; the caller adds the segment file."""
+    """Segment SQL that is not a single read-only SELECT; the caller adds the segment file.
+    ``line`` is the line within the SQL, when known."""
+
+    def __init__(self, message: str, line: int | None = None):
+        super().__init__(message)
+        self.line = line
 
 
 class Source(Protocol):
@@ -46,12 +59,19 @@ class Source(Protocol):
 def check_segment_sql(sql: str, dialect: str) -> str:
     """Return ``sql`` if it is exactly one SELECT that reads no internal catalog and calls no
     table function; raise SqlRejected with a reason otherwise."""
+    quiet = logging.getLogger("sqlglot")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # "falling back to parsing as a Command": rejected below
     try:
         statements = [s for s in sqlglot.parse(sql, read=dialect) if s is not None]
     except ParseError as exc:
         first = exc.errors[0] if exc.errors else {}
-        where = f" (line {first.get('line')}, column {first.get('col')})" if first else ""
-        raise SqlRejected(f"SQL does not parse{where}: {first.get('description', exc)}") from exc
+        where = f" (SQL line {first.get('line')}, column {first.get('col')})" if first else ""
+        raise SqlRejected(
+            f"SQL does not parse{where}: {first.get('description', exc)}", first.get("line")
+        ) from exc
+    finally:
+        quiet.setLevel(level)
     if len(statements) != 1:
         raise SqlRejected(f"expected one SELECT statement, found {len(statements)} statements")
     query = statements[0]
@@ -65,6 +85,11 @@ def check_segment_sql(sql: str, dialect: str) -> str:
                 raise SqlRejected(
                     "table functions are not allowed in segment SQL (found "
                     f"{node.this.sql(dialect)!r}); read tables of the source only"
+                )
+            if _FILE_LIKE.search(node.name):
+                raise SqlRejected(
+                    f"reading files is not allowed in segment SQL (found {node.name!r}); "
+                    "read tables of the source only"
                 )
             for part in (node.catalog, node.db, node.name):
                 if part.lower().startswith(INTERNAL_PREFIX):

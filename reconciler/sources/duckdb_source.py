@@ -54,8 +54,13 @@ class DuckDBFileSource:
         from reconciler.sources import demo
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        demo.ensure_demo(self.path, self.spec.demo_profiles, as_of_date,
-                         threads=self.spec.threads, memory_limit=self.spec.memory_limit)
+        demo.ensure_demo(
+            self.path,
+            self.spec.demo_profiles,
+            as_of_date,
+            threads=self.spec.threads,
+            memory_limit=self.spec.memory_limit,
+        )
 
     def attach(self, con: duckdb.DuckDBPyConnection) -> None:
         try:
