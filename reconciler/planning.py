@@ -16,6 +16,7 @@ from deepdiff import DeepDiff
 from reconciler import membership, splits
 from reconciler.connections import Connections
 from reconciler.errors import ConfigError, ReconcileError, SegmentError
+from reconciler.freshness import last_refresh
 from reconciler.plan import (
     ActivationPlan,
     AudienceChange,
@@ -135,6 +136,14 @@ class Planner:
                 )
             ids = [i for i in ids if i in self.req.targets]
         suppressed = self.segments.suppressed_table()
+        self.last_refresh = last_refresh(
+            self.con,
+            self.ws.config.source.freshness_sql,
+            as_of=self.as_of,
+            timezone=self.ws.config.timezone,
+            dialect=self.session.source.dialect,
+            where=str(self.ws.config_location("source", "freshness_sql")),
+        )
         plans = []
         for aid in ids:
             act = self.ws.activations.get(aid)
@@ -151,7 +160,7 @@ class Planner:
             plan_id=uuid.uuid4().hex[:12],
             as_of=self.as_of,
             created_at=now,
-            workspace=str(self.ws.root),
+            workspace=self.ws.root.name,
             targets=list(self.req.targets),
             include_inactive=self.req.include_inactive,
             activations=plans,
@@ -264,7 +273,10 @@ class Planner:
             max_removal_share=act.max_removal_share,
             on_delete=act.on_delete,
             due=(
-                not act.paused and is_due(rec, act.frequency, self.as_of, self.ws.config.timezone)
+                not act.paused
+                and is_due(
+                    rec, act.frequency, self.as_of, self.ws.config.timezone, self.last_refresh
+                )
             ),
         )
 

@@ -1,0 +1,110 @@
+"""When a daily activation is due, and `apply --due`."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import pytest
+
+from reconciler.planning import is_due
+from reconciler.state.store import RecordedActivation
+from tests.conftest import RECONCILE_YAML, cli, plan_json, profile
+
+AS_OF = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)  # 23:00 in Sydney, 12:00 in UTC
+
+
+def rec(**kw) -> RecordedActivation:
+    base = RecordedActivation(
+        id="a",
+        spec={},
+        spec_digest="",
+        serial=1,
+        status="Complete",
+        destination="sandbox",
+        frequency="daily",
+        paused=False,
+        split_seed="a",
+        date_created=AS_OF.date(),
+        last_run_at=None,
+        last_success_at=None,
+        ran=True,
+        error=None,
+    )
+    return replace(base, **kw)
+
+
+@pytest.mark.parametrize(
+    ("record", "frequency", "timezone", "refresh", "due"),
+    [
+        (None, "daily", "UTC", None, True),
+        (rec(last_success_at=datetime(2026, 11, 29, 1, tzinfo=UTC)), "daily", "UTC", None, False),
+        (rec(last_success_at=datetime(2026, 11, 28, 23, tzinfo=UTC)), "daily", "UTC", None, True),
+        # 12:00 UTC is already the next day in Sydney: a run at 11:00 UTC is "today" there too
+        (
+            rec(last_success_at=datetime(2026, 11, 29, 11, tzinfo=UTC)),
+            "daily",
+            "Australia/Sydney",
+            None,
+            False,
+        ),
+        (
+            rec(last_success_at=datetime(2026, 11, 29, 11, tzinfo=UTC)),
+            "daily",
+            "UTC",
+            datetime(2026, 11, 29, 11, 30, tzinfo=UTC),
+            True,
+        ),  # the source refreshed since
+        (rec(status="Failed", last_success_at=AS_OF), "daily", "UTC", None, True),
+        (rec(status="Disabled", last_success_at=AS_OF), "daily", "UTC", None, True),
+        (rec(ran=False, last_success_at=None), "once", "UTC", None, True),
+        (
+            rec(ran=True, last_success_at=datetime(2026, 1, 1, tzinfo=UTC)),
+            "once",
+            "UTC",
+            None,
+            False,
+        ),
+    ],
+)
+def test_is_due(record, frequency, timezone, refresh, due):
+    assert is_due(record, frequency, AS_OF, timezone, refresh) is due
+
+
+ACT = "segments: [seg-a]\ndestination: sandbox\nname: A\n"
+
+
+def test_apply_due_runs_once_a_day_unless_the_source_refreshed(workspace):
+    ws = workspace({"act": ACT}, profiles=[profile(i, a=True) for i in range(3)])
+    assert [a["id"] for a in plan_json(ws, "--due")["activations"]] == ["act"]
+    assert cli(ws, "apply", "--due", "--auto-approve").exit_code == 0
+    assert plan_json(ws, "--due")["activations"] == []  # ran today, nothing new
+    ws.write(
+        "reconcile.yaml",
+        RECONCILE_YAML.replace(
+            "  profiles:\n",
+            "  freshness_sql: SELECT TIMESTAMP '2999-01-01 00:00:00'\n  profiles:\n",
+            1,
+        ),
+    )
+    assert [a["id"] for a in plan_json(ws, "--due")["activations"]] == ["act"]
+    # due with no member changes: the scheduled run is still recorded
+    assert cli(ws, "apply", "--due", "--auto-approve").exit_code == 0
+    runs = cli(ws, "log", "act", "--format", "json").json()["runs"]
+    assert [(r["trigger"], r["status"], r["added"]) for r in runs] == [
+        ("schedule", "Complete", 0),
+        ("schedule", "Complete", 3),
+    ]
+
+
+def test_freshness_sql_must_be_one_select(workspace):
+    ws = workspace({"act": ACT}, profiles=[profile(1, a=True)])
+    ws.write(
+        "reconcile.yaml",
+        RECONCILE_YAML.replace(
+            "  profiles:\n", "  freshness_sql: DELETE FROM profiles\n  profiles:\n", 1
+        ),
+    )
+    res = cli(ws, "plan")
+    assert res.exit_code == 1
+    assert "reconcile.yaml:" in res.stderr and "freshness_sql" in res.stderr
