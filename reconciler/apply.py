@@ -62,8 +62,15 @@ class ApplyResult:
 
 
 class Applier:
-    def __init__(self, ws: Workspace, plan: Plan, session: Session, conns: Connections,
-                 options: ApplyOptions, guard: InterruptGuard):
+    def __init__(
+        self,
+        ws: Workspace,
+        plan: Plan,
+        session: Session,
+        conns: Connections,
+        options: ApplyOptions,
+        guard: InterruptGuard,
+    ):
         self.ws, self.plan, self.session, self.conns = ws, plan, session, conns
         self.opts, self.guard = options, guard
         self.state = StateStore(session.con)
@@ -71,6 +78,7 @@ class Applier:
 
     def run(self) -> ApplyResult:
         result = ApplyResult()
+        self.state.close_interrupted_batches()
         for ap in self.plan.activations:
             if self.guard.stop_requested:
                 result.interrupted = True
@@ -96,23 +104,35 @@ class Applier:
         if ap.moved_from:
             self.state.move_activation(ap.moved_from, ap.id)
         self.state.ensure_activation(
-            ap.id, destination=act.destination, frequency=act.frequency,
+            ap.id,
+            destination=act.destination,
+            frequency=act.frequency,
             date_created=local_date(self.plan.as_of, self.ws.config.timezone),
         )
         run_id = _run_id()
         self.state.start_run(run_id, ap.id, self.opts.trigger)
         self.state.set_status(ap.id, "Running")
         outcome = ActivationOutcome(ap.id, "Complete")
+        runner = None
         try:
             dest = self.conns.get(act.destination)
             integ = self.ws.integrations[act.destination]
             fp = membership.fingerprint_sql(
-                self.ws.config.source.profiles, tuple(dest.accepted_identifiers),
+                self.ws.config.source.profiles,
+                tuple(dest.accepted_identifiers),
                 [integ.attributes[f] for f in act.attributes],
             )
-            runner = BatchRunner(self.state, self.reader, self.ws.config.source.profiles, dest,
-                                 self.guard, run_id, ap.id, fp,
-                                 {f: integ.attributes[f] for f in act.attributes})
+            runner = BatchRunner(
+                self.state,
+                self.reader,
+                self.ws.config.source.profiles,
+                dest,
+                self.guard,
+                run_id,
+                ap.id,
+                fp,
+                {f: integ.attributes[f] for f in act.attributes},
+            )
             for aud in ap.audiences:
                 self._audience(ap, aud, dest, runner, outcome)
         except Interrupted:
@@ -124,23 +144,38 @@ class Applier:
             outcome.status, outcome.error = "Failed", str(exc)
         if outcome.status == "Complete" and outcome.failed:
             outcome.status = "Failed"
-            outcome.error = f"{outcome.failed:,} member(s) refused by the destination"
+            outcome.error = _refused(outcome.failed, "member(s)", runner)
         if outcome.status == "Complete":
             spec = recorded_spec(self.ws, act)
-            self.state.record_spec(ap.id, spec, digest(spec), frequency=act.frequency,
-                                   paused=act.paused, destination=act.destination)
+            self.state.record_spec(
+                ap.id,
+                spec,
+                digest(spec),
+                frequency=act.frequency,
+                paused=act.paused,
+                destination=act.destination,
+            )
             self.state.bump_serial(ap.id)
         self._finish(run_id, ap, outcome, outcome.status, outcome.error)
         return outcome
 
-    def _finish(self, run_id: str, ap: ActivationPlan, o: ActivationOutcome, status: str,
-                error: str | None) -> None:
+    def _finish(
+        self, run_id: str, ap: ActivationPlan, o: ActivationOutcome, status: str, error: str | None
+    ) -> None:
         o.status, o.error = status, error
-        self.state.finish_run(run_id, status, added=o.added, removed=o.removed,
-                              updated=o.updated, failed=o.failed, audiences=o.audiences,
-                              error=error)
-        self.state.set_status(ap.id, status, error, success=status == "Complete",
-                              ran=status == "Complete")
+        self.state.finish_run(
+            run_id,
+            status,
+            added=o.added,
+            removed=o.removed,
+            updated=o.updated,
+            failed=o.failed,
+            audiences=o.audiences,
+            error=error,
+        )
+        self.state.set_status(
+            ap.id, status, error, success=status == "Complete", ran=status == "Complete"
+        )
 
     def _refusal(self, ap: ActivationPlan) -> str | None:
         if ap.mass_removal and not self.opts.allow_mass_removal:
@@ -155,51 +190,78 @@ class Applier:
         rec = self.state.activation(ap.moved_from or ap.id)
         serial = rec.serial if rec else 0
         if serial != ap.state_serial:
-            return (f"the saved plan is stale: the state of {ap.id!r} moved since the plan "
-                    f"(serial {ap.state_serial} -> {serial}); run `reconcile plan` again")
+            return (
+                f"the saved plan is stale: the state of {ap.id!r} moved since the plan "
+                f"(serial {ap.state_serial} -> {serial}); run `reconcile plan` again"
+            )
         if ap.change is not Change.DELETE:
             act = self.ws.activations.get(ap.id)
-            now = digest(recorded_spec(self.ws, act.resolved(self.ws.config.defaults))) \
-                if act else None
+            now = (
+                digest(recorded_spec(self.ws, act.resolved(self.ws.config.defaults)))
+                if act
+                else None
+            )
             if now != ap.spec_digest:
-                return (f"the saved plan is stale: {ap.file or ap.id} changed since the plan; "
-                        "run `reconcile plan` again")
+                return (
+                    f"the saved plan is stale: {ap.file or ap.id} changed since the plan; "
+                    "run `reconcile plan` again"
+                )
         return None
 
     # ------------------------------------------------------------------ one audience
-    def _audience(self, ap: ActivationPlan, aud: AudienceChange, dest: Destination,
-                  runner: BatchRunner, outcome: ActivationOutcome) -> None:
-        ref = self._ensure_audience(ap, aud, dest) if aud.sent else None
-        counts = runner.run_audience(aud.group, ref, sent=aud.sent)
-        if aud.sent:  # a control group is recorded, never sent: not in the run's totals
-            outcome.added += counts["add"]
-            outcome.removed += counts["remove"]
-            outcome.updated += counts["update"]
-            outcome.failed += counts["failed"]
-        outcome.audiences.append({"group": aud.group, "name": aud.name, "sent": aud.sent,
-                                  **counts})
-        if aud.group not in splits.groups(self.ws.activations[ap.id].split) \
-                and aud.size_after == 0:
+    def _audience(
+        self,
+        ap: ActivationPlan,
+        aud: AudienceChange,
+        dest: Destination,
+        runner: BatchRunner,
+        outcome: ActivationOutcome,
+    ) -> None:
+        ref = self._ensure_audience(ap, aud, dest, runner) if aud.sent else None
+        try:
+            runner.run_audience(aud.group, ref, sent=aud.sent)
+        finally:  # what was confirmed, also when interrupted or failed part-way
+            counts = runner.counts
+            if aud.sent:  # a control group is recorded, never sent: not in the run's totals
+                outcome.added += counts["add"]
+                outcome.removed += counts["remove"]
+                outcome.updated += counts["update"]
+                outcome.failed += counts["failed"]
+            outcome.audiences.append(
+                {"group": aud.group, "name": aud.name, "sent": aud.sent, **counts}
+            )
+        if aud.group not in splits.groups(self.ws.activations[ap.id].split) and aud.size_after == 0:
             self.state.drop_audience(ap.id, aud.group)
 
-    def _ensure_audience(self, ap: ActivationPlan, aud: AudienceChange,
-                         dest: Destination) -> AudienceRef:
+    def _ensure_audience(
+        self, ap: ActivationPlan, aud: AudienceChange, dest: Destination, runner: BatchRunner
+    ) -> AudienceRef:
+        """The audience to send to: recorded, renamed, found (a create journaled by a run
+        that died) or created. Destination calls are retried like member batches."""
         recorded = self.state.audiences(ap.id).get(aud.group)
         if aud.resource_id and not aud.create:
             ref = AudienceRef(aud.resource_id, recorded.name if recorded else aud.name)
             if aud.rename_from:
-                ref = dest.rename_audience(ref, aud.name)
+                current = ref
+                ref = runner.call(lambda: dest.rename_audience(current, aud.name))
             self.state.record_audience(ap.id, aud.group, aud.name, ref.id, True)
             return ref
         if recorded is not None and recorded.resource_id:
             return AudienceRef(recorded.resource_id, recorded.name)
         key = _batch_id(ap.id, aud.group, "create", aud.name)
-        pending = {b for b, *_ in self.state.pending_intents()}
-        ref = dest.find_audience(aud.name) if key in pending else None
-        if ref is None:
-            if key not in pending:
-                self.state.journal_intent(key, "", ap.id, aud.group, "create", 1)
-            ref = dest.create_audience(aud.name, idempotency_key=key)
+        pending = key in {b for b, *_ in self.state.pending_intents()}
+        if not pending:
+            self.state.journal_intent(key, "", ap.id, aud.group, "create", 1)
+
+        def find_or_create() -> AudienceRef:
+            # after a create that may have been applied (a run that died, or a lost answer
+            # being retried), look the audience up by name first: never a second audience
+            nonlocal pending
+            found = dest.find_audience(aud.name) if pending else None
+            pending = True
+            return found or dest.create_audience(aud.name, idempotency_key=key)
+
+        ref = runner.call(find_or_create)
         with self.state.transaction():
             self.state.record_audience(ap.id, aud.group, aud.name, ref.id, True)
             self.state.journal_outcome(key, "done", f"audience {ref.id}")
@@ -210,11 +272,21 @@ class Applier:
         run_id = _run_id()
         self.state.start_run(run_id, ap.id, self.opts.trigger)
         outcome = ActivationOutcome(ap.id, "Complete")
+        runner = None
         if any(a.remove for a in ap.audiences):
             try:
                 dest = self.conns.get(ap.destination)
-                runner = BatchRunner(self.state, self.reader, self.ws.config.source.profiles,
-                                     dest, self.guard, run_id, ap.id, "0::UBIGINT", {})
+                runner = BatchRunner(
+                    self.state,
+                    self.reader,
+                    self.ws.config.source.profiles,
+                    dest,
+                    self.guard,
+                    run_id,
+                    ap.id,
+                    "0::UBIGINT",
+                    {},
+                )
                 for aud in ap.audiences:
                     ref = AudienceRef(aud.resource_id or "", aud.name) if aud.sent else None
                     counts = runner.run_audience(aud.group, ref, sent=aud.sent)
@@ -226,11 +298,17 @@ class Applier:
                 outcome.status, outcome.error = "Failed", str(exc)
             if outcome.failed and outcome.status == "Complete":
                 outcome.status = "Failed"
-                outcome.error = f"{outcome.failed:,} removal(s) refused by the destination"
+                outcome.error = _refused(outcome.failed, "removal(s)", runner)
         self._finish(run_id, ap, outcome, outcome.status, outcome.error)
         if outcome.status == "Complete":
             self.state.forget_activation(ap.id)
         return outcome
+
+
+def _refused(n: int, what: str, runner: BatchRunner | None) -> str:
+    """The error of a run whose members the destination refused, with its first reasons."""
+    sample = "; ".join(runner.errors[:3]) if runner else ""
+    return f"{n:,} {what} refused by the destination" + (f", e.g. {sample}" if sample else "")
 
 
 def _run_id() -> str:
@@ -243,4 +321,4 @@ def _batch_id(*parts: str) -> str:
 
 def iter_chunks(rows: list, size: int) -> Iterator[list]:
     for i in range(0, len(rows), size):
-        yield rows[i:i + size]
+        yield rows[i : i + size]

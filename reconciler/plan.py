@@ -66,8 +66,7 @@ class AudienceChange(Frozen):
     @property
     def has_changes(self) -> bool:
         return bool(
-            self.create or self.rename_from or self.add or self.remove or self.update
-            or self.forget
+            self.create or self.rename_from or self.add or self.remove or self.update or self.forget
         )
 
 

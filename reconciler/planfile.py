@@ -31,9 +31,13 @@ def save(plan: Plan, staging_db: Path, out: Path, tmp_dir: Path) -> None:
             "SELECT count(*) FROM information_schema.tables "
             "WHERE table_catalog = 'stg' AND table_name = 'changes'"
         ).fetchone()[0]
-        source = "stg.changes" if has else (
-            "(SELECT NULL::VARCHAR activation_id, NULL::VARCHAR grp, NULL::VARCHAR op, "
-            "NULL::VARCHAR key WHERE FALSE)"
+        source = (
+            "stg.changes"
+            if has
+            else (
+                "(SELECT NULL::VARCHAR activation_id, NULL::VARCHAR grp, NULL::VARCHAR op, "
+                "NULL::VARCHAR key WHERE FALSE)"
+            )
         )
         con.execute(
             f"COPY (SELECT * FROM {source} ORDER BY activation_id, grp, op, key) "
@@ -70,8 +74,10 @@ def load(path: Path, staging_db: Path, tmp_dir: Path) -> Plan:
             plan_doc = json.loads(zf.read("plan.json"))
         except (KeyError, ValueError) as exc:
             raise PlanError(f"{path} is not a complete plan file: {exc}") from exc
-        if manifest.get("plan_file_format") != PLAN_FILE_FORMAT or \
-                plan_doc.get("format_version") != FORMAT_VERSION:
+        if (
+            manifest.get("plan_file_format") != PLAN_FILE_FORMAT
+            or plan_doc.get("format_version") != FORMAT_VERSION
+        ):
             raise PlanError(
                 f"{path} was written by another version of reconcile (plan format "
                 f"{plan_doc.get('format_version')}); make the plan again"

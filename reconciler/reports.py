@@ -26,20 +26,22 @@ def activation_rows(ws: Workspace, state: StateReader) -> list[dict[str, Any]]:
         if status == "Running":  # a run that was killed: waiting for the next apply
             status = "Pending"
         run = last.get(aid)
-        rows.append({
-            "id": aid,
-            "tab": "Active" if frequency == "daily" and not paused else "Inactive",
-            "status": status,
-            "frequency": frequency,
-            "paused": paused,
-            "destination": destination,
-            "in_workspace": act is not None,
-            "last_run": run.started_at.isoformat(timespec="seconds") if run else None,
-            "added": run.added if run else 0,
-            "removed": run.removed if run else 0,
-            "updated": run.updated if run else 0,
-            "error": rec.error if rec else None,
-        })
+        rows.append(
+            {
+                "id": aid,
+                "tab": "Active" if frequency == "daily" and not paused else "Inactive",
+                "status": status,
+                "frequency": frequency,
+                "paused": paused,
+                "destination": destination,
+                "in_workspace": act is not None,
+                "last_run": run.started_at.isoformat(timespec="seconds") if run else None,
+                "added": run.added if run else 0,
+                "removed": run.removed if run else 0,
+                "updated": run.updated if run else 0,
+                "error": rec.error if rec else None,
+            }
+        )
     return rows
 
 
@@ -62,8 +64,9 @@ def log_rows(state: StateReader, activation_id: str, limit: int) -> list[dict[st
     ]
 
 
-def segment_rows(ws: Workspace, name: str | None, limit: int,
-                 show_pii: bool) -> list[dict[str, Any]]:
+def segment_rows(
+    ws: Workspace, name: str | None, limit: int, show_pii: bool
+) -> list[dict[str, Any]]:
     from reconciler.errors import ConfigError
     from reconciler.membership import SegmentRunner, _ident
     from reconciler.session import Session, new_staging_path, remove_staging
@@ -89,16 +92,29 @@ def segment_rows(ws: Workspace, name: str | None, limit: int,
                 res = runner.run(n)
                 if show_pii and email:
                     preview = [
-                        f"{k}  {e or ''}" for k, e in s.con.execute(
+                        f"{k}  {e or ''}"
+                        for k, e in s.con.execute(
                             f"SELECT t.k, p.{_ident(email)} FROM {res.table} t LEFT JOIN "
                             f"{_ident(p.table)} p ON CAST(p.{_ident(p.key)} AS VARCHAR) = t.k "
-                            "ORDER BY t.k LIMIT ?", [limit]).fetchall()
+                            "ORDER BY t.k LIMIT ?",
+                            [limit],
+                        ).fetchall()
                     ]
                 else:
-                    preview = [r[0] for r in s.con.execute(
-                        f"SELECT k FROM {res.table} ORDER BY k LIMIT ?", [limit]).fetchall()]
-                rows.append({"name": n, "size": res.size, "preview": preview,
-                             "file": ws.file_of("segments", n)})
+                    preview = [
+                        r[0]
+                        for r in s.con.execute(
+                            f"SELECT k FROM {res.table} ORDER BY k LIMIT ?", [limit]
+                        ).fetchall()
+                    ]
+                rows.append(
+                    {
+                        "name": n,
+                        "size": res.size,
+                        "preview": preview,
+                        "file": ws.file_of("segments", n),
+                    }
+                )
     finally:
         remove_staging(staging)
     return rows

@@ -69,8 +69,16 @@ SEGMENTS = {
 }
 
 
-def profile(i: int, *, a: bool = False, b: bool = False, consent: bool = True,
-            email: str | None = "default", name: str | None = None, spend: float = 10.0) -> dict:
+def profile(
+    i: int,
+    *,
+    a: bool = False,
+    b: bool = False,
+    consent: bool = True,
+    email: str | None = "default",
+    name: str | None = None,
+    spend: float = 10.0,
+) -> dict:
     return {
         "customer_id": f"c{i:05d}",
         "email": f"user{i}@example.com" if email == "default" else email,
@@ -140,9 +148,14 @@ class WS:
 
 @pytest.fixture
 def workspace(tmp_path: Path):
-    def make(activations: dict[str, str] | None = None, *, profiles: Iterable[dict] = (),
-             segments: dict[str, str] | None = None, integration: str = SANDBOX_YAML,
-             reconcile_yaml: str = RECONCILE_YAML) -> WS:
+    def make(
+        activations: dict[str, str] | None = None,
+        *,
+        profiles: Iterable[dict] = (),
+        segments: dict[str, str] | None = None,
+        integration: str = SANDBOX_YAML,
+        reconcile_yaml: str = RECONCILE_YAML,
+    ) -> WS:
         ws = WS(tmp_path / "ws")
         ws.write("reconcile.yaml", reconcile_yaml)
         ws.write("integrations/sandbox.yaml", integration)
@@ -168,8 +181,9 @@ class Result:
 
 def cli(ws: WS, *args: str, input: str | None = None) -> Result:
     runner = CliRunner()
-    res = runner.invoke(main, ["-C", str(ws.root), "--no-color", *args], input=input,
-                        catch_exceptions=False)
+    res = runner.invoke(
+        main, ["-C", str(ws.root), "--no-color", *args], input=input, catch_exceptions=False
+    )
     return Result(res.exit_code, res.stdout, res.stderr)
 
 

@@ -39,8 +39,12 @@ def test_maintain_adds_removes_and_updates(workspace):
     ws = workspace({"act": MAINTAIN}, profiles=[profile(i, a=i < 10) for i in range(20)])
     assert cli(ws, "apply", "--auto-approve").exit_code == 0
     # 0..2 leave, 10..11 enter, 5 changes its mapped attribute, 6 changes an unmapped one
-    rows = [profile(i, a=3 <= i < 12, name="Renamed" if i == 5 else None,
-                    spend=99.0 if i == 6 else 10.0) for i in range(20)]
+    rows = [
+        profile(
+            i, a=3 <= i < 12, name="Renamed" if i == 5 else None, spend=99.0 if i == 6 else 10.0
+        )
+        for i in range(20)
+    ]
     ws.set_profiles(rows)
     plan = plan_json(ws)
     assert audience_counts(plan, "act") == {"all": (2, 3, 1)}
@@ -52,8 +56,9 @@ def test_maintain_adds_removes_and_updates(workspace):
 
 
 def test_append_never_removes_leavers_but_removes_lost_consent(workspace):
-    ws = workspace({"act": MAINTAIN + "action: append\n"},
-                   profiles=[profile(i, a=i < 6) for i in range(10)])
+    ws = workspace(
+        {"act": MAINTAIN + "action: append\n"}, profiles=[profile(i, a=i < 6) for i in range(10)]
+    )
     assert cli(ws, "apply", "--auto-approve").exit_code == 0
     rows = [profile(i, a=i >= 4, consent=i != 5) for i in range(10)]  # 0..3 leave, 5 no consent
     ws.set_profiles(rows)
@@ -70,12 +75,15 @@ def test_remove_action_removes_from_existing_list_and_records_it(workspace):
     # first fill a list with maintain, then point a `remove` activation at it
     ws = workspace({"fill": MAINTAIN}, profiles=[profile(i, a=True, b=i < 3) for i in range(8)])
     assert cli(ws, "apply", "--auto-approve").exit_code == 0
-    ws.write("activations/purge.yaml", """\
+    ws.write(
+        "activations/purge.yaml",
+        """\
         segments: [seg-b]
         destination: sandbox
         action: remove
         list: {existing: Audience A}
-    """)
+    """,
+    )
     plan = plan_json(ws, "-t", "purge")
     assert audience_counts(plan, "purge") == {"all": (0, 3, 0)}
     assert cli(ws, "apply", "-t", "purge", "--auto-approve").exit_code == 0
@@ -129,15 +137,21 @@ def test_control_group_is_recorded_not_sent(workspace):
 
 
 def test_delete_keeps_audience_unless_clear(workspace):
-    ws = workspace({"keep": MAINTAIN, "clear": MAINTAIN.replace("Audience A", "Audience C")
-                    + "on_delete: clear\n"},
-                   profiles=[profile(i, a=True) for i in range(4)])
+    ws = workspace(
+        {
+            "keep": MAINTAIN,
+            "clear": MAINTAIN.replace("Audience A", "Audience C") + "on_delete: clear\n",
+        },
+        profiles=[profile(i, a=True) for i in range(4)],
+    )
     assert cli(ws, "apply", "--auto-approve").exit_code == 0
     ws.remove("activations/keep.yaml")
     ws.remove("activations/clear.yaml")
     plan = plan_json(ws)
     assert {a["id"]: a["change"] for a in plan["activations"]} == {
-        "keep": "delete", "clear": "delete"}
+        "keep": "delete",
+        "clear": "delete",
+    }
     assert cli(ws, "apply", "--auto-approve", "--allow-mass-removal").exit_code == 0
     held = ws.sandbox_keys()
     assert len(held["Audience A"]) == 4 and held["Audience C"] == set()
@@ -174,8 +188,9 @@ def test_paused_sends_nothing_but_exclusions(workspace):
 
 
 def test_once_activation_runs_once_then_only_with_run(workspace):
-    ws = workspace({"one": MAINTAIN + "frequency: once\n"},
-                   profiles=[profile(i, a=i < 3) for i in range(6)])
+    ws = workspace(
+        {"one": MAINTAIN + "frequency: once\n"}, profiles=[profile(i, a=i < 3) for i in range(6)]
+    )
     assert cli(ws, "apply", "--auto-approve").exit_code == 0
     ws.set_profiles([profile(i, a=i < 5) for i in range(6)])
     assert audience_counts(plan_json(ws), "one") == {"all": (0, 0, 0)}

@@ -172,15 +172,35 @@ class StateReader:
 
 def _activation(r: tuple) -> RecordedActivation:
     return RecordedActivation(
-        id=r[0], spec=json.loads(r[1]), spec_digest=r[2], serial=r[3], status=r[4],
-        destination=r[5], frequency=r[6], paused=r[7], split_seed=r[8], date_created=r[9],
-        last_run_at=r[10], last_success_at=r[11], ran=bool(r[12]), error=r[13],
+        id=r[0],
+        spec=json.loads(r[1]),
+        spec_digest=r[2],
+        serial=r[3],
+        status=r[4],
+        destination=r[5],
+        frequency=r[6],
+        paused=r[7],
+        split_seed=r[8],
+        date_created=r[9],
+        last_run_at=r[10],
+        last_success_at=r[11],
+        ran=bool(r[12]),
+        error=r[13],
     )
 
 
 def _run(r: tuple) -> RunRecord:
     return RunRecord(
-        run_id=r[0], activation_id=r[1], trigger=r[2], started_at=r[3], finished_at=r[4],
-        status=r[5], added=r[6] or 0, removed=r[7] or 0, updated=r[8] or 0, failed=r[9] or 0,
-        audiences=json.loads(r[10]) if r[10] else [], error=r[11],
+        run_id=r[0],
+        activation_id=r[1],
+        trigger=r[2],
+        started_at=r[3],
+        finished_at=r[4],
+        status=r[5],
+        added=r[6] or 0,
+        removed=r[7] or 0,
+        updated=r[8] or 0,
+        failed=r[9] or 0,
+        audiences=json.loads(r[10]) if r[10] else [],
+        error=r[11],
     )

@@ -30,8 +30,9 @@ class StateStore(StateReader):
         self.con.execute("COMMIT")
 
     # ------------------------------------------------------------------ activations
-    def ensure_activation(self, activation_id: str, *, destination: str, frequency: str,
-                          date_created: date) -> None:
+    def ensure_activation(
+        self, activation_id: str, *, destination: str, frequency: str, date_created: date
+    ) -> None:
         """Create the activation's row (status New) if it has none."""
         self.con.execute(
             f"""INSERT OR IGNORE INTO {self.c}.activations
@@ -41,13 +42,28 @@ class StateStore(StateReader):
             [activation_id, destination, frequency, activation_id, date_created, _now(), _now()],
         )
 
-    def record_spec(self, activation_id: str, spec: dict[str, Any], spec_digest: str,
-                    *, frequency: str, paused: bool, destination: str) -> None:
+    def record_spec(
+        self,
+        activation_id: str,
+        spec: dict[str, Any],
+        spec_digest: str,
+        *,
+        frequency: str,
+        paused: bool,
+        destination: str,
+    ) -> None:
         self.con.execute(
             f"""UPDATE {self.c}.activations SET spec = ?, spec_digest = ?, frequency = ?,
                 paused = ?, destination = ?, updated_at = ? WHERE id = ?""",
-            [json.dumps(spec, sort_keys=True), spec_digest, frequency, paused, destination,
-             _now(), activation_id],
+            [
+                json.dumps(spec, sort_keys=True),
+                spec_digest,
+                frequency,
+                paused,
+                destination,
+                _now(),
+                activation_id,
+            ],
         )
 
     def bump_serial(self, activation_id: str) -> None:
@@ -55,8 +71,15 @@ class StateStore(StateReader):
             f"UPDATE {self.c}.activations SET serial = serial + 1 WHERE id = ?", [activation_id]
         )
 
-    def set_status(self, activation_id: str, status: str, error: str | None = None,
-                   *, success: bool = False, ran: bool = False) -> None:
+    def set_status(
+        self,
+        activation_id: str,
+        status: str,
+        error: str | None = None,
+        *,
+        success: bool = False,
+        ran: bool = False,
+    ) -> None:
         sets = "status = ?, error = ?, last_run_at = ?"
         params: list[Any] = [status, error, _now()]
         if success:
@@ -70,9 +93,13 @@ class StateStore(StateReader):
 
     def move_activation(self, old: str, new: str) -> None:
         with self.transaction():
-            for table, col in (("activations", "id"), ("audiences", "activation_id"),
-                               ("members", "activation_id"), ("runs", "activation_id"),
-                               ("journal", "activation_id")):
+            for table, col in (
+                ("activations", "id"),
+                ("audiences", "activation_id"),
+                ("members", "activation_id"),
+                ("runs", "activation_id"),
+                ("journal", "activation_id"),
+            ):
                 self.con.execute(
                     f"UPDATE {self.c}.{table} SET {col} = ? WHERE {col} = ?", [new, old]
                 )
@@ -87,8 +114,9 @@ class StateStore(StateReader):
             self.con.execute(f"DELETE FROM {self.c}.activations WHERE id = ?", [activation_id])
 
     # ------------------------------------------------------------------ audiences
-    def record_audience(self, activation_id: str, grp: str, name: str,
-                        resource_id: str | None, sent: bool) -> None:
+    def record_audience(
+        self, activation_id: str, grp: str, name: str, resource_id: str | None, sent: bool
+    ) -> None:
         self.con.execute(
             f"""INSERT INTO {self.c}.audiences VALUES (?, ?, ?, ?, ?, ?)
                 ON CONFLICT (activation_id, grp) DO UPDATE SET name = excluded.name,
@@ -103,8 +131,9 @@ class StateStore(StateReader):
         )
 
     # ------------------------------------------------------------------ journal
-    def journal_intent(self, batch_id: str, run_id: str, activation_id: str, grp: str,
-                       op: str, size: int) -> None:
+    def journal_intent(
+        self, batch_id: str, run_id: str, activation_id: str, grp: str, op: str, size: int
+    ) -> None:
         self.con.execute(
             f"INSERT INTO {self.c}.journal VALUES (?, ?, ?, ?, ?, ?, 'intent', NULL, ?, NULL)",
             [batch_id, run_id, activation_id, grp, op, size, _now()],
@@ -120,15 +149,30 @@ class StateStore(StateReader):
     def journal_outcome(self, batch_id: str, status: str, detail: str | None = None) -> None:
         self._journal_outcome(batch_id, status, detail)
 
-    def resolve_intents(self, batch_ids: Sequence[str], status: str, detail: str) -> None:
-        for b in batch_ids:
-            self._journal_outcome(b, status, detail)
+    def close_interrupted_batches(self) -> int:
+        """Member batches whose process died before the destination answered: their members
+        were not recorded, so the new plan contains them again. Close those intents (audience
+        creates stay open: they are resolved by looking the audience up by name)."""
+        return self.con.execute(
+            f"""UPDATE {self.c}.journal SET status = 'interrupted', finished_at = ?,
+                detail = 'the run stopped before the destination answered; '
+                         || 'its members were planned again'
+                WHERE status = 'intent' AND op <> 'create'""",
+            [_now()],
+        ).fetchone()[0]
 
     # ------------------------------------------------------------------ members
-    def confirm_batch(self, batch_id: str, activation_id: str, grp: str, *,
-                      insert: Sequence[tuple[str, Sequence[str], int]] = (),
-                      delete: Sequence[str] = (), detail: str | None = None,
-                      status: str = "done") -> None:
+    def confirm_batch(
+        self,
+        batch_id: str,
+        activation_id: str,
+        grp: str,
+        *,
+        insert: Sequence[tuple[str, Sequence[str], int]] = (),
+        delete: Sequence[str] = (),
+        detail: str | None = None,
+        status: str = "done",
+    ) -> None:
         """After the destination confirmed a batch: drop the ``delete`` keys' records, add the
         ``insert`` rows (key, record, fingerprint) and close the batch's intent, in one
         transaction. Entering members are never recorded yet, so ``add`` batches only insert."""
@@ -144,8 +188,13 @@ class StateStore(StateReader):
                     f"""INSERT INTO {self.c}.members
                         SELECT ?, ?, unnest(?::VARCHAR[]), unnest(?::VARCHAR[][]),
                                unnest(?::UBIGINT[])""",
-                    [activation_id, grp, [u[0] for u in insert], [list(u[1]) for u in insert],
-                     [u[2] for u in insert]],
+                    [
+                        activation_id,
+                        grp,
+                        [u[0] for u in insert],
+                        [list(u[1]) for u in insert],
+                        [u[2] for u in insert],
+                    ],
                 )
             if batch_id:
                 self._journal_outcome(batch_id, status, detail)
@@ -158,11 +207,20 @@ class StateStore(StateReader):
             [run_id, activation_id, trigger, _now()],
         )
 
-    def finish_run(self, run_id: str, status: str, *, added: int, removed: int, updated: int,
-                   failed: int, audiences: list[dict[str, Any]], error: str | None) -> None:
+    def finish_run(
+        self,
+        run_id: str,
+        status: str,
+        *,
+        added: int,
+        removed: int,
+        updated: int,
+        failed: int,
+        audiences: list[dict[str, Any]],
+        error: str | None,
+    ) -> None:
         self.con.execute(
             f"""UPDATE {self.c}.runs SET finished_at = ?, status = ?, added = ?, removed = ?,
                 updated = ?, failed = ?, audiences = ?, error = ? WHERE run_id = ?""",
-            [_now(), status, added, removed, updated, failed, json.dumps(audiences), error,
-             run_id],
+            [_now(), status, added, removed, updated, failed, json.dumps(audiences), error, run_id],
         )

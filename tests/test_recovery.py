@@ -1,0 +1,566 @@
+"""Recovery: kills, Ctrl-C, destination failures, the state lock and shared inboxes.
+
+Each test ends by reading the destination itself (the sandbox file) and comparing it with the
+audience computed from the profiles, then checks that the next plan is empty: whatever happens
+in the middle of an apply, the next apply finishes the job without duplicates that matter.
+Tests marked ``slow`` run ``reconcile`` as a real process (to kill it); they run by default.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from destinations.identity import hashed_identifiers
+from reconciler import splits
+from reconciler.spec import SplitMode
+from reconciler.state.lock import StateLock
+from tests.conftest import SANDBOX_YAML, WS, audience_counts, cli, plan_json, profile
+
+IDENTIFIERS = ("email", "phone")
+COUNTRY = "AU"  # default_phone_country of the test workspace
+
+MAINTAIN = """\
+segments: [seg-a]
+destination: {dest}
+name: {name}
+attributes: [FIRST_NAME]
+"""
+
+
+def activation(name: str, dest: str = "sandbox", extra: str = "") -> str:
+    return MAINTAIN.format(dest=dest, name=name) + extra
+
+
+def sandbox_yaml(path: str = ".reconcile/sandbox.duckdb", **config) -> str:
+    """The test integration with its sandbox file at ``path`` and extra knobs."""
+    lines = "".join(f"  {k}: {json.dumps(v)}\n" for k, v in ({"batch_size": 7} | config).items())
+    return SANDBOX_YAML.replace("  path: .reconcile/sandbox.duckdb\n", f"  path: {path}\n").replace(
+        "  batch_size: 7\n", lines
+    )
+
+
+# ---------------------------------------------------------------------- expected audiences
+def records(row: dict) -> tuple[str, ...]:
+    return hashed_identifiers({k: row[k] for k in IDENTIFIERS}, IDENTIFIERS, COUNTRY)
+
+
+def desired(
+    rows: Iterable[dict],
+    *,
+    activation_id: str = "",
+    split: SplitMode = SplitMode.NONE,
+    group: str = splits.ALL,
+) -> set[str]:
+    """Match keys the destination must hold: eligible members (seg-a, consent) of ``group``."""
+    out: set[str] = set()
+    for r in rows:
+        if (
+            r["seg_a"]
+            and r["email_consent"]
+            and splits.group(split, None, activation_id, r["customer_id"]) == group
+        ):
+            out.update(records(r))
+    return out
+
+
+def audiences(ws: WS, path: str = ".reconcile/sandbox.duckdb") -> list[tuple[str, str]]:
+    """(id, name) of every audience in a sandbox file, duplicates included."""
+    file = ws.root / path
+    if not file.exists():
+        return []
+    con = duckdb.connect(str(file), read_only=True)
+    try:
+        return con.execute("SELECT id, name FROM audiences ORDER BY created_at").fetchall()
+    finally:
+        con.close()
+
+
+def held(ws: WS, path: str = ".reconcile/sandbox.duckdb") -> dict[str, set[str]]:
+    """Audience name -> match keys held, for a sandbox file (names must be unique)."""
+    file = ws.root / path
+    if not file.exists():
+        return {}
+    con = duckdb.connect(str(file), read_only=True)
+    try:
+        rows = con.execute(
+            "SELECT a.name, m.match_key FROM audiences a "
+            "LEFT JOIN members m ON m.audience_id = a.id"
+        ).fetchall()
+    finally:
+        con.close()
+    out: dict[str, set[str]] = {}
+    for name, key in rows:
+        out.setdefault(name, set())
+        if key is not None:
+            out[name].add(key)
+    return out
+
+
+def state_rows(ws: WS, sql: str) -> list[tuple]:
+    con = duckdb.connect(str(ws.root / ".reconcile" / "state.duckdb"), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def runs(ws: WS, activation_id: str) -> list[dict]:
+    """`reconcile log ID --format json`: newest first."""
+    res = cli(ws, "log", activation_id, "--format", "json")
+    assert res.exit_code == 0, res.stderr
+    return res.json()["runs"]
+
+
+def status_of(ws: WS, activation_id: str) -> dict:
+    rows = cli(ws, "status", "--format", "json").json()["activations"]
+    return next(r for r in rows if r["id"] == activation_id)
+
+
+def assert_converged(ws: WS) -> None:
+    res = cli(ws, "plan", "--detailed-exitcode")
+    assert res.exit_code == 0, res.output + res.stderr
+
+
+# ---------------------------------------------------------------------- real processes
+ENV = os.environ | {"PYTHONUNBUFFERED": "1"}
+
+# Runs the CLI after hooking one sandbox call so the process SIGKILLs itself right after the
+# destination applied it and before the engine could record it: the worst moment to die.
+CRASH_AFTER = """\
+import os, signal, sys
+from destinations.sandbox import SandboxDestination
+method = sys.argv[1]
+real = getattr(SandboxDestination, method)
+def crash(self, *args, **kwargs):
+    real(self, *args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+setattr(SandboxDestination, method, crash)
+from reconciler.cli import main
+main(sys.argv[2:], prog_name="reconcile")
+"""
+
+
+def reconcile_command() -> list[str]:
+    """The installed `reconcile` script of this interpreter's environment, else the module."""
+    script = Path(sys.executable).parent / "reconcile"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "reconciler.cli"]
+
+
+def start(ws: WS, *args: str, crash_after: str | None = None) -> subprocess.Popen:
+    cmd = [sys.executable, "-c", CRASH_AFTER, crash_after] if crash_after else reconcile_command()
+    cmd += ["-C", str(ws.root), "--no-color", *args]
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=ws.root
+    )
+
+
+def until_planned(proc: subprocess.Popen) -> str:
+    """Read the apply's output up to the end of its plan (the lock is held, sending is about
+    to start), or to the end of the output."""
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith(("Plan:", "No changes")):
+            break
+    return "".join(seen)
+
+
+def kill_and_resume(
+    ws: WS, rng: random.Random, windows: list[tuple[float, float]], *args: str
+) -> int:
+    """Start `apply` once per window, SIGKILL it a random time into the window (counted from
+    the end of its plan), then finish with a normal apply. Returns the number of kills."""
+    kills = 0
+    for lo, hi in windows:
+        proc = start(ws, "apply", "--auto-approve", *args)
+        until_planned(proc)
+        try:
+            proc.wait(timeout=rng.uniform(lo, hi))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        out, err = proc.communicate()
+        if proc.returncode == 0:
+            break  # finished before the kill
+        assert proc.returncode == -signal.SIGKILL, out + err
+        kills += 1
+    res = cli(ws, "apply", "--auto-approve", *args)
+    assert res.exit_code == 0, res.output + res.stderr
+    return kills
+
+
+def check_story(ws: WS, activation_ids: list[str]) -> int:
+    """Every activation's newest run is Complete and every older one was cut short (Pending:
+    left Running by a kill; or Failed). Returns how many were cut short."""
+    cut = 0
+    for aid in activation_ids:
+        log = runs(ws, aid)
+        assert log and log[0]["status"] == "Complete", log
+        assert all(r["status"] in ("Pending", "Failed") for r in log[1:]), log
+        assert status_of(ws, aid)["status"] == "Complete"
+        cut += len(log) - 1
+    return cut
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_then_apply_finishes_exactly(workspace):
+    seed = int(os.environ.get("RECOVERY_SEED", random.randrange(2**32)))
+    rng = random.Random(seed)
+    rows = [profile(i, a=True) for i in range(240)]
+    ws = workspace(
+        {"ab": activation("Split", extra="split: ab\n"), "main": activation("Main")},
+        profiles=rows,
+        integration=sandbox_yaml(batch_size=8, delay_per_batch=0.02),
+    )
+    # the very first apply: killed around audience creation, then mid-way
+    kills = kill_and_resume(ws, rng, [(0.0, 0.25), (0.0, 0.25), (0.3, 0.9), (0.3, 0.9)])
+    where = f"RECOVERY_SEED={seed}"
+    assert kills >= 2, where
+    names = [n for _, n in audiences(ws)]
+    assert sorted(names) == ["Main", "Split - A", "Split - B"], (where, names)  # no duplicate
+    assert held(ws) == {
+        "Main": desired(rows),
+        "Split - A": desired(rows, activation_id="ab", split=SplitMode.AB, group="A"),
+        "Split - B": desired(rows, activation_id="ab", split=SplitMode.AB, group="B"),
+    }, where
+    assert_converged(ws)
+    assert check_story(ws, ["ab", "main"]) >= 1, where
+    # every create intent was resolved (by looking the audience up), none is left pending
+    assert state_rows(
+        ws, "SELECT count(*) FROM journal WHERE op = 'create' AND status = 'intent'"
+    ) == [(0,)]
+    # member batches cut off by a kill are closed as interrupted by the next apply
+    assert state_rows(ws, "SELECT count(*) FROM journal WHERE status = 'intent'") == [(0,)]
+
+    # maintain history: leavers, lost consent, new e-mails and newcomers, killed mid-way
+    rows2 = [
+        profile(
+            i,
+            a=i >= 50,
+            consent=not 50 <= i < 70,
+            email=f"new{i}@example.com" if 70 <= i < 90 else "default",
+        )
+        for i in range(300)
+    ]
+    ws.set_profiles(rows2)
+    before = {aid: len(runs(ws, aid)) for aid in ("ab", "main")}
+    kill_and_resume(ws, rng, [(0.2, 0.8), (0.2, 0.8)], "--allow-mass-removal")
+    assert held(ws) == {
+        "Main": desired(rows2),
+        "Split - A": desired(rows2, activation_id="ab", split=SplitMode.AB, group="A"),
+        "Split - B": desired(rows2, activation_id="ab", split=SplitMode.AB, group="B"),
+    }, where
+    assert len(audiences(ws)) == 3
+    assert_converged(ws)
+    for aid in ("ab", "main"):
+        assert runs(ws, aid)[0]["status"] == "Complete"
+        assert len(runs(ws, aid)) > before[aid]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("crash_after", ["create_audience", "add_members"])
+def test_killed_right_after_the_destination_applied_a_call(workspace, crash_after):
+    """The process dies after the destination applied the call and before the state recorded
+    it: the next apply finds the audience by name (no second one) and re-sends the batch."""
+    rows = [profile(i, a=True) for i in range(20)]
+    ws = workspace({"act": activation("Crash")}, profiles=rows)
+    proc = start(ws, "apply", "--auto-approve", crash_after=crash_after)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, out + err
+    assert len(audiences(ws)) == 1
+    assert runs(ws, "act")[0]["status"] == "Pending"
+    assert status_of(ws, "act")["status"] == "Pending"
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 0, res.output + res.stderr
+    assert [n for _, n in audiences(ws)] == ["Crash"]
+    assert held(ws) == {"Crash": desired(rows)}
+    assert_converged(ws)
+    assert [r["status"] for r in runs(ws, "act")] == ["Complete", "Pending"]
+
+
+# ---------------------------------------------------------------------- destination failures
+def test_transient_errors_throttling_and_lost_acks_converge_in_one_apply(workspace):
+    knobs = {
+        "transient_error_rate": 0.15,
+        "throttle_rate": 0.15,
+        "lost_ack_rate": 0.15,
+        "seed": 11,
+        "batch_size": 5,
+    }
+    rows = [profile(i, a=i < 50) for i in range(60)]
+    ws = workspace(
+        {"ab": activation("Split", extra="split: ab\n"), "main": activation("Main")},
+        profiles=rows,
+        integration=sandbox_yaml(**knobs),
+    )
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 0, res.output + res.stderr
+    expect = {
+        "Main": desired(rows),
+        "Split - A": desired(rows, activation_id="ab", split=SplitMode.AB, group="A"),
+        "Split - B": desired(rows, activation_id="ab", split=SplitMode.AB, group="B"),
+    }
+    assert held(ws) == expect
+    assert len(audiences(ws)) == 3  # a lost create answer did not create a second audience
+    assert_converged(ws)
+    # removals and updates under the same knobs
+    rows2 = [
+        profile(
+            i,
+            a=10 <= i < 60,
+            consent=i != 20,
+            email=f"moved{i}@example.com" if i in (30, 31) else "default",
+            name="Renamed" if i == 40 else None,
+        )
+        for i in range(60)
+    ]
+    ws.set_profiles(rows2)
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 0, res.output + res.stderr
+    assert held(ws) == {
+        "Main": desired(rows2),
+        "Split - A": desired(rows2, activation_id="ab", split=SplitMode.AB, group="A"),
+        "Split - B": desired(rows2, activation_id="ab", split=SplitMode.AB, group="B"),
+    }
+    assert_converged(ws)
+    for aid in ("ab", "main"):
+        assert [r["status"] for r in runs(ws, aid)] == ["Complete", "Complete"]
+    main_runs = runs(ws, "main")
+    assert (main_runs[0]["added"], main_runs[0]["removed"], main_runs[0]["updated"]) == (10, 11, 3)
+
+
+def test_refused_members_fail_the_activation_and_are_sent_later(workspace):
+    rows = [profile(i, a=True) for i in range(40)]
+    ws = workspace(
+        {"a-flaky": activation("Flaky"), "b-steady": activation("Steady", dest="steady")},
+        profiles=rows,
+        integration=sandbox_yaml(reject_rate=0.3, seed=5),
+    )
+    ws.write("integrations/steady.yaml", sandbox_yaml(path=".reconcile/steady.duckdb"))
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 1
+    assert "a-flaky: Failed" in res.output and "b-steady: Complete" in res.output
+    assert "refused" in res.stderr
+    # the other activation finished, in full, after the failed one
+    assert held(ws, ".reconcile/steady.duckdb") == {"Steady": desired(rows)}
+    (run,) = runs(ws, "a-flaky")
+    assert run["status"] == "Failed" and 0 < run["failed"] < 40
+    assert "reject_rate" in run["error"] and f"{run['failed']} member(s)" in run["error"]
+    assert run["added"] == 40 - run["failed"]
+    assert status_of(ws, "a-flaky")["status"] == "Failed"
+    # refused members were not recorded: the sandbox holds exactly the accepted ones, and the
+    # next plan sends the refused ones
+    flaky = held(ws)["Flaky"]
+    assert flaky < desired(rows) and len(flaky) == run["added"]
+    assert audience_counts(plan_json(ws), "a-flaky") == {"all": (run["failed"], 0, 0)}
+    assert audience_counts(plan_json(ws), "b-steady") == {"all": (0, 0, 0)}
+    ws.write("integrations/sandbox.yaml", sandbox_yaml())
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 0, res.output + res.stderr
+    assert held(ws) == {"Flaky": desired(rows)}
+    assert runs(ws, "a-flaky")[0]["status"] == "Complete"
+    assert runs(ws, "a-flaky")[0]["added"] == run["failed"]
+    assert_converged(ws)
+
+
+def test_refused_credentials_disable_the_activation_and_record_nothing(workspace):
+    rows = [profile(i, a=True) for i in range(10)]
+    ws = workspace(
+        {"a-locked": activation("Locked"), "b-steady": activation("Steady", dest="steady")},
+        profiles=rows,
+        integration=sandbox_yaml(refuse_credentials=True),
+    )
+    ws.write("integrations/steady.yaml", sandbox_yaml(path=".reconcile/steady.duckdb"))
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 1
+    assert "a-locked: Disabled" in res.output and "b-steady: Complete" in res.output
+    assert "refused the credentials" in res.stderr
+    status = status_of(ws, "a-locked")
+    assert status["status"] == "Disabled" and "refused the credentials" in status["error"]
+    (run,) = runs(ws, "a-locked")
+    assert run["status"] == "Disabled" and run["added"] == 0
+    assert "refused the credentials" in run["error"]
+    assert held(ws) == {}
+    assert state_rows(ws, "SELECT count(*) FROM members WHERE activation_id = 'a-locked'") == [(0,)]
+    assert audience_counts(plan_json(ws), "a-locked") == {"all": (10, 0, 0)}
+    assert held(ws, ".reconcile/steady.duckdb") == {"Steady": desired(rows)}
+    ws.write("integrations/sandbox.yaml", sandbox_yaml())
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    assert held(ws) == {"Locked": desired(rows)}
+    assert_converged(ws)
+
+
+# ---------------------------------------------------------------------- Ctrl-C
+@pytest.mark.slow
+def test_one_ctrl_c_finishes_the_batch_in_flight_then_apply_completes(workspace):
+    rows = [profile(i, a=True) for i in range(150)]
+    ws = workspace(
+        {"act": activation("Interrupted")},
+        profiles=rows,
+        integration=sandbox_yaml(batch_size=5, delay_per_batch=0.03),
+    )
+    proc = start(ws, "apply", "--auto-approve")
+    until_planned(proc)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1, out + err
+    assert "finishing the batch in flight" in err and "run apply again" in err
+    (run,) = runs(ws, "act")
+    assert run["status"] == "Failed" and "interrupted" in run["error"]
+    sent = run["added"]
+    assert 0 < sent < 150
+    # what was sent is exactly what was recorded: the batch in flight was not lost
+    got = held(ws)["Interrupted"]
+    assert len(got) == sent and got <= desired(rows)
+    assert audience_counts(plan_json(ws), "act") == {"all": (150 - sent, 0, 0)}
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 0, res.output + res.stderr
+    assert held(ws) == {"Interrupted": desired(rows)}
+    assert_converged(ws)
+    log = runs(ws, "act")
+    assert [r["status"] for r in log] == ["Complete", "Failed"]
+    assert sum(r["added"] for r in log) == 150  # nobody recorded twice
+
+
+@pytest.mark.slow
+def test_second_ctrl_c_exits_at_once_and_the_next_apply_completes(workspace):
+    rows = [profile(i, a=True) for i in range(30)]
+    # a long delay before every destination call: the two interrupts land in the create call
+    ws = workspace(
+        {"act": activation("Twice")},
+        profiles=rows,
+        integration=sandbox_yaml(batch_size=10, delay_per_batch=3.0),
+    )
+    proc = start(ws, "apply", "--auto-approve")
+    until_planned(proc)
+    time.sleep(0.8)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    sent_at = time.monotonic()
+    out, err = proc.communicate(timeout=30)
+    assert time.monotonic() - sent_at < 1.5, "did not stop at once"
+    assert proc.returncode != 0, out + err
+    assert "Second interrupt" in err
+    assert runs(ws, "act")[0]["status"] == "Pending"
+    assert held(ws) in ({}, {"Twice": set()})
+    ws.write("integrations/sandbox.yaml", sandbox_yaml())
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 0, res.output + res.stderr
+    assert [n for _, n in audiences(ws)] == ["Twice"]
+    assert held(ws) == {"Twice": desired(rows)}
+    assert_converged(ws)
+
+
+# ---------------------------------------------------------------------- the state lock
+def test_state_lock_held_in_process_fails_fast_then_lock_timeout_waits(workspace):
+    rows = [profile(i, a=True) for i in range(5)]
+    ws = workspace({"act": activation("Locked")}, profiles=rows)
+    lock = StateLock(ws.root / ".reconcile" / "state.lock")
+    lock.acquire("apply")
+    try:
+        t0 = time.monotonic()
+        res = cli(ws, "apply", "--auto-approve")
+        assert time.monotonic() - t0 < 3
+        assert res.exit_code == 1
+        assert f"pid {os.getpid()}" in res.stderr and "`reconcile apply`" in res.stderr
+        assert "--lock-timeout" in res.stderr
+        assert held(ws) == {}
+        releaser = threading.Timer(0.5, lock.release)
+        releaser.start()
+        t0 = time.monotonic()
+        res = cli(ws, "apply", "--auto-approve", "--lock-timeout", "20")
+        releaser.join()
+    finally:
+        lock.release()
+    assert res.exit_code == 0, res.output + res.stderr
+    assert time.monotonic() - t0 >= 0.4
+    assert held(ws) == {"Locked": desired(rows)}
+
+
+@pytest.mark.slow
+def test_state_lock_names_a_running_apply_and_lock_timeout_waits_for_it(workspace):
+    rows = [profile(i, a=True) for i in range(80)]
+    ws = workspace(
+        {"other": activation("Other", dest="fast"), "slow": activation("Slow")},
+        profiles=rows,
+        integration=sandbox_yaml(batch_size=5, delay_per_batch=0.05),
+    )
+    ws.write("integrations/fast.yaml", sandbox_yaml(path=".reconcile/fast.duckdb"))
+    proc = start(ws, "apply", "-t", "slow", "--auto-approve")
+    until_planned(proc)
+    t0 = time.monotonic()
+    res = cli(ws, "apply", "-t", "other", "--auto-approve")
+    assert time.monotonic() - t0 < 3, "a locked apply must fail fast"
+    assert res.exit_code == 1
+    assert f"pid {proc.pid}" in res.stderr and "`reconcile apply`" in res.stderr
+    assert proc.poll() is None, "the slow apply should still be running"
+    res = cli(ws, "apply", "-t", "other", "--auto-approve", "--lock-timeout", "60")
+    assert res.exit_code == 0, res.output + res.stderr
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out + err
+    assert held(ws) == {"Slow": desired(rows)}
+    assert held(ws, ".reconcile/fast.duckdb") == {"Other": desired(rows)}
+    assert_converged(ws)
+
+
+# ---------------------------------------------------------------------- shared inboxes
+def test_shared_inbox_hash_is_removed_only_when_nobody_has_it(workspace):
+    shared = "family@example.com"
+    rows = [profile(i, a=True, email=shared if i < 2 else "default") for i in range(4)]
+    ws = workspace(
+        {"act": activation("Shared")}, profiles=rows, integration=sandbox_yaml(batch_size=1)
+    )
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    (shared_hash,) = records(rows[0])
+    assert held(ws)["Shared"] == desired(rows) and shared_hash in held(ws)["Shared"]
+    # one of the two leaves: the other still has the address, so the hash stays
+    rows[0]["seg_a"] = False
+    ws.set_profiles(rows)
+    assert audience_counts(plan_json(ws), "act") == {"all": (0, 1, 0)}
+    assert cli(ws, "apply", "--auto-approve", "--allow-mass-removal").exit_code == 0
+    assert shared_hash in held(ws)["Shared"]
+    assert held(ws)["Shared"] == desired(rows)
+    assert_converged(ws)
+    # the second one leaves too: now it goes
+    rows[1]["seg_a"] = False
+    ws.set_profiles(rows)
+    assert cli(ws, "apply", "--auto-approve", "--allow-mass-removal").exit_code == 0
+    assert shared_hash not in held(ws)["Shared"]
+    assert held(ws)["Shared"] == desired(rows)
+    assert_converged(ws)
+
+
+def test_shared_inbox_survives_changing_e_mails_across_batches(workspace):
+    """c0 moves to the address c1 had while c1 moves to the one c2 has, each in its own
+    batch: the addresses c0 and c1 now have must both stay at the destination."""
+    rows = [profile(i, a=True) for i in range(3)]
+    ws = workspace(
+        {"act": activation("Moves")}, profiles=rows, integration=sandbox_yaml(batch_size=1)
+    )
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    rows[0]["email"], rows[1]["email"] = "user1@example.com", "user2@example.com"
+    ws.set_profiles(rows)
+    assert audience_counts(plan_json(ws), "act") == {"all": (0, 0, 2)}
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    assert held(ws)["Moves"] == desired(rows)
+    assert_converged(ws)
+    # c1 leaves: its address is c2's too, so it stays; c0's stays as well
+    rows[1]["seg_a"] = False
+    ws.set_profiles(rows)
+    assert cli(ws, "apply", "--auto-approve", "--allow-mass-removal").exit_code == 0
+    assert held(ws)["Moves"] == desired(rows)
+    assert len(desired(rows)) == 2
+    assert_converged(ws)
