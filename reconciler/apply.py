@@ -23,7 +23,7 @@ from reconciler.connections import Connections
 from reconciler.errors import CredentialsRefused, DestinationError, ReconcileError
 from reconciler.interrupts import InterruptGuard
 from reconciler.plan import ActivationPlan, AudienceChange, Change, Plan
-from reconciler.planning import digest, recorded_spec
+from reconciler.recorded import digest, recorded_spec
 from reconciler.session import Session
 from reconciler.state.writer import StateStore
 from reconciler.templating import local_date

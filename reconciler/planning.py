@@ -3,29 +3,23 @@ the engine session's staging tables, and writes nothing to destinations or state
 
 from __future__ import annotations
 
-import hashlib
-import json
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, time
-from typing import Any
-from zoneinfo import ZoneInfo
-
-from deepdiff import DeepDiff
+from datetime import UTC, datetime
 
 from reconciler import membership, splits
 from reconciler.connections import Connections
 from reconciler.errors import ConfigError, ReconcileError, SegmentError
-from reconciler.freshness import last_refresh
 from reconciler.plan import (
     ActivationPlan,
     AudienceChange,
     Change,
-    ConfigChange,
     Plan,
     SegmentInfo,
     summarise,
 )
+from reconciler.recorded import config_diff, digest, recorded_spec
+from reconciler.schedule import is_due, last_refresh
 from reconciler.session import Session
 from reconciler.spec import ActionMode, Activation, SplitMode
 from reconciler.state.store import RecordedActivation, StateReader
@@ -39,72 +33,6 @@ class PlanRequest:
     include_inactive: bool = False  # `reconcile run NAME`: once activations that ran too
     due_only: bool = False
     refresh: bool = True  # contact destinations to resolve existing lists
-
-
-def recorded_spec(ws: Workspace, act: Activation) -> dict[str, Any]:
-    """What is recorded at apply and compared at plan: the resolved activation plus every
-    definition its membership depends on (so a segment edit shows under each user of it)."""
-    integ = ws.integrations[act.destination]
-    spec = act.resolved(ws.config.defaults).model_dump(mode="json", by_alias=True)
-    spec["segment_sql"] = {s: ws.segments[s].sql for s in act.segments}
-    spec["suppression_sql"] = {s: ws.segments[s].sql for s in ws.config.suppression}
-    spec["consent"] = integ.consent
-    spec["attribute_mapping"] = {f: integ.attributes[f] for f in act.attributes}
-    return spec
-
-
-def digest(spec: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def config_diff(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[ConfigChange]:
-    if old is None or new is None:
-        return []
-    diff = DeepDiff(old, new, verbose_level=2)
-    out: list[ConfigChange] = []
-    for kind, key in (
-        ("changed", "values_changed"),
-        ("changed", "type_changes"),
-        ("added", "dictionary_item_added"),
-        ("removed", "dictionary_item_removed"),
-        ("added", "iterable_item_added"),
-        ("removed", "iterable_item_removed"),
-    ):
-        for path, value in diff.get(key, {}).items():
-            if kind == "changed":
-                old_v, new_v = value.get("old_value"), value.get("new_value")
-            elif kind == "added":
-                old_v, new_v = None, value
-            else:
-                old_v, new_v = value, None
-            out.append(ConfigChange(path=_dotted(path), kind=kind, old=old_v, new=new_v))
-    return sorted(out, key=lambda c: c.path)
-
-
-def _dotted(path: str) -> str:
-    # "root['segment_sql']['vip']" -> "segment_sql.vip"; "root['segments'][1]" -> "segments[1]"
-    out = path[len("root") :]
-    out = out.replace("']['", ".").replace("['", ".").replace("']", "")
-    return out.lstrip(".")
-
-
-def is_due(
-    rec: RecordedActivation | None,
-    frequency: str,
-    as_of: datetime,
-    timezone: str,
-    last_refresh: datetime | None = None,
-) -> bool:
-    if rec is None:
-        return True
-    if rec.status in ("Failed", "Pending", "Disabled", "New", "Running"):
-        return True
-    if frequency == "once":
-        return not rec.ran
-    tz = ZoneInfo(timezone)
-    midnight = datetime.combine(local_date(as_of, timezone), time.min, tzinfo=tz)
-    since = max(midnight, last_refresh) if last_refresh else midnight
-    return rec.last_success_at is None or rec.last_success_at < since
 
 
 class Planner:

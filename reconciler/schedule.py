@@ -1,17 +1,41 @@
-"""The source's last refresh, for "due": ``source.freshness_sql`` returns one timestamp.
+"""The schedule: when a daily activation is due, and the source's last refresh.
 
 A daily activation is due when it has no successful run since the later of local midnight
-and this time, so a warehouse that refreshes at 06:00 triggers a second run that day."""
+(workspace timezone) and the source's last refresh (``source.freshness_sql``, one timestamp),
+so a warehouse that refreshes at 06:00 triggers a second run that day. Failed, Pending and
+Disabled ones are due; a one-time activation is due until it ran.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time
+from zoneinfo import ZoneInfo
 
 import duckdb
 
 from reconciler.errors import SegmentError
 from reconciler.sources.base import SqlRejected, check_segment_sql
-from reconciler.templating import TemplateFailed, render_sql
+from reconciler.state.store import RecordedActivation
+from reconciler.templating import TemplateFailed, local_date, render_sql
+
+
+def is_due(
+    rec: RecordedActivation | None,
+    frequency: str,
+    as_of: datetime,
+    timezone: str,
+    last_refresh: datetime | None = None,
+) -> bool:
+    if rec is None:
+        return True
+    if rec.status in ("Failed", "Pending", "Disabled", "New", "Running"):
+        return True
+    if frequency == "once":
+        return not rec.ran
+    tz = ZoneInfo(timezone)
+    midnight = datetime.combine(local_date(as_of, timezone), time.min, tzinfo=tz)
+    since = max(midnight, last_refresh) if last_refresh else midnight
+    return rec.last_success_at is None or rec.last_success_at < since
 
 
 def last_refresh(

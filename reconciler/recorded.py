@@ -1,0 +1,61 @@
+"""What apply records and plan compares: the resolved spec of an activation together with
+every definition its membership depends on, its digest, and the field-by-field diff."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from deepdiff import DeepDiff
+
+from reconciler.plan import ConfigChange
+from reconciler.spec import Activation
+from reconciler.workspace import Workspace
+
+
+def recorded_spec(ws: Workspace, act: Activation) -> dict[str, Any]:
+    """What is recorded at apply and compared at plan: the resolved activation plus every
+    definition its membership depends on (so a segment edit shows under each user of it)."""
+    integ = ws.integrations[act.destination]
+    spec = act.resolved(ws.config.defaults).model_dump(mode="json", by_alias=True)
+    spec["segment_sql"] = {s: ws.segments[s].sql for s in act.segments}
+    spec["suppression_sql"] = {s: ws.segments[s].sql for s in ws.config.suppression}
+    spec["consent"] = integ.consent
+    spec["attribute_mapping"] = {f: integ.attributes[f] for f in act.attributes}
+    return spec
+
+
+def digest(spec: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def config_diff(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[ConfigChange]:
+    if old is None or new is None:
+        return []
+    diff = DeepDiff(old, new, verbose_level=2)
+    out: list[ConfigChange] = []
+    for kind, key in (
+        ("changed", "values_changed"),
+        ("changed", "type_changes"),
+        ("added", "dictionary_item_added"),
+        ("removed", "dictionary_item_removed"),
+        ("added", "iterable_item_added"),
+        ("removed", "iterable_item_removed"),
+    ):
+        for path, value in diff.get(key, {}).items():
+            if kind == "changed":
+                old_v, new_v = value.get("old_value"), value.get("new_value")
+            elif kind == "added":
+                old_v, new_v = None, value
+            else:
+                old_v, new_v = value, None
+            out.append(ConfigChange(path=_dotted(path), kind=kind, old=old_v, new=new_v))
+    return sorted(out, key=lambda c: c.path)
+
+
+def _dotted(path: str) -> str:
+    # "root['segment_sql']['vip']" -> "segment_sql.vip"; "root['segments'][1]" -> "segments[1]"
+    out = path[len("root") :]
+    out = out.replace("']['", ".").replace("['", ".").replace("']", "")
+    return out.lstrip(".")
