@@ -57,7 +57,7 @@ CREATE TABLE IF NOT EXISTS audiences (
     id VARCHAR PRIMARY KEY, name VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL);
 CREATE TABLE IF NOT EXISTS members (
     audience_id VARCHAR NOT NULL, match_key VARCHAR NOT NULL, attributes JSON,
-    updated_at TIMESTAMP NOT NULL, PRIMARY KEY (audience_id, match_key));
+    updated_at TIMESTAMP NOT NULL);
 CREATE TABLE IF NOT EXISTS requests (
     idempotency_key VARCHAR PRIMARY KEY, op VARCHAR NOT NULL, audience_id VARCHAR,
     "at" TIMESTAMP NOT NULL);
@@ -68,12 +68,18 @@ LEFT JOIN members m ON m.audience_id = a.id
 WHERE {where} GROUP BY a.id, a.name, a.created_at, a.rowid
 ORDER BY a.created_at {order}, a.rowid {order} LIMIT {limit}
 """
-_UPSERT = """
-INSERT INTO members
-SELECT $audience, k, a::JSON, $now FROM (SELECT unnest($keys) AS k, unnest($attributes) AS a)
-ON CONFLICT (audience_id, match_key)
-DO UPDATE SET attributes = excluded.attributes, updated_at = excluded.updated_at
-"""
+# No primary key on members: an index over tens of millions of match keys would have to sit
+# in memory (DuckDB cannot spill it). An upsert is a delete of the batch's keys, then an
+# insert, in one transaction; (audience_id, match_key) stays unique because every write
+# goes through it.
+_UNSET = (
+    "DELETE FROM members WHERE audience_id = $audience "
+    "AND match_key IN (SELECT unnest($keys::VARCHAR[]))"
+)
+_UPSERT = (
+    "INSERT INTO members SELECT $audience, k, a::JSON, $now "
+    "FROM (SELECT unnest($keys) AS k, unnest($attributes) AS a)"
+)
 _DELETE = "DELETE FROM members WHERE audience_id = ? AND match_key IN (SELECT unnest(?::VARCHAR[]))"
 _LOG = "INSERT INTO requests VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
 
@@ -232,8 +238,9 @@ class SandboxDestination:
         def upsert(con: duckdb.DuckDBPyConnection) -> BatchResult:
             _require(con, audience.id)
             if rows:
-                params = {"audience": audience.id, "now": _now(), "keys": list(rows)}
-                con.execute(_UPSERT, params | {"attributes": list(rows.values())})
+                params = {"audience": audience.id, "keys": list(rows)}
+                con.execute(_UNSET, params)
+                con.execute(_UPSERT, params | {"now": _now(), "attributes": list(rows.values())})
             con.execute(_LOG, [idempotency_key, op, audience.id, _now()])
             return BatchResult(records=records, failed=failed, unmatched=unmatched, detail=detail)
 
@@ -251,7 +258,7 @@ class SandboxDestination:
             )
         if self._con is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._con = duckdb.connect(str(self.path))
+            self._con = duckdb.connect(str(self.path), config=dict(_DB_CONFIG))
             self._con.execute(_SCHEMA)
         return self._con
 
@@ -311,6 +318,11 @@ def _require(con: duckdb.DuckDBPyConnection, audience_id: str) -> AudienceRef:
     return found[0]
 
 
+#: the sandbox stands in for a remote service: its buffers stay modest so it does not compete
+#: with the engine for memory inside the apply process
+_DB_CONFIG = {"memory_limit": "256MB", "threads": 1}
+
+
 class SandboxStore:
     """Read-only view of a sandbox file, for tests and users. Each method opens the file
     for one query only, so it never holds a lock."""
@@ -326,7 +338,7 @@ class SandboxStore:
         except duckdb.ConnectionException:
             # this process has the file open for writing (a live SandboxDestination):
             # share that database; only SELECTs run here
-            con = duckdb.connect(str(self.path))
+            con = duckdb.connect(str(self.path), config=dict(_DB_CONFIG))
         try:
             return fn(con)
         finally:

@@ -112,6 +112,8 @@ class Applier:
         run_id = _run_id()
         self.state.start_run(run_id, ap.id, self.opts.trigger)
         self.state.set_status(ap.id, "Running")
+        # any apply that may record something moves the state: a plan saved before is stale
+        self.state.bump_serial(ap.id)
         outcome = ActivationOutcome(ap.id, "Complete")
         runner = None
         try:
@@ -136,7 +138,7 @@ class Applier:
             for aud in ap.audiences:
                 self._audience(ap, aud, dest, runner, outcome)
         except Interrupted:
-            self._finish(run_id, ap, outcome, "Failed", "interrupted; the next apply resumes")
+            self._finish(run_id, ap, outcome, "Pending", "interrupted; the next apply resumes")
             raise
         except CredentialsRefused as exc:
             outcome.status, outcome.error = "Disabled", str(exc)
@@ -155,7 +157,6 @@ class Applier:
                 paused=act.paused,
                 destination=act.destination,
             )
-            self.state.bump_serial(ap.id)
         self._finish(run_id, ap, outcome, outcome.status, outcome.error)
         return outcome
 

@@ -192,7 +192,15 @@ class BatchRunner:
         ok = [
             (m.key, records.get(m.key, ()), fp) for m, fp in members if m.key not in result.failed
         ]
-        self.state.confirm_batch(batch_id, self.aid, grp, insert=ok, detail=result.detail)
+        # a profile purged again (its identifiers changed) replaces its earlier record
+        self.state.confirm_batch(
+            batch_id,
+            self.aid,
+            grp,
+            insert=ok,
+            delete=[k for k, _, _ in ok],
+            detail=result.detail,
+        )
         return len(ok)
 
     def _send(self, grp: str, ref: AudienceRef | None, op: str, members, counts) -> int:

@@ -18,10 +18,6 @@ def _ws() -> Workspace:
     return click.get_current_context().find_root().obj.workspace()
 
 
-def _handled(fn):
-    return handle_errors(fn)
-
-
 def _table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
@@ -32,7 +28,7 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 @click.option("--active", "which", flag_value="active", help="Only auto-updating ones.")
 @click.option("--inactive", "which", flag_value="inactive", help="Only one-time and paused.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
-@_handled
+@handle_errors
 def status(which, fmt) -> None:
     """Activations with their status, last run and last counts."""
     ws = _ws()
@@ -74,7 +70,7 @@ def status(which, fmt) -> None:
 @click.argument("name")
 @click.option("--limit", type=int, default=20, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
-@_handled
+@handle_errors
 def log(name, limit, fmt) -> None:
     """Runs of one activation: time, status, counts per audience, errors."""
     ws = _ws()
@@ -113,7 +109,7 @@ def log(name, limit, fmt) -> None:
 @click.command()
 @click.argument("integration")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
-@_handled
+@handle_errors
 def lists(integration, fmt) -> None:
     """The destination's existing lists (the drop-down of `list: existing`)."""
     from reconciler.connections import Connections
@@ -146,7 +142,7 @@ def lists(integration, fmt) -> None:
 @click.option("--show-pii", is_flag=True, help="Preview e-mail addresses too.")
 @click.option("--limit", type=int, default=5, show_default=True, help="Keys to preview.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
-@_handled
+@handle_errors
 def segments(name, show_pii, limit, fmt) -> None:
     """Segment sizes and a preview of their keys."""
     ws = _ws()
@@ -168,7 +164,7 @@ def state() -> None:
 
 @state.command("show")
 @click.argument("name", required=False)
-@_handled
+@handle_errors
 def state_show(name) -> None:
     """Recorded activations (or one), with serials, audiences and member counts."""
     ws = _ws()
@@ -204,7 +200,7 @@ def state_show(name) -> None:
 
 
 @state.command("unlock")
-@_handled
+@handle_errors
 def state_unlock() -> None:
     """Remove the state lock left by a process that is gone."""
     ws = _ws()
@@ -215,36 +211,33 @@ def state_unlock() -> None:
     click.echo("Lock removed." if lock.force_unlock() else "No lock to remove.")
 
 
+def _recorded(st, name: str) -> None:
+    if st.activation(name) is None:
+        raise ReconcileError(f"no activation {name!r} in the state")
+
+
 @state.command("rm")
 @click.argument("name")
-@_handled
+@handle_errors
 def state_rm(name) -> None:
     """Stop managing an activation: drop its state (the destination is not touched)."""
-    ws = _ws()
-    with engine.state_lock(ws) as lock:
-        lock.acquire("state rm")
-        with engine.write_state(ws) as st:
-            if st.activation(name) is None:
-                raise ReconcileError(f"no activation {name!r} in the state")
-            st.forget_activation(name)
+    with engine.write_state(_ws(), "state rm") as st:
+        _recorded(st, name)
+        st.forget_activation(name)
     click.echo(f"Removed {name!r} from the state.")
 
 
 @state.command("mv")
 @click.argument("old")
 @click.argument("new")
-@_handled
+@handle_errors
 def state_mv(old, new) -> None:
     """Rename an activation in the state (like `moved_from:` in a file)."""
-    ws = _ws()
-    with engine.state_lock(ws) as lock:
-        lock.acquire("state mv")
-        with engine.write_state(ws) as st:
-            if st.activation(old) is None:
-                raise ReconcileError(f"no activation {old!r} in the state")
-            if st.activation(new) is not None:
-                raise ReconcileError(f"{new!r} already exists in the state")
-            st.move_activation(old, new)
+    with engine.write_state(_ws(), "state mv") as st:
+        _recorded(st, old)
+        if st.activation(new) is not None:
+            raise ReconcileError(f"{new!r} already exists in the state")
+        st.move_activation(old, new)
     click.echo(f"Moved {old!r} to {new!r}.")
 
 

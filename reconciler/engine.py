@@ -139,19 +139,22 @@ def read_state(ws: Workspace):
 
 
 @contextmanager
-def write_state(ws: Workspace):
+def write_state(ws: Workspace, operation: str):
+    """The writing StateStore under the state lock (``state rm|mv``)."""
     from reconciler.state.store import CATALOG, create_schema
     from reconciler.state.writer import StateStore
 
     path = ws.path(ws.config.state.path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(":memory:")
-    try:
-        con.execute(f"ATTACH '{_q(path)}' AS {CATALOG}")
-        create_schema(con)
-        yield StateStore(con)
-    finally:
-        con.close()
+    with state_lock(ws) as lock:
+        lock.acquire(operation)
+        con = duckdb.connect(":memory:")
+        try:
+            con.execute(f"ATTACH '{_q(path)}' AS {CATALOG}")
+            create_schema(con)
+            yield StateStore(con)
+        finally:
+            con.close()
 
 
 def _tmp(ws: Workspace) -> Path:

@@ -259,10 +259,12 @@ def stage_changes(
     )
     ins = f"INSERT INTO {STAGING}.changes "
     if act.action is ActionMode.REMOVE:
-        targets = "(SELECT key FROM desired WHERE NOT unknown AND matchable)"
+        targets = "(SELECT key, fp FROM desired WHERE NOT unknown AND matchable)"
+        # purge the segment's profiles not removed yet, and again those whose identifiers
+        # changed since (their new identifiers may be in the list)
         con.execute(
             f"{ins} SELECT {aid}, 'all', 'purge', d.key FROM {targets} d "
-            f"ANTI JOIN {members} m ON m.key = d.key"
+            f"LEFT JOIN {members} m ON m.key = d.key WHERE m.key IS NULL OR d.fp <> m.fp"
         )
         con.execute(
             f"{ins} SELECT {aid}, m.grp, 'forget', m.key FROM {members} m "

@@ -125,9 +125,11 @@ class WS:
         finally:
             con.close()
 
-    def sandbox_keys(self, audience_name: str | None = None) -> dict[str, set[str]]:
+    def sandbox_keys(
+        self, audience_name: str | None = None, *, path: str = ".reconcile/sandbox.duckdb"
+    ) -> dict[str, set[str]]:
         """Sandbox contents: audience name -> set of match keys (what the destination holds)."""
-        path = self.root / ".reconcile" / "sandbox.duckdb"
+        path = self.root / path
         if not path.exists():
             return {}
         con = duckdb.connect(str(path), read_only=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from destinations.identity import sha256_hex
-from tests.conftest import audience_counts, cli, plan_json, profile
+from tests.conftest import SANDBOX_YAML, audience_counts, cli, plan_json, profile
 
 MAINTAIN = """\
 segments: [seg-a]
@@ -236,3 +236,73 @@ def test_apply_refuses_without_tty_or_approval(workspace):
     res = cli(ws, "apply")
     assert res.exit_code == 1 and "--auto-approve" in res.stderr
     assert ws.sandbox_keys() == {}
+
+
+def test_saved_plan_is_refused_when_the_spec_changed(workspace, tmp_path):
+    ws = workspace({"act": MAINTAIN}, profiles=[profile(i, a=True) for i in range(4)])
+    out = tmp_path / "p.plan"
+    assert cli(ws, "plan", "--out", str(out)).exit_code == 0
+    ws.write("activations/act.yaml", MAINTAIN.replace("Audience A", "Audience B"))
+    res = cli(ws, "apply", str(out), "--auto-approve")
+    assert res.exit_code == 1
+    assert "stale" in res.stderr and "activations/act.yaml changed" in res.stderr
+    assert ws.sandbox_keys() == {}
+
+
+def test_saved_plan_is_stale_after_a_partial_apply(workspace, tmp_path):
+    """A failed apply that recorded some members moves the serial too."""
+    flaky = SANDBOX_YAML.replace(
+        "  batch_size: 7\n", "  batch_size: 7\n  reject_rate: 0.3\n  seed: 3\n"
+    )
+    ws = workspace(
+        {"act": MAINTAIN}, profiles=[profile(i, a=True) for i in range(40)], integration=flaky
+    )
+    out = tmp_path / "p.plan"
+    assert cli(ws, "plan", "--out", str(out)).exit_code == 0
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 1 and "refused" in res.stderr
+    partial = ws.sandbox_keys()["Audience A"]
+    assert 0 < len(partial) < 40
+    res = cli(ws, "apply", str(out), "--auto-approve")
+    assert res.exit_code == 1 and "stale" in res.stderr
+    assert ws.sandbox_keys()["Audience A"] == partial
+
+
+def test_plan_writes_nothing_to_state_or_destination(workspace, tmp_path):
+    ws = workspace({"act": MAINTAIN}, profiles=[profile(i, a=True) for i in range(5)])
+    assert cli(ws, "plan").exit_code == 0
+    assert cli(ws, "plan", "--out", str(tmp_path / "p.plan")).exit_code == 0
+    assert not (ws.root / ".reconcile" / "state.duckdb").exists()
+    assert not (ws.root / ".reconcile" / "sandbox.duckdb").exists()
+    assert list((ws.root / ".reconcile" / "tmp").iterdir()) == []  # staging cleaned up
+    # and after an apply, a plan leaves the state file byte-identical
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    state = (ws.root / ".reconcile" / "state.duckdb").read_bytes()
+    ws.set_profiles([profile(i, a=i < 3) for i in range(5)])
+    assert cli(ws, "plan").exit_code == 0
+    assert (ws.root / ".reconcile" / "state.duckdb").read_bytes() == state
+
+
+def test_remove_action_removes_again_when_identifiers_change(workspace):
+    ws = workspace({"fill": MAINTAIN}, profiles=[profile(i, a=True, b=i < 3) for i in range(8)])
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    ws.write(
+        "activations/purge.yaml",
+        """\
+        segments: [seg-b]
+        destination: sandbox
+        action: remove
+        list: {existing: Audience A}
+    """,
+    )
+    assert cli(ws, "apply", "-t", "purge", "--auto-approve").exit_code == 0
+    # profile 1 (still in seg-b) now uses an address that is in the list
+    rows = [
+        profile(i, a=True, b=i < 3, email="user5@example.com" if i == 1 else "default")
+        for i in range(8)
+    ]
+    ws.set_profiles(rows)
+    assert audience_counts(plan_json(ws, "-t", "purge"), "purge") == {"all": (0, 1, 0)}
+    assert cli(ws, "apply", "-t", "purge", "--auto-approve").exit_code == 0
+    assert email_key(5) not in ws.sandbox_keys()["Audience A"]
+    assert cli(ws, "plan", "-t", "purge", "--detailed-exitcode").exit_code == 0

@@ -89,23 +89,7 @@ def audiences(ws: WS, path: str = ".reconcile/sandbox.duckdb") -> list[tuple[str
 
 def held(ws: WS, path: str = ".reconcile/sandbox.duckdb") -> dict[str, set[str]]:
     """Audience name -> match keys held, for a sandbox file (names must be unique)."""
-    file = ws.root / path
-    if not file.exists():
-        return {}
-    con = duckdb.connect(str(file), read_only=True)
-    try:
-        rows = con.execute(
-            "SELECT a.name, m.match_key FROM audiences a "
-            "LEFT JOIN members m ON m.audience_id = a.id"
-        ).fetchall()
-    finally:
-        con.close()
-    out: dict[str, set[str]] = {}
-    for name, key in rows:
-        out.setdefault(name, set())
-        if key is not None:
-            out[name].add(key)
-    return out
+    return ws.sandbox_keys(path=path)
 
 
 def state_rows(ws: WS, sql: str) -> list[tuple]:
@@ -418,7 +402,8 @@ def test_one_ctrl_c_finishes_the_batch_in_flight_then_apply_completes(workspace)
     assert proc.returncode == 1, out + err
     assert "finishing the batch in flight" in err and "run apply again" in err
     (run,) = runs(ws, "act")
-    assert run["status"] == "Failed" and "interrupted" in run["error"]
+    assert run["status"] == "Pending" and "interrupted" in run["error"]
+    assert status_of(ws, "act")["status"] == "Pending"
     sent = run["added"]
     assert 0 < sent < 150
     # what was sent is exactly what was recorded: the batch in flight was not lost
@@ -430,7 +415,7 @@ def test_one_ctrl_c_finishes_the_batch_in_flight_then_apply_completes(workspace)
     assert held(ws) == {"Interrupted": desired(rows)}
     assert_converged(ws)
     log = runs(ws, "act")
-    assert [r["status"] for r in log] == ["Complete", "Failed"]
+    assert [r["status"] for r in log] == ["Complete", "Pending"]
     assert sum(r["added"] for r in log) == 150  # nobody recorded twice
 
 

@@ -1,0 +1,46 @@
+"""`reconcile state show|mv|rm|unlock`."""
+
+from __future__ import annotations
+
+import json
+
+from reconciler.state.lock import StateLock
+from tests.conftest import cli, plan_json, profile
+
+ACT = "segments: [seg-a]\ndestination: sandbox\nname: A\n"
+
+
+def test_state_show_mv_rm(workspace):
+    ws = workspace({"act": ACT}, profiles=[profile(i, a=True) for i in range(3)])
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    (shown,) = json.loads(cli(ws, "state", "show").output)
+    assert shown["id"] == "act" and shown["serial"] == 1
+    assert shown["audiences"][0]["members"] == 3 and shown["audiences"][0]["name"] == "A"
+
+    res = cli(ws, "state", "mv", "act", "renamed")
+    assert res.exit_code == 0
+    ws.remove("activations/act.yaml")
+    ws.write("activations/renamed.yaml", ACT)
+    plan = plan_json(ws)
+    assert [(a["id"], a["change"]) for a in plan["activations"]] == [("renamed", "noop")]
+
+    assert cli(ws, "state", "mv", "nope", "x").exit_code == 1
+    assert cli(ws, "state", "rm", "renamed").exit_code == 0
+    assert json.loads(cli(ws, "state", "show").output) == []
+    # the destination was not touched: the audience is still there
+    assert len(ws.sandbox_keys()["A"]) == 3
+
+
+def test_state_unlock_refuses_a_live_holder(workspace):
+    ws = workspace({"act": ACT}, profiles=[profile(1, a=True)])
+    lock = StateLock(ws.root / ".reconcile" / "state.lock")
+    lock.acquire("apply")
+    try:
+        res = cli(ws, "state", "unlock")
+        assert res.exit_code == 1 and "live process" in res.stderr and "apply" in res.stderr
+        res = cli(ws, "state", "rm", "act")
+        assert res.exit_code == 1 and "locked by" in res.stderr
+    finally:
+        lock.release()
+    res = cli(ws, "state", "unlock")
+    assert res.exit_code == 0 and "Lock removed" in res.output
