@@ -124,16 +124,8 @@ class Applier:
                 tuple(dest.accepted_identifiers),
                 [integ.attributes[f] for f in act.attributes],
             )
-            runner = BatchRunner(
-                self.state,
-                self.reader,
-                self.ws.config.source.profiles,
-                dest,
-                self.guard,
-                run_id,
-                ap.id,
-                fp,
-                {f: integ.attributes[f] for f in act.attributes},
+            runner = self._runner(
+                dest, run_id, ap.id, fp, {f: integ.attributes[f] for f in act.attributes}
             )
             for aud in ap.audiences:
                 self._audience(ap, aud, dest, runner, outcome)
@@ -159,6 +151,26 @@ class Applier:
             )
         self._finish(run_id, ap, outcome, outcome.status, outcome.error)
         return outcome
+
+    def _runner(
+        self,
+        dest: Destination,
+        run_id: str,
+        activation_id: str,
+        fingerprint: str,
+        attribute_map: dict[str, str],
+    ) -> BatchRunner:
+        return BatchRunner(
+            self.state,
+            self.reader,
+            self.ws.config.source.profiles,
+            dest,
+            self.guard,
+            run_id,
+            activation_id,
+            fingerprint,
+            attribute_map,
+        )
 
     def _finish(
         self, run_id: str, ap: ActivationPlan, o: ActivationOutcome, status: str, error: str | None
@@ -277,17 +289,7 @@ class Applier:
         if any(a.remove for a in ap.audiences):
             try:
                 dest = self.conns.get(ap.destination)
-                runner = BatchRunner(
-                    self.state,
-                    self.reader,
-                    self.ws.config.source.profiles,
-                    dest,
-                    self.guard,
-                    run_id,
-                    ap.id,
-                    "0::UBIGINT",
-                    {},
-                )
+                runner = self._runner(dest, run_id, ap.id, "0::UBIGINT", {})
                 for aud in ap.audiences:
                     ref = AudienceRef(aud.resource_id or "", aud.name) if aud.sent else None
                     counts = runner.run_audience(aud.group, ref, sent=aud.sent)
