@@ -22,11 +22,16 @@ import duckdb
 from reconciler import splits
 from reconciler.errors import SegmentError
 from reconciler.session import STAGING
-from reconciler.sources.base import SqlRejected, check_segment_sql
+from reconciler.sources.base import INTERNAL_PREFIX, SqlRejected, check_segment_sql
 from reconciler.spec import ActionMode, Activation, Integration, ProfilesTable
 from reconciler.state.store import CATALOG as STATE
 from reconciler.templating import TemplateFailed, render_sql
 from reconciler.workspace import Workspace
+
+#: temp tables of a planning session; the prefix keeps segment SQL from reading them
+TEMP = f"{INTERNAL_PREFIX}_tmp"
+DESIRED = f"{TEMP}_desired"
+SUPPRESSED = f"{TEMP}_suppressed"
 
 CHANGES_DDL = (
     f"CREATE TABLE IF NOT EXISTS {STAGING}.changes "
@@ -68,7 +73,7 @@ class SegmentRunner:
         except (TemplateFailed, SqlRejected) as exc:
             at = self.ws.doc("segments", name).text_location(("sql",), exc.line)
             raise SegmentError(f"{at}: segment {name!r}: {exc}") from exc
-        table = f"seg_{len(self._done)}"
+        table = f"{TEMP}_seg_{len(self._done)}"
         try:
             cols = self.con.execute(f"DESCRIBE SELECT * FROM ({sql}) q").fetchall()
             if len(cols) != 1:
@@ -119,8 +124,8 @@ class SegmentRunner:
         if not names:
             return None
         parts = " UNION ".join(f"SELECT k FROM {self.run(n).table}" for n in names)
-        self.con.execute(f"CREATE OR REPLACE TEMP TABLE suppressed AS {parts}")
-        return "suppressed"
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE {SUPPRESSED} AS {parts}")
+        return SUPPRESSED
 
 
 def _clean_text(text: str) -> str:
@@ -206,7 +211,7 @@ def stage_desired(
     supp_join = f"LEFT JOIN {suppressed} s ON s.k = u.k" if suppressed else ""
     supp_flag = "s.k IS NOT NULL" if suppressed else "FALSE"
     con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE desired AS
+        f"""CREATE OR REPLACE TEMP TABLE {DESIRED} AS
         SELECT u.k AS key,
                {key} IS NULL AS unknown,
                {supp_flag} AS suppressed,
@@ -219,13 +224,13 @@ def stage_desired(
         {supp_join}"""
     )
     row = con.execute(
-        """SELECT count(*) FILTER (unknown),
+        f"""SELECT count(*) FILTER (unknown),
                   count(*) FILTER (NOT unknown AND suppressed),
                   count(*) FILTER (NOT unknown AND NOT suppressed AND no_consent),
                   count(*) FILTER (NOT unknown AND NOT suppressed AND NOT no_consent),
                   count(*) FILTER (NOT unknown AND NOT suppressed AND NOT no_consent
                                    AND matchable)
-           FROM desired"""
+           FROM {DESIRED}"""
     ).fetchone()
     return {
         "unknown": row[0],
@@ -254,12 +259,12 @@ def stage_changes(
         f"(SELECT key, grp, fp FROM {STATE}.members WHERE activation_id = {_lit(baseline_id)})"
     )
     eligible = (
-        "(SELECT key, grp, fp FROM desired WHERE NOT unknown AND NOT suppressed "
+        f"(SELECT key, grp, fp FROM {DESIRED} WHERE NOT unknown AND NOT suppressed "
         "AND NOT no_consent AND matchable)"
     )
     ins = f"INSERT INTO {STAGING}.changes "
     if act.action is ActionMode.REMOVE:
-        targets = "(SELECT key, fp FROM desired WHERE NOT unknown AND matchable)"
+        targets = f"(SELECT key, fp FROM {DESIRED} WHERE NOT unknown AND matchable)"
         # purge the segment's profiles not removed yet, and again those whose identifiers
         # changed since (their new identifiers may be in the list)
         con.execute(

@@ -58,6 +58,10 @@ REJECTED = [
     ("SELECT * FROM glob('/etc/*')", "table functions are not allowed"),
     ("SELECT * FROM range(10)", "table functions are not allowed"),
     ("SELECT * FROM duckdb_settings()", "table functions are not allowed"),
+    ("SELECT table_catalog FROM information_schema.tables", "may not read the engine's metadata"),
+    ("SELECT * FROM system.main.duckdb_databases", "may not read the engine's metadata"),
+    ("SELECT * FROM pg_catalog.pg_tables", "may not read the engine's metadata"),
+    ("SELECT * FROM temp.main.seg_0", "may not read the engine's metadata"),
     ("SELECT * FROM query('SELECT 1')", "table functions are not allowed"),
     ("SELECT * FROM TABLE(read_csv('x.csv'))", "table functions are not allowed"),
     (
@@ -250,3 +254,20 @@ def test_small_template_arithmetic_still_works():
         render_sql("SELECT {{ 2 ** 10 }}, '{{ 'ab' * 3 }}'", AS_OF, "UTC")
         == "SELECT 1024, 'ababab'"
     )
+
+
+def test_segment_sql_cannot_read_other_segments_working_tables(workspace):
+    """Planning's temp tables carry the internal prefix, so a segment cannot read them."""
+    from tests.conftest import cli, profile
+
+    ws = workspace(
+        {"act": "segments: [seg-a, sneaky]\ndestination: sandbox\n"},
+        profiles=[profile(1, a=True)],
+        segments={
+            "seg-a": "sql: SELECT customer_id FROM profiles WHERE seg_a\n",
+            "sneaky": "sql: SELECT k FROM __reconcile_tmp_seg_0\n",
+        },
+    )
+    res = cli(ws, "plan")
+    assert res.exit_code == 1
+    assert "segments/sneaky.yaml" in res.stderr and "may not read the engine" in res.stderr

@@ -22,6 +22,9 @@ from reconciler.spec import ProfilesTable
 #: catalogs the engine attaches next to the source; segment SQL may not name them
 INTERNAL_PREFIX = "__reconcile"
 
+#: schemas and catalogs describing the engine itself (attached databases, settings)
+_METADATA = {"information_schema", "pg_catalog", "system", "temp"}
+
 #: a table "name" DuckDB would read as a file or URL (``FROM '/etc/passwd'``, ``"x.csv"``)
 _FILE_LIKE = re.compile(
     r"[/\\:]|\.(csv|tsv|txt|json|jsonl|ndjson|parquet|arrow|xlsx|db|duckdb|sqlite|gz|zst)$",
@@ -94,6 +97,11 @@ def check_segment_sql(sql: str, dialect: str) -> str:
             for part in (node.catalog, node.db, node.name):
                 if part.lower().startswith(INTERNAL_PREFIX):
                     raise SqlRejected(f"segment SQL may not read the engine's {part!r} tables")
+            if node.catalog.lower() in _METADATA or node.db.lower() in _METADATA:
+                raise SqlRejected(
+                    "segment SQL may not read the engine's metadata "
+                    f"({node.sql(dialect)!r}); read tables of the source only"
+                )
         elif isinstance(node, exp.Command | exp.Pragma | exp.Set | exp.Into):
             raise SqlRejected(f"{node.key.upper()} is not allowed in segment SQL")
     return sql
