@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import duckdb
+
 from destinations.identity import sha256_hex
 from tests.conftest import SANDBOX_YAML, audience_counts, cli, plan_json, profile
 
@@ -306,3 +308,37 @@ def test_remove_action_removes_again_when_identifiers_change(workspace):
     assert cli(ws, "apply", "-t", "purge", "--auto-approve").exit_code == 0
     assert email_key(5) not in ws.sandbox_keys()["Audience A"]
     assert cli(ws, "plan", "-t", "purge", "--detailed-exitcode").exit_code == 0
+
+
+def test_secrets_never_reach_output_state_or_plan_files(workspace, tmp_path, monkeypatch):
+    secret = "s3cr3t-token-value-123"
+    monkeypatch.setenv("SANDBOX_TOKEN", secret)
+    integration = SANDBOX_YAML + "credentials:\n  token: ${env:SANDBOX_TOKEN}\n"
+    ws = workspace(
+        {"act": MAINTAIN}, profiles=[profile(i, a=True) for i in range(3)], integration=integration
+    )
+    out = tmp_path / "p.plan"
+    outputs = [
+        cli(ws, "plan", "--out", str(out)),
+        cli(ws, "plan", "--format", "json"),
+        cli(ws, "apply", "--auto-approve"),
+        cli(ws, "status", "--format", "json"),
+        cli(ws, "log", "act", "--format", "json"),
+        cli(ws, "state", "show"),
+    ]
+    assert all(r.exit_code == 0 for r in outputs)
+    for r in outputs:
+        assert secret not in r.output + r.stderr
+    for path in [out, *(ws.root / ".reconcile").rglob("*")]:
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+    # and the state holds no raw e-mail address: members keep keys and hashes only
+    con = duckdb.connect(str(ws.root / ".reconcile" / "state.duckdb"), read_only=True)
+    try:
+        rows = con.execute("SELECT key, record FROM members ORDER BY key").fetchall()
+        specs = con.execute("SELECT spec::VARCHAR FROM activations").fetchall()
+    finally:
+        con.close()
+    assert [k for k, _ in rows] == ["c00000", "c00001", "c00002"]
+    assert all(r.startswith("email_sha256:") and "@" not in r for _, rec in rows for r in rec)
+    assert all("@" not in s and secret not in s for (s,) in specs)
