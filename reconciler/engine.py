@@ -4,7 +4,6 @@ load -> resolve -> plan -> render -> apply -> record."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,7 +18,7 @@ from reconciler.errors import StateError
 from reconciler.interrupts import InterruptGuard
 from reconciler.plan import Plan
 from reconciler.planning import Planner, PlanRequest, plan_as_of
-from reconciler.session import Session, new_staging_path, remove_staging
+from reconciler.session import Session, attach_state, new_staging_path, remove_staging
 from reconciler.sources import open_source
 from reconciler.state.lock import StateLock
 from reconciler.templating import local_date
@@ -111,28 +110,11 @@ def _apply_session(ws: Workspace, staging: Path, lock_timeout: float):
 @contextmanager
 def read_state(ws: Workspace):
     """A read-only connection to the state (status, log, state show)."""
-    path = ws.path(ws.config.state.path)
-    from reconciler.state.store import CATALOG, StateReader, create_schema
+    from reconciler.state.store import StateReader
 
     con = duckdb.connect(":memory:")
     try:
-        if path.exists():
-            try:
-                con.execute(f"ATTACH '{_q(path)}' AS {CATALOG} (READ_ONLY)")
-            except duckdb.IOException as exc:
-                if "lock" not in str(exc).lower():  # not held by another process: unreadable
-                    raise StateError(
-                        f"cannot open the state {path}: {' '.join(str(exc).split())}; it is "
-                        "not a readable state database, restore it from a backup"
-                    ) from exc
-                holder = state_lock(ws).holder()
-                raise StateError(
-                    f"the state {path} is in use{' by ' + holder if holder else ''}; "
-                    "try again when it finishes"
-                ) from exc
-        else:
-            con.execute(f"ATTACH ':memory:' AS {CATALOG}")
-            create_schema(con)
+        attach_state(con, ws.path(ws.config.state.path), write=False)
         yield StateReader(con)
     finally:
         con.close()
@@ -141,17 +123,13 @@ def read_state(ws: Workspace):
 @contextmanager
 def write_state(ws: Workspace, operation: str):
     """The writing StateStore under the state lock (``state rm|mv``)."""
-    from reconciler.state.store import CATALOG, create_schema
     from reconciler.state.writer import StateStore
 
-    path = ws.path(ws.config.state.path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with state_lock(ws) as lock:
         lock.acquire(operation)
         con = duckdb.connect(":memory:")
         try:
-            con.execute(f"ATTACH '{_q(path)}' AS {CATALOG}")
-            create_schema(con)
+            attach_state(con, ws.path(ws.config.state.path), write=True)
             yield StateStore(con)
         finally:
             con.close()
@@ -161,10 +139,3 @@ def _tmp(ws: Workspace) -> Path:
     p = ws.path(".reconcile/tmp")
     p.mkdir(parents=True, exist_ok=True)
     return p
-
-
-def _q(path: Path) -> str:
-    return str(path).replace("'", "''")
-
-
-Confirm = Callable[[Plan], bool]

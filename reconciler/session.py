@@ -57,7 +57,7 @@ class Session:
             config["threads"] = int(threads)
         self.con = duckdb.connect(":memory:", config=config)
         try:
-            self._attach_state(write_state)
+            attach_state(self.con, self.state_path, write=write_state)
             self.con.execute(f"ATTACH '{_q(staging_path)}' AS {STAGING}")
             source.attach(self.con)
             if lock_down:
@@ -66,32 +66,6 @@ class Session:
         except BaseException:
             self.con.close()
             raise
-
-    def _attach_state(self, write: bool) -> None:
-        path = self.state_path
-        try:
-            if write:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                self.con.execute(f"ATTACH '{_q(path)}' AS {STATE}")
-                create_schema(self.con)
-            elif path.exists():
-                self.con.execute(f"ATTACH '{_q(path)}' AS {STATE} (READ_ONLY)")
-            else:  # no state yet: plan against an empty one, write nothing
-                self.con.execute(f"ATTACH ':memory:' AS {STATE}")
-                create_schema(self.con)
-        except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower():  # not held by another process: unreadable
-                raise StateError(
-                    f"cannot open the state {path}: {' '.join(str(exc).split())}; it is not "
-                    "a readable state database, restore it from a backup"
-                ) from exc
-            holder = StateLock(path.with_suffix(".lock")).holder()
-            who = f" by {holder}" if holder else ""
-            raise StateError(
-                f"cannot open the state {path}: it is in use{who}. Wait for it to finish. ({exc})"
-            ) from exc
-        except duckdb.Error as exc:
-            raise StateError(f"cannot open the state {path}: {exc}") from exc
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """Another connection to the same instance (defaults to the source catalog)."""
@@ -107,6 +81,35 @@ class Session:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def attach_state(con: duckdb.DuckDBPyConnection, path: Path, *, write: bool) -> None:
+    """Attach the state as catalog ``__reconcile_state``: read-write (created if missing),
+    read-only, or — read-only with no state yet — an empty in-memory one, so nothing is
+    written. Failures say whether another process holds the file or it is unreadable."""
+    try:
+        if write:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            con.execute(f"ATTACH '{_q(path)}' AS {STATE}")
+            create_schema(con)
+        elif path.exists():
+            con.execute(f"ATTACH '{_q(path)}' AS {STATE} (READ_ONLY)")
+        else:
+            con.execute(f"ATTACH ':memory:' AS {STATE}")
+            create_schema(con)
+    except duckdb.IOException as exc:
+        if "lock" not in str(exc).lower():  # not held by another process: unreadable
+            raise StateError(
+                f"cannot open the state {path}: {' '.join(str(exc).split())}; it is not "
+                "a readable state database, restore it from a backup"
+            ) from exc
+        holder = StateLock(path.with_suffix(".lock")).holder()
+        who = f" by {holder}" if holder else ""
+        raise StateError(
+            f"cannot open the state {path}: it is in use{who}. Wait for it to finish. ({exc})"
+        ) from exc
+    except duckdb.Error as exc:
+        raise StateError(f"cannot open the state {path}: {exc}") from exc
 
 
 def new_staging_path(ws: Workspace) -> Path:
