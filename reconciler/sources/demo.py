@@ -120,13 +120,7 @@ def generate(
     one path are serialised by ``flock`` on ``<path>.lock`` (left in place, like the state
     lock).
     """
-    path = Path(path)
-    profiles = _non_negative_int(profiles, "profiles")
-    seed = _int(seed, "seed")
-    table = _table_name(table)
-    as_of = _as_date(as_of)
-    if path.suffix == ".tmp":
-        raise ValueError(f"demo database path must not end in .tmp: {path}")
+    path, profiles, as_of, seed, table = _checked(path, profiles, as_of, seed, table)
     with _build_lock(path):
         _build(path, profiles, as_of, seed, table, threads, memory_limit)
 
@@ -146,15 +140,9 @@ def ensure_demo(
     ``as_of`` only matters the first time: the file is kept afterwards, so its dates stay
     anchored to that first date (read it back from the table comment if needed).
     """
-    path = Path(path)
-    if path.exists():
+    if Path(path).exists():
         return False
-    profiles = _non_negative_int(profiles, "profiles")
-    seed = _int(seed, "seed")
-    table = _table_name(table)
-    as_of = _as_date(as_of)
-    if path.suffix == ".tmp":
-        raise ValueError(f"demo database path must not end in .tmp: {path}")
+    path, profiles, as_of, seed, table = _checked(path, profiles, as_of, seed, table)
     with _build_lock(path):
         if path.exists():  # another process built it while we waited
             return False
@@ -461,6 +449,22 @@ def _connect(
     con = duckdb.connect(str(path), config=config)
     con.execute("SET enable_progress_bar = false")
     return con
+
+
+def _checked(
+    path: Path, profiles: int, as_of: date, seed: int, table: str
+) -> tuple[Path, int, date, int, str]:
+    """The generator's arguments, validated (shared by generate and ensure_demo)."""
+    path = Path(path)
+    if path.suffix == ".tmp":
+        raise ValueError(f"demo database path must not end in .tmp: {path}")
+    return (
+        path,
+        _non_negative_int(profiles, "profiles"),
+        _as_date(as_of),
+        _int(seed, "seed"),
+        _table_name(table),
+    )
 
 
 def _wal(path: Path) -> Path:
