@@ -10,15 +10,13 @@ was not recorded and the next apply sends it (destinations treat re-sent members
 
 from __future__ import annotations
 
-import hashlib
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from destinations.base import AudienceRef, Destination
 from reconciler import membership, splits
-from reconciler.apply_batches import BatchRunner, Interrupted
+from reconciler.apply_batches import BatchRunner, Interrupted, make_batch_id
 from reconciler.connections import Connections
 from reconciler.errors import CredentialsRefused, DestinationError, ReconcileError
 from reconciler.interrupts import InterruptGuard
@@ -261,7 +259,7 @@ class Applier:
             return ref
         if recorded is not None and recorded.resource_id:
             return AudienceRef(recorded.resource_id, recorded.name)
-        key = _batch_id(ap.id, aud.group, "create", aud.name)
+        key = make_batch_id(ap.id, aud.group, "create", [aud.name])
         pending = key in {b for b, *_ in self.state.pending_intents()}
         if not pending:
             self.state.journal_intent(key, "", ap.id, aud.group, "create", 1)
@@ -316,12 +314,3 @@ def _refused(n: int, what: str, runner: BatchRunner | None) -> str:
 
 def _run_id() -> str:
     return datetime.now().strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-
-
-def _batch_id(*parts: str) -> str:
-    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:24]
-
-
-def iter_chunks(rows: list, size: int) -> Iterator[list]:
-    for i in range(0, len(rows), size):
-        yield rows[i : i + size]

@@ -155,7 +155,7 @@ class BatchRunner:
         self, grp: str, ref: AudienceRef | None, rows, protected: set[str], counts: dict[str, int]
     ) -> int:
         keys = [k for k, _ in rows]
-        batch_id = _batch_id(self.aid, grp, "remove", keys)
+        batch_id = make_batch_id(self.aid, grp, "remove", keys)
         to_send = [RemovalRecord(k, tuple(r for r in rec if r not in protected)) for k, rec in rows]
         to_send = [r for r in to_send if r.record]
         if ref is not None and to_send:
@@ -181,7 +181,7 @@ class BatchRunner:
         records = self.dest.records_for([m for m, _ in members])
         to_send = [RemovalRecord(k, rec) for k, rec in records.items() if rec]
         keys = [m.key for m, _ in members]
-        batch_id = _batch_id(self.aid, grp, "purge", keys)
+        batch_id = make_batch_id(self.aid, grp, "purge", keys)
         self.state.journal_intent(batch_id, self.run_id, self.aid, grp, "purge", len(keys))
         result = (
             self.call(lambda: self.dest.remove_members(ref, to_send, idempotency_key=batch_id))
@@ -206,7 +206,7 @@ class BatchRunner:
     def _send(self, grp: str, ref: AudienceRef | None, op: str, members, counts) -> int:
         keys = [m.key for m, _ in members]
         fps = {m.key: fp for m, fp in members}
-        batch_id = _batch_id(self.aid, grp, op, keys)
+        batch_id = make_batch_id(self.aid, grp, op, keys)
         if ref is None:  # control group: recorded, never sent
             rows = [(k, (), fps[k]) for k in keys]
             self.state.confirm_batch(
@@ -326,7 +326,8 @@ class BatchRunner:
             raise Interrupted
 
 
-def _batch_id(activation_id: str, grp: str, op: str, keys: Sequence[str]) -> str:
+def make_batch_id(activation_id: str, grp: str, op: str, keys: Sequence[str]) -> str:
+    """Deterministic id of a destination call (also its idempotency key)."""
     h = hashlib.sha256(f"{activation_id}\x1f{grp}\x1f{op}".encode())
     for k in keys:
         h.update(b"\x1f" + k.encode())
