@@ -94,7 +94,7 @@ def make_data(root: Path, n: int, threads: int, memory_limit: str) -> None:
 
 
 def measured(root: Path, *args: str) -> tuple[float, int, str]:
-    cmd = [sys.executable, "-m", "reconciler.cli", "-C", str(root), "--no-color", *args]
+    cmd = [sys.executable, "-m", "reconciler", "-C", str(root), "--no-color", *args]
     start = time.perf_counter()
     with open(root / "child.out", "w") as out, open(root / "child.err", "w") as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err)

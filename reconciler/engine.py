@@ -11,18 +11,18 @@ from pathlib import Path
 
 import duckdb
 
-from reconciler import planfile
-from reconciler.apply import Applier, ApplyOptions, ApplyResult
-from reconciler.connections import Connections
+from reconciler.apply.applier import Applier, ApplyOptions, ApplyResult
+from reconciler.apply.interrupts import InterruptGuard
+from reconciler.enginedb import Session, attach_state, new_staging_path, remove_staging
 from reconciler.errors import StateError
-from reconciler.interrupts import InterruptGuard
-from reconciler.plan import Plan
-from reconciler.planning import Planner, PlanRequest, plan_as_of
-from reconciler.session import Session, attach_state, new_staging_path, remove_staging
+from reconciler.integrations import Connections
+from reconciler.plan import planfile
+from reconciler.plan.model import Plan
+from reconciler.plan.planner import Planner, PlanRequest, plan_as_of
 from reconciler.sources import open_source
 from reconciler.state.lock import StateLock
-from reconciler.templating import local_date
-from reconciler.workspace import Workspace
+from reconciler.workspace.loader import Workspace
+from reconciler.workspace.templating import local_date
 
 
 @dataclass

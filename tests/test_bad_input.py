@@ -13,7 +13,7 @@ import duckdb
 import pytest
 from click.testing import CliRunner
 
-from reconciler.cli_common import handle_errors
+from reconciler.cli.common import handle_errors
 from tests.conftest import RECONCILE_YAML, SANDBOX_YAML, SEGMENTS, WS, cli, profile
 
 MAINTAIN = """\
@@ -704,7 +704,7 @@ def test_unreadable_state_is_not_reported_as_in_use(workspace):
 
 def test_external_access_is_blocked_even_if_the_sql_check_missed_it(workspace, monkeypatch):
     """Defence in depth: with the sqlglot check bypassed, DuckDB itself refuses the file."""
-    from reconciler import membership
+    from reconciler.plan import membership
     from reconciler.sources import base
 
     monkeypatch.setattr(base, "check_segment_sql", lambda sql, dialect: sql)

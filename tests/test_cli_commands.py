@@ -6,7 +6,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from reconciler.cli import main
+from reconciler.cli.main import main
 from tests.conftest import WS, cli, plan_json, profile
 
 ACT = "segments: [seg-a]\ndestination: sandbox\nname: A\n"

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from destinations.base import DestinationContext, Member
 from destinations.identity import hashed_identifiers
 from destinations.sandbox import SandboxConfig, SandboxDestination
-from reconciler import membership, splits
-from reconciler.spec import SplitMode
+from reconciler.plan import membership, splits
+from reconciler.workspace.spec import SplitMode
 from tests.conftest import PROFILE_COLUMNS, SANDBOX_YAML, WS, cli, profile
 
 N = 30  # profiles per history

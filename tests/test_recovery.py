@@ -23,9 +23,9 @@ import duckdb
 import pytest
 
 from destinations.identity import hashed_identifiers
-from reconciler import splits
-from reconciler.spec import SplitMode
+from reconciler.plan import splits
 from reconciler.state.lock import StateLock
+from reconciler.workspace.spec import SplitMode
 from tests.conftest import SANDBOX_YAML, WS, audience_counts, cli, plan_json, profile
 
 IDENTIFIERS = ("email", "phone")
@@ -131,7 +131,7 @@ def crash(self, *args, **kwargs):
     real(self, *args, **kwargs)
     os.kill(os.getpid(), signal.SIGKILL)
 setattr(SandboxDestination, method, crash)
-from reconciler.cli import main
+from reconciler.cli.main import main
 main(sys.argv[2:], prog_name="reconcile")
 """
 
@@ -139,7 +139,7 @@ main(sys.argv[2:], prog_name="reconcile")
 def reconcile_command() -> list[str]:
     """The installed `reconcile` script of this interpreter's environment, else the module."""
     script = Path(sys.executable).parent / "reconcile"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "reconciler.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "reconciler"]
 
 
 def start(ws: WS, *args: str, crash_after: str | None = None) -> subprocess.Popen:

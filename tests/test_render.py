@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from reconciler.plan import (
+from reconciler.plan.model import (
     FORMAT_VERSION,
     ActivationPlan,
     AudienceChange,

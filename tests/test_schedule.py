@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from reconciler.schedule import is_due
+from reconciler.plan.schedule import is_due
 from reconciler.state.store import RecordedActivation
 from tests.conftest import RECONCILE_YAML, cli, plan_json, profile
 

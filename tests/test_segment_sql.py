@@ -9,11 +9,11 @@ from datetime import UTC, date, datetime
 import duckdb
 import pytest
 
-from reconciler import workspace as workspace_mod
-from reconciler.session import Session, new_staging_path, remove_staging
+from reconciler.enginedb import Session, new_staging_path, remove_staging
 from reconciler.sources import open_source
 from reconciler.sources.base import SqlRejected, check_segment_sql
-from reconciler.templating import DEFAULT_NAME, TemplateFailed, render_name, render_sql
+from reconciler.workspace import loader as workspace_mod
+from reconciler.workspace.templating import DEFAULT_NAME, TemplateFailed, render_name, render_sql
 from tests.conftest import cli, profile
 
 AS_OF = datetime(2024, 6, 15, 12, 0, tzinfo=UTC)

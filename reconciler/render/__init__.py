@@ -1,10 +1,10 @@
-"""Renderers of a :class:`~reconciler.plan.Plan`: ``text`` (terminal), ``markdown`` (pull-request
+"""Renderers of a :class:`~reconciler.plan.model.Plan`: ``text`` (terminal), ``markdown`` (pull-request
 comment) and ``json`` (scripts). Every front end goes through :func:`render`.
 """
 
 from __future__ import annotations
 
-from reconciler.plan import Plan
+from reconciler.plan.model import Plan
 from reconciler.render.json import render_json
 from reconciler.render.markdown import render_markdown
 from reconciler.render.text import render_text

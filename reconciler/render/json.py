@@ -1,4 +1,4 @@
-"""JSON rendering of a :class:`~reconciler.plan.Plan`: the documented ``--format json`` output.
+"""JSON rendering of a :class:`~reconciler.plan.model.Plan`: the documented ``--format json`` output.
 
 The document is ``Plan.to_json()`` plus a top-level ``has_changes`` flag, so scripts need not
 re-derive it. Its shape is described in ``docs/plan-json.md``; ``format_version`` changes on any
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from reconciler.plan import Plan
+from reconciler.plan.model import Plan
 
 __all__ = ["plan_document", "render_json"]
 

@@ -1,4 +1,4 @@
-"""Markdown rendering of a :class:`~reconciler.plan.Plan`: the pull-request comment.
+"""Markdown rendering of a :class:`~reconciler.plan.model.Plan`: the pull-request comment.
 
 The layout lives in ``templates/plan.md.j2``; this module turns the plan into plain rows and
 blocks for it. Autoescaping is off (this is Markdown, not HTML), so every user-provided name goes
@@ -14,7 +14,7 @@ from typing import Any
 
 import jinja2
 
-from reconciler.plan import ActivationPlan, Change, ConfigChange, Plan
+from reconciler.plan.model import ActivationPlan, Change, ConfigChange, Plan
 from reconciler.render.text import (
     audience_line,
     effective_change,

@@ -1,4 +1,4 @@
-"""Terraform-like text rendering of a :class:`~reconciler.plan.Plan` for the terminal.
+"""Terraform-like text rendering of a :class:`~reconciler.plan.model.Plan` for the terminal.
 
 One block per changed activation, headed by a symbol (``+`` create, ``~`` update, ``-`` delete,
 ``#`` paused), then one short line per unchanged activation and a final ``Plan: ...`` line.
@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from reconciler.plan import ActivationPlan, AudienceChange, Change, ConfigChange, Plan
+from reconciler.plan.model import ActivationPlan, AudienceChange, Change, ConfigChange, Plan
 
 __all__ = [
     "audience_line",

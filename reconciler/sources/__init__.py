@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from reconciler.errors import ConfigError
 from reconciler.sources.base import Source
-from reconciler.spec import DuckDBSource
+from reconciler.workspace.spec import DuckDBSource
 
 
 def open_source(ws) -> Source:

@@ -17,7 +17,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError
 
-from reconciler.spec import ProfilesTable
+from reconciler.workspace.spec import ProfilesTable
 
 #: catalogs the engine attaches next to the source; segment SQL may not name them
 INTERNAL_PREFIX = "__reconcile"

@@ -11,7 +11,7 @@ from pathlib import Path
 import duckdb
 
 from reconciler.errors import Location, SourceError
-from reconciler.spec import DuckDBSource
+from reconciler.workspace.spec import DuckDBSource
 
 SOURCE_CATALOG = "source"
 

@@ -16,13 +16,13 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from destinations.base import AudienceRef, BatchResult, Destination, Member, RemovalRecord
+from reconciler.apply.interrupts import InterruptGuard
+from reconciler.enginedb import STAGING
 from reconciler.errors import ThrottledError, TransientError
-from reconciler.interrupts import InterruptGuard
-from reconciler.membership import _ident
-from reconciler.session import STAGING
-from reconciler.spec import ProfilesTable
+from reconciler.plan.membership import _ident
 from reconciler.state.store import CATALOG as STATE
 from reconciler.state.writer import StateStore
+from reconciler.workspace.spec import ProfilesTable
 
 MAX_ATTEMPTS = 6  # transient errors in a row before the batch fails
 THROTTLE_BUDGET = 900.0  # seconds of rate-limit waits per batch before giving up

@@ -21,7 +21,7 @@ from reconciler.sources.base import Source
 from reconciler.state.lock import StateLock
 from reconciler.state.store import CATALOG as STATE
 from reconciler.state.store import create_schema
-from reconciler.workspace import Workspace
+from reconciler.workspace.loader import Workspace
 
 STAGING = "__reconcile_staging"
 

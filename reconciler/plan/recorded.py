@@ -9,9 +9,9 @@ from typing import Any
 
 from deepdiff import DeepDiff
 
-from reconciler.plan import ConfigChange
-from reconciler.spec import Activation
-from reconciler.workspace import Workspace
+from reconciler.plan.model import ConfigChange
+from reconciler.workspace.loader import Workspace
+from reconciler.workspace.spec import Activation
 
 
 def recorded_spec(ws: Workspace, act: Activation) -> dict[str, Any]:

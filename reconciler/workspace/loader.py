@@ -9,9 +9,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from reconciler import yamlfile
 from reconciler.errors import ConfigError, Location, ValidationFailed
-from reconciler.spec import (
+from reconciler.workspace import yamlfile
+from reconciler.workspace.spec import (
     NAME_RE,
     Activation,
     Goal,
@@ -245,7 +245,12 @@ def _check_templates(ws: Workspace, errors: list[ConfigError]) -> None:
     from datetime import UTC, datetime
 
     from reconciler.sources.base import SqlRejected, check_segment_sql
-    from reconciler.templating import DEFAULT_NAME, TemplateFailed, render_name, render_sql
+    from reconciler.workspace.templating import (
+        DEFAULT_NAME,
+        TemplateFailed,
+        render_name,
+        render_sql,
+    )
 
     now = datetime.now(UTC)
     tz = ws.config.timezone

@@ -12,8 +12,8 @@ import click
 import duckdb
 
 from reconciler.errors import ReconcileError
-from reconciler.workspace import Workspace, find_root
-from reconciler.workspace import load as load_workspace
+from reconciler.workspace.loader import Workspace, find_root
+from reconciler.workspace.loader import load as load_workspace
 
 
 class Ctx:

@@ -17,7 +17,7 @@ from pathlib import Path
 import duckdb
 
 from reconciler.errors import PlanError
-from reconciler.plan import FORMAT_VERSION, Plan
+from reconciler.plan.model import FORMAT_VERSION, Plan
 
 PLAN_FILE_FORMAT = 1
 

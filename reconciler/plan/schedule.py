@@ -16,7 +16,7 @@ import duckdb
 from reconciler.errors import SegmentError
 from reconciler.sources.base import SqlRejected, check_segment_sql
 from reconciler.state.store import RecordedActivation
-from reconciler.templating import TemplateFailed, local_date, render_sql
+from reconciler.workspace.templating import TemplateFailed, local_date, render_sql
 
 
 def is_due(

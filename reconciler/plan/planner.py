@@ -7,10 +7,11 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from reconciler import membership, splits
-from reconciler.connections import Connections
+from reconciler.enginedb import Session
 from reconciler.errors import ConfigError, ReconcileError, SegmentError
-from reconciler.plan import (
+from reconciler.integrations import Connections
+from reconciler.plan import membership, splits
+from reconciler.plan.model import (
     ActivationPlan,
     AudienceChange,
     Change,
@@ -18,13 +19,12 @@ from reconciler.plan import (
     SegmentInfo,
     summarise,
 )
-from reconciler.recorded import config_diff, digest, recorded_spec
-from reconciler.schedule import is_due, last_refresh
-from reconciler.session import Session
-from reconciler.spec import ActionMode, Activation, SplitMode
+from reconciler.plan.recorded import config_diff, digest, recorded_spec
+from reconciler.plan.schedule import is_due, last_refresh
 from reconciler.state.store import RecordedActivation, StateReader
-from reconciler.templating import DEFAULT_NAME, TemplateFailed, local_date, render_name
-from reconciler.workspace import Workspace
+from reconciler.workspace.loader import Workspace
+from reconciler.workspace.spec import ActionMode, Activation, SplitMode
+from reconciler.workspace.templating import DEFAULT_NAME, TemplateFailed, local_date, render_name
 
 
 @dataclass(frozen=True)

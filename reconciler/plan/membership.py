@@ -19,14 +19,14 @@ from datetime import datetime
 
 import duckdb
 
-from reconciler import splits
+from reconciler.enginedb import STAGING
 from reconciler.errors import SegmentError
-from reconciler.session import STAGING
+from reconciler.plan import splits
 from reconciler.sources.base import INTERNAL_PREFIX, SqlRejected, check_segment_sql
-from reconciler.spec import ActionMode, Activation, Integration, ProfilesTable
 from reconciler.state.store import CATALOG as STATE
-from reconciler.templating import TemplateFailed, render_sql
-from reconciler.workspace import Workspace
+from reconciler.workspace.loader import Workspace
+from reconciler.workspace.spec import ActionMode, Activation, Integration, ProfilesTable
+from reconciler.workspace.templating import TemplateFailed, render_sql
 
 #: temp tables of a planning session; the prefix keeps segment SQL from reading them
 TEMP = f"{INTERNAL_PREFIX}_tmp"

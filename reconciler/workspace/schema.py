@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from reconciler.spec import Activation, Integration, Segment, WorkspaceConfig
+from reconciler.workspace.spec import Activation, Integration, Segment, WorkspaceConfig
 
 MODELS = {
     "reconcile": WorkspaceConfig,

@@ -15,17 +15,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from destinations.base import AudienceRef, Destination
-from reconciler import membership, splits
-from reconciler.apply_batches import BatchRunner, Interrupted, make_batch_id
-from reconciler.connections import Connections
+from reconciler.apply.batches import BatchRunner, Interrupted, make_batch_id
+from reconciler.apply.interrupts import InterruptGuard
+from reconciler.enginedb import Session
 from reconciler.errors import CredentialsRefused, DestinationError, ReconcileError
-from reconciler.interrupts import InterruptGuard
-from reconciler.plan import ActivationPlan, AudienceChange, Change, Plan
-from reconciler.recorded import digest, recorded_spec
-from reconciler.session import Session
+from reconciler.integrations import Connections
+from reconciler.plan import membership, splits
+from reconciler.plan.model import ActivationPlan, AudienceChange, Change, Plan
+from reconciler.plan.recorded import digest, recorded_spec
 from reconciler.state.writer import StateStore
-from reconciler.templating import local_date
-from reconciler.workspace import Workspace
+from reconciler.workspace.loader import Workspace
+from reconciler.workspace.templating import local_date
 
 
 @dataclass

@@ -9,7 +9,7 @@ import re
 from destinations import registry
 from destinations.base import Destination, DestinationContext
 from reconciler.errors import ConfigError
-from reconciler.workspace import Workspace
+from reconciler.workspace.loader import Workspace
 
 _ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from reconciler.planning import plan_as_of
+from reconciler.plan.planner import plan_as_of
 from reconciler.state.store import StateReader
-from reconciler.workspace import Workspace
+from reconciler.workspace.loader import Workspace
 
 
 def activation_rows(ws: Workspace, state: StateReader) -> list[dict[str, Any]]:
@@ -67,11 +67,11 @@ def log_rows(state: StateReader, activation_id: str, limit: int) -> list[dict[st
 def segment_rows(
     ws: Workspace, name: str | None, limit: int, show_pii: bool
 ) -> list[dict[str, Any]]:
+    from reconciler.enginedb import Session, new_staging_path, remove_staging
     from reconciler.errors import ConfigError
-    from reconciler.membership import SegmentRunner, _ident
-    from reconciler.session import Session, new_staging_path, remove_staging
+    from reconciler.plan.membership import SegmentRunner, _ident
     from reconciler.sources import open_source
-    from reconciler.templating import local_date
+    from reconciler.workspace.templating import local_date
 
     if name is not None and name not in ws.segments:
         raise ConfigError(

@@ -12,11 +12,11 @@ from pathlib import Path
 import click
 
 from reconciler import engine, render
-from reconciler.apply import ApplyOptions, ApplyResult
-from reconciler.cli_common import Ctx, handle_errors, use_color
+from reconciler.apply.applier import ApplyOptions, ApplyResult
+from reconciler.apply.interrupts import InterruptGuard
+from reconciler.cli.common import Ctx, handle_errors, use_color
 from reconciler.errors import ReconcileError
-from reconciler.interrupts import InterruptGuard
-from reconciler.planning import PlanRequest
+from reconciler.plan.planner import PlanRequest
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -69,7 +69,7 @@ def validate(c: Ctx) -> None:
 )
 def schema(kind: str | None) -> None:
     """Print the JSON Schema of the workspace files (for editors)."""
-    from reconciler.schema import json_schema
+    from reconciler.workspace.schema import json_schema
 
     click.echo(json.dumps(json_schema(kind), indent=2))
 
@@ -259,7 +259,7 @@ def _report(result: ApplyResult) -> None:
 
 
 # ---------------------------------------------------------------------- reports
-from reconciler.cli_reports import lists, log, segments, state, status  # noqa: E402
+from reconciler.cli.reports import lists, log, segments, state, status  # noqa: E402
 
 for _cmd in (status, log, lists, segments, state):
     main.add_command(_cmd)
@@ -270,7 +270,7 @@ for _cmd in (status, log, lists, segments, state):
 @handle_errors
 def init(directory: str) -> None:
     """Scaffold a workspace (including .github/workflows)."""
-    from reconciler.scaffold import scaffold
+    from reconciler.workspace.scaffold import scaffold
 
     for path in scaffold(Path(directory)):
         click.echo(f"created {path}")

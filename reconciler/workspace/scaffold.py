@@ -21,7 +21,7 @@ def _walk(node, prefix: Path = Path()):
 
 
 def scaffold(target: Path) -> list[Path]:
-    template = files("reconciler") / "workspace_template"
+    template = files("reconciler.workspace") / "template"
     plan = list(_walk(template))
     existing = [rel for _, rel in plan if (target / rel).exists()]
     if existing:

@@ -8,10 +8,10 @@ import sys
 import click
 
 from reconciler import engine
-from reconciler.cli_common import handle_errors
+from reconciler.cli.common import handle_errors
 from reconciler.errors import ReconcileError
-from reconciler.reports import activation_rows, log_rows, segment_rows
-from reconciler.workspace import Workspace
+from reconciler.render.reports import activation_rows, log_rows, segment_rows
+from reconciler.workspace.loader import Workspace
 
 
 def _ws() -> Workspace:
@@ -112,7 +112,7 @@ def log(name, limit, fmt) -> None:
 @handle_errors
 def lists(integration, fmt) -> None:
     """The destination's existing lists (the drop-down of `list: existing`)."""
-    from reconciler.connections import Connections
+    from reconciler.integrations import Connections
 
     ws = _ws()
     if integration not in ws.integrations:

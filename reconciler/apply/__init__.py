@@ -1,0 +1,1 @@
+"""Apply: Plan -> destination calls -> state, in journaled, confirmed batches."""
