@@ -704,11 +704,11 @@ def test_unreadable_state_is_not_reported_as_in_use(workspace):
 
 def test_external_access_is_blocked_even_if_the_sql_check_missed_it(workspace, monkeypatch):
     """Defence in depth: with the sqlglot check bypassed, DuckDB itself refuses the file."""
-    from reconciler.plan import membership
+    from reconciler.plan import segments
     from reconciler.sources import base
 
     monkeypatch.setattr(base, "check_segment_sql", lambda sql, dialect: sql)
-    monkeypatch.setattr(membership, "check_segment_sql", lambda sql, dialect: sql)
+    monkeypatch.setattr(segments, "check_segment_sql", lambda sql, dialect: sql)
     ws = workspace(
         {"act": MAINTAIN},
         profiles=ROWS,

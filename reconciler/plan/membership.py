@@ -1,6 +1,6 @@
 """Membership as set operations in the engine session (SQL, never Python loops over members).
 
-- :class:`SegmentRunner` renders, checks and materialises each segment once per plan.
+- segments are materialised by :class:`reconciler.plan.segments.SegmentRunner`.
 - :func:`stage_desired` builds the ``desired`` temp table of one activation: every key of its
   segments with its group, fingerprint and exclusion flags.
 - :func:`stage_changes` diffs ``desired`` against the recorded members and inserts the member
@@ -14,8 +14,6 @@ from the destination a profile never sent by us) and ``forget`` (drop a record, 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from datetime import datetime
 
 import duckdb
 
@@ -24,9 +22,7 @@ from reconciler.errors import SegmentError
 from reconciler.plan import splits
 from reconciler.sources.base import INTERNAL_PREFIX, SqlRejected, check_segment_sql
 from reconciler.state.store import CATALOG as STATE
-from reconciler.workspace.loader import Workspace
 from reconciler.workspace.spec import ActionMode, Activation, Integration, ProfilesTable
-from reconciler.workspace.templating import TemplateFailed, render_sql
 
 #: temp tables of a planning session; the prefix keeps segment SQL from reading them
 TEMP = f"{INTERNAL_PREFIX}_tmp"
@@ -45,87 +41,6 @@ def _ident(name: str) -> str:
 
 def _lit(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
-
-
-@dataclass(frozen=True)
-class SegmentResult:
-    name: str
-    table: str
-    size: int
-
-
-class SegmentRunner:
-    def __init__(
-        self, ws: Workspace, con: duckdb.DuckDBPyConnection, as_of: datetime, dialect: str
-    ):
-        self.ws, self.con, self.as_of, self.dialect = ws, con, as_of, dialect
-        self._done: dict[str, SegmentResult] = {}
-
-    def run(self, name: str) -> SegmentResult:
-        if name in self._done:
-            return self._done[name]
-        seg = self.ws.segments[name]
-        where = self.ws.location("segments", name, "sql")
-        try:
-            sql = check_segment_sql(
-                render_sql(seg.sql, self.as_of, self.ws.config.timezone), self.dialect
-            )
-        except (TemplateFailed, SqlRejected) as exc:
-            at = self.ws.doc("segments", name).text_location(("sql",), exc.line)
-            raise SegmentError(f"{at}: segment {name!r}: {exc}") from exc
-        table = f"{TEMP}_seg_{len(self._done)}"
-        try:
-            cols = self.con.execute(f"DESCRIBE SELECT * FROM ({sql}) q").fetchall()
-            if len(cols) != 1:
-                raise SegmentError(
-                    f"{where}: segment {name!r} must return exactly one column (the profile "
-                    f"key), it returns {len(cols)}: {[c[0] for c in cols]}; select only "
-                    f"{self.ws.config.source.profiles.key}"
-                )
-            self.con.execute(
-                f"CREATE OR REPLACE TEMP TABLE {table} AS "
-                f"SELECT CAST({_ident(cols[0][0])} AS VARCHAR) AS k FROM ({sql}) q"
-            )
-            total, non_null, distinct = self.con.execute(
-                f"SELECT count(*), count(k), count(DISTINCT k) FROM {table}"
-            ).fetchone()
-        except SegmentError:
-            raise
-        except duckdb.Error as exc:
-            raise self._failed(name, exc) from exc
-        if non_null != total:
-            raise SegmentError(
-                f"{where}: segment {name!r} returned {total - non_null} NULL key(s); "
-                f"filter them out (WHERE {cols[0][0]} IS NOT NULL)"
-            )
-        if distinct != total:
-            raise SegmentError(
-                f"{where}: segment {name!r} returned {total - distinct} duplicate key(s); "
-                "use SELECT DISTINCT"
-            )
-        result = SegmentResult(name, table, total)
-        self._done[name] = result
-        return result
-
-    def _failed(self, name: str, exc: duckdb.Error) -> SegmentError:
-        """The engine's error with the file line of the SQL line it names (DuckDB's own
-        ``LINE n:`` excerpt shows our wrapping query, so it is left out)."""
-        text = str(exc)
-        m = re.search(r"\n\s*LINE (\d+):", text)
-        line = int(m.group(1)) if m else None
-        at = self.ws.doc("segments", name).text_location(("sql",), line)
-        detail = _clean_text(text[: m.start()] if m else text).rstrip(".")
-        return SegmentError(
-            f"{at}: segment {name!r} failed when run: {detail}; fix the SQL and plan again"
-        )
-
-    def suppressed_table(self) -> str | None:
-        names = self.ws.config.suppression
-        if not names:
-            return None
-        parts = " UNION ".join(f"SELECT k FROM {self.run(n).table}" for n in names)
-        self.con.execute(f"CREATE OR REPLACE TEMP TABLE {SUPPRESSED} AS {parts}")
-        return SUPPRESSED
 
 
 def _clean_text(text: str) -> str:

@@ -21,6 +21,7 @@ from reconciler.plan.model import (
 )
 from reconciler.plan.recorded import config_diff, digest, recorded_spec
 from reconciler.plan.schedule import is_due, last_refresh
+from reconciler.plan.segments import SegmentRunner
 from reconciler.state.store import RecordedActivation, StateReader
 from reconciler.workspace.loader import Workspace
 from reconciler.workspace.spec import ActionMode, Activation, SplitMode
@@ -49,7 +50,7 @@ class Planner:
         self.con = session.con
         self.state = StateReader(self.con)
         self.profiles = ws.config.source.profiles
-        self.segments = membership.SegmentRunner(ws, self.con, as_of, session.source.dialect)
+        self.segments = SegmentRunner(ws, self.con, as_of, session.source.dialect)
 
     # ------------------------------------------------------------------ entry point
     def build(self) -> Plan:

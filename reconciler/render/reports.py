@@ -69,7 +69,8 @@ def segment_rows(
 ) -> list[dict[str, Any]]:
     from reconciler.enginedb import Session, new_staging_path, remove_staging
     from reconciler.errors import ConfigError
-    from reconciler.plan.membership import SegmentRunner, _ident
+    from reconciler.plan.membership import _ident
+    from reconciler.plan.segments import SegmentRunner
     from reconciler.sources import open_source
     from reconciler.workspace.templating import local_date
 

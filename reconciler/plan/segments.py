@@ -1,0 +1,97 @@
+"""Segments of a plan: each rendered (sandboxed Jinja), checked (the SQL guard) and
+materialised once per planning session as a temp table of keys."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+import duckdb
+
+from reconciler.errors import SegmentError
+from reconciler.plan.membership import SUPPRESSED, TEMP, _clean_text, _ident
+from reconciler.sources.base import SqlRejected, check_segment_sql
+from reconciler.workspace.loader import Workspace
+from reconciler.workspace.templating import TemplateFailed, render_sql
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    name: str
+    table: str
+    size: int
+
+
+class SegmentRunner:
+    def __init__(
+        self, ws: Workspace, con: duckdb.DuckDBPyConnection, as_of: datetime, dialect: str
+    ):
+        self.ws, self.con, self.as_of, self.dialect = ws, con, as_of, dialect
+        self._done: dict[str, SegmentResult] = {}
+
+    def run(self, name: str) -> SegmentResult:
+        if name in self._done:
+            return self._done[name]
+        seg = self.ws.segments[name]
+        where = self.ws.location("segments", name, "sql")
+        try:
+            sql = check_segment_sql(
+                render_sql(seg.sql, self.as_of, self.ws.config.timezone), self.dialect
+            )
+        except (TemplateFailed, SqlRejected) as exc:
+            at = self.ws.doc("segments", name).text_location(("sql",), exc.line)
+            raise SegmentError(f"{at}: segment {name!r}: {exc}") from exc
+        table = f"{TEMP}_seg_{len(self._done)}"
+        try:
+            cols = self.con.execute(f"DESCRIBE SELECT * FROM ({sql}) q").fetchall()
+            if len(cols) != 1:
+                raise SegmentError(
+                    f"{where}: segment {name!r} must return exactly one column (the profile "
+                    f"key), it returns {len(cols)}: {[c[0] for c in cols]}; select only "
+                    f"{self.ws.config.source.profiles.key}"
+                )
+            self.con.execute(
+                f"CREATE OR REPLACE TEMP TABLE {table} AS "
+                f"SELECT CAST({_ident(cols[0][0])} AS VARCHAR) AS k FROM ({sql}) q"
+            )
+            total, non_null, distinct = self.con.execute(
+                f"SELECT count(*), count(k), count(DISTINCT k) FROM {table}"
+            ).fetchone()
+        except SegmentError:
+            raise
+        except duckdb.Error as exc:
+            raise self._failed(name, exc) from exc
+        if non_null != total:
+            raise SegmentError(
+                f"{where}: segment {name!r} returned {total - non_null} NULL key(s); "
+                f"filter them out (WHERE {cols[0][0]} IS NOT NULL)"
+            )
+        if distinct != total:
+            raise SegmentError(
+                f"{where}: segment {name!r} returned {total - distinct} duplicate key(s); "
+                "use SELECT DISTINCT"
+            )
+        result = SegmentResult(name, table, total)
+        self._done[name] = result
+        return result
+
+    def _failed(self, name: str, exc: duckdb.Error) -> SegmentError:
+        """The engine's error with the file line of the SQL line it names (DuckDB's own
+        ``LINE n:`` excerpt shows our wrapping query, so it is left out)."""
+        text = str(exc)
+        m = re.search(r"\n\s*LINE (\d+):", text)
+        line = int(m.group(1)) if m else None
+        at = self.ws.doc("segments", name).text_location(("sql",), line)
+        detail = _clean_text(text[: m.start()] if m else text).rstrip(".")
+        return SegmentError(
+            f"{at}: segment {name!r} failed when run: {detail}; fix the SQL and plan again"
+        )
+
+    def suppressed_table(self) -> str | None:
+        names = self.ws.config.suppression
+        if not names:
+            return None
+        parts = " UNION ".join(f"SELECT k FROM {self.run(n).table}" for n in names)
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE {SUPPRESSED} AS {parts}")
+        return SUPPRESSED
