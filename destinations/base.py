@@ -125,7 +125,19 @@ class Destination(Protocol):
 
     def find_audience(self, id_or_name: str) -> AudienceRef | None: ...
 
-    def create_audience(self, name: str, *, idempotency_key: str) -> AudienceRef: ...
+    def create_audience(self, name: str, *, idempotency_key: str) -> AudienceRef:
+        """A new empty audience. The engine journals ``idempotency_key`` (fresh for every
+        creation) before calling; a destination that supports it makes a repeated call with
+        the same key return the audience made the first time."""
+        ...
+
+    def find_created_audience(self, name: str, *, idempotency_key: str) -> AudienceRef | None:
+        """The audience that ``create_audience(name, idempotency_key=...)`` made, if that call
+        reached the destination; None otherwise. Used after a crash between journaling a
+        creation and recording its answer. It must find the audience by the key itself (or by
+        the name *and* evidence of this very creation, e.g. the key in its description) —
+        never merely an audience of that name, which may belong to someone else."""
+        ...
 
     def rename_audience(self, audience: AudienceRef, name: str) -> AudienceRef: ...
 

@@ -135,6 +135,8 @@ class SandboxDestination:
     # -- the Destination protocol ------------------------------------------------------------
 
     def list_audiences(self) -> list[AudienceRef]:
+        if self._absent():
+            return []
         return _transaction(self._connection(), _audiences)
 
     def records_for(self, members: Sequence[Member]) -> dict[str, tuple[str, ...]]:
@@ -149,8 +151,23 @@ class SandboxDestination:
             by_id = _audiences(con, "a.id = $v", v=id_or_name)
             return by_id or _audiences(con, "a.name = $v", newest=True, v=id_or_name)
 
+        if self._absent():
+            return None
         found = _transaction(self._connection(), find)
         return found[0] if found else None
+
+    def find_created_audience(self, name: str, *, idempotency_key: str) -> AudienceRef | None:
+        """The audience a create call with this key made (the ``requests`` log), or None."""
+
+        def find(con: duckdb.DuckDBPyConnection) -> AudienceRef | None:
+            sql = "SELECT audience_id FROM requests WHERE idempotency_key = ? AND op = 'create'"
+            row = con.execute(sql, [idempotency_key]).fetchone()
+            found = _audiences(con, "a.id = $v", v=row[0]) if row else []
+            return found[0] if found else None
+
+        if self._absent():
+            return None
+        return _transaction(self._connection(), find)
 
     def create_audience(self, name: str, *, idempotency_key: str) -> AudienceRef:
         """A new empty audience; a key seen before returns the audience it created then."""
@@ -249,6 +266,12 @@ class SandboxDestination:
     def _rejections(self, keys: Sequence[str]) -> dict[str, str]:
         rate, reason = self.config.reject_rate, "rejected by the sandbox (reject_rate)"
         return {key: reason for key in keys if rate and self._rng.random() < rate}
+
+    def _absent(self) -> bool:
+        """No sandbox file yet: reads find nothing and create nothing (a plan writes no file)."""
+        if self.config.refuse_credentials:
+            self._connection()  # raises CredentialsRefused
+        return self._con is None and not self.path.exists()
 
     def _connection(self) -> duckdb.DuckDBPyConnection:
         if self.config.refuse_credentials:

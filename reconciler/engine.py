@@ -13,14 +13,14 @@ import duckdb
 
 from reconciler.apply.applier import Applier, ApplyOptions, ApplyResult
 from reconciler.apply.interrupts import InterruptGuard
-from reconciler.enginedb import Session, attach_state, new_staging_path, remove_staging
-from reconciler.errors import StateError
+from reconciler.enginedb import Session, new_staging_path, remove_staging
 from reconciler.integrations import Connections
 from reconciler.plan import planfile
 from reconciler.plan.model import Plan
 from reconciler.plan.planner import Planner, PlanRequest, plan_as_of
 from reconciler.sources import open_source
 from reconciler.state.lock import StateLock
+from reconciler.state.schema import StateBusy, attach_state, registered_reader
 from reconciler.workspace.loader import Workspace
 from reconciler.workspace.templating import local_date
 
@@ -77,29 +77,39 @@ def execute(
     options: ApplyOptions,
     guard: InterruptGuard,
     lock_timeout: float = 0.0,
+    echo=None,
 ) -> ApplyResult:
-    """Apply a plan; the caller holds the state lock."""
+    """Apply a plan; the caller holds the state lock. ``echo`` tells the user about waits."""
     conns = Connections(ws)
     try:
-        with _apply_session(ws, staged.staging, lock_timeout) as session:
+        with _apply_session(ws, staged.staging, lock_timeout, echo) as session:
             return Applier(ws, staged.plan, session, conns, options, guard).run()
     finally:
         conns.close()
 
 
+#: how long an apply waits for readers (`plan`, `status`, `log`) to close the state file
+READER_WAIT = 600.0
+
+
 @contextmanager
-def _apply_session(ws: Workspace, staging: Path, lock_timeout: float):
-    deadline = time.monotonic() + max(lock_timeout, 5.0)
+def _apply_session(ws: Workspace, staging: Path, lock_timeout: float, echo=None):
+    """The apply's session. Readers hold the state file open while they run (a plan over
+    millions of profiles takes a while): wait for them, saying who they are."""
+    deadline = time.monotonic() + max(lock_timeout, READER_WAIT)
+    told = None
     while True:
         try:
             session = Session(
                 ws, open_source(ws), write_state=True, staging_path=staging, lock_down=False
             )
             break
-        except StateError:
-            # a concurrent `plan` may hold the state file open read-only for a moment
+        except StateBusy as exc:
             if time.monotonic() >= deadline:
                 raise
+            if echo is not None and exc.who != told:
+                echo(f"Waiting for {exc.who or 'another process'} to close the state...")
+                told = exc.who
             time.sleep(0.2)
     try:
         yield session
@@ -112,12 +122,14 @@ def read_state(ws: Workspace):
     """A read-only connection to the state (status, log, state show)."""
     from reconciler.state.store import StateReader
 
-    con = duckdb.connect(":memory:")
-    try:
-        attach_state(con, ws.path(ws.config.state.path), write=False)
-        yield StateReader(con)
-    finally:
-        con.close()
+    path = ws.path(ws.config.state.path)
+    with registered_reader(path):
+        con = duckdb.connect(":memory:")
+        try:
+            attach_state(con, path, write=False)
+            yield StateReader(con)
+        finally:
+            con.close()
 
 
 @contextmanager

@@ -16,11 +16,8 @@ from pathlib import Path
 
 import duckdb
 
-from reconciler.errors import StateError
 from reconciler.sources.base import Source
-from reconciler.state.lock import StateLock
-from reconciler.state.store import CATALOG as STATE
-from reconciler.state.store import create_schema
+from reconciler.state.schema import attach_state, pid_alive, registered_reader
 from reconciler.workspace.loader import Workspace
 
 STAGING = "__reconcile_staging"
@@ -55,6 +52,9 @@ class Session:
         threads = getattr(spec, "threads", None) or os.environ.get("RECONCILE_THREADS")
         if threads:
             config["threads"] = int(threads)
+        self._reader = None if write_state else registered_reader(self.state_path)
+        if self._reader is not None:
+            self._reader.__enter__()
         self.con = duckdb.connect(":memory:", config=config)
         try:
             attach_state(self.con, self.state_path, write=write_state)
@@ -64,7 +64,7 @@ class Session:
                 self.con.execute("SET enable_external_access = false")
                 self.con.execute("SET lock_configuration = true")
         except BaseException:
-            self.con.close()
+            self.close()
             raise
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
@@ -75,6 +75,9 @@ class Session:
 
     def close(self) -> None:
         self.con.close()
+        if self._reader is not None:
+            self._reader.__exit__(None, None, None)
+            self._reader = None
 
     def __enter__(self) -> Session:
         return self
@@ -83,39 +86,13 @@ class Session:
         self.close()
 
 
-def attach_state(con: duckdb.DuckDBPyConnection, path: Path, *, write: bool) -> None:
-    """Attach the state as catalog ``__reconcile_state``: read-write (created if missing),
-    read-only, or — read-only with no state yet — an empty in-memory one, so nothing is
-    written. Failures say whether another process holds the file or it is unreadable."""
-    try:
-        if write:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            con.execute(f"ATTACH '{_q(path)}' AS {STATE}")
-            create_schema(con)
-        elif path.exists():
-            con.execute(f"ATTACH '{_q(path)}' AS {STATE} (READ_ONLY)")
-        else:
-            con.execute(f"ATTACH ':memory:' AS {STATE}")
-            create_schema(con)
-    except duckdb.IOException as exc:
-        if "lock" not in str(exc).lower():  # not held by another process: unreadable
-            raise StateError(
-                f"cannot open the state {path}: {' '.join(str(exc).split())}; it is not "
-                "a readable state database, restore it from a backup"
-            ) from exc
-        holder = StateLock(path.with_suffix(".lock")).holder()
-        who = f" by {holder}" if holder else ""
-        raise StateError(
-            f"cannot open the state {path}: it is in use{who}. Wait for it to finish. ({exc})"
-        ) from exc
-    except duckdb.Error as exc:
-        raise StateError(f"cannot open the state {path}: {exc}") from exc
-
-
 def new_staging_path(ws: Workspace) -> Path:
+    """A fresh staging database path, named after this process; staging files of processes
+    that are gone (killed mid-plan or mid-apply) are removed first."""
     folder = ws.path(".reconcile/tmp")
     folder.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix="staging-", suffix=".duckdb", dir=folder)
+    remove_orphans(folder)
+    fd, name = tempfile.mkstemp(prefix=f"staging-{os.getpid()}-", suffix=".duckdb", dir=folder)
     os.close(fd)
     os.unlink(name)  # DuckDB creates it
     return Path(name)
@@ -125,6 +102,16 @@ def remove_staging(path: Path) -> None:
     for p in (path, path.with_name(path.name + ".wal")):
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
+
+
+def remove_orphans(folder: Path) -> None:
+    """Delete staging files (and their WAL) whose process no longer runs."""
+    for p in folder.glob("staging-*"):
+        parts = p.name.split("-")
+        pid = int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else None
+        if pid is None or not pid_alive(pid):
+            with contextlib.suppress(OSError):
+                p.unlink()
 
 
 def _q(path: Path | str) -> str:

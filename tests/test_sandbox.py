@@ -89,12 +89,17 @@ def test_config_is_validated(bad: dict[str, Any]) -> None:
         SandboxConfig(**bad)
 
 
-def test_construction_does_no_io_and_first_call_creates_the_file(tmp_path: Path) -> None:
+def test_construction_and_reads_do_no_io_and_first_write_creates_the_file(tmp_path: Path) -> None:
     destination = make(tmp_path, path="nested/dir/audiences.duckdb", batch_size=10)
     assert destination.path == tmp_path / "nested/dir/audiences.duckdb"
     assert destination.batch_size == 10
     assert not (tmp_path / "nested").exists()
+    # reads (what `plan` does) find nothing and create nothing
     assert destination.list_audiences() == []
+    assert destination.find_audience("x") is None
+    assert destination.find_created_audience("x", idempotency_key="k") is None
+    assert not (tmp_path / "nested").exists()
+    destination.create_audience("x", idempotency_key="k")
     assert destination.path.exists()
     destination.close()
 

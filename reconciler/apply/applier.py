@@ -2,10 +2,16 @@
 
 For each activation with changes: create (or find) its audiences, then per audience the
 removals, updates and additions in batches. Before each destination call an intent is
-journaled with a deterministic batch id (the idempotency key); the members of a batch are
-recorded only after the destination confirmed it, in the same transaction that closes the
-intent. A crash or kill at any point therefore loses nothing: the next plan sees exactly what
-was not recorded and the next apply sends it (destinations treat re-sent members as no-ops).
+journaled with a fresh batch id (the idempotency key); the members of a batch are recorded
+only after the destination confirmed it, in the same transaction that closes the intent. A
+crash or kill at any point therefore loses nothing: the next plan sees exactly what was not
+recorded and the next apply sends it (destinations treat re-sent members as no-ops).
+
+An audience creation gets its own key, journaled before the call. A run that died between
+the two resumes *that* creation: it asks the destination for the audience this key made and
+creates it (same key) only if there is none — it never adopts an audience merely because it
+has the name. A new or re-added activation creates new audiences unless its spec says
+``adopt: true`` or ``list: {existing: ...}``.
 """
 
 from __future__ import annotations
@@ -15,13 +21,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from destinations.base import AudienceRef, Destination
-from reconciler.apply.batches import BatchRunner, Interrupted, make_batch_id
+from reconciler.apply.batches import BatchRunner, Interrupted, new_batch_id
 from reconciler.apply.interrupts import InterruptGuard
 from reconciler.enginedb import Session
 from reconciler.errors import CredentialsRefused, DestinationError, ReconcileError
 from reconciler.integrations import Connections
 from reconciler.plan import membership, splits
-from reconciler.plan.model import ActivationPlan, AudienceChange, Change, Plan
+from reconciler.plan.model import ActivationPlan, AudienceChange, Change, Plan, Status
 from reconciler.plan.recorded import digest, recorded_spec
 from reconciler.state.writer import StateStore
 from reconciler.workspace.loader import Workspace
@@ -38,7 +44,7 @@ class ApplyOptions:
 @dataclass
 class ActivationOutcome:
     id: str
-    status: str  # Complete | Failed | Disabled | Refused | Skipped
+    status: Status
     added: int = 0
     removed: int = 0
     updated: int = 0
@@ -54,9 +60,7 @@ class ApplyResult:
 
     @property
     def ok(self) -> bool:
-        return not self.interrupted and all(
-            o.status in ("Complete", "Skipped") for o in self.outcomes
-        )
+        return not self.interrupted and all(o.status is Status.COMPLETE for o in self.outcomes)
 
 
 class Applier:
@@ -95,7 +99,7 @@ class Applier:
     def _activation(self, ap: ActivationPlan) -> ActivationOutcome:
         refusal = self._refusal(ap)
         if refusal:
-            return ActivationOutcome(ap.id, "Refused", error=refusal)
+            return ActivationOutcome(ap.id, Status.REFUSED, error=refusal)
         if ap.change is Change.DELETE:
             return self._delete(ap)
         act = self.ws.activations[ap.id].resolved(self.ws.config.defaults)
@@ -107,20 +111,22 @@ class Applier:
             frequency=act.frequency,
             date_created=local_date(self.plan.as_of, self.ws.config.timezone),
         )
-        run_id = _run_id()
+        run_id = self._run_id = _run_id()
         self.state.start_run(run_id, ap.id, self.opts.trigger)
-        self.state.set_status(ap.id, "Running")
+        self.state.set_status(ap.id, Status.RUNNING)
         # any apply that may record something moves the state: a plan saved before is stale
         self.state.bump_serial(ap.id)
-        outcome = ActivationOutcome(ap.id, "Complete")
+        outcome = ActivationOutcome(ap.id, Status.COMPLETE)
         runner = None
         try:
             dest = self.conns.get(act.destination)
             integ = self.ws.integrations[act.destination]
+            profiles = self.ws.config.source.profiles
             fp = membership.fingerprint_sql(
-                self.ws.config.source.profiles,
+                profiles,
                 tuple(dest.accepted_identifiers),
                 [integ.attributes[f] for f in act.attributes],
+                profiles.default_phone_country,
             )
             runner = self._runner(
                 dest, run_id, ap.id, fp, {f: integ.attributes[f] for f in act.attributes}
@@ -128,16 +134,16 @@ class Applier:
             for aud in ap.audiences:
                 self._audience(ap, aud, dest, runner, outcome)
         except Interrupted:
-            self._finish(run_id, ap, outcome, "Pending", "interrupted; the next apply resumes")
+            self._finish(run_id, ap, outcome, Status.PENDING, "interrupted; the next apply resumes")
             raise
         except CredentialsRefused as exc:
-            outcome.status, outcome.error = "Disabled", str(exc)
+            outcome.status, outcome.error = Status.DISABLED, str(exc)
         except (DestinationError, ReconcileError) as exc:
-            outcome.status, outcome.error = "Failed", str(exc)
-        if outcome.status == "Complete" and outcome.failed:
-            outcome.status = "Failed"
+            outcome.status, outcome.error = Status.FAILED, str(exc)
+        if outcome.status is Status.COMPLETE and outcome.failed:
+            outcome.status = Status.FAILED
             outcome.error = _refused(outcome.failed, "member(s)", runner)
-        if outcome.status == "Complete":
+        if outcome.status is Status.COMPLETE:
             spec = recorded_spec(self.ws, act)
             self.state.record_spec(
                 ap.id,
@@ -171,22 +177,17 @@ class Applier:
         )
 
     def _finish(
-        self, run_id: str, ap: ActivationPlan, o: ActivationOutcome, status: str, error: str | None
+        self,
+        run_id: str,
+        ap: ActivationPlan,
+        o: ActivationOutcome,
+        status: Status,
+        error: str | None,
     ) -> None:
         o.status, o.error = status, error
-        self.state.finish_run(
-            run_id,
-            status,
-            added=o.added,
-            removed=o.removed,
-            updated=o.updated,
-            failed=o.failed,
-            audiences=o.audiences,
-            error=error,
-        )
-        self.state.set_status(
-            ap.id, status, error, success=status == "Complete", ran=status == "Complete"
-        )
+        self.state.finish_run(run_id, status, audiences=o.audiences, error=error)
+        done = status is Status.COMPLETE
+        self.state.set_status(ap.id, status, error, success=done, ran=done)
 
     def _refusal(self, ap: ActivationPlan) -> str | None:
         if ap.mass_removal and not self.opts.allow_mass_removal:
@@ -247,42 +248,43 @@ class Applier:
     def _ensure_audience(
         self, ap: ActivationPlan, aud: AudienceChange, dest: Destination, runner: BatchRunner
     ) -> AudienceRef:
-        """The audience to send to: recorded, renamed, found (a create journaled by a run
-        that died) or created. Destination calls are retried like member batches."""
+        """The audience to send to: recorded (renamed if asked), adopted, or created — resuming
+        a creation journaled by a run that died, never adopting one merely by its name.
+        Destination calls are retried like member batches."""
         recorded = self.state.audiences(ap.id).get(aud.group)
         if aud.resource_id and not aud.create:
             ref = AudienceRef(aud.resource_id, recorded.name if recorded else aud.name)
             if aud.rename_from:
                 current = ref
                 ref = runner.call(lambda: dest.rename_audience(current, aud.name))
-            self.state.record_audience(ap.id, aud.group, aud.name, ref.id, True)
+            self.state.record_audience(ap.id, aud.group, ref.name, ref.id, True)
             return ref
         if recorded is not None and recorded.resource_id:
             return AudienceRef(recorded.resource_id, recorded.name)
-        key = make_batch_id(ap.id, aud.group, "create", [aud.name])
-        pending = key in {b for b, *_ in self.state.pending_intents()}
-        if not pending:
-            self.state.journal_intent(key, "", ap.id, aud.group, "create", 1)
+        pending = self.state.pending_create(ap.id, aud.group)
+        if pending is not None:
+            key, name = pending[0], pending[1] or aud.name
+        else:
+            key, name = new_batch_id(), aud.name
+            self.state.journal_intent(key, self._run_id, ap.id, aud.group, "create", 1, name)
 
         def find_or_create() -> AudienceRef:
-            # after a create that may have been applied (a run that died, or a lost answer
-            # being retried), look the audience up by name first: never a second audience
-            nonlocal pending
-            found = dest.find_audience(aud.name) if pending else None
-            pending = True
-            return found or dest.create_audience(aud.name, idempotency_key=key)
+            # a creation that may have reached the destination (a run that died, or a lost
+            # answer being retried) is looked up by its own key before creating again
+            found = dest.find_created_audience(name, idempotency_key=key)
+            return found or dest.create_audience(name, idempotency_key=key)
 
         ref = runner.call(find_or_create)
         with self.state.transaction():
-            self.state.record_audience(ap.id, aud.group, aud.name, ref.id, True)
+            self.state.record_audience(ap.id, aud.group, ref.name, ref.id, True)
             self.state.journal_outcome(key, "done", f"audience {ref.id}")
         return ref
 
     # ------------------------------------------------------------------ deleted files
     def _delete(self, ap: ActivationPlan) -> ActivationOutcome:
-        run_id = _run_id()
+        run_id = self._run_id = _run_id()
         self.state.start_run(run_id, ap.id, self.opts.trigger)
-        outcome = ActivationOutcome(ap.id, "Complete")
+        outcome = ActivationOutcome(ap.id, Status.COMPLETE)
         runner = None
         if any(a.remove for a in ap.audiences):
             try:
@@ -294,14 +296,14 @@ class Applier:
                     outcome.removed += counts["remove"]
                     outcome.failed += counts["failed"]
             except CredentialsRefused as exc:
-                outcome.status, outcome.error = "Disabled", str(exc)
+                outcome.status, outcome.error = Status.DISABLED, str(exc)
             except (DestinationError, ReconcileError) as exc:
-                outcome.status, outcome.error = "Failed", str(exc)
-            if outcome.failed and outcome.status == "Complete":
-                outcome.status = "Failed"
+                outcome.status, outcome.error = Status.FAILED, str(exc)
+            if outcome.failed and outcome.status is Status.COMPLETE:
+                outcome.status = Status.FAILED
                 outcome.error = _refused(outcome.failed, "removal(s)", runner)
         self._finish(run_id, ap, outcome, outcome.status, outcome.error)
-        if outcome.status == "Complete":
+        if outcome.status is Status.COMPLETE:
             self.state.forget_activation(ap.id)
         return outcome
 

@@ -1,26 +1,32 @@
 """Stream one audience's staged changes to its destination, batch by batch, journaled.
 
 Each batch: read its members from the engine (identifiers looked up in the source at apply
-time, records from the state), journal an intent, call the destination (retrying transient
-errors and throttling, which are not failures), then record what it confirmed and close the
-intent in one transaction. Members the destination refused are never recorded: the next
-plan shows them again.
+time, records from the state), journal an intent with a fresh batch id (the idempotency key
+a receiver sees; reused only when that very call is retried), call the destination
+(retrying transient errors and throttling, which are not failures), then record what it
+confirmed, close the intent and add to the run's counts in one transaction. Members the
+destination refused are never recorded as sent: the next plan shows them again.
+
+An update whose new record drops strings sent before (a changed or unusable identifier)
+removes those stale strings in a journaled call of its own; a stale string the destination
+refuses to remove stays recorded (with no fingerprint), so the next plan sends the update
+again and retries the removal.
 """
 
 from __future__ import annotations
 
-import hashlib
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+import uuid
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from destinations.base import AudienceRef, BatchResult, Destination, Member, RemovalRecord
 from reconciler.apply.interrupts import InterruptGuard
 from reconciler.enginedb import STAGING
 from reconciler.errors import ThrottledError, TransientError
 from reconciler.plan.membership import _ident
-from reconciler.state.store import CATALOG as STATE
+from reconciler.plan.model import MemberOp
 from reconciler.state.writer import StateStore
 from reconciler.workspace.spec import ProfilesTable
 
@@ -29,11 +35,18 @@ THROTTLE_BUDGET = 900.0  # seconds of rate-limit waits per batch before giving u
 BACKOFF_START = 0.05
 BACKOFF_MAX = 30.0
 
+CHANGES = f"{STAGING}.changes"
+
 _R = TypeVar("_R")
 
 
 class Interrupted(Exception):
     """Ctrl-C: the batch in flight was finished and recorded; stop here."""
+
+
+def new_batch_id() -> str:
+    """A fresh id for one journaled destination call (also its idempotency key)."""
+    return uuid.uuid4().hex[:24]
 
 
 class BatchRunner:
@@ -50,9 +63,6 @@ class BatchRunner:
         attribute_map: dict[str, str],
     ):
         self.state, self.reader, self.profiles, self.dest = state, reader, profiles, dest
-        # lookups made while `reader` streams a batch: a query on `reader` itself would
-        # replace the result being streamed and silently end the stream
-        self.lookup = state.con.cursor()
         self.guard, self.run_id, self.aid = guard, run_id, activation_id
         self.fingerprint = fingerprint
         self.attribute_map = attribute_map  # destination field -> profile column
@@ -64,230 +74,207 @@ class BatchRunner:
         far, also when a Ctrl-C (:class:`Interrupted`) or an error stops it part-way."""
         counts = {"add": 0, "remove": 0, "update": 0, "failed": 0, "unmatched": 0, "drift": 0}
         self.counts = counts
-        self._forget(grp)
-        protected = self._protected_records(grp) if sent else set()
-        for keys_records in self._stream_removals(grp, "remove"):
-            counts["remove"] += self._remove(
-                grp, ref if sent else None, keys_records, protected, counts
-            )
+        self.sent = sent
+        self.state.forget_staged(CHANGES, self.aid, grp)
+        protected = self.state.shared_records(CHANGES, self.aid, grp) if sent else set()
+        size = self.dest.batch_size
+        for rows in self.state.iter_removals(
+            self.reader, CHANGES, self.aid, grp, MemberOp.REMOVE, size
+        ):
+            self._remove(grp, ref if sent else None, rows, protected)
             self._check_stop()
-        for members in self._stream_members(grp, "purge"):
-            counts["remove"] += self._purge(grp, ref, members, counts)
+        for members in self._stream_members(grp, MemberOp.PURGE):
+            self._purge(grp, ref, members)
             self._check_stop()
-        for members in self._stream_members(grp, "update"):
-            counts["update"] += self._send(grp, ref if sent else None, "update", members, counts)
+        for members in self._stream_members(grp, MemberOp.UPDATE):
+            self._send(grp, ref if sent else None, MemberOp.UPDATE, members)
             self._check_stop()
-        for members in self._stream_members(grp, "add"):
-            counts["add"] += self._send(grp, ref if sent else None, "add", members, counts)
+        for members in self._stream_members(grp, MemberOp.ADD):
+            self._send(grp, ref if sent else None, MemberOp.ADD, members)
             self._check_stop()
         return counts
 
     # ------------------------------------------------------------------ reading
-    def _where(self, grp: str, op: str) -> tuple[str, list[Any]]:
-        return ("c.activation_id = ? AND c.grp = ? AND c.op = ?", [self.aid, grp, op])
-
-    def _stream_members(self, grp: str, op: str) -> Iterator[list[tuple[Member, int]]]:
+    def _stream_members(self, grp: str, op: MemberOp) -> Iterator[list[tuple[Member, int]]]:
+        """Batches of (member with today's identifiers and attributes, fingerprint). A key
+        that left the source since the plan, or that now appears on several profile rows,
+        is skipped as drift (the next plan sees it)."""
         p = self.profiles
         id_cols = [f"p.{_ident(col)}" for col in p.identifiers.values()]
         attr_cols = [f"p.{_ident(col)}" for col in self.attribute_map.values()]
-        where, params = self._where(grp, op)
-        sql = f"""SELECT c.key, {self.fingerprint} AS fp, {_ident(p.key)} IS NOT NULL AS known
+        sql = f"""SELECT c.key, {self.fingerprint} AS fp,
+                         p.{_ident(p.key)} IS NOT NULL AND count(*) OVER (PARTITION BY c.key) = 1
+                         AS usable
                   {"".join(", " + c for c in id_cols + attr_cols)}
-                  FROM {STAGING}.changes c
+                  FROM {CHANGES} c
                   LEFT JOIN {_ident(p.table)} p ON CAST(p.{_ident(p.key)} AS VARCHAR) = c.key
-                  WHERE {where} ORDER BY c.key"""
-        self.reader.execute(sql, params)
+                  WHERE c.activation_id = ? AND c.grp = ? AND c.op = ? ORDER BY c.key"""
+        self.reader.execute(sql, [self.aid, grp, str(op)])
         id_types = list(p.identifiers)
         fields = list(self.attribute_map)
-        size = self.dest.batch_size
-        while rows := self.reader.fetchmany(size):
+        seen_drift: set[str] = set()
+        while rows := self.reader.fetchmany(self.dest.batch_size):
             batch = []
             for r in rows:
-                if not r[2]:  # the profile left the source since the plan: drift, skip
-                    self.counts["drift"] += 1
+                if not r[2]:
+                    if r[0] not in seen_drift:
+                        seen_drift.add(r[0])
+                        self.counts["drift"] += 1
                     continue
                 ids = dict(zip(id_types, r[3 : 3 + len(id_types)], strict=True))
                 attrs = dict(zip(fields, r[3 + len(id_types) :], strict=True))
-                batch.append((Member(r[0], ids, attrs), int(r[1]) if r[2] else 0))
+                batch.append((Member(r[0], ids, attrs), int(r[1])))
             if batch:
                 yield batch
 
-    def _stream_removals(self, grp: str, op: str) -> Iterator[list[tuple[str, tuple[str, ...]]]]:
-        where, params = self._where(grp, op)
-        self.reader.execute(
-            f"""SELECT c.key, m.record FROM {STAGING}.changes c
-                JOIN {STATE}.members m ON m.activation_id = c.activation_id
-                 AND m.grp = c.grp AND m.key = c.key
-                WHERE {where} ORDER BY c.key""",
-            params,
-        )
-        while rows := self.reader.fetchmany(self.dest.batch_size):
-            yield [(k, tuple(rec or ())) for k, rec in rows]
-
-    def _protected_records(self, grp: str) -> set[str]:
-        """Records held by members who stay: a hash shared with a leaving member (a shared
-        inbox) is not removed while an included profile still has it."""
-        rows = self.lookup.execute(
-            f"""WITH leaving AS (SELECT key FROM {STAGING}.changes
-                    WHERE activation_id = $1 AND grp = $2 AND op IN ('remove', 'update')),
-                mine AS (SELECT key, record FROM {STATE}.members
-                    WHERE activation_id = $1 AND grp = $2),
-                leaving_r AS (SELECT DISTINCT unnest(record) AS r FROM mine SEMI JOIN leaving
-                    USING (key)),
-                staying_r AS (SELECT unnest(record) AS r FROM mine ANTI JOIN leaving
-                    USING (key))
-                SELECT DISTINCT r FROM staying_r SEMI JOIN leaving_r USING (r)""",
-            [self.aid, grp],
-        ).fetchall()
-        return {r[0] for r in rows}
-
-    def _forget(self, grp: str) -> None:
-        with self.state.transaction():
-            self.state.con.execute(
-                f"""DELETE FROM {STATE}.members WHERE activation_id = ? AND grp = ? AND key IN
-                    (SELECT key FROM {STAGING}.changes
-                     WHERE activation_id = ? AND grp = ? AND op = 'forget')""",
-                [self.aid, grp, self.aid, grp],
-            )
-
     # ------------------------------------------------------------------ writing
+    def _confirm(self, batch_id: str, grp: str, *, counts: dict[str, int], **kwargs) -> None:
+        """Record a batch; ``counts`` go to this runner's totals and, for a sent audience, to
+        the run's log in the same transaction."""
+        for k, n in counts.items():
+            self.counts[k] += n
+        logged = {
+            "added": counts.get("add", 0),
+            "removed": counts.get("remove", 0),
+            "updated": counts.get("update", 0),
+            "failed": counts.get("failed", 0),
+        }
+        self.state.confirm_batch(
+            batch_id,
+            self.aid,
+            grp,
+            run_id=self.run_id if self.sent else "",
+            counts=logged,
+            **kwargs,
+        )
+
     def _remove(
-        self, grp: str, ref: AudienceRef | None, rows, protected: set[str], counts: dict[str, int]
-    ) -> int:
+        self,
+        grp: str,
+        ref: AudienceRef | None,
+        rows: list[tuple[str, tuple[str, ...]]],
+        protected: set[str],
+    ) -> None:
         keys = [k for k, _ in rows]
-        batch_id = make_batch_id(self.aid, grp, "remove", keys)
         to_send = [RemovalRecord(k, tuple(r for r in rec if r not in protected)) for k, rec in rows]
         to_send = [r for r in to_send if r.record]
+        batch_id, result = "", BatchResult()
         if ref is not None and to_send:
+            batch_id = new_batch_id()
             self.state.journal_intent(batch_id, self.run_id, self.aid, grp, "remove", len(keys))
             result = self.call(
                 lambda: self.dest.remove_members(ref, to_send, idempotency_key=batch_id)
             )
-            refused = set(result.failed)
-            self._note_failures(result, counts)
-        else:
-            refused, result = set(), BatchResult()
-        done = [k for k in keys if k not in refused]
-        self.state.confirm_batch(
-            batch_id if ref is not None and to_send else "",
-            self.aid,
+            self._note_failures(result)
+        done = [k for k in keys if k not in result.failed]
+        self._confirm(
+            batch_id,
             grp,
             delete=done,
             detail=result.detail,
+            counts={"remove": len(done), "failed": len(result.failed)},
         )
-        return len(done)
 
-    def _purge(self, grp: str, ref: AudienceRef | None, members, counts) -> int:
+    def _purge(self, grp: str, ref: AudienceRef | None, members) -> None:
         records = self.dest.records_for([m for m, _ in members])
         to_send = [RemovalRecord(k, rec) for k, rec in records.items() if rec]
         keys = [m.key for m, _ in members]
-        batch_id = make_batch_id(self.aid, grp, "purge", keys)
+        batch_id = new_batch_id()
         self.state.journal_intent(batch_id, self.run_id, self.aid, grp, "purge", len(keys))
         result = (
             self.call(lambda: self.dest.remove_members(ref, to_send, idempotency_key=batch_id))
-            if to_send
+            if to_send and ref is not None
             else BatchResult()
         )
-        self._note_failures(result, counts)
+        self._note_failures(result)
         ok = [
             (m.key, records.get(m.key, ()), fp) for m, fp in members if m.key not in result.failed
         ]
         # a profile purged again (its identifiers changed) replaces its earlier record
-        self.state.confirm_batch(
+        self._confirm(
             batch_id,
-            self.aid,
             grp,
             insert=ok,
             delete=[k for k, _, _ in ok],
             detail=result.detail,
+            counts={"remove": len(ok), "failed": len(result.failed)},
         )
-        return len(ok)
 
-    def _send(self, grp: str, ref: AudienceRef | None, op: str, members, counts) -> int:
+    def _send(self, grp: str, ref: AudienceRef | None, op: MemberOp, members) -> None:
         keys = [m.key for m, _ in members]
-        fps = {m.key: fp for m, fp in members}
-        batch_id = make_batch_id(self.aid, grp, op, keys)
+        fps: dict[str, int | None] = {m.key: fp for m, fp in members}
+        counted = "update" if op is MemberOp.UPDATE else "add"
         if ref is None:  # control group: recorded, never sent
             rows = [(k, (), fps[k]) for k in keys]
-            self.state.confirm_batch(
-                "", self.aid, grp, insert=rows, delete=keys if op == "update" else ()
-            )
-            return len(rows)
-        self.state.journal_intent(batch_id, self.run_id, self.aid, grp, op, len(keys))
+            delete = keys if op is MemberOp.UPDATE else ()
+            self._confirm("", grp, insert=rows, delete=delete, counts={counted: len(rows)})
+            return
+        batch_id = new_batch_id()
+        self.state.journal_intent(batch_id, self.run_id, self.aid, grp, str(op), len(keys))
         sendable = [m for m, _ in members]
-        if op == "update":
-            result = self._update(ref, grp, sendable, batch_id)
+        old = self.state.records_of(self.aid, grp, keys) if op is MemberOp.UPDATE else {}
+        if op is MemberOp.UPDATE and self.dest.supports_update:
+            result = self.call(
+                lambda: self.dest.update_members(ref, sendable, idempotency_key=batch_id)
+            )
         else:
             result = self.call(
                 lambda: self.dest.add_members(ref, sendable, idempotency_key=batch_id)
             )
-        self._note_failures(result, counts)
+        self._note_failures(result)
         unmatched = set(result.unmatched) - set(result.failed)
-        counts["unmatched"] += len(unmatched)
-        rows = [
-            (k, tuple(result.records.get(k, ())), fps[k])
-            for k in keys
-            if k in result.records or k in unmatched
-        ]
-        self.state.confirm_batch(
+        self.counts["unmatched"] += len(unmatched)
+        new = {k: tuple(result.records.get(k, ())) for k in keys if k in result.records}
+        new.update({k: () for k in unmatched})
+        owed = self._remove_stale(grp, ref, old, new) if old else {}
+        rows = []
+        for k, record in new.items():
+            still = owed.get(k, ())
+            # a stale string whose removal was refused stays recorded, with no fingerprint:
+            # the next plan sends this member again and retries the removal
+            rows.append((k, record + still, None if still else fps[k]))
+        self._confirm(
             batch_id,
-            self.aid,
             grp,
             insert=rows,
-            delete=[r[0] for r in rows] if op == "update" else (),
+            delete=[r[0] for r in rows] if op is MemberOp.UPDATE else (),
             detail=result.detail,
+            counts={counted: len(rows), "failed": len(result.failed) + len(owed)},
         )
-        return len(rows)
 
-    def _update(
-        self, ref: AudienceRef, grp: str, members: Sequence[Member], batch_id: str
-    ) -> BatchResult:
-        """Send new identifiers/attributes, then remove records the update made stale."""
-        old = dict(
-            self.lookup.execute(
-                f"SELECT key, record FROM {STATE}.members WHERE activation_id = ? AND grp = ? "
-                "AND key IN (SELECT unnest(?::VARCHAR[]))",
-                [self.aid, grp, [m.key for m in members]],
-            ).fetchall()
-        )
-        send = self.dest.update_members if self.dest.supports_update else self.dest.add_members
-        result = self.call(lambda: send(ref, members, idempotency_key=batch_id))
-        new_all = {r for rec in result.records.values() for r in rec}
+    def _remove_stale(
+        self,
+        grp: str,
+        ref: AudienceRef,
+        old: dict[str, tuple[str, ...]],
+        new: dict[str, tuple[str, ...]],
+    ) -> dict[str, tuple[str, ...]]:
+        """Remove the strings sent before that the members' new records no longer hold (their
+        identifiers changed or became unusable), unless another member still holds them (a
+        shared inbox). Journaled as its own call. Returns, per key, the stale strings the
+        destination refused to remove (they stay recorded)."""
+        new_all = {r for rec in new.values() for r in rec}
         stale = [
-            RemovalRecord(k, tuple(r for r in (old.get(k) or ()) if r not in new_all))
-            for k in result.records
+            RemovalRecord(k, tuple(r for r in old.get(k, ()) if r not in new_all)) for k in new
         ]
         stale = [s for s in stale if s.record]
         if stale:
-            protected = self._held_by_others(
-                grp, [m.key for m in members], [r for s in stale for r in s.record]
+            protected = self.state.held_by_others(
+                self.aid, grp, list(new), [r for s in stale for r in s.record]
             )
             stale = [
                 RemovalRecord(s.key, tuple(r for r in s.record if r not in protected))
                 for s in stale
             ]
             stale = [s for s in stale if s.record]
-        if stale:
-            self.call(
-                lambda: self.dest.remove_members(ref, stale, idempotency_key=batch_id + ":stale")
-            )
-        return result
-
-    def _held_by_others(self, grp: str, keys: list[str], candidates: list[str]) -> set[str]:
-        """Which ``candidates`` (records this update batch made stale) another recorded
-        member holds now; those stay at the destination. Leavers were removed before updates
-        run, so these members stay, with their current records — including records that
-        earlier batches of this run updated (a shared inbox moving between profiles). A
-        member whose own update is still to come protects its old record only until its
-        batch, which removes that record if it went stale."""
-        rows = self.lookup.execute(
-            f"""SELECT DISTINCT r FROM (SELECT unnest(record) AS r FROM {STATE}.members
-                    WHERE activation_id = $1 AND grp = $2
-                    AND key NOT IN (SELECT unnest($3::VARCHAR[])))
-                WHERE r IN (SELECT unnest($4::VARCHAR[]))""",
-            [self.aid, grp, keys, candidates],
-        ).fetchall()
-        return {r[0] for r in rows}
+        if not stale:
+            return {}
+        batch_id = new_batch_id()
+        self.state.journal_intent(batch_id, self.run_id, self.aid, grp, "remove_stale", len(stale))
+        result = self.call(lambda: self.dest.remove_members(ref, stale, idempotency_key=batch_id))
+        self._note_failures(result)
+        self.state.journal_outcome(batch_id, "done", result.detail)
+        return {s.key: s.record for s in stale if s.key in result.failed}
 
     def call(self, fn: Callable[[], _R]) -> _R:
         """Call with retries: transient errors up to MAX_ATTEMPTS in a row; throttling is
@@ -315,20 +302,11 @@ class BatchRunner:
             waited += wait
             delay = min(delay * 2, BACKOFF_MAX)
 
-    def _note_failures(self, result: BatchResult, counts: dict[str, int]) -> None:
+    def _note_failures(self, result: BatchResult) -> None:
         if result.failed:
-            counts["failed"] += len(result.failed)
             sample = list(result.failed.items())[:3]
             self.errors.extend(f"{k}: {why}" for k, why in sample)
 
     def _check_stop(self) -> None:
         if self.guard.stop_requested:
             raise Interrupted
-
-
-def make_batch_id(activation_id: str, grp: str, op: str, keys: Sequence[str]) -> str:
-    """Deterministic id of a destination call (also its idempotency key)."""
-    h = hashlib.sha256(f"{activation_id}\x1f{grp}\x1f{op}".encode())
-    for k in keys:
-        h.update(b"\x1f" + k.encode())
-    return h.hexdigest()[:24]

@@ -221,7 +221,9 @@ def _apply(
                 from_plan_file=bool(planfile),
             )
             with InterruptGuard(lambda m: click.echo(m, err=True)) as guard:
-                result = engine.execute(ws, staged, options, guard)
+                result = engine.execute(
+                    ws, staged, options, guard, lock_timeout, echo=lambda m: click.echo(m, err=True)
+                )
         finally:
             staged.discard()
     finally:

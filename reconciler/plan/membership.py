@@ -6,9 +6,15 @@
 - :func:`stage_changes` diffs ``desired`` against the recorded members and inserts the member
   changes (keys only) into the staging table ``changes``.
 
-Ops staged: ``add`` (enter), ``remove`` (leave; removal sends what was recorded),
-``update`` (identifiers or mapped attributes changed), ``purge`` (``action: remove``: remove
-from the destination a profile never sent by us) and ``forget`` (drop a record, no call).
+Ops staged (:class:`~reconciler.plan.model.MemberOp`): ``add`` (enter), ``remove`` (leave;
+removal sends what was recorded), ``update`` (identifiers or mapped attributes changed, or a
+removal of an earlier record is still owed), ``purge`` (``action: remove``: remove from the
+destination a profile never sent by us) and ``forget`` (drop a record, no call).
+
+Profiles whose key appears more than once in the profiles table are *held*: which row is the
+profile is ambiguous, so they are neither added, updated nor removed until the source is
+fixed (:func:`stage_duplicate_keys`); the plan counts and names them. Suppression, and the
+loss of consent on any of their rows, still remove them.
 """
 
 from __future__ import annotations
@@ -21,13 +27,13 @@ from reconciler.enginedb import STAGING
 from reconciler.errors import SegmentError
 from reconciler.plan import splits
 from reconciler.sources.base import INTERNAL_PREFIX, SqlRejected, check_segment_sql
-from reconciler.state.store import CATALOG as STATE
 from reconciler.workspace.spec import ActionMode, Activation, Integration, ProfilesTable
 
 #: temp tables of a planning session; the prefix keeps segment SQL from reading them
 TEMP = f"{INTERNAL_PREFIX}_tmp"
 DESIRED = f"{TEMP}_desired"
 SUPPRESSED = f"{TEMP}_suppressed"
+DUPLICATES = f"{TEMP}_duplicate_keys"
 
 CHANGES_DDL = (
     f"CREATE TABLE IF NOT EXISTS {STAGING}.changes "
@@ -78,17 +84,31 @@ def consent_sql(
 
 
 def fingerprint_sql(
-    profiles: ProfilesTable, identifier_types: tuple[str, ...], attribute_columns: list[str]
+    profiles: ProfilesTable,
+    identifier_types: tuple[str, ...],
+    attribute_columns: list[str],
+    phone_country: str | None = None,
 ) -> str:
-    cols = [profiles.identifiers[t] for t in identifier_types if t in profiles.identifiers]
-    cols += attribute_columns
-    parts = ", ".join(f"coalesce(CAST(p.{_ident(c)} AS VARCHAR), chr(0))" for c in cols)
-    return f"md5_number_lower(concat_ws(chr(31), {parts}))" if cols else "0::UBIGINT"
+    """A cheap fingerprint of what is sent for a profile: its identifiers and mapped
+    attributes; a phone is fingerprinted with the default country it is read in, so changing
+    ``default_phone_country`` re-sends exactly the members whose phone hash may change."""
+    terms = []
+    for t in identifier_types:
+        col = profiles.identifiers.get(t)
+        if col is None:
+            continue
+        term = f"CAST(p.{_ident(col)} AS VARCHAR)"
+        if t == "phone" and phone_country:
+            term = f"{term} || chr(30) || {_lit(phone_country.upper())}"
+        terms.append(term)
+    terms += [f"CAST(p.{_ident(c)} AS VARCHAR)" for c in attribute_columns]
+    parts = ", ".join(f"coalesce({t}, chr(0))" for t in terms)
+    return f"md5_number_lower(concat_ws(chr(31), {parts}))" if terms else "0::UBIGINT"
 
 
 def matchable_sql(profiles: ProfilesTable, identifier_types: tuple[str, ...]) -> str:
     """A cheap estimate of 'has an identifier the destination accepts'; the adapter's exact
-    normalisation decides at send time (unusable members are recorded as unmatched)."""
+    normalisation decides at send time (unusable members are recorded with an empty record)."""
     tests = []
     for t in identifier_types:
         col = profiles.identifiers.get(t)
@@ -102,12 +122,33 @@ def matchable_sql(profiles: ProfilesTable, identifier_types: tuple[str, ...]) ->
     return " OR ".join(tests) if tests else "FALSE"
 
 
+def stage_duplicate_keys(
+    con: duckdb.DuckDBPyConnection, profiles: ProfilesTable
+) -> tuple[str | None, int, list[str]]:
+    """Keys that occur more than once in the profiles table: (temp table or None when there
+    are none, how many keys, a few of them for the message)."""
+    key = f"CAST(p.{_ident(profiles.key)} AS VARCHAR)"
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE {DUPLICATES} AS
+            SELECT {key} AS k FROM {_ident(profiles.table)} p
+            WHERE p.{_ident(profiles.key)} IS NOT NULL GROUP BY 1 HAVING count(*) > 1"""
+    )
+    n = con.execute(f"SELECT count(*) FROM {DUPLICATES}").fetchone()[0]
+    if not n:
+        return None, 0, []
+    sample = [
+        r[0] for r in con.execute(f"SELECT k FROM {DUPLICATES} ORDER BY k LIMIT 3").fetchall()
+    ]
+    return DUPLICATES, n, sample
+
+
 def stage_desired(
     con: duckdb.DuckDBPyConnection,
     *,
     profiles: ProfilesTable,
     segment_tables: list[str],
     suppressed: str | None,
+    duplicates: str | None,
     consent: str,
     group_expr: str,
     fingerprint: str,
@@ -125,34 +166,43 @@ def stage_desired(
     key = f"CAST(p.{_ident(profiles.key)} AS VARCHAR)"
     supp_join = f"LEFT JOIN {suppressed} s ON s.k = u.k" if suppressed else ""
     supp_flag = "s.k IS NOT NULL" if suppressed else "FALSE"
+    # a held key joins no profile row (its rows are ambiguous): no row multiplication
+    dup_join = f"LEFT JOIN {duplicates} dk ON dk.k = u.k" if duplicates else ""
+    held = "dk.k IS NOT NULL" if duplicates else "FALSE"
+    not_held = " AND dk.k IS NULL" if duplicates else ""
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE {DESIRED} AS
         SELECT u.k AS key,
-               {key} IS NULL AS unknown,
+               {held} AS held,
+               {key} IS NULL AND NOT ({held}) AS unknown,
                {supp_flag} AS suppressed,
                NOT coalesce({consent}, FALSE) AS no_consent,
                coalesce({matchable}, FALSE) AS matchable,
                {group_expr} AS grp,
                {fingerprint} AS fp
         FROM ({union}) u
-        LEFT JOIN {_ident(profiles.table)} p ON {key} = u.k
+        {dup_join}
+        LEFT JOIN {_ident(profiles.table)} p ON {key} = u.k{not_held}
         {supp_join}"""
     )
     row = con.execute(
         f"""SELECT count(*) FILTER (unknown),
-                  count(*) FILTER (NOT unknown AND suppressed),
-                  count(*) FILTER (NOT unknown AND NOT suppressed AND no_consent),
-                  count(*) FILTER (NOT unknown AND NOT suppressed AND NOT no_consent),
-                  count(*) FILTER (NOT unknown AND NOT suppressed AND NOT no_consent
-                                   AND matchable)
+                  count(*) FILTER (held),
+                  count(*) FILTER (NOT unknown AND NOT held AND suppressed),
+                  count(*) FILTER (NOT unknown AND NOT held AND NOT suppressed AND no_consent),
+                  count(*) FILTER (NOT unknown AND NOT held AND NOT suppressed
+                                   AND NOT no_consent),
+                  count(*) FILTER (NOT unknown AND NOT held AND NOT suppressed
+                                   AND NOT no_consent AND matchable)
            FROM {DESIRED}"""
     ).fetchone()
     return {
         "unknown": row[0],
-        "suppression": row[1],
-        "consent": row[2],
-        "eligible": row[3],
-        "matchable": row[4],
+        "held": row[1],
+        "suppression": row[2],
+        "consent": row[3],
+        "eligible": row[4],
+        "matchable": row[5],
     }
 
 
@@ -160,41 +210,52 @@ def stage_changes(
     con: duckdb.DuckDBPyConnection,
     *,
     activation_id: str,
-    baseline_id: str,
+    recorded: str,
     act: Activation,
     frozen: bool,
     profiles: ProfilesTable,
     suppressed: str | None,
+    duplicates: str | None,
     consent: str,
 ) -> None:
-    """Insert this activation's member changes into the staging table."""
+    """Insert this activation's member changes into the staging table. ``recorded`` is the
+    SQL relation of its recorded members (``StateReader.members_sql``)."""
     con.execute(CHANGES_DDL)
     aid = _lit(activation_id)
+    # held members (duplicated key) are neither updated nor removed as leavers; exclusions
+    # (suppression, consent lost on any of their rows) still remove them
+    everyone = f"(SELECT key, grp, fp FROM {recorded})"
     members = (
-        f"(SELECT key, grp, fp FROM {STATE}.members WHERE activation_id = {_lit(baseline_id)})"
+        f"(SELECT m.key, m.grp, m.fp FROM {recorded} m ANTI JOIN {duplicates} dk ON dk.k = m.key)"
+        if duplicates
+        else f"(SELECT key, grp, fp FROM {recorded})"
     )
     eligible = (
-        f"(SELECT key, grp, fp FROM {DESIRED} WHERE NOT unknown AND NOT suppressed "
+        f"(SELECT key, grp, fp FROM {DESIRED} WHERE NOT unknown AND NOT held AND NOT suppressed "
         "AND NOT no_consent AND matchable)"
     )
     ins = f"INSERT INTO {STAGING}.changes "
     if act.action is ActionMode.REMOVE:
-        targets = f"(SELECT key, fp FROM {DESIRED} WHERE NOT unknown AND matchable)"
+        if frozen:  # paused, or a one-time removal that already ran: nothing more is sent
+            return
+        targets = f"(SELECT key, fp FROM {DESIRED} WHERE NOT unknown AND NOT held AND matchable)"
         # purge the segment's profiles not removed yet, and again those whose identifiers
         # changed since (their new identifiers may be in the list)
         con.execute(
             f"{ins} SELECT {aid}, 'all', 'purge', d.key FROM {targets} d "
-            f"LEFT JOIN {members} m ON m.key = d.key WHERE m.key IS NULL OR d.fp <> m.fp"
+            f"LEFT JOIN {members} m ON m.key = d.key "
+            "WHERE m.key IS NULL OR m.fp IS NULL OR d.fp <> m.fp"
         )
         con.execute(
             f"{ins} SELECT {aid}, m.grp, 'forget', m.key FROM {members} m "
             f"ANTI JOIN {targets} d ON m.key = d.key"
         )
         return
-    excluded = _excluded_members(members, profiles, suppressed, consent)
+    excluded = _excluded_members(everyone, profiles, suppressed, consent)
     if frozen:
         con.execute(f"{ins} SELECT {aid}, grp, 'remove', key FROM {excluded}")
         return
+    # `m.fp IS NULL`: a removal of an earlier record is still owed (it was refused)
     if act.action is ActionMode.MAINTAIN:
         con.execute(
             f"""{ins}
@@ -203,15 +264,20 @@ def stage_changes(
                         ELSE 'update' END,
                    coalesce(d.key, m.key)
             FROM {eligible} d FULL OUTER JOIN {members} m ON d.key = m.key AND d.grp = m.grp
-            WHERE m.key IS NULL OR d.key IS NULL OR d.fp <> m.fp"""
+            WHERE m.key IS NULL OR d.key IS NULL OR m.fp IS NULL OR d.fp <> m.fp"""
         )
+        if duplicates:  # held members are left alone, unless an exclusion removes them
+            con.execute(
+                f"{ins} SELECT {aid}, x.grp, 'remove', x.key FROM {excluded} x "
+                f"SEMI JOIN {duplicates} dk ON dk.k = x.key"
+            )
         return
     # append: add entering, update changed, remove only the excluded and the regrouped
     con.execute(
         f"""{ins}
         SELECT {aid}, d.grp, CASE WHEN m.key IS NULL THEN 'add' ELSE 'update' END, d.key
         FROM {eligible} d LEFT JOIN {members} m ON d.key = m.key AND d.grp = m.grp
-        WHERE m.key IS NULL OR d.fp <> m.fp"""
+        WHERE m.key IS NULL OR m.fp IS NULL OR d.fp <> m.fp"""
     )
     con.execute(
         f"""{ins}
@@ -231,20 +297,18 @@ def _excluded_members(
     key = f"CAST(p.{_ident(profiles.key)} AS VARCHAR)"
     supp_join = f"LEFT JOIN {suppressed} s ON s.k = m.key" if suppressed else ""
     supp_flag = "s.k IS NOT NULL" if suppressed else "FALSE"
-    return f"""(SELECT m.key, m.grp FROM {members} m
+    return f"""(SELECT DISTINCT m.key, m.grp FROM {members} m
         LEFT JOIN {_ident(profiles.table)} p ON {key} = m.key {supp_join}
         WHERE {supp_flag} OR NOT coalesce({consent}, FALSE))"""
 
 
-def stage_all(
-    con: duckdb.DuckDBPyConnection, activation_id: str, baseline_id: str, op: str
-) -> None:
+def stage_all(con: duckdb.DuckDBPyConnection, activation_id: str, recorded: str, op: str) -> None:
     """Stage ``op`` for every recorded member (``on_delete: clear``)."""
     con.execute(CHANGES_DDL)
     con.execute(
         f"INSERT INTO {STAGING}.changes SELECT {_lit(activation_id)}, grp, "
         f"CASE WHEN grp = 'control' THEN 'forget' ELSE {_lit(op)} END, key "
-        f"FROM {STATE}.members WHERE activation_id = {_lit(baseline_id)}"
+        f"FROM {recorded}"
     )
 
 

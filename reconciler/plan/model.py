@@ -31,6 +31,28 @@ class Change(StrEnum):
     PAUSED = "paused"
 
 
+class MemberOp(StrEnum):
+    """What happens to one member of one audience (the ``op`` of a staged change)."""
+
+    ADD = "add"  # enters: sent, then recorded
+    REMOVE = "remove"  # leaves: the recorded record is sent for removal, then forgotten
+    UPDATE = "update"  # identifiers or mapped attributes changed: sent again
+    PURGE = "purge"  # `action: remove`: removed from a list although never sent by us
+    FORGET = "forget"  # the record is dropped without a destination call
+
+
+class Status(StrEnum):
+    """An activation's status (the product guide's FAQ) and a run's outcome."""
+
+    NEW = "New"
+    PENDING = "Pending"
+    RUNNING = "Running"
+    COMPLETE = "Complete"
+    FAILED = "Failed"
+    DISABLED = "Disabled"
+    REFUSED = "Refused"  # apply refused to start it (mass-removal guard, stale saved plan)
+
+
 class ConfigChange(Frozen):
     """One field of the recorded spec that differs from the file (deepdiff)."""
 
@@ -62,6 +84,10 @@ class AudienceChange(Frozen):
     size_before: int = 0  # members recorded before the apply
     size_after: int = 0  # members recorded after the apply
     mass_removal: bool = False
+    #: id of an audience of this name already at the destination, not created by this tool
+    #: (shown as a conflict; taken over only with ``adopt: true``)
+    name_taken_by: str | None = None
+    adopt: bool = False  # the creation takes over ``name_taken_by`` (``adopt: true``)
 
     @property
     def has_changes(self) -> bool:
@@ -90,6 +116,8 @@ class ActivationPlan(Frozen):
     excluded: dict[str, int] = Field(default_factory=dict)  # rule -> profiles excluded
     audiences: list[AudienceChange] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
+    #: problems shown even when nothing changes (held profiles, a name taken at the destination)
+    warnings: list[str] = Field(default_factory=list)
     max_removal_share: float = 0.5
     on_delete: str = "keep"  # "keep" | "clear": what deleting the file does to the audience
     due: bool = False

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from reconciler.enginedb import Session
-from reconciler.errors import ConfigError, ReconcileError, SegmentError
+from reconciler.errors import ConfigError, DestinationError, ReconcileError, SegmentError
 from reconciler.integrations import Connections
 from reconciler.plan import membership, splits
 from reconciler.plan.model import (
@@ -65,6 +65,14 @@ class Planner:
                 )
             ids = [i for i in ids if i in self.req.targets]
         suppressed = self.segments.suppressed_table()
+        self.duplicates, n_dups, sample = membership.stage_duplicate_keys(self.con, self.profiles)
+        self.duplicates_warning = (
+            f"{n_dups:,} key(s) appear more than once in the profiles table "
+            f"{self.profiles.table!r} (e.g. {', '.join(sample)}); profiles with such a key are "
+            "held (neither added, updated nor removed) until the source is fixed"
+            if n_dups
+            else None
+        )
         self.last_refresh = last_refresh(
             self.con,
             self.ws.config.source.freshness_sql,
@@ -141,19 +149,23 @@ class Planner:
                 profiles=self.profiles,
                 segment_tables=[r.table for r in seg_results],
                 suppressed=suppressed,
+                duplicates=self.duplicates,
                 consent=consent,
                 group_expr=membership.group_expression(act, seed),
-                fingerprint=membership.fingerprint_sql(self.profiles, ids, attr_cols),
+                fingerprint=membership.fingerprint_sql(
+                    self.profiles, ids, attr_cols, self.profiles.default_phone_country
+                ),
                 matchable=membership.matchable_sql(self.profiles, ids),
             )
             membership.stage_changes(
                 self.con,
                 activation_id=aid,
-                baseline_id=baseline,
+                recorded=self.state.members_sql(baseline),
                 act=act,
                 frozen=frozen,
                 profiles=self.profiles,
                 suppressed=suppressed,
+                duplicates=self.duplicates,
                 consent=consent,
             )
         except ReconcileError:
@@ -165,7 +177,10 @@ class Planner:
         if counts["unknown"]:
             notes.append(f"{counts['unknown']:,} segment key(s) are not in the profiles table")
         changes = membership.change_counts(self.con, aid)
-        audiences = self._audiences(aid, act, rec, changes)
+        warnings: list[str] = []
+        if counts["held"] and self.duplicates_warning:
+            warnings.append(f"{counts['held']:,} of its profiles held: {self.duplicates_warning}")
+        audiences = self._audiences(aid, act, rec, changes, warnings)
         if not self.req.refresh:
             notes.append("--refresh=false: destination lists were not checked")
         config_changes = config_diff(rec.spec if rec else None, spec)
@@ -196,9 +211,18 @@ class Planner:
             segments=seg_info,
             audience_size=counts["eligible"],
             matchable=counts["matchable"],
-            excluded={k: counts[k] for k in ("suppression", "consent") if counts[k]},
+            excluded={
+                rule: counts[k]
+                for rule, k in (
+                    ("suppression", "suppression"),
+                    ("consent", "consent"),
+                    ("duplicate key", "held"),
+                )
+                if counts[k]
+            },
             audiences=audiences,
             notes=notes,
+            warnings=warnings,
             max_removal_share=act.max_removal_share,
             on_delete=act.on_delete,
             due=(
@@ -215,6 +239,7 @@ class Planner:
         act: Activation,
         rec: RecordedActivation | None,
         changes: dict[tuple[str, str], int],
+        warnings: list[str],
     ) -> list[AudienceChange]:
         recorded_aud = self.state.audiences(rec.id) if rec else {}
         sizes = self.state.member_counts(rec.id) if rec else {}
@@ -230,9 +255,8 @@ class Planner:
             }
             before = sizes.get(grp, 0)
             ra = recorded_aud.get(grp)
-            name, resource_id, create, rename_from = self._audience_target(
-                aid, act, grp, ra, date_created
-            )
+            target = self._audience_target(aid, act, grp, ra, date_created)
+            name, resource_id, create, rename_from, taken_by = target
             sent = splits.sent(grp)
             removed = c["remove"]
             after = before + c["add"] + c["purge"] - removed - c["forget"]
@@ -245,14 +269,24 @@ class Planner:
             )
             if grp not in splits.groups(act.split) and not any(c.values()) and before == 0:
                 continue
+            adopt = bool(create and taken_by and act.adopt)
+            if create and taken_by and sent and not adopt:
+                warnings.append(
+                    f"the destination already has an audience named {name!r} (id {taken_by}) "
+                    "that this activation did not create; apply creates a second one with the "
+                    "same name. Set `adopt: true` to take it over, `list: {existing: ...}` to "
+                    "send to it, or change `name`"
+                )
             out.append(
                 AudienceChange(
                     group=grp,
                     name=name,
                     sent=sent,
-                    resource_id=resource_id,
-                    create=create and sent,
+                    resource_id=taken_by if adopt else resource_id,
+                    create=create and sent and not adopt,
                     rename_from=rename_from if sent else None,
+                    name_taken_by=taken_by if sent else None,
+                    adopt=adopt and sent,
                     add=c["add"],
                     remove=removed + c["purge"],
                     update=c["update"],
@@ -264,14 +298,20 @@ class Planner:
             )
         return out
 
-    def _audience_target(self, aid: str, act: Activation, grp: str, ra, date_created):
+    def _audience_target(
+        self, aid: str, act: Activation, grp: str, ra, date_created
+    ) -> tuple[str, str | None, bool, str | None, str | None]:
+        """(name, resource id, create?, renamed from, id of a foreign audience of that name)."""
+        if grp not in splits.groups(act.split) and ra is not None:
+            # a group of an earlier split: drained of its members, never renamed
+            return ra.name, ra.resource_id, False, None, None
         existing = act.target.existing
         if existing is not None:
             wanted = existing[grp] if isinstance(existing, dict) else existing
             if ra is not None and ra.resource_id and wanted in (ra.resource_id, ra.name):
-                return ra.name, ra.resource_id, False, None
+                return ra.name, ra.resource_id, False, None, None
             if not self.req.refresh:
-                return wanted, None, False, None
+                return wanted, None, False, None, None
             found = self.conns.get(act.destination).find_audience(wanted)
             if found is None:
                 where = self.ws.location("activations", aid, "list", "existing")
@@ -280,7 +320,7 @@ class Planner:
                     f"`reconcile lists {act.destination}` shows the lists it has",
                     where,
                 )
-            return found.name, found.id, False, None
+            return found.name, found.id, False, None, None
         try:
             base = render_name(
                 act.name or DEFAULT_NAME,
@@ -295,15 +335,28 @@ class Planner:
         name = base if act.split is SplitMode.NONE else f"{base} - {grp}"
         if grp == "experiment":
             name = base
-        if ra is None or not ra.resource_id:
-            return name, None, True, None
-        return name, ra.resource_id, False, (ra.name if ra.name != name else None)
+        if ra is not None and ra.resource_id:
+            return name, ra.resource_id, False, (ra.name if ra.name != name else None), None
+        return name, None, True, None, self._name_taken(aid, act, grp, name)
+
+    def _name_taken(self, aid: str, act: Activation, grp: str, name: str) -> str | None:
+        """The id of an audience of this name at the destination that this activation did not
+        create (a creation interrupted by a crash is its own: apply resolves it)."""
+        if not self.req.refresh or not splits.sent(grp):
+            return None
+        if self.state.pending_create(aid, grp) is not None:
+            return None
+        try:
+            found = self.conns.get(act.destination).find_audience(name)
+        except DestinationError:  # reported by apply; the plan itself needs no destination
+            return None
+        return found.id if found is not None and found.name == name else None
 
     # ------------------------------------------------------------------ deleted files
     def _plan_delete(self, rec: RecordedActivation) -> ActivationPlan:
         clear = rec.spec.get("on_delete") == "clear"
         if clear:
-            membership.stage_all(self.con, rec.id, rec.id, "remove")
+            membership.stage_all(self.con, rec.id, self.state.members_sql(rec.id), "remove")
         changes = membership.change_counts(self.con, rec.id)
         sizes = self.state.member_counts(rec.id)
         audiences = []

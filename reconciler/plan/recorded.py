@@ -23,6 +23,8 @@ def recorded_spec(ws: Workspace, act: Activation) -> dict[str, Any]:
     spec["suppression_sql"] = {s: ws.segments[s].sql for s in ws.config.suppression}
     spec["consent"] = integ.consent
     spec["attribute_mapping"] = {f: integ.attributes[f] for f in act.attributes}
+    # phone numbers without a country code are read in this country: it changes what is sent
+    spec["default_phone_country"] = ws.config.source.profiles.default_phone_country.upper()
     return spec
 
 

@@ -55,8 +55,9 @@ class StateLock:
         os.close(self._fd)
         self._fd = None
 
-    def holder(self) -> str | None:
-        """Who holds the lock now, or None when nobody does."""
+    def holder(self, *, exclude_self: bool = False) -> str | None:
+        """Who holds the lock now, or None when nobody does (``exclude_self``: also None
+        when this very process holds it)."""
         if not self.path.exists():
             return None
         fd = os.open(self.path, os.O_RDWR)
@@ -70,6 +71,8 @@ class StateLock:
                     info = {}
                 if not info:
                     return "another process"
+                if exclude_self and info.get("pid") == os.getpid():
+                    return None
                 return (
                     f"`reconcile {info.get('operation', '?')}` (pid {info.get('pid')} on "
                     f"{info.get('host')}, user {info.get('user')}, since {info.get('since')})"

@@ -1,17 +1,6 @@
-"""The recorded state, kept in DuckDB and attached to the engine session as catalog
-``__reconcile_state`` so membership diffs run as SQL next to the source.
-
-:class:`StateReader` is all planning gets; :class:`StateStore` (apply only) adds writes.
-Tables (no raw PII anywhere: keys, hashes and destination ids only):
-
-- ``activations``  the spec recorded at the last apply, its digest, a serial bumped by every
-  apply that changes the activation, status, split seed, creation date, last runs
-- ``audiences``    destination resource ids per (activation, group)
-- ``members``      per (activation, group, key): ``record`` (what was sent: hashes or
-  destination member ids) and ``fp`` (fingerprint of identifiers + mapped attributes)
-- ``journal``      an intent before each destination call, its outcome after
-- ``runs``         every run: start, end, status, counts per audience, error
-"""
+"""Reading the recorded state: :class:`StateReader` is all planning gets;
+:class:`~reconciler.state.writer.StateStore` (apply only) adds writes. The tables are
+described in :mod:`reconciler.state.schema`."""
 
 from __future__ import annotations
 
@@ -22,40 +11,7 @@ from typing import Any
 
 import duckdb
 
-CATALOG = "__reconcile_state"
-SCHEMA_VERSION = "1"
-
-DDL = [
-    "CREATE TABLE IF NOT EXISTS {c}.meta (k VARCHAR PRIMARY KEY, v VARCHAR)",
-    """CREATE TABLE IF NOT EXISTS {c}.activations (
-        id VARCHAR PRIMARY KEY, spec JSON, spec_digest VARCHAR, serial BIGINT,
-        status VARCHAR, destination VARCHAR, frequency VARCHAR, paused BOOLEAN,
-        split_seed VARCHAR, date_created DATE, created_at TIMESTAMPTZ,
-        updated_at TIMESTAMPTZ, last_run_at TIMESTAMPTZ, last_success_at TIMESTAMPTZ,
-        ran BOOLEAN, error VARCHAR)""",
-    """CREATE TABLE IF NOT EXISTS {c}.audiences (
-        activation_id VARCHAR, grp VARCHAR, name VARCHAR, resource_id VARCHAR,
-        sent BOOLEAN, created_at TIMESTAMPTZ, PRIMARY KEY (activation_id, grp))""",
-    """CREATE TABLE IF NOT EXISTS {c}.members (
-        activation_id VARCHAR, grp VARCHAR, key VARCHAR, record VARCHAR[], fp UBIGINT)""",
-    """CREATE TABLE IF NOT EXISTS {c}.journal (
-        batch_id VARCHAR, run_id VARCHAR, activation_id VARCHAR, grp VARCHAR, op VARCHAR,
-        size INTEGER, status VARCHAR, detail VARCHAR, started_at TIMESTAMPTZ,
-        finished_at TIMESTAMPTZ)""",
-    """CREATE TABLE IF NOT EXISTS {c}.runs (
-        run_id VARCHAR PRIMARY KEY, activation_id VARCHAR, trigger VARCHAR,
-        started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ, status VARCHAR,
-        added BIGINT, removed BIGINT, updated BIGINT, failed BIGINT, audiences JSON,
-        error VARCHAR)""",
-]
-
-
-def create_schema(con: duckdb.DuckDBPyConnection, catalog: str = CATALOG) -> None:
-    for stmt in DDL:
-        con.execute(stmt.format(c=catalog))
-    con.execute(
-        f"INSERT OR IGNORE INTO {catalog}.meta VALUES ('schema_version', ?)", [SCHEMA_VERSION]
-    )
+from reconciler.state.schema import CATALOG
 
 
 @dataclass(frozen=True)
@@ -162,12 +118,25 @@ class StateReader:
         ).fetchall()
         return {r[1]: _run(r) for r in rows}
 
-    def pending_intents(self) -> list[tuple[str, str, str, str, str]]:
-        """Journal intents without an outcome: (batch_id, run_id, activation, group, op)."""
-        return self.con.execute(
-            f"SELECT batch_id, run_id, activation_id, grp, op FROM {self.c}.journal "
-            "WHERE status = 'intent' ORDER BY started_at"
-        ).fetchall()
+    def pending_create(self, activation_id: str, grp: str) -> tuple[str, str] | None:
+        """The creation key and audience name of an audience creation journaled by a run
+        that stopped before recording its outcome, or None."""
+        row = self.con.execute(
+            f"""SELECT batch_id, detail FROM {self.c}.journal WHERE status = 'intent'
+                AND op = 'create' AND activation_id = ? AND grp = ?
+                ORDER BY started_at DESC LIMIT 1""",
+            [activation_id, grp],
+        ).fetchone()
+        return (row[0], row[1] or "") if row else None
+
+    # -------------------------------------------------- SQL relations for the engine's diffs
+    def members_sql(self, activation_id: str) -> str:
+        """The recorded members of one activation as a SQL relation
+        ``(key, grp, fp, record)`` for the diff queries of the engine session."""
+        return (
+            f"(SELECT key, grp, fp, record FROM {self.c}.members "
+            f"WHERE activation_id = {_lit(activation_id)})"
+        )
 
 
 def _activation(r: tuple) -> RecordedActivation:
@@ -204,3 +173,7 @@ def _run(r: tuple) -> RunRecord:
         audiences=json.loads(r[10]) if r[10] else [],
         error=r[11],
     )
+
+
+def _lit(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"

@@ -6,7 +6,7 @@ was before or after that step, never in between."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from typing import Any
@@ -105,13 +105,20 @@ class StateStore(StateReader):
                 )
 
     def forget_activation(self, activation_id: str) -> None:
-        """Drop an activation from management; its run history stays for `log`."""
+        """Drop an activation from management; its run history stays for `log`. Creations it
+        left pending are closed: a re-added activation of the same id is a new generation and
+        creates its own audiences."""
         with self.transaction():
             for table in ("members", "audiences"):
                 self.con.execute(
                     f"DELETE FROM {self.c}.{table} WHERE activation_id = ?", [activation_id]
                 )
             self.con.execute(f"DELETE FROM {self.c}.activations WHERE id = ?", [activation_id])
+            self.con.execute(
+                f"""UPDATE {self.c}.journal SET status = 'abandoned', finished_at = ?
+                    WHERE activation_id = ? AND status = 'intent'""",
+                [_now(), activation_id],
+            )
 
     # ------------------------------------------------------------------ audiences
     def record_audience(
@@ -132,11 +139,20 @@ class StateStore(StateReader):
 
     # ------------------------------------------------------------------ journal
     def journal_intent(
-        self, batch_id: str, run_id: str, activation_id: str, grp: str, op: str, size: int
+        self,
+        batch_id: str,
+        run_id: str,
+        activation_id: str,
+        grp: str,
+        op: str,
+        size: int,
+        detail: str | None = None,
     ) -> None:
+        """Record, before a destination call, that it is about to be made with this batch id
+        (its idempotency key). ``detail`` of an audience creation is the audience's name."""
         self.con.execute(
-            f"INSERT INTO {self.c}.journal VALUES (?, ?, ?, ?, ?, ?, 'intent', NULL, ?, NULL)",
-            [batch_id, run_id, activation_id, grp, op, size, _now()],
+            f"INSERT INTO {self.c}.journal VALUES (?, ?, ?, ?, ?, ?, 'intent', ?, ?, NULL)",
+            [batch_id, run_id, activation_id, grp, op, size, detail, _now()],
         )
 
     def _journal_outcome(self, batch_id: str, status: str, detail: str | None) -> None:
@@ -168,14 +184,17 @@ class StateStore(StateReader):
         activation_id: str,
         grp: str,
         *,
-        insert: Sequence[tuple[str, Sequence[str], int]] = (),
+        run_id: str = "",
+        insert: Sequence[tuple[str, Sequence[str], int | None]] = (),
         delete: Sequence[str] = (),
         detail: str | None = None,
         status: str = "done",
+        counts: Mapping[str, int] | None = None,
     ) -> None:
         """After the destination confirmed a batch: drop the ``delete`` keys' records, add the
-        ``insert`` rows (key, record, fingerprint) and close the batch's intent, in one
-        transaction. Entering members are never recorded yet, so ``add`` batches only insert."""
+        ``insert`` rows (key, record, fingerprint — None when a removal is still owed), close
+        the batch's intent and add ``counts`` (added/removed/updated/failed) to the run, in one
+        transaction, so a killed run's log counts exactly what was recorded."""
         with self.transaction():
             if delete:
                 self.con.execute(
@@ -198,6 +217,84 @@ class StateStore(StateReader):
                 )
             if batch_id:
                 self._journal_outcome(batch_id, status, detail)
+            if run_id and counts and any(counts.values()):
+                self._add_run_counts(run_id, counts)
+
+    def _add_run_counts(self, run_id: str, counts: Mapping[str, int]) -> None:
+        cols = [c for c in ("added", "removed", "updated", "failed") if counts.get(c)]
+        sets = ", ".join(f"{c} = coalesce({c}, 0) + ?" for c in cols)
+        self.con.execute(
+            f"UPDATE {self.c}.runs SET {sets} WHERE run_id = ?",
+            [*(counts[c] for c in cols), run_id],
+        )
+
+    # ------------------------------------------------------------------ members (reads for apply)
+    def iter_removals(
+        self, cursor, changes: str, activation_id: str, grp: str, op: str, size: int
+    ) -> Iterator[list[tuple[str, tuple[str, ...]]]]:
+        """Batches of (key, recorded record) of the staged ``op`` changes, streamed on
+        ``cursor`` (another connection of the session, so writes can go on meanwhile)."""
+        cursor.execute(
+            f"""SELECT c.key, m.record FROM {changes} c
+                JOIN {self.c}.members m ON m.activation_id = c.activation_id
+                 AND m.grp = c.grp AND m.key = c.key
+                WHERE c.activation_id = ? AND c.grp = ? AND c.op = ? ORDER BY c.key""",
+            [activation_id, grp, op],
+        )
+        while rows := cursor.fetchmany(size):
+            yield [(k, tuple(rec or ())) for k, rec in rows]
+
+    def records_of(
+        self, activation_id: str, grp: str, keys: Sequence[str]
+    ) -> dict[str, tuple[str, ...]]:
+        """The recorded records of ``keys``."""
+        rows = self.con.execute(
+            f"SELECT key, record FROM {self.c}.members WHERE activation_id = ? AND grp = ? "
+            "AND key IN (SELECT unnest(?::VARCHAR[]))",
+            [activation_id, grp, list(keys)],
+        ).fetchall()
+        return {k: tuple(rec or ()) for k, rec in rows}
+
+    def shared_records(self, changes: str, activation_id: str, grp: str) -> set[str]:
+        """Records held both by members who leave or change and by members who stay: a hash
+        shared with a leaving member (a shared inbox) is not removed while an included profile
+        still has it."""
+        rows = self.con.execute(
+            f"""WITH leaving AS (SELECT key FROM {changes}
+                    WHERE activation_id = $1 AND grp = $2 AND op IN ('remove', 'update')),
+                mine AS (SELECT key, record FROM {self.c}.members
+                    WHERE activation_id = $1 AND grp = $2),
+                leaving_r AS (SELECT DISTINCT unnest(record) AS r FROM mine SEMI JOIN leaving
+                    USING (key)),
+                staying_r AS (SELECT unnest(record) AS r FROM mine ANTI JOIN leaving
+                    USING (key))
+                SELECT DISTINCT r FROM staying_r SEMI JOIN leaving_r USING (r)""",
+            [activation_id, grp],
+        ).fetchall()
+        return {r[0] for r in rows}
+
+    def held_by_others(
+        self, activation_id: str, grp: str, keys: Sequence[str], candidates: Sequence[str]
+    ) -> set[str]:
+        """Which ``candidates`` a recorded member other than ``keys`` holds now."""
+        rows = self.con.execute(
+            f"""SELECT DISTINCT r FROM (SELECT unnest(record) AS r FROM {self.c}.members
+                    WHERE activation_id = $1 AND grp = $2
+                    AND key NOT IN (SELECT unnest($3::VARCHAR[])))
+                WHERE r IN (SELECT unnest($4::VARCHAR[]))""",
+            [activation_id, grp, list(keys), list(candidates)],
+        ).fetchall()
+        return {r[0] for r in rows}
+
+    def forget_staged(self, changes: str, activation_id: str, grp: str) -> None:
+        """Drop the records of the staged ``forget`` changes (no destination call)."""
+        with self.transaction():
+            self.con.execute(
+                f"""DELETE FROM {self.c}.members WHERE activation_id = ? AND grp = ? AND key IN
+                    (SELECT key FROM {changes}
+                     WHERE activation_id = ? AND grp = ? AND op = 'forget')""",
+                [activation_id, grp, activation_id, grp],
+            )
 
     # ------------------------------------------------------------------ runs
     def start_run(self, run_id: str, activation_id: str, trigger: str) -> None:
@@ -212,15 +309,12 @@ class StateStore(StateReader):
         run_id: str,
         status: str,
         *,
-        added: int,
-        removed: int,
-        updated: int,
-        failed: int,
         audiences: list[dict[str, Any]],
         error: str | None,
     ) -> None:
+        """Close a run. Its counts were added batch by batch (:meth:`confirm_batch`)."""
         self.con.execute(
-            f"""UPDATE {self.c}.runs SET finished_at = ?, status = ?, added = ?, removed = ?,
-                updated = ?, failed = ?, audiences = ?, error = ? WHERE run_id = ?""",
-            [_now(), status, added, removed, updated, failed, json.dumps(audiences), error, run_id],
+            f"""UPDATE {self.c}.runs SET finished_at = ?, status = ?, audiences = ?, error = ?
+                WHERE run_id = ?""",
+            [_now(), str(status), json.dumps(audiences), error, run_id],
         )

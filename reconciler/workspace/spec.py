@@ -219,6 +219,11 @@ class Activation(Strict):
         default_factory=list, description="destination fields (from the integration mapping)"
     )
     paused: bool = False
+    adopt: bool = Field(
+        False,
+        description="when the audience is created, take over an existing audience of the same "
+        "name at the destination instead of creating a second one",
+    )
     on_delete: Literal["keep", "clear"] = "keep"
     moved_from: str | None = None
     max_removal_share: float | None = Field(None, gt=0, le=1)
@@ -241,6 +246,11 @@ class Activation(Strict):
             )
         if self.control_percent is not None and self.split is not SplitMode.CONTROL:
             raise FieldError("`control_percent` needs `split: control`", "control_percent")
+        if self.adopt and self.target.existing is not None:
+            raise FieldError(
+                "`adopt: true` is for `list: {create: true}`; `existing` already names the list",
+                "adopt",
+            )
         if self.action is ActionMode.REMOVE and self.target.existing is None:
             raise FieldError("`action: remove` needs `list: {existing: <id or name>}`", "action")
         if isinstance(self.target.existing, dict) and self.split is not SplitMode.AB:
