@@ -561,17 +561,6 @@ RUNTIME = [
         id="sql-unknown-table",
     ),
     pytest.param(
-        seg_file(
-            "sql: SELECT customer_id FROM profiles UNION ALL SELECT customer_id FROM profiles "
-            "WHERE seg_a\n"
-        ),
-        [
-            "segments/seg-a.yaml:1: sql: segment 'seg-a' returned 4 duplicate key(s); use SELECT "
-            "DISTINCT"
-        ],
-        id="sql-duplicate-keys",
-    ),
-    pytest.param(
         seg_file("sql: SELECT CASE WHEN seg_a THEN customer_id END AS customer_id FROM profiles\n"),
         [
             "segments/seg-a.yaml:1: sql: segment 'seg-a' returned 4 NULL key(s); filter them out "

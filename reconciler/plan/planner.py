@@ -125,6 +125,12 @@ class Planner:
             notes.append("one-time activation already ran: `reconcile run` re-runs it")
 
         seg_results = [self.segments.run(s) for s in act.segments]
+        for r in seg_results:
+            if r.repeated:
+                notes.append(
+                    f"segment {r.name!r} returned {r.repeated:,} key(s) more than once; "
+                    "each is counted once"
+                )
         old_sql = rec.spec.get("segment_sql", {}) if rec else {}
         seg_info = [
             SegmentInfo(

@@ -20,7 +20,8 @@ from reconciler.workspace.templating import TemplateFailed, render_sql
 class SegmentResult:
     name: str
     table: str
-    size: int
+    size: int  # distinct keys
+    repeated: int = 0  # keys the SQL returned more than once (counted once)
 
 
 class SegmentRunner:
@@ -68,11 +69,15 @@ class SegmentRunner:
                 f"filter them out (WHERE {cols[0][0]} IS NOT NULL)"
             )
         if distinct != total:
-            raise SegmentError(
-                f"{where}: segment {name!r} returned {total - distinct} duplicate key(s); "
-                "use SELECT DISTINCT"
+            # a key returned twice (a join, or a key repeated in the profiles table) is one
+            # profile: counted once; the plan says so
+            distinct_table = f"{table}_distinct"
+            self.con.execute(
+                f"CREATE OR REPLACE TEMP TABLE {distinct_table} AS SELECT DISTINCT k FROM {table}"
             )
-        result = SegmentResult(name, table, total)
+            self.con.execute(f"DROP TABLE {table}")
+            table = distinct_table
+        result = SegmentResult(name, table, distinct, total - distinct)
         self._done[name] = result
         return result
 
