@@ -393,3 +393,13 @@ def test_apply_waits_for_a_reader_and_names_it(workspace, tmp_path: Path):
     reader.communicate(timeout=30)
     assert apply.returncode == 0, out + err
     assert email_key("user5@example.com") in ws.sandbox_keys()["Audience A"]
+
+
+def test_text_plan_shows_warnings_also_when_nothing_changes(workspace):
+    rows = [profile(i, a=True) for i in range(3)]
+    ws = workspace({"act": MAINTAIN}, profiles=rows)
+    apply_ok(ws)
+    ws.set_profiles([*rows, profile(1, a=True, email="twin@example.com")])
+    res = cli(ws, "plan")
+    assert "No changes" in res.output
+    assert "! activation \"act\": 1 of its profiles held: 1 key(s) appear more than once" in res.output

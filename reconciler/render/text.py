@@ -196,6 +196,7 @@ def _details(a: ActivationPlan, style: Styler) -> list[str]:
         if au.mass_removal and au.sent:
             lines.append(style(f"! {mass_removal_line(a, au)}", "!"))
     lines += [f"note: {n}" for n in a.notes]
+    lines += [style(f"! warning: {w}", "!") for w in a.warnings]
     return [PAD + line for line in lines]
 
 
@@ -214,12 +215,15 @@ def render_text(plan: Plan, *, color: bool = False) -> str:
         n = len(plan.activations)
         out.append(style("No changes. Your destinations match the configuration.", "+"))
         out.append(f"({num(n)} activation{'' if n == 1 else 's'} checked.)")
+        for a in plan.activations:
+            out += [style(f'! activation "{a.id}": {w}', "!") for w in a.warnings]
         return "\n".join(out) + "\n"
     unchanged = []
     for a in plan.activations:
         sym = SYMBOLS[effective_change(a)]
         if not a.has_changes:
             unchanged.append(style(f"{sym} {header(a)}", sym))
+            unchanged += [style(f"{PAD}! warning: {w}", "!") for w in a.warnings]
             continue
         out.append(style(f"{sym} {header(a)}", sym))
         out += _details(a, style)
