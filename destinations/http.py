@@ -276,7 +276,13 @@ def _send_once(
         pacer.observe(response)
     elapsed = time.monotonic() - started
     log.debug("%s -> %s (%.2fs)", redactor(describe(request)), response.status_code, elapsed)
-    error = classify(response)
+    try:
+        error = classify(response)
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        # a vendor classifier tripped on an unexpected body (HTML error page, bad JSON):
+        # the status code still says what happened
+        log.debug("classifier failed (%s); using the status code", type(exc).__name__)
+        error = default_classify(response)
     if error is not None:
         raise _redacted(error, redactor) from None
     return response

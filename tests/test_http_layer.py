@@ -153,6 +153,17 @@ def test_vendor_classifier_finds_errors_in_a_200_body():
         get(client, classify=tiktok_classify)
 
 
+def test_a_classifier_tripping_on_an_unexpected_body_falls_back_to_the_status():
+    def html_page(request):
+        return httpx.Response(502, text="<html>Bad gateway</html>")
+
+    def reads_json_always(response):
+        return TerminalError(response.json()["error"]["message"])
+
+    with mock_client(html_page) as client, pytest.raises(TransientError, match="502"):
+        get(client, classify=reads_json_always)
+
+
 # ---------------------------------------------------------------------------- client factory
 
 
