@@ -5,7 +5,8 @@ It wraps ANY callable that raises the typed errors of :mod:`reconciler.errors` (
 and is built on tenacity. The rules:
 
 - :class:`~reconciler.errors.ThrottledError` with ``retry_after``: wait at least that long.
-  ``Retry-After`` is a floor; jitter only ever adds to it.
+  ``Retry-After`` is a floor; jitter only ever adds to it (up to a tenth of it, at most
+  ``retry_after_jitter`` seconds).
 - ``ThrottledError`` without ``retry_after``: exponential backoff with jitter, starting at
   ``throttle_backoff_start`` seconds.
 - :class:`~reconciler.errors.TransientError`: exponential backoff with jitter from
@@ -93,7 +94,8 @@ class RetryPolicy:
     backoff_start: float = 0.5
     throttle_backoff_start: float = 5.0
     backoff_max: float = 60.0
-    #: the most seconds of jitter added on top of a Retry-After
+    #: the most seconds of jitter added on top of a Retry-After (and never more than
+    #: a tenth of it, so a tiny Retry-After stays tiny)
     retry_after_jitter: float = 1.0
     on_event: Callable[[RetryEvent], None] | None = None
     interrupt: Callable[[], bool] | None = None
@@ -152,7 +154,8 @@ class RetryPolicy:
             state.throttles += 1
             if exc.retry_after is not None:
                 floor = max(0.0, float(exc.retry_after))
-                wait = floor + self.rng.uniform(0, self.retry_after_jitter)
+                spread = min(self.retry_after_jitter, 0.1 * floor + 0.01)
+                wait = floor + self.rng.uniform(0, spread)
             else:
                 wait = self._backoff(self.throttle_backoff_start, state.throttles)
         else:

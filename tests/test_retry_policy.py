@@ -79,6 +79,12 @@ def test_retry_after_is_a_floor_never_shortened_by_jitter(seed):
     assert [e.kind for e in events] == ["throttled"] and events[0].wait >= 60
 
 
+def test_a_tiny_retry_after_gets_tiny_jitter():
+    clock = FakeClock()
+    policy(clock).call(Scripted(ThrottledError("busy", retry_after=0.01)))
+    assert 0.01 <= clock.now - 1000.0 <= 0.02
+
+
 def test_retry_after_longer_than_the_old_30s_cap_is_honoured():
     clock = FakeClock()
     fn = Scripted(ThrottledError("a", retry_after=300), ThrottledError("b", retry_after=120))
