@@ -60,12 +60,34 @@ DDL = [
 ]
 
 
+TABLES = ("meta", "activations", "audiences", "members", "journal", "runs")
+
+
 def create_schema(con: duckdb.DuckDBPyConnection, catalog: str = CATALOG) -> None:
-    for stmt in DDL:
-        con.execute(stmt.format(c=catalog))
-    con.execute(
-        f"INSERT OR IGNORE INTO {catalog}.meta VALUES ('schema_version', ?)", [SCHEMA_VERSION]
-    )
+    """Create the tables in one transaction: a process killed while creating a new state
+    leaves either all of them or none."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for stmt in DDL:
+            con.execute(stmt.format(c=catalog))
+        con.execute(
+            f"INSERT OR IGNORE INTO {catalog}.meta VALUES ('schema_version', ?)",
+            [SCHEMA_VERSION],
+        )
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
+def _complete(con: duckdb.DuckDBPyConnection) -> bool:
+    found = {
+        r[0]
+        for r in con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = ?", [CATALOG]
+        ).fetchall()
+    }
+    return set(TABLES) <= found
 
 
 def attach_state(con: duckdb.DuckDBPyConnection, path: Path, *, write: bool) -> None:
@@ -79,6 +101,13 @@ def attach_state(con: duckdb.DuckDBPyConnection, path: Path, *, write: bool) -> 
             create_schema(con)
         elif path.exists():
             con.execute(f"ATTACH '{_q(path)}' AS {CATALOG} (READ_ONLY)")
+            if not _complete(con):
+                # created by an older release that was killed half-way: nothing was recorded
+                # (no apply gets past creating the tables); read it as empty, the next apply
+                # completes it
+                con.execute(f"DETACH {CATALOG}")
+                con.execute(f"ATTACH ':memory:' AS {CATALOG}")
+                create_schema(con)
         else:
             con.execute(f"ATTACH ':memory:' AS {CATALOG}")
             create_schema(con)
