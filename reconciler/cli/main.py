@@ -88,16 +88,30 @@ def schema(kind: str | None) -> None:
     help="--refresh=false contacts no destination.",
 )
 @click.option("--due", is_flag=True, help="Only activations the schedule says are due.")
+@click.option(
+    "--comment-limit",
+    type=click.IntRange(min=1000),
+    help="Markdown only: keep the output within this many characters (a PR comment).",
+)
+@click.option("--commit", metavar="SHA", help="Markdown only: name the commit that was planned.")
 @pass_ctx
 @handle_errors
-def plan(c: Ctx, targets, out, fmt, detailed_exitcode, refresh, due) -> None:
+def plan(c: Ctx, targets, out, fmt, detailed_exitcode, refresh, due, comment_limit, commit):
     """Show what apply would change at each destination. Changes nothing."""
+    if (comment_limit or commit) and fmt != "markdown":
+        raise ReconcileError("--comment-limit and --commit need --format markdown")
+    if commit and not render.markdown.COMMIT.fullmatch(commit):
+        raise ReconcileError(f"--commit {commit!r} is not a commit id (7-64 hex digits)")
     ws = c.workspace()
     staged = engine.make_plan(ws, PlanRequest(tuple(targets), due_only=due, refresh=refresh))
     try:
         if out:
             engine.save_plan(ws, staged, Path(out))
-        click.echo(render.render(staged.plan, fmt, color=c.color))
+        if fmt == "markdown":
+            text = render.render_markdown(staged.plan, max_chars=comment_limit, commit=commit)
+        else:
+            text = render.render(staged.plan, fmt, color=c.color)
+        click.echo(text)
         if out:
             click.echo(
                 f"Saved the plan to {out}; apply it with `reconcile apply {out}`.",
