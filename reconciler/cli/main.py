@@ -281,13 +281,25 @@ for _cmd in (status, log, lists, segments, state):
 
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False), default=".")
+@click.option(
+    "--install",
+    metavar="REQUIREMENT",
+    help="What the workflows pip-install (default: this version from PyPI), e.g. "
+    "'activation-reconciler @ git+https://github.com/OWNER/REPO@v1.2.3'.",
+)
 @handle_errors
-def init(directory: str) -> None:
-    """Scaffold a workspace (including .github/workflows)."""
+def init(directory: str, install: str | None) -> None:
+    """Add a workspace to DIRECTORY (new or in an existing repository) and its GitHub
+    workflows to the repository root. Never overwrites a file."""
     from reconciler.workspace.scaffold import scaffold
 
-    for path in scaffold(Path(directory)):
+    result = scaffold(Path(directory), install=install)
+    for path in result.created:
         click.echo(f"created {path}")
+    if result.gitignore:
+        click.echo(f"appended our lines to {result.gitignore}")
+    for path in result.kept:
+        click.echo(f"kept {path} (exists; not overwritten)")
 
 
 if __name__ == "__main__":  # pragma: no cover
