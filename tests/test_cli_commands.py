@@ -1,40 +1,10 @@
-"""The smaller commands: init, segments, lists, plan formats and --refresh=false."""
+"""The smaller commands (init: test_init.py): segments, lists, plan formats and --refresh=false."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from click.testing import CliRunner
-
-from reconciler.cli.main import main
-from tests.conftest import WS, cli, plan_json, profile
+from tests.conftest import cli, plan_json, profile
 
 ACT = "segments: [seg-a]\ndestination: sandbox\nname: A\n"
-
-
-def test_init_scaffolds_a_workspace_that_plans(tmp_path: Path):
-    runner = CliRunner()
-    res = runner.invoke(main, ["init", str(tmp_path / "new")])
-    assert res.exit_code == 0, res.output
-    root = tmp_path / "new"
-    for rel in (
-        "reconcile.yaml",
-        "integrations/sandbox.yaml",
-        "activations/new-customers.yaml",
-        "segments/first-order-last-7-days.yaml",
-        ".github/workflows/reconcile.yml",
-        ".gitignore",
-    ):
-        assert (root / rel).is_file(), rel
-    workflow = (root / ".github/workflows/reconcile.yml").read_text()
-    assert "reconcile plan --format markdown" in workflow and "apply --due" in workflow
-    plan = plan_json(WS(root))  # the demo database is generated on first use
-    (act,) = plan["activations"]
-    assert act["id"] == "new-customers" and act["change"] == "create"
-    assert act["audiences"][0]["add"] > 0
-    # init never overwrites
-    again = runner.invoke(main, ["init", str(root)])
-    assert again.exit_code == 1 and "never overwrites" in again.stderr
 
 
 def test_segments_preview_hides_pii_unless_asked(workspace):

@@ -19,7 +19,7 @@ from reconciler.plan.model import (
     summarise,
 )
 from reconciler.render import FORMATS, render
-from reconciler.render.markdown import escape_md
+from reconciler.render.markdown import escape_md, render_markdown
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 AS_OF = datetime(2024, 5, 1, 6, 0, tzinfo=UTC)
@@ -262,7 +262,7 @@ def test_markdown_summary_and_table(plan: Plan) -> None:
 
 def test_markdown_escapes_pipe_and_backtick(plan: Plan) -> None:
     md = render(plan, "markdown")
-    row = next(line for line in md.splitlines() if line.startswith("| churn-google"))
+    row = next(line for line in md.splitlines() if line.startswith("| churn-google | ⚠️"))
     assert "Churn → Churn \\| risk" in row
     assert len(re.findall(r"(?<!\\)\|", row)) == 8  # unescaped pipes: 7 columns intact
     assert "⚠️ update" in row
@@ -273,7 +273,8 @@ def test_markdown_escapes_pipe_and_backtick(plan: Plan) -> None:
 
 def test_markdown_details_and_warning(plan: Plan) -> None:
     md = render(plan, "markdown")
-    assert md.count("<details>") == 3  # create, update, delete; not the unchanged ones
+    assert md.count("<details>") == 4  # create, update, delete; the unchanged ones collapsed
+    assert "<details><summary>2 unchanged activations</summary>" in md
     assert "<summary><b>churn-google</b>: update (google-ads)</summary>" in md
     assert '**⚠️ Mass removal in churn-google: audience "Churn \\| risk" would remove 6,000' in md
     assert "\\-\\-allow-mass-removal" not in md
@@ -287,6 +288,86 @@ def test_markdown_no_changes() -> None:
     md = render(make_plan(noop()), "markdown")
     assert "**No changes.** Your destinations match the configuration." in md
     assert "| Activation |" not in md
+
+
+def _many(n: int) -> Plan:
+    """``n`` new activations, each with a long name, detail block and SQL: a big comment."""
+    base = update_mass_removal()
+    acts = [
+        base.model_copy(update={"id": f"act-{i:04d}-{'x' * 40}", "change": Change.UPDATE})
+        for i in range(n)
+    ]
+    return make_plan(*acts, noop())
+
+
+def test_markdown_separates_spec_changes_from_data_movement(plan: Plan) -> None:
+    md = render(plan, "markdown")
+    spec, data = md.index("#### Spec changes"), md.index("#### Data movement")
+    assert spec < data < md.index("<details>")
+    spec_part = md[spec:data]
+    assert (
+        "| vip-meta | create | meta-prod (meta\\_custom\\_audiences) | new activation |"
+        in spec_part
+    )
+    assert "split, control\\_percent, notify, segment\\_sql.churn" in spec_part
+    assert "| old-list | delete | mc (mailchimp) | leaves management (the audience is kept) |" in (
+        spec_part
+    )
+    assert "| 7,001 |" not in spec_part  # member counts only in the data-movement table
+
+
+def test_markdown_members_only_refresh_is_data_movement_only() -> None:
+    refresh = noop().model_copy(
+        update={"audiences": [AudienceChange(group="all", name="Steady", add=3, size_before=50)]}
+    )
+    md = render(make_plan(refresh), "markdown")
+    assert "#### Spec changes" not in md
+    assert "| steady | update | sandbox (sandbox) | Steady | 3 | 0 | 0 |" in md
+
+
+def test_markdown_names_the_commit(plan: Plan) -> None:
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    md = render_markdown(plan, commit=sha)
+    assert f"Planned at commit {sha}." in md
+    assert md.rstrip().endswith(f"· commit {sha}</sub>")
+    with pytest.raises(ValueError, match="not a commit id"):
+        render_markdown(plan, commit="main; rm -rf /")
+
+
+def test_markdown_unlimited_by_default() -> None:
+    md = render(_many(200), "markdown")
+    assert len(md) > 65_536  # what GitHub refuses, hence the budget below
+    assert "Truncated" not in md
+
+
+@pytest.mark.parametrize("limit", [2_000, 20_000, 65_536])
+def test_markdown_budget_keeps_comment_under_the_limit(limit: int) -> None:
+    md = render_markdown(_many(200), max_chars=limit)
+    assert len(md) <= limit
+    assert "**Truncated to fit a comment:**" in md
+    assert "job summary" in md
+    assert md.startswith("### Reconcile plan: demo")
+    assert "**Plan:** 0 to create, 200 to update" in md  # the summary always stays
+    assert md.rstrip().endswith("· plan p-123</sub>")
+    # only whole pieces: every <details> that opens also closes; tables keep their header
+    assert md.count("<details>") == md.count("</details>")
+    if "| act-0000" in md:
+        assert "| Activation | Change | Destination | What changes |" in md
+
+
+def test_markdown_budget_counts_what_was_left_out() -> None:
+    full = render_markdown(_many(3))
+    assert render_markdown(_many(3), max_chars=len(full)) == full
+    cut = render_markdown(_many(3), max_chars=len(full) - 1)
+    assert len(cut) < len(full)
+    left_out = re.search(r"(\d+) more rows? or sections? of this plan are not shown", cut)
+    assert left_out and int(left_out.group(1)) >= 1
+    assert "Unchanged: steady" in full and "Unchanged: steady" not in cut  # cut from the end
+
+
+def test_markdown_budget_too_small_for_the_summary(plan: Plan) -> None:
+    with pytest.raises(ValueError, match="no room for the plan's summary"):
+        render_markdown(plan, max_chars=100)
 
 
 # --- json ------------------------------------------------------------------------------------

@@ -88,16 +88,30 @@ def schema(kind: str | None) -> None:
     help="--refresh=false contacts no destination.",
 )
 @click.option("--due", is_flag=True, help="Only activations the schedule says are due.")
+@click.option(
+    "--comment-limit",
+    type=click.IntRange(min=1000),
+    help="Markdown only: keep the output within this many characters (a PR comment).",
+)
+@click.option("--commit", metavar="SHA", help="Markdown only: name the commit that was planned.")
 @pass_ctx
 @handle_errors
-def plan(c: Ctx, targets, out, fmt, detailed_exitcode, refresh, due) -> None:
+def plan(c: Ctx, targets, out, fmt, detailed_exitcode, refresh, due, comment_limit, commit):
     """Show what apply would change at each destination. Changes nothing."""
+    if (comment_limit or commit) and fmt != "markdown":
+        raise ReconcileError("--comment-limit and --commit need --format markdown")
+    if commit and not render.markdown.COMMIT.fullmatch(commit):
+        raise ReconcileError(f"--commit {commit!r} is not a commit id (7-64 hex digits)")
     ws = c.workspace()
     staged = engine.make_plan(ws, PlanRequest(tuple(targets), due_only=due, refresh=refresh))
     try:
         if out:
             engine.save_plan(ws, staged, Path(out))
-        click.echo(render.render(staged.plan, fmt, color=c.color))
+        if fmt == "markdown":
+            text = render.render_markdown(staged.plan, max_chars=comment_limit, commit=commit)
+        else:
+            text = render.render(staged.plan, fmt, color=c.color)
+        click.echo(text)
         if out:
             click.echo(
                 f"Saved the plan to {out}; apply it with `reconcile apply {out}`.",
@@ -269,13 +283,25 @@ for _cmd in (status, log, lists, segments, state):
 
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False), default=".")
+@click.option(
+    "--install",
+    metavar="REQUIREMENT",
+    help="What the workflows pip-install (default: this version from PyPI), e.g. "
+    "'activation-reconciler @ git+https://github.com/OWNER/REPO@v1.2.3'.",
+)
 @handle_errors
-def init(directory: str) -> None:
-    """Scaffold a workspace (including .github/workflows)."""
+def init(directory: str, install: str | None) -> None:
+    """Add a workspace to DIRECTORY (new or in an existing repository) and its GitHub
+    workflows to the repository root. Never overwrites a file."""
     from reconciler.workspace.scaffold import scaffold
 
-    for path in scaffold(Path(directory)):
+    result = scaffold(Path(directory), install=install)
+    for path in result.created:
         click.echo(f"created {path}")
+    if result.gitignore:
+        click.echo(f"appended our lines to {result.gitignore}")
+    for path in result.kept:
+        click.echo(f"kept {path} (exists; not overwritten)")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -27,6 +27,10 @@ from reconciler.render.text import (
 
 __all__ = ["escape_md", "render_markdown"]
 
+#: a commit id as git prints it (abbreviated or full, SHA-1 or SHA-256)
+COMMIT = re.compile(r"[0-9a-f]{7,64}")
+SPEC_PATHS = 5  # changed fields named per activation in the spec-changes table
+
 _MD_SPECIAL = re.compile(r"([\\`|*_~\[\]<>])")
 CHANGE_LABELS = {
     Change.CREATE: "create",
@@ -134,23 +138,82 @@ def _detail(a: ActivationPlan) -> dict[str, Any]:
     }
 
 
-def render_markdown(plan: Plan) -> str:
-    """The plan as a GitHub-flavoured Markdown pull-request comment."""
+def _spec_row(a: ActivationPlan) -> dict[str, Any]:
+    if a.change is Change.CREATE:
+        what = "new activation"
+    elif a.change is Change.DELETE:
+        kept = "cleared" if a.on_delete == "clear" else "kept"
+        what = f"leaves management (the audience is {kept})"
+    else:
+        paths = [c.path for c in a.config_changes]
+        paths += [f"segment {s.name} definition" for s in a.segments if s.changed]
+        paths += [f"audience name ({au.name})" for au in a.audiences if au.rename_from]
+        what = (
+            ", ".join(
+                paths[:SPEC_PATHS]
+                + ([f"and {len(paths) - SPEC_PATHS} more"] if len(paths) > SPEC_PATHS else [])
+            )
+            or "spec"
+        )
+    return {
+        "activation": a.id,
+        "change": CHANGE_LABELS[a.change],
+        "destination": f"{a.destination} ({a.destination_type})",
+        "what": what,
+    }
+
+
+def render_markdown(plan: Plan, *, max_chars: int | None = None, commit: str | None = None) -> str:
+    """The plan as a GitHub-flavoured Markdown pull-request comment.
+
+    Spec changes (created, updated, deleted activations) come before data movement (member
+    counts per audience); unchanged activations are collapsed. With ``max_chars`` the comment
+    stays within that many characters: what does not fit is left out, with a notice pointing
+    to the full plan (``reconcile show PLANFILE --format markdown``, the job summary in CI).
+    ``commit`` names the commit the plan was made from.
+    """
+    if commit is not None and not COMMIT.fullmatch(commit):
+        raise ValueError(f"not a commit id: {commit!r}")
+    macros = environment().get_template("plan.md.j2").module
+    pieces = _pieces(macros, plan, commit)
+    footer = macros.footer(plan, plan.as_of.isoformat(), commit)
+    whole = "".join(header + piece for header, piece in pieces) + footer
+    if max_chars is None or len(whole) <= max_chars:
+        return whole
+    notice = macros.truncated(10**9)  # the longest notice: its room is kept free
+    room = max_chars - len(footer) - len(notice)
+    if len(pieces[0][1]) > room:
+        raise ValueError(f"max_chars={max_chars} leaves no room for the plan's summary")
+    kept: list[str] = []
+    for n, (header, piece) in enumerate(pieces):
+        if len(header) + len(piece) > room:
+            kept.append(macros.truncated(len(pieces) - n))
+            break
+        kept.append(header + piece)
+        room -= len(header) + len(piece)
+    return "".join(kept) + footer
+
+
+def _pieces(macros: Any, plan: Plan, commit: str | None) -> list[tuple[str, str]]:
+    """The comment as ``(header, piece)`` pairs in reading order; a table's header goes with its
+    first row, so a cut never leaves a table without rows or a block half open."""
     changed = [a for a in plan.activations if a.has_changes]
-    warnings = [
-        (a, mass_removal_line(a, au))
+    unchanged = [a for a in plan.activations if not a.has_changes]
+    pieces = [("", macros.head(plan, plan.summary, plan.has_changes, commit))]
+    pieces += [
+        ("", macros.warning(a, mass_removal_line(a, au)))
         for a in changed
         for au in a.audiences
         if au.mass_removal and au.sent
     ]
-    template = environment().get_template("plan.md.j2")
-    return template.render(
-        plan=plan,
-        s=plan.summary,
-        has_changes=plan.has_changes,
-        rows=[row for a in changed for row in _rows(a)],
-        details=[_detail(a) for a in changed],
-        warnings=warnings,
-        unchanged=[a for a in plan.activations if not a.has_changes],
-        as_of=plan.as_of.isoformat(),
-    )
+    spec = [a for a in changed if a.change in (Change.CREATE, Change.UPDATE, Change.DELETE)]
+    rows = [r for a in changed if a.member_changes or not a.audiences for r in _rows(a)]
+    for header, items in (
+        (macros.spec_header(), [macros.spec_row(_spec_row(a)) for a in spec]),
+        (macros.data_header(), [macros.data_row(r) for r in rows]),
+    ):
+        pieces += [(header if i == 0 else "", item) for i, item in enumerate(items)]
+    pieces += [("", macros.detail(_detail(a))) for a in changed]
+    if unchanged:
+        pieces.append(("", macros.unchanged(unchanged)))
+    return pieces

@@ -1,38 +1,150 @@
-"""`reconcile init`: write a starter workspace (never overwriting a file)."""
+"""`reconcile init`: add a starter workspace to a directory, new or inside an existing repository.
+
+Nothing that exists is overwritten: an existing file is kept (and reported), an existing
+``.gitignore`` only gets the lines it lacks, and a directory that already holds a workspace
+(``reconcile.yaml``) gets no sample files, only the workflows. The GitHub workflows go where GitHub reads them,
+the ``.github/workflows/`` of the repository root (the git top-level of the directory, or the
+directory itself outside git), rendered with the workspace's path relative to that root and
+the pinned requirement that installs this very version of the tool.
+"""
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass, field
+from importlib.metadata import version
 from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 from reconciler.errors import ReconcileError
 
-#: template name -> path in the new workspace (dot files are stored without the dot)
-RENAMES = {"gitignore": ".gitignore", "github": ".github"}
+__all__ = ["GITIGNORE_LINES", "InitResult", "render_workflows", "repository_root", "scaffold"]
+
+DISTRIBUTION = "activation-reconciler"
+GITIGNORE_LINES = (".reconcile/", "*.plan")
+#: what a workspace path may contain: it is written into YAML and shell without quoting rules
+SAFE_PATH = re.compile(r"[A-Za-z0-9._/-]+")
+SAFE_REQUIREMENT = re.compile(r"[A-Za-z0-9._/:@+=<>!~, \[\]-]+")
+TOKEN = re.compile(r"@([A-Z]+)@")
 
 
-def _walk(node, prefix: Path = Path()):
-    for child in node.iterdir():
-        rel = prefix / RENAMES.get(child.name, child.name)
+@dataclass
+class InitResult:
+    root: Path  # the repository root: where .github/workflows/ went
+    workspace: Path
+    created: list[Path] = field(default_factory=list)
+    kept: list[Path] = field(default_factory=list)  # existed already: left as they were
+    gitignore: Path | None = None  # the existing .gitignore that got our lines appended
+
+
+def tool_version() -> str:
+    return version(DISTRIBUTION)
+
+
+def repository_root(directory: Path) -> Path:
+    """The git top-level holding ``directory`` (a ``.git`` dir or file), else ``directory``."""
+    directory = directory.resolve()
+    for candidate in (directory, *directory.parents):
+        if (candidate / ".git").exists():
+            return candidate
+    return directory
+
+
+def _template() -> Traversable:
+    return files("reconciler.workspace") / "template"
+
+
+def _walk(node: Traversable, prefix: Path = Path()):
+    for child in sorted(node.iterdir(), key=lambda c: c.name):
+        rel = prefix / child.name
         if child.is_dir():
             yield from _walk(child, rel)
         elif child.name != "__init__.py" and not child.name.endswith(".pyc"):
             yield child, rel
 
 
-def scaffold(target: Path) -> list[Path]:
-    template = files("reconciler.workspace") / "template"
-    plan = list(_walk(template))
-    existing = [rel for _, rel in plan if (target / rel).exists()]
-    if existing:
+def render_workflows(
+    workspace: str,
+    *,
+    install: str | None = None,
+    allow_ephemeral_state: bool = False,
+) -> dict[str, str]:
+    """The GitHub workflows for a workspace at ``workspace`` (relative to the repository root,
+    ``.`` for the root itself): file name -> text.
+
+    ``install`` is the pip requirement the workflows install (default: this version from
+    PyPI). A workspace below the root gets its path in the file names, so several workspaces
+    can share a repository.
+    """
+    if workspace != "." and (
+        not SAFE_PATH.fullmatch(workspace) or ".." in workspace.split("/") or workspace[0] == "/"
+    ):
         raise ReconcileError(
-            f"{target} already has {', '.join(map(str, existing))}; "
-            "init writes a new workspace and never overwrites files"
+            f"workspace path {workspace!r} cannot go into a workflow: use letters, digits "
+            "and . _ - / only"
         )
-    written = []
-    for src, rel in plan:
-        dest = target / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_text(src.read_text())
-        written.append(dest)
-    return written
+    requirement = install or f"{DISTRIBUTION}=={tool_version()}"
+    if not SAFE_REQUIREMENT.fullmatch(requirement):
+        raise ReconcileError(f"--install {requirement!r} is not a pip requirement")
+    slug = "" if workspace == "." else "-" + workspace.strip("/").replace("/", "-")
+    values = {
+        "VERSION": tool_version(),
+        "WORKSPACE": workspace,
+        "PREFIX": "" if workspace == "." else workspace.strip("/") + "/",
+        "SLUG": slug,
+        "INSTALL": requirement,
+        "EPHEMERAL": "true" if allow_ephemeral_state else "false",
+    }
+    out = {}
+    for src, rel in _walk(_template() / "github" / "workflows"):
+        text = TOKEN.sub(lambda m: values[m.group(1)], src.read_text())
+        out[rel.stem + slug + rel.suffix] = text
+    return out
+
+
+def scaffold(target: Path, *, install: str | None = None) -> InitResult:
+    """Write the starter workspace into ``target`` and the workflows into its repository root."""
+    target = target.resolve()
+    if target.exists() and not target.is_dir():
+        raise ReconcileError(f"{target} is a file; init needs a directory")
+    root = repository_root(target)
+    workspace = target.relative_to(root).as_posix()
+    workflows = render_workflows(workspace, install=install)  # checks before writing anything
+    result = InitResult(root=root, workspace=target)
+    if (target / "reconcile.yaml").exists():
+        # an existing workspace: its files are the user's; a sample activation would be sent
+        result.kept.append(target / "reconcile.yaml")
+    else:
+        for src, rel in _walk(_template()):
+            if rel.parts[0] != "github":
+                _write(target / rel, src.read_text(), result)
+    for name, text in workflows.items():
+        _write(root / ".github" / "workflows" / name, text, result)
+    _gitignore(target / ".gitignore", result)
+    return result
+
+
+def _write(dest: Path, text: str, result: InitResult) -> None:
+    if dest.exists():
+        result.kept.append(dest)
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(text)
+    result.created.append(dest)
+
+
+def _gitignore(path: Path, result: InitResult) -> None:
+    """Create ``.gitignore``, or append to an existing one the lines it lacks (only those)."""
+    if not path.exists():
+        _write(path, "".join(f"{line}\n" for line in GITIGNORE_LINES), result)
+        return
+    text = path.read_text()
+    present = {line.strip() for line in text.splitlines()}
+    missing = [line for line in GITIGNORE_LINES if line not in present]
+    if not missing:
+        result.kept.append(path)
+        return
+    sep = "" if not text or text.endswith("\n") else "\n"
+    path.write_text(text + sep + "# activation reconciler\n" + "".join(f"{m}\n" for m in missing))
+    result.gitignore = path
