@@ -403,3 +403,13 @@ def test_text_plan_shows_warnings_also_when_nothing_changes(workspace):
     res = cli(ws, "plan")
     assert "No changes" in res.output
     assert "! activation \"act\": 1 of its profiles held: 1 key(s) appear more than once" in res.output
+
+
+def test_markdown_plan_shows_warnings(workspace):
+    rows = [profile(i, a=True) for i in range(3)]
+    ws = workspace({"act": MAINTAIN}, profiles=rows)
+    apply_ok(ws)
+    ws.set_profiles([*rows, profile(1, a=True, email="twin@example.com")])
+    res = cli(ws, "plan", "--format", "markdown")
+    assert "**No changes.**" in res.output
+    assert "⚠️ act:** 1 of its profiles held" in res.output

@@ -206,6 +206,7 @@ def _pieces(macros: Any, plan: Plan, commit: str | None) -> list[tuple[str, str]
         for au in a.audiences
         if au.mass_removal and au.sent
     ]
+    pieces += [("", macros.notice(a, w)) for a in plan.activations for w in a.warnings]
     spec = [a for a in changed if a.change in (Change.CREATE, Change.UPDATE, Change.DELETE)]
     rows = [r for a in changed if a.member_changes or not a.audiences for r in _rows(a)]
     for header, items in (
