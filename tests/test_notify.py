@@ -599,3 +599,31 @@ def test_validate_checks_template_overrides(workspace):
     assert lines[0].startswith("tpl/emial.html.j2: unknown template file 'emial.html.j2'")
     assert lines[1].startswith("tpl/email.txt.j2:2: template error: 'no_such_name' is undefined")
     assert lines[2].startswith("tpl/webhook.json.j2:1: template error")
+
+
+def test_activations_without_notify_record_the_same_spec_as_before():
+    # recorded specs (and their digests) of existing activations must not change
+    from reconciler.workspace.spec import Activation
+
+    plain = Activation.model_validate({"segments": ["s"], "destination": "d"})
+    assert plain.model_dump(mode="json", by_alias=True)["notify"] == []
+    short = Activation.model_validate({"segments": ["s"], "destination": "d", "notify": ["a@x.io"]})
+    assert short.model_dump(mode="json")["notify"] == {
+        "email": ["a@x.io"],
+        "webhook": [],
+        "on": ["complete", "failed", "disabled", "mass_removal"],
+    }
+
+
+def test_schema_describes_both_notify_forms():
+    import jsonschema
+
+    from reconciler.workspace.schema import json_schema
+
+    schema = json_schema("activation")
+    for notify in (["a@x.io"], {"email": ["a@x.io"], "on": ["failed"]}):
+        jsonschema.validate({"segments": ["s"], "destination": "d", "notify": notify}, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(
+            {"segments": ["s"], "destination": "d", "notify": {"on": ["completed"]}}, schema
+        )
