@@ -262,17 +262,14 @@ STATIC = [
         id="merge-key",
     ),
     pytest.param(
-        {"activations/act.yaml": MAINTAIN + "on: true\n"},
+        {"activations/act.yaml": MAINTAIN + "true: 1\n"},
         ["activations/act.yaml:5: a key must be text, but YAML reads this one as True"],
         id="yaml-1.1-boolean-key",
     ),
     pytest.param(
         {"activations/act.yaml": MAINTAIN + "notify: [ops@example.com]\n"},
-        [
-            "activations/act.yaml:5: notify: `notify` (e-mail and webhook notifications) is not "
-            "supported yet"
-        ],
-        id="notify-not-supported",
+        ["activations/act.yaml:5: notify: e-mail notifications need a mail server"],
+        id="notify-email-without-smtp",
     ),
     pytest.param(
         {"activations/act.yaml": MAINTAIN + "append_to_profiles: true\n"},
@@ -491,8 +488,7 @@ def test_validate_reports_every_problem_at_once(workspace):
         "activations/broken.yaml:2: malformed YAML",
         "activations/typo.yaml:5: colour: unknown field",
         "activations/dangling.yaml:1: segments.0: unknown segment 'nope'",
-        "activations/later.yaml:5: notify: `notify` (e-mail and webhook notifications) is not "
-        "supported yet",
+        "activations/later.yaml:5: notify: e-mail notifications need a mail server",
     ]
     assert err.startswith(f"Error: the workspace has {len(expected)} problems:\n"), err
     lines = err.strip().splitlines()[1:]

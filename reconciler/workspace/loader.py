@@ -203,6 +203,16 @@ def _cross_check(ws: Workspace, errors: list[ConfigError], check_destinations: b
             )
         for field_name, message in _not_supported_yet(act):
             errors.append(doc.error(message, (field_name,)))
+        notifications = ws.config.notifications
+        if act.notify.email and (notifications is None or notifications.smtp is None):
+            short = isinstance(doc.data.get("notify"), list)
+            errors.append(
+                doc.error(
+                    "e-mail notifications need a mail server: add `notifications: {smtp: "
+                    "{host: ..., from: ...}}` to reconcile.yaml (see docs/notifications.md)",
+                    ("notify",) if short else ("notify", "email"),
+                )
+            )
 
 
 def _not_supported_yet(act: Activation) -> list[tuple[str, str]]:
@@ -213,14 +223,6 @@ def _not_supported_yet(act: Activation) -> list[tuple[str, str]]:
                 "goal",
                 f"goal {act.goal.value!r} is not supported yet; only "
                 "`goal: send_segments` works today",
-            )
-        )
-    if act.notify:
-        out.append(
-            (
-                "notify",
-                "`notify` (e-mail and webhook notifications) is not supported "
-                "yet; remove the field",
             )
         )
     if act.append_to_profiles:
@@ -288,6 +290,17 @@ def _check_templates(ws: Workspace, errors: list[ConfigError]) -> None:
             )
         except TemplateFailed as exc:
             errors.append(ws.doc("activations", name).error(str(exc), ("name",)))
+    notifications = ws.config.notifications
+    if notifications is not None and notifications.templates is not None:
+        from reconciler.notify.messages import check_template_folder
+
+        for problem in check_template_folder(ws.root, notifications.templates):
+            where = (
+                Location(problem.file, problem.line)
+                if problem.file is not None
+                else ws.config_location("notifications", "templates")
+            )
+            errors.append(ConfigError(problem.message, where))
 
 
 def _check_integration_config(

@@ -7,14 +7,29 @@ Cross-file rules (unknown segment, unknown integration, ...) live in ``workspace
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from enum import StrEnum
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
 IDENTIFIER_TYPES = ("email", "phone")
+ENV_REF_RE = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
+#: a plain mailbox (no display name, no whitespace, a dotted domain); enough to catch typos
+EMAIL_RE = re.compile(
+    r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+"
+    r"[A-Za-z]{2,}"
+)
 
 
 class FieldError(ValueError):
@@ -87,6 +102,94 @@ class Defaults(Strict):
     action: Literal["maintain", "append", "remove"] = "maintain"
 
 
+# --------------------------------------------------------------------------- notifications
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback IP address (127.0.0.0/8, ::1)."""
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _env_reference(value: Any, what: str) -> Any:
+    """``value`` unchanged when it is an ``${env:VAR}`` reference; never echoes a literal."""
+    if value is not None and not (isinstance(value, str) and ENV_REF_RE.fullmatch(value)):
+        raise FieldError(f"{what} must be an ${{env:VAR}} reference, never a literal secret")
+    return value
+
+
+class SmtpSettings(Strict):
+    """The mail server notifications are sent through."""
+
+    host: str = Field(min_length=1)
+    port: int | None = Field(
+        None, ge=1, le=65535, description="default: 587 (starttls), 465 (tls), 25 (none)"
+    )
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    username: str | None = Field(None, description="an ${env:VAR} reference")
+    password: str | None = Field(None, description="an ${env:VAR} reference")
+    from_address: str = Field(alias="from", description="the sender address")
+
+    @field_validator("username", "password", mode="before")
+    @classmethod
+    def _references_only(cls, value: Any, info) -> Any:
+        return _env_reference(value, f"`{info.field_name}`")
+
+    @field_validator("from_address")
+    @classmethod
+    def _valid_sender(cls, value: str) -> str:
+        if not EMAIL_RE.fullmatch(value):
+            raise ValueError(f"{value!r} is not an e-mail address")
+        return value
+
+    @model_validator(mode="after")
+    def _coherent(self) -> SmtpSettings:
+        if (self.username is None) != (self.password is None):
+            missing = "password" if self.password is None else "username"
+            raise FieldError("set both `username` and `password`, or neither", missing)
+        if self.security == "none" and not is_loopback(self.host):
+            raise FieldError(
+                "`security: none` sends mail unencrypted and is only allowed to a loopback "
+                f"host (localhost, 127.0.0.1), not {self.host!r}; use starttls or tls",
+                "security",
+            )
+        return self
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or {"starttls": 587, "tls": 465, "none": 25}[self.security]
+
+
+class NotificationSettings(Strict):
+    """``notifications:`` in reconcile.yaml: how run notifications are delivered."""
+
+    smtp: SmtpSettings | None = None
+    webhook_secret: str | None = Field(
+        None, description="${env:VAR} holding a Standard Webhooks secret (whsec_...)"
+    )
+    templates: str | None = Field(
+        None, description="workspace folder with overrides of the notification templates"
+    )
+
+    @field_validator("webhook_secret", mode="before")
+    @classmethod
+    def _secret_reference(cls, value: Any) -> Any:
+        return _env_reference(value, "`webhook_secret`")
+
+    @field_validator("templates")
+    @classmethod
+    def _inside_workspace(cls, value: str) -> str:
+        parts = value.replace("\\", "/").split("/")
+        if value.startswith(("/", "~")) or ".." in parts or ":" in value:
+            raise ValueError("must be a folder inside the workspace (a relative path, no '..')")
+        return value
+
+
 class WorkspaceConfig(Strict):
     version: Literal[1] = 1
     timezone: str = "UTC"
@@ -98,7 +201,7 @@ class WorkspaceConfig(Strict):
     suppression: list[str] = Field(
         default_factory=list, description="segments excluded from every activation"
     )
-    notifications: dict[str, Any] | None = None
+    notifications: NotificationSettings | None = None
 
     @field_validator("timezone")
     @classmethod
@@ -195,6 +298,79 @@ class ListTarget(Strict):
         return self
 
 
+class NotifyEvent(StrEnum):
+    """What a run notification can be sent for (``notify.on``)."""
+
+    COMPLETE = "complete"
+    FAILED = "failed"
+    DISABLED = "disabled"
+    MASS_REMOVAL = "mass_removal"
+
+
+class NotifySpec(Strict):
+    """``notify:`` on an activation: who is told after each run, and for which outcomes.
+    The short form ``notify: [a@x.com, ...]`` means ``notify: {email: [...]}``."""
+
+    email: list[str] = Field(default_factory=list, description="e-mail addresses")
+    webhook: list[str] = Field(
+        default_factory=list,
+        description="https URLs (http only to loopback), or ${env:VAR} holding one",
+    )
+    on: list[NotifyEvent] = Field(
+        default_factory=lambda: list(NotifyEvent), description="default: every run"
+    )
+
+    @field_validator("email")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for i, address in enumerate(value):
+            if not EMAIL_RE.fullmatch(address):
+                raise FieldError(f"{address!r} is not an e-mail address", i)
+        return value
+
+    @field_validator("webhook")
+    @classmethod
+    def _urls(cls, value: list[str]) -> list[str]:
+        for i, url in enumerate(value):
+            if ENV_REF_RE.fullmatch(url):
+                continue
+            problem = webhook_url_problem(url)
+            if problem:
+                raise FieldError(problem, i)
+        return value
+
+    @field_validator("on")
+    @classmethod
+    def _some_event(cls, value: list[NotifyEvent]) -> list[NotifyEvent]:
+        if not value:
+            raise ValueError(
+                f"list at least one of {[e.value for e in NotifyEvent]}, or leave `on` out "
+                "to be told after every run"
+            )
+        return value
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.email or self.webhook)
+
+
+def webhook_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot receive notifications (None when it can): https, or http to a
+    loopback host. The message never repeats the URL (it may hold a token)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:
+        return "a webhook must be an https:// URL"
+    if parts.scheme == "https" and host:
+        return None
+    if parts.scheme == "http" and host and is_loopback(host):
+        return None
+    if parts.scheme == "http" and host:
+        return "a webhook must use https:// (plain http:// only to localhost / 127.0.0.1)"
+    return "a webhook must be an https:// URL"
+
+
 class Activation(Strict):
     """One activation (one file). Its id is the file stem."""
 
@@ -205,7 +381,10 @@ class Activation(Strict):
     name: str | None = Field(
         None, description="audience name template; default '<date created> <segment names>'"
     )
-    notify: list[str] = Field(default_factory=list)
+    notify: NotifySpec = Field(
+        default_factory=NotifySpec,
+        description="{email: [...], webhook: [...], on: [...]}, or a list of e-mail addresses",
+    )
     append_to_profiles: bool = False
     target: ListTarget = Field(
         default_factory=lambda: ListTarget(create=True),
@@ -227,6 +406,23 @@ class Activation(Strict):
     on_delete: Literal["keep", "clear"] = "keep"
     moved_from: str | None = None
     max_removal_share: float | None = Field(None, gt=0, le=1)
+
+    @field_validator("notify", mode="before", json_schema_input_type=list[str] | NotifySpec)
+    @classmethod
+    def _short_notify(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            for i, address in enumerate(value):
+                if not isinstance(address, str) or not EMAIL_RE.fullmatch(address):
+                    shown = repr(address) if isinstance(address, str) else "this entry"
+                    raise FieldError(f"{shown} is not an e-mail address", i)
+            return {"email": value}
+        return value
+
+    @field_serializer("notify")
+    def _dump_notify(self, value: NotifySpec) -> Any:
+        # no notifications dumps as it did before `notify` had fields, so recorded specs
+        # (and their digests) of activations without notify do not change
+        return value.model_dump(mode="json") if value.configured else []
 
     @field_validator("segments")
     @classmethod

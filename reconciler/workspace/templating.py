@@ -46,6 +46,9 @@ class _BoundedEnvironment(ImmutableSandboxedEnvironment):
 
 
 _ENV = _BoundedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+_HTML_ENV = _BoundedEnvironment(
+    undefined=StrictUndefined, autoescape=True, keep_trailing_newline=True
+)
 
 
 class TemplateFailed(Exception):
@@ -106,9 +109,15 @@ def render_name(
 DEFAULT_NAME = "{{ date_created }} {{ segments | join(', ') }}"
 
 
-def _render(source: str, context: dict, names: str) -> str:
+def render_template(source: str, context: dict, names: str, *, html: bool = False) -> str:
+    """Render a user-editable template (notification messages) in the same sandbox;
+    ``html`` autoescapes every value. ``names`` lists the context for error messages."""
+    return _render(source, context, names, _HTML_ENV if html else _ENV)
+
+
+def _render(source: str, context: dict, names: str, env: _BoundedEnvironment = _ENV) -> str:
     try:
-        return _ENV.from_string(source).render(context)
+        return env.from_string(source).render(context)
     except TemplateFailed as exc:
         exc.line = exc.line or _template_line(exc)
         raise

@@ -87,6 +87,8 @@ MAX_VALUES = 100_000
 _PLAIN_TAGS = {
     f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "seq", "map")
 }
+#: unquoted keys YAML 1.1 reads as booleans that are kept as text (not true/false)
+_WORD_KEYS = {"on", "off", "yes", "no", "y", "n"}
 _TIMESTAMP, _MERGE = "tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:merge"
 
 
@@ -134,6 +136,10 @@ class _Builder:
                         path,
                     )
                 key = self.scalar(key_node, path) if isinstance(key_node, yaml.ScalarNode) else None
+                if isinstance(key, bool) and key_node.style is None:
+                    # YAML 1.1 reads `on:` / `yes:` as booleans; as keys they are words
+                    # (`notify: {on: [failed]}`), as in GitHub Actions' `on:`
+                    key = key_node.value if key_node.value.lower() in _WORD_KEYS else key
                 if not isinstance(key, str):
                     shown = "a list or mapping" if key is None else repr(key)
                     raise self.error(
