@@ -83,7 +83,7 @@ def execute(
     conns = Connections(ws)
     try:
         with _apply_session(ws, staged.staging, lock_timeout, echo) as session:
-            return Applier(ws, staged.plan, session, conns, options, guard).run()
+            return Applier(ws, staged.plan, session, conns, options, guard, echo).run()
     finally:
         conns.close()
 

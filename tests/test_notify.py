@@ -627,3 +627,50 @@ def test_schema_describes_both_notify_forms():
         jsonschema.validate(
             {"segments": ["s"], "destination": "d", "notify": {"on": ["completed"]}}, schema
         )
+
+
+# ---------------------------------------------------------------------- through apply
+def test_apply_notifies_after_each_recorded_run(workspace, smtp, receiver, monkeypatch):
+    from tests.conftest import profile
+
+    box, port = smtp
+    act = ACT + f"notify:\n  email: [ops@example.com]\n  webhook: [{receiver.url()}]\n"
+    ws = workspace(
+        {"vip": act, "quiet": ACT.replace("VIP", "Quiet")},
+        reconcile_yaml=notifications(port),
+        profiles=[profile(i, a=True) for i in range(4)],
+    )
+    for k, v in ENV.items():
+        monkeypatch.setenv(k, v)
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 0, res.output + res.stderr
+    ((_, rcpts, msg),) = box.messages  # one message: `quiet` asks for none
+    assert rcpts == ["ops@example.com"] and msg["Subject"] == "[reconcile] vip: Complete"
+    assert "- VIP: +4 / -0 / ~0" in body(msg, "plain")
+    ((_, headers, payload),) = receiver.requests
+    assert "webhook-signature" in {k.lower() for k in headers}
+    assert b"vip" in payload
+    # nothing changed and not due: nothing recorded, nobody told
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    assert len(box.messages) == 1
+
+
+def test_a_notification_that_fails_is_logged_and_never_fails_the_run(workspace):
+    from tests.conftest import profile
+
+    act = ACT + "notify: [ops@example.com]\n"
+    ws = workspace(
+        {"vip": act},
+        reconcile_yaml=notifications(closed_port()).replace(
+            "  webhook_secret: ${env:HOOK_SECRET}\n", ""
+        ),
+        profiles=[profile(i, a=True) for i in range(3)],
+    )
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 0, res.output + res.stderr
+    assert "vip: Complete" in res.output
+    assert "Warning: vip: email to ops@example.com: not delivered" in res.stderr
+    (run_log,) = cli(ws, "log", "vip", "--format", "json").json()["runs"]
+    assert run_log["status"] == "Complete" and run_log["added"] == 3
+    assert "notification not delivered" in run_log["error"]
+    assert cli(ws, "plan", "--detailed-exitcode").exit_code == 0

@@ -402,7 +402,9 @@ def test_text_plan_shows_warnings_also_when_nothing_changes(workspace):
     ws.set_profiles([*rows, profile(1, a=True, email="twin@example.com")])
     res = cli(ws, "plan")
     assert "No changes" in res.output
-    assert "! activation \"act\": 1 of its profiles held: 1 key(s) appear more than once" in res.output
+    assert (
+        '! activation "act": 1 of its profiles held: 1 key(s) appear more than once' in res.output
+    )
 
 
 def test_markdown_plan_shows_warnings(workspace):

@@ -17,12 +17,14 @@ has the name. A new or re-added activation creates new audiences unless its spec
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from destinations.base import AudienceRef, Destination
 from reconciler.apply.batches import BatchRunner, Interrupted, new_batch_id
 from reconciler.apply.interrupts import InterruptGuard
+from reconciler.apply.notifications import FinishedRun, notify_finished
 from reconciler.enginedb import Session
 from reconciler.errors import CredentialsRefused, DestinationError, ReconcileError
 from reconciler.integrations import Connections
@@ -72,15 +74,25 @@ class Applier:
         conns: Connections,
         options: ApplyOptions,
         guard: InterruptGuard,
+        echo: Callable[[str], None] | None = None,
     ):
         self.ws, self.plan, self.session, self.conns = ws, plan, session, conns
-        self.opts, self.guard = options, guard
+        self.opts, self.guard, self.echo = options, guard, echo
         self.state = StateStore(session.con)
         self.reader = session.cursor()  # streams staged changes while `state` writes
 
     def run(self) -> ApplyResult:
         result = ApplyResult()
+        self.finished: list[FinishedRun] = []
         self.state.close_interrupted_batches()
+        try:
+            self._run_all(result)
+        finally:
+            if self.finished:
+                notify_finished(self.ws, self.finished, self.opts.trigger, self.state, self.echo)
+        return result
+
+    def _run_all(self, result: ApplyResult) -> None:
         for ap in self.plan.activations:
             if self.guard.stop_requested:
                 result.interrupted = True
@@ -93,13 +105,18 @@ class Applier:
                 result.interrupted = True
                 break
             result.outcomes.append(outcome)
-        return result
 
     # ------------------------------------------------------------------ one activation
     def _activation(self, ap: ActivationPlan) -> ActivationOutcome:
         refusal = self._refusal(ap)
+        self._started = _now()
         if refusal:
-            return ActivationOutcome(ap.id, Status.REFUSED, error=refusal)
+            outcome = ActivationOutcome(ap.id, Status.REFUSED, error=refusal)
+            if ap.mass_removal:  # `notify: {on: [mass_removal]}` hears about it
+                self.finished.append(
+                    FinishedRun(None, ap, Status.REFUSED, self._started, _now(), (), refusal)
+                )
+            return outcome
         if ap.change is Change.DELETE:
             return self._delete(ap)
         act = self.ws.activations[ap.id].resolved(self.ws.config.defaults)
@@ -188,6 +205,9 @@ class Applier:
         self.state.finish_run(run_id, status, audiences=o.audiences, error=error)
         done = status is Status.COMPLETE
         self.state.set_status(ap.id, status, error, success=done, ran=done)
+        self.finished.append(
+            FinishedRun(run_id, ap, status, self._started, _now(), tuple(o.audiences), error)
+        )
 
     def _refusal(self, ap: ActivationPlan) -> str | None:
         if ap.mass_removal and not self.opts.allow_mass_removal:
@@ -282,6 +302,7 @@ class Applier:
 
     # ------------------------------------------------------------------ deleted files
     def _delete(self, ap: ActivationPlan) -> ActivationOutcome:
+        self._started = _now()
         run_id = self._run_id = _run_id()
         self.state.start_run(run_id, ap.id, self.opts.trigger)
         outcome = ActivationOutcome(ap.id, Status.COMPLETE)
@@ -312,6 +333,10 @@ def _refused(n: int, what: str, runner: BatchRunner | None) -> str:
     """The error of a run whose members the destination refused, with its first reasons."""
     sample = "; ".join(runner.errors[:3]) if runner else ""
     return f"{n:,} {what} refused by the destination" + (f", e.g. {sample}" if sample else "")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 def _run_id() -> str:

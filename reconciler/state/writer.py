@@ -304,6 +304,14 @@ class StateStore(StateReader):
             [run_id, activation_id, trigger, _now()],
         )
 
+    def add_run_note(self, run_id: str, note: str) -> None:
+        """Append a note (e.g. a notification that could not be delivered) to a run's log."""
+        self.con.execute(
+            f"""UPDATE {self.c}.runs SET error = CASE WHEN error IS NULL OR error = '' THEN ?
+                ELSE error || '; ' || ? END WHERE run_id = ?""",
+            [note, note, run_id],
+        )
+
     def finish_run(
         self,
         run_id: str,
