@@ -41,7 +41,7 @@ def make_plan(ws: Workspace, request: PlanRequest, as_of: datetime | None = None
     source = open_source(ws)
     source.prepare(local_date(as_of, ws.config.timezone))
     staging = new_staging_path(ws)
-    conns = Connections(ws, require_credentials=False)
+    conns = Connections(ws, require_credentials=request.refresh)
     try:
         with Session(ws, source, write_state=False, staging_path=staging, lock_down=True) as s:
             plan = Planner(ws, s, conns, as_of, request).build()

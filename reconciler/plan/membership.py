@@ -217,11 +217,21 @@ def stage_changes(
     suppressed: str | None,
     duplicates: str | None,
     consent: str,
+    gone: list[str] = (),  # type: ignore[assignment]
 ) -> None:
     """Insert this activation's member changes into the staging table. ``recorded`` is the
-    SQL relation of its recorded members (``StateReader.members_sql``)."""
+    SQL relation of its recorded members (``StateReader.members_sql``). The members of
+    ``gone`` groups (their audience was deleted at the destination) are forgotten and the
+    group's audience is filled again from scratch."""
     con.execute(CHANGES_DDL)
     aid = _lit(activation_id)
+    if gone:
+        in_gone = ", ".join(_lit(g) for g in gone)
+        con.execute(
+            f"INSERT INTO {STAGING}.changes SELECT {aid}, grp, 'forget', key FROM {recorded} "
+            f"WHERE grp IN ({in_gone})"
+        )
+        recorded = f"(SELECT * FROM {recorded} WHERE grp NOT IN ({in_gone}))"
     # held members (duplicated key) are neither updated nor removed as leavers; exclusions
     # (suppression, consent lost on any of their rows) still remove them
     everyone = f"(SELECT key, grp, fp FROM {recorded})"

@@ -3,10 +3,12 @@ the engine session's staging tables, and writes nothing to destinations or state
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from destinations.base import AudienceRef
 from reconciler.enginedb import Session
 from reconciler.errors import ConfigError, DestinationError, ReconcileError, SegmentError
 from reconciler.integrations import Connections
@@ -26,6 +28,16 @@ from reconciler.state.store import RecordedActivation, StateReader
 from reconciler.workspace.loader import Workspace
 from reconciler.workspace.spec import ActionMode, Activation, SplitMode
 from reconciler.workspace.templating import DEFAULT_NAME, TemplateFailed, local_date, render_name
+
+
+@dataclass
+class Drift:
+    """What a refresh found: groups whose audience was deleted at the destination, current
+    names of audiences renamed there, and notes for the plan."""
+
+    gone: set[str] = field(default_factory=set)
+    names: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -147,7 +159,9 @@ class Planner:
             self.con,
             self.profiles,
         )
-        ids = tuple(dest.accepted_identifiers)
+        ids = dest.identity.accepted
+        drift = self._refresh(act, rec, dest) if rec is not None and not frozen else Drift()
+        notes += drift.notes
         attr_cols = [integ.attributes[f] for f in act.attributes]
         try:
             counts = membership.stage_desired(
@@ -167,6 +181,7 @@ class Planner:
                 self.con,
                 activation_id=aid,
                 recorded=self.state.members_sql(baseline),
+                gone=sorted(drift.gone),
                 act=act,
                 frozen=frozen,
                 profiles=self.profiles,
@@ -186,7 +201,7 @@ class Planner:
         warnings: list[str] = []
         if counts["held"] and self.duplicates_warning:
             warnings.append(f"{counts['held']:,} of its profiles held: {self.duplicates_warning}")
-        audiences = self._audiences(aid, act, rec, changes, warnings)
+        audiences = self._audiences(aid, act, rec, changes, warnings, drift)
         if not self.req.refresh:
             notes.append("--refresh=false: destination lists were not checked")
         config_changes = config_diff(rec.spec if rec else None, spec)
@@ -246,8 +261,13 @@ class Planner:
         rec: RecordedActivation | None,
         changes: dict[tuple[str, str], int],
         warnings: list[str],
+        drift: Drift,
     ) -> list[AudienceChange]:
         recorded_aud = self.state.audiences(rec.id) if rec else {}
+        for grp, current in drift.names.items():  # renamed at the destination: rename back
+            recorded_aud[grp] = dataclasses.replace(recorded_aud[grp], name=current)
+        for grp in drift.gone:  # deleted at the destination: created again
+            recorded_aud.pop(grp, None)
         sizes = self.state.member_counts(rec.id) if rec else {}
         date_created = rec.date_created if rec else local_date(self.as_of, self.ws.config.timezone)
         groups = splits.groups(act.split)
@@ -259,13 +279,14 @@ class Planner:
                 op: changes.get((grp, op), 0)
                 for op in ("add", "remove", "update", "purge", "forget")
             }
-            before = sizes.get(grp, 0)
+            before = 0 if grp in drift.gone else sizes.get(grp, 0)
             ra = recorded_aud.get(grp)
             target = self._audience_target(aid, act, grp, ra, date_created)
             name, resource_id, create, rename_from, taken_by = target
             sent = splits.sent(grp)
             removed = c["remove"]
-            after = before + c["add"] + c["purge"] - removed - c["forget"]
+            forgotten = 0 if grp in drift.gone else c["forget"]
+            after = before + c["add"] + c["purge"] - removed - forgotten
             mass = (
                 sent
                 and act.action is not ActionMode.REMOVE
@@ -344,6 +365,33 @@ class Planner:
         if ra is not None and ra.resource_id:
             return name, ra.resource_id, False, (ra.name if ra.name != name else None), None
         return name, None, True, None, self._name_taken(aid, act, grp, name)
+
+    def _refresh(self, act: Activation, rec: RecordedActivation, dest) -> Drift:
+        """Read each managed audience back (``--refresh=false`` skips it): one deleted at the
+        destination is created again with its members; one renamed there is renamed back."""
+        drift = Drift()
+        if not self.req.refresh or act.action is ActionMode.REMOVE or not dest.capabilities.refresh:
+            return drift
+        for grp, ra in self.state.audiences(rec.id).items():
+            if not ra.sent or not ra.resource_id:
+                continue
+            try:
+                now = dest.read_audience(AudienceRef(ra.resource_id, ra.name))
+            except DestinationError as exc:  # the plan itself needs no destination
+                drift.notes.append(f"audience {ra.name!r} could not be read back: {exc}")
+                continue
+            if now is None:
+                drift.gone.add(grp)
+                drift.notes.append(
+                    f"audience {ra.name!r} ({ra.resource_id}) was deleted at the destination: "
+                    "it will be created again and its members sent again"
+                )
+            elif now.name != ra.name:
+                drift.names[grp] = now.name
+                drift.notes.append(
+                    f"audience {ra.name!r} was renamed to {now.name!r} at the destination"
+                )
+        return drift
 
     def _name_taken(self, aid: str, act: Activation, grp: str, name: str) -> str | None:
         """The id of an audience of this name at the destination that this activation did not

@@ -14,6 +14,8 @@ and destination ids only):
   after; an audience creation's intent carries the audience name and its creation key
 - ``runs``         every run: start, end, status, counts (accumulated batch by batch, so a
   killed run's counts are what was confirmed), per audience counts, error
+- ``rejections``   members a destination refused, with its reason (``reconcile log ID
+  --rejected``): keys and hashed records only
 
 Readers (``plan``, ``status``, ``log``) register themselves in ``<state>.readers/`` while
 they hold the file open, so an ``apply`` that must wait for them can say who they are.
@@ -57,6 +59,9 @@ DDL = [
         started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ, status VARCHAR,
         added BIGINT, removed BIGINT, updated BIGINT, failed BIGINT, audiences JSON,
         error VARCHAR)""",
+    """CREATE TABLE IF NOT EXISTS {c}.rejections (
+        run_id VARCHAR, activation_id VARCHAR, grp VARCHAR, key VARCHAR, op VARCHAR,
+        record VARCHAR[], reason VARCHAR, at TIMESTAMPTZ)""",
 ]
 
 

@@ -190,6 +190,7 @@ class StateStore(StateReader):
         detail: str | None = None,
         status: str = "done",
         counts: Mapping[str, int] | None = None,
+        rejections: Sequence[tuple[str, str, str]] = (),
     ) -> None:
         """After the destination confirmed a batch: drop the ``delete`` keys' records, add the
         ``insert`` rows (key, record, fingerprint — None when a removal is still owed), close
@@ -219,6 +220,109 @@ class StateStore(StateReader):
                 self._journal_outcome(batch_id, status, detail)
             if run_id and counts and any(counts.values()):
                 self._add_run_counts(run_id, counts)
+            if rejections:
+                self._add_rejections(run_id, activation_id, grp, rejections)
+
+    def record_sent(
+        self,
+        batch_id: str,
+        send: str,
+        activation_id: str,
+        grp: str,
+        lo: int,
+        hi: int,
+        *,
+        run_id: str,
+        counts: Mapping[str, int],
+        skip: Sequence[str] = (),
+        rejected: Mapping[str, str] | None = None,
+        ids: Mapping[str, Sequence[str]] | None = None,
+        detail: str | None = None,
+    ) -> None:
+        """Record a confirmed batch of additions straight from the engine's send table
+        (rows ``lo..hi`` of its sendable members) with one ``INSERT ... SELECT``: accepted
+        members with their records (or the destination's ``ids``), rejected ones with an
+        empty record and their reason; ``skip`` (retry later) is not recorded."""
+        rejected = dict(rejected or {})
+        ids = dict(ids or {})
+        left_out = [*skip, *rejected, *ids]
+        with self.transaction():
+            self.con.execute(
+                f"""INSERT INTO {self.c}.members
+                    SELECT $aid, $grp, key, rec, fp FROM {send}
+                    WHERE sendable AND n BETWEEN $lo AND $hi
+                    AND key NOT IN (SELECT unnest($out::VARCHAR[]))""",
+                {"aid": activation_id, "grp": grp, "lo": lo, "hi": hi, "out": left_out},
+            )
+            extra = [(k, tuple(v), None) for k, v in ids.items()]
+            if extra or rejected:
+                fps = dict(
+                    self.con.execute(
+                        f"SELECT key, fp FROM {send} WHERE key IN (SELECT unnest(?::VARCHAR[]))",
+                        [[*ids, *rejected]],
+                    ).fetchall()
+                )
+                rows = [(k, rec, fps.get(k)) for k, rec, _ in extra]
+                rows += [(k, (), fps.get(k)) for k in rejected]
+                self.con.execute(
+                    f"""INSERT INTO {self.c}.members
+                        SELECT ?, ?, unnest(?::VARCHAR[]), unnest(?::VARCHAR[][]),
+                               unnest(?::UBIGINT[])""",
+                    [
+                        activation_id,
+                        grp,
+                        [r[0] for r in rows],
+                        [list(r[1]) for r in rows],
+                        [r[2] for r in rows],
+                    ],
+                )
+            if batch_id:
+                self._journal_outcome(batch_id, "done", detail)
+            if run_id and any(counts.values()):
+                self._add_run_counts(run_id, counts)
+            if rejected:
+                self._add_rejections(
+                    run_id, activation_id, grp, [(k, "add", r) for k, r in rejected.items()]
+                )
+
+    def record_unsendable(self, send: str, activation_id: str, grp: str) -> int:
+        """Record the members of the send table with no usable identifier with an empty
+        record (they are not re-sent until their identifiers change). Returns how many."""
+        return self.con.execute(
+            f"""INSERT INTO {self.c}.members
+                SELECT ?, ?, key, rec, fp FROM {send} WHERE NOT sendable""",
+            [activation_id, grp],
+        ).fetchone()[0]
+
+    def count_staged(self, changes: str, activation_id: str, grp: str, op: str) -> int:
+        return self.con.execute(
+            f"SELECT count(*) FROM {changes} WHERE activation_id = ? AND grp = ? AND op = ?",
+            [activation_id, grp, str(op)],
+        ).fetchone()[0]
+
+    def _add_rejections(
+        self, run_id: str, activation_id: str, grp: str, rows: Sequence[tuple[str, str, str]]
+    ) -> None:
+        """Keep (key, op, reason) of refused members, with the record recorded for them."""
+        self.con.execute(
+            f"""INSERT INTO {self.c}.rejections
+                SELECT ?, ?, ?, r.key, r.op, m.record, r.reason, ?
+                FROM (SELECT unnest(?::VARCHAR[]) AS key, unnest(?::VARCHAR[]) AS op,
+                             unnest(?::VARCHAR[]) AS reason) r
+                LEFT JOIN {self.c}.members m ON m.activation_id = ? AND m.grp = ?
+                    AND m.key = r.key""",
+            [
+                run_id or None,
+                activation_id,
+                grp,
+                _now(),
+                [r[0] for r in rows],
+                [r[1] for r in rows],
+                [r[2] for r in rows],
+                activation_id,
+                grp,
+            ],
+        )
 
     def _add_run_counts(self, run_id: str, counts: Mapping[str, int]) -> None:
         cols = [c for c in ("added", "removed", "updated", "failed") if counts.get(c)]

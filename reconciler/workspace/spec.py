@@ -98,6 +98,13 @@ class LocalState(Strict):
 
 class Defaults(Strict):
     max_removal_share: float = Field(0.5, gt=0, le=1)
+    max_rejected_share: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="share of the members sent that a destination may reject before the run "
+        "counts as Failed (below it: Complete with a warning)",
+    )
     frequency: Literal["daily", "once"] = "daily"
     action: Literal["maintain", "append", "remove"] = "maintain"
 
@@ -406,6 +413,9 @@ class Activation(Strict):
     on_delete: Literal["keep", "clear"] = "keep"
     moved_from: str | None = None
     max_removal_share: float | None = Field(None, gt=0, le=1)
+    max_rejected_share: float | None = Field(
+        None, ge=0, le=1, description="overrides defaults.max_rejected_share"
+    )
 
     @field_validator("notify", mode="before", json_schema_input_type=list[str] | NotifySpec)
     @classmethod
@@ -475,6 +485,11 @@ class Activation(Strict):
                     (self.control_percent or 10) if self.split is SplitMode.CONTROL else None
                 ),
                 "max_removal_share": self.max_removal_share or defaults.max_removal_share,
+                "max_rejected_share": (
+                    defaults.max_rejected_share
+                    if self.max_rejected_share is None
+                    else self.max_rejected_share
+                ),
             }
         )
 
