@@ -61,7 +61,7 @@ DDL = [
         error VARCHAR)""",
     """CREATE TABLE IF NOT EXISTS {c}.rejections (
         run_id VARCHAR, activation_id VARCHAR, grp VARCHAR, key VARCHAR, op VARCHAR,
-        record VARCHAR[], reason VARCHAR, at TIMESTAMPTZ)""",
+        record VARCHAR[], reason VARCHAR, rejected_at TIMESTAMPTZ)""",
 ]
 
 
