@@ -278,3 +278,13 @@ def test_no_temporary_file_is_named_after_the_plan(saved, tmp_path):
     plan = planfile.load(good, staging, tmp)
     assert list(tmp.iterdir()) == []
     assert plan.plan_id not in {p.stem for p in tmp_path.rglob("*")}
+
+
+def test_an_unwritable_out_path_is_one_line(saved, tmp_path):
+    ws, _ = saved
+    out = tmp_path / "no" / "such" / "dir.plan"
+    res = cli(ws, "plan", "--out", str(out))
+    assert res.exit_code == 1
+    assert res.stderr.startswith(f"Error: cannot write the plan to {out}: ")
+    assert "\n" not in res.stderr.strip()
+    assert not list((ws.root / ".reconcile").rglob("*.parquet"))

@@ -66,11 +66,15 @@ def save(plan: Plan, staging_db: Path, out: Path, tmp_dir: Path) -> None:
             "changes_sha256": _sha256(parquet),
         }
         partial = out.with_name(out.name + ".partial")
-        with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            zf.writestr(MANIFEST, json.dumps(manifest, indent=2))
-            zf.writestr(PLAN_JSON, plan_bytes)
-            zf.write(parquet, CHANGES, compress_type=zipfile.ZIP_STORED)
-        partial.replace(out)
+        try:
+            with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+                zf.writestr(MANIFEST, json.dumps(manifest, indent=2))
+                zf.writestr(PLAN_JSON, plan_bytes)
+                zf.write(parquet, CHANGES, compress_type=zipfile.ZIP_STORED)
+            partial.replace(out)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise PlanError(f"cannot write the plan to {out}: {exc.strerror or exc}") from exc
     finally:
         parquet.unlink(missing_ok=True)
 
