@@ -1,40 +1,19 @@
-"""Normalisation and hashing of identifiers, exactly as the ad platforms require.
+"""Phone numbers to E.164 (``+61412345678``) without a parsing library at runtime.
 
-This runs once per member sent (up to tens of millions per apply), so every function here is
-a few string operations and at most one precompiled regular expression: no parsing library
-at runtime. ``tests/test_identity.py`` cross-checks the phone rules against ``phonenumbers``.
-
-Normalised forms (what is hashed):
-
-- e-mail: trimmed and lowercased; ``None`` when not of the shape ``local@domain.tld``;
-- phone: E.164 with the ``+`` (``+61412345678``); national numbers get the workspace's
-  default country code (see :func:`normalise_phone`).
-
-Record strings (what an adapter returns in ``BatchResult.records``, what the state keeps and
-what a removal sends back) have the form ``<identifier>_<hash>:<lowercase hex digest>``::
-
-    email_sha256:973dfe463ec85785f5f95af5ba3906eedb2d931c24e69824a89ea65dba4e813b
-    phone_sha256:<sha256 of "+61412345678">
-
-Platform-specific variants (e.g. Meta hashes phone digits without the ``+``) get their own
-helper here, such as :func:`meta_phone`, and their own identifier name in the record.
+This runs once per member sent (up to tens of millions per apply), so it is a few string
+operations and at most two precompiled regular expressions. ``tests/test_identity.py``
+cross-checks the rules against the ``phonenumbers`` library; the regular expressions here are
+shared with the SQL version (:mod:`destinations.identity.sql`), which must give the same
+answer for every input.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
-from collections.abc import Callable, Mapping, Sequence
 
-__all__ = [
-    "COUNTRIES",
-    "hashed_identifiers",
-    "md5_hex",
-    "meta_phone",
-    "normalise_email",
-    "normalise_phone",
-    "sha256_hex",
-]
+from destinations.identity.text import ASCII_SPACE, WHITESPACE, char_class
+
+__all__ = ["COUNTRIES", "EXTENSION_PATTERN", "PHONE_PATTERN", "ZERO_TRUNK_CODES", "normalise_phone"]
 
 # country -> (calling code, trunk prefix or None, international dialling prefix, possible
 # lengths of the national significant number). Calling codes, trunk prefixes and lengths
@@ -109,23 +88,28 @@ COUNTRIES: dict[str, tuple[str, str | None, str, frozenset[int]]] = {
 
 # calling codes whose numbers may be written "+44 (0)20 ..." (a trunk 0 after the code);
 # calling codes are prefix-free, so at most one of them starts a number
-_ZERO_TRUNK_CODES = frozenset(cc for cc, trunk, _, _ in COUNTRIES.values() if trunk == "0")
-
-_EMAIL = re.compile(r"[^@\s]+@[^@\s.][^@\s]*\.[^@\s.]+")
-# optional "(" / "+" start, then digits and the usual separators only; letters (a hash,
-# a vanity number) make the value unusable. An extension at the end is cut off first.
-_PHONE = re.compile(r"[\s(]*(\+)?[\d\s\-.()/]*", re.ASCII)
-_EXTENSION = re.compile(r"\s*(?:;ext=|[,;#]|(?:e?xt(?:ension|n)?|x)\.?)\s*\d{1,7}#?\s*$", re.I)
-_NON_DIGITS = re.compile(r"\D", re.ASCII)
+ZERO_TRUNK_CODES = frozenset(cc for cc, trunk, _, _ in COUNTRIES.values() if trunk == "0")
 
 
-def normalise_email(value: str | None) -> str | None:
-    """Trimmed, lowercased e-mail, or ``None`` when empty or clearly not an address
-    (anything but one ``@`` between a non-empty local part and a dotted domain)."""
-    if not value:
-        return None
-    email = value.strip().lower()
-    return email if _EMAIL.fullmatch(email) else None
+def _patterns(*, sql: bool) -> tuple[str, str]:
+    """(whole number, trailing extension) as regular expressions for ``re`` or RE2."""
+    space = char_class(ASCII_SPACE, sql=sql)[1:-1]
+    ws = char_class(WHITESPACE, sql=sql)
+    # optional "(" / "+" start, then digits and the usual separators only; letters (a hash,
+    # a vanity number) make the value unusable
+    phone = rf"[{space}(]*(\+)?[0-9{space}\-.()/]*"
+    # an extension at the end ("x12", "ext. 4", ";ext=5", ", 123") is cut off first
+    ext_word = "(?:[eE]?[xX][tT](?:[eE][nN][sS][iI][oO][nN]|[nN])?|[xX])"
+    extension = rf"{ws}*(?:;[eE][xX][tT]=|[,;#]|{ext_word}\.?){ws}*[0-9]{{1,7}}#?{ws}*$"
+    return phone, extension
+
+
+#: the same two expressions, written for RE2 (DuckDB's ``regexp_*`` functions)
+PHONE_PATTERN, EXTENSION_PATTERN = _patterns(sql=True)
+_phone, _extension = _patterns(sql=False)
+_PHONE = re.compile(_phone)
+_EXTENSION = re.compile(_extension)
+_NON_DIGITS = re.compile(r"[^0-9]")
 
 
 def normalise_phone(value: str | None, default_country: str) -> str | None:
@@ -162,7 +146,7 @@ def normalise_phone(value: str | None, default_country: str) -> str | None:
         if not match.group(1):
             digits = digits[len(idd) :] if digits.startswith(idd) else digits[2:]
         for size in (1, 2, 3):
-            if digits[size : size + 1] == "0" and digits[:size] in _ZERO_TRUNK_CODES:
+            if digits[size : size + 1] == "0" and digits[:size] in ZERO_TRUNK_CODES:
                 digits = digits[:size] + digits[size + 1 :]
                 break
         number = digits
@@ -183,54 +167,3 @@ def normalise_phone(value: str | None, default_country: str) -> str | None:
     if not 8 <= len(number) <= 15 or number[0] == "0":
         return None
     return "+" + number
-
-
-def sha256_hex(value: str) -> str:
-    """Lowercase hex SHA-256 of the UTF-8 bytes of ``value``."""
-    return hashlib.sha256(value.encode()).hexdigest()
-
-
-def md5_hex(value: str) -> str:
-    """Lowercase hex MD5 of the UTF-8 bytes of ``value`` (Mailchimp's subscriber hash)."""
-    return hashlib.md5(value.encode()).hexdigest()
-
-
-def meta_phone(e164: str) -> str:
-    """Meta's phone form: the E.164 digits without ``+`` (``+61412345678`` -> ``61412345678``)."""
-    return e164[1:] if e164.startswith("+") else e164
-
-
-def _email_record(value: str | None, default_country: str) -> str | None:
-    email = normalise_email(value)
-    return None if email is None else "email_sha256:" + sha256_hex(email)
-
-
-def _phone_record(value: str | None, default_country: str) -> str | None:
-    phone = normalise_phone(value, default_country)
-    return None if phone is None else "phone_sha256:" + sha256_hex(phone)
-
-
-_RECORDERS: dict[str, Callable[[str | None, str], str | None]] = {
-    "email": _email_record,
-    "phone": _phone_record,
-}
-
-
-def hashed_identifiers(
-    identifiers: Mapping[str, str | None], accepted: Sequence[str], default_country: str
-) -> tuple[str, ...]:
-    """The record strings of one member: each ``accepted`` identifier type (in that order)
-    that the member has and that normalises, as ``<type>_sha256:<hex>``; unusable ones are
-    skipped, so the result may be empty. Raises ``ValueError`` for an identifier type this
-    module cannot hash."""
-    records: list[str] = []
-    for kind in accepted:
-        recorder = _RECORDERS.get(kind)
-        if recorder is None:
-            raise ValueError(
-                f"cannot hash identifier type {kind!r}; supported: {', '.join(_RECORDERS)}"
-            )
-        record = recorder(identifiers.get(kind), default_country)
-        if record is not None:
-            records.append(record)
-    return tuple(records)

@@ -1,0 +1,71 @@
+"""The few text operations every normaliser is built from, defined so that Python and DuckDB
+SQL (:mod:`destinations.identity.sql`) compute exactly the same strings.
+
+- whitespace is the fixed set :data:`WHITESPACE` (what Python's ``str.isspace`` accepts);
+  SQL trims it with ``trim(x, <those characters>)``;
+- lowercasing is per character and one-to-one (the simple Unicode mapping, which is what
+  DuckDB's ``lower`` does): ``"İ"`` becomes ``"i"`` and a final ``"Σ"`` becomes ``"σ"``,
+  where Python's ``str.lower`` would give ``"i̇"`` and ``"ς"``. ASCII takes the fast path;
+- regular expressions use explicit character classes only (no ``\\s``, ``\\d``, ``\\w`` or
+  case-insensitive flags, whose meaning differs between Python's ``re`` and RE2);
+  :func:`char_class` writes one class for both dialects.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+__all__ = ["ASCII_SPACE", "WHITESPACE", "char_class", "lower", "nfc", "sql_string"]
+
+#: every character for which ``str.isspace()`` is true; ``str.strip()`` removes exactly these
+WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
+    "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+#: the ASCII whitespace of ``re.ASCII``'s ``\s`` (RE2's ``\s`` lacks the vertical tab)
+ASCII_SPACE = " \t\n\r\x0b\x0c"
+
+
+def lower(text: str) -> str:
+    """Lowercase one character at a time with the simple (one-to-one) Unicode mapping."""
+    if text.isascii():
+        return text.lower()
+    return "".join(c.lower()[0] for c in text)
+
+
+def nfc(text: str) -> str:
+    """Unicode NFC (composed) form; ASCII is returned as is."""
+    return text if text.isascii() else unicodedata.normalize("NFC", text)
+
+
+def char_class(chars: str, *, negate: bool = False, sql: bool = False) -> str:
+    """A regular-expression character class of exactly ``chars``, written for Python's ``re``
+    (``sql=False``) or for RE2 inside DuckDB (``sql=True``)."""
+    parts = []
+    for c in chars:
+        code = ord(c)
+        if c.isalnum() and c.isascii():
+            parts.append(c)
+        elif sql:
+            parts.append(f"\\x{{{code:x}}}")
+        else:
+            parts.append(f"\\u{code:04x}" if code > 0xFF else f"\\x{code:02x}")
+    return "[" + ("^" if negate else "") + "".join(parts) + "]"
+
+
+def sql_string(text: str) -> str:
+    """A DuckDB string literal for ``text``; characters outside printable ASCII are written
+    with ``chr()`` so that the SQL stays readable and byte-safe."""
+    pieces: list[str] = []
+    run = ""
+    for c in text:
+        if " " <= c <= "~":
+            run += "''" if c == "'" else c
+        else:
+            if run:
+                pieces.append(f"'{run}'")
+                run = ""
+            pieces.append(f"chr({ord(c)})")
+    if run or not pieces:
+        pieces.append(f"'{run}'")
+    return pieces[0] if len(pieces) == 1 else "(" + " || ".join(pieces) + ")"
