@@ -22,8 +22,11 @@ from pydantic import (
     model_validator,
 )
 
+from destinations.identity import TYPES
+
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
-IDENTIFIER_TYPES = ("email", "phone")
+#: the identifier types a profiles table may declare (``destinations.identity`` defines them)
+IDENTIFIER_TYPES = tuple(TYPES)
 ENV_REF_RE = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 #: a plain mailbox (no display name, no whitespace, a dotted domain); enough to catch typos
 EMAIL_RE = re.compile(
