@@ -254,8 +254,8 @@ class _Walker:
                 ref,
             )
         if kind not in _TABLE_REFS:
-            what = {"SHOW_REF": "DESCRIBE, SHOW and SUMMARIZE"}.get(str(kind), str(kind))
-            raise self._reject(f"{what} is not allowed in segment SQL", ref)
+            what = {"SHOW_REF": "DESCRIBE, SHOW and SUMMARIZE are"}.get(str(kind), f"{kind} is")
+            raise self._reject(f"{what} not allowed in segment SQL", ref)
         if kind != "BASE_TABLE":
             return
         catalog = str(ref.get("catalog_name") or "")
