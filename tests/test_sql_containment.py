@@ -111,17 +111,14 @@ def test_freshness_sql_errors_carry_no_data(workspace):
     assert "reconcile.yaml:6: source.freshness_sql: freshness_sql failed: Conversion Error (" in err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="planner.py prints the raw engine error of stage_desired (lead: wrap it with "
-    "reconciler.sources.engine_errors.safe_engine_error)",
-)
 def test_consent_condition_errors_carry_no_data(workspace):
     integration = SANDBOX_YAML.replace(
         "consent: email_consent", "consent: CAST(email AS INTEGER) > 0"
     )
     ws = workspace({"act": MAINTAIN}, profiles=rows(), integration=integration)
-    fails(ws, "plan")
+    err = fails(ws, "plan")
+    assert "integrations/sandbox.yaml:2: consent: computing the audience of 'act' failed" in err
+    assert "Conversion Error" in err
 
 
 # ---------------------------------------------------------------------- 2. the preview
