@@ -23,126 +23,43 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import duckdb
+import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from destinations.base import DestinationContext, Member
-from destinations.sandbox import SandboxConfig, SandboxDestination
 from reconciler.plan import splits
 from reconciler.workspace.spec import SplitMode
 from tests.conftest import PROFILE_COLUMNS, WS, cli
-from tests.state_model import CONTROL_PERCENT, Config, Gen, Model, Person, Removal
+from tests.state_model import Config, Gen, Model, Person, Removal
+from tests.state_workspace import (
+    ACTIONS,
+    EMAILS,
+    EXISTING,
+    FOREIGN,
+    INTEGRATION,
+    KEYS,
+    NAMES,
+    PHONES,
+    RECONCILE_YAML,
+    SANDBOX,
+    SEGMENTS,
+    SENDERS,
+    N,
+    activation_yaml,
+    email_of,
+    phone_of,
+    read,
+    reconcile_command,
+    sandbox,
+)
 
 LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
-N = 5  # profiles
-KEYS = [f"c{i:05d}" for i in range(N)]
-SANDBOX = ".reconcile/sandbox.duckdb"
-EXISTING = "Existing"  # the list `action: remove` works on; other senders' rows in it too
-NAMES = {"m": "M", "ap": "AP", "o": "O"}
-ACTIONS = {"m": "maintain", "ap": "append", "o": "maintain", "rm": "remove"}
-SENDERS = ("m", "ap", "o")  # the activations that send (can be split, deleted, re-added)
-EMAILS = {
-    "own": "user{i}@example.com",
-    "alt": "alt{i}@example.com",
-    "shared": "family@example.com",  # a shared inbox when two profiles pick it
-    "unusable": "bob@localhost",
-    "none": None,
-}
-PHONES = {
-    "national": "04{i:08d}",  # hashes differently in AU and NZ
-    "international": "+614{i:08d}",  # the same number as AU national
-    "unusable": "12",
-    "none": None,
-}
-FOREIGN = [f"foreign{j}@example.org" for j in range(2)]
-
-RECONCILE_YAML = """\
-version: 1
-timezone: UTC
-source:
-  type: duckdb
-  path: data/profiles.duckdb
-  profiles:
-    table: profiles
-    key: customer_id
-    identifiers: {{email: email, phone: phone}}
-    attributes: [first_name]
-    default_phone_country: {country}
-state:
-  path: .reconcile/state.duckdb
-suppression: [blocked]
-"""
-SEGMENTS = {
-    "seg-a": "sql: SELECT customer_id FROM profiles WHERE seg_a\n",
-    "blocked": "sql: SELECT customer_id FROM profiles WHERE seg_b\n",
-}
-INTEGRATION = """\
-type: sandbox
-consent: email_consent
-config:
-  path: {path}
-  identifiers: [email, phone]
-  batch_size: 2
-  reject_add_keys: {add}
-  reject_remove_keys: {remove}
-"""
-
-
-def activation_yaml(aid: str, cfg: Config) -> str:
-    lines = ["segments: [seg-a]", "destination: sandbox"]
-    if ACTIONS[aid] == "remove":
-        lines += ["action: remove", f"list: {{existing: {EXISTING}}}"]
-    else:
-        lines.append(f"name: {NAMES[aid]}")
-    if ACTIONS[aid] == "append":
-        lines.append("action: append")
-    if cfg.split is not SplitMode.NONE:
-        lines.append(f"split: {cfg.split.value}")
-    if cfg.split is SplitMode.CONTROL:
-        lines.append(f"control_percent: {CONTROL_PERCENT}")
-    if cfg.paused:
-        lines.append("paused: true")
-    if cfg.frequency == "once":
-        lines.append("frequency: once")
-    if cfg.on_delete == "clear":
-        lines.append("on_delete: clear")
-    return "\n".join(lines) + "\n"
-
-
-def email_of(i: int, variant: str) -> str | None:
-    value = EMAILS[variant]
-    return None if value is None else value.format(i=i)
-
-
-def phone_of(i: int, variant: str) -> str | None:
-    value = PHONES[variant]
-    return None if value is None else value.format(i=i)
-
-
-def sandbox(context: DestinationContext) -> SandboxDestination:
-    """The sandbox as another sender sees it (no knobs)."""
-    return SandboxDestination(SandboxConfig(path=SANDBOX), {}, None, context)
-
-
-def reconcile_command() -> list[str]:
-    script = Path(sys.executable).parent / "reconcile"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "reconciler"]
-
-
-def read(path: Path, sql: str) -> list[tuple]:
-    if not path.exists():
-        return []
-    con = duckdb.connect(str(path), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 class TruthfulPlan(RuleBasedStateMachine):
@@ -573,3 +490,64 @@ TruthfulPlan.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 test_truthful_plan = TruthfulPlan.TestCase
+
+
+# ---------------------------------------------------------------------- fixed histories
+class Picks:
+    """Stands in for ``st.data()``: each draw returns the next given value."""
+
+    def __init__(self, *values: object) -> None:
+        self.values = list(values)
+
+    def draw(self, strategy: object) -> object:
+        return self.values.pop(0)
+
+
+#: the shortest histories that broke the truthful plan (one per decided semantic), replayed
+#: on every run whatever hypothesis draws
+HISTORIES = {
+    "unusable-email": [("apply", {}), ("set_email", {"i": 1, "variant": "unusable"})],
+    "no-identifier-left-under-append": [("apply", {}), ("set_email", {"i": 1, "variant": "none"})],
+    "default-phone-country": [("apply", {}), ("default_phone_country", {"country": "NZ"})],
+    "refused-stale-removal": [
+        ("apply", {}),
+        ("destination_rejects", {"add": set(), "remove": {"c00001"}}),
+        ("set_email", {"i": 1, "variant": "alt"}),
+    ],
+    "split-change-keeps-names": [
+        ("apply", {}),
+        ("change_split", {"data": Picks("m"), "split": SplitMode.AB}),
+    ],
+    "re-added-activation-gets-a-new-audience": [
+        ("apply", {}),
+        ("delete_activation", {"data": Picks("m")}),
+        ("apply", {}),
+        ("readd_activation", {"data": Picks("m"), "on_delete": "keep"}),
+    ],
+    "paused-remove-sends-nothing": [
+        ("apply", {}),
+        ("set_paused", {"data": Picks("rm"), "paused": True}),
+        ("set_email", {"i": 0, "variant": "alt"}),
+    ],
+    "duplicate-key-outside-the-segment": [("duplicate_key", {"i": 3})],
+    "duplicate-key-in-the-segment": [("duplicate_key", {"i": 2})],
+    "kill-after-a-create": [("killed_apply", {"calls": 1, "when": "after"})],
+    "refused-removal-is-shown-again": [
+        ("apply", {}),
+        ("destination_rejects", {"add": set(), "remove": {"c00001"}}),
+        ("toggle_segment", {"i": 1}),
+    ],
+}
+INVARIANTS = ("audiences_keep_their_names", "others_rows_are_never_removed", "plan_is_truthful")
+
+
+@pytest.mark.parametrize("name", sorted(HISTORIES))
+def test_fixed_history(name: str) -> None:
+    machine = TruthfulPlan()
+    try:
+        for step, kwargs in [*HISTORIES[name], ("apply", {}), ("apply", {})]:
+            getattr(machine, step)(**kwargs)
+            for check in INVARIANTS:
+                getattr(machine, check)()
+    finally:
+        machine.teardown()
