@@ -7,6 +7,11 @@ dummy destination it has failure knobs (one RNG, ``seed``) for testing journalin
     throttle_rate         a write call raises ThrottledError(retry_after=0.01) before writing
     lost_ack_rate         a write call is applied, then raises TransientError (lost answer)
     reject_rate           each member of a member call is refused, with a reason in ``failed``
+    reject_add_keys       members with these profile keys are refused by every add and update
+    reject_remove_keys    members with these profile keys are refused by every remove
+    exit_after_calls      the process ends with ``os._exit(137)`` at its N-th write call ...
+    exit_when             ... ``before`` applying it, or ``after`` applying it and before
+                          answering (a kill between intent and outcome); counted per adapter
     refuse_credentials    every call raises CredentialsRefused
     delay_per_batch       seconds slept before every create and member call
 
@@ -24,6 +29,7 @@ A member sent with e-mail and phone is two rows; an audience's ``size`` is its n
 from __future__ import annotations
 
 import json
+import os
 import random
 import secrets
 import time
@@ -97,6 +103,10 @@ class SandboxConfig(DestinationConfig):
     throttle_rate: _Rate = 0.0
     lost_ack_rate: _Rate = 0.0
     reject_rate: _Rate = 0.0
+    reject_add_keys: list[str] = Field(default_factory=list)
+    reject_remove_keys: list[str] = Field(default_factory=list)
+    exit_after_calls: int | None = Field(default=None, ge=1)
+    exit_when: Literal["before", "after"] = "before"
     refuse_credentials: bool = False
     seed: int | None = None
 
@@ -131,6 +141,7 @@ class SandboxDestination:
         self.path = path if path.is_absolute() else Path(context.root) / path
         self._rng = random.Random(config.seed)
         self._con: duckdb.DuckDBPyConnection | None = None
+        self._writes = 0  # write calls made, for exit_after_calls
 
     # -- the Destination protocol ------------------------------------------------------------
 
@@ -213,7 +224,7 @@ class SandboxDestination:
         self, audience: AudienceRef, members: Sequence[RemovalRecord], *, idempotency_key: str
     ) -> BatchResult:
         """Delete the rows of exactly the recorded strings (absent rows are fine)."""
-        failed = self._rejections([m.key for m in members])
+        failed = self._rejections([m.key for m in members], "reject_remove_keys")
         records = {m.key: m.record for m in members if m.key not in failed}
         keys = sorted({k for record in records.values() for k in record})
 
@@ -235,7 +246,7 @@ class SandboxDestination:
     def _upsert(
         self, op: str, audience: AudienceRef, members: Sequence[Member], idempotency_key: str
     ) -> BatchResult:
-        failed = self._rejections([m.key for m in members])
+        failed = self._rejections([m.key for m in members], "reject_add_keys")
         wanted = [m for m in members if m.key not in failed]
         records: dict[str, tuple[str, ...]] = {}
         unmatched: list[str] = []
@@ -263,9 +274,15 @@ class SandboxDestination:
 
         return self._write(op, upsert, delay=True)
 
-    def _rejections(self, keys: Sequence[str]) -> dict[str, str]:
+    def _rejections(self, keys: Sequence[str], knob: str) -> dict[str, str]:
+        """Refused members: the keys the ``knob`` lists always, the others at ``reject_rate``."""
         rate, reason = self.config.reject_rate, "rejected by the sandbox (reject_rate)"
-        return {key: reason for key in keys if rate and self._rng.random() < rate}
+        listed = set(getattr(self.config, knob))
+        refused = {key: f"rejected by the sandbox ({knob})" for key in keys if key in listed}
+        refused |= {
+            key: reason for key in keys if key not in refused and rate and self._rng.random() < rate
+        }
+        return refused
 
     def _absent(self) -> bool:
         """No sandbox file yet: reads find nothing and create nothing (a plan writes no file)."""
@@ -288,6 +305,10 @@ class SandboxDestination:
     def _write(self, op: str, fn: _Call[_T], *, delay: bool = False) -> _T:
         """Run ``fn`` in one transaction, after the knobs had their say."""
         con = self._connection()
+        self._writes += 1
+        exiting = self._writes == self.config.exit_after_calls
+        if exiting and self.config.exit_when == "before":
+            os._exit(137)
         if delay:
             time.sleep(self.config.delay_per_batch)
         transient, throttled, lost = (self._rng.random() for _ in range(3))
@@ -298,6 +319,8 @@ class SandboxDestination:
         if throttled < self.config.throttle_rate:
             raise errors.ThrottledError(f"sandbox {op}: simulated rate limit", retry_after=0.01)
         result = _transaction(con, fn)
+        if exiting:  # exit_when: after
+            os._exit(137)
         if lost < self.config.lost_ack_rate:
             raise errors.TransientError(
                 f"sandbox {op}: simulated lost answer (the call was applied)"
