@@ -85,9 +85,16 @@ class Gen:
         return splits.group(self.cfg.split, pct, self.aid, key)
 
     def target(
-        self, people: dict[str, Person], country: str, dups: set[str], run: bool = False
+        self,
+        people: dict[str, Person],
+        country: str,
+        dups: set[str],
+        run: bool = False,
+        *,
+        dups_excluded: set[str] = frozenset(),  # type: ignore[assignment]
     ) -> dict[str, dict[str, Entry]]:
-        """What each sent group should hold now (maintain/append; see Model for remove)."""
+        """What each sent group should hold now (maintain/append; see Model for remove).
+        A held (duplicated) key keeps what it has, unless any of its rows is excluded."""
         out: dict[str, dict[str, Entry]] = {g: {} for g in self.held}
         out.update({g: {} for g in splits.groups(self.cfg.split) if splits.sent(g)})
         if self.deleted:
@@ -95,7 +102,12 @@ class Gen:
         frozen = self.frozen(run)
         for key, p in people.items():
             current = {g: held[key] for g, held in self.held.items() if key in held}
-            if key in dups or (frozen and not p.excluded):
+            if key in dups:
+                if key not in dups_excluded and not p.excluded:
+                    for g, e in current.items():  # held as it is
+                        out[g][key] = e
+                continue
+            if frozen and not p.excluded:
                 for g, e in current.items():  # held as it is
                     out[g][key] = e
                 continue
@@ -146,6 +158,9 @@ class Model:
     removal: Removal
     old: list[Gen] = field(default_factory=list)  # retired generations
     dups: set[str] = field(default_factory=set)
+    #: keys (of ``dups``) one of whose rows is suppressed or without consent: a held key is
+    #: still removed then
+    dups_excluded: set[str] = field(default_factory=set)
     reject_add: set[str] = field(default_factory=set)
     reject_remove: set[str] = field(default_factory=set)
 
@@ -158,7 +173,7 @@ class Model:
             return {splits.ALL: self.removal.target(self.people, self.country, self.dups)}
         if gen.retired:
             return {g: gen.expected(g) for g in gen.groups()}
-        entries = gen.target(self.people, self.country, self.dups)
+        entries = gen.target(self.people, self.country, self.dups, dups_excluded=self.dups_excluded)
         return {g: gen.expected(g, entries) for g in gen.groups() | set(entries)}
 
     # ------------------------------------------------------------------ apply
@@ -173,7 +188,9 @@ class Model:
             if gen is self.removal.gen:
                 self._apply_removal(gen, run)
                 continue
-            target = gen.target(self.people, self.country, self.dups, run)
+            target = gen.target(
+                self.people, self.country, self.dups, run, dups_excluded=self.dups_excluded
+            )
             for g in set(gen.held) | set(target):
                 held, want = gen.held.setdefault(g, {}), target.get(g, {})
                 for key in set(held) | set(want):

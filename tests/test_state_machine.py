@@ -113,6 +113,9 @@ class TruthfulPlan(RuleBasedStateMachine):
     def _write_profiles(self) -> None:
         rows = [self._row(key, p) for key, p in self.model.people.items()]
         rows += [self._row(key, p) for key, p in self.dup_rows.items()]
+        # a held key's exclusion: its second row keeps the consent and suppression it was
+        # written with, while toggles change the first
+        self.model.dups_excluded = {k for k, p in self.dup_rows.items() if p.excluded}
         self.ws.db.parent.mkdir(parents=True, exist_ok=True)
         con = duckdb.connect(str(self.ws.db))
         try:

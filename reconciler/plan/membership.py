@@ -284,13 +284,20 @@ def stage_changes(
         FROM {eligible} d LEFT JOIN {members} m ON d.key = m.key AND d.grp = m.grp
         WHERE m.key IS NULL OR m.fp IS NULL OR d.fp <> m.fp"""
     )
+    # ... and, like an unusable identifier, a profile in the segment left with none at all
+    unusable = (
+        f"(SELECT key FROM {DESIRED} WHERE NOT unknown AND NOT held AND NOT suppressed "
+        "AND NOT no_consent AND NOT matchable)"
+    )
     con.execute(
         f"""{ins}
         SELECT {aid}, grp, 'remove', key FROM (
             SELECT key, grp FROM {excluded}
             UNION
             SELECT m.key, m.grp FROM {members} m JOIN {eligible} d
-                ON d.key = m.key AND d.grp <> m.grp)"""
+                ON d.key = m.key AND d.grp <> m.grp
+            UNION
+            SELECT m.key, m.grp FROM {members} m SEMI JOIN {unusable} u ON u.key = m.key)"""
     )
 
 
