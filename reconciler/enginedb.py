@@ -47,6 +47,7 @@ class Session:
         config = {
             "memory_limit": getattr(spec, "memory_limit", None) or default_memory_limit(),
             "temp_directory": str(tmp),
+            "max_temp_directory_size": getattr(spec, "max_temp_directory_size", None) or "10GB",
             "preserve_insertion_order": "false",
         }
         threads = getattr(spec, "threads", None) or os.environ.get("RECONCILE_THREADS")

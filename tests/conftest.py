@@ -27,6 +27,14 @@ settings.register_profile(
 settings.register_profile(
     "dev", max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
+# on demand: many more and longer histories (docs/testing.md)
+settings.register_profile(
+    "long",
+    max_examples=300,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 PROFILE_COLUMNS = (

@@ -342,7 +342,7 @@ STATIC = [
         seg_file("sql: SELECT * FROM read_csv('/etc/passwd')\n"),
         [
             "segments/seg-a.yaml:1: sql: segment 'seg-a': table functions are not allowed in "
-            "segment SQL (found \"READ_CSV('/etc/passwd')\")"
+            "segment SQL (found 'read_csv')"
         ],
         id="sql-table-function",
     ),
@@ -380,6 +380,27 @@ STATIC = [
             "'__RECONCILE_STATE' tables"
         ],
         id="sql-internal-catalog-quoted-in-subquery",
+    ),
+    pytest.param(
+        seg_file("sql: SELECT customer_id FROM orders\n"),
+        [
+            "segments/seg-a.yaml:1: sql: segment 'seg-a': table 'orders' is not allowed in "
+            "segment SQL; it may read the profiles table 'profiles', the tables listed under "
+            "`source.tables` (none) and CTEs the query defines"
+        ],
+        id="sql-undeclared-table",
+    ),
+    pytest.param(
+        # a file-reading function used as a scalar: not on the allow-list of functions
+        seg_file(
+            "sql: SELECT customer_id FROM profiles "
+            "WHERE length(read_text('/etc/passwd')::varchar) > 0\n"
+        ),
+        [
+            "segments/seg-a.yaml:1: sql: segment 'seg-a': function read_text is not allowed in "
+            "segment SQL; allowed: see docs/segment-sql.md"
+        ],
+        id="sql-scalar-file-access",
     ),
     # Jinja in segment SQL and audience names: sandboxed, undefined names are errors
     pytest.param(
@@ -549,7 +570,12 @@ RUNTIME = [
         id="sql-conversion-error",
     ),
     pytest.param(
-        seg_file("sql: SELECT customer_id FROM orders\n"),
+        {  # declared readable (`source.tables`), but not in the database
+            **seg_file("sql: SELECT customer_id FROM orders\n"),
+            "reconcile.yaml": RECONCILE_YAML.replace(
+                "  profiles:\n", "  tables: [orders]\n  profiles:\n"
+            ),
+        },
         [
             "segments/seg-a.yaml:1: sql: segment 'seg-a' failed when run: Catalog Error: Table "
             "with name orders does not exist"
@@ -571,16 +597,6 @@ RUNTIME = [
             "profile key), it returns 2: ['customer_id', 'email']; select only customer_id"
         ],
         id="sql-two-columns",
-    ),
-    pytest.param(
-        # a file-reading function used as a scalar: sqlglot sees an ordinary function call,
-        # DuckDB refuses it (and external access is disabled in the planning session anyway)
-        seg_file(
-            "sql: SELECT customer_id FROM profiles "
-            "WHERE length(read_text('/etc/passwd')::varchar) > 0\n"
-        ),
-        ["segments/seg-a.yaml:1: sql: segment 'seg-a' failed when run:", "read_text"],
-        id="sql-scalar-file-access",
     ),
     pytest.param(
         {
@@ -613,9 +629,13 @@ RUNTIME = [
         id="source-unreadable",
     ),
     pytest.param(
-        {"reconcile.yaml": RECONCILE_YAML.replace("table: profiles", "table: customers")},
+        {
+            "reconcile.yaml": RECONCILE_YAML.replace("table: profiles", "table: customers").replace(
+                "  profiles:\n", "  tables: [profiles]\n  profiles:\n"
+            )
+        },
         [
-            "reconcile.yaml:7: source.profiles.table: the source DuckDB file ",
+            "reconcile.yaml:8: source.profiles.table: the source DuckDB file ",
             "has no table 'customers'",
         ],
         id="profiles-table-missing",
@@ -692,8 +712,8 @@ def test_external_access_is_blocked_even_if_the_sql_check_missed_it(workspace, m
     from reconciler.plan import segments
     from reconciler.sources import base
 
-    monkeypatch.setattr(base, "check_segment_sql", lambda sql, dialect: sql)
-    monkeypatch.setattr(segments, "check_segment_sql", lambda sql, dialect: sql)
+    monkeypatch.setattr(base, "check_segment_sql", lambda sql, dialect, **_: sql)
+    monkeypatch.setattr(segments, "check_segment_sql", lambda sql, dialect, **_: sql)
     ws = workspace(
         {"act": MAINTAIN},
         profiles=ROWS,

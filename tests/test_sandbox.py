@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -284,3 +286,61 @@ def test_delay_per_batch(tmp_path: Path, audience: AudienceRef) -> None:
     destination.add_members(audience, [member(1)], idempotency_key="a")
     destination.remove_members(audience, [], idempotency_key="r")
     assert time.perf_counter() - started >= 0.1
+
+
+def test_reject_keys_refuse_listed_members_only(tmp_path: Path, audience: AudienceRef) -> None:
+    destination = make(tmp_path, reject_add_keys=["p1"], reject_remove_keys=["p2"])
+    added = destination.add_members(audience, [member(1), member(2)], idempotency_key="a")
+    assert set(added.failed) == {"p1"} and "reject_add_keys" in added.failed["p1"]
+    assert set(added.records) == {"p2"}
+    updated = destination.update_members(audience, [member(1)], idempotency_key="u")
+    assert set(updated.failed) == {"p1"} and updated.records == {}
+    removal = [RemovalRecord("p2", added.records["p2"])]
+    removed = destination.remove_members(audience, removal, idempotency_key="r")
+    assert set(removed.failed) == {"p2"} and "reject_remove_keys" in removed.failed["p2"]
+    # p2 is refused only by removals, p1 only by additions
+    assert open_store(destination.path).match_keys(audience.id) == set(added.records["p2"])
+    sent_p1 = make(tmp_path).add_members(audience, [member(1)], idempotency_key="b").records
+    gone = destination.remove_members(
+        audience, [RemovalRecord("p1", sent_p1["p1"])], idempotency_key="r2"
+    )
+    assert set(gone.records) == {"p1"} and not gone.failed
+    assert open_store(destination.path).match_keys(audience.id) == set(added.records["p2"])
+
+
+# A child process that makes three write calls (create, add, add) with the exit knob set.
+EXIT_SCRIPT = """\
+import sys
+from pathlib import Path
+from destinations.base import DestinationContext, Member
+from destinations.sandbox import SandboxConfig, SandboxDestination
+config = SandboxConfig(exit_after_calls=int(sys.argv[2]), exit_when=sys.argv[3])
+dest = SandboxDestination(config, {}, None, DestinationContext(Path(sys.argv[1]), "AU"))
+aud = dest.create_audience("Exit", idempotency_key="c")
+for i in (1, 2):
+    dest.add_members(aud, [Member(f"p{i}", {"email": f"u{i}@example.com"})], idempotency_key=str(i))
+print("finished")
+"""
+
+
+@pytest.mark.parametrize(("when", "rows"), [("before", 1), ("after", 2)])
+def test_exit_after_calls_ends_the_process_at_the_nth_write(
+    tmp_path: Path, when: str, rows: int
+) -> None:
+    # the third write call (the second add) ends the process, before or after applying it
+    done = subprocess.run(
+        [sys.executable, "-c", EXIT_SCRIPT, str(tmp_path), "3", when],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 137, done.stderr
+    assert "finished" not in done.stdout
+    store = open_store(tmp_path / ".reconcile/sandbox.duckdb")
+    (aud,) = store.audiences()
+    assert len(store.match_keys(aud.id)) == rows
+    assert make(tmp_path).config.exit_after_calls is None  # off by default
+    with pytest.raises(ValidationError):
+        SandboxConfig(exit_after_calls=0)
+    with pytest.raises(ValidationError):
+        SandboxConfig(exit_when="during")

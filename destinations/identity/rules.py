@@ -25,7 +25,7 @@ from __future__ import annotations
 import enum
 import functools
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -104,12 +104,17 @@ class Encoding:
 
     def record(self, normalised: str) -> str:
         """What is kept for it: never raw personal data."""
+        return self.encode(normalised)[1]
+
+    def encode(self, normalised: str) -> tuple[str, str]:
+        """(value, record) at the cost of one hash."""
+        value = self.value(normalised)
         if self.hash is Hash.RAW:
-            return f"{self.prefix}:{sha256_hex(normalised)}"
-        return f"{self.prefix}:{self.value(normalised)}"
+            return value, f"{self.prefix}:{sha256_hex(normalised)}"
+        return value, f"{self.prefix}:{value}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: cheap cache keys
 class RuleSet:
     """A platform's encodings, in the order its payload lists them."""
 
@@ -215,19 +220,62 @@ class Encoded(NamedTuple):
     record: str
 
 
-_Step = tuple[str, str | None, Normaliser, tuple[tuple[Form | None, Encoding], ...]]
+_Digest = Callable[[str], str] | None
+#: one encoding, precomputed for the per-member loop: form, encoding, digest of the value
+#: sent, digest of the record (RAW only), "prefix:"
+_Pair = tuple[Form | None, Encoding, _Digest, _Digest, str]
+_Step = tuple[str, str | None, Normaliser, tuple[_Pair, ...]]
+_DIGESTS: Mapping[Hash, _Digest] = {
+    Hash.SHA256: sha256_hex,
+    Hash.MD5: md5_hex,
+    Hash.NONE: None,
+    Hash.RAW: None,
+}
 
 
 @functools.lru_cache(maxsize=256)
 def _steps(rules: RuleSet, accepted: tuple[str, ...]) -> tuple[_Step, ...]:
-    """Per accepted type: where to read it, its normaliser and its (form, encoding) pairs."""
+    """Per accepted type: where to read it, its normaliser and its encodings."""
     steps = []
     for name in accepted:
-        encodings = rules.for_identifier(name)
         kind = TYPES[name]
-        pairs = tuple((kind.form(e.form), e) for e in encodings)
+        pairs = tuple(
+            (
+                kind.form(e.form),
+                e,
+                _DIGESTS[e.hash],
+                sha256_hex if e.hash is Hash.RAW else None,
+                e.prefix + ":",
+            )
+            for e in rules.for_identifier(name)
+        )
         steps.append((name, kind.fallback, kind.normalise, pairs))
     return tuple(steps)
+
+
+def _run(
+    identifiers: Mapping[str, str | None],
+    accepted: Sequence[str],
+    rules: RuleSet,
+    context: NormaliseContext,
+    with_values: bool,
+) -> list[Encoded] | list[str]:
+    out: list = []
+    for name, fallback, normalise, pairs in _steps(rules, tuple(accepted)):
+        raw = identifiers.get(name)
+        if raw is None and fallback is not None:
+            raw = identifiers.get(fallback)
+        canonical = normalise(raw, context)
+        if canonical is None:
+            continue
+        for form, encoding, digest, record_digest, prefix in pairs:
+            formed = canonical if form is None else form(canonical)
+            if formed is None:
+                continue
+            value = formed if digest is None else digest(formed)
+            record = prefix + (value if record_digest is None else record_digest(formed))
+            out.append(Encoded(encoding, value, record) if with_values else record)
+    return out
 
 
 def encode(
@@ -239,19 +287,7 @@ def encode(
     """Every encoding of every ``accepted`` type (in that order, then in the rule set's
     order) that the member has and that normalises; unusable values are skipped. Raises
     ``ValueError`` for a type the rule set cannot encode."""
-    out: list[Encoded] = []
-    for name, fallback, normalise, pairs in _steps(rules, tuple(accepted)):
-        raw = identifiers.get(name)
-        if raw is None and fallback is not None:
-            raw = identifiers.get(fallback)
-        canonical = normalise(raw, context)
-        if canonical is None:
-            continue
-        for form, encoding in pairs:
-            formed = canonical if form is None else form(canonical)
-            if formed is not None:
-                out.append(Encoded(encoding, encoding.value(formed), encoding.record(formed)))
-    return tuple(out)
+    return tuple(_run(identifiers, accepted, rules, context, True))  # type: ignore[arg-type]
 
 
 def records(
@@ -260,8 +296,8 @@ def records(
     rules: RuleSet,
     context: NormaliseContext,
 ) -> tuple[str, ...]:
-    """Just the record strings of :func:`encode`."""
-    return tuple(e.record for e in encode(identifiers, accepted, rules, context))
+    """Just the record strings of :func:`encode` (the same loop, without the tuples)."""
+    return tuple(_run(identifiers, accepted, rules, context, False))  # type: ignore[arg-type]
 
 
 @functools.lru_cache(maxsize=64)

@@ -1,12 +1,20 @@
-"""What every command shares: the context object and the single error handler."""
+"""What every command shares: the context object, the single error handler and the group
+class that applies it to the whole CLI.
+
+Exit codes are 0 (success), 1 (any error, including usage errors and Ctrl-C) and, only for
+``plan --detailed-exitcode``, 2 (success with changes) — so click's usage-error code 2 is
+mapped to 1 here, once for every command.
+"""
 
 from __future__ import annotations
 
 import os
 import re
 import sys
+import traceback
 from functools import wraps
 from pathlib import Path
+from typing import Any, NoReturn
 
 import click
 import duckdb
@@ -25,26 +33,66 @@ class Ctx:
         return load_workspace(find_root(self.directory))
 
 
+def fail(exc: BaseException) -> NoReturn:
+    """The single error handler: one `Error: ...` paragraph on stderr, exit 1.
+
+    An exception we did not expect is a bug: it is named (type and message) rather than
+    hidden, and ``RECONCILE_DEBUG=1`` prints its traceback too."""
+    if isinstance(exc, click.ClickException):  # usage errors: click's own message
+        exc.show()
+    elif isinstance(exc, ReconcileError):
+        click.echo(f"Error: {exc}", err=True)
+    elif isinstance(exc, KeyboardInterrupt | click.Abort):
+        click.echo("Error: interrupted", err=True)
+    elif isinstance(exc, duckdb.Error):  # one we did not expect: still one paragraph, exit 1
+        click.echo(
+            f"Error: the database engine failed: {_one_line(exc)}. Nothing more was done; if "
+            "it happens again, report it with the command you ran",
+            err=True,
+        )
+    else:
+        if os.environ.get("RECONCILE_DEBUG") == "1":
+            traceback.print_exception(exc, file=sys.stderr)
+        click.echo(
+            f"Error: internal error: {type(exc).__name__}: {_one_line(exc)}; please report it "
+            "(RECONCILE_DEBUG=1 shows the traceback)",
+            err=True,
+        )
+    sys.exit(1)
+
+
+def _one_line(exc: BaseException) -> str:
+    return re.sub(r"\s+", " ", str(exc)).strip()[:500]
+
+
 def handle_errors(fn):
-    """The single error handler: `Error: ...` on stderr, exit 1."""
+    """Run a command under the single error handler."""
 
     @wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except ReconcileError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            sys.exit(1)
-        except duckdb.Error as exc:  # one we did not expect: still one paragraph, exit 1
-            detail = re.sub(r"\s+", " ", str(exc)).strip()
-            click.echo(
-                f"Error: the database engine failed: {detail}. Nothing more was done; if it "
-                "happens again, report it with the command you ran",
-                err=True,
-            )
-            sys.exit(1)
+        except click.exceptions.Exit:  # ctx.exit(code): not an error
+            raise
+        except (Exception, KeyboardInterrupt) as exc:
+            fail(exc)
 
     return wrapper
+
+
+class ReconcileGroup(click.Group):
+    """The ``reconcile`` group: whatever escapes a command, click's parsing or start-up goes
+    through :func:`fail`, so no command can exit 2 on bad usage or print a traceback."""
+
+    def main(self, args: Any = None, prog_name: Any = None, *a: Any, **extra: Any) -> Any:
+        if extra.pop("standalone_mode", True) is False:
+            return super().main(args, prog_name, *a, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, *a, standalone_mode=False, **extra)
+        except (Exception, KeyboardInterrupt) as exc:
+            fail(exc)
+        # --help and --version return click's exit code; commands return None
+        sys.exit(code if isinstance(code, int) and code in (0, 1) else 0)
 
 
 def use_color(no_color: bool) -> bool:

@@ -14,12 +14,12 @@ import click
 from reconciler import engine, render
 from reconciler.apply.applier import ApplyOptions, ApplyResult
 from reconciler.apply.interrupts import InterruptGuard
-from reconciler.cli.common import Ctx, handle_errors, use_color
+from reconciler.cli.common import Ctx, ReconcileGroup, handle_errors, use_color
 from reconciler.errors import ReconcileError
 from reconciler.plan.planner import PlanRequest
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ReconcileGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "-C",
     "directory",
@@ -124,7 +124,7 @@ def plan(c: Ctx, targets, out, fmt, detailed_exitcode, refresh, due, comment_lim
 
 
 @main.command()
-@click.argument("planfile", type=click.Path(dir_okay=False), required=False)
+@click.argument("planfile", type=click.Path(dir_okay=False))
 @format_option
 @pass_ctx
 @handle_errors

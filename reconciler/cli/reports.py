@@ -154,6 +154,8 @@ def segments(name, show_pii, limit, fmt) -> None:
         click.echo(f"{r['name']}: {r['size']:,} profiles  ({r['file']})")
         for p in r["preview"]:
             click.echo(f"    {p}")
+        if r.get("note"):
+            click.echo(f"    ({r['note']})")
 
 
 # ---------------------------------------------------------------------- state

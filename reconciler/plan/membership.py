@@ -26,7 +26,9 @@ import duckdb
 from reconciler.enginedb import STAGING
 from reconciler.errors import SegmentError
 from reconciler.plan import splits
-from reconciler.sources.base import INTERNAL_PREFIX, SqlRejected, check_segment_sql
+from reconciler.sources.base import INTERNAL_PREFIX, SqlRejected
+from reconciler.sources.engine_errors import safe_engine_error
+from reconciler.sources.guard import SqlPolicy, check_condition
 from reconciler.workspace.spec import ActionMode, Activation, Integration, ProfilesTable
 
 #: temp tables of a planning session; the prefix keeps segment SQL from reading them
@@ -59,23 +61,26 @@ def consent_sql(
     dialect: str,
     con: duckdb.DuckDBPyConnection | None = None,
     profiles: ProfilesTable | None = None,
+    policy: SqlPolicy | None = None,
 ) -> str:
-    """The consent condition as SQL over ``p`` (the profiles row). With ``con``, it is also
-    bound once against the profiles table, so a wrong column names the integration file."""
+    """The consent condition as SQL over ``p`` (the profiles row), checked by the SQL guard
+    like segment SQL. With ``con``, it is also bound once against the profiles table, so a
+    wrong column names the integration file. Embedded on lines of its own, so a trailing
+    ``--`` comment cannot swallow the rest of the query."""
     if not integ.consent:
         return "TRUE"
     try:
-        check_segment_sql(f"SELECT 1 FROM profiles WHERE ({integ.consent})", dialect)
+        check_condition(integ.consent, dialect, policy)
     except SqlRejected as exc:
         raise SegmentError(f"{integ_where}: consent condition: {exc}") from exc
-    condition = f"({integ.consent})"
+    condition = f"(\n{integ.consent}\n)"
     if con is not None and profiles is not None:
         try:
             con.execute(
                 f"SELECT NOT coalesce({condition}, FALSE) FROM {_ident(profiles.table)} p LIMIT 0"
             )
         except duckdb.Error as exc:
-            detail = _clean_text(re.split(r"\n\s*LINE \d+:", str(exc))[0])
+            detail = _clean_text(safe_engine_error(exc, integ.consent)[0])
             raise SegmentError(
                 f"{integ_where}: the consent condition fails: {detail}; it must be a true/false "
                 "condition over the columns of the profiles table"
@@ -289,13 +294,20 @@ def stage_changes(
         FROM {eligible} d LEFT JOIN {members} m ON d.key = m.key AND d.grp = m.grp
         WHERE m.key IS NULL OR m.fp IS NULL OR d.fp <> m.fp"""
     )
+    # ... and, like an unusable identifier, a profile in the segment left with none at all
+    unusable = (
+        f"(SELECT key FROM {DESIRED} WHERE NOT unknown AND NOT held AND NOT suppressed "
+        "AND NOT no_consent AND NOT matchable)"
+    )
     con.execute(
         f"""{ins}
         SELECT {aid}, grp, 'remove', key FROM (
             SELECT key, grp FROM {excluded}
             UNION
             SELECT m.key, m.grp FROM {members} m JOIN {eligible} d
-                ON d.key = m.key AND d.grp <> m.grp)"""
+                ON d.key = m.key AND d.grp <> m.grp
+            UNION
+            SELECT m.key, m.grp FROM {members} m SEMI JOIN {unusable} u ON u.key = m.key)"""
     )
 
 

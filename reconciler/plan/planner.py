@@ -8,6 +8,8 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import duckdb
+
 from destinations.base import AudienceRef
 from reconciler.enginedb import Session
 from reconciler.errors import ConfigError, DestinationError, ReconcileError, SegmentError
@@ -24,6 +26,9 @@ from reconciler.plan.model import (
 from reconciler.plan.recorded import config_diff, digest, recorded_spec
 from reconciler.plan.schedule import is_due, last_refresh
 from reconciler.plan.segments import SegmentRunner
+from reconciler.sources import sql_policy
+from reconciler.sources.engine_errors import safe_engine_error
+from reconciler.sources.limits import query_timeout, time_limit
 from reconciler.state.store import RecordedActivation, StateReader
 from reconciler.workspace.loader import Workspace
 from reconciler.workspace.spec import ActionMode, Activation, SplitMode
@@ -62,6 +67,7 @@ class Planner:
         self.con = session.con
         self.state = StateReader(self.con)
         self.profiles = ws.config.source.profiles
+        self.policy = sql_policy(ws.config.source)
         self.segments = SegmentRunner(ws, self.con, as_of, session.source.dialect)
 
     # ------------------------------------------------------------------ entry point
@@ -92,6 +98,8 @@ class Planner:
             timezone=self.ws.config.timezone,
             dialect=self.session.source.dialect,
             where=str(self.ws.config_location("source", "freshness_sql")),
+            policy=self.policy,
+            timeout=query_timeout(self.ws.config.source),
         )
         plans = []
         for aid in ids:
@@ -158,42 +166,51 @@ class Planner:
             self.session.source.dialect,
             self.con,
             self.profiles,
+            self.policy,
         )
         ids = dest.identity.accepted
         drift = self._refresh(act, rec, dest) if rec is not None and not frozen else Drift()
         notes += drift.notes
         attr_cols = [integ.attributes[f] for f in act.attributes]
+        consent_where = str(self.ws.location("integrations", act.destination, "consent"))
         try:
-            counts = membership.stage_desired(
+            with time_limit(
                 self.con,
-                profiles=self.profiles,
-                segment_tables=[r.table for r in seg_results],
-                suppressed=suppressed,
-                duplicates=self.duplicates,
-                consent=consent,
-                group_expr=membership.group_expression(act, seed),
-                fingerprint=membership.fingerprint_sql(
-                    self.profiles, ids, attr_cols, self.profiles.default_phone_country
-                ),
-                matchable=membership.matchable_sql(self.profiles, ids),
-            )
-            membership.stage_changes(
-                self.con,
-                activation_id=aid,
-                recorded=self.state.members_sql(baseline),
-                gone=sorted(drift.gone),
-                act=act,
-                frozen=frozen,
-                profiles=self.profiles,
-                suppressed=suppressed,
-                duplicates=self.duplicates,
-                consent=consent,
-            )
+                query_timeout(self.ws.config.source),
+                consent_where,
+                "the audience query (consent condition)",
+            ):
+                counts = membership.stage_desired(
+                    self.con,
+                    profiles=self.profiles,
+                    segment_tables=[r.table for r in seg_results],
+                    suppressed=suppressed,
+                    duplicates=self.duplicates,
+                    consent=consent,
+                    group_expr=membership.group_expression(act, seed),
+                    fingerprint=membership.fingerprint_sql(
+                        self.profiles, ids, attr_cols, self.profiles.default_phone_country
+                    ),
+                    matchable=membership.matchable_sql(self.profiles, ids),
+                )
+                membership.stage_changes(
+                    self.con,
+                    activation_id=aid,
+                    recorded=self.state.members_sql(baseline),
+                    gone=sorted(drift.gone),
+                    act=act,
+                    frozen=frozen,
+                    profiles=self.profiles,
+                    suppressed=suppressed,
+                    duplicates=self.duplicates,
+                    consent=consent,
+                )
         except ReconcileError:
             raise
-        except Exception as exc:  # a consent condition or mapping that fails in SQL
+        except duckdb.Error as exc:  # the consent condition fails on the data
+            detail = safe_engine_error(exc, integ.consent or "")[0]
             raise SegmentError(
-                f"{self.ws.file_of('activations', aid)}: computing the audience failed: {exc}"
+                f"{consent_where}: computing the audience of {aid!r} failed: {detail}"
             ) from exc
         if counts["unknown"]:
             notes.append(f"{counts['unknown']:,} segment key(s) are not in the profiles table")

@@ -14,7 +14,9 @@ from zoneinfo import ZoneInfo
 import duckdb
 
 from reconciler.errors import SegmentError
-from reconciler.sources.base import SqlRejected, check_segment_sql
+from reconciler.sources.engine_errors import safe_engine_error
+from reconciler.sources.guard import SqlPolicy, SqlRejected, check_segment_sql
+from reconciler.sources.limits import DEFAULT_QUERY_TIMEOUT, time_limit
 from reconciler.state.store import RecordedActivation
 from reconciler.workspace.templating import TemplateFailed, local_date, render_sql
 
@@ -46,16 +48,26 @@ def last_refresh(
     timezone: str,
     dialect: str,
     where: str,
+    policy: SqlPolicy | None = None,
+    timeout: float = DEFAULT_QUERY_TIMEOUT,
 ) -> datetime | None:
+    """The source's last refresh from ``freshness_sql`` (untrusted: checked by the guard
+    against ``policy`` — pass :func:`reconciler.sources.sql_policy` — and run under the
+    time limit ``timeout``)."""
     if not sql:
         return None
     try:
-        query = check_segment_sql(render_sql(sql, as_of, timezone), dialect)
-        rows = con.execute(query).fetchall()
+        query = check_segment_sql(render_sql(sql, as_of, timezone), dialect, policy=policy)
     except (TemplateFailed, SqlRejected) as exc:
         raise SegmentError(f"{where}: freshness_sql: {exc}") from exc
+    try:
+        with time_limit(con, timeout, where, "freshness_sql"):
+            rows = con.execute(query).fetchall()
+    except SegmentError:
+        raise
     except duckdb.Error as exc:
-        raise SegmentError(f"{where}: freshness_sql failed: {exc}") from exc
+        detail, _ = safe_engine_error(exc, query)
+        raise SegmentError(f"{where}: freshness_sql failed: {detail}") from exc
     if len(rows) != 1 or len(rows[0]) != 1:
         raise SegmentError(f"{where}: freshness_sql must return one row with one timestamp")
     value = rows[0][0]

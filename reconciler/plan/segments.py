@@ -1,17 +1,20 @@
 """Segments of a plan: each rendered (sandboxed Jinja), checked (the SQL guard) and
-materialised once per planning session as a temp table of keys."""
+materialised once per planning session as a temp table of keys, under the time limit of
+untrusted SQL; engine errors are reported without data from the rows."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime
 
 import duckdb
 
 from reconciler.errors import SegmentError
-from reconciler.plan.membership import SUPPRESSED, TEMP, _clean_text, _ident
-from reconciler.sources.base import SqlRejected, check_segment_sql
+from reconciler.plan.membership import SUPPRESSED, TEMP, _ident
+from reconciler.sources import sql_policy
+from reconciler.sources.engine_errors import safe_engine_error
+from reconciler.sources.guard import SqlRejected, check_segment_sql
+from reconciler.sources.limits import query_timeout, time_limit
 from reconciler.workspace.loader import Workspace
 from reconciler.workspace.templating import TemplateFailed, render_sql
 
@@ -22,6 +25,7 @@ class SegmentResult:
     table: str
     size: int  # distinct keys
     repeated: int = 0  # keys the SQL returned more than once (counted once)
+    column_type: str = ""  # the type of the column the SQL returns (before the key cast)
 
 
 class SegmentRunner:
@@ -29,6 +33,8 @@ class SegmentRunner:
         self, ws: Workspace, con: duckdb.DuckDBPyConnection, as_of: datetime, dialect: str
     ):
         self.ws, self.con, self.as_of, self.dialect = ws, con, as_of, dialect
+        self.policy = sql_policy(ws.config.source)
+        self.timeout = query_timeout(ws.config.source)
         self._done: dict[str, SegmentResult] = {}
 
     def run(self, name: str) -> SegmentResult:
@@ -38,31 +44,34 @@ class SegmentRunner:
         where = self.ws.location("segments", name, "sql")
         try:
             sql = check_segment_sql(
-                render_sql(seg.sql, self.as_of, self.ws.config.timezone), self.dialect
+                render_sql(seg.sql, self.as_of, self.ws.config.timezone),
+                self.dialect,
+                policy=self.policy,
             )
         except (TemplateFailed, SqlRejected) as exc:
             at = self.ws.doc("segments", name).text_location(("sql",), exc.line)
             raise SegmentError(f"{at}: segment {name!r}: {exc}") from exc
         table = f"{TEMP}_seg_{len(self._done)}"
         try:
-            cols = self.con.execute(f"DESCRIBE SELECT * FROM ({sql}) q").fetchall()
-            if len(cols) != 1:
-                raise SegmentError(
-                    f"{where}: segment {name!r} must return exactly one column (the profile "
-                    f"key), it returns {len(cols)}: {[c[0] for c in cols]}; select only "
-                    f"{self.ws.config.source.profiles.key}"
+            with time_limit(self.con, self.timeout, str(where), f"segment {name!r}"):
+                cols = self.con.execute(f"DESCRIBE SELECT * FROM ({sql}) q").fetchall()
+                if len(cols) != 1:
+                    raise SegmentError(
+                        f"{where}: segment {name!r} must return exactly one column (the "
+                        f"profile key), it returns {len(cols)}: {[c[0] for c in cols]}; "
+                        f"select only {self.ws.config.source.profiles.key}"
+                    )
+                self.con.execute(
+                    f"CREATE OR REPLACE TEMP TABLE {table} AS "
+                    f"SELECT CAST({_ident(cols[0][0])} AS VARCHAR) AS k FROM ({sql}) q"
                 )
-            self.con.execute(
-                f"CREATE OR REPLACE TEMP TABLE {table} AS "
-                f"SELECT CAST({_ident(cols[0][0])} AS VARCHAR) AS k FROM ({sql}) q"
-            )
-            total, non_null, distinct = self.con.execute(
-                f"SELECT count(*), count(k), count(DISTINCT k) FROM {table}"
-            ).fetchone()
+                total, non_null, distinct = self.con.execute(
+                    f"SELECT count(*), count(k), count(DISTINCT k) FROM {table}"
+                ).fetchone()
         except SegmentError:
             raise
         except duckdb.Error as exc:
-            raise self._failed(name, exc) from exc
+            raise self._failed(name, exc, sql) from exc
         if non_null != total:
             raise SegmentError(
                 f"{where}: segment {name!r} returned {total - non_null} NULL key(s); "
@@ -77,18 +86,15 @@ class SegmentRunner:
             )
             self.con.execute(f"DROP TABLE {table}")
             table = distinct_table
-        result = SegmentResult(name, table, distinct, total - distinct)
+        result = SegmentResult(name, table, distinct, total - distinct, str(cols[0][1]))
         self._done[name] = result
         return result
 
-    def _failed(self, name: str, exc: duckdb.Error) -> SegmentError:
-        """The engine's error with the file line of the SQL line it names (DuckDB's own
-        ``LINE n:`` excerpt shows our wrapping query, so it is left out)."""
-        text = str(exc)
-        m = re.search(r"\n\s*LINE (\d+):", text)
-        line = int(m.group(1)) if m else None
+    def _failed(self, name: str, exc: duckdb.Error, sql: str) -> SegmentError:
+        """The engine's error with the file line of the SQL line it names, and only its
+        class when the message may quote data (:func:`safe_engine_error`)."""
+        detail, line = safe_engine_error(exc, sql)
         at = self.ws.doc("segments", name).text_location(("sql",), line)
-        detail = _clean_text(text[: m.start()] if m else text).rstrip(".")
         return SegmentError(
             f"{at}: segment {name!r} failed when run: {detail}; fix the SQL and plan again"
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from reconciler.plan.planner import plan_as_of
@@ -67,6 +68,10 @@ def log_rows(state: StateReader, activation_id: str, limit: int) -> list[dict[st
 def segment_rows(
     ws: Workspace, name: str | None, limit: int, show_pii: bool
 ) -> list[dict[str, Any]]:
+    """Sizes and a preview of each segment. Without ``show_pii`` the preview shows only
+    values that are profile keys — of the key column's type, present in the profiles table
+    and not shaped like an e-mail address or phone number; otherwise ``note`` says why it
+    is hidden (segment SQL is untrusted: it could return e-mail addresses as "keys")."""
     from reconciler.enginedb import Session, new_staging_path, remove_staging
     from reconciler.errors import ConfigError
     from reconciler.plan.membership import _ident
@@ -85,37 +90,72 @@ def segment_rows(
     staging = new_staging_path(ws)
     p = ws.config.source.profiles
     email = p.identifiers.get("email")
+    key = f"CAST(p.{_ident(p.key)} AS VARCHAR)"
     rows = []
     try:
         with Session(ws, source, write_state=False, staging_path=staging, lock_down=True) as s:
             runner = SegmentRunner(ws, s.con, as_of, source.dialect)
+            key_type = str(
+                s.con.execute(f"DESCRIBE SELECT {_ident(p.key)} FROM {_ident(p.table)}").fetchone()[
+                    1
+                ]
+            )
             for n in names:
                 res = runner.run(n)
+                note = None
                 if show_pii and email:
                     preview = [
                         f"{k}  {e or ''}"
                         for k, e in s.con.execute(
                             f"SELECT t.k, p.{_ident(email)} FROM {res.table} t LEFT JOIN "
-                            f"{_ident(p.table)} p ON CAST(p.{_ident(p.key)} AS VARCHAR) = t.k "
-                            "ORDER BY t.k LIMIT ?",
+                            f"{_ident(p.table)} p ON {key} = t.k ORDER BY t.k LIMIT ?",
                             [limit],
                         ).fetchall()
                     ]
+                elif res.column_type != key_type:
+                    preview = []
+                    note = (
+                        f"preview hidden: the segment returns a {res.column_type} column, not "
+                        f"the {key_type} of the profiles key {p.key!r}; --show-pii shows it"
+                    )
                 else:
                     preview = [
                         r[0]
                         for r in s.con.execute(
-                            f"SELECT k FROM {res.table} ORDER BY k LIMIT ?", [limit]
+                            f"SELECT t.k FROM {res.table} t SEMI JOIN {_ident(p.table)} p "
+                            f"ON {key} = t.k ORDER BY t.k LIMIT ?",
+                            [limit],
                         ).fetchall()
                     ]
+                    if any(_identifier_shaped(k, key_type) for k in preview):
+                        preview = []
+                        note = (
+                            "preview hidden: the keys look like e-mail addresses or phone "
+                            "numbers; --show-pii shows them"
+                        )
+                    elif res.size and not preview:
+                        note = "preview hidden: the values returned are not profile keys"
                 rows.append(
                     {
                         "name": n,
                         "size": res.size,
                         "preview": preview,
+                        "note": note,
                         "file": ws.file_of("segments", n),
                     }
                 )
     finally:
         remove_staging(staging)
     return rows
+
+
+_PHONE_LIKE = re.compile(r"\+?[\d\s().\-]+")
+
+
+def _identifier_shaped(value: str, column_type: str) -> bool:
+    """An e-mail address, or a phone number written as text (an integer key is a number)."""
+    if "@" in value:
+        return True
+    digits = sum(c.isdigit() for c in value)
+    textual = not column_type.upper().endswith("INT") and "INT" not in column_type.upper()
+    return textual and digits >= 7 and bool(_PHONE_LIKE.fullmatch(value.strip()))

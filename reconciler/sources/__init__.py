@@ -1,9 +1,12 @@
-"""Sources of profiles and segment membership."""
+"""Sources of profiles and segment membership, and the containment of untrusted SQL:
+:mod:`~reconciler.sources.guard` (what it may read and call), :mod:`~.limits` (time) and
+:mod:`~.engine_errors` (error messages without data)."""
 
 from __future__ import annotations
 
 from reconciler.errors import ConfigError
 from reconciler.sources.base import Source
+from reconciler.sources.guard import SqlPolicy
 from reconciler.workspace.spec import DuckDBSource
 
 
@@ -14,3 +17,15 @@ def open_source(ws) -> Source:
 
         return DuckDBFileSource(spec, ws.root, ws.config_location)
     raise ConfigError(f"source type {spec.type!r} is not supported yet")
+
+
+def sql_policy(source_spec) -> SqlPolicy:
+    """What untrusted SQL may read in this workspace: the profiles table and the tables
+    listed under ``source.tables``, in the source's catalog."""
+    from reconciler.sources.duckdb_source import SOURCE_CATALOG
+
+    return SqlPolicy(
+        profiles_table=source_spec.profiles.table,
+        tables=tuple(getattr(source_spec, "tables", ()) or ()),
+        catalog=SOURCE_CATALOG,
+    )

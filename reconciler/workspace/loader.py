@@ -246,7 +246,9 @@ def _check_templates(ws: Workspace, errors: list[ConfigError]) -> None:
     consent conditions are allowed SQL, audience names render."""
     from datetime import UTC, datetime
 
+    from reconciler.sources import sql_policy
     from reconciler.sources.base import SqlRejected, check_segment_sql
+    from reconciler.sources.guard import check_condition
     from reconciler.workspace.templating import (
         DEFAULT_NAME,
         TemplateFailed,
@@ -257,17 +259,27 @@ def _check_templates(ws: Workspace, errors: list[ConfigError]) -> None:
     now = datetime.now(UTC)
     tz = ws.config.timezone
     dialect = "postgres" if isinstance(ws.config.source, PostgresSource) else "duckdb"
+    policy = sql_policy(ws.config.source)
+    if ws.config.source.freshness_sql:
+        try:
+            check_segment_sql(
+                render_sql(ws.config.source.freshness_sql, now, tz), dialect, policy=policy
+            )
+        except (TemplateFailed, SqlRejected) as exc:
+            errors.append(
+                ConfigError(f"freshness_sql: {exc}", ws.config_location("source", "freshness_sql"))
+            )
     for name, seg in ws.segments.items():
         doc = ws.doc("segments", name)
         try:
-            check_segment_sql(render_sql(seg.sql, now, tz), dialect)
+            check_segment_sql(render_sql(seg.sql, now, tz), dialect, policy=policy)
         except (TemplateFailed, SqlRejected) as exc:
             where = doc.text_location(("sql",), exc.line)
             errors.append(ConfigError(f"segment {name!r}: {exc}", where))
     for name, integ in ws.integrations.items():
         if integ.consent is not None:
             try:
-                check_segment_sql(f"SELECT 1 FROM profiles WHERE ({integ.consent})", dialect)
+                check_condition(integ.consent, dialect, policy)
             except SqlRejected as exc:
                 # a parse position would point into our wrapping query: leave it out
                 why = "" if str(exc).startswith("SQL does not parse") else f" ({exc})"

@@ -22,8 +22,11 @@ from pydantic import (
     model_validator,
 )
 
+from destinations.identity import TYPES
+
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
-IDENTIFIER_TYPES = ("email", "phone")
+#: the identifier types a profiles table may declare (``destinations.identity`` defines them)
+IDENTIFIER_TYPES = tuple(TYPES)
 ENV_REF_RE = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 #: a plain mailbox (no display name, no whitespace, a dotted domain); enough to catch typos
 EMAIL_RE = re.compile(
@@ -79,9 +82,36 @@ class DuckDBSource(Strict):
     )
     demo_profiles: int = Field(50_000, ge=100)
     profiles: ProfilesTable = Field(default_factory=ProfilesTable)
+    tables: list[str] = Field(
+        default_factory=list,
+        description="other tables or views of the source that segment SQL, consent conditions "
+        "and freshness_sql may read ('name' or 'schema.name'); the profiles table is always "
+        "readable, nothing else is (see docs/segment-sql.md)",
+    )
     freshness_sql: str | None = None
+    query_timeout: float = Field(
+        120,
+        gt=0,
+        description="seconds any query running untrusted SQL (segments, consent, "
+        "freshness_sql) may take before it is stopped",
+    )
     threads: int | None = Field(None, ge=1)
-    memory_limit: str | None = None
+    memory_limit: str | None = Field(
+        None, description="DuckDB memory limit of the engine session (default 1GB)"
+    )
+    max_temp_directory_size: str | None = Field(
+        None,
+        description="how much a query may spill to .reconcile/tmp when it exceeds "
+        "memory_limit (default 10GB)",
+    )
+
+    @field_validator("tables")
+    @classmethod
+    def _plain_table_names(cls, value: list[str]) -> list[str]:
+        for i, name in enumerate(value):
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?", name):
+                raise FieldError(f"{name!r} is not a table name; write 'name' or 'schema.name'", i)
+        return value
 
 
 class PostgresSource(Strict):

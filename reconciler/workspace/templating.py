@@ -1,6 +1,7 @@
 """One sandboxed Jinja environment for everything users template: segment SQL, audience
 names and (later) notification messages. Templates come from pull requests, so they are
-untrusted: the sandbox forbids attribute tricks and undefined names are errors.
+untrusted: the sandbox (``template_sandbox``) forbids attribute tricks and bounds the time
+and size of every render, and undefined names are errors.
 
 Time is fixed by the plan's ``as_of``: ``today`` and ``days_ago(n)`` are the dates in the
 workspace timezone at that instant, also when a saved plan is applied later.
@@ -8,56 +9,24 @@ workspace timezone at that instant, also when a saved plan is applied later.
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, UndefinedError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2 import TemplateError, TemplateSyntaxError, UndefinedError
 
-#: results larger than this (characters, or digits of a number) are refused
-MAX_RESULT = 100_000
+from reconciler.workspace.template_sandbox import LIMITS, Limits, TemplateFailed, render
 
-
-class _BoundedEnvironment(ImmutableSandboxedEnvironment):
-    """The sandbox, plus bounds on ``*`` and ``**`` so a template from a pull request cannot
-    hang the runner with ``{{ 9**9**9 }}`` or ``{{ 'a' * 10**10 }}``."""
-
-    intercepted_binops = frozenset({"*", "**"})
-
-    def call_binop(self, context, operator, left, right):
-        numbers = isinstance(left, int | float) and isinstance(right, int | float)
-        if operator == "**" and numbers and abs(right) > 64 and abs(left) > 1:
-            raise TemplateFailed(f"exponent {right} is too large in a template")
-        if operator == "*":
-            for seq, n in ((left, right), (right, left)):
-                if (
-                    isinstance(seq, str | list | tuple)
-                    and isinstance(n, int)
-                    and len(seq) * n > MAX_RESULT
-                ):
-                    raise TemplateFailed("a repeated string or list is too long in a template")
-            if (
-                isinstance(left, int)
-                and isinstance(right, int)
-                and left.bit_length() + right.bit_length() > 4 * MAX_RESULT
-            ):
-                raise TemplateFailed("a number is too large in a template")
-        return super().call_binop(context, operator, left, right)
-
-
-_ENV = _BoundedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
-_HTML_ENV = _BoundedEnvironment(
-    undefined=StrictUndefined, autoescape=True, keep_trailing_newline=True
-)
-
-
-class TemplateFailed(Exception):
-    """A template did not render; the caller adds the file and field. ``line`` is the line
-    within the template, when known."""
-
-    def __init__(self, message: str, line: int | None = None):
-        super().__init__(message)
-        self.line = line
+__all__ = [
+    "DEFAULT_NAME",
+    "LIMITS",
+    "Limits",
+    "TemplateFailed",
+    "local_date",
+    "render_name",
+    "render_sql",
+    "render_template",
+]
 
 
 def local_date(as_of: datetime, timezone: str) -> date:
@@ -68,7 +37,7 @@ def _sql_date(d: date) -> str:
     return f"DATE '{d.isoformat()}'"
 
 
-def render_sql(sql: str, as_of: datetime, timezone: str) -> str:
+def render_sql(sql: str, as_of: datetime, timezone: str, limits: Limits = LIMITS) -> str:
     """Render segment SQL; ``today`` / ``days_ago(n)`` become SQL date literals."""
     today = local_date(as_of, timezone)
 
@@ -77,7 +46,8 @@ def render_sql(sql: str, as_of: datetime, timezone: str) -> str:
             raise TemplateFailed(f"days_ago() takes a whole number of days >= 0, not {n!r}")
         return _sql_date(today - timedelta(days=n))
 
-    return _render(sql, {"today": _sql_date(today), "days_ago": days_ago}, "today, days_ago(n)")
+    context = {"today": _sql_date(today), "days_ago": days_ago}
+    return _render(sql, context, "today, days_ago(n)", limits)
 
 
 def render_name(
@@ -88,6 +58,7 @@ def render_name(
     date_created: date,
     activation: str,
     segments: list[str],
+    limits: Limits = LIMITS,
 ) -> str:
     """Render an audience name. Context: ``date_created`` (fixed when the audience was
     first created), ``today``, ``activation`` (the id), ``segments`` (names)."""
@@ -100,24 +71,35 @@ def render_name(
             "segments": list(segments),
         },
         "date_created, today, activation, segments",
+        limits,
     ).strip()
     if not name:
         raise TemplateFailed("the audience name renders empty")
+    bad = next((c for c in name if unicodedata.category(c) in _CONTROL or c in _BIDI), None)
+    if bad is not None:
+        # a newline or an escape sequence would also reach terminals and PR comments
+        raise TemplateFailed(
+            f"the audience name holds a control character (U+{ord(bad):04X}); remove it"
+        )
     return name
 
+
+_CONTROL = ("Cc", "Zl", "Zp")
+#: text-direction overrides, which make a name read differently from what it is
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 DEFAULT_NAME = "{{ date_created }} {{ segments | join(', ') }}"
 
 
 def render_template(source: str, context: dict, names: str, *, html: bool = False) -> str:
-    """Render a user-editable template (notification messages) in the same sandbox;
+    """Render a user-editable template (notification messages) in the same bounded sandbox;
     ``html`` autoescapes every value. ``names`` lists the context for error messages."""
-    return _render(source, context, names, _HTML_ENV if html else _ENV)
+    return _render(source, context, names, LIMITS, html=html)
 
 
-def _render(source: str, context: dict, names: str, env: _BoundedEnvironment = _ENV) -> str:
+def _render(source: str, context: dict, names: str, limits: Limits, *, html: bool = False) -> str:
     try:
-        return env.from_string(source).render(context)
+        return render(source, context, limits, html=html)
     except TemplateFailed as exc:
         exc.line = exc.line or _template_line(exc)
         raise
@@ -130,6 +112,8 @@ def _render(source: str, context: dict, names: str, env: _BoundedEnvironment = _
         ) from exc
     except TemplateError as exc:  # includes the sandbox's SecurityError
         raise TemplateFailed(f"template error: {exc.message or exc}", _template_line(exc)) from exc
+    except RecursionError as exc:
+        raise TemplateFailed("template error: the template nests or recurses too deeply") from exc
     except Exception as exc:  # type errors and the like inside the template
         raise TemplateFailed(f"template error: {exc}", _template_line(exc)) from exc
 

@@ -81,6 +81,10 @@ class YamlDoc:
 
 #: a workspace file is small; more values than this means an alias bomb
 MAX_VALUES = 100_000
+#: nor is it deep: this is far more than any format needs, and far from Python's stack limit
+MAX_DEPTH = 50
+#: bytes; a bigger file is refused unread
+MAX_FILE_BYTES = 256 << 10
 
 
 #: the plain data YAML tags; anything else (``!!python/...``, ``!custom``) is refused
@@ -107,6 +111,10 @@ class _Builder:
         return ConfigError(message, Location(self.display, node.start_mark.line + 1, field))
 
     def build(self, node: yaml.Node, path: tuple[Any, ...] = ()) -> Any:
+        if len(path) > MAX_DEPTH:
+            raise self.error(
+                f"values are nested more than {MAX_DEPTH} levels deep; flatten them", node, path[:1]
+            )
         self.count += 1
         if self.count > MAX_VALUES:
             raise self.error(
@@ -172,20 +180,62 @@ def load(path: Path, root: Path) -> YamlDoc:
     except ValueError:
         display = str(path)
     try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ConfigError(
+                f"file is larger than {MAX_FILE_BYTES >> 10} KB; a workspace file is small "
+                "configuration, not data",
+                Location(display),
+            )
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read file: {exc.strerror}", Location(display)) from exc
     except UnicodeDecodeError as exc:
-        raise ConfigError("file is not UTF-8 text", Location(display)) from exc
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise ConfigError("file is not UTF-8 text", Location(display, line)) from exc
+    _check_flow_depth(text, display)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = _Builder(display).build(node) if node is not None else None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
         problem = exc.problem or exc.context or "invalid YAML"
         raise ConfigError(f"malformed YAML: {problem}", Location(display, line)) from exc
-    data = _Builder(display).build(node) if node is not None else None
+    except yaml.reader.ReaderError as exc:  # a control character, or a BOM in the middle
+        line = text[: exc.position].count("\n") + 1
+        what = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
+        raise ConfigError(
+            f"malformed YAML: the file holds a control character ({what}) that YAML does not "
+            "allow; remove it",
+            Location(display, line),
+        ) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"malformed YAML: {exc}", Location(display)) from exc
+    except RecursionError as exc:
+        raise ConfigError(
+            f"malformed YAML: values are nested more than {MAX_DEPTH} levels deep; flatten them",
+            Location(display),
+        ) from exc
     return YamlDoc(path, display, data, node)
+
+
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def _check_flow_depth(text: str, display: str) -> None:
+    """Refuse ``[[[[...`` before PyYAML sees it: its scanner is quadratic in flow depth and
+    its composer recursive. Brackets inside quotes count too; only a text with more than
+    ``2 * MAX_DEPTH`` unclosed brackets is refused."""
+    depth = 0
+    for m in _BRACKETS.finditer(text):
+        depth = depth + 1 if m.group() in "[{" else max(depth - 1, 0)
+        if depth > 2 * MAX_DEPTH:
+            line = text.count("\n", 0, m.start()) + 1
+            raise ConfigError(
+                f"malformed YAML: values are nested more than {MAX_DEPTH} levels deep; "
+                "flatten them",
+                Location(display, line),
+            )
 
 
 def validation_errors(

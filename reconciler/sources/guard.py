@@ -1,0 +1,329 @@
+"""The guard for untrusted SQL: segment SQL, integration consent conditions and
+``source.freshness_sql`` all arrive in pull requests, and a PR's plan job runs them.
+
+Two layers, both allow-lists:
+
+1. **Shape** (sqlglot): the text must tokenize and parse as exactly one SELECT; errors name
+   the line of the SQL.
+2. **What it reads and calls** (DuckDB's own parser, ``json_serialize_sql``): every table
+   reference must be the profiles table, a table listed under ``source.tables`` or a CTE the
+   query itself defines (and is in scope where it is read); every function must be on the
+   allow-list of :mod:`reconciler.sources.functions`. Walking the tree DuckDB will execute —
+   not a second parser's idea of it — leaves no room for a quote or comment the two parsers
+   read differently.
+
+Anything else is refused by name. The engine adds its own guard underneath (external access
+disabled, configuration locked) and :mod:`reconciler.sources.limits` bounds time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+
+import duckdb
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ParseError, TokenError
+
+from reconciler.sources.functions import ALLOWED_FUNCTIONS, MAX_PAD, OPERATORS, SIZE_ARGUMENT
+
+__all__ = ["INTERNAL_PREFIX", "SqlPolicy", "SqlRejected", "check_condition", "check_segment_sql"]
+
+#: catalogs and tables the engine adds next to the source; untrusted SQL may not name them
+INTERNAL_PREFIX = "__reconcile"
+
+DOCS = "docs/segment-sql.md"
+
+#: schemas, catalogs and name prefixes describing the engine itself
+_METADATA_SCHEMAS = {"information_schema", "pg_catalog", "system", "temp"}
+_METADATA_PREFIXES = ("duckdb_", "pragma_", "sqlite_", "pg_", "information_schema")
+
+#: a table "name" DuckDB would read as a file or URL (``FROM '/etc/passwd'``, ``"x.csv"``)
+_FILE_LIKE = re.compile(
+    r"[/\\:]|\.(csv|tsv|txt|json|jsonl|ndjson|parquet|arrow|xlsx|db|duckdb|sqlite|gz|zst)$",
+    re.IGNORECASE,
+)
+
+_QUERY_NODES = {"SELECT_NODE", "SET_OPERATION_NODE", "RECURSIVE_CTE_NODE", "CTE_NODE"}
+_TABLE_REFS = {"BASE_TABLE", "JOIN", "SUBQUERY", "EXPRESSION_LIST", "EMPTY", "PIVOT"}
+_NO_LOCATION = 2**64 - 1
+
+
+class SqlRejected(Exception):
+    """SQL the guard refuses; the caller adds the file. ``line`` is the line within the SQL,
+    when known."""
+
+    def __init__(self, message: str, line: int | None = None):
+        super().__init__(message)
+        self.line = line
+
+
+@dataclass(frozen=True)
+class SqlPolicy:
+    """What untrusted SQL may read: the profiles table and the declared tables (``name`` or
+    ``schema.name``), in the source catalog. Built by :func:`reconciler.sources.sql_policy`."""
+
+    profiles_table: str = "profiles"
+    tables: tuple[str, ...] = ()
+    catalog: str = "source"
+
+    def readable(self) -> list[str]:
+        return [self.profiles_table, *self.tables]
+
+    def allows(self, catalog: str, schema: str, name: str) -> bool:
+        if catalog and catalog.lower() != self.catalog.lower():
+            return False
+        for entry in self.readable():
+            want_schema, _, want_name = entry.lower().rpartition(".")
+            if name.lower() != want_name:
+                continue
+            if want_schema and schema.lower() == want_schema:
+                return True
+            if not want_schema and schema.lower() in ("", "main"):
+                return True
+        return False
+
+
+def check_segment_sql(sql: str, dialect: str, *, policy: SqlPolicy | None = None) -> str:
+    """Return ``sql`` if it is exactly one SELECT that reads only what ``policy`` allows and
+    calls only allowed functions; raise :class:`SqlRejected` saying why otherwise. Without a
+    policy only a table named ``profiles`` is readable."""
+    _check_shape(sql, dialect)
+    _Walker(sql, policy or SqlPolicy()).check(_duckdb_tree(sql))
+    return sql
+
+
+def check_condition(condition: str, dialect: str, policy: SqlPolicy | None = None) -> str:
+    """Check a boolean condition over the profiles row (an integration's ``consent``) and
+    return it. Its parentheses must balance, so it cannot close the query it is embedded in."""
+    depth = 0
+    try:
+        tokens = sqlglot.tokenize(condition, read=dialect)
+    except TokenError as exc:
+        raise SqlRejected(f"the condition does not parse: {_token_problem(condition)}") from exc
+    for tok in tokens:
+        depth += {"L_PAREN": 1, "R_PAREN": -1}.get(tok.token_type.name, 0)
+        if depth < 0:
+            raise SqlRejected("the condition closes a parenthesis it did not open")
+    if depth:
+        raise SqlRejected("the condition leaves a parenthesis open")
+    table = (policy or SqlPolicy()).profiles_table
+    check_segment_sql(f"SELECT 1 FROM {table} WHERE (\n{condition}\n)", dialect, policy=policy)
+    return condition
+
+
+# ------------------------------------------------------------------------------ shape
+def _check_shape(sql: str, dialect: str) -> None:
+    quiet = logging.getLogger("sqlglot")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # "falling back to parsing as a Command": rejected below
+    try:
+        statements = [s for s in sqlglot.parse(sql, read=dialect) if s is not None]
+    except ParseError as exc:
+        first = exc.errors[0] if exc.errors else {}
+        where = f" (SQL line {first.get('line')}, column {first.get('col')})" if first else ""
+        raise SqlRejected(
+            f"SQL does not parse{where}: {first.get('description', exc)}", first.get("line")
+        ) from exc
+    except TokenError as exc:  # an unterminated quote or comment
+        problem, line = _token_problem(sql), _duckdb_error_line(sql)
+        where = f" (SQL line {line})" if line else ""
+        raise SqlRejected(f"SQL does not parse{where}: {problem}", line) from exc
+    finally:
+        quiet.setLevel(level)
+    if len(statements) != 1:
+        raise SqlRejected(f"expected one SELECT statement, found {len(statements)} statements")
+    query = statements[0]
+    if not isinstance(query, exp.Query):
+        raise SqlRejected(
+            f"only a SELECT is allowed, found {query.key.upper()}; segments never change data"
+        )
+    for node in query.walk():
+        if isinstance(node, exp.Command | exp.Pragma | exp.Set | exp.Into):
+            raise SqlRejected(f"{node.key.upper()} is not allowed in segment SQL")
+
+
+def _token_problem(sql: str) -> str:
+    """What DuckDB's parser says about text sqlglot could not tokenize (it names the
+    construct, e.g. an unterminated quoted string)."""
+    tree = _serialize(sql)
+    if tree.get("error"):
+        return str(tree.get("error_message") or "it cannot be read").splitlines()[0]
+    return "it cannot be read (an unterminated quote or comment?)"
+
+
+def _duckdb_error_line(sql: str) -> int | None:
+    tree = _serialize(sql)
+    try:
+        return _line_at(sql, int(tree["position"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+# ------------------------------------------------------------------------------ DuckDB's tree
+def _serialize(sql: str) -> dict:
+    con = duckdb.connect(":memory:", config={"enable_external_access": "false"})
+    try:
+        (text,) = con.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()
+    except duckdb.Error as exc:
+        return {"error": True, "error_message": str(exc)}
+    finally:
+        con.close()
+    return json.loads(text)
+
+
+def _duckdb_tree(sql: str) -> dict:
+    tree = _serialize(sql)
+    if tree.get("error"):
+        message = str(tree.get("error_message") or "it cannot be read").splitlines()[0]
+        try:
+            line = _line_at(sql, int(tree["position"]))
+        except (KeyError, TypeError, ValueError):
+            line = None
+        where = f" (SQL line {line})" if line else ""
+        raise SqlRejected(f"SQL does not parse{where}: {message}", line)
+    statements = tree.get("statements") or []
+    if len(statements) != 1:
+        raise SqlRejected(f"expected one SELECT statement, found {len(statements)} statements")
+    return statements[0]
+
+
+def _line_at(sql: str, offset: int) -> int | None:
+    if offset < 0 or offset == _NO_LOCATION:
+        return None
+    return sql.encode()[:offset].count(b"\n") + 1
+
+
+class _Walker:
+    def __init__(self, sql: str, policy: SqlPolicy):
+        self.sql, self.policy = sql, policy
+
+    def check(self, statement: dict) -> None:
+        self._walk(statement, frozenset())
+
+    def _reject(self, message: str, node: dict) -> SqlRejected:
+        loc = node.get("query_location")
+        line = _line_at(self.sql, loc) if isinstance(loc, int) else None
+        return SqlRejected(message, line)
+
+    def _walk(self, node: object, ctes: frozenset[str]) -> None:
+        if isinstance(node, list):
+            for item in node:
+                self._walk(item, ctes)
+            return
+        if not isinstance(node, dict):
+            return
+        self._check_node(node, ctes)
+        visible = set(ctes)
+        for entry in (node.get("cte_map") or {}).get("map") or []:
+            name = str(entry.get("key", "")).lower()
+            value = entry.get("value") or {}
+            query = value.get("query_node") or value.get("query") or {}
+            query = query.get("node", query) if isinstance(query, dict) else {}
+            recursive = (
+                query.get("type") == "RECURSIVE_CTE_NODE"
+                and str(query.get("cte_name", "")).lower() == name
+            )
+            self._walk(value, frozenset(visible | {name} if recursive else visible))
+            visible.add(name)
+        inner = frozenset(visible)
+        for key, value in node.items():
+            if key != "cte_map":
+                self._walk(value, inner)
+
+    def _check_node(self, node: dict, ctes: frozenset[str]) -> None:
+        kind = node.get("type")
+        if "class" not in node and isinstance(kind, str) and kind.endswith("_NODE"):
+            if kind not in _QUERY_NODES:
+                raise self._reject(f"{kind.removesuffix('_NODE')} is not allowed", node)
+        elif "class" not in node and "sample" in node and "alias" in node:
+            self._check_table_ref(node, ctes)
+        if "function_name" in node:
+            self._check_function(node)
+
+    def _check_table_ref(self, ref: dict, ctes: frozenset[str]) -> None:
+        kind = ref.get("type")
+        if kind == "TABLE_FUNCTION":
+            fn = (ref.get("function") or {}).get("function_name", "?")
+            raise self._reject(
+                f"table functions are not allowed in segment SQL (found {fn!r}); read tables "
+                "of the source only",
+                ref,
+            )
+        if kind not in _TABLE_REFS:
+            what = {"SHOW_REF": "DESCRIBE, SHOW and SUMMARIZE are"}.get(str(kind), f"{kind} is")
+            raise self._reject(f"{what} not allowed in segment SQL", ref)
+        if kind != "BASE_TABLE":
+            return
+        catalog = str(ref.get("catalog_name") or "")
+        schema = str(ref.get("schema_name") or "")
+        name = str(ref.get("table_name") or "")
+        full = ".".join(p for p in (catalog, schema, name) if p)
+        for part in (catalog, schema, name):
+            if part.lower().startswith(INTERNAL_PREFIX):
+                raise self._reject(f"segment SQL may not read the engine's {part!r} tables", ref)
+        if not catalog and not schema and name.lower() in ctes:
+            return
+        if self.policy.allows(catalog, schema, name):
+            return
+        if _FILE_LIKE.search(name):
+            raise self._reject(
+                f"reading files is not allowed in segment SQL (found {name!r}); read tables "
+                "of the source only",
+                ref,
+            )
+        if (
+            catalog.lower() in _METADATA_SCHEMAS
+            or schema.lower() in _METADATA_SCHEMAS
+            or name.lower().startswith(_METADATA_PREFIXES)
+        ):
+            raise self._reject(
+                f"segment SQL may not read the engine's metadata ({full!r}); read tables of "
+                "the source only",
+                ref,
+            )
+        declared = ", ".join(repr(t) for t in self.policy.tables) or "none"
+        raise self._reject(
+            f"table {full!r} is not allowed in segment SQL; it may read the profiles table "
+            f"{self.policy.profiles_table!r}, the tables listed under `source.tables` "
+            f"({declared}) and CTEs the query defines",
+            ref,
+        )
+
+    def _check_function(self, node: dict) -> None:
+        name = str(node["function_name"]).lower()
+        qualifier = ".".join(p for p in (node.get("catalog"), node.get("schema")) if p)
+        if qualifier:
+            raise self._reject(
+                f"function {qualifier}.{name} is not allowed in segment SQL: call functions "
+                f"by their plain name; allowed: see {DOCS}",
+                node,
+            )
+        if name not in ALLOWED_FUNCTIONS and name not in OPERATORS:
+            raise self._reject(
+                f"function {name} is not allowed in segment SQL; allowed: see {DOCS}", node
+            )
+        if name in SIZE_ARGUMENT:
+            args = node.get("arguments") or node.get("children") or []
+            args = [a.get("expression", a) if isinstance(a, dict) else a for a in args]
+            pos = SIZE_ARGUMENT[name]
+            size = _integer_literal(args[pos]) if len(args) > pos else None
+            if size is None or size > MAX_PAD:
+                raise self._reject(
+                    f"function {name} needs a literal length of at most {MAX_PAD} in segment "
+                    f"SQL (a larger or computed length can exhaust memory); see {DOCS}",
+                    node,
+                )
+
+
+def _integer_literal(node: object) -> int | None:
+    if not isinstance(node, dict) or node.get("class") != "CONSTANT":
+        return None
+    literal = node.get("literal") or node.get("value") or {}
+    try:
+        return int(str(literal.get("text")))
+    except (TypeError, ValueError, AttributeError):
+        return None
