@@ -16,10 +16,12 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from destinations.base import DestinationContext, Member
+from destinations.base import DestinationContext
 from destinations.identity import hashed_identifiers, sha256_hex
 from destinations.sandbox import SandboxConfig, SandboxDestination
+from destinations.sandbox.config import SandboxCredentials
 from tests.conftest import WS, audience_counts, cli, plan_json, profile
+from tests.seeding import Member, seed
 from tests.test_recovery import (
     ENV,
     audiences,
@@ -52,7 +54,7 @@ def converged(ws: WS) -> bool:
 
 def sandbox(ws: WS) -> SandboxDestination:
     config = SandboxConfig(path=str(ws.root / ".reconcile" / "sandbox.duckdb"))
-    return SandboxDestination(config, {}, None, DestinationContext(ws.root, "AU"))
+    return SandboxDestination(config, SandboxCredentials(), DestinationContext(ws.root, "AU"))
 
 
 def members_of(ws: WS, audience_id: str) -> set[str]:
@@ -177,9 +179,7 @@ def test_crash_between_create_intent_and_call_never_adopts_a_foreign_list(worksp
     ws = workspace({}, profiles=rows)
     dest = sandbox(ws)
     foreign = dest.create_audience("Audience A", idempotency_key="someone-else")
-    dest.add_members(
-        foreign, [Member("x", {"email": "stranger@example.org"})], idempotency_key="theirs"
-    )
+    seed(dest, foreign, [Member("x", {"email": "stranger@example.org"})], "theirs")
     dest.close()
     ws.write("activations/act.yaml", MAINTAIN)
     proc = subprocess.run(
@@ -310,13 +310,13 @@ def test_default_phone_country_change_rehashes_phones(workspace):
 KILL_AT_THIRD_ADD = """\
 import os, signal, sys
 from destinations.sandbox import SandboxDestination
-real, calls = SandboxDestination.add_members, []
+real, calls = SandboxDestination.add, []
 def add(self, *args, **kwargs):
     calls.append(1)
     if len(calls) == 3:
         os.kill(os.getpid(), signal.SIGKILL)
     return real(self, *args, **kwargs)
-SandboxDestination.add_members = add
+SandboxDestination.add = add
 from reconciler.cli.main import main
 main(sys.argv[1:], prog_name="reconcile")
 """

@@ -28,7 +28,6 @@ from destinations.base import (
     JobStatus,
     Limits,
     MemberBatch,
-    NoCredentials,
     Outcome,
     RemovalBatch,
 )
@@ -36,7 +35,7 @@ from destinations.identity import COUNTRIES, SANDBOX
 from destinations.redaction import Credentials
 from destinations.retry import RetryPolicy
 from destinations.sandbox import store
-from destinations.sandbox.config import SandboxConfig
+from destinations.sandbox.config import SandboxConfig, SandboxCredentials
 from reconciler import errors
 
 __all__ = ["SandboxDestination"]
@@ -47,7 +46,7 @@ class SandboxDestination:
 
     type_name: ClassVar[str] = "sandbox"
     config_model: ClassVar[type[DestinationConfig]] = SandboxConfig
-    credentials_model: ClassVar[type[Credentials]] = NoCredentials
+    credentials_model: ClassVar[type[Credentials]] = SandboxCredentials
     capabilities = Capabilities(update=True, rename=True, attributes=True)
     #: a local file answers at once: retry fast (tests use the transient knobs)
     retry_policy = RetryPolicy(backoff_start=0.005, backoff_max=0.05, throttle_backoff_start=0.005)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from destinations.base import DestinationConfig
+from destinations.redaction import Credentials
 
 _Rate = Annotated[float, Field(ge=0.0, le=1.0)]
 
@@ -48,3 +49,10 @@ class SandboxConfig(DestinationConfig):
     exit_when: Literal["before", "after"] = "before"
     refuse_credentials: bool = False
     seed: int | None = None
+
+
+class SandboxCredentials(Credentials):
+    """The sandbox needs no credentials; an optional ``token`` is accepted (and never used,
+    never shown) so workspaces can try out how credentials are handled."""
+
+    token: SecretStr | None = None
