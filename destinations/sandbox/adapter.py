@@ -8,8 +8,10 @@ knobs (:class:`~destinations.sandbox.config.SandboxConfig`). What it stores is d
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import secrets
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -156,12 +158,36 @@ class SandboxDestination:
                 return Outcome(rejected, retry, detail="replayed batch: already applied")
             gone = store.remove(con, audience.id, match_keys)
             store.log_request(con, call.batch_id, "remove", audience.id)
-            return Outcome(rejected, retry, detail=f"removed {gone} rows")
+            return self._as_job(con, Outcome(rejected, retry, detail=f"removed {gone} rows"))
 
         return self._write("remove", remove, delay=True)
 
     def poll(self, job: str) -> JobStatus:
-        raise errors.TerminalError("the sandbox submits no asynchronous jobs")
+        """An asynchronous job (``async_jobs``): done after ``job_polls`` polls."""
+
+        def poll(con: duckdb.DuckDBPyConnection) -> JobStatus:
+            row = con.execute("SELECT polls_left, outcome FROM jobs WHERE id = ?", [job]).fetchone()
+            if row is None:
+                raise errors.TerminalError(f"the sandbox has no job {job!r}")
+            left = max(row[0] - 1, 0)
+            con.execute("UPDATE jobs SET polls_left = ? WHERE id = ?", [left, job])
+            if left:
+                return JobStatus(done=False)
+            data = json.loads(row[1])
+            return JobStatus(True, Outcome(data["rejected"], data["retry"], detail=data["detail"]))
+
+        return self._write("poll", poll)
+
+    def _as_job(self, con: duckdb.DuckDBPyConnection, outcome: Outcome) -> Outcome:
+        """With ``async_jobs``, a member call's answer is a job to poll."""
+        if not self.config.async_jobs:
+            return outcome
+        job = "job_" + secrets.token_hex(6)
+        data = {"rejected": outcome.rejected, "retry": outcome.retry, "detail": outcome.detail}
+        con.execute(
+            "INSERT INTO jobs VALUES (?, ?, ?)", [job, self.config.job_polls, json.dumps(data)]
+        )
+        return Outcome(job=job, detail=f"submitted as job {job}")
 
     def close(self) -> None:
         if self._con is not None:
@@ -183,7 +209,7 @@ class SandboxDestination:
             rows = store.upsert(con, audience.id, batch.records, batch.attributes, keep)
             store.log_request(con, call.batch_id, op, audience.id)
             detail = f"{sum(keep)} members ({rows} rows) stored, {len(rejected)} rejected"
-            return Outcome(rejected, retry, detail=detail)
+            return self._as_job(con, Outcome(rejected, retry, detail=detail))
 
         return self._write(op, upsert, delay=True)
 

@@ -25,6 +25,8 @@ class SandboxConfig(DestinationConfig):
     - ``retry_keys``: members with these profile keys are answered "retry later";
     - ``exit_after_calls`` + ``exit_when``: the process exits (``os._exit(137)``) at its N-th
       write call, ``before`` applying it or ``after`` applying it and before answering;
+    - ``async_jobs`` + ``job_polls``: member calls answer as asynchronous jobs (like Klaviyo's
+      bulk import), done after that many polls;
     - ``refuse_credentials``: every call is refused as if the token were invalid;
     - ``delay_per_batch``: seconds slept before every create and member call;
     - ``seed``: the random generator's seed.
@@ -47,6 +49,8 @@ class SandboxConfig(DestinationConfig):
     retry_keys: list[str] = Field(default_factory=list)
     exit_after_calls: int | None = Field(None, ge=1)
     exit_when: Literal["before", "after"] = "before"
+    async_jobs: bool = False
+    job_polls: int = Field(1, ge=1)
     refuse_credentials: bool = False
     seed: int | None = None
 

@@ -22,7 +22,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from destinations.base import AudienceRef, Destination
-from reconciler.apply.batches import BatchRunner, Interrupted, new_batch_id
+from reconciler.apply.batches import (
+    CHANGES,
+    BatchRunner,
+    Interrupted,
+    finish_job,
+    new_batch_id,
+)
 from reconciler.apply.interrupts import InterruptGuard
 from reconciler.apply.notifications import FinishedRun, notify_finished
 from reconciler.apply.progress import Progress
@@ -90,12 +96,27 @@ class Applier:
         result = ApplyResult()
         self.finished: list[FinishedRun] = []
         self.state.close_interrupted_batches()
+        self._resume_jobs()
         try:
             self._run_all(result)
         finally:
             if self.finished:
                 notify_finished(self.ws, self.finished, self.opts.trigger, self.state, self.echo)
         return result
+
+    def _resume_jobs(self) -> None:
+        """Jobs a run that died had submitted: polled to their end and recorded, never sent
+        again (their members are not in this plan's changes: they were not recorded yet, so
+        the plan may list them too; the destination de-duplicates)."""
+        for job in self.state.pending_jobs():
+            if job["destination"] not in self.ws.integrations:
+                continue
+            dest = self.conns.get(job["destination"])
+            policy = dest.retry_policy.with_hooks(interrupt=lambda: self.guard.stop_requested)
+            finish_job(self.state, dest, job, self.guard, policy.call)
+            # the plan staged these members again: they are recorded now
+            op = "remove" if job["op"] == "remove" else "add"
+            self.state.drop_staged(CHANGES, job["activation_id"], job["grp"], op, job["keys"])
 
     def _run_all(self, result: ApplyResult) -> None:
         for ap in self.plan.activations:

@@ -20,6 +20,7 @@ does not remove stays recorded (with no fingerprint), so the next plan sends the
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -163,6 +164,23 @@ class BatchRunner:
             )
             batch = RemovalBatch([k for k, _ in send], [rec for _, rec in send])
             outcome = self.call(lambda: self.dest.remove(ref, batch, self._ctx(batch_id)))
+            if outcome.job:  # journaled as submitted, polled to its end
+                fps = [None] * len(send)
+                jrows = [(0, k, rec, fp) for (k, rec), fp in zip(send, fps, strict=True)]
+                self._submit(batch_id, "remove", ref, outcome.job, jrows)
+                sent = {k for k, _ in send}
+                rest = [k for k in keys if k not in sent]  # nothing left to send for them
+                self.state.confirm_batch(
+                    "",
+                    self.aid,
+                    self.grp,
+                    run_id=self._run(),
+                    delete=rest,
+                    counts={"removed": len(rest)},
+                )
+                self.counts.remove += len(rest)
+                self.progress.advance(len(keys))
+                return
         refused = {**outcome.rejected, **outcome.retry}
         done = [k for k in keys if k not in refused]
         self._note(outcome)
@@ -195,6 +213,11 @@ class BatchRunner:
             batch_id = new_batch_id()
             self.state.journal_intent(batch_id, self.run_id, self.aid, self.grp, "add", len(batch))
             outcome = self.call(lambda b=batch, i=batch_id: self.dest.add(ref, b, self._ctx(i)))
+            if outcome.job:  # an asynchronous job: journaled as submitted, polled to its end
+                self._submit(batch_id, "add", ref, outcome.job, rows)
+                self.progress.advance(len(batch))
+                self._check_stop()
+                continue
             self._note(outcome)
             accepted = len(batch) - len(outcome.rejected) - len(outcome.retry)
             self.counts.add += accepted
@@ -245,7 +268,7 @@ class BatchRunner:
                 batch_id, self.run_id, self.aid, self.grp, "update", len(keys)
             )
             call = self.dest.update if self.dest.capabilities.update else self.dest.add
-            outcome = self.call(lambda: call(ref, batch, self._ctx(batch_id)))
+            outcome = self._final(self.call(lambda: call(ref, batch, self._ctx(batch_id))))
             self._note(outcome)
         else:
             self.counts.unmatched += len(keys)
@@ -301,7 +324,7 @@ class BatchRunner:
             batch_id, self.run_id, self.aid, self.grp, "remove_stale", len(stale)
         )
         batch = RemovalBatch(list(stale), list(stale.values()))
-        outcome = self.call(lambda: self.dest.remove(ref, batch, self._ctx(batch_id)))
+        outcome = self._final(self.call(lambda: self.dest.remove(ref, batch, self._ctx(batch_id))))
         self._note(outcome)
         self.state.journal_outcome(batch_id, "done", outcome.detail)
         refused = {**outcome.rejected, **outcome.retry}
@@ -322,8 +345,8 @@ class BatchRunner:
             outcome = Outcome()
             if ref is not None:
                 batch = RemovalBatch(keys, recs)
-                outcome = self.call(
-                    lambda b=batch, i=batch_id: self.dest.remove(ref, b, self._ctx(i))
+                outcome = self._final(
+                    self.call(lambda b=batch, i=batch_id: self.dest.remove(ref, b, self._ctx(i)))
                 )
             self._note(outcome)
             refused = {**outcome.rejected, **outcome.retry}
@@ -344,6 +367,42 @@ class BatchRunner:
             )
             self.progress.advance(len(keys))
             self._check_stop()
+
+    # ------------------------------------------------------------------ asynchronous jobs
+    def _submit(self, batch_id: str, op: str, ref: AudienceRef, job: str, rows) -> None:
+        """Keep the job and its members, then poll it to its end and record it. Interrupted
+        while polling, the job stays submitted: the next apply polls it, never resubmits."""
+        self.state.submit_job(
+            batch_id,
+            run_id=self._run(),
+            activation_id=self.aid,
+            grp=self.grp,
+            op=op,
+            job=job,
+            audience_id=ref.id,
+            keys=[r[1] for r in rows],
+            records=[r[2] for r in rows],
+            fps=[r[3] for r in rows],
+        )
+        pending = next(j for j in self.state.pending_jobs() if j["batch_id"] == batch_id)
+        counts = finish_job(self.state, self.dest, pending, self.guard, self.call)
+        if op == "remove":
+            self.counts.remove += counts.get("removed", 0)
+            self.counts.failed_removals += counts.get("failed", 0)
+        else:
+            self.counts.add += counts.get("added", 0)
+            self.counts.rejected += counts.get("failed", 0)
+
+    def _final(self, outcome: Outcome) -> Outcome:
+        """An asynchronous answer to an update, purge or stale removal: polled in place (its
+        members are re-planned if the run dies meanwhile)."""
+        while outcome.job:
+            status = self.call(lambda j=outcome.job: self.dest.poll(j))
+            if status.done:
+                return status.outcome or Outcome()
+            self._check_stop()
+            time.sleep(0.05)
+        return outcome
 
     # ------------------------------------------------------------------ helpers
     def call(self, fn: Callable[[], _R]) -> _R:
@@ -369,6 +428,30 @@ class BatchRunner:
     def _check_stop(self) -> None:
         if self.guard.stop_requested:
             raise Interrupted
+
+
+def finish_job(
+    state: StateStore,
+    dest: Destination,
+    job: dict[str, Any],
+    guard: InterruptGuard,
+    call: Callable[[Callable[[], Any]], Any],
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, int]:
+    """Poll a submitted job until the destination says it is done, then record its members.
+    Ctrl-C stops the polling (:class:`Interrupted`); the job stays submitted."""
+    delay = 0.05
+    while True:
+        status = call(lambda: dest.poll(job["job"]))
+        if status.done:
+            outcome = status.outcome or Outcome()
+            return state.finish_job(
+                job, rejected=outcome.rejected, retry=list(outcome.retry), detail=outcome.detail
+            )
+        if guard.stop_requested:
+            raise Interrupted
+        sleep(delay)
+        delay = min(delay * 2, 10.0)
 
 
 def _batch(rows: Sequence[tuple], table: encode.SendTable) -> tuple[MemberBatch, int, int]:

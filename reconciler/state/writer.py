@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from typing import Any
 
+import duckdb
+
 from reconciler.state.store import StateReader
 
 
@@ -198,24 +200,8 @@ class StateStore(StateReader):
         transaction, so a killed run's log counts exactly what was recorded."""
         with self.transaction():
             if delete:
-                self.con.execute(
-                    f"""DELETE FROM {self.c}.members WHERE activation_id = ? AND grp = ?
-                        AND key IN (SELECT unnest(?::VARCHAR[]))""",
-                    [activation_id, grp, list(delete)],
-                )
-            if insert:
-                self.con.execute(
-                    f"""INSERT INTO {self.c}.members
-                        SELECT ?, ?, unnest(?::VARCHAR[]), unnest(?::VARCHAR[][]),
-                               unnest(?::UBIGINT[])""",
-                    [
-                        activation_id,
-                        grp,
-                        [u[0] for u in insert],
-                        [list(u[1]) for u in insert],
-                        [u[2] for u in insert],
-                    ],
-                )
+                self._delete_members(activation_id, grp, delete)
+            self._insert_members(activation_id, grp, insert)
             if batch_id:
                 self._journal_outcome(batch_id, status, detail)
             if run_id and counts and any(counts.values()):
@@ -284,6 +270,154 @@ class StateStore(StateReader):
                 self._add_rejections(
                     run_id, activation_id, grp, [(k, "add", r) for k, r in rejected.items()]
                 )
+
+    # ------------------------------------------------------------------ asynchronous jobs
+    def submit_job(
+        self,
+        batch_id: str,
+        *,
+        run_id: str,
+        activation_id: str,
+        grp: str,
+        op: str,
+        job: str,
+        audience_id: str,
+        keys: Sequence[str],
+        records: Sequence[Sequence[str]],
+        fps: Sequence[int | None],
+    ) -> None:
+        """A destination accepted a batch as an asynchronous job: keep the job and its members
+        and mark the intent submitted, in one transaction."""
+        with self.transaction():
+            self.con.execute(
+                f"INSERT INTO {self.c}.jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    batch_id,
+                    run_id,
+                    activation_id,
+                    grp,
+                    op,
+                    job,
+                    audience_id,
+                    list(keys),
+                    [list(r) for r in records],
+                    list(fps),
+                    _now(),
+                ],
+            )
+            self.con.execute(
+                f"""UPDATE {self.c}.journal SET status = 'submitted', detail = ?
+                    WHERE batch_id = ? AND status = 'intent'""",
+                [f"job {job}", batch_id],
+            )
+
+    def pending_jobs(self) -> list[dict[str, Any]]:
+        """Jobs submitted and not yet recorded (a run that died while they ran)."""
+        try:
+            rows = self.con.execute(
+                f"""SELECT j.batch_id, j.run_id, j.activation_id, j.grp, j.op, j.job,
+                       j.audience_id, j.keys, j.records, j.fps, a.destination
+                    FROM {self.c}.jobs j LEFT JOIN {self.c}.activations a
+                    ON a.id = j.activation_id ORDER BY j.submitted_at"""
+            ).fetchall()
+        except duckdb.CatalogException:  # a state from before jobs existed (read-only)
+            return []
+        cols = [
+            "batch_id",
+            "run_id",
+            "activation_id",
+            "grp",
+            "op",
+            "job",
+            "audience_id",
+            "keys",
+            "records",
+            "fps",
+            "destination",
+        ]
+        return [dict(zip(cols, r, strict=True)) for r in rows]
+
+    def finish_job(
+        self,
+        job: Mapping[str, Any],
+        *,
+        rejected: Mapping[str, str],
+        retry: Sequence[str],
+        detail: str | None,
+    ) -> dict[str, int]:
+        """Record a finished job's members like a synchronous batch of its op (``add`` or
+        ``remove``) and drop the job, in one transaction. Returns the counts."""
+        keys, records, fps = job["keys"], job["records"], job["fps"]
+        skip = set(retry) | set(rejected)
+        ok = [i for i, k in enumerate(keys) if k not in skip]
+        with self.transaction():
+            if job["op"] == "remove":
+                self._delete_members(job["activation_id"], job["grp"], [keys[i] for i in ok])
+                counts = {"removed": len(ok), "failed": len(rejected) + len(retry)}
+            else:
+                rows = [(keys[i], tuple(records[i] or ()), fps[i]) for i in ok]
+                rows += [(k, (), fps[keys.index(k)]) for k in rejected]
+                self._insert_members(job["activation_id"], job["grp"], rows)
+                counts = {"added": len(ok), "failed": len(rejected)}
+            self.con.execute(f"DELETE FROM {self.c}.jobs WHERE batch_id = ?", [job["batch_id"]])
+            self._journal_outcome_any(job["batch_id"], detail)
+            if job["run_id"]:
+                self._add_run_counts(job["run_id"], counts)
+            if rejected:
+                op = "remove" if job["op"] == "remove" else "add"
+                self._add_rejections(
+                    job["run_id"],
+                    job["activation_id"],
+                    job["grp"],
+                    [(k, op, r) for k, r in rejected.items()],
+                )
+        return counts
+
+    def _journal_outcome_any(self, batch_id: str, detail: str | None) -> None:
+        self.con.execute(
+            f"""UPDATE {self.c}.journal SET status = 'done', detail = ?, finished_at = ?
+                WHERE batch_id = ? AND status IN ('intent', 'submitted')""",
+            [detail, _now(), batch_id],
+        )
+
+    def _delete_members(self, activation_id: str, grp: str, keys: Sequence[str]) -> None:
+        self.con.execute(
+            f"""DELETE FROM {self.c}.members WHERE activation_id = ? AND grp = ?
+                AND key IN (SELECT unnest(?::VARCHAR[]))""",
+            [activation_id, grp, list(keys)],
+        )
+
+    def _insert_members(
+        self, activation_id: str, grp: str, rows: Sequence[tuple[str, Sequence[str], int | None]]
+    ) -> None:
+        if rows:
+            self.con.execute(
+                f"""INSERT INTO {self.c}.members
+                    SELECT ?, ?, unnest(?::VARCHAR[]), unnest(?::VARCHAR[][]),
+                           unnest(?::UBIGINT[])""",
+                [
+                    activation_id,
+                    grp,
+                    [r[0] for r in rows],
+                    [list(r[1]) for r in rows],
+                    [r[2] for r in rows],
+                ],
+            )
+
+    def drop_staged(
+        self, changes: str, activation_id: str, grp: str, op: str, keys: Sequence[str]
+    ) -> None:
+        """Unstage ``op`` for ``keys`` (recorded meanwhile by a resumed job)."""
+        if not self.con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE database_name || '.' || table_name = ?",
+            [changes],
+        ).fetchone()[0]:
+            return
+        self.con.execute(
+            f"""DELETE FROM {changes} WHERE activation_id = ? AND grp = ? AND op = ?
+                AND key IN (SELECT unnest(?::VARCHAR[]))""",
+            [activation_id, grp, op, list(keys)],
+        )
 
     def record_unsendable(self, send: str, activation_id: str, grp: str) -> int:
         """Record the members of the send table with no usable identifier with an empty
