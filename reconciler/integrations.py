@@ -37,7 +37,9 @@ class Connections:
         config = factory.config_model.model_validate(integ.config)
         credentials = {}
         for key, ref in integ.credentials.items():
-            var = _ENV_REF.fullmatch(ref).group(1)  # validated by the spec
+            match = _ENV_REF.fullmatch(ref)
+            assert match is not None  # validated by the spec
+            var = match.group(1)
             value = os.environ.get(var)
             if not value and not self.require_credentials:
                 continue

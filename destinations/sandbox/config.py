@@ -34,7 +34,7 @@ class SandboxConfig(DestinationConfig):
 
     path: str = Field(".reconcile/sandbox.duckdb", description="the sandbox's DuckDB file")
     identifiers: list[Literal["email", "phone"]] = Field(
-        default_factory=lambda: ["email", "phone"],
+        default_factory=lambda: ["email", "phone"],  # type: ignore[arg-type]
         min_length=1,
         description="identifier types matched on, in preference order",
     )

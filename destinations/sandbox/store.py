@@ -57,7 +57,7 @@ WHERE {where} ORDER BY a.created_at {order}, a.rowid {order} LIMIT {limit}
 
 #: the sandbox stands in for a remote service: its buffers stay modest so it does not compete
 #: with the engine for memory inside the apply process
-DB_CONFIG = {"memory_limit": "256MB", "threads": 1}
+DB_CONFIG: dict[str, str | int] = {"memory_limit": "256MB", "threads": 1}
 
 
 def now() -> datetime:
@@ -71,7 +71,7 @@ def connect(path: Path) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(str(path), config=dict(DB_CONFIG))
     old = con.execute(
         "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'members'"
-    ).fetchone()[0]
+    ).fetchall()[0][0]
     if old:
         con.execute("ALTER TABLE members RENAME TO members_v1")
     con.execute(SCHEMA)
@@ -160,7 +160,7 @@ def upsert(
         SELECT nextval('member_seq'), $audience, r, {attrs}, FALSE, $now
         FROM (SELECT unnest(records) AS r, * EXCLUDE (records)
               FROM (SELECT {", ".join(cols)}) WHERE keep)"""
-    return con.execute(sql, params).fetchone()[0]
+    return con.execute(sql, params).fetchall()[0][0]
 
 
 def remove(con: duckdb.DuckDBPyConnection, audience_id: str, match_keys: Sequence[str]) -> int:
@@ -171,7 +171,7 @@ def remove(con: duckdb.DuckDBPyConnection, audience_id: str, match_keys: Sequenc
         """INSERT INTO member_log SELECT nextval('member_seq'), $audience, k, NULL, TRUE, $now
            FROM (SELECT unnest($keys) AS k)""",
         {"audience": audience_id, "keys": list(match_keys), "now": now()},
-    ).fetchone()[0]
+    ).fetchall()[0][0]
 
 
 class SandboxStore:

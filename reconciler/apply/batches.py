@@ -24,6 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 from destinations.base import (
@@ -212,7 +213,7 @@ class BatchRunner:
                 continue
             batch_id = new_batch_id()
             self.state.journal_intent(batch_id, self.run_id, self.aid, self.grp, "add", len(batch))
-            outcome = self.call(lambda b=batch, i=batch_id: self.dest.add(ref, b, self._ctx(i)))
+            outcome = self.call(partial(self.dest.add, ref, batch, self._ctx(batch_id)))
             if outcome.job:  # an asynchronous job: journaled as submitted, polled to its end
                 self._submit(batch_id, "add", ref, outcome.job, rows)
                 self.progress.advance(len(batch))
@@ -346,7 +347,7 @@ class BatchRunner:
             if ref is not None:
                 batch = RemovalBatch(keys, recs)
                 outcome = self._final(
-                    self.call(lambda b=batch, i=batch_id: self.dest.remove(ref, b, self._ctx(i)))
+                    self.call(partial(self.dest.remove, ref, batch, self._ctx(batch_id)))
                 )
             self._note(outcome)
             refused = {**outcome.rejected, **outcome.retry}
@@ -397,7 +398,7 @@ class BatchRunner:
         """An asynchronous answer to an update, purge or stale removal: polled in place (its
         members are re-planned if the run dies meanwhile)."""
         while outcome.job:
-            status = self.call(lambda j=outcome.job: self.dest.poll(j))
+            status = self.call(partial(self.dest.poll, outcome.job))
             if status.done:
                 return status.outcome or Outcome()
             self._check_stop()

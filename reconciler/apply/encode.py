@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import duckdb
-from destinations.identity.sql import records_sql, value_sql
 
 from destinations.base import Identity
+from destinations.identity.sql import records_sql, value_sql
 from reconciler.enginedb import STAGING
 from reconciler.plan.membership import _ident
 from reconciler.workspace.spec import ProfilesTable
@@ -84,10 +84,10 @@ def build(
     staged = con.execute(
         f"SELECT count(*) FROM {CHANGES} WHERE activation_id = ? AND grp = ? AND op = ?",
         [activation_id, grp, op],
-    ).fetchone()[0]
+    ).fetchall()[0][0]
     usable, sendable = con.execute(
         f"SELECT count(*), count(*) FILTER (sendable) FROM {SEND}"
-    ).fetchone()
+    ).fetchall()[0]
     return SendTable(
         tuple(e.field for e in encodings), tuple(attribute_map), staged, usable, sendable
     )

@@ -29,7 +29,7 @@ from reconciler.plan import splits
 from reconciler.sources.base import INTERNAL_PREFIX, SqlRejected
 from reconciler.sources.engine_errors import safe_engine_error
 from reconciler.sources.guard import SqlPolicy, check_condition
-from reconciler.workspace.spec import ActionMode, Activation, Integration, ProfilesTable
+from reconciler.workspace.spec import ActionMode, Integration, ProfilesTable, ResolvedActivation
 
 #: temp tables of a planning session; the prefix keeps segment SQL from reading them
 TEMP = f"{INTERNAL_PREFIX}_tmp"
@@ -138,7 +138,7 @@ def stage_duplicate_keys(
             SELECT {key} AS k FROM {_ident(profiles.table)} p
             WHERE p.{_ident(profiles.key)} IS NOT NULL GROUP BY 1 HAVING count(*) > 1"""
     )
-    n = con.execute(f"SELECT count(*) FROM {DUPLICATES}").fetchone()[0]
+    n = con.execute(f"SELECT count(*) FROM {DUPLICATES}").fetchall()[0][0]
     if not n:
         return None, 0, []
     sample = [
@@ -200,7 +200,7 @@ def stage_desired(
                   count(*) FILTER (NOT unknown AND NOT held AND NOT suppressed
                                    AND NOT no_consent AND matchable)
            FROM {DESIRED}"""
-    ).fetchone()
+    ).fetchall()[0]
     return {
         "unknown": row[0],
         "held": row[1],
@@ -216,7 +216,7 @@ def stage_changes(
     *,
     activation_id: str,
     recorded: str,
-    act: Activation,
+    act: ResolvedActivation,
     frozen: bool,
     profiles: ProfilesTable,
     suppressed: str | None,
@@ -343,6 +343,6 @@ def change_counts(con: duckdb.DuckDBPyConnection, activation_id: str) -> dict[tu
     return {(g, o): n for g, o, n in rows}
 
 
-def group_expression(act: Activation, seed: str) -> str:
+def group_expression(act: ResolvedActivation, seed: str) -> str:
     """The group of each key of ``desired`` (the union's column ``u.k``)."""
     return splits.group_sql(act.split, act.control_percent, _lit(seed), "u.k")

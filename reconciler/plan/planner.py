@@ -31,7 +31,7 @@ from reconciler.sources.engine_errors import safe_engine_error
 from reconciler.sources.limits import query_timeout, time_limit
 from reconciler.state.store import RecordedActivation, StateReader
 from reconciler.workspace.loader import Workspace
-from reconciler.workspace.spec import ActionMode, Activation, SplitMode
+from reconciler.workspace.spec import ActionMode, ResolvedActivation, SplitMode
 from reconciler.workspace.templating import DEFAULT_NAME, TemplateFailed, local_date, render_name
 
 
@@ -126,7 +126,11 @@ class Planner:
 
     # ------------------------------------------------------------------ one activation
     def _plan_activation(
-        self, aid: str, act: Activation, rec: RecordedActivation | None, suppressed: str | None
+        self,
+        aid: str,
+        act: ResolvedActivation,
+        rec: RecordedActivation | None,
+        suppressed: str | None,
     ) -> ActivationPlan:
         integ = self.ws.integrations[act.destination]
         dest = self.conns.get(act.destination)
@@ -274,7 +278,7 @@ class Planner:
     def _audiences(
         self,
         aid: str,
-        act: Activation,
+        act: ResolvedActivation,
         rec: RecordedActivation | None,
         changes: dict[tuple[str, str], int],
         warnings: list[str],
@@ -343,7 +347,7 @@ class Planner:
         return out
 
     def _audience_target(
-        self, aid: str, act: Activation, grp: str, ra, date_created
+        self, aid: str, act: ResolvedActivation, grp: str, ra, date_created
     ) -> tuple[str, str | None, bool, str | None, str | None]:
         """(name, resource id, create?, renamed from, id of a foreign audience of that name)."""
         if grp not in splits.groups(act.split) and ra is not None:
@@ -351,7 +355,7 @@ class Planner:
             return ra.name, ra.resource_id, False, None, None
         existing = act.target.existing
         if existing is not None:
-            wanted = existing[grp] if isinstance(existing, dict) else existing
+            wanted = existing[grp] if isinstance(existing, dict) else existing  # type: ignore[index]
             if ra is not None and ra.resource_id and wanted in (ra.resource_id, ra.name):
                 return ra.name, ra.resource_id, False, None, None
             if not self.req.refresh:
@@ -383,7 +387,7 @@ class Planner:
             return name, ra.resource_id, False, (ra.name if ra.name != name else None), None
         return name, None, True, None, self._name_taken(aid, act, grp, name)
 
-    def _refresh(self, act: Activation, rec: RecordedActivation, dest) -> Drift:
+    def _refresh(self, act: ResolvedActivation, rec: RecordedActivation, dest) -> Drift:
         """Read each managed audience back (``--refresh=false`` skips it): one deleted at the
         destination is created again with its members; one renamed there is renamed back."""
         drift = Drift()
@@ -410,7 +414,7 @@ class Planner:
                 )
         return drift
 
-    def _name_taken(self, aid: str, act: Activation, grp: str, name: str) -> str | None:
+    def _name_taken(self, aid: str, act: ResolvedActivation, grp: str, name: str) -> str | None:
         """The id of an audience of this name at the destination that this activation did not
         create (a creation interrupted by a crash is its own: apply resolves it)."""
         if not self.req.refresh or not splits.sent(grp):

@@ -185,7 +185,7 @@ def registered_reader(path: Path, command: str | None = None):
 
 def active_readers(path: Path) -> list[str]:
     """Descriptions of the live processes that announced they read the state file."""
-    out = []
+    out: list[str] = []
     folder = _readers_dir(path)
     if not folder.is_dir():
         return out

@@ -177,7 +177,7 @@ class StateStore(StateReader):
                          || 'its members were planned again'
                 WHERE status = 'intent' AND op <> 'create'""",
             [_now()],
-        ).fetchone()[0]
+        ).fetchall()[0][0]
 
     # ------------------------------------------------------------------ members
     def confirm_batch(
@@ -411,7 +411,7 @@ class StateStore(StateReader):
         if not self.con.execute(
             "SELECT count(*) FROM duckdb_tables() WHERE database_name || '.' || table_name = ?",
             [changes],
-        ).fetchone()[0]:
+        ).fetchall()[0][0]:
             return
         self.con.execute(
             f"""DELETE FROM {changes} WHERE activation_id = ? AND grp = ? AND op = ?
@@ -426,13 +426,13 @@ class StateStore(StateReader):
             f"""INSERT INTO {self.c}.members
                 SELECT ?, ?, key, rec, fp FROM {send} WHERE NOT sendable""",
             [activation_id, grp],
-        ).fetchone()[0]
+        ).fetchall()[0][0]
 
     def count_staged(self, changes: str, activation_id: str, grp: str, op: str) -> int:
         return self.con.execute(
             f"SELECT count(*) FROM {changes} WHERE activation_id = ? AND grp = ? AND op = ?",
             [activation_id, grp, str(op)],
-        ).fetchone()[0]
+        ).fetchall()[0][0]
 
     def _add_rejections(
         self, run_id: str, activation_id: str, grp: str, rows: Sequence[tuple[str, str, str]]

@@ -505,10 +505,12 @@ class Activation(Strict):
             )
         return self
 
-    def resolved(self, defaults: Defaults) -> Activation:
+    def resolved(self, defaults: Defaults) -> ResolvedActivation:
         """This spec with workspace defaults filled in (what is recorded and compared)."""
-        return self.model_copy(
-            update={
+        return ResolvedActivation.model_construct(
+            _fields_set=self.model_fields_set,
+            **{
+                **{name: getattr(self, name) for name in type(self).model_fields},
                 "frequency": self.frequency or defaults.frequency,
                 "action": self.action or ActionMode(defaults.action),
                 "control_percent": (
@@ -520,8 +522,17 @@ class Activation(Strict):
                     if self.max_rejected_share is None
                     else self.max_rejected_share
                 ),
-            }
+            },
         )
+
+
+class ResolvedActivation(Activation):
+    """An activation with the workspace defaults filled in: no optional settings left."""
+
+    frequency: Literal["daily", "once"]
+    action: ActionMode
+    max_removal_share: float
+    max_rejected_share: float
 
 
 FILE_MODELS: dict[str, type[Strict]] = {
