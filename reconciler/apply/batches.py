@@ -115,13 +115,14 @@ class BatchRunner:
         far, also when a Ctrl-C (:class:`Interrupted`) or an error stops it part-way."""
         self.counts = counts = Counts()
         self.sent, self.grp, self.name = sent, grp, name
-        self._session = _session_id(self.run_id, self.aid, grp)
+        self._sessions: dict[str, list[int]] = {}
         self.state.forget_staged(CHANGES, self.aid, grp)
         target = ref if sent else None
         protected = self.state.shared_records(CHANGES, self.aid, grp) if sent else set()
         removals = self.state.count_staged(CHANGES, self.aid, grp, MemberOp.REMOVE)
         if removals:
             self.progress.start(self.aid, name, "remove", removals)
+            self._begin("remove", removals)
             for rows in self.state.iter_removals(
                 self.reader, CHANGES, self.aid, grp, MemberOp.REMOVE, self.size
             ):
@@ -142,6 +143,7 @@ class BatchRunner:
                 continue
             counts.drift += table.staged - table.usable
             self.progress.start(self.aid, name, str(op), table.usable)
+            self._begin(str(op), table.sendable)
             if op is MemberOp.ADD:
                 self._add_all(target, table)
             elif op is MemberOp.UPDATE:
@@ -164,7 +166,8 @@ class BatchRunner:
                 batch_id, self.run_id, self.aid, self.grp, "remove", len(keys)
             )
             batch = RemovalBatch([k for k, _ in send], [rec for _, rec in send])
-            outcome = self.call(lambda: self.dest.remove(ref, batch, self._ctx(batch_id)))
+            ctx = self._ctx(batch_id, "remove")  # once: a retry is the same call
+            outcome = self.call(lambda: self.dest.remove(ref, batch, ctx))
             if outcome.job:  # journaled as submitted, polled to its end
                 fps = [None] * len(send)
                 jrows = [(0, k, rec, fp) for (k, rec), fp in zip(send, fps, strict=True)]
@@ -213,7 +216,7 @@ class BatchRunner:
                 continue
             batch_id = new_batch_id()
             self.state.journal_intent(batch_id, self.run_id, self.aid, self.grp, "add", len(batch))
-            outcome = self.call(partial(self.dest.add, ref, batch, self._ctx(batch_id)))
+            outcome = self.call(partial(self.dest.add, ref, batch, self._ctx(batch_id, "add")))
             if outcome.job:  # an asynchronous job: journaled as submitted, polled to its end
                 self._submit(batch_id, "add", ref, outcome.job, rows)
                 self.progress.advance(len(batch))
@@ -269,7 +272,9 @@ class BatchRunner:
                 batch_id, self.run_id, self.aid, self.grp, "update", len(keys)
             )
             call = self.dest.update if self.dest.capabilities.update else self.dest.add
-            outcome = self._final(self.call(lambda: call(ref, batch, self._ctx(batch_id))))
+            outcome = self._final(
+                self.call(partial(call, ref, batch, self._ctx(batch_id, "update")))
+            )
             self._note(outcome)
         else:
             self.counts.unmatched += len(keys)
@@ -325,7 +330,7 @@ class BatchRunner:
             batch_id, self.run_id, self.aid, self.grp, "remove_stale", len(stale)
         )
         batch = RemovalBatch(list(stale), list(stale.values()))
-        outcome = self._final(self.call(lambda: self.dest.remove(ref, batch, self._ctx(batch_id))))
+        outcome = self._final(self.call(partial(self.dest.remove, ref, batch, self._ctx(batch_id))))
         self._note(outcome)
         self.state.journal_outcome(batch_id, "done", outcome.detail)
         refused = {**outcome.rejected, **outcome.retry}
@@ -347,7 +352,7 @@ class BatchRunner:
             if ref is not None:
                 batch = RemovalBatch(keys, recs)
                 outcome = self._final(
-                    self.call(partial(self.dest.remove, ref, batch, self._ctx(batch_id)))
+                    self.call(partial(self.dest.remove, ref, batch, self._ctx(batch_id, "purge")))
                 )
             self._note(outcome)
             refused = {**outcome.rejected, **outcome.retry}
@@ -415,8 +420,19 @@ class BatchRunner:
         except RetryInterrupted:
             raise Interrupted from None
 
-    def _ctx(self, batch_id: str) -> CallContext:
-        return CallContext(batch_id=batch_id, session_id=self._session)
+    def _begin(self, op: str, members: int) -> None:
+        """A session per audience operation (Meta's ``session``): its batches are numbered
+        from 1 and the last one is flagged."""
+        batches = max(1, -(-members // self.size))
+        self._sessions[op] = [_session_id(self.run_id, self.aid, self.grp, op), 0, batches, members]
+
+    def _ctx(self, batch_id: str, op: str = "") -> CallContext:
+        """The call's context: the next batch of ``op``'s session, or a one-call session."""
+        s = self._sessions.get(op)
+        if s is None:
+            return CallContext(batch_id, _session_id(self.run_id, self.aid, self.grp, batch_id))
+        s[1] += 1
+        return CallContext(batch_id, s[0], seq=s[1], last=s[1] >= s[2], estimated_total=s[3])
 
     def _run(self) -> str:
         """The run whose log counts this audience (a control group is recorded, never sent)."""
@@ -468,7 +484,8 @@ def _batch(rows: Sequence[tuple], table: encode.SendTable) -> tuple[MemberBatch,
     return batch, rows[0][0], rows[-1][0]
 
 
-def _session_id(run_id: str, activation_id: str, grp: str) -> int:
-    """A positive 53-bit integer stable for one audience in one run (Meta's session_id)."""
-    digest = hashlib.sha256(f"{run_id}\x1f{activation_id}\x1f{grp}".encode()).digest()
+def _session_id(run_id: str, activation_id: str, grp: str, op: str) -> int:
+    """A positive 53-bit integer stable for one audience operation in one run (Meta's
+    session_id)."""
+    digest = hashlib.sha256(f"{run_id}\x1f{activation_id}\x1f{grp}\x1f{op}".encode()).digest()
     return int.from_bytes(digest[:7], "big") >> 3 or 1
