@@ -525,11 +525,35 @@ def test_example_workspace_end_to_end(tmp_path: Path, fake: FakeMeta, monkeypatc
     assert TOKEN not in applied.output + applied.stderr + again.output
 
 
-def _expected_members(root: Path) -> set[tuple[str, str]]:
-    return set().union(*_expected_rows(root))
+def test_example_members_leave_and_a_deleted_audience_comes_back(
+    tmp_path: Path, fake: FakeMeta, monkeypatch
+) -> None:
+    ws = _example(tmp_path, fake, monkeypatch)
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    (first,) = fake.by_name("Big spenders")
+    # fewer big spenders: the leavers are removed with DELETE /{id}/users
+    segment = ws.root / "segments" / "big-spenders.yaml"
+    segment.write_text(segment.read_text().replace(">= 500", ">= 700"))
+    fewer = cli(ws, "apply", "--auto-approve", "--allow-mass-removal")
+    assert fewer.exit_code == 0, fewer.output + fewer.stderr
+    wanted = _expected_members(ws.root, spend=700)
+    assert wanted < _expected_members(ws.root) and fake.members(first.id) == wanted
+    assert any(m == "DELETE" and p.endswith("/users") for m, p, _ in fake.requests)
+    # deleted in Ads Manager: the next plan sees it gone, apply creates it with its members
+    fake.delete_audience(first.id)
+    assert "deleted at the destination" in cli(ws, "plan").output
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    (second,) = fake.by_name("Big spenders")
+    assert second.id != first.id and fake.members(second.id) == wanted
 
 
-def _expected_rows(root: Path, *, create: bool = False) -> list[frozenset[tuple[str, str]]]:
+def _expected_members(root: Path, *, spend: int = 500) -> set[tuple[str, str]]:
+    return set().union(*_expected_rows(root, spend=spend))
+
+
+def _expected_rows(
+    root: Path, *, create: bool = False, spend: int = 500
+) -> list[frozenset[tuple[str, str]]]:
     """What Meta should hold per member, computed independently from the demo profiles: big
     spenders who consented, e-mail and phone (AU) hashed by Meta's rules. ``create``: make
     the demo database first (``reconcile plan`` does)."""
@@ -538,7 +562,8 @@ def _expected_rows(root: Path, *, create: bool = False) -> list[frozenset[tuple[
     con = duckdb.connect(str(root / ".reconcile" / "demo.duckdb"), read_only=True)
     try:
         rows = con.execute(
-            "SELECT email, phone FROM profiles WHERE total_spend >= 500 AND email_consent"
+            "SELECT email, phone FROM profiles WHERE total_spend >= ? AND email_consent",
+            [spend],
         ).fetchall()
     finally:
         con.close()
