@@ -25,12 +25,24 @@ from reconciler.workspace.loader import load as load_workspace
 
 
 class Ctx:
-    def __init__(self, directory: str | None, color: bool):
+    """The global options: workspace directory, colour, ``-v`` and ``--log-format``."""
+
+    def __init__(
+        self,
+        directory: str | None,
+        color: bool,
+        verbose: bool = False,
+        log_format: str = "text",
+    ):
         self.directory = Path(directory) if directory else Path.cwd()
         self.color = color
+        self.verbose = verbose
+        self.log_format = log_format
 
-    def workspace(self) -> Workspace:
-        return load_workspace(find_root(self.directory))
+    def workspace(self, *, check_credentials: bool = False) -> Workspace:
+        """The loaded workspace; ``check_credentials``: every credential's environment
+        variable must be set (commands that contact destinations)."""
+        return load_workspace(find_root(self.directory), check_credentials=check_credentials)
 
 
 def fail(exc: BaseException) -> NoReturn:
@@ -93,6 +105,36 @@ class ReconcileGroup(click.Group):
             fail(exc)
         # --help and --version return click's exit code; commands return None
         sys.exit(code if isinstance(code, int) and code in (0, 1) else 0)
+
+
+def destination_calls(ws: Workspace, plan: Any) -> list[Any]:
+    """The requests each destination of ``plan`` needs, from its adapter's declared limits
+    (adapters are built without credentials: construction does no I/O)."""
+    from reconciler.integrations import Connections
+    from reconciler.render import CallLimits
+    from reconciler.render import destination_calls as estimate
+
+    wanted = sorted({a.destination for a in plan.activations if a.has_changes})
+    limits = {}
+    conns = Connections(ws, require_credentials=False)
+    try:
+        for name in wanted:
+            if name not in ws.integrations:
+                continue  # a deleted activation whose integration is gone too
+            try:
+                dest = conns.get(name)
+            except ReconcileError:
+                continue
+            limits[name] = CallLimits(
+                type=ws.integrations[name].type,
+                members_per_call=dest.limits.members_per_call,
+                requests_per_minute=dest.limits.requests_per_minute,
+                concurrency=dest.limits.concurrency,
+                updates_in_place=dest.capabilities.update,
+            )
+    finally:
+        conns.close()
+    return estimate(plan, limits)
 
 
 def use_color(no_color: bool) -> bool:

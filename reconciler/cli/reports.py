@@ -10,7 +10,7 @@ import click
 from reconciler import engine
 from reconciler.cli.common import handle_errors
 from reconciler.errors import ReconcileError
-from reconciler.render.reports import activation_rows, log_rows, segment_rows
+from reconciler.render.reports import activation_rows, log_rows, rejection_rows, segment_rows
 from reconciler.workspace.loader import Workspace
 
 
@@ -68,16 +68,25 @@ def status(which, fmt) -> None:
 
 @click.command()
 @click.argument("name")
-@click.option("--limit", type=int, default=20, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option(
+    "--rejected",
+    is_flag=True,
+    help="List the members the destination rejected (hashed identifiers only), newest first.",
+)
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 @handle_errors
-def log(name, limit, fmt) -> None:
+def log(name, limit, rejected, fmt) -> None:
     """Runs of one activation: time, status, counts per audience, errors."""
     ws = _ws()
     with engine.read_state(ws) as state:
         rows = log_rows(state, name, limit)
+        rejections = rejection_rows(state, name, limit) if rejected else []
     if not rows and name not in ws.activations:
         raise ReconcileError(f"no activation {name!r} in the workspace or the state")
+    if rejected:
+        _rejections(name, rejections, fmt)
+        return
     if fmt == "json":
         click.echo(json.dumps({"activation": name, "runs": rows}, indent=2, default=str))
         return
@@ -104,6 +113,32 @@ def log(name, limit, fmt) -> None:
     for r in rows:
         if r["error"]:
             click.echo(f"  {r['started_at']}: {r['error']}")
+
+
+def _rejections(name: str, rows: list[dict], fmt: str) -> None:
+    if fmt == "json":
+        click.echo(json.dumps({"activation": name, "rejected": rows}, indent=2, default=str))
+        return
+    if not rows:
+        click.echo(f"{name}: no rejected members.")
+        return
+    click.echo(
+        _table(
+            ["REJECTED AT", "RUN", "GROUP", "KEY", "OP", "REASON", "RECORD"],
+            [
+                [
+                    r["rejected_at"],
+                    r["run_id"] or "",
+                    r["group"],
+                    r["key"],
+                    r["op"],
+                    r["reason"] or "",
+                    " ".join(r["record"]),
+                ]
+                for r in rows
+            ],
+        )
+    )
 
 
 @click.command()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -51,6 +52,8 @@ class PlanRequest:
     include_inactive: bool = False  # `reconcile run NAME`: once activations that ran too
     due_only: bool = False
     refresh: bool = True  # contact destinations to resolve existing lists
+    #: told which activation (and its segments) is being computed, for the CLI's progress
+    announce: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
 
 
 class Planner:
@@ -107,6 +110,8 @@ class Planner:
             if act is None:
                 plans.append(self._plan_delete(recorded[aid]))
                 continue
+            if self.req.announce is not None:
+                self.req.announce(f"planning {aid}: segments {', '.join(act.segments)}")
             base = recorded.get(aid) or (recorded.get(act.moved_from) if act.moved_from else None)
             p = self._plan_activation(aid, act.resolved(self.ws.config.defaults), base, suppressed)
             if self.req.due_only and not p.due:

@@ -1,4 +1,5 @@
-"""Rows for `status`, `log` and `segments`: plain dicts any front end can render."""
+"""Rows for `status`, `log` (runs and rejected members) and `segments`: plain dicts any front
+end can render."""
 
 from __future__ import annotations
 
@@ -62,6 +63,36 @@ def log_rows(state: StateReader, activation_id: str, limit: int) -> list[dict[st
             "error": r.error,
         }
         for r in state.runs(activation_id, limit)
+    ]
+
+
+def rejection_rows(state: StateReader, activation_id: str, limit: int) -> list[dict[str, Any]]:
+    """The members a destination rejected, newest first: run, audience group, profile key,
+    operation, the hashed record kept for the member (never a raw identifier) and the
+    destination's reason. A state written before rejections were kept has none."""
+    has_table = state.con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND table_name = ?",
+        [state.c, "rejections"],
+    ).fetchone()[0]
+    if not has_table:
+        return []
+    rows = state.con.execute(
+        f"""SELECT run_id, grp, key, op, record, reason, rejected_at
+            FROM {state.c}.rejections WHERE activation_id = ?
+            ORDER BY rejected_at DESC, run_id DESC, key LIMIT ?""",
+        [activation_id, limit],
+    ).fetchall()
+    return [
+        {
+            "run_id": r[0],
+            "group": r[1],
+            "key": r[2],
+            "op": r[3],
+            "record": list(r[4] or []),
+            "reason": r[5],
+            "rejected_at": r[6].isoformat(timespec="seconds") if r[6] else None,
+        }
+        for r in rows
     ]
 
 
