@@ -105,7 +105,8 @@ def classify(response: httpx.Response) -> DestinationError | None:
         err = TransientError(f"Meta failed the call: {what}")
     else:
         err = TerminalError(f"Meta refused the call: {what}")
-    err.meta_code, err.meta_subcode = code, subcode  # type: ignore[attr-defined]
+    setattr(err, "meta_code", code)  # noqa: B010 - for tests and logs
+    setattr(err, "meta_subcode", subcode)  # noqa: B010
     return err
 
 

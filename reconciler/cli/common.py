@@ -97,10 +97,11 @@ class ReconcileGroup(click.Group):
     through :func:`fail`, so no command can exit 2 on bad usage or print a traceback."""
 
     def main(self, args: Any = None, prog_name: Any = None, *a: Any, **extra: Any) -> Any:
+        run: Any = super().main  # click's overloads do not cover a forwarded call
         if extra.pop("standalone_mode", True) is False:
-            return super().main(args, prog_name, *a, standalone_mode=False, **extra)
+            return run(args, prog_name, *a, standalone_mode=False, **extra)
         try:
-            code = super().main(args, prog_name, *a, standalone_mode=False, **extra)
+            code = run(args, prog_name, *a, standalone_mode=False, **extra)
         except (Exception, KeyboardInterrupt) as exc:
             fail(exc)
         # --help and --version return click's exit code; commands return None

@@ -167,7 +167,7 @@ def lists(integration, fmt) -> None:
     click.echo(
         _table(
             ["ID", "NAME", "SIZE"],
-            [[a.id, a.name, "" if a.size is None else a.size] for a in found],
+            [[a.id, a.name, "" if a.size is None else str(a.size)] for a in found],
         )
     )
 

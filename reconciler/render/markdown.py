@@ -183,7 +183,7 @@ def render_markdown(
     """
     if commit is not None and not COMMIT.fullmatch(commit):
         raise ValueError(f"not a commit id: {commit!r}")
-    macros = environment().get_template("plan.md.j2").module
+    macros: Any = environment().get_template("plan.md.j2").module
     pieces = _pieces(macros, plan, commit)
     footer = macros.footer(
         plan, plan.as_of.isoformat(), commit, [summary_line(c) for c in calls or ()]

@@ -19,10 +19,16 @@ def activation_rows(ws: Workspace, state: StateReader) -> list[dict[str, Any]]:
     for aid in ids:
         act = ws.activations.get(aid)
         rec = recorded.get(aid)
+        frequency: str
         if act is not None:
-            act = act.resolved(ws.config.defaults)
-            frequency, paused, destination = act.frequency, act.paused, act.destination
+            resolved = act.resolved(ws.config.defaults)
+            frequency, paused, destination = (
+                resolved.frequency,
+                resolved.paused,
+                resolved.destination,
+            )
         else:
+            assert rec is not None  # ids are those of the workspace or of the state
             frequency, paused, destination = rec.frequency, rec.paused, rec.destination
         status = rec.status if rec else "New"
         if status == "Running":  # a run that was killed: waiting for the next apply
@@ -73,7 +79,7 @@ def rejection_rows(state: StateReader, activation_id: str, limit: int) -> list[d
     has_table = state.con.execute(
         "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND table_name = ?",
         [state.c, "rejections"],
-    ).fetchone()[0]
+    ).fetchall()[0][0]
     if not has_table:
         return []
     rows = state.con.execute(
@@ -127,9 +133,9 @@ def segment_rows(
         with Session(ws, source, write_state=False, staging_path=staging, lock_down=True) as s:
             runner = SegmentRunner(ws, s.con, as_of, source.dialect)
             key_type = str(
-                s.con.execute(f"DESCRIBE SELECT {_ident(p.key)} FROM {_ident(p.table)}").fetchone()[
-                    1
-                ]
+                s.con.execute(f"DESCRIBE SELECT {_ident(p.key)} FROM {_ident(p.table)}").fetchall()[
+                    0
+                ][1]
             )
             for n in names:
                 res = runner.run(n)

@@ -266,9 +266,21 @@ class StateStore(StateReader):
                 self._journal_outcome(batch_id, "done", detail)
             if run_id and any(counts.values()):
                 self._add_run_counts(run_id, counts)
-            if rejected:
-                self._add_rejections(
-                    run_id, activation_id, grp, [(k, "add", r) for k, r in rejected.items()]
+            if rejected:  # with the record the destination refused (from the send table)
+                self.con.execute(
+                    f"""INSERT INTO {self.c}.rejections
+                        SELECT $run, $aid, $grp, s.key, 'add', s.rec, r.reason, $now
+                        FROM {send} s JOIN (SELECT unnest($keys::VARCHAR[]) AS key,
+                                                   unnest($why::VARCHAR[]) AS reason) r
+                        ON r.key = s.key""",
+                    {
+                        "run": run_id or None,
+                        "aid": activation_id,
+                        "grp": grp,
+                        "now": _now(),
+                        "keys": list(rejected),
+                        "why": list(rejected.values()),
+                    },
                 )
 
     # ------------------------------------------------------------------ asynchronous jobs

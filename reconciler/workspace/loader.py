@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from reconciler.errors import ConfigError, Location, ValidationFailed
 from reconciler.workspace import yamlfile
@@ -35,7 +35,11 @@ from reconciler.workspace.spec import (
 
 CONFIG_FILE = "reconcile.yaml"
 _ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
-KINDS = {"integrations": Integration, "segments": Segment, "activations": Activation}
+KINDS: dict[str, type[BaseModel]] = {
+    "integrations": Integration,
+    "segments": Segment,
+    "activations": Activation,
+}
 
 
 @dataclass
@@ -156,7 +160,7 @@ def _load_doc(path: Path, root: Path, errors: list[ConfigError]) -> yamlfile.Yam
     return doc
 
 
-def _parse(doc: yamlfile.YamlDoc, model: type, errors: list[ConfigError]) -> Any:
+def _parse(doc: yamlfile.YamlDoc, model: type[BaseModel], errors: list[ConfigError]) -> Any:
     try:
         return model.model_validate(doc.data)
     except ValidationError as exc:
@@ -196,24 +200,24 @@ def _cross_check(ws: Workspace, errors: list[ConfigError], check_destinations: b
         for i, seg in enumerate(act.segments):
             if _missing(ws, "segments", seg):
                 errors.append(doc.error(_unknown("segment", seg, ws.segments), ("segments", i)))
-        integ = ws.integrations.get(act.destination)
-        if integ is None and _missing(ws, "integrations", act.destination):
+        found = ws.integrations.get(act.destination)
+        if found is None and _missing(ws, "integrations", act.destination):
             errors.append(
                 doc.error(
                     _unknown("integration", act.destination, ws.integrations), ("destination",)
                 )
             )
-        elif integ is not None:
-            caps = capabilities_of(integ.type) if check_destinations else None
+        elif found is not None:
+            caps = capabilities_of(found.type) if check_destinations else None
             if caps is not None:
                 resolved = act.resolved(ws.config.defaults)
                 errors.extend(_capability_errors(doc, resolved, act.destination, caps))
             for i, attr in enumerate(act.attributes):
-                if attr not in integ.attributes:
+                if attr not in found.attributes:
                     errors.append(
                         doc.error(
                             f"attribute {attr!r} is not in the mapping of integration "
-                            f"{act.destination!r} (allowed: {sorted(integ.attributes)})",
+                            f"{act.destination!r} (allowed: {sorted(found.attributes)})",
                             ("attributes", i),
                         )
                     )
@@ -376,7 +380,10 @@ def _missing_credentials(ws: Workspace) -> list[ConfigError]:
     out = []
     for name, integ in ws.integrations.items():
         for key, ref in integ.credentials.items():
-            var = _ENV_REF.fullmatch(ref).group(1)  # validated by the spec
+            match = _ENV_REF.fullmatch(ref)
+            if match is None:  # refused by the spec already
+                continue
+            var = match.group(1)
             if not os.environ.get(var):
                 out.append(
                     ws.doc("integrations", name).error(
@@ -444,7 +451,7 @@ def check_renames(ws: Workspace, renamed: Iterable[str]) -> None:
         act = ws.activations.get(aid)
         integ = ws.integrations.get(act.destination) if act else None
         caps = capabilities_of(integ.type) if integ else None
-        if caps is None or caps.rename:
+        if act is None or caps is None or caps.rename:
             continue
         errors.append(
             ws.doc("activations", aid).error(
