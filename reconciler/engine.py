@@ -3,6 +3,7 @@ load -> resolve -> plan -> render -> apply -> record."""
 
 from __future__ import annotations
 
+import gc
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -80,6 +81,9 @@ def execute(
     echo=None,
 ) -> ApplyResult:
     """Apply a plan; the caller holds the state lock. ``echo`` tells the user about waits."""
+    # everything imported and loaded so far lives until exit: keep the collector off it, so
+    # a long apply's garbage collections stay short
+    gc.freeze()
     conns = Connections(ws)
     try:
         with _apply_session(ws, staged.staging, lock_timeout, echo) as session:

@@ -14,14 +14,14 @@ import sys
 import traceback
 from functools import wraps
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-import duckdb
 
 from reconciler.errors import ReconcileError
-from reconciler.workspace.loader import Workspace, find_root
-from reconciler.workspace.loader import load as load_workspace
+
+if TYPE_CHECKING:
+    from reconciler.workspace.loader import Workspace
 
 
 class Ctx:
@@ -42,6 +42,9 @@ class Ctx:
     def workspace(self, *, check_credentials: bool = False) -> Workspace:
         """The loaded workspace; ``check_credentials``: every credential's environment
         variable must be set (commands that contact destinations)."""
+        from reconciler.workspace.loader import find_root
+        from reconciler.workspace.loader import load as load_workspace
+
         return load_workspace(find_root(self.directory), check_credentials=check_credentials)
 
 
@@ -56,7 +59,7 @@ def fail(exc: BaseException) -> NoReturn:
         click.echo(f"Error: {exc}", err=True)
     elif isinstance(exc, KeyboardInterrupt | click.Abort):
         click.echo("Error: interrupted", err=True)
-    elif isinstance(exc, duckdb.Error):  # one we did not expect: still one paragraph, exit 1
+    elif _is_duckdb_error(exc):  # one we did not expect: still one paragraph, exit 1
         click.echo(
             f"Error: the database engine failed: {_one_line(exc)}. Nothing more was done; if "
             "it happens again, report it with the command you ran",
@@ -140,3 +143,10 @@ def destination_calls(ws: Workspace, plan: Any) -> list[Any]:
 
 def use_color(no_color: bool) -> bool:
     return not no_color and "NO_COLOR" not in os.environ and sys.stdout.isatty()
+
+
+def _is_duckdb_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is DuckDB's, without importing DuckDB (a command that failed before
+    using it did not load it)."""
+    duckdb = sys.modules.get("duckdb")
+    return duckdb is not None and isinstance(exc, duckdb.Error)

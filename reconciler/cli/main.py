@@ -9,13 +9,10 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from reconciler import engine, render
-from reconciler.apply.applier import ApplyOptions, ApplyResult
-from reconciler.apply.interrupts import InterruptGuard
-from reconciler.apply.progress import Progress
 from reconciler.cli.common import (
     Ctx,
     ReconcileGroup,
@@ -23,11 +20,17 @@ from reconciler.cli.common import (
     handle_errors,
     use_color,
 )
-from reconciler.cli.progress import Reporter, make_reporter
+from reconciler.cli.lazy import LazyModule
 from reconciler.errors import ReconcileError
-from reconciler.plan.model import Change
-from reconciler.plan.planner import PlanRequest
-from reconciler.workspace.loader import check_renames
+
+if TYPE_CHECKING:
+    from reconciler.apply.applier import ApplyResult
+    from reconciler.cli.progress import Reporter
+
+# loaded by the commands that use them, not by `reconcile --help`
+engine: Any = LazyModule("reconciler.engine")
+render: Any = LazyModule("reconciler.render")
+FORMATS = ("text", "markdown", "json")
 
 
 @click.group(cls=ReconcileGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -69,7 +72,7 @@ target_option = click.option(
     help="Only this activation (repeatable).",
 )
 format_option = click.option(
-    "--format", "fmt", type=click.Choice(render.FORMATS), default="text", show_default=True
+    "--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True
 )
 
 
@@ -128,6 +131,8 @@ def plan(c: Ctx, targets, out, fmt, detailed_exitcode, refresh, due, comment_lim
         raise ReconcileError(f"--commit {commit!r} is not a commit id (7-64 hex digits)")
     ws = c.workspace(check_credentials=refresh)
     reporter = _reporter(c)
+    from reconciler.plan.planner import PlanRequest
+
     request = PlanRequest(tuple(targets), due_only=due, refresh=refresh, announce=reporter.step)
     try:
         staged = engine.make_plan(ws, request)
@@ -202,6 +207,8 @@ def _apply_options(fn):
 @handle_errors
 def apply(c: Ctx, planfile, targets, due, auto_approve, allow_mass_removal, lock_timeout):
     """Plan, confirm, push the changes to the destinations and record them."""
+    from reconciler.plan.planner import PlanRequest
+
     ws = c.workspace(check_credentials=True)
     trigger = "schedule" if due else "apply"
     _apply(
@@ -223,6 +230,8 @@ def apply(c: Ctx, planfile, targets, due, auto_approve, allow_mass_removal, lock
 @handle_errors
 def run(c: Ctx, name, auto_approve, allow_mass_removal, lock_timeout):
     """Re-run one activation now (the Run button), one-time ones included."""
+    from reconciler.plan.planner import PlanRequest
+
     ws = c.workspace(check_credentials=True)
     act = ws.activations.get(name)
     if act is None:
@@ -273,6 +282,10 @@ def _apply(
             if not auto_approve and not _confirm():
                 click.echo("Apply cancelled; nothing was changed.")
                 sys.exit(1)
+            from reconciler.apply.applier import ApplyOptions
+            from reconciler.apply.interrupts import InterruptGuard
+            from reconciler.apply.progress import Progress
+
             options = ApplyOptions(
                 allow_mass_removal=allow_mass_removal,
                 trigger=trigger,
@@ -298,11 +311,16 @@ def _apply(
 
 
 def _reporter(c: Ctx) -> Reporter:
+    from reconciler.cli.progress import make_reporter
+
     return make_reporter(log_format=c.log_format, verbose=c.verbose, color=c.color)
 
 
 def _check_plan(ws, plan) -> None:
     """What only the plan shows: a renamed audience at a destination that cannot rename."""
+    from reconciler.plan.model import Change
+    from reconciler.workspace.loader import check_renames
+
     check_renames(
         ws,
         [

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from reconciler import engine
 from reconciler.cli.common import handle_errors
+from reconciler.cli.lazy import LazyModule
 from reconciler.errors import ReconcileError
-from reconciler.render.reports import activation_rows, log_rows, rejection_rows, segment_rows
-from reconciler.workspace.loader import Workspace
+
+if TYPE_CHECKING:
+    from reconciler.workspace.loader import Workspace
+
+engine: Any = LazyModule("reconciler.engine")
+rows_of: Any = LazyModule("reconciler.render.reports")
 
 
 def _ws() -> Workspace:
@@ -33,7 +38,7 @@ def status(which, fmt) -> None:
     """Activations with their status, last run and last counts."""
     ws = _ws()
     with engine.read_state(ws) as state:
-        rows = activation_rows(ws, state)
+        rows = rows_of.activation_rows(ws, state)
     if which:
         rows = [r for r in rows if r["tab"] == which.capitalize()]
     if fmt == "json":
@@ -80,8 +85,8 @@ def log(name, limit, rejected, fmt) -> None:
     """Runs of one activation: time, status, counts per audience, errors."""
     ws = _ws()
     with engine.read_state(ws) as state:
-        rows = log_rows(state, name, limit)
-        rejections = rejection_rows(state, name, limit) if rejected else []
+        rows = rows_of.log_rows(state, name, limit)
+        rejections = rows_of.rejection_rows(state, name, limit) if rejected else []
     if not rows and name not in ws.activations:
         raise ReconcileError(f"no activation {name!r} in the workspace or the state")
     if rejected:
@@ -181,7 +186,7 @@ def lists(integration, fmt) -> None:
 def segments(name, show_pii, limit, fmt) -> None:
     """Segment sizes and a preview of their keys."""
     ws = _ws()
-    rows = segment_rows(ws, name, limit, show_pii)
+    rows = rows_of.segment_rows(ws, name, limit, show_pii)
     if fmt == "json":
         click.echo(json.dumps({"segments": rows}, indent=2, default=str))
         return

@@ -202,7 +202,7 @@ def load(path: Path, root: Path) -> YamlDoc:
         problem = exc.problem or exc.context or "invalid YAML"
         raise ConfigError(f"malformed YAML: {problem}", Location(display, at)) from exc
     except yaml.reader.ReaderError as exc:  # a control character, or a BOM in the middle
-        line = text[: exc.position].count("\n") + 1
+        at = text[: exc.position].count("\n") + 1
         what = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
         raise ConfigError(
             f"malformed YAML: the file holds a control character ({what}) that YAML does not "
