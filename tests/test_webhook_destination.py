@@ -16,10 +16,12 @@ import datetime as dt
 import decimal
 import hashlib
 import json
+import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import httpx
 import jsonschema
 import pytest
@@ -34,7 +36,7 @@ from destinations.base import (
     MemberBatch,
     RemovalBatch,
 )
-from destinations.identity import HASHED, RAW, NormaliseContext, encode
+from destinations.identity import HASHED, RAW, NormaliseContext, encode, records
 from destinations.retry import RetryEvent, RetryPolicy
 from destinations.webhook import WebhookConfig, WebhookCredentials, WebhookDestination
 from destinations.webhook.adapter import audience_id
@@ -47,6 +49,7 @@ from reconciler.errors import (
     ThrottledError,
     TransientError,
 )
+from tests.conftest import WS, cli
 from tests.fakes.webhook import WebhookReceiver
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
@@ -670,3 +673,145 @@ def test_a_slow_answer_times_out_and_the_retry_is_a_replay(
     assert receiver.records(audience.id) == set(b.records[0])
     assert [d.replay for d in receiver.deliveries if d.msg_id == "slow"] == [False, True]
     dest.close()
+
+
+# -- reconcile apply end to end on examples/webhook -----------------------------------------------
+
+DESIRED_SQL = """
+SELECT customer_id, email, phone, first_name, total_spend FROM profiles
+WHERE total_spend >= 1000 AND email_consent
+  AND customer_id NOT IN (SELECT customer_id FROM profiles WHERE email LIKE '%@example.invalid')
+"""
+
+
+class TestWebhookEngine:
+    """``reconcile apply`` against the fake receiver through the integration's ``endpoint``.
+    Provides the hooks of the coming ``EngineConformance`` (``integration_yaml``, the
+    ``fake`` fixture, :meth:`held`) and should subclass it once it lands."""
+
+    @pytest.fixture
+    def fake(self) -> Iterator[WebhookReceiver]:
+        with WebhookReceiver(SECRET) as receiver:
+            yield receiver
+
+    def integration_yaml(self, tmp: Path, *, endpoint: str, **knobs: Any) -> str:
+        text = (EXAMPLE / "integrations" / "crm-hooks.yaml").read_text()
+        for key, value in knobs.items():
+            text = text.replace(f"  {key}: ", f"  {key}: {value}  # was: ", 1)
+        return text + f"endpoint: {endpoint}\n"
+
+    def held(self, fake: WebhookReceiver) -> dict[str, set[str]]:
+        return fake.held()
+
+    @pytest.fixture
+    def ws(self, tmp_path: Path, fake: WebhookReceiver, monkeypatch: pytest.MonkeyPatch) -> WS:
+        root = tmp_path / "ws"
+        shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns(".reconcile"))
+        yaml = self.integration_yaml(tmp_path, endpoint=fake.url, batch_size=20)
+        (root / "integrations" / "crm-hooks.yaml").write_text(yaml)
+        monkeypatch.setenv("WEBHOOK_SECRET", SECRET)
+        return WS(root)
+
+    @staticmethod
+    def desired(ws: WS) -> dict[str, set[str]]:
+        """The audience the workspace asks for, computed here from the source (the oracle)."""
+        con = duckdb.connect(str(ws.root / ".reconcile" / "demo.duckdb"), read_only=True)
+        try:
+            rows = con.execute(DESIRED_SQL).fetchall()
+        finally:
+            con.close()
+        context = NormaliseContext("AU")
+        held: set[str] = set()
+        for _key, email, phone, *_ in rows:
+            held |= set(
+                records({"email": email, "phone": phone}, ("email", "phone"), HASHED, context)
+            )
+        return {"Big spenders": held}
+
+    @staticmethod
+    def change_source(ws: WS) -> None:
+        """Two members leave, two non-members enter, two members get a new first name."""
+        con = duckdb.connect(str(ws.root / ".reconcile" / "demo.duckdb"))
+        try:
+            members = [
+                r[0] for r in con.execute(DESIRED_SQL + " ORDER BY customer_id LIMIT 6").fetchall()
+            ]
+            outsiders = [
+                r[0]
+                for r in con.execute(
+                    "SELECT customer_id FROM profiles WHERE total_spend < 1000 AND email_consent "
+                    "AND email LIKE '%@%' AND email NOT LIKE '%@example.invalid' "
+                    "ORDER BY customer_id LIMIT 2"
+                ).fetchall()
+            ]
+            con.execute(
+                "UPDATE profiles SET total_spend = 1 WHERE customer_id IN (?, ?)", members[:2]
+            )
+            con.execute(
+                "UPDATE profiles SET total_spend = 5000 WHERE customer_id IN (?, ?)", outsiders
+            )
+            con.execute(
+                "UPDATE profiles SET first_name = 'Renamed' WHERE customer_id IN (?, ?)",
+                members[2:4],
+            )
+        finally:
+            con.close()
+
+    def test_apply_holds_the_desired_audience_and_then_plans_nothing(
+        self, ws: WS, fake: WebhookReceiver
+    ) -> None:
+        # the first creation and the first member batch lose their answers: both are resent
+        # with the same webhook-id and the receiver applies each once
+        fake.fail(500, retry_after="0", apply=True, on="audience.created")
+        fake.fail(500, retry_after="0", apply=True, on="audience.members_entered")
+        res = cli(ws, "apply", "--auto-approve")
+        assert res.exit_code == 0, res.output + res.stderr
+        desired = self.desired(ws)
+        assert desired["Big spenders"] and self.held(fake) == desired
+        replays = [d for d in fake.deliveries if d.replay]
+        assert [d.type for d in replays] == ["audience.created", "audience.members_entered"]
+        applied_ids = [d.msg_id for d in fake.applied()]
+        assert len(applied_ids) == len(set(applied_ids)) > 2  # several batches of 20
+        assert SECRET not in res.output + res.stderr
+        assert cli(ws, "plan", "--detailed-exitcode").exit_code == 0
+        # the audience is remembered next to the state; `reconcile lists` reads it
+        lists = cli(ws, "lists", "crm-hooks")
+        assert lists.exit_code == 0 and "Big spenders" in lists.output
+
+        self.change_source(ws)
+        planned = cli(ws, "plan", "--detailed-exitcode")
+        assert planned.exit_code == 2, planned.output + planned.stderr
+        res = cli(ws, "apply", "--auto-approve")
+        assert res.exit_code == 0, res.output + res.stderr
+        assert self.held(fake) == self.desired(ws)
+        (audience,) = fake.audiences
+        names = {a.get("FIRST_NAME") for a in fake.attributes(audience).values()}
+        assert "Renamed" in names
+        kinds = {d.type for d in fake.applied()}
+        assert {"audience.members_left", "audience.members_changed"} <= kinds
+        assert cli(ws, "plan", "--detailed-exitcode").exit_code == 0
+
+    def test_a_receiver_that_asks_to_stop_fails_the_activation(
+        self, ws: WS, fake: WebhookReceiver
+    ) -> None:
+        fake.fail(410, on="audience.members_entered", times=100)
+        res = cli(ws, "apply", "--auto-approve")
+        assert res.exit_code == 1
+        assert "asked to stop" in res.output + res.stderr
+        assert self.held(fake) == {"Big spenders": set()}
+        assert cli(ws, "plan", "--detailed-exitcode").exit_code == 2  # still to send
+
+    def test_a_wrong_secret_disables_the_activation(
+        self, ws: WS, fake: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("WEBHOOK_SECRET", OTHER_SECRET)
+        res = cli(ws, "apply", "--auto-approve")
+        assert res.exit_code == 1 and "Disabled" in res.output + res.stderr
+        assert OTHER_SECRET not in res.output + res.stderr
+        assert fake.audiences == {}
+
+
+def test_the_documented_event_is_valid() -> None:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "destinations.md").read_text()
+    example = text.split("```json\n", 1)[1].split("```", 1)[0]
+    jsonschema.validate(json.loads(example), EVENT_SCHEMA)
