@@ -815,3 +815,43 @@ def test_the_documented_event_is_valid() -> None:
     text = (Path(__file__).resolve().parents[1] / "docs" / "destinations.md").read_text()
     example = text.split("```json\n", 1)[1].split("```", 1)[0]
     jsonschema.validate(json.loads(example), EVENT_SCHEMA)
+
+
+def test_a_receiver_may_refuse_members_in_its_answer(tmp_path: Path) -> None:
+    answer = {
+        "rejected": {"p1": "unknown customer", "zz": "not in the batch"},
+        "retry": {"p2": "busy"},
+    }
+    dest = make(
+        tmp_path,
+        client=httpx.Client(
+            transport=httpx.MockTransport(lambda request: httpx.Response(200, json=answer))
+        ),
+    )
+    b = batch(dest, [person(1), person(2), person(3)])
+    outcome = dest.add(AudienceRef("a", "A"), b, CallContext(batch_id="r"))
+    assert outcome.rejected == {"p1": "unknown customer"} and outcome.retry == {"p2": "busy"}
+    # without keys in the events the receiver cannot name members: all taken
+    keyless = make(tmp_path, client=dest.client.http, send_keys=False)
+    assert not keyless.add(AudienceRef("a", "A"), b, CallContext(batch_id="s")).rejected
+
+
+def test_the_fake_refuses_rejected_people_and_tells_which(
+    tmp_path: Path, receiver: WebhookReceiver
+) -> None:
+    dest = against(tmp_path, receiver)
+    audience = dest.create_audience("A", idempotency_key="c")
+    receiver.reject({"p2": {"email": person(2)["email"], "phone": None}})
+    b = batch(dest, [person(1), person(2)])
+    outcome = dest.add(audience, b, CallContext(batch_id="a"))
+    assert set(outcome.rejected) == {"p2"}
+    assert receiver.records(audience.id) == set(b.records[0])
+    receiver.expire_token()
+    with pytest.raises(CredentialsRefused):
+        dest.add(audience, b, CallContext(batch_id="b"))
+    receiver.heal()
+    assert not dest.add(audience, b, CallContext(batch_id="c")).rejected
+    receiver.delete_audience("A")
+    with pytest.raises(TerminalError):
+        dest.add(audience, b, CallContext(batch_id="d"))
+    dest.close()

@@ -16,6 +16,7 @@ drift cannot be seen from here.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -151,7 +152,7 @@ class WebhookDestination:
         event = payload.removal_event(
             audience, batch, call.batch_id, pii=self.config.pii, send_keys=self.config.send_keys
         )
-        return self._post(event, call.batch_id)
+        return self._post(event, call.batch_id, batch.keys if self.config.send_keys else ())
 
     def poll(self, job: str) -> JobStatus:
         raise errors.TerminalError("the webhook destination submits no asynchronous jobs")
@@ -171,8 +172,35 @@ class WebhookDestination:
             pii=self.config.pii,
             send_keys=self.config.send_keys,
         )
-        return self._post(event, call.batch_id)
+        return self._post(event, call.batch_id, batch.keys if self.config.send_keys else ())
 
-    def _post(self, event: dict, msg_id: str) -> Outcome:
+    def _post(self, event: dict, msg_id: str, keys: Sequence[str] = ()) -> Outcome:
+        """Deliver; a 2xx answer may name members it will not take (see :func:`_refused`)."""
         response = self.client.deliver(msg_id, payload.dumps(event))
-        return Outcome(detail=f"{event['type']}: receiver answered {response.status_code}")
+        rejected, retry = _refused(response, keys)
+        detail = f"{event['type']}: receiver answered {response.status_code}"
+        if rejected or retry:
+            detail += f", refused {len(rejected)}, asked to retry {len(retry)}"
+        return Outcome(rejected=rejected, retry=retry, detail=detail)
+
+
+def _refused(response: httpx.Response, keys: Sequence[str]) -> tuple[dict, dict]:
+    """``{"rejected": {key: reason}, "retry": {key: reason}}`` in a 2xx JSON answer: members
+    refused for good / to be sent again by the next run. Keys not in the batch are ignored;
+    any other body means every member was taken."""
+    if not keys or "json" not in response.headers.get("content-type", ""):
+        return {}, {}
+    try:
+        body = response.json()
+    except ValueError:
+        return {}, {}
+    if not isinstance(body, dict):
+        return {}, {}
+    sent = set(keys)
+    out: list[dict[str, str]] = []
+    for name in ("rejected", "retry"):
+        given = body.get(name)
+        given = given if isinstance(given, dict) else {}
+        out.append({str(k): str(v)[:200] for k, v in given.items() if k in sent})
+    out[1] = {k: v for k, v in out[1].items() if k not in out[0]}
+    return out[0], out[1]

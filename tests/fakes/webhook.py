@@ -10,6 +10,8 @@ the contract of ``destinations.webhook``:
 - keeps what it was told: audiences and, per audience, the identifiers it holds as record
   strings (``email_sha256:<hex>``, like the engine's state; raw values are hashed as a real
   raw receiver would to match removals), with each one's profile key and attributes;
+- may refuse members: :meth:`reject` names people (raw identifiers) whose entering is answered
+  ``200 {"rejected": {key: reason}}`` and not applied;
 - takes faults, answered in order before the next events are applied: :meth:`fail` (a
   status, with or without ``Retry-After``, optionally applying the event first: a lost
   answer) and :meth:`slow` (the event is handled at once, the answer waits); ``on=`` aims
@@ -30,7 +32,7 @@ from typing import Any
 import jsonschema
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from destinations.identity import TYPES
+from destinations.identity import HASHED, TYPES, NormaliseContext, records
 from destinations.webhook.payload import CREATED, EVENT_SCHEMA, LEFT
 
 PATH = "/hooks/audiences"
@@ -91,9 +93,13 @@ def _record(name: str, value: str, *, raw: bool) -> str:
 class WebhookReceiver:
     """Use as a context manager; ``url`` is where to send events."""
 
-    def __init__(self, secret: str, *, pii: str = "hashed") -> None:
+    def __init__(self, secret: str, *, pii: str = "hashed", country: str = "AU") -> None:
         self.verifier = Webhook(secret)
         self.pii = pii
+        self.country = country
+        self.refused: set[str] = set()  # record strings of members to reject
+        self.expired = False  # every request answered 401 (until heal)
+        self.throttle_count = 0
         self.audiences: dict[str, Audience] = {}
         self.deliveries: list[Delivery] = []
         self.seen: set[str] = set()
@@ -143,6 +149,37 @@ class WebhookReceiver:
         with self._lock:
             self._faults.extend(Fault(delay=seconds, on=on) for _ in range(times))
 
+    # the fault hooks of the engine conformance suite (tests/engine_conformance.py: Faults)
+    def throttle_storm(self) -> None:
+        """The next five events are answered 429 (``Retry-After: 0``)."""
+        self.fail(429, retry_after="0", times=5)
+
+    def throttled(self) -> int:
+        return self.throttle_count
+
+    def expire_token(self) -> None:
+        """Every request is refused as if the signature were wrong (401)."""
+        self.expired = True
+
+    def reject(self, members: dict[str, dict[str, str | None]]) -> None:
+        """Refuse these people (profile key -> raw identifiers) whenever they enter."""
+        context = NormaliseContext(self.country)
+        with self._lock:
+            for identifiers in members.values():
+                self.refused |= set(records(identifiers, list(identifiers), HASHED, context))
+
+    def delete_audience(self, name: str) -> None:
+        """Forget the audience of this name, as if deleted on the receiver's side."""
+        with self._lock:
+            for audience_id in [i for i, a in self.audiences.items() if a.name == name]:
+                del self.audiences[audience_id]
+
+    def heal(self) -> None:
+        with self._lock:
+            self._faults.clear()
+            self.refused.clear()
+            self.expired = False
+
     def _take_fault(self, kind: str | None) -> Fault:
         with self._lock:
             for fault in self._faults:
@@ -183,8 +220,13 @@ class WebhookReceiver:
             event = self.verifier.verify(body, headers)
         except (WebhookVerificationError, ValueError) as exc:
             return self._log(msg_id, None, 401, {"error": f"signature: {exc}"})
+        if self.expired:
+            return self._log(msg_id, None, 401, {"error": "signature: secret revoked"})
         kind = event.get("type") if isinstance(event, dict) else None
         fault = self._take_fault(kind)
+        if fault.status == 429:
+            with self._lock:
+                self.throttle_count += 1
         if fault.status != 200 and not fault.apply:
             return self._log(msg_id, kind, fault.status, {"error": "fault"}, fault)
         with self._lock:
@@ -193,13 +235,13 @@ class WebhookReceiver:
                 return fault.status, {"replayed": True}, fault
             try:
                 self._validate(event)
-                self._apply(event)
+                refused = self._apply(event)
             except Rejected as exc:
                 self.deliveries.append(Delivery(msg_id, kind, exc.status))
                 return exc.status, {"error": exc.message}, Fault()
             self.seen.add(msg_id)
             self.deliveries.append(Delivery(msg_id, kind, fault.status, applied=True))
-        return fault.status, {"ok": True}, fault
+        return fault.status, ({"rejected": refused} if refused else {"ok": True}), fault
 
     def _log(
         self,
@@ -223,26 +265,32 @@ class WebhookReceiver:
         if event["type"] != CREATED and event["audience"]["id"] not in self.audiences:
             raise Rejected(404, f"unknown audience {event['audience']['id']!r}")
 
-    def _apply(self, event: dict[str, Any]) -> None:
+    def _apply(self, event: dict[str, Any]) -> dict[str, str]:
+        """Apply the event; returns the members refused (key -> reason)."""
         ref = event["audience"]
         if event["type"] == CREATED:
             known = self.audiences.get(ref["id"])
             if known is not None and known.name != ref["name"]:
                 raise Rejected(409, f"audience {ref['id']!r} exists with another name")
             self.audiences.setdefault(ref["id"], Audience(ref["name"]))
-            return
+            return {}
         raw = self.pii == "raw" and event["type"] != LEFT
         changes = [
             (m, [_record(n, v, raw=raw) for n, v in m["identifiers"].items()])
             for m in event["members"]
         ]  # all checked before anything is applied
         rows = self.audiences[ref["id"]].rows
+        refused: dict[str, str] = {}
         for member, recs in changes:
+            if event["type"] != LEFT and self.refused.intersection(recs):
+                refused[member.get("key", "")] = "refused by the receiver (reject knob)"
+                continue
             for rec in recs:
                 if event["type"] == LEFT:
                     rows.pop(rec, None)
                 else:
                     rows[rec] = {"key": member.get("key"), "attributes": member["attributes"]}
+        return refused
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         receiver = self
