@@ -587,7 +587,7 @@ def test_example_with_throttling_and_an_invalid_entry(
     fake.reject(bad)
     fake.throttle(2, code=80003, only="/users")
     applied = cli(ws, "apply", "--auto-approve")
-    assert "1 refused" in applied.output, applied.output + applied.stderr
+    assert "1 rejected" in applied.output, applied.output + applied.stderr
     assert fake.throttled == 2  # waited out, not failures
     (audience,) = fake.by_name("Big spenders")
     assert fake.members(audience.id) == set().union(*rows) - bad_row

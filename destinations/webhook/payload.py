@@ -103,7 +103,9 @@ def members_event(
     attr_columns = [batch.attributes[f] for f in attr_fields]
     members = []
     for i, key in enumerate(batch.keys):
-        identifiers = {f: col[i] for f, col in zip(fields, columns, strict=True) if col[i]}
+        identifiers: dict[str, str] = {
+            f: v for f, col in zip(fields, columns, strict=True) if (v := col[i])
+        }
         if not identifiers and pii == "hashed":
             identifiers = _recorded(batch.records[i])
         member: dict[str, Any] = {"key": key} if send_keys else {}
