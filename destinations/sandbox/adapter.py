@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -74,6 +74,8 @@ class SandboxDestination:
         self._rng = random.Random(config.seed)
         self._con: duckdb.DuckDBPyConnection | None = None
         self._writes = 0  # write calls made, for exit_after_calls
+        #: how ``delay_per_batch`` waits (tests inject a recorder instead of sleeping)
+        self.sleep: Callable[[float], None] = time.sleep
 
     # -- reads (a plan: they find nothing and create nothing when there is no file) ----------
     def list_audiences(self) -> list[AudienceRef]:
@@ -247,7 +249,7 @@ class SandboxDestination:
         if exiting and self.config.exit_when == "before":
             os._exit(137)
         if delay and self.config.delay_per_batch:
-            time.sleep(self.config.delay_per_batch)
+            self.sleep(self.config.delay_per_batch)
         transient, throttled, lost = (self._rng.random() for _ in range(3))
         if transient < self.config.transient_error_rate:
             raise errors.TransientError(
