@@ -271,6 +271,12 @@ class EngineConformance:
         fake.heal()
         apply(ws)
         assert self.desired(ws, [rows[3]]).isdisjoint(self.held(fake)["Conf"])
+        # until its identifiers change: then it is sent again
+        rows[3]["email"] = "fixed3@example.com"
+        ws.set_profiles(rows)
+        apply(ws)
+        assert self.held(fake) == {"Conf": self.desired(ws, rows)}
+        assert_converged(ws)
 
     @pytest.mark.xfail(
         strict=True,
@@ -341,6 +347,7 @@ class EngineConformance:
         )
         assert done.returncode == -signal.SIGKILL, done.stdout + done.stderr
         assert runs(ws, "conf")[0]["status"] == "Pending"
+        assert self.audience_names(ws) == ["Conf"]  # the call reached the destination
         apply(ws)
         assert self.audience_names(ws) == ["Conf"]  # no second audience
         assert self.held(fake) == {"Conf": self.desired(ws, rows)}  # none lost, no phantom
