@@ -264,6 +264,7 @@ class EngineConformance:
         assert "conf: Complete" in out and "1 refused" in out
         (run,) = runs(ws, "conf")
         assert run["status"] == "Complete" and run["failed"] == 1
+        assert "1 of 40 member(s) refused" in run["error"]  # the warning, kept in the log
         assert self.held(fake) == {"Conf": self.desired(ws, rows, without=["c00003"])}
         assert [k for k, _ in self._rejected(ws, "conf")] == ["c00003"]
         # not sent again: neither by the next plan nor once the destination would take it
