@@ -13,7 +13,7 @@ import os
 import random
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -76,6 +76,8 @@ class SandboxDestination:
         self._rng = random.Random(config.seed)
         self._con: duckdb.DuckDBPyConnection | None = None
         self._writes = 0  # write calls made, for exit_after_calls
+        #: how ``delay_per_batch`` waits (tests inject a recorder instead of sleeping)
+        self.sleep: Callable[[float], None] = time.sleep
 
     # -- reads (a plan: they find nothing and create nothing when there is no file) ----------
     def list_audiences(self) -> list[AudienceRef]:
@@ -273,7 +275,7 @@ class SandboxDestination:
         if exiting and self.config.exit_when == "before":
             os._exit(137)
         if delay and self.config.delay_per_batch:
-            time.sleep(self.config.delay_per_batch)
+            self.sleep(self.config.delay_per_batch)
         transient, throttled, lost = (self._rng.random() for _ in range(3))
         if transient < self.config.transient_error_rate:
             raise errors.TransientError(
