@@ -294,6 +294,8 @@ class AdapterConformance:
             assert not isinstance(raised.value, CredentialsRefused)
 
     def test_deleted_audience_is_gone(self, destination: Destination) -> None:
+        if not destination.capabilities.refresh:
+            pytest.skip("this destination cannot read an audience back (no drift detection)")
         audience = self.create(destination, "Deleted outside")
         batch = self.add(destination, audience, self.make_batch(2, destination))
         self.delete_outside(destination, audience)

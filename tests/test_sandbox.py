@@ -337,7 +337,7 @@ def test_an_old_file_with_a_members_table_is_migrated(tmp_path: Path) -> None:
     tables = open_store(path)._query(
         lambda c: {r[0] for r in c.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
     )
-    assert tables == {"audiences", "member_log", "requests"}
+    assert tables == {"audiences", "jobs", "member_log", "requests"}
 
 
 def test_a_write_appends_only_its_own_rows_to_the_log(tmp_path: Path) -> None:

@@ -855,3 +855,48 @@ def test_the_fake_refuses_rejected_people_and_tells_which(
     with pytest.raises(TerminalError):
         dest.add(audience, b, CallContext(batch_id="d"))
     dest.close()
+
+
+# ------------------------------------------------------------------ the shared conformance suite
+from tests.destination_conformance import AdapterConformance, EngineConformance  # noqa: E402
+
+
+class TestWebhookConformance(AdapterConformance):
+    unknown_audience_id = "wh_does_not_exist"
+
+    @pytest.fixture
+    def destination(self, tmp_path: Path, receiver: WebhookReceiver):
+        self.fake = receiver
+        dest = against(tmp_path, receiver)
+        yield dest
+        dest.close()
+
+    def stored_records(self, destination: Any, audience: AudienceRef) -> set[str]:
+        return self.fake.records(audience.id)
+
+    def delete_outside(self, destination: Any, audience: AudienceRef) -> None:
+        self.fake.delete_audience(audience.name)
+
+
+class TestWebhookEngineConformance(EngineConformance):
+    refreshes = False  # the receiver is never asked what it holds
+
+    @pytest.fixture
+    def fake(self, monkeypatch: pytest.MonkeyPatch) -> Iterator[WebhookReceiver]:
+        monkeypatch.setenv("WEBHOOK_CONFORMANCE_SECRET", SECRET)
+        with WebhookReceiver(SECRET) as receiver:
+            self.receiver = receiver
+            yield receiver
+
+    def integration_yaml(self, tmp: Path, **knobs: Any) -> str:
+        config = {"url": "https://hooks.example.com/audiences", "identifiers": ["email", "phone"]}
+        config |= {"batch_size": 7} | knobs
+        lines = "".join(f"  {k}: {json.dumps(v)}\n" for k, v in config.items())
+        return (
+            "type: webhook\nconsent: email_consent\n"
+            "credentials:\n  secret: ${env:WEBHOOK_CONFORMANCE_SECRET}\n"
+            f"endpoint: {self.receiver.url}\nconfig:\n{lines}"
+        )
+
+    def held(self, fake: WebhookReceiver) -> dict[str, set[str]]:
+        return fake.held()
