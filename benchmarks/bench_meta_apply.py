@@ -59,9 +59,7 @@ def workspace(root: Path, port: int, n: int) -> None:
         f"endpoint: http://127.0.0.1:{port}\nconfig:\n  ad_account_id: act_{ACCOUNT}\n"
         "  identifiers: [email, phone]\n  batch_size: 10000\n"
     )
-    (root / "segments" / "everyone.yaml").write_text(
-        f"sql: \"{SEGMENT}\"\n"
-    )
+    (root / "segments" / "everyone.yaml").write_text(f'sql: "{SEGMENT}"\n')
     (root / "activations" / "bench.yaml").write_text(
         "segments: [everyone]\ndestination: meta\nname: Benchmark\nmax_removal_share: 1\n"
     )

@@ -60,9 +60,9 @@ def limited(tmp_path, monkeypatch):
         "[reconciler.destinations]\nlimited = limited_dest:LimitedDestination\n"
     )
     monkeypatch.syspath_prepend(str(site))
-    registry.available.cache_clear()
+    registry.load.cache_clear()
     yield
-    registry.available.cache_clear()
+    registry.load.cache_clear()
 
 
 def _errors(res) -> str:
@@ -203,3 +203,36 @@ def test_plan_estimates_requests_and_duration_from_declared_limits(workspace, li
     ]
     md = cli(ws, "plan", "--format", "markdown").output
     assert "<sub>Destination calls: limited (limited): 4 requests" in md
+
+
+BROKEN = """\
+raise ImportError("this adapter is broken on purpose")
+"""
+
+
+def test_a_broken_adapter_breaks_only_what_uses_it(workspace, tmp_path, monkeypatch):
+    """Adapters load lazily, one at a time: another installed adapter that cannot even be
+    imported does not stop a workspace that does not use it; one that uses it gets a clear
+    error naming the type and the integration file."""
+    site = tmp_path / "site"
+    (site / "broken_dest-0.1.dist-info").mkdir(parents=True)
+    (site / "broken_dest.py").write_text(BROKEN)
+    (site / "broken_dest-0.1.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: broken-dest\nVersion: 0.1\n"
+    )
+    (site / "broken_dest-0.1.dist-info" / "entry_points.txt").write_text(
+        "[reconciler.destinations]\nbroken = broken_dest:Broken\n"
+    )
+    monkeypatch.syspath_prepend(str(site))
+    registry.load.cache_clear()
+    try:
+        ws = workspace({"act": "segments: [seg-a]\ndestination: sandbox\n"})
+        assert cli(ws, "validate").exit_code == 0
+        assert cli(ws, "plan").exit_code == 0
+        ws.write("integrations/other.yaml", "type: broken\n")
+        res = cli(ws, "validate")
+        assert res.exit_code == 1
+        assert "integrations/other.yaml:1: type: the destination type 'broken'" in res.stderr
+        assert "cannot be loaded: ImportError: this adapter is broken on purpose" in res.stderr
+    finally:
+        registry.load.cache_clear()

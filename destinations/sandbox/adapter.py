@@ -98,10 +98,8 @@ class SandboxDestination:
     def read_audience(self, audience: AudienceRef) -> AudienceRef | None:
         if self._absent():
             return None
-        found = store.transaction(
-            self._connection(), lambda con: store.audiences(con, "a.id = $v", v=audience.id)
-        )
-        return found[0] if found else None
+        # existence and name only (a primary-key lookup): sizing means scanning the log
+        return store.transaction(self._connection(), lambda con: store.audience(con, audience.id))
 
     def find_created_audience(self, name: str, *, idempotency_key: str) -> AudienceRef | None:
         """The audience a create call with this key made (its ``creation_key``), or None."""

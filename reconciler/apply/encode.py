@@ -77,7 +77,7 @@ def build(
                    WHERE activation_id = $aid AND grp = $grp AND op = $op),
              p AS (SELECT p.* FROM {_ident(profiles.table)} p SEMI JOIN c ON c.key = {key}
                    QUALIFY count(*) OVER (PARTITION BY {key}) = 1)
-        SELECT row_number() OVER (PARTITION BY len(rec) > 0) - 1 AS n, *, len(rec) > 0 AS sendable
+        SELECT row_number() OVER () - 1 AS n, *, len(rec) > 0 AS sendable
         FROM (SELECT {key} AS key, {select} FROM p)""",
         {"aid": activation_id, "grp": grp, "op": op},
     )
