@@ -1,24 +1,33 @@
-"""Benchmark: plan and apply one `maintain` activation to the sandbox, churn 1%, plan again.
+"""Benchmark: plan and apply one `maintain` activation to the sandbox, churn, plan and apply again.
 
-Measures the `reconcile plan` / `reconcile apply` subprocesses themselves — wall time and
-peak RSS (ru_maxrss of the child from wait4), start-up included, median of N repeats — and,
-in this process on the same files with the same DuckDB settings, the baseline: one SQL
-statement counting both directions of the difference between the segment query and a table
-of the previous members.
+Each `reconcile` step runs as a child process (start-up included): plan, first apply, re-plan
+after churn, re-apply. Per step: wall time (median of K repeats), CPU seconds of the child
+(user + sys from `os.wait4`, every DuckDB thread included; median of K) and peak RSS (max).
+In this process, on the same files with the same DuckDB settings, three baselines written
+out below: (a) the bare two-way anti-join of the segment's keys against the previous members'
+keys, (b) the same plus change detection on the mapped attribute (a join comparing stored
+and current values), (c) a plain Python loop hashing every identifier value the first apply
+sends. Then the ratios the targets are stated in, and `reconcile --help` start-up.
 
-    python benchmarks/bench_plan_apply.py --profiles 1000000 10000000      # the real sizes
-    python benchmarks/bench_plan_apply.py --profiles 10000 --repeat 1      # CI smoke size
+    python benchmarks/bench_plan_apply.py --profiles 1000000 3000000 10000000   # scaling
+    python benchmarks/bench_plan_apply.py --profiles 10000 --repeat 1           # CI smoke size
 
-Data: the demo generator's profiles table trimmed to 10 columns (36-character keys,
-realistic e-mails); the segment filters on two columns; churn updates the table so 1% of
-members change (half leave, half enter). Nothing here asserts a time.
+Data: the demo generator's profiles table trimmed to 10 columns (36-character keys, realistic
+e-mails); the segment filters on two columns. Churn `s`: `s` of the members change membership
+(half leave, half enter; `demo.churn`) and another `s / 2` of the members get a new first
+name (the mapped attribute), so the re-plan has additions, removals and updates. Every churn
+level starts from the same generated table and the same applied state. Machine load is
+recorded (the load average before and after); prefer CPU seconds on a shared machine. Nothing
+here asserts a time.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -32,31 +41,64 @@ import duckdb
 from reconciler.sources import demo
 
 SEGMENT_SQL = "SELECT customer_id FROM profiles WHERE country = 'AU' AND total_spend >= 100"
+SEGMENT_WHERE = "country = 'AU' AND total_spend >= 100"
 
-#: the baseline, verbatim: one statement counting both directions of the difference
-BASELINE_SQL = f"""
+#: DuckDB settings of the engine's session (reconciler/enginedb.py) and of the baselines
+THREADS, MEMORY_LIMIT = 2, "1GB"
+
+# ---------------------------------------------------------------- the baselines, verbatim
+#: (a) the bare two-way anti-join of the segment's keys against the previous members' keys
+BASELINE_A_SQL = """
+WITH s AS (SELECT customer_id AS key FROM profiles WHERE country = 'AU' AND total_spend >= 100)
 SELECT
-  (SELECT count(*) FROM ({SEGMENT_SQL}) s
-     WHERE NOT EXISTS (SELECT 1 FROM prev.members m WHERE m.key = s.customer_id)) AS entering,
-  (SELECT count(*) FROM prev.members m
-     WHERE NOT EXISTS (SELECT 1 FROM ({SEGMENT_SQL}) s WHERE s.customer_id = m.key)) AS leaving
+  (SELECT count(*) FROM s ANTI JOIN prev.members m ON m.key = s.key) AS entering,
+  (SELECT count(*) FROM prev.members m ANTI JOIN s ON s.key = m.key) AS leaving
 """
 
+#: (b) the same plus change detection on the mapped attribute (stored vs current value)
+BASELINE_B_SQL = """
+WITH s AS (SELECT customer_id AS key, first_name FROM profiles
+           WHERE country = 'AU' AND total_spend >= 100)
+SELECT
+  (SELECT count(*) FROM s ANTI JOIN prev.members m ON m.key = s.key) AS entering,
+  (SELECT count(*) FROM prev.members m ANTI JOIN s ON s.key = m.key) AS leaving,
+  (SELECT count(*) FROM s JOIN prev.members m ON m.key = s.key
+     WHERE m.first_name IS DISTINCT FROM s.first_name) AS changed
+"""
+
+#: the baselines' previous members: the first apply's segment, keys and attribute values
+PREV_MEMBERS_SQL = f"""
+CREATE TABLE prev_db.members AS
+SELECT customer_id AS key, first_name FROM profiles WHERE {SEGMENT_WHERE}
+"""
+
+#: (c)'s input: every identifier value the first apply sends (the sandbox matches on e-mail)
+SENT_VALUES_SQL = f"SELECT email FROM profiles WHERE {SEGMENT_WHERE} AND strpos(email, '@') > 1"
+
+
+def baseline_c(values: list[str]) -> list[str]:
+    """(c) a plain Python loop normalising and hashing every value."""
+    out = []
+    for v in values:
+        out.append(hashlib.sha256(v.strip().lower().encode()).hexdigest())
+    return out
+
+
+# ---------------------------------------------------------------- workspace and data
 AS_OF = date(2026, 11, 1)
 
 
-def write_workspace(root: Path, threads: int, memory_limit: str, batch_size: int) -> None:
-    (root / "segments").mkdir(parents=True, exist_ok=True)
-    (root / "activations").mkdir(exist_ok=True)
-    (root / "integrations").mkdir(exist_ok=True)
+def write_workspace(root: Path, batch_size: int) -> None:
+    for d in ("segments", "activations", "integrations"):
+        (root / d).mkdir(parents=True, exist_ok=True)
     (root / "reconcile.yaml").write_text(f"""\
 version: 1
 timezone: UTC
 source:
   type: duckdb
   path: data/profiles.duckdb
-  threads: {threads}
-  memory_limit: {memory_limit}
+  threads: {THREADS}
+  memory_limit: {MEMORY_LIMIT}
   profiles:
     table: profiles
     key: customer_id
@@ -81,11 +123,19 @@ config:
     )
 
 
-def make_data(root: Path, n: int, threads: int, memory_limit: str) -> None:
-    db = root / "data" / "profiles.duckdb"
-    db.parent.mkdir(parents=True, exist_ok=True)
-    demo.generate(db, n, as_of=AS_OF, threads=threads, memory_limit=memory_limit)
-    con = duckdb.connect(str(db))
+def connect(path: Path | str = ":memory:") -> duckdb.DuckDBPyConnection:
+    config = {"threads": THREADS, "memory_limit": MEMORY_LIMIT, "preserve_insertion_order": False}
+    return duckdb.connect(str(path), config=config)
+
+
+def make_data(root: Path, n: int, reuse: bool) -> None:
+    """Generate the profiles once per size into ``pristine.duckdb`` (kept with --reuse-data)."""
+    pristine = root / "data" / "pristine.duckdb"
+    if reuse and pristine.exists():
+        return
+    pristine.parent.mkdir(parents=True, exist_ok=True)
+    demo.generate(pristine, n, as_of=AS_OF, threads=THREADS, memory_limit=MEMORY_LIMIT)
+    con = connect(pristine)
     try:  # the benchmark table has exactly 10 columns
         con.execute("ALTER TABLE profiles DROP COLUMN last_name")
         con.execute("CHECKPOINT")
@@ -93,7 +143,45 @@ def make_data(root: Path, n: int, threads: int, memory_limit: str) -> None:
         con.close()
 
 
-def measured(root: Path, *args: str) -> tuple[float, int, str]:
+def reset_data(root: Path) -> Path:
+    db = root / "data" / "profiles.duckdb"
+    shutil.copyfile(root / "data" / "pristine.duckdb", db)
+    return db
+
+
+def churn(db: Path, share: float, seed: int = 11) -> None:
+    """``share`` of the members change membership; another ``share / 2`` change first name."""
+    demo.churn(db, share, seed=seed, threads=THREADS, memory_limit=MEMORY_LIMIT)
+    con = connect(db)
+    try:
+        (members,) = con.execute(f"SELECT count(*) FROM profiles WHERE {SEGMENT_WHERE}").fetchone()
+        k = round(share / 2 * members)
+        con.execute(
+            f"""UPDATE profiles SET first_name = first_name || '-2' WHERE customer_id IN (
+                SELECT customer_id FROM profiles WHERE {SEGMENT_WHERE}
+                ORDER BY md5('rename:{seed}:' || customer_id) LIMIT {k})"""
+        )
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+
+
+def save_previous_members(root: Path, db: Path) -> None:
+    prev = root / "prev_members.duckdb"
+    prev.unlink(missing_ok=True)
+    con = connect()
+    try:
+        con.execute(f"ATTACH '{prev}' AS prev_db")
+        con.execute(f"ATTACH '{db}' AS src (READ_ONLY)")
+        con.execute("USE src")
+        con.execute(PREV_MEMBERS_SQL)
+    finally:
+        con.close()
+
+
+# ---------------------------------------------------------------- measuring
+def measured(root: Path, *args: str) -> dict:
+    """One `reconcile` child: wall seconds, CPU seconds (user + sys), peak RSS, stdout."""
     cmd = [sys.executable, "-m", "reconciler", "-C", str(root), "--no-color", *args]
     start = time.perf_counter()
     with open(root / "child.out", "w") as out, open(root / "child.err", "w") as err:
@@ -105,7 +193,116 @@ def measured(root: Path, *args: str) -> tuple[float, int, str]:
         raise SystemExit(
             f"{' '.join(args)} failed ({proc.returncode}):\n{(root / 'child.err').read_text()}"
         )
-    return elapsed, usage.ru_maxrss * 1024, (root / "child.out").read_text()
+    return {
+        "wall": elapsed,
+        "cpu": usage.ru_utime + usage.ru_stime,
+        "rss": usage.ru_maxrss * 1024,  # KiB on Linux
+        "output": (root / "child.out").read_text(),
+    }
+
+
+def repeat(root: Path, times: int, args: list[str], before=None) -> dict:
+    runs = []
+    for _ in range(times):
+        if before:
+            before()
+        runs.append(measured(root, *args))
+    output = runs[-1]["output"]
+    return {
+        "seconds": statistics.median(r["wall"] for r in runs),
+        "cpu_seconds": statistics.median(r["cpu"] for r in runs),
+        "peak_rss_mib": max(r["rss"] for r in runs) / 2**20,
+        "runs": [[round(r["wall"], 3), round(r["cpu"], 3)] for r in runs],
+        "summary": next((x for x in output.splitlines() if x.startswith("Plan:")), ""),
+        "changes": _parse_changes(output),
+    }
+
+
+def _parse_changes(output: str) -> dict[str, int]:
+    m = re.search(r"members: \+([\d,]+) -([\d,]+) ~([\d,]+)", output)
+    if not m:
+        return {}
+    add, remove, update = (int(g.replace(",", "")) for g in m.groups())
+    return {"add": add, "remove": remove, "update": update}
+
+
+def timed_sql(root: Path, db: Path, sql: str, times: int) -> dict:
+    """A baseline statement: wall and CPU (this process, all threads), median of ``times``."""
+    walls, cpus, result = [], [], None
+    for _ in range(times):
+        con = connect()
+        con.execute(f"ATTACH '{db}' AS src (READ_ONLY)")
+        con.execute(f"ATTACH '{root / 'prev_members.duckdb'}' AS prev (READ_ONLY)")
+        con.execute("USE src")
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = con.execute(sql).fetchone()
+        cpus.append(time.process_time() - cpu)
+        walls.append(time.perf_counter() - wall)
+        con.close()
+    return {"seconds": statistics.median(walls), "cpu_seconds": statistics.median(cpus),
+            "result": list(result)}  # fmt: skip
+
+
+def timed_hashing(db: Path, times: int) -> dict:
+    con = connect()
+    try:
+        con.execute(f"ATTACH '{db}' AS src (READ_ONLY)")
+        con.execute("USE src")
+        values = [r[0] for r in con.execute(SENT_VALUES_SQL).fetchall()]
+    finally:
+        con.close()
+    walls, cpus = [], []
+    for _ in range(times):
+        wall, cpu = time.perf_counter(), time.process_time()
+        baseline_c(values)
+        cpus.append(time.process_time() - cpu)
+        walls.append(time.perf_counter() - wall)
+    cpu = statistics.median(cpus)
+    return {"values": len(values), "seconds": statistics.median(walls), "cpu_seconds": cpu,
+            "cpu_us_per_value": 1e6 * cpu / max(len(values), 1)}  # fmt: skip
+
+
+def startup(root: Path, times: int = 5) -> dict:
+    runs = [measured(root, "--help") for _ in range(times)]
+    return {"seconds": statistics.median(r["wall"] for r in runs),
+            "cpu_seconds": statistics.median(r["cpu"] for r in runs)}  # fmt: skip
+
+
+# ---------------------------------------------------------------- one size
+def bench(n: int, work: Path, times: int, churns: list[float], batch_size: int, reuse: bool):
+    root = work / f"n{n}"
+    if not reuse:
+        shutil.rmtree(root, ignore_errors=True)
+    shutil.rmtree(root / ".reconcile", ignore_errors=True)
+    write_workspace(root, batch_size)
+    t = time.perf_counter()
+    make_data(root, n, reuse)
+    db = reset_data(root)
+    res: dict = {"profiles": n, "generate_seconds": round(time.perf_counter() - t, 2)}
+    res["load_before"] = os.getloadavg()
+    res["plan"] = repeat(root, times, ["plan"], before=lambda: restore(root, ""))
+    res["apply"] = repeat(root, times, ["apply", "--auto-approve"], lambda: restore(root, ""))
+    snapshot(root, "applied")
+    save_previous_members(root, db)
+    res["hashing"] = timed_hashing(db, times)
+    members = res["apply"]["changes"].get("add", 0)
+    res["apply"]["members"] = members
+    res["churn"] = []
+    for share in churns:
+        db = reset_data(root)
+        churn(db, share)
+        c: dict = {"share": share}
+        c["replan"] = repeat(root, times, ["plan"], before=lambda: restore(root, "applied"))
+        c["reapply"] = repeat(
+            root, times, ["apply", "--auto-approve"], before=lambda: restore(root, "applied")
+        )
+        c["baseline_a"] = timed_sql(root, db, BASELINE_A_SQL, times)
+        c["baseline_b"] = timed_sql(root, db, BASELINE_B_SQL, times)
+        res["churn"].append(c)
+    res["startup"] = startup(root)
+    res["load_after"] = os.getloadavg()
+    res["ratios"] = ratios(res)
+    return res
 
 
 def snapshot(root: Path, name: str) -> None:
@@ -121,107 +318,113 @@ def restore(root: Path, name: str) -> None:
         shutil.copytree(root / ".snapshots" / name, root / ".reconcile")
 
 
-def repeat(root: Path, times: int, args: list[str], before=None) -> dict:
-    runs = []
-    out = ""
-    for _ in range(times):
-        if before:
-            before()
-        secs, rss, out = measured(root, *args)
-        runs.append((secs, rss))
-    return {
-        "seconds": statistics.median(r[0] for r in runs),
-        "peak_rss_mib": max(r[1] for r in runs) / 2**20,
-        "runs": [round(r[0], 3) for r in runs],
-        "output": out,
+def ratios(res: dict) -> dict:
+    def div(a: float, b: float) -> float:
+        return a / b if b > 0 else float("inf")
+
+    apply, members = res["apply"], res["apply"]["members"]
+    cpu_us = 1e6 * apply["cpu_seconds"] / max(members, 1)
+    out = {
+        "apply_cpu_us_per_member": cpu_us,
+        "send_cpu_us_per_member": 1e6
+        * (apply["cpu_seconds"] - res["plan"]["cpu_seconds"])
+        / max(members, 1),
+        "apply_vs_hashing": div(cpu_us, res["hashing"]["cpu_us_per_value"]),
+        "apply_members_per_second": div(members, apply["seconds"]),
+        "peak_rss_mib": max(
+            [res[s]["peak_rss_mib"] for s in ("plan", "apply")]
+            + [c[s]["peak_rss_mib"] for c in res["churn"] for s in ("replan", "reapply")]
+        ),
+        "startup_seconds": res["startup"]["seconds"],
+        "churn": [],
     }
+    for c in res["churn"]:
+        r, a, b = c["replan"], c["baseline_a"], c["baseline_b"]
+        out["churn"].append({
+            "share": c["share"],
+            "replan_vs_a": div(r["seconds"], a["seconds"]),
+            "replan_vs_b": div(r["seconds"], b["seconds"]),
+            "replan_vs_a_cpu": div(r["cpu_seconds"], a["cpu_seconds"]),
+            "replan_vs_b_cpu": div(r["cpu_seconds"], b["cpu_seconds"]),
+        })  # fmt: skip
+    return out
 
 
-def baseline(root: Path, threads: int, memory_limit: str, times: int) -> dict:
-    """The baseline, in this process, on the same files with the same DuckDB settings."""
-    prev = root / "prev_members.duckdb"
-    db = root / "data" / "profiles.duckdb"
-    secs = []
-    result = None
-    for _ in range(times):
-        con = duckdb.connect(":memory:", config={"threads": threads, "memory_limit": memory_limit})
-        con.execute(f"ATTACH '{db}' AS src (READ_ONLY)")
-        con.execute(f"ATTACH '{prev}' AS prev (READ_ONLY)")
-        con.execute("USE src")
-        start = time.perf_counter()
-        result = con.execute(BASELINE_SQL).fetchone()
-        secs.append(time.perf_counter() - start)
-        con.close()
-    return {"seconds": statistics.median(secs), "entering": result[0], "leaving": result[1]}
+# ---------------------------------------------------------------- report
+def _pct(share: float) -> str:
+    return f"{100 * share:g}%"
 
 
-def save_previous_members(root: Path) -> None:
-    prev = root / "prev_members.duckdb"
-    prev.unlink(missing_ok=True)
-    con = duckdb.connect(":memory:")
-    try:
-        con.execute(f"ATTACH '{prev}' AS prev_db")
-        con.execute(f"ATTACH '{root / 'data' / 'profiles.duckdb'}' AS src (READ_ONLY)")
-        con.execute("USE src")
-        con.execute(
-            f"CREATE TABLE prev_db.members AS SELECT customer_id AS key FROM ({SEGMENT_SQL})"
-        )
-    finally:
-        con.close()
+def _run(s: dict) -> str:
+    """wall / CPU / peak RSS of a step."""
+    return f"{s['seconds']:.2f} s / {s['cpu_seconds']:.2f} s / {s['peak_rss_mib']:.0f} MiB"
 
 
-def counts(plan_text: str) -> str:
-    return next((line for line in plan_text.splitlines() if line.startswith("Plan:")), "")
+def _sql(b: dict) -> str:
+    return f"{b['seconds']:.2f} s / {b['cpu_seconds']:.2f} s"
 
 
-def bench(n: int, work: Path, times: int, threads: int, memory_limit: str, batch_size: int) -> dict:
-    root = work / f"n{n}"
-    shutil.rmtree(root, ignore_errors=True)
-    write_workspace(root, threads, memory_limit, batch_size)
-    t = time.perf_counter()
-    make_data(root, n, threads, memory_limit)
-    gen = time.perf_counter() - t
-    res: dict = {"profiles": n, "generate_seconds": round(gen, 2)}
-    res["plan"] = repeat(root, times, ["plan"], before=lambda: restore(root, ""))
-    res["apply"] = repeat(
-        root, times, ["apply", "--auto-approve"], before=lambda: restore(root, "")
-    )
-    snapshot(root, "applied")
-    save_previous_members(root)
-    demo.churn(
-        root / "data" / "profiles.duckdb", 0.01, seed=11, threads=threads, memory_limit=memory_limit
-    )
-    res["replan"] = repeat(root, times, ["plan"])
-    res["reapply"] = repeat(
-        root, times, ["apply", "--auto-approve"], before=lambda: restore(root, "applied")
-    )
-    res["baseline"] = baseline(root, threads, memory_limit, times)
-    res["replan_vs_baseline"] = res["replan"]["seconds"] / max(res["baseline"]["seconds"], 1e-9)
-    for step in ("plan", "apply", "replan", "reapply"):
-        res[step]["summary"] = counts(res[step].pop("output"))
-    return res
+def _changes(ch: dict) -> str:
+    return f"+{ch['add']:,} -{ch['remove']:,} ~{ch['update']:,}" if ch else ""
 
 
 def table(results: list[dict]) -> str:
+    """Three Markdown tables: the first run, the runs after churn, the targets."""
     lines = [
-        "| profiles | step | wall (median) | peak RSS | changes |",
-        "|---:|---|---:|---:|---|",
+        "| profiles | members sent | plan | first apply | (c) Python sha256 of the values |",
+        "|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        for step in ("plan", "apply", "replan", "reapply"):
-            s = r[step]
+        h = r["hashing"]
+        lines.append(
+            f"| {r['profiles']:,} | {r['apply']['members']:,} | {_run(r['plan'])} | "
+            f"{_run(r['apply'])} | {h['seconds']:.2f} s / {h['cpu_seconds']:.2f} s |"
+        )
+    lines += [
+        "",
+        "| profiles | churn | changes | re-plan | re-apply | (a) anti-join | (b) + attributes |",
+        "|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        for c in r["churn"]:
             lines.append(
-                f"| {r['profiles']:,} | {step} | {s['seconds']:.2f} s | "
-                f"{s['peak_rss_mib']:.0f} MiB | {s['summary']} |"
+                f"| {r['profiles']:,} | {_pct(c['share'])} | {_changes(c['replan']['changes'])} "
+                f"| {_run(c['replan'])} | {_run(c['reapply'])} | {_sql(c['baseline_a'])} "
+                f"| {_sql(c['baseline_b'])} |"
             )
-        b = r["baseline"]
-        lines.append(
-            f"| {r['profiles']:,} | baseline SQL | {b['seconds']:.2f} s | "
-            f"(in-process) | +{b['entering']:,} -{b['leaving']:,} |"
-        )
-        lines.append(
-            f"| {r['profiles']:,} | re-plan / baseline | {r['replan_vs_baseline']:.1f}x | | |"
-        )
+    sizes = " | ".join(f"{r['profiles']:,}" for r in results)
+    lines += ["", f"| measure | target | {sizes} |", "|---|---|" + "---:|" * len(results)]
+
+    def row(measure: str, target: str, cell) -> None:  # type: ignore[no-untyped-def]
+        lines.append(f"| {measure} | {target} | " + " | ".join(cell(r) for r in results) + " |")
+
+    for i, share in enumerate(c["share"] for c in results[0]["churn"]):
+        for key, name, target in (("a", "(a)", "<= 2x at 10M"), ("b", "(b)", "<= 1.3x at 10M")):
+            row(
+                f"re-plan / {name}, {_pct(share)} churn (wall; CPU)",
+                target,
+                lambda r, i=i, k=key: (
+                    f"{r['ratios']['churn'][i][f'replan_vs_{k}']:.1f}x; "
+                    f"{r['ratios']['churn'][i][f'replan_vs_{k}_cpu']:.1f}x"
+                ),
+            )
+    row("first apply CPU per member", "<= 5 us",
+        lambda r: f"{r['ratios']['apply_cpu_us_per_member']:.1f} us")  # fmt: skip
+    row("... of which beyond its plan", "",
+        lambda r: f"{r['ratios']['send_cpu_us_per_member']:.1f} us")  # fmt: skip
+    row("(c) CPU per value", "", lambda r: f"{r['hashing']['cpu_us_per_value']:.2f} us")
+    row("first apply CPU per member / (c) per value", "<= 8x",
+        lambda r: f"{r['ratios']['apply_vs_hashing']:.1f}x")  # fmt: skip
+    row("first apply members per second (wall)", ">= 150,000 at 10M",
+        lambda r: f"{r['ratios']['apply_members_per_second']:,.0f}")  # fmt: skip
+    row("largest peak RSS of any step", "< 1,536 MiB",
+        lambda r: f"{r['ratios']['peak_rss_mib']:,.0f} MiB")  # fmt: skip
+    row("`reconcile --help` (wall, median of 5; CPU)", "<= 0.25 s",
+        lambda r: f"{r['startup']['seconds']:.2f} s; {r['startup']['cpu_seconds']:.2f} s")  # fmt: skip
+    row("load average (1 min) before -> after", f"{os.cpu_count()} CPUs",
+        lambda r: f"{r['load_before'][0]:.1f} -> {r['load_after'][0]:.1f}")  # fmt: skip
+    lines.append("")
+    lines.append("Steps: wall (median) / CPU seconds, user + sys (median) / peak RSS (max).")
     return "\n".join(lines)
 
 
@@ -229,20 +432,30 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--profiles", type=int, nargs="+", default=[1_000_000, 10_000_000])
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--memory-limit", default="1GB")
+    ap.add_argument("--churn", type=float, nargs="+", default=[0.001, 0.01, 0.1])
     ap.add_argument("--batch-size", type=int, default=10_000)
     ap.add_argument("--work", type=Path, default=Path(__file__).parent / ".work")
-    ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--reuse-data", action="store_true", help="keep generated profiles")
+    ap.add_argument("--json", type=Path, help="raw figures (default: <work>/bench.json)")
+    ap.add_argument("--report", type=Path, nargs="+", help="only print the tables of saved runs")
     args = ap.parse_args(argv)
+    if args.report:
+        results = [r for f in args.report for r in json.loads(f.read_text())]
+        for r in results:
+            r["ratios"] = ratios(r)
+        print(table(results))
+        return results
     results = []
     for n in args.profiles:
-        r = bench(n, args.work, args.repeat, args.threads, args.memory_limit, args.batch_size)
+        r = bench(n, args.work, args.repeat, args.churn, args.batch_size, args.reuse_data)
         results.append(r)
         print(json.dumps(r, indent=2), file=sys.stderr)
-    print(table(results))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    text = table(results)
+    print(text)
+    out = args.json or args.work / "bench.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    out.with_suffix(".md").write_text(text + "\n")
     return results
 
 

@@ -1,14 +1,35 @@
-"""The Destination protocol every adapter implements, and the values it exchanges.
+"""The Destination protocol (v2) every adapter implements, and the values it exchanges.
 
 The engine talks to destinations only through this module: it never names one. An adapter
-is found by its ``type`` through the ``reconciler.destinations`` entry-point group
-(see :func:`destinations.registry.load`).
+is found by its ``type`` through the ``reconciler.destinations`` entry-point group (see
+:func:`destinations.registry.load`) and built as ``cls(config, credentials, context,
+client)``; construction does no I/O.
 
-A member travels as a :class:`Member`: the engine hands over the profile's raw identifiers
-(normalised and hashed by the adapter with ``destinations.identity``) and mapped attributes;
-the adapter answers, per member, the *record*: the strings it actually sent (hashes) or the
-destination's own member id. The engine keeps records in the state (never raw PII) and
-removal sends exactly what was recorded.
+Designed against every vendor we speak (see ``docs/destinations.md``):
+
+- **Batches travel as columns.** The engine normalises and encodes identifiers in SQL, by
+  the rules the adapter declares (:attr:`Destination.identity`: a
+  :class:`~destinations.identity.RuleSet` and the identifier types it accepts), and hands a
+  :class:`MemberBatch`: keys, one column of values per encoding (a SHA-256 hex, an MD5, or a
+  normalised raw value where the rules say so), the record strings per member and one
+  column per mapped attribute. An adapter builds its payload from the columns without a
+  per-member Python object (Meta's multi-key rows are ``zip`` of columns).
+- **Removal sends what was recorded**: a :class:`RemovalBatch` carries each member's record
+  strings (``<prefix>:<hash>``), exactly as recorded when it was sent.
+- **Per-member outcomes**: everything in a call is accepted unless :class:`Outcome` says a
+  key was ``rejected`` (permanent, with the reason: recorded and not re-sent every run) or
+  must ``retry`` (next run). A destination that keeps its own member ids returns them in
+  ``ids`` to be recorded instead of the hashes.
+- **Limits per operation** (:class:`Limits`): members and identifiers per call, requests per
+  minute, concurrent requests. **Sessions** (Meta): :class:`CallContext` carries a session id
+  stable for one audience and operation in one run, the batch's sequence number, whether it
+  is the last, and the estimated total. **Asynchronous jobs** (Klaviyo bulk import): a call
+  may answer ``Outcome(job=...)``; the engine journals the job as submitted and calls
+  :meth:`Destination.poll` until it is done — after a crash too, never resubmitting.
+- **Typed errors** (``reconciler.errors``): :class:`ThrottledError` and
+  :class:`TransientError` are retried by the engine's policy; :class:`CredentialsRefused`
+  marks the activation Disabled; :class:`AudienceGone` says the audience was deleted at the
+  destination (the next plan recreates it).
 """
 
 from __future__ import annotations
@@ -18,9 +39,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+import httpx
 from pydantic import BaseModel, ConfigDict
 
+from destinations.identity import Encoding, RuleSet
+from destinations.redaction import Credentials
+from destinations.retry import RetryPolicy
 from reconciler.errors import (
+    AudienceGone,
     CredentialsRefused,
     DestinationError,
     TerminalError,
@@ -29,16 +55,24 @@ from reconciler.errors import (
 )
 
 __all__ = [
+    "AudienceGone",
     "AudienceRef",
-    "BatchResult",
+    "CallContext",
+    "Capabilities",
+    "Credentials",
     "CredentialsRefused",
     "Destination",
     "DestinationConfig",
     "DestinationContext",
-    "DestinationFactory",
     "DestinationError",
-    "Member",
-    "RemovalRecord",
+    "DestinationFactory",
+    "Identity",
+    "JobStatus",
+    "Limits",
+    "MemberBatch",
+    "NoCredentials",
+    "Outcome",
+    "RemovalBatch",
     "TerminalError",
     "ThrottledError",
     "TransientError",
@@ -51,9 +85,52 @@ class DestinationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class NoCredentials(Credentials):
+    """For destinations that need none (the sandbox, local files). Credentials are a
+    :class:`destinations.redaction.Credentials`: ``SecretStr`` fields, printed redacted and
+    registered for redaction of every log line and error message."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a destination can do; an activation asking for more fails validation."""
+
+    remove: bool = True  # members can be removed (maintain, action: remove)
+    update: bool = False  # attributes change in place (else: remove old + add new)
+    rename: bool = False  # an audience can be renamed
+    attributes: bool = False  # mapped attributes are sent
+    create: bool = True  # audiences can be created
+    refresh: bool = True  # one audience can be read back (drift detection)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-operation limits from the vendor's contract."""
+
+    members_per_call: int = 1000
+    identifiers_per_member: int | None = None
+    requests_per_minute: float | None = None
+    concurrency: int = 1
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Which identifier types a destination matches on (in its preference order) and the
+    platform rules that encode them. The engine computes values and records from it in SQL."""
+
+    rules: RuleSet
+    accepted: tuple[str, ...]
+
+    @property
+    def encodings(self) -> tuple[Encoding, ...]:
+        """The encodings sent, in ``accepted`` order then rule order (the batch's columns)."""
+        return tuple(e for name in self.accepted for e in self.rules.for_identifier(name))
+
+
 @dataclass(frozen=True)
 class AudienceRef:
-    """An audience (list, segment, tag) at a destination."""
+    """An audience (list, segment, tag) at a destination. ``size`` is informational (platforms
+    report approximate, delayed sizes)."""
 
     id: str
     name: str
@@ -61,121 +138,153 @@ class AudienceRef:
 
 
 @dataclass(frozen=True)
-class Member:
-    """One profile to send. ``identifiers`` are raw (``{"email": ..., "phone": ...}``, values
-    may be None); ``attributes`` are destination field -> value, already mapped."""
+class MemberBatch:
+    """Members to add or update, as columns of equal length.
 
-    key: str
-    identifiers: Mapping[str, str | None]
-    attributes: Mapping[str, Any] = field(default_factory=dict)
+    ``values`` maps each encoding's ``field`` to its column (``None`` where the member has no
+    usable value of that type); ``records`` are the strings the engine records for each
+    member if accepted (never empty: a member with no usable identifier is never sent);
+    ``attributes`` maps destination field to column."""
+
+    keys: Sequence[str]
+    values: Mapping[str, Sequence[str | None]]
+    records: Sequence[Sequence[str]]
+    attributes: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.keys)
 
 
 @dataclass(frozen=True)
-class RemovalRecord:
-    """A member to remove, as recorded when it was sent: ``record`` is exactly what the
-    adapter returned for it then (e.g. ``["email_sha256:ab12..", "phone_sha256:..."]``)."""
+class RemovalBatch:
+    """Members to remove: each with the record strings recorded when it was sent."""
 
-    key: str
-    record: tuple[str, ...]
+    keys: Sequence[str]
+    records: Sequence[Sequence[str]]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """One destination call: ``batch_id`` is its idempotency key (fresh per journaled call,
+    the same on retries of that call); ``session_id`` is stable for one audience and
+    operation within a run (a positive 53-bit integer, for Meta's sessions); ``seq`` counts
+    the batches of that session from 1; ``last`` marks its final batch."""
+
+    batch_id: str
+    session_id: int = 1
+    seq: int = 1
+    last: bool = True
+    estimated_total: int | None = None
 
 
 @dataclass
-class BatchResult:
-    """What the destination confirmed for one batch.
+class Outcome:
+    """What the destination answered for one call. Keys not in ``rejected`` or ``retry`` were
+    accepted. ``rejected``: refused for good, with the reason (recorded as rejected, not
+    re-sent until the member's identifiers or attributes change); ``retry``: not taken now,
+    sent again by the next run. ``ids``: the destination's own member ids to record instead
+    of the hashes (Klaviyo profile ids). ``job``: an asynchronous job the call submitted
+    (then :meth:`Destination.poll` gives the final outcome). ``detail``: a short summary for
+    the run log (e.g. Meta's ``num_invalid_entries``)."""
 
-    ``records`` maps every *accepted* member key to the strings to keep for it; keys absent
-    from ``records`` and present in ``failed`` were refused (with the destination's reason)
-    and are never recorded as sent. ``detail`` is a short human summary of the answer
-    (e.g. Meta's ``num_invalid_entries``), shown in the run log."""
-
-    records: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    failed: dict[str, str] = field(default_factory=dict)
-    #: keys accepted but not sendable: no identifier the destination takes survived
-    #: normalisation. The engine records them with an empty record (so they are not re-sent
-    #: every run) and counts them as unmatched.
-    unmatched: list[str] = field(default_factory=list)
+    rejected: dict[str, str] = field(default_factory=dict)
+    retry: dict[str, str] = field(default_factory=dict)
+    ids: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    job: str | None = None
     detail: str | None = None
+
+
+@dataclass
+class JobStatus:
+    """An asynchronous job: ``done`` with its ``outcome``, or still running."""
+
+    done: bool
+    outcome: Outcome | None = None
 
 
 @runtime_checkable
 class Destination(Protocol):
-    """What the engine needs from a destination. Calls may raise the typed
-    :class:`DestinationError` subclasses; :class:`ThrottledError` and :class:`TransientError`
-    are retried by the engine, :class:`CredentialsRefused` marks the activation Disabled."""
+    """What the engine needs from a destination (see the module docstring)."""
 
-    #: the ``type:`` of integrations served by this adapter
     type_name: ClassVar[str]
-    #: pydantic model of the integration's ``config:`` block
     config_model: ClassVar[type[DestinationConfig]]
-    #: identifier types the destination matches on, in preference order (an instance
-    #: attribute: some adapters take it from their config). Construction does no I/O.
-    accepted_identifiers: tuple[str, ...]
-    #: whether ``update_members`` changes attributes in place (else remove-old + add-new)
-    supports_update: ClassVar[bool]
+    credentials_model: ClassVar[type[Credentials]]
+    capabilities: Capabilities
+    limits: Limits
+    identity: Identity
+    #: how the engine retries this destination's calls (a fast one for local destinations)
+    retry_policy: RetryPolicy
 
-    #: members per add/remove/update call
-    batch_size: int
-
-    def list_audiences(self) -> list[AudienceRef]: ...
-
-    def records_for(self, members: Sequence[Member]) -> dict[str, tuple[str, ...]]:
-        """What this destination would send for each member (normalised, hashed), without
-        sending anything: used by ``action: remove`` for profiles never sent by us."""
+    def list_audiences(self) -> list[AudienceRef]:
+        """Every audience the account has (``reconcile lists``)."""
         ...
 
-    def find_audience(self, id_or_name: str) -> AudienceRef | None: ...
+    def find_audience(self, id_or_name: str) -> AudienceRef | None:
+        """The audience with this id, else one with exactly this name, else None."""
+        ...
+
+    def read_audience(self, audience: AudienceRef) -> AudienceRef | None:
+        """The audience as the destination has it now (name, size), or None when it was
+        deleted there (drift)."""
+        ...
 
     def create_audience(self, name: str, *, idempotency_key: str) -> AudienceRef:
         """A new empty audience. The engine journals ``idempotency_key`` (fresh for every
-        creation) before calling; a destination that supports it makes a repeated call with
-        the same key return the audience made the first time."""
+        creation) before calling; where the vendor allows, it is stored with the audience
+        (e.g. in its description) so :meth:`find_created_audience` can find it."""
         ...
 
     def find_created_audience(self, name: str, *, idempotency_key: str) -> AudienceRef | None:
-        """The audience that ``create_audience(name, idempotency_key=...)`` made, if that call
-        reached the destination; None otherwise. Used after a crash between journaling a
-        creation and recording its answer. It must find the audience by the key itself (or by
-        the name *and* evidence of this very creation, e.g. the key in its description) —
-        never merely an audience of that name, which may belong to someone else."""
+        """The audience ``create_audience(name, idempotency_key=...)`` made, if that call
+        reached the destination; None otherwise. Found by the key itself (or the name *and*
+        evidence of this very creation) — never merely by the name."""
         ...
 
     def rename_audience(self, audience: AudienceRef, name: str) -> AudienceRef: ...
 
-    def add_members(
-        self, audience: AudienceRef, members: Sequence[Member], *, idempotency_key: str
-    ) -> BatchResult: ...
+    def add(self, audience: AudienceRef, batch: MemberBatch, call: CallContext) -> Outcome: ...
 
-    def update_members(
-        self, audience: AudienceRef, members: Sequence[Member], *, idempotency_key: str
-    ) -> BatchResult: ...
+    def update(self, audience: AudienceRef, batch: MemberBatch, call: CallContext) -> Outcome:
+        """Change attributes in place (only with ``capabilities.update``)."""
+        ...
 
-    def remove_members(
-        self, audience: AudienceRef, members: Sequence[RemovalRecord], *, idempotency_key: str
-    ) -> BatchResult: ...
+    def remove(self, audience: AudienceRef, batch: RemovalBatch, call: CallContext) -> Outcome: ...
+
+    def poll(self, job: str) -> JobStatus:
+        """The state of an asynchronous job this destination submitted."""
+        ...
 
     def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
 class DestinationContext:
-    """Workspace facts an adapter may need: where relative paths start, and the default
-    country for phone numbers written without a country code (ISO 3166 alpha-2)."""
+    """Workspace facts an adapter may need: where relative paths start, the default country
+    for phone numbers without a country code (ISO 3166 alpha-2), and the integration's
+    ``endpoint`` override (a proxy or a test server; plain HTTP only to loopback)."""
 
     root: Path
     default_phone_country: str = "US"
+    endpoint: str | None = None
+    integration: str = ""
 
 
 class DestinationFactory(Protocol):
-    """The class an entry point names: ``cls(config, credentials, endpoint, context)``.
-    ``credentials`` are already resolved from the environment; construction does no I/O."""
+    """The class an entry point names: ``cls(config, credentials, context, client)``.
+    ``client`` is an ``httpx.Client`` made by ``destinations.http.make_client`` for HTTP
+    adapters (tests pass one pointed at a fake server), None for local ones."""
 
     type_name: ClassVar[str]
     config_model: ClassVar[type[DestinationConfig]]
+    credentials_model: ClassVar[type[Credentials]]
 
     def __call__(
         self,
         config: DestinationConfig,
-        credentials: Mapping[str, str],
-        endpoint: str | None,
+        credentials: Credentials,
         context: DestinationContext,
+        client: httpx.Client | None,
     ) -> Destination: ...

@@ -77,7 +77,7 @@ class Redactor:
         self.add(*secrets)
 
     def add(self, *secrets: str | SecretStr | None) -> None:
-        values = []
+        values: list[str] = []
         for s in secrets:
             raw = s.get_secret_value() if isinstance(s, SecretStr) else s
             if raw and len(raw) >= MIN_SECRET_LENGTH:

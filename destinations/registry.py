@@ -1,9 +1,12 @@
-"""Find destination adapters by ``type`` through the ``reconciler.destinations`` entry points."""
+"""Find destination adapters by ``type`` through the ``reconciler.destinations`` entry points.
+
+Adapters load lazily, one at a time: a command imports only the adapters of the integrations
+it uses, so one broken or slow-to-import adapter does not break the others."""
 
 from __future__ import annotations
 
 from functools import cache
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 
 from destinations.base import DestinationFactory
 from reconciler.errors import ConfigError
@@ -11,18 +14,23 @@ from reconciler.errors import ConfigError
 GROUP = "reconciler.destinations"
 
 
+def installed() -> list[str]:
+    """The type names of every installed adapter (nothing is imported)."""
+    return sorted({ep.name for ep in entry_points(group=GROUP)})
+
+
 @cache
-def available() -> dict[str, DestinationFactory]:
-    """Every installed adapter, by type name."""
-    found: dict[str, DestinationFactory] = {}
-    for ep in entry_points(group=GROUP):
-        found[ep.name] = ep.load()
-    return found
-
-
 def load(type_name: str) -> DestinationFactory:
-    adapters = available()
-    if type_name not in adapters:
-        known = ", ".join(sorted(adapters)) or "none installed"
+    """The adapter class of ``type_name``, imported now; a clear error when it is not
+    installed or cannot be imported."""
+    found: list[EntryPoint] = [ep for ep in entry_points(group=GROUP) if ep.name == type_name]
+    if not found:
+        known = ", ".join(installed()) or "none installed"
         raise ConfigError(f"unknown destination type {type_name!r}; available: {known}")
-    return adapters[type_name]
+    try:
+        return found[0].load()
+    except Exception as exc:  # a broken adapter: say which, and keep the others usable
+        raise ConfigError(
+            f"the destination type {type_name!r} ({found[0].value}) cannot be loaded: "
+            f"{type(exc).__name__}: {exc}; reinstall it or remove the integrations that use it"
+        ) from exc

@@ -3,6 +3,7 @@ load -> resolve -> plan -> render -> apply -> record."""
 
 from __future__ import annotations
 
+import gc
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ def make_plan(ws: Workspace, request: PlanRequest, as_of: datetime | None = None
     source = open_source(ws)
     source.prepare(local_date(as_of, ws.config.timezone))
     staging = new_staging_path(ws)
-    conns = Connections(ws, require_credentials=False)
+    conns = Connections(ws, require_credentials=request.refresh)
     try:
         with Session(ws, source, write_state=False, staging_path=staging, lock_down=True) as s:
             plan = Planner(ws, s, conns, as_of, request).build()
@@ -80,6 +81,9 @@ def execute(
     echo=None,
 ) -> ApplyResult:
     """Apply a plan; the caller holds the state lock. ``echo`` tells the user about waits."""
+    # everything imported and loaded so far lives until exit: keep the collector off it, so
+    # a long apply's garbage collections stay short
+    gc.freeze()
     conns = Connections(ws)
     try:
         with _apply_session(ws, staged.staging, lock_timeout, echo) as session:

@@ -12,7 +12,8 @@
         ├── TransientError         worth retrying (timeouts, 5xx, concurrent modification)
         │   └── ThrottledError     rate limited; ``retry_after`` seconds when the vendor says
         └── TerminalError          retrying will not help
-            └── CredentialsRefused the integration's credentials were refused -> ``Disabled``
+            ├── CredentialsRefused the integration's credentials were refused -> ``Disabled``
+            └── AudienceGone       the audience was deleted at the destination (drift)
 
 Messages say what happened and what to do; they never contain secrets.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "AudienceGone",
     "ConfigError",
     "CredentialsRefused",
     "DestinationError",
@@ -118,3 +120,8 @@ class TerminalError(DestinationError):
 
 class CredentialsRefused(TerminalError):
     pass
+
+
+class AudienceGone(TerminalError):
+    """The audience no longer exists at the destination (deleted outside this tool): the
+    next plan shows it being created again and its members sent again."""

@@ -37,7 +37,9 @@ class Connections:
         config = factory.config_model.model_validate(integ.config)
         credentials = {}
         for key, ref in integ.credentials.items():
-            var = _ENV_REF.fullmatch(ref).group(1)  # validated by the spec
+            match = _ENV_REF.fullmatch(ref)
+            assert match is not None  # validated by the spec
+            var = match.group(1)
             value = os.environ.get(var)
             if not value and not self.require_credentials:
                 continue
@@ -51,8 +53,25 @@ class Connections:
         context = DestinationContext(
             root=self.ws.root,
             default_phone_country=self.ws.config.source.profiles.default_phone_country,
+            endpoint=integ.endpoint,
+            integration=name,
         )
-        return factory(config, credentials, integ.endpoint, context)
+        model = factory.credentials_model
+        if self.require_credentials or set(credentials) == set(integ.credentials):
+            try:
+                creds = model.from_mapping(credentials, integration=name)
+            except ConfigError as exc:
+                raise ConfigError(
+                    exc.message, self.ws.location("integrations", name, "credentials")
+                ) from None
+        else:  # a plan that contacts no destination builds the adapter without them
+            creds = model.model_construct()
+        try:
+            return factory(config, creds, context, None)
+        except ConfigError as exc:
+            if exc.location is not None:
+                raise
+            raise ConfigError(exc.message, self.ws.location("integrations", name)) from None
 
     def close(self) -> None:
         for dest in self._open.values():

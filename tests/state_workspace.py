@@ -10,6 +10,7 @@ import duckdb
 
 from destinations.base import DestinationContext
 from destinations.sandbox import SandboxConfig, SandboxDestination
+from destinations.sandbox.config import SandboxCredentials
 from reconciler.workspace.spec import SplitMode
 from tests.state_model import CONTROL_PERCENT, Config
 
@@ -100,7 +101,7 @@ def phone_of(i: int, variant: str) -> str | None:
 
 def sandbox(context: DestinationContext) -> SandboxDestination:
     """The sandbox as another sender sees it (no knobs)."""
-    return SandboxDestination(SandboxConfig(path=SANDBOX), {}, None, context)
+    return SandboxDestination(SandboxConfig(path=SANDBOX), SandboxCredentials(), context)
 
 
 def reconcile_command() -> list[str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
-import re
+import json
 from pathlib import Path
 
 import pytest
@@ -16,15 +16,31 @@ def test_benchmark_smoke(tmp_path: Path) -> None:
     spec = importlib.util.spec_from_file_location("bench_plan_apply", BENCH)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    (result,) = bench.main(["--profiles", "10000", "--repeat", "1", "--work", str(tmp_path)])
+    argv = ["--profiles", "10000", "--repeat", "1", "--churn", "0.02", "--work", str(tmp_path)]
+    (result,) = bench.main(argv)
     assert result["profiles"] == 10_000
-    for step in ("plan", "apply", "replan", "reapply"):
-        assert result[step]["seconds"] > 0 and result[step]["peak_rss_mib"] > 0
-    first = re.search(r"members: \+([\d,]+) -0", result["plan"]["summary"])
-    assert first and int(first.group(1).replace(",", "")) > 1000
-    # churn moved about 1% both ways; the plan never removes more than the baseline's leavers
-    # (members without an e-mail were never sent, so they are not removed either)
-    changes = re.search(r"members: \+([\d,]+) -([\d,]+)", result["replan"]["summary"])
-    added, removed = (int(g.replace(",", "")) for g in changes.groups())
-    base = result["baseline"]
-    assert 0 < added <= base["entering"] and 0 < removed <= base["leaving"]
+    (churned,) = result["churn"]
+    steps = [result["plan"], result["apply"], churned["replan"], churned["reapply"]]
+    for step in steps:
+        assert step["seconds"] > 0 and step["cpu_seconds"] > 0 and step["peak_rss_mib"] > 0
+    added = result["plan"]["changes"]["add"]
+    assert added > 1000 and result["apply"]["members"] == added
+    # (c) hashes the e-mails the first apply sends: the members matched on e-mail
+    assert result["hashing"]["values"] == added
+    # churn moved about 2% both ways and renamed about 1%; the plan never changes more than
+    # the baselines see (members without an e-mail were never sent, so are not removed)
+    entering, leaving, renamed = churned["baseline_b"]["result"]
+    assert churned["baseline_a"]["result"] == [entering, leaving]
+    changes = churned["replan"]["changes"]
+    assert 0 < changes["add"] <= entering and 0 < changes["remove"] <= leaving
+    assert 0 < changes["update"] <= renamed
+    assert churned["reapply"]["changes"] == changes
+    ratios = result["ratios"]
+    assert ratios["apply_cpu_us_per_member"] > 0 and ratios["startup_seconds"] > 0
+    # the raw figures and the table are written next to each other
+    assert json.loads((tmp_path / "bench.json").read_text())[0]["profiles"] == 10_000
+    text = (tmp_path / "bench.md").read_text()
+    assert f"| 10,000 | {added:,} |" in text and "| re-plan / (a), 2% churn (wall; CPU) |" in text
+    # and the tables can be printed again from the raw figures
+    (again,) = bench.main(["--report", str(tmp_path / "bench.json")])
+    assert again["ratios"] == ratios

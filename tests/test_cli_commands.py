@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from tests.conftest import cli, plan_json, profile
+import json
+
+import duckdb
+
+from tests.conftest import SANDBOX_YAML, cli, plan_json, profile
 
 ACT = "segments: [seg-a]\ndestination: sandbox\nname: A\n"
 
@@ -46,3 +50,73 @@ def test_markdown_plan_is_a_pr_comment(workspace):
     assert "**Plan:** 1 to create, 0 to update, 0 to delete" in res.output
     assert "<details><summary><b>act</b>: create" in res.output
     assert "\x1b[" not in res.output
+
+
+# ---------------------------------------------------------------------- rejected members
+def _rejecting(workspace, share: str = "0.5"):
+    integration = SANDBOX_YAML + "  reject_add_keys: [c00001]\n"
+    act = ACT + f"max_rejected_share: {share}\n"
+    return workspace(
+        {"act": act}, profiles=[profile(i, a=True) for i in range(5)], integration=integration
+    )
+
+
+def test_apply_reports_rejections_below_the_share_as_a_warning(workspace):
+    ws = _rejecting(workspace)
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 0, res.stderr
+    assert "act: Complete (+4 -0 ~0), 1 rejected" in res.output
+    assert "  warning: 1 of 5 member(s) refused by the destination" in res.stderr
+    assert "reconcile log ID --rejected" in res.stderr
+
+
+def test_apply_fails_when_rejections_exceed_the_share(workspace):
+    ws = _rejecting(workspace, "0.1")
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 1
+    assert "act: Failed (+4 -0 ~0), 1 rejected" in res.output
+    assert "warning:" not in res.stderr and "refused by the destination" in res.stderr
+
+
+def test_log_rejected_lists_keys_reasons_and_no_raw_identifiers(workspace):
+    ws = _rejecting(workspace)
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    doc = cli(ws, "log", "act", "--rejected", "--format", "json").json()
+    (row,) = doc["rejected"]
+    assert doc["activation"] == "act"
+    assert (row["group"], row["key"], row["op"]) == ("all", "c00001", "add")
+    assert row["reason"] == "rejected by the sandbox (listed in the integration's config)"
+    assert row["run_id"] and row["rejected_at"]
+    text = cli(ws, "log", "act", "--rejected")
+    assert text.exit_code == 0
+    header, line = text.output.splitlines()
+    assert header.split()[:6] == ["REJECTED", "AT", "RUN", "GROUP", "KEY", "OP"]
+    assert "c00001" in line and "add" in line and "rejected by the sandbox" in line
+    assert "@" not in text.output + json.dumps(doc)  # hashed identifiers only
+    assert cli(ws, "log", "act").output.count("\n") >= 2  # the runs view is unchanged
+
+
+def test_log_rejected_reads_a_state_written_before_rejections_were_kept(workspace):
+    ws = _rejecting(workspace)
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    con = duckdb.connect(str(ws.root / ".reconcile/state.duckdb"))
+    con.execute("DROP TABLE rejections")
+    con.close()
+    res = cli(ws, "log", "act", "--rejected")
+    assert res.exit_code == 0, res.stderr
+    assert res.output == "act: no rejected members.\n"
+    assert cli(ws, "log", "act", "--rejected", "--format", "json").json()["rejected"] == []
+
+
+def test_plan_counts_requests_for_a_destination_without_a_rate_limit(workspace):
+    ws = workspace({"act": ACT}, profiles=[profile(i, a=True) for i in range(15)])
+    res = cli(ws, "plan")
+    # 15 members in calls of 7 (the sandbox's batch_size): 3, plus creating the audience
+    assert "Destination calls:\n    sandbox (sandbox): 4 requests of up to 7 members (no " in (
+        res.output
+    )
+    (calls,) = plan_json(ws)["destination_calls"]
+    assert calls["requests"] == 4 and calls["estimated_seconds"] is None
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    assert plan_json(ws)["destination_calls"] == []  # nothing to send
+    assert "Destination calls" not in cli(ws, "plan").output

@@ -17,12 +17,14 @@ import duckdb
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from destinations.base import DestinationContext, Member
+from destinations.base import DestinationContext
 from destinations.identity import hashed_identifiers
 from destinations.sandbox import SandboxConfig, SandboxDestination
+from destinations.sandbox.config import SandboxCredentials
 from reconciler.plan import membership, splits
 from reconciler.workspace.spec import SplitMode
 from tests.conftest import PROFILE_COLUMNS, SANDBOX_YAML, WS, cli, profile
+from tests.seeding import Member, seed
 
 N = 30  # profiles per history
 CONTROL_PERCENT = 30
@@ -206,8 +208,7 @@ def reset(ws: WS, models: list[Model], first: list[dict]) -> dict[str, set[str]]
         path = DESTINATIONS["phones" if m.action == "remove" else "sandbox"][0]
         dest = SandboxDestination(
             SandboxConfig(path=f".reconcile/{path}", identifiers=list(m.accepted)),
-            {},
-            None,
+            SandboxCredentials(),
             context,
         )
         people = list(FOREIGN)
@@ -219,7 +220,7 @@ def reset(ws: WS, models: list[Model], first: list[dict]) -> dict[str, set[str]]
                     continue
                 name = m.audience(grp)
                 ref = dest.create_audience(name, idempotency_key=f"setup-{name}")
-                dest.add_members(ref, people, idempotency_key=f"setup-add-{name}")
+                seed(dest, ref, people, f"setup-add-{name}")
                 start[name] = {r for p in people for r in records(p.identifiers, m.accepted)}
         finally:
             dest.close()

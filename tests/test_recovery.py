@@ -253,7 +253,7 @@ def test_sigkill_at_random_points_then_apply_finishes_exactly(workspace):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("crash_after", ["create_audience", "add_members"])
+@pytest.mark.parametrize("crash_after", ["create_audience", "add"])
 def test_killed_right_after_the_destination_applied_a_call(workspace, crash_after):
     """The process dies after the destination applied the call and before the state recorded
     it: the next apply finds the audience by name (no second one) and re-sends the batch."""
@@ -324,7 +324,7 @@ def test_transient_errors_throttling_and_lost_acks_converge_in_one_apply(workspa
     assert (main_runs[0]["added"], main_runs[0]["removed"], main_runs[0]["updated"]) == (10, 11, 3)
 
 
-def test_refused_members_fail_the_activation_and_are_sent_later(workspace):
+def test_rejected_members_over_the_share_fail_the_activation_and_are_not_resent(workspace):
     rows = [profile(i, a=True) for i in range(40)]
     ws = workspace(
         {"a-flaky": activation("Flaky"), "b-steady": activation("Steady", dest="steady")},
@@ -340,21 +340,55 @@ def test_refused_members_fail_the_activation_and_are_sent_later(workspace):
     assert held(ws, ".reconcile/steady.duckdb") == {"Steady": desired(rows)}
     (run,) = runs(ws, "a-flaky")
     assert run["status"] == "Failed" and 0 < run["failed"] < 40
-    assert "reject_rate" in run["error"] and f"{run['failed']} member(s)" in run["error"]
+    assert "reject_rate" in run["error"] and f"{run['failed']} of 40 member(s)" in run["error"]
     assert run["added"] == 40 - run["failed"]
     assert status_of(ws, "a-flaky")["status"] == "Failed"
-    # refused members were not recorded: the sandbox holds exactly the accepted ones, and the
-    # next plan sends the refused ones
+    # rejected members are recorded as rejected: the sandbox holds exactly the accepted ones,
+    # and the next plan does not send the rejected ones again (they are permanent refusals)
     flaky = held(ws)["Flaky"]
     assert flaky < desired(rows) and len(flaky) == run["added"]
-    assert audience_counts(plan_json(ws), "a-flaky") == {"all": (run["failed"], 0, 0)}
-    assert audience_counts(plan_json(ws), "b-steady") == {"all": (0, 0, 0)}
+    rejected = state_rows(ws, "SELECT count(DISTINCT key) FROM rejections WHERE op = 'add'")
+    assert rejected == [(run["failed"],)]
+    assert audience_counts(plan_json(ws), "a-flaky") == {"all": (0, 0, 0)}
+    # until they change: a new e-mail is sent again
+    changed = [profile(i, a=True, email=f"new{i}@example.com") for i in range(40)]
+    ws.set_profiles(changed)
     ws.write("integrations/sandbox.yaml", sandbox_yaml())
     res = cli(ws, "apply", "--auto-approve")
     assert res.exit_code == 0, res.output + res.stderr
-    assert held(ws) == {"Flaky": desired(rows)}
-    assert runs(ws, "a-flaky")[0]["status"] == "Complete"
-    assert runs(ws, "a-flaky")[0]["added"] == run["failed"]
+    assert held(ws) == {"Flaky": desired(changed)}
+    assert_converged(ws)
+
+
+def test_rejections_under_the_share_complete_with_a_warning(workspace):
+    rows = [profile(i, a=True) for i in range(40)]
+    ws = workspace(
+        {"act": activation("Most") + "max_rejected_share: 0.1\n"},
+        profiles=rows,
+        integration=sandbox_yaml(reject_add_keys=["c00003", "c00007"]),
+    )
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 0, res.output + res.stderr
+    assert "act: Complete" in res.output
+    (run,) = runs(ws, "act")
+    assert run["status"] == "Complete" and run["failed"] == 2 and run["added"] == 38
+    assert "2 of 40 member(s) refused" in run["error"]
+    assert_converged(ws)
+
+
+def test_members_the_destination_asks_to_retry_are_sent_again(workspace):
+    rows = [profile(i, a=True) for i in range(10)]
+    ws = workspace(
+        {"act": activation("Later")},
+        profiles=rows,
+        integration=sandbox_yaml(retry_keys=["c00001", "c00002"]),
+    )
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 0, res.output + res.stderr
+    assert audience_counts(plan_json(ws), "act") == {"all": (2, 0, 0)}
+    ws.write("integrations/sandbox.yaml", sandbox_yaml())
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    assert held(ws) == {"Later": desired(rows)}
     assert_converged(ws)
 
 

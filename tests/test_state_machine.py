@@ -32,10 +32,11 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from destinations.base import DestinationContext, Member
+from destinations.base import DestinationContext
 from reconciler.plan import splits
 from reconciler.workspace.spec import SplitMode
 from tests.conftest import PROFILE_COLUMNS, WS, cli
+from tests.seeding import Member, seed
 from tests.state_model import Config, Gen, Model, Person, Removal
 from tests.state_workspace import (
     ACTIONS,
@@ -143,7 +144,7 @@ class TruthfulPlan(RuleBasedStateMachine):
         members.append(Member("shared", {"email": email_of(0, "shared")}))
         try:
             ref = dest.create_audience(EXISTING, idempotency_key="setup-existing")
-            result = dest.add_members(ref, members, idempotency_key="setup-existing-rows")
+            result = seed(dest, ref, members, "setup-existing-rows")
         finally:
             dest.close()
         self.existing_id = ref.id
@@ -409,9 +410,7 @@ class TruthfulPlan(RuleBasedStateMachine):
         dest = sandbox(DestinationContext(root=self.ws.root, default_phone_country="AU"))
         try:
             ref = dest.find_audience(gen.ids[grp])
-            result = dest.add_members(
-                ref, [Member("other", {"email": email})], idempotency_key=email
-            )
+            result = seed(dest, ref, [Member("other", {"email": email})], email)
         finally:
             dest.close()
         gen.foreign.setdefault(grp, set()).update(result.records["other"])

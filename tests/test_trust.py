@@ -16,10 +16,12 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from destinations.base import DestinationContext, Member
+from destinations.base import DestinationContext
 from destinations.identity import hashed_identifiers, sha256_hex
 from destinations.sandbox import SandboxConfig, SandboxDestination
+from destinations.sandbox.config import SandboxCredentials
 from tests.conftest import WS, audience_counts, cli, plan_json, profile
+from tests.seeding import Member, seed
 from tests.test_recovery import (
     ENV,
     audiences,
@@ -52,7 +54,7 @@ def converged(ws: WS) -> bool:
 
 def sandbox(ws: WS) -> SandboxDestination:
     config = SandboxConfig(path=str(ws.root / ".reconcile" / "sandbox.duckdb"))
-    return SandboxDestination(config, {}, None, DestinationContext(ws.root, "AU"))
+    return SandboxDestination(config, SandboxCredentials(), DestinationContext(ws.root, "AU"))
 
 
 def members_of(ws: WS, audience_id: str) -> set[str]:
@@ -177,9 +179,7 @@ def test_crash_between_create_intent_and_call_never_adopts_a_foreign_list(worksp
     ws = workspace({}, profiles=rows)
     dest = sandbox(ws)
     foreign = dest.create_audience("Audience A", idempotency_key="someone-else")
-    dest.add_members(
-        foreign, [Member("x", {"email": "stranger@example.org"})], idempotency_key="theirs"
-    )
+    seed(dest, foreign, [Member("x", {"email": "stranger@example.org"})], "theirs")
     dest.close()
     ws.write("activations/act.yaml", MAINTAIN)
     proc = subprocess.run(
@@ -310,13 +310,13 @@ def test_default_phone_country_change_rehashes_phones(workspace):
 KILL_AT_THIRD_ADD = """\
 import os, signal, sys
 from destinations.sandbox import SandboxDestination
-real, calls = SandboxDestination.add_members, []
+real, calls = SandboxDestination.add, []
 def add(self, *args, **kwargs):
     calls.append(1)
     if len(calls) == 3:
         os.kill(os.getpid(), signal.SIGKILL)
     return real(self, *args, **kwargs)
-SandboxDestination.add_members = add
+SandboxDestination.add = add
 from reconciler.cli.main import main
 main(sys.argv[1:], prog_name="reconcile")
 """
@@ -415,3 +415,57 @@ def test_markdown_plan_shows_warnings(workspace):
     res = cli(ws, "plan", "--format", "markdown")
     assert "**No changes.**" in res.output
     assert "⚠️ act:** 1 of its profiles held" in res.output
+
+
+# ---------------------------------------------------------------------- asynchronous jobs
+def test_asynchronous_jobs_are_polled_and_recorded(workspace):
+    from tests.test_recovery import sandbox_yaml
+
+    rows = [profile(i, a=True) for i in range(12)]
+    ws = workspace(
+        {"act": MAINTAIN}, profiles=rows, integration=sandbox_yaml(async_jobs=True, job_polls=3)
+    )
+    apply_ok(ws)
+    assert ws.sandbox_keys()["Audience A"] == {email_key(f"user{i}@example.com") for i in range(12)}
+    assert state_rows(ws, "SELECT count(*) FROM jobs") == [(0,)]
+    assert converged(ws)
+    ws.set_profiles([profile(i, a=i >= 4) for i in range(12)])  # removals as jobs too
+    apply_ok(ws, "--allow-mass-removal")
+    assert len(ws.sandbox_keys()["Audience A"]) == 8
+    assert converged(ws)
+
+
+@pytest.mark.slow
+def test_a_job_submitted_by_a_run_that_died_is_polled_never_resubmitted(workspace):
+    from tests.test_recovery import sandbox_yaml
+
+    rows = [profile(i, a=True) for i in range(6)]
+    knobs = {"async_jobs": True, "job_polls": 2, "batch_size": 10}
+    # write calls: 1 create, 2 the add job, 3 its first poll: the process dies there
+    ws = workspace(
+        {"act": MAINTAIN},
+        profiles=rows,
+        integration=sandbox_yaml(**knobs, exit_after_calls=3, exit_when="before"),
+    )
+    proc = subprocess.run(
+        [*reconcile_command(), "-C", str(ws.root), "apply", "--auto-approve"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+    )
+    assert proc.returncode == 137, proc.stdout + proc.stderr
+    assert state_rows(ws, "SELECT op, status FROM journal WHERE op = 'add'") == [
+        ("add", "submitted")
+    ]
+    assert state_rows(ws, "SELECT count(*) FROM jobs") == [(1,)]
+    ws.write("integrations/sandbox.yaml", sandbox_yaml(**knobs))
+    apply_ok(ws)
+    con = duckdb.connect(str(ws.root / ".reconcile" / "sandbox.duckdb"), read_only=True)
+    try:
+        submissions = con.execute("SELECT count(*) FROM requests WHERE op = 'add'").fetchone()[0]
+    finally:
+        con.close()
+    assert submissions == 1  # polled to its end, never sent again
+    assert state_rows(ws, "SELECT count(*) FROM jobs") == [(0,)]
+    assert state_rows(ws, "SELECT count(*), count(DISTINCT key) FROM members") == [(6, 6)]
+    assert converged(ws)

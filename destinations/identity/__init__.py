@@ -3,7 +3,7 @@
 - :mod:`~destinations.identity.types`: the identifier types (email, phone, madid, names,
   date of birth, address parts, ...) and their normalisers, as data;
 - :mod:`~destinations.identity.rules`: per platform (``META``, ``GOOGLE``, ``SANDBOX``,
-  ``MAILCHIMP``, ``RAW``), which form of each type is sent, how it is hashed, and the record
+  ``MAILCHIMP``, ``RAW``, ``HASHED``), which form of each type is sent, how it is hashed, and the record
   string kept for it;
 - :mod:`~destinations.identity.sql`: the same normalisation and hashing as DuckDB SQL
   expressions, for computing records of millions of members inside the database;
@@ -15,6 +15,7 @@ See ``docs/identifiers.md``.
 from destinations.identity.phones import COUNTRIES, normalise_phone
 from destinations.identity.rules import (
     GOOGLE,
+    HASHED,
     MAILCHIMP,
     META,
     RAW,
@@ -42,6 +43,7 @@ from destinations.identity.types import (
 __all__ = [
     "COUNTRIES",
     "GOOGLE",
+    "HASHED",
     "MAILCHIMP",
     "META",
     "RAW",

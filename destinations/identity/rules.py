@@ -33,6 +33,7 @@ from destinations.identity.types import CANONICAL, TYPES, Form, NormaliseContext
 
 __all__ = [
     "GOOGLE",
+    "HASHED",
     "MAILCHIMP",
     "META",
     "RAW",
@@ -209,7 +210,21 @@ RAW = RuleSet(
     ),
 )
 
-RULE_SETS: Mapping[str, RuleSet] = {r.name: r for r in (META, GOOGLE, SANDBOX, MAILCHIMP, RAW)}
+#: generic receivers of hashes (webhooks, `pii: hashed`): every type, canonical, personal data
+#: as SHA-256 under the field ``<type>_sha256`` (the record prefix: value and record agree)
+HASHED = RuleSet(
+    "hashed",
+    tuple(
+        Encoding(name, f"{name}_sha256", f"{name}_sha256")
+        if kind.pii
+        else Encoding(name, name, name, Hash.NONE)
+        for name, kind in TYPES.items()
+    ),
+)
+
+RULE_SETS: Mapping[str, RuleSet] = {
+    r.name: r for r in (META, GOOGLE, SANDBOX, MAILCHIMP, RAW, HASHED)
+}
 
 
 class Encoded(NamedTuple):

@@ -22,9 +22,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from destinations.base import AudienceRef, Destination
-from reconciler.apply.batches import BatchRunner, Interrupted, new_batch_id
+from reconciler.apply.batches import (
+    CHANGES,
+    BatchRunner,
+    Interrupted,
+    finish_job,
+    new_batch_id,
+)
 from reconciler.apply.interrupts import InterruptGuard
 from reconciler.apply.notifications import FinishedRun, notify_finished
+from reconciler.apply.progress import Progress
 from reconciler.enginedb import Session
 from reconciler.errors import CredentialsRefused, DestinationError, ReconcileError
 from reconciler.integrations import Connections
@@ -41,6 +48,7 @@ class ApplyOptions:
     allow_mass_removal: bool = False
     trigger: str = "apply"  # apply | run | schedule
     from_plan_file: bool = False
+    progress: Progress | None = None
 
 
 @dataclass
@@ -50,8 +58,11 @@ class ActivationOutcome:
     added: int = 0
     removed: int = 0
     updated: int = 0
-    failed: int = 0
+    failed: int = 0  # rejected members and refused removals
+    retry: int = 0  # members the destination asked to send again later
+    attempted: int = 0  # members sent (accepted + rejected + retry)
     error: str | None = None
+    warning: str | None = None  # e.g. rejections below max_rejected_share
     audiences: list[dict] = field(default_factory=list)
 
 
@@ -85,12 +96,27 @@ class Applier:
         result = ApplyResult()
         self.finished: list[FinishedRun] = []
         self.state.close_interrupted_batches()
+        self._resume_jobs()
         try:
             self._run_all(result)
         finally:
             if self.finished:
                 notify_finished(self.ws, self.finished, self.opts.trigger, self.state, self.echo)
         return result
+
+    def _resume_jobs(self) -> None:
+        """Jobs a run that died had submitted: polled to their end and recorded, never sent
+        again (their members are not in this plan's changes: they were not recorded yet, so
+        the plan may list them too; the destination de-duplicates)."""
+        for job in self.state.pending_jobs():
+            if job["destination"] not in self.ws.integrations:
+                continue
+            dest = self.conns.get(job["destination"])
+            policy = dest.retry_policy.with_hooks(interrupt=lambda: self.guard.stop_requested)
+            finish_job(self.state, dest, job, self.guard, policy.call)
+            # the plan staged these members again: they are recorded now
+            op = "remove" if job["op"] == "remove" else "add"
+            self.state.drop_staged(CHANGES, job["activation_id"], job["grp"], op, job["keys"])
 
     def _run_all(self, result: ApplyResult) -> None:
         for ap in self.plan.activations:
@@ -141,7 +167,7 @@ class Applier:
             profiles = self.ws.config.source.profiles
             fp = membership.fingerprint_sql(
                 profiles,
-                tuple(dest.accepted_identifiers),
+                dest.identity.accepted,
                 [integ.attributes[f] for f in act.attributes],
                 profiles.default_phone_country,
             )
@@ -158,8 +184,11 @@ class Applier:
         except (DestinationError, ReconcileError) as exc:
             outcome.status, outcome.error = Status.FAILED, str(exc)
         if outcome.status is Status.COMPLETE and outcome.failed:
-            outcome.status = Status.FAILED
-            outcome.error = _refused(outcome.failed, "member(s)", runner)
+            text = _refused(outcome.failed, outcome.attempted, act.max_rejected_share, runner)
+            if outcome.failed > act.max_rejected_share * max(outcome.attempted, 1):
+                outcome.status, outcome.error = Status.FAILED, text
+            else:
+                outcome.warning = text
         if outcome.status is Status.COMPLETE:
             spec = recorded_spec(self.ws, act)
             self.state.record_spec(
@@ -191,6 +220,7 @@ class Applier:
             activation_id,
             fingerprint,
             attribute_map,
+            self.opts.progress,
         )
 
     def _finish(
@@ -202,7 +232,7 @@ class Applier:
         error: str | None,
     ) -> None:
         o.status, o.error = status, error
-        self.state.finish_run(run_id, status, audiences=o.audiences, error=error)
+        self.state.finish_run(run_id, status, audiences=o.audiences, error=error or o.warning)
         done = status is Status.COMPLETE
         self.state.set_status(ap.id, status, error, success=done, ran=done)
         self.finished.append(
@@ -251,16 +281,19 @@ class Applier:
     ) -> None:
         ref = self._ensure_audience(ap, aud, dest, runner) if aud.sent else None
         try:
-            runner.run_audience(aud.group, ref, sent=aud.sent)
+            runner.run_audience(aud.group, ref, sent=aud.sent, name=aud.name)
         finally:  # what was confirmed, also when interrupted or failed part-way
-            counts = runner.counts
+            c = runner.counts
             if aud.sent:  # a control group is recorded, never sent: not in the run's totals
-                outcome.added += counts["add"]
-                outcome.removed += counts["remove"]
-                outcome.updated += counts["update"]
-                outcome.failed += counts["failed"]
+                outcome.added += c.add
+                outcome.removed += c.remove
+                outcome.updated += c.update
+                outcome.failed += c.rejected + c.failed_removals
+                outcome.retry += c.retry
+                outcome.attempted += c.add + c.update + c.remove + c.rejected + c.retry
+                outcome.attempted += c.failed_removals
             outcome.audiences.append(
-                {"group": aud.group, "name": aud.name, "sent": aud.sent, **counts}
+                {"group": aud.group, "name": aud.name, "sent": aud.sent, **c.as_dict()}
             )
         if aud.group not in splits.groups(self.ws.activations[ap.id].split) and aud.size_after == 0:
             self.state.drop_audience(ap.id, aud.group)
@@ -272,6 +305,10 @@ class Applier:
         a creation journaled by a run that died, never adopting one merely by its name.
         Destination calls are retried like member batches."""
         recorded = self.state.audiences(ap.id).get(aud.group)
+        if aud.create and recorded is not None and recorded.resource_id:
+            # deleted at the destination (the plan saw it gone): forget it, create anew
+            self.state.drop_audience(ap.id, aud.group)
+            recorded = None
         if aud.resource_id and not aud.create:
             ref = AudienceRef(aud.resource_id, recorded.name if recorded else aud.name)
             if aud.rename_from:
@@ -313,26 +350,31 @@ class Applier:
                 runner = self._runner(dest, run_id, ap.id, "0::UBIGINT", {})
                 for aud in ap.audiences:
                     ref = AudienceRef(aud.resource_id or "", aud.name) if aud.sent else None
-                    counts = runner.run_audience(aud.group, ref, sent=aud.sent)
-                    outcome.removed += counts["remove"]
-                    outcome.failed += counts["failed"]
+                    c = runner.run_audience(aud.group, ref, sent=aud.sent, name=aud.name)
+                    outcome.removed += c.remove
+                    outcome.failed += c.failed_removals
+                    outcome.attempted += c.remove + c.failed_removals
             except CredentialsRefused as exc:
                 outcome.status, outcome.error = Status.DISABLED, str(exc)
             except (DestinationError, ReconcileError) as exc:
                 outcome.status, outcome.error = Status.FAILED, str(exc)
             if outcome.failed and outcome.status is Status.COMPLETE:
                 outcome.status = Status.FAILED
-                outcome.error = _refused(outcome.failed, "removal(s)", runner)
+                outcome.error = _refused(outcome.failed, outcome.attempted, 0.0, runner)
         self._finish(run_id, ap, outcome, outcome.status, outcome.error)
         if outcome.status is Status.COMPLETE:
             self.state.forget_activation(ap.id)
         return outcome
 
 
-def _refused(n: int, what: str, runner: BatchRunner | None) -> str:
-    """The error of a run whose members the destination refused, with its first reasons."""
+def _refused(n: int, attempted: int, share: float, runner: BatchRunner | None) -> str:
+    """What a run whose members the destination refused says, with its first reasons."""
     sample = "; ".join(runner.errors[:3]) if runner else ""
-    return f"{n:,} {what} refused by the destination" + (f", e.g. {sample}" if sample else "")
+    text = (
+        f"{n:,} of {attempted:,} member(s) refused by the destination "
+        f"(max_rejected_share {share:.1%}; `reconcile log ID --rejected` lists them)"
+    )
+    return text + (f", e.g. {sample}" if sample else "")
 
 
 def _now() -> datetime:

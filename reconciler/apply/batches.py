@@ -1,41 +1,49 @@
 """Stream one audience's staged changes to its destination, batch by batch, journaled.
 
-Each batch: read its members from the engine (identifiers looked up in the source at apply
-time, records from the state), journal an intent with a fresh batch id (the idempotency key
-a receiver sees; reused only when that very call is retried), call the destination
-(retrying transient errors and throttling, which are not failures), then record what it
-confirmed, close the intent and add to the run's counts in one transaction. Members the
-destination refused are never recorded as sent: the next plan shows them again.
+Each batch: read it as columns (identifiers encoded in SQL, see :mod:`reconciler.apply.encode`),
+journal an intent with a fresh batch id (the idempotency key a receiver sees; reused only when
+that very call is retried), call the destination through the retry policy (throttling is
+waited out and never a failure), then record what it accepted, close the intent and add to
+the run's counts in one transaction.
+
+Per-member outcomes: *accepted* members are recorded; *rejected* ones (permanent, with the
+destination's reason) are recorded as rejected — with an empty record and their fingerprint,
+so they are not re-sent until their identifiers or attributes change — and listed by
+``reconcile log ID --rejected``; *retry* ones are not recorded, so the next plan sends them
+again. A refused removal stays recorded: the next plan shows it again.
 
 An update whose new record drops strings sent before (a changed or unusable identifier)
 removes those stale strings in a journaled call of its own; a stale string the destination
-refuses to remove stays recorded (with no fingerprint), so the next plan sends the update
-again and retries the removal.
+does not remove stays recorded (with no fingerprint), so the next plan sends the update again.
 """
 
 from __future__ import annotations
 
-import random
+import hashlib
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from typing import TypeVar
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, TypeVar
 
-from destinations.base import AudienceRef, BatchResult, Destination, Member, RemovalRecord
+from destinations.base import (
+    AudienceRef,
+    CallContext,
+    Destination,
+    MemberBatch,
+    Outcome,
+    RemovalBatch,
+)
+from destinations.retry import RetryInterrupted
+from reconciler.apply import encode
 from reconciler.apply.interrupts import InterruptGuard
-from reconciler.enginedb import STAGING
-from reconciler.errors import ThrottledError, TransientError
-from reconciler.plan.membership import _ident
+from reconciler.apply.progress import Progress
 from reconciler.plan.model import MemberOp
 from reconciler.state.writer import StateStore
 from reconciler.workspace.spec import ProfilesTable
 
-MAX_ATTEMPTS = 6  # transient errors in a row before the batch fails
-THROTTLE_BUDGET = 900.0  # seconds of rate-limit waits per batch before giving up
-BACKOFF_START = 0.05
-BACKOFF_MAX = 30.0
-
-CHANGES = f"{STAGING}.changes"
+CHANGES = encode.CHANGES
 
 _R = TypeVar("_R")
 
@@ -47,6 +55,33 @@ class Interrupted(Exception):
 def new_batch_id() -> str:
     """A fresh id for one journaled destination call (also its idempotency key)."""
     return uuid.uuid4().hex[:24]
+
+
+@dataclass
+class Counts:
+    """What one audience's run confirmed (also when stopped part-way)."""
+
+    add: int = 0
+    remove: int = 0
+    update: int = 0
+    rejected: int = 0
+    retry: int = 0
+    unmatched: int = 0
+    drift: int = 0
+    failed_removals: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "add": self.add,
+            "remove": self.remove,
+            "update": self.update,
+            "rejected": self.rejected,
+            "retry": self.retry,
+            "unmatched": self.unmatched,
+            "drift": self.drift,
+            "failed": self.rejected + self.failed_removals,
+        }
 
 
 class BatchRunner:
@@ -61,190 +96,216 @@ class BatchRunner:
         activation_id: str,
         fingerprint: str,
         attribute_map: dict[str, str],
+        progress: Progress | None = None,
     ):
         self.state, self.reader, self.profiles, self.dest = state, reader, profiles, dest
         self.guard, self.run_id, self.aid = guard, run_id, activation_id
         self.fingerprint = fingerprint
         self.attribute_map = attribute_map  # destination field -> profile column
+        self.progress = progress or Progress()
+        self.policy = dest.retry_policy.with_hooks(
+            interrupt=lambda: guard.stop_requested, on_event=self.progress.retry
+        )
+        self.size = dest.limits.members_per_call
         self.errors: list[str] = []
 
     # ------------------------------------------------------------------ per audience
-    def run_audience(self, grp: str, ref: AudienceRef | None, *, sent: bool) -> dict[str, int]:
+    def run_audience(self, grp: str, ref: AudienceRef | None, *, sent: bool, name: str) -> Counts:
         """Send one audience's staged changes. ``self.counts`` holds what was confirmed so
         far, also when a Ctrl-C (:class:`Interrupted`) or an error stops it part-way."""
-        counts = {"add": 0, "remove": 0, "update": 0, "failed": 0, "unmatched": 0, "drift": 0}
-        self.counts = counts
-        self.sent = sent
+        self.counts = counts = Counts()
+        self.sent, self.grp, self.name = sent, grp, name
+        self._sessions: dict[str, list[int]] = {}
         self.state.forget_staged(CHANGES, self.aid, grp)
+        target = ref if sent else None
         protected = self.state.shared_records(CHANGES, self.aid, grp) if sent else set()
-        size = self.dest.batch_size
-        for rows in self.state.iter_removals(
-            self.reader, CHANGES, self.aid, grp, MemberOp.REMOVE, size
-        ):
-            self._remove(grp, ref if sent else None, rows, protected)
-            self._check_stop()
-        for members in self._stream_members(grp, MemberOp.PURGE):
-            self._purge(grp, ref, members)
-            self._check_stop()
-        for members in self._stream_members(grp, MemberOp.UPDATE):
-            self._send(grp, ref if sent else None, MemberOp.UPDATE, members)
-            self._check_stop()
-        for members in self._stream_members(grp, MemberOp.ADD):
-            self._send(grp, ref if sent else None, MemberOp.ADD, members)
-            self._check_stop()
+        removals = self.state.count_staged(CHANGES, self.aid, grp, MemberOp.REMOVE)
+        if removals:
+            self.progress.start(self.aid, name, "remove", removals)
+            self._begin("remove", removals)
+            for rows in self.state.iter_removals(
+                self.reader, CHANGES, self.aid, grp, MemberOp.REMOVE, self.size
+            ):
+                self._remove(target, rows, protected)
+                self._check_stop()
+        for op in (MemberOp.PURGE, MemberOp.UPDATE, MemberOp.ADD):
+            table = encode.build(
+                self.state.con,
+                activation_id=self.aid,
+                grp=grp,
+                op=str(op),
+                identity=self.dest.identity,
+                profiles=self.profiles,
+                attribute_map=self.attribute_map if op is not MemberOp.PURGE else {},
+                fingerprint=self.fingerprint,
+            )
+            if not table.staged:
+                continue
+            counts.drift += table.staged - table.usable
+            self.progress.start(self.aid, name, str(op), table.usable)
+            self._begin(str(op), table.sendable)
+            if op is MemberOp.ADD:
+                self._add_all(target, table)
+            elif op is MemberOp.UPDATE:
+                self._update_all(target, table)
+            else:
+                self._purge_all(target, table)
         return counts
 
-    # ------------------------------------------------------------------ reading
-    def _stream_members(self, grp: str, op: MemberOp) -> Iterator[list[tuple[Member, int]]]:
-        """Batches of (member with today's identifiers and attributes, fingerprint). A key
-        that left the source since the plan, or that now appears on several profile rows,
-        is skipped as drift (the next plan sees it)."""
-        p = self.profiles
-        id_cols = [f"p.{_ident(col)}" for col in p.identifiers.values()]
-        attr_cols = [f"p.{_ident(col)}" for col in self.attribute_map.values()]
-        sql = f"""SELECT c.key, {self.fingerprint} AS fp,
-                         p.{_ident(p.key)} IS NOT NULL AND count(*) OVER (PARTITION BY c.key) = 1
-                         AS usable
-                  {"".join(", " + c for c in id_cols + attr_cols)}
-                  FROM {CHANGES} c
-                  LEFT JOIN {_ident(p.table)} p ON CAST(p.{_ident(p.key)} AS VARCHAR) = c.key
-                  WHERE c.activation_id = ? AND c.grp = ? AND c.op = ? ORDER BY c.key"""
-        self.reader.execute(sql, [self.aid, grp, str(op)])
-        id_types = list(p.identifiers)
-        fields = list(self.attribute_map)
-        seen_drift: set[str] = set()
-        while rows := self.reader.fetchmany(self.dest.batch_size):
-            batch = []
-            for r in rows:
-                if not r[2]:
-                    if r[0] not in seen_drift:
-                        seen_drift.add(r[0])
-                        self.counts["drift"] += 1
-                    continue
-                ids = dict(zip(id_types, r[3 : 3 + len(id_types)], strict=True))
-                attrs = dict(zip(fields, r[3 + len(id_types) :], strict=True))
-                batch.append((Member(r[0], ids, attrs), int(r[1])))
-            if batch:
-                yield batch
-
-    # ------------------------------------------------------------------ writing
-    def _confirm(self, batch_id: str, grp: str, *, counts: dict[str, int], **kwargs) -> None:
-        """Record a batch; ``counts`` go to this runner's totals and, for a sent audience, to
-        the run's log in the same transaction."""
-        for k, n in counts.items():
-            self.counts[k] += n
-        logged = {
-            "added": counts.get("add", 0),
-            "removed": counts.get("remove", 0),
-            "updated": counts.get("update", 0),
-            "failed": counts.get("failed", 0),
-        }
+    # ------------------------------------------------------------------ removals
+    def _remove(
+        self, ref: AudienceRef | None, rows: list[tuple[str, tuple[str, ...]]], protected: set[str]
+    ) -> None:
+        keys = [k for k, _ in rows]
+        send = [(k, tuple(r for r in rec if r not in protected)) for k, rec in rows]
+        send = [(k, rec) for k, rec in send if rec]
+        batch_id, outcome = "", Outcome()
+        if ref is not None and send:
+            batch_id = new_batch_id()
+            self.state.journal_intent(
+                batch_id, self.run_id, self.aid, self.grp, "remove", len(keys)
+            )
+            batch = RemovalBatch([k for k, _ in send], [rec for _, rec in send])
+            ctx = self._ctx(batch_id, "remove")  # once: a retry is the same call
+            outcome = self.call(lambda: self.dest.remove(ref, batch, ctx))
+            if outcome.job:  # journaled as submitted, polled to its end
+                fps = [None] * len(send)
+                jrows = [(0, k, rec, fp) for (k, rec), fp in zip(send, fps, strict=True)]
+                self._submit(batch_id, "remove", ref, outcome.job, jrows)
+                sent = {k for k, _ in send}
+                rest = [k for k in keys if k not in sent]  # nothing left to send for them
+                self.state.confirm_batch(
+                    "",
+                    self.aid,
+                    self.grp,
+                    run_id=self._run(),
+                    delete=rest,
+                    counts={"removed": len(rest)},
+                )
+                self.counts.remove += len(rest)
+                self.progress.advance(len(keys))
+                return
+        refused = {**outcome.rejected, **outcome.retry}
+        done = [k for k in keys if k not in refused]
+        self._note(outcome)
+        self.counts.remove += len(done)
+        self.counts.failed_removals += len(refused)
         self.state.confirm_batch(
             batch_id,
             self.aid,
-            grp,
-            run_id=self.run_id if self.sent else "",
-            counts=logged,
-            **kwargs,
-        )
-
-    def _remove(
-        self,
-        grp: str,
-        ref: AudienceRef | None,
-        rows: list[tuple[str, tuple[str, ...]]],
-        protected: set[str],
-    ) -> None:
-        keys = [k for k, _ in rows]
-        to_send = [RemovalRecord(k, tuple(r for r in rec if r not in protected)) for k, rec in rows]
-        to_send = [r for r in to_send if r.record]
-        batch_id, result = "", BatchResult()
-        if ref is not None and to_send:
-            batch_id = new_batch_id()
-            self.state.journal_intent(batch_id, self.run_id, self.aid, grp, "remove", len(keys))
-            result = self.call(
-                lambda: self.dest.remove_members(ref, to_send, idempotency_key=batch_id)
-            )
-            self._note_failures(result)
-        done = [k for k in keys if k not in result.failed]
-        self._confirm(
-            batch_id,
-            grp,
+            self.grp,
+            run_id=self._run(),
             delete=done,
-            detail=result.detail,
-            counts={"remove": len(done), "failed": len(result.failed)},
+            detail=outcome.detail,
+            counts={"removed": len(done), "failed": len(refused)},
+            rejections=[(k, "remove", reason) for k, reason in refused.items()],
         )
+        self.progress.advance(len(keys))
 
-    def _purge(self, grp: str, ref: AudienceRef | None, members) -> None:
-        records = self.dest.records_for([m for m, _ in members])
-        to_send = [RemovalRecord(k, rec) for k, rec in records.items() if rec]
-        keys = [m.key for m, _ in members]
-        batch_id = new_batch_id()
-        self.state.journal_intent(batch_id, self.run_id, self.aid, grp, "purge", len(keys))
-        result = (
-            self.call(lambda: self.dest.remove_members(ref, to_send, idempotency_key=batch_id))
-            if to_send and ref is not None
-            else BatchResult()
-        )
-        self._note_failures(result)
-        ok = [
-            (m.key, records.get(m.key, ()), fp) for m, fp in members if m.key not in result.failed
-        ]
-        # a profile purged again (its identifiers changed) replaces its earlier record
-        self._confirm(
-            batch_id,
-            grp,
-            insert=ok,
-            delete=[k for k, _, _ in ok],
-            detail=result.detail,
-            counts={"remove": len(ok), "failed": len(result.failed)},
-        )
+    # ------------------------------------------------------------------ additions
+    def _add_all(self, ref: AudienceRef | None, table: encode.SendTable) -> None:
+        # members with no usable identifier are recorded with an empty record, never sent
+        self.counts.unmatched += self.state.record_unsendable(encode.SEND, self.aid, self.grp)
+        for rows in encode.stream(self.reader, table, sendable=True, size=self.size):
+            batch, lo, hi = _batch(rows, table)
+            if ref is None:  # control group: recorded, never sent
+                self.state.record_sent(
+                    "", encode.SEND, self.aid, self.grp, lo, hi, run_id="", counts={}
+                )
+                self.counts.add += len(batch)
+                continue
+            batch_id = new_batch_id()
+            self.state.journal_intent(batch_id, self.run_id, self.aid, self.grp, "add", len(batch))
+            outcome = self.call(partial(self.dest.add, ref, batch, self._ctx(batch_id, "add")))
+            if outcome.job:  # an asynchronous job: journaled as submitted, polled to its end
+                self._submit(batch_id, "add", ref, outcome.job, rows)
+                self.progress.advance(len(batch))
+                self._check_stop()
+                continue
+            self._note(outcome)
+            accepted = len(batch) - len(outcome.rejected) - len(outcome.retry)
+            self.counts.add += accepted
+            self.counts.rejected += len(outcome.rejected)
+            self.counts.retry += len(outcome.retry)
+            self.state.record_sent(
+                batch_id,
+                encode.SEND,
+                self.aid,
+                self.grp,
+                lo,
+                hi,
+                run_id=self._run(),
+                skip=list(outcome.retry),
+                rejected=outcome.rejected,
+                ids=outcome.ids,
+                detail=outcome.detail,
+                counts={"added": accepted, "failed": len(outcome.rejected)},
+            )
+            self.progress.advance(len(batch))
+            self._check_stop()
 
-    def _send(self, grp: str, ref: AudienceRef | None, op: MemberOp, members) -> None:
-        keys = [m.key for m, _ in members]
-        fps: dict[str, int | None] = {m.key: fp for m, fp in members}
-        counted = "update" if op is MemberOp.UPDATE else "add"
-        if ref is None:  # control group: recorded, never sent
-            rows = [(k, (), fps[k]) for k in keys]
-            delete = keys if op is MemberOp.UPDATE else ()
-            self._confirm("", grp, insert=rows, delete=delete, counts={counted: len(rows)})
+    # ------------------------------------------------------------------ updates
+    def _update_all(self, ref: AudienceRef | None, table: encode.SendTable) -> None:
+        for sendable in (True, False):
+            for rows in encode.stream(self.reader, table, sendable=sendable, size=self.size):
+                self._update(ref, rows, table, sendable)
+                self.progress.advance(len(rows))
+                self._check_stop()
+
+    def _update(
+        self, ref: AudienceRef | None, rows: list[tuple], table: encode.SendTable, sendable: bool
+    ) -> None:
+        batch, _, _ = _batch(rows, table)
+        keys = list(batch.keys)
+        fps = {r[1]: r[3] for r in rows}
+        new = {r[1]: tuple(r[2]) for r in rows}
+        if ref is None:  # control group
+            self.state.confirm_batch(
+                "", self.aid, self.grp, insert=[(k, (), fps[k]) for k in keys], delete=keys
+            )
+            self.counts.update += len(keys)
             return
-        batch_id = new_batch_id()
-        self.state.journal_intent(batch_id, self.run_id, self.aid, grp, str(op), len(keys))
-        sendable = [m for m, _ in members]
-        old = self.state.records_of(self.aid, grp, keys) if op is MemberOp.UPDATE else {}
-        if op is MemberOp.UPDATE and self.dest.supports_update:
-            result = self.call(
-                lambda: self.dest.update_members(ref, sendable, idempotency_key=batch_id)
+        batch_id, outcome = "", Outcome()
+        if sendable:
+            batch_id = new_batch_id()
+            self.state.journal_intent(
+                batch_id, self.run_id, self.aid, self.grp, "update", len(keys)
             )
+            call = self.dest.update if self.dest.capabilities.update else self.dest.add
+            outcome = self._final(
+                self.call(partial(call, ref, batch, self._ctx(batch_id, "update")))
+            )
+            self._note(outcome)
         else:
-            result = self.call(
-                lambda: self.dest.add_members(ref, sendable, idempotency_key=batch_id)
-            )
-        self._note_failures(result)
-        unmatched = set(result.unmatched) - set(result.failed)
-        self.counts["unmatched"] += len(unmatched)
-        new = {k: tuple(result.records.get(k, ())) for k in keys if k in result.records}
-        new.update({k: () for k in unmatched})
-        owed = self._remove_stale(grp, ref, old, new) if old else {}
-        rows = []
-        for k, record in new.items():
-            still = owed.get(k, ())
-            # a stale string whose removal was refused stays recorded, with no fingerprint:
-            # the next plan sends this member again and retries the removal
-            rows.append((k, record + still, None if still else fps[k]))
-        self._confirm(
+            self.counts.unmatched += len(keys)
+        old = self.state.records_of(self.aid, self.grp, keys)
+        rejected, retry = outcome.rejected, outcome.retry
+        taken = {
+            k: (outcome.ids.get(k) or new[k]) for k in keys if k not in rejected and k not in retry
+        }
+        owed = self._remove_stale(ref, old, taken)
+        rows_out = [
+            (k, rec + owed.get(k, ()), None if owed.get(k) else fps[k]) for k, rec in taken.items()
+        ]
+        # a rejected update keeps what the destination holds, and is not re-sent
+        rows_out += [(k, old.get(k, ()), fps[k]) for k in rejected]
+        self.counts.update += len(taken)
+        self.counts.rejected += len(rejected)
+        self.counts.retry += len(retry)
+        self.state.confirm_batch(
             batch_id,
-            grp,
-            insert=rows,
-            delete=[r[0] for r in rows] if op is MemberOp.UPDATE else (),
-            detail=result.detail,
-            counts={counted: len(rows), "failed": len(result.failed) + len(owed)},
+            self.aid,
+            self.grp,
+            run_id=self._run(),
+            insert=rows_out,
+            delete=[r[0] for r in rows_out],
+            detail=outcome.detail,
+            counts={"updated": len(taken), "failed": len(rejected) + len(owed)},
+            rejections=[(k, "update", reason) for k, reason in rejected.items()],
         )
 
     def _remove_stale(
         self,
-        grp: str,
         ref: AudienceRef,
         old: dict[str, tuple[str, ...]],
         new: dict[str, tuple[str, ...]],
@@ -252,61 +313,179 @@ class BatchRunner:
         """Remove the strings sent before that the members' new records no longer hold (their
         identifiers changed or became unusable), unless another member still holds them (a
         shared inbox). Journaled as its own call. Returns, per key, the stale strings the
-        destination refused to remove (they stay recorded)."""
+        destination did not remove (they stay recorded)."""
         new_all = {r for rec in new.values() for r in rec}
-        stale = [
-            RemovalRecord(k, tuple(r for r in old.get(k, ()) if r not in new_all)) for k in new
-        ]
-        stale = [s for s in stale if s.record]
+        stale = {k: tuple(r for r in old.get(k, ()) if r not in new_all) for k in new}
+        stale = {k: rec for k, rec in stale.items() if rec}
         if stale:
             protected = self.state.held_by_others(
-                self.aid, grp, list(new), [r for s in stale for r in s.record]
+                self.aid, self.grp, list(new), [r for rec in stale.values() for r in rec]
             )
-            stale = [
-                RemovalRecord(s.key, tuple(r for r in s.record if r not in protected))
-                for s in stale
-            ]
-            stale = [s for s in stale if s.record]
+            stale = {k: tuple(r for r in rec if r not in protected) for k, rec in stale.items()}
+            stale = {k: rec for k, rec in stale.items() if rec}
         if not stale:
             return {}
         batch_id = new_batch_id()
-        self.state.journal_intent(batch_id, self.run_id, self.aid, grp, "remove_stale", len(stale))
-        result = self.call(lambda: self.dest.remove_members(ref, stale, idempotency_key=batch_id))
-        self._note_failures(result)
-        self.state.journal_outcome(batch_id, "done", result.detail)
-        return {s.key: s.record for s in stale if s.key in result.failed}
+        self.state.journal_intent(
+            batch_id, self.run_id, self.aid, self.grp, "remove_stale", len(stale)
+        )
+        batch = RemovalBatch(list(stale), list(stale.values()))
+        outcome = self._final(self.call(partial(self.dest.remove, ref, batch, self._ctx(batch_id))))
+        self._note(outcome)
+        self.state.journal_outcome(batch_id, "done", outcome.detail)
+        refused = {**outcome.rejected, **outcome.retry}
+        return {k: rec for k, rec in stale.items() if k in refused}
 
+    # ------------------------------------------------------------------ purges (action: remove)
+    def _purge_all(self, ref: AudienceRef | None, table: encode.SendTable) -> None:
+        # nothing usable to remove: recorded as removed with an empty record
+        for rows in encode.stream(self.reader, table, sendable=False, size=self.size):
+            keys = [r[1] for r in rows]
+            self.state.confirm_batch(
+                "", self.aid, self.grp, insert=[(r[1], (), r[3]) for r in rows], delete=keys
+            )
+        for rows in encode.stream(self.reader, table, sendable=True, size=self.size):
+            keys, recs = [r[1] for r in rows], [tuple(r[2]) for r in rows]
+            batch_id = new_batch_id()
+            self.state.journal_intent(batch_id, self.run_id, self.aid, self.grp, "purge", len(keys))
+            outcome = Outcome()
+            if ref is not None:
+                batch = RemovalBatch(keys, recs)
+                outcome = self._final(
+                    self.call(partial(self.dest.remove, ref, batch, self._ctx(batch_id, "purge")))
+                )
+            self._note(outcome)
+            refused = {**outcome.rejected, **outcome.retry}
+            ok = [(r[1], tuple(r[2]), r[3]) for r in rows if r[1] not in refused]
+            # a profile purged again (its identifiers changed) replaces its earlier record
+            self.counts.remove += len(ok)
+            self.counts.failed_removals += len(refused)
+            self.state.confirm_batch(
+                batch_id,
+                self.aid,
+                self.grp,
+                run_id=self._run(),
+                insert=ok,
+                delete=[k for k, _, _ in ok],
+                detail=outcome.detail,
+                counts={"removed": len(ok), "failed": len(refused)},
+                rejections=[(k, "remove", reason) for k, reason in refused.items()],
+            )
+            self.progress.advance(len(keys))
+            self._check_stop()
+
+    # ------------------------------------------------------------------ asynchronous jobs
+    def _submit(self, batch_id: str, op: str, ref: AudienceRef, job: str, rows) -> None:
+        """Keep the job and its members, then poll it to its end and record it. Interrupted
+        while polling, the job stays submitted: the next apply polls it, never resubmits."""
+        self.state.submit_job(
+            batch_id,
+            run_id=self._run(),
+            activation_id=self.aid,
+            grp=self.grp,
+            op=op,
+            job=job,
+            audience_id=ref.id,
+            keys=[r[1] for r in rows],
+            records=[r[2] for r in rows],
+            fps=[r[3] for r in rows],
+        )
+        pending = next(j for j in self.state.pending_jobs() if j["batch_id"] == batch_id)
+        counts = finish_job(self.state, self.dest, pending, self.guard, self.call)
+        if op == "remove":
+            self.counts.remove += counts.get("removed", 0)
+            self.counts.failed_removals += counts.get("failed", 0)
+        else:
+            self.counts.add += counts.get("added", 0)
+            self.counts.rejected += counts.get("failed", 0)
+
+    def _final(self, outcome: Outcome) -> Outcome:
+        """An asynchronous answer to an update, purge or stale removal: polled in place (its
+        members are re-planned if the run dies meanwhile)."""
+        while outcome.job:
+            status = self.call(partial(self.dest.poll, outcome.job))
+            if status.done:
+                return status.outcome or Outcome()
+            self._check_stop()
+            time.sleep(0.05)
+        return outcome
+
+    # ------------------------------------------------------------------ helpers
     def call(self, fn: Callable[[], _R]) -> _R:
-        """Call with retries: transient errors up to MAX_ATTEMPTS in a row; throttling is
-        waited out (Retry-After when given, else exponential backoff with jitter) within
-        THROTTLE_BUDGET seconds, and never counted as a failure."""
-        delay, transient, waited = BACKOFF_START, 0, 0.0
-        while True:
-            try:
-                return fn()
-            except ThrottledError as exc:
-                wait = exc.retry_after if exc.retry_after is not None else delay
-                if waited + wait > THROTTLE_BUDGET:
-                    raise TransientError(
-                        f"the destination kept throttling for {waited:.0f}s; the next apply resumes"
-                    ) from exc
-            except TransientError:
-                transient += 1
-                if transient >= MAX_ATTEMPTS:
-                    raise
-                wait = delay
-            if self.guard.stop_requested:
-                raise Interrupted
-            wait = min(wait, BACKOFF_MAX) * (0.5 + random.random() / 2)
-            time.sleep(wait)
-            waited += wait
-            delay = min(delay * 2, BACKOFF_MAX)
+        """A destination call through the destination's retry policy: throttling is waited
+        out (Retry-After is a floor) and never a failure; transient errors back off; Ctrl-C
+        stops the waiting."""
+        try:
+            return self.policy.call(fn)
+        except RetryInterrupted:
+            raise Interrupted from None
 
-    def _note_failures(self, result: BatchResult) -> None:
-        if result.failed:
-            sample = list(result.failed.items())[:3]
-            self.errors.extend(f"{k}: {why}" for k, why in sample)
+    def _begin(self, op: str, members: int) -> None:
+        """A session per audience operation (Meta's ``session``): its batches are numbered
+        from 1 and the last one is flagged."""
+        batches = max(1, -(-members // self.size))
+        self._sessions[op] = [_session_id(self.run_id, self.aid, self.grp, op), 0, batches, members]
+
+    def _ctx(self, batch_id: str, op: str = "") -> CallContext:
+        """The call's context: the next batch of ``op``'s session, or a one-call session."""
+        s = self._sessions.get(op)
+        if s is None:
+            return CallContext(batch_id, _session_id(self.run_id, self.aid, self.grp, batch_id))
+        s[1] += 1
+        return CallContext(batch_id, s[0], seq=s[1], last=s[1] >= s[2], estimated_total=s[3])
+
+    def _run(self) -> str:
+        """The run whose log counts this audience (a control group is recorded, never sent)."""
+        return self.run_id if self.sent else ""
+
+    def _note(self, outcome: Outcome) -> None:
+        for k, why in [*outcome.rejected.items(), *outcome.retry.items()][:3]:
+            self.errors.append(f"{k}: {why}")
 
     def _check_stop(self) -> None:
         if self.guard.stop_requested:
             raise Interrupted
+
+
+def finish_job(
+    state: StateStore,
+    dest: Destination,
+    job: dict[str, Any],
+    guard: InterruptGuard,
+    call: Callable[[Callable[[], Any]], Any],
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, int]:
+    """Poll a submitted job until the destination says it is done, then record its members.
+    Ctrl-C stops the polling (:class:`Interrupted`); the job stays submitted."""
+    delay = 0.05
+    while True:
+        status = call(lambda: dest.poll(job["job"]))
+        if status.done:
+            outcome = status.outcome or Outcome()
+            return state.finish_job(
+                job, rejected=outcome.rejected, retry=list(outcome.retry), detail=outcome.detail
+            )
+        if guard.stop_requested:
+            raise Interrupted
+        sleep(delay)
+        delay = min(delay * 2, 10.0)
+
+
+def _batch(rows: Sequence[tuple], table: encode.SendTable) -> tuple[MemberBatch, int, int]:
+    """Rows of the send table as a column batch, with its first and last ``n``."""
+    cols = list(zip(*rows, strict=True))
+    nv = len(table.fields)
+    batch = MemberBatch(
+        keys=cols[1],
+        records=cols[2],
+        values={f: cols[4 + i] for i, f in enumerate(table.fields)},
+        attributes={f: cols[4 + nv + i] for i, f in enumerate(table.attributes)},
+    )
+    return batch, rows[0][0], rows[-1][0]
+
+
+def _session_id(run_id: str, activation_id: str, grp: str, op: str) -> int:
+    """A positive 53-bit integer stable for one audience operation in one run (Meta's
+    session_id)."""
+    digest = hashlib.sha256(f"{run_id}\x1f{activation_id}\x1f{grp}\x1f{op}".encode()).digest()
+    return int.from_bytes(digest[:7], "big") >> 3 or 1

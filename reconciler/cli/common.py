@@ -14,23 +14,38 @@ import sys
 import traceback
 from functools import wraps
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-import duckdb
 
 from reconciler.errors import ReconcileError
-from reconciler.workspace.loader import Workspace, find_root
-from reconciler.workspace.loader import load as load_workspace
+
+if TYPE_CHECKING:
+    from reconciler.workspace.loader import Workspace
 
 
 class Ctx:
-    def __init__(self, directory: str | None, color: bool):
+    """The global options: workspace directory, colour, ``-v`` and ``--log-format``."""
+
+    def __init__(
+        self,
+        directory: str | None,
+        color: bool,
+        verbose: bool = False,
+        log_format: str = "text",
+    ):
         self.directory = Path(directory) if directory else Path.cwd()
         self.color = color
+        self.verbose = verbose
+        self.log_format = log_format
 
-    def workspace(self) -> Workspace:
-        return load_workspace(find_root(self.directory))
+    def workspace(self, *, check_credentials: bool = False) -> Workspace:
+        """The loaded workspace; ``check_credentials``: every credential's environment
+        variable must be set (commands that contact destinations)."""
+        from reconciler.workspace.loader import find_root
+        from reconciler.workspace.loader import load as load_workspace
+
+        return load_workspace(find_root(self.directory), check_credentials=check_credentials)
 
 
 def fail(exc: BaseException) -> NoReturn:
@@ -44,7 +59,7 @@ def fail(exc: BaseException) -> NoReturn:
         click.echo(f"Error: {exc}", err=True)
     elif isinstance(exc, KeyboardInterrupt | click.Abort):
         click.echo("Error: interrupted", err=True)
-    elif isinstance(exc, duckdb.Error):  # one we did not expect: still one paragraph, exit 1
+    elif _is_duckdb_error(exc):  # one we did not expect: still one paragraph, exit 1
         click.echo(
             f"Error: the database engine failed: {_one_line(exc)}. Nothing more was done; if "
             "it happens again, report it with the command you ran",
@@ -85,15 +100,53 @@ class ReconcileGroup(click.Group):
     through :func:`fail`, so no command can exit 2 on bad usage or print a traceback."""
 
     def main(self, args: Any = None, prog_name: Any = None, *a: Any, **extra: Any) -> Any:
+        run: Any = super().main  # click's overloads do not cover a forwarded call
         if extra.pop("standalone_mode", True) is False:
-            return super().main(args, prog_name, *a, standalone_mode=False, **extra)
+            return run(args, prog_name, *a, standalone_mode=False, **extra)
         try:
-            code = super().main(args, prog_name, *a, standalone_mode=False, **extra)
+            code = run(args, prog_name, *a, standalone_mode=False, **extra)
         except (Exception, KeyboardInterrupt) as exc:
             fail(exc)
         # --help and --version return click's exit code; commands return None
         sys.exit(code if isinstance(code, int) and code in (0, 1) else 0)
 
 
+def destination_calls(ws: Workspace, plan: Any) -> list[Any]:
+    """The requests each destination of ``plan`` needs, from its adapter's declared limits
+    (adapters are built without credentials: construction does no I/O)."""
+    from reconciler.integrations import Connections
+    from reconciler.render import CallLimits
+    from reconciler.render import destination_calls as estimate
+
+    wanted = sorted({a.destination for a in plan.activations if a.has_changes})
+    limits = {}
+    conns = Connections(ws, require_credentials=False)
+    try:
+        for name in wanted:
+            if name not in ws.integrations:
+                continue  # a deleted activation whose integration is gone too
+            try:
+                dest = conns.get(name)
+            except ReconcileError:
+                continue
+            limits[name] = CallLimits(
+                type=ws.integrations[name].type,
+                members_per_call=dest.limits.members_per_call,
+                requests_per_minute=dest.limits.requests_per_minute,
+                concurrency=dest.limits.concurrency,
+                updates_in_place=dest.capabilities.update,
+            )
+    finally:
+        conns.close()
+    return estimate(plan, limits)
+
+
 def use_color(no_color: bool) -> bool:
     return not no_color and "NO_COLOR" not in os.environ and sys.stdout.isatty()
+
+
+def _is_duckdb_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is DuckDB's, without importing DuckDB (a command that failed before
+    using it did not load it)."""
+    duckdb = sys.modules.get("duckdb")
+    return duckdb is not None and isinstance(exc, duckdb.Error)

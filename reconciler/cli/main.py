@@ -5,18 +5,32 @@ Exit codes: 0 success; 1 error; with ``plan --detailed-exitcode``, 2 = success w
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from reconciler import engine, render
-from reconciler.apply.applier import ApplyOptions, ApplyResult
-from reconciler.apply.interrupts import InterruptGuard
-from reconciler.cli.common import Ctx, ReconcileGroup, handle_errors, use_color
+from reconciler.cli.common import (
+    Ctx,
+    ReconcileGroup,
+    destination_calls,
+    handle_errors,
+    use_color,
+)
+from reconciler.cli.lazy import LazyModule
 from reconciler.errors import ReconcileError
-from reconciler.plan.planner import PlanRequest
+
+if TYPE_CHECKING:
+    from reconciler.apply.applier import ApplyResult
+    from reconciler.cli.progress import Reporter
+
+# loaded by the commands that use them, not by `reconcile --help`
+engine: Any = LazyModule("reconciler.engine")
+render: Any = LazyModule("reconciler.render")
+FORMATS = ("text", "markdown", "json")
 
 
 @click.group(cls=ReconcileGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,11 +43,23 @@ from reconciler.plan.planner import PlanRequest
     "holding reconcile.yaml).",
 )
 @click.option("--no-color", is_flag=True, help="Plain output without ANSI colours.")
+@click.option(
+    "-v", "--verbose", is_flag=True, help="Also show retries, throttle waits and planning steps."
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: progress as one JSON event per line on standard error (for pipelines).",
+)
 @click.version_option(package_name="activation-reconciler")
 @click.pass_context
-def main(ctx: click.Context, directory: str | None, no_color: bool) -> None:
+def main(
+    ctx: click.Context, directory: str | None, no_color: bool, verbose: bool, log_format: str
+) -> None:
     """Activations as code: plan and apply customer-audience syncs."""
-    ctx.obj = Ctx(directory, use_color(no_color))
+    ctx.obj = Ctx(directory, use_color(no_color), verbose, log_format)
 
 
 pass_ctx = click.make_pass_decorator(Ctx)
@@ -46,7 +72,7 @@ target_option = click.option(
     help="Only this activation (repeatable).",
 )
 format_option = click.option(
-    "--format", "fmt", type=click.Choice(render.FORMATS), default="text", show_default=True
+    "--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True
 )
 
 
@@ -55,8 +81,9 @@ format_option = click.option(
 @pass_ctx
 @handle_errors
 def validate(c: Ctx) -> None:
-    """Check every file: schema and cross-references. Errors name file:line."""
-    ws = c.workspace()
+    """Check every file: schema, cross-references, what each destination can do and that
+    every credential's environment variable is set. Errors name file:line: field."""
+    ws = c.workspace(check_credentials=True)
     click.echo(
         f"Valid: {len(ws.activations)} activation(s), {len(ws.segments)} segment(s), "
         f"{len(ws.integrations)} integration(s)."
@@ -102,15 +129,26 @@ def plan(c: Ctx, targets, out, fmt, detailed_exitcode, refresh, due, comment_lim
         raise ReconcileError("--comment-limit and --commit need --format markdown")
     if commit and not render.markdown.COMMIT.fullmatch(commit):
         raise ReconcileError(f"--commit {commit!r} is not a commit id (7-64 hex digits)")
-    ws = c.workspace()
-    staged = engine.make_plan(ws, PlanRequest(tuple(targets), due_only=due, refresh=refresh))
+    ws = c.workspace(check_credentials=refresh)
+    reporter = _reporter(c)
+    from reconciler.plan.planner import PlanRequest
+
+    request = PlanRequest(tuple(targets), due_only=due, refresh=refresh, announce=reporter.step)
     try:
+        staged = engine.make_plan(ws, request)
+    finally:
+        reporter.close()
+    try:
+        _check_plan(ws, staged.plan)
         if out:
             engine.save_plan(ws, staged, Path(out))
+        calls = destination_calls(ws, staged.plan)
         if fmt == "markdown":
-            text = render.render_markdown(staged.plan, max_chars=comment_limit, commit=commit)
+            text = render.render_markdown(
+                staged.plan, max_chars=comment_limit, commit=commit, calls=calls
+            )
         else:
-            text = render.render(staged.plan, fmt, color=c.color)
+            text = render.render(staged.plan, fmt, color=c.color, calls=calls)
         click.echo(text)
         if out:
             click.echo(
@@ -133,7 +171,8 @@ def show(c: Ctx, planfile, fmt) -> None:
     ws = c.workspace()
     staged = engine.load_plan(ws, Path(planfile))
     staged.discard()
-    click.echo(render.render(staged.plan, fmt, color=c.color))
+    calls = destination_calls(ws, staged.plan)
+    click.echo(render.render(staged.plan, fmt, color=c.color, calls=calls))
 
 
 # ---------------------------------------------------------------------- apply / run
@@ -168,7 +207,9 @@ def _apply_options(fn):
 @handle_errors
 def apply(c: Ctx, planfile, targets, due, auto_approve, allow_mass_removal, lock_timeout):
     """Plan, confirm, push the changes to the destinations and record them."""
-    ws = c.workspace()
+    from reconciler.plan.planner import PlanRequest
+
+    ws = c.workspace(check_credentials=True)
     trigger = "schedule" if due else "apply"
     _apply(
         c,
@@ -189,7 +230,9 @@ def apply(c: Ctx, planfile, targets, due, auto_approve, allow_mass_removal, lock
 @handle_errors
 def run(c: Ctx, name, auto_approve, allow_mass_removal, lock_timeout):
     """Re-run one activation now (the Run button), one-time ones included."""
-    ws = c.workspace()
+    from reconciler.plan.planner import PlanRequest
+
+    ws = c.workspace(check_credentials=True)
     act = ws.activations.get(name)
     if act is None:
         raise ReconcileError(
@@ -217,10 +260,20 @@ def _apply(
 ) -> None:
     lock = engine.state_lock(ws)
     lock.acquire(trigger if trigger != "schedule" else "apply --due", lock_timeout)
+    reporter = _reporter(c)
     try:
-        staged = engine.load_plan(ws, Path(planfile)) if planfile else engine.make_plan(ws, request)
+        if planfile:
+            staged = engine.load_plan(ws, Path(planfile))
+        else:
+            request = dataclasses.replace(request, announce=reporter.step)
+            try:
+                staged = engine.make_plan(ws, request)
+            finally:
+                reporter.close()
         try:
-            click.echo(render.render(staged.plan, "text", color=c.color))
+            _check_plan(ws, staged.plan)
+            calls = destination_calls(ws, staged.plan)
+            click.echo(render.render(staged.plan, "text", color=c.color, calls=calls))
             wanted = staged.plan.has_changes or (
                 trigger != "apply" and any(a.due for a in staged.plan.activations)
             )
@@ -229,22 +282,53 @@ def _apply(
             if not auto_approve and not _confirm():
                 click.echo("Apply cancelled; nothing was changed.")
                 sys.exit(1)
+            from reconciler.apply.applier import ApplyOptions
+            from reconciler.apply.interrupts import InterruptGuard
+            from reconciler.apply.progress import Progress
+
             options = ApplyOptions(
                 allow_mass_removal=allow_mass_removal,
                 trigger=trigger,
                 from_plan_file=bool(planfile),
+                progress=Progress(emit=reporter.event),
             )
             with InterruptGuard(lambda m: click.echo(m, err=True)) as guard:
-                result = engine.execute(
-                    ws, staged, options, guard, lock_timeout, echo=lambda m: click.echo(m, err=True)
-                )
+                try:
+                    result = engine.execute(
+                        ws, staged, options, guard, lock_timeout, echo=reporter.message
+                    )
+                finally:
+                    reporter.close()
         finally:
             staged.discard()
     finally:
         lock.release()
+    for o in result.outcomes:
+        reporter.outcome(o)
     _report(result)
     if not result.ok:
         sys.exit(1)
+
+
+def _reporter(c: Ctx) -> Reporter:
+    from reconciler.cli.progress import make_reporter
+
+    return make_reporter(log_format=c.log_format, verbose=c.verbose, color=c.color)
+
+
+def _check_plan(ws, plan) -> None:
+    """What only the plan shows: a renamed audience at a destination that cannot rename."""
+    from reconciler.plan.model import Change
+    from reconciler.workspace.loader import check_renames
+
+    check_renames(
+        ws,
+        [
+            a.id
+            for a in plan.activations
+            if a.change is not Change.DELETE and any(au.rename_from for au in a.audiences)
+        ],
+    )
 
 
 def _confirm() -> bool:
@@ -263,10 +347,14 @@ def _report(result: ApplyResult) -> None:
     for o in result.outcomes:
         line = f"{o.id}: {o.status} (+{o.added:,} -{o.removed:,} ~{o.updated:,})"
         if o.failed:
-            line += f", {o.failed:,} refused"
+            line += f", {o.failed:,} rejected"
+        if o.retry:
+            line += f", {o.retry:,} to retry next run"
         click.echo(line)
         if o.error:
             click.echo(f"  {o.error}", err=True)
+        elif o.warning:
+            click.echo(f"  warning: {o.warning}", err=True)
     if result.interrupted:
         click.echo("Interrupted: what was sent is recorded; run apply again to finish.", err=True)
     else:

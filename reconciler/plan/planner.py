@@ -3,12 +3,15 @@ the engine session's staging tables, and writes nothing to destinations or state
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import duckdb
 
+from destinations.base import AudienceRef
 from reconciler.enginedb import Session
 from reconciler.errors import ConfigError, DestinationError, ReconcileError, SegmentError
 from reconciler.integrations import Connections
@@ -29,8 +32,18 @@ from reconciler.sources.engine_errors import safe_engine_error
 from reconciler.sources.limits import query_timeout, time_limit
 from reconciler.state.store import RecordedActivation, StateReader
 from reconciler.workspace.loader import Workspace
-from reconciler.workspace.spec import ActionMode, Activation, SplitMode
+from reconciler.workspace.spec import ActionMode, ResolvedActivation, SplitMode
 from reconciler.workspace.templating import DEFAULT_NAME, TemplateFailed, local_date, render_name
+
+
+@dataclass
+class Drift:
+    """What a refresh found: groups whose audience was deleted at the destination, current
+    names of audiences renamed there, and notes for the plan."""
+
+    gone: set[str] = field(default_factory=set)
+    names: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -39,6 +52,8 @@ class PlanRequest:
     include_inactive: bool = False  # `reconcile run NAME`: once activations that ran too
     due_only: bool = False
     refresh: bool = True  # contact destinations to resolve existing lists
+    #: told which activation (and its segments) is being computed, for the CLI's progress
+    announce: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
 
 
 class Planner:
@@ -95,6 +110,8 @@ class Planner:
             if act is None:
                 plans.append(self._plan_delete(recorded[aid]))
                 continue
+            if self.req.announce is not None:
+                self.req.announce(f"planning {aid}: segments {', '.join(act.segments)}")
             base = recorded.get(aid) or (recorded.get(act.moved_from) if act.moved_from else None)
             p = self._plan_activation(aid, act.resolved(self.ws.config.defaults), base, suppressed)
             if self.req.due_only and not p.due:
@@ -114,7 +131,11 @@ class Planner:
 
     # ------------------------------------------------------------------ one activation
     def _plan_activation(
-        self, aid: str, act: Activation, rec: RecordedActivation | None, suppressed: str | None
+        self,
+        aid: str,
+        act: ResolvedActivation,
+        rec: RecordedActivation | None,
+        suppressed: str | None,
     ) -> ActivationPlan:
         integ = self.ws.integrations[act.destination]
         dest = self.conns.get(act.destination)
@@ -156,7 +177,9 @@ class Planner:
             self.profiles,
             self.policy,
         )
-        ids = tuple(dest.accepted_identifiers)
+        ids = dest.identity.accepted
+        drift = self._refresh(act, rec, dest) if rec is not None and not frozen else Drift()
+        notes += drift.notes
         attr_cols = [integ.attributes[f] for f in act.attributes]
         consent_where = str(self.ws.location("integrations", act.destination, "consent"))
         try:
@@ -183,6 +206,7 @@ class Planner:
                     self.con,
                     activation_id=aid,
                     recorded=self.state.members_sql(baseline),
+                    gone=sorted(drift.gone),
                     act=act,
                     frozen=frozen,
                     profiles=self.profiles,
@@ -203,7 +227,7 @@ class Planner:
         warnings: list[str] = []
         if counts["held"] and self.duplicates_warning:
             warnings.append(f"{counts['held']:,} of its profiles held: {self.duplicates_warning}")
-        audiences = self._audiences(aid, act, rec, changes, warnings)
+        audiences = self._audiences(aid, act, rec, changes, warnings, drift)
         if not self.req.refresh:
             notes.append("--refresh=false: destination lists were not checked")
         config_changes = config_diff(rec.spec if rec else None, spec)
@@ -259,12 +283,17 @@ class Planner:
     def _audiences(
         self,
         aid: str,
-        act: Activation,
+        act: ResolvedActivation,
         rec: RecordedActivation | None,
         changes: dict[tuple[str, str], int],
         warnings: list[str],
+        drift: Drift,
     ) -> list[AudienceChange]:
         recorded_aud = self.state.audiences(rec.id) if rec else {}
+        for grp, current in drift.names.items():  # renamed at the destination: rename back
+            recorded_aud[grp] = dataclasses.replace(recorded_aud[grp], name=current)
+        for grp in drift.gone:  # deleted at the destination: created again
+            recorded_aud.pop(grp, None)
         sizes = self.state.member_counts(rec.id) if rec else {}
         date_created = rec.date_created if rec else local_date(self.as_of, self.ws.config.timezone)
         groups = splits.groups(act.split)
@@ -276,13 +305,14 @@ class Planner:
                 op: changes.get((grp, op), 0)
                 for op in ("add", "remove", "update", "purge", "forget")
             }
-            before = sizes.get(grp, 0)
+            before = 0 if grp in drift.gone else sizes.get(grp, 0)
             ra = recorded_aud.get(grp)
             target = self._audience_target(aid, act, grp, ra, date_created)
             name, resource_id, create, rename_from, taken_by = target
             sent = splits.sent(grp)
             removed = c["remove"]
-            after = before + c["add"] + c["purge"] - removed - c["forget"]
+            forgotten = 0 if grp in drift.gone else c["forget"]
+            after = before + c["add"] + c["purge"] - removed - forgotten
             mass = (
                 sent
                 and act.action is not ActionMode.REMOVE
@@ -322,7 +352,7 @@ class Planner:
         return out
 
     def _audience_target(
-        self, aid: str, act: Activation, grp: str, ra, date_created
+        self, aid: str, act: ResolvedActivation, grp: str, ra, date_created
     ) -> tuple[str, str | None, bool, str | None, str | None]:
         """(name, resource id, create?, renamed from, id of a foreign audience of that name)."""
         if grp not in splits.groups(act.split) and ra is not None:
@@ -330,7 +360,7 @@ class Planner:
             return ra.name, ra.resource_id, False, None, None
         existing = act.target.existing
         if existing is not None:
-            wanted = existing[grp] if isinstance(existing, dict) else existing
+            wanted = existing[grp] if isinstance(existing, dict) else existing  # type: ignore[index]
             if ra is not None and ra.resource_id and wanted in (ra.resource_id, ra.name):
                 return ra.name, ra.resource_id, False, None, None
             if not self.req.refresh:
@@ -362,7 +392,34 @@ class Planner:
             return name, ra.resource_id, False, (ra.name if ra.name != name else None), None
         return name, None, True, None, self._name_taken(aid, act, grp, name)
 
-    def _name_taken(self, aid: str, act: Activation, grp: str, name: str) -> str | None:
+    def _refresh(self, act: ResolvedActivation, rec: RecordedActivation, dest) -> Drift:
+        """Read each managed audience back (``--refresh=false`` skips it): one deleted at the
+        destination is created again with its members; one renamed there is renamed back."""
+        drift = Drift()
+        if not self.req.refresh or act.action is ActionMode.REMOVE or not dest.capabilities.refresh:
+            return drift
+        for grp, ra in self.state.audiences(rec.id).items():
+            if not ra.sent or not ra.resource_id:
+                continue
+            try:
+                now = dest.read_audience(AudienceRef(ra.resource_id, ra.name))
+            except DestinationError as exc:  # the plan itself needs no destination
+                drift.notes.append(f"audience {ra.name!r} could not be read back: {exc}")
+                continue
+            if now is None:
+                drift.gone.add(grp)
+                drift.notes.append(
+                    f"audience {ra.name!r} ({ra.resource_id}) was deleted at the destination: "
+                    "it will be created again and its members sent again"
+                )
+            elif now.name != ra.name:
+                drift.names[grp] = now.name
+                drift.notes.append(
+                    f"audience {ra.name!r} was renamed to {now.name!r} at the destination"
+                )
+        return drift
+
+    def _name_taken(self, aid: str, act: ResolvedActivation, grp: str, name: str) -> str | None:
         """The id of an audience of this name at the destination that this activation did not
         create (a creation interrupted by a crash is its own: apply resolves it)."""
         if not self.req.refresh or not splits.sent(grp):

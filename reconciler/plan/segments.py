@@ -67,7 +67,7 @@ class SegmentRunner:
                 )
                 total, non_null, distinct = self.con.execute(
                     f"SELECT count(*), count(k), count(DISTINCT k) FROM {table}"
-                ).fetchone()
+                ).fetchall()[0]
         except SegmentError:
             raise
         except duckdb.Error as exc:

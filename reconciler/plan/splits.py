@@ -18,7 +18,8 @@ ALL = "all"
 
 def bucket(seed: str, key: str) -> int:
     digest = hashlib.md5(f"{seed}:{key}".encode()).digest()
-    # DuckDB's md5_number_lower(x) is the little-endian integer of the digest's last 8 bytes
+    # DuckDB's md5_number_lower(x) (in SQL: (md5_number(x) >> 64)::UBIGINT, the same value,
+    # faster) is the little-endian integer of the digest's last 8 bytes
     return int.from_bytes(digest[8:], "little") % 100
 
 
@@ -49,7 +50,7 @@ def group_sql(split: SplitMode, control_percent: int | None, seed_param: str, ke
     """SQL expression for the group of ``key_expr``; ``seed_param`` is a SQL string literal."""
     if split is SplitMode.NONE:
         return f"'{ALL}'"
-    b = f"(md5_number_lower({seed_param} || ':' || {key_expr}) % 100)"
+    b = f"((md5_number({seed_param} || ':' || {key_expr}) >> 64)::UBIGINT % 100)"
     if split is SplitMode.AB:
         return f"CASE WHEN {b} < 50 THEN 'A' ELSE 'B' END"
     return f"CASE WHEN {b} < {int(control_percent or 10)} THEN 'control' ELSE 'experiment' END"

@@ -9,12 +9,14 @@ backticks, ...). Names inside HTML tags (``<summary>``) go through Jinja's ``e``
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
 import jinja2
 
 from reconciler.plan.model import ActivationPlan, Change, ConfigChange, Plan
+from reconciler.render.estimates import DestinationCalls, summary_line
 from reconciler.render.text import (
     audience_line,
     effective_change,
@@ -163,20 +165,29 @@ def _spec_row(a: ActivationPlan) -> dict[str, Any]:
     }
 
 
-def render_markdown(plan: Plan, *, max_chars: int | None = None, commit: str | None = None) -> str:
+def render_markdown(
+    plan: Plan,
+    *,
+    max_chars: int | None = None,
+    commit: str | None = None,
+    calls: Sequence[DestinationCalls] | None = None,
+) -> str:
     """The plan as a GitHub-flavoured Markdown pull-request comment.
 
     Spec changes (created, updated, deleted activations) come before data movement (member
     counts per audience); unchanged activations are collapsed. With ``max_chars`` the comment
     stays within that many characters: what does not fit is left out, with a notice pointing
     to the full plan (``reconcile show PLANFILE --format markdown``, the job summary in CI).
-    ``commit`` names the commit the plan was made from.
+    ``commit`` names the commit the plan was made from; ``calls`` adds a small line with the
+    requests each destination needs.
     """
     if commit is not None and not COMMIT.fullmatch(commit):
         raise ValueError(f"not a commit id: {commit!r}")
-    macros = environment().get_template("plan.md.j2").module
+    macros: Any = environment().get_template("plan.md.j2").module
     pieces = _pieces(macros, plan, commit)
-    footer = macros.footer(plan, plan.as_of.isoformat(), commit)
+    footer = macros.footer(
+        plan, plan.as_of.isoformat(), commit, [summary_line(c) for c in calls or ()]
+    )
     whole = "".join(header + piece for header, piece in pieces) + footer
     if max_chars is None or len(whole) <= max_chars:
         return whole

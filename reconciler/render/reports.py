@@ -1,4 +1,5 @@
-"""Rows for `status`, `log` and `segments`: plain dicts any front end can render."""
+"""Rows for `status`, `log` (runs and rejected members) and `segments`: plain dicts any front
+end can render."""
 
 from __future__ import annotations
 
@@ -18,10 +19,16 @@ def activation_rows(ws: Workspace, state: StateReader) -> list[dict[str, Any]]:
     for aid in ids:
         act = ws.activations.get(aid)
         rec = recorded.get(aid)
+        frequency: str
         if act is not None:
-            act = act.resolved(ws.config.defaults)
-            frequency, paused, destination = act.frequency, act.paused, act.destination
+            resolved = act.resolved(ws.config.defaults)
+            frequency, paused, destination = (
+                resolved.frequency,
+                resolved.paused,
+                resolved.destination,
+            )
         else:
+            assert rec is not None  # ids are those of the workspace or of the state
             frequency, paused, destination = rec.frequency, rec.paused, rec.destination
         status = rec.status if rec else "New"
         if status == "Running":  # a run that was killed: waiting for the next apply
@@ -65,6 +72,36 @@ def log_rows(state: StateReader, activation_id: str, limit: int) -> list[dict[st
     ]
 
 
+def rejection_rows(state: StateReader, activation_id: str, limit: int) -> list[dict[str, Any]]:
+    """The members a destination rejected, newest first: run, audience group, profile key,
+    operation, the hashed record kept for the member (never a raw identifier) and the
+    destination's reason. A state written before rejections were kept has none."""
+    has_table = state.con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND table_name = ?",
+        [state.c, "rejections"],
+    ).fetchall()[0][0]
+    if not has_table:
+        return []
+    rows = state.con.execute(
+        f"""SELECT run_id, grp, key, op, record, reason, rejected_at
+            FROM {state.c}.rejections WHERE activation_id = ?
+            ORDER BY rejected_at DESC, run_id DESC, key LIMIT ?""",
+        [activation_id, limit],
+    ).fetchall()
+    return [
+        {
+            "run_id": r[0],
+            "group": r[1],
+            "key": r[2],
+            "op": r[3],
+            "record": list(r[4] or []),
+            "reason": r[5],
+            "rejected_at": r[6].isoformat(timespec="seconds") if r[6] else None,
+        }
+        for r in rows
+    ]
+
+
 def segment_rows(
     ws: Workspace, name: str | None, limit: int, show_pii: bool
 ) -> list[dict[str, Any]]:
@@ -96,9 +133,9 @@ def segment_rows(
         with Session(ws, source, write_state=False, staging_path=staging, lock_down=True) as s:
             runner = SegmentRunner(ws, s.con, as_of, source.dialect)
             key_type = str(
-                s.con.execute(f"DESCRIBE SELECT {_ident(p.key)} FROM {_ident(p.table)}").fetchone()[
-                    1
-                ]
+                s.con.execute(f"DESCRIBE SELECT {_ident(p.key)} FROM {_ident(p.table)}").fetchall()[
+                    0
+                ][1]
             )
             for n in names:
                 res = runner.run(n)

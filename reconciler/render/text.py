@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
 
 from reconciler.plan.model import ActivationPlan, AudienceChange, Change, ConfigChange, Plan
+from reconciler.render.estimates import DestinationCalls, summary_line
 
 __all__ = [
     "audience_line",
@@ -200,8 +201,11 @@ def _details(a: ActivationPlan, style: Styler) -> list[str]:
     return [PAD + line for line in lines]
 
 
-def render_text(plan: Plan, *, color: bool = False) -> str:
-    """The plan as Terraform-like text; ANSI colours only when ``color`` is true."""
+def render_text(
+    plan: Plan, *, color: bool = False, calls: Sequence[DestinationCalls] | None = None
+) -> str:
+    """The plan as Terraform-like text; ANSI colours only when ``color`` is true; ``calls``
+    adds one line per destination with the requests needed and their estimated duration."""
 
     def style(text: str, symbol: str) -> str:
         fg = COLORS.get(symbol)
@@ -239,4 +243,7 @@ def render_text(plan: Plan, *, color: bool = False) -> str:
         f"Plan: {num(s.create)} to create, {num(s.update)} to update, {num(s.delete)} to delete; "
         f"members: +{num(s.add)} -{num(s.remove)} ~{num(s.update_members)}."
     )
+    if calls:
+        out.append("Destination calls:")
+        out += [f"{PAD}{summary_line(c)}" for c in calls]
     return "\n".join(out) + "\n"

@@ -193,7 +193,7 @@ def churn(
     con = _connect(path, threads, memory_limit)
     try:
         con.execute("BEGIN")
-        (members,) = con.execute(f'SELECT count(*) FROM "{table}" WHERE {member}').fetchone()
+        (members,) = con.execute(f'SELECT count(*) FROM "{table}" WHERE {member}').fetchall()[0]
         total = round(share * members)
         leave = total // 2
         enter = total - leave
@@ -446,7 +446,7 @@ def _connect(
         config["threads"] = _int(threads, "threads")
     if memory_limit is not None:
         config["memory_limit"] = str(memory_limit)
-    con = duckdb.connect(str(path), config=config)
+    con = duckdb.connect(str(path), config=config)  # type: ignore[arg-type]
     con.execute("SET enable_progress_bar = false")
     return con
 

@@ -167,7 +167,7 @@ def _duckdb_error_line(sql: str) -> int | None:
 def _serialize(sql: str) -> dict:
     con = duckdb.connect(":memory:", config={"enable_external_access": "false"})
     try:
-        (text,) = con.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()
+        (text,) = con.execute("SELECT json_serialize_sql(?)", [sql]).fetchall()[0]
     except duckdb.Error as exc:
         return {"error": True, "error_message": str(exc)}
     finally:

@@ -14,6 +14,11 @@ and destination ids only):
   after; an audience creation's intent carries the audience name and its creation key
 - ``runs``         every run: start, end, status, counts (accumulated batch by batch, so a
   killed run's counts are what was confirmed), per audience counts, error
+- ``jobs``         asynchronous destination jobs submitted and not yet finished, with the
+  members they carry (keys, records, fingerprints), so a run that died polls them to the end
+  and records them — never submits them again
+- ``rejections``   members a destination refused, with its reason (``reconcile log ID
+  --rejected``): keys and hashed records only
 
 Readers (``plan``, ``status``, ``log``) register themselves in ``<state>.readers/`` while
 they hold the file open, so an ``apply`` that must wait for them can say who they are.
@@ -57,6 +62,13 @@ DDL = [
         started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ, status VARCHAR,
         added BIGINT, removed BIGINT, updated BIGINT, failed BIGINT, audiences JSON,
         error VARCHAR)""",
+    """CREATE TABLE IF NOT EXISTS {c}.jobs (
+        batch_id VARCHAR PRIMARY KEY, run_id VARCHAR, activation_id VARCHAR, grp VARCHAR,
+        op VARCHAR, job VARCHAR, audience_id VARCHAR, keys VARCHAR[], records VARCHAR[][],
+        fps UBIGINT[], submitted_at TIMESTAMPTZ)""",
+    """CREATE TABLE IF NOT EXISTS {c}.rejections (
+        run_id VARCHAR, activation_id VARCHAR, grp VARCHAR, key VARCHAR, op VARCHAR,
+        record VARCHAR[], reason VARCHAR, rejected_at TIMESTAMPTZ)""",
 ]
 
 
@@ -173,7 +185,7 @@ def registered_reader(path: Path, command: str | None = None):
 
 def active_readers(path: Path) -> list[str]:
     """Descriptions of the live processes that announced they read the state file."""
-    out = []
+    out: list[str] = []
     folder = _readers_dir(path)
     if not folder.is_dir():
         return out

@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from typing import Any
 
+import duckdb
+
 from reconciler.state.store import StateReader
 
 
@@ -175,7 +177,7 @@ class StateStore(StateReader):
                          || 'its members were planned again'
                 WHERE status = 'intent' AND op <> 'create'""",
             [_now()],
-        ).fetchone()[0]
+        ).fetchall()[0][0]
 
     # ------------------------------------------------------------------ members
     def confirm_batch(
@@ -190,6 +192,7 @@ class StateStore(StateReader):
         detail: str | None = None,
         status: str = "done",
         counts: Mapping[str, int] | None = None,
+        rejections: Sequence[tuple[str, str, str]] = (),
     ) -> None:
         """After the destination confirmed a batch: drop the ``delete`` keys' records, add the
         ``insert`` rows (key, record, fingerprint — None when a removal is still owed), close
@@ -197,12 +200,56 @@ class StateStore(StateReader):
         transaction, so a killed run's log counts exactly what was recorded."""
         with self.transaction():
             if delete:
-                self.con.execute(
-                    f"""DELETE FROM {self.c}.members WHERE activation_id = ? AND grp = ?
-                        AND key IN (SELECT unnest(?::VARCHAR[]))""",
-                    [activation_id, grp, list(delete)],
+                self._delete_members(activation_id, grp, delete)
+            self._insert_members(activation_id, grp, insert)
+            if batch_id:
+                self._journal_outcome(batch_id, status, detail)
+            if run_id and counts and any(counts.values()):
+                self._add_run_counts(run_id, counts)
+            if rejections:
+                self._add_rejections(run_id, activation_id, grp, rejections)
+
+    def record_sent(
+        self,
+        batch_id: str,
+        send: str,
+        activation_id: str,
+        grp: str,
+        lo: int,
+        hi: int,
+        *,
+        run_id: str,
+        counts: Mapping[str, int],
+        skip: Sequence[str] = (),
+        rejected: Mapping[str, str] | None = None,
+        ids: Mapping[str, Sequence[str]] | None = None,
+        detail: str | None = None,
+    ) -> None:
+        """Record a confirmed batch of additions straight from the engine's send table
+        (rows ``lo..hi`` of its sendable members) with one ``INSERT ... SELECT``: accepted
+        members with their records (or the destination's ``ids``), rejected ones with an
+        empty record and their reason; ``skip`` (retry later) is not recorded."""
+        rejected = dict(rejected or {})
+        ids = dict(ids or {})
+        left_out = [*skip, *rejected, *ids]
+        with self.transaction():
+            self.con.execute(
+                f"""INSERT INTO {self.c}.members
+                    SELECT $aid, $grp, key, rec, fp FROM {send}
+                    WHERE sendable AND n BETWEEN $lo AND $hi
+                    AND key NOT IN (SELECT unnest($out::VARCHAR[]))""",
+                {"aid": activation_id, "grp": grp, "lo": lo, "hi": hi, "out": left_out},
+            )
+            extra = [(k, tuple(v), None) for k, v in ids.items()]
+            if extra or rejected:
+                fps = dict(
+                    self.con.execute(
+                        f"SELECT key, fp FROM {send} WHERE key IN (SELECT unnest(?::VARCHAR[]))",
+                        [[*ids, *rejected]],
+                    ).fetchall()
                 )
-            if insert:
+                rows = [(k, rec, fps.get(k)) for k, rec, _ in extra]
+                rows += [(k, (), fps.get(k)) for k in rejected]
                 self.con.execute(
                     f"""INSERT INTO {self.c}.members
                         SELECT ?, ?, unnest(?::VARCHAR[]), unnest(?::VARCHAR[][]),
@@ -210,15 +257,218 @@ class StateStore(StateReader):
                     [
                         activation_id,
                         grp,
-                        [u[0] for u in insert],
-                        [list(u[1]) for u in insert],
-                        [u[2] for u in insert],
+                        [r[0] for r in rows],
+                        [list(r[1]) for r in rows],
+                        [r[2] for r in rows],
                     ],
                 )
             if batch_id:
-                self._journal_outcome(batch_id, status, detail)
-            if run_id and counts and any(counts.values()):
+                self._journal_outcome(batch_id, "done", detail)
+            if run_id and any(counts.values()):
                 self._add_run_counts(run_id, counts)
+            if rejected:  # with the record the destination refused (from the send table)
+                self.con.execute(
+                    f"""INSERT INTO {self.c}.rejections
+                        SELECT $run, $aid, $grp, s.key, 'add', s.rec, r.reason, $now
+                        FROM {send} s JOIN (SELECT unnest($keys::VARCHAR[]) AS key,
+                                                   unnest($why::VARCHAR[]) AS reason) r
+                        ON r.key = s.key""",
+                    {
+                        "run": run_id or None,
+                        "aid": activation_id,
+                        "grp": grp,
+                        "now": _now(),
+                        "keys": list(rejected),
+                        "why": list(rejected.values()),
+                    },
+                )
+
+    # ------------------------------------------------------------------ asynchronous jobs
+    def submit_job(
+        self,
+        batch_id: str,
+        *,
+        run_id: str,
+        activation_id: str,
+        grp: str,
+        op: str,
+        job: str,
+        audience_id: str,
+        keys: Sequence[str],
+        records: Sequence[Sequence[str]],
+        fps: Sequence[int | None],
+    ) -> None:
+        """A destination accepted a batch as an asynchronous job: keep the job and its members
+        and mark the intent submitted, in one transaction."""
+        with self.transaction():
+            self.con.execute(
+                f"INSERT INTO {self.c}.jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    batch_id,
+                    run_id,
+                    activation_id,
+                    grp,
+                    op,
+                    job,
+                    audience_id,
+                    list(keys),
+                    [list(r) for r in records],
+                    list(fps),
+                    _now(),
+                ],
+            )
+            self.con.execute(
+                f"""UPDATE {self.c}.journal SET status = 'submitted', detail = ?
+                    WHERE batch_id = ? AND status = 'intent'""",
+                [f"job {job}", batch_id],
+            )
+
+    def pending_jobs(self) -> list[dict[str, Any]]:
+        """Jobs submitted and not yet recorded (a run that died while they ran)."""
+        try:
+            rows = self.con.execute(
+                f"""SELECT j.batch_id, j.run_id, j.activation_id, j.grp, j.op, j.job,
+                       j.audience_id, j.keys, j.records, j.fps, a.destination
+                    FROM {self.c}.jobs j LEFT JOIN {self.c}.activations a
+                    ON a.id = j.activation_id ORDER BY j.submitted_at"""
+            ).fetchall()
+        except duckdb.CatalogException:  # a state from before jobs existed (read-only)
+            return []
+        cols = [
+            "batch_id",
+            "run_id",
+            "activation_id",
+            "grp",
+            "op",
+            "job",
+            "audience_id",
+            "keys",
+            "records",
+            "fps",
+            "destination",
+        ]
+        return [dict(zip(cols, r, strict=True)) for r in rows]
+
+    def finish_job(
+        self,
+        job: Mapping[str, Any],
+        *,
+        rejected: Mapping[str, str],
+        retry: Sequence[str],
+        detail: str | None,
+    ) -> dict[str, int]:
+        """Record a finished job's members like a synchronous batch of its op (``add`` or
+        ``remove``) and drop the job, in one transaction. Returns the counts."""
+        keys, records, fps = job["keys"], job["records"], job["fps"]
+        skip = set(retry) | set(rejected)
+        ok = [i for i, k in enumerate(keys) if k not in skip]
+        with self.transaction():
+            if job["op"] == "remove":
+                self._delete_members(job["activation_id"], job["grp"], [keys[i] for i in ok])
+                counts = {"removed": len(ok), "failed": len(rejected) + len(retry)}
+            else:
+                rows = [(keys[i], tuple(records[i] or ()), fps[i]) for i in ok]
+                rows += [(k, (), fps[keys.index(k)]) for k in rejected]
+                self._insert_members(job["activation_id"], job["grp"], rows)
+                counts = {"added": len(ok), "failed": len(rejected)}
+            self.con.execute(f"DELETE FROM {self.c}.jobs WHERE batch_id = ?", [job["batch_id"]])
+            self._journal_outcome_any(job["batch_id"], detail)
+            if job["run_id"]:
+                self._add_run_counts(job["run_id"], counts)
+            if rejected:
+                op = "remove" if job["op"] == "remove" else "add"
+                self._add_rejections(
+                    job["run_id"],
+                    job["activation_id"],
+                    job["grp"],
+                    [(k, op, r) for k, r in rejected.items()],
+                )
+        return counts
+
+    def _journal_outcome_any(self, batch_id: str, detail: str | None) -> None:
+        self.con.execute(
+            f"""UPDATE {self.c}.journal SET status = 'done', detail = ?, finished_at = ?
+                WHERE batch_id = ? AND status IN ('intent', 'submitted')""",
+            [detail, _now(), batch_id],
+        )
+
+    def _delete_members(self, activation_id: str, grp: str, keys: Sequence[str]) -> None:
+        self.con.execute(
+            f"""DELETE FROM {self.c}.members WHERE activation_id = ? AND grp = ?
+                AND key IN (SELECT unnest(?::VARCHAR[]))""",
+            [activation_id, grp, list(keys)],
+        )
+
+    def _insert_members(
+        self, activation_id: str, grp: str, rows: Sequence[tuple[str, Sequence[str], int | None]]
+    ) -> None:
+        if rows:
+            self.con.execute(
+                f"""INSERT INTO {self.c}.members
+                    SELECT ?, ?, unnest(?::VARCHAR[]), unnest(?::VARCHAR[][]),
+                           unnest(?::UBIGINT[])""",
+                [
+                    activation_id,
+                    grp,
+                    [r[0] for r in rows],
+                    [list(r[1]) for r in rows],
+                    [r[2] for r in rows],
+                ],
+            )
+
+    def drop_staged(
+        self, changes: str, activation_id: str, grp: str, op: str, keys: Sequence[str]
+    ) -> None:
+        """Unstage ``op`` for ``keys`` (recorded meanwhile by a resumed job)."""
+        if not self.con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE database_name || '.' || table_name = ?",
+            [changes],
+        ).fetchall()[0][0]:
+            return
+        self.con.execute(
+            f"""DELETE FROM {changes} WHERE activation_id = ? AND grp = ? AND op = ?
+                AND key IN (SELECT unnest(?::VARCHAR[]))""",
+            [activation_id, grp, op, list(keys)],
+        )
+
+    def record_unsendable(self, send: str, activation_id: str, grp: str) -> int:
+        """Record the members of the send table with no usable identifier with an empty
+        record (they are not re-sent until their identifiers change). Returns how many."""
+        return self.con.execute(
+            f"""INSERT INTO {self.c}.members
+                SELECT ?, ?, key, rec, fp FROM {send} WHERE NOT sendable""",
+            [activation_id, grp],
+        ).fetchall()[0][0]
+
+    def count_staged(self, changes: str, activation_id: str, grp: str, op: str) -> int:
+        return self.con.execute(
+            f"SELECT count(*) FROM {changes} WHERE activation_id = ? AND grp = ? AND op = ?",
+            [activation_id, grp, str(op)],
+        ).fetchall()[0][0]
+
+    def _add_rejections(
+        self, run_id: str, activation_id: str, grp: str, rows: Sequence[tuple[str, str, str]]
+    ) -> None:
+        """Keep (key, op, reason) of refused members, with the record recorded for them."""
+        self.con.execute(
+            f"""INSERT INTO {self.c}.rejections
+                SELECT ?, ?, ?, r.key, r.op, m.record, r.reason, ?
+                FROM (SELECT unnest(?::VARCHAR[]) AS key, unnest(?::VARCHAR[]) AS op,
+                             unnest(?::VARCHAR[]) AS reason) r
+                LEFT JOIN {self.c}.members m ON m.activation_id = ? AND m.grp = ?
+                    AND m.key = r.key""",
+            [
+                run_id or None,
+                activation_id,
+                grp,
+                _now(),
+                [r[0] for r in rows],
+                [r[1] for r in rows],
+                [r[2] for r in rows],
+                activation_id,
+                grp,
+            ],
+        )
 
     def _add_run_counts(self, run_id: str, counts: Mapping[str, int]) -> None:
         cols = [c for c in ("added", "removed", "updated", "failed") if counts.get(c)]

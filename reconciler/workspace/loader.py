@@ -1,18 +1,30 @@
 """Find and load a workspace into validated models. Every problem is collected (``validate``
-reports them all at once), each naming its file, line and field."""
+reports them all at once), each naming its file, line and field.
+
+Integrations are checked against their installed adapter: the ``type`` exists, the
+``config`` has only fields the adapter knows, an ``endpoint`` is https (plain http only to a
+loopback host), and every activation asks only for what its destination can do
+(:class:`destinations.base.Capabilities`). With ``check_credentials`` (``validate``, ``plan``
+that contacts destinations, ``apply``) every credential's environment variable must be set,
+so a missing secret is found before anything is sent, never half-way through an apply.
+"""
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from reconciler.errors import ConfigError, Location, ValidationFailed
 from reconciler.workspace import yamlfile
 from reconciler.workspace.spec import (
     NAME_RE,
+    ActionMode,
     Activation,
     Goal,
     Integration,
@@ -22,7 +34,12 @@ from reconciler.workspace.spec import (
 )
 
 CONFIG_FILE = "reconcile.yaml"
-KINDS = {"integrations": Integration, "segments": Segment, "activations": Activation}
+_ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
+KINDS: dict[str, type[BaseModel]] = {
+    "integrations": Integration,
+    "segments": Segment,
+    "activations": Activation,
+}
 
 
 @dataclass
@@ -71,8 +88,11 @@ def find_root(start: Path) -> Path:
     )
 
 
-def load(root: Path, *, check_destinations: bool = True) -> Workspace:
-    """Load and validate everything under ``root``; raise ValidationFailed listing all errors."""
+def load(
+    root: Path, *, check_destinations: bool = True, check_credentials: bool = False
+) -> Workspace:
+    """Load and validate everything under ``root``; raise ValidationFailed listing all errors.
+    ``check_credentials``: every credential's environment variable must be set."""
     errors: list[ConfigError] = []
     config_doc = _load_doc(root / CONFIG_FILE, root, errors)
     config = WorkspaceConfig()
@@ -112,6 +132,8 @@ def load(root: Path, *, check_destinations: bool = True) -> Workspace:
             if item is not None:
                 target[name] = item
     _cross_check(ws, errors, check_destinations)
+    if check_credentials:
+        errors.extend(_missing_credentials(ws))
     _check_templates(ws, errors)
     if errors:
         raise ValidationFailed(errors)
@@ -138,7 +160,7 @@ def _load_doc(path: Path, root: Path, errors: list[ConfigError]) -> yamlfile.Yam
     return doc
 
 
-def _parse(doc: yamlfile.YamlDoc, model: type, errors: list[ConfigError]) -> Any:
+def _parse(doc: yamlfile.YamlDoc, model: type[BaseModel], errors: list[ConfigError]) -> Any:
     try:
         return model.model_validate(doc.data)
     except ValidationError as exc:
@@ -162,6 +184,8 @@ def _cross_check(ws: Workspace, errors: list[ConfigError], check_destinations: b
         doc = ws.doc("integrations", name)
         if check_destinations:
             _check_integration_config(doc, integ, errors)
+        if integ.endpoint is not None:
+            errors.extend(_endpoint_errors(doc, integ.endpoint))
         for dest_field, column in integ.attributes.items():
             if profile_columns and column not in profile_columns:
                 errors.append(
@@ -176,20 +200,24 @@ def _cross_check(ws: Workspace, errors: list[ConfigError], check_destinations: b
         for i, seg in enumerate(act.segments):
             if _missing(ws, "segments", seg):
                 errors.append(doc.error(_unknown("segment", seg, ws.segments), ("segments", i)))
-        integ = ws.integrations.get(act.destination)
-        if integ is None and _missing(ws, "integrations", act.destination):
+        found = ws.integrations.get(act.destination)
+        if found is None and _missing(ws, "integrations", act.destination):
             errors.append(
                 doc.error(
                     _unknown("integration", act.destination, ws.integrations), ("destination",)
                 )
             )
-        elif integ is not None:
+        elif found is not None:
+            caps = capabilities_of(found.type) if check_destinations else None
+            if caps is not None:
+                resolved = act.resolved(ws.config.defaults)
+                errors.extend(_capability_errors(doc, resolved, act.destination, caps))
             for i, attr in enumerate(act.attributes):
-                if attr not in integ.attributes:
+                if attr not in found.attributes:
                     errors.append(
                         doc.error(
                             f"attribute {attr!r} is not in the mapping of integration "
-                            f"{act.destination!r} (allowed: {sorted(integ.attributes)})",
+                            f"{act.destination!r} (allowed: {sorted(found.attributes)})",
                             ("attributes", i),
                         )
                     )
@@ -329,6 +357,111 @@ def _check_integration_config(
         factory.config_model.model_validate(integ.config)
     except ValidationError as exc:
         errors.extend(yamlfile.validation_errors(doc, exc, ("config",)))
+
+
+def _endpoint_errors(doc: yamlfile.YamlDoc, endpoint: str) -> list[ConfigError]:
+    """An endpoint must be https; plain http only to a loopback host (a local test server)."""
+    import httpx
+
+    from destinations.http import check_url
+
+    try:
+        check_url(endpoint)
+    except ConfigError as exc:
+        return [doc.error(exc.message, ("endpoint",))]
+    except httpx.InvalidURL as exc:
+        return [doc.error(f"endpoint is not a URL: {exc}", ("endpoint",))]
+    return []
+
+
+def _missing_credentials(ws: Workspace) -> list[ConfigError]:
+    """One error per credential whose environment variable is not set (or empty). Names the
+    variable, never a value."""
+    out = []
+    for name, integ in ws.integrations.items():
+        for key, ref in integ.credentials.items():
+            match = _ENV_REF.fullmatch(ref)
+            if match is None:  # refused by the spec already
+                continue
+            var = match.group(1)
+            if not os.environ.get(var):
+                out.append(
+                    ws.doc("integrations", name).error(
+                        f"integration {name!r} needs credential {key!r} from environment "
+                        f"variable {var}, which is not set; set it (in CI: from a secret), or "
+                        "use `plan --refresh=false`, which contacts no destination",
+                        ("credentials", key),
+                    )
+                )
+    return out
+
+
+def capabilities_of(type_name: str) -> Any:
+    """The declared :class:`~destinations.base.Capabilities` of an installed adapter type, or
+    None when the type is unknown (reported elsewhere) or declares them per instance."""
+    from destinations import registry
+    from destinations.base import Capabilities
+
+    try:
+        factory = registry.load(type_name)
+    except ConfigError:
+        return None
+    caps = getattr(factory, "capabilities", None)
+    return caps if isinstance(caps, Capabilities) else None
+
+
+def _capability_errors(
+    doc: yamlfile.YamlDoc, act: Activation, destination: str, caps: Any
+) -> list[ConfigError]:
+    """What ``act`` (resolved with the workspace defaults) asks of a destination that cannot
+    do it: removals, clearing on delete, mapped attributes."""
+    out = []
+    if not caps.remove:
+        if act.action in (ActionMode.MAINTAIN, ActionMode.REMOVE):
+            out.append(
+                doc.error(
+                    f"`action: {act.action.value}` removes members, but destination "
+                    f"{destination!r} cannot remove members; use `action: append`",
+                    ("action",),
+                )
+            )
+        if act.on_delete == "clear":
+            out.append(
+                doc.error(
+                    f"`on_delete: clear` removes every member, but destination {destination!r} "
+                    "cannot remove members; use `on_delete: keep`",
+                    ("on_delete",),
+                )
+            )
+    if not caps.attributes and act.attributes:
+        out.append(
+            doc.error(
+                f"destination {destination!r} does not take attributes; remove `attributes`",
+                ("attributes",),
+            )
+        )
+    return out
+
+
+def check_renames(ws: Workspace, renamed: Iterable[str]) -> None:
+    """Raise ValidationFailed for activations (ids) whose plan renames an existing audience
+    at a destination that cannot rename audiences: the change of ``name`` is the error."""
+    errors = []
+    for aid in renamed:
+        act = ws.activations.get(aid)
+        integ = ws.integrations.get(act.destination) if act else None
+        caps = capabilities_of(integ.type) if integ else None
+        if act is None or caps is None or caps.rename:
+            continue
+        errors.append(
+            ws.doc("activations", aid).error(
+                f"the audience name changed, but destination {act.destination!r} cannot rename "
+                "an audience; keep the old name, or create a new audience (a new activation)",
+                ("name",),
+            )
+        )
+    if errors:
+        raise ValidationFailed(errors)
 
 
 def _unknown(kind: str, name: str, known: dict) -> str:

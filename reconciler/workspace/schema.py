@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+
 from reconciler.workspace.spec import Activation, Integration, Segment, WorkspaceConfig
 
-MODELS = {
+MODELS: dict[str, type[BaseModel]] = {
     "reconcile": WorkspaceConfig,
     "activation": Activation,
     "segment": Segment,

@@ -128,6 +128,13 @@ class LocalState(Strict):
 
 class Defaults(Strict):
     max_removal_share: float = Field(0.5, gt=0, le=1)
+    max_rejected_share: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="share of the members sent that a destination may reject before the run "
+        "counts as Failed (below it: Complete with a warning)",
+    )
     frequency: Literal["daily", "once"] = "daily"
     action: Literal["maintain", "append", "remove"] = "maintain"
 
@@ -436,6 +443,9 @@ class Activation(Strict):
     on_delete: Literal["keep", "clear"] = "keep"
     moved_from: str | None = None
     max_removal_share: float | None = Field(None, gt=0, le=1)
+    max_rejected_share: float | None = Field(
+        None, ge=0, le=1, description="overrides defaults.max_rejected_share"
+    )
 
     @field_validator("notify", mode="before", json_schema_input_type=list[str] | NotifySpec)
     @classmethod
@@ -495,18 +505,34 @@ class Activation(Strict):
             )
         return self
 
-    def resolved(self, defaults: Defaults) -> Activation:
+    def resolved(self, defaults: Defaults) -> ResolvedActivation:
         """This spec with workspace defaults filled in (what is recorded and compared)."""
-        return self.model_copy(
-            update={
+        return ResolvedActivation.model_construct(
+            _fields_set=self.model_fields_set,
+            **{
+                **{name: getattr(self, name) for name in type(self).model_fields},
                 "frequency": self.frequency or defaults.frequency,
                 "action": self.action or ActionMode(defaults.action),
                 "control_percent": (
                     (self.control_percent or 10) if self.split is SplitMode.CONTROL else None
                 ),
                 "max_removal_share": self.max_removal_share or defaults.max_removal_share,
-            }
+                "max_rejected_share": (
+                    defaults.max_rejected_share
+                    if self.max_rejected_share is None
+                    else self.max_rejected_share
+                ),
+            },
         )
+
+
+class ResolvedActivation(Activation):
+    """An activation with the workspace defaults filled in: no optional settings left."""
+
+    frequency: Literal["daily", "once"]
+    action: ActionMode
+    max_removal_share: float
+    max_rejected_share: float
 
 
 FILE_MODELS: dict[str, type[Strict]] = {

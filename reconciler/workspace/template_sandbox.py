@@ -267,7 +267,7 @@ class _BoundedCodeGenerator(CodeGenerator):
             nodes.EnvironmentAttribute("bounded_iter"), [node.iter], [], None, None
         )
         guarded.set_lineno(node.lineno)
-        node = nodes.For(
+        node = nodes.For(  # type: ignore[assignment]
             node.target, guarded, node.body, node.else_, node.test, node.recursive
         ).set_lineno(node.lineno)
         super().visit_For(node, frame)
@@ -308,7 +308,7 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         for name in ("lipsum", "cycler", "joiner", "namespace"):
             self.globals.pop(name, None)
         self.filters = {n: _guard_filter(n, f) for n, f in self.filters.items() if n in _FILTERS}
-        self.concat = self._bounded_join  # joins what macros and set blocks capture
+        self.concat = self._bounded_join  # type: ignore[method-assign]  # macro/set capture
 
     # -- attribute access: only plain-data methods, the sizing ones checked
     def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
@@ -328,8 +328,10 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         return self._checked(obj, argument, value) if isinstance(argument, str) else value
 
     def _checked(self, obj: Any, name: str, value: Any) -> Any:
-        if isinstance(obj, str) and getattr(value, "__self__", None) is obj:
-            return _checked_str_method(obj, name, value)
+        if isinstance(obj, str):
+            text: str = obj
+            if getattr(value, "__self__", None) is obj:
+                return _checked_str_method(text, name, value)
         return value
 
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
@@ -353,7 +355,12 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         if operator == "**" and isinstance(left, int | float) and isinstance(right, int | float):
             if abs(right) > 64 and abs(left) > 1:
                 raise TemplateFailed(f"exponent {right} is too large in a template")
-            if ints and right > 0 and left.bit_length() * right > 4 * b.limits.value:
+            if (
+                isinstance(left, int)
+                and isinstance(right, int)
+                and right > 0
+                and (left.bit_length() * right > 4 * b.limits.value)
+            ):
                 raise TemplateFailed("a number is too large in a template")
         elif operator == "*":
             if ints and left.bit_length() + right.bit_length() > 4 * b.limits.value:
@@ -437,7 +444,7 @@ def render(
                 budget.tick()
                 out.append(chunk)
         finally:
-            chunks.close()
+            chunks.close()  # type: ignore[attr-defined]
         return "".join(out)
     finally:
         _BUDGET.reset(token)

@@ -198,16 +198,16 @@ def load(path: Path, root: Path) -> YamlDoc:
         data = _Builder(display).build(node) if node is not None else None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
+        at = mark.line + 1 if mark else None
         problem = exc.problem or exc.context or "invalid YAML"
-        raise ConfigError(f"malformed YAML: {problem}", Location(display, line)) from exc
+        raise ConfigError(f"malformed YAML: {problem}", Location(display, at)) from exc
     except yaml.reader.ReaderError as exc:  # a control character, or a BOM in the middle
-        line = text[: exc.position].count("\n") + 1
+        at = text[: exc.position].count("\n") + 1
         what = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
         raise ConfigError(
             f"malformed YAML: the file holds a control character ({what}) that YAML does not "
             "allow; remove it",
-            Location(display, line),
+            Location(display, at),
         ) from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"malformed YAML: {exc}", Location(display)) from exc

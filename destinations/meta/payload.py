@@ -1,0 +1,155 @@
+"""The bodies of ``/{audience_id}/users`` calls, and what Meta's answers say per member.
+
+The engine has already normalised and hashed every value by the ``META`` rules (SHA-256
+lowercase hex; ``EXTERN_ID`` and ``MADID`` as they are), so a payload is the batch's
+columns put in Meta's shape:
+
+- one field that Meta has a single-key schema for: ``{"schema": "EMAIL_SHA256", "data":
+  [hash, ...]}``;
+- otherwise the multi-key schema: ``{"schema": ["EMAIL", "PHONE"], "data": [[hash, ""],
+  ...]}`` with ``""`` where a member has no value.
+
+A removal sends back the recorded strings (``<prefix>:<value>``): each prefix names one
+``META`` field, and the value after it is exactly what was sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from destinations.base import CallContext, MemberBatch, Outcome, RemovalBatch
+from destinations.identity import META
+
+__all__ = [
+    "SINGLE_KEY",
+    "Payload",
+    "addition",
+    "outcome",
+    "removal",
+    "session",
+]
+
+#: multi-key field -> Meta's single-key schema name for it
+SINGLE_KEY: Mapping[str, str] = {
+    "EMAIL": "EMAIL_SHA256",
+    "PHONE": "PHONE_SHA256",
+    "MADID": "MOBILE_ADVERTISER_ID",
+}
+#: record prefix -> META field, and META's field order
+_FIELD_OF_PREFIX: Mapping[str, str] = {e.prefix: e.field for e in META.encodings}
+_ORDER: Mapping[str, int] = {e.field: i for i, e in enumerate(META.encodings)}
+
+
+@dataclass(frozen=True)
+class Payload:
+    """A ``payload`` object, the keys it carries (in row order), the keys left out (with
+    why), and each sent key's values (to match Meta's invalid-entry samples)."""
+
+    body: dict[str, Any]
+    keys: list[str]
+    unsendable: dict[str, str]
+    values: list[tuple[str, ...]]
+
+
+def _shape(fields: Sequence[str], rows: list[tuple[str, ...]]) -> dict[str, Any]:
+    if len(fields) == 1 and fields[0] in SINGLE_KEY:
+        return {"schema": SINGLE_KEY[fields[0]], "data": [row[0] for row in rows]}
+    return {"schema": list(fields), "data": [list(row) for row in rows]}
+
+
+def addition(fields: Sequence[str], batch: MemberBatch) -> Payload:
+    """The payload adding ``batch``: one row per member with any value."""
+    columns = [batch.values.get(f) or [None] * len(batch) for f in fields]
+    keys, rows, unsendable = [], [], {}
+    for key, *cells in zip(batch.keys, *columns, strict=True):
+        row = tuple(c or "" for c in cells)
+        if any(row):
+            keys.append(key)
+            rows.append(row)
+        else:
+            unsendable[key] = "no identifier Meta matches on"
+    return Payload(_shape(fields, rows), keys, unsendable, rows)
+
+
+def removal(batch: RemovalBatch) -> Payload:
+    """The payload removing ``batch``: each member's recorded strings as one row."""
+    per_member: list[tuple[str, dict[str, str]]] = []
+    unsendable: dict[str, str] = {}
+    for key, records in zip(batch.keys, batch.records, strict=True):
+        cells: dict[str, str] = {}
+        for record in records:
+            prefix, _, value = record.partition(":")
+            field = _FIELD_OF_PREFIX.get(prefix)
+            if field is not None and value:
+                cells.setdefault(field, value)
+        if cells:
+            per_member.append((key, cells))
+        else:
+            unsendable[key] = "its recorded identifiers are not ones Meta matches on"
+    fields = sorted({f for _, cells in per_member for f in cells}, key=_ORDER.__getitem__)
+    rows = [tuple(cells.get(f, "") for f in fields) for _, cells in per_member]
+    return Payload(_shape(fields, rows), [k for k, _ in per_member], unsendable, rows)
+
+
+def session(call: CallContext) -> dict[str, Any]:
+    """Meta's ``session`` object for one call.
+
+    A call the engine marks as a whole session by itself (``seq`` 1 and ``last``) gets a
+    session id of its own, derived from the engine's session id and the call's idempotency
+    key: stable when that very call is retried (Meta then de-duplicates the batch), and
+    never reused by another call (Meta would take a second "batch 1" of a finished session
+    for a repeat)."""
+    session_id = call.session_id
+    if call.seq == 1 and call.last:
+        mixed = f"{call.session_id}:{call.batch_id}".encode()
+        session_id = int.from_bytes(hashlib.sha256(mixed).digest()[:7], "big") >> 3 or 1
+    out: dict[str, Any] = {
+        "session_id": session_id,
+        "batch_seq": call.seq,
+        "last_batch_flag": call.last,
+    }
+    if call.estimated_total is not None:
+        out["estimated_num_total"] = call.estimated_total
+    return out
+
+
+def _samples(answer: Mapping[str, Any]) -> dict[str, str]:
+    """``invalid_entry_samples`` as value -> reason (Meta sends an object; a list is read as
+    values without reasons; a row sample counts for each of its cells)."""
+    raw = answer.get("invalid_entry_samples")
+    items: list[tuple[Any, Any]]
+    if isinstance(raw, dict):
+        items = list(raw.items())
+    elif isinstance(raw, list):
+        items = [(v, None) for v in raw]
+    else:
+        return {}
+    out: dict[str, str] = {}
+    for sample, reason in items:
+        cells = sample if isinstance(sample, list) else [sample]
+        for cell in cells:
+            if isinstance(cell, str) and cell:
+                out.setdefault(cell, str(reason) if reason else "invalid entry")
+    return out
+
+
+def outcome(answer: Mapping[str, Any], payload: Payload, verb: str) -> Outcome:
+    """Per-member outcome of a ``/users`` answer: members whose values Meta sampled as
+    invalid are rejected (with Meta's reason), the others accepted; ``detail`` counts."""
+    received = answer.get("num_received")
+    invalid = answer.get("num_invalid_entries") or 0
+    samples = _samples(answer)
+    rejected = dict(payload.unsendable)
+    if samples:
+        for key, row in zip(payload.keys, payload.values, strict=True):
+            hit = next((samples[c] for c in row if c in samples), None)
+            if hit is not None:
+                rejected[key] = f"Meta counted the entry invalid: {hit}"
+    detail = f"Meta {verb} {received if received is not None else len(payload.keys)} entries"
+    if invalid:
+        named = len(rejected) - len(payload.unsendable)
+        detail += f", {invalid} invalid ({named} identified from Meta's samples)"
+    return Outcome(rejected=rejected, detail=detail)

@@ -1,0 +1,95 @@
+"""The validated ``config:`` block and credentials of a ``type: webhook`` integration."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+
+from destinations.http import HttpOptions, check_url
+from destinations.identity import TYPES
+from destinations.redaction import Credentials
+from reconciler.errors import ConfigError
+
+__all__ = ["SECRET_PREFIX", "WebhookConfig", "WebhookCredentials"]
+
+SECRET_PREFIX = "whsec_"
+#: Standard Webhooks secrets are 24 to 64 random bytes; fewer than this is refused
+MIN_SECRET_BYTES = 16
+
+
+class WebhookConfig(HttpOptions):
+    """Where events go and what they carry.
+
+    - ``url``: the receiver (https; plain http only to loopback). The integration's
+      ``endpoint``, when set, replaces it (a proxy or a local test server).
+    - ``identifiers``: identifier types sent, in preference order (any type of
+      ``docs/identifiers.md``).
+    - ``pii``: ``hashed`` (default: personal data as SHA-256 of the normalised value) or
+      ``raw`` (the normalised values themselves; say so explicitly, and only over TLS).
+    - ``send_keys``: include each member's profile key (default true).
+    - ``batch_size``: members per event (at most 10,000).
+    - ``registry_path``: the file that remembers the audiences this integration created
+      (default ``.reconcile/webhook-<integration>.json``, relative to the workspace).
+    """
+
+    url: str | None = Field(None, description="the receiver's URL (https)")
+    identifiers: list[str] = Field(
+        default_factory=lambda: ["email", "phone"],
+        min_length=1,
+        description="identifier types sent, in preference order",
+    )
+    pii: Literal["hashed", "raw"] = Field(
+        "hashed", description="hashed (SHA-256) or raw (normalised values) personal data"
+    )
+    send_keys: bool = Field(True, description="include each member's profile key")
+    batch_size: int = Field(500, ge=1, le=10_000, description="members per event")
+    registry_path: str | None = Field(
+        None, description="file of the audiences this integration created"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _https(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                check_url(value)
+            except ConfigError as exc:
+                raise ValueError(exc.message) from None
+        return value
+
+    @field_validator("identifiers")
+    @classmethod
+    def _known_types(cls, value: list[str]) -> list[str]:
+        unknown = [v for v in value if v not in TYPES]
+        if unknown:
+            raise ValueError(
+                f"unknown identifier type(s) {', '.join(map(repr, unknown))}; "
+                f"use any of {', '.join(TYPES)}"
+            )
+        if len(set(value)) != len(value):
+            raise ValueError("each identifier type may be listed once")
+        return value
+
+
+class WebhookCredentials(Credentials):
+    """The signing secret, ``whsec_<base64>`` as Standard Webhooks issues it."""
+
+    secret: SecretStr
+
+    @field_validator("secret")
+    @classmethod
+    def _standard_secret(cls, value: SecretStr) -> SecretStr:
+        raw = value.get_secret_value()
+        if not raw.startswith(SECRET_PREFIX):
+            raise ValueError(f"must start with {SECRET_PREFIX!r} (a Standard Webhooks secret)")
+        body = raw[len(SECRET_PREFIX) :].rstrip("=")
+        try:
+            key = base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(f"must be {SECRET_PREFIX!r} followed by base64") from None
+        if len(key) < MIN_SECRET_BYTES:
+            raise ValueError(f"must hold at least {MIN_SECRET_BYTES} random bytes")
+        return value

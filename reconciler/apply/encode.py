@@ -1,0 +1,100 @@
+"""The send table: one audience's staged members of one operation, with their identifiers
+normalised and encoded by the destination's rules *in SQL* (DuckDB's ``sha256``, the same
+rules as ``destinations.identity``), their record strings, fingerprint and mapped attributes.
+
+Apply streams it in batches as columns and records what the destination confirmed with one
+``INSERT ... SELECT`` per batch, so no per-member Python object exists on the hot path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import duckdb
+
+from destinations.base import Identity
+from destinations.identity.sql import records_sql, value_sql
+from reconciler.enginedb import STAGING
+from reconciler.plan.membership import _ident
+from reconciler.workspace.spec import ProfilesTable
+
+SEND = f"{STAGING}.send"
+CHANGES = f"{STAGING}.changes"
+
+
+@dataclass(frozen=True)
+class SendTable:
+    """The columns of the send table, in the order a streaming query returns them:
+    ``n, key, rec, fp, <one per encoding field>, <one per attribute field>``."""
+
+    fields: tuple[str, ...]  # encoding fields (MemberBatch.values keys)
+    attributes: tuple[str, ...]  # destination attribute fields
+    staged: int  # keys staged for this operation
+    usable: int  # of them, with a profile row (drift: the rest)
+    sendable: int  # of those, with at least one usable identifier
+
+    @property
+    def columns(self) -> str:
+        cols = ["n", "key", "rec", "fp"]
+        cols += [f"v{i}" for i in range(len(self.fields))]
+        cols += [f"a{i}" for i in range(len(self.attributes))]
+        return ", ".join(cols)
+
+
+def build(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    activation_id: str,
+    grp: str,
+    op: str,
+    identity: Identity,
+    profiles: ProfilesTable,
+    attribute_map: dict[str, str],
+    fingerprint: str,
+) -> SendTable:
+    """(Re)create the send table for (activation, group, op). A key that left the source since
+    the plan, or that now appears on several profile rows, is left out (drift)."""
+    columns = {t: f"p.{_ident(c)}" for t, c in profiles.identifiers.items()}
+    country = profiles.default_phone_country
+    encodings = identity.encodings
+    values = [
+        value_sql(e, columns[e.identifier], country) if e.identifier in columns else "NULL"
+        for e in encodings
+    ]
+    attrs = [f"p.{_ident(col)}" for col in attribute_map.values()]
+    key = f"CAST(p.{_ident(profiles.key)} AS VARCHAR)"
+    select = ", ".join(
+        [
+            f"{records_sql(identity.accepted, identity.rules, columns, country)} AS rec",
+            f"{fingerprint} AS fp",
+            *(f"{v} AS v{i}" for i, v in enumerate(values)),
+            *(f"{a} AS a{i}" for i, a in enumerate(attrs)),
+        ]
+    )
+    con.execute(
+        f"""CREATE OR REPLACE TABLE {SEND} AS
+        WITH c AS (SELECT key FROM {CHANGES}
+                   WHERE activation_id = $aid AND grp = $grp AND op = $op),
+             p AS (SELECT p.* FROM {_ident(profiles.table)} p SEMI JOIN c ON c.key = {key}
+                   QUALIFY count(*) OVER (PARTITION BY {key}) = 1)
+        SELECT row_number() OVER () - 1 AS n, *, len(rec) > 0 AS sendable
+        FROM (SELECT {key} AS key, {select} FROM p)""",
+        {"aid": activation_id, "grp": grp, "op": op},
+    )
+    staged = con.execute(
+        f"SELECT count(*) FROM {CHANGES} WHERE activation_id = ? AND grp = ? AND op = ?",
+        [activation_id, grp, op],
+    ).fetchall()[0][0]
+    usable, sendable = con.execute(
+        f"SELECT count(*), count(*) FILTER (sendable) FROM {SEND}"
+    ).fetchall()[0]
+    return SendTable(
+        tuple(e.field for e in encodings), tuple(attribute_map), staged, usable, sendable
+    )
+
+
+def stream(cursor: duckdb.DuckDBPyConnection, table: SendTable, *, sendable: bool, size: int):
+    """Batches of rows of the send table (sendable or not), in ``n`` order, ``size`` each."""
+    cursor.execute(f"SELECT {table.columns} FROM {SEND} WHERE sendable = ? ORDER BY n", [sendable])
+    while rows := cursor.fetchmany(size):
+        yield rows

@@ -1,0 +1,1 @@
+"""Local fake servers of the vendors our destinations speak (each enforces its contract)."""

@@ -1,0 +1,690 @@
+"""The ``meta_custom_audiences`` destination: payloads and error classification (unit, with
+``httpx.MockTransport``), the adapter against the fake Graph API (``tests.fakes.meta``), and
+the example workspace end to end through the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import httpx
+import pytest
+from pydantic import SecretStr, ValidationError
+
+from destinations import registry
+from destinations.base import (
+    AudienceRef,
+    CallContext,
+    Destination,
+    DestinationContext,
+    MemberBatch,
+    RemovalBatch,
+)
+from destinations.identity import META, NormaliseContext, encode, sha256_hex
+from destinations.meta import MetaConfig, MetaCredentials, MetaCustomAudiences
+from destinations.meta import payload as meta_payload
+from destinations.meta.client import classify
+from destinations.retry import RetryEvent
+from reconciler.errors import (
+    AudienceGone,
+    CredentialsRefused,
+    TerminalError,
+    ThrottledError,
+    TransientError,
+)
+from tests.conftest import WS, cli
+from tests.fakes.meta import FakeMeta
+
+TOKEN = "meta-test-token-0123456789"
+ACCOUNT = "1234567890"
+PREFIX = {e.field: e.prefix for e in META.encodings}
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "meta"
+
+
+def make(
+    client: httpx.Client, *, token: str = TOKEN, secret: str | None = None, **config: Any
+) -> MetaCustomAudiences:
+    creds = MetaCredentials(
+        access_token=SecretStr(token), app_secret=SecretStr(secret) if secret else None
+    )
+    config.setdefault("ad_account_id", f"act_{ACCOUNT}")
+    context = DestinationContext(root=Path("."), default_phone_country="AU")
+    return MetaCustomAudiences(MetaConfig(**config), creds, context, client)
+
+
+def batch(dest: MetaCustomAudiences, people: list[dict[str, str | None]]) -> MemberBatch:
+    """What the engine hands over: values and records by the adapter's declared identity
+    (the engine computes the same in SQL)."""
+    ctx = NormaliseContext("AU")
+    fields = [e.field for e in dest.identity.encodings]
+    values: dict[str, list[str | None]] = {f: [] for f in fields}
+    records = []
+    for person in people:
+        encoded = {e.encoding.field: e for e in encode(person, dest.identity.accepted, META, ctx)}
+        for f in fields:
+            values[f].append(encoded[f].value if f in encoded else None)
+        records.append(tuple(e.record for e in encoded.values()))
+    return MemberBatch(keys=[p["key"] for p in people], values=values, records=records)
+
+
+def person(i: int, *, phone: bool = True) -> dict[str, str | None]:
+    return {
+        "key": f"p{i}",
+        "email": f" User{i}@Example.com",
+        "phone": f"0412 345 {i:03d}" if phone else None,
+    }
+
+
+def ctx(batch_id: str = "b-1", **kw: Any) -> CallContext:
+    return CallContext(batch_id=batch_id, session_id=77, **kw)
+
+
+# ------------------------------------------------------------------ unit: config
+
+
+def test_config_reads_account_ids_with_or_without_act() -> None:
+    assert MetaConfig(ad_account_id="act_42").account == "act_42"
+    assert MetaConfig(ad_account_id="42").ad_account_id == "42"
+    assert MetaConfig(ad_account_id=42).account == "act_42"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"ad_account_id": "act_12x"},
+        {"ad_account_id": "1", "batch_size": 10_001},
+        {"ad_account_id": "1", "identifiers": ["email", "shoe_size"]},
+        {"ad_account_id": "1", "api_version": "24"},
+        {"ad_account_id": "1", "customer_file_source": "ANYONE"},
+        {"ad_account_id": "1", "surprise": True},
+    ],
+)
+def test_config_refuses_bad_values(bad: dict) -> None:
+    with pytest.raises(ValidationError):
+        MetaConfig(**bad)
+
+
+def test_credentials_print_redacted_and_give_the_appsecret_proof() -> None:
+    creds = MetaCredentials(access_token=SecretStr(TOKEN), app_secret=SecretStr("s3cr3t-app"))
+    assert TOKEN not in repr(creds) and "s3cr3t-app" not in str(creds)
+    want = hmac.new(b"s3cr3t-app", TOKEN.encode(), hashlib.sha256).hexdigest()
+    assert creds.appsecret_proof() == want
+    assert MetaCredentials(access_token=SecretStr(TOKEN)).appsecret_proof() is None
+
+
+def test_registered_under_its_type_name() -> None:
+    assert registry.load("meta_custom_audiences") is MetaCustomAudiences
+
+
+# ------------------------------------------------------------------ unit: payloads
+
+
+def test_one_identifier_type_uses_the_single_key_schema() -> None:
+    dest = make(httpx.Client(), identifiers=["email"])
+    sent = meta_payload.addition(dest.fields, batch(dest, [person(1), person(2)]))
+    assert sent.body == {
+        "schema": "EMAIL_SHA256",
+        "data": [sha256_hex("user1@example.com"), sha256_hex("user2@example.com")],
+    }
+
+
+def test_several_types_use_the_multi_key_schema_with_blanks() -> None:
+    dest = make(httpx.Client(), identifiers=["email", "phone", "madid"])
+    madid = "AECE52E7-03EE-455A-B3C4-E57283966239"
+    people = [person(1, phone=False), {**person(2), "madid": madid}]
+    sent = meta_payload.addition(dest.fields, batch(dest, people))
+    assert sent.body["schema"] == ["EMAIL", "PHONE", "MADID"]
+    assert sent.body["data"] == [
+        [sha256_hex("user1@example.com"), "", ""],
+        # phone digits without +, hashed; the advertiser id lowercased and NOT hashed
+        [sha256_hex("user2@example.com"), sha256_hex("61412345002"), madid.lower()],
+    ]
+
+
+def test_a_member_without_values_is_rejected_not_sent() -> None:
+    dest = make(httpx.Client(), identifiers=["email", "phone"])
+    b = MemberBatch(
+        keys=["a", "b"], values={"EMAIL": ["f" * 64, None], "PHONE": [None, None]}, records=[]
+    )
+    sent = meta_payload.addition(dest.fields, b)
+    assert sent.keys == ["a"] and set(sent.unsendable) == {"b"}
+
+
+def test_removal_rebuilds_rows_from_the_recorded_strings() -> None:
+    h1, h2 = "1" * 64, "2" * 64
+    removal = RemovalBatch(
+        keys=["a", "b", "c"],
+        records=[
+            (f"email_sha256:{h1}", f"meta_phone_sha256:{h2}"),
+            (f"meta_phone_sha256:{h1}",),
+            ("phone_sha256:not-a-meta-record",),
+        ],
+    )
+    sent = meta_payload.removal(removal)
+    assert sent.body == {"schema": ["EMAIL", "PHONE"], "data": [[h1, h2], ["", h1]]}
+    assert sent.keys == ["a", "b"] and set(sent.unsendable) == {"c"}
+    only_email = meta_payload.removal(RemovalBatch(["a"], [(f"email_sha256:{h1}",)]))
+    assert only_email.body == {"schema": "EMAIL_SHA256", "data": [h1]}
+
+
+def test_a_one_batch_session_gets_its_own_id_stable_across_retries() -> None:
+    first = meta_payload.session(ctx("b-1"))
+    assert first == meta_payload.session(ctx("b-1"))  # the same call retried
+    assert first["session_id"] != meta_payload.session(ctx("b-2"))["session_id"]
+    assert first["batch_seq"] == 1 and first["last_batch_flag"] is True
+    assert 0 < first["session_id"] < 2**53
+
+
+def test_a_multi_batch_session_keeps_the_engine_session() -> None:
+    second = meta_payload.session(ctx("b-9", seq=2, last=False, estimated_total=25_000))
+    assert second == {
+        "session_id": 77,
+        "batch_seq": 2,
+        "last_batch_flag": False,
+        "estimated_num_total": 25_000,
+    }
+
+
+@pytest.mark.parametrize(
+    "samples",
+    [
+        {"bad-value": "Invalid format"},
+        ["bad-value"],
+        [["bad-value", ""]],
+    ],
+)
+def test_invalid_samples_reject_exactly_the_sampled_members(samples: Any) -> None:
+    sent = meta_payload.Payload({}, ["a", "b"], {}, [("good", ""), ("bad-value", "")])
+    answer = {"num_received": 2, "num_invalid_entries": 3, "invalid_entry_samples": samples}
+    out = meta_payload.outcome(answer, sent, "received")
+    assert set(out.rejected) == {"b"} and not out.retry
+    assert "3 invalid" in out.detail and "1 identified" in out.detail
+
+
+# ------------------------------------------------------------------ unit: classification
+
+
+def meta_error(status: int, code: int, subcode: int | None = None, headers=None):
+    body = {"error": {"message": "m", "type": "OAuthException", "code": code}}
+    if subcode is not None:
+        body["error"]["error_subcode"] = subcode
+    request = httpx.Request("POST", "https://graph.facebook.com/v24.0/1/users")
+    return httpx.Response(status, json=body, headers=headers or {}, request=request)
+
+
+def usage(minutes: int) -> dict[str, str]:
+    entry = {"call_count": 100, "total_time": 10, "estimated_time_to_regain_access": minutes}
+    return {"X-Business-Use-Case-Usage": json.dumps({ACCOUNT: [entry]})}
+
+
+@pytest.mark.parametrize(
+    ("response", "kind"),
+    [
+        (meta_error(400, 190, 463), CredentialsRefused),
+        (meta_error(401, 190), CredentialsRefused),
+        (meta_error(400, 80003), ThrottledError),
+        (meta_error(400, 17), ThrottledError),
+        (meta_error(400, 4), ThrottledError),
+        (meta_error(400, 613), ThrottledError),
+        (meta_error(400, 32), ThrottledError),
+        (meta_error(400, 100, 1487366), AudienceGone),
+        (meta_error(400, 200), TerminalError),
+        (meta_error(403, 10), TerminalError),
+        (meta_error(400, 294), TerminalError),
+        (meta_error(400, 2650), TransientError),
+        (meta_error(500, 1), TransientError),
+        (meta_error(400, 100), TerminalError),
+    ],
+)
+def test_classify(response: httpx.Response, kind: type) -> None:
+    error = classify(response)
+    assert type(error) is kind
+    assert "Meta error" in str(error)
+
+
+def test_classify_takes_the_throttle_wait_from_the_usage_header() -> None:
+    assert classify(meta_error(400, 80003, headers=usage(3))).retry_after == 180
+    assert classify(meta_error(400, 17, headers=usage(0))).retry_after is None
+    assert classify(meta_error(400, 4)).retry_after is None
+
+
+def test_classify_falls_back_to_the_status_for_other_bodies() -> None:
+    req = httpx.Request("GET", "https://graph.facebook.com/v24.0/1")
+    assert isinstance(classify(httpx.Response(502, text="<html>", request=req)), TransientError)
+    assert classify(httpx.Response(200, json={"id": "1"}, request=req)) is None
+
+
+def test_requests_carry_the_bearer_token_and_the_proof() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"data": []})
+
+    client = httpx.Client(base_url="https://graph.test", transport=httpx.MockTransport(handler))
+    dest = make(client, secret="app-secret-xyz", api_version="v25.0")
+    assert dest.list_audiences() == []
+    (request,) = seen
+    assert request.headers["authorization"] == f"Bearer {TOKEN}"
+    assert request.url.path == f"/v25.0/act_{ACCOUNT}/customaudiences"
+    proof = hmac.new(b"app-secret-xyz", TOKEN.encode(), hashlib.sha256).hexdigest()
+    assert request.url.params["appsecret_proof"] == proof
+
+
+def test_no_token_is_refused_before_any_request() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise AssertionError("no request may be sent")
+
+    client = httpx.Client(base_url="https://graph.test", transport=httpx.MockTransport(handler))
+    context = DestinationContext(root=Path("."))
+    dest = MetaCustomAudiences(
+        MetaConfig(ad_account_id="1"), MetaCredentials.model_construct(), context, client
+    )
+    with pytest.raises(CredentialsRefused, match="access token"):
+        dest.list_audiences()
+
+
+# ------------------------------------------------------------------ against the fake Graph API
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeMeta]:
+    with FakeMeta(token=TOKEN, account=ACCOUNT) as server:
+        yield server
+
+
+@pytest.fixture
+def client(fake: FakeMeta) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=fake.url, timeout=5) as c:
+        yield c
+
+
+class TestMetaAdapter:
+    """Protocol behaviour against the fake. Its hooks are the v2 conformance suite's
+    (``destination`` fixture, ``stored_records``): when ``AdapterConformance`` lands this
+    class subclasses it."""
+
+    @pytest.fixture
+    def destination(self, client: httpx.Client) -> Iterator[Destination]:
+        dest = make(client)
+        yield dest
+        dest.close()
+
+    def stored_records(self, destination: Destination, audience: AudienceRef) -> set[str]:
+        fake: FakeMeta = self._fake
+        return {f"{PREFIX[k]}:{v}" for k, v in fake.members(audience.id)}
+
+    @pytest.fixture(autouse=True)
+    def _keep_fake(self, fake: FakeMeta) -> None:
+        self._fake = fake
+
+    def test_create_find_list_and_rename(self, destination) -> None:
+        made = destination.create_audience("Spring VIPs", idempotency_key="k-1")
+        assert destination.find_audience(made.id).name == "Spring VIPs"
+        assert destination.find_audience("Spring VIPs").id == made.id
+        assert destination.find_audience("spring vips") is None
+        assert made.id in {a.id for a in destination.list_audiences()}
+        renamed = destination.rename_audience(made, "Summer VIPs")
+        assert destination.read_audience(made).name == renamed.name == "Summer VIPs"
+
+    def test_creation_is_found_by_name_and_key(self, destination, fake: FakeMeta) -> None:
+        made = destination.create_audience("Once", idempotency_key="key-1")
+        assert destination.create_audience("Once", idempotency_key="key-1").id == made.id
+        (held,) = fake.by_name("Once")
+        assert held.description == "reconcile:key-1"
+        assert held.customer_file_source == "USER_PROVIDED_ONLY"
+        assert destination.find_created_audience("Once", idempotency_key="key-1").id == made.id
+        assert destination.find_created_audience("Once", idempotency_key="key-2") is None
+        fake.add_audience("Twice", "reconcile:key-3")
+        assert destination.find_created_audience("Once", idempotency_key="key-3") is None
+
+    def test_listing_follows_the_pages(self, destination, fake: FakeMeta) -> None:
+        ids = {fake.add_audience(f"a{i}") for i in range(450)}
+        assert {a.id for a in destination.list_audiences()} == ids
+        assert destination.find_audience("a449") is not None
+
+    def test_an_audience_of_another_account_is_not_found_by_id(self, client) -> None:
+        other = make(client, ad_account_id="999")
+        mine = make(client).create_audience("Mine", idempotency_key="k")
+        with pytest.raises(TerminalError, match="does not exist"):
+            other.list_audiences()
+        assert make(client).find_audience(mine.id) is not None
+
+    def test_add_and_remove_send_what_was_recorded(self, destination) -> None:
+        audience = destination.create_audience("Members", idempotency_key="k")
+        sent = batch(destination, [person(i, phone=i % 2 == 0) for i in range(6)])
+        out = destination.add(audience, sent, ctx("add-1"))
+        assert not out.rejected and not out.retry
+        recorded = {r for rec in sent.records for r in rec}
+        assert self.stored_records(destination, audience) == recorded
+        gone = RemovalBatch(sent.keys[:3], sent.records[:3])
+        assert not destination.remove(audience, gone, ctx("rm-1")).rejected
+        left = {r for rec in sent.records[3:] for r in rec}
+        assert self.stored_records(destination, audience) == left
+
+    def test_a_retried_call_is_deduplicated(self, destination, fake: FakeMeta) -> None:
+        audience = destination.create_audience("Retry", idempotency_key="k")
+        sent = batch(destination, [person(1)])
+        destination.add(audience, sent, ctx("same"))
+        destination.add(audience, sent, ctx("same"))  # a lost answer, the call sent again
+        destination.add(audience, sent, ctx("next"))  # the engine's next batch
+        users = [b for m, p, b in fake.requests if p.endswith("/users")]
+        assert len({b["session"]["session_id"] for b in users}) == 2
+
+    def test_invalid_entries_reject_only_those_members(self, destination, fake) -> None:
+        audience = destination.create_audience("Invalid", idempotency_key="k")
+        sent = batch(destination, [person(1), person(2), person(3)])
+        fake.reject(sent.values["EMAIL"][1])
+        out = destination.add(audience, sent, ctx())
+        assert list(out.rejected) == ["p2"] and "1 invalid" in out.detail
+        stored = self.stored_records(destination, audience)
+        assert set(sent.records[0]) | set(sent.records[2]) == stored
+
+    def test_a_raw_email_where_a_hash_belongs_is_invalid(self, destination, fake) -> None:
+        audience = destination.create_audience("Raw", idempotency_key="k")
+        raw = MemberBatch(["p1"], {"EMAIL": ["user@example.com"], "PHONE": [None]}, [("x",)])
+        out = destination.add(audience, raw, ctx())
+        assert "p1" in out.rejected and "SHA-256" in out.rejected["p1"]
+        assert fake.members(audience.id) == set()
+
+    def test_a_deleted_audience_reads_as_gone(self, destination, fake: FakeMeta) -> None:
+        audience = destination.create_audience("Doomed", idempotency_key="k")
+        fake.delete_audience(audience.id)
+        assert destination.read_audience(audience) is None
+        assert destination.find_audience(audience.id) is None
+        with pytest.raises(AudienceGone):
+            destination.add(audience, batch(destination, [person(1)]), ctx())
+        with pytest.raises(AudienceGone):
+            destination.rename_audience(AudienceRef("4242", "never"), "x")
+
+    def test_update_is_not_offered(self, destination) -> None:
+        assert not destination.capabilities.update and destination.capabilities.rename
+        assert destination.limits.members_per_call <= 10_000
+
+
+# ------------------------------------------------------------------ faults from the fake
+
+
+def test_throttling_is_waited_out_by_the_retry_policy(client, fake: FakeMeta) -> None:
+    dest = make(client, throttle_backoff_seconds=0.5)
+    audience = dest.create_audience("Busy", idempotency_key="k")
+    fake.throttle(2, code=80003, only="/users")
+    events: list[RetryEvent] = []
+    policy = dataclasses.replace(dest.retry_policy, sleep=lambda s: None, on_event=events.append)
+    out = policy.call(dest.add, audience, batch(dest, [person(1)]), ctx())
+    assert not out.rejected and fake.throttled == 2
+    assert [e.kind for e in events] == ["throttled", "throttled"]
+    assert all(e.wait >= 0.25 for e in events)  # from throttle_backoff_seconds, not at once
+    assert len(fake.members(audience.id)) == 2
+
+
+def test_a_throttle_with_a_regain_time_waits_that_long(client, fake: FakeMeta) -> None:
+    dest = make(client)
+    fake.throttle(1, code=17, regain_minutes=2)
+    with pytest.raises(ThrottledError) as caught:
+        dest.list_audiences()
+    assert caught.value.retry_after == 120
+
+
+def test_server_errors_are_transient(client, fake: FakeMeta) -> None:
+    dest = make(client)
+    fake.fail(1, status=503)
+    with pytest.raises(TransientError):
+        dest.list_audiences()
+    assert dest.list_audiences() == []
+
+
+def test_a_slow_answer_times_out_as_transient(fake: FakeMeta) -> None:
+    with httpx.Client(base_url=fake.url, timeout=0.2) as slow:
+        fake.delay(5)
+        with pytest.raises(TransientError, match="timed out"):
+            make(slow).list_audiences()
+
+
+def test_an_expired_or_wrong_token_is_refused_without_showing_it(client, fake) -> None:
+    with pytest.raises(CredentialsRefused) as wrong:
+        make(client, token="not-the-right-token-42").list_audiences()
+    assert "not-the-right-token-42" not in str(wrong.value)
+    fake.expire_token()
+    with pytest.raises(CredentialsRefused, match="190/463"):
+        make(client).list_audiences()
+
+
+def test_an_app_secret_the_app_requires() -> None:
+    strict = FakeMeta(token=TOKEN, account=ACCOUNT, app_secret="the-app-secret")
+    with strict, httpx.Client(base_url=strict.url) as c:
+        with pytest.raises(TerminalError, match="appsecret_proof"):
+            make(c).list_audiences()
+        assert make(c, secret="the-app-secret").list_audiences() == []
+        with pytest.raises(TerminalError, match="appsecret_proof"):
+            make(c, secret="another-secret").list_audiences()
+
+
+def test_the_fake_enforces_rows_sessions_and_schemas(client, fake: FakeMeta) -> None:
+    aid = fake.add_audience("Raw calls")
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+
+    def users(body: dict) -> dict:
+        return client.post(f"/v24.0/{aid}/users", json=body, headers=auth).json()
+
+    h = "a" * 64
+    too_many = {"payload": {"schema": "EMAIL_SHA256", "data": [h] * 10_001}}
+    assert users(too_many)["error"]["code"] == 100
+    assert (
+        "Invalid schema" in users({"payload": {"schema": "EMAIL", "data": [h]}})["error"]["message"]
+    )
+    narrow = {"payload": {"schema": ["EMAIL", "PHONE"], "data": [[h]]}}
+    assert users(narrow)["error"]["code"] == 100
+    one = {"payload": {"schema": "EMAIL_SHA256", "data": [h]}}
+    done = {**one, "session": {"session_id": 5, "batch_seq": 1, "last_batch_flag": True}}
+    assert users(done)["num_received"] == 1
+    assert users(done)["num_received"] == 1  # the same batch again: de-duplicated
+    again = {"payload": {"schema": "EMAIL_SHA256", "data": ["b" * 64]}, "session": done["session"]}
+    assert "differs" in users(again)["error"]["message"]
+    later = {**again, "session": {**done["session"], "batch_seq": 2}}
+    assert "last batch" in users(later)["error"]["message"]
+    assert client.get(f"/{aid}", headers=auth).json()["error"]["code"] == 2500
+    assert client.get(f"/v24.0/{aid}").json()["error"]["code"] == 104
+
+
+# ------------------------------------------------------------------ the example, end to end
+
+
+def _example(tmp_path: Path, fake: FakeMeta, monkeypatch, extra_config: str = "") -> WS:
+    """A copy of examples/meta whose integration points at ``fake``."""
+    ws_root = tmp_path / "meta"
+    shutil.copytree(EXAMPLE, ws_root, ignore=shutil.ignore_patterns(".reconcile"))
+    integration = ws_root / "integrations" / "meta.yaml"
+    text = integration.read_text().replace("http://127.0.0.1:8081", fake.url)
+    integration.write_text(text.replace("act_1234567890", f"act_{ACCOUNT}") + extra_config)
+    monkeypatch.setenv("META_TOKEN", TOKEN)
+    return WS(ws_root)
+
+
+def test_example_workspace_end_to_end(tmp_path: Path, fake: FakeMeta, monkeypatch) -> None:
+    ws = _example(tmp_path, fake, monkeypatch)
+
+    applied = cli(ws, "apply", "--auto-approve")
+    assert applied.exit_code == 0, applied.output + applied.stderr
+    (audience,) = fake.by_name("Big spenders")
+    wanted = _expected_members(ws.root)
+    assert wanted and fake.members(audience.id) == wanted
+
+    listed = cli(ws, "lists", "meta", "--format", "json")
+    assert listed.exit_code == 0
+    assert [(a["id"], a["name"]) for a in listed.json()] == [(audience.id, "Big spenders")]
+    again = cli(ws, "plan")
+    assert again.exit_code == 0 and "No changes" in again.output, again.output
+    assert TOKEN not in applied.output + applied.stderr + again.output
+
+
+def test_example_members_leave_and_a_deleted_audience_comes_back(
+    tmp_path: Path, fake: FakeMeta, monkeypatch
+) -> None:
+    ws = _example(tmp_path, fake, monkeypatch)
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    (first,) = fake.by_name("Big spenders")
+    # fewer big spenders: the leavers are removed with DELETE /{id}/users
+    segment = ws.root / "segments" / "big-spenders.yaml"
+    segment.write_text(segment.read_text().replace(">= 500", ">= 700"))
+    fewer = cli(ws, "apply", "--auto-approve", "--allow-mass-removal")
+    assert fewer.exit_code == 0, fewer.output + fewer.stderr
+    wanted = _expected_members(ws.root, spend=700)
+    assert wanted < _expected_members(ws.root) and fake.members(first.id) == wanted
+    assert any(m == "DELETE" and p.endswith("/users") for m, p, _ in fake.requests)
+    # deleted in Ads Manager: the next plan sees it gone, apply creates it with its members
+    fake.delete_audience(first.id)
+    assert "deleted at the destination" in cli(ws, "plan").output
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    (second,) = fake.by_name("Big spenders")
+    assert second.id != first.id and fake.members(second.id) == wanted
+
+
+def _expected_members(root: Path, *, spend: int = 500) -> set[tuple[str, str]]:
+    return set().union(*_expected_rows(root, spend=spend))
+
+
+def _expected_rows(
+    root: Path, *, create: bool = False, spend: int = 500
+) -> list[frozenset[tuple[str, str]]]:
+    """What Meta should hold per member, computed independently from the demo profiles: big
+    spenders who consented, e-mail and phone (AU) hashed by Meta's rules. ``create``: make
+    the demo database first (``reconcile plan`` does)."""
+    if create:
+        assert cli(WS(root), "plan").exit_code == 0
+    con = duckdb.connect(str(root / ".reconcile" / "demo.duckdb"), read_only=True)
+    try:
+        rows = con.execute(
+            "SELECT email, phone FROM profiles WHERE total_spend >= ? AND email_consent",
+            [spend],
+        ).fetchall()
+    finally:
+        con.close()
+    au = NormaliseContext("AU")
+    return [
+        frozenset(
+            (e.encoding.field, e.value)
+            for e in encode({"email": email, "phone": phone}, ("email", "phone"), META, au)
+        )
+        for email, phone in rows
+    ]
+
+
+def test_example_with_throttling_and_an_invalid_entry(
+    tmp_path: Path, fake: FakeMeta, monkeypatch
+) -> None:
+    ws = _example(tmp_path, fake, monkeypatch, "  throttle_backoff_seconds: 0.01\n")
+    rows = _expected_rows(ws.root, create=True)
+    bad_row = min(rows, key=sorted)
+    (bad,) = (v for k, v in bad_row if k == "EMAIL")
+    fake.reject(bad)
+    fake.throttle(2, code=80003, only="/users")
+    applied = cli(ws, "apply", "--auto-approve")
+    assert "1 rejected" in applied.output, applied.output + applied.stderr
+    assert fake.throttled == 2  # waited out, not failures
+    (audience,) = fake.by_name("Big spenders")
+    assert fake.members(audience.id) == set().union(*rows) - bad_row
+    again = cli(ws, "plan")
+    assert "members: +0 -0 ~0" in again.output, again.output  # the refused one is not resent
+
+
+# ------------------------------------------------------------------ the shared conformance suite
+# The v2 suite (AdapterConformance / EngineConformance) is being rewritten on another branch;
+# these subclasses run as soon as it is merged here, and are skipped until then.
+
+try:
+    from tests.destination_conformance import AdapterConformance, EngineConformance
+except ImportError:  # the v1 suite: nothing to subclass yet
+    AdapterConformance = EngineConformance = None  # type: ignore[assignment,misc]
+
+
+class MetaFaults:
+    """The conformance suite's fault hooks, on the fake Graph API."""
+
+    def __init__(self, fake: FakeMeta):
+        self.fake = fake
+
+    def throttle_storm(self) -> None:
+        self.fake.throttle(5, code=80003, only="/users")
+
+    def throttled(self) -> int:
+        return self.fake.throttled
+
+    def expire_token(self) -> None:
+        self.fake.expire_token()
+
+    def reject(self, members: dict[str, dict[str, str | None]]) -> None:
+        au = NormaliseContext("AU")
+        for identifiers in members.values():
+            for e in encode(identifiers, ("email", "phone"), META, au):
+                self.fake.reject(e.value)
+
+    def delete_audience(self, name: str) -> None:
+        for audience in self.fake.by_name(name):
+            self.fake.delete_audience(audience.id)
+
+    def heal(self) -> None:
+        self.fake.heal()
+
+
+def _held(fake: FakeMeta, audience_id: str) -> set[str]:
+    return {f"{PREFIX[k]}:{v}" for k, v in fake.members(audience_id)}
+
+
+if AdapterConformance is not None:
+
+    class TestMetaConformance(AdapterConformance):
+        unknown_audience_id = "23849999999999999"
+
+        @pytest.fixture
+        def destination(self, fake: FakeMeta, client: httpx.Client) -> Iterator[Destination]:
+            self.fake = fake
+            dest = make(client, identifiers=["email", "phone", "external_id", "madid"])
+            yield dest
+            dest.close()
+
+        def stored_records(self, destination: Destination, audience: AudienceRef) -> set[str]:
+            return _held(self.fake, audience.id)
+
+        def calls_received(self, destination: Destination) -> int:
+            return sum(1 for m, _, _ in self.fake.requests if m in ("POST", "DELETE"))
+
+        def delete_outside(self, destination: Destination, audience: AudienceRef) -> None:
+            self.fake.delete_audience(audience.id)
+
+
+if EngineConformance is not None:
+
+    class TestMetaEngine(EngineConformance):
+        @pytest.fixture
+        def fake(self, monkeypatch) -> Iterator[MetaFaults]:
+            monkeypatch.setenv("META_CONFORMANCE_TOKEN", TOKEN)
+            with FakeMeta(token=TOKEN, account=ACCOUNT) as server:
+                self.server = server
+                yield MetaFaults(server)
+
+        def integration_yaml(self, tmp: Path, **knobs: object) -> str:
+            config = {
+                "ad_account_id": ACCOUNT,
+                "identifiers": ["email", "phone"],
+                "batch_size": 7,
+                "throttle_backoff_seconds": 0.01,
+            }
+            lines = "".join(f"  {k}: {json.dumps(v)}\n" for k, v in (config | knobs).items())
+            return (
+                "type: meta_custom_audiences\nconsent: email_consent\n"
+                "credentials:\n  access_token: ${env:META_CONFORMANCE_TOKEN}\n"
+                f"endpoint: {self.server.url}\nconfig:\n{lines}"
+            )
+
+        def held(self, fake: MetaFaults) -> dict[str, set[str]]:
+            with fake.fake._lock:
+                live = [a for a in fake.fake.audiences.values() if not a.deleted]
+            return {a.name: _held(fake.fake, a.id) for a in live}
