@@ -250,18 +250,7 @@ class StateStore(StateReader):
                 )
                 rows = [(k, rec, fps.get(k)) for k, rec, _ in extra]
                 rows += [(k, (), fps.get(k)) for k in rejected]
-                self.con.execute(
-                    f"""INSERT INTO {self.c}.members
-                        SELECT ?, ?, unnest(?::VARCHAR[]), unnest(?::VARCHAR[][]),
-                               unnest(?::UBIGINT[])""",
-                    [
-                        activation_id,
-                        grp,
-                        [r[0] for r in rows],
-                        [list(r[1]) for r in rows],
-                        [r[2] for r in rows],
-                    ],
-                )
+                self._insert_members(activation_id, grp, rows)
             if batch_id:
                 self._journal_outcome(batch_id, "done", detail)
             if run_id and any(counts.values()):
