@@ -120,3 +120,32 @@ def test_plan_counts_requests_for_a_destination_without_a_rate_limit(workspace):
     assert cli(ws, "apply", "--auto-approve").exit_code == 0
     assert plan_json(ws)["destination_calls"] == []  # nothing to send
     assert "Destination calls" not in cli(ws, "plan").output
+
+
+def test_the_schema_bundle_resolves_every_reference():
+    """`reconcile schema` with no argument is one document a JSON Schema validator resolves:
+    every `$ref` names a definition at its root, and a bad file is refused through it."""
+    import jsonschema
+    from click.testing import CliRunner
+
+    from reconciler.cli.main import main
+
+    bundle = json.loads(CliRunner().invoke(main, ["schema"]).stdout)
+    refs: list[str] = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            refs.extend(v for k, v in node.items() if k == "$ref")
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(bundle)
+    assert refs and all(r.removeprefix("#/$defs/") in bundle["$defs"] for r in refs)
+    validator = jsonschema.Draft202012Validator(bundle)
+    good = {"activation": {"segments": ["x"], "destination": "y", "list": {"existing": "L"}}}
+    assert list(validator.iter_errors(good)) == []
+    bad = {"activation": {"segments": ["x"], "destination": "y", "list": {"existing": 3}}}
+    assert list(validator.iter_errors(bad))

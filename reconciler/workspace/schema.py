@@ -21,9 +21,19 @@ def json_schema(kind: str | None = None) -> dict[str, Any]:
         schema = MODELS[kind].model_json_schema(by_alias=True)
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         return schema
+    # one document a validator can resolve: every model's definitions hoisted to the root
+    # (``#/$defs/...`` in each model's schema then points where it should)
+    defs: dict[str, Any] = {}
+    properties = {}
+    for name, model in MODELS.items():
+        schema = model.model_json_schema(by_alias=True)
+        defs.update(schema.pop("$defs", {}))
+        properties[name] = schema
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "activation reconciler workspace files",
         "description": "Pick one with `reconcile schema KIND`; this document bundles all.",
-        "properties": {k: m.model_json_schema(by_alias=True) for k, m in MODELS.items()},
+        "type": "object",
+        "properties": properties,
+        "$defs": defs,
     }
