@@ -67,7 +67,15 @@ class ConfigError(ReconcileError):
 
 class ValidationFailed(ConfigError):
     def __init__(self, errors: list[ConfigError]):
-        self.errors = errors
+        # every problem at once, sorted by file and line (schema and references together)
+        self.errors = sorted(
+            errors,
+            key=lambda e: (
+                e.location.file if e.location else "",
+                (e.location.line or 0) if e.location else 0,
+            ),
+        )
+        errors = self.errors
         lines = "\n".join(f"  {e}" for e in errors)
         noun = "problem" if len(errors) == 1 else "problems"
         super().__init__(f"the workspace has {len(errors)} {noun}:\n{lines}")

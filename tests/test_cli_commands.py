@@ -149,3 +149,33 @@ def test_the_schema_bundle_resolves_every_reference():
     assert list(validator.iter_errors(good)) == []
     bad = {"activation": {"segments": ["x"], "destination": "y", "list": {"existing": 3}}}
     assert list(validator.iter_errors(bad))
+
+
+def test_validate_reports_sorted_problems_as_json_and_github_annotations(workspace):
+    ws = workspace(
+        {
+            "b-act": "segments: [nope]\ndestination: sandbox\n",
+            "a-act": "segments: [seg-a]\ndestination: sandbox\nbogus: 1\n",
+        }
+    )
+    text = cli(ws, "validate")
+    assert text.exit_code == 1
+    lines = [line.strip() for line in text.stderr.splitlines()[1:]]
+    assert lines == sorted(lines) and lines[0].startswith("activations/a-act.yaml:3: bogus")
+    res = cli(ws, "validate", "--format", "json")
+    assert res.exit_code == 1
+    doc = json.loads(res.output)
+    assert doc["valid"] is False
+    assert [(p["file"], p["line"], p["field"]) for p in doc["problems"]] == [
+        ("activations/a-act.yaml", 3, "bogus"),
+        ("activations/b-act.yaml", 1, "segments.0"),
+    ]
+    gh = cli(ws, "validate", "--format", "github")
+    assert gh.exit_code == 1
+    assert gh.output.splitlines()[0].startswith(
+        "::error file=activations/a-act.yaml,line=3,title=reconcile validate::bogus: "
+    )
+    ws.remove("activations/b-act.yaml")
+    ws.write("activations/a-act.yaml", "segments: [seg-a]\ndestination: sandbox\n")
+    ok = cli(ws, "validate", "--format", "json")
+    assert ok.exit_code == 0 and json.loads(ok.output)["valid"] is True

@@ -596,8 +596,9 @@ def test_validate_checks_template_overrides(workspace):
     ws.write("tpl/emial.html.j2", "typo in the name")
     lines = fails_validate(ws)
     assert len(lines) == 3, lines
-    assert lines[0].startswith("tpl/emial.html.j2: unknown template file 'emial.html.j2'")
-    assert lines[1].startswith("tpl/email.txt.j2:2: template error: 'no_such_name' is undefined")
+    # sorted by file and line
+    assert lines[0].startswith("tpl/email.txt.j2:2: template error: 'no_such_name' is undefined")
+    assert lines[1].startswith("tpl/emial.html.j2: unknown template file 'emial.html.j2'")
     assert lines[2].startswith("tpl/webhook.json.j2:1: template error")
 
 

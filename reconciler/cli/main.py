@@ -78,12 +78,58 @@ format_option = click.option(
 
 # ---------------------------------------------------------------------- validate / schema
 @main.command()
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "github"]),
+    default="text",
+    show_default=True,
+    help="json: one document; github: workflow annotations (::error file=...,line=...::).",
+)
 @pass_ctx
 @handle_errors
-def validate(c: Ctx) -> None:
+def validate(c: Ctx, fmt: str) -> None:
     """Check every file: schema, cross-references, what each destination can do and that
-    every credential's environment variable is set. Errors name file:line: field."""
-    ws = c.workspace(check_credentials=True)
+    every credential's environment variable is set. Errors name file:line: field, sorted."""
+    from reconciler.errors import ConfigError, ValidationFailed
+
+    try:
+        ws = c.workspace(check_credentials=True)
+    except ConfigError as exc:
+        if fmt == "text":
+            raise
+        found = exc.errors if isinstance(exc, ValidationFailed) else [exc]
+        problems = sorted(
+            (
+                {
+                    "file": e.location.file if e.location else None,
+                    "line": e.location.line if e.location else None,
+                    "field": e.location.field if e.location else None,
+                    "message": e.message,
+                }
+                for e in found
+            ),
+            key=lambda p: (p["file"] or "", p["line"] or 0),
+        )
+        if fmt == "json":
+            click.echo(json.dumps({"valid": False, "problems": problems}, indent=2))
+        else:
+            for p in problems:
+                where = ",".join(
+                    f"{k}={v}" for k, v in (("file", p["file"]), ("line", p["line"])) if v
+                )
+                text = (f"{p['field']}: " if p["field"] else "") + str(p["message"])
+                text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+                click.echo(f"::error {where},title=reconcile validate::{text}")
+        sys.exit(1)
+    counts = {
+        "activations": len(ws.activations),
+        "segments": len(ws.segments),
+        "integrations": len(ws.integrations),
+    }
+    if fmt == "json":
+        click.echo(json.dumps({"valid": True, "problems": [], **counts}, indent=2))
+        return
     click.echo(
         f"Valid: {len(ws.activations)} activation(s), {len(ws.segments)} segment(s), "
         f"{len(ws.integrations)} integration(s)."
