@@ -67,6 +67,9 @@ class Gen:
     cfg: Config
     recorded: Config | None = None  # the spec when the state last said `ran`
     held: dict[str, dict[str, Entry]] = field(default_factory=dict)  # group -> key -> entry
+    #: group -> key -> the entry a destination rejected (permanently): recorded as rejected,
+    #: not sent again until the member changes (protocol v2 outcomes)
+    rejected: dict[str, dict[str, Entry]] = field(default_factory=dict)
     foreign: dict[str, set[str]] = field(default_factory=dict)  # rows others put there
     ids: dict[str, str] = field(default_factory=dict)  # group -> sandbox audience id
     deleted: bool = False  # file removed, the delete not applied yet
@@ -174,6 +177,13 @@ class Model:
         if gen.retired:
             return {g: gen.expected(g) for g in gen.groups()}
         entries = gen.target(self.people, self.country, self.dups, dups_excluded=self.dups_excluded)
+        for g, wanted in entries.items():  # a rejected entry: what the destination holds stays
+            for key, entry in list(wanted.items()):
+                if gen.rejected.get(g, {}).get(key) == entry:
+                    if key in gen.held.get(g, {}):
+                        wanted[key] = gen.held[g][key]
+                    else:
+                        del wanted[key]
         return {g: gen.expected(g, entries) for g in gen.groups() | set(entries)}
 
     # ------------------------------------------------------------------ apply
@@ -193,9 +203,13 @@ class Model:
             )
             for g in set(gen.held) | set(target):
                 held, want = gen.held.setdefault(g, {}), target.get(g, {})
+                rejected = gen.rejected.setdefault(g, {})
+                for key in list(rejected):  # left the audience: a re-entry is sent again
+                    if key not in want:
+                        del rejected[key]
                 for key in set(held) | set(want):
                     others = {r for k, e in want.items() if k != key for r in e.records}
-                    self._move(held, key, want.get(key), others)
+                    self._move(held, key, want.get(key), others, rejected)
 
     def settle(self, ran: dict[str, bool]) -> None:
         """After an apply: ``ran`` per activation id the state still has. A deleted
@@ -208,19 +222,30 @@ class Model:
             elif ran.get(aid):
                 gen.recorded = Config(**vars(gen.cfg))
 
-    def _move(self, held: dict[str, Entry], key: str, new: Entry | None, others: set[str]) -> None:
+    def _move(
+        self,
+        held: dict[str, Entry],
+        key: str,
+        new: Entry | None,
+        others: set[str],
+        rejected: dict[str, Entry],
+    ) -> None:
         """Move one key of one audience to ``new``, as the sandbox lets it. A row another
-        member holds is never sent for removal (a shared inbox)."""
+        member holds is never sent for removal (a shared inbox). A rejected entry is not
+        sent again until the member changes."""
         old = held.get(key)
         if old == new:
             return
+        if new is not None and rejected.get(key) == new:
+            return  # rejected before, unchanged since: not sent again
         if new is None:
             if old.records - others and key in self.reject_remove:
                 return  # refused: stays
             del held[key]
             return
         if key in self.reject_add:
-            return  # refused: nothing written, the old rows stay
+            rejected[key] = new  # rejected: recorded as such, the old rows stay
+            return
         if old is not None and old.records - new.records - others and key in self.reject_remove:
             # the new rows are sent; removing the stale ones is refused: both stay
             held[key] = Entry(old.records | new.records, new.raw)
