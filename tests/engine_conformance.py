@@ -25,7 +25,6 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Protocol
 
-import duckdb
 import pytest
 
 from destinations.base import Identity
@@ -33,6 +32,8 @@ from destinations.identity import NormaliseContext, records
 from reconciler.integrations import Connections
 from reconciler.workspace import loader
 from tests.conftest import SANDBOX_YAML, WS, cli, plan_json, profile
+from tests.test_recovery import assert_converged, runs, state_rows
+from tests.test_recovery import status_of as recovery_status
 
 __all__ = ["HEALTHY", "TARGET", "EngineConformance", "Faults"]
 
@@ -90,35 +91,14 @@ def member_rows(n: int, *, out: Iterable[int] = ()) -> list[dict]:
     return [profile(i, a=i not in gone) for i in range(n)]
 
 
-def state_rows(ws: WS, sql: str, params: list | None = None) -> list[tuple]:
-    con = duckdb.connect(str(ws.root / ".reconcile" / "state.duckdb"), read_only=True)
-    try:
-        return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
-
-
-def runs(ws: WS, activation_id: str) -> list[dict]:
-    """`reconcile log ID --format json`: newest first."""
-    res = cli(ws, "log", activation_id, "--format", "json")
-    assert res.exit_code == 0, res.stderr
-    return res.json()["runs"]
-
-
 def status_of(ws: WS, activation_id: str) -> str:
-    rows = cli(ws, "status", "--format", "json").json()["activations"]
-    return next(r["status"] for r in rows if r["id"] == activation_id)
+    return recovery_status(ws, activation_id)["status"]
 
 
 def apply(ws: WS, *args: str, code: int = 0) -> str:
     res = cli(ws, "apply", "--auto-approve", *args)
     assert res.exit_code == code, res.output + res.stderr
     return res.output + res.stderr
-
-
-def assert_converged(ws: WS) -> None:
-    res = cli(ws, "plan", "--detailed-exitcode")
-    assert res.exit_code == 0, res.output + res.stderr
 
 
 def healthy_keys(ws: WS) -> dict[str, set[str]]:

@@ -92,10 +92,10 @@ def held(ws: WS, path: str = ".reconcile/sandbox.duckdb") -> dict[str, set[str]]
     return ws.sandbox_keys(path=path)
 
 
-def state_rows(ws: WS, sql: str) -> list[tuple]:
+def state_rows(ws: WS, sql: str, params: list | None = None) -> list[tuple]:
     con = duckdb.connect(str(ws.root / ".reconcile" / "state.duckdb"), read_only=True)
     try:
-        return con.execute(sql).fetchall()
+        return con.execute(sql, params or []).fetchall()
     finally:
         con.close()
 
