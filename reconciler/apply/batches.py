@@ -22,7 +22,9 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -204,36 +206,79 @@ class BatchRunner:
 
     # ------------------------------------------------------------------ additions
     def _add_all(self, ref: AudienceRef | None, table: encode.SendTable) -> None:
+        """Send the additions, pipelined: while the destination works on a call (in a worker
+        thread), this thread reads and journals the next batch and records the previous one;
+        up to ``limits.concurrency`` calls are in flight. A session's last batch is sent alone,
+        after every other call of the session came back (a finished session takes no more)."""
         # members with no usable identifier are recorded with an empty record, never sent
         self.counts.unmatched += self.state.record_unsendable(encode.SEND, self.aid, self.grp)
-        for rows in encode.stream(self.reader, table, sendable=True, size=self.size):
-            batch, lo, hi = _batch(rows, table)
-            if ref is None:  # control group: recorded, never sent
+        if ref is None:  # control group: recorded, never sent
+            for rows in encode.stream(self.reader, table, sendable=True, size=self.size):
+                batch, lo, hi = _batch(rows, table)
                 self.state.record_sent(
                     "", encode.SEND, self.aid, self.grp, lo, hi, run_id="", counts={}
                 )
                 self.counts.add += len(batch)
+            return
+        width = max(1, self.dest.limits.concurrency)
+        inflight: deque[_Call] = deque()
+        done: list[_Call] = []
+        failure: BaseException | None = None
+        with ThreadPoolExecutor(max_workers=width, thread_name_prefix="reconcile-send") as pool:
+            try:
+                for rows in encode.stream(self.reader, table, sendable=True, size=self.size):
+                    batch, lo, hi = _batch(rows, table)
+                    batch_id = new_batch_id()
+                    self.state.journal_intent(
+                        batch_id, self.run_id, self.aid, self.grp, "add", len(batch)
+                    )
+                    ctx = self._ctx(batch_id, "add")
+                    while inflight and (ctx.last or len(inflight) >= width):
+                        done.append(_wait(inflight.popleft()))
+                    call = partial(self.call, partial(self.dest.add, ref, batch, ctx))
+                    inflight.append(_Call(pool.submit(call), batch_id, rows, batch, lo, hi))
+                    self._record_adds(ref, done)
+                    if self.guard.stop_requested:
+                        break
+            except BaseException as exc:  # the calls in flight are still waited for below
+                failure = exc
+            finally:
+                while inflight:
+                    done.append(_wait(inflight.popleft()))
+                try:
+                    self._record_adds(ref, done)
+                except BaseException as exc:
+                    failure = failure or exc
+        if failure is not None:
+            raise failure
+        self._check_stop()
+
+    def _record_adds(self, ref: AudienceRef, done: list[_Call]) -> None:
+        """Record the finished calls, in order; the first failed call's error is raised after
+        the successful ones are recorded (its intent stays open: the next apply closes it and
+        its members are planned again)."""
+        error: BaseException | None = None
+        for c in done:
+            if c.error is not None:
+                error = error or c.error
                 continue
-            batch_id = new_batch_id()
-            self.state.journal_intent(batch_id, self.run_id, self.aid, self.grp, "add", len(batch))
-            outcome = self.call(partial(self.dest.add, ref, batch, self._ctx(batch_id, "add")))
+            outcome = c.outcome
             if outcome.job:  # an asynchronous job: journaled as submitted, polled to its end
-                self._submit(batch_id, "add", ref, outcome.job, rows)
-                self.progress.advance(len(batch))
-                self._check_stop()
+                self._submit(c.batch_id, "add", ref, outcome.job, c.rows)
+                self.progress.advance(len(c.batch))
                 continue
             self._note(outcome)
-            accepted = len(batch) - len(outcome.rejected) - len(outcome.retry)
+            accepted = len(c.batch) - len(outcome.rejected) - len(outcome.retry)
             self.counts.add += accepted
             self.counts.rejected += len(outcome.rejected)
             self.counts.retry += len(outcome.retry)
             self.state.record_sent(
-                batch_id,
+                c.batch_id,
                 encode.SEND,
                 self.aid,
                 self.grp,
-                lo,
-                hi,
+                c.lo,
+                c.hi,
                 run_id=self._run(),
                 skip=list(outcome.retry),
                 rejected=outcome.rejected,
@@ -241,8 +286,10 @@ class BatchRunner:
                 detail=outcome.detail,
                 counts={"added": accepted, "failed": len(outcome.rejected)},
             )
-            self.progress.advance(len(batch))
-            self._check_stop()
+            self.progress.advance(len(c.batch))
+        done.clear()
+        if error is not None:
+            raise error
 
     # ------------------------------------------------------------------ updates
     def _update_all(self, ref: AudienceRef | None, table: encode.SendTable) -> None:
@@ -469,6 +516,29 @@ def finish_job(
             raise Interrupted
         sleep(delay)
         delay = min(delay * 2, 10.0)
+
+
+@dataclass
+class _Call:
+    """One destination call in flight (or back: ``outcome`` or ``error``)."""
+
+    future: Future
+    batch_id: str
+    rows: list[tuple]
+    batch: MemberBatch
+    lo: int
+    hi: int
+    outcome: Outcome = field(default_factory=Outcome)
+    error: BaseException | None = None
+
+
+def _wait(call: _Call) -> _Call:
+    """Wait for a call to come back; its error is kept, not raised."""
+    try:
+        call.outcome = call.future.result()
+    except BaseException as exc:
+        call.error = exc
+    return call
 
 
 def _batch(rows: Sequence[tuple], table: encode.SendTable) -> tuple[MemberBatch, int, int]:
