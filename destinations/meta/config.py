@@ -47,6 +47,12 @@ class MetaConfig(HttpOptions):
     requests_per_minute: float | None = Field(
         None, gt=0, le=6000, description="cap on requests; Meta's usage header paces too"
     )
+    concurrency: int = Field(
+        4,
+        ge=1,
+        le=16,
+        description="requests in flight at once (a session's last batch waits for the others)",
+    )
 
     @field_validator("ad_account_id", mode="before")
     @classmethod
