@@ -36,6 +36,8 @@ TEMP = f"{INTERNAL_PREFIX}_tmp"
 DESIRED = f"{TEMP}_desired"
 SUPPRESSED = f"{TEMP}_suppressed"
 DUPLICATES = f"{TEMP}_duplicate_keys"
+UNION = f"{TEMP}_union"
+JOINED = f"{TEMP}_joined"
 
 CHANGES_DDL = (
     f"CREATE TABLE IF NOT EXISTS {STAGING}.changes "
@@ -129,39 +131,25 @@ def matchable_sql(profiles: ProfilesTable, identifier_types: tuple[str, ...]) ->
     return " OR ".join(tests) if tests else "FALSE"
 
 
-def stage_duplicate_keys(
-    con: duckdb.DuckDBPyConnection, profiles: ProfilesTable
-) -> tuple[str | None, int, list[str]]:
-    """Keys that occur more than once in the profiles table: (temp table or None when there
-    are none, how many keys, a few of them for the message)."""
-    key = f"CAST(p.{_ident(profiles.key)} AS VARCHAR)"
-    con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE {DUPLICATES} AS
-            SELECT {key} AS k FROM {_ident(profiles.table)} p
-            WHERE p.{_ident(profiles.key)} IS NOT NULL GROUP BY 1 HAVING count(*) > 1"""
-    )
-    n = con.execute(f"SELECT count(*) FROM {DUPLICATES}").fetchall()[0][0]
-    if not n:
-        return None, 0, []
-    sample = [
-        r[0] for r in con.execute(f"SELECT k FROM {DUPLICATES} ORDER BY k LIMIT 3").fetchall()
-    ]
-    return DUPLICATES, n, sample
-
-
 def stage_desired(
     con: duckdb.DuckDBPyConnection,
     *,
     profiles: ProfilesTable,
     segment_tables: list[str],
+    recorded: str,
     suppressed: str | None,
-    duplicates: str | None,
     consent: str,
     group_expr: str,
     fingerprint: str,
     matchable: str,
-) -> dict[str, int]:
-    """Create temp table ``desired`` and return the exclusion counts."""
+) -> tuple[dict[str, int], str | None, list[str]]:
+    """Create temp table ``desired``; return the exclusion counts and the held keys (a temp
+    table of keys, or None, and a few of them for the message).
+
+    A key that appears on several profile rows is *held*. Among the segments' keys this costs
+    nothing when there is none: the join with the profiles table then returns exactly one row
+    per key; only when it returns more are those keys grouped. Recorded members that left
+    the segments are checked on their own (a few keys, usually)."""
     if len(segment_tables) == 1:
         union = f"SELECT k FROM {segment_tables[0]}"
     else:
@@ -173,25 +161,52 @@ def stage_desired(
     key = f"CAST(p.{_ident(profiles.key)} AS VARCHAR)"
     supp_join = f"LEFT JOIN {suppressed} s ON s.k = u.k" if suppressed else ""
     supp_flag = "s.k IS NOT NULL" if suppressed else "FALSE"
-    # a held key joins no profile row (its rows are ambiguous): no row multiplication
-    dup_join = f"LEFT JOIN {duplicates} dk ON dk.k = u.k" if duplicates else ""
-    held = "dk.k IS NOT NULL" if duplicates else "FALSE"
-    not_held = " AND dk.k IS NULL" if duplicates else ""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {UNION} AS {union}")
     con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE {DESIRED} AS
+        f"""CREATE OR REPLACE TEMP TABLE {JOINED} AS
         SELECT u.k AS key,
-               {held} AS held,
-               {key} IS NULL AND NOT ({held}) AS unknown,
+               FALSE AS held,
+               {key} IS NULL AS unknown,
                {supp_flag} AS suppressed,
                NOT coalesce({consent}, FALSE) AS no_consent,
                coalesce({matchable}, FALSE) AS matchable,
                {group_expr} AS grp,
                {fingerprint} AS fp
-        FROM ({union}) u
-        {dup_join}
-        LEFT JOIN {_ident(profiles.table)} p ON {key} = u.k{not_held}
+        FROM {UNION} u
+        LEFT JOIN {_ident(profiles.table)} p ON {key} = u.k
         {supp_join}"""
     )
+    joined, keys = con.execute(
+        f"SELECT (SELECT count(*) FROM {JOINED}), (SELECT count(*) FROM {UNION})"
+    ).fetchall()[0]
+    twice = (
+        f"SELECT key AS k FROM {JOINED} GROUP BY key HAVING count(*) > 1"
+        if joined != keys
+        else "SELECT NULL::VARCHAR AS k WHERE FALSE"
+    )
+    # recorded members no segment returns any more: held too when their key is duplicated
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE {DUPLICATES} AS
+        {twice}
+        UNION ALL
+        SELECT {key} AS k FROM {_ident(profiles.table)} p
+        SEMI JOIN (SELECT m.key FROM {recorded} m ANTI JOIN {UNION} u ON u.k = m.key) l
+            ON l.key = {key}
+        GROUP BY 1 HAVING count(*) > 1"""
+    )
+    n = con.execute(f"SELECT count(*) FROM {DUPLICATES}").fetchall()[0][0]
+    con.execute(f"DROP TABLE IF EXISTS {DESIRED}")
+    if joined == keys:
+        con.execute(f"ALTER TABLE {JOINED} RENAME TO {DESIRED}")
+    else:  # one row per held key: it joins no profile row (which row is it?)
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE {DESIRED} AS
+            SELECT * FROM {JOINED} j ANTI JOIN {DUPLICATES} d ON d.k = j.key
+            UNION ALL
+            SELECT key, TRUE, FALSE, any_value(suppressed), TRUE, FALSE, any_value(grp), NULL
+            FROM {JOINED} j SEMI JOIN {DUPLICATES} d ON d.k = j.key GROUP BY key"""
+        )
+        con.execute(f"DROP TABLE {JOINED}")
     row = con.execute(
         f"""SELECT count(*) FILTER (unknown),
                   count(*) FILTER (held),
@@ -203,7 +218,7 @@ def stage_desired(
                                    AND NOT no_consent AND matchable)
            FROM {DESIRED}"""
     ).fetchall()[0]
-    return {
+    counts = {
         "unknown": row[0],
         "held": row[1],
         "suppression": row[2],
@@ -211,6 +226,12 @@ def stage_desired(
         "eligible": row[4],
         "matchable": row[5],
     }
+    if not n:
+        return counts, None, []
+    sample = [
+        r[0] for r in con.execute(f"SELECT k FROM {DUPLICATES} ORDER BY k LIMIT 3").fetchall()
+    ]
+    return counts, DUPLICATES, sample
 
 
 def stage_changes(

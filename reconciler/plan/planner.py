@@ -86,14 +86,6 @@ class Planner:
                 )
             ids = [i for i in ids if i in self.req.targets]
         suppressed = self.segments.suppressed_table()
-        self.duplicates, n_dups, sample = membership.stage_duplicate_keys(self.con, self.profiles)
-        self.duplicates_warning = (
-            f"{n_dups:,} key(s) appear more than once in the profiles table "
-            f"{self.profiles.table!r} (e.g. {', '.join(sample)}); profiles with such a key are "
-            "held (neither added, updated nor removed) until the source is fixed"
-            if n_dups
-            else None
-        )
         self.last_refresh = last_refresh(
             self.con,
             self.ws.config.source.freshness_sql,
@@ -189,12 +181,13 @@ class Planner:
                 consent_where,
                 "the audience query (consent condition)",
             ):
-                counts = membership.stage_desired(
+                recorded = self.state.members_sql(baseline)
+                counts, duplicates, sample = membership.stage_desired(
                     self.con,
                     profiles=self.profiles,
                     segment_tables=[r.table for r in seg_results],
+                    recorded=recorded,
                     suppressed=suppressed,
-                    duplicates=self.duplicates,
                     consent=consent,
                     group_expr=membership.group_expression(act, seed),
                     fingerprint=membership.fingerprint_sql(
@@ -205,13 +198,13 @@ class Planner:
                 membership.stage_changes(
                     self.con,
                     activation_id=aid,
-                    recorded=self.state.members_sql(baseline),
+                    recorded=recorded,
                     gone=sorted(drift.gone),
                     act=act,
                     frozen=frozen,
                     profiles=self.profiles,
                     suppressed=suppressed,
-                    duplicates=self.duplicates,
+                    duplicates=duplicates,
                     consent=consent,
                 )
         except ReconcileError:
@@ -225,8 +218,14 @@ class Planner:
             notes.append(f"{counts['unknown']:,} segment key(s) are not in the profiles table")
         changes = membership.change_counts(self.con, aid)
         warnings: list[str] = []
-        if counts["held"] and self.duplicates_warning:
-            warnings.append(f"{counts['held']:,} of its profiles held: {self.duplicates_warning}")
+        if counts["held"] and duplicates:
+            n_dups = self.con.execute(f"SELECT count(*) FROM {duplicates}").fetchall()[0][0]
+            warnings.append(
+                f"{counts['held']:,} of its profiles held: {n_dups:,} key(s) appear more than "
+                f"once in the profiles table {self.profiles.table!r} (e.g. {', '.join(sample)}); "
+                "profiles with such a key are held (neither added, updated nor removed) until "
+                "the source is fixed"
+            )
         audiences = self._audiences(aid, act, rec, changes, warnings, drift)
         if not self.req.refresh:
             notes.append("--refresh=false: destination lists were not checked")
