@@ -29,7 +29,13 @@ from reconciler.plan import splits
 from reconciler.sources.base import INTERNAL_PREFIX, SqlRejected
 from reconciler.sources.engine_errors import safe_engine_error
 from reconciler.sources.guard import SqlPolicy, check_condition
-from reconciler.workspace.spec import ActionMode, Integration, ProfilesTable, ResolvedActivation
+from reconciler.workspace.spec import (
+    ActionMode,
+    Goal,
+    Integration,
+    ProfilesTable,
+    ResolvedActivation,
+)
 
 #: temp tables of a planning session; the prefix keeps segment SQL from reading them
 TEMP = f"{INTERNAL_PREFIX}_tmp"
@@ -160,8 +166,10 @@ def stage_desired(
     group_expr: str,
     fingerprint: str,
     matchable: str,
+    attribute_fps: str | None = None,
 ) -> dict[str, int]:
-    """Create temp table ``desired`` and return the exclusion counts."""
+    """Create temp table ``desired`` and return the exclusion counts. ``attribute_fps``
+    (``goal: sync_attributes``) adds the per-attribute hashes as column ``afp``."""
     if len(segment_tables) == 1:
         union = f"SELECT k FROM {segment_tables[0]}"
     else:
@@ -186,7 +194,7 @@ def stage_desired(
                NOT coalesce({consent}, FALSE) AS no_consent,
                coalesce({matchable}, FALSE) AS matchable,
                {group_expr} AS grp,
-               {fingerprint} AS fp
+               {fingerprint} AS fp{f", {attribute_fps} AS afp" if attribute_fps else ""}
         FROM ({union}) u
         {dup_join}
         LEFT JOIN {_ident(profiles.table)} p ON {key} = u.k{not_held}
@@ -252,6 +260,10 @@ def stage_changes(
         "AND NOT no_consent AND matchable)"
     )
     ins = f"INSERT INTO {STAGING}.changes "
+    if act.goal is Goal.SYNC_ATTRIBUTES:
+        if not frozen:
+            _stage_attribute_sync(con, ins, aid, eligible, members)
+        return
     if act.action is ActionMode.REMOVE:
         if frozen:  # paused, or a one-time removal that already ran: nothing more is sent
             return
@@ -310,6 +322,23 @@ def stage_changes(
                 ON d.key = m.key AND d.grp <> m.grp
             UNION
             SELECT m.key, m.grp FROM {members} m SEMI JOIN {unusable} u ON u.key = m.key)"""
+    )
+
+
+def _stage_attribute_sync(
+    con: duckdb.DuckDBPyConnection, ins: str, aid: str, eligible: str, members: str
+) -> None:
+    """``goal: sync_attributes``: entering profiles get all mapped values (``add``), changed
+    ones their values again (``update``); leaving the segment never clears fields at the
+    destination, so a leaver's record is only forgotten (re-entering sends all values)."""
+    con.execute(
+        f"""{ins}
+        SELECT {aid}, coalesce(d.grp, m.grp),
+               CASE WHEN m.key IS NULL THEN 'add' WHEN d.key IS NULL THEN 'forget'
+                    ELSE 'update' END,
+               coalesce(d.key, m.key)
+        FROM {eligible} d FULL OUTER JOIN {members} m ON d.key = m.key AND d.grp = m.grp
+        WHERE m.key IS NULL OR d.key IS NULL OR m.fp IS NULL OR d.fp <> m.fp"""
     )
 
 

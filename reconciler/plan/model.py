@@ -88,6 +88,8 @@ class AudienceChange(Frozen):
     #: (shown as a conflict; taken over only with ``adopt: true``)
     name_taken_by: str | None = None
     adopt: bool = False  # the creation takes over ``name_taken_by`` (``adopt: true``)
+    #: ``goal: sync_attributes``: destination field -> values this apply changes there
+    attributes: dict[str, int] = Field(default_factory=dict)
 
     @property
     def has_changes(self) -> bool:

@@ -15,7 +15,7 @@ from destinations.base import AudienceRef
 from reconciler.enginedb import Session
 from reconciler.errors import ConfigError, DestinationError, ReconcileError, SegmentError
 from reconciler.integrations import Connections
-from reconciler.plan import membership, splits
+from reconciler.plan import attributes, membership, splits
 from reconciler.plan.model import (
     ActivationPlan,
     AudienceChange,
@@ -30,9 +30,10 @@ from reconciler.plan.segments import SegmentRunner
 from reconciler.sources import sql_policy
 from reconciler.sources.engine_errors import safe_engine_error
 from reconciler.sources.limits import query_timeout, time_limit
+from reconciler.state.attributes import relation as recorded_attributes
 from reconciler.state.store import RecordedActivation, StateReader
 from reconciler.workspace.loader import Workspace
-from reconciler.workspace.spec import ActionMode, ResolvedActivation, SplitMode
+from reconciler.workspace.spec import ActionMode, Goal, ResolvedActivation, SplitMode
 from reconciler.workspace.templating import DEFAULT_NAME, TemplateFailed, local_date, render_name
 
 
@@ -181,6 +182,8 @@ class Planner:
         drift = self._refresh(act, rec, dest) if rec is not None and not frozen else Drift()
         notes += drift.notes
         attr_cols = [integ.attributes[f] for f in act.attributes]
+        mapping = {f: integ.attributes[f] for f in act.attributes}
+        syncs = act.goal is Goal.SYNC_ATTRIBUTES
         consent_where = str(self.ws.location("integrations", act.destination, "consent"))
         try:
             with time_limit(
@@ -201,6 +204,9 @@ class Planner:
                         self.profiles, ids, attr_cols, self.profiles.default_phone_country
                     ),
                     matchable=membership.matchable_sql(self.profiles, ids),
+                    attribute_fps=attributes.fingerprints_sql(self.profiles, mapping)
+                    if syncs
+                    else None,
                 )
                 membership.stage_changes(
                     self.con,
@@ -228,6 +234,26 @@ class Planner:
         if counts["held"] and self.duplicates_warning:
             warnings.append(f"{counts['held']:,} of its profiles held: {self.duplicates_warning}")
         audiences = self._audiences(aid, act, rec, changes, warnings, drift)
+        if syncs:
+            values = attributes.value_changes(
+                self.con,
+                activation_id=aid,
+                recorded=self.state.members_sql(baseline),
+                recorded_attributes=recorded_attributes(self.con, self.state.c, baseline),
+                fields=list(mapping),
+            )
+            audiences = [
+                au.model_copy(update={"attributes": values.get(au.group, {})})
+                if au.add or au.update
+                else au
+                for au in audiences
+            ]
+            left = sum(au.forget for au in audiences)
+            if left:
+                notes.append(
+                    f"{left:,} profile(s) left the segment: their attribute values stay at the "
+                    "destination (leaving never clears fields)"
+                )
         if not self.req.refresh:
             notes.append("--refresh=false: destination lists were not checked")
         config_changes = config_diff(rec.spec if rec else None, spec)
