@@ -27,7 +27,7 @@ from reconciler.plan.model import (
 from reconciler.plan.recorded import config_diff, digest, recorded_spec
 from reconciler.plan.schedule import is_due, last_refresh
 from reconciler.plan.segments import SegmentRunner
-from reconciler.sources import sql_policy
+from reconciler.sources import sql_policy, writeback
 from reconciler.sources.engine_errors import safe_engine_error
 from reconciler.sources.limits import query_timeout, time_limit
 from reconciler.state.attributes import relation as recorded_attributes
@@ -257,12 +257,30 @@ class Planner:
         if not self.req.refresh:
             notes.append("--refresh=false: destination lists were not checked")
         config_changes = config_diff(rec.spec if rec else None, spec)
+        to_write = to_delete = 0
+        if rec is not None and getattr(self.ws.config.source, "writable", False):
+            to_write, to_delete = writeback.pending(
+                self.con,
+                source_catalog=self.session.source.catalog,
+                members=self.state.members_sql(baseline),
+                activation_id=aid,
+                enabled=bool(rec.spec.get("append_to_profiles")),
+            )
+            if to_write or to_delete:
+                notes.append(
+                    f"{writeback.WRITEBACK_TABLE}: {to_write:,} row(s) to write, {to_delete:,} "
+                    "to delete (it does not match the recorded members)"
+                )
         if rec is None:
             change = Change.CREATE
         elif act.paused and not any(a.has_changes for a in audiences) and not config_changes:
             change = Change.PAUSED
         elif (
-            rec.spec_digest != spec_digest or any(a.has_changes for a in audiences) or rec.id != aid
+            rec.spec_digest != spec_digest
+            or any(a.has_changes for a in audiences)
+            or rec.id != aid
+            or to_write
+            or to_delete
         ):
             change = Change.UPDATE
         else:
@@ -298,6 +316,7 @@ class Planner:
             warnings=warnings,
             max_removal_share=act.max_removal_share,
             on_delete=act.on_delete,
+            writeback_pending=to_write + to_delete,
             due=(
                 not act.paused
                 and is_due(

@@ -73,7 +73,9 @@ def sync(
         else "(SELECT NULL::VARCHAR AS key, NULL::VARCHAR AS grp, NULL::VARCHAR AS name "
         "WHERE FALSE)"
     )
-    params = {"aid": activation_id, "grps": list(names), "names": list(names.values())}
+    params: dict[str, object] = {"aid": activation_id}
+    if enabled:
+        params |= {"grps": list(names), "names": list(names.values())}
     con.execute("BEGIN TRANSACTION")
     try:
         deleted = con.execute(
@@ -88,7 +90,7 @@ def sync(
                                  unnest($names::VARCHAR[]) AS name) n
                     WHERE w.activation_id = $aid AND w.grp = n.grp
                       AND w.activation_name IS DISTINCT FROM n.name""",
-                {k: v for k, v in params.items()},
+                params,
             )
         inserted = con.execute(
             f"""INSERT INTO {table}
@@ -102,3 +104,37 @@ def sync(
         raise
     con.execute("COMMIT")
     return inserted, deleted
+
+
+def pending(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    source_catalog: str,
+    members: str,
+    activation_id: str,
+    enabled: bool,
+) -> tuple[int, int]:
+    """(rows to write, rows to delete) to make the activation's write-back match its recorded
+    members ``members`` (a ``(key, grp, fp, record)`` relation); (0, 0) when the source has no
+    write-back table. A difference means an apply died before its write-back (or the table was
+    edited): the plan shows it and the next apply writes it."""
+    found = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND schema_name = 'main' "
+        "AND table_name = ?",
+        [source_catalog, WRITEBACK_TABLE],
+    ).fetchall()[0][0]
+    if not found:
+        return 0, 0
+    table = f"{source_catalog}.main.{WRITEBACK_TABLE}"
+    wanted = (
+        f"(SELECT DISTINCT key, grp FROM {members} WHERE len(record) > 0)"
+        if enabled
+        else "(SELECT NULL::VARCHAR AS key, NULL::VARCHAR AS grp WHERE FALSE)"
+    )
+    have = f"(SELECT DISTINCT profile_key AS key, grp FROM {table} WHERE activation_id = $aid)"
+    row = con.execute(
+        f"""SELECT (SELECT count(*) FROM (SELECT * FROM {wanted} EXCEPT SELECT * FROM {have})),
+                   (SELECT count(*) FROM (SELECT * FROM {have} EXCEPT SELECT * FROM {wanted}))""",
+        {"aid": activation_id},
+    ).fetchall()[0]
+    return row[0], row[1]

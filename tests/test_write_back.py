@@ -1,0 +1,175 @@
+"""``append_to_profiles: true`` end to end through the CLI: the source's included_in_audience
+table follows the activation's members in the same apply, segments can select on it, and the
+refusals (read-only source, a loop)."""
+
+from __future__ import annotations
+
+import duckdb
+
+from tests.conftest import RECONCILE_YAML, cli, plan_json, profile
+
+WRITABLE = RECONCILE_YAML.replace(
+    "  path: data/profiles.duckdb\n", "  path: data/profiles.duckdb\n  writable: true\n"
+)
+
+VIP = """\
+segments: [seg-a]
+destination: sandbox
+name: VIP campaign
+append_to_profiles: true
+"""
+
+WAS_IN_VIP = """\
+description: Profiles that were in the VIP campaign
+sql: |
+  SELECT profile_key FROM included_in_audience WHERE activation_id = 'vip'
+"""
+
+SEGMENTS = {
+    "seg-a": "sql: SELECT customer_id FROM profiles WHERE seg_a\n",
+    "seg-b": "sql: SELECT customer_id FROM profiles WHERE seg_b\n",
+    "was-in-vip": WAS_IN_VIP,
+}
+
+
+def rows(ws) -> set[tuple[str, str, str, str]]:
+    con = duckdb.connect(str(ws.db), read_only=True)
+    try:
+        found = con.execute(
+            "SELECT profile_key, activation_id, activation_name, grp, since IS NOT NULL "
+            "FROM included_in_audience"
+        ).fetchall()
+    finally:
+        con.close()
+    assert all(r[4] for r in found)
+    return {r[:4] for r in found}
+
+
+def ok(ws, *args: str) -> str:
+    res = cli(ws, *args)
+    assert res.exit_code == 0, res.output + res.stderr
+    return res.output
+
+
+def test_included_profiles_carry_the_activation_name_and_leavers_lose_it(workspace):
+    ws = workspace(
+        {"vip": VIP},
+        profiles=[profile(i, a=i < 5) for i in range(8)],
+        segments=SEGMENTS,
+        reconcile_yaml=WRITABLE,
+    )
+    assert ok(ws, "validate")
+    ok(ws, "apply", "--auto-approve")
+    assert rows(ws) == {(f"c{i:05d}", "vip", "VIP campaign", "all") for i in range(5)}
+    assert cli(ws, "plan", "--detailed-exitcode").exit_code == 0
+
+    # 0 and 1 leave under maintain, 6 enters
+    ws.set_profiles([profile(i, a=(1 < i < 5) or i == 6) for i in range(8)])
+    ok(ws, "apply", "--auto-approve")
+    assert rows(ws) == {(f"c{i:05d}", "vip", "VIP campaign", "all") for i in (2, 3, 4, 6)}
+    assert cli(ws, "plan", "--detailed-exitcode").exit_code == 0
+
+    # turned off: its rows go in the same apply
+    ws.write("activations/vip.yaml", VIP.replace("append_to_profiles: true\n", ""))
+    ok(ws, "apply", "--auto-approve")
+    assert rows(ws) == set()
+
+
+def test_a_segment_selects_the_profiles_of_another_activation(workspace):
+    ws = workspace(
+        {"vip": VIP},
+        profiles=[profile(i, a=i < 5, b=i >= 3) for i in range(8)],
+        segments=SEGMENTS,
+        reconcile_yaml=WRITABLE,
+    )
+    ws.write(
+        "activations/followup.yaml",
+        "segments: [was-in-vip]\ndestination: sandbox\nname: After VIP\n",
+    )
+    # before the first apply the table exists and is empty: the segment is empty, not an error
+    plan = plan_json(ws)
+    sizes = {a["id"]: a["segments"][0]["size"] for a in plan["activations"]}
+    assert sizes == {"followup": 0, "vip": 5}
+    ok(ws, "apply", "--auto-approve")
+    plan = plan_json(ws)
+    (follow,) = [a for a in plan["activations"] if a["id"] == "followup"]
+    assert follow["segments"][0]["size"] == 5
+    assert follow["audiences"][0]["add"] == 5
+    ok(ws, "apply", "--auto-approve")
+    assert cli(ws, "plan", "--detailed-exitcode").exit_code == 0
+
+
+def test_split_groups_are_written_with_their_group_and_audience_name(workspace):
+    ws = workspace(
+        {"vip": VIP + "split: control\ncontrol_percent: 50\n"},
+        profiles=[profile(i, a=True) for i in range(40)],
+        segments=SEGMENTS,
+        reconcile_yaml=WRITABLE,
+    )
+    ok(ws, "apply", "--auto-approve")
+    found = rows(ws)
+    assert {r[0] for r in found} == {f"c{i:05d}" for i in range(40)}
+    groups = {r[3] for r in found}
+    assert groups == {"experiment", "control"}
+    assert {r[2] for r in found if r[3] == "experiment"} == {"VIP campaign"}
+
+
+def test_a_killed_write_back_is_planned_and_written_again(workspace):
+    ws = workspace(
+        {"vip": VIP},
+        profiles=[profile(i, a=i < 4) for i in range(6)],
+        segments=SEGMENTS,
+        reconcile_yaml=WRITABLE,
+    )
+    ok(ws, "apply", "--auto-approve")
+    con = duckdb.connect(str(ws.db))
+    try:  # as if the process died after recording the members, before the write-back
+        con.execute("DELETE FROM included_in_audience WHERE profile_key = 'c00001'")
+        con.execute("INSERT INTO included_in_audience VALUES ('c00005', 'vip', 'x', 'all', now())")
+    finally:
+        con.close()
+    res = cli(ws, "plan", "--detailed-exitcode")
+    assert res.exit_code == 2, res.output
+    assert "included_in_audience: 1 row(s) to write, 1 to delete" in res.output
+    ok(ws, "apply", "--auto-approve")
+    assert rows(ws) == {(f"c{i:05d}", "vip", "VIP campaign", "all") for i in range(4)}
+    assert cli(ws, "plan", "--detailed-exitcode").exit_code == 0
+
+
+def _fails(ws, *args: str) -> str:
+    res = cli(ws, *args)
+    assert res.exit_code == 1, res.output
+    assert "Traceback" not in res.stderr
+    return res.stderr
+
+
+def test_a_segment_reading_its_own_write_back_is_a_loop(workspace):
+    loop = "sql: SELECT profile_key FROM included_in_audience\n"
+    own = "sql: |\n  SELECT profile_key FROM included_in_audience\n  WHERE activation_id IN ('vip', 'x')\n"
+    ws = workspace(
+        {"vip": VIP.replace("[seg-a]", "[seg-a, loop]"), "other": VIP.replace("[seg-a]", "[own]")},
+        profiles=[profile(1, a=True)],
+        segments={**SEGMENTS, "loop": loop, "own": own},
+        reconcile_yaml=WRITABLE,
+    )
+    err = _fails(ws, "validate")
+    assert "activations/vip.yaml:1: segments.1: segment 'loop' reads this activation's own " in err
+    assert "(a loop)" in err
+    assert "activations/other.yaml" not in err  # 'own' names vip and x, not 'other'
+    # the same segment used by an activation that does not write back is fine
+    ws.write(
+        "activations/vip.yaml",
+        VIP.replace("[seg-a]", "[seg-a, loop]").replace("append_to_profiles: true\n", ""),
+    )
+    ws.write("activations/other.yaml", VIP.replace("[seg-a]", "[seg-a]"))
+    ok(ws, "validate")
+
+
+def test_reading_the_write_back_needs_a_writable_source(workspace):
+    ws = workspace(
+        {"follow": "segments: [was-in-vip]\ndestination: sandbox\n"},
+        profiles=[profile(1, a=True)],
+        segments=SEGMENTS,
+    )
+    err = _fails(ws, "validate")
+    assert "table 'included_in_audience' is not allowed in segment SQL" in err, err
