@@ -173,3 +173,44 @@ def test_reading_the_write_back_needs_a_writable_source(workspace):
     )
     err = _fails(ws, "validate")
     assert "table 'included_in_audience' is not allowed in segment SQL" in err, err
+
+
+def test_the_example_workspace_writes_back_and_selects_on_it(tmp_path):
+    """The repository's own workspace (smaller demo data): the VIP campaign writes back, the
+    example segment selects its profiles, the attribute sync runs, and the re-plan is empty."""
+    import shutil
+    from pathlib import Path
+
+    from tests.conftest import WS
+
+    repo = Path(__file__).resolve().parents[1]
+    root = tmp_path / "example"
+    root.mkdir()
+    for folder in ("integrations", "segments", "activations"):
+        shutil.copytree(repo / folder, root / folder)
+    text = (repo / "reconcile.yaml").read_text()
+    (root / "reconcile.yaml").write_text(
+        text.replace("demo_profiles: 50000", "demo_profiles: 2000")
+    )
+    ws = WS(root)
+    assert "5 segment(s)" in ok(ws, "validate")
+    ok(ws, "apply", "--auto-approve")
+    vip = plan_json(ws)
+    assert not any(a["change"] != "noop" for a in vip["activations"])
+    sent = rows_of(root / ".reconcile/demo.duckdb")
+    assert sent and {r[1] for r in sent} == {"vip-ab-test"}
+    assert {r[3] for r in sent} == {"A", "B"}
+    out = ok(ws, "segments", "was-in-vip-campaign")
+    assert out.startswith(f"was-in-vip-campaign: {len(sent)} profiles"), out
+
+
+def rows_of(db) -> set[tuple]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return set(
+            con.execute(
+                "SELECT profile_key, activation_id, activation_name, grp FROM included_in_audience"
+            ).fetchall()
+        )
+    finally:
+        con.close()

@@ -151,6 +151,7 @@ class Applier:
         act = self.ws.activations[ap.id].resolved(self.ws.config.defaults)
         if ap.moved_from:
             self.state.move_activation(ap.moved_from, ap.id)
+            forget_attribute_hashes(self.session.con, CATALOG, ap.moved_from)  # recorded anew
         self.state.ensure_activation(
             ap.id,
             destination=act.destination,
