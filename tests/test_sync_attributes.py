@@ -151,3 +151,42 @@ def test_refused_with_a_split_or_a_remove_action(workspace):
     err = _fails(ws, "validate")
     assert "activations/ab.yaml:6: split: `split` is only for `goal: send_segments`" in err, err
     assert "activations/rm.yaml:6: action: `goal: sync_attributes` updates attribute values" in err
+
+
+def test_markdown_and_a_saved_plan_carry_the_attribute_counts(workspace, tmp_path):
+    ws = workspace({"attrs": SYNC}, profiles=[profile(i, a=i < 3) for i in range(5)])
+    md = cli(ws, "plan", "--format", "markdown").output
+    assert "- attribute values to change: FIRST\\_NAME 3, COUNTRY 3" in md, md
+    out = tmp_path / "p.plan"
+    assert cli(ws, "plan", "--out", str(out)).exit_code == 0
+    shown = cli(ws, "show", str(out), "--format", "json").json()
+    assert attribute_counts(shown, "attrs") == {"FIRST_NAME": 3, "COUNTRY": 3}
+    assert cli(ws, "apply", str(out), "--auto-approve").exit_code == 0
+    assert len(held(ws)) == 3
+    assert cli(ws, "plan", "--detailed-exitcode").exit_code == 0
+
+
+def test_a_state_from_before_attribute_hashes_is_read_and_completed(workspace):
+    """A state written before ``member_attributes`` existed: plan reads it (read-only) as
+    having no hashes, and the next apply adds the table."""
+    ws = workspace({"attrs": SYNC}, profiles=[profile(i, a=True) for i in range(3)])
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    state = str(ws.root / ".reconcile/state.duckdb")
+    con = duckdb.connect(state)
+    try:
+        con.execute("DROP TABLE member_attributes")
+    finally:
+        con.close()
+    ws.set_profiles([profile(i, a=True, name="X" if i == 0 else None) for i in range(3)])
+    plan = plan_json(ws)
+    assert audience_counts(plan, "attrs") == {"all": (0, 0, 1)}
+    assert attribute_counts(plan, "attrs") == {"FIRST_NAME": 1, "COUNTRY": 1}
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    con = duckdb.connect(state, read_only=True)
+    try:
+        assert con.execute("SELECT count(*) FROM member_attributes").fetchall() == [(3,)]
+        # hashes only: no value of any profile is in the table
+        text = str(con.execute("SELECT * FROM member_attributes").fetchall())
+    finally:
+        con.close()
+    assert "Name1" not in text and "AU" not in text and "X'" not in text
