@@ -261,8 +261,10 @@ def stage_changes(
     )
     ins = f"INSERT INTO {STAGING}.changes "
     if act.goal is Goal.SYNC_ATTRIBUTES:
+        # entering profiles get all mapped values, changed ones their values again; leaving
+        # never clears fields at the destination: a leaver's record is only forgotten
         if not frozen:
-            _stage_attribute_sync(con, ins, aid, eligible, members)
+            _stage_diff(con, ins, aid, eligible, members, leaving="forget")
         return
     if act.action is ActionMode.REMOVE:
         if frozen:  # paused, or a one-time removal that already ran: nothing more is sent
@@ -286,15 +288,7 @@ def stage_changes(
         return
     # `m.fp IS NULL`: a removal of an earlier record is still owed (it was refused)
     if act.action is ActionMode.MAINTAIN:
-        con.execute(
-            f"""{ins}
-            SELECT {aid}, coalesce(d.grp, m.grp),
-                   CASE WHEN m.key IS NULL THEN 'add' WHEN d.key IS NULL THEN 'remove'
-                        ELSE 'update' END,
-                   coalesce(d.key, m.key)
-            FROM {eligible} d FULL OUTER JOIN {members} m ON d.key = m.key AND d.grp = m.grp
-            WHERE m.key IS NULL OR d.key IS NULL OR m.fp IS NULL OR d.fp <> m.fp"""
-        )
+        _stage_diff(con, ins, aid, eligible, members, leaving="remove")
         if duplicates:  # held members are left alone, unless an exclusion removes them
             con.execute(
                 f"{ins} SELECT {aid}, x.grp, 'remove', x.key FROM {excluded} x "
@@ -325,16 +319,21 @@ def stage_changes(
     )
 
 
-def _stage_attribute_sync(
-    con: duckdb.DuckDBPyConnection, ins: str, aid: str, eligible: str, members: str
+def _stage_diff(
+    con: duckdb.DuckDBPyConnection,
+    ins: str,
+    aid: str,
+    eligible: str,
+    members: str,
+    *,
+    leaving: str,
 ) -> None:
-    """``goal: sync_attributes``: entering profiles get all mapped values (``add``), changed
-    ones their values again (``update``); leaving the segment never clears fields at the
-    destination, so a leaver's record is only forgotten (re-entering sends all values)."""
+    """Stage ``add`` for entering, ``update`` for changed and ``leaving`` (``remove``, or
+    ``forget`` where leaving sends nothing) for leaving members, by (key, group)."""
     con.execute(
         f"""{ins}
         SELECT {aid}, coalesce(d.grp, m.grp),
-               CASE WHEN m.key IS NULL THEN 'add' WHEN d.key IS NULL THEN 'forget'
+               CASE WHEN m.key IS NULL THEN 'add' WHEN d.key IS NULL THEN {_lit(leaving)}
                     ELSE 'update' END,
                coalesce(d.key, m.key)
         FROM {eligible} d FULL OUTER JOIN {members} m ON d.key = m.key AND d.grp = m.grp
