@@ -20,6 +20,7 @@ import duckdb
 
 from reconciler.enginedb import STAGING
 from reconciler.plan.membership import DESIRED, _ident, _lit
+from reconciler.plan.model import AudienceChange
 from reconciler.workspace.spec import ProfilesTable
 
 
@@ -73,3 +74,39 @@ def value_changes(
     for grp, field, n in rows:
         out.setdefault(grp, {f: 0 for f in fields})[field] = n
     return out
+
+
+def with_value_counts(
+    con: duckdb.DuckDBPyConnection,
+    activation_id: str,
+    audiences: list[AudienceChange],
+    *,
+    recorded: str,
+    recorded_attributes: str,
+    fields: list[str],
+) -> tuple[list[AudienceChange], list[str]]:
+    """The audiences with their per-field value counts (:func:`value_changes`), and the
+    plan's note about profiles that left (their fields stay at the destination)."""
+    values = value_changes(
+        con,
+        activation_id=activation_id,
+        recorded=recorded,
+        recorded_attributes=recorded_attributes,
+        fields=fields,
+    )
+    out = [
+        au.model_copy(update={"attributes": values.get(au.group, {})})
+        if au.add or au.update
+        else au
+        for au in audiences
+    ]
+    left = sum(au.forget for au in out)
+    notes = (
+        [
+            f"{left:,} profile(s) left the segment: their attribute values stay at the "
+            "destination (leaving never clears fields)"
+        ]
+        if left
+        else []
+    )
+    return out, notes

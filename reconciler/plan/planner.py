@@ -235,42 +235,28 @@ class Planner:
             warnings.append(f"{counts['held']:,} of its profiles held: {self.duplicates_warning}")
         audiences = self._audiences(aid, act, rec, changes, warnings, drift)
         if syncs:
-            values = attributes.value_changes(
+            audiences, said = attributes.with_value_counts(
                 self.con,
-                activation_id=aid,
+                aid,
+                audiences,
                 recorded=self.state.members_sql(baseline),
                 recorded_attributes=recorded_attributes(self.con, self.state.c, baseline),
                 fields=list(mapping),
             )
-            audiences = [
-                au.model_copy(update={"attributes": values.get(au.group, {})})
-                if au.add or au.update
-                else au
-                for au in audiences
-            ]
-            left = sum(au.forget for au in audiences)
-            if left:
-                notes.append(
-                    f"{left:,} profile(s) left the segment: their attribute values stay at the "
-                    "destination (leaving never clears fields)"
-                )
+            notes += said
         if not self.req.refresh:
             notes.append("--refresh=false: destination lists were not checked")
         config_changes = config_diff(rec.spec if rec else None, spec)
-        to_write = to_delete = 0
+        pending = 0
         if rec is not None and getattr(self.ws.config.source, "writable", False):
-            to_write, to_delete = writeback.pending(
+            pending = writeback.pending_rows(
                 self.con,
                 source_catalog=self.session.source.catalog,
                 members=self.state.members_sql(baseline),
                 activation_id=aid,
                 enabled=bool(rec.spec.get("append_to_profiles")),
+                notes=notes,
             )
-            if to_write or to_delete:
-                notes.append(
-                    f"{writeback.WRITEBACK_TABLE}: {to_write:,} row(s) to write, {to_delete:,} "
-                    "to delete (it does not match the recorded members)"
-                )
         if rec is None:
             change = Change.CREATE
         elif act.paused and not any(a.has_changes for a in audiences) and not config_changes:
@@ -279,8 +265,7 @@ class Planner:
             rec.spec_digest != spec_digest
             or any(a.has_changes for a in audiences)
             or rec.id != aid
-            or to_write
-            or to_delete
+            or pending
         ):
             change = Change.UPDATE
         else:
@@ -316,7 +301,7 @@ class Planner:
             warnings=warnings,
             max_removal_share=act.max_removal_share,
             on_delete=act.on_delete,
-            writeback_pending=to_write + to_delete,
+            writeback_pending=pending,
             due=(
                 not act.paused
                 and is_due(

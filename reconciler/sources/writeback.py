@@ -138,3 +138,28 @@ def pending(
         {"aid": activation_id},
     ).fetchall()[0]
     return row[0], row[1]
+
+
+def pending_rows(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    source_catalog: str,
+    members: str,
+    activation_id: str,
+    enabled: bool,
+    notes: list[str],
+) -> int:
+    """:func:`pending` as one number, with a note for the plan when it is not zero."""
+    to_write, to_delete = pending(
+        con,
+        source_catalog=source_catalog,
+        members=members,
+        activation_id=activation_id,
+        enabled=enabled,
+    )
+    if to_write or to_delete:
+        notes.append(
+            f"{WRITEBACK_TABLE}: {to_write:,} row(s) to write, {to_delete:,} to delete (it "
+            "does not match the recorded members)"
+        )
+    return to_write + to_delete
