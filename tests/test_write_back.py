@@ -214,3 +214,33 @@ def rows_of(db) -> set[tuple]:
         )
     finally:
         con.close()
+
+
+def test_an_apply_killed_mid_way_converges_on_the_next_run(workspace):
+    """The process dies (SIGKILL-like exit) right after the sandbox applied its third call,
+    before the write-back; the next apply finishes the members and writes the rows."""
+    import subprocess
+
+    from tests.conftest import SANDBOX_YAML
+    from tests.state_workspace import reconcile_command
+
+    ws = workspace(
+        {"vip": VIP},
+        profiles=[profile(i, a=i < 20) for i in range(25)],
+        segments=SEGMENTS,
+        reconcile_yaml=WRITABLE,
+        integration=SANDBOX_YAML + "  exit_after_calls: 3\n  exit_when: after\n",
+    )
+    died = subprocess.run(
+        [*reconcile_command(), "apply", "--auto-approve"],
+        cwd=ws.root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert died.returncode == 137, died.stdout + died.stderr
+    assert len(rows(ws)) < 20  # the write-back did not happen
+    ws.write("integrations/sandbox.yaml", SANDBOX_YAML)
+    ok(ws, "apply", "--auto-approve")
+    assert rows(ws) == {(f"c{i:05d}", "vip", "VIP campaign", "all") for i in range(20)}
+    assert cli(ws, "plan", "--detailed-exitcode").exit_code == 0
