@@ -49,7 +49,9 @@ def test_first_apply_sends_every_mapped_value_then_plan_is_empty(workspace):
     assert attribute_counts(plan, "attrs") == {"FIRST_NAME": 6, "COUNTRY": 6}
 
     text = cli(ws, "plan").output
-    assert "attribute values to change: FIRST_NAME 6, COUNTRY 6" in text, text
+    assert "profiles to update: 6; attribute values to change: FIRST_NAME 6, COUNTRY 6" in text, (
+        text
+    )
 
     assert cli(ws, "apply", "--auto-approve").exit_code == 0
     assert held(ws) == {email_key(i): {"FIRST_NAME": f"Name{i}", "COUNTRY": "AU"} for i in range(6)}
@@ -77,7 +79,7 @@ def test_changed_values_are_counted_per_attribute_and_leavers_keep_their_fields(
     assert au["attributes"] == {"FIRST_NAME": 3, "COUNTRY": 2}
     assert plan["summary"]["remove"] == 0
     text = cli(ws, "plan").output
-    assert "attribute values to change: FIRST_NAME 3, COUNTRY 2" in text, text
+    assert "profiles to update: 4; attribute values to change: FIRST_NAME 3, COUNTRY 2" in text
     assert "left the segment: their attribute values stay" in text
 
     assert cli(ws, "apply", "--auto-approve").exit_code == 0
@@ -156,7 +158,9 @@ def test_refused_with_a_split_or_a_remove_action(workspace):
 def test_markdown_and_a_saved_plan_carry_the_attribute_counts(workspace, tmp_path):
     ws = workspace({"attrs": SYNC}, profiles=[profile(i, a=i < 3) for i in range(5)])
     md = cli(ws, "plan", "--format", "markdown").output
-    assert "- attribute values to change: FIRST\\_NAME 3, COUNTRY 3" in md, md
+    assert "- profiles to update: 3; attribute values to change: FIRST\\_NAME 3, COUNTRY 3" in md, (
+        md
+    )
     out = tmp_path / "p.plan"
     assert cli(ws, "plan", "--out", str(out)).exit_code == 0
     shown = cli(ws, "show", str(out), "--format", "json").json()

@@ -170,7 +170,7 @@ def attribute_line(au: AudienceChange) -> str | None:
     if not au.attributes:
         return None
     counts = ", ".join(f"{field} {num(n)}" for field, n in au.attributes.items())
-    return f"attribute values to change: {counts}"
+    return f"profiles to update: {num(au.add + au.update)}; attribute values to change: {counts}"
 
 
 def mass_removal_line(a: ActivationPlan, au: AudienceChange) -> str:
