@@ -5,6 +5,7 @@ refusals (read-only source, a loop)."""
 from __future__ import annotations
 
 import duckdb
+import pytest
 
 from tests.conftest import RECONCILE_YAML, cli, plan_json, profile
 
@@ -244,3 +245,26 @@ def test_an_apply_killed_mid_way_converges_on_the_next_run(workspace):
     ok(ws, "apply", "--auto-approve")
     assert rows(ws) == {(f"c{i:05d}", "vip", "VIP campaign", "all") for i in range(20)}
     assert cli(ws, "plan", "--detailed-exitcode").exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("where", "loop"),
+    [
+        ("", True),
+        ("WHERE activation_id = 'vip'", True),
+        ("WHERE activation_id = 'other'", False),
+        ("WHERE 'other' = activation_id", False),
+        ("WHERE w.activation_id IN ('a', 'b')", False),
+        ("WHERE activation_id IN ('a', 'vip')", True),
+        ("WHERE activation_id <> 'other'", True),
+        ("WHERE activation_name = 'VIP campaign'", True),
+        ("WHERE activation_name = 'Spring sale'", False),
+        ("WHERE activation_id IN (SELECT 'other')", True),
+    ],
+)
+def test_which_reads_of_the_write_back_are_a_loop(where, loop):
+    from reconciler.workspace.goal_rules import reads_own_writeback
+
+    sql = f"SELECT profile_key FROM included_in_audience w {where}"
+    assert reads_own_writeback(sql, "vip", "VIP campaign") is loop
+    assert not reads_own_writeback("SELECT customer_id FROM profiles", "vip", None)
