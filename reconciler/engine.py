@@ -108,7 +108,11 @@ def _apply_session(ws: Workspace, staging: Path, lock_timeout: float, echo=None)
     while True:
         try:
             session = Session(
-                ws, open_source(ws), write_state=True, staging_path=staging, lock_down=False
+                ws,
+                open_source(ws, write=True),
+                write_state=True,
+                staging_path=staging,
+                lock_down=False,
             )
             break
         except StateBusy as exc:

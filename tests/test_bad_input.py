@@ -274,15 +274,23 @@ STATIC = [
     pytest.param(
         {"activations/act.yaml": MAINTAIN + "append_to_profiles: true\n"},
         [
-            "activations/act.yaml:5: append_to_profiles: `append_to_profiles` (write-back to the "
-            "source) is not supported yet"
+            "activations/act.yaml:5: append_to_profiles: `append_to_profiles` writes the "
+            "activation name into the source (table included_in_audience), but the source is "
+            "read-only: set `source.writable: true`"
         ],
-        id="append-to-profiles-not-supported",
+        id="append-to-profiles-without-writable-source",
     ),
     pytest.param(
-        {"activations/act.yaml": MAINTAIN + "goal: sync_attributes\n"},
-        ["activations/act.yaml:5: goal: goal 'sync_attributes' is not supported yet"],
-        id="goal-sync-attributes-not-supported",
+        {
+            "activations/act.yaml": MAINTAIN.replace("attributes: [FIRST_NAME]\n", "")
+            + "goal: sync_attributes\n"
+        },
+        [
+            "activations/act.yaml:4: goal: `goal: sync_attributes` needs at least one attribute: "
+            "list the destination fields to sync under `attributes` (integration 'sandbox' maps: "
+            "COUNTRY, FIRST_NAME)"
+        ],
+        id="goal-sync-attributes-without-attributes",
     ),
     pytest.param(
         {"activations/act.yaml": MAINTAIN + "goal: export_data\n"},

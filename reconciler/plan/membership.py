@@ -29,7 +29,13 @@ from reconciler.plan import splits
 from reconciler.sources.base import INTERNAL_PREFIX, SqlRejected
 from reconciler.sources.engine_errors import safe_engine_error
 from reconciler.sources.guard import SqlPolicy, check_condition
-from reconciler.workspace.spec import ActionMode, Integration, ProfilesTable, ResolvedActivation
+from reconciler.workspace.spec import (
+    ActionMode,
+    Goal,
+    Integration,
+    ProfilesTable,
+    ResolvedActivation,
+)
 
 #: temp tables of a planning session; the prefix keeps segment SQL from reading them
 TEMP = f"{INTERNAL_PREFIX}_tmp"
@@ -142,9 +148,11 @@ def stage_desired(
     group_expr: str,
     fingerprint: str,
     matchable: str,
+    attribute_fps: str | None = None,
 ) -> tuple[dict[str, int], str | None, list[str]]:
     """Create temp table ``desired``; return the exclusion counts and the held keys (a temp
-    table of keys, or None, and a few of them for the message).
+    table of keys, or None, and a few of them for the message). ``attribute_fps``
+    (``goal: sync_attributes``) adds the per-attribute hashes as column ``afp``.
 
     A key that appears on several profile rows is *held*. Among the segments' keys this costs
     nothing when there is none: the join with the profiles table then returns exactly one row
@@ -171,7 +179,7 @@ def stage_desired(
                NOT coalesce({consent}, FALSE) AS no_consent,
                coalesce({matchable}, FALSE) AS matchable,
                {group_expr} AS grp,
-               {fingerprint} AS fp
+               {fingerprint} AS fp{f", {attribute_fps} AS afp" if attribute_fps else ""}
         FROM {UNION} u
         LEFT JOIN {_ident(profiles.table)} p ON {key} = u.k
         {supp_join}"""
@@ -204,6 +212,7 @@ def stage_desired(
             SELECT * FROM {JOINED} j ANTI JOIN {DUPLICATES} d ON d.k = j.key
             UNION ALL
             SELECT key, TRUE, FALSE, any_value(suppressed), TRUE, FALSE, any_value(grp), NULL
+                   {", NULL" if attribute_fps else ""}
             FROM {JOINED} j SEMI JOIN {DUPLICATES} d ON d.k = j.key GROUP BY key"""
         )
         con.execute(f"DROP TABLE {JOINED}")
@@ -273,6 +282,12 @@ def stage_changes(
         "AND NOT no_consent AND matchable)"
     )
     ins = f"INSERT INTO {STAGING}.changes "
+    if act.goal is Goal.SYNC_ATTRIBUTES:
+        # entering profiles get all mapped values, changed ones their values again; leaving
+        # never clears fields at the destination: a leaver's record is only forgotten
+        if not frozen:
+            _stage_diff(con, ins, aid, eligible, members, leaving="forget")
+        return
     if act.action is ActionMode.REMOVE:
         if frozen:  # paused, or a one-time removal that already ran: nothing more is sent
             return
@@ -295,15 +310,7 @@ def stage_changes(
         return
     # `m.fp IS NULL`: a removal of an earlier record is still owed (it was refused)
     if act.action is ActionMode.MAINTAIN:
-        con.execute(
-            f"""{ins}
-            SELECT {aid}, coalesce(d.grp, m.grp),
-                   CASE WHEN m.key IS NULL THEN 'add' WHEN d.key IS NULL THEN 'remove'
-                        ELSE 'update' END,
-                   coalesce(d.key, m.key)
-            FROM {eligible} d FULL OUTER JOIN {members} m ON d.key = m.key AND d.grp = m.grp
-            WHERE m.key IS NULL OR d.key IS NULL OR m.fp IS NULL OR d.fp <> m.fp"""
-        )
+        _stage_diff(con, ins, aid, eligible, members, leaving="remove")
         if duplicates:  # held members are left alone, unless an exclusion removes them
             con.execute(
                 f"{ins} SELECT {aid}, x.grp, 'remove', x.key FROM {excluded} x "
@@ -331,6 +338,28 @@ def stage_changes(
                 ON d.key = m.key AND d.grp <> m.grp
             UNION
             SELECT m.key, m.grp FROM {members} m SEMI JOIN {unusable} u ON u.key = m.key)"""
+    )
+
+
+def _stage_diff(
+    con: duckdb.DuckDBPyConnection,
+    ins: str,
+    aid: str,
+    eligible: str,
+    members: str,
+    *,
+    leaving: str,
+) -> None:
+    """Stage ``add`` for entering, ``update`` for changed and ``leaving`` (``remove``, or
+    ``forget`` where leaving sends nothing) for leaving members, by (key, group)."""
+    con.execute(
+        f"""{ins}
+        SELECT {aid}, coalesce(d.grp, m.grp),
+               CASE WHEN m.key IS NULL THEN 'add' WHEN d.key IS NULL THEN {_lit(leaving)}
+                    ELSE 'update' END,
+               coalesce(d.key, m.key)
+        FROM {eligible} d FULL OUTER JOIN {members} m ON d.key = m.key AND d.grp = m.grp
+        WHERE m.key IS NULL OR d.key IS NULL OR m.fp IS NULL OR d.fp <> m.fp"""
     )
 
 

@@ -15,7 +15,7 @@ from destinations.base import AudienceRef
 from reconciler.enginedb import Session
 from reconciler.errors import ConfigError, DestinationError, ReconcileError, SegmentError
 from reconciler.integrations import Connections
-from reconciler.plan import membership, splits
+from reconciler.plan import attributes, membership, splits
 from reconciler.plan.model import (
     ActivationPlan,
     AudienceChange,
@@ -27,12 +27,13 @@ from reconciler.plan.model import (
 from reconciler.plan.recorded import config_diff, digest, recorded_spec
 from reconciler.plan.schedule import is_due, last_refresh
 from reconciler.plan.segments import SegmentRunner
-from reconciler.sources import sql_policy
+from reconciler.sources import sql_policy, writeback
 from reconciler.sources.engine_errors import safe_engine_error
 from reconciler.sources.limits import query_timeout, time_limit
+from reconciler.state.attributes import relation as recorded_attributes
 from reconciler.state.store import RecordedActivation, StateReader
 from reconciler.workspace.loader import Workspace
-from reconciler.workspace.spec import ActionMode, ResolvedActivation, SplitMode
+from reconciler.workspace.spec import ActionMode, Goal, ResolvedActivation, SplitMode
 from reconciler.workspace.templating import DEFAULT_NAME, TemplateFailed, local_date, render_name
 
 
@@ -173,6 +174,8 @@ class Planner:
         drift = self._refresh(act, rec, dest) if rec is not None and not frozen else Drift()
         notes += drift.notes
         attr_cols = [integ.attributes[f] for f in act.attributes]
+        mapping = {f: integ.attributes[f] for f in act.attributes}
+        syncs = act.goal is Goal.SYNC_ATTRIBUTES
         consent_where = str(self.ws.location("integrations", act.destination, "consent"))
         try:
             with time_limit(
@@ -194,6 +197,9 @@ class Planner:
                         self.profiles, ids, attr_cols, self.profiles.default_phone_country
                     ),
                     matchable=membership.matchable_sql(self.profiles, ids),
+                    attribute_fps=attributes.fingerprints_sql(self.profiles, mapping)
+                    if syncs
+                    else None,
                 )
                 membership.stage_changes(
                     self.con,
@@ -227,15 +233,38 @@ class Planner:
                 "the source is fixed"
             )
         audiences = self._audiences(aid, act, rec, changes, warnings, drift)
+        if syncs:
+            audiences, said = attributes.with_value_counts(
+                self.con,
+                aid,
+                audiences,
+                recorded=self.state.members_sql(baseline),
+                recorded_attributes=recorded_attributes(self.con, self.state.c, baseline),
+                fields=list(mapping),
+            )
+            notes += said
         if not self.req.refresh:
             notes.append("--refresh=false: destination lists were not checked")
         config_changes = config_diff(rec.spec if rec else None, spec)
+        pending = 0
+        if rec is not None and getattr(self.ws.config.source, "writable", False):
+            pending = writeback.pending_rows(
+                self.con,
+                source_catalog=self.session.source.catalog,
+                members=self.state.members_sql(baseline),
+                activation_id=aid,
+                enabled=bool(rec.spec.get("append_to_profiles")),
+                notes=notes,
+            )
         if rec is None:
             change = Change.CREATE
         elif act.paused and not any(a.has_changes for a in audiences) and not config_changes:
             change = Change.PAUSED
         elif (
-            rec.spec_digest != spec_digest or any(a.has_changes for a in audiences) or rec.id != aid
+            rec.spec_digest != spec_digest
+            or any(a.has_changes for a in audiences)
+            or rec.id != aid
+            or pending
         ):
             change = Change.UPDATE
         else:
@@ -271,6 +300,7 @@ class Planner:
             warnings=warnings,
             max_removal_share=act.max_removal_share,
             on_delete=act.on_delete,
+            writeback_pending=pending,
             due=(
                 not act.paused
                 and is_due(

@@ -25,8 +25,12 @@ class DuckDBFileSource:
         spec: DuckDBSource,
         root: Path,
         locate: Callable[..., Location] | None = None,
+        *,
+        write: bool = False,
     ):
         self.spec = spec
+        #: attached read-write (an apply's write-back into a `writable: true` source)
+        self.write = write and spec.writable
         self.profiles = spec.profiles
         path = Path(spec.path)
         self.path = path if path.is_absolute() else root / path
@@ -39,6 +43,20 @@ class DuckDBFileSource:
         return f"DuckDB file {self.path}"
 
     def prepare(self, as_of_date: date) -> None:
+        self._prepare(as_of_date)
+        if self.spec.writable:  # segment SQL may read the write-back before the first apply
+            from reconciler.sources.writeback import ensure_table
+
+            try:
+                ensure_table(str(self.path))
+            except duckdb.Error as exc:
+                detail = re.sub(r"\s+", " ", str(exc)).strip().rstrip(".!")
+                raise SourceError(
+                    f"{self.locate('source', 'writable')}: cannot create the write-back table "
+                    f"in {self.describe()}: {detail}"
+                ) from exc
+
+    def _prepare(self, as_of_date: date) -> None:
         if self.path.is_file():
             return
         if self.path.exists():
@@ -64,7 +82,8 @@ class DuckDBFileSource:
 
     def attach(self, con: duckdb.DuckDBPyConnection) -> None:
         try:
-            con.execute(f"ATTACH '{_quote(self.path)}' AS {SOURCE_CATALOG} (READ_ONLY)")
+            mode = "" if self.write else " (READ_ONLY)"
+            con.execute(f"ATTACH '{_quote(self.path)}' AS {SOURCE_CATALOG}{mode}")
         except duckdb.Error as exc:
             detail = re.sub(r"\s+", " ", str(exc)).strip().rstrip(".!")
             raise SourceError(

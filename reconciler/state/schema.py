@@ -36,6 +36,7 @@ from pathlib import Path
 import duckdb
 
 from reconciler.errors import StateError
+from reconciler.state.attributes import DDL as MEMBER_ATTRIBUTES_DDL
 
 CATALOG = "__reconcile_state"
 SCHEMA_VERSION = "1"
@@ -69,6 +70,7 @@ DDL = [
     """CREATE TABLE IF NOT EXISTS {c}.rejections (
         run_id VARCHAR, activation_id VARCHAR, grp VARCHAR, key VARCHAR, op VARCHAR,
         record VARCHAR[], reason VARCHAR, rejected_at TIMESTAMPTZ)""",
+    MEMBER_ATTRIBUTES_DDL,  # goal sync_attributes: per-attribute hashes (added later)
 ]
 
 

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from reconciler.errors import ConfigError, Location, ValidationFailed
 from reconciler.workspace import yamlfile
+from reconciler.workspace.goal_rules import goal_errors
 from reconciler.workspace.spec import (
     NAME_RE,
     ActionMode,
@@ -212,6 +213,7 @@ def _cross_check(ws: Workspace, errors: list[ConfigError], check_destinations: b
             if caps is not None:
                 resolved = act.resolved(ws.config.defaults)
                 errors.extend(_capability_errors(doc, resolved, act.destination, caps))
+            errors.extend(goal_errors(ws, name, act, caps))
             for i, attr in enumerate(act.attributes):
                 if attr not in found.attributes:
                     errors.append(
@@ -245,20 +247,12 @@ def _cross_check(ws: Workspace, errors: list[ConfigError], check_destinations: b
 
 def _not_supported_yet(act: Activation) -> list[tuple[str, str]]:
     out = []
-    if act.goal is not Goal.SEND_SEGMENTS:
+    if act.goal is Goal.EXPORT_DATA:
         out.append(
             (
                 "goal",
-                f"goal {act.goal.value!r} is not supported yet; only "
-                "`goal: send_segments` works today",
-            )
-        )
-    if act.append_to_profiles:
-        out.append(
-            (
-                "append_to_profiles",
-                "`append_to_profiles` (write-back to the source) is "
-                "not supported yet; remove the field",
+                f"goal {act.goal.value!r} is not supported yet; use `goal: send_segments` "
+                "or `goal: sync_attributes`",
             )
         )
     return out
@@ -416,7 +410,7 @@ def _capability_errors(
     """What ``act`` (resolved with the workspace defaults) asks of a destination that cannot
     do it: removals, clearing on delete, mapped attributes."""
     out = []
-    if not caps.remove:
+    if not caps.remove and act.goal is not Goal.SYNC_ATTRIBUTES:  # it never removes
         if act.action in (ActionMode.MAINTAIN, ActionMode.REMOVE):
             out.append(
                 doc.error(
@@ -433,7 +427,7 @@ def _capability_errors(
                     ("on_delete",),
                 )
             )
-    if not caps.attributes and act.attributes:
+    if not caps.attributes and act.attributes and act.goal is not Goal.SYNC_ATTRIBUTES:
         out.append(
             doc.error(
                 f"destination {destination!r} does not take attributes; remove `attributes`",

@@ -89,6 +89,12 @@ class DuckDBSource(Strict):
         "readable, nothing else is (see docs/segment-sql.md)",
     )
     freshness_sql: str | None = None
+    writable: bool = Field(
+        False,
+        description="allow reconcile to write into the source: `append_to_profiles` keeps "
+        "the table included_in_audience (profile_key, activation_id, activation_name, grp, "
+        "since) in this database, and segment SQL may read it",
+    )
     query_timeout: float = Field(
         120,
         gt=0,
@@ -422,7 +428,12 @@ class Activation(Strict):
         default_factory=NotifySpec,
         description="{email: [...], webhook: [...], on: [...]}, or a list of e-mail addresses",
     )
-    append_to_profiles: bool = False
+    append_to_profiles: bool = Field(
+        False,
+        description="after each successful apply, record every included profile with this "
+        "activation's name in the source's included_in_audience table (the 'Included in "
+        "Audience' attribute); needs `source.writable: true`",
+    )
     target: ListTarget = Field(
         default_factory=lambda: ListTarget(create=True),
         alias="list",
@@ -479,6 +490,12 @@ class Activation(Strict):
         if self.split is not SplitMode.NONE and self.goal is not Goal.SEND_SEGMENTS:
             raise FieldError(
                 f"`split` is only for `goal: send_segments`, not {self.goal.value}", "split"
+            )
+        if self.goal is Goal.SYNC_ATTRIBUTES and self.action is ActionMode.REMOVE:
+            raise FieldError(
+                "`goal: sync_attributes` updates attribute values and never removes; "
+                "use `action: maintain` or `append`",
+                "action",
             )
         if self.control_percent is not None and self.split is not SplitMode.CONTROL:
             raise FieldError("`control_percent` needs `split: control`", "control_percent")
