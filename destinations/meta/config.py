@@ -39,7 +39,9 @@ class MetaConfig(HttpOptions):
         min_length=1,
         description="identifier types sent, in preference order",
     )
-    customer_file_source: CustomerFileSource = "USER_PROVIDED_ONLY"
+    customer_file_source: CustomerFileSource = Field(
+        "USER_PROVIDED_ONLY", description="where the customer data came from, as Meta asks"
+    )
     batch_size: int = Field(MAX_ROWS, ge=1, le=MAX_ROWS, description="members per request")
     throttle_backoff_seconds: float = Field(
         30.0, gt=0, le=3600, description="first wait after a throttle that names no time"
