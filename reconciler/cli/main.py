@@ -115,12 +115,12 @@ def validate(c: Ctx, fmt: str) -> None:
         click.echo(problems.render_json(errors, warnings, counts))
     elif fmt == "github" and (errors or warnings):
         click.echo(problems.render_github(errors, warnings))
-    for line in problems.warning_lines(warnings) if fmt == "text" else ():
-        click.echo(line, err=True)
     if errors:
         if fmt == "text":
             raise ValidationFailed(errors)
         sys.exit(1)
+    for line in problems.warning_lines(warnings) if fmt == "text" else ():
+        click.echo(line, err=True)
     if fmt != "json":
         click.echo(
             f"Valid: {len(ws.activations)} activation(s), {len(ws.segments)} segment(s), "

@@ -38,8 +38,8 @@ def render_json(
 
 def render_github(errors: Sequence[ConfigError], warnings: Sequence[ConfigError]) -> str:
     """``::error file=F,line=N,title=...::field: message`` (``::warning`` for warnings)."""
-    lines = [_annotation("warning", w) for w in warnings]
-    lines += [_annotation("error", e) for e in errors]
+    lines = [_annotation("error", e) for e in errors]
+    lines += [_annotation("warning", w) for w in warnings]
     return "\n".join(lines)
 
 

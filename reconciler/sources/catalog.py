@@ -41,6 +41,12 @@ def check_catalog(ws: Workspace, as_of: datetime | None = None) -> CatalogCheck:
         return out  # not supported yet: the loader says so
     source = open_source(ws)
     path = getattr(source, "path", None)
+    if path is not None and path.exists() and not path.is_file():
+        try:
+            source.prepare(as_of or datetime.now(UTC))  # says what is wrong, changes nothing
+        except SourceError as exc:
+            out.errors.append(_located(exc, ws.config_location("source", "path")))
+            return out
     if path is not None and not path.is_file():
         demo = getattr(ws.config.source, "demo", False)
         why = (
