@@ -10,13 +10,14 @@ from __future__ import annotations
 import ipaddress
 import re
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    WithJsonSchema,
     field_serializer,
     field_validator,
     model_validator,
@@ -33,6 +34,41 @@ EMAIL_RE = re.compile(
     r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+"
     r"[A-Za-z]{2,}"
 )
+
+# ---- patterns of the JSON Schema (``reconcile schema``), so editors refuse what validate does
+#: a loopback host as URLs and the mail server name it
+LOOPBACK_HOST = (
+    r"(localhost|[A-Za-z0-9.-]*\.localhost|127\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}|\[::1\])"
+)
+#: https://..., or plain http:// to a loopback host
+URL_PATTERN = rf"^(https://[^/?#\s]+|http://{LOOPBACK_HOST}(:[0-9]{{1,5}})?)([/?#][^\s]*)?$"
+ENV_REF_PATTERN = r"^\$\{env:[A-Za-z_][A-Za-z0-9_]*\}$"
+EMAIL_PATTERN = f"^(?:{EMAIL_RE.pattern})$"
+TABLE_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$"
+#: a relative path inside the workspace: no leading / or ~, no '..' part, no ':'
+RELATIVE_PATH_PATTERN = r"^(?![/~])(?!.*:)(?!(.*[/\\])?\.\.([/\\]|$)).*$"
+
+
+def _env_ref_values(schema: dict[str, Any]) -> None:
+    schema["additionalProperties"] = {"type": "string", "pattern": ENV_REF_PATTERN}
+
+
+def _known_timezones(schema: dict[str, Any]) -> None:
+    from zoneinfo import available_timezones
+
+    schema["enum"] = sorted(available_timezones())
+
+
+def _not_null(*path: str) -> dict[str, Any]:
+    """A schema: the object has ``path`` (e.g. ``list``, ``existing``) set to a non-null value."""
+    inner: dict[str, Any] = {"not": {"type": "null"}}
+    for key in reversed(path):
+        inner = {"required": [key], "properties": {key: inner}}
+    return inner
+
+
+def _when(condition: dict[str, Any], then: dict[str, Any] | bool) -> dict[str, Any]:
+    return {"if": condition, "then": then}
 
 
 class FieldError(ValueError):
@@ -59,6 +95,7 @@ class ProfilesTable(Strict):
     identifiers: dict[str, str] = Field(
         default_factory=lambda: {"email": "email", "phone": "phone"},
         description="identifier type (email, phone) -> column",
+        json_schema_extra={"propertyNames": {"enum": list(IDENTIFIER_TYPES)}},
     )
     attributes: list[str] = Field(default_factory=list, description="attribute columns")
     default_phone_country: str = Field(
@@ -99,6 +136,7 @@ class DuckDBSource(Strict):
         description="other tables or views of the source that segment SQL, consent conditions "
         "and freshness_sql may read ('name' or 'schema.name'); the profiles table is always "
         "readable, nothing else is (see docs/segment-sql.md)",
+        json_schema_extra={"items": {"type": "string", "pattern": TABLE_NAME_PATTERN}},
     )
     freshness_sql: str | None = Field(
         None,
@@ -211,9 +249,28 @@ class SmtpSettings(Strict):
     security: Literal["starttls", "tls", "none"] = Field(
         "starttls", description="starttls, tls, or none (only to a loopback host)"
     )
-    username: str | None = Field(None, description="an ${env:VAR} reference")
-    password: str | None = Field(None, description="an ${env:VAR} reference")
-    from_address: str = Field(alias="from", description="the sender address")
+    username: str | None = Field(
+        None, description="an ${env:VAR} reference", json_schema_extra={"pattern": ENV_REF_PATTERN}
+    )
+    password: str | None = Field(
+        None, description="an ${env:VAR} reference", json_schema_extra={"pattern": ENV_REF_PATTERN}
+    )
+    from_address: str = Field(
+        alias="from",
+        description="the sender address",
+        json_schema_extra={"pattern": EMAIL_PATTERN},
+    )
+    model_config = ConfigDict(
+        json_schema_extra={
+            "dependentRequired": {"username": ["password"], "password": ["username"]},
+            "allOf": [
+                _when(
+                    {"required": ["security"], "properties": {"security": {"const": "none"}}},
+                    {"properties": {"host": {"pattern": f"^{LOOPBACK_HOST}$"}}},
+                )
+            ],
+        }
+    )
 
     @field_validator("username", "password", mode="before")
     @classmethod
@@ -250,10 +307,14 @@ class NotificationSettings(Strict):
 
     smtp: SmtpSettings | None = Field(None, description="the mail server e-mail is sent through")
     webhook_secret: str | None = Field(
-        None, description="${env:VAR} holding a Standard Webhooks secret (whsec_...)"
+        None,
+        description="${env:VAR} holding a Standard Webhooks secret (whsec_...)",
+        json_schema_extra={"pattern": ENV_REF_PATTERN},
     )
     templates: str | None = Field(
-        None, description="workspace folder with overrides of the notification templates"
+        None,
+        description="workspace folder with overrides of the notification templates",
+        json_schema_extra={"pattern": RELATIVE_PATH_PATTERN},
     )
 
     @field_validator("webhook_secret", mode="before")
@@ -276,7 +337,9 @@ class WorkspaceConfig(Strict):
 
     version: Literal[1] = Field(1, description="the format version of the workspace files")
     timezone: str = Field(
-        "UTC", description="IANA time zone of `today`, `days_ago()` and the daily schedule"
+        "UTC",
+        description="IANA time zone of `today`, `days_ago()` and the daily schedule",
+        json_schema_extra=_known_timezones,
     )
     source: DuckDBSource | PostgresSource = Field(
         default_factory=DuckDBSource,
@@ -321,12 +384,15 @@ class Integration(Strict):
         default_factory=dict, description="destination field -> profile attribute column"
     )
     credentials: dict[str, str] = Field(
-        default_factory=dict, description="values are ${env:VAR} references"
+        default_factory=dict,
+        description="values are ${env:VAR} references",
+        json_schema_extra=_env_ref_values,
     )
     endpoint: str | None = Field(
         None,
         description="replaces the vendor's base URL (a proxy or a test server); https, plain "
         "http only to a loopback host",
+        json_schema_extra={"pattern": URL_PATTERN},
     )
     config: dict[str, Any] = Field(
         default_factory=dict, description="destination-specific settings"
@@ -381,6 +447,18 @@ class SplitMode(StrEnum):
 class ListTarget(Strict):
     """``create: true`` or ``existing: <id or name>`` (``{A: .., B: ..}`` for an A/B split)."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                {
+                    "if": _not_null("existing"),
+                    "then": {"properties": {"create": {"type": "null"}}},
+                    "else": {"required": ["create"], "properties": {"create": {"const": True}}},
+                }
+            ]
+        }
+    )
+
     create: bool | None = Field(None, description="true: create a new audience named `name`")
     existing: str | dict[Literal["A", "B"], str] | None = Field(
         None,
@@ -412,13 +490,22 @@ class NotifySpec(Strict):
     """``notify:`` on an activation: who is told after each run, and for which outcomes.
     The short form ``notify: [a@x.com, ...]`` means ``notify: {email: [...]}``."""
 
-    email: list[str] = Field(default_factory=list, description="e-mail addresses")
+    email: list[str] = Field(
+        default_factory=list,
+        description="e-mail addresses",
+        json_schema_extra={"items": {"type": "string", "pattern": EMAIL_PATTERN}},
+    )
     webhook: list[str] = Field(
         default_factory=list,
         description="https URLs (http only to loopback), or ${env:VAR} holding one",
+        json_schema_extra={
+            "items": {"type": "string", "pattern": f"{ENV_REF_PATTERN}|{URL_PATTERN}"}
+        },
     )
     on: list[NotifyEvent] = Field(
-        default_factory=lambda: list(NotifyEvent), description="default: every run"
+        default_factory=lambda: list(NotifyEvent),
+        description="default: every run",
+        json_schema_extra={"minItems": 1},
     )
 
     @field_validator("email")
@@ -472,14 +559,75 @@ def webhook_url_problem(url: str) -> str | None:
     return "a webhook must be an https:// URL"
 
 
+_SPLIT = {"required": ["split"], "properties": {"split": {"enum": ["ab", "control"]}}}
+_EXISTING = _not_null("list", "existing")
+#: the rules of :meth:`Activation._coherent`, for the JSON Schema
+ACTIVATION_RULES: Any = [
+    _when(
+        {
+            "allOf": [
+                _SPLIT,
+                {"required": ["action"], "properties": {"action": {"const": "remove"}}},
+            ]
+        },
+        False,
+    ),
+    _when(
+        {
+            "allOf": [
+                _SPLIT,
+                {"required": ["goal"], "properties": {"goal": {"not": {"const": "send_segments"}}}},
+            ]
+        },
+        False,
+    ),
+    _when(
+        _not_null("control_percent"),
+        {"required": ["split"], "properties": {"split": {"const": "control"}}},
+    ),
+    _when(
+        {"allOf": [{"required": ["adopt"], "properties": {"adopt": {"const": True}}}, _EXISTING]},
+        False,
+    ),
+    _when({"required": ["action"], "properties": {"action": {"const": "remove"}}}, _EXISTING),
+    _when(
+        {
+            "required": ["list"],
+            "properties": {
+                "list": {"required": ["existing"], "properties": {"existing": {"type": "object"}}}
+            },
+        },
+        {"required": ["split"], "properties": {"split": {"const": "ab"}}},
+    ),
+    _when(
+        {
+            "required": ["split", "list"],
+            "properties": {
+                "split": {"const": "ab"},
+                "list": {"required": ["existing"], "properties": {"existing": {"type": "string"}}},
+            },
+        },
+        False,
+    ),
+]
+
+
+#: an e-mail address, for the schema of ``notify: [a@x.com, ...]``
+_Email = Annotated[str, WithJsonSchema({"type": "string", "pattern": EMAIL_PATTERN})]
+
+
 class Activation(Strict):
     """One activation (one file). Its id is the file stem."""
+
+    model_config = ConfigDict(json_schema_extra={"allOf": ACTIVATION_RULES})
 
     goal: Goal = Field(
         Goal.SEND_SEGMENTS, description="send_segments, sync_attributes or export_data"
     )
     segments: list[str] = Field(
-        min_length=1, description="segment names; the audience is their union"
+        min_length=1,
+        description="segment names; the audience is their union",
+        json_schema_extra={"uniqueItems": True},
     )
     frequency: Literal["daily", "once"] | None = Field(
         None, description="daily (auto-update) or once (one-time send); default: defaults.frequency"
@@ -538,7 +686,7 @@ class Activation(Strict):
         None, ge=0, le=1, description="overrides defaults.max_rejected_share"
     )
 
-    @field_validator("notify", mode="before", json_schema_input_type=list[str] | NotifySpec)
+    @field_validator("notify", mode="before", json_schema_input_type=list[_Email] | NotifySpec)
     @classmethod
     def _short_notify(cls, value: Any) -> Any:
         if isinstance(value, list):
