@@ -158,6 +158,7 @@ BAD = [
     # reconcile.yaml
     ("reconcile", RECONCILE_YAML.replace("version: 1", "version: 2")),
     ("reconcile", RECONCILE_YAML.replace("timezone: UTC", "timezone: Mars/Olympus")),
+    ("reconcile", RECONCILE_YAML.replace("timezone: UTC", "timezone: posix/Europe/Berlin")),
     ("reconcile", RECONCILE_YAML.replace("type: duckdb", "type: sqlite")),
     (
         "reconcile",

@@ -12,7 +12,7 @@ from destinations.http import HttpOptions, check_url
 from destinations.identity import TYPES
 from destinations.redaction import Credentials
 from reconciler.errors import ConfigError
-from reconciler.workspace.spec import URL_PATTERN
+from reconciler.workspace.schema_rules import URL_PATTERN
 
 __all__ = ["SECRET_PREFIX", "WebhookConfig", "WebhookCredentials"]
 

@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from destinations.identity import TYPES
+from reconciler.workspace import schema_rules as rules
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
 #: the identifier types a profiles table may declare (``destinations.identity`` defines them)
@@ -35,40 +36,7 @@ EMAIL_RE = re.compile(
     r"[A-Za-z]{2,}"
 )
 
-# ---- patterns of the JSON Schema (``reconcile schema``), so editors refuse what validate does
-#: a loopback host as URLs and the mail server name it
-LOOPBACK_HOST = (
-    r"(localhost|[A-Za-z0-9.-]*\.localhost|127\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}|\[::1\])"
-)
-#: https://..., or plain http:// to a loopback host
-URL_PATTERN = rf"^(https://[^/?#\s]+|http://{LOOPBACK_HOST}(:[0-9]{{1,5}})?)([/?#][^\s]*)?$"
-ENV_REF_PATTERN = r"^\$\{env:[A-Za-z_][A-Za-z0-9_]*\}$"
 EMAIL_PATTERN = f"^(?:{EMAIL_RE.pattern})$"
-TABLE_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$"
-#: a relative path inside the workspace: no leading / or ~, no '..' part, no ':'
-RELATIVE_PATH_PATTERN = r"^(?![/~])(?!.*:)(?!(.*[/\\])?\.\.([/\\]|$)).*$"
-
-
-def _env_ref_values(schema: dict[str, Any]) -> None:
-    schema["additionalProperties"] = {"type": "string", "pattern": ENV_REF_PATTERN}
-
-
-def _known_timezones(schema: dict[str, Any]) -> None:
-    from zoneinfo import available_timezones
-
-    schema["enum"] = sorted(available_timezones())
-
-
-def _not_null(*path: str) -> dict[str, Any]:
-    """A schema: the object has ``path`` (e.g. ``list``, ``existing``) set to a non-null value."""
-    inner: dict[str, Any] = {"not": {"type": "null"}}
-    for key in reversed(path):
-        inner = {"required": [key], "properties": {key: inner}}
-    return inner
-
-
-def _when(condition: dict[str, Any], then: dict[str, Any] | bool) -> dict[str, Any]:
-    return {"if": condition, "then": then}
 
 
 class FieldError(ValueError):
@@ -136,7 +104,7 @@ class DuckDBSource(Strict):
         description="other tables or views of the source that segment SQL, consent conditions "
         "and freshness_sql may read ('name' or 'schema.name'); the profiles table is always "
         "readable, nothing else is (see docs/segment-sql.md)",
-        json_schema_extra={"items": {"type": "string", "pattern": TABLE_NAME_PATTERN}},
+        json_schema_extra={"items": {"type": "string", "pattern": rules.TABLE_NAME_PATTERN}},
     )
     freshness_sql: str | None = Field(
         None,
@@ -250,27 +218,21 @@ class SmtpSettings(Strict):
         "starttls", description="starttls, tls, or none (only to a loopback host)"
     )
     username: str | None = Field(
-        None, description="an ${env:VAR} reference", json_schema_extra={"pattern": ENV_REF_PATTERN}
+        None,
+        description="an ${env:VAR} reference",
+        json_schema_extra={"pattern": rules.ENV_REF_PATTERN},
     )
     password: str | None = Field(
-        None, description="an ${env:VAR} reference", json_schema_extra={"pattern": ENV_REF_PATTERN}
+        None,
+        description="an ${env:VAR} reference",
+        json_schema_extra={"pattern": rules.ENV_REF_PATTERN},
     )
     from_address: str = Field(
         alias="from",
         description="the sender address",
         json_schema_extra={"pattern": EMAIL_PATTERN},
     )
-    model_config = ConfigDict(
-        json_schema_extra={
-            "dependentRequired": {"username": ["password"], "password": ["username"]},
-            "allOf": [
-                _when(
-                    {"required": ["security"], "properties": {"security": {"const": "none"}}},
-                    {"properties": {"host": {"pattern": f"^{LOOPBACK_HOST}$"}}},
-                )
-            ],
-        }
-    )
+    model_config = ConfigDict(json_schema_extra=rules.SMTP)
 
     @field_validator("username", "password", mode="before")
     @classmethod
@@ -309,12 +271,12 @@ class NotificationSettings(Strict):
     webhook_secret: str | None = Field(
         None,
         description="${env:VAR} holding a Standard Webhooks secret (whsec_...)",
-        json_schema_extra={"pattern": ENV_REF_PATTERN},
+        json_schema_extra={"pattern": rules.ENV_REF_PATTERN},
     )
     templates: str | None = Field(
         None,
         description="workspace folder with overrides of the notification templates",
-        json_schema_extra={"pattern": RELATIVE_PATH_PATTERN},
+        json_schema_extra={"pattern": rules.RELATIVE_PATH_PATTERN},
     )
 
     @field_validator("webhook_secret", mode="before")
@@ -339,7 +301,7 @@ class WorkspaceConfig(Strict):
     timezone: str = Field(
         "UTC",
         description="IANA time zone of `today`, `days_ago()` and the daily schedule",
-        json_schema_extra=_known_timezones,
+        json_schema_extra=rules.known_timezones,
     )
     source: DuckDBSource | PostgresSource = Field(
         default_factory=DuckDBSource,
@@ -366,6 +328,8 @@ class WorkspaceConfig(Strict):
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown timezone {value!r} (use an IANA name)") from exc
+        if value not in rules.timezones():  # an alias of the database, e.g. posix/...
+            raise ValueError(f"unknown timezone {value!r} (use an IANA name)")
         return value
 
 
@@ -386,13 +350,13 @@ class Integration(Strict):
     credentials: dict[str, str] = Field(
         default_factory=dict,
         description="values are ${env:VAR} references",
-        json_schema_extra=_env_ref_values,
+        json_schema_extra=rules.env_ref_values,
     )
     endpoint: str | None = Field(
         None,
         description="replaces the vendor's base URL (a proxy or a test server); https, plain "
         "http only to a loopback host",
-        json_schema_extra={"pattern": URL_PATTERN},
+        json_schema_extra={"pattern": rules.URL_PATTERN},
     )
     config: dict[str, Any] = Field(
         default_factory=dict, description="destination-specific settings"
@@ -447,17 +411,7 @@ class SplitMode(StrEnum):
 class ListTarget(Strict):
     """``create: true`` or ``existing: <id or name>`` (``{A: .., B: ..}`` for an A/B split)."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "allOf": [
-                {
-                    "if": _not_null("existing"),
-                    "then": {"properties": {"create": {"type": "null"}}},
-                    "else": {"required": ["create"], "properties": {"create": {"const": True}}},
-                }
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra=rules.LIST_TARGET)
 
     create: bool | None = Field(None, description="true: create a new audience named `name`")
     existing: str | dict[Literal["A", "B"], str] | None = Field(
@@ -499,7 +453,7 @@ class NotifySpec(Strict):
         default_factory=list,
         description="https URLs (http only to loopback), or ${env:VAR} holding one",
         json_schema_extra={
-            "items": {"type": "string", "pattern": f"{ENV_REF_PATTERN}|{URL_PATTERN}"}
+            "items": {"type": "string", "pattern": f"{rules.ENV_REF_PATTERN}|{rules.URL_PATTERN}"}
         },
     )
     on: list[NotifyEvent] = Field(
@@ -559,59 +513,6 @@ def webhook_url_problem(url: str) -> str | None:
     return "a webhook must be an https:// URL"
 
 
-_SPLIT = {"required": ["split"], "properties": {"split": {"enum": ["ab", "control"]}}}
-_EXISTING = _not_null("list", "existing")
-#: the rules of :meth:`Activation._coherent`, for the JSON Schema
-ACTIVATION_RULES: Any = [
-    _when(
-        {
-            "allOf": [
-                _SPLIT,
-                {"required": ["action"], "properties": {"action": {"const": "remove"}}},
-            ]
-        },
-        False,
-    ),
-    _when(
-        {
-            "allOf": [
-                _SPLIT,
-                {"required": ["goal"], "properties": {"goal": {"not": {"const": "send_segments"}}}},
-            ]
-        },
-        False,
-    ),
-    _when(
-        _not_null("control_percent"),
-        {"required": ["split"], "properties": {"split": {"const": "control"}}},
-    ),
-    _when(
-        {"allOf": [{"required": ["adopt"], "properties": {"adopt": {"const": True}}}, _EXISTING]},
-        False,
-    ),
-    _when({"required": ["action"], "properties": {"action": {"const": "remove"}}}, _EXISTING),
-    _when(
-        {
-            "required": ["list"],
-            "properties": {
-                "list": {"required": ["existing"], "properties": {"existing": {"type": "object"}}}
-            },
-        },
-        {"required": ["split"], "properties": {"split": {"const": "ab"}}},
-    ),
-    _when(
-        {
-            "required": ["split", "list"],
-            "properties": {
-                "split": {"const": "ab"},
-                "list": {"required": ["existing"], "properties": {"existing": {"type": "string"}}},
-            },
-        },
-        False,
-    ),
-]
-
-
 #: an e-mail address, for the schema of ``notify: [a@x.com, ...]``
 _Email = Annotated[str, WithJsonSchema({"type": "string", "pattern": EMAIL_PATTERN})]
 
@@ -619,7 +520,7 @@ _Email = Annotated[str, WithJsonSchema({"type": "string", "pattern": EMAIL_PATTE
 class Activation(Strict):
     """One activation (one file). Its id is the file stem."""
 
-    model_config = ConfigDict(json_schema_extra={"allOf": ACTIVATION_RULES})
+    model_config = ConfigDict(json_schema_extra=rules.ACTIVATION)
 
     goal: Goal = Field(
         Goal.SEND_SEGMENTS, description="send_segments, sync_attributes or export_data"
