@@ -159,3 +159,25 @@ def test_plan_agrees_a_segment_that_validate_refuses_does_not_run(workspace):
     assert cli(ws, "validate").exit_code == 1
     res = cli(ws, "plan", "--refresh=false")
     assert res.exit_code == 1 and "loyalty_tier" in res.stderr
+
+
+def test_sql_the_guard_refuses_is_reported_once(workspace):
+    ws = workspace(
+        {"act": ACT}, segments={**SEGMENTS, "odd": "sql: SELECT customer_id FROM secrets\n"}
+    )
+    res, doc = _problems(ws)
+    (p,) = doc["problems"]
+    assert p["file"] == "segments/odd.yaml" and "is not allowed in segment SQL" in p["message"]
+
+
+def test_no_workspace_is_one_problem_in_the_format_asked_for(tmp_path):
+    from click.testing import CliRunner
+
+    from reconciler.cli.main import main
+
+    res = CliRunner().invoke(main, ["-C", str(tmp_path), "validate", "--format", "json"])
+    assert res.exit_code == 1
+    (p,) = json.loads(res.stdout)["problems"]
+    assert p["file"] is None and p["message"].startswith("no reconcile.yaml in ")
+    gh = CliRunner().invoke(main, ["-C", str(tmp_path), "validate", "--format", "github"])
+    assert gh.exit_code == 1 and gh.stdout.startswith("::error title=reconcile validate::no ")
