@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 import duckdb
 
+from reconciler.enginedb import default_memory_limit
 from reconciler.errors import ConfigError, Location, ReconcileError, SourceError
 from reconciler.sources import open_source, sql_policy
 from reconciler.sources.engine_errors import safe_engine_error
@@ -30,7 +31,6 @@ from reconciler.workspace.templating import TemplateFailed, render_sql
 class CatalogCheck:
     errors: list[ConfigError] = field(default_factory=list)
     warnings: list[ConfigError] = field(default_factory=list)
-    checked: bool = False  # False when the source could not be looked at (see warnings)
 
 
 def check_catalog(ws: Workspace, as_of: datetime | None = None) -> CatalogCheck:
@@ -63,9 +63,8 @@ def check_catalog(ws: Workspace, as_of: datetime | None = None) -> CatalogCheck:
         )
         return out
     spec = ws.config.source
-    con = duckdb.connect(
-        ":memory:", config={"memory_limit": getattr(spec, "memory_limit", None) or "1GB"}
-    )
+    memory = getattr(spec, "memory_limit", None) or default_memory_limit()
+    con = duckdb.connect(":memory:", config={"memory_limit": memory})
     try:
         try:
             source.attach(con)
@@ -75,7 +74,6 @@ def check_catalog(ws: Workspace, as_of: datetime | None = None) -> CatalogCheck:
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
         _Binder(ws, con, as_of or datetime.now(UTC), out).run()
-        out.checked = True
     finally:
         con.close()
     return out
