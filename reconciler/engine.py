@@ -15,6 +15,7 @@ import duckdb
 from reconciler.apply.applier import Applier, ApplyOptions, ApplyResult
 from reconciler.apply.interrupts import InterruptGuard
 from reconciler.enginedb import Session, new_staging_path, remove_staging
+from reconciler.errors import ConfigError
 from reconciler.integrations import Connections
 from reconciler.plan import planfile
 from reconciler.plan.model import Plan
@@ -52,6 +53,44 @@ def make_plan(ws: Workspace, request: PlanRequest, as_of: datetime | None = None
     finally:
         conns.close()
     return StagedPlan(plan, staging)
+
+
+@dataclass
+class Validation:
+    """What ``validate`` found: the workspace (the files that loaded), every error and
+    every warning, each sorted by file and line."""
+
+    ws: Workspace
+    errors: list[ConfigError]
+    warnings: list[ConfigError]
+
+
+def validate(root: Path, *, check_credentials: bool = True) -> Validation:
+    """Every file's schema and cross-references, then segment SQL and consent conditions
+    bound against the source's catalogue (skipped while the source settings are wrong)."""
+    from reconciler.sources.catalog import check_catalog
+    from reconciler.workspace.loader import CONFIG_FILE, collect
+
+    ws, errors = collect(root, check_credentials=check_credentials)
+    warnings: list[ConfigError] = []
+    source_wrong = any(
+        e.location is not None
+        and e.location.file == CONFIG_FILE
+        and (e.location.field or "source").split(".")[0] == "source"
+        for e in errors
+    )
+    if not source_wrong:
+        found = check_catalog(ws)
+        errors.extend(found.errors)
+        warnings.extend(found.warnings)
+    return Validation(ws, _by_place(errors), _by_place(warnings))
+
+
+def _by_place(errors: list[ConfigError]) -> list[ConfigError]:
+    return sorted(
+        errors,
+        key=lambda e: (e.location.file, e.location.line or 0) if e.location else ("", 0),
+    )
 
 
 def save_plan(ws: Workspace, staged: StagedPlan, out: Path) -> None:

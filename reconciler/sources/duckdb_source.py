@@ -86,10 +86,12 @@ class DuckDBFileSource:
             con.execute(f"ATTACH '{_quote(self.path)}' AS {SOURCE_CATALOG}{mode}")
         except duckdb.Error as exc:
             detail = re.sub(r"\s+", " ", str(exc)).strip().rstrip(".!")
+            where = self.locate("source", "path")
             raise SourceError(
-                f"{self.locate('source', 'path')}: cannot open the source {self.describe()}: "
+                f"{where}: cannot open the source {self.describe()}: "
                 f"{detail}. Check that it is a DuckDB database and that no other program "
-                "holds it open for writing"
+                "holds it open for writing",
+                where,
             ) from exc
         con.execute(f"USE {SOURCE_CATALOG}")
         table = self.profiles.table
@@ -102,9 +104,11 @@ class DuckDBFileSource:
             ).fetchall()
         }
         if not cols:
+            where = self.locate("source", "profiles", "table")
             raise SourceError(
-                f"{self.locate('source', 'profiles', 'table')}: the source {self.describe()} "
-                f"has no table {table!r}; set `source.profiles.table` to the profiles table"
+                f"{where}: the source {self.describe()} "
+                f"has no table {table!r}; set `source.profiles.table` to the profiles table",
+                where,
             )
         declared: list[tuple[str, tuple[str | int, ...]]] = [
             (self.profiles.key, ("key",)),
@@ -114,10 +118,12 @@ class DuckDBFileSource:
         missing = [(c, loc) for c, loc in declared if c not in cols]
         if missing:
             names = [c for c, _ in missing]
+            where = self.locate("source", "profiles", *missing[0][1])
             raise SourceError(
-                f"{self.locate('source', 'profiles', *missing[0][1])}: the profiles table "
+                f"{where}: the profiles table "
                 f"{table!r} in {self.describe()} has no column(s) {names}; fix the names "
-                f"under `source.profiles` (the table has: {', '.join(sorted(cols))})"
+                f"under `source.profiles` (the table has: {', '.join(sorted(cols))})",
+                where,
             )
 
 

@@ -94,6 +94,19 @@ def load(
 ) -> Workspace:
     """Load and validate everything under ``root``; raise ValidationFailed listing all errors.
     ``check_credentials``: every credential's environment variable must be set."""
+    ws, errors = collect(
+        root, check_destinations=check_destinations, check_credentials=check_credentials
+    )
+    if errors:
+        raise ValidationFailed(errors)
+    return ws
+
+
+def collect(
+    root: Path, *, check_destinations: bool = True, check_credentials: bool = False
+) -> tuple[Workspace, list[ConfigError]]:
+    """What :func:`load` does, returning the workspace (the files that loaded) and every
+    error instead of raising them."""
     errors: list[ConfigError] = []
     config_doc = _load_doc(root / CONFIG_FILE, root, errors)
     config = WorkspaceConfig()
@@ -136,9 +149,7 @@ def load(
     if check_credentials:
         errors.extend(_missing_credentials(ws))
     _check_templates(ws, errors)
-    if errors:
-        raise ValidationFailed(errors)
-    return ws
+    return ws, errors
 
 
 def _yaml_files(folder: Path) -> list[Path]:
@@ -351,6 +362,26 @@ def _check_integration_config(
         factory.config_model.model_validate(integ.config)
     except ValidationError as exc:
         errors.extend(yamlfile.validation_errors(doc, exc, ("config",)))
+    # the credentials' names (their values are only read when a destination is called)
+    takes = factory.credentials_model.model_fields
+    for key in integ.credentials:
+        if key not in takes:
+            errors.append(
+                doc.error(
+                    f"destination type {integ.type!r} takes no credential {key!r} "
+                    f"(it takes: {', '.join(sorted(takes)) or 'none'})",
+                    ("credentials", key),
+                )
+            )
+    for key in sorted(k for k, f in takes.items() if f.is_required()):
+        if key not in integ.credentials:
+            errors.append(
+                doc.error(
+                    f"destination type {integ.type!r} needs credential {key!r}: add "
+                    f"`{key}: ${{env:VAR}}` under `credentials`",
+                    ("credentials",),
+                )
+            )
 
 
 def _endpoint_errors(doc: yamlfile.YamlDoc, endpoint: str) -> list[ConfigError]:
