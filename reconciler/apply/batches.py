@@ -35,6 +35,7 @@ from destinations.base import (
     Destination,
     MemberBatch,
     Outcome,
+    RecordColumn,
     RemovalBatch,
 )
 from destinations.retry import RetryInterrupted
@@ -213,8 +214,8 @@ class BatchRunner:
         # members with no usable identifier are recorded with an empty record, never sent
         self.counts.unmatched += self.state.record_unsendable(encode.SEND, self.aid, self.grp)
         if ref is None:  # control group: recorded, never sent
-            for rows in encode.stream(self.reader, table, sendable=True, size=self.size):
-                batch, lo, hi = _batch(rows, table)
+            for lo, hi, cols in encode.stream(self.reader, table, sendable=True, size=self.size):
+                batch = _batch(cols, table)
                 self.state.record_sent(
                     "", encode.SEND, self.aid, self.grp, lo, hi, run_id="", counts={}
                 )
@@ -226,8 +227,10 @@ class BatchRunner:
         failure: BaseException | None = None
         with ThreadPoolExecutor(max_workers=width, thread_name_prefix="reconcile-send") as pool:
             try:
-                for rows in encode.stream(self.reader, table, sendable=True, size=self.size):
-                    batch, lo, hi = _batch(rows, table)
+                for lo, hi, cols in encode.stream(
+                    self.reader, table, sendable=True, size=self.size
+                ):
+                    batch = _batch(cols, table)
                     batch_id = new_batch_id()
                     self.state.journal_intent(
                         batch_id, self.run_id, self.aid, self.grp, "add", len(batch)
@@ -236,7 +239,7 @@ class BatchRunner:
                     while inflight and (ctx.last or len(inflight) >= width):
                         done.append(_wait(inflight.popleft()))
                     call = partial(self.call, partial(self.dest.add, ref, batch, ctx))
-                    inflight.append(_Call(pool.submit(call), batch_id, rows, batch, lo, hi))
+                    inflight.append(_Call(pool.submit(call), batch_id, cols, batch, lo, hi))
                     self._record_adds(ref, done)
                     if self.guard.stop_requested:
                         break
@@ -264,7 +267,7 @@ class BatchRunner:
                 continue
             outcome = c.outcome
             if outcome.job:  # an asynchronous job: journaled as submitted, polled to its end
-                self._submit(c.batch_id, "add", ref, outcome.job, c.rows)
+                self._submit(c.batch_id, "add", ref, outcome.job, _as_rows(c.cols))
                 self.progress.advance(len(c.batch))
                 continue
             self._note(outcome)
@@ -294,15 +297,15 @@ class BatchRunner:
     # ------------------------------------------------------------------ updates
     def _update_all(self, ref: AudienceRef | None, table: encode.SendTable) -> None:
         for sendable in (True, False):
-            for rows in encode.stream(self.reader, table, sendable=sendable, size=self.size):
-                self._update(ref, rows, table, sendable)
-                self.progress.advance(len(rows))
+            for _, _, cols in encode.stream(self.reader, table, sendable=sendable, size=self.size):
+                self._update(ref, cols, table, sendable)
+                self.progress.advance(len(cols["key"]))
                 self._check_stop()
 
     def _update(
-        self, ref: AudienceRef | None, rows: list[tuple], table: encode.SendTable, sendable: bool
+        self, ref: AudienceRef | None, cols: dict, table: encode.SendTable, sendable: bool
     ) -> None:
-        batch, _, _ = _batch(rows, table)
+        batch, rows = _batch(cols, table), _as_rows(cols)
         keys = list(batch.keys)
         fps = {r[1]: r[3] for r in rows}
         new = {r[1]: tuple(r[2]) for r in rows}
@@ -386,12 +389,14 @@ class BatchRunner:
     # ------------------------------------------------------------------ purges (action: remove)
     def _purge_all(self, ref: AudienceRef | None, table: encode.SendTable) -> None:
         # nothing usable to remove: recorded as removed with an empty record
-        for rows in encode.stream(self.reader, table, sendable=False, size=self.size):
+        for _, _, cols in encode.stream(self.reader, table, sendable=False, size=self.size):
+            rows = _as_rows(cols)
             keys = [r[1] for r in rows]
             self.state.confirm_batch(
                 "", self.aid, self.grp, insert=[(r[1], (), r[3]) for r in rows], delete=keys
             )
-        for rows in encode.stream(self.reader, table, sendable=True, size=self.size):
+        for _, _, cols in encode.stream(self.reader, table, sendable=True, size=self.size):
+            rows = _as_rows(cols)
             keys, recs = [r[1] for r in rows], [tuple(r[2]) for r in rows]
             batch_id = new_batch_id()
             self.state.journal_intent(batch_id, self.run_id, self.aid, self.grp, "purge", len(keys))
@@ -524,7 +529,7 @@ class _Call:
 
     future: Future
     batch_id: str
-    rows: list[tuple]
+    cols: dict[str, list]
     batch: MemberBatch
     lo: int
     hi: int
@@ -541,17 +546,20 @@ def _wait(call: _Call) -> _Call:
     return call
 
 
-def _batch(rows: Sequence[tuple], table: encode.SendTable) -> tuple[MemberBatch, int, int]:
-    """Rows of the send table as a column batch, with its first and last ``n``."""
-    cols = list(zip(*rows, strict=True))
-    nv = len(table.fields)
-    batch = MemberBatch(
-        keys=cols[1],
-        records=cols[2],
-        values={f: cols[4 + i] for i, f in enumerate(table.fields)},
-        attributes={f: cols[4 + nv + i] for i, f in enumerate(table.attributes)},
+def _batch(cols: dict[str, list], table: encode.SendTable) -> MemberBatch:
+    """A batch of the send table (:func:`encode.stream`) as a :class:`MemberBatch`."""
+    return MemberBatch(
+        keys=cols["key"],
+        records=RecordColumn(cols["rec"], cols["rec_n"]),
+        values={f: cols[f"v{i}"] for i, f in enumerate(table.fields)},
+        attributes={f: cols[f"a{i}"] for i, f in enumerate(table.attributes)},
     )
-    return batch, rows[0][0], rows[-1][0]
+
+
+def _as_rows(cols: dict[str, list]) -> list[tuple]:
+    """The batch as ``(0, key, record tuple, fingerprint)`` rows (updates, purges, jobs)."""
+    recs = RecordColumn(cols["rec"], cols["rec_n"])
+    return [(0, k, r, fp) for k, r, fp in zip(cols["key"], recs, cols["fp"], strict=True)]
 
 
 def _session_id(run_id: str, activation_id: str, grp: str, op: str) -> int:

@@ -94,7 +94,25 @@ def build(
 
 
 def stream(cursor: duckdb.DuckDBPyConnection, table: SendTable, *, sendable: bool, size: int):
-    """Batches of rows of the send table (sendable or not), in ``n`` order, ``size`` each."""
-    cursor.execute(f"SELECT {table.columns} FROM {SEND} WHERE sendable = ? ORDER BY n", [sendable])
-    while rows := cursor.fetchmany(size):
-        yield rows
+    """Batches of the send table's rows (sendable or not), in ``n`` order, ``size`` each, as
+    columns: ``(lo, hi, columns)`` — the first and last ``n`` and a dict of lists keyed by
+    column name (``key``, ``fp``, ``v0``.., ``a0``..; ``rec`` flat with ``rec_n``, each
+    member's count). One query per batch and no Python object per row."""
+    names = [c.strip() for c in table.columns.split(",") if c.strip() not in ("n", "rec")]
+    cursor.execute(
+        f"""SELECT min(n), max(n) FROM (
+                SELECT n, (row_number() OVER (ORDER BY n) - 1) // $size AS b
+                FROM {SEND} WHERE sendable = $s)
+            GROUP BY b ORDER BY b""",
+        {"s": sendable, "size": size},
+    )
+    select = ", ".join(["flatten(list(rec))", "list(len(rec))", *(f"list({c})" for c in names)])
+    for lo, hi in cursor.fetchall():
+        cursor.execute(
+            f"SELECT {select} FROM (SELECT * FROM {SEND} WHERE sendable = $s "
+            "AND n BETWEEN $lo AND $hi ORDER BY n)",
+            {"s": sendable, "lo": lo, "hi": hi},
+        )
+        row = cursor.fetchone()
+        assert row is not None
+        yield lo, hi, dict(zip(["rec", "rec_n", *names], row, strict=True))
