@@ -242,15 +242,25 @@ def state_show(name) -> None:
 
 
 @state.command("unlock")
+@click.argument("lock_id", required=False)
 @handle_errors
-def state_unlock() -> None:
-    """Remove the state lock left by a process that is gone."""
-    ws = _ws()
-    lock = engine.state_lock(ws)
-    holder = lock.holder()
-    if holder:
-        raise ReconcileError(f"the lock is held by a live process: {holder}; not removing it")
-    click.echo("Lock removed." if lock.force_unlock() else "No lock to remove.")
+def state_unlock(lock_id) -> None:
+    """Break the state lock LOCK_ID, left by a process that is gone (without LOCK_ID: show
+    who holds the lock)."""
+    lock = engine.state_lock(_ws())
+    info = lock.info()
+    if lock_id is None:
+        if info is None:
+            click.echo("The state is not locked.")
+            return
+        raise ReconcileError(
+            f"the state is locked by {info.describe()}; if that process is gone, break the "
+            f"lock with `reconcile state unlock {info.id}`"
+        )
+    if not lock.force_unlock(lock_id):
+        now = f"; the state is locked by {info.describe()}" if info else " (it is not locked)"
+        raise ReconcileError(f"no lock {lock_id!r} holds the state{now}")
+    click.echo(f"Lock {lock_id} broken.")
 
 
 def _recorded(st, name: str) -> None:

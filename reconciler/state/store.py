@@ -74,6 +74,11 @@ class StateReader:
         self.con = con
         self.c = catalog
 
+    def lineage(self) -> str | None:
+        """The id made with this state (None before the first apply made it)."""
+        row = self.con.execute(f"SELECT v FROM {self.c}.meta WHERE k = 'lineage'").fetchone()
+        return row[0] if row else None
+
     def activations(self) -> dict[str, RecordedActivation]:
         rows = self.con.execute(f"SELECT {_ACT_COLS} FROM {self.c}.activations").fetchall()
         return {r[0]: _activation(r) for r in rows}

@@ -10,13 +10,15 @@ from __future__ import annotations
 import ipaddress
 import re
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     field_serializer,
     field_validator,
     model_validator,
@@ -122,8 +124,41 @@ class PostgresSource(Strict):
 
 
 class LocalState(Strict):
-    backend: Literal["local"] = "local"
+    """The embedded state: a DuckDB file in the workspace (``local`` is its older name)."""
+
+    backend: Literal["embedded", "local"] = "embedded"
     path: str = ".reconcile/state.duckdb"
+
+
+class PostgresState(Strict):
+    """The state in a PostgreSQL schema, shared by everyone who applies (docs/state.md)."""
+
+    backend: Literal["postgres"]
+    dsn: str = Field(description="an ${env:VAR} reference holding a libpq connection string")
+    schema_name: str = Field("reconcile", alias="schema", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    lock_heartbeat: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="seconds between the lock holder's heartbeats; a lock whose heartbeat "
+        "is 3 intervals old is reported stale",
+    )
+
+    @field_validator("dsn", mode="before")
+    @classmethod
+    def _dsn_reference(cls, value: Any) -> Any:
+        return _env_reference(value, "`dsn`")
+
+
+def _state_backend(value: Any) -> str:
+    backend = value.get("backend") if isinstance(value, dict) else getattr(value, "backend", None)
+    return "postgres" if backend == "postgres" else "embedded"
+
+
+StateSettings = Annotated[
+    Annotated[LocalState, Tag("embedded")] | Annotated[PostgresState, Tag("postgres")],
+    Discriminator(_state_backend),
+]
 
 
 class Defaults(Strict):
@@ -233,7 +268,7 @@ class WorkspaceConfig(Strict):
     source: DuckDBSource | PostgresSource = Field(
         default_factory=DuckDBSource, discriminator="type"
     )
-    state: LocalState = Field(default_factory=LocalState)
+    state: StateSettings = Field(default_factory=LocalState)
     defaults: Defaults = Field(default_factory=Defaults)
     suppression: list[str] = Field(
         default_factory=list, description="segments excluded from every activation"
