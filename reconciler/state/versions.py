@@ -35,6 +35,17 @@ EMBEDDED_STEPS: tuple[Step, ...] = (
 )
 
 
+#: the PostgreSQL backend's migrations (its first release wrote version 2; the lineage step
+#: is kept so a state at version 1 of either shape migrates the same way)
+POSTGRES_STEPS: tuple[Step, ...] = (
+    Step(
+        2,
+        "lineage id",
+        ["INSERT INTO {c}.meta VALUES ('lineage', '{lineage}') ON CONFLICT (k) DO NOTHING"],
+    ),
+)
+
+
 def new_lineage() -> str:
     return uuid.uuid4().hex
 

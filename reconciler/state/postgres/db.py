@@ -83,7 +83,9 @@ class PgDatabase:
         ).fetchone()
         return versions.parse_version(got[0] if got else None, f"the state at {self.where}")
 
-    def ensure_schema(self, conn: psycopg.Connection, steps=()) -> None:
+    def ensure_schema(
+        self, conn: psycopg.Connection, steps: tuple[versions.Step, ...] = versions.POSTGRES_STEPS
+    ) -> None:
         """Create the schema's tables (with a new lineage id) or migrate them forward, in one
         transaction; concurrent callers wait for each other."""
         with self.errors("creating its tables"), conn.transaction():
