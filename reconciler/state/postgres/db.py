@@ -9,6 +9,7 @@ session advisory lock), so the state works through transaction-mode connection p
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import psycopg
@@ -43,7 +44,7 @@ class PgDatabase:
                 autocommit=autocommit,
                 prepare_threshold=None,  # poolers in transaction mode: no prepared statements
                 connect_timeout=self.connect_timeout,
-                application_name="reconcile",
+                application_name=f"reconcile {os.getpid()}",
             )
         except psycopg.Error as exc:
             raise StateError(
