@@ -66,7 +66,7 @@ class PostgresBackend:
             pg.close()
             _remove(copy)
             raise
-        return _PostgresAttached(con, self.db, pg, copy, write=write, members=members)
+        return _PostgresAttached(con, self.db, pg, copy, self.tmp, write=write, members=members)
 
 
 class _PostgresAttached:
@@ -76,11 +76,12 @@ class _PostgresAttached:
         db: PgDatabase,
         pg: psycopg.Connection,
         copy: Path,
+        tmp: Path,
         *,
         write: bool,
         members: bool,
     ):
-        self.con, self.db, self.pg, self.copy = con, db, pg, copy
+        self.con, self.db, self.pg, self.copy, self.tmp = con, db, pg, copy, tmp
         self.write, self.members = write, members
 
     def reader(self) -> PostgresStateReader:
@@ -89,7 +90,7 @@ class _PostgresAttached:
     def store(self) -> PostgresStateStore:
         if not self.write:
             raise RuntimeError("the state was opened read-only")
-        return PostgresStateStore(self.con, self.db, self.pg)
+        return PostgresStateStore(self.con, self.db, self.pg, self.tmp)
 
     def close(self) -> None:
         with contextlib.suppress(duckdb.Error):

@@ -51,11 +51,8 @@ def migrate_to_postgres(
                     with db.errors("copying the state"), pg.transaction():
                         _refuse_non_empty(pg, target)
                         pg.execute(f"DELETE FROM {db.schema}.meta")  # the source's lineage
-                        for table, cols in TABLES.items():
-                            result = con.execute(
-                                f"SELECT {', '.join(c.name for c in cols)} FROM {CATALOG}.{table}"
-                            )
-                            n = mirror.copy_rows(pg, db.schema, table, result)
+                        for table in TABLES:
+                            n = mirror.copy_rows(pg, db.schema, con, CATALOG, table, target.tmp)
                             echo(f"Copied {n:,} {table} rows.")
                     con.execute(f"ATTACH ':memory:' AS {COPY}")
                     create_schema(con, COPY)

@@ -4,13 +4,13 @@
   DuckDB reads into the session's working copy of the state (never a row at a time through
   Python);
 - :func:`push`: the rows of one table that a write touched (selected by key), from the
-  working copy to PostgreSQL: one ``DELETE`` of those keys and one ``COPY … FROM STDIN``.
+  working copy to PostgreSQL: one ``DELETE`` of those keys and one ``COPY … FROM STDIN`` of
+  a CSV file DuckDB wrote.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -21,9 +21,6 @@ import duckdb
 import psycopg
 
 from reconciler.state.postgres.tables import TABLES
-
-#: rows fetched from DuckDB per COPY chunk
-CHUNK = 20_000
 
 
 def load(
@@ -86,10 +83,10 @@ def push(
     catalog: str,
     table: str,
     where: Where,
-) -> None:
+    tmp: Path,
+) -> int:
     """Make the PostgreSQL rows of ``table`` matching ``where`` equal to the working copy's
     (inside the caller's PostgreSQL transaction; ``con`` sees its uncommitted writes)."""
-    cols = TABLES[table]
     pg_conds, pg_params, duck_conds, duck_params = [], [], [], []
     for col, value in where.items():
         if isinstance(value, list | tuple | set | frozenset):
@@ -103,34 +100,46 @@ def push(
             duck_conds.append(f"{col} = ?")
             duck_params.append(value)
     pg.execute(f"DELETE FROM {schema}.{table} WHERE {' AND '.join(pg_conds)}", pg_params)
-    result = con.execute(
-        f"SELECT {', '.join(c.name for c in cols)} FROM {catalog}.{table} "
-        f"WHERE {' AND '.join(duck_conds)}",
-        duck_params,
+    return copy_rows(
+        pg, schema, con, catalog, table, tmp, f"WHERE {' AND '.join(duck_conds)}", duck_params
     )
-    copy_rows(pg, schema, table, result)
 
 
-def copy_rows(pg: psycopg.Connection, schema: str, table: str, result) -> int:
-    """COPY the rows of a DuckDB result (in the table's column order) into ``table``."""
+def copy_rows(
+    pg: psycopg.Connection,
+    schema: str,
+    con: duckdb.DuckDBPyConnection,
+    catalog: str,
+    table: str,
+    tmp: Path,
+    where: str = "",
+    params: Sequence[Any] = (),
+) -> int:
+    """COPY the rows of ``catalog.table`` (``where``) into PostgreSQL: DuckDB writes them as
+    CSV, which is streamed into ``COPY … FROM STDIN`` — no row passes through Python."""
     cols = TABLES[table]
-    nested = [i for i, c in enumerate(cols) if c.kind == "nested"]
-    n = 0
-    with pg.cursor().copy(
-        f"COPY {schema}.{table} ({', '.join(c.name for c in cols)}) FROM STDIN"
-    ) as copy:
-        while chunk := result.fetchmany(CHUNK):
-            for row in chunk:
-                if nested:
-                    row = _nested_as_json(row, nested)
-                copy.write_row(row)
-            n += len(chunk)
-    return n
-
-
-def _nested_as_json(row: Sequence[Any], positions: Sequence[int]) -> list[Any]:
-    out = list(row)
-    for i in positions:
-        if out[i] is not None:
-            out[i] = json.dumps(out[i])
-    return out
+    tmp.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f"staging-{os.getpid()}-pgpush-", suffix=".csv", dir=tmp)
+    os.close(fd)
+    try:
+        quoted = name.replace("'", "''")
+        row = con.execute(
+            f"COPY (SELECT {', '.join(c.duck_export() for c in cols)} FROM {catalog}.{table} "
+            f"{where}) TO '{quoted}' (FORMAT csv, HEADER false)",
+            list(params),
+        ).fetchone()
+        n = int(row[0]) if row else 0
+        if n:
+            with (
+                open(name, "rb") as f,
+                pg.cursor().copy(
+                    f"COPY {schema}.{table} ({', '.join(c.name for c in cols)}) FROM STDIN "
+                    "(FORMAT csv)"
+                ) as copy,
+            ):
+                while block := f.read(1 << 20):
+                    copy.write(block)
+        return n
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)

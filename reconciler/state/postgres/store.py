@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -61,10 +62,11 @@ class PostgresStateStore(StateStore):
         con: duckdb.DuckDBPyConnection,
         db: PgDatabase,
         pg: psycopg.Connection,
+        tmp: Path,
         catalog: str = CATALOG,
     ):
         super().__init__(con, catalog)
-        self.db, self.pg = db, pg
+        self.db, self.pg, self.tmp = db, pg, tmp
         self._depth = 0
         self._pending: list[tuple[str, Mapping[str, Any]]] = []
         self._raw: list[tuple[str, list[Any]]] = []
@@ -110,7 +112,7 @@ class PostgresStateStore(StateStore):
             for sql, params in self._raw:
                 self.pg.execute(sql.format(s=s), params)
             for table, where in self._pending:
-                mirror.push(self.pg, s, self.con, self.c, table, where)
+                mirror.push(self.pg, s, self.con, self.c, table, where, self.tmp)
 
     # ------------------------------------------------------------------ activations
     def ensure_activation(

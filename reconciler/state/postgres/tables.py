@@ -28,6 +28,17 @@ class Col:
             return f"to_json({self.name}::text[])::text"
         return self.name
 
+    def duck_export(self) -> str:
+        """DuckDB expression writing the column as PostgreSQL's CSV ``COPY`` reads it (arrays
+        as array literals, ragged ones as JSON)."""
+        if self.kind == "textarr":
+            return _array_literal(self.name, _QUOTED)
+        if self.kind == "u64arr":
+            return _array_literal(self.name, "coalesce(CAST(x AS VARCHAR), 'NULL')")
+        if self.kind == "nested":
+            return f"CAST(to_json({self.name}) AS VARCHAR)"
+        return self.name
+
     def duck_import(self, column: str) -> str:
         """DuckDB expression turning the exported text ``column`` into the column's type."""
         if self.kind == "textarr":
@@ -37,6 +48,20 @@ class Col:
         if self.kind == "nested":
             return f"CAST(CAST({column} AS JSON) AS VARCHAR[][])"
         return f"CAST({column} AS {self.duck})"
+
+
+#: one text element of a PostgreSQL array literal: quoted, backslashes and quotes escaped
+_QUOTED = (
+    """CASE WHEN x IS NULL THEN 'NULL' ELSE '"' || replace(replace(x, '\\', '\\\\'), """
+    """'"', '\\"') || '"' END"""
+)
+
+
+def _array_literal(column: str, element: str) -> str:
+    return (
+        f"CASE WHEN {column} IS NULL THEN NULL ELSE '{{' || array_to_string("
+        f"list_transform({column}, lambda x: {element}), ',') || '}}' END"
+    )
 
 
 def _c(name: str, pg: str = "text", duck: str = "VARCHAR", kind: str = "plain") -> Col:
