@@ -267,3 +267,42 @@ def test_migrate_from_embedded_then_apply_on_postgres(workspace, pg_dsn, monkeyp
     assert res.exit_code == 0, res.output + res.stderr
     assert held(ws) == {"A": desired(rows)}
     assert_converged(ws)
+
+
+MIGRATE_KILLED = """\
+import os, signal, sys
+from reconciler.state.postgres import mirror
+real, seen = mirror.copy_rows, []
+def copy_rows(*args, **kwargs):
+    seen.append(1)
+    if len(seen) == 4:  # meta, activations, audiences copied; members next
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*args, **kwargs)
+mirror.copy_rows = copy_rows
+from reconciler.cli.main import main
+main(sys.argv[1:], prog_name="reconcile")
+"""
+
+
+@pytest.mark.slow
+def test_an_interrupted_migration_leaves_the_target_empty_and_runs_again(
+    workspace, pg_dsn, monkeypatch
+):
+    rows = [profile(i, a=True) for i in range(8)]
+    ws = workspace({"act": activation("A")}, profiles=rows)
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    monkeypatch.setenv("RECONCILE_STATE_DSN", pg_dsn.base)
+    args = ["-C", str(ws.root), "state", "migrate", "--to", "postgres", "--schema", pg_dsn.schema]
+    proc = subprocess.run(
+        [sys.executable, "-c", MIGRATE_KILLED, *args],
+        capture_output=True,
+        text=True,
+        env=os.environ,
+        timeout=120,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    for table in ("activations", "audiences", "members", "runs"):
+        assert pg_rows(pg_dsn, f"SELECT count(*) FROM {{s}}.{table}") == [(0,)], table
+    res = cli(ws, "state", "migrate", "--to", "postgres", "--schema", pg_dsn.schema)
+    assert res.exit_code == 0, res.output + res.stderr
+    assert pg_rows(pg_dsn, "SELECT count(*) FROM {s}.members") == [(8,)]
