@@ -127,8 +127,9 @@ def _apply_session(ws: Workspace, staging: Path, lock_timeout: float, echo=None)
 
 
 @contextmanager
-def read_state(ws: Workspace, *, members: bool = True):
-    """A read-only view of the state (status, log, state show)."""
+def read_state(ws: Workspace, *, members: bool = False):
+    """A read-only view of the state (status, log, state show). ``members``: also copy the
+    member rows (PostgreSQL; member counts never need them)."""
     with opened(open_backend(ws), write=False, members=members) as attached:
         yield attached.reader()
 
