@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import duckdb
-
 from reconciler.apply.applier import Applier, ApplyOptions, ApplyResult
 from reconciler.apply.interrupts import InterruptGuard
 from reconciler.enginedb import Session, new_staging_path, remove_staging
@@ -21,8 +19,9 @@ from reconciler.plan import planfile
 from reconciler.plan.model import Plan
 from reconciler.plan.planner import Planner, PlanRequest, plan_as_of
 from reconciler.sources import open_source
-from reconciler.state.lock import StateLock
-from reconciler.state.schema import StateBusy, attach_state, registered_reader
+from reconciler.state import versions
+from reconciler.state.backend import StateLocking, open_backend, opened
+from reconciler.state.schema import StateBusy
 from reconciler.workspace.loader import Workspace
 from reconciler.workspace.templating import local_date
 
@@ -107,8 +106,14 @@ def load_plan(ws: Workspace, path: Path) -> StagedPlan:
     return StagedPlan(plan, staging)
 
 
-def state_lock(ws: Workspace) -> StateLock:
-    return StateLock(ws.path(ws.config.state.path).with_suffix(".lock"))
+def state_lock(ws: Workspace) -> StateLocking:
+    return open_backend(ws).lock()
+
+
+def check_plan_state(ws: Workspace, plan: Plan, path: Path) -> None:
+    """Refuse a saved plan made against another state (its lineage differs)."""
+    with read_state(ws, members=False) as state:
+        versions.check_plan_lineage(plan.state_lineage, state.lineage(), str(path))
 
 
 def execute(
@@ -168,33 +173,21 @@ def _apply_session(ws: Workspace, staging: Path, lock_timeout: float, echo=None)
 
 
 @contextmanager
-def read_state(ws: Workspace):
-    """A read-only connection to the state (status, log, state show)."""
-    from reconciler.state.store import StateReader
-
-    path = ws.path(ws.config.state.path)
-    with registered_reader(path):
-        con = duckdb.connect(":memory:")
-        try:
-            attach_state(con, path, write=False)
-            yield StateReader(con)
-        finally:
-            con.close()
+def read_state(ws: Workspace, *, members: bool = False):
+    """A read-only view of the state (status, log, state show). ``members``: also copy the
+    member rows (PostgreSQL; member counts never need them)."""
+    with opened(open_backend(ws), write=False, members=members) as attached:
+        yield attached.reader()
 
 
 @contextmanager
 def write_state(ws: Workspace, operation: str):
     """The writing StateStore under the state lock (``state rm|mv``)."""
-    from reconciler.state.writer import StateStore
-
-    with state_lock(ws) as lock:
+    backend = open_backend(ws)
+    with backend.lock() as lock:
         lock.acquire(operation)
-        con = duckdb.connect(":memory:")
-        try:
-            attach_state(con, ws.path(ws.config.state.path), write=True)
-            yield StateStore(con)
-        finally:
-            con.close()
+        with opened(backend, write=True) as attached:
+            yield attached.store()
 
 
 def _tmp(ws: Workspace) -> Path:

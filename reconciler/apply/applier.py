@@ -92,7 +92,7 @@ class Applier:
     ):
         self.ws, self.plan, self.session, self.conns = ws, plan, session, conns
         self.opts, self.guard, self.echo = options, guard, echo
-        self.state = StateStore(session.con)
+        self.state: StateStore = session.state_store()
         self.reader = session.cursor()  # streams staged changes while `state` writes
 
     def run(self) -> ApplyResult:

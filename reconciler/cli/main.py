@@ -309,6 +309,8 @@ def _apply(
             finally:
                 reporter.close()
         try:
+            if planfile:
+                engine.check_plan_state(ws, staged.plan, Path(planfile))
             _check_plan(ws, staged.plan)
             calls = destination_calls(ws, staged.plan)
             click.echo(render.render(staged.plan, "text", color=c.color, calls=calls))

@@ -170,6 +170,7 @@ class Plan(Frozen):
     workspace: str
     targets: list[str] = Field(default_factory=list)
     include_inactive: bool = False
+    state_lineage: str | None = None  # the lineage id of the state planned against
     activations: list[ActivationPlan] = Field(default_factory=list)
     summary: Summary = Field(default_factory=Summary)
 

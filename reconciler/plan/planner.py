@@ -69,7 +69,7 @@ class Planner:
         self.ws, self.session, self.conns = ws, session, connections
         self.as_of, self.req = as_of, request
         self.con = session.con
-        self.state = StateReader(self.con)
+        self.state: StateReader = session.state_reader()
         self.profiles = ws.config.source.profiles
         self.policy = sql_policy(ws.config.source)
         self.segments = SegmentRunner(ws, self.con, as_of, session.source.dialect)
@@ -118,6 +118,7 @@ class Planner:
             workspace=self.ws.root.name,
             targets=list(self.req.targets),
             include_inactive=self.req.include_inactive,
+            state_lineage=self.state.lineage(),
             activations=plans,
             summary=summarise(plans),
         )

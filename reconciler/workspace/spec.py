@@ -16,7 +16,9 @@ from urllib.parse import urlsplit
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     WithJsonSchema,
     field_serializer,
     field_validator,
@@ -159,12 +161,50 @@ class PostgresSource(Strict):
 
 
 class LocalState(Strict):
-    """Where the recorded state (what was sent to each destination) is kept."""
+    """The embedded state: a DuckDB file in the workspace (``local`` is its older name)."""
 
-    backend: Literal["local"] = Field("local", description="an embedded DuckDB file")
+    backend: Literal["embedded", "local"] = Field(
+        "embedded", description="an embedded DuckDB file (`local` is its older name)"
+    )
     path: str = Field(
         ".reconcile/state.duckdb", description="the state file, relative to the workspace"
     )
+
+
+class PostgresState(Strict):
+    """The state in a PostgreSQL schema, shared by everyone who applies (docs/state.md)."""
+
+    backend: Literal["postgres"] = Field(description="the state in a PostgreSQL schema")
+    dsn: str = Field(description="an ${env:VAR} reference holding a libpq connection string")
+    schema_name: str = Field(
+        "reconcile",
+        alias="schema",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="the PostgreSQL schema holding the state's tables (created if missing)",
+    )
+    lock_heartbeat: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="seconds between the lock holder's heartbeats; a lock whose heartbeat "
+        "is 3 intervals old is reported stale",
+    )
+
+    @field_validator("dsn", mode="before")
+    @classmethod
+    def _dsn_reference(cls, value: Any) -> Any:
+        return _env_reference(value, "`dsn`")
+
+
+def _state_backend(value: Any) -> str:
+    backend = value.get("backend") if isinstance(value, dict) else getattr(value, "backend", None)
+    return "postgres" if backend == "postgres" else "embedded"
+
+
+StateSettings = Annotated[
+    Annotated[LocalState, Tag("embedded")] | Annotated[PostgresState, Tag("postgres")],
+    Discriminator(_state_backend),
+]
 
 
 class Defaults(Strict):
@@ -314,8 +354,10 @@ class WorkspaceConfig(Strict):
         discriminator="type",
         description="where profiles and segment membership come from",
     )
-    state: LocalState = Field(
-        default_factory=LocalState, description="where the recorded state is kept"
+    state: StateSettings = Field(
+        default_factory=LocalState,
+        description="where the recorded state is kept: an embedded DuckDB file (default) or a "
+        "PostgreSQL schema (`backend: postgres`)",
     )
     defaults: Defaults = Field(default_factory=Defaults, description="defaults of every activation")
     suppression: list[str] = Field(
