@@ -62,6 +62,10 @@ class Session:
             self.con.execute(f"ATTACH '{_q(staging_path)}' AS {STAGING}")
             source.attach(self.con)
             if lock_down:
+                # a source that ships rows in as files (PostgreSQL's COPY) names its folder
+                folders = list(getattr(source, "allowed_directories", ()))
+                if folders:
+                    self.con.execute(f"SET allowed_directories = {folders!r}")
                 self.con.execute("SET enable_external_access = false")
                 self.con.execute("SET lock_configuration = true")
         except BaseException:
@@ -76,6 +80,8 @@ class Session:
 
     def close(self) -> None:
         self.con.close()
+        if hasattr(self.source, "close"):
+            self.source.close()
         if self._reader is not None:
             self._reader.__exit__(None, None, None)
             self._reader = None

@@ -71,7 +71,7 @@ class Planner:
         self.state = StateReader(self.con)
         self.profiles = ws.config.source.profiles
         self.policy = sql_policy(ws.config.source)
-        self.segments = SegmentRunner(ws, self.con, as_of, session.source.dialect)
+        self.segments = SegmentRunner(ws, self.con, as_of, session.source.dialect, session.source)
 
     # ------------------------------------------------------------------ entry point
     def build(self) -> Plan:
@@ -103,6 +103,7 @@ class Planner:
             where=str(self.ws.config_location("source", "freshness_sql")),
             policy=self.policy,
             timeout=query_timeout(self.ws.config.source),
+            fetch=getattr(self.session.source, "fetch", None),
         )
         plans = []
         for aid in ids:
@@ -127,6 +128,21 @@ class Planner:
             include_inactive=self.req.include_inactive,
             activations=plans,
             summary=summarise(plans),
+        )
+
+    def _consent(self, integ, name: str) -> str:
+        """The integration's consent condition as SQL over ``p``; a source that evaluated it
+        itself (PostgreSQL, at attach) names the column holding the result."""
+        evaluated = getattr(self.session.source, "consent_expression", None)
+        if evaluated is not None:
+            return evaluated(name)
+        return membership.consent_sql(
+            integ,
+            str(self.ws.location("integrations", name, "consent")),
+            self.session.source.dialect,
+            self.con,
+            self.profiles,
+            self.policy,
         )
 
     # ------------------------------------------------------------------ one activation
@@ -169,14 +185,7 @@ class Planner:
             )
             for r in seg_results
         ]
-        consent = membership.consent_sql(
-            integ,
-            str(self.ws.location("integrations", act.destination, "consent")),
-            self.session.source.dialect,
-            self.con,
-            self.profiles,
-            self.policy,
-        )
+        consent = self._consent(integ, act.destination)
         ids = dest.identity.accepted
         drift = self._refresh(act, rec, dest) if rec is not None and not frozen else Drift()
         notes += drift.notes

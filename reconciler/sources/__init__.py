@@ -7,7 +7,7 @@ from __future__ import annotations
 from reconciler.errors import ConfigError
 from reconciler.sources.base import Source
 from reconciler.sources.guard import SqlPolicy
-from reconciler.workspace.spec import DuckDBSource
+from reconciler.workspace.spec import DuckDBSource, PostgresSource
 
 
 def open_source(ws) -> Source:
@@ -16,6 +16,15 @@ def open_source(ws) -> Source:
         from reconciler.sources.duckdb_source import DuckDBFileSource
 
         return DuckDBFileSource(spec, ws.root, ws.config_location)
+    if isinstance(spec, PostgresSource):
+        from reconciler.sources.postgres_source import PostgresProfilesSource
+
+        consents = {
+            name: (integ.consent, str(ws.location("integrations", name, "consent")))
+            for name, integ in ws.integrations.items()
+            if integ.consent
+        }
+        return PostgresProfilesSource(spec, ws.root, ws.config_location, consents)
     raise ConfigError(f"source type {spec.type!r} is not supported yet")
 
 
@@ -24,6 +33,13 @@ def sql_policy(source_spec) -> SqlPolicy:
     listed under ``source.tables``, in the source's catalog."""
     from reconciler.sources.duckdb_source import SOURCE_CATALOG
 
+    if isinstance(source_spec, PostgresSource):  # the SQL runs in the source's schema
+        return SqlPolicy(
+            profiles_table=source_spec.profiles.table,
+            tables=tuple(source_spec.tables),
+            catalog="",
+            schema=source_spec.schema_,
+        )
     return SqlPolicy(
         profiles_table=source_spec.profiles.table,
         tables=tuple(getattr(source_spec, "tables", ()) or ()),

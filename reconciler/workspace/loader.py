@@ -170,12 +170,6 @@ def _parse(doc: yamlfile.YamlDoc, model: type[BaseModel], errors: list[ConfigErr
 
 def _cross_check(ws: Workspace, errors: list[ConfigError], check_destinations: bool) -> None:
     cfg_loc = ws.docs.get(CONFIG_FILE)
-    if isinstance(ws.config.source, PostgresSource) and cfg_loc is not None:
-        errors.append(
-            cfg_loc.error(
-                "source type 'postgres' is not supported yet; use 'duckdb'", ("source", "type")
-            )
-        )
     for i, seg in enumerate(ws.config.suppression):
         if _missing(ws, "segments", seg) and cfg_loc is not None:
             errors.append(cfg_loc.error(_unknown("segment", seg, ws.segments), ("suppression", i)))

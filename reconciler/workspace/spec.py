@@ -74,13 +74,10 @@ class ProfilesTable(Strict):
         return value
 
 
-class DuckDBSource(Strict):
-    type: Literal["duckdb"] = "duckdb"
-    path: str = ".reconcile/demo.duckdb"
-    demo: bool = Field(
-        False, description="generate the deterministic demo customer database on first use"
-    )
-    demo_profiles: int = Field(50_000, ge=100)
+class _SourceSettings(Strict):
+    """What every source declares: the profiles-table contract, what untrusted SQL may read,
+    its time limit, and the engine session's resources."""
+
     profiles: ProfilesTable = Field(default_factory=ProfilesTable)
     tables: list[str] = Field(
         default_factory=list,
@@ -114,11 +111,47 @@ class DuckDBSource(Strict):
         return value
 
 
-class PostgresSource(Strict):
+class DuckDBSource(_SourceSettings):
+    type: Literal["duckdb"] = "duckdb"
+    path: str = ".reconcile/demo.duckdb"
+    demo: bool = Field(
+        False, description="generate the deterministic demo customer database on first use"
+    )
+    demo_profiles: int = Field(50_000, ge=100)
+
+
+class PostgresSource(_SourceSettings):
+    """Profiles in PostgreSQL: segment SQL, consent conditions and freshness_sql run there in
+    a read-only transaction (docs/sources.md)."""
+
     type: Literal["postgres"]
-    dsn: str
-    profiles: ProfilesTable = Field(default_factory=ProfilesTable)
-    freshness_sql: str | None = None
+    dsn: str = Field(
+        description="an ${env:VAR} reference to a libpq connection string or URI, e.g. "
+        "postgresql://reader@db.internal/crm (a password only ever in the variable)"
+    )
+    schema_: str = Field(
+        "public",
+        alias="schema",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="the schema holding the profiles table (and the tables it may read)",
+    )
+    demo: bool = Field(
+        False,
+        description="fill the profiles table with the deterministic demo data when it is missing",
+    )
+    demo_profiles: int = Field(50_000, ge=100)
+
+    @field_validator("dsn")
+    @classmethod
+    def _dsn_reference(cls, value: str) -> str:
+        if ENV_REF_RE.fullmatch(value):
+            return value
+        if re.search(r"password\s*=|://[^/@]*:[^/@]*@", value, re.IGNORECASE):
+            raise ValueError(
+                "the DSN carries a password: set it in an environment variable and write "
+                "`dsn: ${env:VAR}`, never a literal secret"
+            )
+        return value
 
 
 class LocalState(Strict):
