@@ -161,7 +161,7 @@ def _ctes_in_scope(node: Any) -> set[str]:
             ctes: list[Any] = list(parent.expressions)
             own = child if isinstance(child, exp.CTE) else None
             for cte in ctes:
-                if cte is own:
+                if own is not None and cte is own:
                     if parent.args.get("recursive"):
                         names.add(cte.alias_or_name.lower())
                     break
