@@ -99,7 +99,7 @@ def check_postgres_tree(query: Any, readable: list[str], schema: str) -> str:
     for node in query.walk():
         _check_node(node, readable, schema)
     normalised = normalize_identifiers(query.copy(), dialect="postgres")
-    return normalised.sql(dialect="postgres", identify=True)
+    return normalised.sql(dialect="postgres", identify=True, comments=False)
 
 
 def _check_node(node: Any, readable: list[str], schema: str) -> None:
