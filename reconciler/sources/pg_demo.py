@@ -39,10 +39,11 @@ def load_table(
     duckdb_path: Path, conn: psycopg.Connection, schema: str, table: str, tmp: Path
 ) -> None:
     """Replace ``schema.table`` in PostgreSQL with the table of that name in a DuckDB file
-    (columns typed as :data:`demo.COLUMNS`), through a CSV file and ``COPY FROM STDIN``."""
+    (same column names and types), through a CSV file and ``COPY FROM STDIN``."""
     csv = tmp / f"{table}.csv"
     con = duckdb.connect(str(duckdb_path), read_only=True)
     try:
+        described = con.execute(f'DESCRIBE "{table}"').fetchall()
         con.execute(
             f"COPY \"{table}\" TO '{csv}' (FORMAT csv, HEADER false, QUOTE '\"', FORCE_QUOTE *)"
         )
@@ -50,8 +51,8 @@ def load_table(
         con.close()
     target = pgsql.Identifier(schema, table)
     columns = pgsql.SQL(", ").join(
-        pgsql.SQL("{} {}").format(pgsql.Identifier(name), pgsql.SQL(type_))
-        for name, type_ in demo.COLUMNS
+        pgsql.SQL("{} {}").format(pgsql.Identifier(row[0]), pgsql.SQL(_pg_type(row[1])))
+        for row in described
     )
     read_only, conn.read_only = conn.read_only, False
     try:
@@ -70,3 +71,10 @@ def load_table(
     finally:
         conn.read_only = read_only
         csv.unlink(missing_ok=True)
+
+
+def _pg_type(duck_type: str) -> str:
+    """The PostgreSQL type of a demo column (DuckDB's names, mostly standard SQL)."""
+    return {"DOUBLE": "double precision", "FLOAT": "real", "VARCHAR": "text"}.get(
+        duck_type, duck_type
+    )
