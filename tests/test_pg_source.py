@@ -216,6 +216,9 @@ def test_wrong_dsn_is_a_clear_error_with_the_password_masked(pg_workspace, monke
     monkeypatch.delenv("RECONCILE_SOURCE_DSN")
     res = cli(ws, "plan")
     assert res.exit_code == 1 and "RECONCILE_SOURCE_DSN, which is not set" in res.stderr
+    res = cli(ws, "validate")
+    assert res.exit_code == 1 and "reconcile.yaml:5: source.dsn:" in res.stderr
+    assert "RECONCILE_SOURCE_DSN, which is not set" in res.stderr
 
 
 def test_a_literal_password_in_the_dsn_is_refused(pg_workspace):
