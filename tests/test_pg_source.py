@@ -254,3 +254,18 @@ def test_demo_rows_in_postgres_equal_the_duckdb_demo(tmp_path, pg_dsn):
             )
         ).fetchall()
     assert [tuple(r) for r in got] == want
+
+
+def test_every_allowed_function_exists_in_postgres_and_returns_no_set(pg_dsn):
+    from reconciler.sources.pg_guard import ALLOWED
+
+    keywords = {"cast", "extract", "position", "substring", "coalesce", "nullif", "greatest",
+                "least", "current_date", "current_timestamp", "localtimestamp", "trim"}  # fmt: skip
+    with psycopg.connect(pg_dsn.base) as conn:
+        rows = conn.execute(
+            "SELECT proname, bool_or(proretset) FROM pg_proc GROUP BY proname"
+        ).fetchall()
+    functions = dict(rows)
+    assert sorted(ALLOWED - set(functions) - keywords) == []
+    # none returns a set (a set-returning function multiplies rows like a table function)
+    assert sorted(n for n in ALLOWED if functions.get(n)) == []
