@@ -269,3 +269,33 @@ def test_every_allowed_function_exists_in_postgres_and_returns_no_set(pg_dsn):
     assert sorted(ALLOWED - set(functions) - keywords) == []
     # none returns a set (a set-returning function multiplies rows like a table function)
     assert sorted(n for n in ALLOWED if functions.get(n)) == []
+
+
+def test_the_postgres_example_workspace_plans_applies_and_is_then_empty(
+    tmp_path, pg_dsn, monkeypatch
+):
+    import shutil
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "postgres"
+    root = tmp_path / "example"
+    shutil.copytree(example, root)
+    text = (root / "reconcile.yaml").read_text()
+    text = text.replace("schema: reconcile_demo", f"schema: {pg_dsn.schema}")
+    (root / "reconcile.yaml").write_text(
+        text.replace("demo_profiles: 50000", "demo_profiles: 2000")
+    )
+    monkeypatch.setenv("RECONCILE_SOURCE_DSN", pg_dsn.base)
+
+    class Root:  # what cli() needs
+        pass
+
+    ws = Root()
+    ws.root = root
+    assert cli(ws, "validate").exit_code == 0
+    seg = cli(ws, "segments")
+    assert seg.exit_code == 0 and "vip:" in seg.output, seg.stderr
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 0, res.stderr
+    assert "vip-ab-test: Complete" in res.output
+    assert cli(ws, "plan", "--detailed-exitcode").exit_code == 0
