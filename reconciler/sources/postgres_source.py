@@ -39,10 +39,6 @@ SOURCE_CATALOG = "source"
 CONSENT_PREFIX = "__reconcile_consent_"
 
 
-def consent_column(integration: str) -> str:
-    return CONSENT_PREFIX + integration.replace("-", "_")
-
-
 class PostgresProfilesSource:
     dialect = "postgres"
     catalog = SOURCE_CATALOG
@@ -63,6 +59,10 @@ class PostgresProfilesSource:
         )
         #: integration -> (consent condition, where it is written)
         self.consents = consents or {}
+        #: integration -> the projection's column holding its consent flag
+        self.consent_columns = {
+            n: f"{CONSENT_PREFIX}{i}" for i, n in enumerate(sorted(self.consents))
+        }
         self.timeout = float(spec.query_timeout)
         self.policy = SqlPolicy(
             profiles_table=self.profiles.table,
@@ -174,7 +174,7 @@ class PostgresProfilesSource:
         select = [pgsql.Identifier(c).as_string() for c in names]
         types = {c: duck_type(*columns[c]) for c in names}
         for integration, (condition, where) in sorted(self.consents.items()):
-            col = consent_column(integration)
+            col = self.consent_columns[integration]
             select.append(f"coalesce((\n{self._condition(condition, where)}\n), false) AS {col}")
             types[col] = "BOOLEAN"
         table = pgsql.Identifier(self.profiles.table).as_string()
@@ -203,7 +203,7 @@ class PostgresProfilesSource:
         """The consent flag of ``integration``, evaluated in PostgreSQL at :meth:`attach`."""
         if integration not in self.consents:
             return "TRUE"
-        return f'p."{consent_column(integration)}"'
+        return f'p."{self.consent_columns[integration]}"'
 
     def _where(self) -> str:
         return str(self.locate("source", "profiles", "table"))
