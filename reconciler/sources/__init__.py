@@ -24,7 +24,8 @@ def open_source(ws) -> Source:
             for name, integ in ws.integrations.items()
             if integ.consent
         }
-        return PostgresProfilesSource(spec, ws.root, ws.config_location, consents)
+        mapped = {c for integ in ws.integrations.values() for c in integ.attributes.values()}
+        return PostgresProfilesSource(spec, ws.root, ws.config_location, consents, mapped)
     raise ConfigError(f"source type {spec.type!r} is not supported yet")
 
 

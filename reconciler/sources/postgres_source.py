@@ -6,8 +6,8 @@ guard as DuckDB SQL (:mod:`~reconciler.sources.pg_guard`).
 Only what the diff needs travels into the engine's DuckDB session, in bulk — ``COPY ... TO
 STDOUT`` streamed into a CSV file that DuckDB reads, never a Python loop over rows:
 
-- at :meth:`attach`, the profiles *contract* columns (key, identifiers, attributes) and one
-  boolean per integration consent condition, evaluated in PostgreSQL, as the table
+- at :meth:`attach`, the key, the identifier columns, the attribute columns some integration
+  maps and one boolean per integration consent condition, evaluated in PostgreSQL, as the table
   ``source.<profiles>`` — the plan and apply join it like the DuckDB source's table;
 - per segment, its keys (:meth:`materialise`).
 
@@ -49,6 +49,7 @@ class PostgresProfilesSource:
         root: Path,
         locate: Callable[..., Location] | None = None,
         consents: dict[str, tuple[str, str]] | None = None,
+        mapped: set[str] | None = None,
     ):
         self.spec = spec
         self.profiles = spec.profiles
@@ -59,6 +60,8 @@ class PostgresProfilesSource:
         )
         #: integration -> (consent condition, where it is written)
         self.consents = consents or {}
+        #: the attribute columns some integration maps (None: all); only these travel
+        self.mapped = mapped
         #: integration -> the projection's column holding its consent flag
         self.consent_columns = {
             n: f"{CONSENT_PREFIX}{i}" for i, n in enumerate(sorted(self.consents))
@@ -170,7 +173,12 @@ class PostgresProfilesSource:
                 f"{[c for c, _ in missing]}; fix the names under `source.profiles` (the table "
                 f"has: {', '.join(sorted(columns))})"
             )
-        names = list(dict.fromkeys(c for c, _ in wanted))
+        travel = [
+            c
+            for c, loc in wanted
+            if loc[0] != "attributes" or self.mapped is None or c in self.mapped
+        ]
+        names = list(dict.fromkeys(travel))
         select = [pgsql.Identifier(c).as_string() for c in names]
         types = {c: duck_type(*columns[c]) for c in names}
         for integration, (condition, where) in sorted(self.consents.items()):
