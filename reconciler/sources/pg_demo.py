@@ -32,11 +32,17 @@ def fill(
     ``as_of``), in one transaction: a reader sees no table or the whole table."""
     path = tmp / "demo.duckdb"
     demo.generate(path, profiles, as_of=as_of, seed=seed, table=table)
-    load_table(path, conn, schema, table, tmp)
+    load_table(path, conn, schema, table, tmp, only_if_missing=True)
 
 
 def load_table(
-    duckdb_path: Path, conn: psycopg.Connection, schema: str, table: str, tmp: Path
+    duckdb_path: Path,
+    conn: psycopg.Connection,
+    schema: str,
+    table: str,
+    tmp: Path,
+    *,
+    only_if_missing: bool = False,
 ) -> None:
     """Replace ``schema.table`` in PostgreSQL with the table of that name in a DuckDB file
     (same column names and types), through a CSV file and ``COPY FROM STDIN``."""
@@ -57,6 +63,11 @@ def load_table(
     read_only, conn.read_only = conn.read_only, False
     try:
         with conn.transaction(), conn.cursor() as cur:
+            # two first plans at once: one fills, the other waits for it and keeps its table
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"{schema}.{table}"])
+            cur.execute("SELECT to_regclass(%s)", [target.as_string(conn)])
+            if only_if_missing and (cur.fetchone() or (None,))[0] is not None:
+                return
             cur.execute(
                 pgsql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(pgsql.Identifier(schema))
             )

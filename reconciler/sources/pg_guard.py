@@ -190,7 +190,6 @@ def _check_function(node: exp.Func) -> None:
     if name not in ALLOWED:
         raise Rejected(f"function {name} is not allowed in segment SQL; allowed: see {DOCS}")
     if name in _SIZE_ARGUMENT:
-        args = [node.this, *node.expressions] if node.this is not None else node.expressions
         args = [a for a in node.args.values() if isinstance(a, exp.Expression)]
         size = args[_SIZE_ARGUMENT[name]] if len(args) > _SIZE_ARGUMENT[name] else None
         if not (isinstance(size, exp.Literal) and size.is_int and int(size.name) <= MAX_PAD):
