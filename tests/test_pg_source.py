@@ -299,3 +299,30 @@ def test_the_postgres_example_workspace_plans_applies_and_is_then_empty(
     assert res.exit_code == 0, res.stderr
     assert "vip-ab-test: Complete" in res.output
     assert cli(ws, "plan", "--detailed-exitcode").exit_code == 0
+
+
+def test_freshness_sql_runs_in_postgres(pg_workspace):
+    from datetime import UTC, datetime
+
+    from reconciler.plan.schedule import last_refresh
+    from reconciler.sources import open_source, sql_policy
+    from reconciler.workspace.loader import load
+
+    ws = pg_workspace({"act": MAINTAIN}, rows=[profile(i, a=True) for i in range(3)])
+    loaded = load(ws.root)
+    source = open_source(loaded)
+    kwargs = dict(
+        as_of=datetime(2026, 1, 2, tzinfo=UTC),
+        timezone="UTC",
+        dialect="postgres",
+        where="reconcile.yaml:9: source.freshness_sql",
+        policy=sql_policy(loaded.config.source),
+        fetch=source.fetch,
+    )
+    try:
+        sql_text = "SELECT max(CAST('2025-12-31 06:00:00' AS timestamp)) FROM profiles"
+        assert last_refresh(None, sql_text, **kwargs) == datetime(2025, 12, 31, 6, tzinfo=UTC)
+        with pytest.raises(SegmentError, match="freshness_sql: function pg_postmaster"):
+            last_refresh(None, "SELECT pg_postmaster_start_time()", **kwargs)
+    finally:
+        source.close()
