@@ -276,8 +276,7 @@ class PostgresProfilesSource:
                 cur.execute("SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD'")
                 copy_sql = f"COPY ({query}) TO STDOUT WITH (FORMAT csv)"
                 with cur.copy(copy_sql) as copy:
-                    for chunk in copy:
-                        out.write(chunk)
+                    out.writelines(copy)  # libpq's buffers, straight to the file
             spec = ", ".join(
                 f"'{c.replace(chr(39), chr(39) * 2)}': '{t}'" for c, t in types.items()
             )
