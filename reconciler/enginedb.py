@@ -63,9 +63,9 @@ class Session:
             source.attach(self.con)
             if lock_down:
                 # a source that ships rows in as files (PostgreSQL's COPY) names its folder
-                folders = list(getattr(source, "allowed_directories", ()))
+                folders = [f"'{_q(d)}'" for d in getattr(source, "allowed_directories", ())]
                 if folders:
-                    self.con.execute(f"SET allowed_directories = {folders!r}")
+                    self.con.execute(f"SET allowed_directories = [{', '.join(folders)}]")
                 self.con.execute("SET enable_external_access = false")
                 self.con.execute("SET lock_configuration = true")
         except BaseException:

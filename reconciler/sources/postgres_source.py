@@ -282,7 +282,7 @@ class PostgresProfilesSource:
             )
             kind = "TEMP TABLE" if temp else "TABLE"
             con.execute(
-                f"CREATE OR REPLACE {kind} {table} AS SELECT * FROM read_csv('{name}', "
+                f"CREATE OR REPLACE {kind} {table} AS SELECT * FROM read_csv('{_q(name)}', "
                 f"columns = {{{spec}}}, header = false, quote = '\"', escape = '\"', "
                 "allow_quoted_nulls = false, auto_detect = false, dateformat = '%Y-%m-%d')"
             )
@@ -357,3 +357,7 @@ def duck_type(data_type: str, precision: int | None, scale: int | None) -> str:
         "timestamp with time zone": "TIMESTAMPTZ",
         "uuid": "UUID",
     }.get(t, "VARCHAR")
+
+
+def _q(path: str) -> str:
+    return path.replace("'", "''")
