@@ -326,3 +326,29 @@ def test_freshness_sql_runs_in_postgres(pg_workspace):
             last_refresh(None, "SELECT pg_postmaster_start_time()", **kwargs)
     finally:
         source.close()
+
+
+def test_a_value_the_engine_cannot_read_is_a_clear_error_without_data(pg_workspace):
+    ws = pg_workspace({"act": MAINTAIN}, rows=[profile(i, a=True) for i in range(3)])
+    table = sql.Identifier(ws.pg.schema, "profiles")
+    with psycopg.connect(ws.pg.base) as conn:  # a date DuckDB has no room for
+        conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN born date").format(table))
+        conn.execute(sql.SQL("UPDATE {} SET born = '4000-01-01 BC'").format(table))
+    ws.write(
+        "reconcile.yaml", pg_yaml(ws.pg.schema).replace("seg_a, seg_b]", "seg_a, seg_b, born]")
+    )
+    ws.write("integrations/sandbox.yaml", SANDBOX_YAML_BORN)
+    res = cli(ws, "plan")
+    assert res.exit_code == 1 and "Traceback" not in res.stderr
+    assert "could not be read into the engine" in res.stderr and "reconcile.yaml" in res.stderr
+    assert "4000" not in res.stderr
+
+
+SANDBOX_YAML_BORN = """\
+type: sandbox
+consent: email_consent
+attributes: {FIRST_NAME: first_name, BORN: born}
+config:
+  path: .reconcile/sandbox.duckdb
+  identifiers: [email]
+"""

@@ -32,6 +32,7 @@ from psycopg import sql as pgsql
 
 from reconciler.errors import Location, SegmentError, SourceError
 from reconciler.sources import pg_connect
+from reconciler.sources.engine_errors import safe_engine_error
 from reconciler.sources.guard import SqlPolicy, SqlRejected, check_condition, check_segment_sql
 from reconciler.workspace.spec import PostgresSource
 
@@ -191,7 +192,14 @@ class PostgresProfilesSource:
         con.execute(f"USE {SOURCE_CATALOG}")
         self.folder = self._new_folder()
         what = "the consent conditions" if self.consents else "reading the profiles table"
-        self.copy_into(con, query, f'"{self.profiles.table}"', types, self._where(), what)
+        try:
+            self.copy_into(con, query, f'"{self.profiles.table}"', types, self._where(), what)
+        except duckdb.Error as exc:  # a value DuckDB cannot read as the column's type
+            detail, _ = safe_engine_error(exc, query)
+            raise SourceError(
+                f"{self._where()}: the profiles table {self.profiles.table!r} in "
+                f"{self.describe()} could not be read into the engine: {detail}"
+            ) from None
 
     def _condition(self, condition: str, where: str) -> str:
         """A consent condition, checked by the guard and regenerated from its tree."""
