@@ -352,3 +352,34 @@ config:
   path: .reconcile/sandbox.duckdb
   identifiers: [email]
 """
+
+
+def test_the_server_going_away_mid_plan_is_a_clear_error(pg_workspace):
+    import threading
+    import time
+
+    slow = (
+        "sql: SELECT a.customer_id FROM profiles a, profiles b, profiles c, profiles d "
+        "WHERE md5(a.email || b.email || c.email || d.email) = 'x'\n"
+    )
+    ws = pg_workspace({"act": MAINTAIN}, rows=[profile(i, a=True) for i in range(120)],
+                      segments={"seg-a": slow}, extra="  query_timeout: 20\n")  # fmt: skip
+
+    def kill_when_running() -> None:
+        with psycopg.connect(ws.pg.base, autocommit=True) as conn:
+            for _ in range(200):
+                (n,) = conn.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE application_name = 'reconcile' AND query ILIKE %s",
+                    ["%md5%"],
+                ).fetchone()
+                if n:
+                    return
+                time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_when_running)
+    killer.start()
+    res = cli(ws, "plan")
+    killer.join()
+    assert res.exit_code == 1 and "Traceback" not in res.stderr
+    assert "PostgreSQL source postgresql://" in res.stderr and "failed" in res.stderr
