@@ -382,4 +382,4 @@ def test_the_server_going_away_mid_plan_is_a_clear_error(pg_workspace):
     res = cli(ws, "plan")
     killer.join()
     assert res.exit_code == 1 and "Traceback" not in res.stderr
-    assert "PostgreSQL source postgresql://" in res.stderr and "failed" in res.stderr
+    assert "PostgreSQL source postgresql://" in res.stderr and "failed" in res.stderr, res.stderr
