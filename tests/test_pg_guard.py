@@ -87,6 +87,8 @@ def test_hostile_sql_is_refused(sql, reason):
         "SELECT customer_id FROM (SELECT customer_id, row_number() OVER (ORDER BY total_spend "
         "DESC) AS r FROM profiles) t WHERE r <= 10",
         "SELECT customer_id FROM profiles WHERE lpad(country, 5) = '   AU'",
+        "SELECT customer_id FROM profiles p WHERE EXISTS (SELECT 1 FROM orders o "
+        "WHERE o.customer_id = p.customer_id) AND country = ANY(ARRAY['AU', 'NZ'])",
     ],
 )
 def test_ordinary_segment_sql_passes(sql):

@@ -66,6 +66,7 @@ _OPERATOR_FORMS = (
     exp.Binary,
     exp.Unary,
     exp.Case,
+    exp.Exists,
     exp.If,
     exp.Array,
     exp.CurrentDate,
