@@ -383,3 +383,35 @@ def test_the_server_going_away_mid_plan_is_a_clear_error(pg_workspace):
     killer.join()
     assert res.exit_code == 1 and "Traceback" not in res.stderr
     assert "PostgreSQL source postgresql://" in res.stderr and "failed" in res.stderr, res.stderr
+
+
+ROUND_TRIP = [
+    "SELECT customer_id FROM profiles WHERE email ILIKE '%EXAMPLE.COM' AND total_spend > 5",
+    "SELECT customer_id FROM profiles WHERE country = ANY(ARRAY['AU', 'NZ']) AND seg_a",
+    "SELECT customer_id FROM profiles p WHERE EXISTS (SELECT 1 FROM profiles q "
+    "WHERE q.first_name = p.first_name AND q.customer_id <> p.customer_id)",
+    "SELECT customer_id FROM profiles WHERE first_name SIMILAR TO '(Name1|Name2)%'",
+    "SELECT DISTINCT ON (country) customer_id FROM profiles ORDER BY country, customer_id",
+    "SELECT customer_id FROM profiles WHERE substring(email from 1 for 5) = 'user1'",
+    "SELECT customer_id FROM profiles WHERE split_part(email, '@', 2) LIKE 'example.%' "
+    "AND NOW() - INTERVAL '1 day' < NOW()",
+    "SELECT customer_id FROM profiles WHERE (total_spend / nullif(0, 0)) IS NULL -- note",
+]
+
+
+def test_postgres_runs_what_was_written(pg_workspace):
+    """The regenerated query (what PostgreSQL runs) selects what the written one does."""
+    from reconciler.sources import sql_policy
+    from reconciler.sources.guard import check_segment_sql
+    from reconciler.workspace.loader import load
+
+    rows = [profile(i, a=i % 3 == 0, name=f"Name{i % 4}") for i in range(30)]
+    ws = pg_workspace({"act": MAINTAIN}, rows=rows)
+    policy = sql_policy(load(ws.root).config.source)
+    with psycopg.connect(ws.pg.base) as conn:
+        conn.execute(sql.SQL("SET search_path = {}").format(sql.Identifier(ws.pg.schema)))
+        for text in ROUND_TRIP:
+            ran = check_segment_sql(text, "postgres", policy=policy)
+            want = conn.execute(f"SELECT array_agg(k ORDER BY k) FROM ({text}\n) q(k)").fetchone()
+            got = conn.execute(f"SELECT array_agg(k ORDER BY k) FROM ({ran}) q(k)").fetchone()
+            assert got == want and want[0], text
