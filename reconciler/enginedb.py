@@ -63,6 +63,10 @@ class Session:
             self.con.execute(f"ATTACH '{_q(staging_path)}' AS {STAGING}")
             source.attach(self.con)
             if lock_down:
+                # a source that ships rows in as files (PostgreSQL's COPY) names its folder
+                folders = [f"'{_q(d)}'" for d in getattr(source, "allowed_directories", ())]
+                if folders:
+                    self.con.execute(f"SET allowed_directories = [{', '.join(folders)}]")
                 self.con.execute("SET enable_external_access = false")
                 self.con.execute("SET lock_configuration = true")
         except BaseException:
@@ -87,6 +91,8 @@ class Session:
 
     def close(self) -> None:
         self.con.close()
+        if hasattr(self.source, "close"):
+            self.source.close()
         if self.state is not None:
             self.state.close()
             self.state = None

@@ -72,7 +72,7 @@ class Planner:
         self.state: StateReader = session.state_reader()
         self.profiles = ws.config.source.profiles
         self.policy = sql_policy(ws.config.source)
-        self.segments = SegmentRunner(ws, self.con, as_of, session.source.dialect)
+        self.segments = SegmentRunner(ws, self.con, as_of, session.source.dialect, session.source)
 
     # ------------------------------------------------------------------ entry point
     def build(self) -> Plan:
@@ -96,6 +96,7 @@ class Planner:
             where=str(self.ws.config_location("source", "freshness_sql")),
             policy=self.policy,
             timeout=query_timeout(self.ws.config.source),
+            fetch=getattr(self.session.source, "fetch", None),
         )
         plans = []
         for aid in ids:
@@ -121,6 +122,21 @@ class Planner:
             state_lineage=self.state.lineage(),
             activations=plans,
             summary=summarise(plans),
+        )
+
+    def _consent(self, integ, name: str) -> str:
+        """The integration's consent condition as SQL over ``p``; a source that evaluated it
+        itself (PostgreSQL, at attach) names the column holding the result."""
+        evaluated = getattr(self.session.source, "consent_expression", None)
+        if evaluated is not None:
+            return evaluated(name)
+        return membership.consent_sql(
+            integ,
+            str(self.ws.location("integrations", name, "consent")),
+            self.session.source.dialect,
+            self.con,
+            self.profiles,
+            self.policy,
         )
 
     # ------------------------------------------------------------------ one activation
@@ -163,14 +179,7 @@ class Planner:
             )
             for r in seg_results
         ]
-        consent = membership.consent_sql(
-            integ,
-            str(self.ws.location("integrations", act.destination, "consent")),
-            self.session.source.dialect,
-            self.con,
-            self.profiles,
-            self.policy,
-        )
+        consent = self._consent(integ, act.destination)
         ids = dest.identity.accepted
         drift = self._refresh(act, rec, dest) if rec is not None and not frozen else Drift()
         notes += drift.notes

@@ -120,7 +120,7 @@ def segment_rows(
     rows = []
     try:
         with Session(ws, source, write_state=False, staging_path=staging, lock_down=True) as s:
-            runner = SegmentRunner(ws, s.con, as_of, source.dialect)
+            runner = SegmentRunner(ws, s.con, as_of, source.dialect, source)
             key_type = str(
                 s.con.execute(f"DESCRIBE SELECT {_ident(p.key)} FROM {_ident(p.table)}").fetchall()[
                     0

@@ -182,12 +182,6 @@ def _parse(doc: yamlfile.YamlDoc, model: type[BaseModel], errors: list[ConfigErr
 
 def _cross_check(ws: Workspace, errors: list[ConfigError], check_destinations: bool) -> None:
     cfg_loc = ws.docs.get(CONFIG_FILE)
-    if isinstance(ws.config.source, PostgresSource) and cfg_loc is not None:
-        errors.append(
-            cfg_loc.error(
-                "source type 'postgres' is not supported yet; use 'duckdb'", ("source", "type")
-            )
-        )
     for i, seg in enumerate(ws.config.suppression):
         if _missing(ws, "segments", seg) and cfg_loc is not None:
             errors.append(cfg_loc.error(_unknown("segment", seg, ws.segments), ("suppression", i)))
@@ -403,6 +397,16 @@ def _missing_credentials(ws: Workspace) -> list[ConfigError]:
     """One error per credential whose environment variable is not set (or empty). Names the
     variable, never a value."""
     out = []
+    source = ws.config.source
+    dsn_var = _ENV_REF.fullmatch(source.dsn) if isinstance(source, PostgresSource) else None
+    if dsn_var is not None and not os.environ.get(dsn_var.group(1)):
+        out.append(
+            ConfigError(
+                f"the source DSN comes from environment variable {dsn_var.group(1)}, which is "
+                "not set; set it (in CI: from a secret) to a PostgreSQL connection string",
+                ws.config_location("source", "dsn"),
+            )
+        )
     for name, integ in ws.integrations.items():
         for key, ref in integ.credentials.items():
             match = _ENV_REF.fullmatch(ref)

@@ -86,17 +86,10 @@ class ProfilesTable(Strict):
         return value
 
 
-class DuckDBSource(Strict):
-    """An embedded DuckDB file holding the profiles table (the demo database by default)."""
+class _SourceSettings(Strict):
+    """What every source declares: the profiles-table contract, what untrusted SQL may read,
+    its time limit, and the engine session's resources."""
 
-    type: Literal["duckdb"] = Field("duckdb", description="an embedded DuckDB database file")
-    path: str = Field(
-        ".reconcile/demo.duckdb", description="the DuckDB file, relative to the workspace"
-    )
-    demo: bool = Field(
-        False, description="generate the deterministic demo customer database on first use"
-    )
-    demo_profiles: int = Field(50_000, ge=100, description="how many demo profiles to generate")
     profiles: ProfilesTable = Field(
         default_factory=ProfilesTable,
         description="the profiles table: key, identifiers, attributes",
@@ -112,12 +105,6 @@ class DuckDBSource(Strict):
         None,
         description="a SELECT returning the time the source was last refreshed (daily "
         "activations are due again after it)",
-    )
-    writable: bool = Field(
-        False,
-        description="allow reconcile to write into the source: `append_to_profiles` keeps "
-        "the table included_in_audience (profile_key, activation_id, activation_name, grp, "
-        "since) in this database, and segment SQL may read it",
     )
     query_timeout: float = Field(
         120,
@@ -146,18 +133,57 @@ class DuckDBSource(Strict):
         return value
 
 
-class PostgresSource(Strict):
-    """A PostgreSQL database holding the profiles table (read through a read-only transaction)."""
+class DuckDBSource(_SourceSettings):
+    """An embedded DuckDB file holding the profiles table (the demo database by default)."""
+
+    type: Literal["duckdb"] = Field("duckdb", description="an embedded DuckDB database file")
+    path: str = Field(
+        ".reconcile/demo.duckdb", description="the DuckDB file, relative to the workspace"
+    )
+    demo: bool = Field(
+        False, description="generate the deterministic demo customer database on first use"
+    )
+    demo_profiles: int = Field(50_000, ge=100, description="how many demo profiles to generate")
+    writable: bool = Field(
+        False,
+        description="allow reconcile to write into the source: `append_to_profiles` keeps "
+        "the table included_in_audience (profile_key, activation_id, activation_name, grp, "
+        "since) in this database, and segment SQL may read it",
+    )
+
+
+class PostgresSource(_SourceSettings):
+    """Profiles in PostgreSQL: segment SQL, consent conditions and freshness_sql run there in
+    a read-only transaction (docs/sources.md)."""
 
     type: Literal["postgres"] = Field(description="a PostgreSQL database")
-    dsn: str = Field(description="connection string; put the password in ${env:VAR}")
-    profiles: ProfilesTable = Field(
-        default_factory=ProfilesTable,
-        description="the profiles table: key, identifiers, attributes",
+    dsn: str = Field(
+        description="an ${env:VAR} reference to a libpq connection string or URI, e.g. "
+        "postgresql://reader@db.internal/crm (a password only ever in the variable)"
     )
-    freshness_sql: str | None = Field(
-        None, description="a SELECT returning the time the source was last refreshed"
+    schema_: str = Field(
+        "public",
+        alias="schema",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="the schema holding the profiles table (and the tables it may read)",
     )
+    demo: bool = Field(
+        False,
+        description="fill the profiles table with the deterministic demo data when it is missing",
+    )
+    demo_profiles: int = Field(50_000, ge=100, description="how many demo profiles to generate")
+
+    @field_validator("dsn")
+    @classmethod
+    def _dsn_reference(cls, value: str) -> str:
+        if ENV_REF_RE.fullmatch(value):
+            return value
+        if re.search(r"password\s*=|://[^/@]*:[^/@]*@", value, re.IGNORECASE):
+            raise ValueError(
+                "the DSN carries a password: set it in an environment variable and write "
+                "`dsn: ${env:VAR}`, never a literal secret"
+            )
+        return value
 
 
 class LocalState(Strict):
