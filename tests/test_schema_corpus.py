@@ -25,7 +25,13 @@ from tests.conftest import RECONCILE_YAML, cli
 REPO = Path(__file__).resolve().parent.parent
 KIND_OF = {"integrations": "integration", "segments": "segment", "activations": "activation"}
 SECRET = "whsec_" + base64.b64encode(bytes(range(32))).decode()
-ENV = {"META_TOKEN": "token", "WEBHOOK_SECRET": SECRET, "CASE_TOKEN": "token"}
+ENV = {
+    "META_TOKEN": "token",
+    "WEBHOOK_SECRET": SECRET,
+    "CASE_TOKEN": "token",
+    # the PostgreSQL example: validate checks the variable is set (not the server)
+    "RECONCILE_SOURCE_DSN": "postgresql://reader@127.0.0.1:5432/test",
+}
 SMTP = "notifications:\n  smtp:\n    host: 127.0.0.1\n    port: 2525\n    security: none\n"
 
 GOOD = [
