@@ -16,6 +16,7 @@ from reconciler.enginedb import Session
 from reconciler.errors import ConfigError, DestinationError, ReconcileError, SegmentError
 from reconciler.integrations import Connections
 from reconciler.plan import membership, splits
+from reconciler.plan.exports import plan_export
 from reconciler.plan.model import (
     ActivationPlan,
     AudienceChange,
@@ -32,7 +33,7 @@ from reconciler.sources.engine_errors import safe_engine_error
 from reconciler.sources.limits import query_timeout, time_limit
 from reconciler.state.store import RecordedActivation, StateReader
 from reconciler.workspace.loader import Workspace
-from reconciler.workspace.spec import ActionMode, ResolvedActivation, SplitMode
+from reconciler.workspace.spec import ActionMode, Goal, ResolvedActivation, SplitMode
 from reconciler.workspace.templating import DEFAULT_NAME, TemplateFailed, local_date, render_name
 
 
@@ -241,6 +242,21 @@ class Planner:
             change = Change.UPDATE
         else:
             change = Change.PAUSED if act.paused else Change.NOOP
+        export = None
+        if act.goal is Goal.EXPORT_DATA:
+            export = plan_export(
+                self.state,
+                dest,
+                aid,
+                baseline,
+                act,
+                audiences,
+                as_of=self.as_of,
+                timezone=self.ws.config.timezone,
+            )
+            if export.resume:
+                change = Change.UPDATE if change is Change.NOOP else change
+                notes.append(f"an interrupted export ({export.resume}) is written again")
         return ActivationPlan(
             id=aid,
             change=change,
@@ -272,6 +288,7 @@ class Planner:
             warnings=warnings,
             max_removal_share=act.max_removal_share,
             on_delete=act.on_delete,
+            export=export,
             due=(
                 not act.paused
                 and is_due(

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from reconciler.errors import ConfigError, Location, ValidationFailed
 from reconciler.workspace import yamlfile
+from reconciler.workspace.export_checks import export_errors
 from reconciler.workspace.spec import (
     NAME_RE,
     ActionMode,
@@ -245,7 +246,7 @@ def _cross_check(ws: Workspace, errors: list[ConfigError], check_destinations: b
 
 def _not_supported_yet(act: Activation) -> list[tuple[str, str]]:
     out = []
-    if act.goal is not Goal.SEND_SEGMENTS:
+    if act.goal not in (Goal.SEND_SEGMENTS, Goal.EXPORT_DATA):
         out.append(
             (
                 "goal",
@@ -433,6 +434,7 @@ def _capability_errors(
                     ("on_delete",),
                 )
             )
+    out += export_errors(doc, act, destination, caps)
     if not caps.attributes and act.attributes:
         out.append(
             doc.error(
