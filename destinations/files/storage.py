@@ -160,9 +160,12 @@ class FsspecStore:
 
 
 def _storage_error(exc: Exception, where: str) -> Exception:
-    """Access refused is terminal; anything else (network, 5xx) is worth retrying."""
+    """Access refused or a missing bucket is terminal; anything else (network, 5xx) is worth
+    retrying."""
     if isinstance(exc, PermissionError):
         return TerminalError(f"the store refused writing {where}: {exc}")
+    if isinstance(exc, FileNotFoundError):
+        return TerminalError(f"cannot write {where}: the bucket or folder does not exist ({exc})")
     return TransientError(f"writing {where} failed: {exc}")
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from destinations.base import Destination, ExportedFile, ExportRequest, FileExport
@@ -37,9 +37,11 @@ EXPORT = f"{STAGING}.export"
 CHANGE_NAMES = {"add": "entered", "remove": "left", "update": "changed"}
 
 
-def stamp_of(as_of: datetime) -> str:
-    """The file stamp of a plan: its ``as_of`` in UTC, ``20261129T065500Z``."""
-    return as_of.strftime("%Y%m%dT%H%M%SZ")
+def stamp_of(as_of: datetime, seq: int) -> str:
+    """A file stamp: the plan's ``as_of`` in UTC and the export's number for its activation,
+    ``20261129T065500Z-00003`` (two applies within one second still name different files;
+    a gap in the numbers tells a reader a file is missing)."""
+    return f"{as_of.astimezone(UTC):%Y%m%dT%H%M%SZ}-{seq:05d}"
 
 
 @dataclass
@@ -90,7 +92,8 @@ class ExportRunner:
         if resumed is not None:
             batch_id, stamp, full = resumed.batch_id, resumed.stamp, resumed.full or plan.full
         else:
-            batch_id, stamp, full = new_batch_id(), stamp_of(as_of), plan.full
+            seq = exports.recorded_count(self.state, self.aid) + 1
+            batch_id, stamp, full = new_batch_id(), stamp_of(as_of, seq), plan.full
             exports.begin(
                 self.state,
                 batch_id,

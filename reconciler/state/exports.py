@@ -41,6 +41,15 @@ def pending(reader: StateReader, activation_id: str) -> PendingExport | None:
     return PendingExport(row[0], str(detail.get("stamp", "")), bool(detail.get("full")))
 
 
+def recorded_count(reader: StateReader, activation_id: str) -> int:
+    """How many exports of this activation were recorded (numbers its files)."""
+    return reader.con.execute(
+        f"""SELECT count(*) FROM {reader.c}.journal WHERE status = 'done' AND op = '{OP}'
+            AND activation_id = ?""",
+        [activation_id],
+    ).fetchall()[0][0]
+
+
 def last_full_at(reader: StateReader, activation_id: str) -> datetime | None:
     """When the last full file of this activation was recorded."""
     rows = reader.con.execute(

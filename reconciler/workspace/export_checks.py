@@ -38,6 +38,14 @@ def export_errors(
                 ("list", "existing"),
             )
         ]
+    if exporting and act.on_delete == "clear":
+        return [
+            doc.error(
+                "an export's files stay where they are when the activation is deleted; "
+                "use `on_delete: keep`",
+                ("on_delete",),
+            )
+        ]
     if exporting and act.action is ActionMode.REMOVE:
         return [doc.error("`action: remove` cannot export; use maintain or append", ("action",))]
     return []
