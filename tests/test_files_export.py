@@ -290,3 +290,34 @@ def test_kill_mid_export_leaves_no_half_file_and_the_rerun_converges(workspace, 
         assert delta.name == finals[0].name
     assert manifest_of(delta)["rows"] == 5 == len(rows(delta))
     assert "No changes" in cli(ws, "plan").output
+
+
+def test_each_due_run_writes_one_delta_even_when_nothing_changed(workspace):
+    ws = files_ws(workspace, PEOPLE, full="never")
+    config = (ws.root / "reconcile.yaml").read_text()
+    # the source says it refreshed just now: every `apply --due` finds the export due
+    ws.write(
+        "reconcile.yaml",
+        config.replace("  type: duckdb\n", "  type: duckdb\n  freshness_sql: SELECT now()\n"),
+    )
+    for _ in range(2):
+        res = cli(ws, "apply", "--due", "--auto-approve")
+        assert res.exit_code == 0, res.output + res.stderr
+    deltas = sorted(p for p in exported(ws) if p.name.endswith("-delta.csv"))
+    assert [len(rows(p)) for p in deltas] == [5, 0]
+    assert manifest_of(deltas[1])["rows"] == 0
+    assert deltas[1].read_text().startswith("change,customer_id,")  # a header, no rows
+
+
+def test_a_saved_plan_exports_exactly_what_it_showed(workspace):
+    ws = files_ws(workspace, PEOPLE, full="never")
+    planfile = ws.root / "export.plan"
+    assert cli(ws, "plan", "--out", str(planfile)).exit_code == 0
+    people = [dict(p) for p in PEOPLE]
+    people[5]["seg_a"] = True  # enters after the plan: not in this apply
+    ws.set_profiles(people)
+    res = cli(ws, "apply", str(planfile), "--auto-approve")
+    assert res.exit_code == 0, res.output + res.stderr
+    delta = only(exported(ws), "delta")
+    assert [r["customer_id"] for r in rows(delta)] == [f"c{i:05d}" for i in range(1, 6)]
+    assert "delta file of 1 row (+1)" in cli(ws, "plan").output

@@ -42,6 +42,7 @@ from reconciler.plan.model import ActivationPlan, AudienceChange, Change, Plan, 
 from reconciler.plan.recorded import digest, recorded_spec
 from reconciler.state.writer import StateStore
 from reconciler.workspace.loader import Workspace
+from reconciler.workspace.spec import ResolvedActivation
 from reconciler.workspace.templating import local_date
 
 
@@ -274,7 +275,16 @@ class Applier:
         return None
 
     # ------------------------------------------------------------------ exports
-    def _export(self, ap, act, dest, runner, fp, attribute_map, outcome) -> None:
+    def _export(
+        self,
+        ap: ActivationPlan,
+        act: ResolvedActivation,
+        dest: Destination,
+        runner: BatchRunner,
+        fp: str,
+        attribute_map: dict[str, str],
+        outcome: ActivationOutcome,
+    ) -> None:
         """Write the delta (and full) file of an ``export_data`` activation and record it."""
         export = ExportRunner(
             self.state,
@@ -294,7 +304,9 @@ class Applier:
             outcome.removed += result.removed
             outcome.updated += result.updated
             outcome.attempted += result.added + result.removed + result.updated
-            outcome.audiences.append({"group": aud.group, "name": aud.name, **result.as_dict()})
+            outcome.audiences.append(
+                {"group": aud.group, "name": aud.name, "sent": True, **result.as_dict()}
+            )
 
     # ------------------------------------------------------------------ one audience
     def _audience(

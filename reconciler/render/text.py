@@ -171,12 +171,16 @@ def export_lines(a: ActivationPlan) -> list[tuple[str, str]]:
         return []
     e, au = a.export, next(iter(a.audiences), None)
     counts = _members(au) if au is not None else "no member changes"
-    out = [("+", f"export to {e.location}: delta file of {num(e.delta_rows)} rows ({counts})")]
+    out = [("+", f"export to {e.location}: delta file of {_rows(e.delta_rows)} ({counts})")]
     if e.full:
-        out.append(("+", f"full file of {num(e.full_rows)} rows (export.full: {e.full_policy})"))
+        out.append(("+", f"full file of {_rows(e.full_rows)} (export.full: {e.full_policy})"))
     else:
         out.append((" ", f"no full file this run (export.full: {e.full_policy})"))
     return out
+
+
+def _rows(n: int) -> str:
+    return f"{num(n)} row" if n == 1 else f"{num(n)} rows"
 
 
 def mass_removal_line(a: ActivationPlan, au: AudienceChange) -> str:
