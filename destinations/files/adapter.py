@@ -122,7 +122,9 @@ class FilesDestination:
         self, con: duckdb.DuckDBPyConnection, query: str, request: ExportRequest
     ) -> ExportedFile:
         ext = "csv" if self.config.format == "csv" else "parquet"
-        rel = f"{request.path.strip('/')}/{request.activation}-{request.stamp}-{request.kind}.{ext}"
+        rel = (
+            f"{request.path.rstrip('/')}/{request.activation}-{request.stamp}-{request.kind}.{ext}"
+        )
         store = self.store
         scratch = store.scratch(rel)
         options = "FORMAT csv, HEADER true" if ext == "csv" else "FORMAT parquet"
