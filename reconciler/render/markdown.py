@@ -20,6 +20,7 @@ from reconciler.render.estimates import DestinationCalls, summary_line
 from reconciler.render.text import (
     audience_line,
     effective_change,
+    export_lines,
     mass_removal_line,
     num,
     pct,
@@ -134,7 +135,7 @@ def _detail(a: ActivationPlan) -> dict[str, Any]:
         "change": CHANGE_LABELS[effective_change(a)],
         "match": f"can match {num(a.matchable)} of {num(a.audience_size)} "
         f"({pct(a.matchable, a.audience_size)})",
-        "audiences": [audience_line(a, au) for au in a.audiences],
+        "audiences": export_lines(a) or [audience_line(a, au) for au in a.audiences],
         "diff": diff,
         "fence": _fence(diff),
     }
