@@ -288,7 +288,7 @@ STATIC = [
         {"activations/act.yaml": MAINTAIN + "goal: export_data\n"},
         [
             "activations/act.yaml:5: goal: `goal: export_data` writes files, but destination "
-            "'sandbox' does not; use an integration of `type: files`"
+            "'sandbox' does not; use an integration of a type that does (`type: files`)"
         ],
         id="goal-export-data-needs-a-files-destination",
     ),

@@ -210,7 +210,7 @@ def test_export_path_outside_the_location_is_refused(workspace, path, why):
         (
             EXPORT_ACT.format(full="weekly").replace("destination: files", "destination: sandbox"),
             "vip-export.yaml:1",
-            "does not; use an integration of `type: files`",
+            "does not; use an integration of a type that does (`type: files`)",
         ),
         (
             "segments: [seg-a]\ndestination: files\n",

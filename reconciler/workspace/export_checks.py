@@ -20,7 +20,7 @@ def export_errors(
         return [
             doc.error(
                 f"`goal: export_data` writes files, but destination {destination!r} does not; "
-                "use an integration of `type: files`",
+                f"use an integration of a type that does ({_exporting_types()})",
                 ("goal",),
             )
         ]
@@ -49,3 +49,12 @@ def export_errors(
     if exporting and act.action is ActionMode.REMOVE:
         return [doc.error("`action: remove` cannot export; use maintain or append", ("action",))]
     return []
+
+
+def _exporting_types() -> str:
+    """The installed destination types that write export files (loaded only for this error)."""
+    from destinations import registry
+    from reconciler.workspace.loader import capabilities_of
+
+    found = [t for t in registry.installed() if getattr(capabilities_of(t), "export", False)]
+    return ", ".join(f"`type: {t}`" for t in found) or "none is installed"
