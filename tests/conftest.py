@@ -208,3 +208,8 @@ def audience_counts(plan: dict, activation: str) -> dict[str, tuple[int, int, in
         if a["id"] == activation:
             return {au["group"]: (au["add"], au["remove"], au["update"]) for au in a["audiences"]}
     raise KeyError(activation)
+
+
+# PostgreSQL-backed tests: `pg_dsn` (a fresh schema per test; FAILS under CI=true when the
+# server cannot be reached, skips with the reason otherwise)
+from tests.pg import pg_dsn  # noqa: E402, F401

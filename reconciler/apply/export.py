@@ -17,6 +17,7 @@ the next apply writes the same files again (under the same names) and records th
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -125,14 +126,13 @@ class ExportRunner:
             "rows": [f.rows for f in out.files],
             "sha256": [f.sha256 for f in out.files],
         }
-        exports.record(
-            self.state,
+        self.state.record_export(
             EXPORT,
             batch_id,
             self.aid,
             grp,
             run_id=self.run_id,
-            detail=detail,
+            detail=json.dumps(detail, sort_keys=True),
             counts={"added": out.added, "removed": out.removed, "updated": out.updated},
         )
         return out

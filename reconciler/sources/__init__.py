@@ -10,22 +10,29 @@ from reconciler.sources.guard import SqlPolicy
 from reconciler.workspace.spec import DuckDBSource
 
 
-def open_source(ws) -> Source:
+def open_source(ws, *, write: bool = False) -> Source:
+    """The workspace's source; ``write`` (apply) attaches a ``writable: true`` source
+    read-write, for the write-back of ``append_to_profiles``."""
     spec = ws.config.source
     if isinstance(spec, DuckDBSource):
         from reconciler.sources.duckdb_source import DuckDBFileSource
 
-        return DuckDBFileSource(spec, ws.root, ws.config_location)
+        return DuckDBFileSource(spec, ws.root, ws.config_location, write=write)
     raise ConfigError(f"source type {spec.type!r} is not supported yet")
 
 
 def sql_policy(source_spec) -> SqlPolicy:
     """What untrusted SQL may read in this workspace: the profiles table and the tables
-    listed under ``source.tables``, in the source's catalog."""
+    listed under ``source.tables``, in the source's catalog; with ``source.writable`` also
+    the write-back table ``included_in_audience``."""
     from reconciler.sources.duckdb_source import SOURCE_CATALOG
+    from reconciler.workspace.goal_rules import WRITEBACK_TABLE
 
+    tables = tuple(getattr(source_spec, "tables", ()) or ())
+    if getattr(source_spec, "writable", False) and WRITEBACK_TABLE not in tables:
+        tables += (WRITEBACK_TABLE,)
     return SqlPolicy(
         profiles_table=source_spec.profiles.table,
-        tables=tuple(getattr(source_spec, "tables", ()) or ()),
+        tables=tables,
         catalog=SOURCE_CATALOG,
     )

@@ -10,9 +10,8 @@ died is *resumed* by the next export of that activation: it writes the same file
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from reconciler.state.store import StateReader
@@ -77,41 +76,6 @@ def begin(
     store.journal_intent(
         batch_id, run_id, activation_id, grp, OP, rows, json.dumps({"stamp": stamp, "full": full})
     )
-
-
-def record(
-    store: StateStore,
-    table: str,
-    batch_id: str,
-    activation_id: str,
-    grp: str,
-    *,
-    run_id: str,
-    detail: Mapping[str, Any],
-    counts: Mapping[str, int],
-) -> None:
-    """Record an export whose files are published, from the engine's export ``table``
-    (``key, op, present, rec, fp``): leavers and changed members' old rows go, entering and
-    changed members (still in the source) are recorded; the intent closes with ``detail``."""
-    c = store.c
-    with store.transaction():
-        store.con.execute(
-            f"""DELETE FROM {c}.members WHERE activation_id = $aid AND grp = $grp AND key IN
-                (SELECT key FROM {table} WHERE op = 'remove' OR (present AND op = 'update'))""",
-            {"aid": activation_id, "grp": grp},
-        )
-        store.con.execute(
-            f"""INSERT INTO {c}.members SELECT $aid, $grp, key, rec, fp FROM {table}
-                WHERE present AND op IN ('add', 'update')""",
-            {"aid": activation_id, "grp": grp},
-        )
-        store.con.execute(
-            f"""UPDATE {c}.journal SET status = 'done', detail = ?, finished_at = ?
-                WHERE batch_id = ? AND status = 'intent'""",
-            [json.dumps(dict(detail), sort_keys=True), datetime.now(UTC), batch_id],
-        )
-        if run_id and any(counts.values()):
-            store._add_run_counts(run_id, counts)
 
 
 def _detail(text: str | None) -> dict[str, Any]:

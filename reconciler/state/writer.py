@@ -21,14 +21,23 @@ def _now() -> datetime:
 
 
 class StateStore(StateReader):
+    _in_transaction = False
+
     @contextmanager
     def transaction(self):
+        """One transaction; an inner ``transaction()`` joins the enclosing one."""
+        if self._in_transaction:
+            yield
+            return
+        self._in_transaction = True
         self.con.execute("BEGIN TRANSACTION")
         try:
             yield
         except BaseException:
             self.con.execute("ROLLBACK")
             raise
+        finally:
+            self._in_transaction = False
         self.con.execute("COMMIT")
 
     # ------------------------------------------------------------------ activations
@@ -272,6 +281,38 @@ class StateStore(StateReader):
                         "why": list(rejected.values()),
                     },
                 )
+
+    def record_export(
+        self,
+        table: str,
+        batch_id: str,
+        activation_id: str,
+        grp: str,
+        *,
+        run_id: str,
+        detail: str,
+        counts: Mapping[str, int],
+    ) -> None:
+        """Record a published export (``reconciler.apply.export``) from the engine's export
+        ``table`` (``key, op, present, rec, fp``): leavers and the old rows of changed members
+        go, entering and changed members still in the source are recorded, the intent closes
+        with ``detail`` and the run counts, in one transaction."""
+        aid = {"aid": activation_id, "grp": grp}
+        with self.transaction():
+            self.con.execute(
+                f"""DELETE FROM {self.c}.members WHERE activation_id = $aid AND grp = $grp
+                    AND key IN (SELECT key FROM {table}
+                                WHERE op = 'remove' OR (present AND op = 'update'))""",
+                aid,
+            )
+            self.con.execute(
+                f"""INSERT INTO {self.c}.members SELECT $aid, $grp, key, rec, fp FROM {table}
+                    WHERE present AND op IN ('add', 'update')""",
+                aid,
+            )
+            self._journal_outcome(batch_id, "done", detail)
+            if run_id and any(counts.values()):
+                self._add_run_counts(run_id, counts)
 
     # ------------------------------------------------------------------ asynchronous jobs
     def submit_job(

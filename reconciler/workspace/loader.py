@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 from reconciler.errors import ConfigError, Location, ValidationFailed
 from reconciler.workspace import yamlfile
 from reconciler.workspace.export_checks import export_errors
+from reconciler.workspace.goal_rules import goal_errors
 from reconciler.workspace.spec import (
     NAME_RE,
     ActionMode,
@@ -94,6 +95,19 @@ def load(
 ) -> Workspace:
     """Load and validate everything under ``root``; raise ValidationFailed listing all errors.
     ``check_credentials``: every credential's environment variable must be set."""
+    ws, errors = collect(
+        root, check_destinations=check_destinations, check_credentials=check_credentials
+    )
+    if errors:
+        raise ValidationFailed(errors)
+    return ws
+
+
+def collect(
+    root: Path, *, check_destinations: bool = True, check_credentials: bool = False
+) -> tuple[Workspace, list[ConfigError]]:
+    """What :func:`load` does, returning the workspace (the files that loaded) and every
+    error instead of raising them."""
     errors: list[ConfigError] = []
     config_doc = _load_doc(root / CONFIG_FILE, root, errors)
     config = WorkspaceConfig()
@@ -136,9 +150,7 @@ def load(
     if check_credentials:
         errors.extend(_missing_credentials(ws))
     _check_templates(ws, errors)
-    if errors:
-        raise ValidationFailed(errors)
-    return ws
+    return ws, errors
 
 
 def _yaml_files(folder: Path) -> list[Path]:
@@ -213,6 +225,7 @@ def _cross_check(ws: Workspace, errors: list[ConfigError], check_destinations: b
             if caps is not None:
                 resolved = act.resolved(ws.config.defaults)
                 errors.extend(_capability_errors(doc, resolved, act.destination, caps))
+            errors.extend(goal_errors(ws, name, act, caps))
             for i, attr in enumerate(act.attributes):
                 if attr not in found.attributes:
                     errors.append(
@@ -230,8 +243,6 @@ def _cross_check(ws: Workspace, errors: list[ConfigError], check_destinations: b
                     ("moved_from",),
                 )
             )
-        for field_name, message in _not_supported_yet(act):
-            errors.append(doc.error(message, (field_name,)))
         notifications = ws.config.notifications
         if act.notify.email and (notifications is None or notifications.smtp is None):
             short = isinstance(doc.data.get("notify"), list)
@@ -242,27 +253,6 @@ def _cross_check(ws: Workspace, errors: list[ConfigError], check_destinations: b
                     ("notify",) if short else ("notify", "email"),
                 )
             )
-
-
-def _not_supported_yet(act: Activation) -> list[tuple[str, str]]:
-    out = []
-    if act.goal not in (Goal.SEND_SEGMENTS, Goal.EXPORT_DATA):
-        out.append(
-            (
-                "goal",
-                f"goal {act.goal.value!r} is not supported yet; only "
-                "`goal: send_segments` works today",
-            )
-        )
-    if act.append_to_profiles:
-        out.append(
-            (
-                "append_to_profiles",
-                "`append_to_profiles` (write-back to the source) is "
-                "not supported yet; remove the field",
-            )
-        )
-    return out
 
 
 def _missing(ws: Workspace, kind: str, name: str) -> bool:
@@ -358,6 +348,26 @@ def _check_integration_config(
         factory.config_model.model_validate(integ.config)
     except ValidationError as exc:
         errors.extend(yamlfile.validation_errors(doc, exc, ("config",)))
+    # the credentials' names (their values are only read when a destination is called)
+    takes = factory.credentials_model.model_fields
+    for key in integ.credentials:
+        if key not in takes:
+            errors.append(
+                doc.error(
+                    f"destination type {integ.type!r} takes no credential {key!r} "
+                    f"(it takes: {', '.join(sorted(takes)) or 'none'})",
+                    ("credentials", key),
+                )
+            )
+    for key in sorted(k for k, f in takes.items() if f.is_required()):
+        if key not in integ.credentials:
+            errors.append(
+                doc.error(
+                    f"destination type {integ.type!r} needs credential {key!r}: add "
+                    f"`{key}: ${{env:VAR}}` under `credentials`",
+                    ("credentials",),
+                )
+            )
 
 
 def _endpoint_errors(doc: yamlfile.YamlDoc, endpoint: str) -> list[ConfigError]:
@@ -417,7 +427,7 @@ def _capability_errors(
     """What ``act`` (resolved with the workspace defaults) asks of a destination that cannot
     do it: removals, clearing on delete, mapped attributes."""
     out = []
-    if not caps.remove:
+    if not caps.remove and act.goal is not Goal.SYNC_ATTRIBUTES:  # it never removes
         if act.action in (ActionMode.MAINTAIN, ActionMode.REMOVE):
             out.append(
                 doc.error(
@@ -435,7 +445,7 @@ def _capability_errors(
                 )
             )
     out += export_errors(doc, act, destination, caps)
-    if not caps.attributes and act.attributes:
+    if not caps.attributes and act.attributes and act.goal is not Goal.SYNC_ATTRIBUTES:
         out.append(
             doc.error(
                 f"destination {destination!r} does not take attributes; remove `attributes`",
