@@ -26,6 +26,9 @@ Designed against every vendor we speak (see ``docs/destinations.md``):
   is the last, and the estimated total. **Asynchronous jobs** (Klaviyo bulk import): a call
   may answer ``Outcome(job=...)``; the engine journals the job as submitted and calls
   :meth:`Destination.poll` until it is done — after a crash too, never resubmitting.
+- **Bulk export** (files): a destination with ``capabilities.export`` also implements
+  :class:`FileExport`: the engine hands it a DuckDB connection and a query, and the adapter
+  writes the query's result as one file with DuckDB ``COPY`` (no row passes through Python).
 - **Typed errors** (``reconciler.errors``): :class:`ThrottledError` and
   :class:`TransientError` are retried by the engine's policy; :class:`CredentialsRefused`
   marks the activation Disabled; :class:`AudienceGone` says the audience was deleted at the
@@ -37,9 +40,11 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, overload, runtime_checkable
 
+import duckdb
 import httpx
 from pydantic import BaseModel, ConfigDict
 
@@ -67,6 +72,9 @@ __all__ = [
     "DestinationContext",
     "DestinationError",
     "DestinationFactory",
+    "ExportRequest",
+    "ExportedFile",
+    "FileExport",
     "Identity",
     "JobStatus",
     "Limits",
@@ -102,6 +110,7 @@ class Capabilities:
     attributes: bool = False  # mapped attributes are sent
     create: bool = True  # audiences can be created
     refresh: bool = True  # one audience can be read back (drift detection)
+    export: bool = False  # writes audiences as files (`goal: export_data`, :class:`FileExport`)
 
 
 @dataclass(frozen=True)
@@ -303,6 +312,47 @@ class Destination(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """One file to write: ``kind`` is ``delta`` or ``full``; ``path`` is the activation's
+    export path relative to the destination's location (checked by validation, checked
+    again by the adapter); ``stamp`` names the file and is the same when an interrupted
+    export is written again, so a rerun replaces its file instead of adding a second one."""
+
+    activation: str
+    path: str
+    kind: str
+    stamp: str
+    as_of: datetime
+    columns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ExportedFile:
+    """A file written and made visible: where, how many rows, its SHA-256."""
+
+    url: str
+    rows: int
+    sha256: str
+    manifest: str
+
+
+@runtime_checkable
+class FileExport(Protocol):
+    """The bulk-export side of a destination with ``capabilities.export``."""
+
+    def export_location(self, path: str) -> str:
+        """Where the files of export path ``path`` go (for the plan; no I/O)."""
+        ...
+
+    def write_export(
+        self, con: duckdb.DuckDBPyConnection, query: str, request: ExportRequest
+    ) -> ExportedFile:
+        """Write ``query``'s rows as one file with DuckDB ``COPY`` on ``con``, atomically:
+        no half-written file ever exists under its final name; then its manifest."""
+        ...
 
 
 @dataclass(frozen=True)

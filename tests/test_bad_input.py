@@ -294,8 +294,11 @@ STATIC = [
     ),
     pytest.param(
         {"activations/act.yaml": MAINTAIN + "goal: export_data\n"},
-        ["activations/act.yaml:5: goal: goal 'export_data' is not supported yet"],
-        id="goal-export-data-not-supported",
+        [
+            "activations/act.yaml:5: goal: `goal: export_data` writes files, but destination "
+            "'sandbox' does not; use an integration of a type that does (`type: files`)"
+        ],
+        id="goal-export-data-needs-a-files-destination",
     ),
     pytest.param(
         {"reconcile.yaml": RECONCILE_YAML.replace("type: duckdb", "type: mysql")},

@@ -29,6 +29,7 @@ from reconciler.apply.batches import (
     finish_job,
     new_batch_id,
 )
+from reconciler.apply.export import ExportRunner
 from reconciler.apply.interrupts import InterruptGuard
 from reconciler.apply.notifications import FinishedRun, notify_finished
 from reconciler.apply.profile_writes import record_attribute_hashes, write_back
@@ -37,12 +38,14 @@ from reconciler.enginedb import Session
 from reconciler.errors import CredentialsRefused, DestinationError, ReconcileError
 from reconciler.integrations import Connections
 from reconciler.plan import membership, splits
+from reconciler.plan.exports import export_path
 from reconciler.plan.model import ActivationPlan, AudienceChange, Change, Plan, Status
 from reconciler.plan.recorded import digest, recorded_spec
 from reconciler.state.attributes import forget as forget_attribute_hashes
 from reconciler.state.schema import CATALOG
 from reconciler.state.writer import StateStore
 from reconciler.workspace.loader import Workspace
+from reconciler.workspace.spec import ResolvedActivation
 from reconciler.workspace.templating import local_date
 
 
@@ -175,10 +178,11 @@ class Applier:
                 [integ.attributes[f] for f in act.attributes],
                 profiles.default_phone_country,
             )
-            runner = self._runner(
-                dest, run_id, ap.id, fp, {f: integ.attributes[f] for f in act.attributes}
-            )
-            for aud in ap.audiences:
+            attribute_map = {f: integ.attributes[f] for f in act.attributes}
+            runner = self._runner(dest, run_id, ap.id, fp, attribute_map)
+            if ap.export is not None:  # goal: export_data: files, not member calls
+                self._export(ap, act, dest, runner, fp, attribute_map, outcome)
+            for aud in ap.audiences if ap.export is None else ():
                 self._audience(ap, aud, dest, runner, outcome)
             record_attribute_hashes(self.session, self.ws, ap.id, act, fp)
         except Interrupted:
@@ -279,6 +283,40 @@ class Applier:
                     "run `reconcile plan` again"
                 )
         return None
+
+    # ------------------------------------------------------------------ exports
+    def _export(
+        self,
+        ap: ActivationPlan,
+        act: ResolvedActivation,
+        dest: Destination,
+        runner: BatchRunner,
+        fp: str,
+        attribute_map: dict[str, str],
+        outcome: ActivationOutcome,
+    ) -> None:
+        """Write the delta (and full) file of an ``export_data`` activation and record it."""
+        export = ExportRunner(
+            self.state,
+            dest,
+            self.ws.config.source.profiles,
+            run_id=self._run_id,
+            activation_id=ap.id,
+            fingerprint=fp,
+            attribute_map=attribute_map,
+            call=runner.call,
+        )
+        assert ap.export is not None
+        for aud in ap.audiences:
+            self.state.record_audience(ap.id, aud.group, aud.name, ap.export.location, True)
+            result = export.run(aud.group, ap.export, export_path(ap.id, act), self.plan.as_of)
+            outcome.added += result.added
+            outcome.removed += result.removed
+            outcome.updated += result.updated
+            outcome.attempted += result.added + result.removed + result.updated
+            outcome.audiences.append(
+                {"group": aud.group, "name": aud.name, "sent": True, **result.as_dict()}
+            )
 
     # ------------------------------------------------------------------ one audience
     def _audience(

@@ -98,6 +98,18 @@ class AudienceChange(Frozen):
         )
 
 
+class ExportChange(Frozen):
+    """What a ``goal: export_data`` apply writes: one delta file (entered / left / changed
+    rows) and, when ``export.full`` says it is time, a full file of the audience."""
+
+    location: str  # where the files go (folder or URL)
+    delta_rows: int = 0
+    full: bool = False  # a full file is written too
+    full_rows: int = 0  # rows of the full file (the audience after the apply)
+    full_policy: str = "weekly"  # export.full: daily | weekly | never
+    resume: str | None = None  # stamp of an interrupted export this apply writes again
+
+
 class ActivationPlan(Frozen):
     id: str
     change: Change
@@ -123,6 +135,7 @@ class ActivationPlan(Frozen):
     max_removal_share: float = 0.5
     on_delete: str = "keep"  # "keep" | "clear": what deleting the file does to the audience
     due: bool = False
+    export: ExportChange | None = None  # `goal: export_data`: the files apply writes
     #: ``append_to_profiles``: rows of the source's write-back that do not match the recorded
     #: members (an apply died before writing them); the next apply writes them
     writeback_pending: int = 0

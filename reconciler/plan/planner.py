@@ -16,6 +16,7 @@ from reconciler.enginedb import Session
 from reconciler.errors import ConfigError, DestinationError, ReconcileError, SegmentError
 from reconciler.integrations import Connections
 from reconciler.plan import attributes, membership, splits
+from reconciler.plan.exports import plan_export
 from reconciler.plan.model import (
     ActivationPlan,
     AudienceChange,
@@ -279,6 +280,21 @@ class Planner:
             change = Change.UPDATE
         else:
             change = Change.PAUSED if act.paused else Change.NOOP
+        export = None
+        if act.goal is Goal.EXPORT_DATA:
+            export = plan_export(
+                self.state,
+                dest,
+                aid,
+                baseline,
+                act,
+                audiences,
+                as_of=self.as_of,
+                timezone=self.ws.config.timezone,
+            )
+            if export.resume:
+                change = Change.UPDATE if change is Change.NOOP else change
+                notes.append(f"an interrupted export ({export.resume}) is written again")
         return ActivationPlan(
             id=aid,
             change=change,
@@ -310,6 +326,7 @@ class Planner:
             warnings=warnings,
             max_removal_share=act.max_removal_share,
             on_delete=act.on_delete,
+            export=export,
             writeback_pending=pending,
             due=(
                 not act.paused

@@ -19,6 +19,8 @@ def recorded_spec(ws: Workspace, act: Activation) -> dict[str, Any]:
     definition its membership depends on (so a segment edit shows under each user of it)."""
     integ = ws.integrations[act.destination]
     spec = act.resolved(ws.config.defaults).model_dump(mode="json", by_alias=True)
+    if spec.get("export") is None:  # specs recorded before `export` existed keep their digest
+        spec.pop("export", None)
     spec["segment_sql"] = {s: ws.segments[s].sql for s in act.segments}
     spec["suppression_sql"] = {s: ws.segments[s].sql for s in ws.config.suppression}
     spec["consent"] = integ.consent

@@ -58,6 +58,10 @@ def destination_calls(plan: Plan, limits: Mapping[str, CallLimits]) -> list[Dest
         if lim is None:
             continue
         per = max(lim.members_per_call, 1)
+        if a.export is not None and a.has_changes:  # one delta file, and maybe a full file
+            requests[a.destination] = requests.get(a.destination, 0) + 1 + int(a.export.full)
+            members[a.destination] = members.get(a.destination, 0) + a.export.delta_rows
+            continue
         for au in a.audiences:
             if not au.sent:
                 continue

@@ -21,6 +21,7 @@ from reconciler.render.text import (
     attribute_line,
     audience_line,
     effective_change,
+    export_lines,
     mass_removal_line,
     num,
     pct,
@@ -135,7 +136,7 @@ def _detail(a: ActivationPlan) -> dict[str, Any]:
         "change": CHANGE_LABELS[effective_change(a)],
         "match": f"can match {num(a.matchable)} of {num(a.audience_size)} "
         f"({pct(a.matchable, a.audience_size)})",
-        "audiences": [audience_line(a, au) for au in a.audiences],
+        "audiences": export_lines(a) or [audience_line(a, au) for au in a.audiences],
         "attributes": [line for au in a.audiences if (line := attribute_line(au))],
         "diff": diff,
         "fence": _fence(diff),

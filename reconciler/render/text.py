@@ -22,6 +22,7 @@ __all__ = [
     "attribute_line",
     "audience_line",
     "effective_change",
+    "export_lines",
     "header",
     "mass_removal_line",
     "num",
@@ -165,6 +166,24 @@ def audience_line(a: ActivationPlan, au: AudienceChange) -> tuple[str, str]:
     return " ", f"{label}: no member changes ({num(au.size_after)} members)"
 
 
+def export_lines(a: ActivationPlan) -> list[tuple[str, str]]:
+    """``(symbol, text)`` lines of an export: the delta file's rows, and the full file."""
+    if a.export is None or a.change is Change.DELETE:
+        return []
+    e, au = a.export, next(iter(a.audiences), None)
+    counts = _members(au) if au is not None else "no member changes"
+    out = [("+", f"export to {e.location}: delta file of {_rows(e.delta_rows)} ({counts})")]
+    if e.full:
+        out.append(("+", f"full file of {_rows(e.full_rows)} (export.full: {e.full_policy})"))
+    else:
+        out.append((" ", f"no full file this run (export.full: {e.full_policy})"))
+    return out
+
+
+def _rows(n: int) -> str:
+    return f"{num(n)} row" if n == 1 else f"{num(n)} rows"
+
+
 def attribute_line(au: AudienceChange) -> str | None:
     """``goal: sync_attributes``: how many values each destination field gets."""
     if not au.attributes:
@@ -200,7 +219,9 @@ def _details(a: ActivationPlan, style: Styler) -> list[str]:
         for c in a.config_changes:
             cl = config_change_lines(c)
             lines += ["  " + style(cl[0], cl[0][0])] + ["  " + line for line in cl[1:]]
-    for au in a.audiences:
+    for sym, text in export_lines(a):
+        lines.append(style(f"{sym} {text}", sym))
+    for au in a.audiences if a.export is None else ():
         sym, text = audience_line(a, au)
         lines.append(style(f"{sym} {text}", sym))
         if attrs := attribute_line(au):

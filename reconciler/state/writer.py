@@ -179,12 +179,13 @@ class StateStore(StateReader):
     def close_interrupted_batches(self) -> int:
         """Member batches whose process died before the destination answered: their members
         were not recorded, so the new plan contains them again. Close those intents (audience
-        creates stay open: they are resolved by looking the audience up by name)."""
+        creates stay open: they are resolved by looking the audience up by name; so do
+        exports: the next one writes the same files again, see ``reconciler.apply.export``)."""
         return self.con.execute(
             f"""UPDATE {self.c}.journal SET status = 'interrupted', finished_at = ?,
                 detail = 'the run stopped before the destination answered; '
                          || 'its members were planned again'
-                WHERE status = 'intent' AND op <> 'create'""",
+                WHERE status = 'intent' AND op NOT IN ('create', 'export')""",
             [_now()],
         ).fetchall()[0][0]
 
@@ -280,6 +281,38 @@ class StateStore(StateReader):
                         "why": list(rejected.values()),
                     },
                 )
+
+    def record_export(
+        self,
+        table: str,
+        batch_id: str,
+        activation_id: str,
+        grp: str,
+        *,
+        run_id: str,
+        detail: str,
+        counts: Mapping[str, int],
+    ) -> None:
+        """Record a published export (``reconciler.apply.export``) from the engine's export
+        ``table`` (``key, op, present, rec, fp``): leavers and the old rows of changed members
+        go, entering and changed members still in the source are recorded, the intent closes
+        with ``detail`` and the run counts, in one transaction."""
+        aid = {"aid": activation_id, "grp": grp}
+        with self.transaction():
+            self.con.execute(
+                f"""DELETE FROM {self.c}.members WHERE activation_id = $aid AND grp = $grp
+                    AND key IN (SELECT key FROM {table}
+                                WHERE op = 'remove' OR (present AND op = 'update'))""",
+                aid,
+            )
+            self.con.execute(
+                f"""INSERT INTO {self.c}.members SELECT $aid, $grp, key, rec, fp FROM {table}
+                    WHERE present AND op IN ('add', 'update')""",
+                aid,
+            )
+            self._journal_outcome(batch_id, "done", detail)
+            if run_id and any(counts.values()):
+                self._add_run_counts(run_id, counts)
 
     # ------------------------------------------------------------------ asynchronous jobs
     def submit_job(

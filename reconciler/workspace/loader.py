@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from reconciler.errors import ConfigError, Location, ValidationFailed
 from reconciler.workspace import yamlfile
+from reconciler.workspace.export_checks import export_errors
 from reconciler.workspace.goal_rules import goal_errors
 from reconciler.workspace.spec import (
     NAME_RE,
@@ -236,8 +237,6 @@ def _cross_check(ws: Workspace, errors: list[ConfigError], check_destinations: b
                     ("moved_from",),
                 )
             )
-        for field_name, message in _not_supported_yet(act):
-            errors.append(doc.error(message, (field_name,)))
         notifications = ws.config.notifications
         if act.notify.email and (notifications is None or notifications.smtp is None):
             short = isinstance(doc.data.get("notify"), list)
@@ -248,19 +247,6 @@ def _cross_check(ws: Workspace, errors: list[ConfigError], check_destinations: b
                     ("notify",) if short else ("notify", "email"),
                 )
             )
-
-
-def _not_supported_yet(act: Activation) -> list[tuple[str, str]]:
-    out = []
-    if act.goal is Goal.EXPORT_DATA:
-        out.append(
-            (
-                "goal",
-                f"goal {act.goal.value!r} is not supported yet; use `goal: send_segments` "
-                "or `goal: sync_attributes`",
-            )
-        )
-    return out
 
 
 def _missing(ws: Workspace, kind: str, name: str) -> bool:
@@ -462,6 +448,7 @@ def _capability_errors(
                     ("on_delete",),
                 )
             )
+    out += export_errors(doc, act, destination, caps)
     if not caps.attributes and act.attributes and act.goal is not Goal.SYNC_ATTRIBUTES:
         out.append(
             doc.error(

@@ -591,6 +591,39 @@ def webhook_url_problem(url: str) -> str | None:
 _Email = Annotated[str, WithJsonSchema({"type": "string", "pattern": EMAIL_PATTERN})]
 
 
+class ExportSpec(Strict):
+    """``export:`` of a ``goal: export_data`` activation: where below the integration's
+    location its files go, and how often a full file is written besides the daily delta."""
+
+    path: str | None = Field(
+        None,
+        description="folder below the integration's location (relative, no `..`); "
+        "default: the activation id",
+    )
+    full: Literal["daily", "weekly", "never"] = Field(
+        "weekly",
+        description="also write a full file of the audience: every run, when the last one is "
+        "7 days old, or never (each run always writes a delta file)",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _relative(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        p = value.replace("\\", "/")
+        if not p.strip(" /"):
+            raise ValueError("must name a folder below the integration's location")
+        if "://" in p or p.startswith(("/", "~")) or ":" in p or ".." in p.split("/"):
+            raise ValueError(
+                f"{value!r} is outside the integration's location (folder or URL prefix): "
+                "write a relative path such as `vip/weekly`, without `..`"
+            )
+        if any(part.startswith(".") for part in p.split("/") if part):
+            raise ValueError(f"{value!r}: folder names must not start with '.'")
+        return value
+
+
 class Activation(Strict):
     """One activation (one file). Its id is the file stem."""
 
@@ -661,6 +694,9 @@ class Activation(Strict):
     max_rejected_share: float | None = Field(
         None, ge=0, le=1, description="overrides defaults.max_rejected_share"
     )
+    export: ExportSpec | None = Field(
+        None, description="`goal: export_data` only: {path: <folder>, full: daily|weekly|never}"
+    )
 
     @field_validator("notify", mode="before", json_schema_input_type=list[_Email] | NotifySpec)
     @classmethod
@@ -695,6 +731,8 @@ class Activation(Strict):
             raise FieldError(
                 f"`split` is only for `goal: send_segments`, not {self.goal.value}", "split"
             )
+        if self.export is not None and self.goal is not Goal.EXPORT_DATA:
+            raise FieldError("`export` is only for `goal: export_data`", "export")
         if self.goal is Goal.SYNC_ATTRIBUTES and self.action is ActionMode.REMOVE:
             raise FieldError(
                 "`goal: sync_attributes` updates attribute values and never removes; "

@@ -192,7 +192,8 @@ class PostgresStateStore(StateStore):
         ids = [
             r[0]
             for r in self.con.execute(
-                f"SELECT batch_id FROM {self.c}.journal WHERE status = 'intent' AND op <> 'create'"
+                f"SELECT batch_id FROM {self.c}.journal WHERE status = 'intent' "
+                "AND op NOT IN ('create', 'export')"
             ).fetchall()
         ]
         with self.transaction():
@@ -289,6 +290,15 @@ class PostgresStateStore(StateStore):
         with self.transaction():
             super().forget_staged(changes, activation_id, grp)
             self._members(activation_id, grp, keys)
+
+    def record_export(
+        self, table: str, batch_id: str, activation_id: str, grp: str, **kwargs: Any
+    ) -> None:
+        keys = [r[0] for r in self.con.execute(f"SELECT key FROM {table}").fetchall()]
+        with self.transaction():
+            super().record_export(table, batch_id, activation_id, grp, **kwargs)
+            self._members(activation_id, grp, keys)
+            self._batch(batch_id, kwargs.get("run_id"))
 
     # ------------------------------------------------------------------ asynchronous jobs
     def submit_job(self, batch_id: str, **kwargs: Any) -> None:

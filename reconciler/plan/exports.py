@@ -1,0 +1,56 @@
+"""The export part of a plan (``goal: export_data``): where the files go, how many rows the
+delta file gets, and whether ``export.full`` makes this apply write a full file too."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import cast
+
+from destinations.base import Destination, FileExport
+from reconciler.plan.model import AudienceChange, ExportChange
+from reconciler.state import exports
+from reconciler.state.store import StateReader
+from reconciler.workspace.spec import ExportSpec, ResolvedActivation
+from reconciler.workspace.templating import local_date
+
+#: days between full files under ``export.full: weekly``
+WEEK = 7
+
+
+def export_path(activation_id: str, act: ResolvedActivation) -> str:
+    """The folder below the destination's location this activation writes to."""
+    spec = act.export or ExportSpec()
+    return (spec.path or activation_id).strip("/")
+
+
+def plan_export(
+    reader: StateReader,
+    dest: Destination,
+    activation_id: str,
+    baseline: str,
+    act: ResolvedActivation,
+    audiences: list[AudienceChange],
+    *,
+    as_of: datetime,
+    timezone: str,
+) -> ExportChange:
+    spec = act.export or ExportSpec()
+    aud = next((a for a in audiences if a.group == "all"), None)
+    pending = exports.pending(reader, baseline)
+    if spec.full == "daily":
+        full = True
+    elif spec.full == "weekly":
+        last = exports.last_full_at(reader, baseline)
+        full = (
+            last is None or (local_date(as_of, timezone) - local_date(last, timezone)).days >= WEEK
+        )
+    else:
+        full = False
+    return ExportChange(
+        location=cast(FileExport, dest).export_location(export_path(activation_id, act)),
+        delta_rows=(aud.add + aud.remove + aud.update) if aud else 0,
+        full=full or bool(pending and pending.full),
+        full_rows=aud.size_after if aud else 0,
+        full_policy=spec.full,
+        resume=pending.stamp if pending else None,
+    )

@@ -1,0 +1,323 @@
+"""`goal: export_data` to the `files` destination, on a local folder, end to end through the
+CLI: delta and full files written by DuckDB, their manifests, hashed or raw identifiers,
+export.full, bad paths refused by validate, and a kill mid-export that the rerun converges."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from tests.conftest import WS, cli, plan_json, profile
+
+FILES_YAML = """\
+type: files
+consent: email_consent
+attributes:
+  FIRST_NAME: first_name
+  LTV: total_spend
+config:
+  location: out
+  format: {format}
+  pii: {pii}
+  identifiers: [email, phone]
+{extra}"""
+
+EXPORT_ACT = """\
+goal: export_data
+segments: [seg-a]
+destination: files
+attributes: [FIRST_NAME, LTV]
+export:
+  path: vip/daily
+  full: {full}
+"""
+
+
+def files_ws(
+    workspace, profiles, *, full="weekly", fmt="csv", pii="hashed", extra="", act=None
+) -> WS:
+    ws = workspace({"vip-export": act or EXPORT_ACT.format(full=full)}, profiles=profiles)
+    ws.write("integrations/files.yaml", FILES_YAML.format(format=fmt, pii=pii, extra=extra))
+    return ws
+
+
+def apply(ws: WS) -> None:
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 0, res.output + res.stderr
+
+
+def exported(ws: WS) -> list[Path]:
+    """Every file under the export folder, hidden ones too, sorted by name."""
+    folder = ws.root / "out" / "vip" / "daily"
+    return sorted(folder.iterdir()) if folder.exists() else []
+
+
+def rows(path: Path) -> list[dict]:
+    con = duckdb.connect()
+    try:
+        reader = "read_parquet" if path.suffix == ".parquet" else "read_csv_auto"
+        cur = con.execute(f"SELECT * FROM {reader}('{path}')")
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+    finally:
+        con.close()
+
+
+def manifest_of(path: Path) -> dict:
+    return json.loads(path.with_name(path.name + ".manifest.json").read_text())
+
+
+def only(paths: list[Path], kind: str) -> Path:
+    found = [
+        p for p in paths if p.name.endswith(f"-{kind}.csv") or p.name.endswith(f"-{kind}.parquet")
+    ]
+    assert len(found) == 1, paths
+    return found[0]
+
+
+PEOPLE = [profile(i, a=True) for i in range(1, 6)] + [profile(6), profile(7, a=True, consent=False)]
+
+
+def test_first_export_writes_delta_and_full_with_manifests(workspace):
+    ws = files_ws(workspace, PEOPLE)
+    assert cli(ws, "validate").exit_code == 0
+    text = cli(ws, "plan").output
+    assert "export to out/vip/daily/: delta file of 5 rows (+5)" in text
+    assert "full file of 5 rows (export.full: weekly)" in text
+    plan = plan_json(ws)["activations"][0]
+    assert plan["export"]["delta_rows"] == 5 and plan["export"]["full"] is True
+
+    apply(ws)
+    files = exported(ws)
+    assert len(files) == 4, files  # delta, full and a manifest beside each; no temporary file
+    delta = only(files, "delta")
+    got = rows(delta)
+    assert [r["customer_id"] for r in got] == [f"c{i:05d}" for i in range(1, 6)]
+    assert {r["change"] for r in got} == {"entered"}
+    sha = hashlib.sha256(b"user1@example.com").hexdigest()
+    assert got[0]["email_sha256"] == sha and got[0]["FIRST_NAME"] == "Name1"
+    assert "user1@example.com" not in delta.read_text()  # hashed unless pii: raw
+    m = manifest_of(delta)
+    assert m["rows"] == 5 and m["activation"] == "vip-export" and m["kind"] == "delta"
+    assert m["sha256"] == hashlib.sha256(delta.read_bytes()).hexdigest()
+    assert m["columns"] == [
+        "change",
+        "customer_id",
+        "email_sha256",
+        "phone_sha256",
+        "FIRST_NAME",
+        "LTV",
+    ]
+    assert m["as_of"].startswith(plan_json(ws)["as_of"][:10])
+    full = only(files, "full")
+    assert [r["customer_id"] for r in rows(full)] == [f"c{i:05d}" for i in range(1, 6)]
+    assert manifest_of(full)["rows"] == 5
+
+    again = plan_json(ws)
+    assert not any(a["change"] != "noop" for a in again["activations"])
+    assert "No changes" in cli(ws, "plan").output
+
+
+def test_next_run_writes_one_delta_of_entered_left_changed(workspace):
+    ws = files_ws(workspace, PEOPLE)
+    apply(ws)
+    people = [dict(p) for p in PEOPLE]
+    people[0]["seg_a"] = False  # c00001 leaves
+    people[1]["first_name"] = "Renamed"  # c00002 changes a mapped attribute
+    people[5]["seg_a"] = True  # c00006 enters
+    ws.set_profiles(people)
+    text = cli(ws, "plan").output
+    assert "delta file of 3 rows (+1 -1 ~1)" in text
+    assert "no full file this run (export.full: weekly)" in text
+    apply(ws)
+    deltas = sorted(p for p in exported(ws) if p.name.endswith("-delta.csv"))
+    assert len(deltas) == 2
+    got = {r["customer_id"]: (r["change"], r["FIRST_NAME"]) for r in rows(deltas[-1])}
+    assert got == {
+        "c00001": ("left", "Name1"),
+        "c00002": ("changed", "Renamed"),
+        "c00006": ("entered", "Name6"),
+    }
+    assert len([p for p in exported(ws) if p.name.endswith("-full.csv")]) == 1
+    assert "No changes" in cli(ws, "plan").output
+    run = cli(ws, "log", "vip-export", "--format", "json").json()["runs"][0]
+    assert (run["added"], run["removed"], run["updated"]) == (1, 1, 1)
+    assert [Path(f).name for f in run["audiences"][0]["files"]] == [deltas[-1].name]
+    assert deltas[-1].name.endswith("-00002-delta.csv")
+
+
+@pytest.mark.parametrize("full, expected", [("daily", 2), ("never", 0)])
+def test_export_full_policy(workspace, full, expected):
+    ws = files_ws(workspace, PEOPLE, full=full)
+    apply(ws)
+    people = [dict(p) for p in PEOPLE]
+    people[5]["seg_a"] = True
+    ws.set_profiles(people)
+    apply(ws)
+    fulls = [p for p in exported(ws) if p.name.endswith("-full.csv")]
+    assert len(fulls) == expected
+    if fulls:
+        assert len(rows(sorted(fulls)[-1])) == 6
+
+
+def test_parquet_with_raw_identifiers(workspace):
+    ws = files_ws(workspace, PEOPLE, fmt="parquet", pii="raw", full="never")
+    apply(ws)
+    delta = only(exported(ws), "delta")
+    got = rows(delta)
+    assert got[0]["email"] == "user1@example.com" and "email_sha256" not in got[0]
+    assert manifest_of(delta)["format"] == "parquet" and manifest_of(delta)["pii"] == "raw"
+    # the state holds hashes only, never the raw values written to the file
+    state = duckdb.connect(str(ws.root / ".reconcile" / "state.duckdb"), read_only=True)
+    try:
+        records = state.execute("SELECT record FROM members").fetchall()
+    finally:
+        state.close()
+    assert records and all("@" not in r for rec in records for r in rec[0])
+
+
+@pytest.mark.parametrize(
+    "path, why",
+    [
+        ("../elsewhere", "outside the integration's location"),
+        ("/etc/cron.d", "outside the integration's location"),
+        ("s3://other-bucket/x", "outside the integration's location"),
+        ("vip/../../up", "outside the integration's location"),
+        (".hidden", "must not start with '.'"),
+    ],
+)
+def test_export_path_outside_the_location_is_refused(workspace, path, why):
+    act = EXPORT_ACT.format(full="weekly").replace("path: vip/daily", f'path: "{path}"')
+    ws = files_ws(workspace, PEOPLE, act=act)
+    res = cli(ws, "validate")
+    assert res.exit_code == 1
+    assert "activations/vip-export.yaml:6" in res.stderr and "export.path" in res.stderr
+    assert why in res.stderr
+    assert cli(ws, "apply", "--auto-approve").exit_code == 1
+    assert not (ws.root / "out").exists() and not (ws.root / "elsewhere").exists()
+
+
+@pytest.mark.parametrize(
+    "text, where, why",
+    [
+        (
+            EXPORT_ACT.format(full="weekly").replace("destination: files", "destination: sandbox"),
+            "vip-export.yaml:1",
+            "does not; use an integration of a type that does (`type: files`)",
+        ),
+        (
+            "segments: [seg-a]\ndestination: files\n",
+            "vip-export.yaml:1",
+            "writes export files: use `goal: export_data`",
+        ),
+        (
+            "segments: [seg-a]\ndestination: sandbox\nexport: {full: daily}\n",
+            "vip-export.yaml:3",
+            "`export` is only for `goal: export_data`",
+        ),
+        (
+            EXPORT_ACT.format(full="monthly"),
+            "vip-export.yaml:7",
+            "'daily', 'weekly' or 'never'",
+        ),
+    ],
+)
+def test_export_activation_mistakes(workspace, text, where, why):
+    ws = files_ws(workspace, PEOPLE, act=text)
+    res = cli(ws, "validate")
+    assert res.exit_code == 1, res.output
+    assert where in res.stderr and why in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize(
+    "location, why",
+    [("ftp://host/x", "unsupported URL scheme 'ftp'"), ("s3://", "names no bucket")],
+)
+def test_bad_location_is_refused(workspace, location, why):
+    ws = files_ws(workspace, PEOPLE)
+    text = (ws.root / "integrations/files.yaml").read_text()
+    ws.write("integrations/files.yaml", text.replace("location: out", f'location: "{location}"'))
+    res = cli(ws, "validate")
+    assert res.exit_code == 1
+    assert "integrations/files.yaml:7" in res.stderr and why in res.stderr, res.stderr
+
+
+def reconcile(ws: WS, *args: str) -> subprocess.CompletedProcess:
+    script = Path(sys.executable).parent / "reconcile"
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "reconciler"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECONCILE_")}
+    return subprocess.run(
+        [*cmd, "-C", str(ws.root), "--no-color", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["copied", "published"])
+def test_kill_mid_export_leaves_no_half_file_and_the_rerun_converges(workspace, point):
+    ws = files_ws(workspace, PEOPLE, full="never", extra=f"  exit_at: {point}\n")
+    killed = reconcile(ws, "apply", "--auto-approve")
+    assert killed.returncode == 137, killed.stdout + killed.stderr
+    finals = [p for p in exported(ws) if not p.name.startswith(".")]
+    if point == "copied":  # the data sits under a temporary name only
+        assert finals == []
+        assert [p for p in exported(ws) if p.name.startswith(".")]
+    else:  # published whole, but its manifest (which makes it visible) is not written
+        assert len(finals) == 1 and not finals[0].name.endswith(".manifest.json")
+        assert len(rows(finals[0])) == 5
+    # nothing was recorded: the plan still shows the export, and says it resumes one
+    text = cli(ws, "plan").output
+    assert "delta file of 5 rows" in text and "an interrupted export" in text
+
+    ws.write("integrations/files.yaml", FILES_YAML.format(format="csv", pii="hashed", extra=""))
+    rerun = reconcile(ws, "apply", "--auto-approve")
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    files = exported(ws)
+    assert not [p for p in files if p.name.startswith(".")]  # temporary files cleaned up
+    delta = only(files, "delta")
+    assert len(files) == 2  # one delta (the same name as the killed run's) and its manifest
+    if point == "published":
+        assert delta.name == finals[0].name
+    assert manifest_of(delta)["rows"] == 5 == len(rows(delta))
+    assert "No changes" in cli(ws, "plan").output
+
+
+def test_each_due_run_writes_one_delta_even_when_nothing_changed(workspace):
+    ws = files_ws(workspace, PEOPLE, full="never")
+    config = (ws.root / "reconcile.yaml").read_text()
+    # the source says it refreshed just now: every `apply --due` finds the export due
+    ws.write(
+        "reconcile.yaml",
+        config.replace("  type: duckdb\n", "  type: duckdb\n  freshness_sql: SELECT now()\n"),
+    )
+    for _ in range(2):
+        res = cli(ws, "apply", "--due", "--auto-approve")
+        assert res.exit_code == 0, res.output + res.stderr
+    deltas = sorted(p for p in exported(ws) if p.name.endswith("-delta.csv"))
+    assert [len(rows(p)) for p in deltas] == [5, 0]
+    assert manifest_of(deltas[1])["rows"] == 0
+    assert deltas[1].read_text().startswith("change,customer_id,")  # a header, no rows
+
+
+def test_a_saved_plan_exports_exactly_what_it_showed(workspace):
+    ws = files_ws(workspace, PEOPLE, full="never")
+    planfile = ws.root / "export.plan"
+    assert cli(ws, "plan", "--out", str(planfile)).exit_code == 0
+    people = [dict(p) for p in PEOPLE]
+    people[5]["seg_a"] = True  # enters after the plan: not in this apply
+    ws.set_profiles(people)
+    res = cli(ws, "apply", str(planfile), "--auto-approve")
+    assert res.exit_code == 0, res.output + res.stderr
+    delta = only(exported(ws), "delta")
+    assert [r["customer_id"] for r in rows(delta)] == [f"c{i:05d}" for i in range(1, 6)]
+    assert "delta file of 1 row (+1)" in cli(ws, "plan").output
