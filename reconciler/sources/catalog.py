@@ -39,7 +39,17 @@ def check_catalog(ws: Workspace, as_of: datetime | None = None) -> CatalogCheck:
     source. SQL the guard refuses is skipped here (``validate`` already reports it)."""
     out = CatalogCheck()
     if isinstance(ws.config.source, PostgresSource):
-        return out  # not supported yet: the loader says so
+        # validate does not connect to the database (it runs where no secrets are, e.g. on a
+        # pull request); the first plan binds the SQL in PostgreSQL and names the file
+        out.warnings.append(
+            ConfigError(
+                "segment SQL and consent conditions were checked by the SQL guard but not "
+                "against the PostgreSQL source's tables (validate does not connect to it; "
+                "`reconcile plan` does)",
+                ws.config_location("source"),
+            )
+        )
+        return out
     source = open_source(ws)
     path = getattr(source, "path", None)
     if path is not None and path.exists() and not path.is_file():
