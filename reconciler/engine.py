@@ -22,6 +22,7 @@ from reconciler.plan.planner import Planner, PlanRequest, plan_as_of
 from reconciler.sources import open_source
 from reconciler.state.lock import StateLock
 from reconciler.state.schema import StateBusy, attach_state, registered_reader
+from reconciler.state.snapshot import attach_reader, begin_write
 from reconciler.workspace.loader import Workspace
 from reconciler.workspace.templating import local_date
 
@@ -98,8 +99,11 @@ READER_WAIT = 600.0
 
 @contextmanager
 def _apply_session(ws: Workspace, staging: Path, lock_timeout: float, echo=None):
-    """The apply's session. Readers hold the state file open while they run (a plan over
-    millions of profiles takes a while): wait for them, saying who they are."""
+    """The apply's session. The current state is kept as the backup and the apply writes a
+    copy of its own (:func:`~reconciler.state.snapshot.begin_write`), so readers never hold
+    the file it writes; a reader that opened that copy in the instant before the apply did
+    leaves it as soon as it sees the apply (it reads the backup), so the wait is short."""
+    begin_write(ws.path(ws.config.state.path))
     deadline = time.monotonic() + max(lock_timeout, READER_WAIT)
     told = None
     while True:
@@ -123,15 +127,17 @@ def _apply_session(ws: Workspace, staging: Path, lock_timeout: float, echo=None)
 
 @contextmanager
 def read_state(ws: Workspace):
-    """A read-only connection to the state (status, log, state show)."""
+    """A read-only connection to the state (status, log, state show); while an apply
+    writes, to the state as of its start (``reader.notice`` says so)."""
     from reconciler.state.store import StateReader
 
     path = ws.path(ws.config.state.path)
     with registered_reader(path):
         con = duckdb.connect(":memory:")
         try:
-            attach_state(con, path, write=False)
-            yield StateReader(con)
+            reader = StateReader(con)
+            reader.notice = attach_reader(con, path)
+            yield reader
         finally:
             con.close()
 
@@ -143,9 +149,11 @@ def write_state(ws: Workspace, operation: str):
 
     with state_lock(ws) as lock:
         lock.acquire(operation)
+        path = ws.path(ws.config.state.path)
+        begin_write(path)
         con = duckdb.connect(":memory:")
         try:
-            attach_state(con, ws.path(ws.config.state.path), write=True)
+            attach_state(con, path, write=True)
             yield StateStore(con)
         finally:
             con.close()

@@ -18,6 +18,7 @@ import duckdb
 
 from reconciler.sources.base import Source
 from reconciler.state.schema import attach_state, pid_alive, registered_reader
+from reconciler.state.snapshot import attach_reader
 from reconciler.workspace.loader import Workspace
 
 STAGING = "__reconcile_staging"
@@ -57,8 +58,14 @@ class Session:
         if self._reader is not None:
             self._reader.__enter__()
         self.con = duckdb.connect(":memory:", config=config)
+        #: set when an apply is writing the state: this session reads the state as of its
+        #: start (the notice says so)
+        self.state_notice: str | None = None
         try:
-            attach_state(self.con, self.state_path, write=write_state)
+            if write_state:
+                attach_state(self.con, self.state_path, write=True)
+            else:
+                self.state_notice = attach_reader(self.con, self.state_path)
             self.con.execute(f"ATTACH '{_q(staging_path)}' AS {STAGING}")
             source.attach(self.con)
             if lock_down:

@@ -232,6 +232,12 @@ def _apply_options(fn):
                 help="Allow emptying an audience or removing more than max_removal_share.",
             ),
             click.option(
+                "--allow-duplicate-audiences",
+                is_flag=True,
+                help="Apply although the state is empty and the destination already has "
+                "audiences named as the ones to create (a lost state?): creates new ones.",
+            ),
+            click.option(
                 "--lock-timeout",
                 type=float,
                 default=0.0,
@@ -251,7 +257,16 @@ def _apply_options(fn):
 @_apply_options
 @pass_ctx
 @handle_errors
-def apply(c: Ctx, planfile, targets, due, auto_approve, allow_mass_removal, lock_timeout):
+def apply(
+    c: Ctx,
+    planfile,
+    targets,
+    due,
+    auto_approve,
+    allow_mass_removal,
+    allow_duplicate_audiences,
+    lock_timeout,
+):
     """Plan, confirm, push the changes to the destinations and record them."""
     from reconciler.plan.planner import PlanRequest
 
@@ -266,6 +281,7 @@ def apply(c: Ctx, planfile, targets, due, auto_approve, allow_mass_removal, lock
         auto_approve,
         allow_mass_removal,
         lock_timeout,
+        allow_duplicate_audiences,
     )
 
 
@@ -274,7 +290,7 @@ def apply(c: Ctx, planfile, targets, due, auto_approve, allow_mass_removal, lock
 @_apply_options
 @pass_ctx
 @handle_errors
-def run(c: Ctx, name, auto_approve, allow_mass_removal, lock_timeout):
+def run(c: Ctx, name, auto_approve, allow_mass_removal, allow_duplicate_audiences, lock_timeout):
     """Re-run one activation now (the Run button), one-time ones included."""
     from reconciler.plan.planner import PlanRequest
 
@@ -298,12 +314,27 @@ def run(c: Ctx, name, auto_approve, allow_mass_removal, lock_timeout):
         auto_approve,
         allow_mass_removal,
         lock_timeout,
+        allow_duplicate_audiences,
     )
 
 
 def _apply(
-    c: Ctx, ws, planfile, request, trigger, auto_approve, allow_mass_removal, lock_timeout
+    c: Ctx,
+    ws,
+    planfile,
+    request,
+    trigger,
+    auto_approve,
+    allow_mass_removal,
+    lock_timeout,
+    allow_duplicate_audiences=False,
 ) -> None:
+    import os
+
+    from reconciler.plan import state_loss
+    from reconciler.state.ephemeral import check_durable_state
+
+    check_durable_state(ws, os.environ)
     lock = engine.state_lock(ws)
     lock.acquire(trigger if trigger != "schedule" else "apply --due", lock_timeout)
     reporter = _reporter(c)
@@ -320,6 +351,9 @@ def _apply(
             _check_plan(ws, staged.plan)
             calls = destination_calls(ws, staged.plan)
             click.echo(render.render(staged.plan, "text", color=c.color, calls=calls))
+            refusal = state_loss.refusal(staged.plan)
+            if refusal and not allow_duplicate_audiences:
+                raise ReconcileError(refusal)
             wanted = staged.plan.has_changes or (
                 trigger != "apply" and any(a.due for a in staged.plan.activations)
             )

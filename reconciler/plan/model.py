@@ -141,6 +141,17 @@ class ActivationPlan(Frozen):
         }
 
 
+class NameConflict(Frozen):
+    """An audience the plan would create whose name the destination already has (an audience
+    this tool has no record of)."""
+
+    activation: str
+    group: str
+    name: str
+    audience_id: str
+    destination: str
+
+
 class Summary(Frozen):
     create: int = 0
     update: int = 0
@@ -163,6 +174,12 @@ class Plan(Frozen):
     include_inactive: bool = False
     activations: list[ActivationPlan] = Field(default_factory=list)
     summary: Summary = Field(default_factory=Summary)
+    #: the state records no activation, yet the destinations already hold audiences named as
+    #: the ones this plan would create: was the state lost? ``apply`` refuses until they are
+    #: adopted or ``--allow-duplicate-audiences`` is given (see ``reconciler/plan/state_loss.py``)
+    state_loss: list[NameConflict] = Field(default_factory=list)
+    #: set when the plan read the state as of the start of an apply that was running
+    state_notice: str | None = None
 
     @property
     def has_changes(self) -> bool:

@@ -15,7 +15,7 @@ from destinations.base import AudienceRef
 from reconciler.enginedb import Session
 from reconciler.errors import ConfigError, DestinationError, ReconcileError, SegmentError
 from reconciler.integrations import Connections
-from reconciler.plan import membership, splits
+from reconciler.plan import membership, splits, state_loss
 from reconciler.plan.model import (
     ActivationPlan,
     AudienceChange,
@@ -127,6 +127,8 @@ class Planner:
             include_inactive=self.req.include_inactive,
             activations=plans,
             summary=summarise(plans),
+            state_loss=state_loss.conflicts(plans, state_is_empty=not recorded),
+            state_notice=self.session.state_notice,
         )
 
     # ------------------------------------------------------------------ one activation

@@ -124,6 +124,9 @@ class PostgresSource(Strict):
 class LocalState(Strict):
     backend: Literal["local"] = "local"
     path: str = ".reconcile/state.duckdb"
+    #: under CI (``CI=true``) apply refuses this backend unless set: a state file on a CI
+    #: runner does not outlive it (env ``RECONCILE_ALLOW_EPHEMERAL_STATE=true`` does the same)
+    allow_ephemeral: bool = False
 
 
 class Defaults(Strict):
