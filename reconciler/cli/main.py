@@ -443,9 +443,10 @@ def _report(result: ApplyResult) -> None:
 
 
 # ---------------------------------------------------------------------- reports
+from reconciler.cli.importing import import_  # noqa: E402
 from reconciler.cli.reports import lists, log, segments, state, status  # noqa: E402
 
-for _cmd in (status, log, lists, segments, state):
+for _cmd in (status, log, lists, segments, state, import_):
     main.add_command(_cmd)
 
 

@@ -32,7 +32,7 @@ from reconciler.sources.engine_errors import safe_engine_error
 from reconciler.sources.limits import query_timeout, time_limit
 from reconciler.state.store import RecordedActivation, StateReader
 from reconciler.workspace.loader import Workspace
-from reconciler.workspace.spec import ActionMode, ResolvedActivation, SplitMode
+from reconciler.workspace.spec import ActionMode, ResolvedActivation
 from reconciler.workspace.templating import DEFAULT_NAME, TemplateFailed, local_date, render_name
 
 
@@ -127,7 +127,10 @@ class Planner:
             include_inactive=self.req.include_inactive,
             activations=plans,
             summary=summarise(plans),
-            state_loss=state_loss.conflicts(plans, state_is_empty=not recorded),
+            # empty: no activation ever ran (audiences recorded by `reconcile import` only)
+            state_loss=state_loss.conflicts(
+                plans, state_is_empty=all(r.last_run_at is None for r in recorded.values())
+            ),
             state_notice=self.session.state_notice,
         )
 
@@ -387,9 +390,7 @@ class Planner:
             )
         except TemplateFailed as exc:
             raise ConfigError(str(exc), self.ws.location("activations", aid, "name")) from exc
-        name = base if act.split is SplitMode.NONE else f"{base} - {grp}"
-        if grp == "experiment":
-            name = base
+        name = splits.audience_name(base, act.split, grp)
         if ra is not None and ra.resource_id:
             return name, ra.resource_id, False, (ra.name if ra.name != name else None), None
         return name, None, True, None, self._name_taken(aid, act, grp, name)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from reconciler.plan.model import ActivationPlan, Change, NameConflict, Plan
+from reconciler.plan.model import ActivationPlan, NameConflict, Plan
 
 __all__ = ["WAYS_OUT", "conflicts", "refusal", "summary_lines"]
 
@@ -25,7 +25,8 @@ WAYS_OUT = (
 
 def conflicts(plans: Sequence[ActivationPlan], state_is_empty: bool) -> list[NameConflict]:
     """The audiences to be created whose names are taken at the destination, when the state
-    records no activation (otherwise none: a taken name is then a per-activation warning)."""
+    is empty — no activation ever ran; audiences recorded by ``reconcile import`` do not
+    count (otherwise none: a taken name is then a per-activation warning)."""
     if not state_is_empty:
         return []
     return [
@@ -37,7 +38,6 @@ def conflicts(plans: Sequence[ActivationPlan], state_is_empty: bool) -> list[Nam
             destination=a.destination,
         )
         for a in plans
-        if a.change is Change.CREATE
         for au in a.audiences
         if au.create and au.sent and au.name_taken_by and not au.adopt
     ]
