@@ -29,7 +29,7 @@ def test_apply_and_run_refuse_an_ephemeral_state_under_ci(workspace, ci):
         assert res.exit_code == 1
         assert res.stderr.startswith("Error: reconcile.yaml:12: state: apply refuses the embedded")
         assert "does not outlive it" in res.stderr and "PostgreSQL state backend" in res.stderr
-        assert "docs/state.md" in res.stderr and "allow_ephemeral: true" in res.stderr
+        assert "docs/state-recovery.md" in res.stderr and "allow_ephemeral: true" in res.stderr
         assert "Traceback" not in res.stderr
     assert held(ws) == {}
     assert not (ws.root / ".reconcile" / "state.duckdb").exists()

@@ -17,9 +17,9 @@ from reconciler.plan.model import ActivationPlan, NameConflict, Plan
 __all__ = ["WAYS_OUT", "conflicts", "refusal", "summary_lines"]
 
 WAYS_OUT = (
-    "If the state was lost, restore it (`.reconcile/state.duckdb.backup`, see docs/state.md); "
-    "otherwise adopt each audience (`adopt: true` in the activation, or `reconcile import "
-    "ACTIVATION`), or apply with --allow-duplicate-audiences to create new audiences anyway"
+    "If the state was lost, restore it from its backup (docs/state-recovery.md); otherwise "
+    "adopt each audience (`adopt: true` in the activation, or `reconcile import ACTIVATION`), "
+    "or apply with --allow-duplicate-audiences to create new audiences anyway"
 )
 
 

@@ -115,7 +115,7 @@ def _checkpointed_copy(path: Path) -> Path:
     except duckdb.Error as exc:
         raise StateError(
             f"cannot read the state {path} with its write-ahead log {_wal(path).name}: {exc}; "
-            f"restore {backup_path(path)} (docs/state.md)"
+            f"restore {backup_path(path)} (docs/state-recovery.md)"
         ) from exc
     finally:
         con.close()
