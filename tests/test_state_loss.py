@@ -28,7 +28,7 @@ def test_plan_shows_the_lost_state_in_every_format(workspace):
     ws = applied_then_lost(workspace)
     existing = ids(ws)
     text = cli(ws, "plan").output
-    assert "! STATE LOSS? The state records no activation, but 2 audience(s)" in text
+    assert "! STATE LOSS? The state is empty (no run recorded), but 2 audience(s)" in text
     assert f'activation "alpha": audience "Alpha" (id {existing["Alpha"]}) at sandbox' in text
     assert f'activation "beta": audience "Beta" (id {existing["Beta"]}) at sandbox' in text
     assert "reconcile import" in text and "--allow-duplicate-audiences" in text
@@ -46,7 +46,7 @@ def test_apply_refuses_naming_activations_and_audiences(workspace):
     before = audiences(ws)
     res = cli(ws, "apply", "--auto-approve")
     assert res.exit_code == 1
-    assert "refusing to apply: the state records no activation" in res.stderr
+    assert "refusing to apply: the state is empty (no run recorded)" in res.stderr
     assert 'activation "alpha": audience "Alpha"' in res.stderr
     assert 'activation "beta": audience "Beta"' in res.stderr
     assert audiences(ws) == before, "nothing was created"

@@ -182,7 +182,16 @@ def test_crash_between_create_intent_and_call_never_adopts_a_foreign_list(worksp
     dest.close()
     ws.write("activations/act.yaml", MAINTAIN)
     proc = subprocess.run(
-        [sys.executable, "-c", CRASH_BEFORE, "-C", str(ws.root), "apply", "--auto-approve"],
+        [
+            sys.executable,
+            "-c",
+            CRASH_BEFORE,
+            "-C",
+            str(ws.root),
+            "apply",
+            "--auto-approve",
+            "--allow-duplicate-audiences",
+        ],
         capture_output=True,
         text=True,
         env=ENV,

@@ -174,7 +174,7 @@ class Plan(Frozen):
     include_inactive: bool = False
     activations: list[ActivationPlan] = Field(default_factory=list)
     summary: Summary = Field(default_factory=Summary)
-    #: the state records no activation, yet the destinations already hold audiences named as
+    #: the state records no run, yet the destinations already hold audiences named as
     #: the ones this plan would create: was the state lost? ``apply`` refuses until they are
     #: adopted or ``--allow-duplicate-audiences`` is given (see ``reconciler/plan/state_loss.py``)
     state_loss: list[NameConflict] = Field(default_factory=list)

@@ -127,10 +127,8 @@ class Planner:
             include_inactive=self.req.include_inactive,
             activations=plans,
             summary=summarise(plans),
-            # empty: no activation ever ran (audiences recorded by `reconcile import` only)
-            state_loss=state_loss.conflicts(
-                plans, state_is_empty=all(r.last_run_at is None for r in recorded.values())
-            ),
+            # empty: no run was ever recorded (audiences recorded by `reconcile import` only)
+            state_loss=state_loss.conflicts(plans, state_is_empty=not self.state.last_runs()),
             state_notice=self.session.state_notice,
         )
 

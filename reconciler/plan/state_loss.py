@@ -1,6 +1,6 @@
 """State loss is never silent.
 
-A state that records no activation at all, while the destinations already hold audiences with
+A state that records no run at all, while the destinations already hold audiences with
 the very names the plan would create, most likely means the state was lost (a deleted file, an
 evicted CI cache, a new runner). Applying would create a second audience of each name and send
 `once` activations again. The plan lists those audiences (:attr:`Plan.state_loss`) and apply
@@ -25,8 +25,9 @@ WAYS_OUT = (
 
 def conflicts(plans: Sequence[ActivationPlan], state_is_empty: bool) -> list[NameConflict]:
     """The audiences to be created whose names are taken at the destination, when the state
-    is empty — no activation ever ran; audiences recorded by ``reconcile import`` do not
-    count (otherwise none: a taken name is then a per-activation warning)."""
+    is empty — it has recorded no run (of any activation, deleted ones included); audiences
+    recorded by ``reconcile import`` do not count (otherwise none: a taken name is then a
+    per-activation warning)."""
     if not state_is_empty:
         return []
     return [
@@ -54,7 +55,7 @@ def summary_lines(plan: Plan) -> list[str]:
         return []
     n = len(plan.state_loss)
     head = (
-        f"STATE LOSS? The state records no activation, but {n} audience(s) this plan would "
+        f"STATE LOSS? The state is empty (no run recorded), but {n} audience(s) this plan would "
         "create already exist at the destination with the same name:"
     )
     return [head, *(f"  {_item(c)}" for c in plan.state_loss), WAYS_OUT + "."]
@@ -66,7 +67,7 @@ def refusal(plan: Plan) -> str | None:
         return None
     items = "; ".join(_item(c) for c in plan.state_loss)
     return (
-        "refusing to apply: the state records no activation, but the destination already has "
+        "refusing to apply: the state is empty (no run recorded), but the destination already has "
         f"audiences with the names this plan would create ({items}). Applying would create "
         f"duplicates and send one-time activations again. {WAYS_OUT}"
     )
