@@ -15,6 +15,7 @@ import duckdb
 from reconciler.apply.applier import Applier, ApplyOptions, ApplyResult
 from reconciler.apply.interrupts import InterruptGuard
 from reconciler.enginedb import Session, new_staging_path, remove_staging
+from reconciler.errors import DestinationError
 from reconciler.integrations import Connections
 from reconciler.plan import planfile
 from reconciler.plan.model import Plan
@@ -157,6 +158,32 @@ def write_state(ws: Workspace, operation: str):
             yield StateStore(con)
         finally:
             con.close()
+
+
+def recheck_state_loss(ws: Workspace, plan: Plan) -> Plan:
+    """A saved plan about to be applied: when the state is empty (no run recorded), ask each
+    destination again whether the audiences to create already exist by name
+    (:func:`reconciler.plan.state_loss.recheck`)."""
+    from reconciler.plan import state_loss
+
+    if not any(au.create for a in plan.activations for au in a.audiences):
+        return plan
+    with read_state(ws) as state:
+        if state.last_runs():
+            return plan
+    conns = Connections(ws)
+
+    def find(destination: str, name: str) -> str | None:
+        try:
+            found = conns.get(destination).find_audience(name)
+        except DestinationError:  # cannot tell; the apply itself reports the destination
+            return None
+        return found.id if found is not None and found.name == name else None
+
+    try:
+        return state_loss.recheck(plan, find)
+    finally:
+        conns.close()
 
 
 def _tmp(ws: Workspace) -> Path:

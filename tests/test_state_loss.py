@@ -131,3 +131,18 @@ def test_a_taken_name_with_a_state_that_has_run_is_only_a_warning(workspace):
     assert doc["state_loss"] == []
     (other,) = [a for a in doc["activations"] if a["id"] == "other"]
     assert any("already has an audience named 'Alpha'" in w for w in other["warnings"])
+
+
+def test_a_saved_plan_made_without_refresh_is_checked_again_at_apply(workspace):
+    ws = applied_then_lost(workspace)
+    before = audiences(ws)
+    out = ws.root / "blind.plan"
+    res = cli(ws, "plan", "--refresh=false", "--out", str(out))
+    assert res.exit_code == 0 and "STATE LOSS" not in res.output  # it did not ask
+    res = cli(ws, "apply", str(out), "--auto-approve")
+    assert res.exit_code == 1
+    assert "refusing to apply" in res.stderr and 'audience "Alpha"' in res.stderr
+    assert audiences(ws) == before
+    res = cli(ws, "apply", str(out), "--auto-approve", "--allow-duplicate-audiences")
+    assert res.exit_code == 0, res.output + res.stderr
+    assert len(audiences(ws)) == 4

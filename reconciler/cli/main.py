@@ -348,6 +348,8 @@ def _apply(
             finally:
                 reporter.close()
         try:
+            if planfile:  # made with --refresh=false, or audiences may have appeared since
+                staged.plan = engine.recheck_state_loss(ws, staged.plan)
             _check_plan(ws, staged.plan)
             calls = destination_calls(ws, staged.plan)
             click.echo(render.render(staged.plan, "text", color=c.color, calls=calls))

@@ -10,11 +10,11 @@ refuses (:func:`refusal`) until each is adopted — ``adopt: true`` in the activ
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from reconciler.plan.model import ActivationPlan, NameConflict, Plan
 
-__all__ = ["WAYS_OUT", "conflicts", "refusal", "summary_lines"]
+__all__ = ["WAYS_OUT", "conflicts", "recheck", "refusal", "summary_lines"]
 
 WAYS_OUT = (
     "If the state was lost, restore it from its backup (docs/state-recovery.md); otherwise "
@@ -42,6 +42,30 @@ def conflicts(plans: Sequence[ActivationPlan], state_is_empty: bool) -> list[Nam
         for au in a.audiences
         if au.create and au.sent and au.name_taken_by and not au.adopt
     ]
+
+
+def recheck(plan: Plan, find: Callable[[str, str], str | None]) -> Plan:
+    """A saved plan about to be applied to an empty state, with the destinations asked again
+    (``find(destination, name)`` -> the id of an audience of exactly that name): a plan made
+    with ``--refresh=false`` did not ask, and one may have appeared since."""
+    found = list(plan.state_loss)
+    known = {(c.activation, c.group) for c in found}
+    for a in plan.activations:
+        for au in a.audiences:
+            if not (au.create and au.sent) or au.adopt or (a.id, au.group) in known:
+                continue
+            taken = find(a.destination, au.name)
+            if taken is not None:
+                found.append(
+                    NameConflict(
+                        activation=a.id,
+                        group=au.group,
+                        name=au.name,
+                        audience_id=taken,
+                        destination=a.destination,
+                    )
+                )
+    return plan.model_copy(update={"state_loss": found})
 
 
 def _item(c: NameConflict) -> str:
