@@ -68,7 +68,7 @@ def test_plan_status_log_and_show_work_while_an_apply_writes(workspace):
     assert cli(ws, "apply", "--auto-approve").exit_code == 0
     rows = [profile(i, a=True) for i in range(60)]
     ws.set_profiles(rows)
-    ws.write("integrations/sandbox.yaml", sandbox_yaml(batch_size=5, delay_per_batch=0.3))
+    ws.write("integrations/sandbox.yaml", sandbox_yaml(batch_size=5, delay_per_batch=1.5))
 
     proc = start(ws, "apply", "--auto-approve")
     until_planned(proc)
@@ -119,7 +119,7 @@ def test_a_plan_saved_from_the_snapshot_is_refused_once_the_apply_moved_the_stat
     ws = workspace(
         {"act": activation("Slow")},
         profiles=rows,
-        integration=sandbox_yaml(batch_size=5, delay_per_batch=0.2),
+        integration=sandbox_yaml(batch_size=5, delay_per_batch=1.0),
     )
     proc = start(ws, "apply", "--auto-approve")
     wait_until_writing(ws, proc)

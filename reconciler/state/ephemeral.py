@@ -30,9 +30,10 @@ def check_durable_state(ws: Workspace, environ: Mapping[str, str]) -> None:
         return
     if getattr(state, "allow_ephemeral", False) or _true(environ.get(ENV)):
         return
+    path = getattr(state, "path", "the state file")  # only embedded backends get here
     raise ConfigError(
         f"apply refuses the embedded state backend under CI (CI=true): the state file "
-        f"{state.path} lives on this runner and does not outlive it, so the next run would "
+        f"{path} lives on this runner and does not outlive it, so the next run would "
         "start from an empty state, create every audience again and re-send one-time "
         "activations. Use the PostgreSQL state backend (docs/state-recovery.md), or, if the workflow "
         f"keeps the file itself, set `allow_ephemeral: true` under `state:` (or {ENV}=true)",

@@ -210,7 +210,7 @@ def _attach_snapshot(con: duckdb.DuckDBPyConnection, path: Path, apply: dict) ->
         f"{apply.get('host')}, user {apply.get('user')})"
     )
     since = apply.get("since", "?")
-    snapshot = path.with_name(apply["snapshot"]) if apply.get("snapshot") else None
+    snapshot = backup_path(path) if apply.get("snapshot") else None
     if snapshot is None:
         con.execute(f"ATTACH ':memory:' AS {CATALOG}")
         create_schema(con)
