@@ -115,17 +115,16 @@ SAVED_PLAN = "saved.plan"
 
 @pytest.mark.slow
 def test_a_plan_saved_from_the_snapshot_is_refused_once_the_apply_moved_the_state(workspace):
+    ws = workspace({"act": activation("Slow")}, profiles=[profile(i, a=True) for i in range(3)])
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
     rows = [profile(i, a=True) for i in range(40)]
-    ws = workspace(
-        {"act": activation("Slow")},
-        profiles=rows,
-        integration=sandbox_yaml(batch_size=5, delay_per_batch=1.0),
-    )
+    ws.set_profiles(rows)
+    ws.write("integrations/sandbox.yaml", sandbox_yaml(batch_size=5, delay_per_batch=1.0))
     proc = start(ws, "apply", "--auto-approve")
     wait_until_writing(ws, proc)
     res = cli(ws, "plan", "--refresh=false", "--out", str(ws.root / SAVED_PLAN))
     assert res.exit_code == 0, res.stderr
-    assert "there was no state before it" in res.output  # the first apply: nothing recorded
+    assert "showing the state as of its start" in res.output and "+37" in res.output
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, out + err
     res = cli(ws, "apply", str(ws.root / SAVED_PLAN), "--auto-approve")
