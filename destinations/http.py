@@ -72,7 +72,9 @@ class HttpOptions(DestinationConfig):
     timeout_seconds: float = Field(
         60.0, gt=0, le=600, description="read/write/pool timeout of one request"
     )
-    connect_timeout_seconds: float = Field(10.0, gt=0, le=120)
+    connect_timeout_seconds: float = Field(
+        10.0, gt=0, le=120, description="how long opening a connection may take"
+    )
 
     def timeout(self) -> httpx.Timeout:
         t = self.timeout_seconds

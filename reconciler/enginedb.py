@@ -17,8 +17,10 @@ from pathlib import Path
 import duckdb
 
 from reconciler.sources.base import Source
-from reconciler.state.schema import attach_state, pid_alive, registered_reader
-from reconciler.state.snapshot import attach_reader
+from reconciler.state.backend import AttachedState, open_backend
+from reconciler.state.schema import pid_alive
+from reconciler.state.store import StateReader
+from reconciler.state.writer import StateStore
 from reconciler.workspace.loader import Workspace
 
 STAGING = "__reconcile_staging"
@@ -40,7 +42,8 @@ class Session:
     ):
         self.ws = ws
         self.source = source
-        self.state_path = ws.path(ws.config.state.path)
+        self.backend = open_backend(ws)
+        self.state: AttachedState | None = None
         self.staging_path = staging_path
         tmp = ws.path(".reconcile/tmp")
         tmp.mkdir(parents=True, exist_ok=True)
@@ -54,21 +57,20 @@ class Session:
         threads = getattr(spec, "threads", None) or os.environ.get("RECONCILE_THREADS")
         if threads:
             config["threads"] = int(threads)
-        self._reader = None if write_state else registered_reader(self.state_path)
-        if self._reader is not None:
-            self._reader.__enter__()
         self.con = duckdb.connect(":memory:", config=config)
         #: set when an apply is writing the state: this session reads the state as of its
         #: start (the notice says so)
         self.state_notice: str | None = None
         try:
-            if write_state:
-                attach_state(self.con, self.state_path, write=True)
-            else:
-                self.state_notice = attach_reader(self.con, self.state_path)
+            self.state = self.backend.attach(self.con, write=write_state)
+            self.state_notice = getattr(self.state, "notice", None)
             self.con.execute(f"ATTACH '{_q(staging_path)}' AS {STAGING}")
             source.attach(self.con)
             if lock_down:
+                # a source that ships rows in as files (PostgreSQL's COPY) names its folder
+                folders = [f"'{_q(d)}'" for d in getattr(source, "allowed_directories", ())]
+                if folders:
+                    self.con.execute(f"SET allowed_directories = [{', '.join(folders)}]")
                 self.con.execute("SET enable_external_access = false")
                 self.con.execute("SET lock_configuration = true")
         except BaseException:
@@ -81,11 +83,23 @@ class Session:
         cur.execute(f"USE {self.source.catalog}")
         return cur
 
+    def state_reader(self) -> StateReader:
+        """The read-only view of the recorded state (planning)."""
+        assert self.state is not None
+        return self.state.reader()
+
+    def state_store(self) -> StateStore:
+        """The state's writer (apply; the session was opened with ``write_state``)."""
+        assert self.state is not None
+        return self.state.store()
+
     def close(self) -> None:
         self.con.close()
-        if self._reader is not None:
-            self._reader.__exit__(None, None, None)
-            self._reader = None
+        if hasattr(self.source, "close"):
+            self.source.close()
+        if self.state is not None:
+            self.state.close()
+            self.state = None
 
     def __enter__(self) -> Session:
         return self

@@ -86,7 +86,11 @@ class SegmentError(ReconcileError):
 
 
 class SourceError(ReconcileError):
-    pass
+    """``location``: the setting at fault (e.g. ``source.profiles.table``), when one is."""
+
+    def __init__(self, message: str, location: Location | None = None):
+        super().__init__(message)
+        self.location = location
 
 
 class StateError(ReconcileError):

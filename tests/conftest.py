@@ -59,6 +59,13 @@ state:  # CI keeps no state between runs: tests opt in to a state file that dies
 suppression: []
 """
 
+#: the state section of RECONCILE_YAML (tests that use another backend replace it)
+EMBEDDED_STATE = (
+    "state:  # CI keeps no state between runs: tests opt in to a state file that dies with them\n"
+    "  {path: .reconcile/state.duckdb, allow_ephemeral: true}\n"
+)
+assert EMBEDDED_STATE in RECONCILE_YAML
+
 SANDBOX_YAML = """\
 type: sandbox
 consent: email_consent
@@ -218,3 +225,8 @@ def audience_counts(plan: dict, activation: str) -> dict[str, tuple[int, int, in
         if a["id"] == activation:
             return {au["group"]: (au["add"], au["remove"], au["update"]) for au in a["audiences"]}
     raise KeyError(activation)
+
+
+# PostgreSQL-backed tests: `pg_dsn` (a fresh schema per test; FAILS under CI=true when the
+# server cannot be reached, skips with the reason otherwise)
+from tests.pg import pg_dsn  # noqa: E402, F401

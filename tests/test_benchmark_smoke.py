@@ -44,3 +44,25 @@ def test_benchmark_smoke(tmp_path: Path) -> None:
     # and the tables can be printed again from the raw figures
     (again,) = bench.main(["--report", str(tmp_path / "bench.json")])
     assert again["ratios"] == ratios
+
+
+@pytest.mark.slow
+def test_postgres_benchmark_smoke(tmp_path: Path, pg_dsn) -> None:
+    """The PostgreSQL variant (profiles in PostgreSQL, baselines run there) at a tiny size."""
+    path = BENCH.with_name("bench_plan_apply_pg.py")
+    spec = importlib.util.spec_from_file_location("bench_plan_apply_pg", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    argv = ["--dsn", pg_dsn.base, "--schema", pg_dsn.schema, "--profiles", "5000",
+            "--repeat", "1", "--churn", "0.02", "--work", str(tmp_path)]  # fmt: skip
+    (result,) = bench.main(argv)
+    added = result["plan"]["changes"]["add"]
+    assert added > 500 and result["apply"]["members"] == added
+    (churned,) = result["churn"]
+    entering, leaving, renamed = churned["baseline_b"]["result"]
+    assert churned["baseline_a"]["result"] == [entering, leaving]
+    changes = churned["replan"]["changes"]
+    assert 0 < changes["add"] <= entering and 0 < changes["remove"] <= leaving
+    assert 0 < changes["update"] <= renamed
+    assert churned["reapply"]["changes"] == changes
+    assert f"| 5,000 | {added:,} |" in (tmp_path / "bench-pg.md").read_text()

@@ -36,11 +36,33 @@ def test_state_unlock_refuses_a_live_holder(workspace):
     lock = StateLock(ws.root / ".reconcile" / "state.lock")
     lock.acquire("apply")
     try:
-        res = cli(ws, "state", "unlock")
-        assert res.exit_code == 1 and "live process" in res.stderr and "apply" in res.stderr
+        info = lock.info()
+        assert info is not None and info.id
+        res = cli(ws, "state", "unlock")  # without an id: who holds it, and its id
+        assert res.exit_code == 1 and info.id in res.stderr and "apply" in res.stderr
+        res = cli(ws, "state", "unlock", info.id)
+        assert res.exit_code == 1 and "live process" in res.stderr
+        res = cli(ws, "state", "unlock", "not-the-id")
+        assert res.exit_code == 1 and "no lock 'not-the-id'" in res.stderr
         res = cli(ws, "state", "rm", "act")
         assert res.exit_code == 1 and "locked by" in res.stderr
     finally:
         lock.release()
     res = cli(ws, "state", "unlock")
-    assert res.exit_code == 0 and "Lock removed" in res.output
+    assert res.exit_code == 0 and "not locked" in res.output
+
+
+def test_a_plan_made_against_another_state_is_refused(workspace, tmp_path):
+    ws = workspace({"act": ACT}, profiles=[profile(i, a=True) for i in range(3)])
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    ws.set_profiles([profile(i, a=True) for i in range(4)])
+    plan = str(tmp_path / "next.plan")
+    assert cli(ws, "plan", "--out", plan).exit_code == 0
+    # the state is replaced by another one (lost, recreated): a new lineage
+    state = ws.root / ".reconcile" / "state.duckdb"
+    state.rename(state.with_suffix(".old"))
+    # the audience is still at the destination: confirm a second one (state loss guard)
+    assert cli(ws, "apply", "--auto-approve", "--allow-duplicate-audiences").exit_code == 0
+    res = cli(ws, "apply", plan, "--auto-approve")
+    assert res.exit_code == 1 and "made against another state" in res.stderr
+    assert "Traceback" not in res.stderr

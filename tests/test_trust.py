@@ -348,12 +348,14 @@ def test_killed_run_logs_what_was_recorded_and_leaves_no_staging_file(workspace)
     assert list(tmp.glob("staging-*")), "the killed apply left its staging file"
     (run,) = runs(ws, "act")
     members = state_rows(ws, "SELECT count(*) FROM members")[0][0]
-    assert members == 10  # two batches of five were confirmed before the kill
+    # two calls came back before the kill: the first is recorded; the second is recorded while
+    # the third is in flight (the pipeline), so it may not be yet
+    assert members in (5, 10)
     assert run["status"] == "Pending" and run["added"] == members
     assert cli(ws, "plan").exit_code == 0
     assert not list(tmp.glob("staging-*")), "the next command removes orphans"
     apply_ok(ws)
-    assert runs(ws, "act")[0]["added"] == 50
+    assert runs(ws, "act")[0]["added"] == 60 - members
     assert converged(ws)
 
 

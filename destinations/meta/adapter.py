@@ -72,7 +72,9 @@ class MetaCustomAudiences:
         self.identity = Identity(META, tuple(config.identifiers))
         self.fields = tuple(e.field for e in self.identity.encodings)
         self.limits = Limits(
-            members_per_call=config.batch_size, requests_per_minute=config.requests_per_minute
+            members_per_call=config.batch_size,
+            requests_per_minute=config.requests_per_minute,
+            concurrency=config.concurrency,
         )
         self.retry_policy = config.retry_policy(
             throttle_backoff_start=config.throttle_backoff_seconds

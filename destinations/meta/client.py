@@ -133,11 +133,13 @@ class GraphClient:
         self.credentials = credentials
         self._owned = client is None  # an injected client is closed by whoever made it
         self.http = client or make_client(
-            (endpoint or GRAPH).rstrip("/"), timeout=config.timeout(), max_connections=4
+            (endpoint or GRAPH).rstrip("/"),
+            timeout=config.timeout(),
+            max_connections=config.concurrency,
         )
         self.pacer = Pacer(
             requests_per_minute=config.requests_per_minute,
-            max_concurrency=4,
+            max_concurrency=config.concurrency,
             usage=meta_business_use_case_usage,
         )
 

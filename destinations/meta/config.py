@@ -32,20 +32,41 @@ class MetaConfig(HttpOptions):
     Meta has a single-key schema for (email, phone, madid) is sent as that schema
     (``EMAIL_SHA256``); anything else as the multi-key schema (``["EMAIL", "PHONE"]``)."""
 
-    ad_account_id: str = Field(description="the ad account's digits, with or without act_")
-    api_version: str = Field("v24.0", description="Graph API version, e.g. v24.0")
+    ad_account_id: str = Field(
+        description="the ad account's digits, with or without act_",
+        json_schema_extra={
+            "type": ["string", "integer"],
+            "pattern": r"^\s*(act_)?[0-9]{1,20}\s*$",
+            "minimum": 0,
+            "maximum": 10**20 - 1,
+        },
+    )
+    api_version: str = Field(
+        "v24.0",
+        description="Graph API version, e.g. v24.0",
+        json_schema_extra={"pattern": r"^v[0-9]{1,3}\.[0-9]{1,2}$"},
+    )
     identifiers: list[str] = Field(
         default_factory=lambda: ["email", "phone"],
         min_length=1,
         description="identifier types sent, in preference order",
+        json_schema_extra={"items": {"enum": list(META.identifiers)}},
     )
-    customer_file_source: CustomerFileSource = "USER_PROVIDED_ONLY"
+    customer_file_source: CustomerFileSource = Field(
+        "USER_PROVIDED_ONLY", description="where the customer data came from, as Meta asks"
+    )
     batch_size: int = Field(MAX_ROWS, ge=1, le=MAX_ROWS, description="members per request")
     throttle_backoff_seconds: float = Field(
         30.0, gt=0, le=3600, description="first wait after a throttle that names no time"
     )
     requests_per_minute: float | None = Field(
         None, gt=0, le=6000, description="cap on requests; Meta's usage header paces too"
+    )
+    concurrency: int = Field(
+        4,
+        ge=1,
+        le=16,
+        description="requests in flight at once (a session's last batch waits for the others)",
     )
 
     @field_validator("ad_account_id", mode="before")

@@ -12,6 +12,7 @@ import json
 import os
 import random
 import secrets
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -75,13 +76,16 @@ class SandboxDestination:
         self.path = path if path.is_absolute() else Path(context.root) / path
         self._rng = random.Random(config.seed)
         self._con: duckdb.DuckDBPyConnection | None = None
+        #: one call at a time on the file's connection (the engine polls a job while another
+        #: call is in flight; a remote service would take both)
+        self._lock = threading.RLock()
         self._writes = 0  # write calls made, for exit_after_calls
         #: how ``delay_per_batch`` waits (tests inject a recorder instead of sleeping)
         self.sleep: Callable[[float], None] = time.sleep
 
     # -- reads (a plan: they find nothing and create nothing when there is no file) ----------
     def list_audiences(self) -> list[AudienceRef]:
-        return [] if self._absent() else store.transaction(self._connection(), store.audiences)
+        return [] if self._absent() else self._read(store.audiences)
 
     def find_audience(self, id_or_name: str) -> AudienceRef | None:
         """The audience with this id, else the newest one with exactly this name."""
@@ -92,14 +96,14 @@ class SandboxDestination:
 
         if self._absent():
             return None
-        found = store.transaction(self._connection(), find)
+        found = self._read(find)
         return found[0] if found else None
 
     def read_audience(self, audience: AudienceRef) -> AudienceRef | None:
         if self._absent():
             return None
         # existence and name only (a primary-key lookup): sizing means scanning the log
-        return store.transaction(self._connection(), lambda con: store.audience(con, audience.id))
+        return self._read(lambda con: store.audience(con, audience.id))
 
     def find_created_audience(self, name: str, *, idempotency_key: str) -> AudienceRef | None:
         """The audience a create call with this key made (its ``creation_key``), or None."""
@@ -190,9 +194,10 @@ class SandboxDestination:
         return Outcome(job=job, detail=f"submitted as job {job}")
 
     def close(self) -> None:
-        if self._con is not None:
-            self._con.close()
-            self._con = None
+        with self._lock:
+            if self._con is not None:
+                self._con.close()
+                self._con = None
 
     # -- internals ---------------------------------------------------------------------------
     def _upsert(
@@ -265,8 +270,16 @@ class SandboxDestination:
             )
         return found
 
+    def _read(self, fn: store.Call):
+        with self._lock:
+            return store.transaction(self._connection(), fn)
+
     def _write(self, op: str, fn: store.Call, *, delay: bool = False):
         """Run ``fn`` in one transaction, after the knobs had their say."""
+        with self._lock:
+            return self._write_locked(op, fn, delay=delay)
+
+    def _write_locked(self, op: str, fn: store.Call, *, delay: bool):
         con = self._connection()
         self._writes += 1
         exiting = self._writes == self.config.exit_after_calls

@@ -39,20 +39,38 @@ class SandboxConfig(DestinationConfig):
         description="identifier types matched on, in preference order",
     )
     batch_size: int = Field(1000, ge=1, le=100_000, description="members per call")
-    delay_per_batch: float = Field(0.0, ge=0.0)
-    transient_error_rate: _Rate = 0.0
-    throttle_rate: _Rate = 0.0
-    lost_ack_rate: _Rate = 0.0
-    reject_rate: _Rate = 0.0
-    reject_add_keys: list[str] = Field(default_factory=list)
-    reject_remove_keys: list[str] = Field(default_factory=list)
-    retry_keys: list[str] = Field(default_factory=list)
-    exit_after_calls: int | None = Field(None, ge=1)
-    exit_when: Literal["before", "after"] = "before"
-    async_jobs: bool = False
-    job_polls: int = Field(1, ge=1)
-    refuse_credentials: bool = False
-    seed: int | None = None
+    delay_per_batch: float = Field(
+        0.0, ge=0.0, description="seconds slept before every create and member call"
+    )
+    transient_error_rate: _Rate = Field(
+        0.0, description="share of write calls that fail with a transient error"
+    )
+    throttle_rate: _Rate = Field(0.0, description="share of write calls that are throttled")
+    lost_ack_rate: _Rate = Field(
+        0.0, description="share of write calls applied whose answer is then lost"
+    )
+    reject_rate: _Rate = Field(0.0, description="share of members each member call rejects")
+    reject_add_keys: list[str] = Field(
+        default_factory=list, description="profile keys every add and update rejects"
+    )
+    reject_remove_keys: list[str] = Field(
+        default_factory=list, description="profile keys every remove rejects"
+    )
+    retry_keys: list[str] = Field(
+        default_factory=list, description="profile keys answered 'retry later'"
+    )
+    exit_after_calls: int | None = Field(
+        None, ge=1, description="the process exits at this write call (crash testing)"
+    )
+    exit_when: Literal["before", "after"] = Field(
+        "before", description="exit before applying that call, or after applying it"
+    )
+    async_jobs: bool = Field(False, description="member calls answer as asynchronous jobs")
+    job_polls: int = Field(1, ge=1, description="polls until an asynchronous job is done")
+    refuse_credentials: bool = Field(
+        False, description="refuse every call as if the token were invalid"
+    )
+    seed: int | None = Field(None, description="seed of the failure knobs' random generator")
 
 
 class SandboxCredentials(Credentials):

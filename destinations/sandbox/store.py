@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import duckdb
 
-from destinations.base import AudienceRef
+from destinations.base import AudienceRef, RecordColumn
 
 _T = TypeVar("_T")
 Call = Callable[[duckdb.DuckDBPyConnection], _T]
@@ -141,25 +141,29 @@ def upsert(
     keep: Sequence[bool],
 ) -> int:
     """Append a live row per record string of the kept members, with the member's attributes
-    as JSON built by DuckDB. Returns the rows written."""
+    as JSON built by DuckDB. Returns the rows written. The strings travel as one flat list with
+    the index of their member (a ``RecordColumn`` has them so already)."""
+    if isinstance(records, RecordColumn):
+        flat, owners = list(records.flat), records.owners()
+    else:
+        flat = [r for rec in records for r in rec]
+        owners = [i for i, rec in enumerate(records) for _ in rec]
     fields = list(attributes)
-    params: dict[str, Any] = {"audience": audience_id, "now": now(), "records": list(records)}
+    params: dict[str, Any] = {"audience": audience_id, "now": now(), "flat": flat}
+    params["owner"] = owners
     params["keep"] = list(keep)
-    cols = ["unnest($records) AS records", "unnest($keep) AS keep"]
     for i, f in enumerate(fields):
         params[f"a{i}"] = list(attributes[f])
-        cols.append(f"unnest($a{i}) AS a{i}")
     if fields:
         pairs = ", ".join(
-            f"'{f.replace(chr(39), chr(39) * 2)}', a{i}" for i, f in enumerate(fields)
+            f"'{f.replace(chr(39), chr(39) * 2)}', $a{i}[o + 1]" for i, f in enumerate(fields)
         )
         attrs = f"json_object({pairs})"
     else:
         attrs = "'{}'::JSON"
     sql = f"""INSERT INTO member_log
         SELECT nextval('member_seq'), $audience, r, {attrs}, FALSE, $now
-        FROM (SELECT unnest(records) AS r, * EXCLUDE (records)
-              FROM (SELECT {", ".join(cols)}) WHERE keep)"""
+        FROM (SELECT unnest($flat) AS r, unnest($owner) AS o) WHERE $keep[o + 1]"""
     return con.execute(sql, params).fetchall()[0][0]
 
 

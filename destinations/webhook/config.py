@@ -12,6 +12,7 @@ from destinations.http import HttpOptions, check_url
 from destinations.identity import TYPES
 from destinations.redaction import Credentials
 from reconciler.errors import ConfigError
+from reconciler.workspace.schema_rules import URL_PATTERN
 
 __all__ = ["SECRET_PREFIX", "WebhookConfig", "WebhookCredentials"]
 
@@ -35,11 +36,14 @@ class WebhookConfig(HttpOptions):
       (default ``.reconcile/webhook-<integration>.json``, relative to the workspace).
     """
 
-    url: str | None = Field(None, description="the receiver's URL (https)")
+    url: str | None = Field(
+        None, description="the receiver's URL (https)", json_schema_extra={"pattern": URL_PATTERN}
+    )
     identifiers: list[str] = Field(
         default_factory=lambda: ["email", "phone"],
         min_length=1,
         description="identifier types sent, in preference order",
+        json_schema_extra={"items": {"enum": list(TYPES)}, "uniqueItems": True},
     )
     pii: Literal["hashed", "raw"] = Field(
         "hashed", description="hashed (SHA-256) or raw (normalised values) personal data"

@@ -31,6 +31,7 @@ from reconciler.apply.batches import (
 )
 from reconciler.apply.interrupts import InterruptGuard
 from reconciler.apply.notifications import FinishedRun, notify_finished
+from reconciler.apply.profile_writes import record_attribute_hashes, write_back
 from reconciler.apply.progress import Progress
 from reconciler.enginedb import Session
 from reconciler.errors import CredentialsRefused, DestinationError, ReconcileError
@@ -38,6 +39,8 @@ from reconciler.integrations import Connections
 from reconciler.plan import membership, splits
 from reconciler.plan.model import ActivationPlan, AudienceChange, Change, Plan, Status
 from reconciler.plan.recorded import digest, recorded_spec
+from reconciler.state.attributes import forget as forget_attribute_hashes
+from reconciler.state.schema import CATALOG
 from reconciler.state.writer import StateStore
 from reconciler.workspace.loader import Workspace
 from reconciler.workspace.templating import local_date
@@ -89,7 +92,7 @@ class Applier:
     ):
         self.ws, self.plan, self.session, self.conns = ws, plan, session, conns
         self.opts, self.guard, self.echo = options, guard, echo
-        self.state = StateStore(session.con)
+        self.state: StateStore = session.state_store()
         self.reader = session.cursor()  # streams staged changes while `state` writes
 
     def run(self) -> ApplyResult:
@@ -148,6 +151,7 @@ class Applier:
         act = self.ws.activations[ap.id].resolved(self.ws.config.defaults)
         if ap.moved_from:
             self.state.move_activation(ap.moved_from, ap.id)
+            forget_attribute_hashes(self.session.con, CATALOG, ap.moved_from)  # recorded anew
         self.state.ensure_activation(
             ap.id,
             destination=act.destination,
@@ -176,6 +180,7 @@ class Applier:
             )
             for aud in ap.audiences:
                 self._audience(ap, aud, dest, runner, outcome)
+            record_attribute_hashes(self.session, self.ws, ap.id, act, fp)
         except Interrupted:
             self._finish(run_id, ap, outcome, Status.PENDING, "interrupted; the next apply resumes")
             raise
@@ -189,6 +194,11 @@ class Applier:
                 outcome.status, outcome.error = Status.FAILED, text
             else:
                 outcome.warning = text
+        if outcome.status is Status.COMPLETE:
+            try:  # before the spec is recorded: a failed write-back is planned again
+                write_back(self.session, self.ws, ap, act)
+            except ReconcileError as exc:
+                outcome.status, outcome.error = Status.FAILED, str(exc)
         if outcome.status is Status.COMPLETE:
             spec = recorded_spec(self.ws, act)
             self.state.record_spec(
@@ -361,9 +371,15 @@ class Applier:
             if outcome.failed and outcome.status is Status.COMPLETE:
                 outcome.status = Status.FAILED
                 outcome.error = _refused(outcome.failed, outcome.attempted, 0.0, runner)
+        if outcome.status is Status.COMPLETE:
+            try:
+                write_back(self.session, self.ws, ap, None)
+            except ReconcileError as exc:
+                outcome.status, outcome.error = Status.FAILED, str(exc)
         self._finish(run_id, ap, outcome, outcome.status, outcome.error)
         if outcome.status is Status.COMPLETE:
             self.state.forget_activation(ap.id)
+            forget_attribute_hashes(self.session.con, CATALOG, ap.id)
         return outcome
 
 

@@ -22,7 +22,9 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -33,6 +35,7 @@ from destinations.base import (
     Destination,
     MemberBatch,
     Outcome,
+    RecordColumn,
     RemovalBatch,
 )
 from destinations.retry import RetryInterrupted
@@ -204,36 +207,81 @@ class BatchRunner:
 
     # ------------------------------------------------------------------ additions
     def _add_all(self, ref: AudienceRef | None, table: encode.SendTable) -> None:
+        """Send the additions, pipelined: while the destination works on a call (in a worker
+        thread), this thread reads and journals the next batch and records the previous one;
+        up to ``limits.concurrency`` calls are in flight. A session's last batch is sent alone,
+        after every other call of the session came back (a finished session takes no more)."""
         # members with no usable identifier are recorded with an empty record, never sent
         self.counts.unmatched += self.state.record_unsendable(encode.SEND, self.aid, self.grp)
-        for rows in encode.stream(self.reader, table, sendable=True, size=self.size):
-            batch, lo, hi = _batch(rows, table)
-            if ref is None:  # control group: recorded, never sent
+        if ref is None:  # control group: recorded, never sent
+            for lo, hi, cols in encode.stream(self.reader, table, sendable=True, size=self.size):
+                batch = _batch(cols, table)
                 self.state.record_sent(
                     "", encode.SEND, self.aid, self.grp, lo, hi, run_id="", counts={}
                 )
                 self.counts.add += len(batch)
+            return
+        width = max(1, self.dest.limits.concurrency)
+        inflight: deque[_Call] = deque()
+        done: list[_Call] = []
+        failure: BaseException | None = None
+        with ThreadPoolExecutor(max_workers=width, thread_name_prefix="reconcile-send") as pool:
+            try:
+                for lo, hi, cols in encode.stream(
+                    self.reader, table, sendable=True, size=self.size
+                ):
+                    batch = _batch(cols, table)
+                    batch_id = new_batch_id()
+                    self.state.journal_intent(
+                        batch_id, self.run_id, self.aid, self.grp, "add", len(batch)
+                    )
+                    ctx = self._ctx(batch_id, "add")
+                    while inflight and (ctx.last or len(inflight) >= width):
+                        done.append(_wait(inflight.popleft()))
+                    call = partial(self.call, partial(self.dest.add, ref, batch, ctx))
+                    inflight.append(_Call(pool.submit(call), batch_id, cols, batch, lo, hi))
+                    self._record_adds(ref, done)
+                    if self.guard.stop_requested:
+                        break
+            except BaseException as exc:  # the calls in flight are still waited for below
+                failure = exc
+            finally:
+                while inflight:
+                    done.append(_wait(inflight.popleft()))
+                try:
+                    self._record_adds(ref, done)
+                except BaseException as exc:
+                    failure = failure or exc
+        if failure is not None:
+            raise failure
+        self._check_stop()
+
+    def _record_adds(self, ref: AudienceRef, done: list[_Call]) -> None:
+        """Record the finished calls, in order; the first failed call's error is raised after
+        the successful ones are recorded (its intent stays open: the next apply closes it and
+        its members are planned again)."""
+        error: BaseException | None = None
+        for c in done:
+            if c.error is not None:
+                error = error or c.error
                 continue
-            batch_id = new_batch_id()
-            self.state.journal_intent(batch_id, self.run_id, self.aid, self.grp, "add", len(batch))
-            outcome = self.call(partial(self.dest.add, ref, batch, self._ctx(batch_id, "add")))
+            outcome = c.outcome
             if outcome.job:  # an asynchronous job: journaled as submitted, polled to its end
-                self._submit(batch_id, "add", ref, outcome.job, rows)
-                self.progress.advance(len(batch))
-                self._check_stop()
+                self._submit(c.batch_id, "add", ref, outcome.job, _as_rows(c.cols))
+                self.progress.advance(len(c.batch))
                 continue
             self._note(outcome)
-            accepted = len(batch) - len(outcome.rejected) - len(outcome.retry)
+            accepted = len(c.batch) - len(outcome.rejected) - len(outcome.retry)
             self.counts.add += accepted
             self.counts.rejected += len(outcome.rejected)
             self.counts.retry += len(outcome.retry)
             self.state.record_sent(
-                batch_id,
+                c.batch_id,
                 encode.SEND,
                 self.aid,
                 self.grp,
-                lo,
-                hi,
+                c.lo,
+                c.hi,
                 run_id=self._run(),
                 skip=list(outcome.retry),
                 rejected=outcome.rejected,
@@ -241,21 +289,23 @@ class BatchRunner:
                 detail=outcome.detail,
                 counts={"added": accepted, "failed": len(outcome.rejected)},
             )
-            self.progress.advance(len(batch))
-            self._check_stop()
+            self.progress.advance(len(c.batch))
+        done.clear()
+        if error is not None:
+            raise error
 
     # ------------------------------------------------------------------ updates
     def _update_all(self, ref: AudienceRef | None, table: encode.SendTable) -> None:
         for sendable in (True, False):
-            for rows in encode.stream(self.reader, table, sendable=sendable, size=self.size):
-                self._update(ref, rows, table, sendable)
-                self.progress.advance(len(rows))
+            for _, _, cols in encode.stream(self.reader, table, sendable=sendable, size=self.size):
+                self._update(ref, cols, table, sendable)
+                self.progress.advance(len(cols["key"]))
                 self._check_stop()
 
     def _update(
-        self, ref: AudienceRef | None, rows: list[tuple], table: encode.SendTable, sendable: bool
+        self, ref: AudienceRef | None, cols: dict, table: encode.SendTable, sendable: bool
     ) -> None:
-        batch, _, _ = _batch(rows, table)
+        batch, rows = _batch(cols, table), _as_rows(cols)
         keys = list(batch.keys)
         fps = {r[1]: r[3] for r in rows}
         new = {r[1]: tuple(r[2]) for r in rows}
@@ -339,12 +389,14 @@ class BatchRunner:
     # ------------------------------------------------------------------ purges (action: remove)
     def _purge_all(self, ref: AudienceRef | None, table: encode.SendTable) -> None:
         # nothing usable to remove: recorded as removed with an empty record
-        for rows in encode.stream(self.reader, table, sendable=False, size=self.size):
+        for _, _, cols in encode.stream(self.reader, table, sendable=False, size=self.size):
+            rows = _as_rows(cols)
             keys = [r[1] for r in rows]
             self.state.confirm_batch(
                 "", self.aid, self.grp, insert=[(r[1], (), r[3]) for r in rows], delete=keys
             )
-        for rows in encode.stream(self.reader, table, sendable=True, size=self.size):
+        for _, _, cols in encode.stream(self.reader, table, sendable=True, size=self.size):
+            rows = _as_rows(cols)
             keys, recs = [r[1] for r in rows], [tuple(r[2]) for r in rows]
             batch_id = new_batch_id()
             self.state.journal_intent(batch_id, self.run_id, self.aid, self.grp, "purge", len(keys))
@@ -471,17 +523,43 @@ def finish_job(
         delay = min(delay * 2, 10.0)
 
 
-def _batch(rows: Sequence[tuple], table: encode.SendTable) -> tuple[MemberBatch, int, int]:
-    """Rows of the send table as a column batch, with its first and last ``n``."""
-    cols = list(zip(*rows, strict=True))
-    nv = len(table.fields)
-    batch = MemberBatch(
-        keys=cols[1],
-        records=cols[2],
-        values={f: cols[4 + i] for i, f in enumerate(table.fields)},
-        attributes={f: cols[4 + nv + i] for i, f in enumerate(table.attributes)},
+@dataclass
+class _Call:
+    """One destination call in flight (or back: ``outcome`` or ``error``)."""
+
+    future: Future
+    batch_id: str
+    cols: dict[str, list]
+    batch: MemberBatch
+    lo: int
+    hi: int
+    outcome: Outcome = field(default_factory=Outcome)
+    error: BaseException | None = None
+
+
+def _wait(call: _Call) -> _Call:
+    """Wait for a call to come back; its error is kept, not raised."""
+    try:
+        call.outcome = call.future.result()
+    except BaseException as exc:
+        call.error = exc
+    return call
+
+
+def _batch(cols: dict[str, list], table: encode.SendTable) -> MemberBatch:
+    """A batch of the send table (:func:`encode.stream`) as a :class:`MemberBatch`."""
+    return MemberBatch(
+        keys=cols["key"],
+        records=RecordColumn(cols["rec"], cols["rec_n"]),
+        values={f: cols[f"v{i}"] for i, f in enumerate(table.fields)},
+        attributes={f: cols[f"a{i}"] for i, f in enumerate(table.attributes)},
     )
-    return batch, rows[0][0], rows[-1][0]
+
+
+def _as_rows(cols: dict[str, list]) -> list[tuple]:
+    """The batch as ``(0, key, record tuple, fingerprint)`` rows (updates, purges, jobs)."""
+    recs = RecordColumn(cols["rec"], cols["rec_n"])
+    return [(0, k, r, fp) for k, r, fp in zip(cols["key"], recs, cols["fp"], strict=True)]
 
 
 def _session_id(run_id: str, activation_id: str, grp: str, op: str) -> int:

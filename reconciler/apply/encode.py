@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import duckdb
 
 from destinations.base import Identity
-from destinations.identity.sql import records_sql, value_sql
+from destinations.identity.sql import send_sql
 from reconciler.enginedb import STAGING
 from reconciler.plan.membership import _ident
 from reconciler.workspace.spec import ProfilesTable
@@ -54,31 +54,31 @@ def build(
 ) -> SendTable:
     """(Re)create the send table for (activation, group, op). A key that left the source since
     the plan, or that now appears on several profile rows, is left out (drift)."""
-    columns = {t: f"p.{_ident(c)}" for t, c in profiles.identifiers.items()}
-    country = profiles.default_phone_country
-    encodings = identity.encodings
-    values = [
-        value_sql(e, columns[e.identifier], country) if e.identifier in columns else "NULL"
-        for e in encodings
-    ]
-    attrs = [f"p.{_ident(col)}" for col in attribute_map.values()]
+    identifiers = dict(profiles.identifiers)
+    # the profile columns the send needs, under names no column of the source can shadow
+    picked = {t: f"x{i}" for i, t in enumerate(identifiers)}
+    inputs = [f"p.{_ident(identifiers[t])} AS {alias}" for t, alias in picked.items()]
+    attrs = [f"p.{_ident(col)} AS a{i}" for i, col in enumerate(attribute_map.values())]
     key = f"CAST(p.{_ident(profiles.key)} AS VARCHAR)"
-    select = ", ".join(
-        [
-            f"{records_sql(identity.accepted, identity.rules, columns, country)} AS rec",
-            f"{fingerprint} AS fp",
-            *(f"{v} AS v{i}" for i, v in enumerate(values)),
-            *(f"{a} AS a{i}" for i, a in enumerate(attrs)),
-        ]
+    base = ", ".join([f"{key} AS key", f"{fingerprint} AS fp", *inputs, *attrs])
+    encoded = send_sql(
+        "s",
+        identity.encodings,
+        identity.accepted,
+        identity.rules,
+        picked,
+        profiles.default_phone_country,
     )
+    drop = f" EXCLUDE ({', '.join(picked.values())})" if picked else ""
     con.execute(
         f"""CREATE OR REPLACE TABLE {SEND} AS
         WITH c AS (SELECT key FROM {CHANGES}
                    WHERE activation_id = $aid AND grp = $grp AND op = $op),
              p AS (SELECT p.* FROM {_ident(profiles.table)} p SEMI JOIN c ON c.key = {key}
-                   QUALIFY count(*) OVER (PARTITION BY {key}) = 1)
-        SELECT row_number() OVER () - 1 AS n, *, len(rec) > 0 AS sendable
-        FROM (SELECT {key} AS key, {select} FROM p)""",
+                   QUALIFY count(*) OVER (PARTITION BY {key}) = 1),
+             s AS (SELECT {base} FROM p)
+        SELECT row_number() OVER () - 1 AS n, *{drop}, len(rec) > 0 AS sendable
+        FROM ({encoded})""",
         {"aid": activation_id, "grp": grp, "op": op},
     )
     staged = con.execute(
@@ -89,12 +89,30 @@ def build(
         f"SELECT count(*), count(*) FILTER (sendable) FROM {SEND}"
     ).fetchall()[0]
     return SendTable(
-        tuple(e.field for e in encodings), tuple(attribute_map), staged, usable, sendable
+        tuple(e.field for e in identity.encodings), tuple(attribute_map), staged, usable, sendable
     )
 
 
 def stream(cursor: duckdb.DuckDBPyConnection, table: SendTable, *, sendable: bool, size: int):
-    """Batches of rows of the send table (sendable or not), in ``n`` order, ``size`` each."""
-    cursor.execute(f"SELECT {table.columns} FROM {SEND} WHERE sendable = ? ORDER BY n", [sendable])
-    while rows := cursor.fetchmany(size):
-        yield rows
+    """Batches of the send table's rows (sendable or not), in ``n`` order, ``size`` each, as
+    columns: ``(lo, hi, columns)`` — the first and last ``n`` and a dict of lists keyed by
+    column name (``key``, ``fp``, ``v0``.., ``a0``..; ``rec`` flat with ``rec_n``, each
+    member's count). One query per batch and no Python object per row."""
+    names = [c.strip() for c in table.columns.split(",") if c.strip() not in ("n", "rec")]
+    cursor.execute(
+        f"""SELECT min(n), max(n) FROM (
+                SELECT n, (row_number() OVER (ORDER BY n) - 1) // $size AS b
+                FROM {SEND} WHERE sendable = $s)
+            GROUP BY b ORDER BY b""",
+        {"s": sendable, "size": size},
+    )
+    select = ", ".join(["flatten(list(rec))", "list(len(rec))", *(f"list({c})" for c in names)])
+    for lo, hi in cursor.fetchall():
+        cursor.execute(
+            f"SELECT {select} FROM (SELECT * FROM {SEND} WHERE sendable = $s "
+            "AND n BETWEEN $lo AND $hi ORDER BY n)",
+            {"s": sendable, "lo": lo, "hi": hi},
+        )
+        row = cursor.fetchone()
+        assert row is not None
+        yield lo, hi, dict(zip(["rec", "rec_n", *names], row, strict=True))

@@ -90,50 +90,42 @@ format_option = click.option(
 @handle_errors
 def validate(c: Ctx, fmt: str) -> None:
     """Check every file: schema, cross-references, what each destination can do and that
-    every credential's environment variable is set. Errors name file:line: field, sorted."""
+    every credential's environment variable is set; then segment SQL and consent conditions
+    against the source's tables. Problems name file:line: field, sorted."""
     from reconciler.errors import ConfigError, ValidationFailed
+    from reconciler.render import problems
+    from reconciler.workspace.loader import find_root
 
     try:
-        ws = c.workspace(check_credentials=True)
-    except ConfigError as exc:
+        root = find_root(c.directory)
+    except ConfigError as exc:  # no workspace: one problem, in the format asked for
         if fmt == "text":
             raise
-        found = exc.errors if isinstance(exc, ValidationFailed) else [exc]
-        problems = sorted(
-            (
-                {
-                    "file": e.location.file if e.location else None,
-                    "line": e.location.line if e.location else None,
-                    "field": e.location.field if e.location else None,
-                    "message": e.message,
-                }
-                for e in found
-            ),
-            key=lambda p: (p["file"] or "", p["line"] or 0),
-        )
-        if fmt == "json":
-            click.echo(json.dumps({"valid": False, "problems": problems}, indent=2))
-        else:
-            for p in problems:
-                where = ",".join(
-                    f"{k}={v}" for k, v in (("file", p["file"]), ("line", p["line"])) if v
-                )
-                text = (f"{p['field']}: " if p["field"] else "") + str(p["message"])
-                text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-                click.echo(f"::error {where},title=reconcile validate::{text}")
+        out = problems.render_json([exc], [], {}) if fmt == "json" else None
+        click.echo(out or problems.render_github([exc], []))
         sys.exit(1)
+    found = engine.validate(root)
+    ws, errors, warnings = found.ws, found.errors, found.warnings
     counts = {
         "activations": len(ws.activations),
         "segments": len(ws.segments),
         "integrations": len(ws.integrations),
     }
     if fmt == "json":
-        click.echo(json.dumps({"valid": True, "problems": [], **counts}, indent=2))
-        return
-    click.echo(
-        f"Valid: {len(ws.activations)} activation(s), {len(ws.segments)} segment(s), "
-        f"{len(ws.integrations)} integration(s)."
-    )
+        click.echo(problems.render_json(errors, warnings, counts))
+    elif fmt == "github" and (errors or warnings):
+        click.echo(problems.render_github(errors, warnings))
+    if errors:
+        if fmt == "text":
+            raise ValidationFailed(errors)
+        sys.exit(1)
+    for line in problems.warning_lines(warnings) if fmt == "text" else ():
+        click.echo(line, err=True)
+    if fmt != "json":
+        click.echo(
+            f"Valid: {len(ws.activations)} activation(s), {len(ws.segments)} segment(s), "
+            f"{len(ws.integrations)} integration(s)."
+        )
 
 
 @main.command()
@@ -348,7 +340,8 @@ def _apply(
             finally:
                 reporter.close()
         try:
-            if planfile:  # made with --refresh=false, or audiences may have appeared since
+            if planfile:
+                engine.check_plan_state(ws, staged.plan, Path(planfile))
                 staged.plan = engine.recheck_state_loss(ws, staged.plan)
             _check_plan(ws, staged.plan)
             calls = destination_calls(ws, staged.plan)

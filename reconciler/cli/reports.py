@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import sys
+import re
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -256,15 +256,25 @@ def state_show(name) -> None:
 
 
 @state.command("unlock")
+@click.argument("lock_id", required=False)
 @handle_errors
-def state_unlock() -> None:
-    """Remove the state lock left by a process that is gone."""
-    ws = _ws()
-    lock = engine.state_lock(ws)
-    holder = lock.holder()
-    if holder:
-        raise ReconcileError(f"the lock is held by a live process: {holder}; not removing it")
-    click.echo("Lock removed." if lock.force_unlock() else "No lock to remove.")
+def state_unlock(lock_id) -> None:
+    """Break the state lock LOCK_ID, left by a process that is gone (without LOCK_ID: show
+    who holds the lock)."""
+    lock = engine.state_lock(_ws())
+    info = lock.info()
+    if lock_id is None:
+        if info is None:
+            click.echo("The state is not locked.")
+            return
+        raise ReconcileError(
+            f"the state is locked by {info.describe()}; if that process is gone, break the "
+            f"lock with `reconcile state unlock {info.id}`"
+        )
+    if not lock.force_unlock(lock_id):
+        now = f"; the state is locked by {info.describe()}" if info else " (it is not locked)"
+        raise ReconcileError(f"no lock {lock_id!r} holds the state{now}")
+    click.echo(f"Lock {lock_id} broken.")
 
 
 def _recorded(st, name: str) -> None:
@@ -298,11 +308,38 @@ def state_mv(old, new) -> None:
 
 
 @state.command("migrate")
-def state_migrate() -> None:
-    """Copy the state to another backend (PostgreSQL: not supported yet)."""
+@click.option("--to", "to", type=click.Choice(["postgres"]), required=True)
+@click.option(
+    "--dsn",
+    envvar="RECONCILE_STATE_DSN",
+    show_envvar=True,
+    help="the target server (default: $RECONCILE_STATE_DSN; never printed)",
+)
+@click.option("--schema", default="reconcile", show_default=True, help="the target schema")
+@handle_errors
+def state_migrate(to, dsn, schema) -> None:
+    """Copy the embedded state to PostgreSQL and check that both agree."""
+    from reconciler.state.backend import EmbeddedBackend, open_backend
+    from reconciler.state.postgres.backend import PostgresBackend
+    from reconciler.state.postgres.migrate import migrate_to_postgres
+
+    ws = _ws()
+    source = open_backend(ws)
+    if not isinstance(source, EmbeddedBackend):
+        raise ReconcileError(
+            "the state is already in PostgreSQL; `state migrate` copies an embedded state"
+        )
+    if not dsn:
+        raise ReconcileError("pass --dsn or set RECONCILE_STATE_DSN to the target server")
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", schema):
+        raise ReconcileError(f"--schema {schema!r} is not a plain lower-case schema name")
+    target = PostgresBackend(dsn, schema, tmp=ws.path(".reconcile/tmp"))
+    checks = migrate_to_postgres(source, target, echo=click.echo)
+    for c in checks:
+        click.echo(f"  {c.table:<12} {c.rows:>10,} rows  md5 {c.digest}  match")
     click.echo(
-        "Error: `state migrate` needs a second state backend (PostgreSQL), which is "
-        "not supported yet.",
-        err=True,
+        f"Migrated the state to {target.where}; both agree. Point reconcile.yaml at it:\n"
+        "state:\n  backend: postgres\n  dsn: ${env:RECONCILE_STATE_DSN}\n"
+        f"  schema: {schema}\n"
+        f"The embedded state is left as it was ({source.path}); keep it as a backup."
     )
-    sys.exit(1)

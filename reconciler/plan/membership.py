@@ -29,13 +29,21 @@ from reconciler.plan import splits
 from reconciler.sources.base import INTERNAL_PREFIX, SqlRejected
 from reconciler.sources.engine_errors import safe_engine_error
 from reconciler.sources.guard import SqlPolicy, check_condition
-from reconciler.workspace.spec import ActionMode, Integration, ProfilesTable, ResolvedActivation
+from reconciler.workspace.spec import (
+    ActionMode,
+    Goal,
+    Integration,
+    ProfilesTable,
+    ResolvedActivation,
+)
 
 #: temp tables of a planning session; the prefix keeps segment SQL from reading them
 TEMP = f"{INTERNAL_PREFIX}_tmp"
 DESIRED = f"{TEMP}_desired"
 SUPPRESSED = f"{TEMP}_suppressed"
 DUPLICATES = f"{TEMP}_duplicate_keys"
+UNION = f"{TEMP}_union"
+JOINED = f"{TEMP}_joined"
 
 CHANGES_DDL = (
     f"CREATE TABLE IF NOT EXISTS {STAGING}.changes "
@@ -129,39 +137,27 @@ def matchable_sql(profiles: ProfilesTable, identifier_types: tuple[str, ...]) ->
     return " OR ".join(tests) if tests else "FALSE"
 
 
-def stage_duplicate_keys(
-    con: duckdb.DuckDBPyConnection, profiles: ProfilesTable
-) -> tuple[str | None, int, list[str]]:
-    """Keys that occur more than once in the profiles table: (temp table or None when there
-    are none, how many keys, a few of them for the message)."""
-    key = f"CAST(p.{_ident(profiles.key)} AS VARCHAR)"
-    con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE {DUPLICATES} AS
-            SELECT {key} AS k FROM {_ident(profiles.table)} p
-            WHERE p.{_ident(profiles.key)} IS NOT NULL GROUP BY 1 HAVING count(*) > 1"""
-    )
-    n = con.execute(f"SELECT count(*) FROM {DUPLICATES}").fetchall()[0][0]
-    if not n:
-        return None, 0, []
-    sample = [
-        r[0] for r in con.execute(f"SELECT k FROM {DUPLICATES} ORDER BY k LIMIT 3").fetchall()
-    ]
-    return DUPLICATES, n, sample
-
-
 def stage_desired(
     con: duckdb.DuckDBPyConnection,
     *,
     profiles: ProfilesTable,
     segment_tables: list[str],
+    recorded: str,
     suppressed: str | None,
-    duplicates: str | None,
     consent: str,
     group_expr: str,
     fingerprint: str,
     matchable: str,
-) -> dict[str, int]:
-    """Create temp table ``desired`` and return the exclusion counts."""
+    attribute_fps: str | None = None,
+) -> tuple[dict[str, int], str | None, list[str]]:
+    """Create temp table ``desired``; return the exclusion counts and the held keys (a temp
+    table of keys, or None, and a few of them for the message). ``attribute_fps``
+    (``goal: sync_attributes``) adds the per-attribute hashes as column ``afp``.
+
+    A key that appears on several profile rows is *held*. Among the segments' keys this costs
+    nothing when there is none: the join with the profiles table then returns exactly one row
+    per key; only when it returns more are those keys grouped. Recorded members that left
+    the segments are checked on their own (a few keys, usually)."""
     if len(segment_tables) == 1:
         union = f"SELECT k FROM {segment_tables[0]}"
     else:
@@ -173,25 +169,53 @@ def stage_desired(
     key = f"CAST(p.{_ident(profiles.key)} AS VARCHAR)"
     supp_join = f"LEFT JOIN {suppressed} s ON s.k = u.k" if suppressed else ""
     supp_flag = "s.k IS NOT NULL" if suppressed else "FALSE"
-    # a held key joins no profile row (its rows are ambiguous): no row multiplication
-    dup_join = f"LEFT JOIN {duplicates} dk ON dk.k = u.k" if duplicates else ""
-    held = "dk.k IS NOT NULL" if duplicates else "FALSE"
-    not_held = " AND dk.k IS NULL" if duplicates else ""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {UNION} AS {union}")
     con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE {DESIRED} AS
+        f"""CREATE OR REPLACE TEMP TABLE {JOINED} AS
         SELECT u.k AS key,
-               {held} AS held,
-               {key} IS NULL AND NOT ({held}) AS unknown,
+               FALSE AS held,
+               {key} IS NULL AS unknown,
                {supp_flag} AS suppressed,
                NOT coalesce({consent}, FALSE) AS no_consent,
                coalesce({matchable}, FALSE) AS matchable,
                {group_expr} AS grp,
-               {fingerprint} AS fp
-        FROM ({union}) u
-        {dup_join}
-        LEFT JOIN {_ident(profiles.table)} p ON {key} = u.k{not_held}
+               {fingerprint} AS fp{f", {attribute_fps} AS afp" if attribute_fps else ""}
+        FROM {UNION} u
+        LEFT JOIN {_ident(profiles.table)} p ON {key} = u.k
         {supp_join}"""
     )
+    joined, keys = con.execute(
+        f"SELECT (SELECT count(*) FROM {JOINED}), (SELECT count(*) FROM {UNION})"
+    ).fetchall()[0]
+    twice = (
+        f"SELECT key AS k FROM {JOINED} GROUP BY key HAVING count(*) > 1"
+        if joined != keys
+        else "SELECT NULL::VARCHAR AS k WHERE FALSE"
+    )
+    # recorded members no segment returns any more: held too when their key is duplicated
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE {DUPLICATES} AS
+        {twice}
+        UNION ALL
+        SELECT {key} AS k FROM {_ident(profiles.table)} p
+        SEMI JOIN (SELECT m.key FROM {recorded} m ANTI JOIN {UNION} u ON u.k = m.key) l
+            ON l.key = {key}
+        GROUP BY 1 HAVING count(*) > 1"""
+    )
+    n = con.execute(f"SELECT count(*) FROM {DUPLICATES}").fetchall()[0][0]
+    con.execute(f"DROP TABLE IF EXISTS {DESIRED}")
+    if joined == keys:
+        con.execute(f"ALTER TABLE {JOINED} RENAME TO {DESIRED}")
+    else:  # one row per held key: it joins no profile row (which row is it?)
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE {DESIRED} AS
+            SELECT * FROM {JOINED} j ANTI JOIN {DUPLICATES} d ON d.k = j.key
+            UNION ALL
+            SELECT key, TRUE, FALSE, any_value(suppressed), TRUE, FALSE, any_value(grp), NULL
+                   {", NULL" if attribute_fps else ""}
+            FROM {JOINED} j SEMI JOIN {DUPLICATES} d ON d.k = j.key GROUP BY key"""
+        )
+        con.execute(f"DROP TABLE {JOINED}")
     row = con.execute(
         f"""SELECT count(*) FILTER (unknown),
                   count(*) FILTER (held),
@@ -203,7 +227,7 @@ def stage_desired(
                                    AND NOT no_consent AND matchable)
            FROM {DESIRED}"""
     ).fetchall()[0]
-    return {
+    counts = {
         "unknown": row[0],
         "held": row[1],
         "suppression": row[2],
@@ -211,6 +235,12 @@ def stage_desired(
         "eligible": row[4],
         "matchable": row[5],
     }
+    if not n:
+        return counts, None, []
+    sample = [
+        r[0] for r in con.execute(f"SELECT k FROM {DUPLICATES} ORDER BY k LIMIT 3").fetchall()
+    ]
+    return counts, DUPLICATES, sample
 
 
 def stage_changes(
@@ -252,6 +282,12 @@ def stage_changes(
         "AND NOT no_consent AND matchable)"
     )
     ins = f"INSERT INTO {STAGING}.changes "
+    if act.goal is Goal.SYNC_ATTRIBUTES:
+        # entering profiles get all mapped values, changed ones their values again; leaving
+        # never clears fields at the destination: a leaver's record is only forgotten
+        if not frozen:
+            _stage_diff(con, ins, aid, eligible, members, leaving="forget")
+        return
     if act.action is ActionMode.REMOVE:
         if frozen:  # paused, or a one-time removal that already ran: nothing more is sent
             return
@@ -274,15 +310,7 @@ def stage_changes(
         return
     # `m.fp IS NULL`: a removal of an earlier record is still owed (it was refused)
     if act.action is ActionMode.MAINTAIN:
-        con.execute(
-            f"""{ins}
-            SELECT {aid}, coalesce(d.grp, m.grp),
-                   CASE WHEN m.key IS NULL THEN 'add' WHEN d.key IS NULL THEN 'remove'
-                        ELSE 'update' END,
-                   coalesce(d.key, m.key)
-            FROM {eligible} d FULL OUTER JOIN {members} m ON d.key = m.key AND d.grp = m.grp
-            WHERE m.key IS NULL OR d.key IS NULL OR m.fp IS NULL OR d.fp <> m.fp"""
-        )
+        _stage_diff(con, ins, aid, eligible, members, leaving="remove")
         if duplicates:  # held members are left alone, unless an exclusion removes them
             con.execute(
                 f"{ins} SELECT {aid}, x.grp, 'remove', x.key FROM {excluded} x "
@@ -310,6 +338,28 @@ def stage_changes(
                 ON d.key = m.key AND d.grp <> m.grp
             UNION
             SELECT m.key, m.grp FROM {members} m SEMI JOIN {unusable} u ON u.key = m.key)"""
+    )
+
+
+def _stage_diff(
+    con: duckdb.DuckDBPyConnection,
+    ins: str,
+    aid: str,
+    eligible: str,
+    members: str,
+    *,
+    leaving: str,
+) -> None:
+    """Stage ``add`` for entering, ``update`` for changed and ``leaving`` (``remove``, or
+    ``forget`` where leaving sends nothing) for leaving members, by (key, group)."""
+    con.execute(
+        f"""{ins}
+        SELECT {aid}, coalesce(d.grp, m.grp),
+               CASE WHEN m.key IS NULL THEN 'add' WHEN d.key IS NULL THEN {_lit(leaving)}
+                    ELSE 'update' END,
+               coalesce(d.key, m.key)
+        FROM {eligible} d FULL OUTER JOIN {members} m ON d.key = m.key AND d.grp = m.grp
+        WHERE m.key IS NULL OR d.key IS NULL OR m.fp IS NULL OR d.fp <> m.fp"""
     )
 
 

@@ -88,6 +88,8 @@ class AudienceChange(Frozen):
     #: (shown as a conflict; taken over only with ``adopt: true``)
     name_taken_by: str | None = None
     adopt: bool = False  # the creation takes over ``name_taken_by`` (``adopt: true``)
+    #: ``goal: sync_attributes``: destination field -> values this apply changes there
+    attributes: dict[str, int] = Field(default_factory=dict)
 
     @property
     def has_changes(self) -> bool:
@@ -121,6 +123,9 @@ class ActivationPlan(Frozen):
     max_removal_share: float = 0.5
     on_delete: str = "keep"  # "keep" | "clear": what deleting the file does to the audience
     due: bool = False
+    #: ``append_to_profiles``: rows of the source's write-back that do not match the recorded
+    #: members (an apply died before writing them); the next apply writes them
+    writeback_pending: int = 0
 
     @property
     def member_changes(self) -> bool:
@@ -128,7 +133,11 @@ class ActivationPlan(Frozen):
 
     @property
     def has_changes(self) -> bool:
-        return self.change in (Change.CREATE, Change.UPDATE, Change.DELETE) or self.member_changes
+        return (
+            self.change in (Change.CREATE, Change.UPDATE, Change.DELETE)
+            or self.member_changes
+            or bool(self.writeback_pending)
+        )
 
     @property
     def mass_removal(self) -> bool:
@@ -172,6 +181,7 @@ class Plan(Frozen):
     workspace: str
     targets: list[str] = Field(default_factory=list)
     include_inactive: bool = False
+    state_lineage: str | None = None  # the lineage id of the state planned against
     activations: list[ActivationPlan] = Field(default_factory=list)
     summary: Summary = Field(default_factory=Summary)
     #: the state records no run, yet the destinations already hold audiences named as

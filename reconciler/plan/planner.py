@@ -15,7 +15,7 @@ from destinations.base import AudienceRef
 from reconciler.enginedb import Session
 from reconciler.errors import ConfigError, DestinationError, ReconcileError, SegmentError
 from reconciler.integrations import Connections
-from reconciler.plan import membership, splits, state_loss
+from reconciler.plan import attributes, membership, splits, state_loss
 from reconciler.plan.model import (
     ActivationPlan,
     AudienceChange,
@@ -27,12 +27,13 @@ from reconciler.plan.model import (
 from reconciler.plan.recorded import config_diff, digest, recorded_spec
 from reconciler.plan.schedule import is_due, last_refresh
 from reconciler.plan.segments import SegmentRunner
-from reconciler.sources import sql_policy
+from reconciler.sources import sql_policy, writeback
 from reconciler.sources.engine_errors import safe_engine_error
 from reconciler.sources.limits import query_timeout, time_limit
+from reconciler.state.attributes import relation as recorded_attributes
 from reconciler.state.store import RecordedActivation, StateReader
 from reconciler.workspace.loader import Workspace
-from reconciler.workspace.spec import ActionMode, ResolvedActivation
+from reconciler.workspace.spec import ActionMode, Goal, ResolvedActivation
 from reconciler.workspace.templating import DEFAULT_NAME, TemplateFailed, local_date, render_name
 
 
@@ -68,10 +69,10 @@ class Planner:
         self.ws, self.session, self.conns = ws, session, connections
         self.as_of, self.req = as_of, request
         self.con = session.con
-        self.state = StateReader(self.con)
+        self.state: StateReader = session.state_reader()
         self.profiles = ws.config.source.profiles
         self.policy = sql_policy(ws.config.source)
-        self.segments = SegmentRunner(ws, self.con, as_of, session.source.dialect)
+        self.segments = SegmentRunner(ws, self.con, as_of, session.source.dialect, session.source)
 
     # ------------------------------------------------------------------ entry point
     def build(self) -> Plan:
@@ -86,14 +87,6 @@ class Planner:
                 )
             ids = [i for i in ids if i in self.req.targets]
         suppressed = self.segments.suppressed_table()
-        self.duplicates, n_dups, sample = membership.stage_duplicate_keys(self.con, self.profiles)
-        self.duplicates_warning = (
-            f"{n_dups:,} key(s) appear more than once in the profiles table "
-            f"{self.profiles.table!r} (e.g. {', '.join(sample)}); profiles with such a key are "
-            "held (neither added, updated nor removed) until the source is fixed"
-            if n_dups
-            else None
-        )
         self.last_refresh = last_refresh(
             self.con,
             self.ws.config.source.freshness_sql,
@@ -103,6 +96,7 @@ class Planner:
             where=str(self.ws.config_location("source", "freshness_sql")),
             policy=self.policy,
             timeout=query_timeout(self.ws.config.source),
+            fetch=getattr(self.session.source, "fetch", None),
         )
         plans = []
         for aid in ids:
@@ -125,11 +119,27 @@ class Planner:
             workspace=self.ws.root.name,
             targets=list(self.req.targets),
             include_inactive=self.req.include_inactive,
+            state_lineage=self.state.lineage(),
             activations=plans,
             summary=summarise(plans),
             # empty: no run was ever recorded (audiences recorded by `reconcile import` only)
             state_loss=state_loss.conflicts(plans, state_is_empty=not self.state.last_runs()),
             state_notice=self.session.state_notice,
+        )
+
+    def _consent(self, integ, name: str) -> str:
+        """The integration's consent condition as SQL over ``p``; a source that evaluated it
+        itself (PostgreSQL, at attach) names the column holding the result."""
+        evaluated = getattr(self.session.source, "consent_expression", None)
+        if evaluated is not None:
+            return evaluated(name)
+        return membership.consent_sql(
+            integ,
+            str(self.ws.location("integrations", name, "consent")),
+            self.session.source.dialect,
+            self.con,
+            self.profiles,
+            self.policy,
         )
 
     # ------------------------------------------------------------------ one activation
@@ -172,18 +182,13 @@ class Planner:
             )
             for r in seg_results
         ]
-        consent = membership.consent_sql(
-            integ,
-            str(self.ws.location("integrations", act.destination, "consent")),
-            self.session.source.dialect,
-            self.con,
-            self.profiles,
-            self.policy,
-        )
+        consent = self._consent(integ, act.destination)
         ids = dest.identity.accepted
         drift = self._refresh(act, rec, dest) if rec is not None and not frozen else Drift()
         notes += drift.notes
         attr_cols = [integ.attributes[f] for f in act.attributes]
+        mapping = {f: integ.attributes[f] for f in act.attributes}
+        syncs = act.goal is Goal.SYNC_ATTRIBUTES
         consent_where = str(self.ws.location("integrations", act.destination, "consent"))
         try:
             with time_limit(
@@ -192,29 +197,33 @@ class Planner:
                 consent_where,
                 "the audience query (consent condition)",
             ):
-                counts = membership.stage_desired(
+                recorded = self.state.members_sql(baseline)
+                counts, duplicates, sample = membership.stage_desired(
                     self.con,
                     profiles=self.profiles,
                     segment_tables=[r.table for r in seg_results],
+                    recorded=recorded,
                     suppressed=suppressed,
-                    duplicates=self.duplicates,
                     consent=consent,
                     group_expr=membership.group_expression(act, seed),
                     fingerprint=membership.fingerprint_sql(
                         self.profiles, ids, attr_cols, self.profiles.default_phone_country
                     ),
                     matchable=membership.matchable_sql(self.profiles, ids),
+                    attribute_fps=attributes.fingerprints_sql(self.profiles, mapping)
+                    if syncs
+                    else None,
                 )
                 membership.stage_changes(
                     self.con,
                     activation_id=aid,
-                    recorded=self.state.members_sql(baseline),
+                    recorded=recorded,
                     gone=sorted(drift.gone),
                     act=act,
                     frozen=frozen,
                     profiles=self.profiles,
                     suppressed=suppressed,
-                    duplicates=self.duplicates,
+                    duplicates=duplicates,
                     consent=consent,
                 )
         except ReconcileError:
@@ -228,18 +237,47 @@ class Planner:
             notes.append(f"{counts['unknown']:,} segment key(s) are not in the profiles table")
         changes = membership.change_counts(self.con, aid)
         warnings: list[str] = []
-        if counts["held"] and self.duplicates_warning:
-            warnings.append(f"{counts['held']:,} of its profiles held: {self.duplicates_warning}")
+        if counts["held"] and duplicates:
+            n_dups = self.con.execute(f"SELECT count(*) FROM {duplicates}").fetchall()[0][0]
+            warnings.append(
+                f"{counts['held']:,} of its profiles held: {n_dups:,} key(s) appear more than "
+                f"once in the profiles table {self.profiles.table!r} (e.g. {', '.join(sample)}); "
+                "profiles with such a key are held (neither added, updated nor removed) until "
+                "the source is fixed"
+            )
         audiences = self._audiences(aid, act, rec, changes, warnings, drift)
+        if syncs:
+            audiences, said = attributes.with_value_counts(
+                self.con,
+                aid,
+                audiences,
+                recorded=self.state.members_sql(baseline),
+                recorded_attributes=recorded_attributes(self.con, self.state.c, baseline),
+                fields=list(mapping),
+            )
+            notes += said
         if not self.req.refresh:
             notes.append("--refresh=false: destination lists were not checked")
         config_changes = config_diff(rec.spec if rec else None, spec)
+        pending = 0
+        if rec is not None and getattr(self.ws.config.source, "writable", False):
+            pending = writeback.pending_rows(
+                self.con,
+                source_catalog=self.session.source.catalog,
+                members=self.state.members_sql(baseline),
+                activation_id=aid,
+                enabled=bool(rec.spec.get("append_to_profiles")),
+                notes=notes,
+            )
         if rec is None:
             change = Change.CREATE
         elif act.paused and not any(a.has_changes for a in audiences) and not config_changes:
             change = Change.PAUSED
         elif (
-            rec.spec_digest != spec_digest or any(a.has_changes for a in audiences) or rec.id != aid
+            rec.spec_digest != spec_digest
+            or any(a.has_changes for a in audiences)
+            or rec.id != aid
+            or pending
         ):
             change = Change.UPDATE
         else:
@@ -275,6 +313,7 @@ class Planner:
             warnings=warnings,
             max_removal_share=act.max_removal_share,
             on_delete=act.on_delete,
+            writeback_pending=pending,
             due=(
                 not act.paused
                 and is_due(

@@ -8,6 +8,7 @@ Disabled ones are due; a one-time activation is due until it ran.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, date, datetime, time
 from zoneinfo import ZoneInfo
 
@@ -50,10 +51,12 @@ def last_refresh(
     where: str,
     policy: SqlPolicy | None = None,
     timeout: float = DEFAULT_QUERY_TIMEOUT,
+    fetch: Callable[[str, str, str], list[tuple]] | None = None,
 ) -> datetime | None:
     """The source's last refresh from ``freshness_sql`` (untrusted: checked by the guard
     against ``policy`` — pass :func:`reconciler.sources.sql_policy` — and run under the
-    time limit ``timeout``)."""
+    time limit ``timeout``). A source that runs SQL itself (PostgreSQL) passes its
+    ``fetch(sql, where, what)``."""
     if not sql:
         return None
     try:
@@ -61,8 +64,11 @@ def last_refresh(
     except (TemplateFailed, SqlRejected) as exc:
         raise SegmentError(f"{where}: freshness_sql: {exc}") from exc
     try:
-        with time_limit(con, timeout, where, "freshness_sql"):
-            rows = con.execute(query).fetchall()
+        if fetch is not None:
+            rows = fetch(query, where, "freshness_sql")
+        else:
+            with time_limit(con, timeout, where, "freshness_sql"):
+                rows = con.execute(query).fetchall()
     except SegmentError:
         raise
     except duckdb.Error as exc:

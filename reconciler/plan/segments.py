@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import duckdb
 
@@ -30,9 +31,16 @@ class SegmentResult:
 
 class SegmentRunner:
     def __init__(
-        self, ws: Workspace, con: duckdb.DuckDBPyConnection, as_of: datetime, dialect: str
+        self,
+        ws: Workspace,
+        con: duckdb.DuckDBPyConnection,
+        as_of: datetime,
+        dialect: str,
+        source: Any = None,
     ):
         self.ws, self.con, self.as_of, self.dialect = ws, con, as_of, dialect
+        #: a source that runs segment SQL itself (PostgreSQL) and ships the keys in
+        self.remote = source if hasattr(source, "materialise") else None
         self.policy = sql_policy(ws.config.source)
         self.timeout = query_timeout(ws.config.source)
         self._done: dict[str, SegmentResult] = {}
@@ -54,17 +62,18 @@ class SegmentRunner:
         table = f"{TEMP}_seg_{len(self._done)}"
         try:
             with time_limit(self.con, self.timeout, str(where), f"segment {name!r}"):
-                cols = self.con.execute(f"DESCRIBE SELECT * FROM ({sql}) q").fetchall()
-                if len(cols) != 1:
-                    raise SegmentError(
-                        f"{where}: segment {name!r} must return exactly one column (the "
-                        f"profile key), it returns {len(cols)}: {[c[0] for c in cols]}; "
-                        f"select only {self.ws.config.source.profiles.key}"
+                if self.remote is not None:
+                    what = f"segment {name!r}"
+                    cols = self.remote.describe_query(sql, str(where), what)
+                    self._one_column(name, where, cols)
+                    self.remote.materialise(self.con, sql, cols[0][0], table, str(where), what)
+                else:
+                    cols = self.con.execute(f"DESCRIBE SELECT * FROM ({sql}) q").fetchall()
+                    self._one_column(name, where, cols)
+                    self.con.execute(
+                        f"CREATE OR REPLACE TEMP TABLE {table} AS "
+                        f"SELECT CAST({_ident(cols[0][0])} AS VARCHAR) AS k FROM ({sql}) q"
                     )
-                self.con.execute(
-                    f"CREATE OR REPLACE TEMP TABLE {table} AS "
-                    f"SELECT CAST({_ident(cols[0][0])} AS VARCHAR) AS k FROM ({sql}) q"
-                )
                 total, non_null, distinct = self.con.execute(
                     f"SELECT count(*), count(k), count(DISTINCT k) FROM {table}"
                 ).fetchall()[0]
@@ -89,6 +98,14 @@ class SegmentRunner:
         result = SegmentResult(name, table, distinct, total - distinct, str(cols[0][1]))
         self._done[name] = result
         return result
+
+    def _one_column(self, name: str, where: object, cols: list) -> None:
+        if len(cols) != 1:
+            raise SegmentError(
+                f"{where}: segment {name!r} must return exactly one column (the "
+                f"profile key), it returns {len(cols)}: {[c[0] for c in cols]}; "
+                f"select only {self.ws.config.source.profiles.key}"
+            )
 
     def _failed(self, name: str, exc: duckdb.Error, sql: str) -> SegmentError:
         """The engine's error with the file line of the SQL line it names, and only its

@@ -19,6 +19,7 @@ from reconciler.plan import state_loss
 from reconciler.plan.model import ActivationPlan, Change, ConfigChange, Plan
 from reconciler.render.estimates import DestinationCalls, summary_line
 from reconciler.render.text import (
+    attribute_line,
     audience_line,
     effective_change,
     mass_removal_line,
@@ -136,6 +137,7 @@ def _detail(a: ActivationPlan) -> dict[str, Any]:
         "match": f"can match {num(a.matchable)} of {num(a.audience_size)} "
         f"({pct(a.matchable, a.audience_size)})",
         "audiences": [audience_line(a, au) for au in a.audiences],
+        "attributes": [line for au in a.audiences if (line := attribute_line(au))],
         "diff": diff,
         "fence": _fence(diff),
     }

@@ -76,18 +76,7 @@ def rejection_rows(state: StateReader, activation_id: str, limit: int) -> list[d
     """The members a destination rejected, newest first: run, audience group, profile key,
     operation, the hashed record kept for the member (never a raw identifier) and the
     destination's reason. A state written before rejections were kept has none."""
-    has_table = state.con.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND table_name = ?",
-        [state.c, "rejections"],
-    ).fetchall()[0][0]
-    if not has_table:
-        return []
-    rows = state.con.execute(
-        f"""SELECT run_id, grp, key, op, record, reason, rejected_at
-            FROM {state.c}.rejections WHERE activation_id = ?
-            ORDER BY rejected_at DESC, run_id DESC, key LIMIT ?""",
-        [activation_id, limit],
-    ).fetchall()
+    rows = state.rejections(activation_id, limit)
     return [
         {
             "run_id": r[0],
@@ -131,7 +120,7 @@ def segment_rows(
     rows = []
     try:
         with Session(ws, source, write_state=False, staging_path=staging, lock_down=True) as s:
-            runner = SegmentRunner(ws, s.con, as_of, source.dialect)
+            runner = SegmentRunner(ws, s.con, as_of, source.dialect, source)
             key_type = str(
                 s.con.execute(f"DESCRIBE SELECT {_ident(p.key)} FROM {_ident(p.table)}").fetchall()[
                     0

@@ -20,6 +20,7 @@ from reconciler.plan.model import ActivationPlan, AudienceChange, Change, Config
 from reconciler.render.estimates import DestinationCalls, summary_line
 
 __all__ = [
+    "attribute_line",
     "audience_line",
     "effective_change",
     "header",
@@ -165,6 +166,14 @@ def audience_line(a: ActivationPlan, au: AudienceChange) -> tuple[str, str]:
     return " ", f"{label}: no member changes ({num(au.size_after)} members)"
 
 
+def attribute_line(au: AudienceChange) -> str | None:
+    """``goal: sync_attributes``: how many values each destination field gets."""
+    if not au.attributes:
+        return None
+    counts = ", ".join(f"{field} {num(n)}" for field, n in au.attributes.items())
+    return f"profiles to update: {num(au.add + au.update)}; attribute values to change: {counts}"
+
+
 def mass_removal_line(a: ActivationPlan, au: AudienceChange) -> str:
     """The loud warning for an audience flagged by the mass-removal guard."""
     return (
@@ -195,6 +204,8 @@ def _details(a: ActivationPlan, style: Styler) -> list[str]:
     for au in a.audiences:
         sym, text = audience_line(a, au)
         lines.append(style(f"{sym} {text}", sym))
+        if attrs := attribute_line(au):
+            lines.append(f"    {attrs}")
         if au.mass_removal and au.sent:
             lines.append(style(f"! {mass_removal_line(a, au)}", "!"))
     lines += [f"note: {n}" for n in a.notes]

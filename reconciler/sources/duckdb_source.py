@@ -25,8 +25,12 @@ class DuckDBFileSource:
         spec: DuckDBSource,
         root: Path,
         locate: Callable[..., Location] | None = None,
+        *,
+        write: bool = False,
     ):
         self.spec = spec
+        #: attached read-write (an apply's write-back into a `writable: true` source)
+        self.write = write and spec.writable
         self.profiles = spec.profiles
         path = Path(spec.path)
         self.path = path if path.is_absolute() else root / path
@@ -39,6 +43,20 @@ class DuckDBFileSource:
         return f"DuckDB file {self.path}"
 
     def prepare(self, as_of_date: date) -> None:
+        self._prepare(as_of_date)
+        if self.spec.writable:  # segment SQL may read the write-back before the first apply
+            from reconciler.sources.writeback import ensure_table
+
+            try:
+                ensure_table(str(self.path))
+            except duckdb.Error as exc:
+                detail = re.sub(r"\s+", " ", str(exc)).strip().rstrip(".!")
+                raise SourceError(
+                    f"{self.locate('source', 'writable')}: cannot create the write-back table "
+                    f"in {self.describe()}: {detail}"
+                ) from exc
+
+    def _prepare(self, as_of_date: date) -> None:
         if self.path.is_file():
             return
         if self.path.exists():
@@ -64,13 +82,16 @@ class DuckDBFileSource:
 
     def attach(self, con: duckdb.DuckDBPyConnection) -> None:
         try:
-            con.execute(f"ATTACH '{_quote(self.path)}' AS {SOURCE_CATALOG} (READ_ONLY)")
+            mode = "" if self.write else " (READ_ONLY)"
+            con.execute(f"ATTACH '{_quote(self.path)}' AS {SOURCE_CATALOG}{mode}")
         except duckdb.Error as exc:
             detail = re.sub(r"\s+", " ", str(exc)).strip().rstrip(".!")
+            where = self.locate("source", "path")
             raise SourceError(
-                f"{self.locate('source', 'path')}: cannot open the source {self.describe()}: "
+                f"{where}: cannot open the source {self.describe()}: "
                 f"{detail}. Check that it is a DuckDB database and that no other program "
-                "holds it open for writing"
+                "holds it open for writing",
+                where,
             ) from exc
         con.execute(f"USE {SOURCE_CATALOG}")
         table = self.profiles.table
@@ -83,9 +104,11 @@ class DuckDBFileSource:
             ).fetchall()
         }
         if not cols:
+            where = self.locate("source", "profiles", "table")
             raise SourceError(
-                f"{self.locate('source', 'profiles', 'table')}: the source {self.describe()} "
-                f"has no table {table!r}; set `source.profiles.table` to the profiles table"
+                f"{where}: the source {self.describe()} "
+                f"has no table {table!r}; set `source.profiles.table` to the profiles table",
+                where,
             )
         declared: list[tuple[str, tuple[str | int, ...]]] = [
             (self.profiles.key, ("key",)),
@@ -95,10 +118,12 @@ class DuckDBFileSource:
         missing = [(c, loc) for c, loc in declared if c not in cols]
         if missing:
             names = [c for c, _ in missing]
+            where = self.locate("source", "profiles", *missing[0][1])
             raise SourceError(
-                f"{self.locate('source', 'profiles', *missing[0][1])}: the profiles table "
+                f"{where}: the profiles table "
                 f"{table!r} in {self.describe()} has no column(s) {names}; fix the names "
-                f"under `source.profiles` (the table has: {', '.join(sorted(cols))})"
+                f"under `source.profiles` (the table has: {', '.join(sorted(cols))})",
+                where,
             )
 
 

@@ -69,6 +69,7 @@ class SqlPolicy:
     profiles_table: str = "profiles"
     tables: tuple[str, ...] = ()
     catalog: str = "source"
+    schema: str = "main"  # the schema unqualified names resolve to
 
     def readable(self) -> list[str]:
         return [self.profiles_table, *self.tables]
@@ -82,7 +83,7 @@ class SqlPolicy:
                 continue
             if want_schema and schema.lower() == want_schema:
                 return True
-            if not want_schema and schema.lower() in ("", "main"):
+            if not want_schema and schema.lower() in ("", self.schema.lower()):
                 return True
         return False
 
@@ -90,9 +91,18 @@ class SqlPolicy:
 def check_segment_sql(sql: str, dialect: str, *, policy: SqlPolicy | None = None) -> str:
     """Return ``sql`` if it is exactly one SELECT that reads only what ``policy`` allows and
     calls only allowed functions; raise :class:`SqlRejected` saying why otherwise. Without a
-    policy only a table named ``profiles`` is readable."""
-    _check_shape(sql, dialect)
-    _Walker(sql, policy or SqlPolicy()).check(_duckdb_tree(sql))
+    policy only a table named ``profiles`` is readable. For PostgreSQL the SQL to run is
+    returned regenerated from the checked tree (:mod:`reconciler.sources.pg_guard`)."""
+    query = _check_shape(sql, dialect)
+    policy = policy or SqlPolicy()
+    if dialect == "postgres":
+        from reconciler.sources.pg_guard import Rejected, check_postgres_tree
+
+        try:
+            return check_postgres_tree(query, policy.readable(), policy.schema)
+        except Rejected as exc:
+            raise SqlRejected(str(exc)) from exc
+    _Walker(sql, policy).check(_duckdb_tree(sql))
     return sql
 
 
@@ -116,7 +126,7 @@ def check_condition(condition: str, dialect: str, policy: SqlPolicy | None = Non
 
 
 # ------------------------------------------------------------------------------ shape
-def _check_shape(sql: str, dialect: str) -> None:
+def _check_shape(sql: str, dialect: str) -> exp.Query:
     quiet = logging.getLogger("sqlglot")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # "falling back to parsing as a Command": rejected below
@@ -144,6 +154,7 @@ def _check_shape(sql: str, dialect: str) -> None:
     for node in query.walk():
         if isinstance(node, exp.Command | exp.Pragma | exp.Set | exp.Into):
             raise SqlRejected(f"{node.key.upper()} is not allowed in segment SQL")
+    return query
 
 
 def _token_problem(sql: str) -> str:

@@ -35,7 +35,8 @@ def check_durable_state(ws: Workspace, environ: Mapping[str, str]) -> None:
         f"apply refuses the embedded state backend under CI (CI=true): the state file "
         f"{path} lives on this runner and does not outlive it, so the next run would "
         "start from an empty state, create every audience again and re-send one-time "
-        "activations. Use the PostgreSQL state backend (docs/state-recovery.md), or, if the workflow "
-        f"keeps the file itself, set `allow_ephemeral: true` under `state:` (or {ENV}=true)",
+        "activations. Use the PostgreSQL state backend (docs/state.md), or, if the workflow "
+        f"keeps the file itself, set `allow_ephemeral: true` under `state:` (or {ENV}=true; "
+        "docs/state-recovery.md)",
         ws.config_location("state"),
     )

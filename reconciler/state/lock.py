@@ -2,7 +2,7 @@
 
 An OS advisory lock (``flock``) on ``<state>.lock`` — released by the kernel when the holder
 dies, so a killed apply never leaves a stale lock — plus the holder's description written in
-the file, so a second apply can say who holds it."""
+the file, so a second apply can say who holds it, with the lock's id (``reconcile state unlock ID``)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ import json
 import os
 import socket
 import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from reconciler.errors import StateLocked
+from reconciler.errors import StateError, StateLocked
+from reconciler.state.backend import LockInfo
 
 
 class StateLock:
@@ -37,6 +39,7 @@ class StateLock:
                     raise StateLocked(self.holder() or "another process") from None
                 time.sleep(0.2)
         holder = {
+            "id": uuid.uuid4().hex[:12],
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "user": _user(),
@@ -58,6 +61,14 @@ class StateLock:
     def holder(self, *, exclude_self: bool = False) -> str | None:
         """Who holds the lock now, or None when nobody does (``exclude_self``: also None
         when this very process holds it)."""
+        info = self.info()
+        if info is None or (exclude_self and info.pid == os.getpid()):
+            return None
+        return info.describe() if info.id else "another process"
+
+    def info(self) -> LockInfo | None:
+        """The holder, while a live process holds the lock (the kernel releases the lock of
+        a process that died, so an embedded lock is never stale)."""
         if not self.path.exists():
             return None
         fd = os.open(self.path, os.O_RDWR)
@@ -69,26 +80,29 @@ class StateLock:
                     info = json.loads(os.pread(fd, 4096, 0) or b"{}")
                 except ValueError:
                     info = {}
-                if not info:
-                    return "another process"
-                if exclude_self and info.get("pid") == os.getpid():
-                    return None
-                return (
-                    f"`reconcile {info.get('operation', '?')}` (pid {info.get('pid')} on "
-                    f"{info.get('host')}, user {info.get('user')}, since {info.get('since')})"
+                return LockInfo(
+                    id=str(info.get("id") or ""),
+                    user=info.get("user"),
+                    host=info.get("host"),
+                    pid=info.get("pid"),
+                    command=f"reconcile {info.get('operation', '?')}",
+                    started=info.get("since"),
                 )
             fcntl.flock(fd, fcntl.LOCK_UN)
             return None
         finally:
             os.close(fd)
 
-    def force_unlock(self) -> bool:
-        """Remove the lock file (``reconcile state unlock``); True if one existed."""
-        try:
-            self.path.unlink()
-            return True
-        except FileNotFoundError:
+    def force_unlock(self, lock_id: str) -> bool:
+        """``reconcile state unlock LOCK_ID``: False when no lock ``lock_id`` is held. A live
+        process's lock cannot be broken (the file lock is the kernel's): that is refused."""
+        info = self.info()
+        if info is None or info.id != lock_id:
             return False
+        raise StateError(
+            f"lock {lock_id} is held by a live process: {info.describe()}; it cannot be "
+            "broken while that process runs — stop it (its lock ends with it)"
+        )
 
     def __enter__(self) -> StateLock:
         return self

@@ -36,9 +36,11 @@ from pathlib import Path
 import duckdb
 
 from reconciler.errors import StateError
+from reconciler.state import versions
+from reconciler.state.attributes import DDL as MEMBER_ATTRIBUTES_DDL
 
 CATALOG = "__reconcile_state"
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = str(versions.SCHEMA_VERSION)
 
 DDL = [
     "CREATE TABLE IF NOT EXISTS {c}.meta (k VARCHAR PRIMARY KEY, v VARCHAR)",
@@ -69,27 +71,56 @@ DDL = [
     """CREATE TABLE IF NOT EXISTS {c}.rejections (
         run_id VARCHAR, activation_id VARCHAR, grp VARCHAR, key VARCHAR, op VARCHAR,
         record VARCHAR[], reason VARCHAR, rejected_at TIMESTAMPTZ)""",
+    MEMBER_ATTRIBUTES_DDL,  # goal sync_attributes: per-attribute hashes (added later)
 ]
 
 
 TABLES = ("meta", "activations", "audiences", "members", "journal", "runs")
 
 
-def create_schema(con: duckdb.DuckDBPyConnection, catalog: str = CATALOG) -> None:
-    """Create the tables in one transaction: a process killed while creating a new state
-    leaves either all of them or none."""
+def create_schema(
+    con: duckdb.DuckDBPyConnection,
+    catalog: str = CATALOG,
+    steps: tuple[versions.Step, ...] = versions.EMBEDDED_STEPS,
+) -> None:
+    """Create the tables, or migrate an older state forward, in one transaction: a process
+    killed while creating or migrating leaves the state as it was, and the next run does it
+    again. A state newer than this release is refused."""
     con.execute("BEGIN TRANSACTION")
     try:
+        found = schema_version(con, catalog)
+        versions.refuse_newer(found, "the state")
         for stmt in DDL:
             con.execute(stmt.format(c=catalog))
-        con.execute(
-            f"INSERT OR IGNORE INTO {catalog}.meta VALUES ('schema_version', ?)",
-            [SCHEMA_VERSION],
-        )
+        lineage = versions.new_lineage()
+        if found is None:  # a new state: made at the current version, with its lineage
+            con.execute(
+                f"INSERT INTO {catalog}.meta VALUES ('schema_version', ?), ('lineage', ?)",
+                [SCHEMA_VERSION, lineage],
+            )
+        elif found < versions.SCHEMA_VERSION:
+            reached = versions.run_steps(
+                con.execute, found, steps, catalog=catalog, lineage=lineage
+            )
+            con.execute(
+                f"UPDATE {catalog}.meta SET v = ? WHERE k = 'schema_version'", [str(reached)]
+            )
     except BaseException:
         con.execute("ROLLBACK")
         raise
     con.execute("COMMIT")
+
+
+def schema_version(con: duckdb.DuckDBPyConnection, catalog: str = CATALOG) -> int | None:
+    """The state's schema version, or None for a state with no tables yet."""
+    has_meta = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND table_name = 'meta'",
+        [catalog],
+    ).fetchall()[0][0]
+    if not has_meta:
+        return None
+    row = con.execute(f"SELECT v FROM {catalog}.meta WHERE k = 'schema_version'").fetchone()
+    return versions.parse_version(row[0] if row else None, "the state")
 
 
 def _complete(con: duckdb.DuckDBPyConnection) -> bool:
@@ -113,16 +144,17 @@ def attach_state(con: duckdb.DuckDBPyConnection, path: Path, *, write: bool) -> 
             create_schema(con)
         elif path.exists():
             con.execute(f"ATTACH '{_q(path)}' AS {CATALOG} (READ_ONLY)")
+            versions.refuse_newer(schema_version(con), f"the state {path}")
             if not _complete(con):
                 # created by an older release that was killed half-way: nothing was recorded
                 # (no apply gets past creating the tables); read it as empty, the next apply
                 # completes it
                 con.execute(f"DETACH {CATALOG}")
                 con.execute(f"ATTACH ':memory:' AS {CATALOG}")
-                create_schema(con)
+                _empty_schema(con)
         else:
             con.execute(f"ATTACH ':memory:' AS {CATALOG}")
-            create_schema(con)
+            _empty_schema(con)
     except duckdb.IOException as exc:
         if "lock" not in str(exc).lower():  # not held by another process: unreadable
             raise StateError(
@@ -132,6 +164,12 @@ def attach_state(con: duckdb.DuckDBPyConnection, path: Path, *, write: bool) -> 
         raise StateBusy(path, exc) from exc
     except duckdb.Error as exc:
         raise StateError(f"cannot open the state {path}: {exc}") from exc
+
+
+def _empty_schema(con: duckdb.DuckDBPyConnection) -> None:
+    """An empty in-memory state for readers: no lineage (no state was made yet)."""
+    create_schema(con)
+    con.execute(f"DELETE FROM {CATALOG}.meta WHERE k = 'lineage'")
 
 
 class StateBusy(StateError):

@@ -77,6 +77,11 @@ class StateReader:
         self.con = con
         self.c = catalog
 
+    def lineage(self) -> str | None:
+        """The id made with this state (None before the first apply made it)."""
+        row = self.con.execute(f"SELECT v FROM {self.c}.meta WHERE k = 'lineage'").fetchone()
+        return row[0] if row else None
+
     def activations(self) -> dict[str, RecordedActivation]:
         rows = self.con.execute(f"SELECT {_ACT_COLS} FROM {self.c}.activations").fetchall()
         return {r[0]: _activation(r) for r in rows}
@@ -120,6 +125,22 @@ class StateReader:
             "ORDER BY started_at DESC, run_id DESC) = 1"
         ).fetchall()
         return {r[1]: _run(r) for r in rows}
+
+    def rejections(self, activation_id: str, limit: int) -> list[tuple]:
+        """(run_id, grp, key, op, record, reason, rejected_at) of the members a destination
+        rejected, newest first; none in a state written before rejections were kept."""
+        has_table = self.con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND table_name = ?",
+            [self.c, "rejections"],
+        ).fetchall()[0][0]
+        if not has_table:
+            return []
+        return self.con.execute(
+            f"""SELECT run_id, grp, key, op, record, reason, rejected_at
+                FROM {self.c}.rejections WHERE activation_id = ?
+                ORDER BY rejected_at DESC, run_id DESC, key LIMIT ?""",
+            [activation_id, limit],
+        ).fetchall()
 
     def pending_create(self, activation_id: str, grp: str) -> tuple[str, str] | None:
         """The creation key and audience name of an audience creation journaled by a run

@@ -21,14 +21,23 @@ def _now() -> datetime:
 
 
 class StateStore(StateReader):
+    _in_transaction = False
+
     @contextmanager
     def transaction(self):
+        """One transaction; an inner ``transaction()`` joins the enclosing one."""
+        if self._in_transaction:
+            yield
+            return
+        self._in_transaction = True
         self.con.execute("BEGIN TRANSACTION")
         try:
             yield
         except BaseException:
             self.con.execute("ROLLBACK")
             raise
+        finally:
+            self._in_transaction = False
         self.con.execute("COMMIT")
 
     # ------------------------------------------------------------------ activations

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from reconciler.errors import ConfigError, Location, ValidationFailed
 from reconciler.workspace import yamlfile
+from reconciler.workspace.goal_rules import goal_errors
 from reconciler.workspace.spec import (
     NAME_RE,
     ActionMode,
@@ -93,6 +94,19 @@ def load(
 ) -> Workspace:
     """Load and validate everything under ``root``; raise ValidationFailed listing all errors.
     ``check_credentials``: every credential's environment variable must be set."""
+    ws, errors = collect(
+        root, check_destinations=check_destinations, check_credentials=check_credentials
+    )
+    if errors:
+        raise ValidationFailed(errors)
+    return ws
+
+
+def collect(
+    root: Path, *, check_destinations: bool = True, check_credentials: bool = False
+) -> tuple[Workspace, list[ConfigError]]:
+    """What :func:`load` does, returning the workspace (the files that loaded) and every
+    error instead of raising them."""
     errors: list[ConfigError] = []
     config_doc = _load_doc(root / CONFIG_FILE, root, errors)
     config = WorkspaceConfig()
@@ -135,9 +149,7 @@ def load(
     if check_credentials:
         errors.extend(_missing_credentials(ws))
     _check_templates(ws, errors)
-    if errors:
-        raise ValidationFailed(errors)
-    return ws
+    return ws, errors
 
 
 def _yaml_files(folder: Path) -> list[Path]:
@@ -170,12 +182,6 @@ def _parse(doc: yamlfile.YamlDoc, model: type[BaseModel], errors: list[ConfigErr
 
 def _cross_check(ws: Workspace, errors: list[ConfigError], check_destinations: bool) -> None:
     cfg_loc = ws.docs.get(CONFIG_FILE)
-    if isinstance(ws.config.source, PostgresSource) and cfg_loc is not None:
-        errors.append(
-            cfg_loc.error(
-                "source type 'postgres' is not supported yet; use 'duckdb'", ("source", "type")
-            )
-        )
     for i, seg in enumerate(ws.config.suppression):
         if _missing(ws, "segments", seg) and cfg_loc is not None:
             errors.append(cfg_loc.error(_unknown("segment", seg, ws.segments), ("suppression", i)))
@@ -212,6 +218,7 @@ def _cross_check(ws: Workspace, errors: list[ConfigError], check_destinations: b
             if caps is not None:
                 resolved = act.resolved(ws.config.defaults)
                 errors.extend(_capability_errors(doc, resolved, act.destination, caps))
+            errors.extend(goal_errors(ws, name, act, caps))
             for i, attr in enumerate(act.attributes):
                 if attr not in found.attributes:
                     errors.append(
@@ -245,20 +252,12 @@ def _cross_check(ws: Workspace, errors: list[ConfigError], check_destinations: b
 
 def _not_supported_yet(act: Activation) -> list[tuple[str, str]]:
     out = []
-    if act.goal is not Goal.SEND_SEGMENTS:
+    if act.goal is Goal.EXPORT_DATA:
         out.append(
             (
                 "goal",
-                f"goal {act.goal.value!r} is not supported yet; only "
-                "`goal: send_segments` works today",
-            )
-        )
-    if act.append_to_profiles:
-        out.append(
-            (
-                "append_to_profiles",
-                "`append_to_profiles` (write-back to the source) is "
-                "not supported yet; remove the field",
+                f"goal {act.goal.value!r} is not supported yet; use `goal: send_segments` "
+                "or `goal: sync_attributes`",
             )
         )
     return out
@@ -357,6 +356,26 @@ def _check_integration_config(
         factory.config_model.model_validate(integ.config)
     except ValidationError as exc:
         errors.extend(yamlfile.validation_errors(doc, exc, ("config",)))
+    # the credentials' names (their values are only read when a destination is called)
+    takes = factory.credentials_model.model_fields
+    for key in integ.credentials:
+        if key not in takes:
+            errors.append(
+                doc.error(
+                    f"destination type {integ.type!r} takes no credential {key!r} "
+                    f"(it takes: {', '.join(sorted(takes)) or 'none'})",
+                    ("credentials", key),
+                )
+            )
+    for key in sorted(k for k, f in takes.items() if f.is_required()):
+        if key not in integ.credentials:
+            errors.append(
+                doc.error(
+                    f"destination type {integ.type!r} needs credential {key!r}: add "
+                    f"`{key}: ${{env:VAR}}` under `credentials`",
+                    ("credentials",),
+                )
+            )
 
 
 def _endpoint_errors(doc: yamlfile.YamlDoc, endpoint: str) -> list[ConfigError]:
@@ -378,6 +397,16 @@ def _missing_credentials(ws: Workspace) -> list[ConfigError]:
     """One error per credential whose environment variable is not set (or empty). Names the
     variable, never a value."""
     out = []
+    source = ws.config.source
+    dsn_var = _ENV_REF.fullmatch(source.dsn) if isinstance(source, PostgresSource) else None
+    if dsn_var is not None and not os.environ.get(dsn_var.group(1)):
+        out.append(
+            ConfigError(
+                f"the source DSN comes from environment variable {dsn_var.group(1)}, which is "
+                "not set; set it (in CI: from a secret) to a PostgreSQL connection string",
+                ws.config_location("source", "dsn"),
+            )
+        )
     for name, integ in ws.integrations.items():
         for key, ref in integ.credentials.items():
             match = _ENV_REF.fullmatch(ref)
@@ -416,7 +445,7 @@ def _capability_errors(
     """What ``act`` (resolved with the workspace defaults) asks of a destination that cannot
     do it: removals, clearing on delete, mapped attributes."""
     out = []
-    if not caps.remove:
+    if not caps.remove and act.goal is not Goal.SYNC_ATTRIBUTES:  # it never removes
         if act.action in (ActionMode.MAINTAIN, ActionMode.REMOVE):
             out.append(
                 doc.error(
@@ -433,7 +462,7 @@ def _capability_errors(
                     ("on_delete",),
                 )
             )
-    if not caps.attributes and act.attributes:
+    if not caps.attributes and act.attributes and act.goal is not Goal.SYNC_ATTRIBUTES:
         out.append(
             doc.error(
                 f"destination {destination!r} does not take attributes; remove `attributes`",

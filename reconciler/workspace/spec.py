@@ -10,19 +10,23 @@ from __future__ import annotations
 import ipaddress
 import re
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
+    WithJsonSchema,
     field_serializer,
     field_validator,
     model_validator,
 )
 
 from destinations.identity import TYPES
+from reconciler.workspace import schema_rules as rules
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
 #: the identifier types a profiles table may declare (``destinations.identity`` defines them)
@@ -33,6 +37,8 @@ EMAIL_RE = re.compile(
     r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+"
     r"[A-Za-z]{2,}"
 )
+
+EMAIL_PATTERN = f"^(?:{EMAIL_RE.pattern})$"
 
 
 class FieldError(ValueError):
@@ -54,14 +60,20 @@ class Strict(BaseModel):
 class ProfilesTable(Strict):
     """The source's profiles-table contract."""
 
-    table: str = "profiles"
-    key: str = "customer_id"
+    table: str = Field("profiles", description="the table (or view) holding one row per profile")
+    key: str = Field("customer_id", description="the column holding each profile's stable key")
     identifiers: dict[str, str] = Field(
         default_factory=lambda: {"email": "email", "phone": "phone"},
         description="identifier type (email, phone) -> column",
+        json_schema_extra={"propertyNames": {"enum": list(IDENTIFIER_TYPES)}},
     )
     attributes: list[str] = Field(default_factory=list, description="attribute columns")
-    default_phone_country: str = Field("US", min_length=2, max_length=2)
+    default_phone_country: str = Field(
+        "US",
+        min_length=2,
+        max_length=2,
+        description="ISO country code phone numbers without a +country prefix are read in",
+    )
 
     @field_validator("identifiers")
     @classmethod
@@ -74,28 +86,35 @@ class ProfilesTable(Strict):
         return value
 
 
-class DuckDBSource(Strict):
-    type: Literal["duckdb"] = "duckdb"
-    path: str = ".reconcile/demo.duckdb"
-    demo: bool = Field(
-        False, description="generate the deterministic demo customer database on first use"
+class _SourceSettings(Strict):
+    """What every source declares: the profiles-table contract, what untrusted SQL may read,
+    its time limit, and the engine session's resources."""
+
+    profiles: ProfilesTable = Field(
+        default_factory=ProfilesTable,
+        description="the profiles table: key, identifiers, attributes",
     )
-    demo_profiles: int = Field(50_000, ge=100)
-    profiles: ProfilesTable = Field(default_factory=ProfilesTable)
     tables: list[str] = Field(
         default_factory=list,
         description="other tables or views of the source that segment SQL, consent conditions "
         "and freshness_sql may read ('name' or 'schema.name'); the profiles table is always "
         "readable, nothing else is (see docs/segment-sql.md)",
+        json_schema_extra={"items": {"type": "string", "pattern": rules.TABLE_NAME_PATTERN}},
     )
-    freshness_sql: str | None = None
+    freshness_sql: str | None = Field(
+        None,
+        description="a SELECT returning the time the source was last refreshed (daily "
+        "activations are due again after it)",
+    )
     query_timeout: float = Field(
         120,
         gt=0,
         description="seconds any query running untrusted SQL (segments, consent, "
         "freshness_sql) may take before it is stopped",
     )
-    threads: int | None = Field(None, ge=1)
+    threads: int | None = Field(
+        None, ge=1, description="DuckDB threads of the engine session (default: all cores)"
+    )
     memory_limit: str | None = Field(
         None, description="DuckDB memory limit of the engine session (default 1GB)"
     )
@@ -114,23 +133,122 @@ class DuckDBSource(Strict):
         return value
 
 
-class PostgresSource(Strict):
-    type: Literal["postgres"]
-    dsn: str
-    profiles: ProfilesTable = Field(default_factory=ProfilesTable)
-    freshness_sql: str | None = None
+class DuckDBSource(_SourceSettings):
+    """An embedded DuckDB file holding the profiles table (the demo database by default)."""
+
+    type: Literal["duckdb"] = Field("duckdb", description="an embedded DuckDB database file")
+    path: str = Field(
+        ".reconcile/demo.duckdb", description="the DuckDB file, relative to the workspace"
+    )
+    demo: bool = Field(
+        False, description="generate the deterministic demo customer database on first use"
+    )
+    demo_profiles: int = Field(50_000, ge=100, description="how many demo profiles to generate")
+    writable: bool = Field(
+        False,
+        description="allow reconcile to write into the source: `append_to_profiles` keeps "
+        "the table included_in_audience (profile_key, activation_id, activation_name, grp, "
+        "since) in this database, and segment SQL may read it",
+    )
+
+
+class PostgresSource(_SourceSettings):
+    """Profiles in PostgreSQL: segment SQL, consent conditions and freshness_sql run there in
+    a read-only transaction (docs/sources.md)."""
+
+    type: Literal["postgres"] = Field(description="a PostgreSQL database")
+    dsn: str = Field(
+        description="an ${env:VAR} reference to a libpq connection string or URI, e.g. "
+        "postgresql://reader@db.internal/crm (a password only ever in the variable)"
+    )
+    schema_: str = Field(
+        "public",
+        alias="schema",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="the schema holding the profiles table (and the tables it may read)",
+    )
+    demo: bool = Field(
+        False,
+        description="fill the profiles table with the deterministic demo data when it is missing",
+    )
+    demo_profiles: int = Field(50_000, ge=100, description="how many demo profiles to generate")
+
+    @field_validator("dsn")
+    @classmethod
+    def _dsn_reference(cls, value: str) -> str:
+        if ENV_REF_RE.fullmatch(value):
+            return value
+        if re.search(r"password\s*=|://[^/@]*:[^/@]*@", value, re.IGNORECASE):
+            raise ValueError(
+                "the DSN carries a password: set it in an environment variable and write "
+                "`dsn: ${env:VAR}`, never a literal secret"
+            )
+        return value
 
 
 class LocalState(Strict):
-    backend: Literal["local"] = "local"
-    path: str = ".reconcile/state.duckdb"
-    #: under CI (``CI=true``) apply refuses this backend unless set: a state file on a CI
-    #: runner does not outlive it (env ``RECONCILE_ALLOW_EPHEMERAL_STATE=true`` does the same)
-    allow_ephemeral: bool = False
+    """The embedded state: a DuckDB file in the workspace (``local`` is its older name)."""
+
+    backend: Literal["embedded", "local"] = Field(
+        "embedded", description="an embedded DuckDB file (`local` is its older name)"
+    )
+    path: str = Field(
+        ".reconcile/state.duckdb", description="the state file, relative to the workspace"
+    )
+    allow_ephemeral: bool = Field(
+        False,
+        description="let `apply` use this state file under CI (CI=true), where it does not "
+        "outlive the runner unless the workflow keeps it (env "
+        "RECONCILE_ALLOW_EPHEMERAL_STATE=true does the same)",
+    )
+
+
+class PostgresState(Strict):
+    """The state in a PostgreSQL schema, shared by everyone who applies (docs/state.md)."""
+
+    backend: Literal["postgres"] = Field(description="the state in a PostgreSQL schema")
+    dsn: str = Field(description="an ${env:VAR} reference holding a libpq connection string")
+    schema_name: str = Field(
+        "reconcile",
+        alias="schema",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="the PostgreSQL schema holding the state's tables (created if missing)",
+    )
+    lock_heartbeat: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="seconds between the lock holder's heartbeats; a lock whose heartbeat "
+        "is 3 intervals old is reported stale",
+    )
+
+    @field_validator("dsn", mode="before")
+    @classmethod
+    def _dsn_reference(cls, value: Any) -> Any:
+        return _env_reference(value, "`dsn`")
+
+
+def _state_backend(value: Any) -> str:
+    backend = value.get("backend") if isinstance(value, dict) else getattr(value, "backend", None)
+    return "postgres" if backend == "postgres" else "embedded"
+
+
+StateSettings = Annotated[
+    Annotated[LocalState, Tag("embedded")] | Annotated[PostgresState, Tag("postgres")],
+    Discriminator(_state_backend),
+]
 
 
 class Defaults(Strict):
-    max_removal_share: float = Field(0.5, gt=0, le=1)
+    """Settings every activation gets unless it sets its own."""
+
+    max_removal_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="the mass-removal guard: apply stops when a run would remove more than "
+        "this share of an audience (unless --allow-mass-removal)",
+    )
     max_rejected_share: float = Field(
         0.05,
         ge=0,
@@ -138,8 +256,12 @@ class Defaults(Strict):
         description="share of the members sent that a destination may reject before the run "
         "counts as Failed (below it: Complete with a warning)",
     )
-    frequency: Literal["daily", "once"] = "daily"
-    action: Literal["maintain", "append", "remove"] = "maintain"
+    frequency: Literal["daily", "once"] = Field(
+        "daily", description="daily (auto-update) or once (a one-time send)"
+    )
+    action: Literal["maintain", "append", "remove"] = Field(
+        "maintain", description="maintain (add and remove), append (only add) or remove"
+    )
 
 
 # --------------------------------------------------------------------------- notifications
@@ -166,14 +288,29 @@ def _env_reference(value: Any, what: str) -> Any:
 class SmtpSettings(Strict):
     """The mail server notifications are sent through."""
 
-    host: str = Field(min_length=1)
+    host: str = Field(min_length=1, description="the mail server's host name")
     port: int | None = Field(
         None, ge=1, le=65535, description="default: 587 (starttls), 465 (tls), 25 (none)"
     )
-    security: Literal["starttls", "tls", "none"] = "starttls"
-    username: str | None = Field(None, description="an ${env:VAR} reference")
-    password: str | None = Field(None, description="an ${env:VAR} reference")
-    from_address: str = Field(alias="from", description="the sender address")
+    security: Literal["starttls", "tls", "none"] = Field(
+        "starttls", description="starttls, tls, or none (only to a loopback host)"
+    )
+    username: str | None = Field(
+        None,
+        description="an ${env:VAR} reference",
+        json_schema_extra={"pattern": rules.ENV_REF_PATTERN},
+    )
+    password: str | None = Field(
+        None,
+        description="an ${env:VAR} reference",
+        json_schema_extra={"pattern": rules.ENV_REF_PATTERN},
+    )
+    from_address: str = Field(
+        alias="from",
+        description="the sender address",
+        json_schema_extra={"pattern": EMAIL_PATTERN},
+    )
+    model_config = ConfigDict(json_schema_extra=rules.SMTP)
 
     @field_validator("username", "password", mode="before")
     @classmethod
@@ -208,12 +345,16 @@ class SmtpSettings(Strict):
 class NotificationSettings(Strict):
     """``notifications:`` in reconcile.yaml: how run notifications are delivered."""
 
-    smtp: SmtpSettings | None = None
+    smtp: SmtpSettings | None = Field(None, description="the mail server e-mail is sent through")
     webhook_secret: str | None = Field(
-        None, description="${env:VAR} holding a Standard Webhooks secret (whsec_...)"
+        None,
+        description="${env:VAR} holding a Standard Webhooks secret (whsec_...)",
+        json_schema_extra={"pattern": rules.ENV_REF_PATTERN},
     )
     templates: str | None = Field(
-        None, description="workspace folder with overrides of the notification templates"
+        None,
+        description="workspace folder with overrides of the notification templates",
+        json_schema_extra={"pattern": rules.RELATIVE_PATH_PATTERN},
     )
 
     @field_validator("webhook_secret", mode="before")
@@ -231,17 +372,32 @@ class NotificationSettings(Strict):
 
 
 class WorkspaceConfig(Strict):
-    version: Literal[1] = 1
-    timezone: str = "UTC"
-    source: DuckDBSource | PostgresSource = Field(
-        default_factory=DuckDBSource, discriminator="type"
+    """``reconcile.yaml``: the source of profiles, the state, defaults, suppression and
+    notifications of the workspace."""
+
+    version: Literal[1] = Field(1, description="the format version of the workspace files")
+    timezone: str = Field(
+        "UTC",
+        description="IANA time zone of `today`, `days_ago()` and the daily schedule",
+        json_schema_extra=rules.known_timezones,
     )
-    state: LocalState = Field(default_factory=LocalState)
-    defaults: Defaults = Field(default_factory=Defaults)
+    source: DuckDBSource | PostgresSource = Field(
+        default_factory=DuckDBSource,
+        discriminator="type",
+        description="where profiles and segment membership come from",
+    )
+    state: StateSettings = Field(
+        default_factory=LocalState,
+        description="where the recorded state is kept: an embedded DuckDB file (default) or a "
+        "PostgreSQL schema (`backend: postgres`)",
+    )
+    defaults: Defaults = Field(default_factory=Defaults, description="defaults of every activation")
     suppression: list[str] = Field(
         default_factory=list, description="segments excluded from every activation"
     )
-    notifications: NotificationSettings | None = None
+    notifications: NotificationSettings | None = Field(
+        None, description="how run notifications are delivered (mail server, webhook secret)"
+    )
 
     @field_validator("timezone")
     @classmethod
@@ -252,6 +408,8 @@ class WorkspaceConfig(Strict):
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown timezone {value!r} (use an IANA name)") from exc
+        if value not in rules.timezones():  # an alias of the database, e.g. posix/...
+            raise ValueError(f"unknown timezone {value!r} (use an IANA name)")
         return value
 
 
@@ -261,8 +419,8 @@ class WorkspaceConfig(Strict):
 class Integration(Strict):
     """A destination connection set up by an admin ("Manage > Integrations")."""
 
-    type: str
-    description: str | None = None
+    type: str = Field(description="the destination type (an installed adapter)")
+    description: str | None = Field(None, description="free text for people")
     consent: str | None = Field(
         None, description="SQL condition over the profiles table a member must satisfy"
     )
@@ -270,9 +428,16 @@ class Integration(Strict):
         default_factory=dict, description="destination field -> profile attribute column"
     )
     credentials: dict[str, str] = Field(
-        default_factory=dict, description="values are ${env:VAR} references"
+        default_factory=dict,
+        description="values are ${env:VAR} references",
+        json_schema_extra=rules.env_ref_values,
     )
-    endpoint: str | None = None
+    endpoint: str | None = Field(
+        None,
+        description="replaces the vendor's base URL (a proxy or a test server); https, plain "
+        "http only to a loopback host",
+        json_schema_extra={"pattern": rules.URL_PATTERN},
+    )
     config: dict[str, Any] = Field(
         default_factory=dict, description="destination-specific settings"
     )
@@ -294,7 +459,9 @@ class Integration(Strict):
 
 
 class Segment(Strict):
-    description: str | None = None
+    """A segment: SQL over the source's profiles returning the profile keys of its members."""
+
+    description: str | None = Field(None, description="free text for people")
     sql: str = Field(
         description="a single SELECT returning the profile key (Jinja: today, days_ago)"
     )
@@ -324,8 +491,14 @@ class SplitMode(StrEnum):
 class ListTarget(Strict):
     """``create: true`` or ``existing: <id or name>`` (``{A: .., B: ..}`` for an A/B split)."""
 
-    create: bool | None = None
-    existing: str | dict[Literal["A", "B"], str] | None = None
+    model_config = ConfigDict(json_schema_extra=rules.LIST_TARGET)
+
+    create: bool | None = Field(None, description="true: create a new audience named `name`")
+    existing: str | dict[Literal["A", "B"], str] | None = Field(
+        None,
+        description="an audience that exists at the destination, by id or name "
+        "({A: .., B: ..} with `split: ab`)",
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ListTarget:
@@ -351,13 +524,22 @@ class NotifySpec(Strict):
     """``notify:`` on an activation: who is told after each run, and for which outcomes.
     The short form ``notify: [a@x.com, ...]`` means ``notify: {email: [...]}``."""
 
-    email: list[str] = Field(default_factory=list, description="e-mail addresses")
+    email: list[str] = Field(
+        default_factory=list,
+        description="e-mail addresses",
+        json_schema_extra={"items": {"type": "string", "pattern": EMAIL_PATTERN}},
+    )
     webhook: list[str] = Field(
         default_factory=list,
         description="https URLs (http only to loopback), or ${env:VAR} holding one",
+        json_schema_extra={
+            "items": {"type": "string", "pattern": f"{rules.ENV_REF_PATTERN}|{rules.URL_PATTERN}"}
+        },
     )
     on: list[NotifyEvent] = Field(
-        default_factory=lambda: list(NotifyEvent), description="default: every run"
+        default_factory=lambda: list(NotifyEvent),
+        description="default: every run",
+        json_schema_extra={"minItems": 1},
     )
 
     @field_validator("email")
@@ -411,13 +593,27 @@ def webhook_url_problem(url: str) -> str | None:
     return "a webhook must be an https:// URL"
 
 
+#: an e-mail address, for the schema of ``notify: [a@x.com, ...]``
+_Email = Annotated[str, WithJsonSchema({"type": "string", "pattern": EMAIL_PATTERN})]
+
+
 class Activation(Strict):
     """One activation (one file). Its id is the file stem."""
 
-    goal: Goal = Goal.SEND_SEGMENTS
-    segments: list[str] = Field(min_length=1)
-    frequency: Literal["daily", "once"] | None = None
-    destination: str
+    model_config = ConfigDict(json_schema_extra=rules.ACTIVATION)
+
+    goal: Goal = Field(
+        Goal.SEND_SEGMENTS, description="send_segments, sync_attributes or export_data"
+    )
+    segments: list[str] = Field(
+        min_length=1,
+        description="segment names; the audience is their union",
+        json_schema_extra={"uniqueItems": True},
+    )
+    frequency: Literal["daily", "once"] | None = Field(
+        None, description="daily (auto-update) or once (one-time send); default: defaults.frequency"
+    )
+    destination: str = Field(description="an integration name from integrations/")
     name: str | None = Field(
         None, description="audience name template; default '<date created> <segment names>'"
     )
@@ -425,32 +621,54 @@ class Activation(Strict):
         default_factory=NotifySpec,
         description="{email: [...], webhook: [...], on: [...]}, or a list of e-mail addresses",
     )
-    append_to_profiles: bool = False
+    append_to_profiles: bool = Field(
+        False,
+        description="after each successful apply, record every included profile with this "
+        "activation's name in the source's included_in_audience table (the 'Included in "
+        "Audience' attribute); needs `source.writable: true`",
+    )
     target: ListTarget = Field(
         default_factory=lambda: ListTarget(create=True),
         alias="list",
         description="`create: true` or `existing: <id or name>`",
     )
-    action: ActionMode | None = None
-    split: SplitMode = SplitMode.NONE
-    control_percent: int | None = Field(None, ge=1, le=50)
+    action: ActionMode | None = Field(
+        None,
+        description="maintain (add and remove), append (only add) or remove (remove the "
+        "segment's profiles from an existing list); default: defaults.action",
+    )
+    split: SplitMode = Field(
+        SplitMode.NONE,
+        description="none, ab (two equal audiences '<name> - A' and '- B') or control "
+        "(a held-out group, recorded, never sent)",
+    )
+    control_percent: int | None = Field(
+        None, ge=1, le=50, description="size of the control group in percent (default 10)"
+    )
     attributes: list[str] = Field(
         default_factory=list, description="destination fields (from the integration mapping)"
     )
-    paused: bool = False
+    paused: bool = Field(False, description="Stop Updates: keep the audience, send nothing more")
     adopt: bool = Field(
         False,
         description="when the audience is created, take over an existing audience of the same "
         "name at the destination instead of creating a second one",
     )
-    on_delete: Literal["keep", "clear"] = "keep"
-    moved_from: str | None = None
-    max_removal_share: float | None = Field(None, gt=0, le=1)
+    on_delete: Literal["keep", "clear"] = Field(
+        "keep",
+        description="when this file is deleted: keep the audience, or clear its members",
+    )
+    moved_from: str | None = Field(
+        None, description="the id this activation had before its file was renamed"
+    )
+    max_removal_share: float | None = Field(
+        None, gt=0, le=1, description="overrides defaults.max_removal_share"
+    )
     max_rejected_share: float | None = Field(
         None, ge=0, le=1, description="overrides defaults.max_rejected_share"
     )
 
-    @field_validator("notify", mode="before", json_schema_input_type=list[str] | NotifySpec)
+    @field_validator("notify", mode="before", json_schema_input_type=list[_Email] | NotifySpec)
     @classmethod
     def _short_notify(cls, value: Any) -> Any:
         if isinstance(value, list):
@@ -482,6 +700,12 @@ class Activation(Strict):
         if self.split is not SplitMode.NONE and self.goal is not Goal.SEND_SEGMENTS:
             raise FieldError(
                 f"`split` is only for `goal: send_segments`, not {self.goal.value}", "split"
+            )
+        if self.goal is Goal.SYNC_ATTRIBUTES and self.action is ActionMode.REMOVE:
+            raise FieldError(
+                "`goal: sync_attributes` updates attribute values and never removes; "
+                "use `action: maintain` or `append`",
+                "action",
             )
         if self.control_percent is not None and self.split is not SplitMode.CONTROL:
             raise FieldError("`control_percent` needs `split: control`", "control_percent")

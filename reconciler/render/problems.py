@@ -1,0 +1,56 @@
+"""``validate``'s findings in each ``--format``: ``text`` (``file:line: field: message``),
+``json`` (one document) and ``github`` (workflow annotations GitHub shows on the lines of a
+pull request). Errors and warnings arrive sorted by file and line."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from reconciler.errors import ConfigError
+
+TITLE = "reconcile validate"
+
+
+def as_dict(e: ConfigError) -> dict[str, Any]:
+    loc = e.location
+    return {
+        "file": loc.file if loc else None,
+        "line": loc.line if loc else None,
+        "field": loc.field if loc else None,
+        "message": e.message,
+    }
+
+
+def render_json(
+    errors: Sequence[ConfigError], warnings: Sequence[ConfigError], counts: dict[str, int]
+) -> str:
+    doc: dict[str, Any] = {
+        "valid": not errors,
+        "problems": [as_dict(e) for e in errors],
+        "warnings": [as_dict(w) for w in warnings],
+    }
+    if not errors:
+        doc.update(counts)
+    return json.dumps(doc, indent=2)
+
+
+def render_github(errors: Sequence[ConfigError], warnings: Sequence[ConfigError]) -> str:
+    """``::error file=F,line=N,title=...::field: message`` (``::warning`` for warnings)."""
+    lines = [_annotation("error", e) for e in errors]
+    lines += [_annotation("warning", w) for w in warnings]
+    return "\n".join(lines)
+
+
+def _annotation(level: str, e: ConfigError) -> str:
+    p = as_dict(e)
+    where = ",".join(f"{k}={v}" for k, v in (("file", p["file"]), ("line", p["line"])) if v)
+    text = (f"{p['field']}: " if p["field"] else "") + str(p["message"])
+    text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    head = f"::{level} {where}," if where else f"::{level} "
+    return f"{head}title={TITLE}::{text}"
+
+
+def warning_lines(warnings: Sequence[ConfigError]) -> list[str]:
+    return [f"Warning: {w}" for w in warnings]

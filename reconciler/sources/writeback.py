@@ -1,0 +1,165 @@
+"""The "Included in Audience" write-back (``append_to_profiles: true``): the table
+``included_in_audience (profile_key, activation_id, activation_name, grp, since)`` in the
+source database, one row per profile included in an activation's audience (per split group;
+a control group's profiles too, with ``grp = 'control'``, for attribution).
+
+It needs ``source.writable: true``. After an activation's apply completes, its rows are made
+equal to the members recorded in the state — those sent with a usable identifier (or held
+in the control group) — by set operations in SQL: rows of profiles no longer recorded (they
+left under ``maintain``, or were excluded) are deleted, new ones inserted with ``since`` =
+now, and a renamed audience's rows take the new name. The same call with ``enabled=False``
+(the activation turned ``append_to_profiles`` off) deletes its rows. Each call is one
+transaction and idempotent, so an apply that died before it converges on the next run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+import duckdb
+
+from reconciler.workspace.goal_rules import WRITEBACK_TABLE
+
+COLUMNS = (
+    "profile_key VARCHAR, activation_id VARCHAR, activation_name VARCHAR, grp VARCHAR, "
+    "since TIMESTAMPTZ"
+)
+
+
+def ddl(table: str) -> str:
+    return f"CREATE TABLE IF NOT EXISTS {table} ({COLUMNS})"
+
+
+def ensure_table(path: str) -> None:
+    """Create the (empty) write-back table in the DuckDB file at ``path`` if it has none, so
+    segment SQL can read it before the first apply. Opens the file for writing only then."""
+    con = duckdb.connect(path, read_only=True)
+    try:
+        found = con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND schema_name = 'main'",
+            [WRITEBACK_TABLE],
+        ).fetchall()[0][0]
+    finally:
+        con.close()
+    if found:
+        return
+    con = duckdb.connect(path)
+    try:
+        con.execute(ddl(WRITEBACK_TABLE))
+    finally:
+        con.close()
+
+
+def sync(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    source_catalog: str,
+    state_catalog: str,
+    activation_id: str,
+    names: Mapping[str, str],
+    enabled: bool,
+) -> tuple[int, int]:
+    """Make the activation's write-back rows equal to its recorded members (none when not
+    ``enabled``); ``names`` maps each group to its audience name. Returns (inserted, deleted)."""
+    table = f"{source_catalog}.main.{WRITEBACK_TABLE}"
+    con.execute(ddl(table))
+    wanted = (
+        f"""(SELECT DISTINCT m.key, m.grp, n.name FROM {state_catalog}.members m
+              JOIN (SELECT unnest($grps::VARCHAR[]) AS grp, unnest($names::VARCHAR[]) AS name) n
+                ON n.grp = m.grp
+              WHERE m.activation_id = $aid AND len(m.record) > 0)"""
+        if enabled
+        else "(SELECT NULL::VARCHAR AS key, NULL::VARCHAR AS grp, NULL::VARCHAR AS name "
+        "WHERE FALSE)"
+    )
+    params: dict[str, object] = {"aid": activation_id}
+    if enabled:
+        params |= {"grps": list(names), "names": list(names.values())}
+    con.execute("BEGIN TRANSACTION")
+    try:
+        deleted = con.execute(
+            f"""DELETE FROM {table} w WHERE w.activation_id = $aid AND NOT EXISTS (
+                    SELECT 1 FROM {wanted} d WHERE d.key = w.profile_key AND d.grp = w.grp)""",
+            params,
+        ).fetchall()[0][0]
+        if enabled:
+            con.execute(
+                f"""UPDATE {table} w SET activation_name = n.name
+                    FROM (SELECT unnest($grps::VARCHAR[]) AS grp,
+                                 unnest($names::VARCHAR[]) AS name) n
+                    WHERE w.activation_id = $aid AND w.grp = n.grp
+                      AND w.activation_name IS DISTINCT FROM n.name""",
+                params,
+            )
+        inserted = con.execute(
+            f"""INSERT INTO {table}
+                SELECT d.key, $aid, d.name, d.grp, $now FROM {wanted} d
+                WHERE NOT EXISTS (SELECT 1 FROM {table} w WHERE w.activation_id = $aid
+                                  AND w.profile_key = d.key AND w.grp = d.grp)""",
+            {**params, "now": datetime.now(UTC)},
+        ).fetchall()[0][0]
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+    return inserted, deleted
+
+
+def pending(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    source_catalog: str,
+    members: str,
+    activation_id: str,
+    enabled: bool,
+) -> tuple[int, int]:
+    """(rows to write, rows to delete) to make the activation's write-back match its recorded
+    members ``members`` (a ``(key, grp, fp, record)`` relation); (0, 0) when the source has no
+    write-back table. A difference means an apply died before its write-back (or the table was
+    edited): the plan shows it and the next apply writes it."""
+    found = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND schema_name = 'main' "
+        "AND table_name = ?",
+        [source_catalog, WRITEBACK_TABLE],
+    ).fetchall()[0][0]
+    if not found:
+        return 0, 0
+    table = f"{source_catalog}.main.{WRITEBACK_TABLE}"
+    wanted = (
+        f"(SELECT DISTINCT key, grp FROM {members} WHERE len(record) > 0)"
+        if enabled
+        else "(SELECT NULL::VARCHAR AS key, NULL::VARCHAR AS grp WHERE FALSE)"
+    )
+    have = f"(SELECT DISTINCT profile_key AS key, grp FROM {table} WHERE activation_id = $aid)"
+    row = con.execute(
+        f"""SELECT (SELECT count(*) FROM (SELECT * FROM {wanted} EXCEPT SELECT * FROM {have})),
+                   (SELECT count(*) FROM (SELECT * FROM {have} EXCEPT SELECT * FROM {wanted}))""",
+        {"aid": activation_id},
+    ).fetchall()[0]
+    return row[0], row[1]
+
+
+def pending_rows(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    source_catalog: str,
+    members: str,
+    activation_id: str,
+    enabled: bool,
+    notes: list[str],
+) -> int:
+    """:func:`pending` as one number, with a note for the plan when it is not zero."""
+    to_write, to_delete = pending(
+        con,
+        source_catalog=source_catalog,
+        members=members,
+        activation_id=activation_id,
+        enabled=enabled,
+    )
+    if to_write or to_delete:
+        notes.append(
+            f"{WRITEBACK_TABLE}: {to_write:,} row(s) to write, {to_delete:,} to delete (it "
+            "does not match the recorded members)"
+        )
+    return to_write + to_delete

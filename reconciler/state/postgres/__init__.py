@@ -1,0 +1,1 @@
+"""The PostgreSQL state backend (docs/state.md)."""

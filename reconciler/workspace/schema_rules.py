@@ -1,0 +1,141 @@
+"""The rules of the workspace models that pydantic cannot derive for the JSON Schema
+(``reconcile schema``): patterns for what the validators check in code, and the models'
+cross-field rules as ``if``/``then``, so an editor refuses what ``validate`` refuses.
+Used by ``spec.py`` (``json_schema_extra``); keep each in step with its validator."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+#: a loopback host as URLs and the mail server name it
+LOOPBACK_HOST = (
+    r"(localhost|[A-Za-z0-9.-]*\.localhost|127\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}|\[::1\])"
+)
+#: https://..., or plain http:// to a loopback host
+URL_PATTERN = rf"^(https://[^/?#\s]+|http://{LOOPBACK_HOST}(:[0-9]{{1,5}})?)([/?#][^\s]*)?$"
+ENV_REF_PATTERN = r"^\$\{env:[A-Za-z_][A-Za-z0-9_]*\}$"
+TABLE_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$"
+#: a relative path inside the workspace: no leading / or ~, no '..' part, no ':'
+RELATIVE_PATH_PATTERN = r"^(?![/~])(?!.*:)(?!(.*[/\\])?\.\.([/\\]|$)).*$"
+
+
+def env_ref_values(schema: dict[str, Any]) -> None:
+    schema["additionalProperties"] = {"type": "string", "pattern": ENV_REF_PATTERN}
+
+
+@cache
+def timezones() -> frozenset[str]:
+    """The IANA names of this system's time zone database (also what ``validate`` takes:
+    not the aliases ``ZoneInfo`` would also open, such as ``posix/...``)."""
+    from zoneinfo import available_timezones
+
+    return frozenset(available_timezones())
+
+
+def known_timezones(schema: dict[str, Any]) -> None:
+    schema["enum"] = sorted(timezones())
+
+
+def _not_null(*path: str) -> dict[str, Any]:
+    """A schema: the object has ``path`` (e.g. ``list``, ``existing``) set to a non-null value."""
+    inner: dict[str, Any] = {"not": {"type": "null"}}
+    for key in reversed(path):
+        inner = {"required": [key], "properties": {key: inner}}
+    return inner
+
+
+def _when(condition: dict[str, Any], then: dict[str, Any] | bool) -> dict[str, Any]:
+    return {"if": condition, "then": then}
+
+
+_SPLIT = {"required": ["split"], "properties": {"split": {"enum": ["ab", "control"]}}}
+_EXISTING = _not_null("list", "existing")
+#: the rules of :meth:`Activation._coherent`, for the JSON Schema
+ACTIVATION: Any = {
+    "allOf": [
+        _when(
+            {
+                "allOf": [
+                    _SPLIT,
+                    {"required": ["action"], "properties": {"action": {"const": "remove"}}},
+                ]
+            },
+            False,
+        ),
+        _when(
+            {
+                "allOf": [
+                    _SPLIT,
+                    {
+                        "required": ["goal"],
+                        "properties": {"goal": {"not": {"const": "send_segments"}}},
+                    },
+                ]
+            },
+            False,
+        ),
+        _when(
+            _not_null("control_percent"),
+            {"required": ["split"], "properties": {"split": {"const": "control"}}},
+        ),
+        _when(
+            {
+                "allOf": [
+                    {"required": ["adopt"], "properties": {"adopt": {"const": True}}},
+                    _EXISTING,
+                ]
+            },
+            False,
+        ),
+        _when({"required": ["action"], "properties": {"action": {"const": "remove"}}}, _EXISTING),
+        _when(
+            {
+                "required": ["list"],
+                "properties": {
+                    "list": {
+                        "required": ["existing"],
+                        "properties": {"existing": {"type": "object"}},
+                    }
+                },
+            },
+            {"required": ["split"], "properties": {"split": {"const": "ab"}}},
+        ),
+        _when(
+            {
+                "required": ["split", "list"],
+                "properties": {
+                    "split": {"const": "ab"},
+                    "list": {
+                        "required": ["existing"],
+                        "properties": {"existing": {"type": "string"}},
+                    },
+                },
+            },
+            False,
+        ),
+    ]
+}
+
+#: :class:`~reconciler.workspace.spec.ListTarget`: ``create: true`` or ``existing``, not both
+LIST_TARGET: Any = {
+    "allOf": [
+        {
+            "if": _not_null("existing"),
+            "then": {"properties": {"create": {"type": "null"}}},
+            "else": {"required": ["create"], "properties": {"create": {"const": True}}},
+        }
+    ]
+}
+
+#: :class:`~reconciler.workspace.spec.SmtpSettings`: both credentials or neither;
+#: ``security: none`` only to a loopback host
+SMTP: Any = {
+    "dependentRequired": {"username": ["password"], "password": ["username"]},
+    "allOf": [
+        _when(
+            {"required": ["security"], "properties": {"security": {"const": "none"}}},
+            {"properties": {"host": {"pattern": f"^{LOOPBACK_HOST}$"}}},
+        )
+    ],
+}

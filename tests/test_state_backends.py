@@ -1,0 +1,121 @@
+"""Both state backends pass the one conformance suite (tests/state_conformance.py); plus what
+is particular to each: the PostgreSQL lock row and heartbeat, DSN errors, the embedded file."""
+
+from __future__ import annotations
+
+import duckdb
+import psycopg
+import pytest
+
+from reconciler.errors import StateError
+from reconciler.state import versions
+from reconciler.state.schema import create_schema
+from reconciler.state.writer import StateStore
+from tests.state_conformance import StateBackendConformance, failing_steps, make_backend
+
+
+class TestEmbedded(StateBackendConformance):
+    STALE_LOCKS = False
+
+    @pytest.fixture
+    def spec(self, tmp_path):
+        return {"kind": "embedded", "path": str(tmp_path / "state.duckdb")}
+
+    def _con(self, backend):
+        con = duckdb.connect()
+        con.execute(f"ATTACH '{backend.path}' AS __reconcile_state")
+        return con
+
+    def set_version(self, backend, version, drop_lineage=False):
+        con = self._con(backend)
+        con.execute(
+            "UPDATE __reconcile_state.meta SET v = ? WHERE k = 'schema_version'", [str(version)]
+        )
+        if drop_lineage:
+            con.execute("DELETE FROM __reconcile_state.meta WHERE k = 'lineage'")
+        con.close()
+
+    def version(self, backend):
+        con = self._con(backend)
+        meta = dict(con.execute("SELECT k, v FROM __reconcile_state.meta").fetchall())
+        con.close()
+        return int(meta["schema_version"]), meta.get("lineage")
+
+    def migrate(self, backend, fail):
+        con = self._con(backend)
+        try:
+            if fail:
+                with pytest.raises(duckdb.Error):
+                    create_schema(con, steps=failing_steps(versions.EMBEDDED_STEPS))
+            else:
+                create_schema(con)
+        finally:
+            con.close()
+
+
+class TestPostgres(StateBackendConformance):
+    STALE_LOCKS = True
+
+    @pytest.fixture
+    def spec(self, pg_dsn, tmp_path):
+        return {
+            "kind": "postgres",
+            "dsn": pg_dsn.base,
+            "schema": pg_dsn.schema,
+            "tmp": str(tmp_path / "tmp"),
+            "heartbeat": 0.3,
+        }
+
+    def set_version(self, backend, version, drop_lineage=False):
+        with psycopg.connect(backend.db.dsn, autocommit=True) as conn:
+            s = backend.db.schema
+            conn.execute(f"UPDATE {s}.meta SET v = %s WHERE k = 'schema_version'", [str(version)])
+            if drop_lineage:
+                conn.execute(f"DELETE FROM {s}.meta WHERE k = 'lineage'")
+
+    def version(self, backend):
+        with psycopg.connect(backend.db.dsn, autocommit=True) as conn:
+            meta = dict(conn.execute(f"SELECT k, v FROM {backend.db.schema}.meta").fetchall())
+        return int(meta["schema_version"]), meta.get("lineage")
+
+    def migrate(self, backend, fail):
+        with backend.db.connect() as conn:
+            if fail:
+                with pytest.raises(StateError):
+                    backend.db.ensure_schema(conn, failing_steps(versions.POSTGRES_STEPS))
+            else:
+                backend.db.ensure_schema(conn)
+
+
+def test_every_write_of_the_store_reaches_postgresql():
+    """A write method the PostgreSQL store does not override would change only the working
+    copy: every public StateStore method is either overridden or known to only read."""
+    from reconciler.state.postgres.store import READ_ONLY, PostgresStateStore
+
+    public = {n for n in vars(StateStore) if not n.startswith("_")}
+    overridden = {n for n in vars(PostgresStateStore) if not n.startswith("_")}
+    assert public - READ_ONLY <= overridden, sorted(public - READ_ONLY - overridden)
+
+
+def test_wrong_dsn_is_one_clear_error_without_the_password(tmp_path):
+    backend = make_backend(
+        {
+            "kind": "postgres",
+            "dsn": "postgresql://someone:s3cret-pw@127.0.0.1:1/nowhere?connect_timeout=3",
+            "schema": "reconcile",
+            "tmp": str(tmp_path),
+        }
+    )
+    with pytest.raises(StateError) as exc:
+        backend.lock().acquire("apply")
+    text = str(exc.value)
+    assert "s3cret-pw" not in text
+    assert "postgresql://someone@127.0.0.1:1/nowhere" in text and "state.dsn" in text
+
+
+def test_mask_dsn_forms():
+    from reconciler.state.postgres.db import mask_dsn
+
+    assert mask_dsn("host=db port=6432 dbname=x user=u password=p") == "postgresql://u@db:6432/x"
+    assert mask_dsn("postgresql://u:p@h/d") == "postgresql://u@h/d"
+    assert "p@" not in mask_dsn("not a dsn = = p@")

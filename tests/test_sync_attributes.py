@@ -1,0 +1,196 @@
+"""``goal: sync_attributes`` end to end through the CLI: plan counts (profiles and values per
+attribute), apply, what the sandbox holds, an empty re-plan, leaving never clears, and the
+refusals."""
+
+from __future__ import annotations
+
+import duckdb
+
+from destinations.identity import sha256_hex
+from tests.conftest import audience_counts, cli, plan_json, profile
+
+SYNC = """\
+goal: sync_attributes
+segments: [seg-a]
+destination: sandbox
+name: Profile attributes
+attributes: [FIRST_NAME, COUNTRY]
+"""
+
+
+def email_key(i: int) -> str:
+    return f"email_sha256:{sha256_hex(f'user{i}@example.com')}"
+
+
+def held(ws) -> dict[str, dict]:
+    """match key -> attributes the sandbox holds for it now."""
+    import json
+
+    con = duckdb.connect(str(ws.root / ".reconcile/sandbox.duckdb"), read_only=True)
+    try:
+        rows = con.execute("SELECT match_key, attributes FROM members").fetchall()
+    finally:
+        con.close()
+    return {k: json.loads(v) for k, v in rows}
+
+
+def attribute_counts(plan: dict, activation: str) -> dict[str, int]:
+    (a,) = [a for a in plan["activations"] if a["id"] == activation]
+    (au,) = a["audiences"]
+    return au["attributes"]
+
+
+def test_first_apply_sends_every_mapped_value_then_plan_is_empty(workspace):
+    ws = workspace({"attrs": SYNC}, profiles=[profile(i, a=i < 6) for i in range(10)])
+    plan = plan_json(ws)
+    (act,) = plan["activations"]
+    assert act["goal"] == "sync_attributes"
+    assert audience_counts(plan, "attrs") == {"all": (6, 0, 0)}
+    assert attribute_counts(plan, "attrs") == {"FIRST_NAME": 6, "COUNTRY": 6}
+
+    text = cli(ws, "plan").output
+    assert "profiles to update: 6; attribute values to change: FIRST_NAME 6, COUNTRY 6" in text, (
+        text
+    )
+
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    assert held(ws) == {email_key(i): {"FIRST_NAME": f"Name{i}", "COUNTRY": "AU"} for i in range(6)}
+    again = cli(ws, "plan", "--detailed-exitcode")
+    assert again.exit_code == 0, again.output
+    assert "No changes" in again.output
+
+
+def test_changed_values_are_counted_per_attribute_and_leavers_keep_their_fields(workspace):
+    ws = workspace({"attrs": SYNC}, profiles=[profile(i, a=i < 6) for i in range(10)])
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    # 1 and 2 change their first name, 3 its country, 4 an unmapped column; 0 leaves; 7 enters
+    rows = [
+        profile(i, a=(0 < i < 6) or i == 7, name="Changed" if i in (1, 2) else None)
+        | ({"country": "NZ"} if i == 3 else {})
+        | ({"total_spend": 500.0} if i == 4 else {})
+        for i in range(10)
+    ]
+    ws.set_profiles(rows)
+    plan = plan_json(ws)
+    (act,) = plan["activations"]
+    (au,) = act["audiences"]
+    assert (au["add"], au["remove"], au["update"], au["forget"]) == (1, 0, 3, 1)
+    # 7 enters with both values; 1, 2 change FIRST_NAME; 3 changes COUNTRY
+    assert au["attributes"] == {"FIRST_NAME": 3, "COUNTRY": 2}
+    assert plan["summary"]["remove"] == 0
+    text = cli(ws, "plan").output
+    assert "profiles to update: 4; attribute values to change: FIRST_NAME 3, COUNTRY 2" in text
+    assert "left the segment: their attribute values stay" in text
+
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    now = held(ws)
+    assert now[email_key(1)] == {"FIRST_NAME": "Changed", "COUNTRY": "AU"}
+    assert now[email_key(3)] == {"FIRST_NAME": "Name3", "COUNTRY": "NZ"}
+    assert now[email_key(7)] == {"FIRST_NAME": "Name7", "COUNTRY": "AU"}
+    assert now[email_key(0)] == {"FIRST_NAME": "Name0", "COUNTRY": "AU"}  # never cleared
+    assert cli(ws, "plan", "--detailed-exitcode").exit_code == 0
+
+    # 0 comes back: it gets all mapped values again
+    rows[0] = profile(0, a=True, name="Back")
+    ws.set_profiles(rows)
+    plan = plan_json(ws)
+    assert audience_counts(plan, "attrs") == {"all": (1, 0, 0)}
+    assert attribute_counts(plan, "attrs") == {"FIRST_NAME": 1, "COUNTRY": 1}
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    assert held(ws)[email_key(0)] == {"FIRST_NAME": "Back", "COUNTRY": "AU"}
+
+
+def test_lost_attribute_hashes_count_every_field_of_a_changed_profile(workspace):
+    """A run that died before recording the per-attribute hashes: the next plan still sends
+    the right profiles, and counts every field of a changed one (it cannot tell which)."""
+    ws = workspace({"attrs": SYNC}, profiles=[profile(i, a=True) for i in range(4)])
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    con = duckdb.connect(str(ws.root / ".reconcile/state.duckdb"))
+    try:
+        con.execute("DELETE FROM member_attributes")
+    finally:
+        con.close()
+    ws.set_profiles([profile(i, a=True, name="New" if i == 2 else None) for i in range(4)])
+    plan = plan_json(ws)
+    assert audience_counts(plan, "attrs") == {"all": (0, 0, 1)}
+    assert attribute_counts(plan, "attrs") == {"FIRST_NAME": 1, "COUNTRY": 1}
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    ws.set_profiles([profile(i, a=True, name="Newer" if i == 2 else None) for i in range(4)])
+    assert attribute_counts(plan_json(ws), "attrs") == {"FIRST_NAME": 1, "COUNTRY": 0}
+
+
+def _fails(ws, *args: str) -> str:
+    res = cli(ws, *args)
+    assert res.exit_code == 1, res.output
+    assert "Traceback" not in res.stderr
+    return res.stderr
+
+
+def test_refused_on_a_destination_without_attributes(workspace, monkeypatch):
+    monkeypatch.setenv("META_TOKEN", "t")
+    ws = workspace({"attrs": SYNC.replace("sandbox", "meta")}, profiles=[profile(1, a=True)])
+    ws.write(
+        "integrations/meta.yaml",
+        """\
+        type: meta_custom_audiences
+        attributes: {FIRST_NAME: first_name, COUNTRY: country}
+        credentials: {access_token: "${env:META_TOKEN}"}
+        config: {ad_account_id: "123"}
+        """,
+    )
+    err = _fails(ws, "validate")
+    assert (
+        "activations/attrs.yaml:1: goal: `goal: sync_attributes` sends attribute values, but "
+        "destination 'meta' does not take attributes" in err
+    ), err
+
+
+def test_refused_with_a_split_or_a_remove_action(workspace):
+    ws = workspace(
+        {"ab": SYNC + "split: ab\n", "rm": SYNC + "action: remove\nlist: {existing: x}\n"},
+        profiles=[profile(1, a=True)],
+    )
+    err = _fails(ws, "validate")
+    assert "activations/ab.yaml:6: split: `split` is only for `goal: send_segments`" in err, err
+    assert "activations/rm.yaml:6: action: `goal: sync_attributes` updates attribute values" in err
+
+
+def test_markdown_and_a_saved_plan_carry_the_attribute_counts(workspace, tmp_path):
+    ws = workspace({"attrs": SYNC}, profiles=[profile(i, a=i < 3) for i in range(5)])
+    md = cli(ws, "plan", "--format", "markdown").output
+    assert "- profiles to update: 3; attribute values to change: FIRST\\_NAME 3, COUNTRY 3" in md, (
+        md
+    )
+    out = tmp_path / "p.plan"
+    assert cli(ws, "plan", "--out", str(out)).exit_code == 0
+    shown = cli(ws, "show", str(out), "--format", "json").json()
+    assert attribute_counts(shown, "attrs") == {"FIRST_NAME": 3, "COUNTRY": 3}
+    assert cli(ws, "apply", str(out), "--auto-approve").exit_code == 0
+    assert len(held(ws)) == 3
+    assert cli(ws, "plan", "--detailed-exitcode").exit_code == 0
+
+
+def test_a_state_from_before_attribute_hashes_is_read_and_completed(workspace):
+    """A state written before ``member_attributes`` existed: plan reads it (read-only) as
+    having no hashes, and the next apply adds the table."""
+    ws = workspace({"attrs": SYNC}, profiles=[profile(i, a=True) for i in range(3)])
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    state = str(ws.root / ".reconcile/state.duckdb")
+    con = duckdb.connect(state)
+    try:
+        con.execute("DROP TABLE member_attributes")
+    finally:
+        con.close()
+    ws.set_profiles([profile(i, a=True, name="X" if i == 0 else None) for i in range(3)])
+    plan = plan_json(ws)
+    assert audience_counts(plan, "attrs") == {"all": (0, 0, 1)}
+    assert attribute_counts(plan, "attrs") == {"FIRST_NAME": 1, "COUNTRY": 1}
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    con = duckdb.connect(state, read_only=True)
+    try:
+        assert con.execute("SELECT count(*) FROM member_attributes").fetchall() == [(3,)]
+        # hashes only: no value of any profile is in the table
+        text = str(con.execute("SELECT * FROM member_attributes").fetchall())
+    finally:
+        con.close()
+    assert "Name1" not in text and "AU" not in text and "X'" not in text
