@@ -52,7 +52,7 @@ def workspace(root: Path, port: int, n: int) -> None:
         "  threads: 2\n  profiles:\n    table: profiles\n    key: customer_id\n"
         "    identifiers: {email: email, phone: phone}\n"
         "    attributes: [first_name, country, total_spend, email_consent]\n"
-        "    default_phone_country: AU\nstate:\n  path: .reconcile/state.duckdb\n"
+        "    default_phone_country: AU\nstate:\n  path: .reconcile/state.duckdb\n  allow_ephemeral: true\n"
     )
     (root / "integrations" / "meta.yaml").write_text(
         "type: meta_custom_audiences\ncredentials:\n  access_token: ${env:META_TOKEN}\n"

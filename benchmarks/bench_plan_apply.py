@@ -107,6 +107,7 @@ source:
     default_phone_country: AU
 state:
   path: .reconcile/state.duckdb
+  allow_ephemeral: true
 """)
     (root / "integrations" / "sandbox.yaml").write_text(f"""\
 type: sandbox

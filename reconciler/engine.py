@@ -13,7 +13,7 @@ from pathlib import Path
 from reconciler.apply.applier import Applier, ApplyOptions, ApplyResult
 from reconciler.apply.interrupts import InterruptGuard
 from reconciler.enginedb import Session, new_staging_path, remove_staging
-from reconciler.errors import ConfigError
+from reconciler.errors import ConfigError, DestinationError
 from reconciler.integrations import Connections
 from reconciler.plan import planfile
 from reconciler.plan.model import Plan
@@ -145,8 +145,10 @@ READER_WAIT = 600.0
 
 @contextmanager
 def _apply_session(ws: Workspace, staging: Path, lock_timeout: float, echo=None):
-    """The apply's session. Readers hold the state file open while they run (a plan over
-    millions of profiles takes a while): wait for them, saying who they are."""
+    """The apply's session. The embedded backend keeps the current state as the backup and
+    the apply writes a copy of its own (:func:`~reconciler.state.snapshot.begin_write`), so
+    readers never hold the file it writes; a reader that opened that copy in the instant
+    before the apply did leaves it as soon as it sees the apply, so the wait is short."""
     deadline = time.monotonic() + max(lock_timeout, READER_WAIT)
     told = None
     while True:
@@ -188,6 +190,32 @@ def write_state(ws: Workspace, operation: str):
         lock.acquire(operation)
         with opened(backend, write=True) as attached:
             yield attached.store()
+
+
+def recheck_state_loss(ws: Workspace, plan: Plan) -> Plan:
+    """A saved plan about to be applied: when the state is empty (no run recorded), ask each
+    destination again whether the audiences to create already exist by name
+    (:func:`reconciler.plan.state_loss.recheck`)."""
+    from reconciler.plan import state_loss
+
+    if not any(au.create for a in plan.activations for au in a.audiences):
+        return plan
+    with read_state(ws) as state:
+        if state.last_runs():
+            return plan
+    conns = Connections(ws)
+
+    def find(destination: str, name: str) -> str | None:
+        try:
+            found = conns.get(destination).find_audience(name)
+        except DestinationError:  # cannot tell; the apply itself reports the destination
+            return None
+        return found.id if found is not None and found.name == name else None
+
+    try:
+        return state_loss.recheck(plan, find)
+    finally:
+        conns.close()
 
 
 def _tmp(ws: Workspace) -> Path:

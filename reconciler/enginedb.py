@@ -58,8 +58,12 @@ class Session:
         if threads:
             config["threads"] = int(threads)
         self.con = duckdb.connect(":memory:", config=config)
+        #: set when an apply is writing the state: this session reads the state as of its
+        #: start (the notice says so)
+        self.state_notice: str | None = None
         try:
             self.state = self.backend.attach(self.con, write=write_state)
+            self.state_notice = getattr(self.state, "notice", None)
             self.con.execute(f"ATTACH '{_q(staging_path)}' AS {STAGING}")
             source.attach(self.con)
             if lock_down:

@@ -54,10 +54,17 @@ source:
     identifiers: {email: email, phone: phone}
     attributes: [first_name, country, total_spend, email_consent, seg_a, seg_b]
     default_phone_country: AU
-state:
-  path: .reconcile/state.duckdb
+state:  # CI keeps no state between runs: tests opt in to a state file that dies with them
+  {path: .reconcile/state.duckdb, allow_ephemeral: true}
 suppression: []
 """
+
+#: the state section of RECONCILE_YAML (tests that use another backend replace it)
+EMBEDDED_STATE = (
+    "state:  # CI keeps no state between runs: tests opt in to a state file that dies with them\n"
+    "  {path: .reconcile/state.duckdb, allow_ephemeral: true}\n"
+)
+assert EMBEDDED_STATE in RECONCILE_YAML
 
 SANDBOX_YAML = """\
 type: sandbox
@@ -98,6 +105,16 @@ def profile(
         "seg_a": a,
         "seg_b": b,
     }
+
+
+def allow_ephemeral_state(root: Path) -> None:
+    """Opt a copied example workspace in to a state file that dies with the test: apply
+    refuses one under ``CI=true`` otherwise (the examples themselves do not opt in)."""
+    config = root / "reconcile.yaml"
+    text = config.read_text()
+    line = "  path: .reconcile/state.duckdb\n"
+    assert line in text, "the example's state section changed"
+    config.write_text(text.replace(line, line + "  allow_ephemeral: true\n", 1))
 
 
 @dataclass

@@ -50,6 +50,7 @@ source:
     default_phone_country: {country}
 state:
   path: .reconcile/state.duckdb
+  allow_ephemeral: true  # a test's state dies with it, also under CI
 suppression: [blocked]
 """
 SEGMENTS = {

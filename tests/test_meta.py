@@ -39,7 +39,7 @@ from reconciler.errors import (
     ThrottledError,
     TransientError,
 )
-from tests.conftest import WS, cli
+from tests.conftest import WS, allow_ephemeral_state, cli
 from tests.fakes.meta import FakeMeta
 
 TOKEN = "meta-test-token-0123456789"
@@ -501,6 +501,7 @@ def _example(tmp_path: Path, fake: FakeMeta, monkeypatch, extra_config: str = ""
     """A copy of examples/meta whose integration points at ``fake``."""
     ws_root = tmp_path / "meta"
     shutil.copytree(EXAMPLE, ws_root, ignore=shutil.ignore_patterns(".reconcile"))
+    allow_ephemeral_state(ws_root)
     integration = ws_root / "integrations" / "meta.yaml"
     text = integration.read_text().replace("http://127.0.0.1:8081", fake.url)
     integration.write_text(text.replace("act_1234567890", f"act_{ACCOUNT}") + extra_config)

@@ -9,7 +9,15 @@ from psycopg import sql
 
 from reconciler.errors import SegmentError
 from reconciler.sources import pg_connect
-from tests.conftest import RECONCILE_YAML, SEGMENTS, audience_counts, cli, plan_json, profile
+from tests.conftest import (
+    RECONCILE_YAML,
+    SEGMENTS,
+    allow_ephemeral_state,
+    audience_counts,
+    cli,
+    plan_json,
+    profile,
+)
 from tests.pg import PgDsn
 
 MAINTAIN = """\
@@ -280,6 +288,7 @@ def test_the_postgres_example_workspace_plans_applies_and_is_then_empty(
     example = Path(__file__).resolve().parents[1] / "examples" / "postgres"
     root = tmp_path / "example"
     shutil.copytree(example, root)
+    allow_ephemeral_state(root)
     text = (root / "reconcile.yaml").read_text()
     text = text.replace("schema: reconcile_demo", f"schema: {pg_dsn.schema}")
     (root / "reconcile.yaml").write_text(

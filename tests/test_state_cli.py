@@ -61,7 +61,8 @@ def test_a_plan_made_against_another_state_is_refused(workspace, tmp_path):
     # the state is replaced by another one (lost, recreated): a new lineage
     state = ws.root / ".reconcile" / "state.duckdb"
     state.rename(state.with_suffix(".old"))
-    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    # the audience is still at the destination: confirm a second one (state loss guard)
+    assert cli(ws, "apply", "--auto-approve", "--allow-duplicate-audiences").exit_code == 0
     res = cli(ws, "apply", plan, "--auto-approve")
     assert res.exit_code == 1 and "made against another state" in res.stderr
     assert "Traceback" not in res.stderr

@@ -15,7 +15,7 @@ import pytest
 
 from reconciler.state.postgres.db import PgDatabase
 from reconciler.state.postgres.lock import PostgresLock
-from tests.conftest import RECONCILE_YAML, WS, cli, profile
+from tests.conftest import EMBEDDED_STATE, RECONCILE_YAML, WS, cli, profile
 from tests.test_recovery import (
     activation,
     assert_converged,
@@ -31,9 +31,9 @@ PG_STATE = "state:\n  backend: postgres\n  dsn: ${{env:RECONCILE_STATE_DSN}}\n  
 
 
 def pg_yaml(schema: str) -> str:
-    return RECONCILE_YAML.replace(
-        "state:\n  path: .reconcile/state.duckdb\n", PG_STATE.format(schema=schema)
-    )
+    text = RECONCILE_YAML.replace(EMBEDDED_STATE, PG_STATE.format(schema=schema))
+    assert "backend: postgres" in text
+    return text
 
 
 @pytest.fixture
@@ -236,7 +236,9 @@ def test_a_plan_of_another_state_is_refused(pg_ws, pg_dsn, tmp_path):
     other = pg_dsn.schema + "_other"
     ws.write("reconcile.yaml", pg_yaml(other))
     try:
-        assert cli(ws, "apply", "--auto-approve", "-t", "act").exit_code == 0  # makes it
+        # makes it (its audience is at the destination already: the state-loss guard asks)
+        res = cli(ws, "apply", "--auto-approve", "-t", "act", "--allow-duplicate-audiences")
+        assert res.exit_code == 0, res.stderr
         res = cli(ws, "apply", plan, "--auto-approve")
         assert res.exit_code == 1 and "made against another state" in res.stderr
     finally:

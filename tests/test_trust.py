@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import duckdb
 import pytest
@@ -183,7 +182,16 @@ def test_crash_between_create_intent_and_call_never_adopts_a_foreign_list(worksp
     dest.close()
     ws.write("activations/act.yaml", MAINTAIN)
     proc = subprocess.run(
-        [sys.executable, "-c", CRASH_BEFORE, "-C", str(ws.root), "apply", "--auto-approve"],
+        [
+            sys.executable,
+            "-c",
+            CRASH_BEFORE,
+            "-C",
+            str(ws.root),
+            "apply",
+            "--auto-approve",
+            "--allow-duplicate-audiences",
+        ],
         capture_output=True,
         text=True,
         env=ENV,
@@ -351,50 +359,7 @@ def test_killed_run_logs_what_was_recorded_and_leaves_no_staging_file(workspace)
     assert converged(ws)
 
 
-# ---------------------------------------------------------------------- readers
-READER = """\
-import sys, time, duckdb
-from pathlib import Path
-from reconciler.state.schema import registered_reader
-state, release = Path(sys.argv[1]), Path(sys.argv[2])
-with registered_reader(state, "reconcile plan"):
-    con = duckdb.connect(":memory:")
-    con.execute(f"ATTACH '{state}' AS s (READ_ONLY)")
-    print("holding", flush=True)
-    while not release.exists():
-        time.sleep(0.01)
-    con.close()
-"""
-
-
-@pytest.mark.slow
-def test_apply_waits_for_a_reader_and_names_it(workspace, tmp_path: Path):
-    rows = [profile(i, a=True) for i in range(3)]
-    ws = workspace({"act": MAINTAIN}, profiles=rows)
-    apply_ok(ws)
-    ws.set_profiles([*rows, profile(5, a=True)])
-    release = tmp_path / "release"
-    reader = subprocess.Popen(
-        [sys.executable, "-c", READER, str(ws.root / ".reconcile" / "state.duckdb"), str(release)],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=ENV,
-    )
-    assert reader.stdout.readline().strip() == "holding"
-    apply = subprocess.Popen(
-        [*reconcile_command(), "-C", str(ws.root), "apply", "--auto-approve"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ENV,
-    )
-    line = apply.stderr.readline()
-    assert "Waiting for `reconcile plan` (pid" in line, line
-    release.touch()
-    out, err = apply.communicate(timeout=60)
-    reader.communicate(timeout=30)
-    assert apply.returncode == 0, out + err
-    assert email_key("user5@example.com") in ws.sandbox_keys()["Audience A"]
+# readers during an apply: tests/test_state_readers.py
 
 
 def test_text_plan_shows_warnings_also_when_nothing_changes(workspace):

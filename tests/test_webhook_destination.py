@@ -49,7 +49,7 @@ from reconciler.errors import (
     ThrottledError,
     TransientError,
 )
-from tests.conftest import WS, cli
+from tests.conftest import WS, allow_ephemeral_state, cli
 from tests.fakes.webhook import WebhookReceiver
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
@@ -707,6 +707,7 @@ class TestWebhookEngine:
     def ws(self, tmp_path: Path, fake: WebhookReceiver, monkeypatch: pytest.MonkeyPatch) -> WS:
         root = tmp_path / "ws"
         shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns(".reconcile"))
+        allow_ephemeral_state(root)
         yaml = self.integration_yaml(tmp_path, endpoint=fake.url, batch_size=20)
         (root / "integrations" / "crm-hooks.yaml").write_text(yaml)
         monkeypatch.setenv("WEBHOOK_SECRET", SECRET)

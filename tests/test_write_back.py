@@ -182,7 +182,7 @@ def test_the_example_workspace_writes_back_and_selects_on_it(tmp_path):
     import shutil
     from pathlib import Path
 
-    from tests.conftest import WS
+    from tests.conftest import WS, allow_ephemeral_state
 
     repo = Path(__file__).resolve().parents[1]
     root = tmp_path / "example"
@@ -193,6 +193,7 @@ def test_the_example_workspace_writes_back_and_selects_on_it(tmp_path):
     (root / "reconcile.yaml").write_text(
         text.replace("demo_profiles: 50000", "demo_profiles: 2000")
     )
+    allow_ephemeral_state(root)
     ws = WS(root)
     assert "5 segment(s)" in ok(ws, "validate")
     ok(ws, "apply", "--auto-approve")

@@ -224,6 +224,12 @@ def _apply_options(fn):
                 help="Allow emptying an audience or removing more than max_removal_share.",
             ),
             click.option(
+                "--allow-duplicate-audiences",
+                is_flag=True,
+                help="Apply although the state is empty and the destination already has "
+                "audiences named as the ones to create (a lost state?): creates new ones.",
+            ),
+            click.option(
                 "--lock-timeout",
                 type=float,
                 default=0.0,
@@ -243,7 +249,16 @@ def _apply_options(fn):
 @_apply_options
 @pass_ctx
 @handle_errors
-def apply(c: Ctx, planfile, targets, due, auto_approve, allow_mass_removal, lock_timeout):
+def apply(
+    c: Ctx,
+    planfile,
+    targets,
+    due,
+    auto_approve,
+    allow_mass_removal,
+    allow_duplicate_audiences,
+    lock_timeout,
+):
     """Plan, confirm, push the changes to the destinations and record them."""
     from reconciler.plan.planner import PlanRequest
 
@@ -258,6 +273,7 @@ def apply(c: Ctx, planfile, targets, due, auto_approve, allow_mass_removal, lock
         auto_approve,
         allow_mass_removal,
         lock_timeout,
+        allow_duplicate_audiences,
     )
 
 
@@ -266,7 +282,7 @@ def apply(c: Ctx, planfile, targets, due, auto_approve, allow_mass_removal, lock
 @_apply_options
 @pass_ctx
 @handle_errors
-def run(c: Ctx, name, auto_approve, allow_mass_removal, lock_timeout):
+def run(c: Ctx, name, auto_approve, allow_mass_removal, allow_duplicate_audiences, lock_timeout):
     """Re-run one activation now (the Run button), one-time ones included."""
     from reconciler.plan.planner import PlanRequest
 
@@ -290,12 +306,27 @@ def run(c: Ctx, name, auto_approve, allow_mass_removal, lock_timeout):
         auto_approve,
         allow_mass_removal,
         lock_timeout,
+        allow_duplicate_audiences,
     )
 
 
 def _apply(
-    c: Ctx, ws, planfile, request, trigger, auto_approve, allow_mass_removal, lock_timeout
+    c: Ctx,
+    ws,
+    planfile,
+    request,
+    trigger,
+    auto_approve,
+    allow_mass_removal,
+    lock_timeout,
+    allow_duplicate_audiences=False,
 ) -> None:
+    import os
+
+    from reconciler.plan import state_loss
+    from reconciler.state.ephemeral import check_durable_state
+
+    check_durable_state(ws, os.environ)
     lock = engine.state_lock(ws)
     lock.acquire(trigger if trigger != "schedule" else "apply --due", lock_timeout)
     reporter = _reporter(c)
@@ -311,9 +342,13 @@ def _apply(
         try:
             if planfile:
                 engine.check_plan_state(ws, staged.plan, Path(planfile))
+                staged.plan = engine.recheck_state_loss(ws, staged.plan)
             _check_plan(ws, staged.plan)
             calls = destination_calls(ws, staged.plan)
             click.echo(render.render(staged.plan, "text", color=c.color, calls=calls))
+            refusal = state_loss.refusal(staged.plan)
+            if refusal and not allow_duplicate_audiences:
+                raise ReconcileError(refusal)
             wanted = staged.plan.has_changes or (
                 trigger != "apply" and any(a.due for a in staged.plan.activations)
             )
@@ -403,9 +438,10 @@ def _report(result: ApplyResult) -> None:
 
 
 # ---------------------------------------------------------------------- reports
+from reconciler.cli.importing import import_  # noqa: E402
 from reconciler.cli.reports import lists, log, segments, state, status  # noqa: E402
 
-for _cmd in (status, log, lists, segments, state):
+for _cmd in (status, log, lists, segments, state, import_):
     main.add_command(_cmd)
 
 

@@ -39,11 +39,17 @@ def status(which, fmt) -> None:
     ws = _ws()
     with engine.read_state(ws) as state:
         rows = rows_of.activation_rows(ws, state)
+        notice = state.notice
     if which:
         rows = [r for r in rows if r["tab"] == which.capitalize()]
     if fmt == "json":
-        click.echo(json.dumps({"activations": rows}, indent=2, default=str))
+        doc: dict[str, Any] = {"activations": rows}
+        if notice:
+            doc["state_notice"] = notice
+        click.echo(json.dumps(doc, indent=2, default=str))
         return
+    if notice:
+        click.echo(f"Note: {notice}.\n")
     for tab in ("Active", "Inactive"):
         tab_rows = [r for r in rows if r["tab"] == tab]
         if not tab_rows:
@@ -87,13 +93,19 @@ def log(name, limit, rejected, fmt) -> None:
     with engine.read_state(ws) as state:
         rows = rows_of.log_rows(state, name, limit)
         rejections = rows_of.rejection_rows(state, name, limit) if rejected else []
+        notice = state.notice
+    if notice and fmt == "text":
+        click.echo(f"Note: {notice}.\n")
     if not rows and name not in ws.activations:
         raise ReconcileError(f"no activation {name!r} in the workspace or the state")
     if rejected:
         _rejections(name, rejections, fmt)
         return
     if fmt == "json":
-        click.echo(json.dumps({"activation": name, "runs": rows}, indent=2, default=str))
+        doc: dict[str, Any] = {"activation": name, "runs": rows}
+        if notice:
+            doc["state_notice"] = notice
+        click.echo(json.dumps(doc, indent=2, default=str))
         return
     if not rows:
         click.echo(f"{name}: no runs yet.")
@@ -211,6 +223,8 @@ def state_show(name) -> None:
     """Recorded activations (or one), with serials, audiences and member counts."""
     ws = _ws()
     with engine.read_state(ws) as st:
+        if st.notice:
+            click.echo(f"Note: {st.notice}.", err=True)
         recs = st.activations()
         if name:
             if name not in recs:

@@ -163,6 +163,17 @@ class ActivationPlan(Frozen):
         }
 
 
+class NameConflict(Frozen):
+    """An audience the plan would create whose name the destination already has (an audience
+    this tool has no record of)."""
+
+    activation: str
+    group: str
+    name: str
+    audience_id: str
+    destination: str
+
+
 class Summary(Frozen):
     create: int = 0
     update: int = 0
@@ -186,6 +197,12 @@ class Plan(Frozen):
     state_lineage: str | None = None  # the lineage id of the state planned against
     activations: list[ActivationPlan] = Field(default_factory=list)
     summary: Summary = Field(default_factory=Summary)
+    #: the state records no run, yet the destinations already hold audiences named as
+    #: the ones this plan would create: was the state lost? ``apply`` refuses until they are
+    #: adopted or ``--allow-duplicate-audiences`` is given (see ``reconciler/plan/state_loss.py``)
+    state_loss: list[NameConflict] = Field(default_factory=list)
+    #: set when the plan read the state as of the start of an apply that was running
+    state_notice: str | None = None
 
     @property
     def has_changes(self) -> bool:

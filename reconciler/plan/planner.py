@@ -15,7 +15,7 @@ from destinations.base import AudienceRef
 from reconciler.enginedb import Session
 from reconciler.errors import ConfigError, DestinationError, ReconcileError, SegmentError
 from reconciler.integrations import Connections
-from reconciler.plan import attributes, membership, splits
+from reconciler.plan import attributes, membership, splits, state_loss
 from reconciler.plan.exports import plan_export
 from reconciler.plan.model import (
     ActivationPlan,
@@ -34,7 +34,7 @@ from reconciler.sources.limits import query_timeout, time_limit
 from reconciler.state.attributes import relation as recorded_attributes
 from reconciler.state.store import RecordedActivation, StateReader
 from reconciler.workspace.loader import Workspace
-from reconciler.workspace.spec import ActionMode, Goal, ResolvedActivation, SplitMode
+from reconciler.workspace.spec import ActionMode, Goal, ResolvedActivation
 from reconciler.workspace.templating import DEFAULT_NAME, TemplateFailed, local_date, render_name
 
 
@@ -123,6 +123,9 @@ class Planner:
             state_lineage=self.state.lineage(),
             activations=plans,
             summary=summarise(plans),
+            # empty: no run was ever recorded (audiences recorded by `reconcile import` only)
+            state_loss=state_loss.conflicts(plans, state_is_empty=not self.state.last_runs()),
+            state_notice=self.session.state_notice,
         )
 
     def _consent(self, integ, name: str) -> str:
@@ -441,9 +444,7 @@ class Planner:
             )
         except TemplateFailed as exc:
             raise ConfigError(str(exc), self.ws.location("activations", aid, "name")) from exc
-        name = base if act.split is SplitMode.NONE else f"{base} - {grp}"
-        if grp == "experiment":
-            name = base
+        name = splits.audience_name(base, act.split, grp)
         if ra is not None and ra.resource_id:
             return name, ra.resource_id, False, (ra.name if ra.name != name else None), None
         return name, None, True, None, self._name_taken(aid, act, grp, name)

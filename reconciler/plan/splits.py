@@ -41,6 +41,14 @@ def groups(split: SplitMode) -> list[str]:
     )
 
 
+def audience_name(base: str, split: SplitMode, group_name: str) -> str:
+    """The destination audience name of one group: ``<name> - A`` / ``<name> - B`` for an A/B
+    split, the name itself for the experiment group and an unsplit audience."""
+    if split is SplitMode.NONE or group_name == "experiment":
+        return base
+    return f"{base} - {group_name}"
+
+
 def sent(group_name: str) -> bool:
     """Whether a group's audience is sent to the destination (the control group is not)."""
     return group_name != "control"

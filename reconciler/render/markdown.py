@@ -15,6 +15,7 @@ from typing import Any
 
 import jinja2
 
+from reconciler.plan import state_loss
 from reconciler.plan.model import ActivationPlan, Change, ConfigChange, Plan
 from reconciler.render.estimates import DestinationCalls, summary_line
 from reconciler.render.text import (
@@ -214,6 +215,8 @@ def _pieces(macros: Any, plan: Plan, commit: str | None) -> list[tuple[str, str]
     changed = [a for a in plan.activations if a.has_changes]
     unchanged = [a for a in plan.activations if not a.has_changes]
     pieces = [("", macros.head(plan, plan.summary, plan.has_changes, commit))]
+    if plan.state_notice or plan.state_loss:
+        pieces.append(("", macros.state(plan.state_notice, state_loss.summary_lines(plan))))
     pieces += [
         ("", macros.warning(a, mass_removal_line(a, au)))
         for a in changed

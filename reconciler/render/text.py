@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from reconciler.plan import state_loss
 from reconciler.plan.model import ActivationPlan, AudienceChange, Change, ConfigChange, Plan
 from reconciler.render.estimates import DestinationCalls, summary_line
 
@@ -246,7 +247,11 @@ def render_text(
     out = [f'Reconcile plan for workspace "{plan.workspace}" as of {plan.as_of.isoformat()}']
     if plan.targets:
         out.append("targets: " + ", ".join(plan.targets))
+    if plan.state_notice:
+        out.append(f"note: {plan.state_notice}")
     out.append("")
+    if plan.state_loss:
+        out += [style(f"! {line}", "!") for line in state_loss.summary_lines(plan)] + [""]
     if not plan.has_changes:
         n = len(plan.activations)
         out.append(style("No changes. Your destinations match the configuration.", "+"))

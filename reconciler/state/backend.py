@@ -150,27 +150,38 @@ class EmbeddedBackend:
         self, con: duckdb.DuckDBPyConnection, *, write: bool, members: bool = True
     ) -> AttachedState:
         from reconciler.state.schema import attach_state, registered_reader
+        from reconciler.state.snapshot import attach_reader, begin_write
 
         stack = contextlib.ExitStack()
         if not write:
             stack.enter_context(registered_reader(self.path))
+        notice = None
         try:
-            attach_state(con, self.path, write=write)
+            if write:  # keep the state as the backup; write a copy no reader holds
+                begin_write(self.path)
+                attach_state(con, self.path, write=True)
+            else:  # while an apply writes: the state as of its start, and a notice
+                notice = attach_reader(con, self.path)
         except BaseException:
             stack.close()
             raise
-        return _EmbeddedAttached(con, stack)
+        return _EmbeddedAttached(con, stack, notice)
 
 
 class _EmbeddedAttached:
-    def __init__(self, con: duckdb.DuckDBPyConnection, stack: contextlib.ExitStack):
+    def __init__(
+        self, con: duckdb.DuckDBPyConnection, stack: contextlib.ExitStack, notice: str | None
+    ):
         self.con = con
         self._stack = stack
+        self.notice = notice  # reading the state as of a running apply's start
 
     def reader(self) -> StateReader:
         from reconciler.state.store import StateReader
 
-        return StateReader(self.con)
+        reader = StateReader(self.con)
+        reader.notice = self.notice
+        return reader
 
     def store(self) -> StateStore:
         from reconciler.state.writer import StateStore

@@ -70,6 +70,9 @@ _RUN_COLS = (
 class StateReader:
     """Read-only view of the state through an engine session's connection."""
 
+    #: set when this reads the state as of the start of a running apply (what to tell)
+    notice: str | None = None
+
     def __init__(self, con: duckdb.DuckDBPyConnection, catalog: str = CATALOG):
         self.con = con
         self.c = catalog

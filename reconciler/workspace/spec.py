@@ -195,6 +195,12 @@ class LocalState(Strict):
     path: str = Field(
         ".reconcile/state.duckdb", description="the state file, relative to the workspace"
     )
+    allow_ephemeral: bool = Field(
+        False,
+        description="let `apply` use this state file under CI (CI=true), where it does not "
+        "outlive the runner unless the workflow keeps it (env "
+        "RECONCILE_ALLOW_EPHEMERAL_STATE=true does the same)",
+    )
 
 
 class PostgresState(Strict):

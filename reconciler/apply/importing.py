@@ -1,0 +1,137 @@
+"""``reconcile import``: record an audience that already exists at the destination as an
+activation's own, so the next apply sends to it instead of creating another one of that name
+(the way out of a lost state, or of a name taken by an audience made by hand).
+
+The audience is found by the id given, or by the name the activation would give it. It is
+recorded under the state lock with no members: the next plan sends the whole audience to it
+(the destination treats members it already holds as no-ops) and records them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from destinations.base import AudienceRef
+from reconciler.errors import ConfigError, DestinationError, ReconcileError
+from reconciler.integrations import Connections
+from reconciler.plan import splits
+from reconciler.plan.planner import plan_as_of
+from reconciler.state.writer import StateStore
+from reconciler.workspace.loader import Workspace
+from reconciler.workspace.spec import ResolvedActivation
+from reconciler.workspace.templating import DEFAULT_NAME, TemplateFailed, local_date, render_name
+
+
+@dataclass(frozen=True)
+class Imported:
+    activation: str
+    group: str
+    audience: AudienceRef
+    destination: str
+
+
+def import_audience(
+    ws: Workspace,
+    state: StateStore,
+    activation_id: str,
+    *,
+    group: str | None = None,
+    audience_id: str | None = None,
+    as_of: datetime | None = None,
+) -> Imported:
+    """Find the audience at the destination and record it for ``activation_id``'s group, in
+    ``state`` (the caller holds the state lock)."""
+    spec = ws.activations.get(activation_id)
+    if spec is None:
+        known = ", ".join(sorted(ws.activations)) or "none"
+        raise ReconcileError(f"unknown activation {activation_id!r}; known: {known}")
+    act = spec.resolved(ws.config.defaults)
+    where = ws.file_of("activations", activation_id)
+    if act.target.existing is not None:
+        raise ConfigError(
+            f"{activation_id!r} sends to `list: {{existing: ...}}`: that list is already the "
+            "audience it uses; there is nothing to import",
+            ws.location("activations", activation_id, "list"),
+        )
+    grp = _group(act, group, where)
+    rec = state.activation(activation_id)
+    recorded = state.audiences(activation_id).get(grp) if rec else None
+    if recorded is not None and recorded.resource_id:
+        raise ReconcileError(
+            f"the state already records audience {recorded.name!r} (id {recorded.resource_id}) "
+            f"for {activation_id!r}" + ("" if grp == splits.ALL else f" group {grp}")
+        )
+    as_of = plan_as_of(as_of)
+    date_created = rec.date_created if rec else local_date(as_of, ws.config.timezone)
+    name = _name(ws, act, activation_id, grp, as_of, date_created)
+    found = _find(ws, act.destination, name, audience_id)
+    with state.transaction():
+        state.ensure_activation(
+            activation_id,
+            destination=act.destination,
+            frequency=act.frequency,
+            date_created=date_created,
+        )
+        state.record_audience(activation_id, grp, found.name, found.id, True)
+        state.bump_serial(activation_id)  # plans saved before this are stale
+    return Imported(activation_id, grp, found, act.destination)
+
+
+def _group(act: ResolvedActivation, group: str | None, where: str) -> str:
+    sent = [g for g in splits.groups(act.split) if splits.sent(g)]
+    if group is None:
+        if len(sent) > 1:
+            raise ReconcileError(
+                f"{where} splits its audience ({', '.join(sent)}): say which group's audience "
+                "this is with --group"
+            )
+        return sent[0]
+    if group not in sent:
+        raise ReconcileError(
+            f"{where} has no group {group!r} that is sent; its groups: {', '.join(sent)}"
+        )
+    return group
+
+
+def _name(
+    ws: Workspace, act: ResolvedActivation, aid: str, grp: str, as_of: datetime, date_created
+) -> str:
+    try:
+        base = render_name(
+            act.name or DEFAULT_NAME,
+            as_of=as_of,
+            timezone=ws.config.timezone,
+            date_created=date_created,
+            activation=aid,
+            segments=act.segments,
+        )
+    except TemplateFailed as exc:
+        raise ConfigError(str(exc), ws.location("activations", aid, "name")) from exc
+    return splits.audience_name(base, act.split, grp)
+
+
+def _find(ws: Workspace, destination: str, name: str, audience_id: str | None) -> AudienceRef:
+    conns = Connections(ws)
+    try:
+        dest = conns.get(destination)
+        try:
+            found = dest.find_audience(audience_id or name)
+        except DestinationError as exc:
+            raise ReconcileError(f"cannot look the audience up at {destination!r}: {exc}") from exc
+    finally:
+        conns.close()
+    if audience_id is not None:
+        if found is None or found.id != audience_id:
+            raise ReconcileError(
+                f"the destination {destination!r} has no audience with id {audience_id!r}; "
+                f"`reconcile lists {destination}` shows the audiences it has"
+            )
+        return found
+    if found is None or found.name != name:
+        raise ReconcileError(
+            f"the destination {destination!r} has no audience named {name!r} (the name this "
+            f"activation gives its audience); give the audience's id: `reconcile lists "
+            f"{destination}` shows the audiences it has"
+        )
+    return found

@@ -1,0 +1,228 @@
+"""Readers during an apply, and the backup of the previous state (the embedded backend).
+
+DuckDB lets one process write a database file, and a reader's shared lock on the file keeps
+that writer out. So an apply never writes the file readers may have open. Under the state
+lock, before its first write, :func:`begin_write`:
+
+1. publishes the state as it is now as ``<state>.backup`` (a hard link to the very file —
+   no copy — or a copy where links are not supported): the backup of the previous state;
+2. notes that backup in the lock file, so readers know the apply is writing and what to read;
+3. copies the state to ``<state>.next`` (flushed to disk) and renames it over ``<state>``.
+
+The apply then writes the new file, which no reader holds. Readers that had the old file open
+keep reading it — the same bytes as the backup. A reader that starts while the apply writes
+(:func:`attach_reader`) sees the note in the lock file and opens the backup instead: the
+state as of the apply's start, and says so. A killed apply leaves ``<state>`` complete (the
+rename is atomic); a ``<state>.next`` left by one killed between its last two steps is
+installed by the next writer.
+
+A state left with a write-ahead log by a killed apply (``<state>.wal``) is first made
+self-contained in a copy (``<state>.ckpt``, checkpointed), which becomes the backup; the
+WAL is removed only once its checkpointed copy is in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import duckdb
+
+from reconciler.errors import StateError
+from reconciler.state.schema import CATALOG, StateBusy, _q, attach_state, create_schema, pid_alive
+
+__all__ = ["backup_path", "begin_write", "attach_reader", "writing_apply"]
+
+
+def backup_path(path: Path) -> Path:
+    """Where the state before the latest apply is kept."""
+    return path.with_name(path.name + ".backup")
+
+
+def _next(path: Path) -> Path:
+    return path.with_name(path.name + ".next")
+
+
+def _wal(path: Path) -> Path:
+    return path.with_name(path.name + ".wal")
+
+
+def _lock_path(path: Path) -> Path:
+    return path.with_suffix(".lock")
+
+
+# ---------------------------------------------------------------------- the writer's side
+def begin_write(path: Path) -> Path | None:
+    """Before an apply (or ``state rm|mv``) writes the state — with the state lock held:
+    keep the current state as the backup and give the writer a file of its own.
+    Returns the backup, or None when there is no state yet."""
+    _install_next(path)
+    if not path.exists():
+        _note_snapshot(path, None)
+        return None
+    backup = backup_path(path)
+    with contextlib.suppress(FileNotFoundError):
+        _wal(backup).unlink()  # a backup is always self-contained
+    if _wal(path).exists():
+        base = _checkpointed_copy(path)
+        os.replace(base, backup)
+    else:
+        _publish(path, backup)
+    _fsync_dir(path.parent)
+    _note_snapshot(path, backup)
+    _copy(backup, _next(path))
+    _install_next(path)
+    return backup
+
+
+def _publish(src: Path, dst: Path) -> None:
+    """``dst`` becomes the bytes of ``src`` now, atomically: a hard link when possible."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    try:
+        os.link(src, tmp)
+    except OSError:  # a file system without hard links
+        _copy(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _copy(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` flushed to disk, under a temporary name until complete."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.copyfile(src, tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, dst)
+
+
+def _checkpointed_copy(path: Path) -> Path:
+    """A self-contained copy of a state that has a write-ahead log beside it."""
+    ckpt = path.with_name(path.name + ".ckpt")
+    for p in (ckpt, _wal(ckpt)):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+    shutil.copyfile(path, ckpt)
+    shutil.copyfile(_wal(path), _wal(ckpt))
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute(f"ATTACH '{_q(ckpt)}' AS ckpt")
+        con.execute("CHECKPOINT ckpt")
+    except duckdb.Error as exc:
+        raise StateError(
+            f"cannot read the state {path} with its write-ahead log {_wal(path).name}: {exc}; "
+            f"restore {backup_path(path)} (docs/state-recovery.md)"
+        ) from exc
+    finally:
+        con.close()
+    with open(ckpt, "rb+") as f:
+        os.fsync(f.fileno())
+    return ckpt
+
+
+def _install_next(path: Path) -> None:
+    """Rename a complete ``<state>.next`` over the state. Its WAL (if any) is already in it:
+    remove the WAL first, so the new file never meets a log written for the old one."""
+    nxt = _next(path)
+    if not nxt.exists():
+        return
+    with contextlib.suppress(FileNotFoundError):
+        _wal(path).unlink()
+    os.replace(nxt, path)
+    _fsync_dir(path.parent)
+    with contextlib.suppress(FileNotFoundError):
+        path.with_name(path.name + ".ckpt").unlink()
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _note_snapshot(path: Path, backup: Path | None) -> None:
+    """Say in the lock file (held by this process) that the apply writes now and which
+    file holds the state as of its start ("" when there was none)."""
+    lock = _lock_path(path)
+    try:
+        info = json.loads(lock.read_text() or "{}")
+    except (OSError, ValueError):
+        return
+    info["snapshot"] = backup.name if backup else ""
+    data = json.dumps(info).encode()
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------- the readers' side
+def writing_apply(path: Path) -> dict | None:
+    """The holder of the state lock when it is another live process that has begun writing
+    (its lock file names a snapshot), else None. Reads the lock file only: never takes the
+    lock, so a reader can never make an apply fail to get it."""
+    try:
+        info = json.loads(_lock_path(path).read_text() or "{}")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or "snapshot" not in info:
+        return None
+    pid = info.get("pid")
+    if not isinstance(pid, int) or pid == os.getpid():
+        return None
+    if info.get("host") in (None, socket.gethostname()) and not pid_alive(pid):
+        return None  # killed: the kernel released its lock, its note stayed
+    return info
+
+
+def attach_reader(con: duckdb.DuckDBPyConnection, path: Path) -> str | None:
+    """Attach the state read-only for ``plan``, ``status``, ``log`` and ``state show``.
+    While an apply writes, the state as of its start is attached instead and the notice to
+    show is returned (None when reading the current state)."""
+    apply = writing_apply(path)
+    if apply is None:
+        try:
+            attach_state(con, path, write=False)
+        except StateBusy:
+            apply = writing_apply(path)
+            if apply is None:
+                raise
+        else:
+            apply = writing_apply(path)  # began writing while we opened the file
+            if apply is None:
+                return None
+            con.execute(f"DETACH {CATALOG}")
+    return _attach_snapshot(con, path, apply)
+
+
+def _attach_snapshot(con: duckdb.DuckDBPyConnection, path: Path, apply: dict) -> str:
+    who = (
+        f"`reconcile {apply.get('operation', 'apply')}` (pid {apply.get('pid')} on "
+        f"{apply.get('host')}, user {apply.get('user')})"
+    )
+    since = apply.get("since", "?")
+    snapshot = backup_path(path) if apply.get("snapshot") else None
+    if snapshot is None:
+        con.execute(f"ATTACH ':memory:' AS {CATALOG}")
+        create_schema(con)
+        return (
+            f"{who} is writing the state since {since}; there was no state before it, "
+            "so this shows an empty state"
+        )
+    try:
+        con.execute(f"ATTACH '{_q(snapshot)}' AS {CATALOG} (READ_ONLY)")
+    except duckdb.Error as exc:
+        raise StateError(
+            f"{who} is writing the state {path} since {since}, and its snapshot {snapshot} "
+            f"cannot be read ({' '.join(str(exc).split())}); try again when it has finished"
+        ) from exc
+    return f"{who} is running since {since}; showing the state as of its start"

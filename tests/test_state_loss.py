@@ -1,0 +1,148 @@
+"""State loss is never silent: with an empty state, audiences the plan would create whose
+names the destination already has are shown prominently by `plan` and refused by `apply`
+until they are adopted (`reconcile import`, `adopt: true`) or `--allow-duplicate-audiences`
+is given."""
+
+from __future__ import annotations
+
+from tests.conftest import WS, cli, plan_json, profile
+from tests.test_recovery import activation, assert_converged, audiences, desired, held
+
+ROWS = [profile(i, a=True) for i in range(6)]
+
+
+def applied_then_lost(workspace) -> WS:
+    """Two activations applied, then the state (and its backup) gone: a new CI runner."""
+    ws = workspace({"alpha": activation("Alpha"), "beta": activation("Beta")}, profiles=ROWS)
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    for name in ("state.duckdb", "state.duckdb.backup"):
+        (ws.root / ".reconcile" / name).unlink(missing_ok=True)
+    return ws
+
+
+def ids(ws: WS) -> dict[str, str]:
+    return {name: aid for aid, name in audiences(ws)}
+
+
+def test_plan_shows_the_lost_state_in_every_format(workspace):
+    ws = applied_then_lost(workspace)
+    existing = ids(ws)
+    text = cli(ws, "plan").output
+    assert "! STATE LOSS? The state is empty (no run recorded), but 2 audience(s)" in text
+    assert f'activation "alpha": audience "Alpha" (id {existing["Alpha"]}) at sandbox' in text
+    assert f'activation "beta": audience "Beta" (id {existing["Beta"]}) at sandbox' in text
+    assert "reconcile import" in text and "--allow-duplicate-audiences" in text
+    doc = plan_json(ws)
+    assert [(c["activation"], c["name"], c["audience_id"]) for c in doc["state_loss"]] == [
+        ("alpha", "Alpha", existing["Alpha"]),
+        ("beta", "Beta", existing["Beta"]),
+    ]
+    md = cli(ws, "plan", "--format", "markdown").output
+    assert "> [!CAUTION]" in md and "> **STATE LOSS?" in md and "Beta" in md
+
+
+def test_apply_refuses_naming_activations_and_audiences(workspace):
+    ws = applied_then_lost(workspace)
+    before = audiences(ws)
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 1
+    assert "refusing to apply: the state is empty (no run recorded)" in res.stderr
+    assert 'activation "alpha": audience "Alpha"' in res.stderr
+    assert 'activation "beta": audience "Beta"' in res.stderr
+    assert audiences(ws) == before, "nothing was created"
+    res = cli(ws, "run", "alpha", "--auto-approve")
+    assert res.exit_code == 1 and "refusing to apply" in res.stderr
+    # a plan file saved meanwhile is refused the same way
+    out = ws.root / "lost.plan"
+    assert cli(ws, "plan", "--out", str(out)).exit_code == 0
+    res = cli(ws, "apply", str(out), "--auto-approve")
+    assert res.exit_code == 1 and "refusing to apply" in res.stderr
+    assert audiences(ws) == before
+
+
+def test_import_by_name_and_adopt_are_the_ways_out(workspace):
+    ws = applied_then_lost(workspace)
+    before = audiences(ws)
+    res = cli(ws, "import", "alpha")
+    assert res.exit_code == 0, res.stderr
+    assert f"Imported audience 'Alpha' (id {ids(ws)['Alpha']})" in res.output
+    # beta is still not adopted: still refused, naming only beta now
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 1 and '"beta"' in res.stderr and '"alpha"' not in res.stderr
+    ws.write("activations/beta.yaml", activation("Beta", extra="adopt: true\n"))
+    assert plan_json(ws)["state_loss"] == []
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 0, res.output + res.stderr
+    assert audiences(ws) == before, "no duplicate audience"
+    assert held(ws) == {"Alpha": desired(ROWS), "Beta": desired(ROWS)}
+    assert_converged(ws)
+
+
+def test_import_by_id_and_its_errors(workspace):
+    ws = applied_then_lost(workspace)
+    alpha = ids(ws)["Alpha"]
+    res = cli(ws, "import", "alpha", "nope")
+    assert res.exit_code == 1 and "has no audience with id 'nope'" in res.stderr
+    res = cli(ws, "import", "ghost")
+    assert res.exit_code == 1 and "unknown activation 'ghost'" in res.stderr
+    res = cli(ws, "import", "alpha", "--group", "A")
+    assert res.exit_code == 1 and "no group 'A'" in res.stderr
+    ws.write("activations/gamma.yaml", activation("Gamma"))
+    res = cli(ws, "import", "gamma")
+    assert res.exit_code == 1 and "no audience named 'Gamma'" in res.stderr
+    assert cli(ws, "import", "alpha", alpha).exit_code == 0
+    res = cli(ws, "import", "alpha", alpha)
+    assert res.exit_code == 1 and "already records audience 'Alpha'" in res.stderr
+    ws.remove("activations/gamma.yaml")
+    assert cli(ws, "import", "beta").exit_code == 0
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    assert len(audiences(ws)) == 2
+    assert_converged(ws)
+
+
+def test_import_a_split_group(workspace):
+    ws = workspace({"ab": activation("Split", extra="split: ab\n")}, profiles=ROWS)
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    (ws.root / ".reconcile" / "state.duckdb").unlink()
+    res = cli(ws, "import", "ab")
+    assert res.exit_code == 1 and "--group" in res.stderr
+    assert cli(ws, "import", "ab", "--group", "A").exit_code == 0
+    doc = plan_json(ws)
+    assert [(c["group"], c["name"]) for c in doc["state_loss"]] == [("B", "Split - B")]
+    assert cli(ws, "import", "ab", "--group", "B").exit_code == 0
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    assert sorted(name for _, name in audiences(ws)) == ["Split - A", "Split - B"]
+    assert_converged(ws)
+
+
+def test_allow_duplicate_audiences_creates_new_ones(workspace):
+    ws = applied_then_lost(workspace)
+    res = cli(ws, "apply", "--auto-approve", "--allow-duplicate-audiences")
+    assert res.exit_code == 0, res.output + res.stderr
+    assert sorted(name for _, name in audiences(ws)) == ["Alpha", "Alpha", "Beta", "Beta"]
+    assert_converged(ws)
+
+
+def test_a_taken_name_with_a_state_that_has_run_is_only_a_warning(workspace):
+    ws = workspace({"alpha": activation("Alpha")}, profiles=ROWS)
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    ws.write("activations/other.yaml", activation("Alpha"))  # a second activation, same name
+    doc = plan_json(ws)
+    assert doc["state_loss"] == []
+    (other,) = [a for a in doc["activations"] if a["id"] == "other"]
+    assert any("already has an audience named 'Alpha'" in w for w in other["warnings"])
+
+
+def test_a_saved_plan_made_without_refresh_is_checked_again_at_apply(workspace):
+    ws = applied_then_lost(workspace)
+    before = audiences(ws)
+    out = ws.root / "blind.plan"
+    res = cli(ws, "plan", "--refresh=false", "--out", str(out))
+    assert res.exit_code == 0 and "STATE LOSS" not in res.output  # it did not ask
+    res = cli(ws, "apply", str(out), "--auto-approve")
+    assert res.exit_code == 1
+    assert "refusing to apply" in res.stderr and 'audience "Alpha"' in res.stderr
+    assert audiences(ws) == before
+    res = cli(ws, "apply", str(out), "--auto-approve", "--allow-duplicate-audiences")
+    assert res.exit_code == 0, res.output + res.stderr
+    assert len(audiences(ws)) == 4
