@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator
 
 from destinations.base import DestinationConfig
-from destinations.identity import TYPES
+from destinations.identity.types import check_identifier_types
 from destinations.redaction import Credentials
 
 __all__ = ["EXTRAS", "FilesConfig", "FilesCredentials", "url_scheme"]
@@ -84,15 +84,7 @@ class FilesConfig(DestinationConfig):
     @field_validator("identifiers")
     @classmethod
     def _known_types(cls, value: list[str]) -> list[str]:
-        unknown = [v for v in value if v not in TYPES]
-        if unknown:
-            raise ValueError(
-                f"unknown identifier type(s) {', '.join(map(repr, unknown))}; "
-                f"use any of {', '.join(TYPES)}"
-            )
-        if len(set(value)) != len(value):
-            raise ValueError("each identifier type may be listed once")
-        return value
+        return check_identifier_types(value)
 
 
 class FilesCredentials(Credentials):

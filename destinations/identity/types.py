@@ -24,6 +24,7 @@ from destinations.identity.text import WHITESPACE, char_class, lower, nfc
 __all__ = [
     "CANONICAL",
     "TYPES",
+    "check_identifier_types",
     "IdentifierType",
     "NormaliseContext",
     "US_STATES",
@@ -294,3 +295,17 @@ def identifier_type(name: str) -> IdentifierType:
         return TYPES[name]
     except KeyError:
         raise ValueError(f"unknown identifier type {name!r}; known: {', '.join(TYPES)}") from None
+
+
+def check_identifier_types(value: list[str]) -> list[str]:
+    """A destination config's list of identifier types: each one known, each listed once
+    (``ValueError`` otherwise, for a pydantic validator)."""
+    unknown = [v for v in value if v not in TYPES]
+    if unknown:
+        raise ValueError(
+            f"unknown identifier type(s) {', '.join(map(repr, unknown))}; "
+            f"use any of {', '.join(TYPES)}"
+        )
+    if len(set(value)) != len(value):
+        raise ValueError("each identifier type may be listed once")
+    return value

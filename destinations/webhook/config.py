@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, field_validator
 
 from destinations.http import HttpOptions, check_url
 from destinations.identity import TYPES
+from destinations.identity.types import check_identifier_types
 from destinations.redaction import Credentials
 from reconciler.errors import ConfigError
 from reconciler.workspace.schema_rules import URL_PATTERN
@@ -67,15 +68,7 @@ class WebhookConfig(HttpOptions):
     @field_validator("identifiers")
     @classmethod
     def _known_types(cls, value: list[str]) -> list[str]:
-        unknown = [v for v in value if v not in TYPES]
-        if unknown:
-            raise ValueError(
-                f"unknown identifier type(s) {', '.join(map(repr, unknown))}; "
-                f"use any of {', '.join(TYPES)}"
-            )
-        if len(set(value)) != len(value):
-            raise ValueError("each identifier type may be listed once")
-        return value
+        return check_identifier_types(value)
 
 
 class WebhookCredentials(Credentials):
