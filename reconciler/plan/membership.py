@@ -158,18 +158,15 @@ def stage_desired(
     nothing when there is none: the join with the profiles table then returns exactly one row
     per key; only when it returns more are those keys grouped. Recorded members that left
     the segments are checked on their own (a few keys, usually)."""
-    if len(segment_tables) == 1:
-        union = f"SELECT k FROM {segment_tables[0]}"
-    else:
-        union = (
-            "SELECT DISTINCT k FROM ("
-            + " UNION ALL ".join(f"SELECT k FROM {t}" for t in segment_tables)
-            + ")"
-        )
     key = f"CAST(p.{_ident(profiles.key)} AS VARCHAR)"
     supp_join = f"LEFT JOIN {suppressed} s ON s.k = u.k" if suppressed else ""
     supp_flag = "s.k IS NOT NULL" if suppressed else "FALSE"
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {UNION} AS {union}")
+    if len(segment_tables) == 1:  # its keys are distinct already: no copy
+        keys_table = segment_tables[0]
+    else:
+        keys_table = UNION
+        parts = " UNION ALL ".join(f"SELECT k FROM {t}" for t in segment_tables)
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {UNION} AS SELECT DISTINCT k FROM ({parts})")
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE {JOINED} AS
         SELECT u.k AS key,
@@ -180,12 +177,12 @@ def stage_desired(
                coalesce({matchable}, FALSE) AS matchable,
                {group_expr} AS grp,
                {fingerprint} AS fp{f", {attribute_fps} AS afp" if attribute_fps else ""}
-        FROM {UNION} u
+        FROM {keys_table} u
         LEFT JOIN {_ident(profiles.table)} p ON {key} = u.k
         {supp_join}"""
     )
     joined, keys = con.execute(
-        f"SELECT (SELECT count(*) FROM {JOINED}), (SELECT count(*) FROM {UNION})"
+        f"SELECT (SELECT count(*) FROM {JOINED}), (SELECT count(*) FROM {keys_table})"
     ).fetchall()[0]
     twice = (
         f"SELECT key AS k FROM {JOINED} GROUP BY key HAVING count(*) > 1"
@@ -198,7 +195,7 @@ def stage_desired(
         {twice}
         UNION ALL
         SELECT {key} AS k FROM {_ident(profiles.table)} p
-        SEMI JOIN (SELECT m.key FROM {recorded} m ANTI JOIN {UNION} u ON u.k = m.key) l
+        SEMI JOIN (SELECT m.key FROM {recorded} m ANTI JOIN {keys_table} u ON u.k = m.key) l
             ON l.key = {key}
         GROUP BY 1 HAVING count(*) > 1"""
     )

@@ -84,7 +84,7 @@ def check_catalog(ws: Workspace, as_of: datetime | None = None) -> CatalogCheck:
             return out
         if getattr(spec, "writable", False):
             # the write-back table exists from the first plan on: segments may read it before
-            con.execute(writeback.ddl(WRITEBACK_TABLE).replace("CREATE TABLE", "CREATE TEMP TABLE"))
+            con.execute(writeback.ddl(WRITEBACK_TABLE, temp=True))
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
         _Binder(ws, con, as_of or datetime.now(UTC), out).run()

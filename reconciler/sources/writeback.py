@@ -27,8 +27,9 @@ COLUMNS = (
 )
 
 
-def ddl(table: str) -> str:
-    return f"CREATE TABLE IF NOT EXISTS {table} ({COLUMNS})"
+def ddl(table: str, *, temp: bool = False) -> str:
+    """The table's DDL; ``temp``: a session's empty stand-in (validate binds SQL against it)."""
+    return f"CREATE {'TEMP ' if temp else ''}TABLE IF NOT EXISTS {table} ({COLUMNS})"
 
 
 def ensure_table(path: str) -> None:
