@@ -62,7 +62,9 @@ class Session:
         #: start (the notice says so)
         self.state_notice: str | None = None
         try:
-            self.state = self.backend.attach(self.con, write=write_state)
+            # a planning session copies an activation's recorded members only when its diff runs
+            # in the engine (a PostgreSQL state; the embedded one is read in place)
+            self.state = self.backend.attach(self.con, write=write_state, members=write_state)
             self.state_notice = getattr(self.state, "notice", None)
             self.con.execute(f"ATTACH '{_q(staging_path)}' AS {STAGING}")
             source.attach(self.con)

@@ -144,7 +144,9 @@ def test_readers_work_while_an_apply_holds_the_lock(pg_ws, pg_dsn):
 @pytest.mark.slow
 def test_two_applies_from_two_processes_exactly_one_proceeds(pg_ws, pg_dsn):
     rows = [profile(i, a=True) for i in range(60)]
-    ws = pg_ws(rows, integration=sandbox_yaml(batch_size=5, delay_per_batch=0.05))
+    # 12 batches of 0.4 s: the first apply still holds the lock when the second has started,
+    # also on a loaded machine
+    ws = pg_ws(rows, integration=sandbox_yaml(batch_size=5, delay_per_batch=0.4))
     first = run(ws, "apply", "--auto-approve")
     until_planned(first)  # it holds the lock now
     second = run(ws, "apply", "--auto-approve")

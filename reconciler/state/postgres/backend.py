@@ -83,9 +83,15 @@ class _PostgresAttached:
     ):
         self.con, self.db, self.pg, self.copy, self.tmp = con, db, pg, copy, tmp
         self.write, self.members = write, members
+        self._reader: PostgresStateReader | None = None
 
     def reader(self) -> PostgresStateReader:
-        return PostgresStateReader(self.con, self.db, self.pg, self.members)
+        # one reader per session: it knows which activations' members it copied already
+        if self._reader is None:
+            self._reader = PostgresStateReader(
+                self.con, self.db, self.pg, self.members, tmp=self.tmp
+            )
+        return self._reader
 
     def store(self) -> PostgresStateStore:
         if not self.write:

@@ -19,6 +19,7 @@ from typing import Any
 
 import duckdb
 import psycopg
+from psycopg import sql as pgsql
 
 from reconciler.state.postgres.tables import TABLES
 
@@ -57,6 +58,34 @@ def load(
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(name)
+
+
+def load_members(
+    pg: psycopg.Connection,
+    schema: str,
+    con: duckdb.DuckDBPyConnection,
+    catalog: str,
+    tmp: Path,
+    activation_id: str,
+) -> None:
+    """Copy the member rows of one activation into ``catalog.members`` (a planning session
+    copies only the activations whose diff runs in the engine)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    cols = TABLES["members"]
+    fd, name = tempfile.mkstemp(prefix=f"staging-{os.getpid()}-pgcopy-", suffix=".csv", dir=tmp)
+    try:
+        with pg.transaction(), os.fdopen(fd, "wb") as out:
+            query = pgsql.SQL(
+                f"COPY (SELECT {', '.join(c.pg_export() for c in cols)} FROM {schema}.members "
+                "WHERE activation_id = {aid}) TO STDOUT (FORMAT csv)"
+            ).format(aid=pgsql.Literal(activation_id))
+            with pg.cursor().copy(query) as copy:
+                for block in copy:
+                    out.write(block)
+        _read_csv_into(con, catalog, "members", Path(name))
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
 
 
 def _read_csv_into(con: duckdb.DuckDBPyConnection, catalog: str, table: str, path: Path) -> None:

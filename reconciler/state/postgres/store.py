@@ -40,9 +40,23 @@ class PostgresStateReader(StateReader):
         pg: psycopg.Connection | None,
         members: bool,
         catalog: str = CATALOG,
+        tmp: Path | None = None,
     ):
         super().__init__(con, catalog)
         self.db, self.pg, self.has_members = db, pg, members
+        self.tmp = tmp or Path(".reconcile/tmp")
+        self._loaded: set[str] = set()
+
+    def members_sql(self, activation_id: str) -> str:
+        """Without the member rows copied at attach (a planning session), an activation's
+        rows are copied the first time its diff needs them."""
+        if not self.has_members and self.pg is not None and activation_id not in self._loaded:
+            with self.db.errors("reading the recorded members"):
+                mirror.load_members(
+                    self.pg, self.db.schema, self.con, self.c, self.tmp, activation_id
+                )
+            self._loaded.add(activation_id)
+        return super().members_sql(activation_id)
 
     def member_counts(self, activation_id: str) -> dict[str, int]:
         if self.has_members or self.pg is None:
