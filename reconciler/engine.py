@@ -12,7 +12,7 @@ from pathlib import Path
 
 from reconciler.apply.applier import Applier, ApplyOptions, ApplyResult
 from reconciler.apply.interrupts import InterruptGuard
-from reconciler.enginedb import Session, new_staging_path, remove_staging
+from reconciler.enginedb import STAGING, Session, new_staging_path, remove_staging
 from reconciler.errors import ConfigError, DestinationError
 from reconciler.integrations import Connections
 from reconciler.plan import planfile
@@ -23,6 +23,7 @@ from reconciler.state import versions
 from reconciler.state.backend import StateLocking, open_backend, opened
 from reconciler.state.schema import StateBusy
 from reconciler.workspace.loader import Workspace
+from reconciler.workspace.spec import Goal
 from reconciler.workspace.templating import local_date
 
 
@@ -41,6 +42,8 @@ def make_plan(ws: Workspace, request: PlanRequest, as_of: datetime | None = None
     as_of = plan_as_of(as_of)
     source = open_source(ws)
     source.prepare(local_date(as_of, ws.config.timezone))
+    if hasattr(source, "diff_in_source"):  # PostgreSQL: the diff runs next to the data
+        source.diff_in_source = True
     staging = new_staging_path(ws)
     conns = Connections(ws, require_credentials=request.refresh)
     try:
@@ -133,7 +136,7 @@ def execute(
     gc.set_threshold(50_000, 20, 100)
     conns = Connections(ws)
     try:
-        with _apply_session(ws, staged.staging, lock_timeout, echo) as session:
+        with _apply_session(ws, staged, lock_timeout, echo) as session:
             return Applier(ws, staged.plan, session, conns, options, guard, echo).run()
     finally:
         conns.close()
@@ -144,7 +147,7 @@ READER_WAIT = 600.0
 
 
 @contextmanager
-def _apply_session(ws: Workspace, staging: Path, lock_timeout: float, echo=None):
+def _apply_session(ws: Workspace, staged: StagedPlan, lock_timeout: float, echo=None):
     """The apply's session. The embedded backend keeps the current state as the backup and
     the apply writes a copy of its own (:func:`~reconciler.state.snapshot.begin_write`), so
     readers never hold the file it writes; a reader that opened that copy in the instant
@@ -155,9 +158,9 @@ def _apply_session(ws: Workspace, staging: Path, lock_timeout: float, echo=None)
         try:
             session = Session(
                 ws,
-                open_source(ws, write=True),
+                _apply_source(ws, staged.plan),
                 write_state=True,
-                staging_path=staging,
+                staging_path=staged.staging,
                 lock_down=False,
             )
             break
@@ -172,6 +175,18 @@ def _apply_session(ws: Workspace, staging: Path, lock_timeout: float, echo=None)
         yield session
     finally:
         session.close()
+
+
+def _apply_source(ws: Workspace, plan: Plan):
+    """The apply's source. A PostgreSQL source copies only the profiles of the plan's member
+    changes when every activation sends audience members (an export's full file and the
+    per-attribute hashes of ``sync_attributes`` read every member's profile)."""
+    source = open_source(ws, write=True)
+    if hasattr(source, "only_keys_of") and all(
+        a.goal not in (Goal.EXPORT_DATA.value, Goal.SYNC_ATTRIBUTES.value) for a in plan.activations
+    ):
+        source.only_keys_of = f"(SELECT key AS k FROM {STAGING}.changes)"
+    return source
 
 
 @contextmanager

@@ -15,7 +15,7 @@ from destinations.base import AudienceRef
 from reconciler.enginedb import Session
 from reconciler.errors import ConfigError, DestinationError, ReconcileError, SegmentError
 from reconciler.integrations import Connections
-from reconciler.plan import attributes, membership, splits, state_loss
+from reconciler.plan import attributes, in_source, membership, splits, state_loss
 from reconciler.plan.exports import plan_export
 from reconciler.plan.model import (
     ActivationPlan,
@@ -74,6 +74,8 @@ class Planner:
         self.profiles = ws.config.source.profiles
         self.policy = sql_policy(ws.config.source)
         self.segments = SegmentRunner(ws, self.con, as_of, session.source.dialect, session.source)
+        #: the membership diff runs in the PostgreSQL source (None: in the engine)
+        self.pushdown = getattr(session.source, "pushdown", None)
 
     # ------------------------------------------------------------------ entry point
     def build(self) -> Plan:
@@ -87,7 +89,10 @@ class Planner:
                     f"unknown activation(s) {unknown}; known: {', '.join(ids) or 'none'}"
                 )
             ids = [i for i in ids if i in self.req.targets]
-        suppressed = self.segments.suppressed_table()
+        # suppression segments run first (their errors come first); with the diff in
+        # PostgreSQL their keys stay there unless an activation is planned in the engine
+        self.suppression = [self.segments.run(n) for n in self.ws.config.suppression]
+        suppressed = None if self.pushdown is not None else self.segments.suppressed_table()
         self.last_refresh = last_refresh(
             self.con,
             self.ws.config.source.freshness_sql,
@@ -198,23 +203,52 @@ class Planner:
                 consent_where,
                 "the audience query (consent condition)",
             ):
-                recorded = self.state.members_sql(baseline)
-                counts, duplicates, sample = membership.stage_desired(
-                    self.con,
-                    profiles=self.profiles,
-                    segment_tables=[r.table for r in seg_results],
-                    recorded=recorded,
-                    suppressed=suppressed,
-                    consent=consent,
-                    group_expr=membership.group_expression(act, seed),
-                    fingerprint=membership.fingerprint_sql(
-                        self.profiles, ids, attr_cols, self.profiles.default_phone_country
-                    ),
-                    matchable=membership.matchable_sql(self.profiles, ids),
-                    attribute_fps=attributes.fingerprints_sql(self.profiles, mapping)
-                    if syncs
-                    else None,
-                )
+                if self.pushdown is not None and in_source.can_stage(
+                    self.pushdown, act, self.profiles, ids, attr_cols
+                ):
+                    staged = in_source.stage(
+                        self.pushdown,
+                        self.state,
+                        act=act,
+                        baseline=baseline,
+                        seed=seed,
+                        segments=seg_results,
+                        suppression=self.suppression,
+                        consent=self.pushdown.source.consent_condition(act.destination),
+                        identifier_types=ids,
+                        attribute_columns=attr_cols,
+                        gone=sorted(drift.gone),
+                        where=consent_where,
+                    )
+                    counts, duplicates, sample = staged.counts, staged.duplicates, staged.sample
+                    if self.req.announce is not None:
+                        self.req.announce(
+                            f"{aid}: membership diffed in PostgreSQL (recorded members "
+                            f"{'read there' if staged.in_state else 'sent as fingerprints'}); "
+                            f"{staged.shipped:,} row(s) of changing members copied in"
+                        )
+                    recorded, suppressed = staged.recorded, staged.suppressed
+                else:
+                    if self.pushdown is not None:  # this one is diffed in the engine
+                        self.pushdown.ship_all_profiles()
+                        suppressed = self.segments.suppressed_table()
+                    recorded = self.state.members_sql(baseline)
+                    counts, duplicates, sample = membership.stage_desired(
+                        self.con,
+                        profiles=self.profiles,
+                        segment_tables=[self.segments.local(r) for r in seg_results],
+                        recorded=recorded,
+                        suppressed=suppressed,
+                        consent=consent,
+                        group_expr=membership.group_expression(act, seed),
+                        fingerprint=membership.fingerprint_sql(
+                            self.profiles, ids, attr_cols, self.profiles.default_phone_country
+                        ),
+                        matchable=membership.matchable_sql(self.profiles, ids),
+                        attribute_fps=attributes.fingerprints_sql(self.profiles, mapping)
+                        if syncs
+                        else None,
+                    )
                 membership.stage_changes(
                     self.con,
                     activation_id=aid,

@@ -27,6 +27,8 @@ class SegmentResult:
     size: int  # distinct keys
     repeated: int = 0  # keys the SQL returned more than once (counted once)
     column_type: str = ""  # the type of the column the SQL returns (before the key cast)
+    #: the diff runs in PostgreSQL: the segment's id there (``table`` is made on demand)
+    remote: int | None = None
 
 
 class SegmentRunner:
@@ -41,6 +43,9 @@ class SegmentRunner:
         self.ws, self.con, self.as_of, self.dialect = ws, con, as_of, dialect
         #: a source that runs segment SQL itself (PostgreSQL) and ships the keys in
         self.remote = source if hasattr(source, "materialise") else None
+        #: the membership diff runs in PostgreSQL: segments stay there
+        self.pushdown = getattr(source, "pushdown", None)
+        self._local: set[str] = set()
         self.policy = sql_policy(ws.config.source)
         self.timeout = query_timeout(ws.config.source)
         self._done: dict[str, SegmentResult] = {}
@@ -62,6 +67,16 @@ class SegmentRunner:
         table = f"{TEMP}_seg_{len(self._done)}"
         try:
             with time_limit(self.con, self.timeout, str(where), f"segment {name!r}"):
+                if self.pushdown is not None and self.remote is not None:
+                    what = f"segment {name!r}"
+                    cols = self.remote.describe_query(sql, str(where), what)
+                    self._one_column(name, where, cols)
+                    seg, total, non_null, distinct = self.pushdown.segment(
+                        sql, cols[0][0], str(where), what
+                    )
+                    return self._remote_result(
+                        name, where, seg, table, cols, total, non_null, distinct
+                    )
                 if self.remote is not None:
                     what = f"segment {name!r}"
                     cols = self.remote.describe_query(sql, str(where), what)
@@ -81,11 +96,7 @@ class SegmentRunner:
             raise
         except duckdb.Error as exc:
             raise self._failed(name, exc, sql) from exc
-        if non_null != total:
-            raise SegmentError(
-                f"{where}: segment {name!r} returned {total - non_null} NULL key(s); "
-                f"filter them out (WHERE {cols[0][0]} IS NOT NULL)"
-            )
+        self._check_nulls(name, where, cols, total, non_null)
         if distinct != total:
             # a key returned twice (a join, or a key repeated in the profiles table) is one
             # profile: counted once; the plan says so
@@ -98,6 +109,32 @@ class SegmentRunner:
         result = SegmentResult(name, table, distinct, total - distinct, str(cols[0][1]))
         self._done[name] = result
         return result
+
+    def _remote_result(
+        self, name: str, where: object, seg: int, table: str, cols: list, *counts: int
+    ) -> SegmentResult:
+        total, non_null, distinct = counts
+        self._check_nulls(name, where, cols, total, non_null)
+        result = SegmentResult(name, table, distinct, total - distinct, str(cols[0][1]), remote=seg)
+        self._done[name] = result
+        return result
+
+    def local(self, result: SegmentResult) -> str:
+        """The engine's table of a segment's distinct keys (copied from PostgreSQL the first
+        time an activation planned in the engine needs it)."""
+        if result.remote is not None and result.table not in self._local:
+            assert self.pushdown is not None
+            self.pushdown.ship_segment(result.remote, result.table)
+            self._local.add(result.table)
+        return result.table
+
+    @staticmethod
+    def _check_nulls(name: str, where: object, cols: list, total: int, non_null: int) -> None:
+        if non_null != total:
+            raise SegmentError(
+                f"{where}: segment {name!r} returned {total - non_null} NULL key(s); "
+                f"filter them out (WHERE {cols[0][0]} IS NOT NULL)"
+            )
 
     def _one_column(self, name: str, where: object, cols: list) -> None:
         if len(cols) != 1:
@@ -120,6 +157,6 @@ class SegmentRunner:
         names = self.ws.config.suppression
         if not names:
             return None
-        parts = " UNION ".join(f"SELECT k FROM {self.run(n).table}" for n in names)
+        parts = " UNION ".join(f"SELECT k FROM {self.local(self.run(n))}" for n in names)
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE {SUPPRESSED} AS {parts}")
         return SUPPRESSED

@@ -24,6 +24,7 @@ import tempfile
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import psycopg
@@ -74,6 +75,13 @@ class PostgresProfilesSource:
             catalog="",
             schema=self.schema,
         )
+        #: the diff in PostgreSQL (set at attach; None: every profile is copied)
+        self.pushdown: Any = None
+        #: a plan's session: run the membership diff in PostgreSQL (``source.diff``)
+        self.diff_in_source = False
+        #: an apply's session: copy only the profiles of these keys (a SQL relation ``k``)
+        self.only_keys_of: str | None = None
+        self._attached_types: dict[str, str] = {}
         self._dsn: str | None = None
         self._conn: psycopg.Connection | None = None
         self.folder: Path | None = None  # where COPY output lands for DuckDB to read
@@ -98,6 +106,9 @@ class PostgresProfilesSource:
         return (str(self.folder) + os.sep,) if self.folder else ()
 
     def close(self) -> None:
+        if self.pushdown is not None:
+            self.pushdown.close()
+            self.pushdown = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -153,8 +164,47 @@ class PostgresProfilesSource:
 
     def attach(self, con: duckdb.DuckDBPyConnection) -> None:
         """Copy the contract columns of the profiles table, with the consent flags computed
-        in PostgreSQL, into ``source.<table>`` of the session, and make it the default."""
+        in PostgreSQL, into ``source.<table>`` of the session, and make it the default.
+        With the diff in PostgreSQL (:attr:`pushdown`), the table starts empty and receives
+        only the rows of profiles whose membership changes."""
         columns = self._columns()
+        select, types = self.projection(columns)
+        # in memory: beyond the session's memory_limit DuckDB spills it to temp_directory
+        # (a database file instead costs ~1 s more CPU per million profiles, measured)
+        con.execute(f"ATTACH ':memory:' AS {SOURCE_CATALOG}")
+        con.execute(f"USE {SOURCE_CATALOG}")
+        self.folder = self._new_folder()
+        self._attached_types = types
+        if (self.diff_in_source or self.only_keys_of) and self.pushdown_wanted(columns):
+            from reconciler.sources.pg_pushdown import Pushdown
+
+            body = ", ".join(f'"{c}" {t}' for c, t in types.items())
+            con.execute(f'CREATE TABLE "{self.profiles.table}" ({body})')
+            pushdown = Pushdown(self, con, columns)
+            if self.only_keys_of is None:  # a plan: each activation's diff ships its rows
+                self.pushdown = pushdown
+                return
+            try:  # an apply: the profiles of the plan's member changes, nothing else
+                pushdown.ship_profiles_of(self.only_keys_of)
+            finally:
+                pushdown.close()
+            return
+        query = self.profiles_query(select)
+        what = "the consent conditions" if self.consents else "reading the profiles table"
+        try:
+            self.copy_into(con, query, f'"{self.profiles.table}"', types, self._where(), what)
+        except duckdb.Error as exc:  # a value DuckDB cannot read as the column's type
+            detail, _ = safe_engine_error(exc, query)
+            raise SourceError(
+                f"{self._where()}: the profiles table {self.profiles.table!r} in "
+                f"{self.describe()} could not be read into the engine: {detail}"
+            ) from None
+
+    def projection(
+        self, columns: dict[str, tuple[str, int | None, int | None]]
+    ) -> tuple[list[str], dict[str, str]]:
+        """What travels of a profile: the key, identifier and mapped attribute columns and
+        one consent flag per integration (SQL select list over ``p``; DuckDB types)."""
         wanted: list[tuple[str, tuple[str | int, ...]]] = [
             (self.profiles.key, ("key",)),
             *((c, ("identifiers", t)) for t, c in self.profiles.identifiers.items()),
@@ -180,28 +230,24 @@ class PostgresProfilesSource:
             if loc[0] != "attributes" or self.mapped is None or c in self.mapped
         ]
         names = list(dict.fromkeys(travel))
-        select = [pgsql.Identifier(c).as_string() for c in names]
+        select = [f"p.{pgsql.Identifier(c).as_string()}" for c in names]
         types = {c: duck_type(*columns[c]) for c in names}
         for integration, (condition, where) in sorted(self.consents.items()):
             col = self.consent_columns[integration]
             select.append(f"coalesce((\n{self._condition(condition, where)}\n), false) AS {col}")
             types[col] = "BOOLEAN"
+        return select, types
+
+    def profiles_query(self, select: list[str], where: str = "") -> str:
         table = pgsql.Identifier(self.profiles.table).as_string()
-        query = f"SELECT {', '.join(select)} FROM {table} AS p"
-        # in memory: beyond the session's memory_limit DuckDB spills it to temp_directory
-        # (a database file instead costs ~1 s more CPU per million profiles, measured)
-        con.execute(f"ATTACH ':memory:' AS {SOURCE_CATALOG}")
-        con.execute(f"USE {SOURCE_CATALOG}")
-        self.folder = self._new_folder()
-        what = "the consent conditions" if self.consents else "reading the profiles table"
-        try:
-            self.copy_into(con, query, f'"{self.profiles.table}"', types, self._where(), what)
-        except duckdb.Error as exc:  # a value DuckDB cannot read as the column's type
-            detail, _ = safe_engine_error(exc, query)
-            raise SourceError(
-                f"{self._where()}: the profiles table {self.profiles.table!r} in "
-                f"{self.describe()} could not be read into the engine: {detail}"
-            ) from None
+        return f"SELECT {', '.join(select)} FROM {table} AS p {where}"
+
+    def pushdown_wanted(self, columns: dict[str, tuple[str, int | None, int | None]]) -> bool:
+        """The diff runs in PostgreSQL unless switched off (``source.diff: engine``) or the
+        key's text could differ between PostgreSQL and the engine (its type)."""
+        from reconciler.sources.pg_pushdown import text_equal
+
+        return self.spec.diff == "postgres" and text_equal(columns[self.profiles.key])
 
     def _condition(self, condition: str, where: str) -> str:
         """A consent condition, checked by the guard and regenerated from its tree."""
@@ -216,6 +262,12 @@ class PostgresProfilesSource:
             raise SegmentError(f"{where}: consent condition: {exc}") from exc
         tree = sqlglot.parse_one(checked, read="postgres")
         return tree.expressions[0].sql(dialect="postgres", identify=True)
+
+    def consent_condition(self, integration: str) -> str:
+        """The consent condition of ``integration`` as PostgreSQL SQL over ``p`` (checked)."""
+        if integration not in self.consents:
+            return "TRUE"
+        return self._condition(*self.consents[integration])
 
     def consent_expression(self, integration: str) -> str:
         """The consent flag of ``integration``, evaluated in PostgreSQL at :meth:`attach`."""

@@ -172,6 +172,13 @@ class PostgresSource(_SourceSettings):
         description="fill the profiles table with the deterministic demo data when it is missing",
     )
     demo_profiles: int = Field(50_000, ge=100, description="how many demo profiles to generate")
+    diff: Literal["postgres", "engine"] = Field(
+        "postgres",
+        description="where the membership diff runs: `postgres` (next to the data: the "
+        "recorded members are read there, or sent there as keys and fingerprints, and only "
+        "the changes travel) or `engine` (every profile's mapped columns are copied into "
+        "the engine first)",
+    )
 
     @field_validator("dsn")
     @classmethod

@@ -75,6 +75,9 @@ def load_members(
     fd, name = tempfile.mkstemp(prefix=f"staging-{os.getpid()}-pgcopy-", suffix=".csv", dir=tmp)
     try:
         with pg.transaction(), os.fdopen(fd, "wb") as out:
+            found = pg.execute("SELECT to_regclass(%s)", [f"{schema}.members"]).fetchone()
+            if not found or found[0] is None:  # no state yet
+                return
             query = pgsql.SQL(
                 f"COPY (SELECT {', '.join(c.pg_export() for c in cols)} FROM {schema}.members "
                 "WHERE activation_id = {aid}) TO STDOUT (FORMAT csv)"

@@ -1,0 +1,480 @@
+"""The membership diff inside PostgreSQL, next to the data (a PostgreSQL source with
+``source.diff: postgres``, the default). Only what changes travels into the engine.
+
+For each activation PostgreSQL computes, in temporary tables of the source connection and
+inside the one READ ONLY transaction (statement timeout, search path) every untrusted query
+runs in, what :func:`reconciler.plan.membership.stage_desired` computes in the engine: every
+segment key with its exclusion flags, split group and fingerprint — with expressions that
+give the engine's values bit for bit (the fingerprint is the low 64 bits of the same MD5 over
+the same bytes; proven equal by tests/test_pg_pushdown.py) — and the counts. It compares that
+with the recorded members: read from the state's own table when the state lives in the same
+PostgreSQL database, otherwise sent there as keys, groups and fingerprints (COPY). A key
+whose row is *quiet* — recorded unchanged and still eligible, or neither recorded nor
+eligible — cannot produce any change; everything else (entering, leaving, changed, held,
+excluded members) travels into the engine: its desired row, its recorded row and its profile
+row. The engine then stages the changes with the same SQL as always
+(:func:`~reconciler.plan.membership.stage_changes`), so both paths plan the same changes.
+
+An activation whose fingerprint reads a column whose text could differ between PostgreSQL
+and the engine (floating point, timestamps, ``char(n)``), or with ``goal: sync_attributes``
+(per-attribute hashes), runs in the engine: its segments and all profiles are copied in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+import psycopg
+from psycopg import sql as pgsql
+
+from reconciler.errors import SegmentError, SourceError
+from reconciler.sources import pg_connect
+from reconciler.sources.engine_errors import safe_engine_error
+
+if TYPE_CHECKING:
+    from reconciler.sources.postgres_source import PostgresProfilesSource
+
+#: PostgreSQL types whose text PostgreSQL's cast and the engine's cast (after the COPY into
+#: the engine) write alike; every type the engine reads as text qualifies too
+_EQUAL_TEXT = {"smallint", "integer", "bigint", "boolean", "date", "uuid", "numeric"}
+_NOT_EQUAL = {
+    "real",
+    "double precision",
+    "character",
+    "timestamp without time zone",
+    "timestamp with time zone",
+    "time without time zone",
+    "time with time zone",
+    "money",
+}
+U64 = 18446744073709551616
+
+#: the temporary tables and the function of a plan (the session's own pg_temp schema)
+DDL = (
+    "CREATE TEMP TABLE IF NOT EXISTS rk_seg (seg integer, k text)",
+    "CREATE TEMP TABLE IF NOT EXISTS rk_desired (key text, held boolean, unknown boolean, "
+    "suppressed boolean, no_consent boolean, matchable boolean, grp text, fp numeric(20))",
+    "CREATE TEMP TABLE IF NOT EXISTS rk_recorded (key text, grp text, fp numeric(20))",
+    "CREATE TEMP TABLE IF NOT EXISTS rk_dups (k text)",
+    "CREATE TEMP TABLE IF NOT EXISTS rk_moving (k text PRIMARY KEY)",
+    "CREATE TEMP TABLE IF NOT EXISTS rk_shipped (k text PRIMARY KEY)",
+    # the low 64 bits of an MD5 (hex) read little-endian, as DuckDB's md5_number(x) >> 64
+    "CREATE OR REPLACE FUNCTION pg_temp.rk_lo64(h text) RETURNS numeric LANGUAGE sql "
+    "IMMUTABLE AS $$ SELECT ('x' || "
+    + " || ".join(f"substr(h, {i}, 2)" for i in range(31, 15, -2))
+    + f")::bit(64)::bigint::numeric + CASE WHEN substr(h, 31, 1) >= '8' THEN {U64} ELSE 0 END"
+    " $$",
+)
+
+
+def text_equal(column: tuple[str, int | None, int | None]) -> bool:
+    """Whether a column of this PostgreSQL type has the same text in both databases."""
+    data_type, precision, _ = column
+    t = data_type.lower()
+    if t == "numeric":
+        return bool(precision) and (precision or 0) <= 38
+    return t in _EQUAL_TEXT or t not in _NOT_EQUAL and not t.startswith("timestamp")
+
+
+def _ident(name: str) -> str:
+    return pgsql.Identifier(name).as_string()
+
+
+def _lit(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def fingerprint_pg(
+    identifier_columns: Sequence[tuple[str, str]],
+    attribute_columns: Sequence[str],
+    phone_country: str | None,
+) -> str:
+    """PostgreSQL twin of :func:`reconciler.plan.membership.fingerprint_sql`: MD5 over the
+    UTF-8 bytes of the values joined by chr(31), NULL as chr(0) (a byte PostgreSQL text
+    cannot hold, hence bytea)."""
+    terms = []
+    for t, col in identifier_columns:
+        term = f"CAST(p.{_ident(col)} AS text)"
+        if t == "phone" and phone_country:
+            term = f"{term} || chr(30) || {_lit(phone_country.upper())}"
+        terms.append(term)
+    terms += [f"CAST(p.{_ident(c)} AS text)" for c in attribute_columns]
+    if not terms:
+        return "0::numeric"
+    parts = " || '\\x1f'::bytea || ".join(
+        f"coalesce(convert_to({t}, 'UTF8'), '\\x00'::bytea)" for t in terms
+    )
+    return f"pg_temp.rk_lo64(md5({parts}))"
+
+
+def group_pg(split: str, control_percent: int | None, seed: str, key: str) -> str:
+    """PostgreSQL twin of :func:`reconciler.plan.splits.group_sql`."""
+    if split == "none":
+        return "'all'"
+    b = f"(pg_temp.rk_lo64(md5({_lit(seed)} || ':' || {key})) % 100)"
+    if split == "ab":
+        return f"CASE WHEN {b} < 50 THEN 'A' ELSE 'B' END"
+    return f"CASE WHEN {b} < {int(control_percent or 10)} THEN 'control' ELSE 'experiment' END"
+
+
+def matchable_pg(identifier_columns: Sequence[tuple[str, str]]) -> str:
+    """PostgreSQL twin of :func:`reconciler.plan.membership.matchable_sql`."""
+    tests = []
+    for t, col in identifier_columns:
+        c = f"p.{_ident(col)}"
+        if t == "email":
+            tests.append(f"(strpos({c}, '@') > 1)")
+        elif t == "phone":
+            tests.append(f"(length(regexp_replace({c}, '[^0-9]', '', 'g')) >= 7)")
+    return " OR ".join(tests) if tests else "FALSE"
+
+
+class Pushdown:
+    """The PostgreSQL side of one engine session (see the module's docstring)."""
+
+    def __init__(
+        self,
+        source: PostgresProfilesSource,
+        con: duckdb.DuckDBPyConnection,
+        columns: dict[str, tuple[str, int | None, int | None]],
+    ):
+        self.source, self.con, self.columns = source, con, columns
+        self.key = f"CAST(p.{_ident(source.profiles.key)} AS text)"
+        self.table = _ident(source.profiles.table)
+        #: rows that travelled into the engine (profiles, desired and recorded rows, keys)
+        self.shipped_rows = 0
+        self._cur: psycopg.Cursor | None = None
+        self._stack = contextlib.ExitStack()
+        self._segments = 0
+        self._all_shipped = False
+
+    # ------------------------------------------------------------------ the transaction
+    def cursor(self) -> psycopg.Cursor:
+        """The cursor of the session's READ ONLY transaction (opened on first use, after
+        creating the temporary tables in a transaction of their own)."""
+        if self._cur is None:
+            conn = self.source.connection()
+            conn.read_only = False  # our own DDL; untrusted SQL never runs in it
+            try:
+                with conn.transaction(), conn.cursor() as cur:
+                    for statement in DDL:
+                        cur.execute(statement)
+            except psycopg.Error as exc:
+                raise self.source._lost(exc) from None
+            finally:
+                conn.read_only = True
+            where = self.source._where()
+            self._cur = self._stack.enter_context(
+                pg_connect.untrusted(
+                    conn, self.source.schema, self.source.timeout, where, "the membership diff"
+                )
+            )
+            self._cur.execute("SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD'")
+            for table in ("rk_seg", "rk_shipped"):
+                self._cur.execute(f"DELETE FROM pg_temp.{table}")
+        return self._cur
+
+    def close(self) -> None:
+        with contextlib.suppress(psycopg.Error):
+            self._stack.close()
+        self._cur = None
+
+    def run(self, sql: str, params: Sequence[Any] = (), *, where: str, what: str, user: str = ""):
+        """One statement in the transaction; a timeout or an error names ``where``."""
+        cur = self.cursor()
+        try:
+            # no parameters: no placeholder parsing (user SQL may hold a literal %)
+            return cur.execute(sql, list(params) if params else None)
+        except psycopg.errors.QueryCanceled:
+            raise SegmentError(
+                f"{where}: {what} was stopped after {self.source.timeout:g} s, the time limit "
+                "for untrusted SQL (`source.query_timeout` in reconcile.yaml); make it cheaper "
+                "(filter early, avoid cross joins and unbounded recursion) or raise the limit"
+            ) from None
+        except psycopg.Error as exc:
+            raise self.source._failed(exc, user or sql, where, what) from None
+
+    # ------------------------------------------------------------------ segments
+    def segment(self, sql: str, column: str, where: str, what: str) -> tuple[int, int, int, int]:
+        """Materialise a segment's keys in PostgreSQL: (id, rows, non-NULL keys, distinct)."""
+        seg = self._segments
+        self._segments += 1
+        self.run(
+            f"INSERT INTO pg_temp.rk_seg SELECT {int(seg)}, CAST(q.{_ident(column)} AS text) "
+            f"FROM (\n{sql}\n) AS q",
+            where=where,
+            what=what,
+            user=sql,
+        )
+        row = self.run(
+            "SELECT count(*), count(k), count(DISTINCT k) FROM pg_temp.rk_seg WHERE seg = %s",
+            [seg],
+            where=where,
+            what=what,
+        ).fetchone()
+        assert row is not None
+        return seg, int(row[0]), int(row[1]), int(row[2])
+
+    def ship_segment(self, seg: int, table: str) -> None:
+        """A segment's distinct keys into the engine (an activation planned there)."""
+        self.copy_out(
+            f"SELECT DISTINCT k FROM pg_temp.rk_seg WHERE seg = {int(seg)}",
+            f"CREATE OR REPLACE TEMP TABLE {table} AS",
+            {"k": "VARCHAR"},
+        )
+
+    # ------------------------------------------------------------------ profiles
+    def ship_all_profiles(self) -> None:
+        """Every profile not copied yet (an activation planned in the engine)."""
+        if self._all_shipped:
+            return
+        self._ship_profiles("NOT EXISTS (SELECT 1 FROM pg_temp.rk_shipped s WHERE s.k = {key})")
+        self._all_shipped = True
+
+    def _ship_profiles(self, condition: str) -> None:
+        select, types = self.source.projection(self.columns)
+        cond = condition.format(key=self.key)
+        query = self.source.profiles_query(select, f"WHERE {cond}")
+        self.copy_out(query, f'INSERT INTO "{self.source.profiles.table}"', types)
+        self.run(  # after the copy: the condition reads what was shipped before
+            f"INSERT INTO pg_temp.rk_shipped SELECT DISTINCT {self.key} FROM {self.table} p "
+            f"WHERE {cond} ON CONFLICT DO NOTHING",
+            where=self.source._where(),
+            what="the consent conditions",
+        )
+
+    def ship_profiles_of(self, keys: str) -> None:
+        """An apply's session: only the profiles of ``keys`` (a SQL relation with column
+        ``k`` in the engine: the keys of the plan's member changes) — sent to PostgreSQL and
+        the matching rows copied back."""
+        self.copy_in(f"SELECT DISTINCT k FROM {keys}", "pg_temp.rk_moving", "k")
+        self._ship_profiles(
+            "{key} IN (SELECT k FROM pg_temp.rk_moving) "
+            "AND NOT EXISTS (SELECT 1 FROM pg_temp.rk_shipped s WHERE s.k = {key})"
+        )
+
+    # ------------------------------------------------------------------ one activation
+    def stage(
+        self,
+        *,
+        segments: Sequence[int],
+        suppression: Sequence[int],
+        consent: str,
+        group: str,
+        fingerprint: str,
+        matchable: str,
+        recorded: str | None,
+        recorded_local: str | None,
+        gone: Sequence[str],
+        remove_mode: bool,
+        tables: dict[str, str],
+        where: str,
+    ) -> tuple[dict[str, int], list[str], int]:
+        """Compute desired rows, held keys and counts in PostgreSQL and copy the rows of
+        the moving keys into the engine's ``tables`` (desired, recorded, suppressed,
+        duplicates). ``recorded`` is the state's member relation in PostgreSQL, or None
+        when ``recorded_local`` (the engine's) is sent there. Returns (counts, a few held
+        keys, how many held keys)."""
+        what = "the audience query (consent condition)"
+        run = lambda sql, params=(): self.run(sql, params, where=where, what=what)  # noqa: E731
+        for table in ("rk_desired", "rk_dups", "rk_moving"):
+            run(f"DELETE FROM pg_temp.{table}")
+        if recorded is None:
+            run("DELETE FROM pg_temp.rk_recorded")
+            assert recorded_local is not None
+            self.copy_in(
+                f"SELECT key, grp, CAST(fp AS VARCHAR) FROM {recorded_local}",
+                "pg_temp.rk_recorded",
+                "key, grp, fp",
+            )
+            recorded = "pg_temp.rk_recorded"
+        segs = ", ".join(str(int(s)) for s in segments)
+        supp = ", ".join(str(int(s)) for s in suppression)
+        keys = f"(SELECT DISTINCT k FROM pg_temp.rk_seg WHERE seg IN ({segs}))"
+        supp_join = (
+            f"LEFT JOIN (SELECT DISTINCT k FROM pg_temp.rk_seg WHERE seg IN ({supp})) s "
+            "ON s.k = u.k"
+            if supp
+            else ""
+        )
+        run(
+            f"""INSERT INTO pg_temp.rk_desired
+            SELECT u.k, FALSE, {self.key} IS NULL, {"s.k IS NOT NULL" if supp else "FALSE"},
+                   NOT coalesce(({consent}), FALSE), coalesce(({matchable}), FALSE),
+                   {group}, {fingerprint}
+            FROM {keys} u LEFT JOIN {self.table} p ON {self.key} = u.k {supp_join}"""
+        )
+        # held: a key on several profile rows, among the segments' keys or recorded leavers
+        run(
+            f"""INSERT INTO pg_temp.rk_dups
+            SELECT key FROM pg_temp.rk_desired GROUP BY key HAVING count(*) > 1
+            UNION ALL
+            SELECT {self.key} FROM {self.table} p
+            WHERE {self.key} IN (SELECT m.key FROM {recorded} m
+                                 WHERE NOT EXISTS (SELECT 1 FROM {keys} u WHERE u.k = m.key))
+            GROUP BY 1 HAVING count(*) > 1"""
+        )
+        run(
+            """WITH d AS (DELETE FROM pg_temp.rk_desired d USING pg_temp.rk_dups x
+                          WHERE x.k = d.key RETURNING d.*)
+            INSERT INTO pg_temp.rk_desired
+            SELECT key, TRUE, FALSE, bool_or(suppressed), TRUE, FALSE, min(grp), NULL
+            FROM d GROUP BY key"""
+        )
+        row = run(
+            """SELECT count(*) FILTER (WHERE unknown),
+                      count(*) FILTER (WHERE held),
+                      count(*) FILTER (WHERE NOT unknown AND NOT held AND suppressed),
+                      count(*) FILTER (WHERE NOT unknown AND NOT held AND NOT suppressed
+                                       AND no_consent),
+                      count(*) FILTER (WHERE NOT unknown AND NOT held AND NOT suppressed
+                                       AND NOT no_consent),
+                      count(*) FILTER (WHERE NOT unknown AND NOT held AND NOT suppressed
+                                       AND NOT no_consent AND matchable)
+               FROM pg_temp.rk_desired"""
+        ).fetchone()
+        assert row is not None
+        counts = dict(
+            zip(
+                ("unknown", "held", "suppression", "consent", "eligible", "matchable"),
+                map(int, row),
+                strict=True,
+            )
+        )
+        eligible = (
+            "NOT d.unknown AND NOT d.held AND NOT d.suppressed AND NOT d.no_consent AND d.matchable"
+        )
+        # a quiet key cannot produce a change: recorded once, unchanged and still eligible;
+        # or not recorded and not wanted (excluded, unknown; under action: remove, not a target)
+        idle = "d.unknown OR d.held OR NOT d.matchable" if remove_mode else f"NOT ({eligible})"
+        kept = f"m.grp NOT IN ({', '.join(_lit(g) for g in gone)})" if gone else "TRUE"
+        run(
+            f"""INSERT INTO pg_temp.rk_moving
+            SELECT coalesce(d.key, m.key) FROM pg_temp.rk_desired d
+            FULL JOIN (SELECT key, min(grp) AS grp, min(fp) AS fp, count(*) AS n
+                       FROM {recorded} GROUP BY key) m ON m.key = d.key
+            WHERE NOT coalesce(
+                (m.key IS NOT NULL AND d.key IS NOT NULL AND m.n = 1 AND m.grp = d.grp
+                 AND m.fp = d.fp AND {eligible} AND {kept})
+                OR (m.key IS NULL AND ({idle})), FALSE)"""
+        )
+        moving = "IN (SELECT k FROM pg_temp.rk_moving)"
+        self.copy_out(
+            "SELECT key, held, unknown, suppressed, no_consent, matchable, grp, fp "
+            f"FROM pg_temp.rk_desired WHERE key {moving}",
+            f"CREATE OR REPLACE TEMP TABLE {tables['desired']} AS",
+            {
+                "key": "VARCHAR",
+                "held": "BOOLEAN",
+                "unknown": "BOOLEAN",
+                "suppressed": "BOOLEAN",
+                "no_consent": "BOOLEAN",
+                "matchable": "BOOLEAN",
+                "grp": "VARCHAR",
+                "fp": "UBIGINT",
+            },
+        )
+        if recorded_local is None:  # the recorded rows of the moving keys
+            self.copy_out(
+                f"SELECT key, grp, fp FROM {recorded} WHERE key {moving}",
+                f"CREATE OR REPLACE TEMP TABLE {tables['recorded']} AS",
+                {"key": "VARCHAR", "grp": "VARCHAR", "fp": "UBIGINT"},
+            )
+        else:  # the engine has them: only the moving keys come back
+            self.copy_out(
+                "SELECT k FROM pg_temp.rk_moving",
+                f"CREATE OR REPLACE TEMP TABLE {tables['moving']} AS",
+                {"k": "VARCHAR"},
+            )
+            self.con.execute(
+                f"CREATE OR REPLACE TEMP TABLE {tables['recorded']} AS SELECT r.key, r.grp, "
+                f"r.fp FROM {recorded_local} r SEMI JOIN {tables['moving']} x ON x.k = r.key"
+            )
+        if supp:
+            self.copy_out(
+                f"SELECT DISTINCT k FROM pg_temp.rk_seg WHERE seg IN ({supp}) AND k {moving}",
+                f"CREATE OR REPLACE TEMP TABLE {tables['suppressed']} AS",
+                {"k": "VARCHAR"},
+            )
+        self.copy_out(
+            "SELECT k FROM pg_temp.rk_dups",
+            f"CREATE OR REPLACE TEMP TABLE {tables['duplicates']} AS",
+            {"k": "VARCHAR"},
+        )
+        self._ship_profiles(
+            "{key} IN (SELECT k FROM pg_temp.rk_moving) "
+            "AND NOT EXISTS (SELECT 1 FROM pg_temp.rk_shipped s WHERE s.k = {key})"
+        )
+        held = [r[0] for r in run("SELECT k FROM pg_temp.rk_dups ORDER BY k LIMIT 3").fetchall()]
+        n_held = run("SELECT count(*) FROM pg_temp.rk_dups").fetchone()
+        return counts, held, int(n_held[0]) if n_held else 0
+
+    # ------------------------------------------------------------------ bulk moves
+    def copy_out(self, query: str, into: str, types: dict[str, str]) -> int:
+        """``COPY (query) TO STDOUT`` into a CSV file that DuckDB reads (``into`` is the
+        statement's head: ``CREATE … AS`` or ``INSERT INTO …``)."""
+        cur = self.cursor()
+        assert self.source.folder is not None
+        fd, name = tempfile.mkstemp(suffix=".csv", dir=self.source.folder)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                try:
+                    with cur.copy(f"COPY ({query}) TO STDOUT WITH (FORMAT csv)") as copy:
+                        out.writelines(copy)
+                except psycopg.errors.QueryCanceled:
+                    raise SegmentError(
+                        f"{self.source._where()}: the membership diff was stopped after "
+                        f"{self.source.timeout:g} s, the time limit for untrusted SQL "
+                        "(`source.query_timeout` in reconcile.yaml)"
+                    ) from None
+                except psycopg.Error as exc:
+                    raise self.source._failed(
+                        exc, query, self.source._where(), "the membership diff"
+                    ) from None
+            count = max(cur.rowcount, 0)
+            spec = ", ".join(f"'{c}': '{t}'" for c, t in types.items())
+            quoted = name.replace("'", "''")
+            try:
+                self.con.execute(
+                    f"{into} SELECT * FROM read_csv('{quoted}', columns = {{{spec}}}, "
+                    "header = false, quote = '\"', escape = '\"', allow_quoted_nulls = false, "
+                    "auto_detect = false, dateformat = '%Y-%m-%d')"
+                )
+            except duckdb.Error as exc:  # a value the engine cannot read as the column's type
+                detail, _ = safe_engine_error(exc, query)
+                raise SourceError(
+                    f"{self.source._where()}: the profiles table "
+                    f"{self.source.profiles.table!r} in {self.source.describe()} could not be "
+                    f"read into the engine: {detail}"
+                ) from None
+            self.shipped_rows += count
+            return count
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+
+    def copy_in(self, query: str, table: str, columns: str) -> None:
+        """The rows of an engine ``query`` into a PostgreSQL temporary ``table`` (COPY)."""
+        cur = self.cursor()
+        assert self.source.folder is not None
+        fd, name = tempfile.mkstemp(suffix=".csv", dir=self.source.folder)
+        os.close(fd)
+        try:
+            quoted = name.replace("'", "''")
+            self.con.execute(f"COPY ({query}) TO '{quoted}' (FORMAT csv, HEADER false)")
+            with (
+                open(name, "rb") as f,
+                cur.copy(f"COPY {table} ({columns}) FROM STDIN (FORMAT csv)") as copy,
+            ):
+                while block := f.read(1 << 20):
+                    copy.write(block)
+        except psycopg.Error as exc:
+            raise self.source._lost(exc) from None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
