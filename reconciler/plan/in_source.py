@@ -70,6 +70,7 @@ def stage(
     identifier_types: Sequence[str],
     attribute_columns: Sequence[str],
     gone: Sequence[str],
+    frozen: bool,
     where: str,
 ) -> Staged:
     profiles = pushdown.source.profiles
@@ -86,7 +87,13 @@ def stage(
         recorded=in_pg,
         recorded_local=None if in_pg else state.members_sql(baseline),
         gone=gone,
-        remove_mode=act.action is ActionMode.REMOVE,
+        mode="frozen"
+        if frozen
+        else "remove"
+        if act.action is ActionMode.REMOVE
+        else "append"
+        if act.action is ActionMode.APPEND
+        else "maintain",
         tables=TABLES,
         where=where,
     )

@@ -218,6 +218,7 @@ class Planner:
                         identifier_types=ids,
                         attribute_columns=attr_cols,
                         gone=sorted(drift.gone),
+                        frozen=frozen,
                         where=consent_where,
                     )
                     counts, duplicates, sample = staged.counts, staged.duplicates, staged.sample

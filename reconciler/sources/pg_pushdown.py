@@ -62,6 +62,7 @@ DDL = (
     "CREATE TEMP TABLE IF NOT EXISTS rk_recorded (key text, grp text, fp numeric(20))",
     "CREATE TEMP TABLE IF NOT EXISTS rk_dups (k text)",
     "CREATE TEMP TABLE IF NOT EXISTS rk_moving (k text PRIMARY KEY)",
+    "CREATE TEMP TABLE IF NOT EXISTS rk_leavers (key text, excluded boolean)",
     "CREATE TEMP TABLE IF NOT EXISTS rk_shipped (k text PRIMARY KEY)",
     # the low 64 bits of an MD5 (hex) read little-endian, as DuckDB's md5_number(x) >> 64
     "CREATE OR REPLACE FUNCTION pg_temp.rk_lo64(h text) RETURNS numeric LANGUAGE sql "
@@ -132,6 +133,37 @@ def matchable_pg(identifier_columns: Sequence[tuple[str, str]]) -> str:
         elif t == "phone":
             tests.append(f"(length(regexp_replace({c}, '[^0-9]', '', 'g')) >= 7)")
     return " OR ".join(tests) if tests else "FALSE"
+
+
+def quiet_sql(mode: str, gone: Sequence[str]) -> str:
+    """When a key cannot produce a change (over ``d``: its desired row, ``m``: its recorded
+    rows, ``l``: a recorded leaver's exclusion; NULL where absent), by the activation's
+    ``mode`` — ``frozen`` (paused, or a one-time activation that ran), ``remove``
+    (``action: remove``), ``maintain`` or ``append`` — mirroring
+    :func:`reconciler.plan.membership.stage_changes`. Held keys always move."""
+    if mode == "frozen":  # only exclusions are applied, to recorded members
+        return (
+            "NOT (m.key IS NOT NULL AND CASE WHEN d.key IS NOT NULL "
+            "THEN d.suppressed OR d.no_consent ELSE l.excluded END)"
+        )
+    if mode == "remove":
+        target = "(d.key IS NOT NULL AND NOT d.unknown AND NOT d.held AND d.matchable)"
+        return (
+            f"({target} AND m.key IS NOT NULL AND m.n = 1 AND m.fp = d.fp) "
+            f"OR (NOT coalesce({target}, FALSE) AND m.key IS NULL)"
+        )
+    eligible = (
+        "(NOT d.unknown AND NOT d.held AND NOT d.suppressed AND NOT d.no_consent AND d.matchable)"
+    )
+    kept = f"m.grp NOT IN ({', '.join(_lit(g) for g in gone)})" if gone else "TRUE"
+    unchanged = (
+        f"(d.key IS NOT NULL AND m.key IS NOT NULL AND m.n = 1 AND m.grp = d.grp "
+        f"AND m.fp = d.fp AND {eligible} AND {kept})"
+    )
+    quiet = f"{unchanged} OR (m.key IS NULL AND NOT {eligible})"
+    if mode == "append":  # a leaver stays in the audience unless an exclusion removes it
+        quiet += f" OR (d.key IS NULL AND NOT l.excluded AND {kept})"
+    return quiet
 
 
 class Pushdown:
@@ -271,7 +303,7 @@ class Pushdown:
         recorded: str | None,
         recorded_local: str | None,
         gone: Sequence[str],
-        remove_mode: bool,
+        mode: str,
         tables: dict[str, str],
         where: str,
     ) -> tuple[dict[str, int], list[str], int]:
@@ -282,7 +314,7 @@ class Pushdown:
         keys, how many held keys)."""
         what = "the audience query (consent condition)"
         run = lambda sql, params=(): self.run(sql, params, where=where, what=what)  # noqa: E731
-        for table in ("rk_desired", "rk_dups", "rk_moving"):
+        for table in ("rk_desired", "rk_dups", "rk_moving", "rk_leavers"):
             run(f"DELETE FROM pg_temp.{table}")
         if recorded is None:
             run("DELETE FROM pg_temp.rk_recorded")
@@ -346,22 +378,25 @@ class Pushdown:
                 strict=True,
             )
         )
-        eligible = (
-            "NOT d.unknown AND NOT d.held AND NOT d.suppressed AND NOT d.no_consent AND d.matchable"
+        # recorded members no segment returns: excluded (suppressed, or consent lost on any
+        # of their rows — evaluated over the profile row, NULL-extended when it is gone)
+        lost = f"NOT coalesce(({consent}), FALSE)"
+        run(
+            f"""INSERT INTO pg_temp.rk_leavers
+            SELECT m.key, bool_or({"s.k IS NOT NULL OR " if supp else ""}{lost})
+            FROM (SELECT DISTINCT r.key FROM {recorded} r WHERE NOT EXISTS
+                  (SELECT 1 FROM pg_temp.rk_desired d WHERE d.key = r.key)) m
+            LEFT JOIN {self.table} p ON {self.key} = m.key {supp_join.replace("u.k", "m.key")}
+            GROUP BY m.key"""
         )
-        # a quiet key cannot produce a change: recorded once, unchanged and still eligible;
-        # or not recorded and not wanted (excluded, unknown; under action: remove, not a target)
-        idle = "d.unknown OR d.held OR NOT d.matchable" if remove_mode else f"NOT ({eligible})"
-        kept = f"m.grp NOT IN ({', '.join(_lit(g) for g in gone)})" if gone else "TRUE"
         run(
             f"""INSERT INTO pg_temp.rk_moving
             SELECT coalesce(d.key, m.key) FROM pg_temp.rk_desired d
             FULL JOIN (SELECT key, min(grp) AS grp, min(fp) AS fp, count(*) AS n
-                       FROM {recorded} GROUP BY key) m ON m.key = d.key
-            WHERE NOT coalesce(
-                (m.key IS NOT NULL AND d.key IS NOT NULL AND m.n = 1 AND m.grp = d.grp
-                 AND m.fp = d.fp AND {eligible} AND {kept})
-                OR (m.key IS NULL AND ({idle})), FALSE)"""
+                       FROM {recorded} rr GROUP BY key) m ON m.key = d.key
+            LEFT JOIN pg_temp.rk_leavers l ON l.key = m.key
+            WHERE NOT coalesce({quiet_sql(mode, gone)}, FALSE)
+               OR coalesce(d.key, m.key) IN (SELECT k FROM pg_temp.rk_dups)"""
         )
         moving = "IN (SELECT k FROM pg_temp.rk_moving)"
         self.copy_out(
@@ -381,7 +416,7 @@ class Pushdown:
         )
         if recorded_local is None:  # the recorded rows of the moving keys
             self.copy_out(
-                f"SELECT key, grp, fp FROM {recorded} WHERE key {moving}",
+                f"SELECT key, grp, fp FROM {recorded} rr WHERE key {moving}",
                 f"CREATE OR REPLACE TEMP TABLE {tables['recorded']} AS",
                 {"key": "VARCHAR", "grp": "VARCHAR", "fp": "UBIGINT"},
             )
