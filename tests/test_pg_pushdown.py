@@ -312,3 +312,47 @@ def test_same_database_compares_server_and_database():
     assert not same_database("host=db1 dbname=crm", "host=db2 dbname=crm")
     assert not same_database("host=db1 dbname=crm", "host=db1 dbname=state")
     assert not same_database("host=db1 port=5433 dbname=crm", "host=db1 dbname=crm")
+
+
+def test_the_diff_transaction_is_read_only_with_the_time_limit(tmp_path, pg_dsn, monkeypatch):
+    """The plan's one transaction turns READ ONLY after creating its temporary tables:
+    a write that got past the guard is refused, and the statement timeout applies."""
+    from reconciler.errors import SegmentError
+    from reconciler.sources import open_source
+    from reconciler.workspace.loader import load
+
+    monkeypatch.setenv("RECONCILE_SOURCE_DSN", pg_dsn.base)
+    ws = make_ws(
+        tmp_path / "ws", pg_dsn.schema, "postgres", "state: {path: .reconcile/state.duckdb}"
+    )
+    text = (ws.root / "reconcile.yaml").read_text()
+    ws.write(
+        "reconcile.yaml",
+        text.replace("  diff: postgres\n", "  diff: postgres\n  query_timeout: 2\n"),
+    )
+    write_profiles(pg_dsn, [person(random.Random(1), i) for i in range(5)])
+    source = open_source(load(ws.root))
+    source.diff_in_source = True
+    con = duckdb.connect()
+    try:
+        source.attach(con)
+        pd = source.pushdown
+        assert pd is not None
+        for attack in (
+            "WITH d AS (DELETE FROM profiles RETURNING 1) SELECT count(*) FROM d",
+            "SELECT 1 FROM profiles FOR UPDATE",
+        ):
+            with pytest.raises(SegmentError, match="read-only transaction"):
+                pd.run(attack, where="segments/x.yaml:1", what="segment 'x'")
+            pd.close()  # the failed statement ended the transaction; a new one opens
+        cur = pd.cursor()
+        assert cur.execute("SHOW transaction_read_only").fetchone() == ("on",)
+        assert cur.execute("SHOW statement_timeout").fetchone()[0] not in ("0", None)
+        with pytest.raises(SegmentError, match="time limit"):
+            pd.run("SELECT pg_sleep(1000)", where="segments/x.yaml:1", what="segment 'x'")
+    finally:
+        source.close()
+        con.close()
+    with psycopg.connect(pg_dsn.base) as conn:
+        table = sql.Identifier(pg_dsn.schema, "profiles")
+        assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone() == (5,)

@@ -33,7 +33,6 @@ import psycopg
 from psycopg import sql as pgsql
 
 from reconciler.errors import SegmentError, SourceError
-from reconciler.sources import pg_connect
 from reconciler.sources.engine_errors import safe_engine_error
 
 if TYPE_CHECKING:
@@ -54,16 +53,17 @@ _NOT_EQUAL = {
 }
 U64 = 18446744073709551616
 
-#: the temporary tables and the function of a plan (the session's own pg_temp schema)
+#: the temporary tables and the function of a plan (the session's own pg_temp schema), made
+#: in its transaction and gone with it
 DDL = (
-    "CREATE TEMP TABLE IF NOT EXISTS rk_seg (seg integer, k text)",
-    "CREATE TEMP TABLE IF NOT EXISTS rk_desired (key text, held boolean, unknown boolean, "
-    "suppressed boolean, no_consent boolean, matchable boolean, grp text, fp numeric(20))",
-    "CREATE TEMP TABLE IF NOT EXISTS rk_recorded (key text, grp text, fp numeric(20))",
-    "CREATE TEMP TABLE IF NOT EXISTS rk_dups (k text)",
-    "CREATE TEMP TABLE IF NOT EXISTS rk_moving (k text PRIMARY KEY)",
-    "CREATE TEMP TABLE IF NOT EXISTS rk_leavers (key text, excluded boolean)",
-    "CREATE TEMP TABLE IF NOT EXISTS rk_shipped (k text PRIMARY KEY)",
+    "CREATE TEMP TABLE rk_seg (seg integer, k text) ON COMMIT DROP",
+    "CREATE TEMP TABLE rk_desired (key text, held boolean, unknown boolean, "
+    "suppressed boolean, no_consent boolean, matchable boolean, grp text, fp numeric(20)) ON COMMIT DROP",
+    "CREATE TEMP TABLE rk_recorded (key text, grp text, fp numeric(20)) ON COMMIT DROP",
+    "CREATE TEMP TABLE rk_dups (k text) ON COMMIT DROP",
+    "CREATE TEMP TABLE rk_moving (k text PRIMARY KEY) ON COMMIT DROP",
+    "CREATE TEMP TABLE rk_leavers (key text, excluded boolean) ON COMMIT DROP",
+    "CREATE TEMP TABLE rk_shipped (k text PRIMARY KEY) ON COMMIT DROP",
     # the low 64 bits of an MD5 (hex) read little-endian, as DuckDB's md5_number(x) >> 64
     "CREATE OR REPLACE FUNCTION pg_temp.rk_lo64(h text) RETURNS numeric LANGUAGE sql "
     "IMMUTABLE AS $$ SELECT ('x' || "
@@ -187,28 +187,34 @@ class Pushdown:
 
     # ------------------------------------------------------------------ the transaction
     def cursor(self) -> psycopg.Cursor:
-        """The cursor of the session's READ ONLY transaction (opened on first use, after
-        creating the temporary tables in a transaction of their own)."""
+        """The cursor of the session's transaction, opened on first use: its temporary
+        tables are created first, then it turns READ ONLY (PostgreSQL refuses every write
+        from then on, temporary tables aside, and never lets it turn back) with the statement
+        timeout and search path of untrusted SQL. One transaction holds everything, so it
+        also works through a transaction-pooling connection pooler."""
         if self._cur is None:
             conn = self.source.connection()
-            conn.read_only = False  # our own DDL; untrusted SQL never runs in it
+            conn.read_only = False  # BEGIN read-write: only for the DDL below
+            self._stack.callback(setattr, conn, "read_only", True)  # after the rollback
             try:
-                with conn.transaction(), conn.cursor() as cur:
-                    for statement in DDL:
-                        cur.execute(statement)
-            except psycopg.Error as exc:
-                raise self.source._lost(exc) from None
-            finally:
-                conn.read_only = True
-            where = self.source._where()
-            self._cur = self._stack.enter_context(
-                pg_connect.untrusted(
-                    conn, self.source.schema, self.source.timeout, where, "the membership diff"
+                self._stack.enter_context(conn.transaction(force_rollback=True))
+                cur = self._stack.enter_context(conn.cursor())
+                for statement in DDL:
+                    cur.execute(statement)
+                cur.execute("SET TRANSACTION READ ONLY")
+                cur.execute(
+                    "SELECT set_config('statement_timeout', %s, true), "
+                    "set_config('search_path', %s, true)",
+                    [
+                        f"{int(self.source.timeout * 1000)}",
+                        pgsql.Identifier(self.source.schema).as_string(conn),
+                    ],
                 )
-            )
-            self._cur.execute("SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD'")
-            for table in ("rk_seg", "rk_shipped"):
-                self._cur.execute(f"DELETE FROM pg_temp.{table}")
+                cur.execute("SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD'")
+            except psycopg.Error as exc:
+                self.close()
+                raise self.source._lost(exc) from None
+            self._cur = cur
         return self._cur
 
     def close(self) -> None:
