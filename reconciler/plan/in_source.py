@@ -15,13 +15,21 @@ from reconciler.plan import membership
 from reconciler.plan.segments import SegmentResult
 from reconciler.sources.pg_pushdown import (
     Pushdown,
-    fingerprint_pg,
-    group_pg,
+    bucket_digest_pg,
+    fingerprint_digest_pg,
+    group_label_pg,
     matchable_pg,
+    signed,
     text_equal,
 )
 from reconciler.state.store import StateReader
-from reconciler.workspace.spec import ActionMode, Goal, ProfilesTable, ResolvedActivation
+from reconciler.workspace.spec import (
+    ActionMode,
+    Goal,
+    ProfilesTable,
+    ResolvedActivation,
+    SplitMode,
+)
 
 
 @dataclass(frozen=True)
@@ -80,9 +88,13 @@ def stage(
     counts, sample, n_held = pushdown.stage(
         segments=[s.remote for s in segments if s.remote is not None],
         suppression=[s.remote for s in suppression if s.remote is not None],
+        keys_distinct=len(segments) == 1 and not segments[0].repeated,
         consent=consent,
-        group=group_pg(act.split.value, act.control_percent, seed, "u.k"),
-        fingerprint=fingerprint_pg(id_cols, attribute_columns, profiles.default_phone_country),
+        bucket_digest=None if act.split is SplitMode.NONE else bucket_digest_pg(seed, "u.k"),
+        group_label=lambda bucket: group_label_pg(act.split.value, act.control_percent, bucket),
+        fingerprint_digest=fingerprint_digest_pg(
+            id_cols, attribute_columns, profiles.default_phone_country
+        ),
         matchable=matchable_pg(id_cols),
         recorded=in_pg,
         recorded_local=None if in_pg else state.members_sql(baseline),
@@ -126,7 +138,7 @@ def recorded_in_source(pushdown: Pushdown, state: StateReader, activation_id: st
     if not allowed or not allowed[0]:
         return None
     lit = "'" + activation_id.replace("'", "''") + "'"
-    return f"(SELECT key, grp, fp FROM {table} WHERE activation_id = {lit})"
+    return f"(SELECT key, grp, {signed('fp')} AS fp FROM {table} WHERE activation_id = {lit})"
 
 
 def same_database(a: str, b: str) -> bool:

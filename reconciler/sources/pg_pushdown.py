@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import duckdb
@@ -58,18 +58,13 @@ U64 = 18446744073709551616
 DDL = (
     "CREATE TEMP TABLE rk_seg (seg integer, k text) ON COMMIT DROP",
     "CREATE TEMP TABLE rk_desired (key text, held boolean, unknown boolean, "
-    "suppressed boolean, no_consent boolean, matchable boolean, grp text, fp numeric(20)) ON COMMIT DROP",
-    "CREATE TEMP TABLE rk_recorded (key text, grp text, fp numeric(20)) ON COMMIT DROP",
+    "suppressed boolean, no_consent boolean, matchable boolean, grp text, fp bigint) "
+    "ON COMMIT DROP",
+    "CREATE TEMP TABLE rk_recorded (key text, grp text, fp bigint) ON COMMIT DROP",
     "CREATE TEMP TABLE rk_dups (k text) ON COMMIT DROP",
     "CREATE TEMP TABLE rk_moving (k text PRIMARY KEY) ON COMMIT DROP",
-    "CREATE TEMP TABLE rk_leavers (key text, excluded boolean) ON COMMIT DROP",
+    "CREATE TEMP TABLE rk_leavers (key text, excluded boolean, rows integer) ON COMMIT DROP",
     "CREATE TEMP TABLE rk_shipped (k text PRIMARY KEY) ON COMMIT DROP",
-    # the low 64 bits of an MD5 (hex) read little-endian, as DuckDB's md5_number(x) >> 64
-    "CREATE OR REPLACE FUNCTION pg_temp.rk_lo64(h text) RETURNS numeric LANGUAGE sql "
-    "IMMUTABLE AS $$ SELECT ('x' || "
-    + " || ".join(f"substr(h, {i}, 2)" for i in range(31, 15, -2))
-    + f")::bit(64)::bigint::numeric + CASE WHEN substr(h, 31, 1) >= '8' THEN {U64} ELSE 0 END"
-    " $$",
 )
 
 
@@ -90,14 +85,15 @@ def _lit(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def fingerprint_pg(
+def fingerprint_digest_pg(
     identifier_columns: Sequence[tuple[str, str]],
     attribute_columns: Sequence[str],
     phone_country: str | None,
-) -> str:
-    """PostgreSQL twin of :func:`reconciler.plan.membership.fingerprint_sql`: MD5 over the
-    UTF-8 bytes of the values joined by chr(31), NULL as chr(0) (a byte PostgreSQL text
-    cannot hold, hence bytea)."""
+) -> str | None:
+    """PostgreSQL twin of :func:`reconciler.plan.membership.fingerprint_sql`, up to the
+    digest: the MD5 (bytea) of the values' UTF-8 bytes joined by chr(31), NULL as chr(0) (a
+    byte PostgreSQL text cannot hold, hence bytea); :func:`lo64` makes the fingerprint of
+    it. None: nothing to fingerprint (the fingerprint is 0)."""
     terms = []
     for t, col in identifier_columns:
         term = f"CAST(p.{_ident(col)} AS text)"
@@ -106,18 +102,48 @@ def fingerprint_pg(
         terms.append(term)
     terms += [f"CAST(p.{_ident(c)} AS text)" for c in attribute_columns]
     if not terms:
-        return "0::numeric"
+        return None
     parts = " || '\\x1f'::bytea || ".join(
         f"coalesce(convert_to({t}, 'UTF8'), '\\x00'::bytea)" for t in terms
     )
-    return f"pg_temp.rk_lo64(md5({parts}))"
+    return f"decode(md5({parts}), 'hex')"
 
 
-def group_pg(split: str, control_percent: int | None, seed: str, key: str) -> str:
-    """PostgreSQL twin of :func:`reconciler.plan.splits.group_sql`."""
-    if split == "none":
+def lo64(digest: str) -> str:
+    """The low 64 bits of an MD5 ``digest`` (a bytea column) read little-endian — DuckDB's
+    ``(md5_number(x) >> 64)::UBIGINT`` — as a signed bigint (two's complement). Over a
+    column: the digest is computed once per row, not once per byte."""
+    return (
+        "("
+        + " | ".join(f"(get_byte({digest}, {8 + i})::bigint << {8 * i})" for i in range(8))
+        + ")"
+    )
+
+
+def unsigned(col: str) -> str:
+    """A signed fingerprint as the unsigned number the engine and the state keep."""
+    return f"(CASE WHEN {col} < 0 THEN {col}::numeric + {U64} ELSE {col}::numeric END)"
+
+
+def signed(col: str) -> str:
+    """An unsigned fingerprint (numeric(20), as the PostgreSQL state keeps it) as bigint."""
+    return f"(CASE WHEN {col} >= {U64 // 2} THEN {col} - {U64} ELSE {col} END)::bigint"
+
+
+def bucket_digest_pg(seed: str, key: str) -> str:
+    """The digest of a key's split bucket (:mod:`reconciler.plan.splits`)."""
+    return f"decode(md5({_lit(seed)} || ':' || {key}), 'hex')"
+
+
+def group_label_pg(split: str, control_percent: int | None, bucket: str | None) -> str:
+    """PostgreSQL twin of :func:`reconciler.plan.splits.group_sql` over ``bucket``, the
+    signed :func:`lo64` of :func:`bucket_digest_pg` (the unsigned value modulo 100)."""
+    if split == "none" or bucket is None:
         return "'all'"
-    b = f"(pg_temp.rk_lo64(md5({_lit(seed)} || ':' || {key})) % 100)"
+    b = (
+        f"(CASE WHEN {bucket} >= 0 THEN {bucket} % 100 "
+        f"ELSE (({bucket} % 100 + 100) % 100 + {U64 % 100}) % 100 END)"
+    )
     if split == "ab":
         return f"CASE WHEN {b} < 50 THEN 'A' ELSE 'B' END"
     return f"CASE WHEN {b} < {int(control_percent or 10)} THEN 'control' ELSE 'experiment' END"
@@ -249,6 +275,7 @@ class Pushdown:
             what=what,
             user=sql,
         )
+        self.run("ANALYZE pg_temp.rk_seg", where=where, what=what)
         row = self.run(
             "SELECT count(*), count(k), count(DISTINCT k) FROM pg_temp.rk_seg WHERE seg = %s",
             [seg],
@@ -301,10 +328,12 @@ class Pushdown:
         self,
         *,
         segments: Sequence[int],
+        keys_distinct: bool,
         suppression: Sequence[int],
         consent: str,
-        group: str,
-        fingerprint: str,
+        bucket_digest: str | None,
+        group_label: Callable[[str | None], str],
+        fingerprint_digest: str | None,
         matchable: str,
         recorded: str | None,
         recorded_local: str | None,
@@ -315,47 +344,67 @@ class Pushdown:
     ) -> tuple[dict[str, int], list[str], int]:
         """Compute desired rows, held keys and counts in PostgreSQL and copy the rows of
         the moving keys into the engine's ``tables`` (desired, recorded, suppressed,
-        duplicates). ``recorded`` is the state's member relation in PostgreSQL, or None
-        when ``recorded_local`` (the engine's) is sent there. Returns (counts, a few held
-        keys, how many held keys)."""
+        duplicates, moving). ``recorded`` is the state's member relation in PostgreSQL
+        (``key, grp, fp`` with a signed fingerprint), or None when ``recorded_local`` (the
+        engine's) is sent there. Returns (counts, a few held keys, how many held keys)."""
         what = "the audience query (consent condition)"
-        run = lambda sql, params=(): self.run(sql, params, where=where, what=what)  # noqa: E731
-        for table in ("rk_desired", "rk_dups", "rk_moving", "rk_leavers"):
+        run = lambda sql: self.run(sql, where=where, what=what)  # noqa: E731
+        for table in ("rk_desired", "rk_dups", "rk_moving", "rk_leavers", "rk_recorded"):
             run(f"DELETE FROM pg_temp.{table}")
         if recorded is None:
-            run("DELETE FROM pg_temp.rk_recorded")
             assert recorded_local is not None
             self.copy_in(
-                f"SELECT key, grp, CAST(fp AS VARCHAR) FROM {recorded_local}",
+                "SELECT key, grp, CAST(CASE WHEN fp >= 9223372036854775808 "
+                "THEN fp::HUGEINT - 18446744073709551616 ELSE fp::HUGEINT END AS BIGINT) "
+                f"FROM {recorded_local}",
                 "pg_temp.rk_recorded",
                 "key, grp, fp",
             )
+            run("ANALYZE pg_temp.rk_recorded")
             recorded = "pg_temp.rk_recorded"
         segs = ", ".join(str(int(s)) for s in segments)
         supp = ", ".join(str(int(s)) for s in suppression)
-        keys = f"(SELECT DISTINCT k FROM pg_temp.rk_seg WHERE seg IN ({segs}))"
-        supp_join = (
-            f"LEFT JOIN (SELECT DISTINCT k FROM pg_temp.rk_seg WHERE seg IN ({supp})) s "
-            "ON s.k = u.k"
-            if supp
-            else ""
-        )
+        distinct = "" if keys_distinct else "DISTINCT"
+        keys = f"(SELECT {distinct} k FROM pg_temp.rk_seg WHERE seg IN ({segs}))"
+        suppressed = f"(SELECT DISTINCT k FROM pg_temp.rk_seg WHERE seg IN ({supp}))"
+        # the digests in a subquery of their own (OFFSET 0 keeps it one): each is computed
+        # once per row, and lo64 reads its bytes
         run(
             f"""INSERT INTO pg_temp.rk_desired
-            SELECT u.k, FALSE, {self.key} IS NULL, {"s.k IS NOT NULL" if supp else "FALSE"},
-                   NOT coalesce(({consent}), FALSE), coalesce(({matchable}), FALSE),
-                   {group}, {fingerprint}
-            FROM {keys} u LEFT JOIN {self.table} p ON {self.key} = u.k {supp_join}"""
+            SELECT key, FALSE, unknown, suppressed, no_consent, matchable,
+                   {group_label("b.gs" if bucket_digest else None)}, fp
+            FROM (SELECT a.*, {lo64("a.dg") if bucket_digest else "NULL::bigint"} AS gs,
+                         {lo64("a.df") if fingerprint_digest else "0::bigint"} AS fp
+                  FROM (SELECT u.k AS key, {self.key} IS NULL AS unknown,
+                               {"s.k IS NOT NULL" if supp else "FALSE"} AS suppressed,
+                               NOT coalesce(({consent}), FALSE) AS no_consent,
+                               coalesce(({matchable}), FALSE) AS matchable,
+                               {bucket_digest or "NULL::bytea"} AS dg,
+                               {fingerprint_digest or "NULL::bytea"} AS df
+                        FROM {keys} u LEFT JOIN {self.table} p ON {self.key} = u.k
+                        {f"LEFT JOIN {suppressed} s ON s.k = u.k" if supp else ""}
+                        OFFSET 0) a OFFSET 0) b"""
         )
+        run("ANALYZE pg_temp.rk_desired")
+        # recorded members no segment returns: excluded (suppressed, or consent lost on any
+        # of their rows — evaluated over the profile row, NULL-extended when it is gone) and
+        # how many profile rows have their key
+        run(
+            f"""INSERT INTO pg_temp.rk_leavers
+            SELECT m.key, bool_or({"s.k IS NOT NULL OR " if supp else ""}
+                                  NOT coalesce(({consent}), FALSE)), count({self.key})
+            FROM (SELECT DISTINCT r.key FROM {recorded} r WHERE NOT EXISTS
+                  (SELECT 1 FROM pg_temp.rk_desired d WHERE d.key = r.key)) m
+            LEFT JOIN {self.table} p ON {self.key} = m.key
+            {f"LEFT JOIN {suppressed} s ON s.k = m.key" if supp else ""}
+            GROUP BY m.key"""
+        )
+        run("ANALYZE pg_temp.rk_leavers")
         # held: a key on several profile rows, among the segments' keys or recorded leavers
         run(
-            f"""INSERT INTO pg_temp.rk_dups
+            """INSERT INTO pg_temp.rk_dups
             SELECT key FROM pg_temp.rk_desired GROUP BY key HAVING count(*) > 1
-            UNION ALL
-            SELECT {self.key} FROM {self.table} p
-            WHERE {self.key} IN (SELECT m.key FROM {recorded} m
-                                 WHERE NOT EXISTS (SELECT 1 FROM {keys} u WHERE u.k = m.key))
-            GROUP BY 1 HAVING count(*) > 1"""
+            UNION ALL SELECT key FROM pg_temp.rk_leavers WHERE rows > 1"""
         )
         run(
             """WITH d AS (DELETE FROM pg_temp.rk_desired d USING pg_temp.rk_dups x
@@ -384,17 +433,6 @@ class Pushdown:
                 strict=True,
             )
         )
-        # recorded members no segment returns: excluded (suppressed, or consent lost on any
-        # of their rows — evaluated over the profile row, NULL-extended when it is gone)
-        lost = f"NOT coalesce(({consent}), FALSE)"
-        run(
-            f"""INSERT INTO pg_temp.rk_leavers
-            SELECT m.key, bool_or({"s.k IS NOT NULL OR " if supp else ""}{lost})
-            FROM (SELECT DISTINCT r.key FROM {recorded} r WHERE NOT EXISTS
-                  (SELECT 1 FROM pg_temp.rk_desired d WHERE d.key = r.key)) m
-            LEFT JOIN {self.table} p ON {self.key} = m.key {supp_join.replace("u.k", "m.key")}
-            GROUP BY m.key"""
-        )
         run(
             f"""INSERT INTO pg_temp.rk_moving
             SELECT coalesce(d.key, m.key) FROM pg_temp.rk_desired d
@@ -404,10 +442,11 @@ class Pushdown:
             WHERE NOT coalesce({quiet_sql(mode, gone)}, FALSE)
                OR coalesce(d.key, m.key) IN (SELECT k FROM pg_temp.rk_dups)"""
         )
+        run("ANALYZE pg_temp.rk_moving")
         moving = "IN (SELECT k FROM pg_temp.rk_moving)"
         self.copy_out(
-            "SELECT key, held, unknown, suppressed, no_consent, matchable, grp, fp "
-            f"FROM pg_temp.rk_desired WHERE key {moving}",
+            "SELECT key, held, unknown, suppressed, no_consent, matchable, grp, "
+            f"{unsigned('fp')} FROM pg_temp.rk_desired WHERE key {moving}",
             f"CREATE OR REPLACE TEMP TABLE {tables['desired']} AS",
             {
                 "key": "VARCHAR",
@@ -422,7 +461,7 @@ class Pushdown:
         )
         if recorded_local is None:  # the recorded rows of the moving keys
             self.copy_out(
-                f"SELECT key, grp, fp FROM {recorded} rr WHERE key {moving}",
+                f"SELECT key, grp, {unsigned('fp')} FROM {recorded} rr WHERE key {moving}",
                 f"CREATE OR REPLACE TEMP TABLE {tables['recorded']} AS",
                 {"key": "VARCHAR", "grp": "VARCHAR", "fp": "UBIGINT"},
             )
@@ -438,7 +477,7 @@ class Pushdown:
             )
         if supp:
             self.copy_out(
-                f"SELECT DISTINCT k FROM pg_temp.rk_seg WHERE seg IN ({supp}) AND k {moving}",
+                f"SELECT k FROM {suppressed} x WHERE k {moving}",
                 f"CREATE OR REPLACE TEMP TABLE {tables['suppressed']} AS",
                 {"k": "VARCHAR"},
             )
