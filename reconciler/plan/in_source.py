@@ -88,7 +88,7 @@ def stage(
     counts, sample, n_held = pushdown.stage(
         segments=[s.remote for s in segments if s.remote is not None],
         suppression=[s.remote for s in suppression if s.remote is not None],
-        keys_distinct=len(segments) == 1 and not segments[0].repeated,
+        key_count=segments[0].size if len(segments) == 1 and not segments[0].repeated else None,
         consent=consent,
         bucket_digest=None if act.split is SplitMode.NONE else bucket_digest_pg(seed, "u.k"),
         group_label=lambda bucket: group_label_pg(act.split.value, act.control_percent, bucket),

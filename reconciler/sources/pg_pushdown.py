@@ -62,9 +62,8 @@ DDL = (
     "ON COMMIT DROP",
     "CREATE TEMP TABLE rk_recorded (key text, grp text, fp bigint) ON COMMIT DROP",
     "CREATE TEMP TABLE rk_dups (k text) ON COMMIT DROP",
-    "CREATE TEMP TABLE rk_moving (k text PRIMARY KEY) ON COMMIT DROP",
+    "CREATE TEMP TABLE rk_moving (k text) ON COMMIT DROP",
     "CREATE TEMP TABLE rk_leavers (key text, excluded boolean, rows integer) ON COMMIT DROP",
-    "CREATE TEMP TABLE rk_shipped (k text PRIMARY KEY) ON COMMIT DROP",
 )
 
 
@@ -276,8 +275,10 @@ class Pushdown:
             user=sql,
         )
         self.run("ANALYZE pg_temp.rk_seg", where=where, what=what)
-        row = self.run(
-            "SELECT count(*), count(k), count(DISTINCT k) FROM pg_temp.rk_seg WHERE seg = %s",
+        row = self.run(  # one hash aggregate (count(DISTINCT) would sort)
+            "SELECT coalesce(sum(n), 0), coalesce(sum(n) FILTER (WHERE k IS NOT NULL), 0), "
+            "count(*) FILTER (WHERE k IS NOT NULL) FROM (SELECT k, count(*) AS n "
+            "FROM pg_temp.rk_seg WHERE seg = %s GROUP BY k) g",
             [seg],
             where=where,
             what=what,
@@ -295,22 +296,23 @@ class Pushdown:
 
     # ------------------------------------------------------------------ profiles
     def ship_all_profiles(self) -> None:
-        """Every profile not copied yet (an activation planned in the engine)."""
-        if self._all_shipped:
-            return
-        self._ship_profiles("NOT EXISTS (SELECT 1 FROM pg_temp.rk_shipped s WHERE s.k = {key})")
-        self._all_shipped = True
+        """Every profile (an activation planned in the engine)."""
+        if not self._all_shipped:
+            self._ship_profiles("TRUE")
+            self._all_shipped = True
 
     def _ship_profiles(self, condition: str) -> None:
+        """Copy the profile rows matching ``condition`` (over ``p``; ``{key}`` is the key as
+        text) into the engine; rows of keys copied before (for another activation) are
+        skipped there, and all rows of a key (held: several) come in the same copy."""
+        if self._all_shipped:
+            return
         select, types = self.source.projection(self.columns)
-        cond = condition.format(key=self.key)
-        query = self.source.profiles_query(select, f"WHERE {cond}")
-        self.copy_out(query, f'INSERT INTO "{self.source.profiles.table}"', types)
-        self.run(  # after the copy: the condition reads what was shipped before
-            f"INSERT INTO pg_temp.rk_shipped SELECT DISTINCT {self.key} FROM {self.table} p "
-            f"WHERE {cond} ON CONFLICT DO NOTHING",
-            where=self.source._where(),
-            what="the consent conditions",
+        query = self.source.profiles_query(select, f"WHERE {condition.format(key=self.key)}")
+        table = f'"{self.source.profiles.table}"'
+        key = f'"{self.source.profiles.key}"'
+        self.copy_out(
+            query, f"INSERT INTO {table}", types, f"ANTI JOIN {table} x ON x.{key} = r.{key}"
         )
 
     def ship_profiles_of(self, keys: str) -> None:
@@ -318,17 +320,15 @@ class Pushdown:
         ``k`` in the engine: the keys of the plan's member changes) — sent to PostgreSQL and
         the matching rows copied back."""
         self.copy_in(f"SELECT DISTINCT k FROM {keys}", "pg_temp.rk_moving", "k")
-        self._ship_profiles(
-            "{key} IN (SELECT k FROM pg_temp.rk_moving) "
-            "AND NOT EXISTS (SELECT 1 FROM pg_temp.rk_shipped s WHERE s.k = {key})"
-        )
+        self.run("ANALYZE pg_temp.rk_moving", where=self.source._where(), what="copying keys")
+        self._ship_profiles("{key} IN (SELECT k FROM pg_temp.rk_moving)")
 
     # ------------------------------------------------------------------ one activation
     def stage(
         self,
         *,
         segments: Sequence[int],
-        keys_distinct: bool,
+        key_count: int | None,
         suppression: Sequence[int],
         consent: str,
         bucket_digest: str | None,
@@ -344,7 +344,8 @@ class Pushdown:
     ) -> tuple[dict[str, int], list[str], int]:
         """Compute desired rows, held keys and counts in PostgreSQL and copy the rows of
         the moving keys into the engine's ``tables`` (desired, recorded, suppressed,
-        duplicates, moving). ``recorded`` is the state's member relation in PostgreSQL
+        duplicates, moving). ``key_count``: how many distinct keys the one segment has (None:
+        several segments, or one that returned a key twice). ``recorded`` is the state's member relation in PostgreSQL
         (``key, grp, fp`` with a signed fingerprint), or None when ``recorded_local`` (the
         engine's) is sent there. Returns (counts, a few held keys, how many held keys)."""
         what = "the audience query (consent condition)"
@@ -364,12 +365,12 @@ class Pushdown:
             recorded = "pg_temp.rk_recorded"
         segs = ", ".join(str(int(s)) for s in segments)
         supp = ", ".join(str(int(s)) for s in suppression)
-        distinct = "" if keys_distinct else "DISTINCT"
+        distinct = "" if key_count is not None else "DISTINCT"
         keys = f"(SELECT {distinct} k FROM pg_temp.rk_seg WHERE seg IN ({segs}))"
         suppressed = f"(SELECT DISTINCT k FROM pg_temp.rk_seg WHERE seg IN ({supp}))"
         # the digests in a subquery of their own (OFFSET 0 keeps it one): each is computed
         # once per row, and lo64 reads its bytes
-        run(
+        inserted = run(
             f"""INSERT INTO pg_temp.rk_desired
             SELECT key, FALSE, unknown, suppressed, no_consent, matchable,
                    {group_label("b.gs" if bucket_digest else None)}, fp
@@ -384,7 +385,7 @@ class Pushdown:
                         FROM {keys} u LEFT JOIN {self.table} p ON {self.key} = u.k
                         {f"LEFT JOIN {suppressed} s ON s.k = u.k" if supp else ""}
                         OFFSET 0) a OFFSET 0) b"""
-        )
+        ).rowcount
         run("ANALYZE pg_temp.rk_desired")
         # recorded members no segment returns: excluded (suppressed, or consent lost on any
         # of their rows — evaluated over the profile row, NULL-extended when it is gone) and
@@ -401,10 +402,15 @@ class Pushdown:
         )
         run("ANALYZE pg_temp.rk_leavers")
         # held: a key on several profile rows, among the segments' keys or recorded leavers
+        # (one row per key when the join returned as many rows as there are keys)
+        twice = (
+            "SELECT key FROM pg_temp.rk_desired GROUP BY key HAVING count(*) > 1 UNION ALL "
+            if key_count is None or inserted != key_count
+            else ""
+        )
         run(
-            """INSERT INTO pg_temp.rk_dups
-            SELECT key FROM pg_temp.rk_desired GROUP BY key HAVING count(*) > 1
-            UNION ALL SELECT key FROM pg_temp.rk_leavers WHERE rows > 1"""
+            f"""INSERT INTO pg_temp.rk_dups
+            {twice}SELECT key FROM pg_temp.rk_leavers WHERE rows > 1"""
         )
         run(
             """WITH d AS (DELETE FROM pg_temp.rk_desired d USING pg_temp.rk_dups x
@@ -486,16 +492,13 @@ class Pushdown:
             f"CREATE OR REPLACE TEMP TABLE {tables['duplicates']} AS",
             {"k": "VARCHAR"},
         )
-        self._ship_profiles(
-            "{key} IN (SELECT k FROM pg_temp.rk_moving) "
-            "AND NOT EXISTS (SELECT 1 FROM pg_temp.rk_shipped s WHERE s.k = {key})"
-        )
+        self._ship_profiles("{key} IN (SELECT k FROM pg_temp.rk_moving)")
         held = [r[0] for r in run("SELECT k FROM pg_temp.rk_dups ORDER BY k LIMIT 3").fetchall()]
         n_held = run("SELECT count(*) FROM pg_temp.rk_dups").fetchone()
         return counts, held, int(n_held[0]) if n_held else 0
 
     # ------------------------------------------------------------------ bulk moves
-    def copy_out(self, query: str, into: str, types: dict[str, str]) -> int:
+    def copy_out(self, query: str, into: str, types: dict[str, str], join: str = "") -> int:
         """``COPY (query) TO STDOUT`` into a CSV file that DuckDB reads (``into`` is the
         statement's head: ``CREATE … AS`` or ``INSERT INTO …``)."""
         cur = self.cursor()
@@ -521,9 +524,9 @@ class Pushdown:
             quoted = name.replace("'", "''")
             try:
                 self.con.execute(
-                    f"{into} SELECT * FROM read_csv('{quoted}', columns = {{{spec}}}, "
+                    f"{into} SELECT r.* FROM read_csv('{quoted}', columns = {{{spec}}}, "
                     "header = false, quote = '\"', escape = '\"', allow_quoted_nulls = false, "
-                    "auto_detect = false, dateformat = '%Y-%m-%d')"
+                    f"auto_detect = false, dateformat = '%Y-%m-%d') r {join}"
                 )
             except duckdb.Error as exc:  # a value the engine cannot read as the column's type
                 detail, _ = safe_engine_error(exc, query)
