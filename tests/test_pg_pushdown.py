@@ -365,3 +365,30 @@ def test_the_diff_transaction_is_read_only_with_the_time_limit(tmp_path, pg_dsn,
     with psycopg.connect(pg_dsn.base) as conn:
         table = sql.Identifier(pg_dsn.schema, "profiles")
         assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone() == (5,)
+
+
+def test_an_apply_copies_only_the_profiles_of_the_plans_changes(tmp_path, pg_dsn, monkeypatch):
+    from reconciler.sources import open_source
+    from reconciler.workspace.loader import load
+
+    monkeypatch.setenv("RECONCILE_SOURCE_DSN", pg_dsn.base)
+    ws = make_ws(
+        tmp_path / "ws", pg_dsn.schema, "postgres", "state: {path: .reconcile/state.duckdb}"
+    )
+    rows = [person(random.Random(3), i) for i in range(500)]
+    rows.append(list(rows[7]))  # c0007 on two rows: both travel
+    write_profiles(pg_dsn, rows)
+    con = duckdb.connect()
+    con.execute(
+        "CREATE TABLE changes AS SELECT * FROM (VALUES ('c0003'), ('c0007'), ('zz9')) t(key)"
+    )
+    source = open_source(load(ws.root))
+    source.only_keys_of = "(SELECT key AS k FROM memory.main.changes)"
+    try:
+        source.attach(con)
+        assert source.pushdown is None  # nothing stays open during the apply
+        got = con.execute("SELECT customer_id, email FROM profiles ORDER BY 1").fetchall()
+    finally:
+        source.close()
+        con.close()
+    assert got == [("c0003", rows[3][1]), ("c0007", rows[7][1]), ("c0007", rows[7][1])]
