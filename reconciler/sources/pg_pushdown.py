@@ -212,8 +212,8 @@ class Pushdown:
 
     # ------------------------------------------------------------------ the transaction
     def cursor(self) -> psycopg.Cursor:
-        """The cursor of the session's transaction, opened on first use: its temporary
-        tables are created first, then it turns READ ONLY (PostgreSQL refuses every write
+        """The cursor of the session's transaction (REPEATABLE READ: one snapshot), opened on
+        first use: its temporary tables are created first, then it turns READ ONLY (PostgreSQL refuses every write
         from then on, temporary tables aside, and never lets it turn back) with the statement
         timeout and search path of untrusted SQL. One transaction holds everything, so it
         also works through a transaction-pooling connection pooler."""
@@ -224,6 +224,9 @@ class Pushdown:
             try:
                 self._stack.enter_context(conn.transaction(force_rollback=True))
                 cur = self._stack.enter_context(conn.cursor())
+                # one snapshot for every statement: segments, profiles and recorded members
+                # are read as of the same moment
+                cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                 for statement in DDL:
                     cur.execute(statement)
                 cur.execute("SET TRANSACTION READ ONLY")
