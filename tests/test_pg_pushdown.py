@@ -17,7 +17,7 @@ from psycopg import sql
 from destinations.base import DestinationContext
 from reconciler.plan import membership, splits
 from reconciler.plan.in_source import same_database
-from reconciler.sources.pg_pushdown import (
+from reconciler.sources.pg_twins import (
     bucket_digest_pg,
     fingerprint_digest_pg,
     group_label_pg,

@@ -13,8 +13,8 @@ from psycopg.conninfo import conninfo_to_dict
 
 from reconciler.plan import membership
 from reconciler.plan.segments import SegmentResult
-from reconciler.sources.pg_pushdown import (
-    Pushdown,
+from reconciler.sources.pg_pushdown import Pushdown
+from reconciler.sources.pg_twins import (
     bucket_digest_pg,
     fingerprint_digest_pg,
     group_label_pg,
@@ -24,7 +24,6 @@ from reconciler.sources.pg_pushdown import (
 )
 from reconciler.state.store import StateReader
 from reconciler.workspace.spec import (
-    ActionMode,
     Goal,
     ProfilesTable,
     ResolvedActivation,
@@ -99,13 +98,7 @@ def stage(
         recorded=in_pg,
         recorded_local=None if in_pg else state.members_sql(baseline),
         gone=gone,
-        mode="frozen"
-        if frozen
-        else "remove"
-        if act.action is ActionMode.REMOVE
-        else "append"
-        if act.action is ActionMode.APPEND
-        else "maintain",
+        mode="frozen" if frozen else act.action.value,
         tables=TABLES,
         where=where,
     )

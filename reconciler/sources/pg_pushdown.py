@@ -34,24 +34,10 @@ from psycopg import sql as pgsql
 
 from reconciler.errors import SegmentError, SourceError
 from reconciler.sources.engine_errors import safe_engine_error
+from reconciler.sources.pg_twins import ident, lo64, quiet_sql, unsigned
 
 if TYPE_CHECKING:
     from reconciler.sources.postgres_source import PostgresProfilesSource
-
-#: PostgreSQL types whose text PostgreSQL's cast and the engine's cast (after the COPY into
-#: the engine) write alike; every type the engine reads as text qualifies too
-_EQUAL_TEXT = {"smallint", "integer", "bigint", "boolean", "date", "uuid", "numeric"}
-_NOT_EQUAL = {
-    "real",
-    "double precision",
-    "character",
-    "timestamp without time zone",
-    "timestamp with time zone",
-    "time without time zone",
-    "time with time zone",
-    "money",
-}
-U64 = 18446744073709551616
 
 #: the temporary tables and the function of a plan (the session's own pg_temp schema), made
 #: in its transaction and gone with it
@@ -67,130 +53,6 @@ DDL = (
 )
 
 
-def text_equal(column: tuple[str, int | None, int | None]) -> bool:
-    """Whether a column of this PostgreSQL type has the same text in both databases."""
-    data_type, precision, _ = column
-    t = data_type.lower()
-    if t == "numeric":
-        return bool(precision) and (precision or 0) <= 38
-    return t in _EQUAL_TEXT or t not in _NOT_EQUAL and not t.startswith("timestamp")
-
-
-def _ident(name: str) -> str:
-    return pgsql.Identifier(name).as_string()
-
-
-def _lit(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-def fingerprint_digest_pg(
-    identifier_columns: Sequence[tuple[str, str]],
-    attribute_columns: Sequence[str],
-    phone_country: str | None,
-) -> str | None:
-    """PostgreSQL twin of :func:`reconciler.plan.membership.fingerprint_sql`, up to the
-    digest: the MD5 (bytea) of the values' UTF-8 bytes joined by chr(31), NULL as chr(0) (a
-    byte PostgreSQL text cannot hold, hence bytea); :func:`lo64` makes the fingerprint of
-    it. None: nothing to fingerprint (the fingerprint is 0)."""
-    terms = []
-    for t, col in identifier_columns:
-        term = f"CAST(p.{_ident(col)} AS text)"
-        if t == "phone" and phone_country:
-            term = f"{term} || chr(30) || {_lit(phone_country.upper())}"
-        terms.append(term)
-    terms += [f"CAST(p.{_ident(c)} AS text)" for c in attribute_columns]
-    if not terms:
-        return None
-    parts = " || '\\x1f'::bytea || ".join(
-        f"coalesce(convert_to({t}, 'UTF8'), '\\x00'::bytea)" for t in terms
-    )
-    return f"decode(md5({parts}), 'hex')"
-
-
-def lo64(digest: str) -> str:
-    """The low 64 bits of an MD5 ``digest`` (a bytea column) read little-endian — DuckDB's
-    ``(md5_number(x) >> 64)::UBIGINT`` — as a signed bigint (two's complement). Over a
-    column: the digest is computed once per row, not once per byte."""
-    return (
-        "("
-        + " | ".join(f"(get_byte({digest}, {8 + i})::bigint << {8 * i})" for i in range(8))
-        + ")"
-    )
-
-
-def unsigned(col: str) -> str:
-    """A signed fingerprint as the unsigned number the engine and the state keep."""
-    return f"(CASE WHEN {col} < 0 THEN {col}::numeric + {U64} ELSE {col}::numeric END)"
-
-
-def signed(col: str) -> str:
-    """An unsigned fingerprint (numeric(20), as the PostgreSQL state keeps it) as bigint."""
-    return f"(CASE WHEN {col} >= {U64 // 2} THEN {col} - {U64} ELSE {col} END)::bigint"
-
-
-def bucket_digest_pg(seed: str, key: str) -> str:
-    """The digest of a key's split bucket (:mod:`reconciler.plan.splits`)."""
-    return f"decode(md5({_lit(seed)} || ':' || {key}), 'hex')"
-
-
-def group_label_pg(split: str, control_percent: int | None, bucket: str | None) -> str:
-    """PostgreSQL twin of :func:`reconciler.plan.splits.group_sql` over ``bucket``, the
-    signed :func:`lo64` of :func:`bucket_digest_pg` (the unsigned value modulo 100)."""
-    if split == "none" or bucket is None:
-        return "'all'"
-    b = (
-        f"(CASE WHEN {bucket} >= 0 THEN {bucket} % 100 "
-        f"ELSE (({bucket} % 100 + 100) % 100 + {U64 % 100}) % 100 END)"
-    )
-    if split == "ab":
-        return f"CASE WHEN {b} < 50 THEN 'A' ELSE 'B' END"
-    return f"CASE WHEN {b} < {int(control_percent or 10)} THEN 'control' ELSE 'experiment' END"
-
-
-def matchable_pg(identifier_columns: Sequence[tuple[str, str]]) -> str:
-    """PostgreSQL twin of :func:`reconciler.plan.membership.matchable_sql`."""
-    tests = []
-    for t, col in identifier_columns:
-        c = f"p.{_ident(col)}"
-        if t == "email":
-            tests.append(f"(strpos({c}, '@') > 1)")
-        elif t == "phone":
-            tests.append(f"(length(regexp_replace({c}, '[^0-9]', '', 'g')) >= 7)")
-    return " OR ".join(tests) if tests else "FALSE"
-
-
-def quiet_sql(mode: str, gone: Sequence[str]) -> str:
-    """When a key cannot produce a change (over ``d``: its desired row, ``m``: its recorded
-    rows, ``l``: a recorded leaver's exclusion; NULL where absent), by the activation's
-    ``mode`` — ``frozen`` (paused, or a one-time activation that ran), ``remove``
-    (``action: remove``), ``maintain`` or ``append`` — mirroring
-    :func:`reconciler.plan.membership.stage_changes`. Held keys always move."""
-    if mode == "frozen":  # only exclusions are applied, to recorded members
-        return (
-            "NOT (m.key IS NOT NULL AND CASE WHEN d.key IS NOT NULL "
-            "THEN d.suppressed OR d.no_consent ELSE l.excluded END)"
-        )
-    if mode == "remove":
-        target = "(d.key IS NOT NULL AND NOT d.unknown AND NOT d.held AND d.matchable)"
-        return (
-            f"({target} AND m.key IS NOT NULL AND m.n = 1 AND m.fp = d.fp) "
-            f"OR (NOT coalesce({target}, FALSE) AND m.key IS NULL)"
-        )
-    eligible = (
-        "(NOT d.unknown AND NOT d.held AND NOT d.suppressed AND NOT d.no_consent AND d.matchable)"
-    )
-    kept = f"m.grp NOT IN ({', '.join(_lit(g) for g in gone)})" if gone else "TRUE"
-    unchanged = (
-        f"(d.key IS NOT NULL AND m.key IS NOT NULL AND m.n = 1 AND m.grp = d.grp "
-        f"AND m.fp = d.fp AND {eligible} AND {kept})"
-    )
-    quiet = f"{unchanged} OR (m.key IS NULL AND NOT {eligible})"
-    if mode == "append":  # a leaver stays in the audience unless an exclusion removes it
-        quiet += f" OR (d.key IS NULL AND NOT l.excluded AND {kept})"
-    return quiet
-
-
 class Pushdown:
     """The PostgreSQL side of one engine session (see the module's docstring)."""
 
@@ -201,8 +63,8 @@ class Pushdown:
         columns: dict[str, tuple[str, int | None, int | None]],
     ):
         self.source, self.con, self.columns = source, con, columns
-        self.key = f"CAST(p.{_ident(source.profiles.key)} AS text)"
-        self.table = _ident(source.profiles.table)
+        self.key = f"CAST(p.{ident(source.profiles.key)} AS text)"
+        self.table = ident(source.profiles.table)
         #: rows that travelled into the engine (profiles, desired and recorded rows, keys)
         self.shipped_rows = 0
         self._cur: psycopg.Cursor | None = None
@@ -271,7 +133,7 @@ class Pushdown:
         seg = self._segments
         self._segments += 1
         self.run(
-            f"INSERT INTO pg_temp.rk_seg SELECT {int(seg)}, CAST(q.{_ident(column)} AS text) "
+            f"INSERT INTO pg_temp.rk_seg SELECT {int(seg)}, CAST(q.{ident(column)} AS text) "
             f"FROM (\n{sql}\n) AS q",
             where=where,
             what=what,

@@ -245,7 +245,7 @@ class PostgresProfilesSource:
     def pushdown_wanted(self, columns: dict[str, tuple[str, int | None, int | None]]) -> bool:
         """The diff runs in PostgreSQL unless switched off (``source.diff: engine``) or the
         key's text could differ between PostgreSQL and the engine (its type)."""
-        from reconciler.sources.pg_pushdown import text_equal
+        from reconciler.sources.pg_twins import text_equal
 
         return self.spec.diff == "postgres" and text_equal(columns[self.profiles.key])
 
