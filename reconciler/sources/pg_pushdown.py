@@ -50,6 +50,7 @@ DDL = (
     "CREATE TEMP TABLE rk_dups (k text) ON COMMIT DROP",
     "CREATE TEMP TABLE rk_moving (k text) ON COMMIT DROP",
     "CREATE TEMP TABLE rk_leavers (key text, excluded boolean, rows integer) ON COMMIT DROP",
+    "CREATE TEMP TABLE rk_members (key text, grp text, fp bigint, n integer) ON COMMIT DROP",
 )
 
 
@@ -215,7 +216,8 @@ class Pushdown:
         engine's) is sent there. Returns (counts, a few held keys, how many held keys)."""
         what = "the audience query (consent condition)"
         run = lambda sql: self.run(sql, where=where, what=what)  # noqa: E731
-        for table in ("rk_desired", "rk_dups", "rk_moving", "rk_leavers", "rk_recorded"):
+        tables_ = ("rk_desired", "rk_dups", "rk_moving", "rk_leavers", "rk_recorded", "rk_members")
+        for table in tables_:
             run(f"DELETE FROM pg_temp.{table}")
         if recorded is None:
             assert recorded_local is not None
@@ -252,6 +254,12 @@ class Pushdown:
                         OFFSET 0) a OFFSET 0) b"""
         ).rowcount
         run("ANALYZE pg_temp.rk_desired")
+        # the recorded members, one row per key (several: in several groups)
+        run(
+            f"""INSERT INTO pg_temp.rk_members SELECT key, min(grp), min(fp), count(*)
+            FROM {recorded} rr GROUP BY key"""
+        )
+        run("ANALYZE pg_temp.rk_members")
         # recorded members no segment returns: excluded (suppressed, or consent lost on any
         # of their rows — evaluated over the profile row, NULL-extended when it is gone) and
         # how many profile rows have their key
@@ -259,7 +267,7 @@ class Pushdown:
             f"""INSERT INTO pg_temp.rk_leavers
             SELECT m.key, bool_or({"s.k IS NOT NULL OR " if supp else ""}
                                   NOT coalesce(({consent}), FALSE)), count({self.key})
-            FROM (SELECT DISTINCT r.key FROM {recorded} r WHERE NOT EXISTS
+            FROM (SELECT r.key FROM pg_temp.rk_members r WHERE NOT EXISTS
                   (SELECT 1 FROM pg_temp.rk_desired d WHERE d.key = r.key)) m
             LEFT JOIN {self.table} p ON {self.key} = m.key
             {f"LEFT JOIN {suppressed} s ON s.k = m.key" if supp else ""}
@@ -307,8 +315,7 @@ class Pushdown:
         run(
             f"""INSERT INTO pg_temp.rk_moving
             SELECT coalesce(d.key, m.key) FROM pg_temp.rk_desired d
-            FULL JOIN (SELECT key, min(grp) AS grp, min(fp) AS fp, count(*) AS n
-                       FROM {recorded} rr GROUP BY key) m ON m.key = d.key
+            FULL JOIN pg_temp.rk_members m ON m.key = d.key
             LEFT JOIN pg_temp.rk_leavers l ON l.key = m.key
             WHERE NOT coalesce({quiet_sql(mode, gone)}, FALSE)
                OR coalesce(d.key, m.key) IN (SELECT k FROM pg_temp.rk_dups)"""
