@@ -29,6 +29,7 @@ from tests.conftest import SANDBOX_YAML, WS, cli, plan_json
 from tests.pg import PgDsn
 from tests.seeding import Member, seed
 from tests.state_workspace import sandbox
+from tests.test_pg_source import set_pg_profiles
 
 COLUMNS = (
     "customer_id text, email text, phone text, first_name text, country text, "
@@ -115,13 +116,7 @@ def person(rng: random.Random, i: int) -> list:
 
 
 def write_profiles(dsn: PgDsn, rows: list[list]) -> None:
-    table = sql.Identifier(dsn.schema, "profiles")
-    with psycopg.connect(dsn.base) as conn, conn.cursor() as cur:
-        cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))
-        cur.execute(sql.SQL(f"CREATE TABLE {{}} ({COLUMNS})").format(table))
-        with cur.copy(sql.SQL("COPY {} FROM STDIN").format(table)) as copy:
-            for r in rows:
-                copy.write_row(r)
+    set_pg_profiles(dsn, rows, COLUMNS)
 
 
 def churn(rng: random.Random, rows: list[list], n: int) -> list[list]:

@@ -39,14 +39,15 @@ def pg_yaml(schema: str, extra: str = "") -> str:
     )
 
 
-def set_pg_profiles(dsn: PgDsn, rows: list[dict]) -> None:
+def set_pg_profiles(dsn: PgDsn, rows: list, columns: str = PG_COLUMNS) -> None:
+    """(Re)create the profiles table with ``columns`` and ``rows`` (dicts or lists)."""
     table = sql.Identifier(dsn.schema, "profiles")
     with psycopg.connect(dsn.base) as conn, conn.cursor() as cur:
         cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))
-        cur.execute(sql.SQL(f"CREATE TABLE {{}} ({PG_COLUMNS})").format(table))
+        cur.execute(sql.SQL(f"CREATE TABLE {{}} ({columns})").format(table))
         with cur.copy(sql.SQL("COPY {} FROM STDIN").format(table)) as copy:
             for r in rows:
-                copy.write_row(list(r.values()))
+                copy.write_row(list(r.values()) if isinstance(r, dict) else r)
 
 
 @pytest.fixture
