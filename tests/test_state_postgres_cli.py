@@ -15,7 +15,7 @@ import pytest
 
 from reconciler.state.postgres.db import PgDatabase
 from reconciler.state.postgres.lock import PostgresLock
-from tests.conftest import EMBEDDED_STATE, RECONCILE_YAML, WS, cli, profile
+from tests.conftest import EMBEDDED_STATE, RECONCILE_YAML, WS, cli, plan_json, profile
 from tests.test_recovery import (
     activation,
     assert_converged,
@@ -310,3 +310,29 @@ def test_an_interrupted_migration_leaves_the_target_empty_and_runs_again(
     res = cli(ws, "state", "migrate", "--to", "postgres", "--schema", pg_dsn.schema)
     assert res.exit_code == 0, res.output + res.stderr
     assert pg_rows(pg_dsn, "SELECT count(*) FROM {s}.members") == [(8,)]
+
+
+def test_attribute_hashes_of_sync_attributes_are_kept_in_postgres(pg_ws, pg_dsn):
+    """The per-attribute hashes live in the PostgreSQL state too: after a change of one
+    field, the plan counts that field only (without them it counts every mapped field)."""
+    from tests.test_sync_attributes import SYNC, attribute_counts
+
+    rows = [profile(i, a=i < 6) for i in range(10)]
+    ws = pg_ws(rows, activations={"attrs": SYNC})
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    stored = pg_rows(pg_dsn, "SELECT count(*), count(afp) FROM {s}.member_attributes")
+    assert stored == [(6, 6)]
+    rows[1] = profile(1, a=True, name="Changed")
+    rows[3] = profile(3, a=True) | {"country": "NZ"}
+    ws.set_profiles(rows)
+    plan = plan_json(ws)
+    assert attribute_counts(plan, "attrs") == {"FIRST_NAME": 1, "COUNTRY": 1}
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    assert cli(ws, "plan", "--detailed-exitcode").exit_code == 0
+    # a renamed activation keeps them
+    ws.remove("activations/attrs.yaml")
+    ws.write("activations/renamed.yaml", SYNC + "moved_from: attrs\n")
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    assert pg_rows(pg_dsn, "SELECT DISTINCT activation_id FROM {s}.member_attributes") == [
+        ("renamed",)
+    ]

@@ -12,7 +12,6 @@ from reconciler.errors import SourceError
 from reconciler.plan import attributes, membership
 from reconciler.plan.model import ActivationPlan
 from reconciler.sources import writeback
-from reconciler.state import attributes as state_attributes
 from reconciler.state.schema import CATALOG
 from reconciler.workspace.loader import Workspace
 from reconciler.workspace.spec import Goal, ResolvedActivation
@@ -28,9 +27,7 @@ def record_attribute_hashes(
     integ = ws.integrations[act.destination]
     profiles = ws.config.source.profiles
     mapping = {f: integ.attributes[f] for f in act.attributes}
-    state_attributes.record(
-        session.con,
-        CATALOG,
+    session.state_store().record_attributes(
         activation_id,
         profiles=f"{session.source.catalog}.{membership._ident(profiles.table)}",
         key=membership._ident(profiles.key),

@@ -110,17 +110,41 @@ class StateStore(StateReader):
                 ("members", "activation_id"),
                 ("runs", "activation_id"),
                 ("journal", "activation_id"),
+                ("member_attributes", "activation_id"),
             ):
                 self.con.execute(
                     f"UPDATE {self.c}.{table} SET {col} = ? WHERE {col} = ?", [new, old]
                 )
+
+    def record_attributes(
+        self,
+        activation_id: str,
+        *,
+        profiles: str,
+        key: str,
+        fingerprint: str,
+        attribute_fps: str,
+    ) -> int:
+        """Rewrite the per-attribute hashes of a ``sync_attributes`` activation's members
+        (:func:`reconciler.state.attributes.record`); returns the rows written."""
+        from reconciler.state import attributes
+
+        return attributes.record(
+            self.con,
+            self.c,
+            activation_id,
+            profiles=profiles,
+            key=key,
+            fingerprint=fingerprint,
+            attribute_fps=attribute_fps,
+        )
 
     def forget_activation(self, activation_id: str) -> None:
         """Drop an activation from management; its run history stays for `log`. Creations it
         left pending are closed: a re-added activation of the same id is a new generation and
         creates its own audiences."""
         with self.transaction():
-            for table in ("members", "audiences"):
+            for table in ("members", "audiences", "member_attributes"):
                 self.con.execute(
                     f"DELETE FROM {self.c}.{table} WHERE activation_id = ?", [activation_id]
                 )

@@ -41,6 +41,9 @@ def load(
         for table, cols in TABLES.items():
             if table == "members" and not members:
                 continue
+            found = pg.execute("SELECT to_regclass(%s)", [f"{schema}.{table}"]).fetchone()
+            if not found or found[0] is None:  # a table a later version added: empty
+                continue
             fd, name = tempfile.mkstemp(
                 prefix=f"staging-{os.getpid()}-pgcopy-", suffix=".csv", dir=tmp
             )

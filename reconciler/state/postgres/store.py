@@ -165,6 +165,7 @@ class PostgresStateStore(StateStore):
                 ("members", "activation_id"),
                 ("runs", "activation_id"),
                 ("journal", "activation_id"),
+                ("member_attributes", "activation_id"),
             ):
                 self._raw.append(
                     (f"UPDATE {{s}}.{table} SET {col} = %s WHERE {col} = %s", [new, old])
@@ -176,7 +177,24 @@ class PostgresStateStore(StateStore):
             self._sync("activations", id=activation_id)
             self._sync("audiences", activation_id=activation_id)
             self._sync("members", activation_id=activation_id)
+            self._sync("member_attributes", activation_id=activation_id)
             self._sync("journal", activation_id=activation_id)
+
+    def record_attributes(self, activation_id: str, **kwargs: Any) -> int:
+        """The embedded rewrite of the activation's per-attribute hashes, then the same rows
+        in PostgreSQL (one DELETE and one COPY, in one PostgreSQL transaction)."""
+        n = super().record_attributes(activation_id, **kwargs)
+        with self.db.errors("recording the attribute hashes"), self.pg.transaction():
+            mirror.push(
+                self.pg,
+                self.db.schema,
+                self.con,
+                self.c,
+                "member_attributes",
+                {"activation_id": activation_id},
+                self.tmp,
+            )
+        return n
 
     # ------------------------------------------------------------------ audiences
     def record_audience(

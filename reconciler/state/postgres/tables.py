@@ -4,7 +4,7 @@
 Each column has a *kind* that says how its values travel between PostgreSQL and the engine's
 DuckDB session (where the diffs run): ``plain`` as text, ``textarr`` (``VARCHAR[]`` ↔
 ``text[]``) and ``u64arr`` (``UBIGINT[]`` ↔ ``numeric(20)[]``) as JSON arrays, ``nested``
-(``VARCHAR[][]``, ragged) stored as JSON text. Fingerprints are unsigned 64-bit integers,
+(``VARCHAR[][]``, ragged) and ``map`` (``MAP(VARCHAR, UBIGINT)``) stored as JSON text. Fingerprints are unsigned 64-bit integers,
 which PostgreSQL has no type for: ``numeric(20)``.
 """
 
@@ -35,7 +35,7 @@ class Col:
             return _array_literal(self.name, _QUOTED)
         if self.kind == "u64arr":
             return _array_literal(self.name, "coalesce(CAST(x AS VARCHAR), 'NULL')")
-        if self.kind == "nested":
+        if self.kind in ("nested", "map"):
             return f"CAST(to_json({self.name}) AS VARCHAR)"
         return self.name
 
@@ -47,6 +47,8 @@ class Col:
             return f"CAST(CAST(CAST({column} AS JSON) AS VARCHAR[]) AS UBIGINT[])"
         if self.kind == "nested":
             return f"CAST(CAST({column} AS JSON) AS VARCHAR[][])"
+        if self.kind == "map":
+            return f"CAST(CAST({column} AS JSON) AS MAP(VARCHAR, UBIGINT))"
         return f"CAST({column} AS {self.duck})"
 
 
@@ -144,6 +146,14 @@ TABLES: dict[str, tuple[Col, ...]] = {
         _c("fps", "numeric(20)[]", "UBIGINT[]", "u64arr"),
         _c("submitted_at", *TS),
     ),
+    # goal sync_attributes: per-attribute hashes, the map as JSON text
+    "member_attributes": (
+        _c("activation_id"),
+        _c("grp"),
+        _c("key"),
+        _c("fp", "numeric(20)", "UBIGINT"),
+        _c("afp", "text", "MAP(VARCHAR, UBIGINT)", "map"),
+    ),
     "rejections": (
         _c("run_id"),
         _c("activation_id"),
@@ -169,6 +179,7 @@ INDEXES = {
     "members": "(activation_id, grp, key)",
     "journal": "(batch_id)",
     "rejections": "(activation_id, run_id)",
+    "member_attributes": "(activation_id, grp, key)",
 }
 
 LOCK_DDL = """CREATE TABLE IF NOT EXISTS {s}.lock (
