@@ -147,6 +147,41 @@ class AudienceRef:
     size: int | None = None
 
 
+class LazyColumn(Sequence[Any]):
+    """A column the engine read in bulk (an Arrow array: anything with ``to_pylist``),
+    converted to Python values only when an adapter first reads it. An adapter that hands
+    :attr:`MemberBatch.table` to a database never pays for the conversion."""
+
+    __slots__ = ("_source", "_values")
+
+    def __init__(self, source: Any):
+        self._source = source
+        self._values: list[Any] | None = None
+
+    def _list(self) -> list[Any]:
+        if self._values is None:
+            self._values = self._source.to_pylist()
+        return self._values
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    @overload
+    def __getitem__(self, i: int) -> Any: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Any]: ...
+    def __getitem__(self, i: int | slice) -> Any:
+        return self._list()[i]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._list())
+
+    def __eq__(self, other: object) -> bool:
+        return list(self) == (list(other) if isinstance(other, Sequence) else other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 class RecordColumn(Sequence[tuple[str, ...]]):
     """The members' record strings as one flat column plus each member's count — the shape
     the engine reads them in, and the cheapest to hand to a database (``flat``, ``owners``:
@@ -204,6 +239,11 @@ class MemberBatch:
     values: Mapping[str, Sequence[str | None]]
     records: Sequence[Sequence[str]]
     attributes: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+    #: the same batch as an Arrow table, when the engine read it so (``None`` otherwise):
+    #: columns ``key``, ``records`` (list of strings), ``value:<field>`` per encoding field
+    #: and ``attr:<field>`` per attribute. An adapter that hands the batch to a database
+    #: (the sandbox) or encodes it in bulk reads this and no Python object per member.
+    table: Any = field(default=None, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.keys)
