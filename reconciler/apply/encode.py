@@ -123,7 +123,8 @@ class Columns:
 def stream(cursor: duckdb.DuckDBPyConnection, table: SendTable, *, sendable: bool, size: int):
     """Batches of the send table's rows (sendable or not), in ``n`` order, ``size`` each:
     ``(lo, hi, columns)`` — the first and last ``n`` and the batch as :class:`Columns` (read
-    as Arrow: one query per batch and no Python object per row until one is asked for)."""
+    as Arrow: one query per batch and no Python object per row until one is asked for; rows
+    within a batch come in no particular order)."""
     cursor.execute(
         f"""SELECT min(n), max(n) FROM (
                 SELECT n, (row_number() OVER (ORDER BY n) - 1) // $size AS b
@@ -132,9 +133,10 @@ def stream(cursor: duckdb.DuckDBPyConnection, table: SendTable, *, sendable: boo
         {"s": sendable, "size": size},
     )
     for lo, hi in cursor.fetchall():
+        # no ORDER BY: a batch is the set of rows lo..hi (recorded by that range too), and
+        # the order of members within a call means nothing to any destination
         arrow = cursor.sql(
-            f"SELECT {table.columns} FROM {SEND} WHERE sendable = $s "
-            "AND n BETWEEN $lo AND $hi ORDER BY n",
+            f"SELECT {table.columns} FROM {SEND} WHERE sendable = $s AND n BETWEEN $lo AND $hi",
             params={"s": sendable, "lo": lo, "hi": hi},
         ).to_arrow_table()
         yield lo, hi, Columns(arrow)
