@@ -19,7 +19,11 @@ from reconciler.enginedb import STAGING
 from reconciler.plan.membership import _ident
 from reconciler.workspace.spec import ProfilesTable
 
-SEND = f"{STAGING}.send"
+#: the send table lives in an in-memory database of the apply session (spilled to the
+#: session's temp directory under memory pressure): it is built and read by one apply only,
+#: and writing it to the staging file cost as much CPU again as computing it (compression)
+SCRATCH = "__reconcile_scratch"
+SEND = f"{SCRATCH}.send"
 CHANGES = f"{STAGING}.changes"
 
 
@@ -71,6 +75,7 @@ def build(
         profiles.default_phone_country,
     )
     drop = f" EXCLUDE ({', '.join(picked.values())})" if picked else ""
+    con.execute(f"ATTACH IF NOT EXISTS ':memory:' AS {SCRATCH}")
     con.execute(
         f"""CREATE OR REPLACE TABLE {SEND} AS
         WITH c AS (SELECT key FROM {CHANGES}
