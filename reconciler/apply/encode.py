@@ -13,7 +13,8 @@ from typing import Any
 
 import duckdb
 
-from destinations.base import Identity, LazyColumn, RecordColumn
+from destinations.base import Identity
+from destinations.columns import LazyColumn, RecordColumn
 from destinations.identity.sql import send_sql
 from reconciler.enginedb import STAGING
 from reconciler.plan.membership import _ident
