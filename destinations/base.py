@@ -37,17 +37,17 @@ Designed against every vendor we speak (see ``docs/destinations.md``):
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, overload, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import duckdb
 import httpx
 from pydantic import BaseModel, ConfigDict
 
+from destinations.columns import LazyColumn, RecordColumn
 from destinations.identity import Encoding, RuleSet
 from destinations.redaction import Credentials
 from destinations.retry import RetryPolicy
@@ -77,10 +77,12 @@ __all__ = [
     "FileExport",
     "Identity",
     "JobStatus",
+    "LazyColumn",
     "Limits",
     "MemberBatch",
     "NoCredentials",
     "Outcome",
+    "RecordColumn",
     "RemovalBatch",
     "TerminalError",
     "ThrottledError",
@@ -147,50 +149,6 @@ class AudienceRef:
     size: int | None = None
 
 
-class RecordColumn(Sequence[tuple[str, ...]]):
-    """The members' record strings as one flat column plus each member's count — the shape
-    the engine reads them in, and the cheapest to hand to a database (``flat``, ``owners``:
-    the member index of each string). Indexing and iterating give each member's tuple, so it
-    is a ``Sequence[Sequence[str]]`` like any other ``MemberBatch.records``."""
-
-    __slots__ = ("_counts", "_offsets", "flat")
-
-    def __init__(self, flat: Sequence[str], counts: Sequence[int]):
-        self.flat = flat
-        self._counts = counts
-        self._offsets: list[int] | None = None
-
-    def __len__(self) -> int:
-        return len(self._counts)
-
-    def _starts(self) -> list[int]:
-        if self._offsets is None:
-            self._offsets = list(itertools.accumulate(self._counts, initial=0))
-        return self._offsets
-
-    @overload
-    def __getitem__(self, i: int) -> tuple[str, ...]: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[tuple[str, ...]]: ...
-    def __getitem__(self, i: int | slice) -> tuple[str, ...] | list[tuple[str, ...]]:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        starts = self._starts()
-        if i < 0:
-            i += len(self)
-        return tuple(self.flat[starts[i] : starts[i + 1]])
-
-    def __iter__(self) -> Iterator[tuple[str, ...]]:
-        flat, at = self.flat, 0
-        for n in self._counts:
-            yield tuple(flat[at : at + n])
-            at += n
-
-    def owners(self) -> list[int]:
-        """The member index of each string of ``flat``."""
-        return [i for i, n in enumerate(self._counts) for _ in range(n)]
-
-
 @dataclass(frozen=True)
 class MemberBatch:
     """Members to add or update, as columns of equal length.
@@ -204,6 +162,11 @@ class MemberBatch:
     values: Mapping[str, Sequence[str | None]]
     records: Sequence[Sequence[str]]
     attributes: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+    #: the same batch as an Arrow table, when the engine read it so (``None`` otherwise):
+    #: columns ``key``, ``records`` (list of strings), ``value:<field>`` per encoding field
+    #: and ``attr:<field>`` per attribute. An adapter that hands the batch to a database
+    #: (the sandbox) or encodes it in bulk reads this and no Python object per member.
+    table: Any = field(default=None, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.keys)

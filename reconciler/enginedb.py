@@ -54,6 +54,11 @@ class Session:
             "max_temp_directory_size": getattr(spec, "max_temp_directory_size", None) or "10GB",
             "preserve_insertion_order": "false",
         }
+        if not write_state:
+            # a planning session writes nothing but its scratch staging file (the member
+            # changes, read once by the apply and then deleted): compressing them cost more
+            # CPU than the diff that produced them
+            config["force_compression"] = "uncompressed"
         threads = getattr(spec, "threads", None) or os.environ.get("RECONCILE_THREADS")
         if threads:
             config["threads"] = int(threads)

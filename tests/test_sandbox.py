@@ -244,7 +244,8 @@ def test_a_failing_call_writes_nothing(tmp_path: Path) -> None:
     con = store.connect(destination.path)
 
     def half_done(c: duckdb.DuckDBPyConnection) -> None:
-        store.upsert(c, aud.id, [("email_sha256:x",)], {}, [True])
+        batch = MemberBatch(["k"], {}, [("email_sha256:x",)])
+        store.upsert(c, aud.id, store.as_table(batch), [])
         raise RuntimeError("the process failed mid-call")
 
     with pytest.raises(RuntimeError):

@@ -54,14 +54,21 @@ class Payload:
     values: list[tuple[str, ...]]
 
 
-def _shape(fields: Sequence[str], rows: list[tuple[str, ...]]) -> dict[str, Any]:
+def _shape(
+    fields: Sequence[str], rows: list[tuple[str, ...]], columns: list[list[str]] | None = None
+) -> dict[str, Any]:
+    """Meta's ``payload`` object; ``columns`` (the rows' cells per field), when given, spare
+    the single-key schema a pass over the rows."""
     if len(fields) == 1 and fields[0] in SINGLE_KEY:
-        return {"schema": SINGLE_KEY[fields[0]], "data": [row[0] for row in rows]}
-    return {"schema": list(fields), "data": [list(row) for row in rows]}
+        data = columns[0] if columns is not None else [row[0] for row in rows]
+        return {"schema": SINGLE_KEY[fields[0]], "data": data}
+    return {"schema": list(fields), "data": list(map(list, rows))}
 
 
 def addition(fields: Sequence[str], batch: MemberBatch) -> Payload:
     """The payload adding ``batch``: one row per member with any value."""
+    if batch.table is not None:
+        return _addition_from_table(fields, batch.table)
     columns = [batch.values.get(f) or [None] * len(batch) for f in fields]
     keys, rows, unsendable = [], [], {}
     for key, *cells in zip(batch.keys, *columns, strict=True):
@@ -72,6 +79,37 @@ def addition(fields: Sequence[str], batch: MemberBatch) -> Payload:
         else:
             unsendable[key] = "no identifier Meta matches on"
     return Payload(_shape(fields, rows), keys, unsendable, rows)
+
+
+def _addition_from_table(fields: Sequence[str], table: Any) -> Payload:
+    """:func:`addition` over the engine's Arrow batch: the rows with a value are picked and
+    the empty cells filled by Arrow, so the only per-member work left is building the rows
+    (single-key: none at all)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = table.num_rows
+    columns = [
+        table.column(f"value:{f}")
+        if f"value:{f}" in table.column_names
+        else pa.nulls(n, pa.string())
+        for f in fields
+    ]
+    # a type with no column in the source is an all-NULL column of some other type
+    cells = [pc.fill_null(c.cast(pa.string()), "") for c in columns]
+    usable = pa.array([False] * n) if not cells else None
+    for c in cells:
+        has = pc.not_equal(c, "")
+        usable = has if usable is None else pc.or_(usable, has)
+    keys = table.column("key")
+    unsendable = {
+        k: "no identifier Meta matches on" for k in pc.filter(keys, pc.invert(usable)).to_pylist()
+    }
+    values = [pc.filter(c, usable).to_pylist() for c in cells]
+    rows = list(zip(*values, strict=True)) if values else []
+    return Payload(
+        _shape(fields, rows, values), pc.filter(keys, usable).to_pylist(), unsendable, rows
+    )
 
 
 def removal(batch: RemovalBatch) -> Payload:

@@ -205,21 +205,25 @@ class SandboxDestination:
     ) -> Outcome:
         rejected = self._rejections(batch.keys, self.config.reject_add_keys)
         retry = self._retries(batch.keys, rejected)
-        keep = [k not in rejected and k not in retry for k in batch.keys]
+        table = store.as_table(batch)
 
         def upsert(con: duckdb.DuckDBPyConnection) -> Outcome:
             self._require(con, audience.id)
             if store.replayed(con, call.batch_id) is not None:
                 return Outcome(rejected, retry, detail="replayed batch: already applied")
-            rows = store.upsert(con, audience.id, batch.records, batch.attributes, keep)
+            skip = [*rejected, *retry]
+            rows = store.upsert(con, audience.id, table, list(batch.attributes), skip)
             store.log_request(con, call.batch_id, op, audience.id)
-            detail = f"{sum(keep)} members ({rows} rows) stored, {len(rejected)} rejected"
+            kept = len(batch) - len(skip)
+            detail = f"{kept} members ({rows} rows) stored, {len(rejected)} rejected"
             return self._as_job(con, Outcome(rejected, retry, detail=detail))
 
         return self._write(op, upsert, delay=True)
 
     def _rejections(self, keys: Sequence[str], listed: list[str]) -> dict[str, str]:
         """Members refused for good: those the knob lists, the others at ``reject_rate``."""
+        if not listed and not self.config.reject_rate:
+            return {}  # nothing to refuse: the keys are not even read
         named = set(listed)
         out = {
             k: "rejected by the sandbox (listed in the integration's config)"
@@ -236,6 +240,8 @@ class SandboxDestination:
         return out
 
     def _retries(self, keys: Sequence[str], rejected: dict[str, str]) -> dict[str, str]:
+        if not self.config.retry_keys:
+            return {}
         named = set(self.config.retry_keys)
         return {
             k: "the sandbox asks to retry later (retry_keys)"

@@ -18,14 +18,14 @@ again. Each call is one transaction: a kill mid-call leaves it applied or not.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import duckdb
 
-from destinations.base import AudienceRef, RecordColumn
+from destinations.base import AudienceRef, MemberBatch
 
 _T = TypeVar("_T")
 Call = Callable[[duckdb.DuckDBPyConnection], _T]
@@ -56,8 +56,14 @@ WHERE {where} ORDER BY a.created_at {order}, a.rowid {order} LIMIT {limit}
 """
 
 #: the sandbox stands in for a remote service: its buffers stay modest so it does not compete
-#: with the engine for memory inside the apply process
-DB_CONFIG: dict[str, str | int] = {"memory_limit": "256MB", "threads": 1}
+#: with the engine for memory inside the apply process, and it stores its (small, local,
+#: inspectable) file uncompressed: compressing every batch's rows at commit and checkpoint
+#: cost the apply process about as much CPU as writing them
+DB_CONFIG: dict[str, str | int] = {
+    "memory_limit": "256MB",
+    "threads": 1,
+    "force_compression": "uncompressed",
+}
 
 
 def now() -> datetime:
@@ -133,38 +139,56 @@ def create(con: duckdb.DuckDBPyConnection, name: str, key: str) -> AudienceRef:
     return AudienceRef(id=audience_id, name=name, size=0)
 
 
+def as_table(batch: MemberBatch) -> Any:
+    """The batch as an Arrow table (``key``, ``records``, ``attr:<field>``): the one the
+    engine sent along (``MemberBatch.table``), else built from its Python columns."""
+    if batch.table is not None:
+        return batch.table
+    import pyarrow as pa
+
+    columns = {
+        "key": pa.array(list(batch.keys), pa.string()),
+        "records": pa.array([list(r) for r in batch.records], pa.list_(pa.string())),
+    }
+    columns |= {f"attr:{f}": pa.array(list(v)) for f, v in batch.attributes.items()}
+    return pa.table(columns)
+
+
 def upsert(
     con: duckdb.DuckDBPyConnection,
     audience_id: str,
-    records: Sequence[Sequence[str]],
-    attributes: Mapping[str, Sequence[Any]],
-    keep: Sequence[bool],
+    table: Any,
+    fields: Sequence[str],
+    skip: Sequence[str] = (),
 ) -> int:
-    """Append a live row per record string of the kept members, with the member's attributes
-    as JSON built by DuckDB. Returns the rows written. The strings travel as one flat list with
-    the index of their member (a ``RecordColumn`` has them so already)."""
-    if isinstance(records, RecordColumn):
-        flat, owners = list(records.flat), records.owners()
-    else:
-        flat = [r for rec in records for r in rec]
-        owners = [i for i, rec in enumerate(records) for _ in rec]
-    fields = list(attributes)
-    params: dict[str, Any] = {"audience": audience_id, "now": now(), "flat": flat}
-    params["owner"] = owners
-    params["keep"] = list(keep)
-    for i, f in enumerate(fields):
-        params[f"a{i}"] = list(attributes[f])
+    """Append a live row per record string of the batch's members (an Arrow table, see
+    :func:`as_table`) but those in ``skip``, with the member's attributes ``fields`` as JSON
+    built by DuckDB. Returns the rows written. The batch goes from Arrow to the file without
+    a Python object per member."""
     if fields:
-        pairs = ", ".join(
-            f"'{f.replace(chr(39), chr(39) * 2)}', $a{i}[o + 1]" for i, f in enumerate(fields)
-        )
+        pairs = ", ".join(f"{_literal(f)}, {_column('attr:' + f)}" for f in fields)
         attrs = f"json_object({pairs})"
     else:
         attrs = "'{}'::JSON"
-    sql = f"""INSERT INTO member_log
-        SELECT nextval('member_seq'), $audience, r, {attrs}, FALSE, $now
-        FROM (SELECT unnest($flat) AS r, unnest($owner) AS o) WHERE $keep[o + 1]"""
-    return con.execute(sql, params).fetchall()[0][0]
+    con.register("__sandbox_batch", table)
+    try:
+        return con.execute(
+            f"""INSERT INTO member_log
+            SELECT nextval('member_seq'), $audience, r, {attrs}, FALSE, $now
+            FROM (SELECT unnest(records) AS r, * EXCLUDE (records) FROM __sandbox_batch
+                  WHERE key NOT IN (SELECT unnest($skip::VARCHAR[])))""",
+            {"audience": audience_id, "now": now(), "skip": list(skip)},
+        ).fetchall()[0][0]
+    finally:
+        con.unregister("__sandbox_batch")
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _column(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def remove(con: duckdb.DuckDBPyConnection, audience_id: str, match_keys: Sequence[str]) -> int:

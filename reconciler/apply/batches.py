@@ -35,7 +35,6 @@ from destinations.base import (
     Destination,
     MemberBatch,
     Outcome,
-    RecordColumn,
     RemovalBatch,
 )
 from destinations.retry import RetryInterrupted
@@ -299,11 +298,11 @@ class BatchRunner:
         for sendable in (True, False):
             for _, _, cols in encode.stream(self.reader, table, sendable=sendable, size=self.size):
                 self._update(ref, cols, table, sendable)
-                self.progress.advance(len(cols["key"]))
+                self.progress.advance(len(cols))
                 self._check_stop()
 
     def _update(
-        self, ref: AudienceRef | None, cols: dict, table: encode.SendTable, sendable: bool
+        self, ref: AudienceRef | None, cols: encode.Columns, table: encode.SendTable, sendable: bool
     ) -> None:
         batch, rows = _batch(cols, table), _as_rows(cols)
         keys = list(batch.keys)
@@ -529,7 +528,7 @@ class _Call:
 
     future: Future
     batch_id: str
-    cols: dict[str, list]
+    cols: encode.Columns
     batch: MemberBatch
     lo: int
     hi: int
@@ -546,20 +545,30 @@ def _wait(call: _Call) -> _Call:
     return call
 
 
-def _batch(cols: dict[str, list], table: encode.SendTable) -> MemberBatch:
-    """A batch of the send table (:func:`encode.stream`) as a :class:`MemberBatch`."""
+def _batch(cols: encode.Columns, table: encode.SendTable) -> MemberBatch:
+    """A batch of the send table (:func:`encode.stream`) as a :class:`MemberBatch`: lazy
+    Python columns over the Arrow batch, which travels along as ``MemberBatch.table``."""
+    values = {f: f"v{i}" for i, f in enumerate(table.fields)}
+    attributes = {f: f"a{i}" for i, f in enumerate(table.attributes)}
+    names = {"key": "key", "rec": "records"}
+    names |= {col: f"value:{f}" for f, col in values.items()}
+    names |= {col: f"attr:{f}" for f, col in attributes.items()}
+    arrow = cols.arrow.select(list(names)).rename_columns(list(names.values()))
     return MemberBatch(
-        keys=cols["key"],
-        records=RecordColumn(cols["rec"], cols["rec_n"]),
-        values={f: cols[f"v{i}"] for i, f in enumerate(table.fields)},
-        attributes={f: cols[f"a{i}"] for i, f in enumerate(table.attributes)},
+        keys=cols.lazy("key"),
+        records=cols.records(),
+        values={f: cols.lazy(col) for f, col in values.items()},
+        attributes={f: cols.lazy(col) for f, col in attributes.items()},
+        table=arrow,
     )
 
 
-def _as_rows(cols: dict[str, list]) -> list[tuple]:
+def _as_rows(cols: encode.Columns) -> list[tuple]:
     """The batch as ``(0, key, record tuple, fingerprint)`` rows (updates, purges, jobs)."""
-    recs = RecordColumn(cols["rec"], cols["rec_n"])
-    return [(0, k, r, fp) for k, r, fp in zip(cols["key"], recs, cols["fp"], strict=True)]
+    return [
+        (0, k, tuple(r or ()), fp)
+        for k, r, fp in zip(cols["key"], cols["rec"], cols["fp"], strict=True)
+    ]
 
 
 def _session_id(run_id: str, activation_id: str, grp: str, op: str) -> int:

@@ -2,23 +2,29 @@
 normalised and encoded by the destination's rules *in SQL* (DuckDB's ``sha256``, the same
 rules as ``destinations.identity``), their record strings, fingerprint and mapped attributes.
 
-Apply streams it in batches as columns and records what the destination confirmed with one
+Apply streams it in batches as Arrow columns (:class:`Columns`) and records what the destination confirmed with one
 ``INSERT ... SELECT`` per batch, so no per-member Python object exists on the hot path.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import duckdb
 
 from destinations.base import Identity
+from destinations.columns import LazyColumn, RecordColumn
 from destinations.identity.sql import send_sql
 from reconciler.enginedb import STAGING
 from reconciler.plan.membership import _ident
 from reconciler.workspace.spec import ProfilesTable
 
-SEND = f"{STAGING}.send"
+#: the send table lives in an in-memory database of the apply session (spilled to the
+#: session's temp directory under memory pressure): it is built and read by one apply only,
+#: and writing it to the staging file cost as much CPU again as computing it (compression)
+SCRATCH = "__reconcile_scratch"
+SEND = f"{SCRATCH}.send"
 CHANGES = f"{STAGING}.changes"
 
 
@@ -70,6 +76,7 @@ def build(
         profiles.default_phone_country,
     )
     drop = f" EXCLUDE ({', '.join(picked.values())})" if picked else ""
+    con.execute(f"ATTACH IF NOT EXISTS ':memory:' AS {SCRATCH}")
     con.execute(
         f"""CREATE OR REPLACE TABLE {SEND} AS
         WITH c AS (SELECT key FROM {CHANGES}
@@ -93,12 +100,37 @@ def build(
     )
 
 
+class Columns:
+    """One batch of the send table as read: an Arrow table (``n, key, rec, fp, v0.., a0..``)
+    and each column as a Python list on first use (``cols["key"]``), cached."""
+
+    def __init__(self, arrow: Any):
+        self.arrow = arrow
+        self._lists: dict[str, list[Any]] = {}
+
+    def __len__(self) -> int:
+        return int(self.arrow.num_rows)
+
+    def __getitem__(self, name: str) -> list[Any]:
+        if name not in self._lists:
+            self._lists[name] = self.arrow.column(name).to_pylist()
+        return self._lists[name]
+
+    def lazy(self, name: str) -> LazyColumn:
+        """The column converted only if an adapter reads it."""
+        return LazyColumn(self.arrow.column(name))
+
+    def records(self) -> RecordColumn:
+        """The ``rec`` column as a :class:`RecordColumn` (flat strings, counts), lazily."""
+        rec = self.arrow.column("rec").combine_chunks()
+        return RecordColumn(LazyColumn(rec.flatten()), LazyColumn(rec.value_lengths()))
+
+
 def stream(cursor: duckdb.DuckDBPyConnection, table: SendTable, *, sendable: bool, size: int):
-    """Batches of the send table's rows (sendable or not), in ``n`` order, ``size`` each, as
-    columns: ``(lo, hi, columns)`` — the first and last ``n`` and a dict of lists keyed by
-    column name (``key``, ``fp``, ``v0``.., ``a0``..; ``rec`` flat with ``rec_n``, each
-    member's count). One query per batch and no Python object per row."""
-    names = [c.strip() for c in table.columns.split(",") if c.strip() not in ("n", "rec")]
+    """Batches of the send table's rows (sendable or not), in ``n`` order, ``size`` each:
+    ``(lo, hi, columns)`` — the first and last ``n`` and the batch as :class:`Columns` (read
+    as Arrow: one query per batch and no Python object per row until one is asked for; rows
+    within a batch come in no particular order)."""
     cursor.execute(
         f"""SELECT min(n), max(n) FROM (
                 SELECT n, (row_number() OVER (ORDER BY n) - 1) // $size AS b
@@ -106,13 +138,11 @@ def stream(cursor: duckdb.DuckDBPyConnection, table: SendTable, *, sendable: boo
             GROUP BY b ORDER BY b""",
         {"s": sendable, "size": size},
     )
-    select = ", ".join(["flatten(list(rec))", "list(len(rec))", *(f"list({c})" for c in names)])
     for lo, hi in cursor.fetchall():
-        cursor.execute(
-            f"SELECT {select} FROM (SELECT * FROM {SEND} WHERE sendable = $s "
-            "AND n BETWEEN $lo AND $hi ORDER BY n)",
-            {"s": sendable, "lo": lo, "hi": hi},
-        )
-        row = cursor.fetchone()
-        assert row is not None
-        yield lo, hi, dict(zip(["rec", "rec_n", *names], row, strict=True))
+        # no ORDER BY: a batch is the set of rows lo..hi (recorded by that range too), and
+        # the order of members within a call means nothing to any destination
+        arrow = cursor.sql(
+            f"SELECT {table.columns} FROM {SEND} WHERE sendable = $s AND n BETWEEN $lo AND $hi",
+            params={"s": sendable, "lo": lo, "hi": hi},
+        ).to_arrow_table()
+        yield lo, hi, Columns(arrow)

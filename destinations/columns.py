@@ -1,0 +1,89 @@
+"""Columns of a :class:`~destinations.base.MemberBatch` as the engine hands them over:
+lazily converted Arrow columns and the records' flat-plus-counts shape."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence
+from typing import Any, overload
+
+__all__ = ["LazyColumn", "RecordColumn"]
+
+
+class LazyColumn(Sequence[Any]):
+    """A column the engine read in bulk (an Arrow array: anything with ``to_pylist``),
+    converted to Python values only when an adapter first reads it. An adapter that hands
+    :attr:`MemberBatch.table` to a database never pays for the conversion."""
+
+    __slots__ = ("_source", "_values")
+
+    def __init__(self, source: Any):
+        self._source = source
+        self._values: list[Any] | None = None
+
+    def _list(self) -> list[Any]:
+        if self._values is None:
+            self._values = self._source.to_pylist()
+        return self._values
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    @overload
+    def __getitem__(self, i: int) -> Any: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Any]: ...
+    def __getitem__(self, i: int | slice) -> Any:
+        return self._list()[i]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._list())
+
+    def __eq__(self, other: object) -> bool:
+        return list(self) == (list(other) if isinstance(other, Sequence) else other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class RecordColumn(Sequence[tuple[str, ...]]):
+    """The members' record strings as one flat column plus each member's count — the shape
+    the engine reads them in, and the cheapest to hand to a database (``flat``, ``owners``:
+    the member index of each string). Indexing and iterating give each member's tuple, so it
+    is a ``Sequence[Sequence[str]]`` like any other ``MemberBatch.records``."""
+
+    __slots__ = ("_counts", "_offsets", "flat")
+
+    def __init__(self, flat: Sequence[str], counts: Sequence[int]):
+        self.flat = flat
+        self._counts = counts
+        self._offsets: list[int] | None = None
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+    def _starts(self) -> list[int]:
+        if self._offsets is None:
+            self._offsets = list(itertools.accumulate(self._counts, initial=0))
+        return self._offsets
+
+    @overload
+    def __getitem__(self, i: int) -> tuple[str, ...]: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[tuple[str, ...]]: ...
+    def __getitem__(self, i: int | slice) -> tuple[str, ...] | list[tuple[str, ...]]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        starts = self._starts()
+        if i < 0:
+            i += len(self)
+        return tuple(self.flat[starts[i] : starts[i + 1]])
+
+    def __iter__(self) -> Iterator[tuple[str, ...]]:
+        flat, at = self.flat, 0
+        for n in self._counts:
+            yield tuple(flat[at : at + n])
+            at += n
+
+    def owners(self) -> list[int]:
+        """The member index of each string of ``flat``."""
+        return [i for i, n in enumerate(self._counts) for _ in range(n)]
