@@ -67,20 +67,13 @@ class SegmentRunner:
         table = f"{TEMP}_seg_{len(self._done)}"
         try:
             with time_limit(self.con, self.timeout, str(where), f"segment {name!r}"):
-                if self.pushdown is not None and self.remote is not None:
-                    what = f"segment {name!r}"
-                    cols = self.remote.describe_query(sql, str(where), what)
-                    self._one_column(name, where, cols)
-                    seg, total, non_null, distinct = self.pushdown.segment(
-                        sql, cols[0][0], str(where), what
-                    )
-                    return self._remote_result(
-                        name, where, seg, table, cols, total, non_null, distinct
-                    )
                 if self.remote is not None:
                     what = f"segment {name!r}"
                     cols = self.remote.describe_query(sql, str(where), what)
                     self._one_column(name, where, cols)
+                    if self.pushdown is not None:  # the keys stay in PostgreSQL
+                        seg, *counts = self.pushdown.segment(sql, cols[0][0], str(where), what)
+                        return self._remote_result(name, where, seg, table, cols, *counts)
                     self.remote.materialise(self.con, sql, cols[0][0], table, str(where), what)
                 else:
                     cols = self.con.execute(f"DESCRIBE SELECT * FROM ({sql}) q").fetchall()
@@ -157,6 +150,8 @@ class SegmentRunner:
         names = self.ws.config.suppression
         if not names:
             return None
-        parts = " UNION ".join(f"SELECT k FROM {self.local(self.run(n))}" for n in names)
-        self.con.execute(f"CREATE OR REPLACE TEMP TABLE {SUPPRESSED} AS {parts}")
+        if SUPPRESSED not in self._local:  # made once per session
+            parts = " UNION ".join(f"SELECT k FROM {self.local(self.run(n))}" for n in names)
+            self.con.execute(f"CREATE OR REPLACE TEMP TABLE {SUPPRESSED} AS {parts}")
+            self._local.add(SUPPRESSED)
         return SUPPRESSED

@@ -23,7 +23,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from reconciler.errors import SegmentError, SourceError
 from reconciler.sources.engine_errors import safe_engine_error
 
-__all__ = ["connect", "engine_error", "masked", "resolve_dsn", "untrusted"]
+__all__ = ["connect", "engine_error", "masked", "resolve_dsn", "timed_out", "untrusted"]
 
 _ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 CONNECT_TIMEOUT = 10
@@ -104,11 +104,16 @@ def untrusted(
             )
             yield cur
     except psycopg.errors.QueryCanceled as exc:
-        raise SegmentError(
-            f"{where}: {what} was stopped after {timeout:g} s, the time limit for untrusted "
-            "SQL (`source.query_timeout` in reconcile.yaml); make it cheaper (filter early, "
-            "avoid cross joins and unbounded recursion) or raise the limit"
-        ) from exc
+        raise timed_out(where, what, timeout) from exc
+
+
+def timed_out(where: str, what: str, timeout: float) -> SegmentError:
+    """The error of untrusted SQL that PostgreSQL stopped at ``statement_timeout``."""
+    return SegmentError(
+        f"{where}: {what} was stopped after {timeout:g} s, the time limit for untrusted "
+        "SQL (`source.query_timeout` in reconcile.yaml); make it cheaper (filter early, "
+        "avoid cross joins and unbounded recursion) or raise the limit"
+    )
 
 
 #: SQLSTATE classes whose messages are about the query text (names, types), not row values

@@ -32,15 +32,17 @@ import duckdb
 import psycopg
 from psycopg import sql as pgsql
 
-from reconciler.errors import SegmentError, SourceError
+from reconciler.errors import SourceError
+from reconciler.sources import pg_connect
 from reconciler.sources.engine_errors import safe_engine_error
 from reconciler.sources.pg_twins import ident, lo64, quiet_sql, unsigned
+from reconciler.sources.postgres_source import csv_relation
 
 if TYPE_CHECKING:
     from reconciler.sources.postgres_source import PostgresProfilesSource
 
-#: the temporary tables and the function of a plan (the session's own pg_temp schema), made
-#: in its transaction and gone with it
+#: the temporary tables of a plan (the session's own pg_temp schema), made in its
+#: transaction and gone with it
 DDL = (
     "CREATE TEMP TABLE rk_seg (seg integer, k text) ON COMMIT DROP",
     "CREATE TEMP TABLE rk_desired (key text, held boolean, unknown boolean, "
@@ -62,8 +64,14 @@ class Pushdown:
         source: PostgresProfilesSource,
         con: duckdb.DuckDBPyConnection,
         columns: dict[str, tuple[str, int | None, int | None]],
+        projection: list[str],
+        types: dict[str, str],
     ):
-        self.source, self.con, self.columns = source, con, columns
+        self.source, self.con = source, con
+        #: the profiles table's PostgreSQL column types (name -> type, precision, scale)
+        self.columns = columns
+        #: what travels of a profile (select list over ``p``) and its engine types
+        self.projection, self.types = projection, types
         self.key = f"CAST(p.{ident(source.profiles.key)} AS text)"
         self.table = ident(source.profiles.table)
         #: rows that travelled into the engine (profiles, desired and recorded rows, keys)
@@ -120,11 +128,7 @@ class Pushdown:
             # no parameters: no placeholder parsing (user SQL may hold a literal %)
             return cur.execute(sql, list(params) if params else None)
         except psycopg.errors.QueryCanceled:
-            raise SegmentError(
-                f"{where}: {what} was stopped after {self.source.timeout:g} s, the time limit "
-                "for untrusted SQL (`source.query_timeout` in reconcile.yaml); make it cheaper "
-                "(filter early, avoid cross joins and unbounded recursion) or raise the limit"
-            ) from None
+            raise pg_connect.timed_out(where, what, self.source.timeout) from None
         except psycopg.Error as exc:
             raise self.source._failed(exc, user or sql, where, what) from None
 
@@ -173,12 +177,16 @@ class Pushdown:
         skipped there, and all rows of a key (held: several) come in the same copy."""
         if self._all_shipped:
             return
-        select, types = self.source.projection(self.columns)
-        query = self.source.profiles_query(select, f"WHERE {condition.format(key=self.key)}")
+        query = self.source.profiles_query(
+            self.projection, f"WHERE {condition.format(key=self.key)}"
+        )
         table = f'"{self.source.profiles.table}"'
         key = f'"{self.source.profiles.key}"'
         self.copy_out(
-            query, f"INSERT INTO {table}", types, f"ANTI JOIN {table} x ON x.{key} = r.{key}"
+            query,
+            f"INSERT INTO {table}",
+            self.types,
+            f"ANTI JOIN {table} x ON x.{key} = r.{key}",
         )
 
     def ship_profiles_of(self, keys: str) -> None:
@@ -216,8 +224,14 @@ class Pushdown:
         engine's) is sent there. Returns (counts, a few held keys, how many held keys)."""
         what = "the audience query (consent condition)"
         run = lambda sql: self.run(sql, where=where, what=what)  # noqa: E731
-        tables_ = ("rk_desired", "rk_dups", "rk_moving", "rk_leavers", "rk_recorded", "rk_members")
-        for table in tables_:
+        for table in (
+            "rk_desired",
+            "rk_dups",
+            "rk_moving",
+            "rk_leavers",
+            "rk_recorded",
+            "rk_members",
+        ):
             run(f"DELETE FROM pg_temp.{table}")
         if recorded is None:
             assert recorded_local is not None
@@ -382,24 +396,16 @@ class Pushdown:
                     with cur.copy(f"COPY ({query}) TO STDOUT WITH (FORMAT csv)") as copy:
                         out.writelines(copy)
                 except psycopg.errors.QueryCanceled:
-                    raise SegmentError(
-                        f"{self.source._where()}: the membership diff was stopped after "
-                        f"{self.source.timeout:g} s, the time limit for untrusted SQL "
-                        "(`source.query_timeout` in reconcile.yaml)"
+                    raise pg_connect.timed_out(
+                        self.source._where(), "the membership diff", self.source.timeout
                     ) from None
                 except psycopg.Error as exc:
                     raise self.source._failed(
                         exc, query, self.source._where(), "the membership diff"
                     ) from None
             count = max(cur.rowcount, 0)
-            spec = ", ".join(f"'{c}': '{t}'" for c, t in types.items())
-            quoted = name.replace("'", "''")
             try:
-                self.con.execute(
-                    f"{into} SELECT r.* FROM read_csv('{quoted}', columns = {{{spec}}}, "
-                    "header = false, quote = '\"', escape = '\"', allow_quoted_nulls = false, "
-                    f"auto_detect = false, dateformat = '%Y-%m-%d') r {join}"
-                )
+                self.con.execute(f"{into} SELECT r.* FROM {csv_relation(name, types)} r {join}")
             except duckdb.Error as exc:  # a value the engine cannot read as the column's type
                 detail, _ = safe_engine_error(exc, query)
                 raise SourceError(

@@ -9,9 +9,10 @@ from collections.abc import Sequence
 
 from psycopg import sql as pgsql
 
-#: PostgreSQL types whose text PostgreSQL's cast and the engine's cast (after the COPY into
-#: the engine) write alike; every type the engine reads as text qualifies too
-_EQUAL_TEXT = {"smallint", "integer", "bigint", "boolean", "date", "uuid", "numeric"}
+#: PostgreSQL types whose text PostgreSQL's cast and the engine's (after the COPY into the
+#: engine, :func:`reconciler.sources.postgres_source.duck_type`) write differently; every
+#: other type is read by the engine either as text or as a type that writes it alike
+#: (integers, boolean, date, uuid, numeric with a precision)
 _NOT_EQUAL = {
     "real",
     "double precision",
@@ -29,9 +30,9 @@ def text_equal(column: tuple[str, int | None, int | None]) -> bool:
     """Whether a column of this PostgreSQL type has the same text in both databases."""
     data_type, precision, _ = column
     t = data_type.lower()
-    if t == "numeric":
+    if t == "numeric":  # without a precision the engine reads it as a double
         return bool(precision) and (precision or 0) <= 38
-    return t in _EQUAL_TEXT or t not in _NOT_EQUAL and not t.startswith("timestamp")
+    return t not in _NOT_EQUAL
 
 
 def ident(name: str) -> str:

@@ -81,7 +81,6 @@ class PostgresProfilesSource:
         self.diff_in_source = False
         #: an apply's session: copy only the profiles of these keys (a SQL relation ``k``)
         self.only_keys_of: str | None = None
-        self._attached_types: dict[str, str] = {}
         self._dsn: str | None = None
         self._conn: psycopg.Connection | None = None
         self.folder: Path | None = None  # where COPY output lands for DuckDB to read
@@ -174,13 +173,12 @@ class PostgresProfilesSource:
         con.execute(f"ATTACH ':memory:' AS {SOURCE_CATALOG}")
         con.execute(f"USE {SOURCE_CATALOG}")
         self.folder = self._new_folder()
-        self._attached_types = types
         if (self.diff_in_source or self.only_keys_of) and self.pushdown_wanted(columns):
             from reconciler.sources.pg_pushdown import Pushdown
 
             body = ", ".join(f'"{c}" {t}' for c, t in types.items())
             con.execute(f'CREATE TABLE "{self.profiles.table}" ({body})')
-            pushdown = Pushdown(self, con, columns)
+            pushdown = Pushdown(self, con, columns, select, types)
             if self.only_keys_of is None:  # a plan: each activation's diff ships its rows
                 self.pushdown = pushdown
                 return
@@ -339,14 +337,9 @@ class PostgresProfilesSource:
                 copy_sql = f"COPY ({query}) TO STDOUT WITH (FORMAT csv)"
                 with cur.copy(copy_sql) as copy:
                     out.writelines(copy)  # libpq's buffers, straight to the file
-            spec = ", ".join(
-                f"'{c.replace(chr(39), chr(39) * 2)}': '{t}'" for c, t in types.items()
-            )
             kind = "TEMP TABLE" if temp else "TABLE"
             con.execute(
-                f"CREATE OR REPLACE {kind} {table} AS SELECT * FROM read_csv('{_q(name)}', "
-                f"columns = {{{spec}}}, header = false, quote = '\"', escape = '\"', "
-                "allow_quoted_nulls = false, auto_detect = false, dateformat = '%Y-%m-%d')"
+                f"CREATE OR REPLACE {kind} {table} AS SELECT * FROM {csv_relation(name, types)}"
             )
         except psycopg.Error as exc:
             raise self._failed(exc, user_sql or query, where, what) from None
@@ -419,6 +412,17 @@ def duck_type(data_type: str, precision: int | None, scale: int | None) -> str:
         "timestamp with time zone": "TIMESTAMPTZ",
         "uuid": "UUID",
     }.get(t, "VARCHAR")
+
+
+def csv_relation(path: str, types: dict[str, str]) -> str:
+    """DuckDB's reading of a CSV file that PostgreSQL's ``COPY … TO STDOUT (FORMAT csv)``
+    wrote, its columns typed ``types`` (name -> DuckDB type)."""
+    spec = ", ".join(f"'{c.replace(chr(39), chr(39) * 2)}': '{t}'" for c, t in types.items())
+    return (
+        f"read_csv('{_q(path)}', columns = {{{spec}}}, header = false, quote = '\"', "
+        "escape = '\"', allow_quoted_nulls = false, auto_detect = false, "
+        "dateformat = '%Y-%m-%d')"
+    )
 
 
 def _q(path: str) -> str:
