@@ -116,28 +116,13 @@ class StateStore(StateReader):
                     f"UPDATE {self.c}.{table} SET {col} = ? WHERE {col} = ?", [new, old]
                 )
 
-    def record_attributes(
-        self,
-        activation_id: str,
-        *,
-        profiles: str,
-        key: str,
-        fingerprint: str,
-        attribute_fps: str,
-    ) -> int:
+    def record_attributes(self, activation_id: str, **sql: str) -> int:
         """Rewrite the per-attribute hashes of a ``sync_attributes`` activation's members
-        (:func:`reconciler.state.attributes.record`); returns the rows written."""
+        (:func:`reconciler.state.attributes.record`, whose keywords ``sql`` are); returns
+        the rows written."""
         from reconciler.state import attributes
 
-        return attributes.record(
-            self.con,
-            self.c,
-            activation_id,
-            profiles=profiles,
-            key=key,
-            fingerprint=fingerprint,
-            attribute_fps=attribute_fps,
-        )
+        return attributes.record(self.con, self.c, activation_id, **sql)
 
     def forget_activation(self, activation_id: str) -> None:
         """Drop an activation from management; its run history stays for `log`. Creations it

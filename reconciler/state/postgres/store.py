@@ -180,10 +180,10 @@ class PostgresStateStore(StateStore):
             self._sync("member_attributes", activation_id=activation_id)
             self._sync("journal", activation_id=activation_id)
 
-    def record_attributes(self, activation_id: str, **kwargs: Any) -> int:
+    def record_attributes(self, activation_id: str, **sql: str) -> int:
         """The embedded rewrite of the activation's per-attribute hashes, then the same rows
         in PostgreSQL (one DELETE and one COPY, in one PostgreSQL transaction)."""
-        n = super().record_attributes(activation_id, **kwargs)
+        n = super().record_attributes(activation_id, **sql)
         with self.db.errors("recording the attribute hashes"), self.pg.transaction():
             mirror.push(
                 self.pg,
