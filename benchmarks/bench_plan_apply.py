@@ -451,9 +451,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         r = bench(n, args.work, args.repeat, args.churn, args.batch_size, args.reuse_data)
         results.append(r)
         print(json.dumps(r, indent=2), file=sys.stderr)
+    return write_report(results, args.json or args.work / "bench.json")
+
+
+def write_report(results: list[dict], out: Path) -> list[dict]:
+    """Print the tables; keep the raw figures in ``out`` and the tables beside it (.md)."""
     text = table(results)
     print(text)
-    out = args.json or args.work / "bench.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     out.with_suffix(".md").write_text(text + "\n")

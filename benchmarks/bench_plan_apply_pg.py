@@ -257,13 +257,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         r = bench(n, args)
         results.append(r)
         print(json.dumps(r, indent=2), file=sys.stderr)
-    text = core.table(results)
-    print(text)
-    out = args.json or args.work / "bench-pg.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    out.with_suffix(".md").write_text(text + "\n")
-    return results
+    return core.write_report(results, args.json or args.work / "bench-pg.json")
 
 
 if __name__ == "__main__":
