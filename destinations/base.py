@@ -53,6 +53,7 @@ from destinations.redaction import Credentials
 from destinations.retry import RetryPolicy
 from reconciler.errors import (
     AudienceGone,
+    ConfigError,
     CredentialsRefused,
     DestinationError,
     TerminalError,
@@ -328,6 +329,16 @@ class DestinationContext:
     default_phone_country: str = "US"
     endpoint: str | None = None
     integration: str = ""
+
+    def check_phone_country(self, accepted: Sequence[str]) -> None:
+        """Refuse an unknown default phone country when the adapter accepts phones."""
+        from destinations.identity import COUNTRIES
+
+        if "phone" in accepted and self.default_phone_country.upper() not in COUNTRIES:
+            raise ConfigError(
+                f"unknown default phone country {self.default_phone_country!r}; "
+                f"use one of {', '.join(sorted(COUNTRIES))}"
+            )
 
 
 class DestinationFactory(Protocol):

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import duckdb
+import pytest
 
+from destinations.base import DestinationContext
 from destinations.identity import sha256_hex
+from reconciler.errors import ConfigError
 from tests.conftest import SANDBOX_YAML, audience_counts, cli, plan_json, profile
 
 MAINTAIN = """\
@@ -342,3 +345,22 @@ def test_secrets_never_reach_output_state_or_plan_files(workspace, tmp_path, mon
     assert [k for k, _ in rows] == ["c00000", "c00001", "c00002"]
     assert all(r.startswith("email_sha256:") and "@" not in r for _, rec in rows for r in rec)
     assert all("@" not in s and secret not in s for (s,) in specs)
+
+
+def test_an_unknown_default_phone_country_is_refused_where_phones_are_sent(workspace):
+    """Every adapter that accepts phones checks the workspace's default country (one check,
+    DestinationContext.check_phone_country); one without phones does not care."""
+    ws = workspace({"act": "segments: [seg-a]\ndestination: sandbox\n"})
+    bad = DestinationContext(root=ws.root, default_phone_country="zz")
+    with pytest.raises(ConfigError, match="unknown default phone country 'zz'; use one of"):
+        bad.check_phone_country(("email", "phone"))
+    bad.check_phone_country(("email",))
+    DestinationContext(root=ws.root, default_phone_country="au").check_phone_country(("phone",))
+    ws.write(
+        "reconcile.yaml",
+        (ws.root / "reconcile.yaml")
+        .read_text()
+        .replace("default_phone_country: AU", "default_phone_country: ZZ"),
+    )
+    res = cli(ws, "plan")
+    assert res.exit_code == 1 and "unknown default phone country 'ZZ'" in res.stderr, res.stderr

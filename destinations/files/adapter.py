@@ -38,7 +38,7 @@ from destinations.base import (
 )
 from destinations.files.config import FilesConfig, FilesCredentials, url_scheme
 from destinations.files.storage import Store, open_store
-from destinations.identity import COUNTRIES, HASHED, RAW
+from destinations.identity import HASHED, RAW
 from destinations.redaction import Credentials
 from destinations.retry import RetryPolicy
 from reconciler import errors
@@ -80,11 +80,7 @@ class FilesDestination:
         self.credentials = credentials
         self.context = context
         accepted = tuple(config.identifiers)
-        if "phone" in accepted and context.default_phone_country.upper() not in COUNTRIES:
-            raise errors.ConfigError(
-                f"unknown default phone country {context.default_phone_country!r}; "
-                f"use one of {', '.join(sorted(COUNTRIES))}"
-            )
+        context.check_phone_country(accepted)
         self.identity = Identity(RAW if config.pii == "raw" else HASHED, accepted)
         self._store: Store | None = None
 

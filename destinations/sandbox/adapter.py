@@ -34,7 +34,7 @@ from destinations.base import (
     Outcome,
     RemovalBatch,
 )
-from destinations.identity import COUNTRIES, SANDBOX
+from destinations.identity import SANDBOX
 from destinations.redaction import Credentials
 from destinations.retry import RetryPolicy
 from destinations.sandbox import store
@@ -65,11 +65,7 @@ class SandboxDestination:
         self.config = config = SandboxConfig.model_validate(config.model_dump())
         self.context = context
         accepted = tuple(dict.fromkeys(config.identifiers))
-        if "phone" in accepted and context.default_phone_country.upper() not in COUNTRIES:
-            raise errors.ConfigError(
-                f"unknown default phone country {context.default_phone_country!r}; "
-                f"use one of {', '.join(sorted(COUNTRIES))}"
-            )
+        context.check_phone_country(accepted)
         self.identity = Identity(SANDBOX, accepted)
         self.limits = Limits(members_per_call=config.batch_size)
         path = Path(config.path).expanduser()

@@ -36,7 +36,7 @@ from destinations.base import (
     RemovalBatch,
 )
 from destinations.http import make_client
-from destinations.identity import COUNTRIES, HASHED, RAW
+from destinations.identity import HASHED, RAW
 from destinations.redaction import Credentials
 from destinations.webhook import payload
 from destinations.webhook.client import WebhookClient
@@ -80,11 +80,7 @@ class WebhookDestination:
                 "the webhook needs a receiver: set config.url (or the integration's endpoint)"
             )
         accepted = tuple(config.identifiers)
-        if "phone" in accepted and context.default_phone_country.upper() not in COUNTRIES:
-            raise errors.ConfigError(
-                f"unknown default phone country {context.default_phone_country!r}; "
-                f"use one of {', '.join(sorted(COUNTRIES))}"
-            )
+        context.check_phone_country(accepted)
         self.identity = Identity(RAW if config.pii == "raw" else HASHED, accepted)
         self.limits = Limits(members_per_call=config.batch_size)
         self.retry_policy = config.retry_policy()
