@@ -41,16 +41,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import duckdb
-import httpx
 from pydantic import BaseModel, ConfigDict
 
 from destinations.columns import LazyColumn, RecordColumn
 from destinations.identity import Encoding, RuleSet
 from destinations.redaction import Credentials
 from destinations.retry import RetryPolicy
+
+if TYPE_CHECKING:  # httpx is loaded by the adapters that speak HTTP, not by every command
+    import httpx
+
 from reconciler.errors import (
     AudienceGone,
     ConfigError,

@@ -16,10 +16,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import duckdb
-import httpx
+
+if TYPE_CHECKING:
+    import httpx
 
 from destinations.base import (
     AudienceRef,

@@ -15,7 +15,7 @@ from destinations.base import AudienceRef
 from reconciler.enginedb import Session
 from reconciler.errors import ConfigError, DestinationError, ReconcileError, SegmentError
 from reconciler.integrations import Connections
-from reconciler.plan import attributes, in_source, membership, splits, state_loss
+from reconciler.plan import attributes, membership, splits, state_loss
 from reconciler.plan.exports import plan_export
 from reconciler.plan.model import (
     ActivationPlan,
@@ -203,18 +203,22 @@ class Planner:
                 consent_where,
                 "the audience query (consent condition)",
             ):
-                if self.pushdown is not None and in_source.can_stage(
-                    self.pushdown, act, self.profiles, ids, attr_cols
+                pushdown = self.pushdown
+                in_source = _in_source() if pushdown is not None else None
+                if (
+                    pushdown is not None
+                    and in_source is not None
+                    and in_source.can_stage(pushdown, act, self.profiles, ids, attr_cols)
                 ):
                     staged = in_source.stage(
-                        self.pushdown,
+                        pushdown,
                         self.state,
                         act=act,
                         baseline=baseline,
                         seed=seed,
                         segments=seg_results,
                         suppression=self.suppression,
-                        consent=self.pushdown.source.consent_condition(act.destination),
+                        consent=pushdown.source.consent_condition(act.destination),
                         identifier_types=ids,
                         attribute_columns=attr_cols,
                         gone=sorted(drift.gone),
@@ -574,3 +578,10 @@ class Planner:
 
 def plan_as_of(now: datetime | None = None) -> datetime:
     return (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
+
+
+def _in_source():
+    """The in-PostgreSQL diff (imports psycopg: loaded only for a PostgreSQL source)."""
+    from reconciler.plan import in_source
+
+    return in_source
