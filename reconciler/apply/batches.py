@@ -213,11 +213,9 @@ class BatchRunner:
         # members with no usable identifier are recorded with an empty record, never sent
         self.counts.unmatched += self.state.record_unsendable(encode.SEND, self.aid, self.grp)
         if ref is None:  # control group: recorded, never sent
-            for lo, hi, cols in encode.stream(self.reader, table, sendable=True, size=self.size):
+            for cols in encode.stream(self.reader, table, sendable=True, size=self.size):
                 batch = _batch(cols, table)
-                self.state.record_sent(
-                    "", encode.SEND, self.aid, self.grp, lo, hi, run_id="", counts={}
-                )
+                self.state.record_sent("", cols.arrow, self.aid, self.grp, run_id="", counts={})
                 self.counts.add += len(batch)
             return
         width = max(1, self.dest.limits.concurrency)
@@ -226,9 +224,7 @@ class BatchRunner:
         failure: BaseException | None = None
         with ThreadPoolExecutor(max_workers=width, thread_name_prefix="reconcile-send") as pool:
             try:
-                for lo, hi, cols in encode.stream(
-                    self.reader, table, sendable=True, size=self.size
-                ):
+                for cols in encode.stream(self.reader, table, sendable=True, size=self.size):
                     batch = _batch(cols, table)
                     batch_id = new_batch_id()
                     self.state.journal_intent(
@@ -238,7 +234,7 @@ class BatchRunner:
                     while inflight and (ctx.last or len(inflight) >= width):
                         done.append(_wait(inflight.popleft()))
                     call = partial(self.call, partial(self.dest.add, ref, batch, ctx))
-                    inflight.append(_Call(pool.submit(call), batch_id, cols, batch, lo, hi))
+                    inflight.append(_Call(pool.submit(call), batch_id, cols, batch))
                     self._record_adds(ref, done)
                     if self.guard.stop_requested:
                         break
@@ -276,11 +272,9 @@ class BatchRunner:
             self.counts.retry += len(outcome.retry)
             self.state.record_sent(
                 c.batch_id,
-                encode.SEND,
+                c.cols.arrow,
                 self.aid,
                 self.grp,
-                c.lo,
-                c.hi,
                 run_id=self._run(),
                 skip=list(outcome.retry),
                 rejected=outcome.rejected,
@@ -296,7 +290,7 @@ class BatchRunner:
     # ------------------------------------------------------------------ updates
     def _update_all(self, ref: AudienceRef | None, table: encode.SendTable) -> None:
         for sendable in (True, False):
-            for _, _, cols in encode.stream(self.reader, table, sendable=sendable, size=self.size):
+            for cols in encode.stream(self.reader, table, sendable=sendable, size=self.size):
                 self._update(ref, cols, table, sendable)
                 self.progress.advance(len(cols))
                 self._check_stop()
@@ -388,13 +382,13 @@ class BatchRunner:
     # ------------------------------------------------------------------ purges (action: remove)
     def _purge_all(self, ref: AudienceRef | None, table: encode.SendTable) -> None:
         # nothing usable to remove: recorded as removed with an empty record
-        for _, _, cols in encode.stream(self.reader, table, sendable=False, size=self.size):
+        for cols in encode.stream(self.reader, table, sendable=False, size=self.size):
             rows = _as_rows(cols)
             keys = [r[1] for r in rows]
             self.state.confirm_batch(
                 "", self.aid, self.grp, insert=[(r[1], (), r[3]) for r in rows], delete=keys
             )
-        for _, _, cols in encode.stream(self.reader, table, sendable=True, size=self.size):
+        for cols in encode.stream(self.reader, table, sendable=True, size=self.size):
             rows = _as_rows(cols)
             keys, recs = [r[1] for r in rows], [tuple(r[2]) for r in rows]
             batch_id = new_batch_id()
@@ -530,8 +524,6 @@ class _Call:
     batch_id: str
     cols: encode.Columns
     batch: MemberBatch
-    lo: int
-    hi: int
     outcome: Outcome = field(default_factory=Outcome)
     error: BaseException | None = None
 

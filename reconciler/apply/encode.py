@@ -127,22 +127,17 @@ class Columns:
 
 
 def stream(cursor: duckdb.DuckDBPyConnection, table: SendTable, *, sendable: bool, size: int):
-    """Batches of the send table's rows (sendable or not), in ``n`` order, ``size`` each:
-    ``(lo, hi, columns)`` — the first and last ``n`` and the batch as :class:`Columns` (read
-    as Arrow: one query per batch and no Python object per row until one is asked for; rows
-    within a batch come in no particular order)."""
-    cursor.execute(
-        f"""SELECT min(n), max(n) FROM (
-                SELECT n, (row_number() OVER (ORDER BY n) - 1) // $size AS b
-                FROM {SEND} WHERE sendable = $s)
-            GROUP BY b ORDER BY b""",
-        {"s": sendable, "size": size},
-    )
-    for lo, hi in cursor.fetchall():
-        # no ORDER BY: a batch is the set of rows lo..hi (recorded by that range too), and
-        # the order of members within a call means nothing to any destination
-        arrow = cursor.sql(
-            f"SELECT {table.columns} FROM {SEND} WHERE sendable = $s AND n BETWEEN $lo AND $hi",
-            params={"s": sendable, "lo": lo, "hi": hi},
-        ).to_arrow_table()
-        yield lo, hi, Columns(arrow)
+    """Batches of the send table's rows (sendable or not), ``size`` each, as
+    :class:`Columns`: one streaming query for the whole table (read as Arrow record batches
+    of exactly ``size`` rows, no Python object per row until one is asked for; in no
+    particular order: a batch is recorded by its own rows). Each batch is
+    recorded from its own Arrow rows, so nothing scans the send table once per batch."""
+    reader = cursor.sql(
+        f"SELECT {table.columns} FROM {SEND} WHERE sendable = $s",
+        params={"s": sendable},
+    ).to_arrow_reader(size)
+    import pyarrow as pa
+
+    for chunk in reader:
+        if chunk.num_rows:
+            yield Columns(pa.Table.from_batches([chunk]))

@@ -15,6 +15,9 @@ import duckdb
 
 from reconciler.state.store import StateReader
 
+#: the name a confirmed batch's Arrow rows are scanned under while they are recorded
+_BATCH = "__reconcile_confirmed_batch"
+
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -231,11 +234,9 @@ class StateStore(StateReader):
     def record_sent(
         self,
         batch_id: str,
-        send: str,
+        batch: Any,
         activation_id: str,
         grp: str,
-        lo: int,
-        hi: int,
         *,
         run_id: str,
         counts: Mapping[str, int],
@@ -244,52 +245,56 @@ class StateStore(StateReader):
         ids: Mapping[str, Sequence[str]] | None = None,
         detail: str | None = None,
     ) -> None:
-        """Record a confirmed batch of additions straight from the engine's send table
-        (rows ``lo..hi`` of its sendable members) with one ``INSERT ... SELECT``: accepted
-        members with their records (or the destination's ``ids``), rejected ones with an
-        empty record and their reason; ``skip`` (retry later) is not recorded."""
+        """Record a confirmed batch of additions straight from its Arrow rows (``key``,
+        ``rec``, ``fp``: a batch of the engine's send table) with one ``INSERT ... SELECT``:
+        accepted members with their records (or the destination's ``ids``), rejected ones
+        with an empty record and their reason; ``skip`` (retry later) is not recorded."""
         rejected = dict(rejected or {})
         ids = dict(ids or {})
         left_out = [*skip, *rejected, *ids]
-        with self.transaction():
-            self.con.execute(
-                f"""INSERT INTO {self.c}.members
-                    SELECT $aid, $grp, key, rec, fp FROM {send}
-                    WHERE sendable AND n BETWEEN $lo AND $hi
-                    AND key NOT IN (SELECT unnest($out::VARCHAR[]))""",
-                {"aid": activation_id, "grp": grp, "lo": lo, "hi": hi, "out": left_out},
-            )
-            extra = [(k, tuple(v), None) for k, v in ids.items()]
-            if extra or rejected:
-                fps = dict(
-                    self.con.execute(
-                        f"SELECT key, fp FROM {send} WHERE key IN (SELECT unnest(?::VARCHAR[]))",
-                        [[*ids, *rejected]],
-                    ).fetchall()
-                )
-                rows = [(k, rec, fps.get(k)) for k, rec, _ in extra]
-                rows += [(k, (), fps.get(k)) for k in rejected]
-                self._insert_members(activation_id, grp, rows)
-            if batch_id:
-                self._journal_outcome(batch_id, "done", detail)
-            if run_id and any(counts.values()):
-                self._add_run_counts(run_id, counts)
-            if rejected:  # with the record the destination refused (from the send table)
+        sent = _BATCH
+        self.con.register(sent, batch)
+        try:
+            with self.transaction():
                 self.con.execute(
-                    f"""INSERT INTO {self.c}.rejections
-                        SELECT $run, $aid, $grp, s.key, 'add', s.rec, r.reason, $now
-                        FROM {send} s JOIN (SELECT unnest($keys::VARCHAR[]) AS key,
-                                                   unnest($why::VARCHAR[]) AS reason) r
-                        ON r.key = s.key""",
-                    {
-                        "run": run_id or None,
-                        "aid": activation_id,
-                        "grp": grp,
-                        "now": _now(),
-                        "keys": list(rejected),
-                        "why": list(rejected.values()),
-                    },
+                    f"""INSERT INTO {self.c}.members
+                        SELECT $aid, $grp, key, rec, fp FROM {sent}
+                        WHERE key NOT IN (SELECT unnest($out::VARCHAR[]))""",
+                    {"aid": activation_id, "grp": grp, "out": left_out},
                 )
+                extra = [(k, tuple(v), None) for k, v in ids.items()]
+                if extra or rejected:
+                    fps = dict(
+                        self.con.execute(
+                            f"SELECT key, fp FROM {sent} WHERE key IN (SELECT unnest(?::VARCHAR[]))",
+                            [[*ids, *rejected]],
+                        ).fetchall()
+                    )
+                    rows = [(k, rec, fps.get(k)) for k, rec, _ in extra]
+                    rows += [(k, (), fps.get(k)) for k in rejected]
+                    self._insert_members(activation_id, grp, rows)
+                if batch_id:
+                    self._journal_outcome(batch_id, "done", detail)
+                if run_id and any(counts.values()):
+                    self._add_run_counts(run_id, counts)
+                if rejected:  # with the record the destination refused (from the batch)
+                    self.con.execute(
+                        f"""INSERT INTO {self.c}.rejections
+                            SELECT $run, $aid, $grp, s.key, 'add', s.rec, r.reason, $now
+                            FROM {sent} s JOIN (SELECT unnest($keys::VARCHAR[]) AS key,
+                                                       unnest($why::VARCHAR[]) AS reason) r
+                            ON r.key = s.key""",
+                        {
+                            "run": run_id or None,
+                            "aid": activation_id,
+                            "grp": grp,
+                            "now": _now(),
+                            "keys": list(rejected),
+                            "why": list(rejected.values()),
+                        },
+                    )
+        finally:
+            self.con.unregister(sent)
 
     def record_export(
         self,

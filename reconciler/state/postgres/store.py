@@ -266,11 +266,9 @@ class PostgresStateStore(StateStore):
     def record_sent(
         self,
         batch_id: str,
-        send: str,
+        batch: Any,
         activation_id: str,
         grp: str,
-        lo: int,
-        hi: int,
         *,
         run_id: str,
         rejected: Mapping[str, str] | None = None,
@@ -280,22 +278,15 @@ class PostgresStateStore(StateStore):
         with self.transaction():
             super().record_sent(
                 batch_id,
-                send,
+                batch,
                 activation_id,
                 grp,
-                lo,
-                hi,
                 run_id=run_id,
                 rejected=rejected,
                 ids=ids,
                 **kwargs,
             )
-            keys = {
-                r[0]
-                for r in self.con.execute(
-                    f"SELECT key FROM {send} WHERE n BETWEEN ? AND ?", [lo, hi]
-                ).fetchall()
-            }
+            keys = set(batch.column("key").to_pylist())
             keys |= set(rejected or {}) | set(ids or {})
             self._members(activation_id, grp, keys)
             self._batch(batch_id, run_id)
