@@ -148,6 +148,38 @@ def test_several_types_use_the_multi_key_schema_with_blanks() -> None:
     ]
 
 
+@pytest.mark.parametrize("fields", [("EMAIL",), ("EMAIL", "PHONE"), ("EMAIL", "PHONE", "MADID")])
+def test_a_batch_read_as_arrow_gives_the_same_request_as_python_columns(fields) -> None:
+    import pyarrow as pa
+
+    h = [sha256_hex(f"user{i}@example.com") for i in range(4)]
+    values = {
+        "EMAIL": [h[0], None, h[2], None],
+        "PHONE": [h[1], None, None, h[3]],
+        "MADID": [None, None, "aece52e7-03ee-455a-b3c4-e57283966239", None],
+    }
+    keys = ["k0", "k1", "k2", "k3"]
+    columns = {f: values[f] for f in fields}
+    table = pa.table(
+        {"key": keys, **{f"value:{f}": pa.array(v, pa.string()) for f, v in columns.items()}}
+    )
+    python = meta_payload.addition(fields, MemberBatch(keys=keys, values=columns, records=[]))
+    arrow = meta_payload.addition(
+        fields, MemberBatch(keys=keys, values=columns, records=[], table=table)
+    )
+    session = {"session_id": 7, "batch_seq": 1, "last_batch_flag": True}
+    want = {"payload": python.body, "session": session}
+    assert json.loads(arrow.request_body(session)) == want
+    assert json.loads(python.request_body(session)) == want
+    assert arrow.keys == python.keys and arrow.unsendable == python.unsendable
+    assert "k1" in arrow.unsendable and "k0" not in arrow.unsendable
+    assert list(arrow.values) == list(python.values)
+    # Meta's invalid-entry samples still name the members on the Arrow path
+    answer = {"num_received": 3, "num_invalid_entries": 1, "invalid_entry_samples": {h[2]: "x"}}
+    rejected = meta_payload.outcome(answer, arrow, "received").rejected
+    assert set(rejected) == {*python.unsendable, "k2"}
+
+
 def test_a_member_without_values_is_rejected_not_sent() -> None:
     dest = make(httpx.Client(), identifiers=["email", "phone"])
     b = MemberBatch(

@@ -162,9 +162,9 @@ class MetaCustomAudiences:
     ) -> Outcome:
         if not sent.keys:
             return Outcome(rejected=dict(sent.unsendable), detail="nothing Meta could match")
-        body = {"payload": sent.body, "session": payload.session(call)}
+        content = sent.request_body(payload.session(call))
         path = f"{audience.id}/users"
-        answer = self._on_audience(lambda: self.graph.call(method, path, body=body))
+        answer = self._on_audience(lambda: self.graph.call(method, path, content=content))
         return payload.outcome(answer, sent, "received" if method == "POST" else "removed")
 
     def _on_audience(self, fn: Callable[[], _R]) -> _R:

@@ -163,14 +163,19 @@ class GraphClient:
         *,
         params: Mapping[str, Any] | None = None,
         body: Mapping[str, Any] | None = None,
+        content: bytes | None = None,
     ) -> dict[str, Any]:
-        """One Graph call; the answer's JSON object (``{}`` when it has none)."""
+        """One Graph call; the answer's JSON object (``{}`` when it has none). The body is
+        ``body`` encoded as JSON, or ``content``: a JSON body already encoded."""
         headers, auth_params = self._auth()
+        if content is not None:
+            headers["Content-Type"] = "application/json"
         request = self.http.build_request(
             method,
             f"/{self.version}/{path.lstrip('/')}",
             params={**(params or {}), **auth_params},
             json=body,
+            content=content,
             headers=headers,
         )
         response = send(self.http, request, classify=classify, pacer=self.pacer)

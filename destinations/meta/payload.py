@@ -16,12 +16,14 @@ A removal sends back the recorded strings (``<prefix>:<value>``): each prefix na
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from destinations.base import CallContext, MemberBatch, Outcome, RemovalBatch
 from destinations.identity import META
+from destinations.identity.rules import Hash
 
 __all__ = [
     "SINGLE_KEY",
@@ -41,17 +43,53 @@ SINGLE_KEY: Mapping[str, str] = {
 #: record prefix -> META field, and META's field order
 _FIELD_OF_PREFIX: Mapping[str, str] = {e.prefix: e.field for e in META.encodings}
 _ORDER: Mapping[str, int] = {e.field: i for i, e in enumerate(META.encodings)}
+#: fields whose values are lowercase hex digests (the engine hashed them): JSON-safe as they
+#: are, so their rows are written into the request body without a JSON encoder
+_HEX_FIELDS = frozenset(e.field for e in META.encodings if e.hash is Hash.SHA256)
+
+
+class _Rows(Sequence[tuple[str, ...]]):
+    """Each sent key's values, built only when read (Meta sampled invalid entries)."""
+
+    def __init__(self, build: Callable[[], list[tuple[str, ...]]], size: int):
+        self._build, self._size = build, size
+        self._rows: list[tuple[str, ...]] | None = None
+
+    def _list(self) -> list[tuple[str, ...]]:
+        if self._rows is None:
+            self._rows = self._build()
+        return self._rows
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __getitem__(self, i):
+        return self._list()[i]
+
+    def __iter__(self) -> Iterator[tuple[str, ...]]:
+        return iter(self._list())
 
 
 @dataclass(frozen=True)
 class Payload:
     """A ``payload`` object, the keys it carries (in row order), the keys left out (with
-    why), and each sent key's values (to match Meta's invalid-entry samples)."""
+    why), and each sent key's values (to match Meta's invalid-entry samples). ``data_json``,
+    when set, is ``body["data"]`` already written as JSON (the body then has no ``data``)."""
 
     body: dict[str, Any]
     keys: list[str]
     unsendable: dict[str, str]
-    values: list[tuple[str, ...]]
+    values: Sequence[tuple[str, ...]]
+    data_json: str | None = None
+
+    def request_body(self, session: Mapping[str, Any]) -> bytes:
+        """The ``/users`` request body (``payload`` and ``session``) as JSON bytes."""
+        if self.data_json is None:
+            return json.dumps({"payload": self.body, "session": session}).encode()
+        head = json.dumps(self.body)[:-1]  # the payload object without its closing brace
+        sep = ", " if self.body else ""
+        text = f'{{"payload": {head}{sep}"data": {self.data_json}}}, "session": {json.dumps(session)}}}'
+        return text.encode()
 
 
 def _shape(
@@ -105,11 +143,34 @@ def _addition_from_table(fields: Sequence[str], table: Any) -> Payload:
     unsendable = {
         k: "no identifier Meta matches on" for k in pc.filter(keys, pc.invert(usable)).to_pylist()
     }
-    values = [pc.filter(c, usable).to_pylist() for c in cells]
-    rows = list(zip(*values, strict=True)) if values else []
-    return Payload(
-        _shape(fields, rows, values), pc.filter(keys, usable).to_pylist(), unsendable, rows
-    )
+    sent = [pc.filter(c, usable) for c in cells]
+    sent_keys = pc.filter(keys, usable).to_pylist()
+
+    def rows() -> list[tuple[str, ...]]:
+        return list(zip(*(c.to_pylist() for c in sent), strict=True)) if sent else []
+
+    if not sent or not set(fields) <= _HEX_FIELDS:
+        values = [c.to_pylist() for c in sent]
+        built = list(zip(*values, strict=True)) if values else []
+        return Payload(_shape(fields, built, values), sent_keys, unsendable, built)
+    # hex digests only: the rows are written as JSON by Arrow, no Python object per member
+    if len(fields) == 1 and fields[0] in SINGLE_KEY:
+        schema: Any = SINGLE_KEY[fields[0]]
+        cells_json = pc.binary_join_element_wise('"', sent[0], '"', "")
+    else:
+        schema = list(fields)
+        quoted = [pc.binary_join_element_wise('"', c, '"', "") for c in sent]
+        cells_json = (
+            pc.binary_join_element_wise("[", *quoted, "]", "")
+            if len(quoted) == 1
+            else (
+                pc.binary_join_element_wise(
+                    "[", pc.binary_join_element_wise(*quoted, ", "), "]", ""
+                )
+            )
+        )
+    data = "[" + ", ".join(cells_json.to_pylist()) + "]"
+    return Payload({"schema": schema}, sent_keys, unsendable, _Rows(rows, len(sent_keys)), data)
 
 
 def removal(batch: RemovalBatch) -> Payload:
