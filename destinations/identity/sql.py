@@ -76,9 +76,16 @@ def _lower(x: str) -> str:
 
 
 def email_sql(column: str) -> str:
-    """Trimmed, lowercased e-mail of the shape ``local@domain.tld``, else ``NULL``."""
-    body = f"CASE WHEN regexp_full_match(__e, {_q(email_pattern(sql=True))}) THEN __e END"
-    return _let(_lower(_trim(column)), "__e", body)
+    """Trimmed, lowercased e-mail of the shape ``local@domain.tld``, else ``NULL``.
+
+    The shape allows no whitespace anywhere (and lowercasing makes none), so a value whose
+    lowercase form has the shape already is its own trimmed form: that common case skips the
+    trimming expression (a third of the cost)."""
+    shape = _q(email_pattern(sql=True))
+    body = f"CASE WHEN regexp_full_match(__e, {shape}) THEN __e END"
+    lowered = _lower(column)
+    full = _let(_lower(_trim(column)), "__e", body)
+    return f"CASE WHEN regexp_full_match({lowered}, {shape}) THEN {lowered} ELSE {full} END"
 
 
 def phone_sql(column: str, default_country: str) -> str:
