@@ -225,6 +225,20 @@ def test_saved_plan_applies_exactly_and_refuses_when_stale(workspace, tmp_path):
     assert ws.sandbox_keys()["Audience A"] == {email_key(i) for i in range(4)}
 
 
+def test_a_planned_key_duplicated_in_the_profiles_before_apply_is_left_out(workspace, tmp_path):
+    ws = workspace({"act": MAINTAIN}, profiles=[profile(i, a=i < 4) for i in range(8)])
+    out = tmp_path / "p.plan"
+    assert cli(ws, "plan", "--out", str(out)).exit_code == 0
+    # c00002 now has two profile rows: which one is it? neither is sent (drift), the rest are
+    rows = [profile(i, a=i < 4) for i in range(8)]
+    ws.set_profiles([*rows, profile(2, a=True, email="twin@example.com")])
+    res = cli(ws, "apply", str(out), "--auto-approve")
+    assert res.exit_code == 0, res.output + res.stderr
+    assert ws.sandbox_keys()["Audience A"] == {email_key(i) for i in (0, 1, 3)}
+    ws.set_profiles(rows)  # repaired: the next plan adds it
+    assert audience_counts(plan_json(ws), "act") == {"all": (1, 0, 0)}
+
+
 def test_status_and_log_report_runs(workspace):
     ws = workspace({"act": MAINTAIN}, profiles=[profile(i, a=True) for i in range(3)])
     before = cli(ws, "status", "--format", "json").json()["activations"]

@@ -31,7 +31,7 @@ CHANGES = f"{STAGING}.changes"
 @dataclass(frozen=True)
 class SendTable:
     """The columns of the send table, in the order a streaming query returns them:
-    ``n, key, rec, fp, <one per encoding field>, <one per attribute field>``."""
+    ``key, rec, fp, <one per encoding field>, <one per attribute field>``."""
 
     fields: tuple[str, ...]  # encoding fields (MemberBatch.values keys)
     attributes: tuple[str, ...]  # destination attribute fields
@@ -41,7 +41,7 @@ class SendTable:
 
     @property
     def columns(self) -> str:
-        cols = ["n", "key", "rec", "fp"]
+        cols = ["key", "rec", "fp"]
         cols += [f"v{i}" for i in range(len(self.fields))]
         cols += [f"a{i}" for i in range(len(self.attributes))]
         return ", ".join(cols)
@@ -81,13 +81,19 @@ def build(
         f"""CREATE OR REPLACE TABLE {SEND} AS
         WITH c AS (SELECT key FROM {CHANGES}
                    WHERE activation_id = $aid AND grp = $grp AND op = $op),
-             p AS (SELECT p.* FROM {_ident(profiles.table)} p SEMI JOIN c ON c.key = {key}
-                   QUALIFY count(*) OVER (PARTITION BY {key}) = 1),
+             p AS (SELECT p.* FROM {_ident(profiles.table)} p SEMI JOIN c ON c.key = {key}),
              s AS (SELECT {base} FROM p)
-        SELECT row_number() OVER () - 1 AS n, *{drop}, len(rec) > 0 AS sendable
+        SELECT *{drop}, len(rec) > 0 AS sendable
         FROM ({encoded})""",
         {"aid": activation_id, "grp": grp, "op": op},
     )
+    # a key on several profile rows now: left out (cheaper than a window over every row)
+    rows, keys = con.execute(f"SELECT count(*), count(DISTINCT key) FROM {SEND}").fetchall()[0]
+    if rows != keys:
+        con.execute(
+            f"DELETE FROM {SEND} WHERE key IN "
+            f"(SELECT key FROM {SEND} GROUP BY key HAVING count(*) > 1)"
+        )
     staged = con.execute(
         f"SELECT count(*) FROM {CHANGES} WHERE activation_id = ? AND grp = ? AND op = ?",
         [activation_id, grp, op],
@@ -101,7 +107,7 @@ def build(
 
 
 class Columns:
-    """One batch of the send table as read: an Arrow table (``n, key, rec, fp, v0.., a0..``)
+    """One batch of the send table as read: an Arrow table (``key, rec, fp, v0.., a0..``)
     and each column as a Python list on first use (``cols["key"]``), cached."""
 
     def __init__(self, arrow: Any):
