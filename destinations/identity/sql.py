@@ -147,9 +147,11 @@ def phone_sql(column: str, default_country: str) -> str:
     checked = (
         "CASE WHEN length(__n) BETWEEN 8 AND 15 AND NOT starts_with(__n, '0') THEN '+' || __n END"
     )
-    return _let(
-        _trim(column), "__t", _let(text, "__u", _let(digits, "__d", _let(number, "__n", checked)))
-    )
+    # a value that has the shape untrimmed differs from its trimmed form only by ASCII spaces
+    # at its ends, which neither the "+" test nor the digits see: it skips the trimming
+    untrimmed = f"regexp_full_match({column}, {shape})"
+    shaped = f"CASE WHEN {untrimmed} THEN {column} ELSE {_let(_trim(column), '__t', text)} END"
+    return _let(shaped, "__u", _let(digits, "__d", _let(number, "__n", checked)))
 
 
 def _madid(column: str, default_country: str) -> str:
