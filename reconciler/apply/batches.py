@@ -130,17 +130,17 @@ class BatchRunner:
             ):
                 self._remove(target, rows, protected)
                 self._check_stop()
+        tables = encode.build(
+            self.state.con,
+            activation_id=self.aid,
+            grp=grp,
+            identity=self.dest.identity,
+            profiles=self.profiles,
+            attribute_map=self.attribute_map,
+            fingerprint=self.fingerprint,
+        )
         for op in (MemberOp.PURGE, MemberOp.UPDATE, MemberOp.ADD):
-            table = encode.build(
-                self.state.con,
-                activation_id=self.aid,
-                grp=grp,
-                op=str(op),
-                identity=self.dest.identity,
-                profiles=self.profiles,
-                attribute_map=self.attribute_map if op is not MemberOp.PURGE else {},
-                fingerprint=self.fingerprint,
-            )
+            table = tables[str(op)]
             if not table.staged:
                 continue
             counts.drift += table.staged - table.usable
@@ -211,7 +211,9 @@ class BatchRunner:
         up to ``limits.concurrency`` calls are in flight. A session's last batch is sent alone,
         after every other call of the session came back (a finished session takes no more)."""
         # members with no usable identifier are recorded with an empty record, never sent
-        self.counts.unmatched += self.state.record_unsendable(encode.SEND, self.aid, self.grp)
+        self.counts.unmatched += self.state.record_unsendable(
+            encode.SEND, self.aid, self.grp, op=table.op
+        )
         if ref is None:  # control group: recorded, never sent
             for cols in encode.stream(self.reader, table, sendable=True, size=self.size):
                 batch = _batch(cols, table)

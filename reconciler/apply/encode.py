@@ -28,11 +28,17 @@ SEND = f"{SCRATCH}.send"
 CHANGES = f"{STAGING}.changes"
 
 
+#: the operations whose members are sent with their profile's identifiers (removals send
+#: what was recorded): one send table holds all three, built in one pass over the profiles
+SENT_OPS = ("purge", "update", "add")
+
+
 @dataclass(frozen=True)
 class SendTable:
-    """The columns of the send table, in the order a streaming query returns them:
-    ``key, rec, fp, <one per encoding field>, <one per attribute field>``."""
+    """One operation's rows of the send table, and their columns in the order a streaming
+    query returns them: ``key, rec, fp, <one per encoding field>, <one per attribute field>``."""
 
+    op: str
     fields: tuple[str, ...]  # encoding fields (MemberBatch.values keys)
     attributes: tuple[str, ...]  # destination attribute fields
     staged: int  # keys staged for this operation
@@ -52,21 +58,22 @@ def build(
     *,
     activation_id: str,
     grp: str,
-    op: str,
     identity: Identity,
     profiles: ProfilesTable,
     attribute_map: dict[str, str],
     fingerprint: str,
-) -> SendTable:
-    """(Re)create the send table for (activation, group, op). A key that left the source since
-    the plan, or that now appears on several profile rows, is left out (drift)."""
+) -> dict[str, SendTable]:
+    """(Re)create the send table for (activation, group): the staged members of every
+    operation in :data:`SENT_OPS`, read from the profiles in one pass. A key that left the
+    source since the plan, or that now appears on several profile rows, is left out (drift).
+    Returns each operation's :class:`SendTable`."""
     identifiers = dict(profiles.identifiers)
     # the profile columns the send needs, under names no column of the source can shadow
     picked = {t: f"x{i}" for i, t in enumerate(identifiers)}
     inputs = [f"p.{_ident(identifiers[t])} AS {alias}" for t, alias in picked.items()]
     attrs = [f"p.{_ident(col)} AS a{i}" for i, col in enumerate(attribute_map.values())]
     key = f"CAST(p.{_ident(profiles.key)} AS VARCHAR)"
-    base = ", ".join([f"{key} AS key", f"{fingerprint} AS fp", *inputs, *attrs])
+    base = ", ".join(["c.op AS op", f"{key} AS key", f"{fingerprint} AS fp", *inputs, *attrs])
     encoded = send_sql(
         "s",
         identity.encodings,
@@ -76,34 +83,43 @@ def build(
         profiles.default_phone_country,
     )
     drop = f" EXCLUDE ({', '.join(picked.values())})" if picked else ""
+    ops = ", ".join(f"'{op}'" for op in SENT_OPS)
+    where = f"activation_id = $aid AND grp = $grp AND op IN ({ops})"
     con.execute(f"ATTACH IF NOT EXISTS ':memory:' AS {SCRATCH}")
     con.execute(
         f"""CREATE OR REPLACE TABLE {SEND} AS
-        WITH c AS (SELECT key FROM {CHANGES}
-                   WHERE activation_id = $aid AND grp = $grp AND op = $op),
-             p AS (SELECT p.* FROM {_ident(profiles.table)} p SEMI JOIN c ON c.key = {key}),
-             s AS (SELECT {base} FROM p)
+        WITH c AS (SELECT key, op FROM {CHANGES} WHERE {where}),
+             s AS (SELECT {base} FROM {_ident(profiles.table)} p JOIN c ON c.key = {key})
         SELECT *{drop}, len(rec) > 0 AS sendable
         FROM ({encoded})""",
-        {"aid": activation_id, "grp": grp, "op": op},
+        {"aid": activation_id, "grp": grp},
     )
     # a key on several profile rows now: left out (cheaper than a window over every row)
-    rows, keys = con.execute(f"SELECT count(*), count(DISTINCT key) FROM {SEND}").fetchall()[0]
+    rows, keys = con.execute(f"SELECT count(*), count(DISTINCT (op, key)) FROM {SEND}").fetchall()[
+        0
+    ]
     if rows != keys:
         con.execute(
-            f"DELETE FROM {SEND} WHERE key IN "
-            f"(SELECT key FROM {SEND} GROUP BY key HAVING count(*) > 1)"
+            f"DELETE FROM {SEND} WHERE (op, key) IN "
+            f"(SELECT (op, key) FROM {SEND} GROUP BY op, key HAVING count(*) > 1)"
         )
-    staged = con.execute(
-        f"SELECT count(*) FROM {CHANGES} WHERE activation_id = ? AND grp = ? AND op = ?",
-        [activation_id, grp, op],
-    ).fetchall()[0][0]
-    usable, sendable = con.execute(
-        f"SELECT count(*), count(*) FILTER (sendable) FROM {SEND}"
-    ).fetchall()[0]
-    return SendTable(
-        tuple(e.field for e in identity.encodings), tuple(attribute_map), staged, usable, sendable
+    staged = dict(
+        con.execute(
+            f"SELECT op, count(*) FROM {CHANGES} WHERE {where} GROUP BY op",
+            {"aid": activation_id, "grp": grp},
+        ).fetchall()
     )
+    read = {
+        op: (usable, sendable)
+        for op, usable, sendable in con.execute(
+            f"SELECT op, count(*), count(*) FILTER (sendable) FROM {SEND} GROUP BY op"
+        ).fetchall()
+    }
+    fields = tuple(e.field for e in identity.encodings)
+    return {
+        op: SendTable(op, fields, tuple(attribute_map), staged.get(op, 0), *read.get(op, (0, 0)))
+        for op in SENT_OPS
+    }
 
 
 class Columns:
@@ -139,8 +155,8 @@ def stream(cursor: duckdb.DuckDBPyConnection, table: SendTable, *, sendable: boo
     particular order: a batch is recorded by its own rows). Each batch is
     recorded from its own Arrow rows, so nothing scans the send table once per batch."""
     reader = cursor.sql(
-        f"SELECT {table.columns} FROM {SEND} WHERE sendable = $s",
-        params={"s": sendable},
+        f"SELECT {table.columns} FROM {SEND} WHERE op = $op AND sendable = $s",
+        params={"op": table.op, "s": sendable},
     ).to_arrow_reader(size)
     import pyarrow as pa
 

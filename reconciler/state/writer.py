@@ -476,13 +476,14 @@ class StateStore(StateReader):
             [activation_id, grp, op, list(keys)],
         )
 
-    def record_unsendable(self, send: str, activation_id: str, grp: str) -> int:
-        """Record the members of the send table with no usable identifier with an empty
-        record (they are not re-sent until their identifiers change). Returns how many."""
+    def record_unsendable(self, send: str, activation_id: str, grp: str, *, op: str) -> int:
+        """Record the members of the send table's ``op`` rows with no usable identifier with
+        an empty record (they are not re-sent until their identifiers change). Returns how
+        many."""
         return self.con.execute(
             f"""INSERT INTO {self.c}.members
-                SELECT ?, ?, key, rec, fp FROM {send} WHERE NOT sendable""",
-            [activation_id, grp],
+                SELECT ?, ?, key, rec, fp FROM {send} WHERE op = ? AND NOT sendable""",
+            [activation_id, grp, op],
         ).fetchall()[0][0]
 
     def count_staged(self, changes: str, activation_id: str, grp: str, op: str) -> int:

@@ -292,12 +292,14 @@ class PostgresStateStore(StateStore):
             self._batch(batch_id, run_id)
             self._rejections(run_id, activation_id, grp, list(rejected or {}))
 
-    def record_unsendable(self, send: str, activation_id: str, grp: str) -> int:
+    def record_unsendable(self, send: str, activation_id: str, grp: str, *, op: str) -> int:
         with self.transaction():
-            n = super().record_unsendable(send, activation_id, grp)
+            n = super().record_unsendable(send, activation_id, grp, op=op)
             keys = [
                 r[0]
-                for r in self.con.execute(f"SELECT key FROM {send} WHERE NOT sendable").fetchall()
+                for r in self.con.execute(
+                    f"SELECT key FROM {send} WHERE op = ? AND NOT sendable", [op]
+                ).fetchall()
             ]
             self._members(activation_id, grp, keys)
         return n
