@@ -154,13 +154,10 @@ def stream(cursor: duckdb.DuckDBPyConnection, table: SendTable, *, sendable: boo
     of exactly ``size`` rows, no Python object per row until one is asked for; in no
     particular order: a batch is recorded by its own rows). Each batch is
     recorded from its own Arrow rows, so nothing scans the send table once per batch."""
-    rel = cursor.sql(
+    reader = cursor.sql(
         f"SELECT {table.columns} FROM {SEND} WHERE op = $op AND sendable = $s",
         params={"op": table.op, "s": sendable},
-    )
-    # DuckDB 2 names it to_arrow_reader; 1.x only fetch_arrow_reader (an alias since 2.0)
-    read = getattr(rel, "to_arrow_reader", None) or rel.fetch_arrow_reader
-    reader = read(size)
+    ).to_arrow_reader(size)
     import pyarrow as pa
 
     for chunk in reader:
