@@ -12,7 +12,8 @@ engine can compute the records of millions of members in one query::
 generated messy values. Intermediate values are bound once with
 ``list_transform([value], lambda v: ...)[1]`` (DuckDB has no ``LET``), so the SQL grows
 linearly with the rules, not exponentially. Phone rules are generated for one default
-country. Needs DuckDB 1.3 or later (``lambda`` syntax; ``sha256``, ``nfc_normalize``).
+country. Uses ``lambda`` syntax, ``sha256`` and ``nfc_normalize`` (DuckDB 1.3 or later; the project
+requires 2.0).
 """
 
 from __future__ import annotations
