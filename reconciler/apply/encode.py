@@ -95,9 +95,8 @@ def build(
         {"aid": activation_id, "grp": grp},
     )
     # a key on several profile rows now: left out (cheaper than a window over every row)
-    rows, keys = con.execute(f"SELECT count(*), count(DISTINCT (op, key)) FROM {SEND}").fetchall()[
-        0
-    ]
+    counted = con.execute(f"SELECT count(*), count(DISTINCT (op, key)) FROM {SEND}")
+    rows, keys = counted.fetchall()[0]
     if rows != keys:
         con.execute(
             f"DELETE FROM {SEND} WHERE (op, key) IN "
@@ -149,11 +148,10 @@ class Columns:
 
 
 def stream(cursor: duckdb.DuckDBPyConnection, table: SendTable, *, sendable: bool, size: int):
-    """Batches of the send table's rows (sendable or not), ``size`` each, as
-    :class:`Columns`: one streaming query for the whole table (read as Arrow record batches
-    of exactly ``size`` rows, no Python object per row until one is asked for; in no
-    particular order: a batch is recorded by its own rows). Each batch is
-    recorded from its own Arrow rows, so nothing scans the send table once per batch."""
+    """The batches of one operation's rows of the send table (sendable or not), ``size``
+    each, as :class:`Columns`: one streaming query reads them all as Arrow record batches,
+    with no Python object per row until one is asked for. Rows come in no particular order;
+    each batch is recorded from its own rows, so nothing scans the send table per batch."""
     reader = cursor.sql(
         f"SELECT {table.columns} FROM {SEND} WHERE op = $op AND sendable = $s",
         params={"op": table.op, "s": sendable},
