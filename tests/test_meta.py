@@ -148,7 +148,9 @@ def test_several_types_use_the_multi_key_schema_with_blanks() -> None:
     ]
 
 
-@pytest.mark.parametrize("fields", [("EMAIL",), ("EMAIL", "PHONE"), ("EMAIL", "PHONE", "MADID")])
+@pytest.mark.parametrize(
+    "fields", [("EMAIL",), ("FN",), ("EMAIL", "PHONE"), ("EMAIL", "PHONE", "MADID")]
+)
 def test_a_batch_read_as_arrow_gives_the_same_request_as_python_columns(fields) -> None:
     import pyarrow as pa
 
@@ -157,6 +159,7 @@ def test_a_batch_read_as_arrow_gives_the_same_request_as_python_columns(fields) 
         "EMAIL": [h[0], None, h[2], None],
         "PHONE": [h[1], None, None, h[3]],
         "MADID": [None, None, "aece52e7-03ee-455a-b3c4-e57283966239", None],
+        "FN": [h[3], None, None, h[0]],
     }
     keys = ["k0", "k1", "k2", "k3"]
     columns = {f: values[f] for f in fields}

@@ -121,8 +121,8 @@ def addition(fields: Sequence[str], batch: MemberBatch) -> Payload:
 
 def _addition_from_table(fields: Sequence[str], table: Any) -> Payload:
     """:func:`addition` over the engine's Arrow batch: the rows with a value are picked and
-    the empty cells filled by Arrow, so the only per-member work left is building the rows
-    (single-key: none at all)."""
+    the empty cells filled by Arrow; when every field is a hex digest (JSON-safe as it is)
+    Arrow also writes the rows' JSON, so no Python object is made per member."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -160,15 +160,8 @@ def _addition_from_table(fields: Sequence[str], table: Any) -> Payload:
     else:
         schema = list(fields)
         quoted = [pc.binary_join_element_wise('"', c, '"', "") for c in sent]
-        cells_json = (
-            pc.binary_join_element_wise("[", *quoted, "]", "")
-            if len(quoted) == 1
-            else (
-                pc.binary_join_element_wise(
-                    "[", pc.binary_join_element_wise(*quoted, ", "), "]", ""
-                )
-            )
-        )
+        row = pc.binary_join_element_wise(*quoted, ", ")
+        cells_json = pc.binary_join_element_wise("[", row, "]", "")
     data = "[" + ", ".join(cells_json.to_pylist()) + "]"
     return Payload({"schema": schema}, sent_keys, unsendable, _Rows(rows, len(sent_keys)), data)
 
