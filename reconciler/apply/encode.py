@@ -88,7 +88,7 @@ def build(
     con.execute(f"ATTACH IF NOT EXISTS ':memory:' AS {SCRATCH}")
     con.execute(
         f"""CREATE OR REPLACE TABLE {SEND} AS
-        WITH c AS (SELECT key, op FROM {CHANGES} WHERE {where}),
+        WITH c AS (SELECT DISTINCT key, op FROM {CHANGES} WHERE {where}),
              s AS (SELECT {base} FROM {_ident(profiles.table)} p JOIN c ON c.key = {key})
         SELECT *{drop}, len(rec) > 0 AS sendable
         FROM ({encoded})""",
