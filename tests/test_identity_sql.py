@@ -211,3 +211,19 @@ def test_sandbox_records_sql_equals_hashed_identifiers(con: duckdb.DuckDBPyConne
 def test_every_rule_set_has_sql() -> None:
     for rules in RULE_SETS.values():
         assert records_sql(rules.identifiers, rules, {n: n for n in TYPES}, "US")
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=_SLOW)
+@given(values=st.lists(_phone_text, min_size=1, max_size=80))
+def test_the_plans_phone_estimate_counts_seven_digits(
+    con: duckdb.DuckDBPyConnection, values: list[str | None]
+) -> None:
+    # the plan's cheap "could match" test for a phone: at least 7 ASCII digits anywhere
+    from reconciler.plan.membership import matchable_sql
+    from reconciler.workspace.spec import ProfilesTable
+
+    profiles = ProfilesTable(table="raw_values", key="i", identifiers={"phone": "v"})
+    expr = matchable_sql(profiles, ("phone",)).replace("p.", "raw_values.")
+    rows = _sql_values(con, [f"coalesce({expr}, false)"], values)
+    for value, [got] in zip(values, rows, strict=True):
+        assert got == (sum(c in string.digits for c in value or "") >= 7), value

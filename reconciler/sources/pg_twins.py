@@ -108,7 +108,8 @@ def group_label_pg(split: str, control_percent: int | None, bucket: str | None) 
 
 
 def matchable_pg(identifier_columns: Sequence[tuple[str, str]]) -> str:
-    """PostgreSQL twin of :func:`reconciler.plan.membership.matchable_sql`."""
+    """PostgreSQL twin of :func:`reconciler.plan.membership.matchable_sql` (the same test:
+    an ``@`` after the first character, or at least 7 digits)."""
     tests = []
     for t, col in identifier_columns:
         c = f"p.{ident(col)}"
