@@ -251,11 +251,10 @@ def stage_changes(
         recorded = f"(SELECT * FROM {recorded} WHERE grp NOT IN ({in_gone}))"
     # held members (duplicated key) are neither updated nor removed as leavers; exclusions
     # (suppression, consent lost on any of their rows) still remove them
-    duplicates = held.table
     everyone = f"(SELECT key, grp, fp FROM {recorded})"
-    members = (
-        f"(SELECT m.key, m.grp, m.fp FROM {recorded} m ANTI JOIN {duplicates} dk ON dk.k = m.key)"
-        if duplicates and not held.pending
+    members = (  # pending: every member is diffed, then held leavers are taken back
+        f"(SELECT m.key, m.grp, m.fp FROM {recorded} m ANTI JOIN {held.table} dk ON dk.k = m.key)"
+        if held.table and not held.pending
         else everyone
     )
     eligible = (
@@ -341,15 +340,21 @@ def _stage_diff(
 ) -> Held:
     """Stage ``add`` for entering, ``update`` for changed and ``leaving`` (``remove``, or
     ``forget`` where leaving sends nothing) for leaving members, by (key, group); return the
-    held keys. Pending, they are completed from the leaving rows (all ``members`` were
-    diffed: :func:`reconciler.plan.held.unhold_leavers`)."""
+    held keys, completed if pending (:func:`reconciler.plan.held.unhold_leavers`)."""
+    # every row of both sides in the one group of an unsplit audience: the key alone pairs
+    # them (a join on one column costs ~30% less than on two)
+    both = f"SELECT grp FROM {eligible} UNION ALL SELECT grp FROM {members}"
+    one_group = con.execute(
+        f"SELECT NOT EXISTS (FROM ({both}) WHERE grp IS DISTINCT FROM {_lit(splits.ALL)})"
+    ).fetchall()[0][0]
+    on = "d.key = m.key" if one_group else "d.key = m.key AND d.grp = m.grp"
     con.execute(
         f"""{ins}
         SELECT {aid}, coalesce(d.grp, m.grp),
                CASE WHEN m.key IS NULL THEN 'add' WHEN d.key IS NULL THEN {_lit(leaving)}
                     ELSE 'update' END,
                coalesce(d.key, m.key)
-        FROM {eligible} d FULL OUTER JOIN {members} m ON d.key = m.key AND d.grp = m.grp
+        FROM {eligible} d FULL OUTER JOIN {members} m ON {on}
         WHERE m.key IS NULL OR d.key IS NULL OR m.fp IS NULL OR d.fp <> m.fp"""
     )
     if not held.pending:
