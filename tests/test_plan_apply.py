@@ -127,6 +127,20 @@ def test_ab_split_is_stable_and_partitions(workspace):
     assert a <= held2["Test - A"] and b <= held2["Test - B"]
 
 
+def test_a_split_removed_moves_every_member_to_one_audience(workspace):
+    act = MAINTAIN.replace("name: Audience A", "name: Test")
+    ws = workspace({"ab": act + "split: ab\n"}, profiles=[profile(i, a=True) for i in range(40)])
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    a, b = len(ws.sandbox_keys()["Test - A"]), len(ws.sandbox_keys()["Test - B"])
+    ws.write("activations/ab.yaml", act)  # recorded in groups A and B, desired in one
+    counts = audience_counts(plan_json(ws), "ab")
+    assert counts == {"all": (40, 0, 0), "A": (0, a, 0), "B": (0, b, 0)}
+    assert cli(ws, "apply", "--auto-approve", "--allow-mass-removal").exit_code == 0
+    assert ws.sandbox_keys()["Test"] == {email_key(i) for i in range(40)}
+    ws.set_profiles([profile(i, a=i != 3, name="Renamed" if i == 5 else None) for i in range(41)])
+    assert audience_counts(plan_json(ws), "ab") == {"all": (1, 1, 1)}
+
+
 def test_control_group_is_recorded_not_sent(workspace):
     act = MAINTAIN + "split: control\ncontrol_percent: 20\n"
     ws = workspace({"ctl": act}, profiles=[profile(i, a=True) for i in range(100)])

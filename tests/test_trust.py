@@ -235,6 +235,25 @@ def test_duplicate_key_in_the_profiles_table_is_held_not_a_crash(workspace):
     assert converged(ws)
 
 
+def test_a_member_that_left_with_a_duplicated_key_is_held_not_removed(workspace):
+    rows = [profile(i, a=True) for i in range(5)]
+    ws = workspace({"act": MAINTAIN}, profiles=rows)
+    apply_ok(ws)
+    left = [profile(i, a=i not in (1, 3)) for i in range(5)]  # c00001 and c00003 leave
+    twins = [profile(1, email="twin1@example.com"), profile(2, a=True, email="twin2@example.com")]
+    ws.set_profiles([*left, *twins])
+    plan = plan_json(ws)
+    (act,) = plan["activations"]
+    assert act["excluded"]["duplicate key"] == 1  # c00002, in the segment
+    (warning,) = act["warnings"]
+    assert "1 of its profiles held: 2 key(s) appear more than once" in warning, warning
+    assert "(e.g. c00001, c00002)" in warning, warning
+    assert audience_counts(plan, "act") == {"all": (0, 1, 0)}  # c00003 only: c00001 is held
+    apply_ok(ws)
+    kept = {email_key(f"user{i}@example.com") for i in (0, 1, 2, 4)}
+    assert ws.sandbox_keys()["Audience A"] == kept
+
+
 def test_a_key_returned_twice_by_a_segment_is_one_profile(workspace):
     ws = workspace(
         {"act": MAINTAIN},

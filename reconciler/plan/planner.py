@@ -17,6 +17,7 @@ from reconciler.errors import ConfigError, DestinationError, ReconcileError, Seg
 from reconciler.integrations import Connections
 from reconciler.plan import attributes, membership, splits, state_loss
 from reconciler.plan.exports import plan_export
+from reconciler.plan.held import Held
 from reconciler.plan.model import (
     ActivationPlan,
     AudienceChange,
@@ -225,7 +226,7 @@ class Planner:
                         frozen=frozen,
                         where=consent_where,
                     )
-                    counts, duplicates, sample = staged.counts, staged.duplicates, staged.sample
+                    counts, held = staged.counts, Held(staged.duplicates, staged.sample)
                     if self.req.announce is not None:
                         self.req.announce(
                             f"{aid}: membership diffed in PostgreSQL (recorded members "
@@ -238,11 +239,10 @@ class Planner:
                         self.pushdown.ship_all_profiles()
                         suppressed = self.segments.suppressed_table()
                     recorded = self.state.members_sql(baseline)
-                    counts, duplicates, sample = membership.stage_desired(
+                    counts, held = membership.stage_desired(
                         self.con,
                         profiles=self.profiles,
                         segment_tables=[self.segments.local(r) for r in seg_results],
-                        recorded=recorded,
                         suppressed=suppressed,
                         consent=consent,
                         group_expr=membership.group_expression(act, seed),
@@ -254,7 +254,7 @@ class Planner:
                         if syncs
                         else None,
                     )
-                membership.stage_changes(
+                held = membership.stage_changes(
                     self.con,
                     activation_id=aid,
                     recorded=recorded,
@@ -263,7 +263,7 @@ class Planner:
                     frozen=frozen,
                     profiles=self.profiles,
                     suppressed=suppressed,
-                    duplicates=duplicates,
+                    held=held,
                     consent=consent,
                 )
         except ReconcileError:
@@ -277,11 +277,12 @@ class Planner:
             notes.append(f"{counts['unknown']:,} segment key(s) are not in the profiles table")
         changes = membership.change_counts(self.con, aid)
         warnings: list[str] = []
-        if counts["held"] and duplicates:
-            n_dups = self.con.execute(f"SELECT count(*) FROM {duplicates}").fetchall()[0][0]
+        if counts["held"] and held.table:
+            n_dups = self.con.execute(f"SELECT count(*) FROM {held.table}").fetchall()[0][0]
             warnings.append(
                 f"{counts['held']:,} of its profiles held: {n_dups:,} key(s) appear more than "
-                f"once in the profiles table {self.profiles.table!r} (e.g. {', '.join(sample)}); "
+                f"once in the profiles table {self.profiles.table!r} "
+                f"(e.g. {', '.join(held.sample)}); "
                 "profiles with such a key are held (neither added, updated nor removed) until "
                 "the source is fixed"
             )

@@ -1,0 +1,97 @@
+"""Held profiles: a key that appears on more than one row of the profiles table is ambiguous
+(which row is the profile?), so its profile is neither added, updated nor removed until the
+source is fixed (see :mod:`reconciler.plan.membership`).
+
+The held keys of an activation are the table ``DUPLICATES``: those of its segments' keys that
+join several profile rows (:func:`stage_segment_keys`, free when there is none) and those of
+its recorded members that left the segments and appear twice (:func:`complete`). Finding
+the leavers needs the recorded members diffed against the segments' keys; the membership diff
+does that anyway, so where it runs first only its few leaving rows are checked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import duckdb
+
+from reconciler.enginedb import STAGING
+from reconciler.sources.base import INTERNAL_PREFIX
+
+DUPLICATES = f"{INTERNAL_PREFIX}_tmp_duplicate_keys"
+
+
+@dataclass(frozen=True)
+class Held:
+    """The held keys of one activation: ``table`` (None: none) and a few of them for the
+    message. ``pending``: the engine's ``DUPLICATES`` does not hold the recorded members that
+    left the segments yet (:func:`reconciler.plan.membership.stage_changes` adds them)."""
+
+    table: str | None
+    sample: list[str]
+    pending: bool = False
+
+
+def stage_segment_keys(con: duckdb.DuckDBPyConnection, joined: str | None) -> None:
+    """Create ``DUPLICATES`` with the keys of ``joined`` (the segments' keys joined with the
+    profiles table, column ``key``) on more than one row; None: it has one row per key."""
+    twice = (
+        f"SELECT key AS k FROM {joined} GROUP BY key HAVING count(*) > 1"
+        if joined
+        else "SELECT NULL::VARCHAR AS k WHERE FALSE"
+    )
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {DUPLICATES} AS {twice}")
+
+
+def complete(
+    con: duckdb.DuckDBPyConnection, desired: str, profiles: tuple[str, str], candidates: str
+) -> Held:
+    """The held keys, with the keys of ``candidates`` (a relation with column ``key``: the
+    recorded members, or any set of them holding every one that left) that no segment returns
+    (no row in ``desired``) and that appear more than once in the profiles table
+    (``profiles``: the table, read as ``p``, and its key as text)."""
+    table, key = profiles
+    con.execute(
+        f"""INSERT INTO {DUPLICATES}
+        SELECT {key} AS k FROM {table} p
+        SEMI JOIN (SELECT c.key FROM {candidates} c ANTI JOIN {desired} d ON d.key = c.key) l
+            ON l.key = {key}
+        GROUP BY 1 HAVING count(*) > 1"""
+    )
+    return held_keys(con)
+
+
+def unhold_leavers(
+    con: duckdb.DuckDBPyConnection,
+    desired: str,
+    profiles: tuple[str, str],
+    *,
+    aid: str,
+    leaving: str,
+    gone: str | None,
+) -> Held:
+    """After the diff of *all* the recorded members of activation ``aid`` (SQL literals from
+    here on) staged its changes, held keys pending: complete them from the members it staged
+    as ``leaving`` (every member that left the segments is one, or forgotten with a ``gone``
+    group), then take back the ``leaving`` rows of held members. The same changes as diffing
+    only the members not held: a held key has no eligible row, so its members only leave."""
+    staged = f"(SELECT key, op FROM {STAGING}.changes WHERE activation_id = {aid})"
+    held = complete(
+        con, desired, profiles, f"(SELECT key FROM {staged} WHERE op IN ({leaving}, 'forget'))"
+    )
+    if held.table:
+        not_gone = f" AND grp NOT IN ({gone})" if gone else ""
+        con.execute(
+            f"DELETE FROM {STAGING}.changes WHERE activation_id = {aid} "
+            f"AND op = {leaving}{not_gone} AND key IN (SELECT k FROM {held.table})"
+        )
+    return held
+
+
+def held_keys(con: duckdb.DuckDBPyConnection) -> Held:
+    """The engine's held keys, complete."""
+    n = con.execute(f"SELECT count(*) FROM {DUPLICATES}").fetchall()[0][0]
+    if not n:
+        return Held(None, [])
+    rows = con.execute(f"SELECT k FROM {DUPLICATES} ORDER BY k LIMIT 3").fetchall()
+    return Held(DUPLICATES, [r[0] for r in rows])
