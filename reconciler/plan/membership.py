@@ -1,10 +1,10 @@
 """Membership as set operations in the engine session (SQL, never Python loops over members).
 
 - segments are materialised by :class:`reconciler.plan.segments.SegmentRunner`.
-- :func:`stage_desired` builds the ``desired`` temp table of one activation: every key of its
-  segments with its group, fingerprint and exclusion flags.
-- :func:`stage_changes` diffs ``desired`` against the recorded members and inserts the member
-  changes (keys only) into the staging table ``changes``.
+- :func:`stage_desired` builds ``desired`` (a temp view, or table) of one activation: every
+  key of its segments with its group, fingerprint and exclusion flags.
+- :func:`stage_changes` diffs ``desired`` against the recorded members, inserts the member
+  changes (keys only) into the staging table ``changes`` and completes the held keys.
 
 Ops staged (:class:`~reconciler.plan.model.MemberOp`): ``add`` (enter), ``remove`` (leave;
 removal sends what was recorded), ``update`` (identifiers or mapped attributes changed, or a
