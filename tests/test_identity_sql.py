@@ -219,7 +219,7 @@ def test_the_plans_phone_estimate_counts_seven_digits(
     con: duckdb.DuckDBPyConnection, values: list[str | None]
 ) -> None:
     # the plan's cheap "could match" test for a phone: at least 7 ASCII digits anywhere
-    from reconciler.plan.membership import matchable_sql
+    from reconciler.plan.terms import matchable_sql
     from reconciler.workspace.spec import ProfilesTable
 
     profiles = ProfilesTable(table="raw_values", key="i", identifiers={"phone": "v"})

@@ -219,6 +219,29 @@ def test_diff_in_postgres_plans_and_applies_what_the_engine_does(
                 )
 
 
+def test_an_activation_diffed_in_the_engine_next_to_ones_diffed_in_postgres(
+    tmp_path, pg_dsn, monkeypatch
+):
+    monkeypatch.setenv("RECONCILE_SOURCE_DSN", pg_dsn.base)
+    embedded = "state: {path: .reconcile/state.duckdb, allow_ephemeral: true}"
+    engine = make_ws(tmp_path / "engine", pg_dsn.schema, "engine", embedded)
+    pushed = make_ws(tmp_path / "pushed", pg_dsn.schema, "postgres", embedded)
+    attrs = "goal: sync_attributes\nsegments: [seg-a]\ndestination: sandbox\nname: Attrs\n"
+    for ws in (engine, pushed):  # sync_attributes is diffed in the engine, and planned first
+        ws.write("activations/attrs.yaml", attrs + "attributes: [FIRST_NAME, BORN]\n")
+    rng = random.Random("mixed")
+    rows = [person(rng, i) for i in range(120)]
+    for round_ in range(2):
+        rows = churn(rng, rows, 120) if round_ else rows
+        write_profiles(pg_dsn, rows)
+        want = comparable(plan_json(engine, "--refresh=false"))
+        assert comparable(plan_json(pushed, "--refresh=false")) == want, f"round {round_}"
+        for ws in (engine, pushed):
+            res = cli(ws, "apply", "--auto-approve")
+            assert res.exit_code == 0, res.output + res.stderr
+        assert pushed.sandbox_keys() == engine.sandbox_keys(), f"round {round_}"
+
+
 def test_one_changed_profile_of_many_moves_a_few_rows(tmp_path, pg_dsn, monkeypatch):
     monkeypatch.setenv("RECONCILE_SOURCE_DSN", pg_dsn.base)
     ws = make_ws(

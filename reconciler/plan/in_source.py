@@ -84,6 +84,7 @@ def stage(
     id_cols = [(t, profiles.identifiers[t]) for t in identifier_types if t in profiles.identifiers]
     in_pg = recorded_in_source(pushdown, state, baseline)
     before = pushdown.shipped_rows
+    membership.drop_desired(pushdown.con)  # the engine's own may be a view
     counts, sample, n_held = pushdown.stage(
         segments=[s.remote for s in segments if s.remote is not None],
         suppression=[s.remote for s in suppression if s.remote is not None],

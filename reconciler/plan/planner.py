@@ -282,9 +282,8 @@ class Planner:
             warnings.append(
                 f"{counts['held']:,} of its profiles held: {n_dups:,} key(s) appear more than "
                 f"once in the profiles table {self.profiles.table!r} "
-                f"(e.g. {', '.join(held.sample)}); "
-                "profiles with such a key are held (neither added, updated nor removed) until "
-                "the source is fixed"
+                f"(e.g. {', '.join(held.sample)}); profiles with such a key are held (neither "
+                "added, updated nor removed) until the source is fixed"
             )
         audiences = self._audiences(aid, act, rec, changes, warnings, drift)
         if syncs:

@@ -1,0 +1,102 @@
+"""The SQL terms of a planning session over ``p`` (a row of the profiles table): the
+consent condition (checked by the SQL guard), the fingerprint of what is sent for a profile
+and the estimate of whether it can be matched; and SQL quoting."""
+
+from __future__ import annotations
+
+import re
+
+import duckdb
+
+from reconciler.errors import SegmentError
+from reconciler.sources.base import SqlRejected
+from reconciler.sources.engine_errors import safe_engine_error
+from reconciler.sources.guard import SqlPolicy, check_condition
+from reconciler.workspace.spec import Integration, ProfilesTable
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _lit(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _clean_text(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def consent_sql(
+    integ: Integration,
+    integ_where: str,
+    dialect: str,
+    con: duckdb.DuckDBPyConnection | None = None,
+    profiles: ProfilesTable | None = None,
+    policy: SqlPolicy | None = None,
+) -> str:
+    """The consent condition as SQL over ``p`` (the profiles row), checked by the SQL guard
+    like segment SQL. With ``con``, it is also bound once against the profiles table, so a
+    wrong column names the integration file. Embedded on lines of its own, so a trailing
+    ``--`` comment cannot swallow the rest of the query."""
+    if not integ.consent:
+        return "TRUE"
+    try:
+        check_condition(integ.consent, dialect, policy)
+    except SqlRejected as exc:
+        raise SegmentError(f"{integ_where}: consent condition: {exc}") from exc
+    condition = f"(\n{integ.consent}\n)"
+    if con is not None and profiles is not None:
+        try:
+            con.execute(
+                f"SELECT NOT coalesce({condition}, FALSE) FROM {_ident(profiles.table)} p LIMIT 0"
+            )
+        except duckdb.Error as exc:
+            detail = _clean_text(safe_engine_error(exc, integ.consent)[0])
+            raise SegmentError(
+                f"{integ_where}: the consent condition fails: {detail}; it must be a true/false "
+                "condition over the columns of the profiles table"
+            ) from exc
+    return condition
+
+
+def fingerprint_sql(
+    profiles: ProfilesTable,
+    identifier_types: tuple[str, ...],
+    attribute_columns: list[str],
+    phone_country: str | None = None,
+) -> str:
+    """A cheap fingerprint of what is sent for a profile: its identifiers and mapped
+    attributes; a phone is fingerprinted with the default country it is read in, so changing
+    ``default_phone_country`` re-sends exactly the members whose phone hash may change."""
+    terms = []
+    for t in identifier_types:
+        col = profiles.identifiers.get(t)
+        if col is None:
+            continue
+        term = f"CAST(p.{_ident(col)} AS VARCHAR)"
+        if t == "phone" and phone_country:
+            term = f"{term} || chr(30) || {_lit(phone_country.upper())}"
+        terms.append(term)
+    terms += [f"CAST(p.{_ident(c)} AS VARCHAR)" for c in attribute_columns]
+    parts = ", ".join(f"coalesce({t}, chr(0))" for t in terms)
+    # (md5_number(x) >> 64)::UBIGINT is md5_number_lower(x), four times faster
+    digest = f"(md5_number(concat_ws(chr(31), {parts})) >> 64)::UBIGINT"
+    return digest if terms else "0::UBIGINT"
+
+
+def matchable_sql(profiles: ProfilesTable, identifier_types: tuple[str, ...]) -> str:
+    """A cheap estimate of 'has an identifier the destination accepts'; the adapter's exact
+    normalisation decides at send time (unusable members are recorded with an empty record)."""
+    tests = []
+    for t in identifier_types:
+        col = profiles.identifiers.get(t)
+        if col is None:
+            continue
+        c = f"p.{_ident(col)}"
+        if t == "email":
+            tests.append(f"(strpos({c}, '@') > 1)")
+        elif t == "phone":
+            # at least 7 digits: one regexp search, 4-5x cheaper than counting them
+            tests.append(f"regexp_matches({c}, '(?:[^0-9]*[0-9]){{7}}')")
+    return " OR ".join(tests) if tests else "FALSE"
