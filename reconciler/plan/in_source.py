@@ -13,6 +13,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from reconciler.plan import membership
 from reconciler.plan.segments import SegmentResult
+from reconciler.plan.terms import identifier_columns
 from reconciler.sources.pg_pushdown import Pushdown
 from reconciler.sources.pg_twins import (
     bucket_digest_pg,
@@ -60,7 +61,7 @@ def can_stage(
     its fingerprint written alike by both databases."""
     if pushdown is None or act.goal is Goal.SYNC_ATTRIBUTES:
         return False
-    columns = [profiles.identifiers[t] for t in identifier_types if t in profiles.identifiers]
+    columns = [c for _, c in identifier_columns(profiles, identifier_types)]
     return all(text_equal(pushdown.columns[c]) for c in (*columns, *attribute_columns))
 
 
@@ -81,7 +82,7 @@ def stage(
     where: str,
 ) -> Staged:
     profiles = pushdown.source.profiles
-    id_cols = [(t, profiles.identifiers[t]) for t in identifier_types if t in profiles.identifiers]
+    id_cols = identifier_columns(profiles, identifier_types)
     in_pg = recorded_in_source(pushdown, state, baseline)
     before = pushdown.shipped_rows
     membership.drop_desired(pushdown.con)  # the engine's own may be a view

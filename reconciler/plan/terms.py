@@ -5,6 +5,7 @@ and the estimate of whether it can be matched; and SQL quoting."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import duckdb
 
@@ -60,6 +61,15 @@ def consent_sql(
     return condition
 
 
+def identifier_columns(
+    profiles: ProfilesTable, identifier_types: Sequence[str]
+) -> list[tuple[str, str]]:
+    """(type, column) of each identifier type the profiles table has a column for, in the
+    destination's order: what the fingerprint and the match estimate read (here and in their
+    PostgreSQL twins, :mod:`reconciler.sources.pg_twins`)."""
+    return [(t, profiles.identifiers[t]) for t in identifier_types if t in profiles.identifiers]
+
+
 def fingerprint_sql(
     profiles: ProfilesTable,
     identifier_types: tuple[str, ...],
@@ -70,10 +80,7 @@ def fingerprint_sql(
     attributes; a phone is fingerprinted with the default country it is read in, so changing
     ``default_phone_country`` re-sends exactly the members whose phone hash may change."""
     terms = []
-    for t in identifier_types:
-        col = profiles.identifiers.get(t)
-        if col is None:
-            continue
+    for t, col in identifier_columns(profiles, identifier_types):
         term = f"CAST(p.{_ident(col)} AS VARCHAR)"
         if t == "phone" and phone_country:
             term = f"{term} || chr(30) || {_lit(phone_country.upper())}"
@@ -89,10 +96,7 @@ def matchable_sql(profiles: ProfilesTable, identifier_types: tuple[str, ...]) ->
     """A cheap estimate of 'has an identifier the destination accepts'; the adapter's exact
     normalisation decides at send time (unusable members are recorded with an empty record)."""
     tests = []
-    for t in identifier_types:
-        col = profiles.identifiers.get(t)
-        if col is None:
-            continue
+    for t, col in identifier_columns(profiles, identifier_types):
         c = f"p.{_ident(col)}"
         if t == "email":
             tests.append(f"(strpos({c}, '@') > 1)")
