@@ -92,15 +92,28 @@ class Payload:
         return text.encode()
 
 
+def _schema(fields: Sequence[str]) -> str | list[str]:
+    """The ``schema`` of a payload: Meta's single-key name for one field that has one (its
+    ``data`` is then a list of values), else the multi-key list of fields (rows of values)."""
+    if len(fields) == 1 and fields[0] in SINGLE_KEY:
+        return SINGLE_KEY[fields[0]]
+    return list(fields)
+
+
+def _rows_of(columns: list[list[str]]) -> list[tuple[str, ...]]:
+    return list(zip(*columns, strict=True)) if columns else []
+
+
 def _shape(
     fields: Sequence[str], rows: list[tuple[str, ...]], columns: list[list[str]] | None = None
 ) -> dict[str, Any]:
     """Meta's ``payload`` object; ``columns`` (the rows' cells per field), when given, spare
     the single-key schema a pass over the rows."""
-    if len(fields) == 1 and fields[0] in SINGLE_KEY:
+    schema = _schema(fields)
+    if isinstance(schema, str):
         data = columns[0] if columns is not None else [row[0] for row in rows]
-        return {"schema": SINGLE_KEY[fields[0]], "data": data}
-    return {"schema": list(fields), "data": list(map(list, rows))}
+        return {"schema": schema, "data": data}
+    return {"schema": schema, "data": list(map(list, rows))}
 
 
 def addition(fields: Sequence[str], batch: MemberBatch) -> Payload:
@@ -145,25 +158,21 @@ def _addition_from_table(fields: Sequence[str], table: Any) -> Payload:
     }
     sent = [pc.filter(c, usable) for c in cells]
     sent_keys = pc.filter(keys, usable).to_pylist()
-
-    def rows() -> list[tuple[str, ...]]:
-        return list(zip(*(c.to_pylist() for c in sent), strict=True)) if sent else []
-
     if not sent or not set(fields) <= _HEX_FIELDS:
         values = [c.to_pylist() for c in sent]
-        built = list(zip(*values, strict=True)) if values else []
-        return Payload(_shape(fields, built, values), sent_keys, unsendable, built)
+        rows = _rows_of(values)
+        return Payload(_shape(fields, rows, values), sent_keys, unsendable, rows)
     # hex digests only: the rows are written as JSON by Arrow, no Python object per member
-    if len(fields) == 1 and fields[0] in SINGLE_KEY:
-        schema: Any = SINGLE_KEY[fields[0]]
-        cells_json = pc.binary_join_element_wise('"', sent[0], '"', "")
-    else:
-        schema = list(fields)
-        quoted = [pc.binary_join_element_wise('"', c, '"', "") for c in sent]
+    schema = _schema(fields)
+    quoted = [pc.binary_join_element_wise('"', c, '"', "") for c in sent]
+    if isinstance(schema, str):  # single-key: a list of values
+        cells_json = quoted[0]
+    else:  # multi-key: a list of rows
         row = pc.binary_join_element_wise(*quoted, ", ")
         cells_json = pc.binary_join_element_wise("[", row, "]", "")
     data = "[" + ", ".join(cells_json.to_pylist()) + "]"
-    return Payload({"schema": schema}, sent_keys, unsendable, _Rows(rows, len(sent_keys)), data)
+    lazy = _Rows(lambda: _rows_of([c.to_pylist() for c in sent]), len(sent_keys))
+    return Payload({"schema": schema}, sent_keys, unsendable, lazy, data)
 
 
 def removal(batch: RemovalBatch) -> Payload:
