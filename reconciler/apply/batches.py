@@ -216,9 +216,8 @@ class BatchRunner:
         )
         if ref is None:  # control group: recorded, never sent
             for cols in encode.stream(self.reader, table, sendable=True, size=self.size):
-                batch = _batch(cols, table)
                 self.state.record_sent("", cols.arrow, self.aid, self.grp, run_id="", counts={})
-                self.counts.add += len(batch)
+                self.counts.add += len(cols)
             return
         width = max(1, self.dest.limits.concurrency)
         inflight: deque[_Call] = deque()

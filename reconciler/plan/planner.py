@@ -205,13 +205,10 @@ class Planner:
                 "the audience query (consent condition)",
             ):
                 pushdown = self.pushdown
-                in_source = _in_source() if pushdown is not None else None
-                if (
-                    pushdown is not None
-                    and in_source is not None
-                    and in_source.can_stage(pushdown, act, self.profiles, ids, attr_cols)
+                if pushdown is not None and _in_source().can_stage(
+                    pushdown, act, self.profiles, ids, attr_cols
                 ):
-                    staged = in_source.stage(
+                    staged = _in_source().stage(
                         pushdown,
                         self.state,
                         act=act,
