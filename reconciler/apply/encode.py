@@ -151,13 +151,27 @@ def stream(cursor: duckdb.DuckDBPyConnection, table: SendTable, *, sendable: boo
     """The batches of one operation's rows of the send table (sendable or not), ``size``
     each, as :class:`Columns`: one streaming query reads them all as Arrow record batches,
     with no Python object per row until one is asked for. Rows come in no particular order;
-    each batch is recorded from its own rows, so nothing scans the send table per batch."""
+    each batch is recorded from its own rows, so nothing scans the send table per batch.
+
+    Every batch but the last holds exactly ``size`` rows: DuckDB's reader may hand out
+    shorter record batches (at its row groups' edges), and a session's batches are counted
+    and its last one flagged from the number of rows (Meta refuses a batch after the last)."""
     reader = cursor.sql(
         f"SELECT {table.columns} FROM {SEND} WHERE op = $op AND sendable = $s",
         params={"op": table.op, "s": sendable},
     ).to_arrow_reader(size)
     import pyarrow as pa
 
+    pending: list[Any] = []
+    held = 0
     for chunk in reader:
-        if chunk.num_rows:
-            yield Columns(pa.Table.from_batches([chunk]))
+        if not chunk.num_rows:
+            continue
+        pending.append(chunk)
+        held += chunk.num_rows
+        while held >= size:
+            rows = pa.Table.from_batches(pending)
+            yield Columns(rows.slice(0, size).combine_chunks())
+            pending, held = rows.slice(size).to_batches(), held - size
+    if held:
+        yield Columns(pa.Table.from_batches(pending).combine_chunks())
