@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import os
 import statistics
@@ -28,6 +29,13 @@ from pathlib import Path
 import duckdb
 
 from reconciler.sources import demo
+
+_spec = importlib.util.spec_from_file_location(
+    "bench_plan_apply", Path(__file__).with_name("bench_plan_apply.py")
+)
+assert _spec is not None and _spec.loader is not None
+core = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(core)
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "bench-token"
@@ -75,12 +83,19 @@ def run(root: Path, *args: str) -> dict:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) not in (0, 2):
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4
+    if proc.returncode not in (0, 2):
         raise SystemExit((root / "err.txt").read_text())
     return {
         "wall": wall,
         "cpu": usage.ru_utime + usage.ru_stime,
         "rss_mib": usage.ru_maxrss / 1024,
+        # the apply's own lines: "<op>: N of M members sent in Xs (R/s)"
+        "send_phases": [
+            line.strip()
+            for line in (root / "err.txt").read_text().splitlines()
+            if " sent in " in line
+        ],
         "summary": next(
             (line for line in (root / "out.txt").read_text().splitlines() if ": Complete" in line),
             "",
@@ -104,10 +119,11 @@ def churn(root: Path, share: float) -> None:
     demo.churn(root / "data" / "profiles.duckdb", share, seed=11)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser()
     parser.add_argument("--profiles", type=int, default=1_000_000)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    core.compile_package()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "ws"
         fake = subprocess.Popen(
@@ -129,6 +145,8 @@ def main() -> None:
         finally:
             fake.terminate()
             fake.wait()
+            if fake.stdout:
+                fake.stdout.close()
     per_member_cpu = first["cpu"] / max(members, 1)
     per_value_base = base / max(len(values), 1)
     report = {
@@ -146,6 +164,7 @@ def main() -> None:
         "load_average": os.getloadavg(),
     }
     print(json.dumps(report, indent=2, default=str))
+    return report
 
 
 if __name__ == "__main__":

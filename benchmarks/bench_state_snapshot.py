@@ -114,6 +114,8 @@ def stop(proc: subprocess.Popen) -> None:
     assert proc.stdin is not None
     proc.stdin.close()
     proc.wait(timeout=60)
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 def measure(work: Path, members: int, repeat: int) -> dict:
@@ -160,13 +162,13 @@ def measure(work: Path, members: int, repeat: int) -> dict:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--members", type=int, nargs="+", default=[1_000_000, 10_000_000])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--work", type=Path, default=Path(__file__).parent / ".work" / "snapshot")
     ap.add_argument("--keep", action="store_true", help="keep the state files")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     load = os.getloadavg()[0]
     rows = [measure(args.work, n, args.repeat) for n in args.members]
     print(f"load average (1 min): {load:.1f} -> {os.getloadavg()[0]:.1f}, {os.cpu_count()} CPUs")
@@ -184,6 +186,7 @@ def main() -> None:
     print(json.dumps(rows))
     if not args.keep:
         shutil.rmtree(args.work, ignore_errors=True)
+    return rows
 
 
 if __name__ == "__main__":

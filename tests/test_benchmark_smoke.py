@@ -67,3 +67,53 @@ def assert_churn_within_baselines(churned: dict) -> None:
     assert 0 < changes["add"] <= entering and 0 < changes["remove"] <= leaving
     assert 0 < changes["update"] <= renamed
     assert churned["reapply"]["changes"] == changes
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH.with_name(f"{name}.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+@pytest.mark.slow
+def test_meta_benchmark_smoke() -> None:
+    """Apply to the Meta fake in its own process, then 1% churn: the re-apply sends only
+    the churn."""
+    report = _load("bench_meta_apply").main(["--profiles", "5000"])
+    members = report["members"]
+    assert 1000 < members <= 5000
+    assert report["first_apply"]["summary"] == f"bench: Complete (+{members:,} -0 ~0)"
+    assert (
+        f"add: {members:,} of {members:,} members sent" in report["first_apply"]["send_phases"][0]
+    )
+    again = report["reapply_after_1pct_churn"]["summary"]
+    added, removed = (int(again.split(sign)[1].split()[0]) for sign in ("+", "-"))
+    assert 0 < added + removed <= members * 0.01 + 2 and "~0" in again
+    # the baseline hashed every identifier value the apply sent (e-mail and phone)
+    assert members <= report["values_hashed_by_baseline"] <= 2 * members
+    assert report["cpu_per_member_over_baseline_per_member"] > 0
+
+
+@pytest.mark.slow
+def test_export_benchmark_smoke(tmp_path: Path) -> None:
+    (result,) = _load("bench_export").main(
+        ["--profiles", "5000", "--format", "csv", "--work", str(tmp_path)]
+    )
+    assert result["profiles"] == 5000 and sum(result["files"].values()) > 0
+    assert result["first_export"] and result["re_export"]
+
+
+@pytest.mark.slow
+def test_identity_benchmark_smoke() -> None:
+    results = _load("bench_identity").main(["--values", "2000"])
+    assert [r["case"] for r in results][-1] == "meta, 7 types"
+    assert all(r["python_s_per_million"] > 0 and r["sql_s_per_million"] > 0 for r in results)
+
+
+@pytest.mark.slow
+def test_state_snapshot_benchmark_smoke(tmp_path: Path) -> None:
+    (row,) = _load("bench_state_snapshot").main(
+        ["--members", "5000", "--repeat", "1", "--work", str(tmp_path / "snap")]
+    )
+    assert row["members"] == 5000 and row["state_bytes"] > 0 and row["backup_bytes"] > 0

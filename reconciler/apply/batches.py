@@ -19,6 +19,7 @@ does not remove stays recorded (with no fingerprint), so the next plan sends the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 import uuid
@@ -228,15 +229,16 @@ class BatchRunner:
                 for cols in encode.stream(self.reader, table, sendable=True, size=self.size):
                     batch = _batch(cols, table)
                     batch_id = new_batch_id()
-                    self.state.journal_intent(
-                        batch_id, self.run_id, self.aid, self.grp, "add", len(batch)
-                    )
                     ctx = self._ctx(batch_id, "add")
                     while inflight and (ctx.last or len(inflight) >= width):
                         done.append(_wait(inflight.popleft()))
+                    while inflight and inflight[0].future.done():
+                        done.append(_wait(inflight.popleft()))
+                    error = self._record_then_journal(ref, done, batch_id, len(batch))
+                    if error is not None:
+                        raise error
                     call = partial(self.call, partial(self.dest.add, ref, batch, ctx))
                     inflight.append(_Call(pool.submit(call), batch_id, cols, batch))
-                    self._record_adds(ref, done)
                     if self.guard.stop_requested:
                         break
             except BaseException as exc:  # the calls in flight are still waited for below
@@ -245,15 +247,30 @@ class BatchRunner:
                 while inflight:
                     done.append(_wait(inflight.popleft()))
                 try:
-                    self._record_adds(ref, done)
+                    error = self._record_adds(ref, done)
                 except BaseException as exc:
-                    failure = failure or exc
+                    error = exc
+                failure = failure or error
         if failure is not None:
             raise failure
         self._check_stop()
 
-    def _record_adds(self, ref: AudienceRef, done: list[_Call]) -> None:
-        """Record the finished calls, in order; the first failed call's error is raised after
+    def _record_then_journal(
+        self, ref: AudienceRef, done: list[_Call], batch_id: str, size: int
+    ) -> BaseException | None:
+        """Record the calls that came back, then journal the next batch's intent unless one of
+        them failed (returned: the apply sends nothing more). One commit for both — one fsync
+        a batch instead of two — unless a call left an asynchronous job, whose submission must
+        be committed before it is polled."""
+        jobs = any(c.error is None and c.outcome.job for c in done)
+        with contextlib.nullcontext() if jobs else self.state.transaction():
+            error = self._record_adds(ref, done)
+            if error is None:
+                self.state.journal_intent(batch_id, self.run_id, self.aid, self.grp, "add", size)
+        return error
+
+    def _record_adds(self, ref: AudienceRef, done: list[_Call]) -> BaseException | None:
+        """Record the finished calls, in order; the first failed call's error is returned after
         the successful ones are recorded (its intent stays open: the next apply closes it and
         its members are planned again)."""
         error: BaseException | None = None
@@ -285,8 +302,7 @@ class BatchRunner:
             )
             self.progress.advance(len(c.batch))
         done.clear()
-        if error is not None:
-            raise error
+        return error
 
     # ------------------------------------------------------------------ updates
     def _update_all(self, ref: AudienceRef | None, table: encode.SendTable) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -83,12 +84,30 @@ def rows_of(payload: dict) -> tuple[list[str], list[list[str]]]:
         raise GraphError(100, f"(#100) Invalid schema: {schema!r}")
     if len(set(schema)) != len(schema):
         raise GraphError(100, "(#100) Invalid schema: a key is repeated")
-    for row in data:
-        if not (isinstance(row, list) and len(row) == len(schema)):
-            raise GraphError(100, "(#100) every data row must have one value per schema key")
-        if not all(isinstance(v, str) for v in row):
-            raise GraphError(100, "(#100) data values must be strings")
+    width = len(schema)
+    if not all(type(row) is list and len(row) == width for row in data):
+        raise GraphError(100, "(#100) every data row must have one value per schema key")
+    # one pass over every value, at C speed (a request holds up to 20,000+ of them)
+    if not set(map(type, chain.from_iterable(data))) <= {str}:
+        raise GraphError(100, "(#100) data values must be strings")
     return schema, data
+
+
+#: what is left of a column of SHA-256 hex digests (or empty values) once its digits and
+#: separators are deleted: nothing
+_HEX_AND_NEWLINE = b"0123456789abcdef\n"
+
+
+def hashed_column_valid(values: tuple[str, ...] | list[str]) -> bool:
+    """True when every value is empty or a lower-case SHA-256 hex digest — the whole column
+    checked at once (lengths, then the characters); a False sends the caller to its per-row
+    check, which finds the rows and says why."""
+    if not set(map(len, values)) <= {0, 64}:
+        return False
+    text = "\n".join(values)
+    if text.count("\n") != max(len(values) - 1, 0):  # a newline inside a value
+        return False
+    return text.isascii() and not text.encode().translate(None, _HEX_AND_NEWLINE)
 
 
 def usage_header(percent: int, regain_minutes: int, account: str) -> str:
