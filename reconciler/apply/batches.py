@@ -272,9 +272,11 @@ class BatchRunner:
     def _record_adds(self, ref: AudienceRef, done: list[_Call]) -> BaseException | None:
         """Record the finished calls, in order; the first failed call's error is returned after
         the successful ones are recorded (its intent stays open: the next apply closes it and
-        its members are planned again)."""
+        its members are planned again). Each call leaves ``done`` as it is taken, so one whose
+        recording failed is not recorded a second time by the caller's clean-up."""
         error: BaseException | None = None
-        for c in done:
+        while done:
+            c = done.pop(0)
             if c.error is not None:
                 error = error or c.error
                 continue
@@ -301,7 +303,6 @@ class BatchRunner:
                 counts={"added": accepted, "failed": len(outcome.rejected)},
             )
             self.progress.advance(len(c.batch))
-        done.clear()
         return error
 
     # ------------------------------------------------------------------ updates
