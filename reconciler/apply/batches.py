@@ -24,7 +24,7 @@ import hashlib
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -208,15 +208,17 @@ class BatchRunner:
     # ------------------------------------------------------------------ additions
     def _add_all(self, ref: AudienceRef | None, table: encode.SendTable) -> None:
         """Send the additions, pipelined: while the destination works on a call (in a worker
-        thread), this thread reads and journals the next batch and records the previous one;
-        up to ``limits.concurrency`` calls are in flight. A session's last batch is sent alone,
-        after every other call of the session came back (a finished session takes no more)."""
+        thread), this thread records the calls that came back and reads and journals the next
+        batch — in one commit; up to ``limits.concurrency`` calls are in flight. A session's
+        last batch is sent alone, after every other call of the session came back (a finished
+        session takes no more)."""
         # members with no usable identifier are recorded with an empty record, never sent
         self.counts.unmatched += self.state.record_unsendable(
             encode.SEND, self.aid, self.grp, op=table.op
         )
+        batches = encode.stream(self.reader, table, sendable=True, size=self.size)
         if ref is None:  # control group: recorded, never sent
-            for cols in encode.stream(self.reader, table, sendable=True, size=self.size):
+            for cols in batches:
                 self.state.record_sent("", cols.arrow, self.aid, self.grp, run_id="", counts={})
                 self.counts.add += len(cols)
             return
@@ -226,21 +228,19 @@ class BatchRunner:
         failure: BaseException | None = None
         with ThreadPoolExecutor(max_workers=width, thread_name_prefix="reconcile-send") as pool:
             try:
-                for cols in encode.stream(self.reader, table, sendable=True, size=self.size):
-                    batch = _batch(cols, table)
-                    batch_id = new_batch_id()
+                ahead = self._record_and_journal_next(ref, done, batches, table)
+                while ahead is not None:
+                    batch_id, cols, batch = ahead  # journaled: its intent is committed
                     ctx = self._ctx(batch_id, "add")
                     while inflight and (ctx.last or len(inflight) >= width):
                         done.append(_wait(inflight.popleft()))
-                    while inflight and inflight[0].future.done():
-                        done.append(_wait(inflight.popleft()))
-                    error = self._record_then_journal(ref, done, batch_id, len(batch))
-                    if error is not None:
-                        raise error
                     call = partial(self.call, partial(self.dest.add, ref, batch, ctx))
                     inflight.append(_Call(pool.submit(call), batch_id, cols, batch))
                     if self.guard.stop_requested:
                         break
+                    while inflight and inflight[0].future.done():
+                        done.append(_wait(inflight.popleft()))
+                    ahead = self._record_and_journal_next(ref, done, batches, table)
             except BaseException as exc:  # the calls in flight are still waited for below
                 failure = exc
             finally:
@@ -255,19 +255,31 @@ class BatchRunner:
             raise failure
         self._check_stop()
 
-    def _record_then_journal(
-        self, ref: AudienceRef, done: list[_Call], batch_id: str, size: int
-    ) -> BaseException | None:
-        """Record the calls that came back, then journal the next batch's intent unless one of
-        them failed (returned: the apply sends nothing more). One commit for both — one fsync
-        a batch instead of two — unless a call left an asynchronous job, whose submission must
-        be committed before it is polled."""
+    def _record_and_journal_next(
+        self,
+        ref: AudienceRef,
+        done: list[_Call],
+        batches: Iterator[encode.Columns],
+        table: encode.SendTable,
+    ) -> tuple[str, encode.Columns, MemberBatch] | None:
+        """Read the next batch, record the calls that came back and journal the next batch's
+        intent: one commit for both (one fsync a batch instead of two) unless a call left an
+        asynchronous job, whose submission must be committed before it is polled. A failed
+        call's error is raised once the others are recorded, and nothing more is journaled.
+        Returns the journaled batch (id, columns, batch), None at the end."""
+        cols = next(batches, None)
+        ahead = None if cols is None else (new_batch_id(), cols, _batch(cols, table))
         jobs = any(c.error is None and c.outcome.job for c in done)
         with contextlib.nullcontext() if jobs else self.state.transaction():
             error = self._record_adds(ref, done)
-            if error is None:
-                self.state.journal_intent(batch_id, self.run_id, self.aid, self.grp, "add", size)
-        return error
+            if error is None and ahead is not None:
+                batch_id, _, batch = ahead
+                self.state.journal_intent(
+                    batch_id, self.run_id, self.aid, self.grp, "add", len(batch)
+                )
+        if error is not None:
+            raise error
+        return ahead
 
     def _record_adds(self, ref: AudienceRef, done: list[_Call]) -> BaseException | None:
         """Record the finished calls, in order; the first failed call's error is returned after
