@@ -30,6 +30,7 @@ from bench_plan_apply import (  # noqa: E402  (a script beside this one)
     SEGMENT_SQL,
     SEGMENT_WHERE,
     churn,
+    compile_package,
     connect,
     make_data,
     measured,
@@ -112,6 +113,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--work", type=Path, default=Path(__file__).parent / ".work")
     args = ap.parse_args(argv)
     print(f"segment: {SEGMENT_SQL}")
+    compile_package()
     results = []
     for n in args.profiles:
         for fmt in args.format:

@@ -252,6 +252,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return results
     if not args.dsn:
         ap.error("--dsn (or RECONCILE_BENCH_DSN): the PostgreSQL server to load the profiles into")
+    core.compile_package()
     results = []
     for n in args.profiles:
         r = bench(n, args)
