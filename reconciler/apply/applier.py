@@ -22,13 +22,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from destinations.base import AudienceRef, Destination
-from reconciler.apply.batches import (
-    CHANGES,
-    BatchRunner,
-    Interrupted,
-    finish_job,
-    new_batch_id,
-)
+from reconciler.apply.batches import CHANGES, BatchRunner
+from reconciler.apply.calls import Interrupted, finish_job, new_batch_id
 from reconciler.apply.export import ExportRunner
 from reconciler.apply.interrupts import InterruptGuard
 from reconciler.apply.notifications import FinishedRun, notify_finished

@@ -20,15 +20,12 @@ does not remove stays recorded (with no fingerprint), so the next plan sends the
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from destinations.base import (
     AudienceRef,
@@ -40,6 +37,17 @@ from destinations.base import (
 )
 from destinations.retry import RetryInterrupted
 from reconciler.apply import encode
+from reconciler.apply.calls import (
+    Call,
+    Counts,
+    Interrupted,
+    as_rows,
+    finish_job,
+    member_batch,
+    new_batch_id,
+    session_id,
+    wait,
+)
 from reconciler.apply.interrupts import InterruptGuard
 from reconciler.apply.progress import Progress
 from reconciler.plan.model import MemberOp
@@ -49,42 +57,6 @@ from reconciler.workspace.spec import ProfilesTable
 CHANGES = encode.CHANGES
 
 _R = TypeVar("_R")
-
-
-class Interrupted(Exception):
-    """Ctrl-C: the batch in flight was finished and recorded; stop here."""
-
-
-def new_batch_id() -> str:
-    """A fresh id for one journaled destination call (also its idempotency key)."""
-    return uuid.uuid4().hex[:24]
-
-
-@dataclass
-class Counts:
-    """What one audience's run confirmed (also when stopped part-way)."""
-
-    add: int = 0
-    remove: int = 0
-    update: int = 0
-    rejected: int = 0
-    retry: int = 0
-    unmatched: int = 0
-    drift: int = 0
-    failed_removals: int = 0
-    errors: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "add": self.add,
-            "remove": self.remove,
-            "update": self.update,
-            "rejected": self.rejected,
-            "retry": self.retry,
-            "unmatched": self.unmatched,
-            "drift": self.drift,
-            "failed": self.rejected + self.failed_removals,
-        }
 
 
 class BatchRunner:
@@ -223,8 +195,8 @@ class BatchRunner:
                 self.counts.add += len(cols)
             return
         width = max(1, self.dest.limits.concurrency)
-        inflight: deque[_Call] = deque()
-        done: list[_Call] = []
+        inflight: deque[Call] = deque()
+        done: list[Call] = []
         failure: BaseException | None = None
         with ThreadPoolExecutor(max_workers=width, thread_name_prefix="reconcile-send") as pool:
             try:
@@ -233,19 +205,19 @@ class BatchRunner:
                     batch_id, cols, batch = ahead  # journaled: its intent is committed
                     ctx = self._ctx(batch_id, "add")
                     while inflight and (ctx.last or len(inflight) >= width):
-                        done.append(_wait(inflight.popleft()))
+                        done.append(wait(inflight.popleft()))
                     call = partial(self.call, partial(self.dest.add, ref, batch, ctx))
-                    inflight.append(_Call(pool.submit(call), batch_id, cols, batch))
+                    inflight.append(Call(pool.submit(call), batch_id, cols, batch))
                     if self.guard.stop_requested:
                         break
                     while inflight and inflight[0].future.done():
-                        done.append(_wait(inflight.popleft()))
+                        done.append(wait(inflight.popleft()))
                     ahead = self._record_and_journal_next(ref, done, batches, table)
             except BaseException as exc:  # the calls in flight are still waited for below
                 failure = exc
             finally:
                 while inflight:
-                    done.append(_wait(inflight.popleft()))
+                    done.append(wait(inflight.popleft()))
                 try:
                     error = self._record_adds(ref, done)
                 except BaseException as exc:
@@ -258,7 +230,7 @@ class BatchRunner:
     def _record_and_journal_next(
         self,
         ref: AudienceRef,
-        done: list[_Call],
+        done: list[Call],
         batches: Iterator[encode.Columns],
         table: encode.SendTable,
     ) -> tuple[str, encode.Columns, MemberBatch] | None:
@@ -268,7 +240,7 @@ class BatchRunner:
         call's error is raised once the others are recorded, and nothing more is journaled.
         Returns the journaled batch (id, columns, batch), None at the end."""
         cols = next(batches, None)
-        ahead = None if cols is None else (new_batch_id(), cols, _batch(cols, table))
+        ahead = None if cols is None else (new_batch_id(), cols, member_batch(cols, table))
         jobs = any(c.error is None and c.outcome.job for c in done)
         with contextlib.nullcontext() if jobs else self.state.transaction():
             error = self._record_adds(ref, done)
@@ -281,7 +253,7 @@ class BatchRunner:
             raise error
         return ahead
 
-    def _record_adds(self, ref: AudienceRef, done: list[_Call]) -> BaseException | None:
+    def _record_adds(self, ref: AudienceRef, done: list[Call]) -> BaseException | None:
         """Record the finished calls, in order; the first failed call's error is returned after
         the successful ones are recorded (its intent stays open: the next apply closes it and
         its members are planned again). Each call leaves ``done`` as it is taken, so one whose
@@ -294,7 +266,7 @@ class BatchRunner:
                 continue
             outcome = c.outcome
             if outcome.job:  # an asynchronous job: journaled as submitted, polled to its end
-                self._submit(c.batch_id, "add", ref, outcome.job, _as_rows(c.cols))
+                self._submit(c.batch_id, "add", ref, outcome.job, as_rows(c.cols))
                 self.progress.advance(len(c.batch))
                 continue
             self._note(outcome)
@@ -328,7 +300,7 @@ class BatchRunner:
     def _update(
         self, ref: AudienceRef | None, cols: encode.Columns, table: encode.SendTable, sendable: bool
     ) -> None:
-        batch, rows = _batch(cols, table), _as_rows(cols)
+        batch, rows = member_batch(cols, table), as_rows(cols)
         keys = list(batch.keys)
         fps = {r[1]: r[3] for r in rows}
         new = {r[1]: tuple(r[2]) for r in rows}
@@ -413,13 +385,13 @@ class BatchRunner:
     def _purge_all(self, ref: AudienceRef | None, table: encode.SendTable) -> None:
         # nothing usable to remove: recorded as removed with an empty record
         for cols in encode.stream(self.reader, table, sendable=False, size=self.size):
-            rows = _as_rows(cols)
+            rows = as_rows(cols)
             keys = [r[1] for r in rows]
             self.state.confirm_batch(
                 "", self.aid, self.grp, insert=[(r[1], (), r[3]) for r in rows], delete=keys
             )
         for cols in encode.stream(self.reader, table, sendable=True, size=self.size):
-            rows = _as_rows(cols)
+            rows = as_rows(cols)
             keys, recs = [r[1] for r in rows], [tuple(r[2]) for r in rows]
             batch_id = new_batch_id()
             self.state.journal_intent(batch_id, self.run_id, self.aid, self.grp, "purge", len(keys))
@@ -499,13 +471,13 @@ class BatchRunner:
         """A session per audience operation (Meta's ``session``): its batches are numbered
         from 1 and the last one is flagged."""
         batches = max(1, -(-members // self.size))
-        self._sessions[op] = [_session_id(self.run_id, self.aid, self.grp, op), 0, batches, members]
+        self._sessions[op] = [session_id(self.run_id, self.aid, self.grp, op), 0, batches, members]
 
     def _ctx(self, batch_id: str, op: str = "") -> CallContext:
         """The call's context: the next batch of ``op``'s session, or a one-call session."""
         s = self._sessions.get(op)
         if s is None:
-            return CallContext(batch_id, _session_id(self.run_id, self.aid, self.grp, batch_id))
+            return CallContext(batch_id, session_id(self.run_id, self.aid, self.grp, batch_id))
         s[1] += 1
         return CallContext(batch_id, s[0], seq=s[1], last=s[1] >= s[2], estimated_total=s[3])
 
@@ -520,81 +492,3 @@ class BatchRunner:
     def _check_stop(self) -> None:
         if self.guard.stop_requested:
             raise Interrupted
-
-
-def finish_job(
-    state: StateStore,
-    dest: Destination,
-    job: dict[str, Any],
-    guard: InterruptGuard,
-    call: Callable[[Callable[[], Any]], Any],
-    sleep: Callable[[float], None] = time.sleep,
-) -> dict[str, int]:
-    """Poll a submitted job until the destination says it is done, then record its members.
-    Ctrl-C stops the polling (:class:`Interrupted`); the job stays submitted."""
-    delay = 0.05
-    while True:
-        status = call(lambda: dest.poll(job["job"]))
-        if status.done:
-            outcome = status.outcome or Outcome()
-            return state.finish_job(
-                job, rejected=outcome.rejected, retry=list(outcome.retry), detail=outcome.detail
-            )
-        if guard.stop_requested:
-            raise Interrupted
-        sleep(delay)
-        delay = min(delay * 2, 10.0)
-
-
-@dataclass
-class _Call:
-    """One destination call in flight (or back: ``outcome`` or ``error``)."""
-
-    future: Future
-    batch_id: str
-    cols: encode.Columns
-    batch: MemberBatch
-    outcome: Outcome = field(default_factory=Outcome)
-    error: BaseException | None = None
-
-
-def _wait(call: _Call) -> _Call:
-    """Wait for a call to come back; its error is kept, not raised."""
-    try:
-        call.outcome = call.future.result()
-    except BaseException as exc:
-        call.error = exc
-    return call
-
-
-def _batch(cols: encode.Columns, table: encode.SendTable) -> MemberBatch:
-    """A batch of the send table (:func:`encode.stream`) as a :class:`MemberBatch`: lazy
-    Python columns over the Arrow batch, which travels along as ``MemberBatch.table``."""
-    values = {f: f"v{i}" for i, f in enumerate(table.fields)}
-    attributes = {f: f"a{i}" for i, f in enumerate(table.attributes)}
-    names = {"key": "key", "rec": "records"}
-    names |= {col: f"value:{f}" for f, col in values.items()}
-    names |= {col: f"attr:{f}" for f, col in attributes.items()}
-    arrow = cols.arrow.select(list(names)).rename_columns(list(names.values()))
-    return MemberBatch(
-        keys=cols.lazy("key"),
-        records=cols.records(),
-        values={f: cols.lazy(col) for f, col in values.items()},
-        attributes={f: cols.lazy(col) for f, col in attributes.items()},
-        table=arrow,
-    )
-
-
-def _as_rows(cols: encode.Columns) -> list[tuple]:
-    """The batch as ``(0, key, record tuple, fingerprint)`` rows (updates, purges, jobs)."""
-    return [
-        (0, k, tuple(r or ()), fp)
-        for k, r, fp in zip(cols["key"], cols["rec"], cols["fp"], strict=True)
-    ]
-
-
-def _session_id(run_id: str, activation_id: str, grp: str, op: str) -> int:
-    """A positive 53-bit integer stable for one audience operation in one run (Meta's
-    session_id)."""
-    digest = hashlib.sha256(f"{run_id}\x1f{activation_id}\x1f{grp}\x1f{op}".encode()).digest()
-    return int.from_bytes(digest[:7], "big") >> 3 or 1

@@ -25,7 +25,8 @@ from typing import Any, cast
 
 from destinations.base import Destination, ExportedFile, ExportRequest, FileExport
 from destinations.identity.sql import records_sql, value_sql
-from reconciler.apply.batches import CHANGES, new_batch_id
+from reconciler.apply.batches import CHANGES
+from reconciler.apply.calls import new_batch_id
 from reconciler.enginedb import STAGING
 from reconciler.errors import ConfigError
 from reconciler.plan.membership import _ident, _lit
