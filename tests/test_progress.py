@@ -57,6 +57,18 @@ def test_plain_lines_every_interval_and_at_the_end_of_each_operation():
     ]
 
 
+def test_a_control_group_is_recorded_not_sent():
+    progress, reporter, clock, out = _plain()
+    progress.start("ab", "Winback - control", "add", 562, sent=False)
+    clock.now += 1
+    progress.advance(562)
+    reporter.close()
+    assert out.getvalue().splitlines() == [
+        'ab: audience "Winback - control": add: 562 of 562 members recorded '
+        "(a control group: never sent) in 1.0s (562/s)"
+    ]
+
+
 def test_waits_are_shown_only_with_verbose():
     for verbose in (False, True):
         progress, reporter, _, out = _plain(verbose)

@@ -96,7 +96,7 @@ class BatchRunner:
         protected = self.state.shared_records(CHANGES, self.aid, grp) if sent else set()
         removals = self.state.count_staged(CHANGES, self.aid, grp, MemberOp.REMOVE)
         if removals:
-            self.progress.start(self.aid, name, "remove", removals)
+            self.progress.start(self.aid, name, "remove", removals, sent=sent)
             self._begin("remove", removals)
             for rows in self.state.iter_removals(
                 self.reader, CHANGES, self.aid, grp, MemberOp.REMOVE, self.size
@@ -117,7 +117,7 @@ class BatchRunner:
             if not table.staged:
                 continue
             counts.drift += table.staged - table.usable
-            self.progress.start(self.aid, name, str(op), table.usable)
+            self.progress.start(self.aid, name, str(op), table.usable, sent=sent)
             self._begin(str(op), table.sendable)
             if op is MemberOp.ADD:
                 self._add_all(target, table)
@@ -193,6 +193,7 @@ class BatchRunner:
             for cols in batches:
                 self.state.record_sent("", cols.arrow, self.aid, self.grp, run_id="", counts={})
                 self.counts.add += len(cols)
+                self.progress.advance(len(cols))
             return
         width = max(1, self.dest.limits.concurrency)
         inflight: deque[Call] = deque()

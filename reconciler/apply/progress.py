@@ -27,10 +27,13 @@ class Progress:
         self.activation = self.audience = self.op = ""
         self.total = self.done = 0
         self.started = 0.0
+        self.sent = True
 
-    def start(self, activation: str, audience: str, op: str, total: int) -> None:
+    def start(self, activation: str, audience: str, op: str, total: int, sent: bool = True) -> None:
+        """A new audience operation; ``sent`` False for a control group's, whose members are
+        recorded and never sent."""
         self.activation, self.audience, self.op = activation, audience, op
-        self.total, self.done, self.started = total, 0, self.clock()
+        self.total, self.done, self.started, self.sent = total, 0, self.clock(), sent
         self._send("start")
 
     def advance(self, n: int) -> None:
@@ -65,6 +68,7 @@ class Progress:
                 "activation": self.activation,
                 "audience": self.audience,
                 "op": self.op,
+                "sent": self.sent,
                 "done": self.done,
                 "total": self.total,
                 "rate": round(rate, 1),

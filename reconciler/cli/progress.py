@@ -151,8 +151,9 @@ class PlainReporter(Reporter):
 
     def finished(self, e: Event) -> None:
         took = max(self.clock() - self.began, 0.0)
+        done = "sent" if e.get("sent", True) else "recorded (a control group: never sent)"
         self._write(
-            f"{_label(e)}: {e['done']:,} of {e['total']:,} members sent in {took:.1f}s"
+            f"{_label(e)}: {e['done']:,} of {e['total']:,} members {done} in {took:.1f}s"
             + (f" ({_rate(e['rate'])}/s)" if e["rate"] else "")
         )
 
