@@ -53,12 +53,13 @@ def baseline(values: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def workspace(root: Path, port: int, n: int) -> None:
+def workspace(root: Path, port: int, n: int, memory_limit: str) -> None:
     for d in ("segments", "activations", "integrations", "data"):
         (root / d).mkdir(parents=True, exist_ok=True)
     (root / "reconcile.yaml").write_text(
         "version: 1\ntimezone: UTC\nsource:\n  type: duckdb\n  path: data/profiles.duckdb\n"
-        "  threads: 2\n  profiles:\n    table: profiles\n    key: customer_id\n"
+        f"  threads: 2\n  memory_limit: {memory_limit}\n"
+        "  profiles:\n    table: profiles\n    key: customer_id\n"
         "    identifiers: {email: email, phone: phone}\n"
         "    attributes: [first_name, country, total_spend, email_consent]\n"
         "    default_phone_country: AU\nstate:\n  path: .reconcile/state.duckdb\n  allow_ephemeral: true\n"
@@ -122,6 +123,11 @@ def churn(root: Path, share: float) -> None:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser()
     parser.add_argument("--profiles", type=int, default=1_000_000)
+    parser.add_argument(
+        "--memory-limit",
+        default=core.MEMORY_LIMIT,
+        help="the workspace's source.memory_limit (DuckDB's; the sandbox benchmark's setting)",
+    )
     args = parser.parse_args(argv)
     core.compile_package()
     with tempfile.TemporaryDirectory() as tmp:
@@ -135,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
         try:
             line = fake.stdout.readline() if fake.stdout else ""
             port = int(line.rsplit(":", 1)[1])
-            workspace(root, port, args.profiles)
+            workspace(root, port, args.profiles, args.memory_limit)
             values = sent_values(root)
             base = statistics.median(baseline(values) for _ in range(3))  # a shared machine
             first = run(root, "apply", "--auto-approve")
@@ -151,6 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
     per_value_base = base / max(len(values), 1)
     report = {
         "profiles": args.profiles,
+        "memory_limit": args.memory_limit,
         "members": members,
         "values_hashed_by_baseline": len(values),
         "first_apply": first,
