@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 import duckdb
@@ -40,9 +39,8 @@ _spec.loader.exec_module(core)
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "bench-token"
 ACCOUNT = "1234567890"
-AS_OF = date(2026, 11, 1)
 #: the segment `demo.churn` moves members in and out of
-SEGMENT = "SELECT customer_id FROM profiles WHERE country = 'AU' AND total_spend >= 100"
+SEGMENT = core.SEGMENT_SQL
 
 
 def baseline(values: list[str]) -> float:
@@ -73,34 +71,22 @@ def workspace(root: Path, port: int, n: int, memory_limit: str) -> None:
     (root / "activations" / "bench.yaml").write_text(
         "segments: [everyone]\ndestination: meta\nname: Benchmark\nmax_removal_share: 1\n"
     )
-    demo.generate(root / "data" / "profiles.duckdb", n, as_of=AS_OF, threads=2)
+    demo.generate(root / "data" / "profiles.duckdb", n, as_of=core.AS_OF, threads=2)
 
 
 def run(root: Path, *args: str) -> dict:
-    env = os.environ | {"META_TOKEN": TOKEN}
-    cmd = [sys.executable, "-m", "reconciler", "-C", str(root), "--no-color", *args]
-    start = time.perf_counter()
-    with open(root / "out.txt", "w") as out, open(root / "err.txt", "w") as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4
-    if proc.returncode not in (0, 2):
-        raise SystemExit((root / "err.txt").read_text())
+    r = core.measured(root, *args, env=os.environ | {"META_TOKEN": TOKEN})
     return {
-        "wall": wall,
-        "cpu": usage.ru_utime + usage.ru_stime,
-        "rss_mib": usage.ru_maxrss / 1024,
+        "wall": r["wall"],
+        "cpu": r["cpu"],
+        "rss_mib": r["rss"] / 2**20,
         # the apply's own lines: "<op>: N of M members sent in Xs (R/s)"
         "send_phases": [
             line.strip()
-            for line in (root / "err.txt").read_text().splitlines()
+            for line in (root / "child.err").read_text().splitlines()
             if " sent in " in line
         ],
-        "summary": next(
-            (line for line in (root / "out.txt").read_text().splitlines() if ": Complete" in line),
-            "",
-        ),
+        "summary": next((line for line in r["output"].splitlines() if ": Complete" in line), ""),
     }
 
 

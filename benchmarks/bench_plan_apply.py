@@ -191,12 +191,13 @@ def compile_package() -> None:
     subprocess.run([sys.executable, "-m", "compileall", "-q", *packages], check=True)
 
 
-def measured(root: Path, *args: str) -> dict:
-    """One `reconcile` child: wall seconds, CPU seconds (user + sys), peak RSS, stdout."""
+def measured(root: Path, *args: str, env: dict[str, str] | None = None) -> dict:
+    """One `reconcile` child: wall seconds, CPU seconds (user + sys), peak RSS, stdout (its
+    standard error stays in ``child.err``)."""
     cmd = [sys.executable, "-m", "reconciler", "-C", str(root), "--no-color", *args]
     start = time.perf_counter()
     with open(root / "child.out", "w") as out, open(root / "child.err", "w") as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
