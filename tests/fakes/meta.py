@@ -348,8 +348,9 @@ class FakeMeta:
                 self._sessions, audience.id, method, session, digest.hexdigest()
             ):
                 return self._answer(audience, session, len(rows), [])
-            if rows and self._all_valid(schema, rows):
-                for key, column in zip(schema, zip(*rows, strict=True), strict=True):
+            columns = list(zip(*rows, strict=True))  # none when there is no row
+            if columns and self._all_valid(schema, rows, columns):
+                for key, column in zip(schema, columns, strict=True):
                     pairs = zip(itertools.repeat(key), filter(None, column))
                     if method == "POST":
                         audience.members.update(pairs)
@@ -381,12 +382,14 @@ class FakeMeta:
             out["session_id"] = str(session["session_id"])
         return out
 
-    def _all_valid(self, schema: list[str], rows: list[list[str]]) -> bool:
-        """True when no row of ``rows`` (at least one) is invalid, checked a column at a
-        time (the rules of :meth:`_invalid`, which finds the invalid rows when this is False)."""
+    def _all_valid(
+        self, schema: list[str], rows: list[list[str]], columns: list[tuple[str, ...]]
+    ) -> bool:
+        """True when no row of ``rows`` (at least one; ``columns`` the same cells per schema
+        key) is invalid, checked a column at a time (the rules of :meth:`_invalid`, which
+        finds the invalid rows when this is False)."""
         if not all(map(any, rows)):
             return False
-        columns = list(zip(*rows, strict=True))
         if self.rejected_values and any(not self.rejected_values.isdisjoint(c) for c in columns):
             return False
         return all(
