@@ -4,10 +4,10 @@ Each `reconcile` step runs as a child process (start-up included): plan, first a
 after churn, re-apply. Per step: wall time (median of K repeats), CPU seconds of the child
 (user + sys from `os.wait4`, every DuckDB thread included; median of K) and peak RSS (max).
 In this process, on the same files with the same DuckDB settings, three baselines written
-out below (each the median of at least 3 runs): (a) the bare two-way anti-join of the segment's keys against the previous members'
-keys, (b) the same plus change detection on the mapped attribute (a join comparing stored
-and current values), (c) a plain Python loop hashing every identifier value the first apply
-sends. Then the ratios the targets are stated in, and `reconcile --help` start-up.
+out below (each the median of at least 3 runs): (a) the bare two-way anti-join of the
+segment's keys against the previous members' keys, (b) the same plus change detection on the
+mapped attribute (a join comparing stored and current values), (c) a plain Python loop
+hashing every identifier value the first apply sends. Then the ratios the targets are stated in, and `reconcile --help` start-up.
 
     python benchmarks/bench_plan_apply.py --profiles 1000000 3000000 10000000   # scaling
     python benchmarks/bench_plan_apply.py --profiles 10000 --repeat 1           # CI smoke size
