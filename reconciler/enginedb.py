@@ -69,6 +69,7 @@ class Session:
         if threads:
             config["threads"] = int(threads)
         self.con = duckdb.connect(":memory:", config=config)
+        self._cursors: list[duckdb.DuckDBPyConnection] = []
         #: set when an apply is writing the state: this session reads the state as of its
         #: start (the notice says so)
         self.state_notice: str | None = None
@@ -94,6 +95,7 @@ class Session:
         """Another connection to the same instance (defaults to the source catalog)."""
         cur = self.con.cursor()
         cur.execute(f"USE {self.source.catalog}")
+        self._cursors.append(cur)  # closed with the session: a cursor keeps the files open
         return cur
 
     def state_reader(self) -> StateReader:
@@ -107,6 +109,9 @@ class Session:
         return self.state.store()
 
     def close(self) -> None:
+        for cur in self._cursors:
+            cur.close()
+        self._cursors.clear()
         self.con.close()
         if hasattr(self.source, "close"):
             self.source.close()
