@@ -443,6 +443,10 @@ def test_one_ctrl_c_finishes_the_batch_in_flight_then_apply_completes(workspace)
     # what was sent is exactly what was recorded: the batch in flight was not lost
     got = held(ws)["Interrupted"]
     assert len(got) == sent and got <= desired(rows)
+    # no batch is left open: each was recorded, or closed as never sent
+    journal = state_rows(ws, "SELECT status, size FROM journal WHERE op = 'add'")
+    assert {s for s, _ in journal} <= {"done", "abandoned"}
+    assert sum(n for s, n in journal if s == "done") == sent
     assert audience_counts(plan_json(ws), "act") == {"all": (150 - sent, 0, 0)}
     res = cli(ws, "apply", "--auto-approve")
     assert res.exit_code == 0, res.output + res.stderr

@@ -88,6 +88,8 @@ class Call:
     batch: MemberBatch
     outcome: Outcome = field(default_factory=Outcome)
     error: BaseException | None = None
+    #: when it came back (``time.monotonic()``)
+    returned: float = 0.0
 
 
 def wait(call: Call) -> Call:
@@ -96,6 +98,7 @@ def wait(call: Call) -> Call:
         call.outcome = call.future.result()
     except BaseException as exc:
         call.error = exc
+    call.returned = time.monotonic()
     return call
 
 

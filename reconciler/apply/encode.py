@@ -164,14 +164,17 @@ def stream(cursor: duckdb.DuckDBPyConnection, table: SendTable, *, sendable: boo
 
     pending: list[Any] = []
     held = 0
-    for chunk in reader:
-        if not chunk.num_rows:
-            continue
-        pending.append(chunk)
-        held += chunk.num_rows
-        while held >= size:
-            rows = pa.Table.from_batches(pending)
-            yield Columns(rows.slice(0, size).combine_chunks())
-            pending, held = rows.slice(size).to_batches(), held - size
-    if held:
-        yield Columns(pa.Table.from_batches(pending).combine_chunks())
+    try:
+        for chunk in reader:
+            if not chunk.num_rows:
+                continue
+            pending.append(chunk)
+            held += chunk.num_rows
+            while held >= size:
+                rows = pa.Table.from_batches(pending)
+                yield Columns(rows.slice(0, size).combine_chunks())
+                pending, held = rows.slice(size).to_batches(), held - size
+        if held:
+            yield Columns(pa.Table.from_batches(pending).combine_chunks())
+    finally:  # also when the caller stops early: the reader holds the query open
+        reader.close()
