@@ -1,6 +1,6 @@
 """Additions that came back are recorded in groups, and the next batches' intents are
 journaled ahead of their calls, a window of members at a time
-(``reconciler.apply.batches``: one batch, then as many members as were recorded so far, up
+(``reconciler.apply.additions``: one batch, then as many members as were recorded so far, up
 to ``RECORD_ROWS``): a kill before a group is recorded re-sends its members and nothing is
 lost or doubled; a failed call stops the run and closes the intents of the batches it never
 sent."""
@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from destinations.sandbox import SandboxDestination
-from reconciler.apply import batches
+from reconciler.apply import additions
 from reconciler.errors import TerminalError
 from tests.conftest import cli, profile
 from tests.test_recovery import (
@@ -32,8 +32,8 @@ from tests.test_recovery import (
 # the machine (the sandbox ends the process at its N-th call: ``exit_after_calls``)
 NO_TIME_LIMIT = """\
 import sys
-from reconciler.apply import batches
-batches.RECORD_SECONDS = 600
+from reconciler.apply import additions
+additions.RECORD_SECONDS = 600
 from reconciler.cli.main import main
 main(sys.argv[1:], prog_name="reconcile")
 """
@@ -85,20 +85,20 @@ def test_a_kill_before_a_group_is_recorded_resends_it_and_the_audience_is_exact(
 
 def test_groups_grow_with_what_was_recorded_and_hold_every_member(workspace, monkeypatch):
     """Calls of 5 members, groups of at most 15: groups of 5, 5, 10, 15, 15, 10 members."""
-    monkeypatch.setattr(batches, "RECORD_ROWS", 15)
-    monkeypatch.setattr(batches, "RECORD_SECONDS", 600)
+    monkeypatch.setattr(additions, "RECORD_ROWS", 15)
+    monkeypatch.setattr(additions, "RECORD_SECONDS", 600)
     rows = [profile(i, a=True) for i in range(60)]
     ws = workspace(
         {"act": activation("Groups")}, profiles=rows, integration=sandbox_yaml(batch_size=5)
     )
     groups: list[int] = []
-    real = batches.BatchRunner._record_adds
+    real = additions.AdditionSender._record_adds
 
     def counted(self, ref, done):
         groups.append(sum(len(c.batch) for c in done))
         return real(self, ref, done)
 
-    monkeypatch.setattr(batches.BatchRunner, "_record_adds", counted)
+    monkeypatch.setattr(additions.AdditionSender, "_record_adds", counted)
     res = cli(ws, "apply", "--auto-approve")
     assert res.exit_code == 0, res.output + res.stderr
     groups = [n for n in groups if n]
@@ -111,7 +111,7 @@ def test_groups_grow_with_what_was_recorded_and_hold_every_member(workspace, mon
 
 
 def test_a_failed_call_closes_the_intents_of_batches_never_sent(workspace, monkeypatch):
-    monkeypatch.setattr(batches, "RECORD_SECONDS", 600)
+    monkeypatch.setattr(additions, "RECORD_SECONDS", 600)
     rows = [profile(i, a=True) for i in range(60)]
     ws = workspace(
         {"act": activation("Failing")}, profiles=rows, integration=sandbox_yaml(batch_size=5)

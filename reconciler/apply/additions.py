@@ -1,0 +1,212 @@
+"""Send one audience's additions, pipelined, and record them in growing groups.
+
+While the destination works on a call (in a worker thread), this thread records the calls
+that came back and reads and journals the next batches; up to ``limits.concurrency`` calls
+are in flight. Recording and journaling go a *window* of members at a time (:data:`RECORD_ROWS`,
+:meth:`AdditionSender._window`), so a long apply commits once per DuckDB row group rather
+than once per call, and a run killed early re-sends little.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+from destinations.base import AudienceRef, MemberBatch
+from reconciler.apply import encode
+from reconciler.apply.calls import Call, as_rows, member_batch, new_batch_id, wait
+from reconciler.apply.sending import Sender
+
+#: Additions that came back are recorded together, in one transaction, and the next batches'
+#: intents are journaled ahead, a *window* of members at a time: one batch at first, then as
+#: many members as the operation recorded so far (a run killed early re-sends little), up to
+#: this many (one DuckDB row group: a transaction that fills one is written straight to the
+#: state file instead of row by row to its log, about half the cost), or whatever came back
+#: once the oldest answer waited ``RECORD_SECONDS``. A run killed meanwhile sends those members
+#: again (the destination already holds them: adding them again changes nothing).
+RECORD_ROWS = 122_880
+RECORD_SECONDS = 1.0
+
+
+class AdditionSender(Sender):
+    _recorded = 0  # members of the current addition's calls recorded so far
+
+    def _add_all(self, ref: AudienceRef | None, table: encode.SendTable) -> None:
+        """Send the additions, pipelined: while the destination works on a call (in a worker
+        thread), this thread records the calls that came back and reads and journals the
+        next batches — in one commit per window (:meth:`_window`) rather than one a call; up to ``limits.concurrency`` calls are in flight. A session's last batch is
+        sent alone, after every other call of the session came back (a finished session
+        takes no more)."""
+        # members with no usable identifier are recorded with an empty record, never sent
+        self.counts.unmatched += self.state.record_unsendable(
+            encode.SEND, self.aid, self.grp, op=table.op
+        )
+        batches = encode.stream(self.reader, table, sendable=True, size=self.size)
+        if ref is None:  # control group: recorded, never sent
+            self._record_control_group(batches)
+            return
+        width = max(1, self.dest.limits.concurrency)
+        self._recorded = 0
+        inflight: deque[Call] = deque()
+        ready: deque[tuple[str, encode.Columns, MemberBatch]] = deque()  # journaled, not sent
+        done: list[Call] = []
+        failure: BaseException | None = None
+        with ThreadPoolExecutor(max_workers=width, thread_name_prefix="reconcile-send") as pool:
+            try:
+                self._record_and_journal(ref, done, batches, table, ready)
+                while ready:
+                    batch_id, cols, batch = ready.popleft()  # its intent is committed
+                    ctx = self._ctx(batch_id, "add")
+                    while inflight and (ctx.last or len(inflight) >= width):
+                        done.append(wait(inflight.popleft()))
+                    if any(c.error is not None for c in done):  # nothing after a failed call
+                        ready.appendleft((batch_id, cols, batch))
+                        break
+                    call = partial(self.call, partial(self.dest.add, ref, batch, ctx))
+                    inflight.append(Call(pool.submit(call), batch_id, cols, batch))
+                    if self.guard.stop_requested:
+                        break
+                    while inflight and inflight[0].future.done():
+                        done.append(wait(inflight.popleft()))
+                    self._record_and_journal(ref, done, batches, table, ready)
+            except BaseException as exc:  # the calls in flight are still waited for below
+                failure = exc
+            finally:
+                batches.close()  # a run stopped part-way: the query it streams from ends
+                while inflight:
+                    done.append(wait(inflight.popleft()))
+                try:
+                    with self._recording(done):
+                        error = self._record_adds(ref, done)
+                        self._abandon([batch_id for batch_id, _, _ in ready])
+                except BaseException as exc:
+                    error = exc
+                failure = failure or error
+        if failure is not None:
+            try:
+                raise failure
+            finally:  # the error's traceback holds this frame: no cycle keeping the state open
+                failure = error = None
+        self._check_stop()
+
+    def _record_control_group(self, batches: Iterator[encode.Columns]) -> None:
+        """A control group's members are recorded, never sent: in one commit per
+        :data:`RECORD_ROWS` members."""
+        group: list[encode.Columns] = []
+        for cols in itertools.chain(batches, [None]):
+            if cols is not None:
+                group.append(cols)
+            members = sum(map(len, group))
+            if group and (cols is None or members >= RECORD_ROWS):
+                with self.state.transaction():
+                    for g in group:
+                        self.state.record_sent(
+                            "", g.arrow, self.aid, self.grp, run_id="", counts={}
+                        )
+                self.counts.add += members
+                self.progress.advance(members)
+                group.clear()
+
+    def _record_and_journal(
+        self,
+        ref: AudienceRef,
+        done: list[Call],
+        batches: Iterator[encode.Columns],
+        table: encode.SendTable,
+        ready: deque[tuple[str, encode.Columns, MemberBatch]],
+    ) -> None:
+        """Record the calls that came back when they are due (:meth:`_due`) and, once every
+        journaled batch is sent, read and journal the next ones (a window of members, see
+        :meth:`_window`), in one commit. A failed call's error is raised once the others are
+        recorded, and nothing more is journaled."""
+        record = self._due(done)
+        fresh: list[tuple[str, encode.Columns, MemberBatch]] = []
+        if not ready and not any(c.error is not None for c in done):
+            for cols in batches:
+                fresh.append((new_batch_id(), cols, member_batch(cols, table)))
+                if len(fresh) * self.size >= self._window():
+                    break
+            record = record or (bool(done) and not fresh)  # the end: record the rest
+        if not record and not fresh:
+            return
+        with self._recording(done if record else []):
+            error = self._record_adds(ref, done) if record else None
+            if error is None:
+                for batch_id, _, batch in fresh:
+                    self.state.journal_intent(
+                        batch_id, self.run_id, self.aid, self.grp, "add", len(batch)
+                    )
+                ready.extend(fresh)
+        if error is not None:
+            raise error
+
+    def _abandon(self, batch_ids: list[str]) -> None:
+        """Close the intents of journaled batches that were never sent (a call failed or
+        Ctrl-C stopped the run first)."""
+        for batch_id in batch_ids:
+            self.state.journal_outcome(
+                batch_id, "abandoned", "not sent: the run stopped before this call"
+            )
+
+    def _window(self) -> int:
+        """Members recorded, and journaled ahead, at once: one batch, then as many as this
+        operation recorded so far, up to :data:`RECORD_ROWS`."""
+        return max(self.size, min(RECORD_ROWS, self._recorded))
+
+    def _due(self, done: list[Call]) -> bool:
+        """Whether the calls that came back are to be recorded now."""
+        if not done:
+            return False
+        if any(c.error is not None or c.outcome.job for c in done):
+            return True
+        members = sum(len(c.batch) for c in done)
+        late = time.monotonic() - done[0].returned >= RECORD_SECONDS
+        return members >= self._window() or late
+
+    def _recording(self, done: list[Call]):
+        """One transaction for recording ``done`` (and what goes with it), unless one of
+        them left an asynchronous job, whose submission is committed before it is polled."""
+        jobs = any(c.error is None and c.outcome.job for c in done)
+        return contextlib.nullcontext() if jobs else self.state.transaction()
+
+    def _record_adds(self, ref: AudienceRef, done: list[Call]) -> BaseException | None:
+        """Record the finished calls, in order; the first failed call's error is returned after
+        the successful ones are recorded (its intent stays open: the next apply closes it and
+        its members are planned again). Each call leaves ``done`` as it is taken, so one whose
+        recording failed is not recorded a second time by the caller's clean-up."""
+        error: BaseException | None = None
+        while done:
+            c = done.pop(0)
+            if c.error is not None:
+                error = error or c.error
+                continue
+            outcome = c.outcome
+            if outcome.job:  # an asynchronous job: journaled as submitted, polled to its end
+                self._submit(c.batch_id, "add", ref, outcome.job, as_rows(c.cols))
+                self.progress.advance(len(c.batch))
+                continue
+            self._note(outcome)
+            self._recorded += len(c.batch)
+            accepted = len(c.batch) - len(outcome.rejected) - len(outcome.retry)
+            self.counts.add += accepted
+            self.counts.rejected += len(outcome.rejected)
+            self.counts.retry += len(outcome.retry)
+            self.state.record_sent(
+                c.batch_id,
+                c.cols.arrow,
+                self.aid,
+                self.grp,
+                run_id=self._run(),
+                skip=list(outcome.retry),
+                rejected=outcome.rejected,
+                ids=outcome.ids,
+                detail=outcome.detail,
+                counts={"added": accepted, "failed": len(outcome.rejected)},
+            )
+            self.progress.advance(len(c.batch))
+        return error
