@@ -95,7 +95,7 @@ def test_groups_grow_with_what_was_recorded_and_hold_every_member(workspace, mon
     real = additions.AdditionSender._record_adds
 
     def counted(self, ref, done):
-        groups.append(sum(len(c.batch) for c in done))
+        groups.append(sum(c.size for c in done))
         return real(self, ref, done)
 
     monkeypatch.setattr(additions.AdditionSender, "_record_adds", counted)

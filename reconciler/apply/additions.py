@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
-from destinations.base import AudienceRef, MemberBatch
+from destinations.base import AudienceRef
 from reconciler.apply import encode
 from reconciler.apply.calls import Call, as_rows, member_batch, new_batch_id, wait
 from reconciler.apply.sending import Sender
@@ -53,27 +53,30 @@ class AdditionSender(Sender):
         width = max(1, self.dest.limits.concurrency)
         self._recorded = 0
         inflight: deque[Call] = deque()
-        ready: deque[tuple[str, encode.Columns, MemberBatch]] = deque()  # journaled, not sent
+        ready: deque[tuple[str, encode.Columns]] = deque()  # journaled, not sent yet
         done: list[Call] = []
         failure: BaseException | None = None
         with ThreadPoolExecutor(max_workers=width, thread_name_prefix="reconcile-send") as pool:
             try:
-                self._record_and_journal(ref, done, batches, table, ready)
+                self._record_and_journal(ref, done, batches, ready)
                 while ready:
-                    batch_id, cols, batch = ready.popleft()  # its intent is committed
+                    batch_id, cols = ready.popleft()  # its intent is committed
                     ctx = self._ctx(batch_id, "add")
                     while inflight and (ctx.last or len(inflight) >= width):
                         done.append(wait(inflight.popleft()))
                     if any(c.error is not None for c in done):  # nothing after a failed call
-                        ready.appendleft((batch_id, cols, batch))
+                        ready.appendleft((batch_id, cols))
                         break
+                    # the adapter's view of the batch is built here and let go once sent
+                    batch = member_batch(cols, table)
                     call = partial(self.call, partial(self.dest.add, ref, batch, ctx))
-                    inflight.append(Call(pool.submit(call), batch_id, cols, batch))
+                    inflight.append(Call(pool.submit(call), batch_id, cols, len(cols)))
+                    del batch, call
                     if self.guard.stop_requested:
                         break
                     while inflight and inflight[0].future.done():
                         done.append(wait(inflight.popleft()))
-                    self._record_and_journal(ref, done, batches, table, ready)
+                    self._record_and_journal(ref, done, batches, ready)
             except BaseException as exc:  # the calls in flight are still waited for below
                 failure = exc
             finally:
@@ -83,7 +86,7 @@ class AdditionSender(Sender):
                 try:
                     with self._recording(done):
                         error = self._record_adds(ref, done)
-                        self._abandon([batch_id for batch_id, _, _ in ready])
+                        self._abandon([batch_id for batch_id, _ in ready])
                 except BaseException as exc:
                     error = exc
                 failure = failure or error
@@ -117,18 +120,17 @@ class AdditionSender(Sender):
         ref: AudienceRef,
         done: list[Call],
         batches: Iterator[encode.Columns],
-        table: encode.SendTable,
-        ready: deque[tuple[str, encode.Columns, MemberBatch]],
+        ready: deque[tuple[str, encode.Columns]],
     ) -> None:
         """Record the calls that came back when they are due (:meth:`_due`) and, once every
         journaled batch is sent, read and journal the next ones (a window of members, see
         :meth:`_window`), in one commit. A failed call's error is raised once the others are
         recorded, and nothing more is journaled."""
         record = self._due(done)
-        fresh: list[tuple[str, encode.Columns, MemberBatch]] = []
+        fresh: list[tuple[str, encode.Columns]] = []
         if not ready and not any(c.error is not None for c in done):
             for cols in batches:
-                fresh.append((new_batch_id(), cols, member_batch(cols, table)))
+                fresh.append((new_batch_id(), cols))
                 if len(fresh) * self.size >= self._window():
                     break
             record = record or (bool(done) and not fresh)  # the end: record the rest
@@ -137,9 +139,9 @@ class AdditionSender(Sender):
         with self._recording(done if record else []):
             error = self._record_adds(ref, done) if record else None
             if error is None:
-                for batch_id, _, batch in fresh:
+                for batch_id, cols in fresh:
                     self.state.journal_intent(
-                        batch_id, self.run_id, self.aid, self.grp, "add", len(batch)
+                        batch_id, self.run_id, self.aid, self.grp, "add", len(cols)
                     )
                 ready.extend(fresh)
         if error is not None:
@@ -164,7 +166,7 @@ class AdditionSender(Sender):
             return False
         if any(c.error is not None or c.outcome.job for c in done):
             return True
-        members = sum(len(c.batch) for c in done)
+        members = sum(c.size for c in done)
         late = time.monotonic() - done[0].returned >= RECORD_SECONDS
         return members >= self._window() or late
 
@@ -188,11 +190,11 @@ class AdditionSender(Sender):
             outcome = c.outcome
             if outcome.job:  # an asynchronous job: journaled as submitted, polled to its end
                 self._submit(c.batch_id, "add", ref, outcome.job, as_rows(c.cols))
-                self.progress.advance(len(c.batch))
+                self.progress.advance(c.size)
                 continue
             self._note(outcome)
-            self._recorded += len(c.batch)
-            accepted = len(c.batch) - len(outcome.rejected) - len(outcome.retry)
+            self._recorded += c.size
+            accepted = c.size - len(outcome.rejected) - len(outcome.retry)
             self.counts.add += accepted
             self.counts.rejected += len(outcome.rejected)
             self.counts.retry += len(outcome.retry)
@@ -208,5 +210,5 @@ class AdditionSender(Sender):
                 detail=outcome.detail,
                 counts={"added": accepted, "failed": len(outcome.rejected)},
             )
-            self.progress.advance(len(c.batch))
+            self.progress.advance(c.size)
         return error

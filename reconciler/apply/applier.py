@@ -230,6 +230,7 @@ class Applier:
             fingerprint,
             attribute_map,
             self.opts.progress,
+            sending=self.session.sending,
         )
 
     def _finish(

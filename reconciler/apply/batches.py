@@ -62,19 +62,20 @@ class BatchRunner(AdditionSender):
             attribute_map=self.attribute_map,
             fingerprint=self.fingerprint,
         )
-        for op in (MemberOp.PURGE, MemberOp.UPDATE, MemberOp.ADD):
-            table = tables[str(op)]
-            if not table.staged:
-                continue
-            counts.drift += table.staged - table.usable
-            self.progress.start(self.aid, name, str(op), table.usable, sent=sent)
-            self._begin(str(op), table.sendable)
-            if op is MemberOp.ADD:
-                self._add_all(target, table)
-            elif op is MemberOp.UPDATE:
-                self._update_all(target, table)
-            else:
-                self._purge_all(target, table)
+        with self.sending():
+            for op in (MemberOp.PURGE, MemberOp.UPDATE, MemberOp.ADD):
+                table = tables[str(op)]
+                if not table.staged:
+                    continue
+                counts.drift += table.staged - table.usable
+                self.progress.start(self.aid, name, str(op), table.usable, sent=sent)
+                self._begin(str(op), table.sendable)
+                if op is MemberOp.ADD:
+                    self._add_all(target, table)
+                elif op is MemberOp.UPDATE:
+                    self._update_all(target, table)
+                else:
+                    self._purge_all(target, table)
         return counts
 
     # ------------------------------------------------------------------ removals

@@ -84,8 +84,8 @@ class Call:
 
     future: Future
     batch_id: str
-    cols: encode.Columns
-    batch: MemberBatch
+    cols: encode.Columns  # the batch's rows, recorded from once it came back
+    size: int  # members in the call (the batch built for the adapter is not kept)
     outcome: Outcome = field(default_factory=Outcome)
     error: BaseException | None = None
     #: when it came back (``time.monotonic()``)

@@ -5,8 +5,10 @@ bookkeeping every operation shares (:mod:`reconciler.apply.additions`,
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from functools import partial
 from typing import TypeVar
 
@@ -41,6 +43,7 @@ class Sender:
         fingerprint: str,
         attribute_map: dict[str, str],
         progress: Progress | None = None,
+        sending: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
     ):
         self.state, self.reader, self.profiles, self.dest = state, reader, profiles, dest
         self.guard, self.run_id, self.aid = guard, run_id, activation_id
@@ -51,6 +54,7 @@ class Sender:
             interrupt=lambda: guard.stop_requested, on_event=self.progress.retry
         )
         self.size = dest.limits.members_per_call
+        self.sending = sending  # the engine's settings while members are sent
         self.errors: list[str] = []
 
     # ------------------------------------------------------------------ asynchronous jobs
