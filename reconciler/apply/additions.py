@@ -23,14 +23,15 @@ from reconciler.apply.calls import Call, as_rows, member_batch, new_batch_id, wa
 from reconciler.apply.sending import Sender
 
 #: Additions that came back are recorded together, in one transaction, and the next batches'
-#: intents are journaled ahead, a *window* of members at a time: one batch at first, then as
-#: many members as the operation recorded so far (a run killed early re-sends little), up to
-#: this many (one DuckDB row group: a transaction that fills one is written straight to the
+#: intents are journaled ahead, a *window* of members at a time: one batch at first, then
+#: ``RAMP`` times as many members as the operation recorded so far (a run killed early re-sends
+#: little), up to this many (one DuckDB row group: a transaction that fills one is written straight to the
 #: state file instead of row by row to its log, about half the cost), or whatever came back
 #: once the oldest answer waited ``RECORD_SECONDS``. A run killed meanwhile sends those members
 #: again (the destination already holds them: adding them again changes nothing).
 RECORD_ROWS = 122_880
 RECORD_SECONDS = 1.0
+RAMP = 4
 
 
 class AdditionSender(Sender):
@@ -156,9 +157,11 @@ class AdditionSender(Sender):
             )
 
     def _window(self) -> int:
-        """Members recorded, and journaled ahead, at once: one batch, then as many as this
-        operation recorded so far, up to :data:`RECORD_ROWS`."""
-        return max(self.size, min(RECORD_ROWS, self._recorded))
+        """Members recorded, and journaled ahead, at once: one batch, then four times as many
+        as this operation recorded so far, up to :data:`RECORD_ROWS` (groups smaller than a
+        row group go through the state's log, and the final checkpoint writes them again:
+        the window reaches its size within a few groups)."""
+        return max(self.size, min(RECORD_ROWS, RAMP * self._recorded))
 
     def _due(self, done: list[Call]) -> bool:
         """Whether the calls that came back are to be recorded now."""
