@@ -22,13 +22,14 @@ from reconciler.apply import encode
 from reconciler.apply.calls import Call, as_rows, member_batch, new_batch_id, wait
 from reconciler.apply.sending import Sender
 
-#: Additions that came back are recorded together, in one transaction, and the next batches'
-#: intents are journaled ahead, a *window* of members at a time: one batch at first, then
-#: ``RAMP`` times as many members as the operation recorded so far (a run killed early re-sends
-#: little), up to this many (one DuckDB row group: a transaction that fills one is written straight to the
-#: state file instead of row by row to its log, about half the cost), or whatever came back
-#: once the oldest answer waited ``RECORD_SECONDS``. A run killed meanwhile sends those members
-#: again (the destination already holds them: adding them again changes nothing).
+#: Additions that came back are recorded together, in one transaction, and the next
+#: batches' intents are journaled ahead, a *window* of members at a time: one batch at first,
+#: then ``RAMP`` times as many members as the operation recorded so far (a run killed early
+#: re-sends little), up to ``RECORD_ROWS`` (one DuckDB row group: a transaction that fills one
+#: is written straight to the state file instead of row by row to its log, about half the
+#: cost), or whatever came back once the oldest answer waited ``RECORD_SECONDS``. A run killed
+#: meanwhile sends those members again (the destination already holds them: adding them again
+#: changes nothing).
 RECORD_ROWS = 122_880
 RECORD_SECONDS = 1.0
 RAMP = 4
@@ -40,9 +41,10 @@ class AdditionSender(Sender):
     def _add_all(self, ref: AudienceRef | None, table: encode.SendTable) -> None:
         """Send the additions, pipelined: while the destination works on a call (in a worker
         thread), this thread records the calls that came back and reads and journals the
-        next batches — in one commit per window (:meth:`_window`) rather than one a call; up to ``limits.concurrency`` calls are in flight. A session's last batch is
-        sent alone, after every other call of the session came back (a finished session
-        takes no more)."""
+        next batches — in one commit per window (:meth:`_window`) rather than one a call;
+        up to ``limits.concurrency`` calls are in flight. A session's last batch is sent
+        alone, after every other call of the session came back (a finished session takes
+        no more)."""
         # members with no usable identifier are recorded with an empty record, never sent
         self.counts.unmatched += self.state.record_unsendable(
             encode.SEND, self.aid, self.grp, op=table.op

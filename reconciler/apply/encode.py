@@ -2,8 +2,10 @@
 normalised and encoded by the destination's rules *in SQL* (DuckDB's ``sha256``, the same
 rules as ``destinations.identity``), their record strings, fingerprint and mapped attributes.
 
-Apply streams it in batches as Arrow columns (:class:`Columns`) and records what the destination confirmed with one
-``INSERT ... SELECT`` per batch, so no per-member Python object exists on the hot path.
+Apply streams it in batches as Arrow columns (:class:`Columns`) and records what the
+destination confirmed with one ``INSERT ... SELECT`` per batch (several batches in one
+transaction, see :mod:`reconciler.apply.additions`), so no per-member Python object exists on
+the hot path.
 """
 
 from __future__ import annotations
