@@ -130,8 +130,8 @@ class Session:
         engine would otherwise keep what planning and the state's new rows took (up to the
         limit) while Python's batches, the HTTP bodies and the adapter's buffers come on
         top. The halved limit leaves that room within the same budget (benchmarks/results,
-        2026-11-30 round 6: a 1M-member Meta apply peaked at 1,229 MiB, 864 MiB with the
-        cap, as fast)."""
+        2026-11-30 round 6: a 1M-member Meta apply with the default 1 GB peaked at 1,229 MiB,
+        922-971 MiB with the cap, as fast)."""
         limit = self.con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
         half = _bytes(limit) // 2
         if half <= 0:

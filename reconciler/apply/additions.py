@@ -94,20 +94,18 @@ class AdditionSender(Sender):
                     error = exc
                 failure = failure or error
         if failure is not None:
-            try:
-                raise failure
-            finally:  # the error's traceback holds this frame: no cycle keeping the state open
-                failure = error = None
+            raise failure
         self._check_stop()
 
     def _record_control_group(self, batches: Iterator[encode.Columns]) -> None:
         """A control group's members are recorded, never sent: in one commit per
         :data:`RECORD_ROWS` members."""
         group: list[encode.Columns] = []
+        members = 0
         for cols in itertools.chain(batches, [None]):
             if cols is not None:
                 group.append(cols)
-            members = sum(map(len, group))
+                members += len(cols)
             if group and (cols is None or members >= RECORD_ROWS):
                 with self.state.transaction():
                     for g in group:
@@ -117,6 +115,7 @@ class AdditionSender(Sender):
                 self.counts.add += members
                 self.progress.advance(members)
                 group.clear()
+                members = 0
 
     def _record_and_journal(
         self,

@@ -190,9 +190,10 @@ class StateStore(StateReader):
 
     def close_interrupted_batches(self) -> int:
         """Member batches whose process died before the destination's answer was recorded:
-        their members were not recorded, so the new plan contains them again. Close those intents (audience
-        creates stay open: they are resolved by looking the audience up by name; so do
-        exports: the next one writes the same files again, see ``reconciler.apply.export``)."""
+        their members were not recorded, so the new plan contains them again. Close those
+        intents (audience creates stay open: they are resolved by looking the audience up by
+        name; so do exports: the next one writes the same files again, see
+        ``reconciler.apply.export``)."""
         return self.con.execute(
             f"""UPDATE {self.c}.journal SET status = 'interrupted', finished_at = ?,
                 detail = 'the run stopped before the answer was recorded; '
