@@ -519,7 +519,8 @@ def test_state_lock_names_a_running_apply_and_lock_timeout_waits_for_it(workspac
     ws = workspace(
         {"other": activation("Other", dest="fast"), "slow": activation("Slow")},
         profiles=rows,
-        integration=sandbox_yaml(batch_size=5, delay_per_batch=0.05),
+        # 16 calls of 0.15 s: the slow apply holds the lock for seconds, even on a busy machine
+        integration=sandbox_yaml(batch_size=5, delay_per_batch=0.15),
     )
     ws.write("integrations/fast.yaml", sandbox_yaml(path=".reconcile/fast.duckdb"))
     proc = start(ws, "apply", "-t", "slow", "--auto-approve")

@@ -29,14 +29,20 @@ class StateLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         deadline = time.monotonic() + timeout
+        busy_again = False
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
+                    who = self.holder()
+                    if who is None and not busy_again:
+                        # released between the two looks: try once more before giving up
+                        busy_again = True
+                        continue
                     os.close(fd)
-                    raise StateLocked(self.holder() or "another process") from None
+                    raise StateLocked(who or "another process") from None
                 time.sleep(0.2)
         holder = {
             "id": uuid.uuid4().hex[:12],
@@ -76,10 +82,9 @@ class StateLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                try:
-                    info = json.loads(os.pread(fd, 4096, 0) or b"{}")
-                except ValueError:
-                    info = {}
+                info = _read_holder(fd)
+                if info is None:
+                    return None
                 return LockInfo(
                     id=str(info.get("id") or ""),
                     user=info.get("user"),
@@ -109,6 +114,30 @@ class StateLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _read_holder(fd: int) -> dict | None:
+    """The holder's description from the locked file. A holder writes it right after taking
+    the lock and empties it right before letting go: an empty or half-written file is read
+    again for a moment, and None comes back when the lock was let go meanwhile."""
+    for _ in range(_HOLDER_READS):
+        try:
+            info = json.loads(os.pread(fd, 4096, 0) or b"null")
+        except ValueError:
+            info = None
+        if isinstance(info, dict) and info.get("id"):
+            return info
+        time.sleep(0.01)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    return {}
+
+
+_HOLDER_READS = 50
 
 
 def _user() -> str:
