@@ -1,0 +1,253 @@
+"""The members' records: what a confirmed batch leaves in the state, and the reads apply makes
+of them while it sends (removals, shared records, members held by other activations)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from reconciler.state.journal_writes import CONFIRMED_BATCH, JournalWrites, utc_now
+
+
+class MemberWrites(JournalWrites):
+    # ------------------------------------------------------------------ members
+    def confirm_batch(
+        self,
+        batch_id: str,
+        activation_id: str,
+        grp: str,
+        *,
+        run_id: str = "",
+        insert: Sequence[tuple[str, Sequence[str], int | None]] = (),
+        delete: Sequence[str] = (),
+        detail: str | None = None,
+        status: str = "done",
+        counts: Mapping[str, int] | None = None,
+        rejections: Sequence[tuple[str, str, str]] = (),
+    ) -> None:
+        """After the destination confirmed a batch: drop the ``delete`` keys' records, add the
+        ``insert`` rows (key, record, fingerprint — None when a removal is still owed), close
+        the batch's intent and add ``counts`` (added/removed/updated/failed) to the run, in one
+        transaction, so a killed run's log counts exactly what was recorded."""
+        with self.transaction():
+            if delete:
+                self._delete_members(activation_id, grp, delete)
+            self._insert_members(activation_id, grp, insert)
+            if batch_id:
+                self._journal_outcome(batch_id, status, detail)
+            if run_id and counts and any(counts.values()):
+                self._add_run_counts(run_id, counts)
+            if rejections:
+                self._add_rejections(run_id, activation_id, grp, rejections)
+
+    def record_sent(
+        self,
+        batch_id: str,
+        batch: Any,
+        activation_id: str,
+        grp: str,
+        *,
+        run_id: str,
+        counts: Mapping[str, int],
+        skip: Sequence[str] = (),
+        rejected: Mapping[str, str] | None = None,
+        ids: Mapping[str, Sequence[str]] | None = None,
+        detail: str | None = None,
+    ) -> None:
+        """Record a confirmed batch of additions straight from its Arrow rows (``key``,
+        ``rec``, ``fp``: a batch of the engine's send table) with one ``INSERT ... SELECT``:
+        accepted members with their records (or the destination's ``ids``), rejected ones
+        with an empty record and their reason; ``skip`` (retry later) is not recorded."""
+        rejected = dict(rejected or {})
+        ids = dict(ids or {})
+        left_out = [*skip, *rejected, *ids]
+        sent = CONFIRMED_BATCH
+        self.con.register(sent, batch)
+        try:
+            with self.transaction():
+                self.con.execute(
+                    f"""INSERT INTO {self.c}.members
+                        SELECT $aid, $grp, key, rec, fp FROM {sent}
+                        WHERE key NOT IN (SELECT unnest($out::VARCHAR[]))""",
+                    {"aid": activation_id, "grp": grp, "out": left_out},
+                )
+                extra = [(k, tuple(v), None) for k, v in ids.items()]
+                if extra or rejected:
+                    fps = dict(
+                        self.con.execute(
+                            f"SELECT key, fp FROM {sent} WHERE key IN (SELECT unnest(?::VARCHAR[]))",
+                            [[*ids, *rejected]],
+                        ).fetchall()
+                    )
+                    rows = [(k, rec, fps.get(k)) for k, rec, _ in extra]
+                    rows += [(k, (), fps.get(k)) for k in rejected]
+                    self._insert_members(activation_id, grp, rows)
+                if batch_id:
+                    self._journal_outcome(batch_id, "done", detail)
+                if run_id and any(counts.values()):
+                    self._add_run_counts(run_id, counts)
+                if rejected:  # with the record the destination refused (from the batch)
+                    self.con.execute(
+                        f"""INSERT INTO {self.c}.rejections
+                            SELECT $run, $aid, $grp, s.key, 'add', s.rec, r.reason, $now
+                            FROM {sent} s JOIN (SELECT unnest($keys::VARCHAR[]) AS key,
+                                                       unnest($why::VARCHAR[]) AS reason) r
+                            ON r.key = s.key""",
+                        {
+                            "run": run_id or None,
+                            "aid": activation_id,
+                            "grp": grp,
+                            "now": utc_now(),
+                            "keys": list(rejected),
+                            "why": list(rejected.values()),
+                        },
+                    )
+        finally:
+            self.con.unregister(sent)
+
+    def _delete_members(self, activation_id: str, grp: str, keys: Sequence[str]) -> None:
+        self.con.execute(
+            f"""DELETE FROM {self.c}.members WHERE activation_id = ? AND grp = ?
+                AND key IN (SELECT unnest(?::VARCHAR[]))""",
+            [activation_id, grp, list(keys)],
+        )
+
+    def _insert_members(
+        self, activation_id: str, grp: str, rows: Sequence[tuple[str, Sequence[str], int | None]]
+    ) -> None:
+        if rows:
+            self.con.execute(
+                f"""INSERT INTO {self.c}.members
+                    SELECT ?, ?, unnest(?::VARCHAR[]), unnest(?::VARCHAR[][]),
+                           unnest(?::UBIGINT[])""",
+                [
+                    activation_id,
+                    grp,
+                    [r[0] for r in rows],
+                    [list(r[1]) for r in rows],
+                    [r[2] for r in rows],
+                ],
+            )
+
+    def drop_staged(
+        self, changes: str, activation_id: str, grp: str, op: str, keys: Sequence[str]
+    ) -> None:
+        """Unstage ``op`` for ``keys`` (recorded meanwhile by a resumed job)."""
+        if not self.con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE database_name || '.' || table_name = ?",
+            [changes],
+        ).fetchall()[0][0]:
+            return
+        self.con.execute(
+            f"""DELETE FROM {changes} WHERE activation_id = ? AND grp = ? AND op = ?
+                AND key IN (SELECT unnest(?::VARCHAR[]))""",
+            [activation_id, grp, op, list(keys)],
+        )
+
+    def record_unsendable(self, send: str, activation_id: str, grp: str, *, op: str) -> int:
+        """Record the members of the send table's ``op`` rows with no usable identifier with
+        an empty record (they are not re-sent until their identifiers change). Returns how
+        many."""
+        return self.con.execute(
+            f"""INSERT INTO {self.c}.members
+                SELECT ?, ?, key, rec, fp FROM {send} WHERE op = ? AND NOT sendable""",
+            [activation_id, grp, op],
+        ).fetchall()[0][0]
+
+    def count_staged(self, changes: str, activation_id: str, grp: str, op: str) -> int:
+        return self.con.execute(
+            f"SELECT count(*) FROM {changes} WHERE activation_id = ? AND grp = ? AND op = ?",
+            [activation_id, grp, str(op)],
+        ).fetchall()[0][0]
+
+    def _add_rejections(
+        self, run_id: str, activation_id: str, grp: str, rows: Sequence[tuple[str, str, str]]
+    ) -> None:
+        """Keep (key, op, reason) of refused members, with the record recorded for them."""
+        self.con.execute(
+            f"""INSERT INTO {self.c}.rejections
+                SELECT ?, ?, ?, r.key, r.op, m.record, r.reason, ?
+                FROM (SELECT unnest(?::VARCHAR[]) AS key, unnest(?::VARCHAR[]) AS op,
+                             unnest(?::VARCHAR[]) AS reason) r
+                LEFT JOIN {self.c}.members m ON m.activation_id = ? AND m.grp = ?
+                    AND m.key = r.key""",
+            [
+                run_id or None,
+                activation_id,
+                grp,
+                utc_now(),
+                [r[0] for r in rows],
+                [r[1] for r in rows],
+                [r[2] for r in rows],
+                activation_id,
+                grp,
+            ],
+        )
+
+    # ------------------------------------------------------------------ members (reads for apply)
+    def iter_removals(
+        self, cursor, changes: str, activation_id: str, grp: str, op: str, size: int
+    ) -> Iterator[list[tuple[str, tuple[str, ...]]]]:
+        """Batches of (key, recorded record) of the staged ``op`` changes, streamed on
+        ``cursor`` (another connection of the session, so writes can go on meanwhile)."""
+        cursor.execute(
+            f"""SELECT c.key, m.record FROM {changes} c
+                JOIN {self.c}.members m ON m.activation_id = c.activation_id
+                 AND m.grp = c.grp AND m.key = c.key
+                WHERE c.activation_id = ? AND c.grp = ? AND c.op = ? ORDER BY c.key""",
+            [activation_id, grp, op],
+        )
+        while rows := cursor.fetchmany(size):
+            yield [(k, tuple(rec or ())) for k, rec in rows]
+
+    def records_of(
+        self, activation_id: str, grp: str, keys: Sequence[str]
+    ) -> dict[str, tuple[str, ...]]:
+        """The recorded records of ``keys``."""
+        rows = self.con.execute(
+            f"SELECT key, record FROM {self.c}.members WHERE activation_id = ? AND grp = ? "
+            "AND key IN (SELECT unnest(?::VARCHAR[]))",
+            [activation_id, grp, list(keys)],
+        ).fetchall()
+        return {k: tuple(rec or ()) for k, rec in rows}
+
+    def shared_records(self, changes: str, activation_id: str, grp: str) -> set[str]:
+        """Records held both by members who leave or change and by members who stay: a hash
+        shared with a leaving member (a shared inbox) is not removed while an included profile
+        still has it."""
+        rows = self.con.execute(
+            f"""WITH leaving AS (SELECT key FROM {changes}
+                    WHERE activation_id = $1 AND grp = $2 AND op IN ('remove', 'update')),
+                mine AS (SELECT key, record FROM {self.c}.members
+                    WHERE activation_id = $1 AND grp = $2),
+                leaving_r AS (SELECT DISTINCT unnest(record) AS r FROM mine SEMI JOIN leaving
+                    USING (key)),
+                staying_r AS (SELECT unnest(record) AS r FROM mine ANTI JOIN leaving
+                    USING (key))
+                SELECT DISTINCT r FROM staying_r SEMI JOIN leaving_r USING (r)""",
+            [activation_id, grp],
+        ).fetchall()
+        return {r[0] for r in rows}
+
+    def held_by_others(
+        self, activation_id: str, grp: str, keys: Sequence[str], candidates: Sequence[str]
+    ) -> set[str]:
+        """Which ``candidates`` a recorded member other than ``keys`` holds now."""
+        rows = self.con.execute(
+            f"""SELECT DISTINCT r FROM (SELECT unnest(record) AS r FROM {self.c}.members
+                    WHERE activation_id = $1 AND grp = $2
+                    AND key NOT IN (SELECT unnest($3::VARCHAR[])))
+                WHERE r IN (SELECT unnest($4::VARCHAR[]))""",
+            [activation_id, grp, list(keys), list(candidates)],
+        ).fetchall()
+        return {r[0] for r in rows}
+
+    def forget_staged(self, changes: str, activation_id: str, grp: str) -> None:
+        """Drop the records of the staged ``forget`` changes (no destination call)."""
+        with self.transaction():
+            self.con.execute(
+                f"""DELETE FROM {self.c}.members WHERE activation_id = ? AND grp = ? AND key IN
+                    (SELECT key FROM {changes}
+                     WHERE activation_id = ? AND grp = ? AND op = 'forget')""",
+                [activation_id, grp, activation_id, grp],
+            )
