@@ -22,8 +22,8 @@ from reconciler.sources import open_source
 from reconciler.state import versions
 from reconciler.state.backend import StateLocking, open_backend, opened
 from reconciler.state.schema import StateBusy
+from reconciler.workspace.activation_spec import Goal
 from reconciler.workspace.loader import Workspace
-from reconciler.workspace.spec import Goal
 from reconciler.workspace.templating import local_date
 
 

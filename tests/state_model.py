@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from destinations.identity import hashed_identifiers
 from reconciler.plan import splits
-from reconciler.workspace.spec import SplitMode
+from reconciler.workspace.activation_spec import SplitMode
 
 IDENTIFIERS = ("email", "phone")
 CONTROL_PERCENT = 50  # few profiles: both groups of a control split get members

@@ -11,7 +11,7 @@ import duckdb
 from destinations.base import DestinationContext
 from destinations.sandbox import SandboxConfig, SandboxDestination
 from destinations.sandbox.config import SandboxCredentials
-from reconciler.workspace.spec import SplitMode
+from reconciler.workspace.activation_spec import SplitMode
 from tests.state_model import CONTROL_PERCENT, Config
 
 N = 5  # profiles

@@ -604,7 +604,7 @@ def test_validate_checks_template_overrides(workspace):
 
 def test_activations_without_notify_record_the_same_spec_as_before():
     # recorded specs (and their digests) of existing activations must not change
-    from reconciler.workspace.spec import Activation
+    from reconciler.workspace.activation_spec import Activation
 
     plain = Activation.model_validate({"segments": ["s"], "destination": "d"})
     assert plain.model_dump(mode="json", by_alias=True)["notify"] == []

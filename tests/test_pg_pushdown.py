@@ -24,7 +24,8 @@ from reconciler.sources.pg_twins import (
     lo64,
     text_equal,
 )
-from reconciler.workspace.spec import ProfilesTable, SplitMode
+from reconciler.workspace.activation_spec import SplitMode
+from reconciler.workspace.spec import ProfilesTable
 from tests.conftest import SANDBOX_YAML, WS, cli, plan_json
 from tests.pg import PgDsn
 from tests.seeding import Member, seed

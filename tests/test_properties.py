@@ -22,7 +22,7 @@ from destinations.identity import hashed_identifiers
 from destinations.sandbox import SandboxConfig, SandboxDestination
 from destinations.sandbox.config import SandboxCredentials
 from reconciler.plan import membership, splits
-from reconciler.workspace.spec import SplitMode
+from reconciler.workspace.activation_spec import SplitMode
 from tests.conftest import PROFILE_COLUMNS, SANDBOX_YAML, WS, cli, profile
 from tests.seeding import Member, seed
 

@@ -25,7 +25,7 @@ import pytest
 from destinations.identity import hashed_identifiers
 from reconciler.plan import splits
 from reconciler.state.lock import StateLock
-from reconciler.workspace.spec import SplitMode
+from reconciler.workspace.activation_spec import SplitMode
 from tests.conftest import SANDBOX_YAML, WS, audience_counts, cli, plan_json, profile
 
 IDENTIFIERS = ("email", "phone")

@@ -34,7 +34,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from destinations.base import DestinationContext
 from reconciler.plan import splits
-from reconciler.workspace.spec import SplitMode
+from reconciler.workspace.activation_spec import SplitMode
 from tests.conftest import PROFILE_COLUMNS, WS, cli
 from tests.seeding import Member, seed
 from tests.state_model import Config, Gen, Model, Person, Removal

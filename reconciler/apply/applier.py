@@ -39,8 +39,8 @@ from reconciler.plan.recorded import digest, recorded_spec
 from reconciler.state.attributes import forget as forget_attribute_hashes
 from reconciler.state.schema import CATALOG
 from reconciler.state.writer import StateStore
+from reconciler.workspace.activation_spec import ResolvedActivation
 from reconciler.workspace.loader import Workspace
-from reconciler.workspace.spec import ResolvedActivation
 from reconciler.workspace.templating import local_date
 
 

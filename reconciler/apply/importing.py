@@ -18,8 +18,8 @@ from reconciler.integrations import Connections
 from reconciler.plan import splits
 from reconciler.plan.planner import plan_as_of
 from reconciler.state.writer import StateStore
+from reconciler.workspace.activation_spec import ResolvedActivation
 from reconciler.workspace.loader import Workspace
-from reconciler.workspace.spec import ResolvedActivation
 from reconciler.workspace.templating import DEFAULT_NAME, TemplateFailed, local_date, render_name
 
 

@@ -13,8 +13,8 @@ from reconciler.plan import attributes, membership
 from reconciler.plan.model import ActivationPlan
 from reconciler.sources import writeback
 from reconciler.state.schema import CATALOG
+from reconciler.workspace.activation_spec import Goal, ResolvedActivation
 from reconciler.workspace.loader import Workspace
-from reconciler.workspace.spec import Goal, ResolvedActivation
 
 
 def record_attribute_hashes(

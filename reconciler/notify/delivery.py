@@ -19,7 +19,8 @@ from reconciler.notify import mail, webhook
 from reconciler.notify.messages import TemplateProblem, Templates
 from reconciler.notify.report import RunReport, scrub_text, template_context
 from reconciler.notify.retry import RetryPolicy
-from reconciler.workspace.spec import ENV_REF_RE, NotificationSettings, webhook_url_problem
+from reconciler.workspace.notify_spec import NotificationSettings, webhook_url_problem
+from reconciler.workspace.spec_base import ENV_REF_RE
 
 if TYPE_CHECKING:
     from reconciler.workspace.loader import Workspace

@@ -16,7 +16,7 @@ from email.utils import formatdate, make_msgid
 
 from reconciler.notify.messages import EmailMessage
 from reconciler.notify.retry import DeliveryFailed, RetryPolicy
-from reconciler.workspace.spec import SmtpSettings
+from reconciler.workspace.notify_spec import SmtpSettings
 
 
 @dataclass(frozen=True)

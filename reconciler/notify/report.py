@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from reconciler.workspace.spec import NotifyEvent
+from reconciler.workspace.notify_spec import NotifyEvent
 
 #: error text longer than this is cut in messages (a stack of vendor responses helps no one)
 MAX_ERROR = 2_000

@@ -10,7 +10,7 @@ from destinations.base import Destination, FileExport
 from reconciler.plan.model import AudienceChange, ExportChange
 from reconciler.state import exports
 from reconciler.state.store import StateReader
-from reconciler.workspace.spec import ExportSpec, ResolvedActivation
+from reconciler.workspace.activation_spec import ExportSpec, ResolvedActivation
 from reconciler.workspace.templating import local_date
 
 #: days between full files under ``export.full: weekly``

@@ -24,12 +24,8 @@ from reconciler.sources.pg_twins import (
     text_equal,
 )
 from reconciler.state.store import StateReader
-from reconciler.workspace.spec import (
-    Goal,
-    ProfilesTable,
-    ResolvedActivation,
-    SplitMode,
-)
+from reconciler.workspace.activation_spec import Goal, ResolvedActivation, SplitMode
+from reconciler.workspace.spec import ProfilesTable
 
 
 @dataclass(frozen=True)

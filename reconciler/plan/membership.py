@@ -33,12 +33,8 @@ from reconciler.plan.terms import consent_sql as consent_sql
 from reconciler.plan.terms import fingerprint_sql as fingerprint_sql
 from reconciler.plan.terms import matchable_sql as matchable_sql
 from reconciler.sources.base import INTERNAL_PREFIX
-from reconciler.workspace.spec import (
-    ActionMode,
-    Goal,
-    ProfilesTable,
-    ResolvedActivation,
-)
+from reconciler.workspace.activation_spec import ActionMode, Goal, ResolvedActivation
+from reconciler.workspace.spec import ProfilesTable
 
 #: temp tables of a planning session; the prefix keeps segment SQL from reading them
 TEMP = f"{INTERNAL_PREFIX}_tmp"

@@ -34,8 +34,8 @@ from reconciler.sources.engine_errors import safe_engine_error
 from reconciler.sources.limits import query_timeout, time_limit
 from reconciler.state.attributes import relation as recorded_attributes
 from reconciler.state.store import RecordedActivation, StateReader
+from reconciler.workspace.activation_spec import ActionMode, Goal, ResolvedActivation
 from reconciler.workspace.loader import Workspace
-from reconciler.workspace.spec import ActionMode, Goal, ResolvedActivation
 from reconciler.workspace.templating import DEFAULT_NAME, TemplateFailed, local_date, render_name
 
 

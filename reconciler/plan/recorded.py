@@ -8,8 +8,8 @@ import json
 from typing import Any
 
 from reconciler.plan.model import ConfigChange
+from reconciler.workspace.activation_spec import Activation
 from reconciler.workspace.loader import Workspace
-from reconciler.workspace.spec import Activation
 
 
 def recorded_spec(ws: Workspace, act: Activation) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 
-from reconciler.workspace.spec import SplitMode
+from reconciler.workspace.activation_spec import SplitMode
 
 ALL = "all"
 

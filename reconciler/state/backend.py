@@ -106,7 +106,7 @@ def open_backend(ws: Workspace) -> StateBackend:
 
 
 def resolve_dsn(ws: Workspace, ref: str) -> str:
-    from reconciler.workspace.spec import ENV_REF_RE
+    from reconciler.workspace.spec_base import ENV_REF_RE
 
     match = ENV_REF_RE.fullmatch(ref)
     if match is None:  # validated as a reference; a literal never gets here

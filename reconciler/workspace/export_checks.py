@@ -7,7 +7,7 @@ from typing import Any
 
 from reconciler.errors import ConfigError
 from reconciler.workspace import yamlfile
-from reconciler.workspace.spec import ActionMode, Activation, Goal
+from reconciler.workspace.activation_spec import ActionMode, Activation, Goal
 
 
 def export_errors(

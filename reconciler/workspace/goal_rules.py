@@ -17,7 +17,8 @@ from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
 from reconciler.errors import ConfigError
-from reconciler.workspace.spec import Activation, Goal, PostgresSource
+from reconciler.workspace.activation_spec import Activation, Goal
+from reconciler.workspace.spec import PostgresSource
 
 if TYPE_CHECKING:
     from reconciler.workspace.loader import Workspace

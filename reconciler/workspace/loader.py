@@ -22,18 +22,11 @@ from pydantic import BaseModel, ValidationError
 
 from reconciler.errors import ConfigError, Location, ValidationFailed
 from reconciler.workspace import yamlfile
+from reconciler.workspace.activation_spec import ActionMode, Activation, Goal
 from reconciler.workspace.export_checks import export_errors
 from reconciler.workspace.goal_rules import goal_errors
-from reconciler.workspace.spec import (
-    NAME_RE,
-    ActionMode,
-    Activation,
-    Goal,
-    Integration,
-    PostgresSource,
-    Segment,
-    WorkspaceConfig,
-)
+from reconciler.workspace.spec import Integration, PostgresSource, Segment, WorkspaceConfig
+from reconciler.workspace.spec_base import NAME_RE
 
 CONFIG_FILE = "reconcile.yaml"
 _ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")

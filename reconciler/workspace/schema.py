@@ -13,7 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from reconciler.workspace.spec import Activation, Integration, Segment, WorkspaceConfig
+from reconciler.workspace.activation_spec import Activation
+from reconciler.workspace.spec import Integration, Segment, WorkspaceConfig
 
 MODELS: dict[str, type[BaseModel]] = {
     "reconcile": WorkspaceConfig,

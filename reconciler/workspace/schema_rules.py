@@ -117,7 +117,7 @@ ACTIVATION: Any = {
     ]
 }
 
-#: :class:`~reconciler.workspace.spec.ListTarget`: ``create: true`` or ``existing``, not both
+#: :class:`~reconciler.workspace.activation_spec.ListTarget`: ``create: true`` or ``existing``, not both
 LIST_TARGET: Any = {
     "allOf": [
         {
@@ -128,7 +128,7 @@ LIST_TARGET: Any = {
     ]
 }
 
-#: :class:`~reconciler.workspace.spec.SmtpSettings`: both credentials or neither;
+#: :class:`~reconciler.workspace.notify_spec.SmtpSettings`: both credentials or neither;
 #: ``security: none`` only to a loopback host
 SMTP: Any = {
     "dependentRequired": {"username": ["password"], "password": ["username"]},
