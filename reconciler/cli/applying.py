@@ -1,0 +1,149 @@
+"""`reconcile apply` and `reconcile run`: lock the state, plan (or load a saved plan), show it,
+ask, apply, report each activation's outcome; exit 1 when one failed."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from reconciler.cli.common import Ctx, destination_calls
+from reconciler.cli.lazy import LazyModule
+from reconciler.errors import ReconcileError
+
+if TYPE_CHECKING:
+    from reconciler.apply.applier import ApplyResult
+    from reconciler.cli.progress import Reporter
+
+engine: Any = LazyModule("reconciler.engine")
+render: Any = LazyModule("reconciler.render")
+
+
+def apply_plan(
+    c: Ctx,
+    ws,
+    planfile,
+    request,
+    trigger,
+    auto_approve,
+    allow_mass_removal,
+    lock_timeout,
+    allow_duplicate_audiences=False,
+) -> None:
+    import os
+
+    from reconciler.plan import state_loss
+    from reconciler.state.ephemeral import check_durable_state
+
+    check_durable_state(ws, os.environ)
+    lock = engine.state_lock(ws)
+    lock.acquire(trigger if trigger != "schedule" else "apply --due", lock_timeout)
+    reporter = reporter_for(c)
+    try:
+        if planfile:
+            staged = engine.load_plan(ws, Path(planfile))
+        else:
+            request = dataclasses.replace(request, announce=reporter.step)
+            try:
+                staged = engine.make_plan(ws, request)
+            finally:
+                reporter.close()
+        try:
+            if planfile:
+                engine.check_plan_state(ws, staged.plan, Path(planfile))
+                staged.plan = engine.recheck_state_loss(ws, staged.plan)
+            check_plan(ws, staged.plan)
+            calls = destination_calls(ws, staged.plan)
+            click.echo(render.render(staged.plan, "text", color=c.color, calls=calls))
+            refusal = state_loss.refusal(staged.plan)
+            if refusal and not allow_duplicate_audiences:
+                raise ReconcileError(refusal)
+            wanted = staged.plan.has_changes or (
+                trigger != "apply" and any(a.due for a in staged.plan.activations)
+            )
+            if not wanted:
+                return
+            if not auto_approve and not _confirm():
+                click.echo("Apply cancelled; nothing was changed.")
+                sys.exit(1)
+            from reconciler.apply.applier import ApplyOptions
+            from reconciler.apply.interrupts import InterruptGuard
+            from reconciler.apply.progress import Progress
+
+            options = ApplyOptions(
+                allow_mass_removal=allow_mass_removal,
+                trigger=trigger,
+                from_plan_file=bool(planfile),
+                progress=Progress(emit=reporter.event),
+            )
+            with InterruptGuard(lambda m: click.echo(m, err=True)) as guard:
+                try:
+                    result = engine.execute(
+                        ws, staged, options, guard, lock_timeout, echo=reporter.message
+                    )
+                finally:
+                    reporter.close()
+        finally:
+            staged.discard()
+    finally:
+        lock.release()
+    for o in result.outcomes:
+        reporter.outcome(o)
+    _report(result)
+    if not result.ok:
+        sys.exit(1)
+
+
+def reporter_for(c: Ctx) -> Reporter:
+    from reconciler.cli.progress import make_reporter
+
+    return make_reporter(log_format=c.log_format, verbose=c.verbose, color=c.color)
+
+
+def check_plan(ws, plan) -> None:
+    """What only the plan shows: a renamed audience at a destination that cannot rename."""
+    from reconciler.plan.model import Change
+    from reconciler.workspace.loader import check_renames
+
+    check_renames(
+        ws,
+        [
+            a.id
+            for a in plan.activations
+            if a.change is not Change.DELETE and any(au.rename_from for au in a.audiences)
+        ],
+    )
+
+
+def _confirm() -> bool:
+    if not sys.stdin.isatty():
+        raise ReconcileError(
+            "apply needs confirmation but standard input is not a terminal; "
+            "pass --auto-approve (e.g. in CI) or run it interactively"
+        )
+    return (
+        click.prompt("Apply these changes? Only 'yes' is accepted", default="", show_default=False)
+        == "yes"
+    )
+
+
+def _report(result: ApplyResult) -> None:
+    for o in result.outcomes:
+        line = f"{o.id}: {o.status} (+{o.added:,} -{o.removed:,} ~{o.updated:,})"
+        if o.failed:
+            line += f", {o.failed:,} rejected"
+        if o.retry:
+            line += f", {o.retry:,} to retry next run"
+        click.echo(line)
+        if o.error:
+            click.echo(f"  {o.error}", err=True)
+        elif o.warning:
+            click.echo(f"  warning: {o.warning}", err=True)
+    if result.interrupted:
+        click.echo("Interrupted: what was sent is recorded; run apply again to finish.", err=True)
+    else:
+        done = sum(1 for o in result.outcomes if o.status == "Complete")
+        click.echo(f"Apply finished: {done} of {len(result.outcomes)} activation(s) complete.")
