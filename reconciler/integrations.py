@@ -4,14 +4,12 @@ resolved from the environment (never logged, never rendered, never stored)."""
 from __future__ import annotations
 
 import os
-import re
 
 from destinations import registry
 from destinations.base import Destination, DestinationContext
 from reconciler.errors import ConfigError
 from reconciler.workspace.loader import Workspace
-
-_ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
+from reconciler.workspace.spec_base import ENV_REF_RE
 
 
 class Connections:
@@ -37,7 +35,7 @@ class Connections:
         config = factory.config_model.model_validate(integ.config)
         credentials = {}
         for key, ref in integ.credentials.items():
-            match = _ENV_REF.fullmatch(ref)
+            match = ENV_REF_RE.fullmatch(ref)
             assert match is not None  # validated by the spec
             var = match.group(1)
             value = os.environ.get(var)

@@ -106,7 +106,7 @@ def reporter_for(c: Ctx) -> Reporter:
 def check_plan(ws, plan) -> None:
     """What only the plan shows: a renamed audience at a destination that cannot rename."""
     from reconciler.plan.model import Change
-    from reconciler.workspace.loader import check_renames
+    from reconciler.workspace.destination_checks import check_renames
 
     check_renames(
         ws,

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -22,15 +21,15 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from reconciler.errors import SegmentError, SourceError
 from reconciler.sources.engine_errors import safe_engine_error
+from reconciler.workspace.spec_base import ENV_REF_RE
 
 __all__ = ["connect", "engine_error", "masked", "resolve_dsn", "timed_out", "untrusted"]
 
-_ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 CONNECT_TIMEOUT = 10
 
 
 def resolve_dsn(value: str, where: str) -> str:
-    match = _ENV_REF.fullmatch(value)
+    match = ENV_REF_RE.fullmatch(value)
     if match is None:
         return value
     dsn = os.environ.get(match.group(1), "")

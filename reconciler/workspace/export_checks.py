@@ -54,7 +54,7 @@ def export_errors(
 def _exporting_types() -> str:
     """The installed destination types that write export files (loaded only for this error)."""
     from destinations import registry
-    from reconciler.workspace.loader import capabilities_of
+    from reconciler.workspace.destination_checks import capabilities_of
 
     found = [t for t in registry.installed() if getattr(capabilities_of(t), "export", False)]
     return ", ".join(f"`type: {t}`" for t in found) or "none is installed"

@@ -11,9 +11,6 @@ so a missing secret is found before anything is sent, never half-way through an 
 
 from __future__ import annotations
 
-import os
-import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,14 +19,19 @@ from pydantic import BaseModel, ValidationError
 
 from reconciler.errors import ConfigError, Location, ValidationFailed
 from reconciler.workspace import yamlfile
-from reconciler.workspace.activation_spec import ActionMode, Activation, Goal
-from reconciler.workspace.export_checks import export_errors
+from reconciler.workspace.activation_spec import Activation
+from reconciler.workspace.destination_checks import (
+    capabilities_of,
+    capability_errors,
+    check_integration_config,
+    endpoint_errors,
+    missing_credentials,
+)
 from reconciler.workspace.goal_rules import goal_errors
 from reconciler.workspace.spec import Integration, PostgresSource, Segment, WorkspaceConfig
 from reconciler.workspace.spec_base import NAME_RE
 
 CONFIG_FILE = "reconcile.yaml"
-_ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 KINDS: dict[str, type[BaseModel]] = {
     "integrations": Integration,
     "segments": Segment,
@@ -141,7 +143,7 @@ def collect(
                 target[name] = item
     _cross_check(ws, errors, check_destinations)
     if check_credentials:
-        errors.extend(_missing_credentials(ws))
+        errors.extend(missing_credentials(ws))
     _check_templates(ws, errors)
     return ws, errors
 
@@ -183,9 +185,9 @@ def _cross_check(ws: Workspace, errors: list[ConfigError], check_destinations: b
     for name, integ in ws.integrations.items():
         doc = ws.doc("integrations", name)
         if check_destinations:
-            _check_integration_config(doc, integ, errors)
+            check_integration_config(doc, integ, errors)
         if integ.endpoint is not None:
-            errors.extend(_endpoint_errors(doc, integ.endpoint))
+            errors.extend(endpoint_errors(doc, integ.endpoint))
         for dest_field, column in integ.attributes.items():
             if profile_columns and column not in profile_columns:
                 errors.append(
@@ -211,7 +213,7 @@ def _cross_check(ws: Workspace, errors: list[ConfigError], check_destinations: b
             caps = capabilities_of(found.type) if check_destinations else None
             if caps is not None:
                 resolved = act.resolved(ws.config.defaults)
-                errors.extend(_capability_errors(doc, resolved, act.destination, caps))
+                errors.extend(capability_errors(doc, resolved, act.destination, caps))
             errors.extend(goal_errors(ws, name, act, caps))
             for i, attr in enumerate(act.attributes):
                 if attr not in found.attributes:
@@ -319,158 +321,6 @@ def _check_templates(ws: Workspace, errors: list[ConfigError]) -> None:
                 else ws.config_location("notifications", "templates")
             )
             errors.append(ConfigError(problem.message, where))
-
-
-def _check_integration_config(
-    doc: yamlfile.YamlDoc, integ: Integration, errors: list[ConfigError]
-) -> None:
-    from destinations import registry
-
-    try:
-        factory = registry.load(integ.type)
-    except ConfigError as exc:
-        errors.append(doc.error(exc.message, ("type",)))
-        return
-    try:
-        factory.config_model.model_validate(integ.config)
-    except ValidationError as exc:
-        errors.extend(yamlfile.validation_errors(doc, exc, ("config",)))
-    # the credentials' names (their values are only read when a destination is called)
-    takes = factory.credentials_model.model_fields
-    for key in integ.credentials:
-        if key not in takes:
-            errors.append(
-                doc.error(
-                    f"destination type {integ.type!r} takes no credential {key!r} "
-                    f"(it takes: {', '.join(sorted(takes)) or 'none'})",
-                    ("credentials", key),
-                )
-            )
-    for key in sorted(k for k, f in takes.items() if f.is_required()):
-        if key not in integ.credentials:
-            errors.append(
-                doc.error(
-                    f"destination type {integ.type!r} needs credential {key!r}: add "
-                    f"`{key}: ${{env:VAR}}` under `credentials`",
-                    ("credentials",),
-                )
-            )
-
-
-def _endpoint_errors(doc: yamlfile.YamlDoc, endpoint: str) -> list[ConfigError]:
-    """An endpoint must be https; plain http only to a loopback host (a local test server)."""
-    import httpx
-
-    from destinations.http import check_url
-
-    try:
-        check_url(endpoint)
-    except ConfigError as exc:
-        return [doc.error(exc.message, ("endpoint",))]
-    except httpx.InvalidURL as exc:
-        return [doc.error(f"endpoint is not a URL: {exc}", ("endpoint",))]
-    return []
-
-
-def _missing_credentials(ws: Workspace) -> list[ConfigError]:
-    """One error per credential whose environment variable is not set (or empty). Names the
-    variable, never a value."""
-    out = []
-    source = ws.config.source
-    dsn_var = _ENV_REF.fullmatch(source.dsn) if isinstance(source, PostgresSource) else None
-    if dsn_var is not None and not os.environ.get(dsn_var.group(1)):
-        out.append(
-            ConfigError(
-                f"the source DSN comes from environment variable {dsn_var.group(1)}, which is "
-                "not set; set it (in CI: from a secret) to a PostgreSQL connection string",
-                ws.config_location("source", "dsn"),
-            )
-        )
-    for name, integ in ws.integrations.items():
-        for key, ref in integ.credentials.items():
-            match = _ENV_REF.fullmatch(ref)
-            if match is None:  # refused by the spec already
-                continue
-            var = match.group(1)
-            if not os.environ.get(var):
-                out.append(
-                    ws.doc("integrations", name).error(
-                        f"integration {name!r} needs credential {key!r} from environment "
-                        f"variable {var}, which is not set; set it (in CI: from a secret), or "
-                        "use `plan --refresh=false`, which contacts no destination",
-                        ("credentials", key),
-                    )
-                )
-    return out
-
-
-def capabilities_of(type_name: str) -> Any:
-    """The declared :class:`~destinations.base.Capabilities` of an installed adapter type, or
-    None when the type is unknown (reported elsewhere) or declares them per instance."""
-    from destinations import registry
-    from destinations.base import Capabilities
-
-    try:
-        factory = registry.load(type_name)
-    except ConfigError:
-        return None
-    caps = getattr(factory, "capabilities", None)
-    return caps if isinstance(caps, Capabilities) else None
-
-
-def _capability_errors(
-    doc: yamlfile.YamlDoc, act: Activation, destination: str, caps: Any
-) -> list[ConfigError]:
-    """What ``act`` (resolved with the workspace defaults) asks of a destination that cannot
-    do it: removals, clearing on delete, mapped attributes."""
-    out = []
-    if not caps.remove and act.goal is not Goal.SYNC_ATTRIBUTES:  # it never removes
-        if act.action in (ActionMode.MAINTAIN, ActionMode.REMOVE):
-            out.append(
-                doc.error(
-                    f"`action: {act.action.value}` removes members, but destination "
-                    f"{destination!r} cannot remove members; use `action: append`",
-                    ("action",),
-                )
-            )
-        if act.on_delete == "clear":
-            out.append(
-                doc.error(
-                    f"`on_delete: clear` removes every member, but destination {destination!r} "
-                    "cannot remove members; use `on_delete: keep`",
-                    ("on_delete",),
-                )
-            )
-    out += export_errors(doc, act, destination, caps)
-    if not caps.attributes and act.attributes and act.goal is not Goal.SYNC_ATTRIBUTES:
-        out.append(
-            doc.error(
-                f"destination {destination!r} does not take attributes; remove `attributes`",
-                ("attributes",),
-            )
-        )
-    return out
-
-
-def check_renames(ws: Workspace, renamed: Iterable[str]) -> None:
-    """Raise ValidationFailed for activations (ids) whose plan renames an existing audience
-    at a destination that cannot rename audiences: the change of ``name`` is the error."""
-    errors = []
-    for aid in renamed:
-        act = ws.activations.get(aid)
-        integ = ws.integrations.get(act.destination) if act else None
-        caps = capabilities_of(integ.type) if integ else None
-        if act is None or caps is None or caps.rename:
-            continue
-        errors.append(
-            ws.doc("activations", aid).error(
-                f"the audience name changed, but destination {act.destination!r} cannot rename "
-                "an audience; keep the old name, or create a new audience (a new activation)",
-                ("name",),
-            )
-        )
-    if errors:
-        raise ValidationFailed(errors)
 
 
 def _unknown(kind: str, name: str, known: dict) -> str:

@@ -1,0 +1,175 @@
+"""What the workspace asks of its destinations, checked against their installed adapters: the
+``type`` exists, ``config`` and ``credentials`` are the adapter's own, an ``endpoint`` is
+https (plain http only to a loopback host), every credential's environment variable is set,
+and every activation asks only for what its destination can do (removals, attributes,
+renaming: :class:`destinations.base.Capabilities`)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from reconciler.errors import ConfigError, ValidationFailed
+from reconciler.workspace import yamlfile
+from reconciler.workspace.activation_spec import ActionMode, Activation, Goal
+from reconciler.workspace.export_checks import export_errors
+from reconciler.workspace.spec import Integration, PostgresSource
+from reconciler.workspace.spec_base import ENV_REF_RE
+
+if TYPE_CHECKING:
+    from reconciler.workspace.loader import Workspace
+
+
+def check_integration_config(
+    doc: yamlfile.YamlDoc, integ: Integration, errors: list[ConfigError]
+) -> None:
+    from destinations import registry
+
+    try:
+        factory = registry.load(integ.type)
+    except ConfigError as exc:
+        errors.append(doc.error(exc.message, ("type",)))
+        return
+    try:
+        factory.config_model.model_validate(integ.config)
+    except ValidationError as exc:
+        errors.extend(yamlfile.validation_errors(doc, exc, ("config",)))
+    # the credentials' names (their values are only read when a destination is called)
+    takes = factory.credentials_model.model_fields
+    for key in integ.credentials:
+        if key not in takes:
+            errors.append(
+                doc.error(
+                    f"destination type {integ.type!r} takes no credential {key!r} "
+                    f"(it takes: {', '.join(sorted(takes)) or 'none'})",
+                    ("credentials", key),
+                )
+            )
+    for key in sorted(k for k, f in takes.items() if f.is_required()):
+        if key not in integ.credentials:
+            errors.append(
+                doc.error(
+                    f"destination type {integ.type!r} needs credential {key!r}: add "
+                    f"`{key}: ${{env:VAR}}` under `credentials`",
+                    ("credentials",),
+                )
+            )
+
+
+def endpoint_errors(doc: yamlfile.YamlDoc, endpoint: str) -> list[ConfigError]:
+    """An endpoint must be https; plain http only to a loopback host (a local test server)."""
+    import httpx
+
+    from destinations.http import check_url
+
+    try:
+        check_url(endpoint)
+    except ConfigError as exc:
+        return [doc.error(exc.message, ("endpoint",))]
+    except httpx.InvalidURL as exc:
+        return [doc.error(f"endpoint is not a URL: {exc}", ("endpoint",))]
+    return []
+
+
+def missing_credentials(ws: Workspace) -> list[ConfigError]:
+    """One error per credential whose environment variable is not set (or empty). Names the
+    variable, never a value."""
+    out = []
+    source = ws.config.source
+    dsn_var = ENV_REF_RE.fullmatch(source.dsn) if isinstance(source, PostgresSource) else None
+    if dsn_var is not None and not os.environ.get(dsn_var.group(1)):
+        out.append(
+            ConfigError(
+                f"the source DSN comes from environment variable {dsn_var.group(1)}, which is "
+                "not set; set it (in CI: from a secret) to a PostgreSQL connection string",
+                ws.config_location("source", "dsn"),
+            )
+        )
+    for name, integ in ws.integrations.items():
+        for key, ref in integ.credentials.items():
+            match = ENV_REF_RE.fullmatch(ref)
+            if match is None:  # refused by the spec already
+                continue
+            var = match.group(1)
+            if not os.environ.get(var):
+                out.append(
+                    ws.doc("integrations", name).error(
+                        f"integration {name!r} needs credential {key!r} from environment "
+                        f"variable {var}, which is not set; set it (in CI: from a secret), or "
+                        "use `plan --refresh=false`, which contacts no destination",
+                        ("credentials", key),
+                    )
+                )
+    return out
+
+
+def capabilities_of(type_name: str) -> Any:
+    """The declared :class:`~destinations.base.Capabilities` of an installed adapter type, or
+    None when the type is unknown (reported elsewhere) or declares them per instance."""
+    from destinations import registry
+    from destinations.base import Capabilities
+
+    try:
+        factory = registry.load(type_name)
+    except ConfigError:
+        return None
+    caps = getattr(factory, "capabilities", None)
+    return caps if isinstance(caps, Capabilities) else None
+
+
+def capability_errors(
+    doc: yamlfile.YamlDoc, act: Activation, destination: str, caps: Any
+) -> list[ConfigError]:
+    """What ``act`` (resolved with the workspace defaults) asks of a destination that cannot
+    do it: removals, clearing on delete, mapped attributes."""
+    out = []
+    if not caps.remove and act.goal is not Goal.SYNC_ATTRIBUTES:  # it never removes
+        if act.action in (ActionMode.MAINTAIN, ActionMode.REMOVE):
+            out.append(
+                doc.error(
+                    f"`action: {act.action.value}` removes members, but destination "
+                    f"{destination!r} cannot remove members; use `action: append`",
+                    ("action",),
+                )
+            )
+        if act.on_delete == "clear":
+            out.append(
+                doc.error(
+                    f"`on_delete: clear` removes every member, but destination {destination!r} "
+                    "cannot remove members; use `on_delete: keep`",
+                    ("on_delete",),
+                )
+            )
+    out += export_errors(doc, act, destination, caps)
+    if not caps.attributes and act.attributes and act.goal is not Goal.SYNC_ATTRIBUTES:
+        out.append(
+            doc.error(
+                f"destination {destination!r} does not take attributes; remove `attributes`",
+                ("attributes",),
+            )
+        )
+    return out
+
+
+def check_renames(ws: Workspace, renamed: Iterable[str]) -> None:
+    """Raise ValidationFailed for activations (ids) whose plan renames an existing audience
+    at a destination that cannot rename audiences: the change of ``name`` is the error."""
+    errors = []
+    for aid in renamed:
+        act = ws.activations.get(aid)
+        integ = ws.integrations.get(act.destination) if act else None
+        caps = capabilities_of(integ.type) if integ else None
+        if act is None or caps is None or caps.rename:
+            continue
+        errors.append(
+            ws.doc("activations", aid).error(
+                f"the audience name changed, but destination {act.destination!r} cannot rename "
+                "an audience; keep the old name, or create a new audience (a new activation)",
+                ("name",),
+            )
+        )
+    if errors:
+        raise ValidationFailed(errors)
