@@ -94,19 +94,27 @@ def test_other_shapes_take_the_general_path(con, sql):
 def test_unique_rows_refuses_repeated_and_null_keys(con):
     rows = one_scan.row_filter(con, "SELECT customer_id FROM profiles WHERE seg_a", PROFILES)
     assert rows is not None
+
+    def unique() -> int | None:  # a new session's answer (the hashes are made once)
+        con.execute(f"DROP TABLE IF EXISTS {one_scan.KEY_HASHES}")
+        return one_scan.unique_rows(con, rows, PROFILES)
+
     con.execute("INSERT INTO profiles VALUES ('a', NULL, NULL, 'AU', 1, TRUE, FALSE)")
     con.execute("INSERT INTO profiles VALUES ('b', NULL, NULL, 'AU', 1, FALSE, FALSE)")
     con.execute("INSERT INTO profiles VALUES (NULL, NULL, NULL, 'AU', 1, FALSE, FALSE)")
-    assert one_scan.unique_rows(con, rows, PROFILES) == 1
+    con.execute("INSERT INTO profiles VALUES ('c', NULL, NULL, 'AU', 1, FALSE, FALSE)")
+    con.execute("INSERT INTO profiles VALUES ('c', NULL, NULL, 'AU', 1, FALSE, FALSE)")
+    assert unique() == 1  # NULL and repeated keys the filter does not select: no matter
     # a selected key on another row (not selected): the join back would find two rows
     con.execute("INSERT INTO profiles VALUES ('a', NULL, NULL, 'NZ', 1, FALSE, FALSE)")
-    assert one_scan.unique_rows(con, rows, PROFILES) is None
+    assert unique() is None
     con.execute("DELETE FROM profiles WHERE country = 'NZ'")
-    con.execute("INSERT INTO profiles VALUES ('b', NULL, NULL, 'AU', 1, TRUE, FALSE)")
-    assert one_scan.unique_rows(con, rows, PROFILES) is None  # twice among the selected
-    con.execute("DELETE FROM profiles WHERE customer_id = 'b'")
-    con.execute("INSERT INTO profiles VALUES (NULL, NULL, NULL, 'AU', 1, TRUE, FALSE)")
-    assert one_scan.unique_rows(con, rows, PROFILES) is None  # a NULL key: reported
+    assert unique() == 1
+    con.execute("UPDATE profiles SET seg_a = TRUE WHERE customer_id = 'c'")
+    assert unique() is None  # twice among the selected
+    con.execute("DELETE FROM profiles WHERE customer_id = 'c'")
+    con.execute("UPDATE profiles SET seg_a = TRUE WHERE customer_id IS NULL")
+    assert unique() is None  # a NULL key: reported by the general path
 
 
 # ------------------------------------------------------------------ the same plan, both paths
@@ -219,6 +227,8 @@ def test_fast_and_general_paths_plan_the_same(workspace, monkeypatch, segment, d
     if segment not in FAST:
         assert not scanned
     elif dups in ("none", "other"):  # no selected key on two rows: one scan
+        assert scanned == {"s"}
+    elif dups == "leaver" and segment in (FAST[0], FAST[2]):  # a leaver's twin: not selected
         assert scanned == {"s"}
     if dups == "segment":  # held profiles are named when a twin key is in the segment
         with duckdb.connect(str(ws.db), read_only=True) as db:

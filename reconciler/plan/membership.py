@@ -144,7 +144,8 @@ def stage_desired(
         "eligible": row[4],
         "matchable": row[5],
     }
-    return counts, Held(DUPLICATES, [], pending=True)
+    hashes = one_scan.KEY_HASHES if isinstance(scanned, one_scan.Rows) else None
+    return counts, Held(DUPLICATES, [], pending=True, hashes=hashes)
 
 
 def _keys_table(con: duckdb.DuckDBPyConnection, segment_tables: list[str]) -> str:
@@ -187,7 +188,7 @@ def stage_changes(
     aid = _lit(activation_id)
     diffs = not frozen and (act.goal is Goal.SYNC_ATTRIBUTES or act.action is ActionMode.MAINTAIN)
     if held.pending and not diffs:  # every recorded member is a candidate leaver
-        held = held_keys.complete(con, DESIRED, _profiles_keys(profiles), recorded)
+        held = held_keys.complete(con, DESIRED, _profiles_keys(profiles), recorded, held.hashes)
     in_gone = ", ".join(_lit(g) for g in gone) if gone else None
     if in_gone:
         con.execute(
@@ -306,7 +307,13 @@ def _stage_diff(
     if not held.pending:
         return held
     return held_keys.unhold_leavers(
-        con, DESIRED, _profiles_keys(profiles), aid=aid, leaving=_lit(leaving), gone=in_gone
+        con,
+        DESIRED,
+        _profiles_keys(profiles),
+        aid=aid,
+        leaving=_lit(leaving),
+        gone=in_gone,
+        hashes=held.hashes,
     )
 
 

@@ -24,8 +24,12 @@ from dataclasses import dataclass
 import duckdb
 
 from reconciler.plan.terms import _ident
+from reconciler.sources.base import INTERNAL_PREFIX
 from reconciler.sources.guard import statement_tree
 from reconciler.workspace.spec import ProfilesTable
+
+#: the hash of every non-NULL key of the profiles table (column ``h``), made once a session
+KEY_HASHES = f"{INTERNAL_PREFIX}_tmp_key_hashes"
 
 #: expression nodes a filter may contain (anything else: the general path)
 _NODES = {"CONJUNCTION", "COMPARISON", "COLUMN_REF", "CONSTANT", "OPERATOR", "CAST", "CASE",
@@ -149,16 +153,25 @@ def unique_rows(con: duckdb.DuckDBPyConnection, rows: str, profiles: ProfilesTab
     row of the profiles table; None otherwise. One probe of the table: every row's key hash
     against the selected rows' key hashes, counted with multiplicity, finds each selected row
     once (itself) exactly when no other row shares its key (or, rarely, its hash: then None
-    too, and the general path decides)."""
+    too, and the general path decides).
+
+    The hashes of every row's key are kept for the session (``KEY_HASHES``, made once): the
+    check of recorded members that left (:func:`reconciler.plan.held.complete`) reads them
+    instead of the table's keys."""
     key = _ident(profiles.key)
-    n, nulls, found = con.execute(
-        f"""WITH s AS (SELECT hash(CAST(r.{key} AS VARCHAR)) AS h, r.{key} IS NULL AS nul
-                       FROM ({rows}) r)
-        SELECT (SELECT count(*) FROM s), (SELECT count(*) FROM s WHERE nul),
-               (SELECT count(*) FROM {_ident(profiles.table)} p
-                JOIN s ON s.h = hash(CAST(p.{key} AS VARCHAR)) WHERE p.{key} IS NOT NULL)"""
+    con.execute(
+        f"""CREATE TEMP TABLE IF NOT EXISTS {KEY_HASHES} AS
+        SELECT hash(CAST(p.{key} AS VARCHAR)) AS h FROM {_ident(profiles.table)} p
+        WHERE p.{key} IS NOT NULL"""
+    )
+    n, keyed = con.execute(f"SELECT count(*), count(r.{key}) FROM ({rows}) r").fetchall()[0]
+    if keyed != n:  # a NULL key: reported by the general path
+        return None
+    (found,) = con.execute(
+        f"""SELECT count(*) FROM {KEY_HASHES} t
+        JOIN (SELECT hash(CAST(r.{key} AS VARCHAR)) AS h FROM ({rows}) r) s ON s.h = t.h"""
     ).fetchall()[0]
-    return n if not nulls and found == n else None
+    return n if found == n else None
 
 
 def source(rows: Rows, profiles: ProfilesTable) -> tuple[str, str]:
