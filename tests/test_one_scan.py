@@ -37,6 +37,12 @@ FAST = [
     "SELECT customer_id FROM profiles WHERE CASE WHEN seg_b THEN total_spend > 5 END",
     "SELECT customer_id FROM profiles WHERE total_spend BETWEEN 1 AND 50 AND NOT seg_b",
     "SELECT customer_id FROM profiles WHERE CAST(total_spend AS INTEGER) % 2 = 0",
+    "SELECT customer_id FROM profiles WHERE first_name ILIKE 'n%' AND email IS NOT NULL",
+    "SELECT customer_id FROM profiles WHERE first_name NOT IN ('O''Brien', 'N1') "
+    "AND country IS DISTINCT FROM 'NZ'",
+    "SELECT customer_id FROM profiles WHERE regexp_matches(email, '^user[0-9]$') "
+    "OR coalesce(length(first_name), 0) > 2 AND total_spend::INTEGER > 5",
+    "SELECT customer_id FROM profiles WHERE first_name LIKE 'N%' OR NOT (seg_a IS NULL OR seg_b)",
 ]
 
 #: everything else: the general path
@@ -83,7 +89,19 @@ def con():
 def test_plain_filters_are_scanned(con, sql):
     rows = one_scan.row_filter(con, sql, PROFILES)
     assert rows is not None and rows.upper().startswith("SELECT * FROM")
-    con.execute(f"SELECT count(*) FROM ({rows})")  # what DuckDB regenerated runs
+    # the filter DuckDB regenerated from its parse tree selects what the segment does
+    for p in _rows(0, 0) + _rows(3, 2):
+        p["customer_id"] += f"-{len(p['first_name'])}-{p['total_spend']}"
+        p["first_name"] = {3: "O'Brien", 7: "N_x", 8: None}.get(
+            int(p["total_spend"]), p["first_name"]
+        )
+        del p["phone"], p["email_consent"]
+        con.execute(
+            f"INSERT INTO profiles BY NAME SELECT {', '.join(f'${k} AS {k}' for k in p)}", p
+        )
+    wanted = sorted(con.execute(sql).fetchall())
+    assert sorted(con.execute(f"SELECT customer_id FROM ({rows})").fetchall()) == wanted
+    assert wanted
 
 
 @pytest.mark.parametrize("sql", GENERAL)

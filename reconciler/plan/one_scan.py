@@ -94,9 +94,22 @@ def row_filter(con: duckdb.DuckDBPyConnection, sql: str, profiles: ProfilesTable
     rows = dict(tree or {}, node=dict(node, select_list=[star]))
     text = json.dumps({"error": False, "statements": [rows]})
     try:
-        return str(con.execute("SELECT json_deserialize_sql(?::JSON)", [text]).fetchall()[0][0])
+        out = str(con.execute("SELECT json_deserialize_sql(?::JSON)", [text]).fetchall()[0][0])
     except duckdb.Error:
         return None
+    # the text DuckDB wrote must parse back to the same table and filter, or it is not used
+    again = ((statement_tree(out) or {}).get("node")) or {}
+    same = all(_bare(again.get(k)) == _bare(node.get(k)) for k in ("from_table", "where_clause"))
+    return out if same else None
+
+
+def _bare(tree: object) -> object:
+    """A parse tree without the positions of its nodes in the text."""
+    if isinstance(tree, list):
+        return [_bare(t) for t in tree]
+    if isinstance(tree, dict):
+        return {k: _bare(v) for k, v in tree.items() if not k.startswith("query_location")}
+    return tree
 
 
 def _column(ref: dict, names: set[str], cols: set[str]) -> str | None:
