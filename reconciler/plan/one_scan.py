@@ -185,8 +185,3 @@ def unique_rows(con: duckdb.DuckDBPyConnection, rows: str, profiles: ProfilesTab
         JOIN (SELECT hash(CAST(r.{key} AS VARCHAR)) AS h FROM ({rows}) r) s ON s.h = t.h"""
     ).fetchall()[0]
     return n if found == n else None
-
-
-def source(rows: Rows, profiles: ProfilesTable) -> tuple[str, str]:
-    """The FROM clause over ``p`` (the selected rows) and the key of each as text."""
-    return f"({rows.sql}) p", f"CAST(p.{_ident(profiles.key)} AS VARCHAR)"
