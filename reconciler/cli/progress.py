@@ -23,10 +23,12 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from reconciler.apply.applier import ActivationOutcome
 from reconciler.apply.progress import Event
+
+if TYPE_CHECKING:  # the applier (~60 ms of imports) is not loaded by `plan`
+    from reconciler.apply.applier import ActivationOutcome
 
 __all__ = ["JsonReporter", "LiveReporter", "PlainReporter", "Reporter", "make_reporter"]
 

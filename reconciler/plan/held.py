@@ -30,6 +30,9 @@ class Held:
     table: str | None
     sample: list[str]
     pending: bool = False
+    #: a table of the hash of every non-NULL key of the profiles table (column ``h``), when
+    #: the session made one (:func:`reconciler.plan.one_scan.unique_rows`)
+    hashes: str | None = None
 
 
 def stage_segment_keys(con: duckdb.DuckDBPyConnection, joined: str | None) -> None:
@@ -44,18 +47,31 @@ def stage_segment_keys(con: duckdb.DuckDBPyConnection, joined: str | None) -> No
 
 
 def complete(
-    con: duckdb.DuckDBPyConnection, desired: str, profiles: tuple[str, str], candidates: str
+    con: duckdb.DuckDBPyConnection,
+    desired: str,
+    profiles: tuple[str, str],
+    candidates: str,
+    hashes: str | None = None,
 ) -> Held:
     """The held keys, with the keys of ``candidates`` (a relation with column ``key``: the
     recorded members, or any set of them holding every one that left) that no segment returns
     (no row in ``desired``) and that appear more than once in the profiles table
-    (``profiles``: the table, read as ``p``, and its key as text)."""
+    (``profiles``: the table, read as ``p``, and its key as text). With ``hashes`` (every
+    row's key hash, :attr:`Held.hashes`) the table's keys are read only when the hash of one
+    of those keys is on two rows (a repeated key, or rarely a collision)."""
     table, key = profiles
+    leavers = f"(SELECT c.key FROM {candidates} c ANTI JOIN {desired} d ON d.key = c.key)"
+    if hashes is not None:
+        twice = con.execute(
+            f"""SELECT count(*) FROM (SELECT t.h FROM {hashes} t
+                SEMI JOIN {leavers} l ON hash(l.key) = t.h GROUP BY t.h HAVING count(*) > 1)"""
+        ).fetchall()[0][0]
+        if not twice:
+            return held_keys(con)
     con.execute(
         f"""INSERT INTO {DUPLICATES}
         SELECT {key} AS k FROM {table} p
-        SEMI JOIN (SELECT c.key FROM {candidates} c ANTI JOIN {desired} d ON d.key = c.key) l
-            ON l.key = {key}
+        SEMI JOIN {leavers} l ON l.key = {key}
         GROUP BY 1 HAVING count(*) > 1"""
     )
     return held_keys(con)
@@ -69,6 +85,7 @@ def unhold_leavers(
     aid: str,
     leaving: str,
     gone: str | None,
+    hashes: str | None = None,
 ) -> Held:
     """After the diff of *all* the recorded members of activation ``aid`` (SQL literals from
     here on) staged its changes, held keys pending: complete them from the members it staged
@@ -77,7 +94,11 @@ def unhold_leavers(
     only the members not held: a held key has no eligible row, so its members only leave."""
     staged = f"(SELECT key, op FROM {STAGING}.changes WHERE activation_id = {aid})"
     held = complete(
-        con, desired, profiles, f"(SELECT key FROM {staged} WHERE op IN ({leaving}, 'forget'))"
+        con,
+        desired,
+        profiles,
+        f"(SELECT key FROM {staged} WHERE op IN ({leaving}, 'forget'))",
+        hashes,
     )
     if held.table:
         not_gone = f" AND grp NOT IN ({gone})" if gone else ""

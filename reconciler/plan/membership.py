@@ -20,12 +20,13 @@ loss of consent on any of their rows, still remove them.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import duckdb
 
 from reconciler.enginedb import STAGING
 from reconciler.plan import held as held_keys
-from reconciler.plan import splits
+from reconciler.plan import one_scan, splits
 from reconciler.plan.held import DUPLICATES, Held
 from reconciler.plan.terms import _ident as _ident
 from reconciler.plan.terms import _lit as _lit
@@ -53,10 +54,10 @@ def stage_desired(
     con: duckdb.DuckDBPyConnection,
     *,
     profiles: ProfilesTable,
-    segment_tables: list[str],
+    segment_tables: list[str | one_scan.Rows],
     suppressed: str | None,
     consent: str,
-    group_expr: str,
+    group_expr: Callable[[str], str],
     fingerprint: str,
     matchable: str,
     attribute_fps: str | None = None,
@@ -68,16 +69,19 @@ def stage_desired(
     A key that appears on several profile rows is *held*. Among the segments' keys this costs
     nothing when there is none: the join with the profiles table then returns exactly one row
     per key; only when it returns more are those keys grouped. Recorded members that left
-    the segments are checked by :func:`stage_changes` (a few keys, usually)."""
+    the segments are checked by :func:`stage_changes` (a few keys, usually).
+
+    A lone segment given as the rows it selects (:mod:`reconciler.plan.one_scan`, each key on
+    one row of the table) is read in place: the same rows, without the join."""
     key = f"CAST(p.{_ident(profiles.key)} AS VARCHAR)"
-    supp_join = f"LEFT JOIN {suppressed} s ON s.k = u.k" if suppressed else ""
-    supp_flag = "s.k IS NOT NULL" if suppressed else "FALSE"
-    if len(segment_tables) == 1:  # its keys are distinct already: no copy
-        keys_table = segment_tables[0]
+    scanned = segment_tables[0] if len(segment_tables) == 1 else None
+    if isinstance(scanned, one_scan.Rows):  # the rows themselves: `u.k` is the row's key
+        keys_table, u_k, source = "", key, f"({scanned.sql}) p"
     else:
-        keys_table = UNION
-        parts = " UNION ALL ".join(f"SELECT k FROM {t}" for t in segment_tables)
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {UNION} AS SELECT DISTINCT k FROM ({parts})")
+        keys_table, u_k = _keys_table(con, [str(t) for t in segment_tables]), "u.k"
+        source = f"{keys_table} u LEFT JOIN {_ident(profiles.table)} p ON {key} = u.k"
+    supp_join = f"LEFT JOIN {suppressed} s ON s.k = {u_k}" if suppressed else ""
+    supp_flag = "s.k IS NOT NULL" if suppressed else "FALSE"
     columns = {  # of `desired`; the constant ones (no suppression, consent or split) are
         # added by the view over `joined`, not stored per row (~7% of the query's CPU)
         "held": "FALSE",
@@ -85,7 +89,7 @@ def stage_desired(
         "suppressed": supp_flag,
         "no_consent": "FALSE" if consent == "TRUE" else f"NOT coalesce({consent}, FALSE)",
         "matchable": f"coalesce({matchable}, FALSE)",
-        "grp": group_expr,
+        "grp": group_expr(u_k),
         "fp": fingerprint,
         **({"afp": attribute_fps} if attribute_fps else {}),
     }
@@ -93,16 +97,17 @@ def stage_desired(
     drop_desired(con)
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE {JOINED} AS
-        SELECT u.k AS key, {", ".join(f"{columns[c]} AS {c}" for c in stored)}
-        FROM {keys_table} u
-        LEFT JOIN {_ident(profiles.table)} p ON {key} = u.k
-        {supp_join}"""
+        SELECT {u_k} AS key, {", ".join(f"{columns[c]} AS {c}" for c in stored)}
+        FROM {source} {supp_join}"""
     )
     every = ", ".join(c if c in stored else f"{sql} AS {c}" for c, sql in columns.items())
     full = f"(SELECT key, {every} FROM {JOINED})"
-    joined, keys = con.execute(
-        f"SELECT (SELECT count(*) FROM {JOINED}), (SELECT count(*) FROM {keys_table})"
-    ).fetchall()[0]
+    if isinstance(scanned, one_scan.Rows):  # one row per key, proven by the scan
+        joined = keys = scanned.size
+    else:
+        joined, keys = con.execute(
+            f"SELECT (SELECT count(*) FROM {JOINED}), (SELECT count(*) FROM {keys_table})"
+        ).fetchall()[0]
     held_keys.stage_segment_keys(con, JOINED if joined != keys else None)
     if joined == keys:
         con.execute(f"CREATE TEMP VIEW {DESIRED} AS SELECT * FROM {full}")
@@ -135,7 +140,17 @@ def stage_desired(
         "eligible": row[4],
         "matchable": row[5],
     }
-    return counts, Held(DUPLICATES, [], pending=True)
+    hashes = one_scan.KEY_HASHES if isinstance(scanned, one_scan.Rows) else None
+    return counts, Held(DUPLICATES, [], pending=True, hashes=hashes)
+
+
+def _keys_table(con: duckdb.DuckDBPyConnection, segment_tables: list[str]) -> str:
+    """The table of the segments' distinct keys (column ``k``)."""
+    if len(segment_tables) == 1:  # its keys are distinct already: no copy
+        return segment_tables[0]
+    parts = " UNION ALL ".join(f"SELECT k FROM {t}" for t in segment_tables)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {UNION} AS SELECT DISTINCT k FROM ({parts})")
+    return UNION
 
 
 def drop_desired(con: duckdb.DuckDBPyConnection) -> None:
@@ -169,7 +184,7 @@ def stage_changes(
     aid = _lit(activation_id)
     diffs = not frozen and (act.goal is Goal.SYNC_ATTRIBUTES or act.action is ActionMode.MAINTAIN)
     if held.pending and not diffs:  # every recorded member is a candidate leaver
-        held = held_keys.complete(con, DESIRED, _profiles_keys(profiles), recorded)
+        held = held_keys.complete(con, DESIRED, _profiles_keys(profiles), recorded, held.hashes)
     in_gone = ", ".join(_lit(g) for g in gone) if gone else None
     if in_gone:
         con.execute(
@@ -288,7 +303,13 @@ def _stage_diff(
     if not held.pending:
         return held
     return held_keys.unhold_leavers(
-        con, DESIRED, _profiles_keys(profiles), aid=aid, leaving=_lit(leaving), gone=in_gone
+        con,
+        DESIRED,
+        _profiles_keys(profiles),
+        aid=aid,
+        leaving=_lit(leaving),
+        gone=in_gone,
+        hashes=held.hashes,
     )
 
 
@@ -324,6 +345,6 @@ def change_counts(con: duckdb.DuckDBPyConnection, activation_id: str) -> dict[tu
     return {(g, o): n for g, o, n in rows}
 
 
-def group_expression(act: ResolvedActivation, seed: str) -> str:
-    """The group of each key of ``desired`` (the union's column ``u.k``)."""
-    return splits.group_sql(act.split, act.control_percent, _lit(seed), "u.k")
+def group_expression(act: ResolvedActivation, seed: str) -> Callable[[str], str]:
+    """The group of each key of ``desired``, as SQL over the key's expression."""
+    return lambda k: splits.group_sql(act.split, act.control_percent, _lit(seed), k)

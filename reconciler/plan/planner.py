@@ -173,7 +173,7 @@ class Planner:
         elif frozen:
             notes.append("one-time activation already ran: `reconcile run` re-runs it")
 
-        seg_results = [self.segments.run(s) for s in act.segments]
+        seg_results = self.segments.for_activation(list(act.segments))
         for r in seg_results:
             if r.repeated:
                 notes.append(

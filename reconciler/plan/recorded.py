@@ -35,6 +35,8 @@ def digest(spec: dict[str, Any]) -> str:
 def config_diff(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[ConfigChange]:
     if old is None or new is None:
         return []
+    if json.dumps(old, sort_keys=True) == json.dumps(new, sort_keys=True):
+        return []  # the same values of the same types: nothing to diff (nor to import)
     from deepdiff import DeepDiff  # only when a spec is compared (imports cost ~30 ms)
 
     diff = DeepDiff(old, new, verbose_level=2)

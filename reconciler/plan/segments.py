@@ -11,6 +11,7 @@ from typing import Any
 import duckdb
 
 from reconciler.errors import SegmentError
+from reconciler.plan import one_scan
 from reconciler.plan.membership import SUPPRESSED, TEMP, _ident
 from reconciler.sources import sql_policy
 from reconciler.sources.engine_errors import safe_engine_error
@@ -29,6 +30,8 @@ class SegmentResult:
     column_type: str = ""  # the type of the column the SQL returns (before the key cast)
     #: the diff runs in PostgreSQL: the segment's id there (``table`` is made on demand)
     remote: int | None = None
+    #: not materialised: the profile rows it selects (:mod:`reconciler.plan.one_scan`)
+    rows: one_scan.Rows | None = None
 
 
 class SegmentRunner:
@@ -49,14 +52,45 @@ class SegmentRunner:
         self.policy = sql_policy(ws.config.source)
         self.timeout = query_timeout(ws.config.source)
         self._done: dict[str, SegmentResult] = {}
+        self._scanned: dict[str, SegmentResult] = {}
 
-    def run(self, name: str) -> SegmentResult:
-        if name in self._done:
-            return self._done[name]
+    def for_activation(self, names: list[str]) -> list[SegmentResult]:
+        """The segments of one activation: a lone segment that only filters the profiles
+        table of a local source is scanned in place (:meth:`scan`), the others are run."""
+        if len(names) == 1 and self.remote is None:
+            return [self.scan(names[0])]
+        return [self.run(n) for n in names]
+
+    def scan(self, name: str) -> SegmentResult:
+        """The segment as the profile rows it selects, counted without materialising its
+        keys, when it is a plain filter over the profiles table whose every key is on one row
+        (:mod:`reconciler.plan.one_scan`); else :meth:`run`, which reports and counts the
+        rest (NULL or repeated keys) as always."""
+        if name in self._done or name in self._scanned:
+            return self._done.get(name) or self._scanned[name]
+        sql = self._checked(name)
+        profiles = self.ws.config.source.profiles
+        rows = one_scan.row_filter(self.con, sql, profiles)
+        size = None
+        if rows is not None:
+            where = self.ws.location("segments", name, "sql")
+            try:
+                with time_limit(self.con, self.timeout, str(where), f"segment {name!r}"):
+                    size = one_scan.unique_rows(self.con, rows, profiles)
+                    cols = self.con.execute(f"DESCRIBE SELECT * FROM ({sql}) q").fetchall()
+            except duckdb.Error:  # the general path reports it
+                size = None
+        if rows is None or size is None:
+            return self.run(name)
+        result = SegmentResult(name, "", size, 0, str(cols[0][1]), rows=one_scan.Rows(rows, size))
+        self._scanned[name] = result
+        return result
+
+    def _checked(self, name: str) -> str:
+        """The segment's SQL, rendered and checked by the guard."""
         seg = self.ws.segments[name]
-        where = self.ws.location("segments", name, "sql")
         try:
-            sql = check_segment_sql(
+            return check_segment_sql(
                 render_sql(seg.sql, self.as_of, self.ws.config.timezone),
                 self.dialect,
                 policy=self.policy,
@@ -64,6 +98,12 @@ class SegmentRunner:
         except (TemplateFailed, SqlRejected) as exc:
             at = self.ws.doc("segments", name).text_location(("sql",), exc.line)
             raise SegmentError(f"{at}: segment {name!r}: {exc}") from exc
+
+    def run(self, name: str) -> SegmentResult:
+        if name in self._done:
+            return self._done[name]
+        where = self.ws.location("segments", name, "sql")
+        sql = self._checked(name)
         table = f"{TEMP}_seg_{len(self._done)}"
         try:
             with time_limit(self.con, self.timeout, str(where), f"segment {name!r}"):
@@ -119,9 +159,12 @@ class SegmentRunner:
         self._done[name] = result
         return result
 
-    def local(self, result: SegmentResult) -> str:
+    def local(self, result: SegmentResult) -> str | one_scan.Rows:
         """The engine's table of a segment's distinct keys (copied from PostgreSQL the first
-        time an activation planned in the engine needs it)."""
+        time an activation planned in the engine needs it), or the rows a scanned one
+        selects."""
+        if result.rows is not None:
+            return result.rows
         if result.remote is not None and result.table not in self._local:
             assert self.pushdown is not None
             self.pushdown.ship_segment(result.remote, result.table)

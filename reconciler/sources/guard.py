@@ -196,6 +196,12 @@ def _serialize(sql: str) -> dict:
     return json.loads(text)
 
 
+def statement_tree(sql: str) -> dict | None:
+    """DuckDB's parse tree of ``sql`` (``json_serialize_sql``) when it is one statement."""
+    statements = _serialize(sql).get("statements") or []
+    return statements[0] if len(statements) == 1 else None
+
+
 def _duckdb_tree(sql: str) -> dict:
     tree = _serialize(sql)
     if tree.get("error"):
