@@ -7,10 +7,11 @@ a ``reconcile`` command in-process through click's runner.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import textwrap
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -204,6 +205,29 @@ class Result:
 
     def json(self):
         return json.loads(self.output)
+
+
+@contextlib.contextmanager
+def engine_session(root: Path, *, write_state: bool, lock_down: bool) -> Iterator:
+    """The workspace at ``root`` loaded and an engine session open on it (its staging file
+    removed afterwards), as a command opens one."""
+    from reconciler.enginedb import Session, new_staging_path, remove_staging
+    from reconciler.sources import open_source
+    from reconciler.workspace.loader import load
+
+    loaded = load(root)
+    staging = new_staging_path(loaded)
+    try:
+        with Session(
+            loaded,
+            open_source(loaded),
+            write_state=write_state,
+            staging_path=staging,
+            lock_down=lock_down,
+        ) as session:
+            yield session
+    finally:
+        remove_staging(staging)
 
 
 def cli(ws: WS, *args: str, input: str | None = None) -> Result:

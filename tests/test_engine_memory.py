@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler.enginedb import Session, _bytes, new_staging_path, remove_staging
-from reconciler.sources import open_source
-from reconciler.workspace import loader as workspace_mod
-from tests.conftest import profile
+from reconciler.enginedb import Session, _bytes
+from tests.conftest import engine_session, profile
 
 
 def limit(session: Session) -> int:
@@ -38,19 +36,12 @@ def test_sending_halves_the_engine_memory_limit_and_restores_it(workspace):
     (ws.root / "reconcile.yaml").write_text(
         text.replace("source:\n", "source:\n  memory_limit: 600MB\n", 1)
     )
-    loaded = workspace_mod.load(ws.root)
-    staging = new_staging_path(loaded)
-    try:
-        with Session(
-            loaded, open_source(loaded), write_state=True, staging_path=staging, lock_down=False
-        ) as session:
-            configured = limit(session)
-            assert abs(configured - 600 * 10**6) < 2**20
-            with session.sending():
-                assert abs(limit(session) - configured // 2) < 2**20
-            assert limit(session) == configured
-            with pytest.raises(RuntimeError), session.sending():
-                raise RuntimeError("a destination failed")
-            assert limit(session) == configured  # restored from the setting, not re-derived
-    finally:
-        remove_staging(staging)
+    with engine_session(ws.root, write_state=True, lock_down=False) as session:
+        configured = limit(session)
+        assert abs(configured - 600 * 10**6) < 2**20
+        with session.sending():
+            assert abs(limit(session) - configured // 2) < 2**20
+        assert limit(session) == configured
+        with pytest.raises(RuntimeError), session.sending():
+            raise RuntimeError("a destination failed")
+        assert limit(session) == configured  # restored from the setting, not re-derived

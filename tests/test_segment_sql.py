@@ -9,13 +9,10 @@ from datetime import UTC, date, datetime
 import duckdb
 import pytest
 
-from reconciler.enginedb import Session, new_staging_path, remove_staging
-from reconciler.sources import open_source
 from reconciler.sources.base import SqlRejected, check_segment_sql
 from reconciler.sources.guard import SqlPolicy
-from reconciler.workspace import loader as workspace_mod
 from reconciler.workspace.templating import DEFAULT_NAME, TemplateFailed, render_name, render_sql
-from tests.conftest import cli, profile
+from tests.conftest import cli, engine_session, profile
 
 AS_OF = datetime(2024, 6, 15, 12, 0, tzinfo=UTC)
 
@@ -213,32 +210,25 @@ def test_planning_session_blocks_external_access_and_state_writes(workspace):
         profiles=[profile(i, a=True) for i in range(3)],
     )
     assert cli(ws, "apply", "--auto-approve").exit_code == 0  # a real state file exists
-    loaded = workspace_mod.load(ws.root)
-    staging = new_staging_path(loaded)
-    try:
-        with Session(
-            loaded, open_source(loaded), write_state=False, staging_path=staging, lock_down=True
-        ) as session:
-            con = session.cursor()
-            assert con.execute("SELECT count(*) FROM profiles").fetchone() == (3,)
-            for sql in (
-                "SELECT * FROM read_csv('/etc/passwd')",
-                "SELECT * FROM read_text('/etc/passwd')",
-                "SELECT * FROM '/etc/passwd'",
-                "SELECT * FROM glob('/*')",
-                "ATTACH '/tmp/reconcile-escape.db' AS escape",
-                "COPY profiles TO '/tmp/reconcile-escape.csv'",
-                "SET enable_external_access = true",
-                "SET lock_configuration = false",
-                "LOAD httpfs",
-                "DELETE FROM __reconcile_state.members",
-                "INSERT INTO profiles SELECT * FROM profiles",
-            ):
-                with pytest.raises(duckdb.Error):
-                    con.execute(sql)
-            assert con.execute("SELECT count(*) FROM __reconcile_state.members").fetchone() == (3,)
-    finally:
-        remove_staging(staging)
+    with engine_session(ws.root, write_state=False, lock_down=True) as session:
+        con = session.cursor()
+        assert con.execute("SELECT count(*) FROM profiles").fetchone() == (3,)
+        for sql in (
+            "SELECT * FROM read_csv('/etc/passwd')",
+            "SELECT * FROM read_text('/etc/passwd')",
+            "SELECT * FROM '/etc/passwd'",
+            "SELECT * FROM glob('/*')",
+            "ATTACH '/tmp/reconcile-escape.db' AS escape",
+            "COPY profiles TO '/tmp/reconcile-escape.csv'",
+            "SET enable_external_access = true",
+            "SET lock_configuration = false",
+            "LOAD httpfs",
+            "DELETE FROM __reconcile_state.members",
+            "INSERT INTO profiles SELECT * FROM profiles",
+        ):
+            with pytest.raises(duckdb.Error):
+                con.execute(sql)
+        assert con.execute("SELECT count(*) FROM __reconcile_state.members").fetchone() == (3,)
 
 
 @pytest.mark.parametrize(
