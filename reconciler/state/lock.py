@@ -116,6 +116,10 @@ class StateLock:
         self.release()
 
 
+#: looks at a held lock's empty or half-written description before giving up on it (~0.5 s)
+_HOLDER_READS = 50
+
+
 def _read_holder(fd: int) -> dict | None:
     """The holder's description from the locked file. A holder writes it right after taking
     the lock and empties it right before letting go: an empty or half-written file is read
@@ -135,9 +139,6 @@ def _read_holder(fd: int) -> dict | None:
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     return {}
-
-
-_HOLDER_READS = 50
 
 
 def _user() -> str:
