@@ -9,9 +9,6 @@ from datetime import UTC, datetime
 
 from reconciler.state.store import StateReader
 
-#: the name a confirmed batch's Arrow rows are scanned under while they are recorded
-CONFIRMED_BATCH = "__reconcile_confirmed_batch"
-
 
 def utc_now() -> datetime:
     return datetime.now(UTC)

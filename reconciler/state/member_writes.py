@@ -6,7 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from reconciler.state.journal_writes import CONFIRMED_BATCH, JournalWrites, utc_now
+from reconciler.state.journal_writes import JournalWrites, utc_now
+
+#: the name a confirmed batch's Arrow rows are scanned under while they are recorded
+CONFIRMED_BATCH = "__reconcile_confirmed_batch"
 
 
 class MemberWrites(JournalWrites):
