@@ -81,7 +81,7 @@ class SegmentRunner:
             except duckdb.Error:  # the general path reports it
                 size = None
         if rows is None or size is None:
-            return self.run(name)
+            return self.run(name, sql)
         result = SegmentResult(name, "", size, 0, str(cols[0][1]), rows=one_scan.Rows(rows, size))
         self._scanned[name] = result
         return result
@@ -99,11 +99,12 @@ class SegmentRunner:
             at = self.ws.doc("segments", name).text_location(("sql",), exc.line)
             raise SegmentError(f"{at}: segment {name!r}: {exc}") from exc
 
-    def run(self, name: str) -> SegmentResult:
+    def run(self, name: str, sql: str | None = None) -> SegmentResult:
+        """The segment's keys materialised (``sql``: its SQL already rendered and checked)."""
         if name in self._done:
             return self._done[name]
         where = self.ws.location("segments", name, "sql")
-        sql = self._checked(name)
+        sql = sql if sql is not None else self._checked(name)
         table = f"{TEMP}_seg_{len(self._done)}"
         try:
             with time_limit(self.con, self.timeout, str(where), f"segment {name!r}"):
