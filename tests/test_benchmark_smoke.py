@@ -39,6 +39,13 @@ def test_benchmark_smoke(tmp_path: Path) -> None:
     # and the tables can be printed again from the raw figures
     (again,) = bench.main(["--report", str(tmp_path / "bench.json")])
     assert again["ratios"] == ratios
+    # the same profiles with their key declared PRIMARY KEY plan the same changes
+    argv += ["--reuse-data", "--declared-key", "--json", str(tmp_path / "key.json")]
+    (keyed,) = bench.main(argv)
+    assert keyed["declared_key"] and not result["declared_key"]
+    assert keyed["plan"]["changes"] == result["plan"]["changes"]
+    assert keyed["churn"][0]["replan"]["changes"] == churned["replan"]["changes"]
+    assert "| 10,000 (declared key) |" in (tmp_path / "key.md").read_text()
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ import pytest
 
 from reconciler.engine import make_plan
 from reconciler.errors import SegmentError
+from reconciler.plan import held as held_keys
 from reconciler.plan import one_scan
 from reconciler.plan.planner import PlanRequest
 from reconciler.plan.segments import SegmentRunner
@@ -252,3 +253,94 @@ def test_fast_and_general_paths_plan_the_same(workspace, monkeypatch, segment, d
         (act,) = (a for a in fast["activations"] if a["id"] == "maintain")
         warned = [w for w in act["warnings"] if "held" in w]
         assert bool(warned) == bool(selected & {rows[1]["customer_id"], rows[2]["customer_id"]})
+
+
+# ------------------------------------------------------------------ a key the table declares
+@pytest.mark.parametrize(
+    ("ddl", "unique"),
+    [
+        ("customer_id VARCHAR PRIMARY KEY, seg_a BOOLEAN", True),
+        ("customer_id BIGINT UNIQUE, seg_a BOOLEAN", True),
+        ("CUSTOMER_ID UUID, seg_a BOOLEAN, PRIMARY KEY (CUSTOMER_ID)", True),
+        ("customer_id VARCHAR, seg_a BOOLEAN", False),  # nothing declared
+        ("customer_id VARCHAR, seg_a BOOLEAN, PRIMARY KEY (customer_id, seg_a)", False),
+        ("customer_id VARCHAR, seg_a BOOLEAN UNIQUE", False),  # another column
+        ("customer_id DOUBLE PRIMARY KEY, seg_a BOOLEAN", False),  # its text can repeat
+    ],
+)
+def test_declared_unique_reads_the_catalog(ddl, unique):
+    with duckdb.connect() as c:
+        c.execute(f"CREATE TABLE profiles ({ddl})")
+        assert one_scan.declared_unique(c, PROFILES) is unique
+        c.execute("CREATE TABLE t AS SELECT * FROM profiles")
+        c.execute("DROP TABLE profiles")
+        c.execute("CREATE VIEW profiles AS SELECT * FROM t")  # a view declares nothing
+        assert one_scan.declared_unique(c, PROFILES) is False
+
+
+def _hashes_made(c) -> bool:
+    name = one_scan.KEY_HASHES
+    return bool(c.execute(f"SELECT count(*) FROM duckdb_tables() WHERE table_name = '{name}'")
+                .fetchall()[0][0])  # fmt: skip
+
+
+def test_a_declared_key_skips_the_probe_but_not_the_null_check():
+    with duckdb.connect() as c:
+        c.execute("CREATE TABLE profiles (customer_id VARCHAR UNIQUE, seg_a BOOLEAN)")
+        c.execute("INSERT INTO profiles VALUES ('a', TRUE), ('b', FALSE), ('c', TRUE)")
+        rows = one_scan.row_filter(c, "SELECT customer_id FROM profiles WHERE seg_a", PROFILES)
+        assert rows is not None
+        assert one_scan.unique_rows(c, rows, PROFILES) == 2
+        assert not _hashes_made(c)  # DuckDB's constraint stands for the probe
+        c.execute("INSERT INTO profiles VALUES (NULL, TRUE)")  # UNIQUE allows NULL keys
+        assert one_scan.unique_rows(c, rows, PROFILES) is None
+        c.execute("CREATE TABLE plain AS SELECT * FROM profiles WHERE customer_id IS NOT NULL")
+        c.execute("DROP TABLE profiles")
+        c.execute("ALTER TABLE plain RENAME TO profiles")
+        assert one_scan.unique_rows(c, rows, PROFILES) == 2
+        assert _hashes_made(c)  # without the constraint the table is probed
+
+
+def _declare_key(db, constraint: str) -> None:
+    """Recreate the profiles table with its key declared ``constraint``, rows unchanged."""
+    with duckdb.connect(str(db)) as c:
+        cols = c.execute("DESCRIBE profiles").fetchall()
+        ddl = ", ".join(
+            f"{n} {t}{' ' + constraint if n == 'customer_id' else ''}" for n, t, *_ in cols
+        )
+        c.execute("ALTER TABLE profiles RENAME TO undeclared")
+        c.execute(f"CREATE TABLE profiles ({ddl})")
+        c.execute("INSERT INTO profiles SELECT * FROM undeclared")
+        c.execute("DROP TABLE undeclared")
+
+
+@pytest.mark.parametrize("segment", [*FAST[:4], GENERAL[0]])
+@pytest.mark.parametrize("constraint", ["PRIMARY KEY", "UNIQUE"])
+def test_a_declared_key_plans_what_the_probe_does(workspace, monkeypatch, segment, constraint):
+    acts = {name: text.format(seg="s") for name, text in ACTIVATIONS.items()}
+    ws = workspace(acts, profiles=_rows(0, 0), segments={"s": f'sql: "{segment}"\n'})
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    ws.write("activations/remove.yaml", REMOVE.format(seg="s"))
+    rows = _rows(1, 1)
+    if constraint == "UNIQUE":  # NULL keys no segment returns: allowed by UNIQUE
+        rows.append(dict(rows[0], customer_id=None, seg_a=False, seg_b=False))
+    ws.set_profiles(rows)
+    probed, probed_changes, _ = _plan(ws.root, monkeypatch, fast=True)
+    general, general_changes, _ = _plan(ws.root, monkeypatch, fast=False)
+    _declare_key(ws.db, constraint)
+    calls: list[str] = []
+    complete = held_keys.complete
+
+    def spy(con, desired, profiles, candidates, hashes=None, unique=False):
+        calls.append("unique" if unique else "read")
+        return complete(con, desired, profiles, candidates, hashes, unique)
+
+    monkeypatch.setattr(held_keys, "complete", spy)
+    declared, declared_changes, scanned = _plan(ws.root, monkeypatch, fast=True)
+    assert declared == probed == general
+    assert declared_changes == probed_changes == general_changes
+    if "error" in declared:  # the segment returns the NULL key: the same error each way
+        assert constraint == "UNIQUE" and "NULL key" in declared["error"]
+        return
+    assert declared_changes and set(calls) == {"unique"}  # leavers were not read again
+    assert scanned == ({"s"} if segment in FAST else set())

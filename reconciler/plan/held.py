@@ -33,6 +33,10 @@ class Held:
     #: a table of the hash of every non-NULL key of the profiles table (column ``h``), when
     #: the session made one (:func:`reconciler.plan.one_scan.unique_rows`)
     hashes: str | None = None
+    #: the profiles table declares its key unique
+    #: (:func:`reconciler.plan.one_scan.declared_unique`): no recorded member can be on two
+    #: rows, so leavers are not checked
+    unique: bool = False
 
 
 def stage_segment_keys(con: duckdb.DuckDBPyConnection, joined: str | None) -> None:
@@ -52,13 +56,17 @@ def complete(
     profiles: tuple[str, str],
     candidates: str,
     hashes: str | None = None,
+    unique: bool = False,
 ) -> Held:
     """The held keys, with the keys of ``candidates`` (a relation with column ``key``: the
     recorded members, or any set of them holding every one that left) that no segment returns
     (no row in ``desired``) and that appear more than once in the profiles table
     (``profiles``: the table, read as ``p``, and its key as text). With ``hashes`` (every
     row's key hash, :attr:`Held.hashes`) the table's keys are read only when the hash of one
-    of those keys is on two rows (a repeated key, or rarely a collision)."""
+    of those keys is on two rows (a repeated key, or rarely a collision). A table whose key
+    is declared ``unique`` is not read at all."""
+    if unique:
+        return held_keys(con)
     table, key = profiles
     leavers = f"(SELECT c.key FROM {candidates} c ANTI JOIN {desired} d ON d.key = c.key)"
     if hashes is not None:
@@ -86,6 +94,7 @@ def unhold_leavers(
     leaving: str,
     gone: str | None,
     hashes: str | None = None,
+    unique: bool = False,
 ) -> Held:
     """After the diff of *all* the recorded members of activation ``aid`` (SQL literals from
     here on) staged its changes, held keys pending: complete them from the members it staged
@@ -99,6 +108,7 @@ def unhold_leavers(
         profiles,
         f"(SELECT key FROM {staged} WHERE op IN ({leaving}, 'forget'))",
         hashes,
+        unique,
     )
     if held.table:
         not_gone = f" AND grp NOT IN ({gone})" if gone else ""

@@ -140,8 +140,9 @@ def stage_desired(
         "eligible": row[4],
         "matchable": row[5],
     }
-    hashes = one_scan.KEY_HASHES if isinstance(scanned, one_scan.Rows) else None
-    return counts, Held(DUPLICATES, [], pending=True, hashes=hashes)
+    unique = one_scan.declared_unique(con, profiles)
+    hashes = one_scan.KEY_HASHES if isinstance(scanned, one_scan.Rows) and not unique else None
+    return counts, Held(DUPLICATES, [], pending=True, hashes=hashes, unique=unique)
 
 
 def _keys_table(con: duckdb.DuckDBPyConnection, segment_tables: list[str]) -> str:
@@ -184,7 +185,9 @@ def stage_changes(
     aid = _lit(activation_id)
     diffs = not frozen and (act.goal is Goal.SYNC_ATTRIBUTES or act.action is ActionMode.MAINTAIN)
     if held.pending and not diffs:  # every recorded member is a candidate leaver
-        held = held_keys.complete(con, DESIRED, _profiles_keys(profiles), recorded, held.hashes)
+        held = held_keys.complete(
+            con, DESIRED, _profiles_keys(profiles), recorded, held.hashes, held.unique
+        )
     in_gone = ", ".join(_lit(g) for g in gone) if gone else None
     if in_gone:
         con.execute(
@@ -310,6 +313,7 @@ def _stage_diff(
         leaving=_lit(leaving),
         gone=in_gone,
         hashes=held.hashes,
+        unique=held.unique,
     )
 
 

@@ -170,18 +170,47 @@ def unique_rows(con: duckdb.DuckDBPyConnection, rows: str, profiles: ProfilesTab
 
     The hashes of every row's key are kept for the session (``KEY_HASHES``, made once): the
     check of recorded members that left (:func:`reconciler.plan.held.complete`) reads them
-    instead of the table's keys."""
+    instead of the table's keys. A table that declares its key unique
+    (:func:`declared_unique`) needs neither: the probe is skipped."""
     key = _ident(profiles.key)
+    n, keyed = con.execute(f"SELECT count(*), count(r.{key}) FROM ({rows}) r").fetchall()[0]
+    if keyed != n:  # a NULL key: reported by the general path
+        return None
+    if declared_unique(con, profiles):  # DuckDB keeps every key on one row
+        return n
     con.execute(
         f"""CREATE TEMP TABLE IF NOT EXISTS {KEY_HASHES} AS
         SELECT hash(CAST(p.{key} AS VARCHAR)) AS h FROM {_ident(profiles.table)} p
         WHERE p.{key} IS NOT NULL"""
     )
-    n, keyed = con.execute(f"SELECT count(*), count(r.{key}) FROM ({rows}) r").fetchall()[0]
-    if keyed != n:  # a NULL key: reported by the general path
-        return None
     (found,) = con.execute(
         f"""SELECT count(*) FROM {KEY_HASHES} t
         JOIN (SELECT hash(CAST(r.{key} AS VARCHAR)) AS h FROM ({rows}) r) s ON s.h = t.h"""
     ).fetchall()[0]
     return n if found == n else None
+
+
+#: key column types whose text (keys are compared as text) differs whenever their values do
+_EXACT_TEXT = {"VARCHAR", "UUID", "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT",
+               "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT"}  # fmt: skip
+
+
+def declared_unique(con: duckdb.DuckDBPyConnection, profiles: ProfilesTable) -> bool:
+    """Whether the profiles table (in the session's current schema) declares its key column,
+    alone, ``PRIMARY KEY`` or ``UNIQUE``: DuckDB then refuses a second row with the same
+    non-NULL key, so no key can be held and the duplicate checks are skipped. A view, another
+    source, a composite key or a key type whose text can repeat (a float) answers False."""
+    rows = con.execute(
+        """SELECT c.constraint_type, c.constraint_column_names, k.data_type
+        FROM duckdb_constraints() c JOIN duckdb_columns() k
+          ON k.database_name = c.database_name AND k.schema_name = c.schema_name
+         AND k.table_name = c.table_name AND lower(k.column_name) = lower($key)
+        WHERE c.database_name = current_database() AND c.schema_name = current_schema()
+          AND lower(c.table_name) = lower($table)
+          AND c.constraint_type IN ('PRIMARY KEY', 'UNIQUE')""",
+        {"key": profiles.key, "table": profiles.table},
+    ).fetchall()
+    return any(
+        [str(c).lower() for c in cols] == [profiles.key.lower()] and str(t).upper() in _EXACT_TEXT
+        for _, cols, t in rows
+    )
