@@ -150,8 +150,8 @@ def reset_data(root: Path, declared_key: bool = False) -> Path:
     with constraints would."""
     db = root / "data" / "profiles.duckdb"
     shutil.copyfile(root / "data" / "pristine.duckdb", db)
-    if declared_key:
-        con = connect(db)
+    if declared_key:  # building the key's index takes more memory than the steps measured
+        con = duckdb.connect(str(db), config={"threads": THREADS, "memory_limit": "8GB"})
         try:
             cols = con.execute("DESCRIBE profiles").fetchall()
             ddl = ", ".join(
