@@ -149,6 +149,7 @@ def reset_data(root: Path, declared_key: bool = False) -> Path:
     ``customer_id`` its PRIMARY KEY (rows and column order unchanged), as a warehouse export
     with constraints would."""
     db = root / "data" / "profiles.duckdb"
+    db.with_name(db.name + ".wal").unlink(missing_ok=True)  # a killed run's log: not replayed
     shutil.copyfile(root / "data" / "pristine.duckdb", db)
     if declared_key:  # building the key's index takes more memory than the steps measured
         con = duckdb.connect(str(db), config={"threads": THREADS, "memory_limit": "8GB"})
