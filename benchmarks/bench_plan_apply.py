@@ -2,7 +2,8 @@
 
 Each `reconcile` step runs as a child process (start-up included): plan, first apply, re-plan
 after churn, re-apply. Per step: wall time (median of K repeats), CPU seconds of the child
-(user + sys from `os.wait4`, every DuckDB thread included; median of K) and peak RSS (max).
+(user + sys from `os.wait4`, every DuckDB thread included; median of K) and peak RSS (max;
+taken by a small launcher process, see LAUNCHER).
 In this process, on the same files with the same DuckDB settings, three baselines written
 out below (each the median of at least 3 runs): (a) the bare two-way anti-join of the
 segment's keys against the previous members' keys, (b) the same plus change detection on the
@@ -209,26 +210,43 @@ def compile_package() -> None:
     subprocess.run([sys.executable, "-m", "compileall", "-q", *packages], check=True)
 
 
+#: runs the measured command as its child and writes the child's wall, CPU and peak RSS to
+#: the file named first. The peak RSS ``os.wait4`` reports for a child includes the peak of
+#: the process that started it (Linux keeps the larger one across fork and exec), so a child
+#: started by this process, which grows to gigabytes with the baselines and the data, would
+#: report this process's peak: this small launcher starts it instead.
+LAUNCHER = """
+import json, os, subprocess, sys, time
+start = time.perf_counter()
+proc = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(proc.pid, 0)
+wall = time.perf_counter() - start
+with open(sys.argv[1], "w") as f:
+    json.dump({"wall": wall, "cpu": usage.ru_utime + usage.ru_stime,
+               "rss": usage.ru_maxrss * 1024, "code": os.waitstatus_to_exitcode(status)}, f)
+"""
+
+
 def measured(root: Path, *args: str, env: dict[str, str] | None = None) -> dict:
-    """One `reconcile` child: wall seconds, CPU seconds (user + sys), peak RSS, stdout (its
-    standard error stays in ``child.err``)."""
+    """One `reconcile` child: wall seconds, CPU seconds (user + sys), peak RSS (KiB on Linux),
+    stdout (its standard error stays in ``child.err``), taken by :data:`LAUNCHER`."""
     cmd = [sys.executable, "-m", "reconciler", "-C", str(root), "--no-color", *args]
-    start = time.perf_counter()
+    figures = root / "child.json"
+    figures.unlink(missing_ok=True)
     with open(root / "child.out", "w") as out, open(root / "child.err", "w") as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode not in (0, 2):
-        raise SystemExit(
-            f"{' '.join(args)} failed ({proc.returncode}):\n{(root / 'child.err').read_text()}"
+        subprocess.run(
+            [sys.executable, "-c", LAUNCHER, str(figures), *cmd],
+            stdout=out,
+            stderr=err,
+            env=env,
+            check=False,
         )
-    return {
-        "wall": elapsed,
-        "cpu": usage.ru_utime + usage.ru_stime,
-        "rss": usage.ru_maxrss * 1024,  # KiB on Linux
-        "output": (root / "child.out").read_text(),
-    }
+    if not figures.exists():
+        raise SystemExit(f"{' '.join(args)}: no figures\n{(root / 'child.err').read_text()}")
+    run = json.loads(figures.read_text())
+    if run.pop("code") not in (0, 2):
+        raise SystemExit(f"{' '.join(args)} failed:\n{(root / 'child.err').read_text()}")
+    return run | {"output": (root / "child.out").read_text()}
 
 
 def repeat(root: Path, times: int, args: list[str], before=None) -> dict:
