@@ -1,7 +1,7 @@
 """Additions that came back are recorded in groups, and the next batches' intents are
 journaled ahead of their calls, a window of members at a time
 (``reconciler.apply.additions``: one batch, then four times as many as were recorded so far, up
-to ``RECORD_ROWS``): a kill before a group is recorded re-sends its members and nothing is
+to ``RECORD_ROWS``, never more): a kill before a group is recorded re-sends its members and nothing is
 lost or doubled; a failed call stops the run and closes the intents of the batches it never
 sent."""
 
@@ -94,9 +94,11 @@ def test_groups_grow_with_what_was_recorded_and_hold_every_member(workspace, mon
     groups: list[int] = []
     real = additions.AdditionSender._record_adds
 
-    def counted(self, ref, done):
-        groups.append(sum(c.size for c in done))
-        return real(self, ref, done)
+    def counted(self, ref, done, limit):
+        before = sum(c.size for c in done)
+        error = real(self, ref, done, limit)
+        groups.append(before - sum(c.size for c in done))  # what this transaction recorded
+        return error
 
     monkeypatch.setattr(additions.AdditionSender, "_record_adds", counted)
     res = cli(ws, "apply", "--auto-approve")
@@ -141,4 +143,53 @@ def test_a_failed_call_closes_the_intents_of_batches_never_sent(workspace, monke
     assert res.exit_code == 0, res.output + res.stderr
     assert held(ws) == {"Failing": desired(rows)}
     assert "intent" not in journal(ws)
+    assert_converged(ws)
+
+
+def test_a_group_never_holds_more_than_record_rows(workspace, monkeypatch):
+    """Calls of 5 members, groups of at most 12: a group is recorded when the next call would
+    not fit (10 members), never past the bound (a group of 15 would be), control group too."""
+    monkeypatch.setattr(additions, "RECORD_ROWS", 12)
+    monkeypatch.setattr(additions, "RECORD_SECONDS", 600)
+    rows = [profile(i, a=True) for i in range(60)]
+    act = activation("Bounded") + "split: control\ncontrol_percent: 50\n"
+    ws = workspace({"act": act}, profiles=rows, integration=sandbox_yaml(batch_size=5))
+    groups: list[int] = []
+    real = additions.AdditionSender._record_adds
+
+    def counted(self, ref, done, limit):
+        before = sum(c.size for c in done)
+        error = real(self, ref, done, limit)
+        groups.append(before - sum(c.size for c in done))
+        return error
+
+    control: list[int] = []  # members of each commit of the control group
+    real_control = additions.AdditionSender._record_control_group
+
+    def control_commits(self, batches):
+        transaction, record_sent = self.state.transaction, self.state.record_sent
+
+        def opened():
+            control.append(0)
+            return transaction()
+
+        def recorded(batch_id, batch, *args, **kwargs):
+            control[-1] += batch.num_rows
+            return record_sent(batch_id, batch, *args, **kwargs)
+
+        monkeypatch.setattr(self.state, "transaction", opened)
+        monkeypatch.setattr(self.state, "record_sent", recorded)
+        try:
+            real_control(self, batches)
+        finally:
+            monkeypatch.setattr(self.state, "transaction", transaction)
+            monkeypatch.setattr(self.state, "record_sent", record_sent)
+
+    monkeypatch.setattr(additions.AdditionSender, "_record_adds", counted)
+    monkeypatch.setattr(additions.AdditionSender, "_record_control_group", control_commits)
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 0, res.output + res.stderr
+    groups = [n for n in groups if n]
+    assert groups and max(groups) <= 12 and groups[0] == 5, groups
+    assert control and max(control) <= 12 and sum(control) + sum(groups) == 60, control
     assert_converged(ws)

@@ -25,12 +25,19 @@ from reconciler.apply.sending import Sender
 #: Additions that came back are recorded together, in one transaction, and the next
 #: batches' intents are journaled ahead, a *window* of members at a time: one batch at first,
 #: then ``RAMP`` times as many members as the operation recorded so far (a run killed early
-#: re-sends little), up to ``RECORD_ROWS`` (one DuckDB row group: a transaction that fills one
-#: is written straight to the state file instead of row by row to its log, about half the
-#: cost), or whatever came back once the oldest answer waited ``RECORD_SECONDS``. A run killed
-#: meanwhile sends those members again (the destination already holds them: adding them again
-#: changes nothing).
-RECORD_ROWS = 122_880
+#: re-sends little), up to ``RECORD_ROWS``, or whatever came back once the oldest answer waited
+#: ``RECORD_SECONDS``. A run killed meanwhile sends those members again (the destination
+#: already holds them: adding them again changes nothing).
+#:
+#: A transaction never records more than ``RECORD_ROWS`` members: fewer than one DuckDB row
+#: group (122,880 rows). A transaction that appends a row group or more writes it straight to
+#: the state file and leaves the rest as a row group of its own; a window a little over one
+#: row group (13 calls of 10,000) left a small row group after every full one, and DuckDB's
+#: checkpoint merged them again at the end of the apply: 3.7M members cost 8.8-9.3 s of CPU
+#: to record and a state file twice their size, against 5.5-6.0 s for windows below one row
+#: group, which go through the state's log and fill its row groups in turn
+#: (benchmarks/results/2026-11-30-round8.md).
+RECORD_ROWS = 122_880 - 1
 RECORD_SECONDS = 1.0
 RAMP = 4
 
@@ -87,9 +94,8 @@ class AdditionSender(Sender):
                 while inflight:
                     done.append(wait(inflight.popleft()))
                 try:
-                    with self._recording(done):
-                        error = self._record_adds(ref, done)
-                        self._abandon([batch_id for batch_id, _ in ready])
+                    error = self._record_rest(ref, done)
+                    self._abandon([batch_id for batch_id, _ in ready])
                 except BaseException as exc:
                     error = exc
                 failure = failure or error
@@ -98,15 +104,12 @@ class AdditionSender(Sender):
         self._check_stop()
 
     def _record_control_group(self, batches: Iterator[encode.Columns]) -> None:
-        """A control group's members are recorded, never sent: in one commit per
-        :data:`RECORD_ROWS` members."""
+        """A control group's members are recorded, never sent: up to :data:`RECORD_ROWS`
+        members a commit."""
         group: list[encode.Columns] = []
         members = 0
         for cols in itertools.chain(batches, [None]):
-            if cols is not None:
-                group.append(cols)
-                members += len(cols)
-            if group and (cols is None or members >= RECORD_ROWS):
+            if group and (cols is None or members + len(cols) > RECORD_ROWS):
                 with self.state.transaction():
                     for g in group:
                         self.state.record_sent(
@@ -116,6 +119,9 @@ class AdditionSender(Sender):
                 self.progress.advance(members)
                 group.clear()
                 members = 0
+            if cols is not None:
+                group.append(cols)
+                members += len(cols)
 
     def _record_and_journal(
         self,
@@ -133,13 +139,13 @@ class AdditionSender(Sender):
         if not ready and not any(c.error is not None for c in done):
             for cols in batches:
                 fresh.append((new_batch_id(), cols))
-                if len(fresh) * self.size >= self._window():
+                if (len(fresh) + 1) * self.size > self._window():
                     break
             record = record or (bool(done) and not fresh)  # the end: record the rest
         if not record and not fresh:
             return
         with self._recording(done if record else []):
-            error = self._record_adds(ref, done) if record else None
+            error = self._record_adds(ref, done, self._window()) if record else None
             if error is None:
                 for batch_id, cols in fresh:
                     self.state.journal_intent(
@@ -148,6 +154,16 @@ class AdditionSender(Sender):
                 ready.extend(fresh)
         if error is not None:
             raise error
+
+    def _record_rest(self, ref: AudienceRef, done: list[Call]) -> BaseException | None:
+        """Record every call that came back, a window (:data:`RECORD_ROWS` at most) a
+        transaction; the first failed call's error is returned."""
+        error: BaseException | None = None
+        while done:
+            with self._recording(done):
+                failed = self._record_adds(ref, done, self._window())
+            error = error or failed
+        return error
 
     def _abandon(self, batch_ids: list[str]) -> None:
         """Close the intents of journaled batches that were never sent (a call failed or
@@ -159,9 +175,8 @@ class AdditionSender(Sender):
 
     def _window(self) -> int:
         """Members recorded, and journaled ahead, at once: one batch, then four times as many
-        as this operation recorded so far, up to :data:`RECORD_ROWS` (groups smaller than a
-        row group go through the state's log, and the final checkpoint writes them again:
-        the window reaches its size within a few groups)."""
+        as this operation recorded so far, up to :data:`RECORD_ROWS` (the window reaches its
+        size within a few groups); never less than one call."""
         return max(self.size, min(RECORD_ROWS, RAMP * self._recorded))
 
     def _due(self, done: list[Call]) -> bool:
@@ -172,7 +187,7 @@ class AdditionSender(Sender):
             return True
         members = sum(c.size for c in done)
         late = time.monotonic() - done[0].returned >= RECORD_SECONDS
-        return members >= self._window() or late
+        return members + self.size > self._window() or late  # no room for another call
 
     def _recording(self, done: list[Call]):
         """One transaction for recording ``done`` (and what goes with it), unless one of
@@ -180,14 +195,17 @@ class AdditionSender(Sender):
         jobs = any(c.error is None and c.outcome.job for c in done)
         return contextlib.nullcontext() if jobs else self.state.transaction()
 
-    def _record_adds(self, ref: AudienceRef, done: list[Call]) -> BaseException | None:
-        """Record the finished calls, in order; the first failed call's error is returned after
+    def _record_adds(self, ref: AudienceRef, done: list[Call], limit: int) -> BaseException | None:
+        """Record the finished calls, in order, as many as hold ``limit`` members (one call at
+        least; the rest stay in ``done``); the first failed call's error is returned after
         the successful ones are recorded (its intent stays open: the next apply closes it and
         its members are planned again). Each call leaves ``done`` as it is taken, so one whose
         recording failed is not recorded a second time by the caller's clean-up."""
         error: BaseException | None = None
-        while done:
+        taken = 0
+        while done and (not taken or taken + done[0].size <= limit):
             c = done.pop(0)
+            taken += c.size
             if c.error is not None:
                 error = error or c.error
                 continue
