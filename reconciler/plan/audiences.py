@@ -1,0 +1,197 @@
+"""The audiences of an activation's plan: for each split group the audience its members go
+to at the destination (the rendered name, a list named by ``list: {existing: ...}``, one to
+rename back, adopt or create) with its counts, and the drift a refresh reads back from the
+destination (audiences deleted or renamed there). The audience side of
+:class:`reconciler.plan.planner.Planner`."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from destinations.base import AudienceRef
+from reconciler.errors import ConfigError, DestinationError
+from reconciler.integrations import Connections
+from reconciler.plan import splits
+from reconciler.plan.model import AudienceChange
+from reconciler.state.store import RecordedActivation, StateReader
+from reconciler.workspace.activation_spec import ActionMode, ResolvedActivation
+from reconciler.workspace.loader import Workspace
+from reconciler.workspace.templating import DEFAULT_NAME, TemplateFailed, local_date, render_name
+
+if TYPE_CHECKING:
+    from reconciler.plan.planner import PlanRequest
+
+
+@dataclass
+class Drift:
+    """What a refresh found: groups whose audience was deleted at the destination, current
+    names of audiences renamed there, and notes for the plan."""
+
+    gone: set[str] = field(default_factory=set)
+    names: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+class AudienceTargeting:
+    """Each group's target audience and the drift of the recorded ones (a mixin of
+    :class:`~reconciler.plan.planner.Planner`)."""
+
+    # set by Planner.__init__
+    ws: Workspace
+    conns: Connections
+    state: StateReader
+    as_of: datetime
+    req: PlanRequest
+
+    def _audiences(
+        self,
+        aid: str,
+        act: ResolvedActivation,
+        rec: RecordedActivation | None,
+        changes: dict[tuple[str, str], int],
+        warnings: list[str],
+        drift: Drift,
+    ) -> list[AudienceChange]:
+        recorded_aud = self.state.audiences(rec.id) if rec else {}
+        for grp, current in drift.names.items():  # renamed at the destination: rename back
+            recorded_aud[grp] = dataclasses.replace(recorded_aud[grp], name=current)
+        for grp in drift.gone:  # deleted at the destination: created again
+            recorded_aud.pop(grp, None)
+        sizes = self.state.member_counts(rec.id) if rec else {}
+        date_created = rec.date_created if rec else local_date(self.as_of, self.ws.config.timezone)
+        groups = splits.groups(act.split)
+        # groups that exist only in the state (the split changed) still need their leavers
+        groups += [g for g in sorted(set(recorded_aud) | set(sizes)) if g not in groups]
+        out = []
+        for grp in groups:
+            c = {
+                op: changes.get((grp, op), 0)
+                for op in ("add", "remove", "update", "purge", "forget")
+            }
+            before = 0 if grp in drift.gone else sizes.get(grp, 0)
+            ra = recorded_aud.get(grp)
+            target = self._audience_target(aid, act, grp, ra, date_created)
+            name, resource_id, create, rename_from, taken_by = target
+            sent = splits.sent(grp)
+            removed = c["remove"]
+            forgotten = 0 if grp in drift.gone else c["forget"]
+            after = before + c["add"] + c["purge"] - removed - forgotten
+            mass = (
+                sent
+                and act.action is not ActionMode.REMOVE
+                and before > 0
+                and removed > 0
+                and (after == 0 or removed > act.max_removal_share * before)
+            )
+            if grp not in splits.groups(act.split) and not any(c.values()) and before == 0:
+                continue
+            adopt = bool(create and taken_by and act.adopt)
+            if create and taken_by and sent and not adopt:
+                warnings.append(
+                    f"the destination already has an audience named {name!r} (id {taken_by}) "
+                    "that this activation did not create; apply creates a second one with the "
+                    "same name. Set `adopt: true` to take it over, `list: {existing: ...}` to "
+                    "send to it, or change `name`"
+                )
+            out.append(
+                AudienceChange(
+                    group=grp,
+                    name=name,
+                    sent=sent,
+                    resource_id=taken_by if adopt else resource_id,
+                    create=create and sent and not adopt,
+                    rename_from=rename_from if sent else None,
+                    name_taken_by=taken_by if sent else None,
+                    adopt=adopt and sent,
+                    add=c["add"],
+                    remove=removed + c["purge"],
+                    update=c["update"],
+                    forget=c["forget"],
+                    size_before=before,
+                    size_after=after,
+                    mass_removal=mass,
+                )
+            )
+        return out
+
+    def _audience_target(
+        self, aid: str, act: ResolvedActivation, grp: str, ra, date_created
+    ) -> tuple[str, str | None, bool, str | None, str | None]:
+        """(name, resource id, create?, renamed from, id of a foreign audience of that name)."""
+        if grp not in splits.groups(act.split) and ra is not None:
+            # a group of an earlier split: drained of its members, never renamed
+            return ra.name, ra.resource_id, False, None, None
+        existing = act.target.existing
+        if existing is not None:
+            wanted = existing[grp] if isinstance(existing, dict) else existing  # type: ignore[index]
+            if ra is not None and ra.resource_id and wanted in (ra.resource_id, ra.name):
+                return ra.name, ra.resource_id, False, None, None
+            if not self.req.refresh:
+                return wanted, None, False, None, None
+            found = self.conns.get(act.destination).find_audience(wanted)
+            if found is None:
+                where = self.ws.location("activations", aid, "list", "existing")
+                raise ConfigError(
+                    f"the destination {act.destination!r} has no list {wanted!r}; "
+                    f"`reconcile lists {act.destination}` shows the lists it has",
+                    where,
+                )
+            return found.name, found.id, False, None, None
+        try:
+            base = render_name(
+                act.name or DEFAULT_NAME,
+                as_of=self.as_of,
+                timezone=self.ws.config.timezone,
+                date_created=date_created,
+                activation=aid,
+                segments=act.segments,
+            )
+        except TemplateFailed as exc:
+            raise ConfigError(str(exc), self.ws.location("activations", aid, "name")) from exc
+        name = splits.audience_name(base, act.split, grp)
+        if ra is not None and ra.resource_id:
+            return name, ra.resource_id, False, (ra.name if ra.name != name else None), None
+        return name, None, True, None, self._name_taken(aid, act, grp, name)
+
+    def _refresh(self, act: ResolvedActivation, rec: RecordedActivation, dest) -> Drift:
+        """Read each managed audience back (``--refresh=false`` skips it): one deleted at the
+        destination is created again with its members; one renamed there is renamed back."""
+        drift = Drift()
+        if not self.req.refresh or act.action is ActionMode.REMOVE or not dest.capabilities.refresh:
+            return drift
+        for grp, ra in self.state.audiences(rec.id).items():
+            if not ra.sent or not ra.resource_id:
+                continue
+            try:
+                now = dest.read_audience(AudienceRef(ra.resource_id, ra.name))
+            except DestinationError as exc:  # the plan itself needs no destination
+                drift.notes.append(f"audience {ra.name!r} could not be read back: {exc}")
+                continue
+            if now is None:
+                drift.gone.add(grp)
+                drift.notes.append(
+                    f"audience {ra.name!r} ({ra.resource_id}) was deleted at the destination: "
+                    "it will be created again and its members sent again"
+                )
+            elif now.name != ra.name:
+                drift.names[grp] = now.name
+                drift.notes.append(
+                    f"audience {ra.name!r} was renamed to {now.name!r} at the destination"
+                )
+        return drift
+
+    def _name_taken(self, aid: str, act: ResolvedActivation, grp: str, name: str) -> str | None:
+        """The id of an audience of this name at the destination that this activation did not
+        create (a creation interrupted by a crash is its own: apply resolves it)."""
+        if not self.req.refresh or not splits.sent(grp):
+            return None
+        if self.state.pending_create(aid, grp) is not None:
+            return None
+        try:
+            found = self.conns.get(act.destination).find_audience(name)
+        except DestinationError:  # reported by apply; the plan itself needs no destination
+            return None
+        return found.id if found is not None and found.name == name else None
