@@ -1,6 +1,7 @@
-"""The plan: a frozen value built only by ``planning.py``, consumed by ``apply.py`` and the
-renderers. It holds specs, counts and digests; the member changes themselves (keys) are
-staged in engine tables (see ``staging.py``), never in this object.
+"""The plan: a frozen value built only by :mod:`reconciler.plan.planner`, consumed by
+:mod:`reconciler.apply.applier` and the renderers. It holds specs, counts and digests; the
+member changes themselves (keys) are staged in engine tables (see
+:mod:`reconciler.plan.staging`), never in this object.
 
 Its JSON form (``Plan.to_json()``) is the documented, versioned ``--format json`` output:
 see ``docs/plan-json.md``. Bump ``FORMAT_VERSION`` on any incompatible change.
