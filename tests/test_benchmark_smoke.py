@@ -48,6 +48,17 @@ def test_benchmark_smoke(tmp_path: Path) -> None:
     assert "| 10,000 (declared key) |" in (tmp_path / "key.md").read_text()
 
 
+def test_record_windows_benchmark_smoke() -> None:
+    path = BENCH.with_name("bench_record_windows.py")
+    spec = importlib.util.spec_from_file_location("bench_record_windows", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    results = bench.main(["--members", "25000", "--batch", "1000", "--calls", "2", "3"])
+    assert [r["members_per_transaction"] for r in results] == [2000, 3000]
+    for r in results:  # every member written, each window in its own file
+        assert r["rows"] == 25_000 and r["cpu"] > 0 and r["total_blocks"] >= r["free_blocks"]
+
+
 @pytest.mark.slow
 def test_postgres_benchmark_smoke(tmp_path: Path, pg_dsn) -> None:
     """The PostgreSQL variant (profiles in PostgreSQL, baselines run there) at a tiny size."""
