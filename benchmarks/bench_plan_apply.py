@@ -456,7 +456,9 @@ def table(results: list[dict]) -> str:
                 f"| {_run(c['replan'])} | {_run(c['reapply'])} | {_sql(c['baseline_a'])} "
                 f"| {_sql(c['baseline_b'])} |"
             )
-    sizes = " | ".join(f"{r['profiles']:,}" for r in results)
+    sizes = " | ".join(
+        f"{r['profiles']:,}" + (" (declared key)" if r.get("declared_key") else "") for r in results
+    )
     lines += ["", f"| measure | target | {sizes} |", "|---|---|" + "---:|" * len(results)]
 
     def row(measure: str, target: str, cell) -> None:  # type: ignore[no-untyped-def]
