@@ -344,3 +344,8 @@ def test_a_declared_key_plans_what_the_probe_does(workspace, monkeypatch, segmen
         return
     assert declared_changes and set(calls) == {"unique"}  # leavers were not read again
     assert scanned == ({"s"} if segment in FAST else set())
+    # the apply (no check for repeated keys in what it sends) leaves nothing to do
+    res = cli(ws, "apply", "--auto-approve", "--allow-mass-removal")
+    assert res.exit_code == 0, res.output + res.stderr
+    again = cli(ws, "plan", "--detailed-exitcode")
+    assert again.exit_code == 0, again.output

@@ -20,6 +20,7 @@ from destinations.columns import LazyColumn, RecordColumn
 from destinations.identity.sql import send_sql
 from reconciler.enginedb import STAGING
 from reconciler.plan.membership import _ident
+from reconciler.plan.one_scan import declared_unique
 from reconciler.workspace.spec import ProfilesTable
 
 #: the send table lives in an in-memory database of the apply session (spilled to the
@@ -96,9 +97,16 @@ def build(
         FROM ({encoded})""",
         {"aid": activation_id, "grp": grp},
     )
-    # a key on several profile rows now: left out (cheaper than a window over every row)
-    counted = con.execute(f"SELECT count(*), count(DISTINCT (op, key)) FROM {SEND}")
-    rows, keys = counted.fetchall()[0]
+    # a key on several profile rows now: left out (cheaper than a window over every row);
+    # none can be when the table declares its key unique, and distinct hashes are distinct
+    # keys (the keys themselves are counted only when two rows share a hash)
+    rows = keys = 0
+    if not declared_unique(con, profiles):
+        counted = con.execute(f"SELECT count(*), count(DISTINCT hash(op, key)) FROM {SEND}")
+        rows, keys = counted.fetchall()[0]
+        if rows != keys:
+            counted = con.execute(f"SELECT count(*), count(DISTINCT (op, key)) FROM {SEND}")
+            rows, keys = counted.fetchall()[0]
     if rows != keys:
         con.execute(
             f"DELETE FROM {SEND} WHERE (op, key) IN "
