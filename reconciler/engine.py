@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from reconciler.apply.applier import Applier, ApplyOptions, ApplyResult
+from reconciler.apply.applier import Applier, ApplyOptions
 from reconciler.apply.interrupts import InterruptGuard
+from reconciler.apply.outcomes import ApplyResult
 from reconciler.enginedb import STAGING, Session, new_staging_path, remove_staging
 from reconciler.errors import ConfigError, DestinationError
 from reconciler.integrations import Connections

@@ -8,7 +8,7 @@ import json
 
 from rich.console import Console
 
-from reconciler.apply.applier import ActivationOutcome
+from reconciler.apply.outcomes import ActivationOutcome
 from reconciler.apply.progress import Progress
 from reconciler.cli.progress import JsonReporter, LiveReporter, PlainReporter, make_reporter
 from reconciler.plan.model import Status

@@ -7,39 +7,36 @@ only after the destination confirmed it, in the same transaction that closes the
 crash or kill at any point therefore loses nothing: the next plan sees exactly what was not
 recorded and the next apply sends it (destinations treat re-sent members as no-ops).
 
-An audience creation gets its own key, journaled before the call. A run that died between
-the two resumes *that* creation: it asks the destination for the audience this key made and
-creates it (same key) only if there is none — it never adopts an audience merely because it
-has the name. A new or re-added activation creates new audiences unless its spec says
-``adopt: true`` or ``list: {existing: ...}``.
+Each audience's steps (its audience recorded, adopted or created, resuming a creation a run
+that died had journaled; then its members sent, or its files exported) are
+:mod:`reconciler.apply.audience_steps`; what a run returns is :mod:`reconciler.apply.outcomes`.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from destinations.base import AudienceRef, Destination
+from reconciler.apply.audience_steps import AudienceSteps
 from reconciler.apply.batches import CHANGES, BatchRunner
-from reconciler.apply.calls import Interrupted, finish_job, new_batch_id
-from reconciler.apply.export import ExportRunner
+from reconciler.apply.calls import Interrupted, finish_job
 from reconciler.apply.interrupts import InterruptGuard
 from reconciler.apply.notifications import FinishedRun, notify_finished
+from reconciler.apply.outcomes import ActivationOutcome, ApplyResult
 from reconciler.apply.profile_writes import record_attribute_hashes, write_back
 from reconciler.apply.progress import Progress
 from reconciler.enginedb import Session
 from reconciler.errors import CredentialsRefused, DestinationError, ReconcileError
 from reconciler.integrations import Connections
-from reconciler.plan import membership, splits
-from reconciler.plan.exports import export_path
-from reconciler.plan.model import ActivationPlan, AudienceChange, Change, Plan, Status
+from reconciler.plan import membership
+from reconciler.plan.model import ActivationPlan, Change, Plan, Status
 from reconciler.plan.recorded import digest, recorded_spec
 from reconciler.state.attributes import forget as forget_attribute_hashes
 from reconciler.state.schema import CATALOG
 from reconciler.state.writer import StateStore
-from reconciler.workspace.activation_spec import ResolvedActivation
 from reconciler.workspace.loader import Workspace
 from reconciler.workspace.templating import local_date
 
@@ -52,32 +49,7 @@ class ApplyOptions:
     progress: Progress | None = None
 
 
-@dataclass
-class ActivationOutcome:
-    id: str
-    status: Status
-    added: int = 0
-    removed: int = 0
-    updated: int = 0
-    failed: int = 0  # rejected members and refused removals
-    retry: int = 0  # members the destination asked to send again later
-    attempted: int = 0  # members sent (accepted + rejected + retry)
-    error: str | None = None
-    warning: str | None = None  # e.g. rejections below max_rejected_share
-    audiences: list[dict] = field(default_factory=list)
-
-
-@dataclass
-class ApplyResult:
-    outcomes: list[ActivationOutcome] = field(default_factory=list)
-    interrupted: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return not self.interrupted and all(o.status is Status.COMPLETE for o in self.outcomes)
-
-
-class Applier:
+class Applier(AudienceSteps):
     def __init__(
         self,
         ws: Workspace,
@@ -279,107 +251,6 @@ class Applier:
                     "run `reconcile plan` again"
                 )
         return None
-
-    # ------------------------------------------------------------------ exports
-    def _export(
-        self,
-        ap: ActivationPlan,
-        act: ResolvedActivation,
-        dest: Destination,
-        runner: BatchRunner,
-        fp: str,
-        attribute_map: dict[str, str],
-        outcome: ActivationOutcome,
-    ) -> None:
-        """Write the delta (and full) file of an ``export_data`` activation and record it."""
-        export = ExportRunner(
-            self.state,
-            dest,
-            self.ws.config.source.profiles,
-            run_id=self._run_id,
-            activation_id=ap.id,
-            fingerprint=fp,
-            attribute_map=attribute_map,
-            call=runner.call,
-        )
-        assert ap.export is not None
-        for aud in ap.audiences:
-            self.state.record_audience(ap.id, aud.group, aud.name, ap.export.location, True)
-            result = export.run(aud.group, ap.export, export_path(ap.id, act), self.plan.as_of)
-            outcome.added += result.added
-            outcome.removed += result.removed
-            outcome.updated += result.updated
-            outcome.attempted += result.added + result.removed + result.updated
-            outcome.audiences.append(
-                {"group": aud.group, "name": aud.name, "sent": True, **result.as_dict()}
-            )
-
-    # ------------------------------------------------------------------ one audience
-    def _audience(
-        self,
-        ap: ActivationPlan,
-        aud: AudienceChange,
-        dest: Destination,
-        runner: BatchRunner,
-        outcome: ActivationOutcome,
-    ) -> None:
-        ref = self._ensure_audience(ap, aud, dest, runner) if aud.sent else None
-        try:
-            runner.run_audience(aud.group, ref, sent=aud.sent, name=aud.name)
-        finally:  # what was confirmed, also when interrupted or failed part-way
-            c = runner.counts
-            if aud.sent:  # a control group is recorded, never sent: not in the run's totals
-                outcome.added += c.add
-                outcome.removed += c.remove
-                outcome.updated += c.update
-                outcome.failed += c.rejected + c.failed_removals
-                outcome.retry += c.retry
-                outcome.attempted += c.add + c.update + c.remove + c.rejected + c.retry
-                outcome.attempted += c.failed_removals
-            outcome.audiences.append(
-                {"group": aud.group, "name": aud.name, "sent": aud.sent, **c.as_dict()}
-            )
-        if aud.group not in splits.groups(self.ws.activations[ap.id].split) and aud.size_after == 0:
-            self.state.drop_audience(ap.id, aud.group)
-
-    def _ensure_audience(
-        self, ap: ActivationPlan, aud: AudienceChange, dest: Destination, runner: BatchRunner
-    ) -> AudienceRef:
-        """The audience to send to: recorded (renamed if asked), adopted, or created — resuming
-        a creation journaled by a run that died, never adopting one merely by its name.
-        Destination calls are retried like member batches."""
-        recorded = self.state.audiences(ap.id).get(aud.group)
-        if aud.create and recorded is not None and recorded.resource_id:
-            # deleted at the destination (the plan saw it gone): forget it, create anew
-            self.state.drop_audience(ap.id, aud.group)
-            recorded = None
-        if aud.resource_id and not aud.create:
-            ref = AudienceRef(aud.resource_id, recorded.name if recorded else aud.name)
-            if aud.rename_from:
-                current = ref
-                ref = runner.call(lambda: dest.rename_audience(current, aud.name))
-            self.state.record_audience(ap.id, aud.group, ref.name, ref.id, True)
-            return ref
-        if recorded is not None and recorded.resource_id:
-            return AudienceRef(recorded.resource_id, recorded.name)
-        pending = self.state.pending_create(ap.id, aud.group)
-        if pending is not None:
-            key, name = pending[0], pending[1] or aud.name
-        else:
-            key, name = new_batch_id(), aud.name
-            self.state.journal_intent(key, self._run_id, ap.id, aud.group, "create", 1, name)
-
-        def find_or_create() -> AudienceRef:
-            # a creation that may have reached the destination (a run that died, or a lost
-            # answer being retried) is looked up by its own key before creating again
-            found = dest.find_created_audience(name, idempotency_key=key)
-            return found or dest.create_audience(name, idempotency_key=key)
-
-        ref = runner.call(find_or_create)
-        with self.state.transaction():
-            self.state.record_audience(ap.id, aud.group, ref.name, ref.id, True)
-            self.state.journal_outcome(key, "done", f"audience {ref.id}")
-        return ref
 
     # ------------------------------------------------------------------ deleted files
     def _delete(self, ap: ActivationPlan) -> ActivationOutcome:

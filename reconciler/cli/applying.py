@@ -15,7 +15,7 @@ from reconciler.cli.lazy import LazyModule
 from reconciler.errors import ReconcileError
 
 if TYPE_CHECKING:
-    from reconciler.apply.applier import ApplyResult
+    from reconciler.apply.outcomes import ApplyResult
     from reconciler.cli.progress import Reporter
 
 engine: Any = LazyModule("reconciler.engine")

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from reconciler.apply.progress import Event
 
-if TYPE_CHECKING:  # the applier (~60 ms of imports) is not loaded by `plan`
-    from reconciler.apply.applier import ActivationOutcome
+if TYPE_CHECKING:  # annotations only
+    from reconciler.apply.outcomes import ActivationOutcome
 
 __all__ = ["JsonReporter", "LiveReporter", "PlainReporter", "Reporter", "make_reporter"]
 
