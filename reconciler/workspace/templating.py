@@ -15,7 +15,8 @@ from zoneinfo import ZoneInfo
 
 from jinja2 import TemplateError, TemplateSyntaxError, UndefinedError
 
-from reconciler.workspace.template_sandbox import LIMITS, Limits, TemplateFailed, render
+from reconciler.workspace.template_budget import LIMITS, Limits, TemplateFailed
+from reconciler.workspace.template_sandbox import render
 
 __all__ = [
     "DEFAULT_NAME",
