@@ -98,16 +98,8 @@ def build(
         {"aid": activation_id, "grp": grp},
     )
     # a key on several profile rows now: left out (cheaper than a window over every row);
-    # none can be when the table declares its key unique, and distinct hashes are distinct
-    # keys (the keys themselves are counted only when two rows share a hash)
-    rows = keys = 0
-    if not declared_unique(con, profiles):
-        counted = con.execute(f"SELECT count(*), count(DISTINCT hash(op, key)) FROM {SEND}")
-        rows, keys = counted.fetchall()[0]
-        if rows != keys:
-            counted = con.execute(f"SELECT count(*), count(DISTINCT (op, key)) FROM {SEND}")
-            rows, keys = counted.fetchall()[0]
-    if rows != keys:
+    # none can be when the table declares its key unique
+    if not declared_unique(con, profiles) and _repeated_keys(con):
         con.execute(
             f"DELETE FROM {SEND} WHERE (op, key) IN "
             f"(SELECT (op, key) FROM {SEND} GROUP BY op, key HAVING count(*) > 1)"
@@ -129,6 +121,20 @@ def build(
         op: SendTable(op, fields, tuple(attribute_map), staged.get(op, 0), *read.get(op, (0, 0)))
         for op in SENT_OPS
     }
+
+
+def _repeated_keys(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether an (op, key) of the send table is on several rows. Distinct hashes are distinct
+    keys: the keys themselves are counted only when two rows share a hash."""
+    rows, hashes = con.execute(
+        f"SELECT count(*), count(DISTINCT hash(op, key)) FROM {SEND}"
+    ).fetchall()[0]
+    if rows == hashes:
+        return False
+    rows, keys = con.execute(f"SELECT count(*), count(DISTINCT (op, key)) FROM {SEND}").fetchall()[
+        0
+    ]
+    return bool(rows != keys)
 
 
 class Columns:
