@@ -94,9 +94,9 @@ def test_groups_grow_with_what_was_recorded_and_hold_every_member(workspace, mon
     groups: list[int] = []
     real = additions.AdditionSender._record_adds
 
-    def counted(self, ref, done, limit):
+    def counted(self, ref, done):
         before = sum(c.size for c in done)
-        error = real(self, ref, done, limit)
+        error = real(self, ref, done)
         groups.append(before - sum(c.size for c in done))  # what this transaction recorded
         return error
 
@@ -157,9 +157,9 @@ def test_a_group_never_holds_more_than_record_rows(workspace, monkeypatch):
     groups: list[int] = []
     real = additions.AdditionSender._record_adds
 
-    def counted(self, ref, done, limit):
+    def counted(self, ref, done):
         before = sum(c.size for c in done)
-        error = real(self, ref, done, limit)
+        error = real(self, ref, done)
         groups.append(before - sum(c.size for c in done))
         return error
 

@@ -145,7 +145,7 @@ class AdditionSender(Sender):
         if not record and not fresh:
             return
         with self._recording(done if record else []):
-            error = self._record_adds(ref, done, self._window()) if record else None
+            error = self._record_adds(ref, done) if record else None
             if error is None:
                 for batch_id, cols in fresh:
                     self.state.journal_intent(
@@ -161,7 +161,7 @@ class AdditionSender(Sender):
         error: BaseException | None = None
         while done:
             with self._recording(done):
-                failed = self._record_adds(ref, done, self._window())
+                failed = self._record_adds(ref, done)
             error = error or failed
         return error
 
@@ -195,14 +195,14 @@ class AdditionSender(Sender):
         jobs = any(c.error is None and c.outcome.job for c in done)
         return contextlib.nullcontext() if jobs else self.state.transaction()
 
-    def _record_adds(self, ref: AudienceRef, done: list[Call], limit: int) -> BaseException | None:
-        """Record the finished calls, in order, as many as hold ``limit`` members (one call at
-        least; the rest stay in ``done``); the first failed call's error is returned after
+    def _record_adds(self, ref: AudienceRef, done: list[Call]) -> BaseException | None:
+        """Record the finished calls, in order, as many as a window holds (:meth:`_window`; one
+        call at least, the rest stay in ``done``); the first failed call's error is returned after
         the successful ones are recorded (its intent stays open: the next apply closes it and
         its members are planned again). Each call leaves ``done`` as it is taken, so one whose
         recording failed is not recorded a second time by the caller's clean-up."""
         error: BaseException | None = None
-        taken = 0
+        limit, taken = self._window(), 0
         while done and (not taken or taken + done[0].size <= limit):
             c = done.pop(0)
             taken += c.size
