@@ -65,6 +65,16 @@ class Budget:
                 "characters or items)"
             )
 
+    def iterate(self) -> None:
+        """Account for one more loop iteration; refuse it past the render's limit."""
+        self.iterations += 1
+        if self.iterations > self.limits.iterations:
+            raise TemplateFailed(
+                f"the template's loops run more than {self.limits.iterations:,} times in all; "
+                "simplify it"
+            )
+        self.tick()
+
     def add(self, value: Any) -> Any:
         """Account for a value the template built; refuse it when it is too large."""
         n = weight(value, self.limits.value)

@@ -178,13 +178,7 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
     def bounded_iter(self, iterable: Iterable) -> Iterator:
         b = current_budget()
         for item in iterable:
-            b.iterations += 1
-            if b.iterations > b.limits.iterations:
-                raise TemplateFailed(
-                    f"the template's loops run more than {b.limits.iterations:,} times in all; "
-                    "simplify it"
-                )
-            b.tick()
+            b.iterate()
             yield item
 
     def bounded_concat(self, values: tuple) -> str:
