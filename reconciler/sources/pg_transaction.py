@@ -20,7 +20,7 @@ from psycopg import sql as pgsql
 from reconciler.errors import SourceError
 from reconciler.sources import pg_connect
 from reconciler.sources.engine_errors import safe_engine_error
-from reconciler.sources.postgres_source import csv_relation
+from reconciler.sources.pg_types import csv_relation
 
 if TYPE_CHECKING:
     from reconciler.sources.postgres_source import PostgresProfilesSource

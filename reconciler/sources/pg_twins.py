@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from psycopg import sql as pgsql
 
 #: PostgreSQL types whose text PostgreSQL's cast and the engine's (after the COPY into the
-#: engine, :func:`reconciler.sources.postgres_source.duck_type`) write differently; every
+#: engine, :func:`reconciler.sources.pg_types.duck_type`) write differently; every
 #: other type is read by the engine either as text or as a type that writes it alike
 #: (integers, boolean, date, uuid, numeric with a precision)
 _NOT_EQUAL = {

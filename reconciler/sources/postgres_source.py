@@ -35,6 +35,7 @@ from reconciler.errors import Location, SegmentError, SourceError
 from reconciler.sources import pg_connect
 from reconciler.sources.engine_errors import safe_engine_error
 from reconciler.sources.guard import SqlPolicy, SqlRejected, check_condition, check_segment_sql
+from reconciler.sources.pg_types import csv_relation, display_type, duck_type
 from reconciler.workspace.spec import PostgresSource
 
 SOURCE_CATALOG = "source"
@@ -378,52 +379,3 @@ class PostgresProfilesSource:
             yield folder
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def display_type(display: str | None) -> str:
-    """The DuckDB type of a result column PostgreSQL describes as ``display``
-    (``numeric(12,2)``, ``character varying(80)``, ``integer``)."""
-    import re
-
-    m = re.fullmatch(r"([a-z ]+?)(?:\((\d+)(?:,(\d+))?\))?", (display or "").lower())
-    if m is None:
-        return "VARCHAR"
-    precision = int(m.group(2)) if m.group(2) and m.group(1) == "numeric" else None
-    scale = int(m.group(3)) if m.group(3) else None
-    return duck_type(m.group(1), precision, scale)
-
-
-def duck_type(data_type: str, precision: int | None, scale: int | None) -> str:
-    """The DuckDB type a PostgreSQL column is read back as (its text form parses there)."""
-    t = data_type.lower()
-    if t == "numeric":
-        if precision and precision <= 38:
-            return f"DECIMAL({precision},{scale or 0})"
-        return "DOUBLE"
-    return {
-        "smallint": "SMALLINT",
-        "integer": "INTEGER",
-        "bigint": "BIGINT",
-        "real": "FLOAT",
-        "double precision": "DOUBLE",
-        "boolean": "BOOLEAN",
-        "date": "DATE",
-        "timestamp without time zone": "TIMESTAMP",
-        "timestamp with time zone": "TIMESTAMPTZ",
-        "uuid": "UUID",
-    }.get(t, "VARCHAR")
-
-
-def csv_relation(path: str, types: dict[str, str]) -> str:
-    """DuckDB's reading of a CSV file that PostgreSQL's ``COPY … TO STDOUT (FORMAT csv)``
-    wrote, its columns typed ``types`` (name -> DuckDB type)."""
-    spec = ", ".join(f"'{c.replace(chr(39), chr(39) * 2)}': '{t}'" for c, t in types.items())
-    return (
-        f"read_csv('{_q(path)}', columns = {{{spec}}}, header = false, quote = '\"', "
-        "escape = '\"', allow_quoted_nulls = false, auto_detect = false, "
-        "dateformat = '%Y-%m-%d')"
-    )
-
-
-def _q(path: str) -> str:
-    return path.replace("'", "''")

@@ -1,0 +1,54 @@
+"""How PostgreSQL's columns travel into the engine: the DuckDB type each PostgreSQL type is
+read back as, and DuckDB's reading of the CSV file a ``COPY ... TO STDOUT (FORMAT csv)`` wrote
+(:mod:`reconciler.sources.postgres_source`, :mod:`reconciler.sources.pg_transaction`)."""
+
+from __future__ import annotations
+
+import re
+
+
+def display_type(display: str | None) -> str:
+    """The DuckDB type of a result column PostgreSQL describes as ``display``
+    (``numeric(12,2)``, ``character varying(80)``, ``integer``)."""
+    m = re.fullmatch(r"([a-z ]+?)(?:\((\d+)(?:,(\d+))?\))?", (display or "").lower())
+    if m is None:
+        return "VARCHAR"
+    precision = int(m.group(2)) if m.group(2) and m.group(1) == "numeric" else None
+    scale = int(m.group(3)) if m.group(3) else None
+    return duck_type(m.group(1), precision, scale)
+
+
+def duck_type(data_type: str, precision: int | None, scale: int | None) -> str:
+    """The DuckDB type a PostgreSQL column is read back as (its text form parses there)."""
+    t = data_type.lower()
+    if t == "numeric":
+        if precision and precision <= 38:
+            return f"DECIMAL({precision},{scale or 0})"
+        return "DOUBLE"
+    return {
+        "smallint": "SMALLINT",
+        "integer": "INTEGER",
+        "bigint": "BIGINT",
+        "real": "FLOAT",
+        "double precision": "DOUBLE",
+        "boolean": "BOOLEAN",
+        "date": "DATE",
+        "timestamp without time zone": "TIMESTAMP",
+        "timestamp with time zone": "TIMESTAMPTZ",
+        "uuid": "UUID",
+    }.get(t, "VARCHAR")
+
+
+def csv_relation(path: str, types: dict[str, str]) -> str:
+    """DuckDB's reading of a CSV file that PostgreSQL's ``COPY … TO STDOUT (FORMAT csv)``
+    wrote, its columns typed ``types`` (name -> DuckDB type)."""
+    spec = ", ".join(f"'{c.replace(chr(39), chr(39) * 2)}': '{t}'" for c, t in types.items())
+    return (
+        f"read_csv('{_q(path)}', columns = {{{spec}}}, header = false, quote = '\"', "
+        "escape = '\"', allow_quoted_nulls = false, auto_detect = false, "
+        "dateformat = '%Y-%m-%d')"
+    )
+
+
+def _q(path: str) -> str:
+    return path.replace("'", "''")
