@@ -135,3 +135,27 @@ def test_state_snapshot_benchmark_smoke(tmp_path: Path) -> None:
         ["--members", "5000", "--repeat", "1", "--work", str(tmp_path / "snap")]
     )
     assert row["members"] == 5000 and row["state_bytes"] > 0 and row["backup_bytes"] > 0
+
+
+def test_sql_profiler_smoke(workspace) -> None:
+    """benchmarks/profile_sql.py runs a real apply with every connection timed: the apply
+    still does its work, and the statements that did it are the ones listed."""
+    import subprocess
+    import sys
+
+    from tests.conftest import profile
+
+    act = "segments: [seg-a]\ndestination: sandbox\nname: Smoke\n"
+    ws = workspace({"act": act}, profiles=[profile(i, a=i < 10) for i in range(20)])
+    tool = BENCH.with_name("profile_sql.py")
+    args = ["--top", "40", "--", "-C", str(ws.root), "apply", "--auto-approve"]
+    run = subprocess.run([sys.executable, str(tool), *args], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "act: Complete (+10" in run.stdout + run.stderr
+    assert len(ws.sandbox_keys("Smoke")["Smoke"]) == 10  # the destination holds the members
+    lines = run.stdout.splitlines()
+    head = next(line for line in lines if line.startswith("CPU "))
+    assert float(head.split()[1]) > 0 and "in SQL statements of the main thread" in head
+    listed = [line for line in lines if line[:7].strip().replace(".", "").isdigit()]
+    assert any("CREATE OR REPLACE TABLE __reconcile_scratch.send" in line for line in listed)
+    assert any("INSERT INTO __reconcile_state.members" in line for line in listed)

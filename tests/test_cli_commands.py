@@ -179,3 +179,21 @@ def test_validate_reports_sorted_problems_as_json_and_github_annotations(workspa
     ws.write("activations/a-act.yaml", "segments: [seg-a]\ndestination: sandbox\n")
     ok = cli(ws, "validate", "--format", "json")
     assert ok.exit_code == 0 and json.loads(ok.output)["valid"] is True
+
+
+def test_python_m_reconciler_runs_after_the_commands_were_imported(capsys, monkeypatch):
+    """`python -m reconciler` in a process that already imported the commands (an embedder,
+    the profilers in benchmarks/): the submodule `reconciler.cli.main` shadows the package's
+    `main`, so the module entry uses a name it cannot shadow."""
+    import runpy
+    import sys
+
+    import pytest
+
+    import reconciler.cli.main  # noqa: F401  (what a test run or an embedder has done)
+
+    monkeypatch.setattr(sys, "argv", ["reconcile", "--help"])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_module("reconciler", run_name="__main__")
+    assert done.value.code == 0
+    assert "Usage:" in capsys.readouterr().out

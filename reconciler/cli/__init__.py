@@ -19,4 +19,9 @@ def main() -> None:
     group()
 
 
-__all__ = ["main"]
+#: ``main`` under a name the submodule ``reconciler.cli.main`` cannot shadow: once that module
+#: is imported, the package attribute ``main`` is the module (``python -m reconciler`` in a
+#: process that imported the commands before, as the profilers in ``benchmarks/`` do)
+entry = main
+
+__all__ = ["entry", "main"]
