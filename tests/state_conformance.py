@@ -211,6 +211,58 @@ class StateBackendConformance:
             assert st.reader().lineage() == snap["lineage"]
         assert snapshot(backend) == snap  # opening to write changed nothing
 
+    def test_a_window_of_whole_batches(self, backend):
+        """Calls the destination took whole are journaled ahead and recorded together: the
+        same members, closed intents (with each call's detail) and run counts as one call at
+        a time; a call journaled but never recorded stays open."""
+        import pyarrow as pa
+
+        def rows(keys: list[str]) -> Any:
+            return pa.table(
+                {
+                    "key": keys,
+                    "rec": [[f"email_sha256:{k}"] for k in keys],
+                    "fp": pa.array([BIG_FP - i for i in range(len(keys))], pa.uint64()),
+                }
+            )
+
+        with opened(backend, write=True) as st:
+            store = st.store()
+            store.ensure_activation(
+                "a", destination="sandbox", frequency="daily", date_created=date(2026, 1, 2)
+            )
+            store.start_run("r1", "a", "apply")
+            with store.transaction():
+                store.journal_intents([("w1", 2), ("w2", 1), ("w3", 1)], "r1", "a", "all", "add")
+            with store.transaction():
+                store.record_sent_batches(
+                    [("w1", rows(["k1", "k2"]), "took 2"), ("w2", rows(["k3"]), None)],
+                    "a",
+                    "all",
+                    run_id="r1",
+                )
+            assert store.close_interrupted_batches() == 1  # w3: journaled, never recorded
+            store.finish_run("r1", "Complete", audiences=[], error=None)
+        snap = snapshot(backend)
+        assert snap["members"] == [
+            ("k1", "all", BIG_FP, ["email_sha256:k1"]),
+            ("k2", "all", BIG_FP - 1, ["email_sha256:k2"]),
+            ("k3", "all", BIG_FP, ["email_sha256:k3"]),
+        ]
+        (run,) = snap["runs"]
+        assert run.added == 3
+        with opened(backend, write=False) as st:
+            r = st.reader()
+            journal = r.con.execute(
+                f"SELECT batch_id, op, size, status, detail, finished_at IS NOT NULL "
+                f"FROM {r.c}.journal ORDER BY batch_id"
+            ).fetchall()
+        assert journal[:2] == [
+            ("w1", "add", 2, "done", "took 2", True),
+            ("w2", "add", 1, "done", None, True),
+        ]
+        assert journal[2][:4] == ("w3", "add", 1, "interrupted")
+
     def test_empty_state_reads_without_being_made(self, backend):
         snap = snapshot(backend)
         assert snap["activations"] == {} and snap["lineage"] is None

@@ -147,10 +147,13 @@ class AdditionSender(Sender):
         with self._recording(done if record else []):
             error = self._record_adds(ref, done) if record else None
             if error is None:
-                for batch_id, cols in fresh:
-                    self.state.journal_intent(
-                        batch_id, self.run_id, self.aid, self.grp, "add", len(cols)
-                    )
+                self.state.journal_intents(
+                    [(batch_id, len(cols)) for batch_id, cols in fresh],
+                    self.run_id,
+                    self.aid,
+                    self.grp,
+                    "add",
+                )
                 ready.extend(fresh)
         if error is not None:
             raise error
@@ -200,9 +203,11 @@ class AdditionSender(Sender):
         call at least, the rest stay in ``done``); the first failed call's error is returned after
         the successful ones are recorded (its intent stays open: the next apply closes it and
         its members are planned again). Each call leaves ``done`` as it is taken, so one whose
-        recording failed is not recorded a second time by the caller's clean-up."""
+        recording failed is not recorded a second time by the caller's clean-up. Calls the
+        destination took whole are recorded together (:meth:`StateStore.record_sent_batches`)."""
         error: BaseException | None = None
         limit, taken = self._window(), 0
+        whole: list[tuple[str, object, str | None]] = []  # (batch id, rows, detail)
         while done and (not taken or taken + done[0].size <= limit):
             c = done.pop(0)
             taken += c.size
@@ -211,6 +216,7 @@ class AdditionSender(Sender):
                 continue
             outcome = c.outcome
             if outcome.job:  # an asynchronous job: journaled as submitted, polled to its end
+                self._record_whole(whole)
                 self._submit(c.batch_id, "add", ref, outcome.job, as_rows(c.cols))
                 self.progress.advance(c.size)
                 continue
@@ -220,6 +226,11 @@ class AdditionSender(Sender):
             self.counts.add += accepted
             self.counts.rejected += len(outcome.rejected)
             self.counts.retry += len(outcome.retry)
+            if not (outcome.rejected or outcome.retry or outcome.ids):
+                whole.append((c.batch_id, c.cols.arrow, outcome.detail))
+                self.progress.advance(c.size)
+                continue
+            self._record_whole(whole)
             self.state.record_sent(
                 c.batch_id,
                 c.cols.arrow,
@@ -233,4 +244,11 @@ class AdditionSender(Sender):
                 counts={"added": accepted, "failed": len(outcome.rejected)},
             )
             self.progress.advance(c.size)
+        self._record_whole(whole)
         return error
+
+    def _record_whole(self, whole: list[tuple[str, object, str | None]]) -> None:
+        """Record the calls the destination took whole, gathered so far (and forget them)."""
+        if whole:
+            self.state.record_sent_batches(whole, self.aid, self.grp, run_id=self._run())
+            whole.clear()

@@ -108,6 +108,37 @@ class MemberWrites(JournalWrites):
         finally:
             self.con.unregister(sent)
 
+    def record_sent_batches(
+        self,
+        sent: Sequence[tuple[str, Any, str | None]],
+        activation_id: str,
+        grp: str,
+        *,
+        run_id: str,
+    ) -> None:
+        """Record several confirmed batches of additions that the destination took whole (no
+        member rejected, left for later or given an id of its own): (batch id, Arrow rows,
+        detail) each. The same rows, intents closed and run counts as :meth:`record_sent` once
+        per batch gives, in three statements instead of three per batch."""
+        if not sent:
+            return
+        import pyarrow as pa
+
+        rows = pa.concat_tables([batch for _, batch, _ in sent])
+        name = CONFIRMED_BATCH
+        self.con.register(name, rows)
+        try:
+            with self.transaction():
+                self.con.execute(
+                    f"INSERT INTO {self.c}.members SELECT $aid, $grp, key, rec, fp FROM {name}",
+                    {"aid": activation_id, "grp": grp},
+                )
+                self._journal_done([(batch_id, detail) for batch_id, _, detail in sent])
+                if run_id and rows.num_rows:
+                    self._add_run_counts(run_id, {"added": rows.num_rows})
+        finally:
+            self.con.unregister(name)
+
     def _delete_members(self, activation_id: str, grp: str, keys: Sequence[str]) -> None:
         self.con.execute(
             f"""DELETE FROM {self.c}.members WHERE activation_id = ? AND grp = ?

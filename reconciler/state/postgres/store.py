@@ -215,6 +215,12 @@ class PostgresStateStore(StateStore):
             super().journal_intent(batch_id, *args, **kwargs)
             self._sync("journal", batch_id=batch_id)
 
+    def journal_intents(self, batches: Sequence[tuple[str, int]], *args: Any) -> None:
+        with self.transaction():
+            super().journal_intents(batches, *args)
+            if batches:
+                self._sync("journal", batch_id=[b for b, _ in batches])
+
     def journal_outcome(self, batch_id: str, status: str, detail: str | None = None) -> None:
         with self.transaction():
             super().journal_outcome(batch_id, status, detail)
@@ -291,6 +297,23 @@ class PostgresStateStore(StateStore):
             self._members(activation_id, grp, keys)
             self._batch(batch_id, run_id)
             self._rejections(run_id, activation_id, grp, list(rejected or {}))
+
+    def record_sent_batches(
+        self,
+        sent: Sequence[tuple[str, Any, str | None]],
+        activation_id: str,
+        grp: str,
+        *,
+        run_id: str,
+    ) -> None:
+        with self.transaction():
+            super().record_sent_batches(sent, activation_id, grp, run_id=run_id)
+            keys = {k for _, batch, _ in sent for k in batch.column("key").to_pylist()}
+            self._members(activation_id, grp, keys)
+            if sent:
+                self._sync("journal", batch_id=[batch_id for batch_id, _, _ in sent])
+            if run_id:
+                self._sync("runs", run_id=run_id)
 
     def record_unsendable(self, send: str, activation_id: str, grp: str, *, op: str) -> int:
         with self.transaction():
