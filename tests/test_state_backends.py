@@ -91,7 +91,6 @@ def test_every_write_of_the_store_reaches_postgresql():
     """A write method the PostgreSQL store does not override would change only the working
     copy: every public StateStore method is either overridden or known to only read."""
     from reconciler.state.postgres.store import READ_ONLY, PostgresStateStore
-
     from reconciler.state.store import StateReader
 
     # the writer's own methods and those of the write mixins it is built from (journal,
