@@ -158,6 +158,9 @@ def test_phone_sql_equals_python_for_every_country(con: duckdb.DuckDBPyConnectio
         "(415) 555-2671", "1-415-555-2671", "011 44 20 7946 0958", "+44 (0)20 7946 0958",
         "0044 20 7946 0958", "030 123456", "06 1234 5678", "8 (812) 123-45-67", "090-1234-5678",
         "9123 4567", "+49 (0)30 123456", "0 800 123 456", "+0044 20", "555-2671", "",
+        # a "+" after leading spaces or "(", and one where no "+" may stand
+        "( +61 412 345 678", "(+61) 412 345 678", " \t+ 61 412 345 678", "0412+345678",
+        "+61 412 345 678 x12", "++61 412 345 678",
     ]  # fmt: skip
     for country in sorted(COUNTRIES):
         rows = _sql_values(con, [phone_sql("v", country)], samples)

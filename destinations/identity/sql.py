@@ -27,7 +27,7 @@ from destinations.identity.phones import (
     ZERO_TRUNK_CODES,
 )
 from destinations.identity.rules import Encoding, Hash, RuleSet
-from destinations.identity.text import ASCII_SPACE, WHITESPACE, char_class, sql_string
+from destinations.identity.text import WHITESPACE, char_class, sql_string
 from destinations.identity.types import (
     CANONICAL,
     DATE_PATTERN,
@@ -105,8 +105,11 @@ def phone_sql(column: str, default_country: str) -> str:
         f"CASE WHEN regexp_full_match(__t, {shape}) THEN __t "
         f"WHEN regexp_full_match({cut}, {shape}) THEN {cut} END"
     )
-    # __d: the digits, with a leading "+" when the number was written with one
-    plus = f"starts_with(ltrim(__u, {_q(ASCII_SPACE + '(')}), '+')"
+    # __d: the digits, with a leading "+" when the number was written with one. __u has the
+    # shape, whose only place for a "+" is its optional group after the leading spaces and
+    # "(": so it contains a "+" exactly when the number starts with one (a third of the
+    # cost of trimming the start and testing it)
+    plus = "contains(__u, '+')"
     digits = f"CASE WHEN {plus} THEN '+' ELSE '' END || regexp_replace(__u, '[^0-9]', '', 'g')"
     # international: drop "+", "00" or the dialling prefix, then a zero trunk after the code
     intl = (
