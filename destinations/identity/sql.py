@@ -18,6 +18,7 @@ requires 2.0).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 
 from destinations.identity.phones import (
@@ -92,6 +93,17 @@ def email_sql(column: str) -> str:
 def phone_sql(column: str, default_country: str) -> str:
     """E.164 with ``+`` for national numbers of ``default_country`` and for international
     ones (``+``, ``00``, the country's dialling prefix, a ``(0)`` after the code)."""
+    shaped, digits, number, checked = _phone_steps(column, default_country)
+    return _let(shaped, "__u", _let(digits, "__d", _let(number, "__n", checked)))
+
+
+def _phone_steps(
+    column: str, default_country: str, u: str = "__u", d: str = "__d", n: str = "__n"
+) -> tuple[str, str, str, str]:
+    """:func:`phone_sql` in four steps, each over the value of the one before, named ``u``,
+    ``d`` and ``n``: the text that has the shape, its digits (with the ``+``), the number
+    without ``+``, and the E.164 number. :func:`phone_sql` binds them with lambdas;
+    :func:`send_sql` computes each step as a column of its own query layer (no lambda)."""
     country = COUNTRIES.get(default_country.upper())
     if country is None:
         known = ", ".join(sorted(COUNTRIES))
@@ -155,7 +167,12 @@ def phone_sql(column: str, default_country: str) -> str:
     # at its ends, which neither the "+" test nor the digits see: it skips the trimming
     untrimmed = f"regexp_full_match({column}, {shape})"
     shaped = f"CASE WHEN {untrimmed} THEN {column} ELSE {_let(_trim(column), '__t', text)} END"
-    return _let(shaped, "__u", _let(digits, "__d", _let(number, "__n", checked)))
+
+    # the steps are written over __u, __d and __n: renamed as whole words
+    def named(expr: str, var: str, name: str) -> str:
+        return re.sub(rf"\b{var}\b", name, expr)
+
+    return shaped, named(digits, "__u", u), named(number, "__d", d), named(checked, "__n", n)
 
 
 def _madid(column: str, default_country: str) -> str:
@@ -354,10 +371,21 @@ def send_sql(
     inner: list[str] = []
     middle: list[str] = []
 
+    steps: list[list[str]] = [[], [], []]  # a phone's first three steps, a layer each
+    stepped: list[str] = []
+
     def canonical(name: str, column: str) -> str:
         if (name, column) not in canon:
             alias = canon[name, column] = f"__c{len(canon)}"
-            inner.append(f"{normalised_sql(name, column, default_country)} AS {alias}")
+            if name == "phone":  # the lambdas binding its steps cost a fifth of its CPU
+                names = (f"{alias}_u", f"{alias}_d", f"{alias}_n")
+                *first, last = _phone_steps(f"CAST({column} AS VARCHAR)", default_country, *names)
+                for layer, expr, step in zip(steps, first, names, strict=True):
+                    layer.append(f"{expr} AS {step}")
+                stepped.extend(names)
+                inner.append(f"{last} AS {alias}")
+            else:
+                inner.append(f"{normalised_sql(name, column, default_country)} AS {alias}")
         return canon[name, column]
 
     def encoded(name: str, column: str, form: str, how: str) -> str:
@@ -397,10 +425,13 @@ def send_sql(
         else "[]::VARCHAR[]"
     )
     outer = [f"{rec} AS rec", *(f"{v} AS v{i}" for i, v in enumerate(values))]
-    hidden = [*canon.values(), *coded.values()]
+    hidden = [*stepped, *canon.values(), *coded.values()]
     exclude = f" EXCLUDE ({', '.join(hidden)})" if hidden else ""
+    relation = source
+    for layer in [*steps, inner]:
+        if layer:
+            relation = f"(SELECT *{''.join(', ' + x for x in layer)} FROM {relation})"
     return (
         f"SELECT *{exclude}, {', '.join(outer)} FROM ("
-        f"SELECT *{''.join(', ' + m for m in middle)} FROM ("
-        f"SELECT *{''.join(', ' + i for i in inner)} FROM {source}))"
+        f"SELECT *{''.join(', ' + m for m in middle)} FROM {relation})"
     )
