@@ -252,7 +252,7 @@ _send_members = st.fixed_dictionaries(
 def test_send_sql_equals_python(rules, members, data) -> None:  # type: ignore[no-untyped-def]
     """The send table's query (apply's hot path): each member's records and each encoding's
     value, as the Python rules give them, NULL where there is nothing to send."""
-    from destinations.identity.sql import send_sql
+    from destinations.identity.send_query import send_sql
 
     accepted = data.draw(st.permutations(rules.identifiers))
     country = data.draw(st.sampled_from(_PHONE_COUNTRIES))

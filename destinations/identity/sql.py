@@ -44,7 +44,6 @@ __all__ = [
     "phone_sql",
     "record_sql",
     "records_sql",
-    "send_sql",
     "value_sql",
 ]
 
@@ -103,7 +102,8 @@ def _phone_steps(
     """:func:`phone_sql` in four steps, each over the value of the one before, named ``u``,
     ``d`` and ``n``: the text that has the shape, its digits (with the ``+``), the number
     without ``+``, and the E.164 number. :func:`phone_sql` binds them with lambdas;
-    :func:`send_sql` computes each step as a column of its own query layer (no lambda)."""
+    the send query (:mod:`destinations.identity.send_query`) computes each step as a column of
+    its own query layer (no lambda)."""
     country = COUNTRIES.get(default_country.upper())
     if country is None:
         known = ", ".join(sorted(COUNTRIES))
@@ -350,88 +350,3 @@ def records_sql(
     if not lists:
         return "[]::VARCHAR[]"
     return f"list_filter(flatten([{', '.join(lists)}]), lambda __r: __r IS NOT NULL)"
-
-
-def send_sql(
-    source: str,
-    encodings: Sequence[Encoding],
-    accepted: Sequence[str],
-    rules: RuleSet,
-    columns: Mapping[str, str],
-    default_country: str = "US",
-) -> str:
-    """A query over the relation ``source`` keeping all of its columns and adding ``rec``
-    (what :func:`records_sql` gives) and ``v0 .. vN`` (what :func:`value_sql` gives for each
-    of ``encodings``, ``NULL`` for a type without a column) — with each identifier normalised
-    once and each hash computed once, however many encodings and records use them.
-
-    ``columns`` maps identifier types to columns of ``source`` (bare names)."""
-    canon: dict[tuple[str, str], str] = {}  # (type, column) -> __cN
-    coded: dict[tuple[str, str, str, str], str] = {}  # (type, column, form, how) -> __hN
-    inner: list[str] = []
-    middle: list[str] = []
-
-    steps: list[list[str]] = [[], [], []]  # a phone's first three steps, a layer each
-    stepped: list[str] = []
-
-    def canonical(name: str, column: str) -> str:
-        if (name, column) not in canon:
-            alias = canon[name, column] = f"__c{len(canon)}"
-            if name == "phone":  # the lambdas binding its steps cost a fifth of its CPU
-                names = (f"{alias}_u", f"{alias}_d", f"{alias}_n")
-                *first, last = _phone_steps(f"CAST({column} AS VARCHAR)", default_country, *names)
-                for layer, expr, step in zip(steps, first, names, strict=True):
-                    layer.append(f"{expr} AS {step}")
-                stepped.extend(names)
-                inner.append(f"{last} AS {alias}")
-            else:
-                inner.append(f"{normalised_sql(name, column, default_country)} AS {alias}")
-        return canon[name, column]
-
-    def encoded(name: str, column: str, form: str, how: str) -> str:
-        """``how``: sha256 | md5 | none (the form itself) of the formed canonical value."""
-        key = (name, column, form, how)
-        if key not in coded:
-            formed = _form(name, form, canonical(name, column))
-            expr = f"{how}({formed})" if how != "none" else formed
-            coded[key] = f"__h{len(coded)}"
-            middle.append(f"{expr} AS {coded[key]}")
-        return coded[key]
-
-    def sent(e: Encoding, column: str) -> str:
-        how = {Hash.SHA256: "sha256", Hash.MD5: "md5"}.get(e.hash, "none")
-        return encoded(e.identifier, column, e.form, how)
-
-    def kept(e: Encoding, column: str) -> str:
-        if e.hash in (Hash.SHA256, Hash.RAW):  # a raw value is recorded as its SHA-256
-            value = encoded(e.identifier, column, e.form, "sha256")
-        else:
-            value = sent(e, column)
-        return f"{_q(e.prefix + ':')} || {value}"
-
-    values = [
-        sent(e, columns[e.identifier]) if e.identifier in columns else "NULL" for e in encodings
-    ]
-    items = []
-    for name in accepted:
-        column = columns.get(name)
-        if column is None and TYPES[name].fallback is not None:
-            column = columns.get(TYPES[name].fallback or "")
-        if column is not None:
-            items += [kept(e, column) for e in rules.for_identifier(name)]
-    rec = (
-        f"list_filter([{', '.join(items)}], lambda __r: __r IS NOT NULL)"
-        if items
-        else "[]::VARCHAR[]"
-    )
-    outer = [f"{rec} AS rec", *(f"{v} AS v{i}" for i, v in enumerate(values))]
-    hidden = [*stepped, *canon.values(), *coded.values()]
-    exclude = f" EXCLUDE ({', '.join(hidden)})" if hidden else ""
-    relation = source
-    for layer in [*steps, inner]:
-        if layer:
-            relation = f"(SELECT *{''.join(', ' + x for x in layer)} FROM {relation})"
-    return (
-        f"SELECT *{exclude}, {', '.join(outer)} FROM ("
-        f"SELECT *{''.join(', ' + m for m in middle)} FROM {relation})"
-    )

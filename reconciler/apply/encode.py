@@ -17,7 +17,7 @@ import duckdb
 
 from destinations.base import Identity
 from destinations.columns import LazyColumn, RecordColumn
-from destinations.identity.sql import send_sql
+from destinations.identity.send_query import send_sql
 from reconciler.enginedb import STAGING
 from reconciler.plan.membership import _ident
 from reconciler.plan.one_scan import declared_unique
