@@ -212,9 +212,10 @@ class StateBackendConformance:
         assert snapshot(backend) == snap  # opening to write changed nothing
 
     def test_a_window_of_whole_batches(self, backend):
-        """Calls the destination took whole are journaled ahead and recorded together: the
-        same members, closed intents (with each call's detail) and run counts as one call at
-        a time; a call journaled but never recorded stays open."""
+        """Calls the destination took whole are journaled ahead and recorded together, a
+        call's members possibly over two transactions: the same members, closed intents
+        (with each call's detail) and run counts as one call at a time; a call whose members
+        are not all recorded, or none, stays open."""
         import pyarrow as pa
 
         def rows(keys: list[str]) -> Any:
@@ -222,7 +223,7 @@ class StateBackendConformance:
                 {
                     "key": keys,
                     "rec": [[f"email_sha256:{k}"] for k in keys],
-                    "fp": pa.array([BIG_FP - i for i in range(len(keys))], pa.uint64()),
+                    "fp": pa.array([BIG_FP - int(k[1:]) for k in keys], pa.uint64()),
                 }
             )
 
@@ -233,35 +234,37 @@ class StateBackendConformance:
             )
             store.start_run("r1", "a", "apply")
             with store.transaction():
-                store.journal_intents([("w1", 2), ("w2", 1), ("w3", 1)], "r1", "a", "all", "add")
-            with store.transaction():
-                store.record_sent_batches(
-                    [("w1", rows(["k1", "k2"]), "took 2"), ("w2", rows(["k3"]), None)],
-                    "a",
-                    "all",
-                    run_id="r1",
-                )
-            assert store.close_interrupted_batches() == 1  # w3: journaled, never recorded
+                batches = [("w1", 2), ("w2", 2), ("w3", 1), ("w4", 1)]
+                store.journal_intents(batches, "r1", "a", "all", "add")
+            w2 = rows(["k3", "k4"])
+            with store.transaction():  # w1 whole, w2's first member
+                parts = [rows(["k1", "k2"]), w2.slice(0, 1)]
+                store.record_sent_batches(parts, [("w1", "took 2")], "a", "all", run_id="r1")
+            with store.transaction():  # w2's second member, w3 whole
+                parts = [w2.slice(1, 1), rows(["k5"])]
+                completed = [("w2", None), ("w3", "took 1")]
+                store.record_sent_batches(parts, completed, "a", "all", run_id="r1")
+            assert store.close_interrupted_batches() == 1  # w4: journaled, never recorded
             store.finish_run("r1", "Complete", audiences=[], error=None)
         snap = snapshot(backend)
         assert snap["members"] == [
-            ("k1", "all", BIG_FP, ["email_sha256:k1"]),
-            ("k2", "all", BIG_FP - 1, ["email_sha256:k2"]),
-            ("k3", "all", BIG_FP, ["email_sha256:k3"]),
+            (k, "all", BIG_FP - int(k[1:]), [f"email_sha256:{k}"])
+            for k in ("k1", "k2", "k3", "k4", "k5")
         ]
         (run,) = snap["runs"]
-        assert run.added == 3
+        assert run.added == 5
         with opened(backend, write=False) as st:
             r = st.reader()
             journal = r.con.execute(
                 f"SELECT batch_id, op, size, status, detail, finished_at IS NOT NULL "
                 f"FROM {r.c}.journal ORDER BY batch_id"
             ).fetchall()
-        assert journal[:2] == [
+        assert journal == [
             ("w1", "add", 2, "done", "took 2", True),
-            ("w2", "add", 1, "done", None, True),
+            ("w2", "add", 2, "done", None, True),
+            ("w3", "add", 1, "done", "took 1", True),
+            ("w4", "add", 1, "interrupted", journal[3][4], True),
         ]
-        assert journal[2][:4] == ("w3", "add", 1, "interrupted")
 
     def test_empty_state_reads_without_being_made(self, backend):
         snap = snapshot(backend)

@@ -53,8 +53,10 @@ def test_record_windows_benchmark_smoke() -> None:
     spec = importlib.util.spec_from_file_location("bench_record_windows", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    results = bench.main(["--members", "25000", "--batch", "1000", "--calls", "2", "3"])
-    assert [r["members_per_transaction"] for r in results] == [2000, 3000]
+    argv = ["--members", "25000", "--batch", "1000", "--calls", "2", "3", "--rows", "2500"]
+    results = bench.main(argv)
+    assert [r["members_per_transaction"] for r in results] == [2000, 3000, 2500]
+    assert [r["calls_cut"] for r in results] == [False, False, True]
     for r in results:  # every member written, each window in its own file
         assert r["rows"] == 25_000 and r["cpu"] > 0 and r["total_blocks"] >= r["free_blocks"]
 

@@ -1,9 +1,9 @@
 """Additions that came back are recorded in groups, and the next batches' intents are
 journaled ahead of their calls, a window of members at a time
 (``reconciler.apply.additions``: one batch, then four times as many as were recorded so far, up
-to ``RECORD_ROWS``, never more): a kill before a group is recorded re-sends its members and nothing is
-lost or doubled; a failed call stops the run and closes the intents of the batches it never
-sent."""
+to ``RECORD_ROWS``, then exactly ``RECORD_ROWS`` a transaction, whatever the calls' sizes): a kill
+before a group is recorded re-sends its members and nothing is lost or doubled; a failed call
+stops the run and closes the intents of the batches it never sent."""
 
 from __future__ import annotations
 
@@ -83,32 +83,112 @@ def test_a_kill_before_a_group_is_recorded_resends_it_and_the_audience_is_exact(
     assert_converged(ws)
 
 
-def test_groups_grow_with_what_was_recorded_and_hold_every_member(workspace, monkeypatch):
-    """Calls of 5 members, groups of at most 15: groups of 5, 15, 15, 15, 10 members."""
+def recorded_groups(monkeypatch) -> tuple[list[int], list[int]]:
+    """Members recorded by each transaction of the additions' calls, and of a control group
+    (its transactions have no run), as they happen."""
+    from reconciler.state.writer import StateStore
+
+    sent: list[int] = []
+    control: list[int] = []
+    real = StateStore.record_sent_batches
+
+    def spy(self, parts, completed, activation_id, grp, *, run_id):
+        (sent if run_id else control).append(sum(p.num_rows for p in parts))
+        return real(self, parts, completed, activation_id, grp, run_id=run_id)
+
+    monkeypatch.setattr(StateStore, "record_sent_batches", spy)
+    return sent, control
+
+
+def assert_row_groups(groups: list[int], size: int) -> None:
+    """Exactly ``size`` members a transaction, but at the end: what had come back when the
+    last batch was read, and what came back after it (two smaller groups at most)."""
+    full = list(groups)
+    tail: list[int] = []
+    while full and full[-1] < size and len(tail) < 2:
+        tail.insert(0, full.pop())
+    assert full and all(n == size for n in full), groups
+
+
+def test_groups_grow_then_hold_exactly_one_row_group(workspace, monkeypatch):
+    """Calls of 5 members, a row group of 15: groups of 5, then exactly 15 (a call's members
+    split over two transactions where needed), the rest at the end; every intent closed."""
     monkeypatch.setattr(additions, "RECORD_ROWS", 15)
     monkeypatch.setattr(additions, "RECORD_SECONDS", 600)
-    rows = [profile(i, a=True) for i in range(60)]
+    rows = [profile(i, a=True) for i in range(62)]
     ws = workspace(
         {"act": activation("Groups")}, profiles=rows, integration=sandbox_yaml(batch_size=5)
     )
-    groups: list[int] = []
-    real = additions.AdditionSender._record_adds
-
-    def counted(self, ref, done):
-        before = sum(c.size for c in done)
-        error = real(self, ref, done)
-        groups.append(before - sum(c.size for c in done))  # what this transaction recorded
-        return error
-
-    monkeypatch.setattr(additions.AdditionSender, "_record_adds", counted)
+    groups, _ = recorded_groups(monkeypatch)
     res = cli(ws, "apply", "--auto-approve")
     assert res.exit_code == 0, res.output + res.stderr
-    groups = [n for n in groups if n]
-    assert sum(groups) == 60 and max(groups) <= 15 and len(groups) <= 6, groups
-    assert groups[0] == 5, groups  # the first call is recorded on its own
+    members = len(desired(rows))
+    assert sum(groups) == members and groups[0] == 5, groups  # the first call on its own
+    assert_row_groups(groups[1:], 15)
     assert held(ws) == {"Groups": desired(rows)}
-    assert journal(ws) == ["done"] * 12
-    assert runs(ws, "act")[0]["added"] == 60
+    assert journal(ws) == ["done"] * (-(-members // 5))
+    assert runs(ws, "act")[0]["added"] == members
+    assert_converged(ws)
+
+
+# the CLI with row groups of 12 members, killed right after its second group was committed
+KILLED_AFTER_TWO_GROUPS = """\
+import contextlib, os, sys
+from reconciler.apply import additions
+additions.RECORD_ROWS = 12
+additions.RECORD_SECONDS = 600
+from reconciler.state.journal_writes import JournalWrites
+from reconciler.state.writer import StateStore
+groups = []
+record = StateStore.record_sent_batches
+def counted(self, parts, *args, **kwargs):
+    groups.append(sum(p.num_rows for p in parts))
+    return record(self, parts, *args, **kwargs)
+StateStore.record_sent_batches = counted
+transaction = JournalWrites.transaction
+@contextlib.contextmanager
+def committed(self):
+    outer = not self._in_transaction
+    with transaction(self):
+        yield
+    if outer and len(groups) == 2:
+        print("groups", groups, file=sys.stderr, flush=True)
+        os._exit(137)
+JournalWrites.transaction = committed
+from reconciler.cli.main import main
+main(sys.argv[1:], prog_name="reconcile")
+"""
+
+
+@pytest.mark.slow
+def test_a_call_split_over_two_groups_is_closed_by_the_second(workspace):
+    """Calls of 5, row groups of 12: the second group holds calls 2 and 3 and two members of
+    call 4, whose intent stays open; a run killed then re-sends only call 4's other members
+    (and the calls after it), and the audience is exact."""
+    rows = [profile(i, a=True) for i in range(40)]
+    ws = workspace(
+        {"act": activation("Split")}, profiles=rows, integration=sandbox_yaml(batch_size=5)
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_AFTER_TWO_GROUPS, "-C", str(ws.root), "--no-color"]
+        + ["apply", "--auto-approve"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=ws.root,
+        timeout=120,
+    )
+    assert proc.returncode == 137, proc.stdout + proc.stderr
+    assert "groups [5, 12]" in proc.stderr
+    assert state_rows(ws, "SELECT count(*) FROM members") == [(17,)]
+    assert runs(ws, "act")[0]["added"] == 17
+    assert journal(ws)[:4] == ["done", "done", "done", "intent"]  # call 4: 2 of 5 recorded
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 0, res.output + res.stderr
+    assert held(ws) == {"Split": desired(rows)}
+    assert state_rows(ws, "SELECT count(*) FROM members") == [(len(desired(rows)),)]
+    assert runs(ws, "act")[0]["added"] == len(desired(rows)) - 17
+    assert "intent" not in journal(ws) and journal(ws)[3] == "interrupted"
     assert_converged(ws)
 
 
@@ -147,49 +227,18 @@ def test_a_failed_call_closes_the_intents_of_batches_never_sent(workspace, monke
 
 
 def test_a_group_never_holds_more_than_record_rows(workspace, monkeypatch):
-    """Calls of 5 members, groups of at most 12: a group is recorded when the next call would
-    not fit (10 members), never past the bound (a group of 15 would be), control group too."""
+    """Calls of 5 members, row groups of 12: no transaction records more than 12 members,
+    and past the first call every one but the last records exactly 12, control group too."""
     monkeypatch.setattr(additions, "RECORD_ROWS", 12)
     monkeypatch.setattr(additions, "RECORD_SECONDS", 600)
     rows = [profile(i, a=True) for i in range(60)]
     act = activation("Bounded") + "split: control\ncontrol_percent: 50\n"
     ws = workspace({"act": act}, profiles=rows, integration=sandbox_yaml(batch_size=5))
-    groups: list[int] = []
-    real = additions.AdditionSender._record_adds
-
-    def counted(self, ref, done):
-        before = sum(c.size for c in done)
-        error = real(self, ref, done)
-        groups.append(before - sum(c.size for c in done))
-        return error
-
-    control: list[int] = []  # members of each commit of the control group
-    real_control = additions.AdditionSender._record_control_group
-
-    def control_commits(self, batches):
-        transaction, record_sent = self.state.transaction, self.state.record_sent
-
-        def opened():
-            control.append(0)
-            return transaction()
-
-        def recorded(batch_id, batch, *args, **kwargs):
-            control[-1] += batch.num_rows
-            return record_sent(batch_id, batch, *args, **kwargs)
-
-        monkeypatch.setattr(self.state, "transaction", opened)
-        monkeypatch.setattr(self.state, "record_sent", recorded)
-        try:
-            real_control(self, batches)
-        finally:
-            monkeypatch.setattr(self.state, "transaction", transaction)
-            monkeypatch.setattr(self.state, "record_sent", record_sent)
-
-    monkeypatch.setattr(additions.AdditionSender, "_record_adds", counted)
-    monkeypatch.setattr(additions.AdditionSender, "_record_control_group", control_commits)
+    groups, control = recorded_groups(monkeypatch)
     res = cli(ws, "apply", "--auto-approve")
     assert res.exit_code == 0, res.output + res.stderr
-    groups = [n for n in groups if n]
     assert groups and max(groups) <= 12 and groups[0] == 5, groups
-    assert control and max(control) <= 12 and sum(control) + sum(groups) == 60, control
+    assert_row_groups(groups[1:], 12)
+    assert control and max(control) <= 12 and all(n == 12 for n in control[:-1]), control
+    assert sum(control) + sum(groups) == len(desired(rows))
     assert_converged(ws)

@@ -20,6 +20,7 @@ from functools import partial
 from destinations.base import AudienceRef
 from reconciler.apply import encode
 from reconciler.apply.calls import Call, as_rows, member_batch, new_batch_id, wait
+from reconciler.apply.held_rows import HeldRows
 from reconciler.apply.sending import Sender
 
 #: Additions that came back are recorded together, in one transaction, and the next
@@ -29,21 +30,22 @@ from reconciler.apply.sending import Sender
 #: ``RECORD_SECONDS``. A run killed meanwhile sends those members again (the destination
 #: already holds them: adding them again changes nothing).
 #:
-#: A transaction never records more than ``RECORD_ROWS`` members: fewer than one DuckDB row
-#: group (122,880 rows). A transaction that appends a row group or more writes it straight to
-#: the state file and leaves the rest as a row group of its own; a window a little over one
-#: row group (13 calls of 10,000) left a small row group after every full one, and DuckDB's
-#: checkpoint merged them again at the end of the apply: 3.7M members cost 8.8-9.3 s of CPU
-#: to record and a state file twice their size, against 5.5-6.0 s for windows below one row
-#: group, which go through the state's log and fill its row groups in turn
-#: (benchmarks/results/2026-11-30-round8.md).
-RECORD_ROWS = 122_880 - 1
+#: Once the window has grown to ``RECORD_ROWS`` (one DuckDB row group), a transaction records
+#: exactly that many members, whatever the calls' sizes (:mod:`reconciler.apply.held_rows`):
+#: DuckDB then writes them straight to the state file, once. Windows of 13 calls of 10,000
+#: left a small row group after each full one, merged and rewritten by the checkpoint (8.8-9.3
+#: s of CPU to record 3.7M members, round 8); windows of 12 calls went through the log and
+#: were written twice (5.5-6.0 s); exact row groups, 1.5 s (benchmarks/results, round 9).
+#: Only what remains at the end, what waited ``RECORD_SECONDS`` and what precedes an
+#: asynchronous job is recorded in a smaller transaction.
+RECORD_ROWS = 122_880
 RECORD_SECONDS = 1.0
 RAMP = 4
 
 
 class AdditionSender(Sender):
     _recorded = 0  # members of the current addition's calls recorded so far
+    _held: HeldRows  # members of calls that came back, not recorded yet
 
     def _add_all(self, ref: AudienceRef | None, table: encode.SendTable) -> None:
         """Send the additions, pipelined: while the destination works on a call (in a worker
@@ -62,6 +64,7 @@ class AdditionSender(Sender):
             return
         width = max(1, self.dest.limits.concurrency)
         self._recorded = 0
+        self._held = HeldRows()
         inflight: deque[Call] = deque()
         ready: deque[tuple[str, encode.Columns]] = deque()  # journaled, not sent yet
         done: list[Call] = []
@@ -104,24 +107,18 @@ class AdditionSender(Sender):
         self._check_stop()
 
     def _record_control_group(self, batches: Iterator[encode.Columns]) -> None:
-        """A control group's members are recorded, never sent: up to :data:`RECORD_ROWS`
-        members a commit."""
-        group: list[encode.Columns] = []
-        members = 0
+        """A control group's members are recorded, never sent: :data:`RECORD_ROWS` members a
+        commit (the rest at the end)."""
+        held = HeldRows()
         for cols in itertools.chain(batches, [None]):
-            if group and (cols is None or members + len(cols) > RECORD_ROWS):
-                with self.state.transaction():
-                    for g in group:
-                        self.state.record_sent(
-                            "", g.arrow, self.aid, self.grp, run_id="", counts={}
-                        )
+            if cols is not None:
+                held.add("", cols.arrow)
+            while held.rows >= RECORD_ROWS or (cols is None and held):
+                parts, _ = held.take(RECORD_ROWS)
+                members = sum(p.num_rows for p in parts)
+                self.state.record_sent_batches(parts, [], self.aid, self.grp, run_id="")
                 self.counts.add += members
                 self.progress.advance(members)
-                group.clear()
-                members = 0
-            if cols is not None:
-                group.append(cols)
-                members += len(cols)
 
     def _record_and_journal(
         self,
@@ -135,17 +132,19 @@ class AdditionSender(Sender):
         :meth:`_window`), in one commit. A failed call's error is raised once the others are
         recorded, and nothing more is journaled."""
         record = self._due(done)
+        flush = self._late(done)
         fresh: list[tuple[str, encode.Columns]] = []
         if not ready and not any(c.error is not None for c in done):
             for cols in batches:
                 fresh.append((new_batch_id(), cols))
                 if (len(fresh) + 1) * self.size > self._window():
                     break
-            record = record or (bool(done) and not fresh)  # the end: record the rest
+            if not fresh and done:  # the end: record what came back (the rest when it does)
+                record = flush = True
         if not record and not fresh:
             return
         with self._recording(done if record else []):
-            error = self._record_adds(ref, done) if record else None
+            error = self._record_adds(ref, done, flush=flush) if record else None
             if error is None:
                 self.state.journal_intents(
                     [(batch_id, len(cols)) for batch_id, cols in fresh],
@@ -162,9 +161,9 @@ class AdditionSender(Sender):
         """Record every call that came back, a window (:data:`RECORD_ROWS` at most) a
         transaction; the first failed call's error is returned."""
         error: BaseException | None = None
-        while done:
+        while done or self._held:
             with self._recording(done):
-                failed = self._record_adds(ref, done)
+                failed = self._record_adds(ref, done, flush=True)
             error = error or failed
         return error
 
@@ -188,9 +187,15 @@ class AdditionSender(Sender):
             return False
         if any(c.error is not None or c.outcome.job for c in done):
             return True
-        members = sum(c.size for c in done)
-        late = time.monotonic() - done[0].returned >= RECORD_SECONDS
-        return members + self.size > self._window() or late  # no room for another call
+        members = sum(c.size for c in done) + self._held.rows
+        if self._window() >= RECORD_ROWS:  # a row group is there to record
+            return members >= RECORD_ROWS or self._late(done)
+        return members + self.size > self._window() or self._late(done)  # no room for another
+
+    def _late(self, done: list[Call]) -> bool:
+        """Whether the oldest call that came back waited :data:`RECORD_SECONDS`: what came
+        back is recorded now, whatever its size."""
+        return bool(done) and time.monotonic() - done[0].returned >= RECORD_SECONDS
 
     def _recording(self, done: list[Call]):
         """One transaction for recording ``done`` (and what goes with it), unless one of
@@ -198,17 +203,24 @@ class AdditionSender(Sender):
         jobs = any(c.error is None and c.outcome.job for c in done)
         return contextlib.nullcontext() if jobs else self.state.transaction()
 
-    def _record_adds(self, ref: AudienceRef, done: list[Call]) -> BaseException | None:
-        """Record the finished calls, in order, as many as a window holds (:meth:`_window`; one
-        call at least, the rest stay in ``done``); the first failed call's error is returned after
-        the successful ones are recorded (its intent stays open: the next apply closes it and
-        its members are planned again). Each call leaves ``done`` as it is taken, so one whose
-        recording failed is not recorded a second time by the caller's clean-up. Calls the
-        destination took whole are recorded together (:meth:`StateStore.record_sent_batches`)."""
+    def _record_adds(
+        self, ref: AudienceRef, done: list[Call], *, flush: bool = False
+    ) -> BaseException | None:
+        """Record the finished calls, in order: while the window grows, as many as it holds
+        (one call at least, the rest stay in ``done``); once it is :data:`RECORD_ROWS`, exactly
+        that many members (:meth:`_record_held`), unless ``flush`` (the end, a late answer)
+        records what there is. The first failed call's error is returned after the successful
+        ones are recorded (its intent stays open: the next apply closes it and its members
+        are planned again). Each call leaves ``done`` as it is taken, so one whose recording
+        failed is not recorded a second time by the caller's clean-up."""
         error: BaseException | None = None
         limit, taken = self._window(), 0
-        whole: list[tuple[str, object, str | None]] = []  # (batch id, rows, detail)
-        while done and (not taken or taken + done[0].size <= limit):
+        while done:
+            if limit >= RECORD_ROWS:
+                if self._held.rows >= RECORD_ROWS:
+                    break
+            elif taken and taken + done[0].size > limit:
+                break
             c = done.pop(0)
             taken += c.size
             if c.error is not None:
@@ -216,21 +228,20 @@ class AdditionSender(Sender):
                 continue
             outcome = c.outcome
             if outcome.job:  # an asynchronous job: journaled as submitted, polled to its end
-                self._record_whole(whole)
+                while self._held:
+                    self._record_held(flush=True)
                 self._submit(c.batch_id, "add", ref, outcome.job, as_rows(c.cols))
                 self.progress.advance(c.size)
                 continue
             self._note(outcome)
+            if not (outcome.rejected or outcome.retry or outcome.ids):  # taken whole
+                self._held.add(c.batch_id, c.cols.arrow, outcome.detail)
+                continue
             self._recorded += c.size
             accepted = c.size - len(outcome.rejected) - len(outcome.retry)
             self.counts.add += accepted
             self.counts.rejected += len(outcome.rejected)
             self.counts.retry += len(outcome.retry)
-            if not (outcome.rejected or outcome.retry or outcome.ids):
-                whole.append((c.batch_id, c.cols.arrow, outcome.detail))
-                self.progress.advance(c.size)
-                continue
-            self._record_whole(whole)
             self.state.record_sent(
                 c.batch_id,
                 c.cols.arrow,
@@ -244,11 +255,17 @@ class AdditionSender(Sender):
                 counts={"added": accepted, "failed": len(outcome.rejected)},
             )
             self.progress.advance(c.size)
-        self._record_whole(whole)
+        self._record_held(flush=flush or limit < RECORD_ROWS)
         return error
 
-    def _record_whole(self, whole: list[tuple[str, object, str | None]]) -> None:
-        """Record the calls the destination took whole, gathered so far (and forget them)."""
-        if whole:
-            self.state.record_sent_batches(whole, self.aid, self.grp, run_id=self._run())
-            whole.clear()
+    def _record_held(self, *, flush: bool) -> None:
+        """Record :data:`RECORD_ROWS` of the members held (exactly one DuckDB row group), or,
+        with ``flush``, up to that many; nothing while fewer are held and no flush is due."""
+        if self._held.rows < RECORD_ROWS and not (flush and self._held):
+            return
+        parts, completed = self._held.take(RECORD_ROWS)
+        members = sum(p.num_rows for p in parts)
+        self.state.record_sent_batches(parts, completed, self.aid, self.grp, run_id=self._run())
+        self._recorded += members
+        self.counts.add += members
+        self.progress.advance(members)

@@ -110,34 +110,39 @@ class MemberWrites(JournalWrites):
 
     def record_sent_batches(
         self,
-        sent: Sequence[tuple[str, Any, str | None]],
+        parts: Sequence[Any],
+        completed: Sequence[tuple[str, str | None]],
         activation_id: str,
         grp: str,
         *,
         run_id: str,
     ) -> None:
-        """Record several confirmed batches of additions that the destination took whole (no
-        member rejected, left for later or given an id of its own): (batch id, Arrow rows,
-        detail) each. The same rows, intents closed and run counts as :meth:`record_sent` once
-        per batch gives, in three statements instead of three per batch."""
-        if not sent:
-            return
+        """Record confirmed additions that the destination took whole (no member rejected,
+        left for later or given an id of its own): ``parts``, Arrow rows of one or several
+        calls (``key``, ``rec``, ``fp``), with one ``INSERT``; close the intents of the calls
+        in ``completed`` (batch id, detail) — a call whose rows are split over two of these
+        stays open until its last rows are recorded; add the rows to the run's count. The
+        same rows, intents and counts as :meth:`record_sent` per call, in three statements."""
         import pyarrow as pa
 
-        rows = pa.concat_tables([batch for _, batch, _ in sent])
+        rows = pa.concat_tables(parts) if parts else None
         name = CONFIRMED_BATCH
-        self.con.register(name, rows)
+        if rows is not None:
+            self.con.register(name, rows)
         try:
             with self.transaction():
-                self.con.execute(
-                    f"INSERT INTO {self.c}.members SELECT $aid, $grp, key, rec, fp FROM {name}",
-                    {"aid": activation_id, "grp": grp},
-                )
-                self._journal_done([(batch_id, detail) for batch_id, _, detail in sent])
-                if run_id and rows.num_rows:
+                if rows is not None and rows.num_rows:
+                    self.con.execute(
+                        f"INSERT INTO {self.c}.members SELECT $aid, $grp, key, rec, fp FROM {name}",
+                        {"aid": activation_id, "grp": grp},
+                    )
+                if completed:
+                    self._journal_done(completed)
+                if run_id and rows is not None and rows.num_rows:
                     self._add_run_counts(run_id, {"added": rows.num_rows})
         finally:
-            self.con.unregister(name)
+            if rows is not None:
+                self.con.unregister(name)
 
     def _delete_members(self, activation_id: str, grp: str, keys: Sequence[str]) -> None:
         self.con.execute(

@@ -300,19 +300,20 @@ class PostgresStateStore(StateStore):
 
     def record_sent_batches(
         self,
-        sent: Sequence[tuple[str, Any, str | None]],
+        parts: Sequence[Any],
+        completed: Sequence[tuple[str, str | None]],
         activation_id: str,
         grp: str,
         *,
         run_id: str,
     ) -> None:
         with self.transaction():
-            super().record_sent_batches(sent, activation_id, grp, run_id=run_id)
-            keys = {k for _, batch, _ in sent for k in batch.column("key").to_pylist()}
+            super().record_sent_batches(parts, completed, activation_id, grp, run_id=run_id)
+            keys = {k for rows in parts for k in rows.column("key").to_pylist()}
             self._members(activation_id, grp, keys)
-            if sent:
-                self._sync("journal", batch_id=[batch_id for batch_id, _, _ in sent])
-            if run_id:
+            if completed:
+                self._sync("journal", batch_id=[batch_id for batch_id, _ in completed])
+            if run_id and keys:
                 self._sync("runs", run_id=run_id)
 
     def record_unsendable(self, send: str, activation_id: str, grp: str, *, op: str) -> int:
