@@ -57,7 +57,12 @@ def record(path: Path, members: int, batch: int, calls: int, rows_each: int = 0)
                 }
             )
         )
-    config = {"threads": 2, "memory_limit": "1GB", "checkpoint_threshold": "64MB"}
+    config = {  # the apply session's (reconciler/enginedb.py)
+        "threads": 2,
+        "memory_limit": "1GB",
+        "checkpoint_threshold": "64MB",
+        "preserve_insertion_order": "false",
+    }
     con = duckdb.connect(":memory:", config=config)
     con.execute(f"ATTACH '{path}' AS st")
     con.execute(

@@ -35,7 +35,10 @@ from reconciler.apply.sending import Sender
 #: DuckDB then writes them straight to the state file, once. Windows of 13 calls of 10,000
 #: left a small row group after each full one, merged and rewritten by the checkpoint (8.8-9.3
 #: s of CPU to record 3.7M members, round 8); windows of 12 calls went through the log and
-#: were written twice (5.5-6.0 s); exact row groups, 1.5 s (benchmarks/results, round 9).
+#: were written twice (4.2 s in round 9's bench_record_windows.py); exact row groups, 1.9 s.
+#: This holds with the session's ``preserve_insertion_order = false`` (reconciler.enginedb):
+#: with the order kept, DuckDB inserts each call's Arrow chunk as a batch of its own and the
+#: row group is cut again (4.9 s and a file twice the size, round 9).
 #: Only what remains at the end, what waited ``RECORD_SECONDS`` and what precedes an
 #: asynchronous job is recorded in a smaller transaction.
 RECORD_ROWS = 122_880

@@ -3,8 +3,8 @@ they came from (:mod:`reconciler.apply.additions`).
 
 A transaction that appends exactly one DuckDB row group (122,880 rows) to the state's
 members writes it straight to the state file, once; fewer rows go through the write-ahead
-log and are written again by the checkpoint. Recording 3.72M members took 3.3-3.7 s of CPU in
-transactions of 120,000 rows and 1.5 s in transactions of exactly 122,880
+log and are written again by the checkpoint. Recording 3.72M members took 4.2 s of CPU in
+transactions of 120,000 rows and 1.9 s in transactions of exactly 122,880
 (benchmarks/results/2026-11-30-round9.md). Calls rarely add up to a row group (10,000
 members each), so a call's members may be recorded in two transactions: its intent is closed
 by the second, and a run killed between the two re-plans (and re-sends) only the members the
