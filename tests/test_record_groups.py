@@ -242,3 +242,40 @@ def test_a_group_never_holds_more_than_record_rows(workspace, monkeypatch):
     assert control and max(control) <= 12 and all(n == 12 for n in control[:-1]), control
     assert sum(control) + sum(groups) == len(desired(rows))
     assert_converged(ws)
+
+
+def test_whole_row_groups_are_written_once(workspace):
+    """In the apply's engine session, a transaction of exactly one DuckDB row group of members
+    (calls of 10,000 cut to fit) is written straight to the state file as a whole row group:
+    nothing is left for the checkpoint to merge and rewrite (no free blocks). This relies on
+    the session's `preserve_insertion_order = false`; with the order kept, each call's rows
+    would be a batch and a row group of their own."""
+    import duckdb
+    import pyarrow as pa
+
+    from reconciler.apply.held_rows import HeldRows
+    from tests.conftest import engine_session
+
+    ws = workspace({}, profiles=[profile(1, a=True)])
+    group = 122_880
+    held = HeldRows()
+    for call in range(25):  # 250,000 members: two whole row groups and 4,240 more
+        keys = [f"{call:02d}-{i:05d}" for i in range(10_000)]
+        rec = [[f"email_sha256:{k}{'0' * 56}"] for k in keys]
+        fp = pa.array(range(call * 10_000, (call + 1) * 10_000), pa.uint64())
+        held.add(f"b{call}", pa.table({"key": keys, "rec": rec, "fp": fp}))
+    with engine_session(ws.root, write_state=True, lock_down=False) as session:
+        store = session.state_store()
+        while held:
+            parts, _ = held.take(group)
+            store.record_sent_batches(parts, [], "act", "all", run_id="")
+    with duckdb.connect(str(ws.root / ".reconcile" / "state.duckdb"), read_only=True) as db:
+        sizes = db.execute(
+            "SELECT max(count) FROM pragma_storage_info('members') "
+            "GROUP BY row_group_id ORDER BY row_group_id"
+        ).fetchall()
+        (free,) = db.execute("SELECT free_blocks FROM pragma_database_size()").fetchall()[0]
+        (rows,) = db.execute("SELECT count(*) FROM members").fetchall()[0]
+    assert rows == 250_000
+    assert [n for (n,) in sizes] == [group, group, 250_000 - 2 * group]
+    assert free == 0
