@@ -39,6 +39,20 @@ main(sys.argv[1:], prog_name="reconcile")
 """
 
 
+def apply_with(ws, script: str) -> subprocess.CompletedProcess:
+    """`reconcile apply --auto-approve` in the workspace, run by ``script`` in a child process
+    (which may end it abruptly)."""
+    return subprocess.run(
+        [sys.executable, "-c", script, "-C", str(ws.root), "--no-color"]
+        + ["apply", "--auto-approve"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=ws.root,
+        timeout=120,
+    )
+
+
 def journal(ws, op: str = "add") -> list[str]:
     rows = state_rows(ws, "SELECT status FROM journal WHERE op = ? ORDER BY started_at", [op])
     return [r[0] for r in rows]
@@ -54,15 +68,7 @@ def test_a_kill_before_a_group_is_recorded_resends_it_and_the_audience_is_exact(
         # after the destination applied the eighth add, before it was answered
         integration=sandbox_yaml(batch_size=5, exit_after_calls=9, exit_when="after"),
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", NO_TIME_LIMIT, "-C", str(ws.root), "--no-color"]
-        + ["apply", "--auto-approve"],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        cwd=ws.root,
-        timeout=120,
-    )
+    proc = apply_with(ws, NO_TIME_LIMIT)
     assert proc.returncode == 137, proc.stdout + proc.stderr
     # the destination holds eight batches; seven came back, recorded in groups of 5 and 20
     # members (four times what was recorded before it): the next group (the sixth call on)
@@ -169,15 +175,7 @@ def test_a_call_split_over_two_groups_is_closed_by_the_second(workspace):
     ws = workspace(
         {"act": activation("Split")}, profiles=rows, integration=sandbox_yaml(batch_size=5)
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", KILLED_AFTER_TWO_GROUPS, "-C", str(ws.root), "--no-color"]
-        + ["apply", "--auto-approve"],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        cwd=ws.root,
-        timeout=120,
-    )
+    proc = apply_with(ws, KILLED_AFTER_TWO_GROUPS)
     assert proc.returncode == 137, proc.stdout + proc.stderr
     assert "groups [5, 12]" in proc.stderr
     assert state_rows(ws, "SELECT count(*) FROM members") == [(17,)]
