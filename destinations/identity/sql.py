@@ -18,7 +18,6 @@ requires 2.0).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 
 from destinations.identity.phones import (
@@ -110,24 +109,24 @@ def _phone_steps(
         raise ValueError(f"unknown default phone country {default_country!r}; use one of {known}")
     cc, trunk, idd, lengths = country
     allowed = sorted(lengths)
-    # __u: the text that passed the shape check, with a trailing extension cut off if needed
+    # u: the text that passed the shape check, with a trailing extension cut off if needed
     shape = _q(PHONE_PATTERN)
     cut = f"regexp_replace(__t, {_q(EXTENSION_PATTERN)}, '')"
     text = (
         f"CASE WHEN regexp_full_match(__t, {shape}) THEN __t "
         f"WHEN regexp_full_match({cut}, {shape}) THEN {cut} END"
     )
-    # __d: the digits, with a leading "+" when the number was written with one. __u has the
+    # d: the digits, with a leading "+" when the number was written with one. u has the
     # shape, whose only place for a "+" is its optional group after the leading spaces and
     # "(": so it contains a "+" exactly when the number starts with one (a third of the
     # cost of trimming the start and testing it)
-    plus = "contains(__u, '+')"
-    digits = f"CASE WHEN {plus} THEN '+' ELSE '' END || regexp_replace(__u, '[^0-9]', '', 'g')"
+    plus = f"contains({u}, '+')"
+    digits = f"CASE WHEN {plus} THEN '+' ELSE '' END || regexp_replace({u}, '[^0-9]', '', 'g')"
     # international: drop "+", "00" or the dialling prefix, then a zero trunk after the code
     intl = (
-        f"CASE WHEN starts_with(__d, '+') THEN substr(__d, 2) "
-        f"WHEN starts_with(__d, {_q(idd)}) THEN substr(__d, {len(idd) + 1}) "
-        f"ELSE substr(__d, 3) END"
+        f"CASE WHEN starts_with({d}, '+') THEN substr({d}, 2) "
+        f"WHEN starts_with({d}, {_q(idd)}) THEN substr({d}, {len(idd) + 1}) "
+        f"ELSE substr({d}, 3) END"
     )
     zero_trunk = " ".join(
         f"WHEN substr(__i, {size + 1}, 1) = '0' AND "
@@ -140,39 +139,34 @@ def _phone_steps(
     # national: drop one trunk prefix (or a calling code that only makes sense that way)
     whens = []
     if trunk:
-        condition = f"starts_with(__d, {_q(trunk)})"
+        condition = f"starts_with({d}, {_q(trunk)})"
         if trunk[0] != "0":
-            condition += f" AND {_in(f'length(__d) - {len(trunk)}', allowed)}"
-        whens.append(f"WHEN {condition} THEN substr(__d, {len(trunk) + 1})")
+            condition += f" AND {_in(f'length({d}) - {len(trunk)}', allowed)}"
+        whens.append(f"WHEN {condition} THEN substr({d}, {len(trunk) + 1})")
     cc_condition = (
-        f"starts_with(__d, {_q(cc)}) AND NOT {_in('length(__d)', allowed)} "
-        f"AND {_in(f'length(__d) - {len(cc)}', allowed)}"
+        f"starts_with({d}, {_q(cc)}) AND NOT {_in(f'length({d})', allowed)} "
+        f"AND {_in(f'length({d}) - {len(cc)}', allowed)}"
     )
     if trunk:
-        cc_condition = f"NOT starts_with(__d, {_q(trunk)}) AND {cc_condition}"
-    whens.append(f"WHEN {cc_condition} THEN substr(__d, {len(cc) + 1})")
+        cc_condition = f"NOT starts_with({d}, {_q(trunk)}) AND {cc_condition}"
+    whens.append(f"WHEN {cc_condition} THEN substr({d}, {len(cc) + 1})")
     national = _let(
-        f"CASE {' '.join(whens)} ELSE __d END",
+        f"CASE {' '.join(whens)} ELSE {d} END",
         "__s",
         f"CASE WHEN {_in('length(__s)', allowed)} THEN {_q(cc)} || __s END",
     )
     is_international = (
-        f"starts_with(__d, '+') OR starts_with(__d, '00') OR starts_with(__d, {_q(idd)})"
+        f"starts_with({d}, '+') OR starts_with({d}, '00') OR starts_with({d}, {_q(idd)})"
     )
     number = f"CASE WHEN {is_international} THEN {international} ELSE {national} END"
     checked = (
-        "CASE WHEN length(__n) BETWEEN 8 AND 15 AND NOT starts_with(__n, '0') THEN '+' || __n END"
+        f"CASE WHEN length({n}) BETWEEN 8 AND 15 AND NOT starts_with({n}, '0') THEN '+' || {n} END"
     )
     # a value that has the shape untrimmed differs from its trimmed form only by ASCII spaces
     # at its ends, which neither the "+" test nor the digits see: it skips the trimming
     untrimmed = f"regexp_full_match({column}, {shape})"
     shaped = f"CASE WHEN {untrimmed} THEN {column} ELSE {_let(_trim(column), '__t', text)} END"
-
-    # the steps are written over __u, __d and __n: renamed as whole words
-    def named(expr: str, var: str, name: str) -> str:
-        return re.sub(rf"\b{var}\b", name, expr)
-
-    return shaped, named(digits, "__u", u), named(number, "__d", d), named(checked, "__n", n)
+    return shaped, digits, number, checked
 
 
 def _madid(column: str, default_country: str) -> str:
