@@ -10,7 +10,6 @@ than once per call, and a run killed early re-sends little.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -62,12 +61,12 @@ class AdditionSender(Sender):
             encode.SEND, self.aid, self.grp, op=table.op
         )
         batches = encode.stream(self.reader, table, sendable=True, size=self.size)
+        self._recorded = 0
+        self._held = HeldRows()
         if ref is None:  # control group: recorded, never sent
             self._record_control_group(batches)
             return
         width = max(1, self.dest.limits.concurrency)
-        self._recorded = 0
-        self._held = HeldRows()
         inflight: deque[Call] = deque()
         ready: deque[tuple[str, encode.Columns]] = deque()  # journaled, not sent yet
         done: list[Call] = []
@@ -111,17 +110,14 @@ class AdditionSender(Sender):
 
     def _record_control_group(self, batches: Iterator[encode.Columns]) -> None:
         """A control group's members are recorded, never sent: :data:`RECORD_ROWS` members a
-        commit (the rest at the end)."""
-        held = HeldRows()
-        for cols in itertools.chain(batches, [None]):
-            if cols is not None:
-                held.add("", cols.arrow)
-            while held.rows >= RECORD_ROWS or (cols is None and held):
-                parts, _ = held.take(RECORD_ROWS)
-                members = sum(p.num_rows for p in parts)
-                self.state.record_sent_batches(parts, [], self.aid, self.grp, run_id="")
-                self.counts.add += members
-                self.progress.advance(members)
+        commit (the rest at the end), with no intent and no run counts (``_run()`` is empty:
+        the group is not sent)."""
+        for cols in batches:
+            self._held.add("", cols.arrow)
+            while self._held.rows >= RECORD_ROWS:
+                self._record_held(flush=False)
+        while self._held:
+            self._record_held(flush=True)
 
     def _record_and_journal(
         self,
