@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from reconciler.state.lock import StateLock
 from tests.conftest import cli, plan_json, profile
 
@@ -29,6 +31,20 @@ def test_state_show_mv_rm(workspace):
     assert json.loads(cli(ws, "state", "show").output) == []
     # the destination was not touched: the audience is still there
     assert len(ws.sandbox_keys()["A"]) == 3
+
+
+@pytest.mark.parametrize("new", ["Bad Id", "evil\x1b[2J", "x\n", "_x", "a/b", "../x", ""])
+def test_state_mv_refuses_an_id_no_file_could_have(workspace, new):
+    """The new id gets the rule of activation file stems: no later plan can show it deleted
+    under a name no file could have."""
+    ws = workspace({"act": ACT}, profiles=[profile(1, a=True)])
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    res = cli(ws, "state", "mv", "act", new)
+    assert res.exit_code == 1
+    assert res.stderr.startswith(f"Error: {new!r} is not a valid activation id")
+    assert "\x1b" not in res.stderr and res.stderr.count("\n") == 1
+    assert [a["id"] for a in json.loads(cli(ws, "state", "show").output)] == ["act"]
+    assert cli(ws, "state", "mv", "act", "new-id_2").exit_code == 0
 
 
 def test_state_unlock_refuses_a_live_holder(workspace):

@@ -8,10 +8,12 @@ mapped to 1 here, once for every command.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
 import traceback
+from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -22,6 +24,10 @@ from reconciler.errors import ReconcileError
 
 if TYPE_CHECKING:
     from reconciler.workspace.loader import Workspace
+
+
+#: set by ``--log-format json``: errors too are one JSON event on standard error
+_json_errors = False
 
 
 class Ctx:
@@ -38,6 +44,8 @@ class Ctx:
         self.color = color
         self.verbose = verbose
         self.log_format = log_format
+        global _json_errors
+        _json_errors = log_format == "json"
 
     def workspace(self, *, check_credentials: bool = False) -> Workspace:
         """The loaded workspace; ``check_credentials``: every credential's environment
@@ -53,27 +61,43 @@ def fail(exc: BaseException) -> NoReturn:
 
     An exception we did not expect is a bug: it is named (type and message) rather than
     hidden, and ``RECONCILE_DEBUG=1`` prints its traceback too."""
+    if isinstance(exc, BrokenPipeError):  # the reader went away (`status | head -1`)
+        _quiet_stdout()
+        sys.exit(1)
     if isinstance(exc, click.ClickException):  # usage errors: click's own message
-        exc.show()
+        if not _json_errors:
+            exc.show()
+            sys.exit(1)
+        text = exc.format_message()
     elif isinstance(exc, ReconcileError):
-        click.echo(f"Error: {exc}", err=True)
+        text = str(exc)
     elif isinstance(exc, KeyboardInterrupt | click.Abort):
-        click.echo("Error: interrupted", err=True)
+        text = "interrupted"
     elif _is_duckdb_error(exc):  # one we did not expect: still one paragraph, exit 1
-        click.echo(
-            f"Error: the database engine failed: {_one_line(exc)}. Nothing more was done; if "
-            "it happens again, report it with the command you ran",
-            err=True,
+        text = (
+            f"the database engine failed: {_one_line(exc)}. Nothing more was done; if it "
+            "happens again, report it with the command you ran"
         )
     else:
         if os.environ.get("RECONCILE_DEBUG") == "1":
             traceback.print_exception(exc, file=sys.stderr)
-        click.echo(
-            f"Error: internal error: {type(exc).__name__}: {_one_line(exc)}; please report it "
-            "(RECONCILE_DEBUG=1 shows the traceback)",
-            err=True,
+        text = (
+            f"internal error: {type(exc).__name__}: {_one_line(exc)}; please report it "
+            "(RECONCILE_DEBUG=1 shows the traceback)"
         )
+    if _json_errors:  # the pipeline reading the events gets this one as an event too
+        at = datetime.now(UTC).isoformat(timespec="milliseconds")
+        click.echo(json.dumps({"time": at, "event": "error", "message": text}), err=True)
+    else:
+        click.echo(f"Error: {text}", err=True)
     sys.exit(1)
+
+
+def _quiet_stdout() -> None:
+    """Point standard output at /dev/null: its reader is gone, and Python would otherwise
+    report the failed flush at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def _one_line(exc: BaseException) -> str:
@@ -100,11 +124,14 @@ class ReconcileGroup(click.Group):
     through :func:`fail`, so no command can exit 2 on bad usage or print a traceback."""
 
     def main(self, args: Any = None, prog_name: Any = None, *a: Any, **extra: Any) -> Any:
+        global _json_errors
+        _json_errors = False  # until the options say otherwise (:class:`Ctx`)
         run: Any = super().main  # click's overloads do not cover a forwarded call
         if extra.pop("standalone_mode", True) is False:
             return run(args, prog_name, *a, standalone_mode=False, **extra)
         try:
             code = run(args, prog_name, *a, standalone_mode=False, **extra)
+            sys.stdout.flush()  # a reader that went away is found here, not at exit
         except (Exception, KeyboardInterrupt) as exc:
             fail(exc)
         # --help and --version return click's exit code; commands return None

@@ -166,6 +166,10 @@ def plan(c: Ctx, targets, out, fmt, detailed_exitcode, refresh, due, comment_lim
         raise ReconcileError("--comment-limit and --commit need --format markdown")
     if commit and not render.markdown.COMMIT.fullmatch(commit):
         raise ReconcileError(f"--commit {commit!r} is not a commit id (7-64 hex digits)")
+    if out:  # before planning: --out replaces nothing but an older plan file
+        from reconciler.plan.planfile import check_out
+
+        check_out(Path(out))
     ws = c.workspace(check_credentials=refresh)
     reporter = reporter_for(c)
     from reconciler.plan.planner import PlanRequest
@@ -261,6 +265,19 @@ def apply(
     """Plan, confirm, push the changes to the destinations and record them."""
     from reconciler.plan.planner import PlanRequest
 
+    if planfile and (targets or due):
+        chosen = [
+            (o, flag)
+            for o, flag, on in (("-t/--target", "-t ID", targets), ("--due", "--due", due))
+            if on
+        ]
+        flags = " ".join(flag for _, flag in chosen)
+        raise click.UsageError(
+            f"{' and '.join(o for o, _ in chosen)} cannot be used with a saved plan file: "
+            "`apply PLANFILE` applies exactly what was planned; choose the activations when "
+            f"making the plan (`reconcile plan {flags} --out PLANFILE`)",
+            ctx=click.get_current_context(),
+        )
     ws = c.workspace(check_credentials=True)
     trigger = "schedule" if due else "apply"
     apply_plan(
@@ -331,7 +348,13 @@ def init(directory: str, install: str | None) -> None:
     workflows to the repository root. Never overwrites a file."""
     from reconciler.workspace.scaffold import scaffold
 
-    result = scaffold(Path(directory), install=install)
+    try:
+        result = scaffold(Path(directory), install=install)
+    except OSError as exc:  # e.g. a folder that cannot be created there
+        where = "" if exc.filename in (None, directory) else f"{exc.filename}: "
+        raise ReconcileError(
+            f"cannot create the workspace in {directory}: {where}{exc.strerror or exc}"
+        ) from exc
     for path in result.created:
         click.echo(f"created {path}")
     if result.gitignore:

@@ -17,25 +17,47 @@ if TYPE_CHECKING:
 
 engine: Any = LazyModule("reconciler.engine")
 rows_of: Any = LazyModule("reconciler.render.reports")
+#: the most runs or rejected members `log` lists, and keys `segments` previews
+MAX_LOG_LIMIT = 1_000_000
+MAX_PREVIEW = 10_000
 
 
 def _ws() -> Workspace:
     return click.get_current_context().find_root().obj.workspace()
 
 
+#: what a table cell must not hold raw: control characters (C0, DEL, C1), line and paragraph
+#: separators and text-direction overrides — a name from a destination could move the cursor,
+#: clear the screen or forge rows
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(value: object) -> str:
+    """``value`` as text with each control character escaped as Python writes it
+    (``\\x1b``, ``\\n``, ``\\u202e``)."""
+    return _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], str(value))
+
+
 def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
+    cells = [[printable(x) for x in r] for r in rows]
+    widths = [max(len(x) for x in col) for col in zip(headers, *cells, strict=False)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*headers), *(fmt.format(*map(str, r)) for r in rows)])
+    return "\n".join([fmt.format(*headers), *(fmt.format(*r) for r in cells)])
 
 
 @click.command()
-@click.option("--active", "which", flag_value="active", help="Only auto-updating ones.")
-@click.option("--inactive", "which", flag_value="inactive", help="Only one-time and paused.")
+@click.option("--active", is_flag=True, help="Only auto-updating ones.")
+@click.option("--inactive", is_flag=True, help="Only one-time and paused.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 @handle_errors
-def status(which, fmt) -> None:
+def status(active, inactive, fmt) -> None:
     """Activations with their status, last run and last counts."""
+    if active and inactive:
+        raise click.UsageError(
+            "--active and --inactive are mutually exclusive: pass one, or neither for all",
+            ctx=click.get_current_context(),
+        )
+    which = "active" if active else "inactive" if inactive else None
     ws = _ws()
     with engine.read_state(ws) as state:
         rows = rows_of.activation_rows(ws, state)
@@ -79,7 +101,13 @@ def status(which, fmt) -> None:
 
 @click.command()
 @click.argument("name")
-@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, MAX_LOG_LIMIT),
+    default=20,
+    show_default=True,
+    help="Runs (or rejected members) to show, newest first.",
+)
 @click.option(
     "--rejected",
     is_flag=True,
@@ -129,7 +157,7 @@ def log(name, limit, rejected, fmt) -> None:
     )
     for r in rows:
         if r["error"]:
-            click.echo(f"  {r['started_at']}: {r['error']}")
+            click.echo(f"  {r['started_at']}: {printable(r['error'])}")
 
 
 def _rejections(name: str, rows: list[dict], fmt: str) -> None:
@@ -192,7 +220,13 @@ def lists(integration, fmt) -> None:
 @click.command()
 @click.argument("name", required=False)
 @click.option("--show-pii", is_flag=True, help="Preview e-mail addresses too.")
-@click.option("--limit", type=int, default=5, show_default=True, help="Keys to preview.")
+@click.option(
+    "--limit",
+    type=click.IntRange(0, MAX_PREVIEW),
+    default=5,
+    show_default=True,
+    help="Keys to preview (0: sizes only).",
+)
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 @handle_errors
 def segments(name, show_pii, limit, fmt) -> None:
@@ -205,7 +239,7 @@ def segments(name, show_pii, limit, fmt) -> None:
     for r in rows:
         click.echo(f"{r['name']}: {r['size']:,} profiles  ({r['file']})")
         for p in r["preview"]:
-            click.echo(f"    {p}")
+            click.echo(f"    {printable(p)}")
         if r.get("note"):
             click.echo(f"    ({r['note']})")
 
@@ -299,6 +333,15 @@ def state_rm(name) -> None:
 @handle_errors
 def state_mv(old, new) -> None:
     """Rename an activation in the state (like `moved_from:` in a file)."""
+    from reconciler.workspace.spec_base import NAME_RE  # the rule of activation file stems
+
+    if not NAME_RE.fullmatch(new):
+        shown = repr(new) if len(new) <= 60 else repr(new[:60]) + "..."
+        raise ReconcileError(
+            f"{shown} is not a valid activation id: an id is the name of its file "
+            "activations/ID.yaml, only lowercase letters, digits, '-' and '_' (starting with a "
+            "letter or digit)"
+        )
     with engine.write_state(_ws(), "state mv") as st:
         _recorded(st, old)
         if st.activation(new) is not None:

@@ -7,8 +7,10 @@ The Parquet file is written and read by DuckDB and streamed into the zip from di
 
 Plan files are CI artifacts, so a plan file is untrusted input: nothing in it is ever used as
 a path (the Parquet file is extracted to a temporary file of our own), members are size-checked
-before they are read, and every way a file can be corrupt, truncated, foreign or edited is one
-:class:`PlanError` naming the file. See ``docs/plan-files.md``.
+before they are read, its strings get the rules of the workspace's own names and its counts
+must be the member changes it carries (:mod:`reconciler.plan.planfile_checks`), and every way a
+file can be corrupt, truncated, foreign or edited is one :class:`PlanError` naming the file.
+``--out`` replaces nothing but a plan file (:func:`check_out`). See ``docs/plan-files.md``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
+import stat
 import struct
 import tempfile
 import zipfile
@@ -28,6 +32,7 @@ from pydantic import ValidationError
 
 from reconciler.errors import PlanError
 from reconciler.plan.model import FORMAT_VERSION, Plan
+from reconciler.plan.planfile_checks import check_counts, check_plan, check_text
 
 PLAN_FILE_FORMAT = 2
 MANIFEST, PLAN_JSON, CHANGES = "manifest.json", "plan.json", "changes.parquet"
@@ -39,7 +44,7 @@ CHANGE_COLUMNS = [
     ("op", "VARCHAR"),
     ("key", "VARCHAR"),
 ]
-OPS = ("add", "remove", "update", "forget")
+OPS = ("add", "remove", "update", "purge", "forget")
 #: what reading a damaged zip can raise, besides BadZipFile
 _ZIP_ERRORS = (
     zipfile.BadZipFile,
@@ -54,9 +59,12 @@ _ZIP_ERRORS = (
 
 
 def save(plan: Plan, staging_db: Path, out: Path, tmp_dir: Path) -> None:
+    """Write ``plan`` and its member changes to ``out`` (a new path or a plan file, which is
+    replaced: :func:`check_out`), by way of a new file of our own beside it."""
+    check_out(out)
     parquet = _temp_file(tmp_dir)
     try:
-        _write_changes(staging_db, parquet)
+        _write_changes(staging_db, parquet, [a.id for a in plan.activations])
         plan_bytes = json.dumps(plan.to_json(), indent=2).encode()
         manifest = {
             "plan_file_format": PLAN_FILE_FORMAT,
@@ -65,21 +73,82 @@ def save(plan: Plan, staging_db: Path, out: Path, tmp_dir: Path) -> None:
             "plan_sha256": hashlib.sha256(plan_bytes).hexdigest(),
             "changes_sha256": _sha256(parquet),
         }
-        partial = out.with_name(out.name + ".partial")
+        # a name no one else has (O_EXCL: never an existing file, nor a link's target)
+        partial = out.with_name(f".{out.name[:100]}.{secrets.token_hex(6)}.partial")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
         try:
-            with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            fd = os.open(partial, flags, 0o666)
+        except OSError as exc:
+            raise _cannot_write(out, exc) from exc
+        try:
+            with (
+                os.fdopen(fd, "wb") as f,
+                zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as zf,
+            ):
                 zf.writestr(MANIFEST, json.dumps(manifest, indent=2))
                 zf.writestr(PLAN_JSON, plan_bytes)
                 zf.write(parquet, CHANGES, compress_type=zipfile.ZIP_STORED)
+            check_out(out)  # still nothing but a plan file there
             partial.replace(out)
-        except OSError as exc:
+        except BaseException as exc:
             partial.unlink(missing_ok=True)
-            raise PlanError(f"cannot write the plan to {out}: {exc.strerror or exc}") from exc
+            if isinstance(exc, OSError):
+                raise _cannot_write(out, exc) from exc
+            raise
     finally:
         parquet.unlink(missing_ok=True)
 
 
-def _write_changes(staging_db: Path, parquet: Path) -> None:
+def check_out(out: Path) -> None:
+    """Refuse to replace anything at ``out`` but a plan file: ``plan --out reconcile.yaml``
+    must not overwrite the workspace's configuration, nor ``--out /dev/full`` a device."""
+    try:
+        mode = out.lstat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return  # nothing there (a missing folder is reported when the plan is written)
+    except OSError as exc:
+        raise _cannot_write(out, exc) from exc
+    keep = "not replacing it; pass --out a new path, or an older plan file to overwrite"
+    if not stat.S_ISREG(mode):
+        raise PlanError(f"{out} is not a regular file ({_kind(mode)}): {keep}")
+    if not is_plan_file(out):
+        raise PlanError(f"{out} exists and is not a plan file: {keep}")
+
+
+def is_plan_file(path: Path) -> bool:
+    """Whether ``path`` looks like a plan file as `show` recognises one (of any format
+    version): a zip of exactly its three members, whose manifest names a plan file format."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            if sorted(zf.namelist()) != sorted(MAX_MEMBER_BYTES):
+                return False
+            if zf.getinfo(MANIFEST).file_size > MAX_MEMBER_BYTES[MANIFEST]:
+                return False
+            manifest = json.loads(zf.read(MANIFEST))
+    except (OSError, RecursionError, *_ZIP_ERRORS):  # ValueError covers bad JSON
+        return False
+    return isinstance(manifest, dict) and "plan_file_format" in manifest
+
+
+def _cannot_write(out: Path, exc: OSError) -> PlanError:
+    return PlanError(f"cannot write the plan to {out}: {exc.strerror or exc}")
+
+
+def _kind(mode: int) -> str:
+    kinds = [
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ]
+    return next((what for test, what in kinds if test(mode)), "an unknown kind of file")
+
+
+def _write_changes(staging_db: Path, parquet: Path, ids: list[str]) -> None:
+    """The staged changes of the plan's activations (``plan --due`` stages those of the
+    activations it then leaves out, too)."""
     con = duckdb.connect()
     try:
         con.execute(f"ATTACH '{_q(staging_db)}' AS stg (READ_ONLY)")
@@ -90,8 +159,10 @@ def _write_changes(staging_db: Path, parquet: Path) -> None:
         columns = ", ".join(f"NULL::{t} {c}" for c, t in CHANGE_COLUMNS)
         source = "stg.changes" if has else f"(SELECT {columns} WHERE FALSE)"
         con.execute(
-            f"COPY (SELECT * FROM {source} ORDER BY activation_id, grp, op, key) "
-            f"TO '{_q(parquet)}' (FORMAT parquet, COMPRESSION zstd)"
+            f"COPY (SELECT * FROM {source} WHERE list_contains(?, activation_id) "
+            f"ORDER BY activation_id, grp, op, key) "
+            f"TO '{_q(parquet)}' (FORMAT parquet, COMPRESSION zstd)",
+            [ids],
         )
     finally:
         con.close()
@@ -185,6 +256,9 @@ def _plan(path: Path, manifest: dict, plan_bytes: bytes) -> Plan:
         raise _corrupt(path, f"plan.json is not a valid plan ({where}: {first['msg']})") from exc
     if plan.plan_id != manifest["plan_id"]:
         raise _corrupt(path, "plan.json and the manifest name different plans")
+    for why in (check_text(doc), check_plan(plan)):
+        if why:
+            raise _corrupt(path, why)
     return plan
 
 
@@ -209,6 +283,11 @@ def _load_changes(path: Path, plan: Plan, parquet: Path, staging_db: Path) -> No
         ).fetchall()[0][0]
         if bad:
             raise _corrupt(path, f"changes.parquet has {bad:,} rows that match no planned change")
+        counted = con.execute(
+            "SELECT activation_id, grp, op, count(*) FROM incoming GROUP BY ALL"
+        ).fetchall()
+        if why := check_counts(plan, counted):
+            raise _corrupt(path, why)
         con.execute("CREATE TABLE stg.changes AS SELECT * FROM incoming")
     except duckdb.Error as exc:
         raise _corrupt(path, "changes.parquet could not be read") from exc

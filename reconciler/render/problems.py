@@ -45,11 +45,21 @@ def render_github(errors: Sequence[ConfigError], warnings: Sequence[ConfigError]
 
 def _annotation(level: str, e: ConfigError) -> str:
     p = as_dict(e)
-    where = ",".join(f"{k}={v}" for k, v in (("file", p["file"]), ("line", p["line"])) if v)
+    props = [(k, p[k]) for k in ("file", "line") if p[k]] + [("title", TITLE)]
     text = (f"{p['field']}: " if p["field"] else "") + str(p["message"])
-    text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-    head = f"::{level} {where}," if where else f"::{level} "
-    return f"{head}title={TITLE}::{text}"
+    where = ",".join(f"{k}={escape_property(str(v))}" for k, v in props)
+    return f"::{level} {where}::{escape_data(text)}"
+
+
+def escape_data(text: str) -> str:
+    """A workflow command's message, escaped as GitHub's runner unescapes it."""
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def escape_property(value: str) -> str:
+    """A workflow command's property value (``file=``, ``title=``): also ``:`` and ``,``, so a
+    file name cannot end the properties or add its own (``a,line=99,title=x::...``)."""
+    return escape_data(value).replace(":", "%3A").replace(",", "%2C")
 
 
 def warning_lines(warnings: Sequence[ConfigError]) -> list[str]:

@@ -94,10 +94,11 @@ def rejection_rows(state: StateReader, activation_id: str, limit: int) -> list[d
 def segment_rows(
     ws: Workspace, name: str | None, limit: int, show_pii: bool
 ) -> list[dict[str, Any]]:
-    """Sizes and a preview of each segment. Without ``show_pii`` the preview shows only
-    values that are profile keys — of the key column's type, present in the profiles table
-    and not shaped like an e-mail address or phone number; otherwise ``note`` says why it
-    is hidden (segment SQL is untrusted: it could return e-mail addresses as "keys")."""
+    """Sizes and a preview of each segment (``limit`` keys; none for 0). Without
+    ``show_pii`` the preview shows only values that are profile keys — of the key column's
+    type, present in the profiles table and not shaped like an e-mail address or phone
+    number; otherwise ``note`` says why it is hidden (segment SQL is untrusted: it could
+    return e-mail addresses as "keys")."""
     from reconciler.enginedb import Session, new_staging_path, remove_staging
     from reconciler.errors import ConfigError
     from reconciler.plan.membership import _ident
@@ -129,7 +130,9 @@ def segment_rows(
             for n in names:
                 res = runner.run(n)
                 note = None
-                if show_pii and email:
+                if limit == 0:  # sizes only: no preview asked for
+                    preview = []
+                elif show_pii and email:
                     preview = [
                         f"{k}  {e or ''}"
                         for k, e in s.con.execute(
