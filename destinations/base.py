@@ -209,13 +209,17 @@ class Outcome:
     sent again by the next run. ``ids``: the destination's own member ids to record instead
     of the hashes (Klaviyo profile ids). ``job``: an asynchronous job the call submitted
     (then :meth:`Destination.poll` gives the final outcome). ``detail``: a short summary for
-    the run log (e.g. Meta's ``num_invalid_entries``)."""
+    the run log (e.g. Meta's ``num_invalid_entries``). ``unidentified``: entries the
+    destination counted as refused without naming them (Meta's ``num_invalid_entries`` beyond
+    its samples): their members stay recorded as accepted (which ones is unknown), but they
+    count as refused against ``max_rejected_share`` and the run says so."""
 
     rejected: dict[str, str] = field(default_factory=dict)
     retry: dict[str, str] = field(default_factory=dict)
     ids: dict[str, tuple[str, ...]] = field(default_factory=dict)
     job: str | None = None
     detail: str | None = None
+    unidentified: int = 0
 
 
 @dataclass

@@ -243,6 +243,14 @@ def test_invalid_samples_reject_exactly_the_sampled_members(samples: Any) -> Non
     assert "3 invalid" in out.detail and "1 identified" in out.detail
 
 
+def test_invalid_entries_beyond_the_samples_are_counted_unidentified() -> None:
+    sent = meta_payload.Payload({}, ["a", "b"], {}, [("good", ""), ("bad-value", "")])
+    answer = {"num_received": 2, "num_invalid_entries": 3, "invalid_entry_samples": ["bad-value"]}
+    assert meta_payload.outcome(answer, sent, "received").unidentified == 2
+    whole = {"num_received": 2, "num_invalid_entries": 0}
+    assert meta_payload.outcome(whole, sent, "received").unidentified == 0
+
+
 # ------------------------------------------------------------------ unit: classification
 
 
@@ -629,6 +637,39 @@ def test_example_with_throttling_and_an_invalid_entry(
     assert fake.members(audience.id) == set().union(*rows) - bad_row
     again = cli(ws, "plan")
     assert "members: +0 -0 ~0" in again.output, again.output  # the refused one is not resent
+
+
+def test_invalid_entries_meta_does_not_sample_count_against_the_share(
+    tmp_path: Path, fake: FakeMeta, monkeypatch
+) -> None:
+    """Meta samples only some invalid entries: the others cannot be named, but they count as
+    refused (a run over ``max_rejected_share`` fails) and the run's message says so."""
+    ws = _example(tmp_path, fake, monkeypatch)
+    rows = _expected_rows(ws.root, create=True)
+    for row in sorted(rows, key=sorted)[:3]:
+        fake.reject(next(v for k, v in row if k == "EMAIL"))
+    fake.sample_limit = 1  # Meta names one of the three
+    activation = ws.root / "activations" / "big-spenders-meta.yaml"
+    activation.write_text(activation.read_text() + "max_rejected_share: 0.01\n")
+    applied = cli(ws, "apply", "--auto-approve")
+    text = applied.output + applied.stderr
+    assert applied.exit_code == 1, text
+    assert "3 of" in text and "2 of them the destination counted as invalid" in text, text
+    logged = cli(ws, "log", "big-spenders-meta")
+    assert "without naming them" in logged.output, logged.output
+
+
+def test_a_plan_that_cannot_read_the_audience_back_does_not_say_it_matches(
+    tmp_path: Path, fake: FakeMeta, monkeypatch
+) -> None:
+    ws = _example(tmp_path, fake, monkeypatch)
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    fake.expire_token()
+    planned = cli(ws, "plan")
+    assert "Your destinations match" not in planned.output, planned.output
+    assert "No changes planned; read the warnings below." in planned.output
+    assert '"big-spenders-meta"' in planned.output and "could not be read back" in planned.output
+    assert TOKEN not in planned.output + planned.stderr
 
 
 # ------------------------------------------------------------------ the shared conformance suite

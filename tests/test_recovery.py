@@ -265,12 +265,40 @@ def test_killed_right_after_the_destination_applied_a_call(workspace, crash_afte
     assert len(audiences(ws)) == 1
     assert runs(ws, "act")[0]["status"] == "Pending"
     assert status_of(ws, "act")["status"] == "Pending"
+    # the first run never completed: no spec is recorded yet, and none is shown as changed
+    planned = cli(ws, "plan")
+    assert "definition changed" not in planned.output and "config:" not in planned.output
     res = cli(ws, "apply", "--auto-approve")
     assert res.exit_code == 0, res.output + res.stderr
     assert [n for _, n in audiences(ws)] == ["Crash"]
     assert held(ws) == {"Crash": desired(rows)}
     assert_converged(ws)
     assert [r["status"] for r in runs(ws, "act")] == ["Complete", "Pending"]
+
+
+@pytest.mark.slow
+def test_a_deleted_activation_killed_while_clearing_shows_pending_until_done(workspace):
+    """`on_delete: clear` removes the members of a deleted activation's audience; killed
+    part-way, status and log both say Pending (not the last run's Complete), and the next
+    apply finishes the clearing."""
+    rows = [profile(i, a=True) for i in range(20)]
+    ws = workspace({"act": activation("Cleared", extra="on_delete: clear\n")}, profiles=rows)
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    ws.remove("activations/act.yaml")
+    assert "destination: sandbox (sandbox)" in cli(ws, "plan").output  # its type, not "()"
+    ws.write("integrations/sandbox.yaml", sandbox_yaml(exit_after_calls=2))
+    proc = start(ws, "apply", "--auto-approve", "--allow-mass-removal")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 137, out + err
+    assert status_of(ws, "act")["status"] == "Pending"
+    assert runs(ws, "act")[0]["status"] == "Pending"
+    ws.write("integrations/sandbox.yaml", sandbox_yaml())
+    res = cli(ws, "apply", "--auto-approve", "--allow-mass-removal")
+    assert res.exit_code == 0, res.output + res.stderr
+    assert held(ws) == {"Cleared": set()}
+    assert all(
+        r["id"] != "act" for r in cli(ws, "status", "--format", "json").json()["activations"]
+    )
 
 
 # ---------------------------------------------------------------------- destination failures
@@ -421,7 +449,9 @@ def test_refused_credentials_disable_the_activation_and_record_nothing(workspace
 
 # ---------------------------------------------------------------------- Ctrl-C
 @pytest.mark.slow
-def test_one_ctrl_c_finishes_the_batch_in_flight_then_apply_completes(workspace):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_one_ctrl_c_finishes_the_batch_in_flight_then_apply_completes(workspace, sig):
+    """A Ctrl-C, or the SIGTERM a cancelled CI job gets, stops after the batch in flight."""
     rows = [profile(i, a=True) for i in range(150)]
     ws = workspace(
         {"act": activation("Interrupted")},
@@ -431,7 +461,7 @@ def test_one_ctrl_c_finishes_the_batch_in_flight_then_apply_completes(workspace)
     proc = start(ws, "apply", "--auto-approve")
     until_planned(proc)
     time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 1, out + err
     assert "finishing the batch in flight" in err and "run apply again" in err

@@ -250,7 +250,9 @@ def outcome(answer: Mapping[str, Any], payload: Payload, verb: str) -> Outcome:
             if hit is not None:
                 rejected[key] = f"Meta counted the entry invalid: {hit}"
     detail = f"Meta {verb} {received if received is not None else len(payload.keys)} entries"
+    unnamed = 0
     if invalid:
         named = len(rejected) - len(payload.unsendable)
         detail += f", {invalid} invalid ({named} identified from Meta's samples)"
-    return Outcome(rejected=rejected, detail=detail)
+        unnamed = max(0, int(invalid) - named)
+    return Outcome(rejected=rejected, detail=detail, unidentified=unnamed)

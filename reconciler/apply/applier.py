@@ -34,10 +34,13 @@ from reconciler.integrations import Connections
 from reconciler.plan import membership
 from reconciler.plan.model import ActivationPlan, Change, Plan, Status
 from reconciler.plan.recorded import digest, recorded_spec
+from reconciler.plan.segments import SegmentRunner
+from reconciler.sources import sql_policy
 from reconciler.state.attributes import forget as forget_attribute_hashes
 from reconciler.state.schema import CATALOG
 from reconciler.state.writer import StateStore
 from reconciler.workspace.loader import Workspace
+from reconciler.workspace.spec import Integration
 from reconciler.workspace.templating import local_date
 
 
@@ -64,6 +67,7 @@ class Applier(AudienceSteps):
         self.opts, self.guard, self.echo = options, guard, echo
         self.state: StateStore = session.state_store()
         self.reader = session.cursor()  # streams staged changes while `state` writes
+        self._suppression: str | None = None  # the suppressed keys' table ("" for none)
 
     def run(self) -> ApplyResult:
         result = ApplyResult()
@@ -147,6 +151,8 @@ class Applier(AudienceSteps):
             )
             attribute_map = {f: integ.attributes[f] for f in act.attributes}
             runner = self._runner(dest, run_id, ap.id, fp, attribute_map)
+            runner.consent = self._consent(integ, act.destination)
+            runner.suppressed = self._suppressed()
             if ap.export is not None:  # goal: export_data: files, not member calls
                 self._export(ap, act, dest, runner, fp, attribute_map, outcome)
             for aud in ap.audiences if ap.export is None else ():
@@ -160,11 +166,19 @@ class Applier(AudienceSteps):
         except (DestinationError, ReconcileError) as exc:
             outcome.status, outcome.error = Status.FAILED, str(exc)
         if outcome.status is Status.COMPLETE and outcome.failed:
-            text = _refused(outcome.failed, outcome.attempted, act.max_rejected_share, runner)
+            text = _refused(outcome, act.max_rejected_share, runner)
             if outcome.failed > act.max_rejected_share * max(outcome.attempted, 1):
                 outcome.status, outcome.error = Status.FAILED, text
             else:
                 outcome.warning = text
+        skipped = sum(a.get("drift", 0) for a in outcome.audiences)
+        if outcome.status is Status.COMPLETE and skipped:
+            text = (
+                f"{skipped:,} planned member(s) not sent: since the plan they left the source, "
+                "now share their key with another profile row, withdrew consent or were "
+                "suppressed; the next plan shows them again if they are still due"
+            )
+            outcome.warning = f"{outcome.warning}; {text}" if outcome.warning else text
         if outcome.status is Status.COMPLETE:
             try:  # before the spec is recorded: a failed write-back is planned again
                 write_back(self.session, self.ws, ap, act)
@@ -204,6 +218,34 @@ class Applier(AudienceSteps):
             self.opts.progress,
             sending=self.session.sending,
         )
+
+    def _consent(self, integ: Integration, name: str) -> str:
+        """The integration's consent condition as SQL over ``p``, checked again as members
+        are read to be sent (the plan checked it when it was made); a source that evaluated
+        it itself (PostgreSQL) names the column holding the result."""
+        evaluated = getattr(self.session.source, "consent_expression", None)
+        if evaluated is not None:
+            return str(evaluated(name))
+        where = str(self.ws.location("integrations", name, "consent"))
+        policy = sql_policy(self.ws.config.source)
+        return membership.consent_sql(integ, where, self.session.source.dialect, policy=policy)
+
+    def _suppressed(self) -> str | None:
+        """The keys of the suppression segments now, for a saved plan applied later (made once
+        per apply): a profile suppressed since the plan is not sent. A plan made by this
+        apply has just excluded them."""
+        if not self.opts.from_plan_file or not self.ws.config.suppression:
+            return None
+        if self._suppression is None:
+            runner = SegmentRunner(
+                self.ws,
+                self.state.con,
+                self.plan.as_of,
+                self.session.source.dialect,
+                self.session.source,
+            )
+            self._suppression = runner.suppressed_table() or ""
+        return self._suppression or None
 
     def _finish(
         self,
@@ -257,6 +299,8 @@ class Applier(AudienceSteps):
         self._started = _now()
         run_id = self._run_id = _run_id()
         self.state.start_run(run_id, ap.id, self.opts.trigger)
+        # like any run: a kill part-way shows the activation Pending, not its last status
+        self.state.set_status(ap.id, Status.RUNNING)
         outcome = ActivationOutcome(ap.id, Status.COMPLETE)
         runner = None
         if any(a.remove for a in ap.audiences):
@@ -269,13 +313,18 @@ class Applier(AudienceSteps):
                     outcome.removed += c.remove
                     outcome.failed += c.failed_removals
                     outcome.attempted += c.remove + c.failed_removals
+            except Interrupted:
+                self._finish(
+                    run_id, ap, outcome, Status.PENDING, "interrupted; the next apply resumes"
+                )
+                raise
             except CredentialsRefused as exc:
                 outcome.status, outcome.error = Status.DISABLED, str(exc)
             except (DestinationError, ReconcileError) as exc:
                 outcome.status, outcome.error = Status.FAILED, str(exc)
             if outcome.failed and outcome.status is Status.COMPLETE:
                 outcome.status = Status.FAILED
-                outcome.error = _refused(outcome.failed, outcome.attempted, 0.0, runner)
+                outcome.error = _refused(outcome, 0.0, runner)
         if outcome.status is Status.COMPLETE:
             try:
                 write_back(self.session, self.ws, ap, None)
@@ -288,13 +337,18 @@ class Applier(AudienceSteps):
         return outcome
 
 
-def _refused(n: int, attempted: int, share: float, runner: BatchRunner | None) -> str:
+def _refused(o: ActivationOutcome, share: float, runner: BatchRunner | None) -> str:
     """What a run whose members the destination refused says, with its first reasons."""
     sample = "; ".join(runner.errors[:3]) if runner else ""
     text = (
-        f"{n:,} of {attempted:,} member(s) refused by the destination "
+        f"{o.failed:,} of {o.attempted:,} member(s) refused by the destination "
         f"(max_rejected_share {share:.1%}; `reconcile log ID --rejected` lists them)"
     )
+    if o.unidentified:
+        text += (
+            f"; {o.unidentified:,} of them the destination counted as invalid without naming "
+            "them: they stay recorded as sent, and are not listed"
+        )
     return text + (f", e.g. {sample}" if sample else "")
 
 

@@ -11,17 +11,23 @@ has the name. A new or re-added activation creates new audiences unless its spec
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from destinations.base import AudienceRef, Destination
 from reconciler.apply.batches import BatchRunner
 from reconciler.apply.calls import new_batch_id
 from reconciler.apply.export import ExportRunner
 from reconciler.apply.outcomes import ActivationOutcome
+from reconciler.errors import ReconcileError
 from reconciler.plan import splits
 from reconciler.plan.exports import export_path
 from reconciler.plan.model import ActivationPlan, AudienceChange, Plan
 from reconciler.state.writer import StateStore
 from reconciler.workspace.activation_spec import ResolvedActivation
 from reconciler.workspace.loader import Workspace
+
+if TYPE_CHECKING:
+    from reconciler.apply.applier import ApplyOptions
 
 
 class AudienceSteps:
@@ -32,6 +38,7 @@ class AudienceSteps:
     ws: Workspace
     plan: Plan
     state: StateStore
+    opts: ApplyOptions
     _run_id: str
 
     # ------------------------------------------------------------------ exports
@@ -86,7 +93,8 @@ class AudienceSteps:
                 outcome.added += c.add
                 outcome.removed += c.remove
                 outcome.updated += c.update
-                outcome.failed += c.rejected + c.failed_removals
+                outcome.failed += c.rejected + c.failed_removals + c.unidentified
+                outcome.unidentified += c.unidentified
                 outcome.retry += c.retry
                 outcome.attempted += c.add + c.update + c.remove + c.rejected + c.retry
                 outcome.attempted += c.failed_removals
@@ -103,6 +111,8 @@ class AudienceSteps:
         a creation journaled by a run that died, never adopting one merely by its name.
         Destination calls are retried like member batches."""
         recorded = self.state.audiences(ap.id).get(aud.group)
+        if self.opts.from_plan_file and aud.resource_id and not aud.create:
+            self._check_planned_audience(ap, aud, dest, recorded)
         if aud.create and recorded is not None and recorded.resource_id:
             # deleted at the destination (the plan saw it gone): forget it, create anew
             self.state.drop_audience(ap.id, aud.group)
@@ -134,3 +144,27 @@ class AudienceSteps:
             self.state.record_audience(ap.id, aud.group, ref.name, ref.id, True)
             self.state.journal_outcome(key, "done", f"audience {ref.id}")
         return ref
+
+    def _check_planned_audience(
+        self, ap: ActivationPlan, aud: AudienceChange, dest: Destination, recorded
+    ) -> None:
+        """A saved plan is data from outside (a CI artifact): the audience id it names must be
+        the recorded one, or the list the activation says to take over (``list: existing``),
+        never any other audience at the destination."""
+        if recorded is not None and recorded.resource_id:
+            if aud.resource_id == recorded.resource_id:
+                return
+        else:
+            existing = self.ws.activations[ap.id].target.existing
+            wanted = existing.get(aud.group) if isinstance(existing, dict) else existing  # type: ignore[call-overload]
+            if wanted is not None:
+                if aud.resource_id == wanted:
+                    return
+                found = dest.find_audience(str(wanted))
+                if found is not None and found.id == aud.resource_id:
+                    return
+        raise ReconcileError(
+            f"the plan file sends audience {aud.name!r} to the destination's audience "
+            f"{aud.resource_id!r}, which is neither the audience recorded for it nor the list "
+            "the activation names (an edited plan?); make a new plan"
+        )

@@ -61,6 +61,8 @@ class BatchRunner(AdditionSender):
             profiles=self.profiles,
             attribute_map=self.attribute_map,
             fingerprint=self.fingerprint,
+            consent=self.consent,
+            suppressed=self.suppressed,
         )
         with self.sending():
             for op in (MemberOp.PURGE, MemberOp.UPDATE, MemberOp.ADD):

@@ -39,6 +39,7 @@ class Counts:
     unmatched: int = 0
     drift: int = 0
     failed_removals: int = 0
+    unidentified: int = 0  # refused by the destination's count, without saying which
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -50,7 +51,8 @@ class Counts:
             "retry": self.retry,
             "unmatched": self.unmatched,
             "drift": self.drift,
-            "failed": self.rejected + self.failed_removals,
+            "unidentified": self.unidentified,
+            "failed": self.rejected + self.failed_removals + self.unidentified,
         }
 
 

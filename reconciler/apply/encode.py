@@ -65,10 +65,15 @@ def build(
     profiles: ProfilesTable,
     attribute_map: dict[str, str],
     fingerprint: str,
+    consent: str = "TRUE",
+    suppressed: str | None = None,
 ) -> dict[str, SendTable]:
     """(Re)create the send table for (activation, group): the staged members of every
     operation in :data:`SENT_OPS`, read from the profiles in one pass. A key that left the
-    source since the plan, or that now appears on several profile rows, is left out (drift).
+    source since the plan, or that now appears on several profile rows, is left out (drift);
+    so is a member to add or update that no longer passes ``consent`` (SQL over ``p``) or
+    whose key is now in ``suppressed`` (a table of keys ``k``): a saved plan applied later
+    never sends a profile that withdrew its consent or was suppressed meanwhile.
     Returns each operation's :class:`SendTable`."""
     identifiers = dict(profiles.identifiers)
     # the profile columns the send needs, under names no column of the source can shadow
@@ -88,11 +93,16 @@ def build(
     drop = f" EXCLUDE ({', '.join(picked.values())})" if picked else ""
     ops = ", ".join(f"'{op}'" for op in SENT_OPS)
     where = f"activation_id = $aid AND grp = $grp AND op IN ({ops})"
+    admitted = [] if consent == "TRUE" else [f"coalesce({consent}, FALSE)"]
+    if suppressed:
+        admitted.append(f"NOT EXISTS (SELECT 1 FROM {suppressed} sx WHERE sx.k = c.key)")
+    keep = f"WHERE c.op NOT IN ('add', 'update') OR ({' AND '.join(admitted)})" if admitted else ""
     con.execute(f"ATTACH IF NOT EXISTS ':memory:' AS {SCRATCH}")
     con.execute(
         f"""CREATE OR REPLACE TABLE {SEND} AS
         WITH c AS (SELECT DISTINCT key, op FROM {CHANGES} WHERE {where}),
-             s AS (SELECT {base} FROM {_ident(profiles.table)} p JOIN c ON c.key = {key})
+             s AS (SELECT {base} FROM {_ident(profiles.table)} p JOIN c ON c.key = {key}
+                   {keep})
         SELECT *{drop}, len(rec) > 0 AS sendable
         FROM ({encoded})""",
         {"aid": activation_id, "grp": grp},

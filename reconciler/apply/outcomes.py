@@ -17,6 +17,7 @@ class ActivationOutcome:
     removed: int = 0
     updated: int = 0
     failed: int = 0  # rejected members and refused removals
+    unidentified: int = 0  # of ``failed``: refused by the destination's count, unnamed
     retry: int = 0  # members the destination asked to send again later
     attempted: int = 0  # members sent (accepted + rejected + retry)
     error: str | None = None

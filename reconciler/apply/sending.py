@@ -44,6 +44,9 @@ class Sender:
         attribute_map: dict[str, str],
         progress: Progress | None = None,
         sending: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
+        *,
+        consent: str = "TRUE",
+        suppressed: str | None = None,
     ):
         self.state, self.reader, self.profiles, self.dest = state, reader, profiles, dest
         self.guard, self.run_id, self.aid = guard, run_id, activation_id
@@ -56,6 +59,8 @@ class Sender:
         self.size = dest.limits.members_per_call
         self.sending = sending  # the engine's settings while members are sent
         self.errors: list[str] = []
+        #: checked again as members are read to be sent (:func:`reconciler.apply.encode.build`)
+        self.consent, self.suppressed = consent, suppressed
 
     # ------------------------------------------------------------------ asynchronous jobs
     def _submit(self, batch_id: str, op: str, ref: AudienceRef, job: str, rows) -> None:
@@ -122,8 +127,11 @@ class Sender:
         return self.run_id if self.sent else ""
 
     def _note(self, outcome: Outcome) -> None:
-        for k, why in [*outcome.rejected.items(), *outcome.retry.items()][:3]:
+        """Keep the first reasons of refused members (for the run's message) and count the
+        entries the destination refused without naming them."""
+        for k, why in list(outcome.rejected.items())[:3]:
             self.errors.append(f"{k}: {why}")
+        self.counts.unidentified += outcome.unidentified
 
     def _check_stop(self) -> None:
         if self.guard.stop_requested:

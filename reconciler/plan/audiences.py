@@ -33,6 +33,8 @@ class Drift:
     gone: set[str] = field(default_factory=set)
     names: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: audiences that could not be read back: the plan cannot say the destination matches
+    warnings: list[str] = field(default_factory=list)
 
 
 class AudienceTargeting:
@@ -168,7 +170,10 @@ class AudienceTargeting:
             try:
                 now = dest.read_audience(AudienceRef(ra.resource_id, ra.name))
             except DestinationError as exc:  # the plan itself needs no destination
-                drift.notes.append(f"audience {ra.name!r} could not be read back: {exc}")
+                drift.warnings.append(
+                    f"audience {ra.name!r} could not be read back, so the destination was not "
+                    f"checked: {exc}"
+                )
                 continue
             if now is None:
                 drift.gone.add(grp)

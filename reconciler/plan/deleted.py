@@ -12,10 +12,14 @@ from reconciler.state.store import RecordedActivation, StateReader
 
 
 def plan_delete(
-    con: duckdb.DuckDBPyConnection, state: StateReader, rec: RecordedActivation
+    con: duckdb.DuckDBPyConnection,
+    state: StateReader,
+    rec: RecordedActivation,
+    destination_type: str = "",
 ) -> ActivationPlan:
     """The plan of a recorded activation whose file is gone: with ``on_delete: clear`` its
-    recorded members are staged for removal."""
+    recorded members are staged for removal. ``destination_type``: its integration's type,
+    when the integration is still there."""
     clear = rec.spec.get("on_delete") == "clear"
     if clear:
         membership.stage_all(con, rec.id, state.members_sql(rec.id), "remove")
@@ -47,7 +51,7 @@ def plan_delete(
         id=rec.id,
         change=Change.DELETE,
         destination=rec.destination,
-        destination_type=rec.spec.get("_type", ""),
+        destination_type=destination_type or "unknown",
         goal=rec.spec.get("goal", ""),
         action=rec.spec.get("action", ""),
         frequency=rec.frequency,

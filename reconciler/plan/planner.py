@@ -93,7 +93,10 @@ class Planner(AudienceTargeting, MembershipStaging):
         for aid in ids:
             act = self.ws.activations.get(aid)
             if act is None:
-                plans.append(plan_delete(self.con, self.state, recorded[aid]))
+                rec = recorded[aid]
+                integ = self.ws.integrations.get(rec.destination)
+                kind = integ.type if integ is not None else ""
+                plans.append(plan_delete(self.con, self.state, rec, kind))
                 continue
             if self.req.announce is not None:
                 self.req.announce(f"planning {aid}: segments {', '.join(act.segments)}")
@@ -154,7 +157,9 @@ class Planner(AudienceTargeting, MembershipStaging):
             SegmentInfo(
                 name=r.name,
                 size=r.size,
-                changed=rec is not None and old_sql.get(r.name) != spec["segment_sql"][r.name],
+                # an activation whose first run did not complete has no spec recorded yet
+                changed=bool(rec and rec.spec)
+                and old_sql.get(r.name) != spec["segment_sql"][r.name],
             )
             for r in seg_results
         ]
@@ -184,7 +189,7 @@ class Planner(AudienceTargeting, MembershipStaging):
         if counts["unknown"]:
             notes.append(f"{counts['unknown']:,} segment key(s) are not in the profiles table")
         changes = membership.change_counts(self.con, aid)
-        warnings: list[str] = []
+        warnings: list[str] = list(drift.warnings)
         if counts["held"] and held.table:
             n_dups = self.con.execute(f"SELECT count(*) FROM {held.table}").fetchall()[0][0]
             warnings.append(
@@ -206,7 +211,7 @@ class Planner(AudienceTargeting, MembershipStaging):
             notes += said
         if not self.req.refresh:
             notes.append("--refresh=false: destination lists were not checked")
-        config_changes = config_diff(rec.spec if rec else None, spec)
+        config_changes = config_diff(rec.spec or None if rec else None, spec)
         pending = 0
         if rec is not None and getattr(self.ws.config.source, "writable", False):
             pending = writeback.pending_rows(

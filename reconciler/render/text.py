@@ -254,7 +254,10 @@ def render_text(
         out += [style(f"! {line}", "!") for line in state_loss.summary_lines(plan)] + [""]
     if not plan.has_changes:
         n = len(plan.activations)
-        out.append(style("No changes. Your destinations match the configuration.", "+"))
+        if any(a.warnings for a in plan.activations):  # e.g. an audience not read back
+            out.append(style("No changes planned; read the warnings below.", "+"))
+        else:
+            out.append(style("No changes. Your destinations match the configuration.", "+"))
         out.append(f"({num(n)} activation{'' if n == 1 else 's'} checked.)")
         for a in plan.activations:
             out += [style(f'! activation "{a.id}": {w}', "!") for w in a.warnings]

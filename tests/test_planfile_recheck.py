@@ -1,0 +1,102 @@
+"""A saved plan is applied later (a CI artifact applied on merge): a profile that withdrew its
+consent or joined a suppression list since the plan is not sent, and the apply says so."""
+
+from __future__ import annotations
+
+import hashlib
+
+import duckdb
+
+from tests.conftest import RECONCILE_YAML, SEGMENTS, cli, profile
+
+MAINTAIN = "segments: [seg-a]\ndestination: sandbox\nname: Audience A\n"
+WITH_SUPPRESSION = RECONCILE_YAML.replace("suppression: []", "suppression: [blocked]")
+BLOCKED = "sql: SELECT customer_id FROM profiles WHERE email LIKE '%@blocked.invalid'\n"
+
+
+def email_record(address: str) -> str:
+    return "email_sha256:" + hashlib.sha256(address.encode()).hexdigest()
+
+
+def test_a_saved_plan_does_not_send_who_withdrew_consent_or_was_suppressed(workspace, tmp_path):
+    ws = workspace(
+        {"act": MAINTAIN},
+        profiles=[profile(i, a=True) for i in range(6)],
+        segments={**SEGMENTS, "blocked": BLOCKED},
+        reconcile_yaml=WITH_SUPPRESSION,
+    )
+    out = tmp_path / "saved.plan"
+    assert cli(ws, "plan", "--out", str(out)).exit_code == 0
+    con = duckdb.connect(str(ws.db))
+    try:  # after the plan: one withdraws consent, one is suppressed, one moves address
+        con.execute("UPDATE profiles SET email_consent = FALSE WHERE customer_id = 'c00001'")
+        con.execute("UPDATE profiles SET email = 'x@blocked.invalid' WHERE customer_id = 'c00002'")
+        con.execute("UPDATE profiles SET email = 'new3@example.com' WHERE customer_id = 'c00003'")
+    finally:
+        con.close()
+
+    res = cli(ws, "apply", str(out), "--auto-approve")
+
+    assert res.exit_code == 0, res.stderr + res.output
+    held = ws.sandbox_keys("Audience A")["Audience A"]
+    assert email_record("user1@example.com") not in held
+    assert email_record("x@blocked.invalid") not in held
+    expected = {email_record(f"user{i}@example.com") for i in (0, 4, 5)}
+    expected.add(email_record("new3@example.com"))  # identifiers are read when sent
+    assert held == expected
+    assert "2 planned member(s) not sent" in res.stderr + res.output
+    # the next plan sees the state as it is: nothing more to send, nobody to remove
+    again = cli(ws, "plan", "--format", "json")
+    changes = again.json()["activations"][0]["audiences"][0]
+    assert (changes["add"], changes["remove"]) == (0, 0)
+
+
+def test_an_apply_that_plans_itself_sends_the_consenting_members(workspace):
+    profiles = [profile(i, a=True, consent=i != 2) for i in range(4)]
+    ws = workspace({"act": MAINTAIN}, profiles=profiles)
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 0, res.stderr
+    assert "not sent" not in res.stderr + res.output
+    held = ws.sandbox_keys("Audience A")["Audience A"]
+    assert held == {email_record(f"user{i}@example.com") for i in (0, 1, 3)}
+
+
+def test_a_plan_file_cannot_send_to_an_audience_it_was_not_made_for(workspace, tmp_path):
+    """The audience id in a saved plan is data from outside: an edited one pointing at another
+    audience at the destination (another team's) is refused; that audience is left alone."""
+    import json
+    import zipfile
+
+    from tests.test_planfile import members, write_plan
+
+    other = "segments: [seg-b]\ndestination: sandbox\nname: Other team\n"
+    rows = [profile(i, a=i < 3, b=i >= 3) for i in range(6)]
+    ws = workspace({"act": MAINTAIN, "other": other}, profiles=rows)
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    before = ws.sandbox_keys()
+    con = duckdb.connect(str(ws.db))
+    try:
+        con.execute("UPDATE profiles SET seg_a = TRUE WHERE customer_id = 'c00005'")
+    finally:
+        con.close()
+    good = tmp_path / "good.plan"
+    assert cli(ws, "plan", "-t", "act", "--out", str(good)).exit_code == 0
+    sandbox = duckdb.connect(str(ws.root / ".reconcile/sandbox.duckdb"), read_only=True)
+    try:
+        (victim,) = sandbox.execute("SELECT id FROM audiences WHERE name = 'Other team'").fetchone()
+    finally:
+        sandbox.close()
+    parts = members(good)
+    doc = json.loads(parts["plan.json"])
+    doc["activations"][0]["audiences"][0]["resource_id"] = victim
+    parts["plan.json"] = json.dumps(doc).encode()
+    bad = write_plan(tmp_path / "bad.plan", parts)
+    assert zipfile.is_zipfile(bad)
+
+    res = cli(ws, "apply", str(bad), "--auto-approve")
+
+    assert res.exit_code == 1
+    assert "neither the audience recorded for it" in res.stderr + res.output
+    assert ws.sandbox_keys() == before  # nothing sent anywhere
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0  # a new plan sends where it should
+    assert ws.sandbox_keys()["Other team"] == before["Other team"]
