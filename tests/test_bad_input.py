@@ -481,6 +481,32 @@ STATIC = [
         ["activations/act.yaml:3: name: the audience name renders empty"],
         id="name-renders-empty",
     ),
+    pytest.param(
+        {"activations/act.yaml": MAINTAIN + "moved_from: act\n"},
+        ["activations/act.yaml:5: moved_from: moved_from names this activation itself"],
+        id="moved-from-itself",
+    ),
+    pytest.param(
+        {
+            "integrations/sandbox.yaml": SANDBOX_YAML.replace(
+                ".reconcile/sandbox.duckdb", "./data/../.reconcile/state.duckdb"
+            )
+        },
+        [
+            "integrations/sandbox.yaml:7: config.path: './data/../.reconcile/state.duckdb' is "
+            "the state file of this workspace; choose a file of its own"
+        ],
+        id="destination-file-is-the-state",
+    ),
+    pytest.param(
+        {
+            "integrations/sandbox.yaml": SANDBOX_YAML.replace(
+                ".reconcile/sandbox.duckdb", "data/profiles.duckdb"
+            )
+        },
+        ["config.path: 'data/profiles.duckdb' is the source database of this workspace"],
+        id="destination-file-is-the-source",
+    ),
 ]
 
 
@@ -528,6 +554,31 @@ def test_validate_reports_every_problem_at_once(workspace):
     for fragment in expected:
         assert sum(line.strip().startswith(fragment) for line in lines) == 1, (fragment, err)
     assert_nothing_written(ws)
+
+
+def test_a_broken_reconcile_yaml_does_not_make_other_files_look_wrong(workspace):
+    """The other files are checked against reconcile.yaml: against the defaults standing in
+    for a broken one they would show problems that are not there (a read-only source, an
+    unknown table, no mail server). Their own schema errors are still reported."""
+    config = RECONCILE_YAML.replace("default_phone_country: AU", "default_phone_country: XX")
+    config = config.replace(
+        "  path: data/profiles.duckdb\n", "  path: data/profiles.duckdb\n  writable: true\n"
+    )
+    ws = workspace(
+        {"act": MAINTAIN + "append_to_profiles: true\n", "typo": MAINTAIN + "colour: red\n"},
+        reconcile_yaml=config.replace("suppression: []", "suppression: [seg-b]"),
+        profiles=ROWS,
+    )
+    err = fails(ws, "validate")
+    lines = err.strip().splitlines()[1:]
+    assert len(lines) == 2, err
+    assert (
+        "reconcile.yaml:12: source.profiles.default_phone_country: unknown default phone "
+        "country 'XX'; use one of" in err
+    )
+    assert "activations/typo.yaml:5: colour: unknown field" in err
+    assert "integrations/sandbox.yaml" not in err  # not blamed for the country
+    assert "Valid" not in cli(ws, "plan").output
 
 
 def test_a_broken_file_is_not_also_reported_as_unknown(workspace):

@@ -158,6 +158,14 @@ ENV = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _notification_secrets_set(monkeypatch):
+    """`validate` and `plan` refuse a notification secret whose variable is not set: the
+    variables the workspaces here name are set (a test unsets them to see that)."""
+    for var in ("SMTP_USER", "SMTP_PASSWORD", "HOOK_SECRET"):
+        monkeypatch.setenv(var, ENV[var])
+
+
 def report(activation: str = "vip", **changes) -> RunReport:
     base = RunReport(
         activation=activation,
@@ -494,7 +502,9 @@ def fails_validate(ws: WS) -> list[str]:
     return [line.strip() for line in res.stderr.strip().splitlines()[1:]]
 
 
-def test_validate_accepts_both_notify_forms(workspace):
+def test_validate_accepts_both_notify_forms(workspace, monkeypatch):
+    for var in ("SMTP_USER", "SMTP_PASSWORD", "HOOK_SECRET", "SLACK_URL"):
+        monkeypatch.setenv(var, "https://hooks.example.com/set" if var == "SLACK_URL" else "x")
     ws = workspace(
         {
             "short": ACT + "notify: [ops@example.com]\n",
@@ -506,6 +516,27 @@ def test_validate_accepts_both_notify_forms(workspace):
     )
     res = cli(ws, "validate")
     assert res.exit_code == 0, res.stderr
+
+
+def test_validate_and_plan_name_unset_notification_variables(workspace, monkeypatch):
+    """A notification that could not be delivered is found before the run, not in its log."""
+    for var in ("SMTP_USER", "SMTP_PASSWORD", "HOOK_SECRET", "SLACK_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("SMTP_USER", "mailer")
+    ws = workspace(
+        {"act": ACT + "notify:\n  webhook: ['https://hooks.example.com/x', '${env:SLACK_URL}']\n"},
+        reconcile_yaml=notifications(2525, login=True),
+    )
+    lines = fails_validate(ws)
+    assert len(lines) == 3, lines
+    assert any(
+        line.startswith("activations/act.yaml:5: notify.webhook.1: ") and "SLACK_URL" in line
+        for line in lines
+    ), lines
+    assert any("notifications.smtp.password" in line and "SMTP_PASSWORD" in line for line in lines)
+    assert any("notifications.webhook_secret" in line and "HOOK_SECRET" in line for line in lines)
+    planned = cli(ws, "plan")
+    assert planned.exit_code == 1 and "SLACK_URL, which is not set" in planned.stderr
 
 
 @pytest.mark.parametrize(

@@ -87,7 +87,11 @@ def test_unset_credential_is_an_error_in_validate_and_plan(workspace, monkeypatc
 def test_empty_credential_counts_as_unset_and_a_set_one_passes(workspace, monkeypatch):
     ws = workspace({"act": ACT}, profiles=[profile(1, a=True)], integration=WITH_TOKEN)
     monkeypatch.setenv(TOKEN_VAR, "")
-    assert "credentials.token" in _errors(cli(ws, "validate"))
+    err = _errors(cli(ws, "validate"))
+    assert "credentials.token" in err and f"{TOKEN_VAR}, which is empty" in err
+    monkeypatch.setenv(TOKEN_VAR, "  \t")
+    err = _errors(cli(ws, "plan"))
+    assert "credentials.token" in err and f"{TOKEN_VAR}, which is only whitespace" in err
     monkeypatch.setenv(TOKEN_VAR, "s3cret-value")
     res = cli(ws, "validate")
     assert res.exit_code == 0, res.stderr

@@ -269,3 +269,36 @@ def test_which_reads_of_the_write_back_are_a_loop(where, loop):
     sql = f"SELECT profile_key FROM included_in_audience w {where}"
     assert reads_own_writeback(sql, "vip", "VIP campaign") is loop
     assert not reads_own_writeback("SELECT customer_id FROM profiles", "vip", None)
+
+
+def test_a_source_locked_by_a_writing_apply_is_named_not_misreported(workspace):
+    """An apply that writes back holds the DuckDB source file; a plan meanwhile says so (and
+    who holds it) instead of failing to 'create the write-back table'."""
+    import subprocess
+    import sys
+
+    ws = workspace({"vip": VIP}, profiles=[profile(1, a=True)], reconcile_yaml=WRITABLE)
+    assert cli(ws, "plan").exit_code == 0  # the write-back table exists from here on
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('ok', flush=True);"
+            " time.sleep(60)",
+            str(ws.db),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ok"
+        res = cli(ws, "plan")
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
+    assert res.exit_code == 1
+    assert "is locked by another process" in res.stderr, res.stderr
+    assert f"PID {holder.pid}" in res.stderr and "write-back table" not in res.stderr
+    assert "Traceback" not in res.stderr

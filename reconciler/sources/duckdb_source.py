@@ -51,6 +51,14 @@ class DuckDBFileSource:
                 ensure_table(str(self.path))
             except duckdb.Error as exc:
                 detail = re.sub(r"\s+", " ", str(exc)).strip().rstrip(".!")
+                if "Could not set lock" in detail:
+                    holder = re.search(r"\(PID (\d+)\)", detail)
+                    raise SourceError(
+                        f"{self.locate('source', 'writable')}: {self.describe()} is locked by "
+                        f"another process{f' (PID {holder.group(1)})' if holder else ''}: an "
+                        "apply that writes back to the source (`source.writable: true`) holds "
+                        "it until it finishes; run this again then"
+                    ) from exc
                 raise SourceError(
                     f"{self.locate('source', 'writable')}: cannot create the write-back table "
                     f"in {self.describe()}: {detail}"

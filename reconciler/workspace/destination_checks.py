@@ -80,11 +80,12 @@ def missing_credentials(ws: Workspace) -> list[ConfigError]:
     out = []
     source = ws.config.source
     dsn_var = ENV_REF_RE.fullmatch(source.dsn) if isinstance(source, PostgresSource) else None
-    if dsn_var is not None and not os.environ.get(dsn_var.group(1)):
+    if dsn_var is not None and _blank(dsn_var.group(1)):
         out.append(
             ConfigError(
                 f"the source DSN comes from environment variable {dsn_var.group(1)}, which is "
-                "not set; set it (in CI: from a secret) to a PostgreSQL connection string",
+                f"{_blank(dsn_var.group(1))}; set it (in CI: from a secret) to a PostgreSQL "
+                "connection string",
                 ws.config_location("source", "dsn"),
             )
         )
@@ -94,13 +95,62 @@ def missing_credentials(ws: Workspace) -> list[ConfigError]:
             if match is None:  # refused by the spec already
                 continue
             var = match.group(1)
-            if not os.environ.get(var):
+            if _blank(var):
                 out.append(
                     ws.doc("integrations", name).error(
                         f"integration {name!r} needs credential {key!r} from environment "
-                        f"variable {var}, which is not set; set it (in CI: from a secret), or "
-                        "use `plan --refresh=false`, which contacts no destination",
+                        f"variable {var}, which is {_blank(var)}; set it (in CI: from a "
+                        "secret), or use `plan --refresh=false`, which contacts no destination",
                         ("credentials", key),
+                    )
+                )
+    return out + _missing_notification_secrets(ws)
+
+
+def _blank(var: str) -> str:
+    """Why the variable holds no usable value ("not set", "empty", "only whitespace"), or ""."""
+    value = os.environ.get(var)
+    if value is None:
+        return "not set"
+    if not value:
+        return "empty"
+    return "only whitespace" if not value.strip() else ""
+
+
+def _missing_notification_secrets(ws: Workspace) -> list[ConfigError]:
+    """One error per ``${env:VAR}`` of the notification settings (mail server login, webhook
+    secret) and of each activation's webhook URLs whose variable is not set: a notification
+    that cannot be delivered is found before the run it reports on, not in its log."""
+
+    def unset(ref: str | None) -> str | None:
+        match = ENV_REF_RE.fullmatch(ref or "")
+        return match.group(1) if match is not None and _blank(match.group(1)) else None
+
+    out = []
+    settings = ws.config.notifications
+    refs: list[tuple[tuple[str | int, ...], str | None]] = []
+    if settings is not None:
+        refs.append((("notifications", "webhook_secret"), settings.webhook_secret))
+        if settings.smtp is not None:
+            refs.append((("notifications", "smtp", "username"), settings.smtp.username))
+            refs.append((("notifications", "smtp", "password"), settings.smtp.password))
+    for loc, ref in refs:
+        if var := unset(ref):
+            out.append(
+                ConfigError(
+                    f"notifications need environment variable {var}, which is {_blank(var)}; "
+                    "set it (in CI: from a secret)",
+                    ws.config_location(*loc),
+                )
+            )
+    for name, act in ws.activations.items():
+        for i, url in enumerate(act.notify.webhook):
+            if var := unset(url):
+                out.append(
+                    ws.doc("activations", name).error(
+                        f"the notification webhook comes from environment variable {var}, "
+                        f"which is {_blank(var)}; set it (in CI: from a secret)",
+                        ("notify", "webhook", i),
                     )
                 )
     return out

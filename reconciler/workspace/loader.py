@@ -106,9 +106,11 @@ def collect(
     errors: list[ConfigError] = []
     config_doc = _load_doc(root / CONFIG_FILE, root, errors)
     config = WorkspaceConfig()
+    config_ok = True
     if config_doc is not None:
         parsed = _parse(config_doc, WorkspaceConfig, errors)
         config = parsed if parsed is not None else config
+        config_ok = parsed is not None
     ws = Workspace(root=root, config=config)
     if config_doc is not None:
         ws.docs[CONFIG_FILE] = config_doc
@@ -141,11 +143,39 @@ def collect(
             item = _parse(doc, model, errors)
             if item is not None:
                 target[name] = item
+    if not config_ok:
+        # the files are checked against reconcile.yaml: against the defaults that stand in
+        # for a broken one they would report problems that are not there
+        return ws, errors
     _cross_check(ws, errors, check_destinations)
     if check_credentials:
         errors.extend(missing_credentials(ws))
     _check_templates(ws, errors)
     return ws, errors
+
+
+def _reserved_path_errors(ws: Workspace, doc: yamlfile.YamlDoc, integ: Any) -> list[ConfigError]:
+    """An integration keeping its data in a file (its ``config.path``) may not name the
+    workspace's own state or source database: it would fail mid-apply on the file's lock,
+    or overwrite what reconcile reads."""
+    path = integ.config.get("path") if isinstance(integ.config, dict) else None
+    if not isinstance(path, str) or not path:
+        return []
+    reserved = {"the state file": getattr(ws.config.state, "path", None)}
+    reserved["the source database"] = getattr(ws.config.source, "path", None)
+
+    def resolve(text: str) -> Path:
+        p = Path(text).expanduser()
+        return (p if p.is_absolute() else ws.root / p).resolve()
+
+    mine = resolve(path)
+    return [
+        doc.error(
+            f"{path!r} is {what} of this workspace; choose a file of its own", ("config", "path")
+        )
+        for what, other in reserved.items()
+        if isinstance(other, str) and resolve(other) == mine
+    ]
 
 
 def _yaml_files(folder: Path) -> list[Path]:
@@ -188,6 +218,7 @@ def _cross_check(ws: Workspace, errors: list[ConfigError], check_destinations: b
             check_integration_config(doc, integ, errors)
         if integ.endpoint is not None:
             errors.extend(endpoint_errors(doc, integ.endpoint))
+        errors.extend(_reserved_path_errors(ws, doc, integ))
         for dest_field, column in integ.attributes.items():
             if profile_columns and column not in profile_columns:
                 errors.append(
@@ -224,7 +255,9 @@ def _cross_check(ws: Workspace, errors: list[ConfigError], check_destinations: b
                             ("attributes", i),
                         )
                     )
-        if act.moved_from is not None and act.moved_from in ws.activations:
+        if act.moved_from == name:
+            errors.append(doc.error("moved_from names this activation itself", ("moved_from",)))
+        elif act.moved_from is not None and act.moved_from in ws.activations:
             errors.append(
                 doc.error(
                     f"moved_from {act.moved_from!r}, but activations/{act.moved_from}.yaml still "

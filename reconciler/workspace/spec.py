@@ -60,6 +60,19 @@ class ProfilesTable(Strict):
             )
         return value
 
+    @field_validator("default_phone_country")
+    @classmethod
+    def _known_phone_country(cls, value: str) -> str:
+        """A country the phone rules know (checked here, so `validate` names this line; the
+        phone column may be left out, but a country no phone can be read in is a mistake)."""
+        from destinations.identity import COUNTRIES
+
+        if value.upper() not in COUNTRIES:
+            raise ValueError(
+                f"unknown default phone country {value!r}; use one of {', '.join(sorted(COUNTRIES))}"
+            )
+        return value
+
 
 class _SourceSettings(Strict):
     """What every source declares: the profiles-table contract, what untrusted SQL may read,
