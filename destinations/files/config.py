@@ -36,6 +36,10 @@ class FilesConfig(DestinationConfig):
     - ``identifiers``: identifier types written, one column each.
     - ``pii``: ``hashed`` (default: SHA-256 of each normalised value of personal data) or
       ``raw`` (the normalised values themselves; say so explicitly).
+    - ``escape_formulas``: CSV only; a text cell starting with ``=``, ``+``, ``-``, ``@``, a
+      tab or a carriage return gets a leading ``'``, so a spreadsheet opening the file shows
+      it instead of running it as a formula (CSV injection). Off by default: it changes
+      those values for every other reader (a raw ``+61...`` phone, a name like ``-Ann``).
     - ``storage_options``: extra fsspec options for URL locations (never secrets: those go
       under ``credentials``).
     - ``exit_at``: a failure knob (like the sandbox's) for trying crash recovery.
@@ -50,6 +54,12 @@ class FilesConfig(DestinationConfig):
     )
     pii: Literal["hashed", "raw"] = Field(
         "hashed", description="hashed (SHA-256) or raw (normalised values) personal data"
+    )
+    escape_formulas: bool = Field(
+        False,
+        description="csv: prefix text cells starting with = + - @ tab or CR with a ' so "
+        "spreadsheets show them instead of running them as formulas (changes such values, e.g. "
+        "a raw +61 phone, for every other reader)",
     )
     storage_options: dict[str, Any] = Field(
         default_factory=dict, description="fsspec options for URL locations (no secrets)"
