@@ -100,3 +100,18 @@ def test_a_plan_file_cannot_send_to_an_audience_it_was_not_made_for(workspace, t
     assert ws.sandbox_keys() == before  # nothing sent anywhere
     assert cli(ws, "apply", "--auto-approve").exit_code == 0  # a new plan sends where it should
     assert ws.sandbox_keys()["Other team"] == before["Other team"]
+
+
+def test_a_stale_plan_names_what_may_have_changed(workspace, tmp_path):
+    ws = workspace({"act": MAINTAIN}, profiles=[profile(i, a=True) for i in range(3)])
+    out = tmp_path / "saved.plan"
+    assert cli(ws, "plan", "--out", str(out)).exit_code == 0
+    ws.write("segments/seg-a.yaml", "sql: SELECT customer_id FROM profiles WHERE seg_b\n")
+    res = cli(ws, "apply", str(out), "--auto-approve")
+    assert res.exit_code == 1
+    assert "activations/act.yaml or what it uses (segments/seg-a.yaml" in res.stderr, res.stderr
+    ws.remove("activations/act.yaml")
+    res = cli(ws, "apply", str(out), "--auto-approve")
+    assert res.exit_code == 1
+    assert "activations/act.yaml was deleted since the plan" in res.stderr, res.stderr
+    assert ws.sandbox_keys() == {}

@@ -287,10 +287,17 @@ class Applier(AudienceSteps):
                 if act
                 else None
             )
-            if now != ap.spec_digest:
+            if act is None:
                 return (
-                    f"the saved plan is stale: {ap.file or ap.id} changed since the plan; "
+                    f"the saved plan is stale: {ap.file or ap.id} was deleted since the plan; "
                     "run `reconcile plan` again"
+                )
+            if now != ap.spec_digest:
+                segments = ", ".join(f"segments/{s}.yaml" for s in act.segments)
+                return (
+                    f"the saved plan is stale: {ap.file or ap.id} or what it uses ({segments}, "
+                    f"integrations/{act.destination}.yaml, the defaults in reconcile.yaml) "
+                    "changed since the plan; run `reconcile plan` again"
                 )
         return None
 
