@@ -31,6 +31,10 @@ ENV = {
     "CASE_TOKEN": "token",
     # the PostgreSQL example: validate checks the variable is set (not the server)
     "RECONCILE_SOURCE_DSN": "postgresql://reader@127.0.0.1:5432/test",
+    # notification logins and webhook URLs of the cases below (validate checks they are set)
+    "U": "mailer",
+    "P": "secret",
+    "HOOK": "https://hooks.example.com/x",
 }
 SMTP = "notifications:\n  smtp:\n    host: 127.0.0.1\n    port: 2525\n    security: none\n"
 
