@@ -51,6 +51,10 @@ HOSTILE = [
     ("SELECT pg_catalog.lower(email) FROM profiles", "qualified function"),
     ("SELECT 'pg_authid'::regclass", "reads the catalog"),
     ("SELECT customer_id FROM profiles FOR UPDATE", "FOR UPDATE"),
+    ("SELECT customer_id FROM profiles TABLESAMPLE SYSTEM (10)", "TABLESAMPLE is not allowed"),
+    ("SELECT customer_id FROM profiles TABLESAMPLE BERNOULLI (5) REPEATABLE (1)", "a plan must"),
+    ("WITH s AS (SELECT * FROM orders TABLESAMPLE SYSTEM (1)) SELECT customer_id FROM s", "TABLE"),
+    ("SELECT customer_id FROM profiles; -- done\nDELETE FROM profiles", "found 2"),
     ("SELECT current_user", "CURRENT_USER"),
     ("SELECT nextval('s')", "function nextval"),
     ("SELECT random()", "function random"),
@@ -98,6 +102,18 @@ def test_ordinary_segment_sql_passes(sql):
 def test_postgres_runs_the_checked_tree_with_every_identifier_quoted():
     out = check("SELECT Customer_ID FROM Profiles WHERE user = 'x' -- a comment\n")
     assert out == """SELECT "customer_id" FROM "profiles" WHERE "user" = 'x'"""
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT customer_id FROM profiles;",
+        "SELECT customer_id FROM profiles ; -- the VIPs",
+        "SELECT customer_id FROM profiles -- the VIPs",
+    ],
+)
+def test_a_final_semicolon_and_a_trailing_comment_are_fine(sql):
+    assert check(sql) == 'SELECT "customer_id" FROM "profiles"'
 
 
 def test_consent_conditions_follow_the_same_rules():

@@ -32,7 +32,8 @@ ALLOWED = [
 @pytest.mark.parametrize("sql", ALLOWED)
 def test_allowed_sql_passes_unchanged(sql):
     policy = SqlPolicy("profiles", ("orders",))
-    assert check_segment_sql(sql, "duckdb", policy=policy) == sql
+    # as written, but for the ";" that may end it
+    assert check_segment_sql(sql, "duckdb", policy=policy) == sql.removesuffix(";")
 
 
 REJECTED = [
@@ -92,6 +93,22 @@ REJECTED = [
         "may not read the engine's",
     ),
     ("SELECT customer_id FROM profiles WHERE (", "SQL does not parse"),
+    # one statement, ended by one ';' at most
+    ("SELECT customer_id FROM profiles;;", "ended by one ';' at most"),
+    ("SELECT customer_id FROM profiles; -- done\nDELETE FROM profiles", "found 2 statements"),
+    ("SELECT customer_id FROM profiles /* ; */ ; SELECT 1", "found 2 statements"),
+    # a sample is random: a plan must not change between runs
+    ("SELECT customer_id FROM profiles USING SAMPLE 10%", "USING SAMPLE and TABLESAMPLE"),
+    ("SELECT customer_id FROM profiles TABLESAMPLE 10%", "USING SAMPLE and TABLESAMPLE"),
+    ("SELECT customer_id FROM profiles TABLESAMPLE reservoir(5 ROWS)", "TABLESAMPLE are not"),
+    ("SELECT customer_id FROM profiles USING SAMPLE 5 ROWS (bernoulli, 42)", "a plan must not"),
+    ("SELECT * FROM (SELECT customer_id FROM profiles USING SAMPLE 1%) s", "USING SAMPLE"),
+    ("WITH s AS (FROM profiles USING SAMPLE 1%) SELECT customer_id FROM s", "USING SAMPLE"),
+    (
+        "SELECT customer_id FROM profiles WHERE customer_id IN "
+        "(SELECT customer_id FROM profiles TABLESAMPLE 50%)",
+        "USING SAMPLE and TABLESAMPLE are not allowed in segment SQL",
+    ),
 ]
 
 
@@ -100,6 +117,37 @@ def test_rejected_sql_says_why(sql, reason):
     with pytest.raises(SqlRejected) as info:
         check_segment_sql(sql, "duckdb")
     assert reason in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("sql", "runs"),
+    [
+        ("SELECT customer_id FROM profiles;", "SELECT customer_id FROM profiles"),
+        ("SELECT customer_id FROM profiles ;\n  ", "SELECT customer_id FROM profiles \n  "),
+        ("SELECT customer_id FROM profiles; -- VIPs", "SELECT customer_id FROM profiles -- VIPs"),
+        (
+            "SELECT customer_id FROM profiles /* all */;",
+            "SELECT customer_id FROM profiles /* all */",
+        ),
+        # a ';' in a comment or a string is not the end of the statement
+        ("SELECT customer_id FROM profiles -- VIPs;", "SELECT customer_id FROM profiles -- VIPs;"),
+        ("SELECT customer_id FROM profiles WHERE email <> ';'", None),
+        ("SELECT customer_id FROM profiles WHERE email <> $$;$$", None),
+        (
+            "SELECT customer_id FROM profiles WHERE email <> ';'; -- ;",
+            "SELECT customer_id FROM profiles WHERE email <> ';' -- ;",
+        ),
+    ],
+)
+def test_the_final_semicolon_is_removed_and_nothing_else(sql, runs):
+    """What the guard returns is embedded as ``(sql\n)``: a final ';' would break that, a
+    trailing comment ends at the line break. Only the ';' token ending the one statement is
+    removed, and only when DuckDB reads the rest as the same statement."""
+    runs = sql if runs is None else runs  # None: as written
+    assert check_segment_sql(sql, "duckdb") == runs
+    con = duckdb.connect()
+    con.execute("CREATE TABLE profiles AS SELECT 'c1' AS customer_id, 'a@b' AS email")
+    assert con.execute(f"SELECT * FROM ({runs}\n) q").fetchall() == [("c1",)]
 
 
 def test_parse_error_carries_the_sql_line():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from datetime import UTC, datetime
 
 import duckdb
@@ -344,3 +345,135 @@ def test_the_allow_list_does_not_accept_a_name_it_does_not_list():
     for fn in ("current_setting('x')", "version()", "nextval('s')", "error('x')", "random()"):
         with pytest.raises(SqlRejected, match="is not allowed in segment SQL"):
             check_segment_sql(f"SELECT customer_id FROM profiles WHERE {fn} IS NULL", "duckdb")
+
+
+# ---------------------------------------------------------------------- 6. amplifiers
+#: regexp_replace(s, '', r, 'g') puts r between every two characters of s: ~10 MB here
+#: unchecked, and one level more made ~9 GB past `memory_limit` and the time limit
+NESTED = (
+    "SELECT customer_id FROM profiles\n"
+    "WHERE length(regexp_replace(lpad('', 10, 'x'), '',\n"
+    "  regexp_replace(lpad('', 1000, 'x'), '', lpad('', 1000, 'y'), 'g'), 'g')) > 0"
+)
+
+
+def test_nested_string_amplifiers_fail_fast_naming_the_segment_and_the_limit(workspace):
+    ws = workspace(
+        {"act": MAINTAIN},
+        profiles=rows(),
+        segments=seg(NESTED),
+        reconcile_yaml=with_source("  query_timeout: 5\n"),
+    )
+    for args in (["plan"], ["segments", "seg-a"]):
+        started = time.monotonic()
+        err = fails(ws, *args)
+        assert time.monotonic() - started < 20
+        assert re.search(
+            r"segments/seg-a.yaml:[2-5]: sql: segment 'seg-a' failed when run: regexp_replace "
+            r"could build a string of more than 100000 bytes here, the limit of segment SQL "
+            r"for a call that lengthens a string \(see docs/segment-sql.md\); fix the SQL",
+            err,
+        ), err
+
+
+def test_cleaning_phones_and_emails_keeps_working(workspace):
+    ws = workspace(
+        {"act": MAINTAIN},
+        profiles=rows(),
+        segments=seg(
+            "SELECT customer_id FROM profiles\n"
+            "WHERE replace(phone, ' ', '') IN ('+61412345678', '0413222333')\n"
+            "  AND regexp_replace(email, '\\s+', '', 'g') LIKE '%@example.com'\n"
+            "  AND replace(first_name, 'name', ' and name ') LIKE '% and name %'"
+        ),
+    )
+    assert cli(ws, "validate").exit_code == 0
+    res = cli(ws, "segments", "seg-a", "--format", "json")
+    assert res.exit_code == 0, res.stderr
+    assert res.json()["segments"][0]["size"] == 2
+    res = cli(ws, "plan")  # a plain filter: planned from the rows it selects, checks and all
+    assert res.exit_code == 0, res.stderr
+    assert "members: +2 -0 ~0." in res.output, res.output
+
+
+# ---------------------------------------------------------------------- 7. a final ';'
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT customer_id FROM profiles WHERE seg_a;",
+        "SELECT customer_id FROM profiles WHERE seg_a ;  ",
+        "SELECT customer_id FROM profiles WHERE seg_a; -- the A list",
+        "SELECT customer_id FROM profiles WHERE seg_a -- the A list",
+        "SELECT customer_id FROM profiles\nWHERE seg_a  -- the A list;\n;",
+    ],
+)
+def test_a_final_semicolon_and_a_trailing_comment_are_fine(workspace, sql):
+    ws = workspace({"act": MAINTAIN}, profiles=rows(), segments=seg(sql))
+    res = cli(ws, "validate")
+    assert res.exit_code == 0, res.stderr
+    res = cli(ws, "segments", "seg-a", "--format", "json")
+    assert res.exit_code == 0, res.stderr
+    assert res.json()["segments"][0]["size"] == 3
+    res = cli(ws, "plan")
+    assert res.exit_code == 0, res.stderr
+
+
+@pytest.mark.parametrize("end", [";", " -- the A list", "; -- the A list"])
+def test_a_one_line_segment_may_end_in_a_semicolon_or_a_comment(workspace, end):
+    """`sql: ...` on one line has no final line break (a `|` block has one) to end a
+    trailing comment before the planner's `) q`."""
+    segments = {"seg-a": f"sql: SELECT customer_id FROM profiles WHERE seg_a{end}\n"}
+    ws = workspace({"act": MAINTAIN}, profiles=rows(), segments=segments)
+    for args in (["validate"], ["plan"], ["segments", "seg-a"]):
+        res = cli(ws, *args)
+        assert res.exit_code == 0, res.stderr
+
+
+@pytest.mark.parametrize(
+    ("sql", "reason"),
+    [
+        ("SELECT customer_id FROM profiles;\nSELECT 1", "found 2 statements"),
+        ("SELECT customer_id FROM profiles; -- done\nDELETE FROM profiles", "found 2"),
+        ("SELECT customer_id FROM profiles;;", "ended by one ';' at most"),
+    ],
+)
+def test_a_semicolon_before_more_sql_is_still_refused(workspace, sql, reason):
+    ws = workspace({"act": MAINTAIN}, profiles=rows(), segments=seg(sql))
+    for args in (["validate"], ["plan"]):
+        err = fails(ws, *args)
+        assert "segments/seg-a.yaml" in err and "segment 'seg-a': " in err and reason in err
+
+
+# ---------------------------------------------------------------------- 8. sampling
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT customer_id FROM profiles USING SAMPLE 50%",
+        "SELECT customer_id FROM profiles TABLESAMPLE 50%",
+        "SELECT customer_id FROM profiles USING SAMPLE reservoir(2 ROWS) REPEATABLE (7)",
+        "SELECT customer_id FROM (SELECT * FROM profiles TABLESAMPLE 1 ROWS) s",
+        "WITH s AS (SELECT * FROM profiles USING SAMPLE 2) SELECT customer_id FROM s",
+        "SELECT customer_id FROM profiles\nWHERE customer_id IN "
+        "(SELECT customer_id FROM profiles USING SAMPLE 10%)",
+    ],
+)
+def test_sampling_is_refused_like_random(workspace, sql):
+    ws = workspace({"act": MAINTAIN}, profiles=rows(), segments=seg(sql))
+    for args in (["validate"], ["plan"], ["segments", "seg-a"]):
+        err = fails(ws, *args)
+        assert re.search(
+            r"segments/seg-a.yaml:[2-4]: sql: segment 'seg-a': USING SAMPLE and TABLESAMPLE "
+            r"are not allowed in segment SQL: a sample picks other rows on every run, and a "
+            r"plan must not change between runs",
+            err,
+        ), err
+
+
+def test_a_consent_condition_may_not_sample_either(workspace):
+    integration = SANDBOX_YAML.replace(
+        "consent: email_consent",
+        "consent: customer_id IN (SELECT customer_id FROM profiles USING SAMPLE 50%)",
+    )
+    ws = workspace({"act": MAINTAIN}, profiles=rows(), integration=integration)
+    err = fails(ws, "validate")
+    assert "integrations/sandbox.yaml:2: consent: " in err and "USING SAMPLE" in err

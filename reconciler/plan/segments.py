@@ -15,6 +15,7 @@ from reconciler.plan import one_scan
 from reconciler.plan.membership import SUPPRESSED, TEMP, _ident
 from reconciler.sources import sql_policy
 from reconciler.sources.engine_errors import safe_engine_error
+from reconciler.sources.functions import exceeded
 from reconciler.sources.guard import SqlRejected, check_segment_sql
 from reconciler.sources.limits import query_timeout, time_limit
 from reconciler.workspace.loader import Workspace
@@ -77,7 +78,7 @@ class SegmentRunner:
             try:
                 with time_limit(self.con, self.timeout, str(where), f"segment {name!r}"):
                     size = one_scan.unique_rows(self.con, rows, profiles)
-                    cols = self.con.execute(f"DESCRIBE SELECT * FROM ({sql}) q").fetchall()
+                    cols = self.con.execute(f"DESCRIBE SELECT * FROM ({sql}\n) q").fetchall()
             except duckdb.Error:  # the general path reports it
                 size = None
         if rows is None or size is None:
@@ -117,11 +118,13 @@ class SegmentRunner:
                         return self._remote_result(name, where, seg, table, cols, *counts)
                     self.remote.materialise(self.con, sql, cols[0][0], table, str(where), what)
                 else:
-                    cols = self.con.execute(f"DESCRIBE SELECT * FROM ({sql}) q").fetchall()
+                    # the line break ends a trailing `--` comment; none before the SQL, so
+                    # the engine's "LINE n" is the SQL's line n
+                    cols = self.con.execute(f"DESCRIBE SELECT * FROM ({sql}\n) q").fetchall()
                     self._one_column(name, where, cols)
                     self.con.execute(
                         f"CREATE OR REPLACE TEMP TABLE {table} AS "
-                        f"SELECT CAST({_ident(cols[0][0])} AS VARCHAR) AS k FROM ({sql}) q"
+                        f"SELECT CAST({_ident(cols[0][0])} AS VARCHAR) AS k FROM ({sql}\n) q"
                     )
                 # keys of distinct hashes are distinct: the keys themselves (strings, ~25%
                 # slower to count) are counted only when two rows share a hash
@@ -190,8 +193,10 @@ class SegmentRunner:
 
     def _failed(self, name: str, exc: duckdb.Error, sql: str) -> SegmentError:
         """The engine's error with the file line of the SQL line it names, and only its
-        class when the message may quote data (:func:`safe_engine_error`)."""
+        class when the message may quote data (:func:`safe_engine_error`); a string limit of
+        the guard's checks (:func:`exceeded`) says just that."""
         detail, line = safe_engine_error(exc, sql)
+        detail = exceeded(detail) or detail
         at = self.ws.doc("segments", name).text_location(("sql",), line)
         return SegmentError(
             f"{at}: segment {name!r} failed when run: {detail}; fix the SQL and plan again"

@@ -117,7 +117,7 @@ class _Binder:
         data, and the SQL line it names)."""
         try:
             with time_limit(self.con, self.timeout, str(where), what):
-                return self.con.execute(f"DESCRIBE SELECT * FROM ({sql}) q").fetchall()
+                return self.con.execute(f"DESCRIBE SELECT * FROM ({sql}\n) q").fetchall()
         except ReconcileError as exc:  # the time limit
             return _Failed(str(exc).removeprefix(f"{where}: "), None)
         except duckdb.Error as exc:

@@ -14,9 +14,20 @@ functions that build a value far larger than their input from a number (``repeat
 DuckDB's ``memory_limit`` does not bound a single giant string, and a running function
 cannot be interrupted, so ``repeat('x', 2e9)`` would eat the machine before any time limit
 fires. ``lpad``/``rpad`` are allowed with a literal length of at most :data:`MAX_PAD`.
+
+``replace`` and ``regexp_replace`` are amplifiers too — ``regexp_replace(s, '', r, 'g')``
+puts ``r`` between every two characters of ``s``, and nested calls multiply — but cleaning
+phones and e-mails needs them, so they are bounded instead of refused: a call that can make
+a string longer is run only when its result cannot exceed :data:`MAX_BUILT` bytes
+(:func:`bound_lengthening`); ``replace(phone, ' ', '')`` cannot lengthen and runs as written.
 """
 
 from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any
 
 #: operators as DuckDB's parser names them (LIKE is ``~~``, GLOB ``~~~``, ``^@`` starts_with)
 _OPERATORS = (
@@ -107,3 +118,266 @@ ALLOWED_FUNCTIONS = frozenset(
 #: functions whose size argument (0-based position) must be a literal of at most MAX_PAD
 SIZE_ARGUMENT = {"lpad": 1, "rpad": 1}
 MAX_PAD = 1000
+
+
+def size_allowed(name: str, args: list[Any]) -> bool:
+    """False when ``name`` takes a size (:data:`SIZE_ARGUMENT`) and ``args`` give it as
+    anything but an integer literal of at most :data:`MAX_PAD`."""
+    if name not in SIZE_ARGUMENT:
+        return True
+    pos = SIZE_ARGUMENT[name]
+    node = args[pos] if len(args) > pos else None
+    if not isinstance(node, dict) or node.get("class") != "CONSTANT":
+        return False
+    literal = node.get("literal") or node.get("value") or {}
+    try:
+        return int(str(literal.get("text"))) <= MAX_PAD
+    except (TypeError, ValueError, AttributeError):
+        return False
+
+
+# ------------------------------------------------------------------ calls that lengthen strings
+#: functions that copy an argument (by position: the replacement) into their result once per
+#: match, so that the result can be many times longer than the input
+LENGTHENING = {"replace": 2, "regexp_replace": 2}
+#: the most bytes a call that lengthens a string may build, per value. The engine builds a
+#: value for each of up to 2,048 rows of a vector at once: 100 kB each is ~200 MB, within its
+#: memory budget, while cleaning phones, e-mails and names stays far below it
+MAX_BUILT = 100_000
+
+_LOCATION = ("query_location", "query_location_length")
+_RESERVED = "__reconcile"  # the placeholders and the lambda parameter of the checks
+
+Parse = Callable[[str], dict]
+Render = Callable[[dict], str | None]
+
+
+class Unbounded(Exception):
+    """A lengthening call the rewrite could not bound: the guard refuses the SQL."""
+
+
+def arguments(node: dict) -> list[Any]:
+    """The argument expressions of a FUNCTION node of DuckDB's parse tree."""
+    args = node.get("arguments") or node.get("children") or []
+    return [a.get("expression", a) if isinstance(a, dict) else a for a in args]
+
+
+def _string(node: object) -> str | None:
+    if not isinstance(node, dict) or node.get("class") != "CONSTANT":
+        return None
+    literal = node.get("literal") or {}
+    return str(literal.get("text")) if literal.get("kind") == "STRING" else None
+
+
+def lengthens(name: str, args: list[Any]) -> bool:
+    """Whether a call can return a string longer than its input by more than a constant
+    written in the SQL. ``replace(phone, ' ', '')`` and ``regexp_replace(email, '\\s+', '',
+    'g')`` cannot (nothing longer replaces what they match), nor ``regexp_replace(phone,
+    '^0', '+61')`` (one match: 3 bytes more at most); ``replace(s, '&', ' and ')`` and
+    ``regexp_replace(s, '', 'x', 'g')`` can, and nested calls multiply."""
+    texts = [_string(a) for a in args]
+    if name == "replace":
+        if len(texts) != 3:
+            return True
+        source, target = texts[1], texts[2]
+        if target == "" or source == "":  # DuckDB's replace() ignores an empty `source`
+            return False
+        return source is None or target is None or len(target.encode()) > len(source.encode())
+    if len(texts) not in (3, 4) or texts[2] is None:
+        return True
+    options = texts[3] if len(texts) == 4 else ""
+    if options is None:
+        return True
+    copies = len(re.findall(r"\\[0-9]", texts[2]))  # \0 to \9: the match or a group of it
+    written = len(texts[2].encode()) - 2 * copies
+    if "g" in options:  # every match; an empty pattern matches between any two characters
+        return written > 0 or copies > 1
+    return copies > 1  # the first match only: `written` bytes more with one copy
+
+
+def bound_lengthening(
+    sql: str, statement: dict, parse: Parse, render: Render
+) -> tuple[str, list[str]]:
+    """``sql`` with every call that can lengthen a string (:func:`lengthens`) inside a
+    ``CASE`` that raises an error, naming the function and :data:`MAX_BUILT`, instead of
+    building a result that could be longer; and the names of the functions so bounded.
+
+    ``statement`` is DuckDB's parse tree of ``sql``; ``parse`` and ``render`` turn SQL into
+    such a tree and back. The SQL returned is the user's text with the calls replaced in
+    place (the other lines keep their numbers), else the rewritten tree rendered whole --
+    either only once DuckDB's parser reads it back as exactly the rewritten tree, so what
+    runs is what the guard checked, plus the checks."""
+    bounder = _Bounder(parse)
+    tree = bounder.rewrite(statement)
+    if not bounder.spans:
+        return sql, []
+    names = sorted({name for name, *_ in bounder.spans})
+    if bounder.reserved:  # a name of the user's that the checks would shadow
+        raise Unbounded(", ".join(names))
+    wanted = _without_locations(tree)
+    for candidate in (bounder.splice(sql, render), render({"statements": [tree]})):
+        if candidate and _without_locations(_statement(parse, candidate)) == wanted:
+            return candidate, names
+    raise Unbounded(", ".join(names))
+
+
+def limit_message(name: str) -> str:
+    return (
+        f"{name} could build a string of more than {MAX_BUILT} bytes here, the limit of "
+        "segment SQL for a call that lengthens a string (see docs/segment-sql.md)"
+    )
+
+
+def exceeded(message: str) -> str | None:
+    """The limit a check reported in an engine error's ``message``, if that is what it is."""
+    m = re.search(r"'(\w+ could build a string of more than \d+ bytes here[^']*)'", message)
+    return m.group(1) if m else None
+
+
+def _check(name: str, s: str, t: str) -> str:
+    """The check around a call of ``name``: the worst case of its result from the lengths of
+    the string it works on (``s``) and of its replacement (``t``) -- at most len(s) + 1
+    matches, each replaced by ``t`` (a back reference copies at most the match it stands
+    in), plus what is not matched. Past the limit it fails the cast of the message to a
+    number: ``error()`` would do, but it is volatile, which ``PARTITION BY`` refuses."""
+    return (
+        f"CASE WHEN (strlen(CAST({s} AS VARCHAR)) + 1) * (strlen(CAST({t} AS VARCHAR)) + 1) > "
+        f"{MAX_BUILT} THEN CAST(CAST('{limit_message(name)}' AS INTEGER) AS VARCHAR) "
+        "ELSE __reconcile_call END"
+    )
+
+
+class _Bounder:
+    def __init__(self, parse: Parse):
+        self.parse = parse
+        self._templates: dict[tuple[str, bool], dict] = {}
+        #: (function, location, length, checked node) of every call bounded
+        self.spans: list[tuple[str, int, int, dict]] = []
+        self.reserved = False
+
+    def rewrite(self, node: Any) -> Any:
+        """``node`` with its lengthening calls checked (a copy: the tree is left as it is)."""
+        if isinstance(node, list):
+            return [self.rewrite(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        names = node.get("column_names") if node.get("class") == "COLUMN_REF" else None
+        self.reserved |= any(str(n).lower().startswith(_RESERVED) for n in names or ())
+        before = len(self.spans)
+        out = {key: self.rewrite(value) for key, value in node.items()}
+        name = str(out.get("function_name") or "").lower()
+        if name not in LENGTHENING or out.get("is_operator") or not lengthens(name, arguments(out)):
+            return out
+        # nested: s and t are computed once, into the argument of a lambda; copying them into
+        # the check would double the query at every level of nesting
+        checked = self._check(name, out, nested=len(self.spans) > before)
+        where, length = node.get("query_location"), node.get("query_location_length")
+        if not (isinstance(where, int) and isinstance(length, int) and length > 0):
+            where, length = -1, 0  # no place in the text: splice() gives up
+        self.spans.append((name, where, length, checked))
+        return checked
+
+    def template(self, name: str, nested: bool) -> dict:
+        """The check around a call of ``name`` as a parse tree: ``__reconcile_s``,
+        ``__reconcile_t`` and ``__reconcile_call`` are the places of the call's string,
+        replacement and the call itself (there reading ``__reconcile_v.s`` and ``.t``)."""
+        if (name, nested) not in self._templates:
+            sql = "SELECT " + _check(name, "__reconcile_s", "__reconcile_t")
+            if nested:
+                sql = (
+                    "SELECT list_transform([struct_pack(s := __reconcile_s, t := "
+                    "__reconcile_t)], lambda __reconcile_v: "
+                    f"{_check(name, '__reconcile_v.s', '__reconcile_v.t')})[1]"
+                )
+            self._templates[name, nested] = _statement(self.parse, sql)
+        return self._templates[name, nested]
+
+    def _check(self, name: str, call: dict, *, nested: bool) -> dict:
+        pos = LENGTHENING[name]
+        args = arguments(call)
+        if len(args) <= pos:
+            raise Unbounded(name)
+        template = self.template(name, nested)["node"]["select_list"][0]
+        holes = {"s": args[0], "t": args[pos]}
+        if nested:  # the call reads s and t from the lambda's argument
+            refs = _placeholders(template)
+            call = _copy(call)
+            slots: list[Any] = call.get("arguments") or call.get("children") or []
+            for index, key in ((0, "v.s"), (pos, "v.t")):
+                if isinstance(slots[index], dict) and "expression" in slots[index]:
+                    slots[index]["expression"] = _copy(refs[key])
+                else:
+                    slots[index] = _copy(refs[key])
+        holes["call"] = {**call, "alias": ""}  # `AS name` names the check, not the call
+        return {**_fill(template, holes), "alias": call.get("alias", "")}
+
+    def splice(self, sql: str, render: Render) -> str | None:
+        """``sql`` with the text of each outermost bounded call replaced by its check, and the
+        line breaks the call spanned after it (so that later lines keep their numbers); None
+        when a call has no place in the text."""
+        spans = [s for s in self.spans if s[1] >= 0]
+        if len(spans) != len(self.spans):
+            return None
+        outer = [
+            s
+            for s in spans
+            if not any(o is not s and o[1] <= s[1] and s[1] + s[2] <= o[1] + o[2] for o in spans)
+        ]
+        text = sql.encode()
+        for _, start, length, node in sorted(outer, key=lambda s: -s[1]):
+            skeleton = _statement(self.parse, "SELECT NULL")  # a SELECT of the check alone
+            skeleton["node"]["select_list"] = [{**node, "alias": ""}]
+            rendered = render({"statements": [skeleton]})
+            if rendered is None or not rendered.startswith("SELECT "):
+                return None
+            breaks = text[start : start + length].count(b"\n")
+            replacement = (rendered.removeprefix("SELECT ") + "\n" * breaks).encode()
+            text = text[:start] + replacement + text[start + length :]
+        return text.decode()
+
+
+def _statement(parse: Parse, sql: str) -> dict:
+    statements = parse(sql).get("statements") or []
+    return statements[0] if len(statements) == 1 else {}
+
+
+def _copy(node: Any) -> Any:
+    return json.loads(json.dumps(node))
+
+
+def _placeholders(node: Any, found: dict | None = None) -> dict[str, dict]:
+    """The placeholder column references of a template by name: ``__reconcile_v.s`` is
+    ``v.s``."""
+    found = {} if found is None else found
+    if isinstance(node, list):
+        for item in node:
+            _placeholders(item, found)
+    elif isinstance(node, dict):
+        names = node.get("column_names") if node.get("class") == "COLUMN_REF" else None
+        if names and str(names[0]).startswith(_RESERVED):
+            found[".".join(names).replace(_RESERVED + "_", "")] = node
+        for value in node.values():
+            _placeholders(value, found)
+    return found
+
+
+def _fill(node: Any, holes: dict[str, Any]) -> Any:
+    """The template with a copy of each hole in place of its placeholder."""
+    if isinstance(node, list):
+        return [_fill(item, holes) for item in node]
+    if not isinstance(node, dict):
+        return node
+    names = node.get("column_names") if node.get("class") == "COLUMN_REF" else None
+    key = str(names[0]).removeprefix(_RESERVED + "_") if names and len(names) == 1 else None
+    if key in holes:
+        hole = _copy(holes[key])
+        return {**hole, "alias": node["alias"]} if node.get("alias") else hole  # s := ...
+    return {k: _fill(value, holes) for k, value in node.items()}
+
+
+def _without_locations(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_without_locations(item) for item in node]
+    if isinstance(node, dict):
+        return {k: _without_locations(v) for k, v in node.items() if k not in _LOCATION}
+    return node

@@ -10,10 +10,14 @@ Two layers, both allow-lists:
    query itself defines (and is in scope where it is read); every function must be on the
    allow-list of :mod:`reconciler.sources.functions`. Walking the tree DuckDB will execute —
    not a second parser's idea of it — leaves no room for a quote or comment the two parsers
-   read differently.
+   read differently. Sampling (``USING SAMPLE``, ``TABLESAMPLE``) is refused like
+   ``random()``: a plan must not change between runs.
 
-Anything else is refused by name. The engine adds its own guard underneath (external access
-disabled, configuration locked) and :mod:`reconciler.sources.limits` bounds time.
+Anything else is refused by name. The SQL returned is what runs: without the ``;`` that may
+end it (removed only when DuckDB reads the rest as the same statement), and with each call
+that could lengthen a string checked before it runs (:mod:`reconciler.sources.functions`).
+The engine adds its own guard underneath (external access disabled, configuration locked)
+and :mod:`reconciler.sources.limits` bounds time.
 """
 
 from __future__ import annotations
@@ -30,7 +34,15 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
-from reconciler.sources.functions import ALLOWED_FUNCTIONS, MAX_PAD, OPERATORS, SIZE_ARGUMENT
+from reconciler.sources.functions import (
+    ALLOWED_FUNCTIONS,
+    MAX_PAD,
+    OPERATORS,
+    Unbounded,
+    arguments,
+    bound_lengthening,
+    size_allowed,
+)
 
 __all__ = ["INTERNAL_PREFIX", "SqlPolicy", "SqlRejected", "check_condition", "check_segment_sql"]
 
@@ -91,21 +103,33 @@ class SqlPolicy:
 
 
 def check_segment_sql(sql: str, dialect: str, *, policy: SqlPolicy | None = None) -> str:
-    """Return ``sql`` if it is exactly one SELECT that reads only what ``policy`` allows and
-    calls only allowed functions; raise :class:`SqlRejected` saying why otherwise. Without a
-    policy only a table named ``profiles`` is readable. For PostgreSQL the SQL to run is
-    returned regenerated from the checked tree (:mod:`reconciler.sources.pg_guard`)."""
+    """The SQL to run if ``sql`` is exactly one SELECT that reads only what ``policy`` allows
+    and calls only allowed functions, else :class:`SqlRejected` saying why (no policy: only a
+    table named ``profiles`` is readable). For DuckDB: ``sql`` without a final ``;``, its
+    calls that lengthen strings checked; for PostgreSQL: regenerated from the checked tree
+    (:mod:`reconciler.sources.pg_guard`). Embed it as ``(sql\n)``, ending any ``--`` comment."""
+    return _checked(sql, dialect, policy)[0]
+
+
+def _checked(sql: str, dialect: str, policy: SqlPolicy | None) -> tuple[str, list[str]]:
+    """The SQL to run and the functions whose calls in it were bounded."""
     query = _check_shape(sql, dialect)
     policy = policy or SqlPolicy()
     if dialect == "postgres":
         from reconciler.sources.pg_guard import Rejected, check_postgres_tree
 
         try:
-            return check_postgres_tree(query, policy.readable(), policy.schema)
+            return check_postgres_tree(query, policy.readable(), policy.schema), []
         except Rejected as exc:
             raise SqlRejected(str(exc)) from exc
-    _Walker(sql, policy).check(_duckdb_tree(sql))
-    return sql
+    statement = _duckdb_tree(sql)
+    sql = _without_final_semicolon(sql, statement)
+    _Walker(sql, policy).check(statement)
+    try:
+        return bound_lengthening(sql, statement, _serialize, _render)
+    except Unbounded as exc:
+        why = f"the call of {exc} that can lengthen a string could not be given its limit here"
+        raise SqlRejected(f"{why}; write it differently; see {DOCS}") from exc
 
 
 def check_condition(condition: str, dialect: str, policy: SqlPolicy | None = None) -> str:
@@ -123,7 +147,12 @@ def check_condition(condition: str, dialect: str, policy: SqlPolicy | None = Non
     if depth:
         raise SqlRejected("the condition leaves a parenthesis open")
     table = (policy or SqlPolicy()).profiles_table
-    check_segment_sql(f"SELECT 1 FROM {table} WHERE (\n{condition}\n)", dialect, policy=policy)
+    _, bounded = _checked(f"SELECT 1 FROM {table} WHERE (\n{condition}\n)", dialect, policy)
+    if bounded:  # the condition runs as written, where no bound could be added
+        raise SqlRejected(
+            f"{' and '.join(bounded)} may not lengthen a string in a condition: a replacement "
+            f"longer than what it replaces is not allowed there; see {DOCS}"
+        )
     return condition
 
 
@@ -133,7 +162,9 @@ def _check_shape(sql: str, dialect: str) -> exp.Query:
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # "falling back to parsing as a Command": rejected below
     try:
-        statements = [s for s in sqlglot.parse(sql, read=dialect) if s is not None]
+        # a comment after the final ';' is a Semicolon "statement" of its own to sqlglot
+        parsed = sqlglot.parse(sql, read=dialect)
+        statements = [s for s in parsed if s is not None and not isinstance(s, exp.Semicolon)]
     except ParseError as exc:
         first = exc.errors[0] if exc.errors else {}
         where = f" (SQL line {first.get('line')}, column {first.get('col')})" if first else ""
@@ -168,6 +199,22 @@ def _token_problem(sql: str) -> str:
     return "it cannot be read (an unterminated quote or comment?)"
 
 
+def _without_final_semicolon(sql: str, statement: dict) -> str:
+    """``sql`` without the ``;`` ending its one statement, found by DuckDB's own tokenizer (a
+    ``;`` in a string or a comment is not a token) and removed only when DuckDB reads the rest
+    as the same statement; a second ``;`` after it is refused."""
+    data = sql.encode()
+    ends = [pos for pos, kind in duckdb.tokenize(sql) if kind != duckdb.token_type.comment]
+    if not ends or data[ends[-1] : ends[-1] + 1] != b";":
+        return sql
+    if len(ends) > 1 and data[ends[-2] : ends[-2] + 1] == b";":
+        raise SqlRejected("expected one SELECT statement, ended by one ';' at most")
+    stripped = (data[: ends[-1]] + data[ends[-1] + 1 :]).decode()
+    if (_serialize(stripped).get("statements") or [None])[0] != statement:
+        raise SqlRejected("the ';' ending the SQL cannot be removed safely; remove it")
+    return stripped
+
+
 def _duckdb_error_line(sql: str) -> int | None:
     tree = _serialize(sql)
     try:
@@ -178,22 +225,33 @@ def _duckdb_error_line(sql: str) -> int | None:
 
 # ------------------------------------------------------------------------------ DuckDB's tree
 #: the parser's own DuckDB instance, opened once per process (opening one per statement
-#: cost ~20 ms CPU, twice per plan); it only ever runs json_serialize_sql on a parameter
+#: cost ~20 ms CPU, twice per plan); it only ever runs json_(de)serialize_sql on a parameter
 _PARSER: tuple[int, duckdb.DuckDBPyConnection] | None = None
 _PARSER_LOCK = threading.Lock()
 
 
-def _serialize(sql: str) -> dict:
+def _on_parser(query: str, parameter: str) -> str:
     global _PARSER
     with _PARSER_LOCK:
         if _PARSER is None or _PARSER[0] != os.getpid():  # not a forked parent's
             con = duckdb.connect(":memory:", config={"enable_external_access": "false"})
             _PARSER = (os.getpid(), con)
-        try:
-            (text,) = _PARSER[1].execute("SELECT json_serialize_sql(?)", [sql]).fetchall()[0]
-        except duckdb.Error as exc:
-            return {"error": True, "error_message": str(exc)}
-    return json.loads(text)
+        return str(_PARSER[1].execute(query, [parameter]).fetchall()[0][0])
+
+
+def _serialize(sql: str) -> dict:
+    try:
+        return json.loads(_on_parser("SELECT json_serialize_sql(?)", sql))
+    except duckdb.Error as exc:
+        return {"error": True, "error_message": str(exc)}
+
+
+def _render(tree: dict) -> str | None:
+    """The SQL text of a parse tree (``json_deserialize_sql``), None if it has none."""
+    try:
+        return _on_parser("SELECT json_deserialize_sql(?::JSON)", json.dumps(tree))
+    except duckdb.Error:
+        return None
 
 
 def statement_tree(sql: str) -> dict | None:
@@ -263,6 +321,12 @@ class _Walker:
 
     def _check_node(self, node: dict, ctes: frozenset[str]) -> None:
         kind = node.get("type")
+        if node.get("sample") is not None:  # USING SAMPLE / TABLESAMPLE, of a query or a table
+            raise self._reject(
+                "USING SAMPLE and TABLESAMPLE are not allowed in segment SQL: a sample picks "
+                f"other rows on every run, and a plan must not change between runs; see {DOCS}",
+                node,
+            )
         if "class" not in node and isinstance(kind, str) and kind.endswith("_NODE"):
             if kind not in _QUERY_NODES:
                 raise self._reject(f"{kind.removesuffix('_NODE')} is not allowed", node)
@@ -333,24 +397,9 @@ class _Walker:
             raise self._reject(
                 f"function {name} is not allowed in segment SQL; allowed: see {DOCS}", node
             )
-        if name in SIZE_ARGUMENT:
-            args = node.get("arguments") or node.get("children") or []
-            args = [a.get("expression", a) if isinstance(a, dict) else a for a in args]
-            pos = SIZE_ARGUMENT[name]
-            size = _integer_literal(args[pos]) if len(args) > pos else None
-            if size is None or size > MAX_PAD:
-                raise self._reject(
-                    f"function {name} needs a literal length of at most {MAX_PAD} in segment "
-                    f"SQL (a larger or computed length can exhaust memory); see {DOCS}",
-                    node,
-                )
-
-
-def _integer_literal(node: object) -> int | None:
-    if not isinstance(node, dict) or node.get("class") != "CONSTANT":
-        return None
-    literal = node.get("literal") or node.get("value") or {}
-    try:
-        return int(str(literal.get("text")))
-    except (TypeError, ValueError, AttributeError):
-        return None
+        if not size_allowed(name, arguments(node)):
+            raise self._reject(
+                f"function {name} needs a literal length of at most {MAX_PAD} in segment "
+                f"SQL (a larger or computed length can exhaust memory); see {DOCS}",
+                node,
+            )

@@ -1,7 +1,8 @@
 """The guard for untrusted SQL that runs in PostgreSQL: the same rules as for DuckDB
 (:mod:`reconciler.sources.guard`), walked on sqlglot's PostgreSQL parse tree.
 
-- one SELECT (the shape check of ``guard`` runs first), no ``FOR UPDATE``/``FOR SHARE``;
+- one SELECT (the shape check of ``guard`` runs first), no ``FOR UPDATE``/``FOR SHARE``, no
+  ``TABLESAMPLE`` (a plan must not change between runs);
 - every table is the profiles table, a table listed under ``source.tables`` (in the
   source's schema unless written ``schema.name``) or a CTE in scope where it is read;
   nothing from ``pg_catalog``, ``information_schema`` or another database;
@@ -106,6 +107,11 @@ def check_postgres_tree(query: Any, readable: list[str], schema: str) -> str:
 def _check_node(node: Any, readable: list[str], schema: str) -> None:
     if isinstance(node, exp.Lock):
         raise Rejected("FOR UPDATE / FOR SHARE is not allowed in segment SQL")
+    if isinstance(node, exp.TableSample):
+        raise Rejected(
+            "TABLESAMPLE is not allowed in segment SQL: a sample picks other rows on every run, "
+            f"and a plan must not change between runs; see {DOCS}"
+        )
     if isinstance(node, exp.Placeholder | exp.Parameter):
         raise Rejected("parameters are not allowed in segment SQL")
     if isinstance(node, exp.Lateral | exp.Unnest) and isinstance(node.parent, exp.From | exp.Join):
