@@ -377,9 +377,24 @@ def test_webhook_is_signed_slack_compatible_json(workspace, receiver):
     assert len(ids) == 2 and all(i.startswith("msg_") for i in ids)
     first = json.loads(receiver.requests[0][2])
     assert first["text"] == "Activation vip: Complete (schedule, 1m 15s)"
-    assert "VIP <b>gold</b>: +12 / -3 / ~4" in json.dumps(first, ensure_ascii=False)
+    # Slack's escaping (& < >): a name can neither ping a channel nor disguise a link
+    assert "VIP &lt;b&gt;gold&lt;/b&gt;: +12 / -3 / ~4" in json.dumps(first, ensure_ascii=False)
     second = json.loads(receiver.requests[1][2])
     assert second["blocks"][-1]["text"]["text"] == "Error: boom"
+
+
+def test_webhook_names_and_errors_cannot_ping_or_disguise_links(workspace, receiver):
+    ws = workspace(
+        {"vip": ACT + f"notify:\n  webhook: ['{receiver.url()}']\n"},
+        reconcile_yaml=notifications(closed_port()),
+    )
+    hostile = "VIP <!channel> <http://evil.example|click me> & *bold*"
+    audience = AudienceCounts(hostile, "all", 1, 0, 0)
+    run(ws, [report(status="Failed", error="<!here> bad", audiences=[audience])])
+    text = json.dumps(json.loads(receiver.requests[0][2]), ensure_ascii=False)
+    assert "<!channel>" not in text and "<http://evil" not in text and "<!here>" not in text
+    assert "VIP &lt;!channel&gt; &lt;http://evil.example|click me&gt; &amp; *bold*" in text
+    assert "Error: &lt;!here&gt; bad" in text
     with pytest.raises(Exception, match="signature"):
         Webhook("whsec_" + "b3RoZXIta2V5LW5vdC10aGUtcmlnaHQtb25lLTEyMzQ=").verify(
             receiver.requests[0][2], receiver.requests[0][1]

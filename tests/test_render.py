@@ -269,6 +269,7 @@ def test_markdown_escapes_pipe_and_backtick(plan: Plan) -> None:
     assert escape_md("a|b`c") == "a\\|b\\`c"
     assert escape_md("two\nlines") == "two lines"
     assert escape_md("<b>~x_") == "\\<b\\>\\~x\\_"
+    assert escape_md("VIP @team") == "VIP @\u200bteam"  # no GitHub notification
 
 
 def test_markdown_details_and_warning(plan: Plan) -> None:

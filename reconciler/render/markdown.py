@@ -47,9 +47,11 @@ CHANGE_LABELS = {
 
 
 def escape_md(text: Any) -> str:
-    """Escape Markdown specials in user text so it cannot break a table cell or the layout."""
+    """Escape Markdown specials in user text so it cannot break a table cell or the layout,
+    and keep an ``@name`` from notifying a GitHub user or team (a zero-width space after the
+    ``@``: it reads the same)."""
     flat = " ".join(str(text).splitlines())
-    return _MD_SPECIAL.sub(r"\\\1", flat)
+    return _MD_SPECIAL.sub(r"\\\1", flat).replace("@", "@\u200b")
 
 
 @cache
