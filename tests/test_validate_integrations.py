@@ -84,6 +84,20 @@ def test_unset_credential_is_an_error_in_validate_and_plan(workspace, monkeypatc
     assert offline["has_changes"]
 
 
+def test_offline_validate_needs_no_secrets_like_the_pull_request_job(workspace, monkeypatch):
+    """The pull request's job has no destination secrets: `validate --offline` and
+    `plan --refresh=false` (what the workflow `init` writes runs) pass without them."""
+    monkeypatch.delenv(TOKEN_VAR, raising=False)
+    ws = workspace({"act": ACT}, profiles=[profile(1, a=True)], integration=WITH_TOKEN)
+    assert "credentials.token" in _errors(cli(ws, "validate"))
+    res = cli(ws, "validate", "--offline")
+    assert res.exit_code == 0 and "Valid" in res.output, res.stderr
+    assert plan_json(ws, "--refresh=false")["has_changes"]
+    broken = ACT + "colour: red\n"  # everything else is still checked
+    ws.write("activations/act.yaml", broken)
+    assert "colour: unknown field" in _errors(cli(ws, "validate", "--offline"))
+
+
 def test_empty_credential_counts_as_unset_and_a_set_one_passes(workspace, monkeypatch):
     ws = workspace({"act": ACT}, profiles=[profile(1, a=True)], integration=WITH_TOKEN)
     monkeypatch.setenv(TOKEN_VAR, "")
