@@ -42,6 +42,25 @@ def test_existing_list_is_checked_unless_refresh_is_off(workspace):
     assert any("--refresh=false" in n for n in offline["activations"][0]["notes"])
 
 
+def test_an_existing_list_named_by_a_name_two_lists_share_is_refused(workspace):
+    """Two lists of the same name at the destination: which one to take over is not guessed."""
+    from destinations.sandbox import store
+
+    ws = workspace({"act": ACT + "list: {existing: Twins}\n"}, profiles=[profile(1, a=True)])
+    con = store.connect(ws.root / ".reconcile" / "sandbox.duckdb")
+    try:
+        ids = [store.create(con, "Twins", key).id for key in ("k1", "k2")]
+    finally:
+        con.close()
+    res = cli(ws, "plan")
+    assert res.exit_code == 1
+    assert "activations/act.yaml:4: list.existing: 2 lists" in res.stderr, res.stderr
+    assert all(i in res.stderr for i in ids) and "by its id" in res.stderr
+    ws.write("activations/act.yaml", ACT + f"list: {{existing: {ids[0]}}}\n")
+    planned = plan_json(ws)
+    assert planned["activations"][0]["audiences"][0]["resource_id"] == ids[0]
+
+
 def test_markdown_plan_is_a_pr_comment(workspace):
     ws = workspace({"act": ACT}, profiles=[profile(i, a=True) for i in range(2)])
     res = cli(ws, "plan", "--format", "markdown")
@@ -197,3 +216,19 @@ def test_python_m_reconciler_runs_after_the_commands_were_imported(capsys, monke
         runpy.run_module("reconciler", run_name="__main__")
     assert done.value.code == 0
     assert "Usage:" in capsys.readouterr().out
+
+
+def test_two_activations_sending_to_one_audience_are_warned(workspace):
+    """The second takes over the first's audience (`list: existing`): each would remove what
+    the other adds while each plan looked right alone; both plans say so."""
+    other = "segments: [seg-b]\ndestination: sandbox\nlist: {existing: A}\n"
+    rows = [profile(i, a=i < 2, b=i >= 2) for i in range(4)]
+    ws = workspace({"act": ACT}, profiles=rows)
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    ws.write("activations/other.yaml", other)
+    planned = plan_json(ws)
+    warned = {a["id"]: a["warnings"] for a in planned["activations"]}
+    assert any("also managed by act" in w for w in warned["other"]), warned
+    assert any("also managed by other" in w for w in warned["act"]), warned
+    text = cli(ws, "plan").output
+    assert "also managed by" in text

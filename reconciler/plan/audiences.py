@@ -15,7 +15,7 @@ from destinations.base import AudienceRef
 from reconciler.errors import ConfigError, DestinationError
 from reconciler.integrations import Connections
 from reconciler.plan import splits
-from reconciler.plan.model import AudienceChange
+from reconciler.plan.model import AudienceChange, Change
 from reconciler.state.store import RecordedActivation, StateReader
 from reconciler.workspace.activation_spec import ActionMode, ResolvedActivation
 from reconciler.workspace.loader import Workspace
@@ -133,14 +133,23 @@ class AudienceTargeting:
                 return ra.name, ra.resource_id, False, None, None
             if not self.req.refresh:
                 return wanted, None, False, None, None
-            found = self.conns.get(act.destination).find_audience(wanted)
+            dest = self.conns.get(act.destination)
+            found = dest.find_audience(wanted)
+            where = self.ws.location("activations", aid, "list", "existing")
             if found is None:
-                where = self.ws.location("activations", aid, "list", "existing")
                 raise ConfigError(
                     f"the destination {act.destination!r} has no list {wanted!r}; "
                     f"`reconcile lists {act.destination}` shows the lists it has",
                     where,
                 )
+            if found.id != wanted:  # found by its name: no other list may have that name
+                named = [a.id for a in dest.list_audiences() if a.name == wanted]
+                if len(named) > 1:
+                    raise ConfigError(
+                        f"{len(named)} lists at the destination {act.destination!r} are named "
+                        f"{wanted!r} ({', '.join(named)}); name the one to use by its id",
+                        where,
+                    )
             return found.name, found.id, False, None, None
         try:
             base = render_name(
@@ -200,3 +209,33 @@ class AudienceTargeting:
         except DestinationError:  # reported by apply; the plan itself needs no destination
             return None
         return found.id if found is not None and found.name == name else None
+
+
+def warn_shared_audiences(plans: list, recorded: dict[str, list[tuple[str, str]]]) -> None:
+    """Warn on each planned activation that sends to an audience another activation manages
+    too (recorded by it, or planned for it now: two `list: existing` of one list): each would
+    remove what the other adds, and each plan would look right on its own.
+
+    ``recorded``: activation id -> its recorded (destination, audience id) pairs."""
+    owners: dict[tuple[str, str], set[str]] = {}
+    for aid, pairs in recorded.items():
+        for pair in pairs:
+            owners.setdefault(pair, set()).add(aid)
+    for p in plans:
+        for au in p.audiences:
+            if au.resource_id and au.sent:
+                owners.setdefault((p.destination, au.resource_id), set()).add(p.id)
+    for p in plans:
+        if p.change is Change.DELETE:
+            continue
+        seen: set[str] = set()
+        for au in p.audiences:
+            others = owners.get((p.destination, au.resource_id or ""), set()) - {p.id}
+            others -= {p.moved_from} if p.moved_from else set()
+            if au.resource_id and au.sent and others and au.resource_id not in seen:
+                seen.add(au.resource_id)
+                p.warnings.append(
+                    f"audience {au.name!r} ({au.resource_id}) is also managed by "
+                    f"{', '.join(sorted(others))}: each activation removes what the other "
+                    "adds; give each its own audience"
+                )

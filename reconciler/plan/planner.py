@@ -17,7 +17,7 @@ from reconciler.enginedb import Session
 from reconciler.errors import ConfigError
 from reconciler.integrations import Connections
 from reconciler.plan import attributes, membership, state_loss
-from reconciler.plan.audiences import AudienceTargeting, Drift
+from reconciler.plan.audiences import AudienceTargeting, Drift, warn_shared_audiences
 from reconciler.plan.deleted import plan_delete
 from reconciler.plan.exports import plan_export
 from reconciler.plan.model import ActivationPlan, Change, Plan, SegmentInfo, summarise
@@ -105,6 +105,17 @@ class Planner(AudienceTargeting, MembershipStaging):
             if self.req.due_only and not p.due:
                 continue
             plans.append(p)
+        warn_shared_audiences(
+            plans,
+            {
+                aid: [
+                    (rec.destination, ra.resource_id)
+                    for ra in self.state.audiences(aid).values()
+                    if ra.sent and ra.resource_id
+                ]
+                for aid, rec in recorded.items()
+            },
+        )
         now = datetime.now(UTC)
         return Plan(
             plan_id=uuid.uuid4().hex[:12],
