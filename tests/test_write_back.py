@@ -302,3 +302,40 @@ def test_a_source_locked_by_a_writing_apply_is_named_not_misreported(workspace):
     assert "is locked by another process" in res.stderr, res.stderr
     assert f"PID {holder.pid}" in res.stderr and "write-back table" not in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def _since(ws) -> dict[tuple[str, str], object]:
+    con = duckdb.connect(str(ws.db), read_only=True)
+    try:
+        found = con.execute(
+            "SELECT profile_key, activation_id, since FROM included_in_audience"
+        ).fetchall()
+    finally:
+        con.close()
+    return {(k, a): t for k, a, t in found}
+
+
+def test_a_renamed_activation_takes_its_write_back_rows_along(workspace):
+    """`moved_from:` and `reconcile state mv`: the rows of the old id become the new id's
+    (since when each profile is included is kept); none is left behind under the old id,
+    where a segment reading it would select stale profiles forever."""
+    ws = workspace(
+        {"vip": VIP},
+        profiles=[profile(i, a=i < 3) for i in range(5)],
+        segments=SEGMENTS,
+        reconcile_yaml=WRITABLE,
+    )
+    ok(ws, "apply", "--auto-approve")
+    before = _since(ws)
+    ws.remove("activations/vip.yaml")
+    ws.write("activations/vip-2.yaml", VIP + "moved_from: vip\n")
+    ok(ws, "apply", "--auto-approve")
+    assert rows(ws) == {(f"c{i:05d}", "vip-2", "VIP campaign", "all") for i in range(3)}
+    assert {k: t for (k, _), t in _since(ws).items()} == {k: t for (k, _), t in before.items()}
+    # by hand, with the file renamed and the state moved
+    ws.remove("activations/vip-2.yaml")
+    ws.write("activations/vip-3.yaml", VIP)
+    out = ok(ws, "state", "mv", "vip-2", "vip-3")
+    assert "3 write-back row(s) too" in out
+    assert rows(ws) == {(f"c{i:05d}", "vip-3", "VIP campaign", "all") for i in range(3)}
+    assert "members: +0 -0 ~0" in ok(ws, "plan")

@@ -55,6 +55,7 @@ def write_back(
             activation_id=ap.id,
             names={au.group: au.name for au in ap.audiences},
             enabled=enabled,
+            former_id=ap.moved_from,
         )
     except duckdb.Error as exc:
         detail = " ".join(str(exc).split())

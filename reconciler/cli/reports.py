@@ -347,7 +347,12 @@ def state_mv(old, new) -> None:
         if st.activation(new) is not None:
             raise ReconcileError(f"{new!r} already exists in the state")
         st.move_activation(old, new)
-    click.echo(f"Moved {old!r} to {new!r}.")
+    from reconciler.sources.writeback import rekey_source
+
+    moved = rekey_source(_ws(), old, new)
+    click.echo(
+        f"Moved {old!r} to {new!r}." + (f" {moved:,} write-back row(s) too." if moved else "")
+    )
 
 
 @state.command("migrate")

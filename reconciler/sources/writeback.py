@@ -16,9 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import duckdb
 
+from reconciler.errors import SourceError
 from reconciler.workspace.goal_rules import WRITEBACK_TABLE
 
 COLUMNS = (
@@ -60,11 +63,16 @@ def sync(
     activation_id: str,
     names: Mapping[str, str],
     enabled: bool,
+    former_id: str | None = None,
 ) -> tuple[int, int]:
     """Make the activation's write-back rows equal to its recorded members (none when not
-    ``enabled``); ``names`` maps each group to its audience name. Returns (inserted, deleted)."""
+    ``enabled``); ``names`` maps each group to its audience name. ``former_id``: the id it
+    had (``moved_from``), whose rows are its own: taken over (their time kept), never left
+    behind. Returns (inserted, deleted)."""
     table = f"{source_catalog}.main.{WRITEBACK_TABLE}"
     con.execute(ddl(table))
+    if former_id:
+        rekey(con, table, former_id, activation_id)
     wanted = (
         f"""(SELECT DISTINCT m.key, m.grp, n.name FROM {state_catalog}.members m
               JOIN (SELECT unnest($grps::VARCHAR[]) AS grp, unnest($names::VARCHAR[]) AS name) n
@@ -105,6 +113,60 @@ def sync(
         raise
     con.execute("COMMIT")
     return inserted, deleted
+
+
+def rekey(con: duckdb.DuckDBPyConnection, table: str, old: str, new: str) -> int:
+    """Give the write-back rows of activation ``old`` to ``new`` (a rename); rows ``new``
+    already has are kept and ``old``'s copies dropped. Returns the rows moved."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        moved = con.execute(
+            f"""UPDATE {table} w SET activation_id = $new WHERE w.activation_id = $old
+                AND NOT EXISTS (SELECT 1 FROM {table} n WHERE n.activation_id = $new
+                                AND n.profile_key = w.profile_key AND n.grp = w.grp)""",
+            {"old": old, "new": new},
+        ).fetchall()[0][0]
+        con.execute(f"DELETE FROM {table} WHERE activation_id = $old", {"old": old})
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+    return int(moved)
+
+
+def rekey_file(path: str, old: str, new: str) -> int:
+    """:func:`rekey` in the DuckDB source file at ``path`` (``reconcile state mv``); 0 when
+    the file has no write-back table."""
+    con = duckdb.connect(path)
+    try:
+        found = con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND schema_name = 'main'",
+            [WRITEBACK_TABLE],
+        ).fetchall()[0][0]
+        return rekey(con, f"main.{WRITEBACK_TABLE}", old, new) if found else 0
+    finally:
+        con.close()
+
+
+def rekey_source(ws: Any, old: str, new: str) -> int:
+    """``reconcile state mv``: the "Included in Audience" rows of ``old`` in the workspace's
+    writable DuckDB source become ``new``'s (as ``moved_from:`` does at apply), so none is
+    left behind under the old id. Returns the rows moved (0 without such a source)."""
+    source = ws.config.source
+    if not getattr(source, "writable", False) or getattr(source, "type", "") != "duckdb":
+        return 0
+    path = Path(getattr(source, "path", ""))
+    path = path if path.is_absolute() else ws.root / path
+    if not path.is_file():
+        return 0
+    try:
+        return rekey_file(str(path), old, new)
+    except duckdb.Error as exc:
+        raise SourceError(
+            f"moved {old!r} to {new!r} in the state, but its write-back rows in {path} could "
+            f"not be moved ({' '.join(str(exc).split())}); the next apply of {new!r} writes "
+            f"its own, and the rows of {old!r} stay until removed"
+        ) from exc
 
 
 def pending(
