@@ -197,6 +197,18 @@ def workspace(tmp_path: Path):
     return make
 
 
+@pytest.fixture
+def saved(workspace, tmp_path) -> tuple[WS, Path]:
+    """A workspace with one activation and its plan saved to ``good.plan`` (the plan-file
+    tests edit copies of it)."""
+    act = "segments: [seg-a]\ndestination: sandbox\nname: Audience A\n"
+    ws = workspace({"act": act}, profiles=[profile(i, a=i < 4) for i in range(6)])
+    out = tmp_path / "good.plan"
+    res = cli(ws, "plan", "--out", str(out))
+    assert res.exit_code == 0, res.stderr
+    return ws, out
+
+
 @dataclass
 class Result:
     exit_code: int

@@ -10,21 +10,11 @@ import zipfile
 from pathlib import Path
 
 import duckdb
-import pytest
 
 from reconciler.plan import planfile
-from tests.conftest import WS, cli, profile
+from tests.conftest import WS, cli
 
 MAINTAIN = "segments: [seg-a]\ndestination: sandbox\nname: Audience A\n"
-
-
-@pytest.fixture
-def saved(workspace, tmp_path) -> tuple[WS, Path]:
-    ws = workspace({"act": MAINTAIN}, profiles=[profile(i, a=i < 4) for i in range(6)])
-    out = tmp_path / "good.plan"
-    res = cli(ws, "plan", "--out", str(out))
-    assert res.exit_code == 0, res.stderr
-    return ws, out
 
 
 def members(plan: Path) -> dict[str, bytes]:

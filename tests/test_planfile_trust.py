@@ -19,21 +19,12 @@ import pytest
 from reconciler.plan import planfile
 from reconciler.plan.planfile_checks import UNSAFE_NAME
 from reconciler.workspace.templating import TemplateFailed, render_name
-from tests.conftest import WS, cli, profile
+from tests.conftest import cli, profile
 from tests.test_planfile import members, refused, write_plan
 
 #: the text-direction overrides render_name refuses besides control characters
 BIDI = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 MAINTAIN = "segments: [seg-a]\ndestination: sandbox\nname: Audience A\n"
-
-
-@pytest.fixture
-def saved(workspace, tmp_path) -> tuple[WS, Path]:
-    ws = workspace({"act": MAINTAIN}, profiles=[profile(i, a=i < 4) for i in range(6)])
-    out = tmp_path / "good.plan"
-    res = cli(ws, "plan", "--out", str(out))
-    assert res.exit_code == 0, res.stderr
-    return ws, out
 
 
 def tampered(tmp_path: Path, good: Path, name: str, edit) -> Path:
