@@ -90,13 +90,23 @@ def test_import_by_id_and_its_errors(workspace):
     ws.write("activations/gamma.yaml", activation("Gamma"))
     res = cli(ws, "import", "gamma")
     assert res.exit_code == 1 and "no audience named 'Gamma'" in res.stderr
+    from destinations.sandbox import store  # two audiences named Gamma: which one is not guessed
+
+    con = store.connect(ws.root / ".reconcile" / "sandbox.duckdb")
+    try:
+        twins = [store.create(con, "Gamma", key).id for key in ("g1", "g2")]
+    finally:
+        con.close()
+    res = cli(ws, "import", "gamma")
+    assert res.exit_code == 1 and "2 audiences at 'sandbox' are named 'Gamma'" in res.stderr
+    assert all(t in res.stderr for t in twins)
     assert cli(ws, "import", "alpha", alpha).exit_code == 0
     res = cli(ws, "import", "alpha", alpha)
     assert res.exit_code == 1 and "already records audience 'Alpha'" in res.stderr
     ws.remove("activations/gamma.yaml")
     assert cli(ws, "import", "beta").exit_code == 0
     assert cli(ws, "apply", "--auto-approve").exit_code == 0
-    assert len(audiences(ws)) == 2
+    assert len(audiences(ws)) == 4  # Alpha, Beta and the two Gamma made above
     assert_converged(ws)
 
 

@@ -117,10 +117,17 @@ def _find(ws: Workspace, destination: str, name: str, audience_id: str | None) -
         dest = conns.get(destination)
         try:
             found = dest.find_audience(audience_id or name)
+            # by name: which of several audiences of that name is meant is not guessed
+            named = [] if audience_id else [a.id for a in dest.list_audiences() if a.name == name]
         except DestinationError as exc:
             raise ReconcileError(f"cannot look the audience up at {destination!r}: {exc}") from exc
     finally:
         conns.close()
+    if len(named) > 1:
+        raise ReconcileError(
+            f"{len(named)} audiences at {destination!r} are named {name!r} ({', '.join(named)}); "
+            f"give the id of the one to import: `reconcile import ACTIVATION ID`"
+        )
     if audience_id is not None:
         if found is None or found.id != audience_id:
             raise ReconcileError(
