@@ -232,3 +232,20 @@ def test_two_activations_sending_to_one_audience_are_warned(workspace):
     assert any("also managed by other" in w for w in warned["act"]), warned
     text = cli(ws, "plan").output
     assert "also managed by" in text
+
+
+def test_action_remove_says_removed_where_present_not_a_size(workspace):
+    """`action: remove` cannot know which of its profiles the list holds: the plan says the
+    removals apply where present, and counts what is recorded as removed, not a list size."""
+    from destinations.sandbox import store
+
+    act = "segments: [seg-a]\ndestination: sandbox\naction: remove\nlist: {existing: M}\n"
+    ws = workspace({"act": act}, profiles=[profile(i, a=True) for i in range(3)])
+    con = store.connect(ws.root / ".reconcile" / "sandbox.duckdb")
+    try:
+        store.create(con, "M", "k1")
+    finally:
+        con.close()
+    text = cli(ws, "plan").output
+    assert "-3" in text and "removed from the list where present" in text, text
+    assert "0 -> 3 members" not in text

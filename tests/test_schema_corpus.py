@@ -89,6 +89,11 @@ GOOD = [
 
 BAD = [
     # activations
+    (
+        "activation",
+        "segments: [seg-a]\ndestination: sandbox\naction: remove\nlist: {existing: M}\n"
+        "on_delete: clear\n",
+    ),
     ("activation", "segments: []\ndestination: sandbox\n"),
     ("activation", "segments: [seg-a, seg-a]\ndestination: sandbox\n"),
     ("activation", "segments: [seg-a]\n"),

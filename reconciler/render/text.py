@@ -157,6 +157,8 @@ def audience_line(a: ActivationPlan, au: AudienceChange) -> tuple[str, str]:
         size = f" ({num(au.size_after)} members)" if au.size_after else ""
         return "+", f"{label} will be created: {members}{size}"
     size = f" ({num(au.size_before)} -> {num(au.size_after)} members)"
+    if a.action == "remove":  # the state records what was removed, not what the list holds
+        size = f" (removed from the list where present; {num(au.size_after)} recorded as removed)"
     if au.rename_from:
         renamed = f'audience "{au.rename_from}" -> "{au.name}"' + (f" ({group})" if group else "")
         return "~", f"{renamed} will be renamed: {members}{size}"

@@ -227,6 +227,12 @@ class Activation(Strict):
             )
         if self.action is ActionMode.REMOVE and self.target.existing is None:
             raise FieldError("`action: remove` needs `list: {existing: <id or name>}`", "action")
+        if self.action is ActionMode.REMOVE and self.on_delete == "clear":
+            raise FieldError(
+                "`on_delete: clear` does not go with `action: remove`: the list is not this "
+                "activation's, and what it recorded are the members it removed",
+                "on_delete",
+            )
         if isinstance(self.target.existing, dict) and self.split is not SplitMode.AB:
             raise FieldError(
                 "`list.existing` as {A: .., B: ..} needs `split: ab`", "list", "existing"

@@ -91,6 +91,13 @@ ACTIVATION: Any = {
         _when({"required": ["action"], "properties": {"action": {"const": "remove"}}}, _EXISTING),
         _when(
             {
+                "required": ["action", "on_delete"],
+                "properties": {"action": {"const": "remove"}, "on_delete": {"const": "clear"}},
+            },
+            False,
+        ),
+        _when(
+            {
                 "required": ["list"],
                 "properties": {
                     "list": {
