@@ -82,3 +82,17 @@ def test_a_plan_made_against_another_state_is_refused(workspace, tmp_path):
     res = cli(ws, "apply", plan, "--auto-approve")
     assert res.exit_code == 1 and "made against another state" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_state_show_lists_a_control_group_too(workspace):
+    """A control group is recorded, never sent: `state show` lists it with its members."""
+    act = (
+        "segments: [seg-a]\ndestination: sandbox\nname: Test\nsplit: control\ncontrol_percent: 50\n"
+    )
+    ws = workspace({"act": act}, profiles=[profile(i, a=True) for i in range(40)])
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    (shown,) = json.loads(cli(ws, "state", "show", "act").output)
+    groups = {a["group"]: a for a in shown["audiences"]}
+    assert set(groups) == {"experiment", "control"}
+    assert groups["control"]["sent"] is False and groups["control"]["members"] > 0
+    assert groups["experiment"]["members"] + groups["control"]["members"] == 40

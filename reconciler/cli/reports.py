@@ -254,7 +254,8 @@ def state() -> None:
 @click.argument("name", required=False)
 @handle_errors
 def state_show(name) -> None:
-    """Recorded activations (or one), with serials, audiences and member counts."""
+    """Recorded activations (or one), with serials, audiences and member counts (a group
+    recorded but never sent, a control group, has members and no audience)."""
     ws = _ws()
     with engine.read_state(ws) as st:
         if st.notice:
@@ -267,6 +268,12 @@ def state_show(name) -> None:
         out = []
         for aid, rec in sorted(recs.items()):
             counts = st.member_counts(aid)
+            recorded = st.audiences(aid)
+            unsent = [
+                {"group": g, "name": None, "resource_id": None, "sent": False, "members": n}
+                for g, n in sorted(counts.items())
+                if g not in recorded
+            ]
             out.append(
                 {
                     "id": aid,
@@ -282,8 +289,9 @@ def state_show(name) -> None:
                             "sent": a.sent,
                             "members": counts.get(a.grp, 0),
                         }
-                        for a in st.audiences(aid).values()
-                    ],
+                        for a in recorded.values()
+                    ]
+                    + unsent,
                 }
             )
     click.echo(json.dumps(out, indent=2, default=str))
