@@ -581,6 +581,16 @@ def test_a_broken_reconcile_yaml_does_not_make_other_files_look_wrong(workspace)
     assert "Valid" not in cli(ws, "plan").output
 
 
+def test_a_malformed_reconcile_yaml_does_not_make_other_files_look_wrong(workspace):
+    config = RECONCILE_YAML.replace(
+        "  path: data/profiles.duckdb\n", "  path: data/profiles.duckdb\n  writable: true\n"
+    ).replace("    key: customer_id\n", "    key: [oops\n")
+    ws = workspace({"act": MAINTAIN + "append_to_profiles: true\n"}, reconcile_yaml=config)
+    err = fails(ws, "validate")
+    lines = err.strip().splitlines()[1:] or [err]
+    assert len(lines) == 1 and "reconcile.yaml" in lines[0] and "malformed YAML" in err, err
+
+
 def test_a_broken_file_is_not_also_reported_as_unknown(workspace):
     # the activation names a segment and an integration whose files exist but do not load:
     # their own errors say why; "unknown segment" would send the user looking elsewhere

@@ -106,7 +106,7 @@ def collect(
     errors: list[ConfigError] = []
     config_doc = _load_doc(root / CONFIG_FILE, root, errors)
     config = WorkspaceConfig()
-    config_ok = True
+    config_ok = config_doc is not None or not (root / CONFIG_FILE).exists()
     if config_doc is not None:
         parsed = _parse(config_doc, WorkspaceConfig, errors)
         config = parsed if parsed is not None else config
