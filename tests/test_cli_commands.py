@@ -232,6 +232,9 @@ def test_two_activations_sending_to_one_audience_are_warned(workspace):
     assert any("also managed by other" in w for w in warned["act"]), warned
     text = cli(ws, "plan").output
     assert "also managed by" in text
+    ws.remove("activations/act.yaml")  # handing the audience over: no warning
+    handed = {a["id"]: a["warnings"] for a in plan_json(ws)["activations"]}
+    assert not any("also managed" in w for w in handed["other"]), handed
 
 
 def test_action_remove_says_removed_where_present_not_a_size(workspace):

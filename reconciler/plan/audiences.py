@@ -218,11 +218,12 @@ def warn_shared_audiences(plans: list, recorded: dict[str, list[tuple[str, str]]
 
     ``recorded``: activation id -> its recorded (destination, audience id) pairs."""
     owners: dict[tuple[str, str], set[str]] = {}
+    leaving = {p.id for p in plans if p.change is Change.DELETE}  # deleted in this plan
     for aid, pairs in recorded.items():
-        for pair in pairs:
+        for pair in pairs if aid not in leaving else ():
             owners.setdefault(pair, set()).add(aid)
     for p in plans:
-        for au in p.audiences:
+        for au in p.audiences if p.id not in leaving else ():
             if au.resource_id and au.sent:
                 owners.setdefault((p.destination, au.resource_id), set()).add(p.id)
     for p in plans:
@@ -236,6 +237,7 @@ def warn_shared_audiences(plans: list, recorded: dict[str, list[tuple[str, str]]
                 seen.add(au.resource_id)
                 p.warnings.append(
                     f"audience {au.name!r} ({au.resource_id}) is also managed by "
-                    f"{', '.join(sorted(others))}: each activation removes what the other "
-                    "adds; give each its own audience"
+                    f"{', '.join(sorted(others))}: their changes to it can undo each other "
+                    "(one removes what the other adds) and each plan looks right on its own; "
+                    "give each its own audience"
                 )
