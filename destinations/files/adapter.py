@@ -125,7 +125,9 @@ class FilesDestination:
         scratch = store.scratch(rel)
         options = "FORMAT csv, HEADER true" if ext == "csv" else "FORMAT parquet"
         if ext == "csv" and self.config.escape_formulas:
-            query = _formulas_escaped(con, query)
+            # the profile key (after `change` in a delta) is what downstream joins on: as is
+            key = request.columns[1] if request.kind == "delta" else request.columns[0]
+            query = _formulas_escaped(con, query, keep=(key,))
         try:
             rows = con.execute(f"COPY ({query}) TO '{_q(str(scratch))}' ({options})").fetchall()
             checksum = _sha256(scratch)
@@ -205,15 +207,17 @@ def _q(text: str) -> str:
     return text.replace("'", "''")
 
 
-def _formulas_escaped(con: duckdb.DuckDBPyConnection, query: str) -> str:
+def _formulas_escaped(
+    con: duckdb.DuckDBPyConnection, query: str, keep: tuple[str, ...] = ()
+) -> str:
     """``query`` with each text cell that a spreadsheet would run as a formula (starting with
-    ``=``, ``+``, ``-``, ``@``, a tab or a carriage return) prefixed with ``'``; other columns
-    (numbers, dates) as they are."""
+    ``=``, ``+``, ``-``, ``@``, a tab or a carriage return) prefixed with ``'``; the columns
+    ``keep`` and those that are not text (numbers, dates) as they are."""
     columns = con.execute(f"DESCRIBE ({query})").fetchall()
     cells = []
     for name, kind, *_ in columns:
         col = '"' + str(name).replace('"', '""') + '"'
-        if str(kind).upper() == "VARCHAR":
+        if str(kind).upper() == "VARCHAR" and name not in keep:
             risky = r"regexp_matches(" + col + r", '^[=+\-@\t\r]')"
             cells.append(f"CASE WHEN {risky} THEN '''' || {col} ELSE {col} END AS {col}")
         else:
