@@ -115,3 +115,49 @@ def test_a_stale_plan_names_what_may_have_changed(workspace, tmp_path):
     assert res.exit_code == 1
     assert "activations/act.yaml was deleted since the plan" in res.stderr, res.stderr
     assert ws.sandbox_keys() == {}
+
+
+def _edit_audience(tmp_path, good, name: str, **changes):
+    import json
+
+    from tests.test_planfile import members, write_plan
+
+    parts = members(good)
+    doc = json.loads(parts["plan.json"])
+    doc["activations"][0]["audiences"][0].update(changes)
+    parts["plan.json"] = json.dumps(doc).encode()
+    return write_plan(tmp_path / name, parts)
+
+
+def test_a_saved_plan_can_adopt_an_audience_by_its_name(workspace, tmp_path):
+    """`adopt: true` takes over the audience of its name; made by a saved plan (the CI flow)
+    the id in the plan is that audience's, and it is applied."""
+    rows = [profile(i, a=True) for i in range(3)]
+    ws = workspace({"act": MAINTAIN}, profiles=rows)
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    ws.remove("activations/act.yaml")
+    ws.write("activations/heir.yaml", MAINTAIN + "adopt: true\n")
+    out = tmp_path / "adopt.plan"
+    res = cli(ws, "plan", "--out", str(out))
+    assert res.exit_code == 0, res.stderr
+    applied = cli(ws, "apply", str(out), "--auto-approve", "--allow-mass-removal")
+    assert applied.exit_code == 0, applied.stderr + applied.output
+    assert list(ws.sandbox_keys()) == ["Audience A"]  # taken over, not a second one
+
+
+def test_an_edited_plan_cannot_create_a_second_audience(workspace, tmp_path):
+    """A plan creates an audience that is recorded only when it saw it gone: an edited one
+    asking to create it while it is still there is refused, and no second audience made."""
+    ws = workspace({"act": MAINTAIN}, profiles=[profile(i, a=i < 2) for i in range(3)])
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    con = duckdb.connect(str(ws.db))
+    try:
+        con.execute("UPDATE profiles SET seg_a = TRUE WHERE customer_id = 'c00002'")
+    finally:
+        con.close()
+    good = tmp_path / "good.plan"
+    assert cli(ws, "plan", "--out", str(good)).exit_code == 0
+    bad = _edit_audience(tmp_path, good, "bad.plan", create=True, resource_id=None)
+    res = cli(ws, "apply", str(bad), "--auto-approve")
+    assert res.exit_code == 1 and "it is still there" in res.stderr + res.output
+    assert list(ws.sandbox_keys()) == ["Audience A"]

@@ -111,7 +111,7 @@ class AudienceSteps:
         a creation journaled by a run that died, never adopting one merely by its name.
         Destination calls are retried like member batches."""
         recorded = self.state.audiences(ap.id).get(aud.group)
-        if self.opts.from_plan_file and aud.resource_id and not aud.create:
+        if self.opts.from_plan_file:
             self._check_planned_audience(ap, aud, dest, recorded)
         if aud.create and recorded is not None and recorded.resource_id:
             # deleted at the destination (the plan saw it gone): forget it, create anew
@@ -149,19 +149,44 @@ class AudienceSteps:
         self, ap: ActivationPlan, aud: AudienceChange, dest: Destination, recorded
     ) -> None:
         """A saved plan is data from outside (a CI artifact): the audience id it names must be
-        the recorded one, or the list the activation says to take over (``list: existing``),
-        never any other audience at the destination."""
+        the recorded one, the list the activation says to take over (``list: existing``) or,
+        with ``adopt: true``, the audience of its name; never any other audience at the
+        destination. Creating one is refused for a ``list: existing`` activation, and while
+        the recorded audience is still there (a plan creates one only when it saw it gone)."""
+        spec = self.ws.activations[ap.id]
+        if aud.create:
+            gone = recorded is None or not recorded.resource_id
+            if not gone:
+                ref = AudienceRef(recorded.resource_id, recorded.name)
+                gone = dest.read_audience(ref) is None
+            if spec.target.existing is None and gone:
+                return
+            raise ReconcileError(
+                f"the plan file creates audience {aud.name!r}, but the activation "
+                + (
+                    "sends to an existing list"
+                    if spec.target.existing is not None
+                    else f"has audience {recorded.resource_id!r} and it is still there"
+                )
+                + " (an edited plan?); make a new plan"
+            )
+        if not aud.resource_id:
+            return
         if recorded is not None and recorded.resource_id:
             if aud.resource_id == recorded.resource_id:
                 return
         else:
-            existing = self.ws.activations[ap.id].target.existing
+            existing = spec.target.existing
             wanted = existing.get(aud.group) if isinstance(existing, dict) else existing  # type: ignore[call-overload]
             if wanted is not None:
                 if aud.resource_id == wanted:
                     return
                 found = dest.find_audience(str(wanted))
                 if found is not None and found.id == aud.resource_id:
+                    return
+            elif spec.adopt:  # the audience of its name, taken over at creation
+                found = dest.find_audience(aud.name)
+                if found is not None and (found.id, found.name) == (aud.resource_id, aud.name):
                     return
         raise ReconcileError(
             f"the plan file sends audience {aud.name!r} to the destination's audience "
