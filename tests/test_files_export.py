@@ -368,3 +368,21 @@ def test_a_leaver_who_withdrew_consent_is_not_written_again(workspace, pii):
         assert left["email_sha256"] == hashlib.sha256(b"user1@example.com").hexdigest()
     else:
         assert left["email"] is None
+
+
+def test_a_saved_plan_exports_nobody_who_withdrew_consent_meanwhile(workspace, tmp_path):
+    """As for member sends: a plan kept for a while does not write a profile that withdrew its
+    consent after it was made (with `pii: raw`, its address); the run says so."""
+    ws = files_ws(workspace, PEOPLE, pii="raw", full="daily")
+    out = tmp_path / "export.plan"
+    assert cli(ws, "plan", "--out", str(out)).exit_code == 0
+    people = [dict(p) for p in PEOPLE]
+    people[1]["email_consent"] = False  # c00002 withdraws after the plan
+    ws.set_profiles(people)
+    res = cli(ws, "apply", str(out), "--auto-approve")
+    assert res.exit_code == 0, res.stderr + res.output
+    assert "1 planned member(s) not sent" in res.stderr + res.output
+    for kind in ("delta", "full"):
+        written = {r["customer_id"] for r in rows(only(exported(ws), kind))}
+        assert "c00002" not in written and "c00001" in written, (kind, written)
+    assert "user2@example.com" not in "".join(p.read_text() for p in exported(ws))

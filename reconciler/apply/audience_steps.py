@@ -62,6 +62,8 @@ class AudienceSteps:
             fingerprint=fp,
             attribute_map=attribute_map,
             call=runner.call,
+            consent=runner.consent,
+            suppressed=runner.suppressed,
         )
         assert ap.export is not None
         for aud in ap.audiences:

@@ -52,12 +52,14 @@ class ExportResult:
     removed: int = 0
     updated: int = 0
     files: list[ExportedFile] = field(default_factory=list)
+    drift: int = 0  # planned entries or changes not written: gone, or no longer admitted
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "add": self.added,
             "remove": self.removed,
             "update": self.updated,
+            "drift": self.drift,
             "files": [f.url for f in self.files],
         }
 
@@ -74,8 +76,13 @@ class ExportRunner:
         fingerprint: str,
         attribute_map: dict[str, str],
         call: Callable[[Callable[[], ExportedFile]], ExportedFile],
+        consent: str = "TRUE",
+        suppressed: str | None = None,
     ):
         self.state, self.profiles, self.call = state, profiles, call
+        #: checked again when the rows are written (as for member sends, a saved plan may
+        #: be applied after a profile withdrew its consent or was suppressed)
+        self.consent, self.suppressed = consent, suppressed
         self.dest = cast(FileExport, dest)
         self.identity = dest.identity
         self.run_id, self.aid = run_id, activation_id
@@ -90,6 +97,9 @@ class ExportRunner:
                 f"SELECT op, count(*) FROM {EXPORT} WHERE present OR op = 'remove' GROUP BY op"
             ).fetchall()
         )
+        (dropped,) = self.con.execute(
+            f"SELECT count(*) FROM {EXPORT} WHERE NOT present AND op IN ('add', 'update')"
+        ).fetchall()[0]
         resumed = exports.pending(self.state, self.aid)
         if resumed is not None:
             batch_id, stamp, full = resumed.batch_id, resumed.stamp, resumed.full or plan.full
@@ -109,6 +119,7 @@ class ExportRunner:
         key = _ident(self.profiles.key)
         names = (self.profiles.key, *(n for n, _ in values), *(n for n, _ in attrs))
         out = ExportResult(counts.get("add", 0), counts.get("remove", 0), counts.get("update", 0))
+        out.drift = int(dropped)
         request = ExportRequest(self.aid, path, "delta", stamp, as_of, ("change", *names))
         delta = f"""SELECT CASE op WHEN 'add' THEN 'entered' WHEN 'remove' THEN 'left'
                         ELSE 'changed' END AS change, {self._out(key, values, attrs)}
@@ -178,7 +189,7 @@ class ExportRunner:
                        AND op IN ('add', 'remove', 'update')),
                  p AS (SELECT p.* FROM {_ident(self.profiles.table)} p SEMI JOIN c
                        ON c.key = {key} QUALIFY count(*) OVER (PARTITION BY {key}) = 1)
-            SELECT c.key, c.op, {key} IS NOT NULL AS present, {rec} AS rec,
+            SELECT c.key, c.op, {key} IS NOT NULL{self._admitted()} AS present, {rec} AS rec,
                    {self.fingerprint} AS fp{extra}
             FROM c LEFT JOIN p ON {key} = c.key""",
             {"aid": self.aid, "grp": grp},
@@ -214,6 +225,16 @@ class ExportRunner:
             LEFT JOIN {members} m ON m.activation_id = {_lit(self.aid)} AND m.grp = {_lit(grp)}
              AND m.key = d.{_ident(self.profiles.key)} AND d.change = 'left'
             ORDER BY 1, 2"""
+
+    def _admitted(self) -> str:
+        """`` AND ...``: an entering or changed profile is written only if it still passes
+        the consent condition and is not in a suppression segment."""
+        checks = [] if self.consent == "TRUE" else [f"coalesce({self.consent}, FALSE)"]
+        if self.suppressed:
+            checks.append(f"NOT EXISTS (SELECT 1 FROM {self.suppressed} sx WHERE sx.k = c.key)")
+        if not checks:
+            return ""
+        return f" AND (c.op NOT IN ('add', 'update') OR ({' AND '.join(checks)}))"
 
     @staticmethod
     def _out(key: str, values: list, attrs: list) -> str:
