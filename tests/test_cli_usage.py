@@ -179,8 +179,13 @@ def test_a_closed_output_pipe_is_not_an_internal_error(workspace, command):
 
 @pytest.mark.parametrize(
     "args",
-    [["lists", "nosuch"], ["segments", "seg-a", "--limit", "-3"], ["plan", "-t", "nosuch"]],
-    ids=["error", "usage", "unknown-target"],
+    [
+        ["lists", "nosuch"],
+        ["segments", "seg-a", "--limit", "-3"],
+        ["plan", "-t", "nosuch"],
+        ["lol"],
+    ],
+    ids=["error", "usage", "unknown-target", "unknown-command"],
 )
 def test_with_log_format_json_an_error_is_one_json_event(workspace, args):
     """A pipeline reading `--log-format json` events gets the error as an event too."""

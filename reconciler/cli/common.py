@@ -125,7 +125,13 @@ class ReconcileGroup(click.Group):
 
     def main(self, args: Any = None, prog_name: Any = None, *a: Any, **extra: Any) -> Any:
         global _json_errors
-        _json_errors = False  # until the options say otherwise (:class:`Ctx`)
+        # until the options are parsed (:class:`Ctx`); seen here too, for a usage error that
+        # comes before them (an unknown command)
+        given = list(sys.argv[1:] if args is None else args)
+        _json_errors = any(
+            a == "--log-format=json" or (a == "--log-format" and given[i + 1 : i + 2] == ["json"])
+            for i, a in enumerate(given)
+        )
         run: Any = super().main  # click's overloads do not cover a forwarded call
         if extra.pop("standalone_mode", True) is False:
             return run(args, prog_name, *a, standalone_mode=False, **extra)
