@@ -14,6 +14,16 @@ WITH_SUPPRESSION = RECONCILE_YAML.replace("suppression: []", "suppression: [bloc
 BLOCKED = "sql: SELECT customer_id FROM profiles WHERE email LIKE '%@blocked.invalid'\n"
 
 
+def change_profiles(ws, *statements: str) -> None:
+    """Change the source after the plan, as the warehouse would."""
+    con = duckdb.connect(str(ws.db))
+    try:
+        for sql in statements:
+            con.execute(sql)
+    finally:
+        con.close()
+
+
 def email_record(address: str) -> str:
     return "email_sha256:" + hashlib.sha256(address.encode()).hexdigest()
 
@@ -27,13 +37,12 @@ def test_a_saved_plan_does_not_send_who_withdrew_consent_or_was_suppressed(works
     )
     out = tmp_path / "saved.plan"
     assert cli(ws, "plan", "--out", str(out)).exit_code == 0
-    con = duckdb.connect(str(ws.db))
-    try:  # after the plan: one withdraws consent, one is suppressed, one moves address
-        con.execute("UPDATE profiles SET email_consent = FALSE WHERE customer_id = 'c00001'")
-        con.execute("UPDATE profiles SET email = 'x@blocked.invalid' WHERE customer_id = 'c00002'")
-        con.execute("UPDATE profiles SET email = 'new3@example.com' WHERE customer_id = 'c00003'")
-    finally:
-        con.close()
+    change_profiles(  # after the plan: one withdraws consent, one is suppressed, one moves
+        ws,
+        "UPDATE profiles SET email_consent = FALSE WHERE customer_id = 'c00001'",
+        "UPDATE profiles SET email = 'x@blocked.invalid' WHERE customer_id = 'c00002'",
+        "UPDATE profiles SET email = 'new3@example.com' WHERE customer_id = 'c00003'",
+    )
 
     res = cli(ws, "apply", str(out), "--auto-approve")
 
@@ -64,21 +73,12 @@ def test_an_apply_that_plans_itself_sends_the_consenting_members(workspace):
 def test_a_plan_file_cannot_send_to_an_audience_it_was_not_made_for(workspace, tmp_path):
     """The audience id in a saved plan is data from outside: an edited one pointing at another
     audience at the destination (another team's) is refused; that audience is left alone."""
-    import json
-    import zipfile
-
-    from tests.test_planfile import members, write_plan
-
     other = "segments: [seg-b]\ndestination: sandbox\nname: Other team\n"
     rows = [profile(i, a=i < 3, b=i >= 3) for i in range(6)]
     ws = workspace({"act": MAINTAIN, "other": other}, profiles=rows)
     assert cli(ws, "apply", "--auto-approve").exit_code == 0
     before = ws.sandbox_keys()
-    con = duckdb.connect(str(ws.db))
-    try:
-        con.execute("UPDATE profiles SET seg_a = TRUE WHERE customer_id = 'c00005'")
-    finally:
-        con.close()
+    change_profiles(ws, "UPDATE profiles SET seg_a = TRUE WHERE customer_id = 'c00005'")
     good = tmp_path / "good.plan"
     assert cli(ws, "plan", "-t", "act", "--out", str(good)).exit_code == 0
     sandbox = duckdb.connect(str(ws.root / ".reconcile/sandbox.duckdb"), read_only=True)
@@ -86,12 +86,7 @@ def test_a_plan_file_cannot_send_to_an_audience_it_was_not_made_for(workspace, t
         (victim,) = sandbox.execute("SELECT id FROM audiences WHERE name = 'Other team'").fetchone()
     finally:
         sandbox.close()
-    parts = members(good)
-    doc = json.loads(parts["plan.json"])
-    doc["activations"][0]["audiences"][0]["resource_id"] = victim
-    parts["plan.json"] = json.dumps(doc).encode()
-    bad = write_plan(tmp_path / "bad.plan", parts)
-    assert zipfile.is_zipfile(bad)
+    bad = _edit_audience(tmp_path, good, "bad.plan", resource_id=victim)
 
     res = cli(ws, "apply", str(bad), "--auto-approve")
 
@@ -150,11 +145,7 @@ def test_an_edited_plan_cannot_create_a_second_audience(workspace, tmp_path):
     asking to create it while it is still there is refused, and no second audience made."""
     ws = workspace({"act": MAINTAIN}, profiles=[profile(i, a=i < 2) for i in range(3)])
     assert cli(ws, "apply", "--auto-approve").exit_code == 0
-    con = duckdb.connect(str(ws.db))
-    try:
-        con.execute("UPDATE profiles SET seg_a = TRUE WHERE customer_id = 'c00002'")
-    finally:
-        con.close()
+    change_profiles(ws, "UPDATE profiles SET seg_a = TRUE WHERE customer_id = 'c00002'")
     good = tmp_path / "good.plan"
     assert cli(ws, "plan", "--out", str(good)).exit_code == 0
     bad = _edit_audience(tmp_path, good, "bad.plan", create=True, resource_id=None)
