@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 
 from destinations.base import AudienceRef, Destination
 from reconciler.apply.audience_steps import AudienceSteps
@@ -35,6 +36,7 @@ from reconciler.plan import membership
 from reconciler.plan.model import ActivationPlan, Change, Plan, Status
 from reconciler.plan.recorded import digest, recorded_spec
 from reconciler.plan.segments import SegmentRunner
+from reconciler.plan.terms import source_consent
 from reconciler.sources import sql_policy
 from reconciler.state.attributes import forget as forget_attribute_hashes
 from reconciler.state.schema import CATALOG
@@ -67,7 +69,6 @@ class Applier(AudienceSteps):
         self.opts, self.guard, self.echo = options, guard, echo
         self.state: StateStore = session.state_store()
         self.reader = session.cursor()  # streams staged changes while `state` writes
-        self._suppression: str | None = None  # the suppressed keys' table ("" for none)
 
     def run(self) -> ApplyResult:
         result = ApplyResult()
@@ -150,9 +151,15 @@ class Applier(AudienceSteps):
                 profiles.default_phone_country,
             )
             attribute_map = {f: integ.attributes[f] for f in act.attributes}
-            runner = self._runner(dest, run_id, ap.id, fp, attribute_map)
-            runner.consent = self._consent(integ, act.destination)
-            runner.suppressed = self._suppressed()
+            runner = self._runner(
+                dest,
+                run_id,
+                ap.id,
+                fp,
+                attribute_map,
+                consent=self._consent(integ, act.destination),
+                suppressed=self._suppressed,
+            )
             if ap.export is not None:  # goal: export_data: files, not member calls
                 self._export(ap, act, dest, runner, fp, attribute_map, outcome)
             for aud in ap.audiences if ap.export is None else ():
@@ -204,7 +211,12 @@ class Applier(AudienceSteps):
         activation_id: str,
         fingerprint: str,
         attribute_map: dict[str, str],
+        *,
+        consent: str = "TRUE",
+        suppressed: str | None = None,
     ) -> BatchRunner:
+        """The sender of one activation; ``consent`` and ``suppressed`` are checked again
+        as its members are read to be sent (:func:`reconciler.apply.encode.build`)."""
         return BatchRunner(
             self.state,
             self.reader,
@@ -217,35 +229,31 @@ class Applier(AudienceSteps):
             attribute_map,
             self.opts.progress,
             sending=self.session.sending,
+            consent=consent,
+            suppressed=suppressed,
         )
 
     def _consent(self, integ: Integration, name: str) -> str:
         """The integration's consent condition as SQL over ``p``, checked again as members
-        are read to be sent (the plan checked it when it was made); a source that evaluated
-        it itself (PostgreSQL) names the column holding the result."""
-        evaluated = getattr(self.session.source, "consent_expression", None)
-        if evaluated is not None:
-            return str(evaluated(name))
+        are read to be sent (the plan checked and bound it when it was made)."""
         where = str(self.ws.location("integrations", name, "consent"))
         policy = sql_policy(self.ws.config.source)
-        return membership.consent_sql(integ, where, self.session.source.dialect, policy=policy)
+        return source_consent(self.session.source, integ, name, where, policy)
 
+    @cached_property
     def _suppressed(self) -> str | None:
-        """The keys of the suppression segments now, for a saved plan applied later (made once
-        per apply): a profile suppressed since the plan is not sent. A plan made by this
-        apply has just excluded them."""
+        """The table of the suppression segments' keys now, for a saved plan applied later
+        (made once per apply): a profile suppressed since the plan is not sent. A plan made
+        by this apply has just excluded them: None."""
         if not self.opts.from_plan_file or not self.ws.config.suppression:
             return None
-        if self._suppression is None:
-            runner = SegmentRunner(
-                self.ws,
-                self.state.con,
-                self.plan.as_of,
-                self.session.source.dialect,
-                self.session.source,
-            )
-            self._suppression = runner.suppressed_table() or ""
-        return self._suppression or None
+        return SegmentRunner(
+            self.ws,
+            self.state.con,
+            self.plan.as_of,
+            self.session.source.dialect,
+            self.session.source,
+        ).suppressed_table()
 
     def _finish(
         self,

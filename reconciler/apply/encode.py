@@ -93,10 +93,8 @@ def build(
     drop = f" EXCLUDE ({', '.join(picked.values())})" if picked else ""
     ops = ", ".join(f"'{op}'" for op in SENT_OPS)
     where = f"activation_id = $aid AND grp = $grp AND op IN ({ops})"
-    admitted = [] if consent == "TRUE" else [f"coalesce({consent}, FALSE)"]
-    if suppressed:
-        admitted.append(f"NOT EXISTS (SELECT 1 FROM {suppressed} sx WHERE sx.k = c.key)")
-    keep = f"WHERE c.op NOT IN ('add', 'update') OR ({' AND '.join(admitted)})" if admitted else ""
+    admitted = admitted_sql(consent, suppressed)
+    keep = f"WHERE {admitted}" if admitted else ""
     con.execute(f"ATTACH IF NOT EXISTS ':memory:' AS {SCRATCH}")
     con.execute(
         f"""CREATE OR REPLACE TABLE {SEND} AS
@@ -131,6 +129,16 @@ def build(
         op: SendTable(op, fields, tuple(attribute_map), staged.get(op, 0), *read.get(op, (0, 0)))
         for op in SENT_OPS
     }
+
+
+def admitted_sql(consent: str, suppressed: str | None) -> str | None:
+    """When a staged change ``c`` (``c.key``, ``c.op``) of a profile row ``p`` is still sent
+    or written: a member to add or update passes ``consent`` (SQL over ``p``) and is not in
+    ``suppressed`` (a table of keys ``k``); removals always are. None: nothing to check."""
+    checks = [] if consent == "TRUE" else [f"coalesce({consent}, FALSE)"]
+    if suppressed:
+        checks.append(f"NOT EXISTS (SELECT 1 FROM {suppressed} sx WHERE sx.k = c.key)")
+    return f"(c.op NOT IN ('add', 'update') OR ({' AND '.join(checks)}))" if checks else None
 
 
 def _repeated_keys(con: duckdb.DuckDBPyConnection) -> bool:

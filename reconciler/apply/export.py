@@ -27,6 +27,7 @@ from destinations.base import Destination, ExportedFile, ExportRequest, FileExpo
 from destinations.identity.sql import records_sql, value_sql
 from reconciler.apply.batches import CHANGES
 from reconciler.apply.calls import new_batch_id
+from reconciler.apply.encode import admitted_sql
 from reconciler.enginedb import STAGING
 from reconciler.errors import ConfigError
 from reconciler.plan.membership import _ident, _lit
@@ -228,13 +229,9 @@ class ExportRunner:
 
     def _admitted(self) -> str:
         """`` AND ...``: an entering or changed profile is written only if it still passes
-        the consent condition and is not in a suppression segment."""
-        checks = [] if self.consent == "TRUE" else [f"coalesce({self.consent}, FALSE)"]
-        if self.suppressed:
-            checks.append(f"NOT EXISTS (SELECT 1 FROM {self.suppressed} sx WHERE sx.k = c.key)")
-        if not checks:
-            return ""
-        return f" AND (c.op NOT IN ('add', 'update') OR ({' AND '.join(checks)}))"
+        the consent condition and is not in a suppression segment (as for member sends)."""
+        admitted = admitted_sql(self.consent, self.suppressed)
+        return f" AND {admitted}" if admitted else ""
 
     @staticmethod
     def _out(key: str, values: list, attrs: list) -> str:

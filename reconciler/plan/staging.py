@@ -16,6 +16,7 @@ from reconciler.errors import ReconcileError, SegmentError
 from reconciler.plan import attributes, membership
 from reconciler.plan.held import Held
 from reconciler.plan.segments import SegmentResult, SegmentRunner
+from reconciler.plan.terms import source_consent
 from reconciler.sources.engine_errors import safe_engine_error
 from reconciler.sources.guard import SqlPolicy
 from reconciler.sources.limits import query_timeout, time_limit
@@ -46,18 +47,11 @@ class MembershipStaging:
     req: PlanRequest
 
     def _consent(self, integ, name: str) -> str:
-        """The integration's consent condition as SQL over ``p``; a source that evaluated it
-        itself (PostgreSQL, at attach) names the column holding the result."""
-        evaluated = getattr(self.session.source, "consent_expression", None)
-        if evaluated is not None:
-            return evaluated(name)
-        return membership.consent_sql(
-            integ,
-            str(self.ws.location("integrations", name, "consent")),
-            self.session.source.dialect,
-            self.con,
-            self.profiles,
-            self.policy,
+        """The integration's consent condition as SQL over ``p``, bound against the profiles
+        table (:func:`~reconciler.plan.terms.source_consent`)."""
+        where = str(self.ws.location("integrations", name, "consent"))
+        return source_consent(
+            self.session.source, integ, name, where, self.policy, self.con, self.profiles
         )
 
     def _stage_membership(

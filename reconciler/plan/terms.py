@@ -61,6 +61,25 @@ def consent_sql(
     return condition
 
 
+def source_consent(
+    source: object,
+    integ: Integration,
+    name: str,
+    where: str,
+    policy: SqlPolicy | None,
+    con: duckdb.DuckDBPyConnection | None = None,
+    profiles: ProfilesTable | None = None,
+) -> str:
+    """Integration ``name``'s consent condition as SQL over ``p`` (:func:`consent_sql`, bound
+    against the profiles table when ``con`` is given); a source that evaluated it itself
+    (PostgreSQL, at attach) names the column holding the result instead."""
+    evaluated = getattr(source, "consent_expression", None)
+    if evaluated is not None:
+        return str(evaluated(name))
+    dialect = str(getattr(source, "dialect", "duckdb"))
+    return consent_sql(integ, where, dialect, con, profiles, policy)
+
+
 def identifier_columns(
     profiles: ProfilesTable, identifier_types: Sequence[str]
 ) -> list[tuple[str, str]]:
