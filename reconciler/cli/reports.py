@@ -26,16 +26,15 @@ def _ws() -> Workspace:
     return click.get_current_context().find_root().obj.workspace()
 
 
-#: what a table cell must not hold raw: control characters (C0, DEL, C1), line and paragraph
-#: separators and text-direction overrides — a name from a destination could move the cursor,
-#: clear the screen or forge rows
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-
-
 def printable(value: object) -> str:
-    """``value`` as text with each control character escaped as Python writes it
-    (``\\x1b``, ``\\n``, ``\\u202e``)."""
-    return _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], str(value))
+    """``value`` as text with each character an audience name may not hold (control
+    characters, line separators, text-direction overrides: a name from a destination could
+    move the cursor, clear the screen or forge rows) escaped as Python writes it (``\\x1b``,
+    ``\\n``, ``\\u202e``). Imported here, not at start-up: commands that print tables have
+    loaded the plan model anyway."""
+    from reconciler.plan.planfile_checks import UNSAFE_NAME
+
+    return UNSAFE_NAME.sub(lambda m: repr(m.group())[1:-1], str(value))
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:

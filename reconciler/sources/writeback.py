@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -40,10 +39,7 @@ def ensure_table(path: str) -> None:
     segment SQL can read it before the first apply. Opens the file for writing only then."""
     con = duckdb.connect(path, read_only=True)
     try:
-        found = con.execute(
-            "SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND schema_name = 'main'",
-            [WRITEBACK_TABLE],
-        ).fetchall()[0][0]
+        found = _has_table(con)
     finally:
         con.close()
     if found:
@@ -53,6 +49,16 @@ def ensure_table(path: str) -> None:
         con.execute(ddl(WRITEBACK_TABLE))
     finally:
         con.close()
+
+
+def _has_table(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether the connection's own DuckDB file holds the write-back table."""
+    return bool(
+        con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND schema_name = 'main'",
+            [WRITEBACK_TABLE],
+        ).fetchall()[0][0]
+    )
 
 
 def sync(
@@ -139,11 +145,7 @@ def rekey_file(path: str, old: str, new: str) -> int:
     the file has no write-back table."""
     con = duckdb.connect(path)
     try:
-        found = con.execute(
-            "SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND schema_name = 'main'",
-            [WRITEBACK_TABLE],
-        ).fetchall()[0][0]
-        return rekey(con, f"main.{WRITEBACK_TABLE}", old, new) if found else 0
+        return rekey(con, f"main.{WRITEBACK_TABLE}", old, new) if _has_table(con) else 0
     finally:
         con.close()
 
@@ -152,11 +154,13 @@ def rekey_source(ws: Any, old: str, new: str) -> int:
     """``reconcile state mv``: the "Included in Audience" rows of ``old`` in the workspace's
     writable DuckDB source become ``new``'s (as ``moved_from:`` does at apply), so none is
     left behind under the old id. Returns the rows moved (0 without such a source)."""
+    from reconciler.sources.duckdb_source import DuckDBFileSource
+    from reconciler.workspace.spec import DuckDBSource
+
     source = ws.config.source
-    if not getattr(source, "writable", False) or getattr(source, "type", "") != "duckdb":
+    if not isinstance(source, DuckDBSource) or not source.writable:
         return 0
-    path = Path(getattr(source, "path", ""))
-    path = path if path.is_absolute() else ws.root / path
+    path = DuckDBFileSource(source, ws.root).path  # resolved as every command resolves it
     if not path.is_file():
         return 0
     try:
