@@ -339,13 +339,13 @@ class DestinationContext:
 
     def check_phone_country(self, accepted: Sequence[str]) -> None:
         """Refuse an unknown default phone country when the adapter accepts phones."""
-        from destinations.identity import COUNTRIES
+        from destinations.identity.phones import country_rules
 
-        if "phone" in accepted and self.default_phone_country.upper() not in COUNTRIES:
-            raise ConfigError(
-                f"unknown default phone country {self.default_phone_country!r}; "
-                f"use one of {', '.join(sorted(COUNTRIES))}"
-            )
+        if "phone" in accepted:
+            try:
+                country_rules(self.default_phone_country)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from exc
 
 
 class DestinationFactory(Protocol):

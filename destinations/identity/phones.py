@@ -13,7 +13,14 @@ import re
 
 from destinations.identity.text import ASCII_SPACE, WHITESPACE, char_class
 
-__all__ = ["COUNTRIES", "EXTENSION_PATTERN", "PHONE_PATTERN", "ZERO_TRUNK_CODES", "normalise_phone"]
+__all__ = [
+    "COUNTRIES",
+    "EXTENSION_PATTERN",
+    "PHONE_PATTERN",
+    "ZERO_TRUNK_CODES",
+    "country_rules",
+    "normalise_phone",
+]
 
 # country -> (calling code, trunk prefix or None, international dialling prefix, possible
 # lengths of the national significant number). Calling codes, trunk prefixes and lengths
@@ -86,8 +93,19 @@ COUNTRIES: dict[str, tuple[str, str | None, str, frozenset[int]]] = {
     }.items()
 }
 
+
 # calling codes whose numbers may be written "+44 (0)20 ..." (a trunk 0 after the code);
 # calling codes are prefix-free, so at most one of them starts a number
+def country_rules(code: str) -> tuple[str, str | None, str, frozenset[int]]:
+    """The :data:`COUNTRIES` entry of ``code`` (any case); ``ValueError`` naming the known
+    ones for a country the phone rules do not know (every check of a default country)."""
+    country = COUNTRIES.get(code.upper())
+    if country is None:
+        known = ", ".join(sorted(COUNTRIES))
+        raise ValueError(f"unknown default phone country {code!r}; use one of {known}")
+    return country
+
+
 ZERO_TRUNK_CODES = frozenset(cc for cc, trunk, _, _ in COUNTRIES.values() if trunk == "0")
 
 
@@ -126,10 +144,7 @@ def normalise_phone(value: str | None, default_country: str) -> str | None:
 
     Raises ``ValueError`` for a ``default_country`` missing from :data:`COUNTRIES`.
     """
-    country = COUNTRIES.get(default_country) or COUNTRIES.get(default_country.upper())
-    if country is None:
-        known = ", ".join(sorted(COUNTRIES))
-        raise ValueError(f"unknown default phone country {default_country!r}; use one of {known}")
+    country = country_rules(default_country)
     if not value:
         return None
     text = value.strip()

@@ -21,10 +21,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 from destinations.identity.phones import (
-    COUNTRIES,
     EXTENSION_PATTERN,
     PHONE_PATTERN,
     ZERO_TRUNK_CODES,
+    country_rules,
 )
 from destinations.identity.rules import Encoding, Hash, RuleSet
 from destinations.identity.text import WHITESPACE, char_class, sql_string
@@ -103,11 +103,7 @@ def _phone_steps(
     without ``+``, and the E.164 number. :func:`phone_sql` binds them with lambdas;
     the send query (:mod:`destinations.identity.send_query`) computes each step as a column of
     its own query layer (no lambda)."""
-    country = COUNTRIES.get(default_country.upper())
-    if country is None:
-        known = ", ".join(sorted(COUNTRIES))
-        raise ValueError(f"unknown default phone country {default_country!r}; use one of {known}")
-    cc, trunk, idd, lengths = country
+    cc, trunk, idd, lengths = country_rules(default_country)
     allowed = sorted(lengths)
     # u: the text that passed the shape check, with a trailing extension cut off if needed
     shape = _q(PHONE_PATTERN)

@@ -65,12 +65,9 @@ class ProfilesTable(Strict):
     def _known_phone_country(cls, value: str) -> str:
         """A country the phone rules know (checked here, so `validate` names this line; the
         phone column may be left out, but a country no phone can be read in is a mistake)."""
-        from destinations.identity import COUNTRIES
+        from destinations.identity.phones import country_rules
 
-        if value.upper() not in COUNTRIES:
-            raise ValueError(
-                f"unknown default phone country {value!r}; use one of {', '.join(sorted(COUNTRIES))}"
-            )
+        country_rules(value)  # ValueError naming the known countries
         return value
 
 
