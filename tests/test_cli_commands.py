@@ -252,3 +252,20 @@ def test_action_remove_says_removed_where_present_not_a_size(workspace):
     text = cli(ws, "plan").output
     assert "-3" in text and "removed from the list where present" in text, text
     assert "0 -> 3 members" not in text
+
+
+def test_an_ab_split_naming_a_list_for_one_group_only_is_a_clear_error(workspace):
+    act = ACT + "split: ab\nlist: {existing: {A: Some list}}\n"
+    ws = workspace({"act": act}, profiles=[profile(1, a=True)])
+    from destinations.sandbox import store
+
+    con = store.connect(ws.root / ".reconcile" / "sandbox.duckdb")
+    try:
+        store.create(con, "Some list", "k1")
+    finally:
+        con.close()
+    res = cli(ws, "plan")
+    assert res.exit_code == 1 and "Traceback" not in res.stderr
+    assert "activations/act.yaml:5: list.existing: `existing` names no list for group 'B'" in (
+        res.stderr
+    ), res.stderr

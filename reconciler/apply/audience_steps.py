@@ -178,8 +178,7 @@ class AudienceSteps:
             if aud.resource_id == recorded.resource_id:
                 return
         else:
-            existing = spec.target.existing
-            wanted = existing.get(aud.group) if isinstance(existing, dict) else existing  # type: ignore[call-overload]
+            wanted = spec.target.existing_for(aud.group)
             if wanted is not None:
                 if aud.resource_id == wanted:
                     return

@@ -126,16 +126,17 @@ class AudienceTargeting:
         if grp not in splits.groups(act.split) and ra is not None:
             # a group of an earlier split: drained of its members, never renamed
             return ra.name, ra.resource_id, False, None, None
-        existing = act.target.existing
-        if existing is not None:
-            wanted = existing[grp] if isinstance(existing, dict) else existing  # type: ignore[index]
+        if act.target.existing is not None:
+            where = self.ws.location("activations", aid, "list", "existing")
+            wanted = act.target.existing_for(grp)
+            if wanted is None:  # {A: ..} without B: no list for that group
+                raise ConfigError(f"`existing` names no list for group {grp!r}", where)
             if ra is not None and ra.resource_id and wanted in (ra.resource_id, ra.name):
                 return ra.name, ra.resource_id, False, None, None
             if not self.req.refresh:
                 return wanted, None, False, None, None
             dest = self.conns.get(act.destination)
             found = dest.find_audience(wanted)
-            where = self.ws.location("activations", aid, "list", "existing")
             if found is None:
                 raise ConfigError(
                     f"the destination {act.destination!r} has no list {wanted!r}; "

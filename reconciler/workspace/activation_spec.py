@@ -66,6 +66,13 @@ class ListTarget(Strict):
             )
         return self
 
+    def existing_for(self, group: str) -> str | None:
+        """The existing audience (id or name) of split group ``group``: the one audience, or
+        that group's of an ``{A: .., B: ..}`` pair; None for ``create: true``."""
+        if isinstance(self.existing, dict):
+            return self.existing.get(group)  # type: ignore[call-overload]
+        return self.existing
+
 
 _Email = Annotated[str, WithJsonSchema({"type": "string", "pattern": EMAIL_PATTERN})]
 
