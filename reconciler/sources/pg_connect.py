@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -23,7 +24,15 @@ from reconciler.errors import SegmentError, SourceError
 from reconciler.sources.engine_errors import safe_engine_error
 from reconciler.workspace.spec_base import ENV_REF_RE
 
-__all__ = ["connect", "engine_error", "masked", "resolve_dsn", "timed_out", "untrusted"]
+__all__ = [
+    "connect",
+    "engine_error",
+    "hit_time_limit",
+    "masked",
+    "resolve_dsn",
+    "timed_out",
+    "untrusted",
+]
 
 CONNECT_TIMEOUT = 10
 
@@ -94,6 +103,7 @@ def untrusted(
     """A cursor in a READ ONLY transaction with a statement timeout and the source's schema
     as its search path; rolled back at the end (nothing it did can persist). A timeout is
     reported like DuckDB's (:func:`reconciler.sources.limits.time_limit`)."""
+    started = time.monotonic()
     try:
         with conn.transaction(force_rollback=True), conn.cursor() as cur:
             cur.execute(
@@ -103,7 +113,18 @@ def untrusted(
             )
             yield cur
     except psycopg.errors.QueryCanceled as exc:
+        if not hit_time_limit(conn, started, timeout):
+            raise  # cancelled or terminated by someone else: the caller's "failed" message
         raise timed_out(where, what, timeout) from exc
+
+
+def hit_time_limit(conn: psycopg.Connection, started: float, timeout: float) -> bool:
+    """Whether a ``QueryCanceled`` raised on ``conn`` is the ``statement_timeout``: the
+    statement ran (nearly) that long and the connection is still up. A backend cancelled
+    or terminated by an administrator (or a server shutting down) also raises it, and is
+    a failure of the source, not SQL too slow to run (the server's message text depends on
+    its locale, so time is the test)."""
+    return not conn.broken and time.monotonic() - started >= 0.9 * timeout
 
 
 def timed_out(where: str, what: str, timeout: float) -> SegmentError:

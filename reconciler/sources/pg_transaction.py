@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -94,10 +95,13 @@ class PushdownTransaction:
     def run(self, sql: str, params: Sequence[Any] = (), *, where: str, what: str, user: str = ""):
         """One statement in the transaction; a timeout or an error names ``where``."""
         cur = self.cursor()
+        started = time.monotonic()
         try:
             # no parameters: no placeholder parsing (user SQL may hold a literal %)
             return cur.execute(sql, list(params) if params else None)
-        except psycopg.errors.QueryCanceled:
+        except psycopg.errors.QueryCanceled as exc:
+            if not pg_connect.hit_time_limit(cur.connection, started, self.source.timeout):
+                raise self.source._failed(exc, user or sql, where, what) from None
             raise pg_connect.timed_out(where, what, self.source.timeout) from None
         except psycopg.Error as exc:
             raise self.source._failed(exc, user or sql, where, what) from None
@@ -111,10 +115,15 @@ class PushdownTransaction:
         fd, name = tempfile.mkstemp(suffix=".csv", dir=self.source.folder)
         try:
             with os.fdopen(fd, "wb") as out:
+                started = time.monotonic()
                 try:
                     with cur.copy(f"COPY ({query}) TO STDOUT WITH (FORMAT csv)") as copy:
                         out.writelines(copy)
-                except psycopg.errors.QueryCanceled:
+                except psycopg.errors.QueryCanceled as exc:
+                    if not pg_connect.hit_time_limit(cur.connection, started, self.source.timeout):
+                        raise self.source._failed(
+                            exc, query, self.source._where(), "the membership diff"
+                        ) from None
                     raise pg_connect.timed_out(
                         self.source._where(), "the membership diff", self.source.timeout
                     ) from None

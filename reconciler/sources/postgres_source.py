@@ -349,11 +349,11 @@ class PostgresProfilesSource:
                 os.unlink(name)
 
     def _failed(self, exc: psycopg.Error, sql: str, where: str, what: str) -> Exception:
-        if (
+        if isinstance(exc, psycopg.errors.QueryCanceled) or (
             isinstance(exc, psycopg.OperationalError)
             and self._conn is not None
             and self._conn.broken
-        ):
+        ):  # cancelled by someone else (a timeout is reported before this) or connection gone
             return self._lost(exc)
         return SegmentError(
             f"{where}: {what} failed when run in PostgreSQL: {pg_connect.engine_error(exc, sql)}; "
