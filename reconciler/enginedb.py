@@ -19,6 +19,7 @@ from pathlib import Path
 import duckdb
 
 from reconciler.sources.base import Source
+from reconciler.sources.limits import memory_cap
 from reconciler.state.backend import AttachedState, open_backend
 from reconciler.state.schema import pid_alive
 from reconciler.state.store import StateReader
@@ -32,7 +33,7 @@ _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
 _UNITS |= {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "BYTES": 1}
 
 
-def _bytes(setting: str) -> int:
+def memory_bytes(setting: str) -> int:
     """DuckDB's formatted memory setting (``953.6 MiB``) in bytes; 0 if not understood."""
     m = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", setting)
     if not m or m.group(2).upper() not in _UNITS:
@@ -82,7 +83,15 @@ class Session:
         threads = getattr(spec, "threads", None) or os.environ.get("RECONCILE_THREADS")
         if threads:
             config["threads"] = int(threads)
-        self.con = duckdb.connect(":memory:", config=config)
+        #: the process's memory cap while the session is open (limits.memory_cap): what
+        #: DuckDB's memory_limit does not count (giant strings built by untrusted SQL)
+        self._cap = contextlib.ExitStack()
+        self._cap.enter_context(memory_cap(memory_bytes(str(config["memory_limit"]))))
+        try:
+            self.con = duckdb.connect(":memory:", config=config)
+        except BaseException:
+            self._cap.close()
+            raise
         self.memory_limit = str(config["memory_limit"])
         self._cursors: list[duckdb.DuckDBPyConnection] = []
         #: set when an apply is writing the state: this session reads the state as of its
@@ -133,7 +142,7 @@ class Session:
         2026-11-30 round 6: a 1M-member Meta apply with the default 1 GB peaked at 1,229 MiB,
         922-971 MiB with the cap, as fast)."""
         limit = self.con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
-        half = _bytes(limit) // 2
+        half = memory_bytes(limit) // 2
         if half <= 0:
             yield
             return
@@ -144,15 +153,18 @@ class Session:
             self.con.execute(f"SET memory_limit = '{_q(self.memory_limit)}'")
 
     def close(self) -> None:
-        for cur in self._cursors:
-            cur.close()
-        self._cursors.clear()
-        self.con.close()
-        if hasattr(self.source, "close"):
-            self.source.close()
-        if self.state is not None:
-            self.state.close()
-            self.state = None
+        try:
+            for cur in self._cursors:
+                cur.close()
+            self._cursors.clear()
+            self.con.close()
+            if hasattr(self.source, "close"):
+                self.source.close()
+            if self.state is not None:
+                self.state.close()
+                self.state = None
+        finally:
+            self._cap.close()
 
     def __enter__(self) -> Session:
         return self

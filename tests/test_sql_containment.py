@@ -477,3 +477,55 @@ def test_a_consent_condition_may_not_sample_either(workspace):
     ws = workspace({"act": MAINTAIN}, profiles=rows(), integration=integration)
     err = fails(ws, "validate")
     assert "integrations/sandbox.yaml:2: consent: " in err and "USING SAMPLE" in err
+
+
+# ---------------------------------------------------------------------- 6. memory cap
+#: hex() doubles a string and nesting multiplies: 1,000 bytes x 2^21 is 2 GB a row, none of
+#: it counted against DuckDB's memory_limit (only the process's memory cap stops it)
+HEXED = (
+    "SELECT customer_id FROM profiles\nWHERE length("
+    + "hex(" * 21
+    + "lpad(customer_id, 1000, 'x')"
+    + ")" * 21
+    + ") > 0"
+)
+
+
+def test_strings_grown_past_the_memory_limit_stop_at_the_process_cap(workspace):
+    """Values the engine builds outside its buffer pool: the session's cap on the process
+    (limits.memory_cap, ROOM_FACTOR x memory_limit, at least 1 GiB) turns them into the
+    query's Out of Memory error naming the segment, instead of the machine's memory."""
+    import resource
+
+    ws = workspace(
+        {"act": MAINTAIN},
+        profiles=rows(),
+        segments=seg(HEXED),
+        reconcile_yaml=with_source("  memory_limit: 100MB\n  query_timeout: 60\n"),
+    )
+    before = resource.getrlimit(resource.RLIMIT_DATA)
+    err = fails(ws, "plan")
+    assert "segments/seg-a.yaml" in err and "segment 'seg-a'" in err, err
+    assert "Out of Memory Error" in err and "`source.memory_limit`" in err, err
+    assert resource.getrlimit(resource.RLIMIT_DATA) == before  # the cap ends with the session
+
+
+def test_the_memory_cap_is_shared_by_open_sessions_and_lifted_after_the_last(monkeypatch):
+    import resource
+
+    from reconciler.sources.limits import MIN_ROOM, memory_cap
+
+    before = resource.getrlimit(resource.RLIMIT_DATA)
+    with memory_cap(10**6) as cap:
+        assert cap is not None and resource.getrlimit(resource.RLIMIT_DATA)[0] == cap
+        with memory_cap(10**12) as inner:  # a second session keeps the first one's cap
+            assert inner == cap
+        assert resource.getrlimit(resource.RLIMIT_DATA)[0] == cap
+        big = None
+        with pytest.raises(MemoryError):
+            big = bytearray(cap + MIN_ROOM)  # beyond the cap: refused, not the machine's
+        del big
+    assert resource.getrlimit(resource.RLIMIT_DATA) == before
+    monkeypatch.setenv("RECONCILE_MEMORY_CAP", "off")
+    with memory_cap(10**6) as cap:
+        assert cap is None and resource.getrlimit(resource.RLIMIT_DATA) == before

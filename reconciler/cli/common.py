@@ -73,6 +73,13 @@ def fail(exc: BaseException) -> NoReturn:
         text = str(exc)
     elif isinstance(exc, KeyboardInterrupt | click.Abort):
         text = "interrupted"
+    elif isinstance(exc, MemoryError):  # the session's memory cap (sources/limits.py)
+        text = (
+            "out of memory: the process reached its memory cap (3 x `source.memory_limit`, "
+            "at least 1 GiB, above what it used when the engine started). Nothing more was "
+            "done; raise `source.memory_limit` in reconcile.yaml (or set "
+            "RECONCILE_MEMORY_CAP=off to run without the cap)"
+        )
     elif _is_duckdb_error(exc):  # one we did not expect: still one paragraph, exit 1
         text = (
             f"the database engine failed: {_one_line(exc)}. Nothing more was done; if it "

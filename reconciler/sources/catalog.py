@@ -16,12 +16,12 @@ from datetime import UTC, datetime
 
 import duckdb
 
-from reconciler.enginedb import default_memory_limit
+from reconciler.enginedb import default_memory_limit, memory_bytes
 from reconciler.errors import ConfigError, Location, ReconcileError, SourceError
 from reconciler.sources import open_source, sql_policy, writeback
 from reconciler.sources.engine_errors import safe_engine_error
 from reconciler.sources.guard import SqlRejected, check_condition, check_segment_sql
-from reconciler.sources.limits import query_timeout, time_limit
+from reconciler.sources.limits import memory_cap, query_timeout, time_limit
 from reconciler.workspace.goal_rules import WRITEBACK_TABLE
 from reconciler.workspace.loader import Workspace
 from reconciler.workspace.spec import PostgresSource
@@ -75,21 +75,22 @@ def check_catalog(ws: Workspace, as_of: datetime | None = None) -> CatalogCheck:
         return out
     spec = ws.config.source
     memory = getattr(spec, "memory_limit", None) or default_memory_limit()
-    con = duckdb.connect(":memory:", config={"memory_limit": memory})
-    try:
+    with memory_cap(memory_bytes(memory)):  # what memory_limit does not count
+        con = duckdb.connect(":memory:", config={"memory_limit": memory})
         try:
-            source.attach(con)
-        except SourceError as exc:
-            out.errors.append(_located(exc, ws.config_location("source")))
-            return out
-        if getattr(spec, "writable", False):
-            # the write-back table exists from the first plan on: segments may read it before
-            con.execute(writeback.ddl(WRITEBACK_TABLE, temp=True))
-        con.execute("SET enable_external_access = false")
-        con.execute("SET lock_configuration = true")
-        _Binder(ws, con, as_of or datetime.now(UTC), out).run()
-    finally:
-        con.close()
+            try:
+                source.attach(con)
+            except SourceError as exc:
+                out.errors.append(_located(exc, ws.config_location("source")))
+                return out
+            if getattr(spec, "writable", False):
+                # the write-back table exists from the first plan on: segments may read it
+                con.execute(writeback.ddl(WRITEBACK_TABLE, temp=True))
+            con.execute("SET enable_external_access = false")
+            con.execute("SET lock_configuration = true")
+            _Binder(ws, con, as_of or datetime.now(UTC), out).run()
+        finally:
+            con.close()
     return out
 
 

@@ -1,10 +1,16 @@
-"""A time limit for queries that run untrusted SQL.
+"""Time and memory limits for the sessions that run untrusted SQL.
 
 DuckDB has no statement timeout, so :func:`time_limit` starts a watchdog thread that calls
 ``con.interrupt()`` when the limit passes; the interrupted query surfaces as a
 :class:`~reconciler.errors.SegmentError` naming the file:line of the SQL and the limit.
+
 Memory is bounded by the session (``memory_limit``, ``max_temp_directory_size``), and the
 guard refuses the functions whose single call could outgrow those (see ``functions.py``).
+DuckDB does not count every allocation against ``memory_limit``, though: the strings a
+vector of rows builds are not, so values grown by ``hex(hex(...))`` or a lambda that
+concatenates could still take the machine. :func:`memory_cap` closes that gap for the whole
+process with the kernel's ``RLIMIT_DATA``: past it an allocation fails, which DuckDB reports
+as an ``Out of Memory Error`` of the query (and the session stays usable).
 
 Usage::
 
@@ -14,6 +20,8 @@ Usage::
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +30,7 @@ import duckdb
 
 from reconciler.errors import SegmentError
 
-__all__ = ["DEFAULT_QUERY_TIMEOUT", "query_timeout", "time_limit"]
+__all__ = ["DEFAULT_QUERY_TIMEOUT", "memory_cap", "query_timeout", "time_limit"]
 
 DEFAULT_QUERY_TIMEOUT = 120.0
 
@@ -63,3 +71,77 @@ def time_limit(
     finally:
         done.set()
         watchdog.join()
+
+
+#: the room a session gets above what the process uses when it opens: this many times the
+#: engine's ``memory_limit`` (its buffers, what it allocates outside them, and the batches
+#: and HTTP bodies of an apply), and at least :data:`MIN_ROOM`
+ROOM_FACTOR = 3
+MIN_ROOM = 2**30
+
+
+def _data_size() -> int | None:
+    """The process's data segment now (``VmData``: heap and private writable mappings), in
+    bytes; None where the kernel does not say (not Linux)."""
+    try:
+        with open(f"/proc/{os.getpid()}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmData:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+_cap_lock = threading.Lock()
+_cap_holders = 0
+_cap_saved: tuple[int, int] | None = None  # the limits in force before the first holder
+
+
+@contextmanager
+def memory_cap(memory_limit: int) -> Iterator[int | None]:
+    """While the block runs, the process may grow its data segment by at most
+    ``ROOM_FACTOR`` x ``memory_limit`` bytes (at least :data:`MIN_ROOM`) beyond what it holds
+    when the first such block starts; the limit that was in force comes back when the last
+    one ends (sessions of one process share the cap). Yields the cap in bytes, or None where
+    none is set: not Linux (``RLIMIT_DATA`` counts mappings only there), ``memory_limit``
+    not known, ``RECONCILE_MEMORY_CAP=off``, or a limit already as low."""
+    global _cap_holders, _cap_saved
+    with _cap_lock:
+        if _cap_holders == 0:
+            _cap_saved = _set_cap(memory_limit)
+        _cap_holders += 1
+        cap = None if _cap_saved is None else _current_cap()
+    try:
+        yield cap
+    finally:
+        with _cap_lock:
+            _cap_holders -= 1
+            if _cap_holders == 0 and _cap_saved is not None:
+                import resource
+
+                resource.setrlimit(resource.RLIMIT_DATA, _cap_saved)
+                _cap_saved = None
+
+
+def _current_cap() -> int:
+    import resource
+
+    return resource.getrlimit(resource.RLIMIT_DATA)[0]
+
+
+def _set_cap(memory_limit: int) -> tuple[int, int] | None:
+    """Set the cap; the limits it replaced, or None when it set none."""
+    now = _data_size() if sys.platform.startswith("linux") else None
+    if now is None or memory_limit <= 0 or os.environ.get("RECONCILE_MEMORY_CAP") == "off":
+        return None
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    cap = now + max(ROOM_FACTOR * memory_limit, MIN_ROOM)
+    if (soft != resource.RLIM_INFINITY and soft <= cap) or (
+        hard != resource.RLIM_INFINITY and hard < cap
+    ):
+        return None
+    resource.setrlimit(resource.RLIMIT_DATA, (cap, hard))
+    return soft, hard
