@@ -110,6 +110,33 @@ def load_plan(ws: Workspace, path: Path) -> StagedPlan:
     return StagedPlan(plan, staging)
 
 
+def verify_saved_plan(ws: Workspace, saved: StagedPlan, announce=None):
+    """The saved plan checked against the same plan made now, as of its ``as_of``
+    (:mod:`reconciler.plan.saved_check`): the staged plan to apply instead of it, the
+    activations refused (why) and the saved member changes left out (how many)."""
+    from reconciler.plan.saved_check import verify
+
+    with read_state(ws, members=False) as state:
+        recorded = set(state.activations())
+    known = set(ws.activations) | recorded
+    request = PlanRequest(
+        targets=tuple(a.id for a in saved.plan.activations if a.id in known),
+        include_inactive=saved.plan.include_inactive,
+        announce=announce,
+    )
+    if not request.targets:
+        fresh = StagedPlan(saved.plan.model_copy(update={"activations": []}), new_staging_path(ws))
+    else:
+        fresh = make_plan(ws, request, as_of=saved.plan.as_of)
+    try:
+        checked = verify(saved.plan, saved.staging, fresh.plan, fresh.staging)
+    except BaseException:
+        fresh.discard()
+        raise
+    saved.discard()
+    return StagedPlan(checked.plan, fresh.staging), checked.refused, checked.dropped
+
+
 def state_lock(ws: Workspace) -> StateLocking:
     return open_backend(ws).lock()
 

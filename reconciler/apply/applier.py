@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 
@@ -51,6 +51,8 @@ class ApplyOptions:
     allow_mass_removal: bool = False
     trigger: str = "apply"  # apply | run | schedule
     from_plan_file: bool = False
+    #: activations of a saved plan that no longer match the plan made now (saved_check)
+    refused: dict[str, str] = field(default_factory=dict)
     progress: Progress | None = None
 
 
@@ -307,7 +309,7 @@ class Applier(AudienceSteps):
                     f"integrations/{act.destination}.yaml, the defaults in reconcile.yaml) "
                     "changed since the plan; run `reconcile plan` again"
                 )
-        return None
+        return self.opts.refused.get(ap.id)
 
     # ------------------------------------------------------------------ deleted files
     def _delete(self, ap: ActivationPlan) -> ActivationOutcome:

@@ -51,9 +51,23 @@ def apply_plan(
                 staged = engine.make_plan(ws, request)
             finally:
                 reporter.close()
+        refused: dict[str, str] = {}
         try:
             if planfile:
                 engine.check_plan_state(ws, staged.plan, Path(planfile))
+                try:
+                    staged, refused, dropped = engine.verify_saved_plan(
+                        ws, staged, announce=reporter.step
+                    )
+                finally:
+                    reporter.close()
+                for aid, n in dropped.items():
+                    click.echo(
+                        f"Warning: {aid}: {n:,} member change(s) of the saved plan no longer "
+                        "hold (the data changed since the plan) and are not applied; the "
+                        "next plan shows what remains",
+                        err=True,
+                    )
                 staged.plan = engine.recheck_state_loss(ws, staged.plan)
             check_plan(ws, staged.plan)
             calls = destination_calls(ws, staged.plan)
@@ -77,6 +91,7 @@ def apply_plan(
                 allow_mass_removal=allow_mass_removal,
                 trigger=trigger,
                 from_plan_file=bool(planfile),
+                refused=refused,
                 progress=Progress(emit=reporter.event),
             )
             with InterruptGuard(lambda m: click.echo(m, err=True)) as guard:
