@@ -315,8 +315,19 @@ def merged(_planned, tmp_path: Path) -> tuple[Repo, dict[str, str]]:
     head = ctx["github.sha"]
     merge = repo.git("commit-tree", f"{head}^{{tree}}", "-p", head, "-m", "Merge pull request #7")
     repo.git("reset", "-q", "--hard", merge)
-    repo.respond({f"commits/{merge}/pulls": head, f"reconcile-plan-team-audiences-{head}": "98765"})
+    repo.respond(
+        {
+            f"commits/{merge}/pulls": head,
+            f"reconcile-plan-team-audiences-{head}": "98765",
+            "actions/runs/98765": PLAN_RUN.format(head=head),
+        }
+    )
     return repo, {"github.sha": merge, "head": head}
+
+
+#: what `gh api repos/R/actions/runs/ID --jq '"\(.path) \(.event) \(.head_sha)"'` prints for
+#: the run of the plan workflow on the pull request
+PLAN_RUN = ".github/workflows/reconcile-plan-team-audiences.yml pull_request {head}"
 
 
 def run_job(repo: Repo, flow: str, job_name: str, context: dict[str, str], **env: str) -> JobRun:
@@ -334,6 +345,7 @@ def run_job(repo: Repo, flow: str, job_name: str, context: dict[str, str], **env
         "runner.temp": str(temp),
         "github.token": "t0ken",
         "github.repository": "acme/audiences",
+        "github.repository_id": "4242",
         "github.server_url": "https://github.example",
         "github.run_id": "555",
         "secrets.RECONCILE_STATE_DSN": "",
@@ -480,6 +492,38 @@ def test_apply_job_applies_the_reviewed_plan(merged):
     ]
     assert not posted(repo)  # apply posts nothing
     assert "new-customers" in run.summary
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "made_by",
+    [
+        ".github/workflows/evil.yml pull_request {head}",  # another workflow uploaded it
+        ".github/workflows/reconcile-plan-team-audiences.yml push {head}",
+        ".github/workflows/reconcile-plan-team-audiences.yml pull_request " + "2" * 40,
+    ],
+)
+def test_apply_job_ignores_an_artifact_the_plan_job_did_not_make(merged, made_by):
+    """Any workflow run (a fork's pull request's too) can upload an artifact of any name:
+    only one of the plan workflow, on a pull request, for that commit is applied."""
+    repo, ctx = merged
+    repo.respond(
+        {
+            f"commits/{ctx['github.sha']}/pulls": ctx["head"],
+            f"reconcile-plan-team-audiences-{ctx['head']}": "98765",
+            "actions/runs/98765": made_by.format(head=ctx["head"]),
+        }
+    )
+    run = run_job(repo, "apply", "apply", ctx)
+    assert run.returncode == 0, run.output
+    assert "was not made by .github/workflows/reconcile-plan-team-audiences.yml" in run.output
+    assert "No plan artifact" in run.output and "Applying the plan reviewed" not in run.output
+    assert not [c for c in repo.calls() if c["args"][:2] == ["run", "download"]]
+    query = next(c["args"] for c in repo.calls() if "actions/artifacts" in " ".join(c["args"]))
+    jq = query[query.index("--jq") + 1]
+    # the artifact list is filtered to this repository's own runs (no fork's) for the commit
+    assert f'.workflow_run.head_sha == "{ctx["head"]}"' in jq
+    assert ".workflow_run.head_repository_id == 4242" in jq
 
 
 @pytest.mark.slow

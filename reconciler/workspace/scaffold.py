@@ -111,6 +111,8 @@ def scaffold(target: Path, *, install: str | None = None) -> InitResult:
     root = repository_root(target)
     workspace = target.relative_to(root).as_posix()
     workflows = render_workflows(workspace, install=install)  # checks before writing anything
+    for name in workflows:
+        _check_not_another(root / ".github" / "workflows" / name, workspace)
     result = InitResult(root=root, workspace=target)
     if (target / "reconcile.yaml").exists():
         # an existing workspace: its files are the user's; a sample activation would be sent
@@ -123,6 +125,23 @@ def scaffold(target: Path, *, install: str | None = None) -> InitResult:
         _write(root / ".github" / "workflows" / name, text, result)
     _gitignore(target / ".gitignore", result)
     return result
+
+
+_WORKSPACE_LINE = re.compile(r'^\s*RECONCILE_WORKSPACE:\s*"([^"]*)"', re.MULTILINE)
+
+
+def _check_not_another(path: Path, workspace: str) -> None:
+    """A workflow file of that name kept from an earlier init must be this workspace's:
+    ``a/b`` and ``a-b`` give the same file names, and the second would get no CI."""
+    if not path.is_file():
+        return
+    m = _WORKSPACE_LINE.search(path.read_text(errors="replace"))
+    if m and m.group(1) != workspace:
+        raise ReconcileError(
+            f"{path} already runs the workspace {m.group(1)!r}, and the workflows of "
+            f"{workspace!r} would have the same file names; move one of the two workspaces "
+            "to a path that differs in more than '/' and '-'"
+        )
 
 
 def _write(dest: Path, text: str, result: InitResult) -> None:
