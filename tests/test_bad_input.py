@@ -868,3 +868,17 @@ def _refs(node) -> list[str]:
     if isinstance(node, list):
         return [r for v in node for r in _refs(v)]
     return []
+
+
+def test_action_remove_is_not_a_default(workspace):
+    """`action: remove` needs the activation's own `list: existing`: as a workspace default
+    it would reach activations whose other fields were checked without it."""
+    config = RECONCILE_YAML.replace(
+        "suppression: []", "defaults: {action: remove}\nsuppression: []"
+    )
+    ws = workspace(
+        {"act": "segments: [seg-a]\ndestination: sandbox\nsplit: ab\n"}, reconcile_yaml=config
+    )
+    res = cli(ws, "validate")
+    assert res.exit_code == 1
+    assert "reconcile.yaml:" in res.stderr and "defaults.action" in res.stderr, res.stderr

@@ -721,3 +721,37 @@ def test_a_notification_that_fails_is_logged_and_never_fails_the_run(workspace):
     assert run_log["status"] == "Complete" and run_log["added"] == 3
     assert "notification not delivered" in run_log["error"]
     assert cli(ws, "plan", "--detailed-exitcode").exit_code == 0
+
+
+def test_a_template_linked_outside_the_workspace_is_refused(workspace, smtp, monkeypatch):
+    """`templates:` names a folder inside the workspace; a link in it to the process's
+    environment (or ~/.aws/credentials) must not be read, let alone mailed."""
+    import os
+
+    box, port = smtp
+    monkeypatch.setenv("SECRET_TOK", "SuperSecret123")
+    act = ACT + "notify:\n  email: [ops@example.com]\n"
+    ws = workspace({"vip": act}, reconcile_yaml=notifications(port, extra="  templates: tpl\n"))
+    ws.write("tpl/email.txt.j2", "fine\n")
+    loaded = load(ws.root)  # validate refuses the link made next (checked below)
+    (ws.root / "tpl" / "email.txt.j2").unlink()
+    os.symlink("/proc/self/environ", ws.root / "tpl" / "email.txt.j2")
+    res = cli(ws, "validate")
+    assert res.exit_code == 1 and "tpl/email.txt.j2" in res.stderr
+    assert "outside the workspace" in res.stderr and "SuperSecret123" not in res.stderr
+    (mailed,) = notify_runs(loaded, [report()], ENV, policy=FAST)
+    assert not mailed.delivered and "outside the workspace" in mailed.error
+    assert box.messages == []
+
+
+def test_a_workspace_file_linked_outside_it_is_refused(workspace, tmp_path):
+    import os
+
+    outside = tmp_path / "elsewhere.yaml"
+    outside.write_text("sql: SELECT customer_id FROM profiles -- private text\n")
+    ws = workspace({"act": ACT})
+    os.symlink(outside, ws.root / "segments" / "leak.yaml")
+    res = cli(ws, "validate")
+    assert res.exit_code == 1
+    assert "segments/leak.yaml: file is a link to somewhere outside the workspace" in res.stderr
+    assert "private text" not in res.stderr + res.output

@@ -529,3 +529,25 @@ def test_the_memory_cap_is_shared_by_open_sessions_and_lifted_after_the_last(mon
     monkeypatch.setenv("RECONCILE_MEMORY_CAP", "off")
     with memory_cap(10**6) as cap:
         assert cap is None and resource.getrlimit(resource.RLIMIT_DATA) == before
+
+
+@pytest.mark.parametrize(
+    "table", ["pg_catalog.pg_authid", "information_schema.tables", "pg_authid", "PG_CATALOG.x"]
+)
+def test_source_tables_may_not_open_the_catalog(workspace, table):
+    """`source.tables` opens tables to segment SQL: never the engine's own catalog, whose
+    rows (roles, password hashes, settings) a segment's size could then spell out."""
+    ws = workspace(
+        {"act": MAINTAIN}, profiles=rows(), reconcile_yaml=with_source(f"  tables: [{table}]\n")
+    )
+    err = fails(ws, "validate")
+    assert "reconcile.yaml:" in err and "source.tables" in err and "own catalog" in err, err
+
+
+def test_memory_settings_must_be_sizes(workspace):
+    ws = workspace(
+        {"act": MAINTAIN}, profiles=rows(), reconcile_yaml=with_source("  memory_limit: lots\n")
+    )
+    err = fails(ws, "validate")
+    assert "source.memory_limit" in err and "'lots' is not a size" in err, err
+    assert "database engine failed" not in err

@@ -20,6 +20,7 @@ from typing import Any
 
 from reconciler.notify.report import CONTEXT_NAMES, sample_report, template_context
 from reconciler.workspace.templating import TemplateFailed, render_template
+from reconciler.workspace.yamlfile import within
 
 TEMPLATE_NAMES = ("subject.txt.j2", "email.txt.j2", "email.html.j2", "webhook.json.j2")
 #: a template file larger than this is refused (they are read on every run)
@@ -59,7 +60,13 @@ class Templates:
         if self.root is not None and self.folder is not None:
             path = self.root / self.folder / name
             display = f"{self.folder.rstrip('/')}/{name}"
-            if path.is_file():
+            if path.is_file() or path.is_symlink():
+                if not within(path, self.root):
+                    raise TemplateProblem(
+                        "template is a link to somewhere outside the workspace, or not a "
+                        "regular file; templates must be files inside it",
+                        display,
+                    )
                 try:
                     if path.stat().st_size > MAX_TEMPLATE:
                         raise TemplateProblem(

@@ -115,7 +115,30 @@ class _SourceSettings(Strict):
         for i, name in enumerate(value):
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?", name):
                 raise FieldError(f"{name!r} is not a table name; write 'name' or 'schema.name'", i)
+            first = name.split(".")[0].lower()
+            if first in _CATALOG_SCHEMAS or first.startswith("pg_"):
+                raise FieldError(
+                    f"{name!r} is a table of the database's own catalog (users, roles, "
+                    "settings, other tables); segment SQL may read only your data's tables",
+                    i,
+                )
         return value
+
+    @field_validator("memory_limit", "max_temp_directory_size")
+    @classmethod
+    def _a_size(cls, value: str | None) -> str | None:
+        if value is not None and not _SIZE.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a size; write a number and a unit, e.g. 1GB, 512MB, 2GiB "
+                "(or a share of the machine's memory, e.g. 50%)"
+            )
+        return value
+
+
+#: schemas of the engines' own catalogs (PostgreSQL's pg_catalog, pg_toast, ...; the SQL
+#: standard's information_schema; DuckDB's system catalog)
+_CATALOG_SCHEMAS = {"information_schema", "system", "temp"}
+_SIZE = re.compile(r"\s*[0-9]+(\.[0-9]+)?\s*(%|[KMGT]i?B|[KMGT]|B|bytes)\s*", re.IGNORECASE)
 
 
 class DuckDBSource(_SourceSettings):
@@ -251,8 +274,10 @@ class Defaults(Strict):
     frequency: Literal["daily", "once"] = Field(
         "daily", description="daily (auto-update) or once (a one-time send)"
     )
-    action: Literal["maintain", "append", "remove"] = Field(
-        "maintain", description="maintain (add and remove), append (only add) or remove"
+    action: Literal["maintain", "append"] = Field(
+        "maintain",
+        description="maintain (add and remove) or append (only add); `action: remove` is "
+        "set on an activation itself (it needs that activation's `list: {existing: ...}`)",
     )
 
 

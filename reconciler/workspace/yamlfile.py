@@ -174,11 +174,29 @@ class _Builder:
             raise self.error(f"malformed YAML: {exc}", node, path) from exc
 
 
+def within(path: Path, root: Path) -> bool:
+    """Whether ``path`` is a regular file inside ``root`` once every link is followed: a
+    workspace file (or template) linked to ``/proc/self/environ`` or ``~/.aws/credentials``
+    is not one."""
+    try:
+        real = path.resolve(strict=True)
+        return real.is_relative_to(root.resolve(strict=True)) and real.is_file()
+    except (OSError, RuntimeError):  # a missing file, a loop of links
+        return False
+
+
 def load(path: Path, root: Path) -> YamlDoc:
     try:
         display = str(path.relative_to(root))
     except ValueError:
         display = str(path)
+    if not within(path, root):
+        raise ConfigError(
+            "file is a link to somewhere outside the workspace, or not a regular file; "
+            "workspace files must be inside it (a PR could otherwise make plan read any "
+            "file of the CI runner)",
+            Location(display),
+        )
     try:
         if path.stat().st_size > MAX_FILE_BYTES:
             raise ConfigError(

@@ -38,6 +38,13 @@ class PgDatabase:
     def connect(self, *, autocommit: bool = True) -> psycopg.Connection:
         """A connection in autocommit mode: every transaction is an explicit
         ``conn.transaction()`` block, short, and never left open."""
+        if not _parses(self.dsn):  # libpq's message would quote the DSN, password and all
+            raise StateError(
+                "the PostgreSQL state DSN is not a valid connection string (key=value pairs "
+                "or a postgresql:// URI, where a '%' or '@' in the password is written %25 or "
+                "%40); its text is not shown, it may hold a password. Check `state.dsn` in "
+                "reconcile.yaml"
+            )
         try:
             return psycopg.connect(
                 self.dsn,
@@ -56,6 +63,8 @@ class PgDatabase:
     def scrub(self, exc: BaseException) -> str:
         """An error's first line, with anything that could be the password removed."""
         text = " ".join(str(exc).strip().splitlines()[:1]) or type(exc).__name__
+        if not _parses(self.dsn):
+            return type(exc).__name__  # nothing to mask by: the message may hold it all
         password = _password(self.dsn)
         if password:
             text = text.replace(password, "***")
@@ -135,6 +144,14 @@ def mask_dsn(dsn: str) -> str:
     port = parts.get("port")
     db = parts.get("dbname") or ""
     return f"postgresql://{f'{user}@' if user else ''}{host}{f':{port}' if port else ''}/{db}"
+
+
+def _parses(dsn: str) -> bool:
+    try:
+        psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return False
+    return True
 
 
 def _password(dsn: str) -> str | None:
