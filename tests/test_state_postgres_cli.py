@@ -216,6 +216,24 @@ def test_wrong_or_missing_dsn_is_a_clear_error(pg_ws, monkeypatch):
     assert "RECONCILE_STATE_DSN" in res.stderr and "not set" in res.stderr
 
 
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://postgres:My%Pass99@127.0.0.1:5432/test",  # a bare % in the password
+        "postgresql://postgres:My%Pass99@[::1:5432/test",  # and an unclosed IPv6 host
+    ],
+)
+def test_an_unparsable_dsn_never_shows_its_password(pg_ws, monkeypatch, dsn):
+    """libpq's parse error quotes the DSN: none of it may reach the output or the log."""
+    ws = pg_ws([profile(1, a=True)])
+    monkeypatch.setenv("RECONCILE_STATE_DSN", dsn)
+    for args in (("plan",), ("status",), ("--log-format", "json", "plan")):
+        res = cli(ws, *args)
+        assert res.exit_code == 1, args
+        assert "Pass99" not in res.stderr + res.output, res.stderr
+        assert "not a valid connection string" in res.stderr and "%25" in res.stderr
+
+
 def test_a_literal_dsn_in_reconcile_yaml_is_refused_without_echoing_it(pg_ws):
     ws = pg_ws([profile(1, a=True)])
     text = (ws.root / "reconcile.yaml").read_text()
@@ -336,3 +354,27 @@ def test_attribute_hashes_of_sync_attributes_are_kept_in_postgres(pg_ws, pg_dsn)
     assert pg_rows(pg_dsn, "SELECT DISTINCT activation_id FROM {s}.member_attributes") == [
         ("renamed",)
     ]
+
+
+@pytest.mark.parametrize("host", ["this", "another-machine"])
+def test_a_lock_left_by_a_process_that_exited_here_is_taken_over(pg_ws, pg_dsn, host):
+    """An apply that lost its connection could not delete its lock row: once stale, a lock
+    of a process of this machine that no longer runs is taken over; one of another machine
+    still needs `state unlock` (its process cannot be checked from here)."""
+    import socket
+
+    ws = pg_ws([profile(i, a=True) for i in range(3)])
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that ran here and is gone
+    with psycopg.connect(pg_dsn.base, autocommit=True) as conn:
+        conn.execute(
+            f"INSERT INTO {pg_dsn.schema}.lock VALUES ('state', 'deadbeef0001', 'ci', %s, %s, "
+            "'reconcile apply', now() - interval '1 hour', now() - interval '1 hour', 10)",
+            [socket.gethostname() if host == "this" else host, gone.pid],
+        )
+    res = cli(ws, "apply", "--auto-approve")
+    if host == "this":
+        assert res.exit_code == 0, res.stderr
+    else:
+        assert res.exit_code == 1 and "deadbeef0001" in res.stderr

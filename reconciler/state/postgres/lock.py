@@ -22,6 +22,7 @@ import psycopg
 from reconciler.errors import StateError, StateLocked
 from reconciler.state.backend import LockInfo, lock_user
 from reconciler.state.postgres.db import PgDatabase
+from reconciler.state.schema import pid_alive
 
 #: (dsn, schema) -> id of the lock this process holds there
 _HELD: dict[tuple[str, str], str] = {}
@@ -67,6 +68,10 @@ class PostgresLock:
                 info = self._info(conn)
                 if info is None:
                     continue  # released meanwhile
+                if self._abandoned(info):  # its process is gone: it cannot be released
+                    with self.db.errors("taking over an abandoned lock"):
+                        conn.execute(f"DELETE FROM {self.db.schema}.lock WHERE id = %s", [info.id])
+                    continue
                 if time.monotonic() >= deadline:
                     raise StateLocked(info.describe())
                 time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
@@ -137,6 +142,18 @@ class PostgresLock:
             started=_iso(row[5]),
             heartbeat=_iso(row[6]),
             stale=bool(row[7]),
+        )
+
+    @staticmethod
+    def _abandoned(info: LockInfo) -> bool:
+        """A stale lock (no heartbeat for three intervals) of a process of this machine that
+        no longer runs: one that exited on a lost connection could not delete its row, and
+        no one else can still be using it."""
+        return (
+            info.stale
+            and info.host == socket.gethostname()
+            and isinstance(info.pid, int)
+            and not pid_alive(info.pid)
         )
 
     def holder(self, *, exclude_self: bool = False) -> str | None:
