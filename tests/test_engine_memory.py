@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler.enginedb import Session, _bytes
+from reconciler.enginedb import Session, memory_bytes
 from tests.conftest import engine_session, profile
 
 
 def limit(session: Session) -> int:
     setting = session.con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
-    return _bytes(setting)
+    return memory_bytes(setting)
 
 
 @pytest.mark.parametrize(
@@ -27,7 +27,7 @@ def limit(session: Session) -> int:
     ],
 )
 def test_memory_settings_are_read_in_bytes(setting, expected):
-    assert _bytes(setting) == expected
+    assert memory_bytes(setting) == expected
 
 
 def test_sending_halves_the_engine_memory_limit_and_restores_it(workspace):
