@@ -23,7 +23,10 @@ class LazyColumn(Sequence[Any]):
 
     def _list(self) -> list[Any]:
         if self._values is None:
-            self._values = self._source.to_pylist()
+            try:
+                self._values = self._source.to_pylist()
+            except (ValueError, OverflowError):  # a value Python's types cannot hold
+                self._values = [_scalar(v) for v in self._source]
         return self._values
 
     def __len__(self) -> int:
@@ -87,3 +90,17 @@ class RecordColumn(Sequence[tuple[str, ...]]):
     def owners(self) -> list[int]:
         """The member index of each string of ``flat``."""
         return [i for i, n in enumerate(self._counts) for _ in range(n)]
+
+
+def _scalar(value: Any) -> Any:
+    """One Arrow value as Python, when the whole column would not convert: a nanosecond
+    timestamp as its text (no precision lost), a date or time beyond Python's range (an
+    infinite timestamp) as None, like a non-finite number."""
+    try:
+        return value.as_py()
+    except OverflowError:
+        return None
+    except ValueError:
+        import pyarrow as pa
+
+        return value.cast(pa.string()).as_py()

@@ -3,6 +3,7 @@ guard and read-only transaction, the statement timeout, data-free errors and wro
 
 from __future__ import annotations
 
+import duckdb
 import psycopg
 import pytest
 from psycopg import sql
@@ -429,3 +430,30 @@ def test_postgres_runs_what_was_written(pg_workspace):
             want = conn.execute(f"SELECT array_agg(k ORDER BY k) FROM ({text}\n) q(k)").fetchone()
             got = conn.execute(f"SELECT array_agg(k ORDER BY k) FROM ({ran}) q(k)").fetchone()
             assert got == want and want[0], text
+
+
+SANDBOX_YAML_BIG = SANDBOX_YAML_BORN.replace("BORN: born", "BIG: big")
+
+
+def test_an_unbounded_numeric_keeps_every_digit(pg_workspace):
+    """PostgreSQL's `numeric` without a precision holds more digits than a double: it is read
+    as its exact text, sent as such, and a change in its last digit is seen."""
+    act = MAINTAIN.replace("[FIRST_NAME]", "[FIRST_NAME, BIG]")
+    ws = pg_workspace({"act": act}, rows=[profile(i, a=True) for i in range(2)])
+    table = sql.Identifier(ws.pg.schema, "profiles")
+    with psycopg.connect(ws.pg.base) as conn:
+        conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN big numeric").format(table))
+        conn.execute(sql.SQL("UPDATE {} SET big = 12345678901234567890.12").format(table))
+    ws.write("reconcile.yaml", pg_yaml(ws.pg.schema).replace("seg_a, seg_b]", "seg_a, seg_b, big]"))
+    ws.write("integrations/sandbox.yaml", SANDBOX_YAML_BIG)
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    con = duckdb.connect(str(ws.root / ".reconcile/sandbox.duckdb"), read_only=True)
+    try:
+        sent = {r[0] for r in con.execute("SELECT attributes FROM member_log").fetchall()}
+    finally:
+        con.close()
+    assert all("12345678901234567890.12" in a for a in sent), sent
+    with psycopg.connect(ws.pg.base) as conn:
+        conn.execute(sql.SQL("UPDATE {} SET big = 12345678901234567890.13").format(table))
+    plan = plan_json(ws)
+    assert audience_counts(plan, "act") == {"all": (0, 0, 2)}

@@ -14,6 +14,7 @@ from reconciler.sources.base import SqlRejected
 from reconciler.sources.engine_errors import safe_engine_error
 from reconciler.sources.guard import SqlPolicy, check_condition
 from reconciler.workspace.spec import Integration, ProfilesTable
+from reconciler.workspace.spec_base import STANDALONE_IDENTIFIERS
 
 
 def _ident(name: str) -> str:
@@ -118,8 +119,10 @@ def matchable_sql(profiles: ProfilesTable, identifier_types: tuple[str, ...]) ->
     for t, col in identifier_columns(profiles, identifier_types):
         c = f"p.{_ident(col)}"
         if t == "email":
-            tests.append(f"(strpos({c}, '@') > 1)")
+            tests.append(f"(strpos(CAST({c} AS VARCHAR), '@') > 1)")
         elif t == "phone":
             # at least 7 digits: one regexp search, 4-5x cheaper than counting them
-            tests.append(f"regexp_matches({c}, '(?:[^0-9]*[0-9]){{7}}')")
+            tests.append(f"regexp_matches(CAST({c} AS VARCHAR), '(?:[^0-9]*[0-9]){{7}}')")
+        elif t in STANDALONE_IDENTIFIERS:  # an id that matches a person by itself
+            tests.append(f"(trim(CAST({c} AS VARCHAR)) <> '')")
     return " OR ".join(tests) if tests else "FALSE"

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 from psycopg import sql as pgsql
 
+from reconciler.workspace.spec_base import STANDALONE_IDENTIFIERS
+
 #: PostgreSQL types whose text PostgreSQL's cast and the engine's (after the COPY into the
 #: engine, :func:`reconciler.sources.pg_types.duck_type`) write differently; every
 #: other type is read by the engine either as text or as a type that writes it alike
@@ -114,9 +116,11 @@ def matchable_pg(identifier_columns: Sequence[tuple[str, str]]) -> str:
     for t, col in identifier_columns:
         c = f"p.{ident(col)}"
         if t == "email":
-            tests.append(f"(strpos({c}, '@') > 1)")
+            tests.append(f"(strpos(CAST({c} AS text), '@') > 1)")
         elif t == "phone":
-            tests.append(f"(length(regexp_replace({c}, '[^0-9]', '', 'g')) >= 7)")
+            tests.append(f"(length(regexp_replace(CAST({c} AS text), '[^0-9]', '', 'g')) >= 7)")
+        elif t in STANDALONE_IDENTIFIERS:
+            tests.append(f"(trim(CAST({c} AS text)) <> '')")
     return " OR ".join(tests) if tests else "FALSE"
 
 

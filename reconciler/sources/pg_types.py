@@ -24,7 +24,9 @@ def duck_type(data_type: str, precision: int | None, scale: int | None) -> str:
     if t == "numeric":
         if precision and precision <= 38:
             return f"DECIMAL({precision},{scale or 0})"
-        return "DOUBLE"
+        # unbounded, or wider than DuckDB's DECIMAL: as its exact text (a DOUBLE would lose
+        # digits, and a change in them would go unseen)
+        return "VARCHAR"
     return {
         "smallint": "SMALLINT",
         "integer": "INTEGER",

@@ -17,6 +17,9 @@ from destinations.identity import TYPES
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
 #: the identifier types a profiles table may declare (``destinations.identity`` defines them)
 IDENTIFIER_TYPES = tuple(TYPES)
+#: identifier types other than e-mail and phone that match a person on their own (a name,
+#: a date of birth or a postal code matches only together with others)
+STANDALONE_IDENTIFIERS = ("madid", "external_id")
 ENV_REF_RE = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 #: a plain mailbox (no display name, no whitespace, a dotted domain); enough to catch typos
 EMAIL_RE = re.compile(
