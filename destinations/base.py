@@ -178,10 +178,13 @@ class MemberBatch:
 
 @dataclass(frozen=True)
 class RemovalBatch:
-    """Members to remove: each with the record strings recorded when it was sent."""
+    """Members to remove: each with the record strings recorded when it was sent.
+    ``stale``: the members stay; only these identifiers of theirs go (their e-mail or phone
+    changed), so a destination holding members by key must not drop the members."""
 
     keys: Sequence[str]
     records: Sequence[Sequence[str]]
+    stale: bool = False
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -242,6 +245,11 @@ class Destination(Protocol):
     identity: Identity
     #: how the engine retries this destination's calls (a fast one for local destinations)
     retry_policy: RetryPolicy
+    #: (optional, default False) the destination holds members by their profile key (a
+    #: webhook receiver sent the keys), not only by identifier: a member who leaves is
+    #: removed by key even when every identifier it had is still held by another member
+    #: (a shared inbox), so its removal is sent with no identifiers rather than skipped
+    members_by_key: bool
 
     def list_audiences(self) -> list[AudienceRef]:
         """Every audience the account has (``reconcile lists``)."""

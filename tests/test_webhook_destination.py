@@ -340,6 +340,25 @@ def test_attribute_values_become_json() -> None:
     assert json_value({"a": decimal.Decimal("1")}) == {"a": "1"}
 
 
+def test_columns_python_cannot_hold_still_become_json():
+    """A nanosecond timestamp keeps its digits as text; an infinite one (beyond Python's
+    dates) is null, like a non-finite number: neither may crash the apply."""
+    from destinations.columns import LazyColumn
+
+    table = (
+        duckdb.sql(
+            "SELECT '2024-01-01 10:00:00.123456789'::TIMESTAMP_NS AS ns, "
+            "'infinity'::TIMESTAMPTZ AS inf, DATE '2024-01-02' AS d FROM range(2)"
+        )
+        .arrow()
+        .read_all()
+    )
+    ns, inf, d = (LazyColumn(c) for c in table.columns)
+    assert [json_value(v) for v in ns] == ["2024-01-01 10:00:00.123456789"] * 2
+    assert [json_value(v) for v in inf] == [None, None]
+    assert [json_value(v) for v in d] == ["2024-01-02"] * 2
+
+
 @pytest.mark.parametrize(
     ("status", "headers", "error", "retry_after"),
     [
@@ -757,6 +776,39 @@ class TestWebhookEngine:
             )
         finally:
             con.close()
+
+    def test_a_member_whose_identifiers_another_holds_still_leaves_by_key(
+        self, ws: WS, fake: WebhookReceiver
+    ) -> None:
+        """Two members share an inbox (and a phone): when one leaves, the receiver (which
+        holds members by key) is told, with no identifiers to remove."""
+        assert cli(ws, "apply", "--auto-approve").exit_code == 0  # makes the demo data
+        con = duckdb.connect(str(ws.root / ".reconcile" / "demo.duckdb"))
+        try:
+            a, b = (
+                r[0] for r in con.execute(DESIRED_SQL + " ORDER BY customer_id LIMIT 2").fetchall()
+            )
+            con.execute(
+                "UPDATE profiles SET email = upper(s.email), phone = s.phone FROM "
+                "(SELECT email, phone FROM profiles WHERE customer_id = ?) s WHERE customer_id = ?",
+                [a, b],
+            )
+        finally:
+            con.close()
+        assert cli(ws, "apply", "--auto-approve").exit_code == 0
+        (audience_id,) = fake.audiences
+        assert {a, b} <= set(fake.members_by_key(audience_id))
+        con = duckdb.connect(str(ws.root / ".reconcile" / "demo.duckdb"))
+        try:
+            con.execute("UPDATE profiles SET total_spend = 1 WHERE customer_id = ?", [b])
+        finally:
+            con.close()
+        res = cli(ws, "apply", "--auto-approve")
+        assert res.exit_code == 0, res.output + res.stderr
+        held = fake.members_by_key(audience_id)
+        assert b not in held and a in held  # b was told to leave; a's shared inbox stays
+        assert self.held(fake) == self.desired(ws)
+        assert cli(ws, "plan", "--detailed-exitcode").exit_code == 0
 
     def test_apply_holds_the_desired_audience_and_then_plans_nothing(
         self, ws: WS, fake: WebhookReceiver

@@ -83,6 +83,9 @@ class WebhookDestination:
         context.check_phone_country(accepted)
         self.identity = Identity(RAW if config.pii == "raw" else HASHED, accepted)
         self.limits = Limits(members_per_call=config.batch_size)
+        #: the receiver gets each member's key: a member who leaves is told by key, even
+        #: when its identifiers are all another member's too
+        self.members_by_key = config.send_keys
         self.retry_policy = config.retry_policy()
         name = context.integration or "webhook"
         path = Path(config.registry_path or f".reconcile/webhook-{name}.json").expanduser()
@@ -145,10 +148,13 @@ class WebhookDestination:
         return self._members(payload.CHANGED, audience, batch, call)
 
     def remove(self, audience: AudienceRef, batch: RemovalBatch, call: CallContext) -> Outcome:
+        # identifiers a member no longer has (its e-mail changed): without the key, so a
+        # receiver holding members by key keeps the member (members_changed replaced them)
+        keyed = self.config.send_keys and not batch.stale
         event = payload.removal_event(
-            audience, batch, call.batch_id, pii=self.config.pii, send_keys=self.config.send_keys
+            audience, batch, call.batch_id, pii=self.config.pii, send_keys=keyed
         )
-        return self._post(event, call.batch_id, batch.keys if self.config.send_keys else ())
+        return self._post(event, call.batch_id, batch.keys if keyed else ())
 
     def poll(self, job: str) -> JobStatus:
         raise errors.TerminalError("the webhook destination submits no asynchronous jobs")

@@ -162,11 +162,13 @@ _MEMBER = {
         "key": {"type": "string"},
         "identifiers": {
             "type": "object",
-            "minProperties": 1,
             "additionalProperties": {"type": "string", "minLength": 1},
         },
         "attributes": {"type": "object"},
     },
+    # no identifiers only for a member named by its key: one who leaves while another
+    # member still holds every identifier it had (a shared inbox)
+    "anyOf": [{"required": ["key"]}, {"properties": {"identifiers": {"minProperties": 1}}}],
 }
 
 #: JSON Schema (draft 2020-12) of every event this destination sends

@@ -86,7 +86,8 @@ class BatchRunner(AdditionSender):
     ) -> None:
         keys = [k for k, _ in rows]
         send = [(k, tuple(r for r in rec if r not in protected)) for k, rec in rows]
-        send = [(k, rec) for k, rec in send if rec]
+        if not getattr(self.dest, "members_by_key", False):  # nothing of theirs left to remove
+            send = [(k, rec) for k, rec in send if rec]
         batch_id, outcome = "", Outcome()
         if ref is not None and send:
             batch_id = new_batch_id()
@@ -215,7 +216,7 @@ class BatchRunner(AdditionSender):
         self.state.journal_intent(
             batch_id, self.run_id, self.aid, self.grp, "remove_stale", len(stale)
         )
-        batch = RemovalBatch(list(stale), list(stale.values()))
+        batch = RemovalBatch(list(stale), list(stale.values()), stale=True)
         outcome = self._final(self.call(partial(self.dest.remove, ref, batch, self._ctx(batch_id))))
         self._note(outcome)
         self.state.journal_outcome(batch_id, "done", outcome.detail)

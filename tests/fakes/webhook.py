@@ -65,6 +65,8 @@ class Audience:
     name: str
     #: record string -> {"key": profile key or None, "attributes": {...}}
     rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: what a receiver that tracks members by profile key holds: key -> attributes
+    by_key: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class Rejected(Exception):
@@ -197,6 +199,11 @@ class WebhookReceiver:
         with self._lock:
             return {r: dict(v["attributes"]) for r, v in self.audiences[audience_id].rows.items()}
 
+    def members_by_key(self, audience_id: str) -> dict[str, dict[str, Any]]:
+        """What a receiver tracking members by profile key holds: key -> attributes."""
+        with self._lock:
+            return {k: dict(v) for k, v in self.audiences[audience_id].by_key.items()}
+
     def keys(self, audience_id: str) -> set[str]:
         with self._lock:
             return {v["key"] for v in self.audiences[audience_id].rows.values()}
@@ -290,6 +297,12 @@ class WebhookReceiver:
                     rows.pop(rec, None)
                 else:
                     rows[rec] = {"key": member.get("key"), "attributes": member["attributes"]}
+            if "key" in member:
+                by_key = self.audiences[ref["id"]].by_key
+                if event["type"] == LEFT:
+                    by_key.pop(member["key"], None)
+                else:
+                    by_key[member["key"]] = member["attributes"]
         return refused
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
