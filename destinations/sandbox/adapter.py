@@ -262,7 +262,15 @@ class SandboxDestination:
     def _connection(self) -> duckdb.DuckDBPyConnection:
         self._check_credentials()
         if self._con is None:
-            self._con = store.connect(self.path)
+            try:
+                self._con = store.connect(self.path)
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower():
+                    raise
+                raise errors.TransientError(
+                    f"the sandbox file {self.path} is in use by another process (an apply "
+                    "running?); try again when it has finished"
+                ) from None
         return self._con
 
     def _require(self, con: duckdb.DuckDBPyConnection, audience_id: str) -> AudienceRef:

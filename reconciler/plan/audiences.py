@@ -75,7 +75,8 @@ class AudienceTargeting:
             }
             before = 0 if grp in drift.gone else sizes.get(grp, 0)
             ra = recorded_aud.get(grp)
-            target = self._audience_target(aid, act, grp, ra, date_created)
+            was_existing = bool(rec and ((rec.spec.get("list") or {}).get("existing")))
+            target = self._audience_target(aid, act, grp, ra, date_created, was_existing)
             name, resource_id, create, rename_from, taken_by = target
             sent = splits.sent(grp)
             removed = c["remove"]
@@ -120,9 +121,10 @@ class AudienceTargeting:
         return out
 
     def _audience_target(
-        self, aid: str, act: ResolvedActivation, grp: str, ra, date_created
+        self, aid: str, act: ResolvedActivation, grp: str, ra, date_created, was_existing=False
     ) -> tuple[str, str | None, bool, str | None, str | None]:
-        """(name, resource id, create?, renamed from, id of a foreign audience of that name)."""
+        """(name, resource id, create?, renamed from, id of a foreign audience of that name).
+        ``was_existing``: the recorded spec sent to a `list: existing` (a list not ours)."""
         if grp not in splits.groups(act.split) and ra is not None:
             # a group of an earlier split: drained of its members, never renamed
             return ra.name, ra.resource_id, False, None, None
@@ -133,6 +135,8 @@ class AudienceTargeting:
                 raise ConfigError(f"`existing` names no list for group {grp!r}", where)
             if ra is not None and ra.resource_id and wanted in (ra.resource_id, ra.name):
                 return ra.name, ra.resource_id, False, None, None
+            if ra is not None and ra.resource_id and not self.req.refresh:
+                raise self._moved_list(aid, ra, wanted, where)
             if not self.req.refresh:
                 return wanted, None, False, None, None
             dest = self.conns.get(act.destination)
@@ -151,7 +155,17 @@ class AudienceTargeting:
                         f"{wanted!r} ({', '.join(named)}); name the one to use by its id",
                         where,
                     )
+            if ra is not None and ra.resource_id and found.id != ra.resource_id:
+                raise self._moved_list(aid, ra, f"{found.name} ({found.id})", where)
             return found.name, found.id, False, None, None
+        if ra is not None and ra.resource_id and was_existing:
+            raise ConfigError(
+                f"this activation sends to the existing list {ra.name!r} ({ra.resource_id}), "
+                "which is not its own: `list: {create: true}` would rename that list, not "
+                "create one. To send to a new list, give the activation a new id (rename "
+                "its file; the old id is then deleted, its `on_delete` applies)",
+                self.ws.location("activations", aid, "list"),
+            )
         try:
             base = render_name(
                 act.name or DEFAULT_NAME,
@@ -168,14 +182,30 @@ class AudienceTargeting:
             return name, ra.resource_id, False, (ra.name if ra.name != name else None), None
         return name, None, True, None, self._name_taken(aid, act, grp, name)
 
+    @staticmethod
+    def _moved_list(aid: str, ra, wanted: str, where) -> ConfigError:
+        return ConfigError(
+            f"`existing` now names {wanted!r}, but the members of {aid!r} are recorded in "
+            f"{ra.name!r} ({ra.resource_id}): a plan cannot move them to another list. To "
+            "send to the other list, give the activation a new id (rename its file; the old "
+            "id is then deleted, its `on_delete` applies)",
+            where,
+        )
+
     def _refresh(self, act: ResolvedActivation, rec: RecordedActivation, dest) -> Drift:
         """Read each managed audience back (``--refresh=false`` skips it): one deleted at the
         destination is created again with its members; one renamed there is renamed back."""
         drift = Drift()
-        if not self.req.refresh or act.action is ActionMode.REMOVE or not dest.capabilities.refresh:
+        moved = rec.destination != act.destination  # the file now names another integration
+        checkable = self.req.refresh and dest.capabilities.refresh
+        if act.action is ActionMode.REMOVE or not (checkable or moved):
             return drift
         for grp, ra in self.state.audiences(rec.id).items():
             if not ra.sent or not ra.resource_id:
+                continue
+            if moved and not checkable:  # another system, which cannot be asked: start anew
+                drift.gone.add(grp)
+                drift.notes.append(self._moved_note(ra, rec.destination, act.destination))
                 continue
             try:
                 now = dest.read_audience(AudienceRef(ra.resource_id, ra.name))
@@ -188,8 +218,10 @@ class AudienceTargeting:
             if now is None:
                 drift.gone.add(grp)
                 drift.notes.append(
-                    f"audience {ra.name!r} ({ra.resource_id}) was deleted at the destination: "
-                    "it will be created again and its members sent again"
+                    self._moved_note(ra, rec.destination, act.destination)
+                    if moved
+                    else f"audience {ra.name!r} ({ra.resource_id}) was deleted at the "
+                    "destination: it will be created again and its members sent again"
                 )
             elif now.name != ra.name:
                 drift.names[grp] = now.name
@@ -197,6 +229,14 @@ class AudienceTargeting:
                     f"audience {ra.name!r} was renamed to {now.name!r} at the destination"
                 )
         return drift
+
+    @staticmethod
+    def _moved_note(ra, was: str, now: str) -> str:
+        return (
+            f"the activation moved from destination {was!r} to {now!r}, which does not have "
+            f"audience {ra.name!r} ({ra.resource_id}): it will be created there and every "
+            f"member sent; the audience at {was!r} is left as it is (no longer managed)"
+        )
 
     def _name_taken(self, aid: str, act: ResolvedActivation, grp: str, name: str) -> str | None:
         """The id of an audience of this name at the destination that this activation did not
