@@ -200,3 +200,24 @@ def test_with_log_format_json_an_error_is_one_json_event(workspace, args):
     assert not events[-1]["message"].startswith("Error:")
     text = cli(ws, *args)  # without it: the plain `Error: ...` line
     assert text.exit_code == 1 and "Error: " in text.stderr and '"event"' not in text.stderr
+
+
+def test_a_workspace_directory_that_does_not_exist_is_an_error(workspace):
+    """`-C examples/mata` (a typo) must not fall back to the workspace of a parent folder."""
+    ws = workspace({})
+    res = cli(ws, "-C", str(ws.root / "examples" / "mata"), "validate")
+    assert res.exit_code == 1 and "Directory" in res.stderr and "does not exist" in res.stderr
+    assert "Valid" not in res.output
+
+
+def test_ctrl_c_inside_a_query_is_reported_as_interrupted(capsys):
+    """DuckDB turns Ctrl-C during a query into RuntimeError('Query interrupted'): the user
+    pressed Ctrl-C, so the message is `interrupted`, not an internal error."""
+    import pytest
+
+    from reconciler.cli.common import fail
+
+    with pytest.raises(SystemExit) as info:
+        fail(RuntimeError("Query interrupted"))
+    assert info.value.code == 1
+    assert capsys.readouterr().err.strip() == "Error: interrupted"

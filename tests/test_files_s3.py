@@ -131,3 +131,24 @@ def test_a_missing_bucket_fails_the_run_and_records_nothing(workspace, s3):
     names = sorted(objects(client))
     assert len(names) == 4 and all("-00001-" in n for n in names)  # the same export, once
     assert "No changes" in cli(ws, "plan").output
+
+
+def test_a_store_that_does_not_answer_fails_only_its_activation(workspace, monkeypatch):
+    """botocore's own errors (no endpoint answering) are the activation's failure, reported
+    like any destination error; the other activations still run."""
+    monkeypatch.setenv("EXPORT_KEY_ID", KEY_ID)
+    monkeypatch.setenv("EXPORT_SECRET", SECRET)
+    other = "segments: [seg-a]\ndestination: sandbox\nname: Audience A\n"
+    ws = workspace(
+        {"crm-export": ACT, "zz-other": other}, profiles=[profile(i, a=True) for i in range(1, 4)]
+    )
+    quick = "{client_kwargs: {region_name: us-east-1}, config_kwargs: {retries: {max_attempts: 1}}}"
+    integration = S3_YAML.format(endpoint="http://127.0.0.1:9", format="csv").replace(
+        "{client_kwargs: {region_name: us-east-1}}", quick
+    )
+    ws.write("integrations/s3.yaml", integration)
+    res = cli(ws, "apply", "--auto-approve")
+    said = res.output + res.stderr
+    assert res.exit_code == 1 and "internal error" not in said, said
+    assert "crm-export: Failed" in said and "zz-other: Complete" in said, said
+    assert SECRET not in said

@@ -189,7 +189,7 @@ def test_text_update_config_and_members(plan: Plan) -> None:
     ) in out
     assert "(group control; recorded, not sent) will be created: +400" in out
     assert '! audience "Churn | risk" would remove 6,000 of 10,000 members (60.0%)' in out
-    assert "apply needs --allow-mass-removal" in out
+    assert "more than max_removal_share 50%: apply needs --allow-mass-removal" in out
     assert "    note: segment churn changed definition" in out
     assert 'audience "Old list" leaves management: forget 250' in out
 
@@ -398,3 +398,16 @@ def test_unknown_format() -> None:
     assert FORMATS == ("text", "markdown", "json")
     with pytest.raises(ValueError, match="unknown plan format 'yaml'"):
         render(make_plan(), "yaml")
+
+
+def test_a_mass_removal_that_empties_says_so() -> None:
+    from reconciler.plan.model import ActivationPlan, AudienceChange, Change
+    from reconciler.render.text import mass_removal_line
+
+    act = ActivationPlan(id="a", change=Change.UPDATE, destination="d", destination_type="t",
+                         goal="send_segments", action="maintain", frequency="daily",
+                         max_removal_share=1.0)  # fmt: skip
+    au = AudienceChange(group="all", name="N", remove=5, size_before=5, size_after=0)
+    line = mass_removal_line(act, au)
+    assert "which empties it: apply needs --allow-mass-removal" in line
+    assert "more than" not in line

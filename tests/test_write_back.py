@@ -261,6 +261,11 @@ def test_an_apply_killed_mid_way_converges_on_the_next_run(workspace):
         ("WHERE activation_name = 'VIP campaign'", True),
         ("WHERE activation_name = 'Spring sale'", False),
         ("WHERE activation_id IN (SELECT 'other')", True),
+        # a restriction that restricts nothing: under OR or NOT, or on one side of a UNION
+        ("WHERE activation_id = 'nobody' OR grp = 'all'", True),
+        ("WHERE NOT activation_id = 'zzz'", True),
+        ("WHERE activation_id = 'other' UNION SELECT profile_key FROM included_in_audience", True),
+        ("WHERE grp = 'A' AND (activation_id = 'other')", False),
     ],
 )
 def test_which_reads_of_the_write_back_are_a_loop(where, loop):

@@ -137,7 +137,7 @@ class FsspecStore:
     def publish(self, scratch: Path, rel: str) -> None:
         try:
             self.fs.put_file(str(scratch), self.url(rel))
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # the store's library raises its own (botocore, aiohttp)
             raise _storage_error(exc, self.url(rel)) from exc
         finally:
             with contextlib.suppress(OSError):
@@ -146,7 +146,7 @@ class FsspecStore:
     def put_text(self, rel: str, text: str) -> None:
         try:
             self.fs.pipe_file(self.url(rel), text.encode())
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # the store's library raises its own (botocore, aiohttp)
             raise _storage_error(exc, self.url(rel)) from exc
 
     def folders(self) -> list[str]:
@@ -154,14 +154,15 @@ class FsspecStore:
             found = self.fs.ls(self.location, detail=True)
         except FileNotFoundError:
             return []
-        except OSError as exc:
+        except Exception as exc:  # the store's library raises its own (botocore, aiohttp)
             raise _storage_error(exc, self.location) from exc
         return sorted(PurePosixPath(e["name"]).name for e in found if e.get("type") == "directory")
 
 
 def _storage_error(exc: Exception, where: str) -> Exception:
-    """Access refused or a missing bucket is terminal; anything else (network, 5xx) is worth
-    retrying."""
+    """Access refused or a missing bucket is terminal; anything else (network, an endpoint
+    that does not answer, 5xx) is worth retrying, and is the activation's error, never the
+    whole run's."""
     if isinstance(exc, PermissionError):
         return TerminalError(f"the store refused writing {where}: {exc}")
     if isinstance(exc, FileNotFoundError):

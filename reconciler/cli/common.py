@@ -71,7 +71,7 @@ def fail(exc: BaseException) -> NoReturn:
         text = exc.format_message()
     elif isinstance(exc, ReconcileError):
         text = str(exc)
-    elif isinstance(exc, KeyboardInterrupt | click.Abort):
+    elif isinstance(exc, KeyboardInterrupt | click.Abort) or _query_interrupted(exc):
         text = "interrupted"
     elif isinstance(exc, MemoryError):  # the session's memory cap (sources/limits.py)
         text = (
@@ -183,6 +183,12 @@ def destination_calls(ws: Workspace, plan: Any) -> list[Any]:
 
 def use_color(no_color: bool) -> bool:
     return not no_color and "NO_COLOR" not in os.environ and sys.stdout.isatty()
+
+
+def _query_interrupted(exc: BaseException) -> bool:
+    """DuckDB's answer to Ctrl-C in the middle of a query (a ``RuntimeError``, not a
+    ``KeyboardInterrupt``)."""
+    return isinstance(exc, RuntimeError) and str(exc).startswith("Query interrupted")
 
 
 def _is_duckdb_error(exc: BaseException) -> bool:

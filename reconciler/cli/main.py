@@ -36,7 +36,7 @@ FORMATS = ("text", "markdown", "json")
 @click.option(
     "-C",
     "directory",
-    type=click.Path(file_okay=False),
+    type=click.Path(file_okay=False, exists=True),
     default=None,
     help="Workspace directory (default: the current one or its nearest parent "
     "holding reconcile.yaml).",

@@ -197,10 +197,14 @@ def attribute_line(au: AudienceChange) -> str | None:
 
 def mass_removal_line(a: ActivationPlan, au: AudienceChange) -> str:
     """The loud warning for an audience flagged by the mass-removal guard."""
+    why = (
+        "which empties it"
+        if au.size_after == 0
+        else f"more than max_removal_share {a.max_removal_share:.0%}"
+    )
     return (
         f'audience "{au.name}" would remove {num(au.remove)} of {num(au.size_before)} members '
-        f"({pct(au.remove, au.size_before)}), more than max_removal_share "
-        f"{a.max_removal_share:.0%}: apply needs --allow-mass-removal"
+        f"({pct(au.remove, au.size_before)}), {why}: apply needs --allow-mass-removal"
     )
 
 

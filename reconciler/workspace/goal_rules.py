@@ -108,27 +108,48 @@ def _loop_errors(ws: Workspace, aid: str, act: Activation) -> list[ConfigError]:
 def reads_own_writeback(
     sql: str, activation_id: str, name: str | None, dialect: str = "duckdb"
 ) -> bool:
-    """Whether ``sql`` reads rows of the write-back table that may be ``activation_id``'s:
-    it reads the table and does not restrict it with ``activation_id = '<other>'`` (or
-    ``IN (...)``, or the same on ``activation_name``) to other activations only."""
+    """Whether ``sql`` reads rows of the write-back table that may be ``activation_id``'s.
+    Every read of the table must sit in a SELECT whose WHERE has, as one of its top-level
+    ``AND`` terms, ``activation_id = '<other>'`` (or ``IN (...)``, or the same on
+    ``activation_name``) naming other activations only; a restriction under ``OR`` or
+    ``NOT``, or on another SELECT of a ``UNION``, restricts nothing."""
     try:
         tree = sqlglot.parse_one(sql, read=dialect)
     except SqlglotError:  # refused by the SQL guard, with its own message
         return False
-    if not any(t.name.lower() == WRITEBACK_TABLE for t in tree.find_all(exp.Table)):
-        return False
-    named: set[str] = set()
-    for node in tree.find_all(exp.EQ, exp.In):
-        if isinstance(node, exp.EQ):
-            sides = [(node.this, [node.expression]), (node.expression, [node.this])]
-        else:
-            sides = [(node.this, list(node.expressions))]
-        for column, values in sides:
-            if not isinstance(column, exp.Column) or column.name.lower() not in _OWNER_COLUMNS:
-                continue
-            if values and all(isinstance(v, exp.Literal) and v.is_string for v in values):
-                named |= {v.this for v in values}
-    if not named:
-        return True
     own = {activation_id} | ({name} if name else set())
-    return bool(named & own)
+    for table in tree.find_all(exp.Table):
+        if table.name.lower() != WRITEBACK_TABLE:
+            continue
+        select = table.find_ancestor(exp.Select)
+        roots = [select.args.get("where") if select is not None else None]
+        if isinstance(table.parent, exp.Join):  # JOIN included_in_audience i ON ...
+            roots.append(table.parent.args.get("on"))
+        named = _named_owners([r.this if isinstance(r, exp.Where) else r for r in roots if r])
+        if not named or named & own:
+            return True
+    return False
+
+
+def _named_owners(conditions: list[exp.Expression]) -> set[str]:
+    """The activations ``conditions`` (a WHERE, a JOIN's ON) restrict rows to: the string
+    literals of the ``activation_id``/``activation_name`` = or IN terms joined to the rest by
+    ``AND`` only."""
+    terms, named = list(conditions), set()
+    while terms:
+        node = terms.pop()
+        if isinstance(node, exp.Paren):
+            terms.append(node.this)
+        elif isinstance(node, exp.And):
+            terms += [node.this, node.expression]
+        elif isinstance(node, exp.EQ | exp.In):
+            if isinstance(node, exp.EQ):
+                sides = [(node.this, [node.expression]), (node.expression, [node.this])]
+            else:
+                sides = [(node.this, list(node.expressions))]
+            for column, values in sides:
+                if not isinstance(column, exp.Column) or column.name.lower() not in _OWNER_COLUMNS:
+                    continue
+                if values and all(isinstance(v, exp.Literal) and v.is_string for v in values):
+                    named |= {v.this for v in values}
+    return named
