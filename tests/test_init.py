@@ -134,3 +134,14 @@ def test_init_install_option_and_bad_input(tmp_path: Path):
 def test_rendered_workflows_carry_no_template_token():
     for text in render_workflows("a/b").values():
         assert not re.search(r"@[A-Z]+@", text)
+
+
+def test_two_workspaces_whose_workflow_names_collide_are_refused(tmp_path: Path):
+    """`a/b` and `a-b` give the same workflow file names: the second init must not leave
+    its workspace without CI while saying nothing."""
+    repo = git_repo(tmp_path / "repo")
+    assert init(str(repo / "a" / "b")).exit_code == 0
+    res = init(str(repo / "a-b"))
+    assert res.exit_code == 1
+    assert "already runs the workspace 'a/b'" in res.output
+    assert not (repo / "a-b" / "reconcile.yaml").exists()  # nothing written
