@@ -16,7 +16,7 @@ def test_state_show_mv_rm(workspace):
     ws = workspace({"act": ACT}, profiles=[profile(i, a=True) for i in range(3)])
     assert cli(ws, "apply", "--auto-approve").exit_code == 0
     (shown,) = json.loads(cli(ws, "state", "show").output)
-    assert shown["id"] == "act" and shown["serial"] == 1
+    assert shown["id"] == "act" and shown["serial"] == 2  # bumped as the apply starts and ends
     assert shown["audiences"][0]["members"] == 3 and shown["audiences"][0]["name"] == "A"
 
     res = cli(ws, "state", "mv", "act", "renamed")

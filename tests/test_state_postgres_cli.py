@@ -132,6 +132,10 @@ def test_readers_work_while_an_apply_holds_the_lock(pg_ws, pg_dsn):
         for args in (("plan",), ("status",), ("log", "act"), ("state", "show")):
             res = cli(ws, *args)
             assert res.exit_code == 0, (args, res.stderr)
+        # readers are told that an apply is running and what they see
+        status = cli(ws, "status")
+        said = " ".join((cli(ws, "plan").output + status.output + status.stderr).split())
+        assert said.count("`reconcile apply` (pid") == 2 and "recorded so far" in said, said
         res = cli(ws, "apply", "--auto-approve")
         assert res.exit_code == 1 and f"lock {lock.lock_id}" in res.stderr
         res = cli(ws, "state", "unlock")

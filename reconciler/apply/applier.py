@@ -267,6 +267,9 @@ class Applier(AudienceSteps):
     ) -> None:
         o.status, o.error = status, error
         self.state.finish_run(run_id, status, audiences=o.audiences, error=error or o.warning)
+        # again at the end: a plan saved while this ran (it read what was recorded so far from
+        # a PostgreSQL state) is stale now
+        self.state.bump_serial(ap.id)
         done = status is Status.COMPLETE
         self.state.set_status(ap.id, status, error, success=done, ran=done)
         self.finished.append(

@@ -18,6 +18,7 @@ from pathlib import Path
 import duckdb
 import psycopg
 
+from reconciler.errors import StateError
 from reconciler.state.backend import AttachedState
 from reconciler.state.postgres import mirror
 from reconciler.state.postgres.db import PgDatabase
@@ -66,7 +67,25 @@ class PostgresBackend:
             pg.close()
             _remove(copy)
             raise
-        return _PostgresAttached(con, self.db, pg, copy, self.tmp, write=write, members=members)
+        attached = _PostgresAttached(con, self.db, pg, copy, self.tmp, write=write, members=members)
+        if not write:
+            attached.notice = self._apply_running()
+        return attached
+
+    def _apply_running(self) -> str | None:
+        """The notice of a reader while an apply holds the lock: the PostgreSQL state is read
+        as it is (what the apply recorded so far), not as of the apply's start."""
+        try:
+            info = self.lock().info()
+        except (StateError, psycopg.Error):
+            return None
+        if info is None or info.stale:
+            return None
+        return (
+            f"`{info.command}` (pid {info.pid} on {info.host}, user {info.user}) is running "
+            f"since {info.started}; showing what it has recorded so far (a plan saved now is "
+            "refused as stale once it finishes)"
+        )
 
 
 class _PostgresAttached:
@@ -83,6 +102,7 @@ class _PostgresAttached:
     ):
         self.con, self.db, self.pg, self.copy, self.tmp = con, db, pg, copy, tmp
         self.write, self.members = write, members
+        self.notice: str | None = None  # an apply is running (PostgresBackend._apply_running)
         self._reader: PostgresStateReader | None = None
 
     def reader(self) -> PostgresStateReader:
@@ -91,6 +111,7 @@ class _PostgresAttached:
             self._reader = PostgresStateReader(
                 self.con, self.db, self.pg, self.members, tmp=self.tmp
             )
+            self._reader.notice = self.notice
         return self._reader
 
     def store(self) -> PostgresStateStore:
