@@ -882,3 +882,19 @@ def test_action_remove_is_not_a_default(workspace):
     res = cli(ws, "validate")
     assert res.exit_code == 1
     assert "reconcile.yaml:" in res.stderr and "defaults.action" in res.stderr, res.stderr
+
+
+def test_an_unquoted_country_no_gets_a_hint_to_quote_it(workspace):
+    config = RECONCILE_YAML.replace("default_phone_country: AU", "default_phone_country: NO")
+    ws = workspace({}, reconcile_yaml=config)
+    res = cli(ws, "validate")
+    assert res.exit_code == 1
+    assert "source.profiles.default_phone_country" in res.stderr and "quote it" in res.stderr
+
+
+def test_split_ab_with_one_existing_list_is_refused_by_validate(workspace):
+    act = "segments: [seg-a]\ndestination: sandbox\nsplit: ab\nlist: {existing: {A: sbx_1}}\n"
+    ws = workspace({"act": act})
+    res = cli(ws, "validate")
+    assert res.exit_code == 1
+    assert "activations/act.yaml" in res.stderr and "one list per group" in res.stderr

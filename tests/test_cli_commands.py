@@ -266,6 +266,6 @@ def test_an_ab_split_naming_a_list_for_one_group_only_is_a_clear_error(workspace
         con.close()
     res = cli(ws, "plan")
     assert res.exit_code == 1 and "Traceback" not in res.stderr
-    assert "activations/act.yaml:5: list.existing: `existing` names no list for group 'B'" in (
+    assert "activations/act.yaml:5: list.existing: `split: ab` with existing lists names one " in (
         res.stderr
     ), res.stderr

@@ -244,6 +244,14 @@ class Activation(Strict):
             raise FieldError(
                 "`list.existing` as {A: .., B: ..} needs `split: ab`", "list", "existing"
             )
+        if isinstance(self.target.existing, dict) and {
+            str(k).upper() for k in self.target.existing
+        } != {"A", "B"}:
+            raise FieldError(
+                "`split: ab` with existing lists names one list per group: {A: id, B: id}",
+                "list",
+                "existing",
+            )
         if (
             self.split is SplitMode.AB
             and self.target.existing is not None
