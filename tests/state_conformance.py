@@ -334,13 +334,13 @@ class StateBackendConformance:
             assert time.monotonic() < deadline
             time.sleep(0.1)
         assert info.id == lock_id
-        with pytest.raises(StateLocked) as exc:
-            lock.acquire("apply")
-        assert "heartbeat stopped" in str(exc.value)
-        assert f"reconcile state unlock {lock_id}" in str(exc.value)
-        assert lock.force_unlock(lock_id)
+        # its process ran on this machine and is gone: once stale, the lock is taken over
+        # (a stale lock of another machine is only reported: see test_state_postgres_cli)
         lock.acquire("apply")
-        lock.release()
+        try:
+            assert lock.info().id == lock.lock_id != lock_id
+        finally:
+            lock.release()
 
     def test_force_unlock_breaks_only_the_named_lock(self, backend, spec, tmp_path):
         flag = tmp_path / "held"

@@ -381,4 +381,4 @@ def test_a_lock_left_by_a_process_that_exited_here_is_taken_over(pg_ws, pg_dsn, 
     if host == "this":
         assert res.exit_code == 0, res.stderr
     else:
-        assert res.exit_code == 1 and "deadbeef0001" in res.stderr
+        assert res.exit_code == 1 and "reconcile state unlock deadbeef0001" in res.stderr
