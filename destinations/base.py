@@ -245,11 +245,11 @@ class Destination(Protocol):
     identity: Identity
     #: how the engine retries this destination's calls (a fast one for local destinations)
     retry_policy: RetryPolicy
-    #: (optional, default False) the destination holds members by their profile key (a
-    #: webhook receiver sent the keys), not only by identifier: a member who leaves is
-    #: removed by key even when every identifier it had is still held by another member
-    #: (a shared inbox), so its removal is sent with no identifiers rather than skipped
-    members_by_key: bool
+    # Optional, not part of the protocol (the engine reads it with a default of False):
+    # ``members_by_key: bool``, the destination holds members by their profile key (a
+    # webhook receiver sent the keys), not only by identifier. A member who leaves is then
+    # removed by key even when another member still holds every identifier it had (a shared
+    # inbox): its removal is sent with no identifiers rather than skipped.
 
     def list_audiences(self) -> list[AudienceRef]:
         """Every audience the account has (``reconcile lists``)."""
