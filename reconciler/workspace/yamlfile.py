@@ -285,7 +285,7 @@ def validation_errors(
                 got.setdefault(loc, shown)
             if kind == "string_type" and isinstance(err.get("input"), bool):
                 # YAML 1.1: an unquoted NO (Norway), yes, on, off, y, n is a boolean
-                msg += "; YAML reads an unquoted no, yes, on, off as true/false: quote it (\"NO\")"
+                msg += '; YAML reads an unquoted no, yes, on, off as true/false: quote it ("NO")'
         msgs = merged.setdefault(loc, [])
         if msg not in msgs:
             msgs.append(msg)
