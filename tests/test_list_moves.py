@@ -83,3 +83,21 @@ def test_moving_to_another_destination_sends_everyone_there_and_says_so(workspac
     assert ws.sandbox_keys() == before  # the old one: untouched
     assert ws.sandbox_keys(path=".reconcile/two.duckdb") == before  # everyone, at the new one
     assert "No changes" in cli(ws, "plan").output
+
+
+def test_an_interrupted_run_with_nothing_left_is_finished_by_the_next_apply(workspace):
+    """The run was killed after its last batch was recorded: nothing is left to send, and
+    the next apply still records a finished run instead of leaving it Pending."""
+    import duckdb
+
+    ws = workspace({"act": CREATED}, profiles=rows())
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    con = duckdb.connect(str(ws.root / ".reconcile/state.duckdb"))
+    con.execute("UPDATE activations SET status = 'Pending'")
+    con.close()
+    assert "Pending" in cli(ws, "status").output
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 0, res.output + res.stderr
+    assert "act: Complete (+0 -0 ~0)" in res.output
+    assert "Complete" in cli(ws, "status").output and "Pending" not in cli(ws, "status").output
+    assert "No changes" in cli(ws, "apply", "--auto-approve").output  # and then nothing more

@@ -103,7 +103,11 @@ class Applier(AudienceSteps):
             if self.guard.stop_requested:
                 result.interrupted = True
                 break
-            if not ap.has_changes and not (ap.due and self.opts.trigger != "apply"):
+            if (
+                not ap.has_changes
+                and not (ap.due and self.opts.trigger != "apply")
+                and not interrupted(self.state, ap.id)
+            ):
                 continue
             try:
                 outcome = self._activation(ap)
@@ -378,3 +382,14 @@ def _now() -> datetime:
 
 def _run_id() -> str:
     return datetime.now().strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+#: statuses of an activation whose last run stopped before it finished
+INTERRUPTED = (Status.PENDING.value, Status.RUNNING.value)
+
+
+def interrupted(state, activation_id: str) -> bool:
+    """Whether the activation's last run was interrupted: the next apply runs it even when
+    nothing is left to send, so that its status says it finished (it stayed Pending)."""
+    rec = state.activation(activation_id)
+    return rec is not None and rec.status in INTERRUPTED

@@ -75,8 +75,10 @@ def apply_plan(
             refusal = state_loss.refusal(staged.plan)
             if refusal and not allow_duplicate_audiences:
                 raise ReconcileError(refusal)
-            wanted = staged.plan.has_changes or (
-                trigger != "apply" and any(a.due for a in staged.plan.activations)
+            wanted = (
+                staged.plan.has_changes
+                or (trigger != "apply" and any(a.due for a in staged.plan.activations))
+                or engine.any_interrupted(ws, staged.plan)
             )
             if not wanted:
                 return
