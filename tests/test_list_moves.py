@@ -101,3 +101,28 @@ def test_an_interrupted_run_with_nothing_left_is_finished_by_the_next_apply(work
     assert "act: Complete (+0 -0 ~0)" in res.output
     assert "Complete" in cli(ws, "status").output and "Pending" not in cli(ws, "status").output
     assert "No changes" in cli(ws, "apply", "--auto-approve").output  # and then nothing more
+
+
+def test_ctrl_c_during_an_export_still_exits_non_zero(workspace, monkeypatch):
+    """Ctrl-C lands while an export writes its files: the export is finished and recorded
+    (it writes its files whole), and the run still exits 1, as every stopped run does."""
+    import os
+    import signal
+
+    from destinations.files.adapter import FilesDestination
+    from tests.test_files_export import EXPORT_ACT, FILES_YAML
+
+    original = FilesDestination.write_export
+
+    def write_then_ctrl_c(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # the user presses Ctrl-C during the export
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(FilesDestination, "write_export", write_then_ctrl_c)
+    ws = workspace({"vip-export": EXPORT_ACT.format(full="never")}, profiles=rows())
+    ws.write("integrations/files.yaml", FILES_YAML.format(format="csv", pii="hashed", extra=""))
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 1, res.output + res.stderr
+    assert "Interrupted" in res.stderr
+    monkeypatch.undo()
+    assert "No changes" in cli(ws, "plan").output  # the export was recorded whole

@@ -79,6 +79,9 @@ class Applier(AudienceSteps):
         self._resume_jobs()
         try:
             self._run_all(result)
+            # Ctrl-C (or SIGTERM) during the last activation, which then finished anyway (an
+            # export writes its files whole): still a run the user stopped, exit non-zero
+            result.interrupted |= self.guard.stop_requested
         finally:
             if self.finished:
                 notify_finished(self.ws, self.finished, self.opts.trigger, self.state, self.echo)
