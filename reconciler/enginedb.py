@@ -19,7 +19,7 @@ from pathlib import Path
 import duckdb
 
 from reconciler.sources.base import Source
-from reconciler.sources.limits import memory_cap
+from reconciler.sources.limits import APPLY_ROOM_FACTOR, ROOM_FACTOR, memory_cap
 from reconciler.state.backend import AttachedState, open_backend
 from reconciler.state.schema import pid_alive
 from reconciler.state.store import StateReader
@@ -86,7 +86,8 @@ class Session:
         #: the process's memory cap while the session is open (limits.memory_cap): what
         #: DuckDB's memory_limit does not count (giant strings built by untrusted SQL)
         self._cap = contextlib.ExitStack()
-        self._cap.enter_context(memory_cap(memory_bytes(str(config["memory_limit"]))))
+        factor = APPLY_ROOM_FACTOR if write_state else ROOM_FACTOR
+        self._cap.enter_context(memory_cap(memory_bytes(str(config["memory_limit"])), factor))
         try:
             self.con = duckdb.connect(":memory:", config=config)
         except BaseException:

@@ -76,7 +76,7 @@ def fail(exc: BaseException) -> NoReturn:
     elif isinstance(exc, MemoryError):  # the session's memory cap (sources/limits.py)
         text = (
             "out of memory: the process reached its memory cap (3 x `source.memory_limit`, "
-            "at least 1 GiB, above what it used when the engine started). Nothing more was "
+            "6 x during an apply, above what it used when the engine started). Nothing more was "
             "done; raise `source.memory_limit` in reconcile.yaml (or set "
             "RECONCILE_MEMORY_CAP=off to run without the cap)"
         )

@@ -78,6 +78,10 @@ def time_limit(
 #: and HTTP bodies of an apply), and at least :data:`MIN_ROOM`
 ROOM_FACTOR = 3
 MIN_ROOM = 2**30
+#: an apply's session holds the sender's batches, the state's writes and a destination's own
+#: buffers besides the engine (a 10M-profile apply to the sandbox reserved 3.0 GiB of data
+#: segment for 1.1 GiB resident): it gets twice the room
+APPLY_ROOM_FACTOR = 6
 
 
 def _data_size() -> int | None:
@@ -99,9 +103,9 @@ _cap_saved: tuple[int, int] | None = None  # the limits in force before the firs
 
 
 @contextmanager
-def memory_cap(memory_limit: int) -> Iterator[int | None]:
-    """While the block runs, the process may grow its data segment by at most
-    ``ROOM_FACTOR`` x ``memory_limit`` bytes (at least :data:`MIN_ROOM`) beyond what it holds
+def memory_cap(memory_limit: int, factor: int = ROOM_FACTOR) -> Iterator[int | None]:
+    """While the block runs, the process may grow its data segment by at most ``factor`` x
+    ``memory_limit`` bytes (at least :data:`MIN_ROOM`, scaled alike) beyond what it holds
     when the first such block starts; the limit that was in force comes back when the last
     one ends (sessions of one process share the cap). Yields the cap in bytes, or None where
     none is set: not Linux (``RLIMIT_DATA`` counts mappings only there), ``memory_limit``
@@ -109,7 +113,7 @@ def memory_cap(memory_limit: int) -> Iterator[int | None]:
     global _cap_holders, _cap_saved
     with _cap_lock:
         if _cap_holders == 0:
-            _cap_saved = _set_cap(memory_limit)
+            _cap_saved = _set_cap(memory_limit, factor)
         _cap_holders += 1
         cap = None if _cap_saved is None else _current_cap()
     try:
@@ -130,7 +134,7 @@ def _current_cap() -> int:
     return resource.getrlimit(resource.RLIMIT_DATA)[0]
 
 
-def _set_cap(memory_limit: int) -> tuple[int, int] | None:
+def _set_cap(memory_limit: int, factor: int) -> tuple[int, int] | None:
     """Set the cap; the limits it replaced, or None when it set none."""
     now = _data_size() if sys.platform.startswith("linux") else None
     if now is None or memory_limit <= 0 or os.environ.get("RECONCILE_MEMORY_CAP") == "off":
@@ -138,7 +142,7 @@ def _set_cap(memory_limit: int) -> tuple[int, int] | None:
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
-    cap = now + max(ROOM_FACTOR * memory_limit, MIN_ROOM)
+    cap = now + max(factor * memory_limit, factor * MIN_ROOM // ROOM_FACTOR)
     if (soft != resource.RLIM_INFINITY and soft <= cap) or (
         hard != resource.RLIM_INFINITY and hard < cap
     ):
