@@ -291,34 +291,8 @@ class Applier(AudienceSteps):
                 f"{worst.remove:,} of {worst.size_before:,} members (max_removal_share "
                 f"{ap.max_removal_share:.0%}); re-run with --allow-mass-removal if intended"
             )
-        if not self.opts.from_plan_file:
-            return None
-        rec = self.state.activation(ap.moved_from or ap.id)
-        serial = rec.serial if rec else 0
-        if serial != ap.state_serial:
-            return (
-                f"the saved plan is stale: the state of {ap.id!r} moved since the plan "
-                f"(serial {ap.state_serial} -> {serial}); run `reconcile plan` again"
-            )
-        if ap.change is not Change.DELETE:
-            act = self.ws.activations.get(ap.id)
-            now = (
-                digest(recorded_spec(self.ws, act.resolved(self.ws.config.defaults)))
-                if act
-                else None
-            )
-            if act is None:
-                return (
-                    f"the saved plan is stale: {ap.file or ap.id} was deleted since the plan; "
-                    "run `reconcile plan` again"
-                )
-            if now != ap.spec_digest:
-                segments = ", ".join(f"segments/{s}.yaml" for s in act.segments)
-                return (
-                    f"the saved plan is stale: {ap.file or ap.id} or what it uses ({segments}, "
-                    f"integrations/{act.destination}.yaml, the defaults in reconcile.yaml) "
-                    "changed since the plan; run `reconcile plan` again"
-                )
+        # a saved plan's activations that no longer match the workspace, the state or the
+        # data (stale ones included) were found before the apply: saved_check.verify
         return self.opts.refused.get(ap.id)
 
     # ------------------------------------------------------------------ deleted files

@@ -13,12 +13,12 @@ applies the saved plan's member changes **only where the plan made now has them 
   audiences' names, the export location) must be what it would say now, else that activation
   is refused as stale; what is applied is taken from the plan made now, so a forged name,
   destination or location is never used;
-- the mass-removal guard is worked out again from the recorded sizes.
+- the mass-removal guard is worked out again from the recorded sizes;
+- a plan made before its activation's spec or recorded state moved is refused as stale.
 
 A change of the saved plan that no longer holds (the data moved since the plan, a profile
 left the segment or withdrew consent) is not applied and is counted; the next plan shows what
-remains. The staleness checks of the state serial and the spec digest keep the saved plan's
-values, so they still refuse a plan made before another apply or a spec change.
+remains.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def verify(saved: Plan, saved_staging: Path, fresh: Plan, fresh_staging: Path) -
     refused: dict[str, str] = {}
     for ap in saved.activations:
         fa = _find(fresh, ap.id)
-        if fa is not None and (stale := _stale(ap, fa)):
+        if stale := _stale(ap, fa):
             refused[ap.id] = stale
             continue
         why = _mismatch(ap, fa) if fa is not None else "it is not in the workspace or the state"
@@ -71,7 +71,7 @@ def verify(saved: Plan, saved_staging: Path, fresh: Plan, fresh_staging: Path) -
         if ap.id in refused or fa is None:
             activations.append(ap)  # refused as it is: shown, never applied
             continue
-        activations.append(_limited(ap, fa, counts))
+        activations.append(_limited(fa, counts))
     plan = fresh.model_copy(
         update={
             "plan_id": saved.plan_id,
@@ -87,19 +87,29 @@ def _find(plan: Plan, activation_id: str) -> ActivationPlan | None:
     return next((a for a in plan.activations if a.id == activation_id), None)
 
 
-def _stale(ap: ActivationPlan, fa: ActivationPlan) -> str | None:
-    """The saved plan was made against another state or spec of the activation (the plan
-    made now read the state and the files as they are): refused as stale, as the applier's
-    own check words it (a CI job plans again on these words)."""
-    if ap.state_serial != fa.state_serial:
+def _stale(ap: ActivationPlan, fa: ActivationPlan | None) -> str | None:
+    """The saved plan was made against another state or spec of the activation than the plan
+    made now read (``fa``; None: neither a file nor a record of it is left): refused as
+    stale, naming what may have changed (a CI job plans again on these words)."""
+    serial = fa.state_serial if fa is not None else 0
+    if serial != ap.state_serial:
         return (
             f"the saved plan is stale: the state of {ap.id!r} moved since the plan "
-            f"(serial {ap.state_serial} -> {fa.state_serial}); run `reconcile plan` again"
+            f"(serial {ap.state_serial} -> {serial}); run `reconcile plan` again"
         )
-    if ap.change is not Change.DELETE and ap.spec_digest != fa.spec_digest:
+    if ap.change is Change.DELETE:
+        return None
+    if fa is None or fa.change is Change.DELETE:
         return (
-            f"the saved plan is stale: {ap.file or ap.id} or what it uses changed since the "
-            "plan; run `reconcile plan` again"
+            f"the saved plan is stale: {ap.file or ap.id} was deleted since the plan; "
+            "run `reconcile plan` again"
+        )
+    if fa.spec_digest != ap.spec_digest:
+        segments = ", ".join(f"segments/{s.name}.yaml" for s in fa.segments)
+        return (
+            f"the saved plan is stale: {ap.file or ap.id} or what it uses ({segments}, "
+            f"integrations/{fa.destination}.yaml, the defaults in reconcile.yaml) "
+            "changed since the plan; run `reconcile plan` again"
         )
     return None
 
@@ -168,18 +178,11 @@ def _intersect(
     return counts, dropped
 
 
-def _limited(ap: ActivationPlan, fa: ActivationPlan, counts: dict) -> ActivationPlan:
-    """The activation as planned now, with only the member changes both plans have; the
-    saved plan's serial and spec digest (the staleness checks), and the mass-removal guard
-    from the recorded sizes."""
-    audiences = [_audience(fa, au, counts) for au in fa.audiences]
-    return fa.model_copy(
-        update={
-            "audiences": audiences,
-            "state_serial": ap.state_serial,
-            "spec_digest": ap.spec_digest,
-        }
-    )
+def _limited(fa: ActivationPlan, counts: dict) -> ActivationPlan:
+    """The activation as planned now, with only the member changes both plans have, and the
+    mass-removal guard worked out from the recorded sizes (serial and spec digest are the
+    saved plan's: a stale plan was refused)."""
+    return fa.model_copy(update={"audiences": [_audience(fa, au, counts) for au in fa.audiences]})
 
 
 def _audience(fa: ActivationPlan, au: AudienceChange, counts: dict) -> AudienceChange:
