@@ -99,12 +99,26 @@ class PushdownTransaction:
         try:
             # no parameters: no placeholder parsing (user SQL may hold a literal %)
             return cur.execute(sql, list(params) if params else None)
-        except psycopg.errors.QueryCanceled as exc:
-            if not pg_connect.hit_time_limit(cur.connection, started, self.source.timeout):
-                raise self.source._failed(exc, user or sql, where, what) from None
-            raise pg_connect.timed_out(where, what, self.source.timeout) from None
         except psycopg.Error as exc:
-            raise self.source._failed(exc, user or sql, where, what) from None
+            raise self._error(exc, cur, started, user or sql, where, what) from None
+
+    def _error(
+        self,
+        exc: psycopg.Error,
+        cur: psycopg.Cursor,
+        started: float,
+        sql: str,
+        where: str,
+        what: str,
+    ) -> Exception:
+        """The statement's timeout as the time limit of untrusted SQL; anything else (an
+        administrator's cancel included) as the source's failure."""
+        timeout = self.source.timeout
+        if isinstance(exc, psycopg.errors.QueryCanceled) and pg_connect.hit_time_limit(
+            cur.connection, started, timeout
+        ):
+            return pg_connect.timed_out(where, what, timeout)
+        return self.source._failed(exc, sql, where, what)
 
     # ------------------------------------------------------------------ bulk moves
     def copy_out(self, query: str, into: str, types: dict[str, str], join: str = "") -> int:
@@ -119,18 +133,9 @@ class PushdownTransaction:
                 try:
                     with cur.copy(f"COPY ({query}) TO STDOUT WITH (FORMAT csv)") as copy:
                         out.writelines(copy)
-                except psycopg.errors.QueryCanceled as exc:
-                    if not pg_connect.hit_time_limit(cur.connection, started, self.source.timeout):
-                        raise self.source._failed(
-                            exc, query, self.source._where(), "the membership diff"
-                        ) from None
-                    raise pg_connect.timed_out(
-                        self.source._where(), "the membership diff", self.source.timeout
-                    ) from None
                 except psycopg.Error as exc:
-                    raise self.source._failed(
-                        exc, query, self.source._where(), "the membership diff"
-                    ) from None
+                    where, what = self.source._where(), "the membership diff"
+                    raise self._error(exc, cur, started, query, where, what) from None
             count = max(cur.rowcount, 0)
             try:
                 self.con.execute(f"{into} SELECT r.* FROM {csv_relation(name, types)} r {join}")
