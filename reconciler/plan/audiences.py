@@ -64,6 +64,8 @@ class AudienceTargeting:
             recorded_aud.pop(grp, None)
         sizes = self.state.member_counts(rec.id) if rec else {}
         date_created = rec.date_created if rec else local_date(self.as_of, self.ws.config.timezone)
+        # the recorded spec sent to a `list: existing` (a list that is not the activation's)
+        was_existing = bool(rec and (rec.spec.get("list") or {}).get("existing"))
         groups = splits.groups(act.split)
         # groups that exist only in the state (the split changed) still need their leavers
         groups += [g for g in sorted(set(recorded_aud) | set(sizes)) if g not in groups]
@@ -75,7 +77,6 @@ class AudienceTargeting:
             }
             before = 0 if grp in drift.gone else sizes.get(grp, 0)
             ra = recorded_aud.get(grp)
-            was_existing = bool(rec and ((rec.spec.get("list") or {}).get("existing")))
             target = self._audience_target(aid, act, grp, ra, date_created, was_existing)
             name, resource_id, create, rename_from, taken_by = target
             sent = splits.sent(grp)
