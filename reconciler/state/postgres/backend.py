@@ -69,14 +69,14 @@ class PostgresBackend:
             raise
         attached = _PostgresAttached(con, self.db, pg, copy, self.tmp, write=write, members=members)
         if not write:
-            attached.notice = self._apply_running()
+            attached.notice = self._apply_running(pg)
         return attached
 
-    def _apply_running(self) -> str | None:
+    def _apply_running(self, pg: psycopg.Connection) -> str | None:
         """The notice of a reader while an apply holds the lock: the PostgreSQL state is read
         as it is (what the apply recorded so far), not as of the apply's start."""
         try:
-            info = self.lock().info()
+            info = self.lock().info(pg)
         except (StateError, psycopg.Error):
             return None
         if info is None or info.stale:

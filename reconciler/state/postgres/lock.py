@@ -118,9 +118,12 @@ class PostgresLock:
             pass  # the server is gone: the row goes stale and is reported as such
 
     # ------------------------------------------------------------------ looking
-    def info(self) -> LockInfo | None:
-        with self.db.connect(autocommit=True) as conn:
+    def info(self, conn: psycopg.Connection | None = None) -> LockInfo | None:
+        """Who holds the lock, read on ``conn`` (an open connection) or a new one."""
+        if conn is not None:
             return self._info(conn)
+        with self.db.connect(autocommit=True) as new:
+            return self._info(new)
 
     def _info(self, conn: psycopg.Connection) -> LockInfo | None:
         with self.db.errors("reading the lock"):
