@@ -61,3 +61,49 @@ def test_the_unsendable_rows_stream_apart() -> None:
     batches = list(encode.stream(con.cursor(), table, sendable=False, size=4))
     assert [len(b) for b in batches] == [4, 2]
     assert sorted(int(k) for b in batches for k in b["key"]) == [1, 2, 4, 5, 7, 8]
+
+
+def _build(con: duckdb.DuckDBPyConnection, changes: list[tuple[str, str]]) -> dict:
+    """The send table of ``changes`` ((op, key) staged for activation a, group all) over a
+    profiles table where key k2 is on two rows."""
+    from destinations.base import Identity
+    from destinations.identity import SANDBOX
+    from reconciler.enginedb import STAGING
+    from reconciler.workspace.spec import ProfilesTable
+
+    con.execute(f"ATTACH IF NOT EXISTS ':memory:' AS {STAGING}")
+    con.execute(
+        f"CREATE OR REPLACE TABLE {STAGING}.changes "
+        "(activation_id VARCHAR, grp VARCHAR, op VARCHAR, key VARCHAR)"
+    )
+    con.executemany(f"INSERT INTO {STAGING}.changes VALUES ('a', 'all', ?, ?)", changes)
+    con.execute(
+        """CREATE OR REPLACE TABLE profiles AS SELECT * FROM (VALUES
+        ('k1', 'one@example.com'), ('k2', 'two@example.com'), ('k2', 'dup@example.com'),
+        ('k3', 'three@example.com')) t(customer_id, email)"""
+    )
+    profiles = ProfilesTable(identifiers={"email": "email"})
+    return encode.build(
+        con,
+        activation_id="a",
+        grp="all",
+        identity=Identity(SANDBOX, ("email",)),
+        profiles=profiles,
+        attribute_map={},
+        fingerprint="0::UBIGINT",
+    )
+
+
+def _sent(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
+    return sorted(con.execute(f"SELECT op, key FROM {encode.SEND}").fetchall())
+
+
+def test_a_change_staged_twice_is_sent_once_and_a_repeated_profile_key_not_at_all() -> None:
+    con = duckdb.connect()
+    tables = _build(con, [("add", "k1"), ("add", "k1"), ("add", "k2"), ("update", "k3")])
+    assert _sent(con) == [("add", "k1"), ("update", "k3")]
+    # k2 is on two profile rows: drift, left out (staged, not usable)
+    assert (tables["add"].staged, tables["add"].usable) == (3, 1)
+    # without a repeat, one build (no DISTINCT pass) gives the same rows
+    _build(con, [("add", "k1"), ("update", "k3")])
+    assert _sent(con) == [("add", "k1"), ("update", "k3")]
