@@ -146,6 +146,24 @@ def any_interrupted(ws: Workspace, plan: Plan) -> bool:
         return any(interrupted(state, a.id) for a in plan.activations)
 
 
+def recover_calls(ws: Workspace) -> list[str]:
+    """Before an apply plans, under the state lock: the members of calls a run that died left
+    without a recorded answer are recorded as possibly sent (:meth:`~reconciler.state.
+    member_writes.MemberWrites.close_interrupted_batches`), so the plan re-sends those still
+    wanted and removes those who left since. Each activation concerned gets a new serial (a
+    plan saved before is stale). Returns those activations; nothing is written when there is
+    nothing to recover."""
+    with read_state(ws) as state:
+        if not state.in_flight():
+            return []
+    with opened(open_backend(ws), write=True) as attached:
+        store = attached.store()
+        recovered = sorted({aid for aid, _, _ in store.close_interrupted_batches()})
+        for aid in recovered:
+            store.bump_serial(aid)
+    return recovered
+
+
 def state_lock(ws: Workspace) -> StateLocking:
     return open_backend(ws).lock()
 

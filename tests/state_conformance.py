@@ -233,10 +233,12 @@ class StateBackendConformance:
                 "a", destination="sandbox", frequency="daily", date_created=date(2026, 1, 2)
             )
             store.start_run("r1", "a", "apply")
+            w2 = rows(["k3", "k4"])
             with store.transaction():
                 batches = [("w1", 2), ("w2", 2), ("w3", 1), ("w4", 1)]
                 store.journal_intents(batches, "r1", "a", "all", "add")
-            w2 = rows(["k3", "k4"])
+                sent = [rows(["k1", "k2"]), w2, rows(["k5"]), rows(["k6"])]
+                store.journal_inflight([(b, r) for (b, _), r in zip(batches, sent, strict=True)])
             with store.transaction():  # w1 whole, w2's first member
                 parts = [rows(["k1", "k2"]), w2.slice(0, 1)]
                 store.record_sent_batches(parts, [("w1", "took 2")], "a", "all", run_id="r1")
@@ -244,13 +246,15 @@ class StateBackendConformance:
                 parts = [w2.slice(1, 1), rows(["k5"])]
                 completed = [("w2", None), ("w3", "took 1")]
                 store.record_sent_batches(parts, completed, "a", "all", run_id="r1")
-            assert store.close_interrupted_batches() == 1  # w4: journaled, never recorded
+            assert st.reader().in_flight("a") == 1
+            # w4: journaled, never answered: its member is recorded as possibly sent
+            assert store.close_interrupted_batches() == [("a", "all", ["k6"])]
             store.finish_run("r1", "Complete", audiences=[], error=None)
         snap = snapshot(backend)
         assert snap["members"] == [
             (k, "all", BIG_FP - int(k[1:]), [f"email_sha256:{k}"])
             for k in ("k1", "k2", "k3", "k4", "k5")
-        ]
+        ] + [("k6", "all", None, ["email_sha256:k6"])]
         (run,) = snap["runs"]
         assert run.added == 5
         with opened(backend, write=False) as st:
@@ -265,6 +269,50 @@ class StateBackendConformance:
             ("w3", "add", 1, "done", "took 1", True),
             ("w4", "add", 1, "interrupted", journal[3][4], True),
         ]
+
+    def test_calls_left_in_flight_are_recorded_as_possibly_sent(self, backend):
+        """A run killed between its calls and their answers: the next apply records an
+        addition's members with the strings sent, adds an update's new strings to the
+        member's record, keeps a removal's members — all with no fingerprint, so the plan
+        sends them again or removes them. A call refused outright took nothing."""
+        import pyarrow as pa
+
+        def rows(recs: dict[str, list[str]]) -> Any:
+            return pa.table({"key": list(recs), "rec": list(recs.values())})
+
+        write_sample(backend)  # a: k1, k2 (rejected: no record), k3 (no fingerprint)
+        before = {m[0]: m for m in snapshot(backend)["members"]}
+        with opened(backend, write=True) as st:
+            store = st.store()
+            store.start_run("r2", "a", "apply")
+            for batch_id, op in [("b-add", "add"), ("b-upd", "update"), ("b-rm", "remove")]:
+                store.journal_intent(batch_id, "r2", "a", "all", op, 1)
+            store.journal_intent("b-refused", "r2", "a", "all", "add", 1)
+            store.journal_inflight([("b-add", rows({"k7": ["e:7"], "k1": ["e:1"]}))])
+            store.journal_inflight([("b-upd", rows({"k1": ["h1", "w"]}))])
+            store.journal_inflight_keys("b-rm", ["k2"])
+            store.journal_inflight([("b-refused", rows({"k8": ["e:8"]}))])
+            store.journal_refused("b-refused")
+            assert st.reader().in_flight() == 4  # the refused call's member is not
+            recovered = store.close_interrupted_batches()
+        # k1 was recorded already: the addition does not record it again
+        assert recovered == [("a", "all", ["k1", "k2", "k7"])]
+        snap = snapshot(backend)
+        members = {m[0]: m for m in snap["members"]}
+        assert members["k7"] == ("k7", "all", None, ["e:7"])
+        assert members["k1"] == ("k1", "all", None, ["h1", 'with "quote", comma', "w"])
+        assert members["k2"] == ("k2", "all", None, before["k2"][3])
+        assert members["k3"] == before["k3"]
+        assert "k8" not in members
+        with opened(backend, write=False) as st:
+            r = st.reader()
+            assert r.in_flight() == 0
+            statuses = dict(r.con.execute(f"SELECT batch_id, status FROM {r.c}.journal").fetchall())
+            left = r.con.execute(f"SELECT count(*) FROM {r.c}.inflight").fetchall()[0][0]
+        assert {b: statuses[b] for b in ("b-add", "b-upd", "b-rm", "b-refused")} == dict.fromkeys(
+            ("b-add", "b-upd", "b-rm", "b-refused"), "interrupted"
+        )
+        assert left == 0
 
     def test_empty_state_reads_without_being_made(self, backend):
         snap = snapshot(backend)

@@ -277,6 +277,46 @@ def test_killed_right_after_the_destination_applied_a_call(workspace, crash_afte
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("crash_after", ["add", "remove", "update"])
+def test_a_call_the_destination_applied_unrecorded_then_the_source_changes(workspace, crash_after):
+    """The process dies right after the destination applied a call and before the state
+    recorded it, and the source changes before the next apply: members of that call who
+    left are removed (no phantom left at the destination), members a removal took who came
+    back are sent again (none lost), members an update moved are moved again. The call's
+    members were kept in flight with its intent; the next apply records them as possibly
+    sent before it plans (and a plan in between says so)."""
+    rows = [profile(i, a=i < 8) for i in range(12)]
+    ws = workspace({"act": activation("Crash")}, profiles=rows, integration=sandbox_yaml())
+    if crash_after != "add":  # a first apply, then the change whose call is killed
+        assert cli(ws, "apply", "--auto-approve").exit_code == 0
+        if crash_after == "remove":
+            rows = [profile(i, a=i >= 4 and i < 8) for i in range(12)]  # 0-3 leave
+        else:
+            rows = [
+                profile(i, a=i < 8, email=f"new{i}@example.com" if i < 4 else "default")
+                for i in range(12)
+            ]
+        ws.set_profiles(rows)
+    proc = start(ws, "apply", "--auto-approve", "--allow-mass-removal", crash_after=crash_after)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, out + err
+    # the source changes: the call's members leave (add, update) or come back (remove)
+    if crash_after == "remove":
+        rows = [profile(i, a=i < 8) for i in range(12)]
+    else:
+        rows = [profile(i, a=False) for i in range(7)] + [profile(7, a=True)]
+    ws.set_profiles(rows)
+    planned = cli(ws, "plan")
+    assert "were in calls whose answers a run that stopped never recorded" in planned.output
+    res = cli(ws, "apply", "--auto-approve", "--allow-mass-removal")
+    assert res.exit_code == 0, res.output + res.stderr
+    assert "recorded as possibly sent" in res.stderr
+    assert held(ws) == {"Crash": desired(rows)}
+    assert_converged(ws)
+    assert state_rows(ws, "SELECT count(*) FROM inflight") == [(0,)]  # none left in flight
+
+
+@pytest.mark.slow
 def test_a_deleted_activation_killed_while_clearing_shows_pending_until_done(workspace):
     """`on_delete: clear` removes the members of a deleted activation's audience; killed
     part-way, status and log both say Pending (not the last run's Complete), and the next

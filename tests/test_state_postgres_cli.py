@@ -185,6 +185,28 @@ def test_sigkill_mid_apply_converges(pg_ws, pg_dsn):
     assert_converged(ws)
 
 
+def test_a_killed_calls_members_who_left_are_removed_on_postgres(pg_ws, pg_dsn):
+    """Killed after the destination took a call, before PostgreSQL recorded it; then most
+    profiles leave the segment. The call's members were kept in flight in PostgreSQL with
+    its intent: the next apply records them as possibly sent and removes those who left."""
+    rows = [profile(i, a=True) for i in range(40)]
+    ws = pg_ws(rows, integration=sandbox_yaml(batch_size=5))
+    proc = run(ws, "apply", "--auto-approve", hook=("add", "kill"))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL, out + err
+    assert pg_rows(pg_dsn, "SELECT count(*) > 0 FROM {s}.inflight") == [(True,)]
+    (lock_id,) = [r[0] for r in pg_rows(pg_dsn, "SELECT id FROM {s}.lock")]
+    assert cli(ws, "state", "unlock", lock_id).exit_code == 0
+    rows = [profile(i, a=i % 10 == 0) for i in range(40)]
+    ws.set_profiles(rows)
+    res = cli(ws, "apply", "--auto-approve", "--allow-mass-removal")
+    assert res.exit_code == 0, res.output + res.stderr
+    assert held(ws) == {"A": desired(rows)}
+    assert recorded_records(pg_dsn) == desired(rows)
+    assert pg_rows(pg_dsn, "SELECT count(*) FROM {s}.inflight") == [(0,)]
+    assert_converged(ws)
+
+
 @pytest.mark.slow
 def test_server_drops_the_connection_mid_apply(pg_ws, pg_dsn):
     rows = [profile(i, a=True) for i in range(40)]

@@ -21,6 +21,7 @@ from reconciler.apply import encode
 from reconciler.apply.calls import Call, as_rows, member_batch, new_batch_id, wait
 from reconciler.apply.held_rows import HeldRows
 from reconciler.apply.sending import Sender
+from reconciler.errors import TerminalError
 
 #: Additions that came back are recorded together, in one transaction, and the next
 #: batches' intents are journaled ahead, a *window* of members at a time: one batch at first,
@@ -144,14 +145,16 @@ class AdditionSender(Sender):
             return
         with self._recording(done if record else []):
             error = self._record_adds(ref, done, flush=flush) if record else None
-            if error is None:
-                self.state.journal_intents(
-                    [(batch_id, len(cols)) for batch_id, cols in fresh],
-                    self.run_id,
-                    self.aid,
-                    self.grp,
-                    "add",
-                )
+            if error is None and fresh:
+                with self.state.transaction():  # each intent with the members it sends
+                    self.state.journal_intents(
+                        [(batch_id, len(cols)) for batch_id, cols in fresh],
+                        self.run_id,
+                        self.aid,
+                        self.grp,
+                        "add",
+                    )
+                    self.state.journal_inflight([(b, cols.arrow) for b, cols in fresh])
                 ready.extend(fresh)
         if error is not None:
             raise error
@@ -224,6 +227,8 @@ class AdditionSender(Sender):
             taken += c.size
             if c.error is not None:
                 error = error or c.error
+                if isinstance(c.error, TerminalError):  # refused whole: nothing was taken
+                    self.state.journal_refused(c.batch_id)
                 continue
             outcome = c.outcome
             if outcome.job:  # an asynchronous job: journaled as submitted, polled to its end

@@ -25,6 +25,7 @@ from destinations.base import AudienceRef, Outcome, RemovalBatch
 from reconciler.apply import encode
 from reconciler.apply.additions import AdditionSender
 from reconciler.apply.calls import Counts, as_rows, member_batch, new_batch_id
+from reconciler.errors import TerminalError
 from reconciler.plan.model import MemberOp
 
 CHANGES = encode.CHANGES
@@ -91,12 +92,14 @@ class BatchRunner(AdditionSender):
         batch_id, outcome = "", Outcome()
         if ref is not None and send:
             batch_id = new_batch_id()
-            self.state.journal_intent(
-                batch_id, self.run_id, self.aid, self.grp, "remove", len(keys)
-            )
+            with self.state.transaction():  # the intent with the members it removes
+                self.state.journal_intent(
+                    batch_id, self.run_id, self.aid, self.grp, "remove", len(keys)
+                )
+                self.state.journal_inflight_keys(batch_id, [k for k, _ in send])
             batch = RemovalBatch([k for k, _ in send], [rec for _, rec in send])
             ctx = self._ctx(batch_id, "remove")  # once: a retry is the same call
-            outcome = self.call(lambda: self.dest.remove(ref, batch, ctx))
+            outcome = self._refusable(batch_id, lambda: self.dest.remove(ref, batch, ctx))
             if outcome.job:  # journaled as submitted, polled to its end
                 fps = [None] * len(send)
                 jrows = [(0, k, rec, fp) for (k, rec), fp in zip(send, fps, strict=True)]
@@ -131,6 +134,15 @@ class BatchRunner(AdditionSender):
         )
         self.progress.advance(len(keys))
 
+    def _refusable(self, batch_id: str, fn):
+        """``self.call(fn)``; a call the destination refused outright (a terminal error)
+        took none of its members: they are no longer in flight (its intent stays open)."""
+        try:
+            return self.call(fn)
+        except TerminalError:
+            self.state.journal_refused(batch_id)
+            raise
+
     # ------------------------------------------------------------------ updates
     def _update_all(self, ref: AudienceRef | None, table: encode.SendTable) -> None:
         for sendable in (True, False):
@@ -155,12 +167,14 @@ class BatchRunner(AdditionSender):
         batch_id, outcome = "", Outcome()
         if sendable:
             batch_id = new_batch_id()
-            self.state.journal_intent(
-                batch_id, self.run_id, self.aid, self.grp, "update", len(keys)
-            )
+            with self.state.transaction():  # the intent with the strings it sends
+                self.state.journal_intent(
+                    batch_id, self.run_id, self.aid, self.grp, "update", len(keys)
+                )
+                self.state.journal_inflight([(batch_id, cols.arrow)])
             call = self.dest.update if self.dest.capabilities.update else self.dest.add
             outcome = self._final(
-                self.call(partial(call, ref, batch, self._ctx(batch_id, "update")))
+                self._refusable(batch_id, partial(call, ref, batch, self._ctx(batch_id, "update")))
             )
             self._note(outcome)
         else:

@@ -43,6 +43,12 @@ def apply_plan(
     lock.acquire(trigger if trigger != "schedule" else "apply --due", lock_timeout)
     reporter = reporter_for(c)
     try:
+        for aid in engine.recover_calls(ws):
+            click.echo(
+                f"{aid}: the last run stopped before the answers to some calls were recorded; "
+                "their members are recorded as possibly sent, and planned again",
+                err=True,
+            )
         if planfile:
             staged = engine.load_plan(ws, Path(planfile))
         else:

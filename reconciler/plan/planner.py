@@ -201,6 +201,13 @@ class Planner(AudienceTargeting, MembershipStaging):
             notes.append(f"{counts['unknown']:,} segment key(s) are not in the profiles table")
         changes = membership.change_counts(self.con, aid)
         warnings: list[str] = list(drift.warnings)
+        in_flight = 0 if self.session.state_notice else self.state.in_flight(aid)
+        if in_flight:  # a run that died: the next apply records them first (engine.recover_calls)
+            warnings.append(
+                f"{in_flight:,} member(s) were in calls whose answers a run that stopped never "
+                "recorded: the next apply records them as possibly sent and plans them again "
+                "first, so it may send or remove more than this plan shows"
+            )
         if counts["held"] and held.table:
             n_dups = self.con.execute(f"SELECT count(*) FROM {held.table}").fetchall()[0][0]
             warnings.append(

@@ -52,6 +52,7 @@ class JobWrites(MemberWrites):
                     WHERE batch_id = ? AND status = 'intent'""",
                 [f"job {job}", batch_id],
             )
+            self._landed([batch_id])  # the job keeps its members from now on
 
     def pending_jobs(self) -> list[dict[str, Any]]:
         """Jobs submitted and not yet recorded (a run that died while they ran)."""

@@ -12,7 +12,54 @@ from reconciler.state.journal_writes import JournalWrites, utc_now
 CONFIRMED_BATCH = "__reconcile_confirmed_batch"
 
 
+#: what recovering a killed run's calls changed: (activation id, group, keys recorded anew
+#: or changed)
+Recovered = list[tuple[str, str, list[str]]]
+
+
 class MemberWrites(JournalWrites):
+    # ------------------------------------------------------------------ a killed run's calls
+    def close_interrupted_batches(self) -> Recovered:
+        """Member calls a run that died made (or was about to make) without recording the
+        answer: the destination may or may not have applied them. Their members (kept in
+        ``inflight`` with the intent) are recorded as *possibly sent* — with no fingerprint,
+        so the next plan sends them again if they are still wanted and removes them if not:
+
+        - an addition: a member not recorded is recorded with the strings the call sent;
+        - an update: the strings it sent are added to the member's record;
+        - a removal: the member stays recorded with its strings.
+
+        Then the intents are closed as interrupted, in one transaction. Returns what changed
+        per (activation, group)."""
+        open_calls = f"""(SELECT j.activation_id, j.grp, j.op, i.key, i.record
+            FROM {self.c}.inflight i JOIN {self.c}.journal j ON j.batch_id = i.batch_id
+            WHERE j.status = 'intent' AND j.op IN ('add', 'update', 'remove'))"""
+        with self.transaction():
+            touched = self.con.execute(
+                f"""SELECT activation_id, grp, list(DISTINCT key ORDER BY key)
+                    FROM {open_calls} GROUP BY ALL ORDER BY ALL"""
+            ).fetchall()
+            if touched:
+                self.con.execute(
+                    f"""UPDATE {self.c}.members SET fp = NULL,
+                        record = CASE WHEN f.op = 'update' AND f.record IS NOT NULL
+                            THEN list_concat(members.record, list_filter(f.record,
+                                 lambda r: NOT list_contains(members.record, r)))
+                            ELSE members.record END
+                        FROM {open_calls} f
+                        WHERE f.op IN ('update', 'remove') AND members.activation_id =
+                          f.activation_id AND members.grp = f.grp AND members.key = f.key"""
+                )
+                self.con.execute(
+                    f"""INSERT INTO {self.c}.members
+                        SELECT f.activation_id, f.grp, f.key, f.record, NULL FROM {open_calls} f
+                        WHERE f.op = 'add' AND NOT EXISTS (
+                            SELECT 1 FROM {self.c}.members m WHERE m.activation_id =
+                            f.activation_id AND m.grp = f.grp AND m.key = f.key)"""
+                )
+            self._close_interrupted()
+        return [(aid, grp, list(keys)) for aid, grp, keys in touched]
+
     # ------------------------------------------------------------------ members
     def confirm_batch(
         self,

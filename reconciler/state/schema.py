@@ -61,6 +61,12 @@ DDL = [
     """CREATE TABLE IF NOT EXISTS {c}.members (
         activation_id VARCHAR, grp VARCHAR, key VARCHAR USING COMPRESSION uncompressed,
         record VARCHAR[] USING COMPRESSION uncompressed, fp UBIGINT)""",
+    # the members of each member call in flight (an intent not closed yet): what a run
+    # killed before the answer was recorded may have left at the destination
+    # (``MemberWrites.recover_calls``); rows live from the intent to the call's outcome
+    """CREATE TABLE IF NOT EXISTS {c}.inflight (
+        batch_id VARCHAR, key VARCHAR USING COMPRESSION uncompressed,
+        record VARCHAR[] USING COMPRESSION uncompressed)""",
     """CREATE TABLE IF NOT EXISTS {c}.journal (
         batch_id VARCHAR, run_id VARCHAR, activation_id VARCHAR, grp VARCHAR, op VARCHAR,
         size INTEGER, status VARCHAR, detail VARCHAR, started_at TIMESTAMPTZ,

@@ -154,6 +154,20 @@ class StateReader:
         return (row[0], row[1] or "") if row else None
 
     # -------------------------------------------------- SQL relations for the engine's diffs
+    def in_flight(self, activation_id: str | None = None) -> int:
+        """Members of calls a run that died left without a recorded answer (of one activation,
+        or of all): the next apply records them as possibly sent before it plans
+        (:meth:`~reconciler.state.member_writes.MemberWrites.close_interrupted_batches`)."""
+        where = "" if activation_id is None else f"AND j.activation_id = {_lit(activation_id)}"
+        try:
+            row = self.con.execute(
+                f"""SELECT count(*) FROM {self.c}.inflight i JOIN {self.c}.journal j
+                    ON j.batch_id = i.batch_id WHERE j.status = 'intent' {where}"""
+            ).fetchone()
+        except duckdb.CatalogException:  # a state from before calls in flight were kept
+            return 0
+        return int(row[0]) if row else 0
+
     def members_sql(self, activation_id: str) -> str:
         """The recorded members of one activation as a SQL relation
         ``(key, grp, fp, record)`` for the diff queries of the engine session."""

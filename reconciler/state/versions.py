@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 from reconciler.errors import PlanError, StateError
 
-#: the schema version this release writes
-SCHEMA_VERSION = 2
+#: the schema version this release writes (3: the members of calls in flight, ``inflight``;
+#: a release before it would close a killed run's calls without recording their members)
+SCHEMA_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class Step:
 #: the embedded backend's migrations (version 1: before lineage ids)
 EMBEDDED_STEPS: tuple[Step, ...] = (
     Step(2, "lineage id", ["INSERT OR IGNORE INTO {c}.meta VALUES ('lineage', '{lineage}')"]),
+    # the table itself is made by the schema's DDL (every table is, if it is missing)
+    Step(3, "calls in flight", []),
 )
 
 
@@ -42,6 +45,14 @@ POSTGRES_STEPS: tuple[Step, ...] = (
         2,
         "lineage id",
         ["INSERT INTO {c}.meta VALUES ('lineage', '{lineage}') ON CONFLICT (k) DO NOTHING"],
+    ),
+    Step(
+        3,
+        "calls in flight",
+        [
+            "CREATE TABLE IF NOT EXISTS {c}.inflight (batch_id text, key text, record text[])",
+            "CREATE INDEX IF NOT EXISTS inflight_idx ON {c}.inflight (batch_id)",
+        ],
     ),
 )
 

@@ -22,6 +22,7 @@ import duckdb
 import psycopg
 
 from reconciler.errors import StateError
+from reconciler.state.member_writes import Recovered
 from reconciler.state.postgres import mirror
 from reconciler.state.postgres.db import PgDatabase
 from reconciler.state.postgres.lock import held_lock_id
@@ -106,7 +107,10 @@ class PostgresStateStore(StateStore):
         self.con.execute("COMMIT")
 
     def _sync(self, table: str, **where: Any) -> None:
-        self._pending.append((table, where))
+        pushes = [(table, where)]
+        if table == "journal" and "batch_id" in where:  # a call's members in flight go with it
+            pushes.append(("inflight", where))
+        self._pending.extend(p for p in pushes if p not in self._pending)
 
     def _flush(self) -> None:
         if not self._pending and not self._raw:
@@ -226,7 +230,22 @@ class PostgresStateStore(StateStore):
             super().journal_outcome(batch_id, status, detail)
             self._sync("journal", batch_id=batch_id)
 
-    def close_interrupted_batches(self) -> int:
+    def journal_inflight(self, batches: Sequence[tuple[str, Any]]) -> None:
+        with self.transaction():
+            super().journal_inflight(batches)
+            self._sync("inflight", batch_id=[batch_id for batch_id, _ in batches])
+
+    def journal_inflight_keys(self, batch_id: str, keys: Sequence[str]) -> None:
+        with self.transaction():
+            super().journal_inflight_keys(batch_id, keys)
+            self._sync("inflight", batch_id=[batch_id])
+
+    def journal_refused(self, batch_id: str) -> None:
+        with self.transaction():
+            super().journal_refused(batch_id)
+            self._sync("inflight", batch_id=[batch_id])
+
+    def close_interrupted_batches(self) -> Recovered:
         ids = [
             r[0]
             for r in self.con.execute(
@@ -235,10 +254,12 @@ class PostgresStateStore(StateStore):
             ).fetchall()
         ]
         with self.transaction():
-            n = super().close_interrupted_batches()
+            recovered = super().close_interrupted_batches()
+            for aid, grp, keys in recovered:
+                self._members(aid, grp, keys)
             if ids:
                 self._sync("journal", batch_id=ids)
-        return n
+        return recovered
 
     # ------------------------------------------------------------------ members
     def confirm_batch(

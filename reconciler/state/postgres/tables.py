@@ -107,6 +107,11 @@ TABLES: dict[str, tuple[Col, ...]] = {
         _c("record", "text[]", "VARCHAR[]", "textarr"),
         _c("fp", "numeric(20)", "UBIGINT"),
     ),
+    "inflight": (
+        _c("batch_id"),
+        _c("key"),
+        _c("record", "text[]", "VARCHAR[]", "textarr"),
+    ),
     "journal": (
         _c("batch_id"),
         _c("run_id"),
@@ -178,6 +183,7 @@ CONSTRAINTS = {
 INDEXES = {
     "members": "(activation_id, grp, key)",
     "journal": "(batch_id)",
+    "inflight": "(batch_id)",
     "rejections": "(activation_id, run_id)",
     "member_attributes": "(activation_id, grp, key)",
 }
