@@ -44,6 +44,9 @@ SUPPRESSED = f"{TEMP}_suppressed"
 UNION = f"{TEMP}_union"
 JOINED = f"{TEMP}_joined"
 
+#: the fingerprint of ``desired`` when nothing is recorded to compare it with
+NO_FINGERPRINT = "NULL::UBIGINT"
+
 CHANGES_DDL = (
     f"CREATE TABLE IF NOT EXISTS {STAGING}.changes "
     "(activation_id VARCHAR, grp VARCHAR, op VARCHAR, key VARCHAR)"
@@ -93,7 +96,8 @@ def stage_desired(
         "fp": fingerprint,
         **({"afp": attribute_fps} if attribute_fps else {}),
     }
-    stored = [c for c, sql in columns.items() if not re.fullmatch(r"FALSE|'[^']*'", sql)]
+    constant = rf"FALSE|'[^']*'|{re.escape(NO_FINGERPRINT)}"
+    stored = [c for c, sql in columns.items() if not re.fullmatch(constant, sql)]
     drop_desired(con)
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE {JOINED} AS

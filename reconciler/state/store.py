@@ -154,6 +154,11 @@ class StateReader:
         return (row[0], row[1] or "") if row else None
 
     # -------------------------------------------------- SQL relations for the engine's diffs
+    def any_member(self, activation_id: str) -> bool:
+        """Whether any member is recorded for the activation (stops at the first one)."""
+        sql = self.members_sql(activation_id)
+        return bool(self.con.execute(f"SELECT EXISTS (SELECT 1 FROM {sql})").fetchall()[0][0])
+
     def in_flight(self, activation_id: str | None = None) -> int:
         """Members of calls a run that died left without a recorded answer (of one activation,
         or of all): the next apply records them as possibly sent before it plans
