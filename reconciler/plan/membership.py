@@ -291,22 +291,26 @@ def _stage_diff(
     """Stage ``add`` for entering, ``update`` for changed and ``leaving`` (``remove``, or
     ``forget`` where leaving sends nothing) for leaving members, by (key, group); return the
     held keys, completed if pending (:func:`reconciler.plan.held.unhold_leavers`)."""
-    # every row of both sides in the one group of an unsplit audience: the key alone pairs
-    # them (a join on one column costs ~30% less than on two)
-    both = f"SELECT grp FROM {eligible} UNION ALL SELECT grp FROM {members}"
-    one_group = con.execute(
-        f"SELECT NOT EXISTS (FROM ({both}) WHERE grp IS DISTINCT FROM {_lit(splits.ALL)})"
-    ).fetchall()[0][0]
-    on = "d.key = m.key" if one_group else "d.key = m.key AND d.grp = m.grp"
-    con.execute(
-        f"""{ins}
-        SELECT {aid}, coalesce(d.grp, m.grp),
-               CASE WHEN m.key IS NULL THEN 'add' WHEN d.key IS NULL THEN {_lit(leaving)}
-                    ELSE 'update' END,
-               coalesce(d.key, m.key)
-        FROM {eligible} d FULL OUTER JOIN {members} m ON {on}
-        WHERE m.key IS NULL OR d.key IS NULL OR m.fp IS NULL OR d.fp <> m.fp"""
-    )
+    if not con.execute(f"SELECT EXISTS (FROM {members})").fetchall()[0][0]:
+        # nothing recorded (a first apply): every eligible member enters, no join needed
+        con.execute(f"{ins} SELECT {aid}, grp, 'add', key FROM {eligible}")
+    else:
+        # every row of both sides in the one group of an unsplit audience: the key alone
+        # pairs them (a join on one column costs ~30% less than on two)
+        both = f"SELECT grp FROM {eligible} UNION ALL SELECT grp FROM {members}"
+        one_group = con.execute(
+            f"SELECT NOT EXISTS (FROM ({both}) WHERE grp IS DISTINCT FROM {_lit(splits.ALL)})"
+        ).fetchall()[0][0]
+        on = "d.key = m.key" if one_group else "d.key = m.key AND d.grp = m.grp"
+        con.execute(
+            f"""{ins}
+            SELECT {aid}, coalesce(d.grp, m.grp),
+                   CASE WHEN m.key IS NULL THEN 'add' WHEN d.key IS NULL THEN {_lit(leaving)}
+                        ELSE 'update' END,
+                   coalesce(d.key, m.key)
+            FROM {eligible} d FULL OUTER JOIN {members} m ON {on}
+            WHERE m.key IS NULL OR d.key IS NULL OR m.fp IS NULL OR d.fp <> m.fp"""
+        )
     if not held.pending:
         return held
     return held_keys.unhold_leavers(
