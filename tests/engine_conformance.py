@@ -335,3 +335,34 @@ class EngineConformance:
         assert self.held(fake) == {"Conf": self.desired(ws, rows)}  # none lost, no phantom
         assert_converged(ws)
         assert [r["status"] for r in runs(ws, "conf")] == ["Complete", "Pending"]
+
+    @pytest.mark.slow
+    @pytest.mark.parametrize("method", ["add", "remove"])
+    def test_killed_after_a_call_then_its_members_change_their_minds(
+        self, workspace, fake: Faults, method: str
+    ) -> None:
+        """The destination applied the call, the run died before recording it, and the
+        call's members then left (an addition) or came back (a removal) before the next
+        apply: it removes them, or sends them again — no phantom, none lost."""
+        rows, gone = member_rows(12), member_rows(12, out=tuple(range(9)))
+        ws = self.make_ws(workspace, {"conf": activation("Conf")}, rows)
+        if method == "remove":
+            apply(ws)
+            ws.set_profiles(gone)
+        kind = loader.load(ws.root).integrations[TARGET].type
+        cmd = [sys.executable, "-c", CRASH_AFTER, kind, method, "-C", str(ws.root), "apply"]
+        done = subprocess.run(
+            [*cmd, "--auto-approve", "--allow-mass-removal"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ws.root,
+            env=os.environ | {"PYTHONUNBUFFERED": "1"},
+        )
+        assert done.returncode == -signal.SIGKILL, done.stdout + done.stderr
+        after = gone if method == "add" else rows
+        ws.set_profiles(after)
+        apply(ws, "--allow-mass-removal")
+        assert self.held(fake) == {"Conf": self.desired(ws, after)}
+        assert self.audience_names(ws) == ["Conf"]
+        assert_converged(ws)
