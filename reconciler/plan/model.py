@@ -128,6 +128,9 @@ class ActivationPlan(Frozen):
     segments: list[SegmentInfo] = Field(default_factory=list)
     audience_size: int = 0  # de-duplicated, after suppression and consent
     matchable: int = 0  # of audience_size, profiles with an identifier the destination takes
+    #: of the members to add or update, those with no identifier the destination takes once
+    #: normalised (recorded, not sent); None: not checked (more than the plan checks)
+    unsendable: int | None = None
     excluded: dict[str, int] = Field(default_factory=dict)  # rule -> profiles excluded
     audiences: list[AudienceChange] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)

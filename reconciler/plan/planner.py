@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from reconciler.enginedb import Session
 from reconciler.errors import ConfigError
 from reconciler.integrations import Connections
-from reconciler.plan import attributes, membership, state_loss
+from reconciler.plan import attributes, membership, sendable, state_loss
 from reconciler.plan.audiences import AudienceTargeting, Drift, warn_shared_audiences
 from reconciler.plan.deleted import plan_delete
 from reconciler.plan.exports import plan_export
@@ -200,6 +200,23 @@ class Planner(AudienceTargeting, MembershipStaging):
         if counts["unknown"]:
             notes.append(f"{counts['unknown']:,} segment key(s) are not in the profiles table")
         changes = membership.change_counts(self.con, aid)
+        unsendable = None
+        if self.pushdown is None and act.goal is not Goal.EXPORT_DATA and not frozen:
+            staged, unsendable = sendable.unsendable(
+                self.con, activation_id=aid, identity=dest.identity, profiles=self.profiles
+            )
+            if unsendable:
+                notes.append(
+                    f"{unsendable:,} of the {staged:,} member(s) to add or update have no "
+                    f"identifier {integ.type} takes once normalised (an e-mail without a "
+                    "domain, a phone too short): they are recorded, not sent"
+                )
+            elif unsendable is None:
+                notes.append(
+                    f"the identifiers of the {staged:,} member(s) to add or update are "
+                    f"checked as they are sent (a plan checks at most {sendable.EXACT_LIMIT:,}):"
+                    " those with none the destination takes are recorded, not sent"
+                )
         warnings: list[str] = list(drift.warnings)
         in_flight = 0 if self.session.state_notice else self.state.in_flight(aid)
         if in_flight:  # a run that died: the next apply records them first (engine.recover_calls)
@@ -285,6 +302,7 @@ class Planner(AudienceTargeting, MembershipStaging):
             segments=seg_info,
             audience_size=counts["eligible"],
             matchable=counts["matchable"],
+            unsendable=unsendable,
             excluded={
                 rule: counts[k]
                 for rule, k in (
