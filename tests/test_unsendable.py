@@ -44,3 +44,11 @@ def test_above_the_limit_the_plan_says_it_did_not_check(workspace, monkeypatch):
     (act,) = plan_json(ws)["activations"]
     assert act["unsendable"] is None
     assert any("checked as they are sent" in n for n in act["notes"])
+
+
+def test_a_large_profiles_table_is_not_scanned_for_it(workspace, monkeypatch):
+    monkeypatch.setattr(sendable, "EXACT_PROFILES", 5)
+    ws = workspace({"act": ACT}, profiles=messy_rows())
+    (act,) = plan_json(ws)["activations"]
+    assert act["unsendable"] is None
+    assert any("profiles table of at most 5 rows" in n for n in act["notes"])

@@ -214,8 +214,10 @@ class Planner(AudienceTargeting, MembershipStaging):
             elif unsendable is None:
                 notes.append(
                     f"the identifiers of the {staged:,} member(s) to add or update are "
-                    f"checked as they are sent (a plan checks at most {sendable.EXACT_LIMIT:,}):"
-                    " those with none the destination takes are recorded, not sent"
+                    "checked as they are sent (a plan checks them when there are at most "
+                    f"{sendable.EXACT_LIMIT:,} in a profiles table of at most "
+                    f"{sendable.EXACT_PROFILES:,} rows): those with none the destination takes "
+                    "are recorded, not sent"
                 )
         warnings: list[str] = list(drift.warnings)
         in_flight = 0 if self.session.state_notice else self.state.in_flight(aid)
