@@ -110,6 +110,12 @@ class PlanError(ReconcileError):
     pass
 
 
+class MassRemovalRefused(ReconcileError):
+    """Found while applying: members whose identifiers are no longer usable would lose their
+    strings at the destination, which with the planned removals trips the mass-removal
+    guard the plan could not see (it estimates who is matchable)."""
+
+
 class DestinationError(ReconcileError):
     """A destination call failed. ``transient`` drives retries."""
 

@@ -4,6 +4,8 @@ records such a member without sending it, and the plan must not promise it."""
 
 from __future__ import annotations
 
+import hashlib
+
 from reconciler.plan import sendable
 from tests.conftest import cli, plan_json, profile
 
@@ -52,3 +54,78 @@ def test_a_large_profiles_table_is_not_scanned_for_it(workspace, monkeypatch):
     (act,) = plan_json(ws)["activations"]
     assert act["unsendable"] is None
     assert any("profiles table of at most 5 rows" in n for n in act["notes"])
+
+
+def _sent_then_broken(workspace, n: int = 20):
+    """n members sent, then every address loses its top-level domain (user0@example): each
+    update leaves its member with no usable identifier."""
+    rows = [profile(i, a=True) for i in range(n)]
+    ws = workspace({"act": ACT}, profiles=rows)
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    for r in rows:
+        r["email"] = r["email"].replace(".com", "")
+    ws.set_profiles(rows)
+    return ws
+
+
+def test_updates_that_leave_no_identifier_trip_the_mass_removal_guard_in_the_plan(workspace):
+    ws = _sent_then_broken(workspace)
+    (act,) = plan_json(ws)["activations"]
+    (au,) = act["audiences"]
+    assert (au["update"], au["lose"], au["mass_removal"]) == (20, 20, True)
+    text = cli(ws, "plan").output
+    assert "would remove 20 of 20 members (20 left with no usable identifier)" in text
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 1 and "mass-removal guard" in res.output + res.stderr
+    assert len(ws.sandbox_keys()["Messy"]) == 20  # nothing was sent
+    res = cli(ws, "apply", "--auto-approve", "--allow-mass-removal")
+    assert res.exit_code == 0, res.output + res.stderr
+    assert ws.sandbox_keys().get("Messy", set()) == set()
+
+
+def test_apply_guards_what_the_plan_could_not_check(workspace, monkeypatch):
+    ws = _sent_then_broken(workspace)
+    monkeypatch.setattr(sendable, "EXACT_PROFILES", 5)  # the plan only estimates
+    (act,) = plan_json(ws)["activations"]
+    assert act["audiences"][0]["mass_removal"] is False and act["unsendable"] is None
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 1, res.output + res.stderr
+    said = res.output + res.stderr
+    assert "Refused" in said and "nothing was sent" in said
+    assert "20 member(s) of audience 'Messy' have no usable identifier left" in said
+    assert len(ws.sandbox_keys()["Messy"]) == 20
+    res = cli(ws, "apply", "--auto-approve", "--allow-mass-removal")
+    assert res.exit_code == 0, res.output + res.stderr
+    assert ws.sandbox_keys().get("Messy", set()) == set()
+    assert not plan_json(ws)["has_changes"]
+
+
+def test_a_short_national_phone_that_normalises_is_sent(workspace):
+    """Luxembourg numbers of 6 digits are valid (+352 22 12 34): the matchable estimate
+    must not drop what the destination's rules accept (it once asked for 7 digits)."""
+    from tests.conftest import RECONCILE_YAML
+
+    yaml = RECONCILE_YAML.replace("default_phone_country: AU", "default_phone_country: LU")
+    assert yaml != RECONCILE_YAML
+    rows = [profile(0, a=True, email=None) | {"phone": "22 12 34"}]
+    ws = workspace({"act": ACT}, profiles=rows, reconcile_yaml=yaml)
+    (act,) = plan_json(ws)["activations"]
+    assert (act["matchable"], act["unsendable"]) == (1, 0)
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    (held,) = ws.sandbox_keys()["Messy"]
+    assert held == "phone_sha256:" + hashlib.sha256(b"+352221234").hexdigest()
+
+
+def test_an_update_that_leaves_no_identifier_is_logged_as_a_removal(workspace):
+    rows = [profile(i, a=True) for i in range(4)]
+    ws = workspace({"act": ACT}, profiles=rows)
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    rows[0]["email"] = "bob@localhost"  # sent before: its string is removed
+    rows[1]["email"] = "new1@example.com"  # a real update
+    ws.set_profiles(rows)
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 0, res.output + res.stderr
+    assert "update: 1 of 2 members sent" in res.stderr
+    run = cli(ws, "log", "act", "--format", "json").json()["runs"][0]
+    assert (run["updated"], run["removed"]) == (1, 1)
+    assert len(ws.sandbox_keys()["Messy"]) == 3

@@ -108,6 +108,14 @@ def country_rules(code: str) -> tuple[str, str | None, str, frozenset[int]]:
 
 ZERO_TRUNK_CODES = frozenset(cc for cc, trunk, _, _ in COUNTRIES.values() if trunk == "0")
 
+#: the fewest digits a phone that normalises can be written with, in any default country: a
+#: national number of its shortest length, or as many as make the 8 digits an E.164 number
+#: needs with the calling code (Luxembourg: 5 digits after 352). The plan's cheap
+#: "matchable" estimate keeps no phone with fewer (none of them normalises)
+MIN_DIGITS = min(
+    max(length, 8 - len(cc)) for cc, _, _, lengths in COUNTRIES.values() for length in lengths
+)
+
 
 def _patterns(*, sql: bool) -> tuple[str, str]:
     """(whole number, trailing extension) as regular expressions for ``re`` or RE2."""

@@ -21,7 +21,6 @@ from reconciler.apply import encode
 from reconciler.apply.calls import Call, as_rows, member_batch, new_batch_id, wait
 from reconciler.apply.held_rows import HeldRows
 from reconciler.apply.sending import Sender
-from reconciler.errors import TerminalError
 
 #: Additions that came back are recorded together, in one transaction, and the next
 #: batches' intents are journaled ahead, a *window* of members at a time: one batch at first,
@@ -225,10 +224,8 @@ class AdditionSender(Sender):
                 break
             c = done.pop(0)
             taken += c.size
-            if c.error is not None:
-                error = error or c.error
-                if isinstance(c.error, TerminalError):  # refused whole: nothing was taken
-                    self.state.journal_refused(c.batch_id)
+            if c.error is not None:  # its members stay in flight: an attempt whose answer
+                error = error or c.error  # was lost may have been applied before the refusal
                 continue
             outcome = c.outcome
             if outcome.job:  # an asynchronous job: journaled as submitted, polled to its end

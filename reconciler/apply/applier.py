@@ -30,7 +30,12 @@ from reconciler.apply.outcomes import ActivationOutcome, ApplyResult
 from reconciler.apply.profile_writes import record_attribute_hashes, write_back
 from reconciler.apply.progress import Progress
 from reconciler.enginedb import Session
-from reconciler.errors import CredentialsRefused, DestinationError, ReconcileError
+from reconciler.errors import (
+    CredentialsRefused,
+    DestinationError,
+    MassRemovalRefused,
+    ReconcileError,
+)
 from reconciler.integrations import Connections
 from reconciler.plan import membership
 from reconciler.plan.model import ActivationPlan, Change, Plan, Status
@@ -179,6 +184,8 @@ class Applier(AudienceSteps):
             raise
         except CredentialsRefused as exc:
             outcome.status, outcome.error = Status.DISABLED, str(exc)
+        except MassRemovalRefused as exc:  # found once the members were read: nothing sent
+            outcome.status, outcome.error = Status.REFUSED, str(exc)
         except (DestinationError, ReconcileError) as exc:
             outcome.status, outcome.error = Status.FAILED, str(exc)
         if outcome.status is Status.COMPLETE and outcome.failed:
@@ -285,10 +292,12 @@ class Applier(AudienceSteps):
 
     def _refusal(self, ap: ActivationPlan) -> str | None:
         if ap.mass_removal and not self.opts.allow_mass_removal:
-            worst = max((a for a in ap.audiences if a.mass_removal), key=lambda a: a.remove)
+            worst = max(
+                (a for a in ap.audiences if a.mass_removal), key=lambda a: a.remove + a.lose
+            )
             return (
                 f"refused by the mass-removal guard: audience {worst.name!r} would lose "
-                f"{worst.remove:,} of {worst.size_before:,} members (max_removal_share "
+                f"{worst.remove + worst.lose:,} of {worst.size_before:,} members (max_removal_share "
                 f"{ap.max_removal_share:.0%}); re-run with --allow-mass-removal if intended"
             )
         # a saved plan's activations that no longer match the workspace, the state or the

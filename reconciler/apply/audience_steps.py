@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from destinations.base import AudienceRef, Destination
-from reconciler.apply.batches import BatchRunner
+from reconciler.apply.batches import BatchRunner, RemovalGuard
 from reconciler.apply.calls import new_batch_id
 from reconciler.apply.export import ExportRunner
 from reconciler.apply.outcomes import ActivationOutcome
@@ -86,9 +86,12 @@ class AudienceSteps:
         runner: BatchRunner,
         outcome: ActivationOutcome,
     ) -> None:
+        guard = None
+        if aud.sent and ap.action != "remove" and not self.opts.allow_mass_removal:
+            guard = RemovalGuard(aud.size_before, aud.add, ap.max_removal_share)
         ref = self._ensure_audience(ap, aud, dest, runner) if aud.sent else None
         try:
-            runner.run_audience(aud.group, ref, sent=aud.sent, name=aud.name)
+            runner.run_audience(aud.group, ref, sent=aud.sent, name=aud.name, guard=guard)
         finally:  # what was confirmed, also when interrupted or failed part-way
             c = runner.counts
             if aud.sent:  # a control group is recorded, never sent: not in the run's totals

@@ -19,16 +19,42 @@ does not remove stays recorded (with no fingerprint), so the next plan sends the
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 
 from destinations.base import AudienceRef, Outcome, RemovalBatch
 from reconciler.apply import encode
 from reconciler.apply.additions import AdditionSender
 from reconciler.apply.calls import Counts, as_rows, member_batch, new_batch_id
-from reconciler.errors import TerminalError
+from reconciler.errors import MassRemovalRefused, TerminalError
 from reconciler.plan.model import MemberOp
 
 CHANGES = encode.CHANGES
+
+
+@dataclass(frozen=True)
+class RemovalGuard:
+    """The mass-removal guard of one audience, checked again once apply knows exactly which
+    updates leave a member with no usable identifier (the plan estimates it)."""
+
+    size_before: int
+    add: int
+    share: float
+
+    def check(self, name: str, removals: int, lost: int) -> None:
+        removed = removals + lost
+        after = self.size_before + self.add - removed
+        if not lost or self.size_before <= 0:
+            return
+        if after <= 0 or removed > self.share * self.size_before:
+            raise MassRemovalRefused(
+                f"refused by the mass-removal guard: {lost:,} member(s) of audience {name!r} "
+                "have no usable identifier left (their data changed since they were sent), "
+                f"so their strings would be removed: with the {removals:,} planned removal(s) "
+                f"it would lose {removed:,} of {self.size_before:,} members (max_removal_share "
+                f"{self.share:.0%}); nothing was sent. Fix the identifiers in the source, or "
+                "re-run with --allow-mass-removal if intended"
+            )
 
 
 class BatchRunner(AdditionSender):
@@ -36,24 +62,23 @@ class BatchRunner(AdditionSender):
     additions in :class:`~reconciler.apply.additions.AdditionSender`."""
 
     # ------------------------------------------------------------------ per audience
-    def run_audience(self, grp: str, ref: AudienceRef | None, *, sent: bool, name: str) -> Counts:
+    def run_audience(
+        self,
+        grp: str,
+        ref: AudienceRef | None,
+        *,
+        sent: bool,
+        name: str,
+        guard: RemovalGuard | None = None,
+    ) -> Counts:
         """Send one audience's staged changes. ``self.counts`` holds what was confirmed so
-        far, also when a Ctrl-C (:class:`Interrupted`) or an error stops it part-way."""
+        far, also when a Ctrl-C (:class:`Interrupted`) or an error stops it part-way. With
+        ``guard``, nothing is sent when the updates whose members have no usable identifier
+        left would, with the planned removals, trip the mass-removal guard."""
         self.counts = counts = Counts()
         self.sent, self.grp, self.name = sent, grp, name
         self._sessions: dict[str, list[int]] = {}
-        self.state.forget_staged(CHANGES, self.aid, grp)
-        target = ref if sent else None
-        protected = self.state.shared_records(CHANGES, self.aid, grp) if sent else set()
-        removals = self.state.count_staged(CHANGES, self.aid, grp, MemberOp.REMOVE)
-        if removals:
-            self.progress.start(self.aid, name, "remove", removals, sent=sent)
-            self._begin("remove", removals)
-            for rows in self.state.iter_removals(
-                self.reader, CHANGES, self.aid, grp, MemberOp.REMOVE, self.size
-            ):
-                self._remove(target, rows, protected)
-                self._check_stop()
+        # read first: what each member is sent as (the guard below needs it before any call)
         tables = encode.build(
             self.state.con,
             activation_id=self.aid,
@@ -65,6 +90,20 @@ class BatchRunner(AdditionSender):
             consent=self.consent,
             suppressed=self.suppressed,
         )
+        removals = self.state.count_staged(CHANGES, self.aid, grp, MemberOp.REMOVE)
+        if guard is not None and sent:
+            guard.check(name, removals, self.state.lost_identifiers(encode.SEND, self.aid, grp))
+        self.state.forget_staged(CHANGES, self.aid, grp)
+        target = ref if sent else None
+        protected = self.state.shared_records(CHANGES, self.aid, grp) if sent else set()
+        if removals:
+            self.progress.start(self.aid, name, "remove", removals, sent=sent)
+            self._begin("remove", removals)
+            for rows in self.state.iter_removals(
+                self.reader, CHANGES, self.aid, grp, MemberOp.REMOVE, self.size
+            ):
+                self._remove(target, rows, protected)
+                self._check_stop()
         with self.sending():
             for op in (MemberOp.PURGE, MemberOp.UPDATE, MemberOp.ADD):
                 table = tables[str(op)]
@@ -135,12 +174,22 @@ class BatchRunner(AdditionSender):
         self.progress.advance(len(keys))
 
     def _refusable(self, batch_id: str, fn):
-        """``self.call(fn)``; a call the destination refused outright (a terminal error)
-        took none of its members: they are no longer in flight (its intent stays open)."""
+        """``self.call(fn)``; a call the destination refused outright at its first attempt (a
+        terminal error) took none of its members: they are no longer in flight (its intent
+        stays open). After a retry they stay: an attempt whose answer was lost may have been
+        applied."""
+        attempts = 0
+
+        def attempt():
+            nonlocal attempts
+            attempts += 1
+            return fn()
+
         try:
-            return self.call(fn)
+            return self.call(attempt)
         except TerminalError:
-            self.state.journal_refused(batch_id)
+            if attempts == 1:
+                self.state.journal_refused(batch_id)
             raise
 
     # ------------------------------------------------------------------ updates
@@ -148,7 +197,8 @@ class BatchRunner(AdditionSender):
         for sendable in (True, False):
             for cols in encode.stream(self.reader, table, sendable=sendable, size=self.size):
                 self._update(ref, cols, table, sendable)
-                self.progress.advance(len(cols))
+                if sendable:  # as for additions: the progress counts what is sent
+                    self.progress.advance(len(cols))
                 self._check_stop()
 
     def _update(
@@ -190,7 +240,12 @@ class BatchRunner(AdditionSender):
         ]
         # a rejected update keeps what the destination holds, and is not re-sent
         rows_out += [(k, old.get(k, ()), fps[k]) for k in rejected]
-        self.counts.update += len(taken)
+        # a member left with no usable identifier is not updated: what was sent for it is
+        # removed (counted as a removal), or it never had anything there (unmatched only)
+        updated = len(taken) if sendable else 0
+        removed = 0 if sendable else sum(1 for k in taken if old.get(k) and not owed.get(k))
+        self.counts.update += updated
+        self.counts.remove += removed
         self.counts.rejected += len(rejected)
         self.counts.retry += len(retry)
         self.state.confirm_batch(
@@ -201,7 +256,7 @@ class BatchRunner(AdditionSender):
             insert=rows_out,
             delete=[r[0] for r in rows_out],
             detail=outcome.detail,
-            counts={"updated": len(taken), "failed": len(rejected) + len(owed)},
+            counts={"updated": updated, "removed": removed, "failed": len(rejected) + len(owed)},
             rejections=[(k, "update", reason) for k, reason in rejected.items()],
         )
 

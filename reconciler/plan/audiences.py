@@ -73,7 +73,7 @@ class AudienceTargeting:
         for grp in groups:
             c = {
                 op: changes.get((grp, op), 0)
-                for op in ("add", "remove", "update", "purge", "forget")
+                for op in ("add", "remove", "update", "purge", "forget", "lose")
             }
             before = 0 if grp in drift.gone else sizes.get(grp, 0)
             ra = recorded_aud.get(grp)
@@ -83,12 +83,15 @@ class AudienceTargeting:
             removed = c["remove"]
             forgotten = 0 if grp in drift.gone else c["forget"]
             after = before + c["add"] + c["purge"] - removed - forgotten
+            # updates that leave a member no usable identifier remove what was sent for it
+            # (``sendable.unsendable``): to the guard, the destination loses them too
+            lost = removed + c["lose"]
             mass = (
                 sent
                 and act.action is not ActionMode.REMOVE
                 and before > 0
-                and removed > 0
-                and (after == 0 or removed > act.max_removal_share * before)
+                and lost > 0
+                and (after - c["lose"] <= 0 or lost > act.max_removal_share * before)
             )
             if grp not in splits.groups(act.split) and not any(c.values()) and before == 0:
                 continue
@@ -113,6 +116,7 @@ class AudienceTargeting:
                     add=c["add"],
                     remove=removed + c["purge"],
                     update=c["update"],
+                    lose=c["lose"],
                     forget=c["forget"],
                     size_before=before,
                     size_after=after,

@@ -82,6 +82,9 @@ class AudienceChange(Frozen):
     remove: int = 0
     update: int = 0
     forget: int = 0  # state-only: records dropped without a destination call
+    #: of ``update``, members left with no usable identifier: what was sent for them is
+    #: removed at the destination (counted by the mass-removal guard); 0 when not checked
+    lose: int = 0
     size_before: int = 0  # members recorded before the apply
     size_after: int = 0  # members recorded after the apply
     mass_removal: bool = False

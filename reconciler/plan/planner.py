@@ -201,15 +201,36 @@ class Planner(AudienceTargeting, MembershipStaging):
             notes.append(f"{counts['unknown']:,} segment key(s) are not in the profiles table")
         changes = membership.change_counts(self.con, aid)
         unsendable = None
-        if self.pushdown is None and act.goal is not Goal.EXPORT_DATA and not frozen:
-            staged, unsendable = sendable.unsendable(
-                self.con, activation_id=aid, identity=dest.identity, profiles=self.profiles
+        sending = sum(n for (_, op), n in changes.items() if op in ("add", "update"))
+        if self.pushdown is not None and act.goal is not Goal.EXPORT_DATA and sending:
+            notes.append(
+                "the identifiers of the members to add or update are checked as they are sent "
+                "(the diff ran in PostgreSQL): those with none the destination takes are "
+                "recorded, not sent"
             )
+        elif self.pushdown is None and act.goal is not Goal.EXPORT_DATA and not frozen:
+            checked = sendable.unsendable(
+                self.con,
+                activation_id=aid,
+                identity=dest.identity,
+                profiles=self.profiles,
+                recorded=self.state.members_sql(baseline),
+            )
+            staged, unsendable = checked.staged, checked.none
+            for grp, n in checked.lose.items():
+                changes[(grp, "lose")] = n
             if unsendable:
+                lose = sum(checked.lose.values())
                 notes.append(
                     f"{unsendable:,} of the {staged:,} member(s) to add or update have no "
                     f"identifier {integ.type} takes once normalised (an e-mail without a "
                     "domain, a phone too short): they are recorded, not sent"
+                    + (
+                        f"; {lose:,} of them were sent before, and what was sent for them is "
+                        "removed from the destination"
+                        if lose
+                        else ""
+                    )
                 )
             elif unsendable is None:
                 notes.append(

@@ -1,7 +1,7 @@
 """Which members to add or update have no identifier the destination takes, exactly.
 
 The diff decides who is *matchable* by a cheap estimate (an e-mail with an ``@``, a phone
-with seven digits: :func:`reconciler.plan.terms.matchable_sql`), so that a plan over millions
+with five digits: :func:`reconciler.plan.terms.matchable_sql`), so that a plan over millions
 of profiles does not normalise every identifier. The destination's own rules decide at send
 time: a member none of whose identifiers survives them (``bob@localhost``, ``a@b@c.com``) is
 recorded with an empty record and not sent. So that the plan says so rather than promising
@@ -13,13 +13,18 @@ check costs a scan of the table); otherwise the plan says they are checked as th
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import duckdb
 
 from destinations.base import Identity
 from destinations.identity.sql import records_sql
 from reconciler.enginedb import STAGING
+from reconciler.plan.membership import TEMP
 from reconciler.plan.terms import _ident, _lit
 from reconciler.workspace.spec import ProfilesTable
+
+NONE = f"{TEMP}_unsendable"
 
 #: staged additions and updates checked exactly at most (above: the plan says it did not)
 EXACT_LIMIT = 250_000
@@ -29,25 +34,35 @@ EXACT_LIMIT = 250_000
 EXACT_PROFILES = 2_000_000
 
 
+@dataclass(frozen=True)
+class Unsendable:
+    staged: int  # staged additions and updates (distinct keys)
+    none: int | None  # of them, with no usable identifier (None: not checked)
+    #: per group, updates with no usable identifier left whose recorded record is not empty:
+    #: every string sent for them is removed at the destination (the mass-removal guard's)
+    lose: dict[str, int] = field(default_factory=dict)
+
+
 def unsendable(
     con: duckdb.DuckDBPyConnection,
     *,
     activation_id: str,
     identity: Identity,
     profiles: ProfilesTable,
-) -> tuple[int, int | None]:
-    """(staged additions and updates, how many of them have no usable identifier — None
-    when there are more than :data:`EXACT_LIMIT` to check)."""
+    recorded: str,
+) -> Unsendable:
+    """The staged additions and updates of the activation checked by the destination's exact
+    rules; ``recorded`` is the relation of its recorded members (``key, grp, record``)."""
     aid = _lit(activation_id)
     changes = (
-        f"(SELECT DISTINCT key FROM {STAGING}.changes "
+        f"(SELECT DISTINCT key, grp, op FROM {STAGING}.changes "
         f"WHERE activation_id = {aid} AND op IN ('add', 'update'))"
     )
-    (staged,) = con.execute(f"SELECT count(*) FROM {changes}").fetchall()[0]
+    (staged,) = con.execute(f"SELECT count(DISTINCT key) FROM {changes}").fetchall()[0]
     if not staged:
-        return 0, 0
+        return Unsendable(0, 0)
     if staged > EXACT_LIMIT or _table_rows(con, profiles) > EXACT_PROFILES:
-        return staged, None
+        return Unsendable(staged, None)
     picked = {t: f"x{i}" for i, t in enumerate(profiles.identifiers)}
     inputs = ", ".join(
         f"p.{_ident(profiles.identifiers[t])} AS {alias}" for t, alias in picked.items()
@@ -56,13 +71,23 @@ def unsendable(
     key = f"CAST(p.{_ident(profiles.key)} AS VARCHAR)"
     # the staged rows' identifiers first (MATERIALIZED): a filter over the profile columns
     # alone would otherwise be pushed into the scan, normalising every profile of the table
-    (none,) = con.execute(
-        f"""WITH j AS MATERIALIZED (
-                SELECT c.key{", " + inputs if inputs else ""} FROM {changes} c
-                JOIN {_ident(profiles.table)} p ON {key} = c.key)
-            SELECT count(DISTINCT key) FROM j WHERE len({rec}) = 0"""
-    ).fetchall()[0]
-    return staged, none
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE {NONE} AS
+        WITH j AS MATERIALIZED (
+            SELECT c.key, c.grp, c.op{", " + inputs if inputs else ""} FROM {changes} c
+            JOIN {_ident(profiles.table)} p ON {key} = c.key)
+        SELECT key, grp, op FROM j WHERE len({rec}) = 0"""
+    )
+    try:
+        (none,) = con.execute(f"SELECT count(DISTINCT key) FROM {NONE}").fetchall()[0]
+        lose = con.execute(
+            f"""SELECT n.grp, count(*) FROM {NONE} n JOIN {recorded} m
+                ON m.key = n.key AND m.grp = n.grp
+                WHERE n.op = 'update' AND len(m.record) > 0 GROUP BY ALL"""
+        ).fetchall()
+    finally:
+        con.execute(f"DROP TABLE IF EXISTS {NONE}")
+    return Unsendable(staged, none, dict(lose))
 
 
 def _table_rows(con: duckdb.DuckDBPyConnection, profiles: ProfilesTable) -> int:

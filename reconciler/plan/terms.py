@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import duckdb
 
+from destinations.identity.phones import MIN_DIGITS
 from reconciler.errors import SegmentError
 from reconciler.sources.base import SqlRejected
 from reconciler.sources.engine_errors import safe_engine_error
@@ -121,8 +122,11 @@ def matchable_sql(profiles: ProfilesTable, identifier_types: tuple[str, ...]) ->
         if t == "email":
             tests.append(f"(strpos(CAST({c} AS VARCHAR), '@') > 1)")
         elif t == "phone":
-            # at least 7 digits: one regexp search, 4-5x cheaper than counting them
-            tests.append(f"regexp_matches(CAST({c} AS VARCHAR), '(?:[^0-9]*[0-9]){{7}}')")
+            # at least MIN_DIGITS digits (no phone with fewer normalises): one regexp
+            # search, 4-5x cheaper than counting them
+            tests.append(
+                f"regexp_matches(CAST({c} AS VARCHAR), '(?:[^0-9]*[0-9]){{{MIN_DIGITS}}}')"
+            )
         elif t in STANDALONE_IDENTIFIERS:  # an id that matches a person by itself
             tests.append(f"(trim(CAST({c} AS VARCHAR)) <> '')")
     return " OR ".join(tests) if tests else "FALSE"

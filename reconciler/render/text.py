@@ -199,12 +199,14 @@ def mass_removal_line(a: ActivationPlan, au: AudienceChange) -> str:
     """The loud warning for an audience flagged by the mass-removal guard."""
     why = (
         "which empties it"
-        if au.size_after == 0
+        if au.size_after - au.lose <= 0
         else f"more than max_removal_share {a.max_removal_share:.0%}"
     )
+    gone = au.remove + au.lose
+    lose = f" ({num(au.lose)} left with no usable identifier)" if au.lose else ""
     return (
-        f'audience "{au.name}" would remove {num(au.remove)} of {num(au.size_before)} members '
-        f"({pct(au.remove, au.size_before)}), {why}: apply needs --allow-mass-removal"
+        f'audience "{au.name}" would remove {num(gone)} of {num(au.size_before)} members{lose} '
+        f"({pct(gone, au.size_before)}), {why}: apply needs --allow-mass-removal"
     )
 
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from psycopg import sql as pgsql
 
+from destinations.identity.phones import MIN_DIGITS
 from reconciler.workspace.spec_base import STANDALONE_IDENTIFIERS
 
 #: PostgreSQL types whose text PostgreSQL's cast and the engine's (after the COPY into the
@@ -111,14 +112,15 @@ def group_label_pg(split: str, control_percent: int | None, bucket: str | None) 
 
 def matchable_pg(identifier_columns: Sequence[tuple[str, str]]) -> str:
     """PostgreSQL twin of :func:`reconciler.plan.membership.matchable_sql` (the same test:
-    an ``@`` after the first character, or at least 7 digits)."""
+    an ``@`` after the first character, or at least ``MIN_DIGITS`` digits)."""
     tests = []
     for t, col in identifier_columns:
         c = f"p.{ident(col)}"
         if t == "email":
             tests.append(f"(strpos(CAST({c} AS text), '@') > 1)")
         elif t == "phone":
-            tests.append(f"(length(regexp_replace(CAST({c} AS text), '[^0-9]', '', 'g')) >= 7)")
+            digits = f"regexp_replace(CAST({c} AS text), '[^0-9]', '', 'g')"
+            tests.append(f"(length({digits}) >= {MIN_DIGITS})")
         elif t in STANDALONE_IDENTIFIERS:
             tests.append(f"(trim(CAST({c} AS text)) <> '')")
     return " OR ".join(tests) if tests else "FALSE"

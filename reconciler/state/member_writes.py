@@ -286,6 +286,16 @@ class MemberWrites(JournalWrites):
         while rows := cursor.fetchmany(size):
             yield [(k, tuple(rec or ())) for k, rec in rows]
 
+    def lost_identifiers(self, send: str, activation_id: str, grp: str) -> int:
+        """Members of the send table's updates with no usable identifier left whose recorded
+        record is not empty: the update removes every string sent for them."""
+        return self.con.execute(
+            f"""SELECT count(*) FROM {send} s JOIN {self.c}.members m
+                ON m.activation_id = ? AND m.grp = ? AND m.key = s.key
+                WHERE s.op = 'update' AND NOT s.sendable AND len(m.record) > 0""",
+            [activation_id, grp],
+        ).fetchall()[0][0]
+
     def records_of(
         self, activation_id: str, grp: str, keys: Sequence[str]
     ) -> dict[str, tuple[str, ...]]:

@@ -431,6 +431,7 @@ READ_ONLY = frozenset(
         "count_staged",
         "iter_removals",
         "records_of",
+        "lost_identifiers",
         "shared_records",
         "held_by_others",
     }

@@ -1,0 +1,77 @@
+"""A call the destination applied whose answer was lost, and whose retry the destination then
+refused outright: the first attempt may have been applied, so the call's members stay in
+flight and the next apply records them as possibly sent. Only a refusal at the first attempt
+means none was taken."""
+
+from __future__ import annotations
+
+import pytest
+
+from destinations.identity import HASHED, NormaliseContext, records
+from destinations.webhook.payload import ENTERED, LEFT
+from tests.conftest import cli, profile
+from tests.engine_conformance import HEALTHY_YAML, TARGET
+from tests.fakes.webhook import WebhookReceiver
+from tests.test_webhook_destination import SECRET
+
+ACT = f"segments: [seg-a]\ndestination: {TARGET}\nname: Hook\n"
+
+
+def integration(url: str) -> str:
+    return (
+        "type: webhook\nconsent: email_consent\ncredentials:\n  secret: ${env:WH_SECRET}\n"
+        f"endpoint: {url}\nconfig:\n  url: https://hooks.example.com/audiences\n"
+        "  identifiers: [email]\n  batch_size: 3\n"
+    )
+
+
+def wanted(rows: list[dict]) -> set[str]:
+    ctx = NormaliseContext("AU")
+    return {
+        s
+        for r in rows
+        if r["seg_a"] and r["email_consent"]
+        for s in records({"email": r["email"]}, ["email"], HASHED, ctx)
+    }
+
+
+def workspace_on(workspace, fake, rows):
+    ws = workspace({"act": ACT}, profiles=rows, integration=HEALTHY_YAML)
+    ws.write(f"integrations/{TARGET}.yaml", integration(fake.url))
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    return ws
+
+
+@pytest.mark.parametrize("status", [401, 400])
+def test_an_addition_applied_then_refused_on_retry_leaves_no_phantom(
+    workspace, monkeypatch, status
+):
+    monkeypatch.setenv("WH_SECRET", SECRET)
+    with WebhookReceiver(SECRET) as fake:
+        ws = workspace_on(workspace, fake, [profile(i, a=i < 3) for i in range(6)])
+        rows = [profile(i, a=True) for i in range(6)]  # 3 enter
+        ws.set_profiles(rows)
+        fake.fail(500, apply=True, on=ENTERED)  # applied, the answer lost
+        fake.fail(status, on=ENTERED)  # the retry refused outright
+        assert cli(ws, "apply", "--auto-approve").exit_code == 1
+        assert fake.held()["Hook"] == wanted(rows)
+        rows = [profile(i, a=i < 3) for i in range(6)]  # they leave again
+        ws.set_profiles(rows)
+        res = cli(ws, "apply", "--auto-approve", "--allow-mass-removal")
+        assert res.exit_code == 0, res.output + res.stderr
+        assert fake.held()["Hook"] == wanted(rows)
+
+
+def test_a_removal_applied_then_refused_on_retry_loses_no_member(workspace, monkeypatch):
+    monkeypatch.setenv("WH_SECRET", SECRET)
+    with WebhookReceiver(SECRET) as fake:
+        rows = [profile(i, a=True) for i in range(6)]
+        ws = workspace_on(workspace, fake, rows)
+        ws.set_profiles([profile(i, a=i >= 2) for i in range(6)])  # 0 and 1 leave
+        fake.fail(500, apply=True, on=LEFT)
+        fake.fail(401, on=LEFT)
+        assert cli(ws, "apply", "--auto-approve", "--allow-mass-removal").exit_code == 1
+        ws.set_profiles(rows)  # they come back
+        res = cli(ws, "apply", "--auto-approve")
+        assert res.exit_code == 0, res.output + res.stderr
+        assert fake.held()["Hook"] == wanted(rows)
