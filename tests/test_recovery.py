@@ -317,6 +317,31 @@ def test_a_call_the_destination_applied_unrecorded_then_the_source_changes(works
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("then", ["delete", "move"])
+def test_a_plan_warns_of_calls_in_flight_of_a_deleted_or_moved_activation(workspace, then):
+    ws = workspace(
+        {"act": activation("Crash", extra="on_delete: clear\n")},
+        profiles=[profile(i, a=i < 6) for i in range(12)],
+        integration=sandbox_yaml(),
+    )
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    rows = [profile(i, a=True) for i in range(12)]  # six enter; their call is killed
+    ws.set_profiles(rows)
+    proc = start(ws, "apply", "--auto-approve", crash_after="add")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, out + err
+    ws.remove("activations/act.yaml")
+    if then == "move":
+        ws.write("activations/renamed.yaml", activation("Crash", extra="moved_from: act\n"))
+    planned = cli(ws, "plan")
+    assert "were in calls whose answers a run that stopped never recorded" in planned.output
+    res = cli(ws, "apply", "--auto-approve", "--allow-mass-removal")
+    assert res.exit_code == 0, res.output + res.stderr
+    assert held(ws) == {"Crash": desired(rows) if then == "move" else set()}
+    assert_converged(ws)
+
+
+@pytest.mark.slow
 def test_a_deleted_activation_killed_while_clearing_shows_pending_until_done(workspace):
     """`on_delete: clear` removes the members of a deleted activation's audience; killed
     part-way, status and log both say Pending (not the last run's Complete), and the next

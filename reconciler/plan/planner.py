@@ -96,7 +96,10 @@ class Planner(AudienceTargeting, MembershipStaging):
                 rec = recorded[aid]
                 integ = self.ws.integrations.get(rec.destination)
                 kind = integ.type if integ is not None else ""
-                plans.append(plan_delete(self.con, self.state, rec, kind))
+                deleted = plan_delete(self.con, self.state, rec, kind)
+                if warning := self._in_flight_warning(aid):
+                    deleted = deleted.model_copy(update={"warnings": [*deleted.warnings, warning]})
+                plans.append(deleted)
                 continue
             if self.req.announce is not None:
                 self.req.announce(f"planning {aid}: segments {', '.join(act.segments)}")
@@ -130,6 +133,20 @@ class Planner(AudienceTargeting, MembershipStaging):
             # empty: no run was ever recorded (audiences recorded by `reconcile import` only)
             state_loss=state_loss.conflicts(plans, state_is_empty=not self.state.last_runs()),
             state_notice=self.session.state_notice,
+        )
+
+    def _in_flight_warning(self, *ids: str | None) -> str | None:
+        """Members of calls a run that died left unanswered, under these activation ids (its
+        own, the one it moved from): the next apply records them first (recover_calls)."""
+        if self.session.state_notice:  # an apply is running: its calls are in flight
+            return None
+        n = sum(self.state.in_flight(i) for i in dict.fromkeys(ids) if i)
+        if not n:
+            return None
+        return (
+            f"{n:,} member(s) were in calls whose answers a run that stopped never recorded: "
+            "the next apply records them as possibly sent and plans them again first, so it "
+            "may send or remove more than this plan shows"
         )
 
     # ------------------------------------------------------------------ one activation
@@ -241,13 +258,8 @@ class Planner(AudienceTargeting, MembershipStaging):
                     "are recorded, not sent"
                 )
         warnings: list[str] = list(drift.warnings)
-        in_flight = 0 if self.session.state_notice else self.state.in_flight(aid)
-        if in_flight:  # a run that died: the next apply records them first (engine.recover_calls)
-            warnings.append(
-                f"{in_flight:,} member(s) were in calls whose answers a run that stopped never "
-                "recorded: the next apply records them as possibly sent and plans them again "
-                "first, so it may send or remove more than this plan shows"
-            )
+        if warning := self._in_flight_warning(aid, act.moved_from):
+            warnings.append(warning)
         if counts["held"] and held.table:
             n_dups = self.con.execute(f"SELECT count(*) FROM {held.table}").fetchall()[0][0]
             warnings.append(
