@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from reconciler.apply.applier import Applier, ApplyOptions
 from reconciler.apply.interrupts import InterruptGuard
@@ -149,19 +150,47 @@ def any_interrupted(ws: Workspace, plan: Plan) -> bool:
 def recover_calls(ws: Workspace) -> list[str]:
     """Before an apply plans, under the state lock: the members of calls a run that died left
     without a recorded answer are recorded as possibly sent (:meth:`~reconciler.state.
-    member_writes.MemberWrites.close_interrupted_batches`), so the plan re-sends those still
-    wanted and removes those who left since. Each activation concerned gets a new serial (a
-    plan saved before is stale). Returns those activations; nothing is written when there is
+    member_writes.MemberWrites.close_interrupted_batches`), and the asynchronous jobs it left
+    submitted are polled to their end and recorded, so the plan re-sends those still wanted
+    and removes those who left since. Each activation concerned gets a new serial (a plan
+    saved before is stale). Returns those activations; nothing is written when there is
     nothing to recover."""
     with read_state(ws) as state:
-        if not state.in_flight():
+        if not state.in_flight() and not state.jobs_submitted():
             return []
     with opened(open_backend(ws), write=True) as attached:
         store = attached.store()
-        recovered = sorted({aid for aid, _, _ in store.close_interrupted_batches()})
-        for aid in recovered:
+        recovered = {aid for aid, _, _ in store.close_interrupted_batches()}
+        recovered |= _finish_jobs(ws, store)
+        for aid in sorted(recovered):
             store.bump_serial(aid)
-    return recovered
+    return sorted(recovered)
+
+
+def _finish_jobs(ws: Workspace, store) -> set[str]:
+    """Poll the asynchronous jobs a run that died left submitted to their end and record
+    their members (never submitted again), before the plan, so it diffs what they did.
+    Ctrl-C stops the polling; a job stays submitted until its end is recorded."""
+    from reconciler.apply.calls import finish_job
+
+    jobs = [j for j in store.pending_jobs() if j["destination"] in ws.integrations]
+    if not jobs:
+        return set()
+    conns = Connections(ws)
+    try:
+        for job in jobs:
+            dest = conns.get(job["destination"])
+            finish_job(store, dest, job, _NOT_STOPPED, dest.retry_policy.call)
+    finally:
+        conns.close()
+    return {j["activation_id"] for j in jobs}
+
+
+class _NotStopped:
+    stop_requested = False  # Ctrl-C before the apply's own guard raises KeyboardInterrupt
+
+
+_NOT_STOPPED: Any = _NotStopped()
 
 
 def state_lock(ws: Workspace) -> StateLocking:

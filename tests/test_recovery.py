@@ -317,6 +317,32 @@ def test_a_call_the_destination_applied_unrecorded_then_the_source_changes(works
 
 
 @pytest.mark.slow
+def test_a_job_left_submitted_is_finished_before_the_plan(workspace):
+    """A run killed with an asynchronous job still submitted; the job's member leaves before
+    the next apply. The job is polled to its end and recorded before the plan, so that
+    apply removes the member (it used to be finished after the plan, one apply late)."""
+    rows = [profile(i, a=True) for i in range(4)]
+    knobs = {"batch_size": 1, "async_jobs": True}
+    ws = workspace(
+        {"act": activation("Jobs")},
+        profiles=rows,
+        integration=sandbox_yaml(**knobs, exit_after_calls=4, exit_when="before"),
+    )
+    proc = start(ws, "apply", "--auto-approve")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 137, out + err
+    ((keys,),) = state_rows(ws, "SELECT keys FROM jobs")
+    gone = int(keys[0][1:])
+    ws.write("integrations/sandbox.yaml", sandbox_yaml(**knobs))
+    rows = [profile(i, a=i != gone) for i in range(4)]
+    ws.set_profiles(rows)
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 0, res.output + res.stderr
+    assert held(ws) == {"Jobs": desired(rows)}
+    assert_converged(ws)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("then", ["delete", "move"])
 def test_a_plan_warns_of_calls_in_flight_of_a_deleted_or_moved_activation(workspace, then):
     ws = workspace(

@@ -173,6 +173,13 @@ class StateReader:
             return 0
         return int(row[0]) if row else 0
 
+    def jobs_submitted(self) -> int:
+        """Asynchronous jobs a run that died left submitted (polled by the next apply)."""
+        try:
+            return int(self.con.execute(f"SELECT count(*) FROM {self.c}.jobs").fetchall()[0][0])
+        except duckdb.CatalogException:  # a state from before jobs existed
+            return 0
+
     def members_sql(self, activation_id: str) -> str:
         """The recorded members of one activation as a SQL relation
         ``(key, grp, fp, record)`` for the diff queries of the engine session."""
