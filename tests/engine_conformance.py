@@ -101,6 +101,22 @@ def apply(ws: WS, *args: str, code: int = 0) -> str:
     return res.output + res.stderr
 
 
+def killed_after(ws: WS, method: str, *args: str) -> None:
+    """`reconcile apply` in a child process that SIGKILLs itself right after the target
+    adapter's ``method`` was applied (:data:`CRASH_AFTER`)."""
+    kind = loader.load(ws.root).integrations[TARGET].type
+    cmd = [sys.executable, "-c", CRASH_AFTER, kind, method, "-C", str(ws.root), "apply"]
+    done = subprocess.run(
+        [*cmd, "--auto-approve", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ws.root,
+        env=os.environ | {"PYTHONUNBUFFERED": "1"},
+    )
+    assert done.returncode == -signal.SIGKILL, done.stdout + done.stderr
+
+
 def healthy_keys(ws: WS) -> dict[str, set[str]]:
     return ws.sandbox_keys(path=".reconcile/healthy.duckdb")
 
@@ -317,17 +333,7 @@ class EngineConformance:
     ) -> None:
         rows = member_rows(12)
         ws = self.make_ws(workspace, {"conf": activation("Conf")}, rows)
-        kind = loader.load(ws.root).integrations[TARGET].type
-        cmd = [sys.executable, "-c", CRASH_AFTER, kind, method, "-C", str(ws.root), "apply"]
-        done = subprocess.run(
-            [*cmd, "--auto-approve"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=ws.root,
-            env=os.environ | {"PYTHONUNBUFFERED": "1"},
-        )
-        assert done.returncode == -signal.SIGKILL, done.stdout + done.stderr
+        killed_after(ws, method)
         assert runs(ws, "conf")[0]["status"] == "Pending"
         assert self.audience_names(ws) == ["Conf"]  # the call reached the destination
         apply(ws)
@@ -349,17 +355,7 @@ class EngineConformance:
         if method == "remove":
             apply(ws)
             ws.set_profiles(gone)
-        kind = loader.load(ws.root).integrations[TARGET].type
-        cmd = [sys.executable, "-c", CRASH_AFTER, kind, method, "-C", str(ws.root), "apply"]
-        done = subprocess.run(
-            [*cmd, "--auto-approve", "--allow-mass-removal"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=ws.root,
-            env=os.environ | {"PYTHONUNBUFFERED": "1"},
-        )
-        assert done.returncode == -signal.SIGKILL, done.stdout + done.stderr
+        killed_after(ws, method, "--allow-mass-removal")
         after = gone if method == "add" else rows
         ws.set_profiles(after)
         apply(ws, "--allow-mass-removal")

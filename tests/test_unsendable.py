@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
+
 from reconciler.plan import sendable
 from tests.conftest import cli, plan_json, profile
 
@@ -40,20 +42,17 @@ def test_members_with_no_usable_identifier_are_counted_by_the_plan(workspace):
     assert act["unsendable"] == 0 and act["audiences"][0]["update"] == 1
 
 
-def test_above_the_limit_the_plan_says_it_did_not_check(workspace, monkeypatch):
-    monkeypatch.setattr(sendable, "EXACT_LIMIT", 5)
+@pytest.mark.parametrize(
+    ("bound", "said"),
+    [("EXACT_LIMIT", "checked as they are sent"), ("EXACT_PROFILES", "table of at most 5 rows")],
+)
+def test_above_a_bound_the_plan_says_it_did_not_check(workspace, monkeypatch, bound, said):
+    """More changes than the plan checks, or a profiles table larger than it scans."""
+    monkeypatch.setattr(sendable, bound, 5)
     ws = workspace({"act": ACT}, profiles=messy_rows())
     (act,) = plan_json(ws)["activations"]
     assert act["unsendable"] is None
-    assert any("checked as they are sent" in n for n in act["notes"])
-
-
-def test_a_large_profiles_table_is_not_scanned_for_it(workspace, monkeypatch):
-    monkeypatch.setattr(sendable, "EXACT_PROFILES", 5)
-    ws = workspace({"act": ACT}, profiles=messy_rows())
-    (act,) = plan_json(ws)["activations"]
-    assert act["unsendable"] is None
-    assert any("profiles table of at most 5 rows" in n for n in act["notes"])
+    assert any(said in n for n in act["notes"])
 
 
 def _sent_then_broken(workspace, n: int = 20):
