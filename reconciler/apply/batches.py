@@ -27,7 +27,7 @@ from reconciler.apply import encode
 from reconciler.apply.additions import AdditionSender
 from reconciler.apply.calls import Counts, as_rows, member_batch, new_batch_id
 from reconciler.errors import MassRemovalRefused, TerminalError
-from reconciler.plan.model import MemberOp
+from reconciler.plan.model import MemberOp, trips_mass_removal
 
 CHANGES = encode.CHANGES
 
@@ -44,9 +44,7 @@ class RemovalGuard:
     def check(self, name: str, removals: int, lost: int) -> None:
         removed = removals + lost
         after = self.size_before + self.add - removed
-        if not lost or self.size_before <= 0:
-            return
-        if after <= 0 or removed > self.share * self.size_before:
+        if lost and trips_mass_removal(self.size_before, removed, after, self.share):
             raise MassRemovalRefused(
                 f"refused by the mass-removal guard: {lost:,} member(s) of audience {name!r} "
                 "have no usable identifier left (their data changed since they were sent), "

@@ -15,7 +15,7 @@ from destinations.base import AudienceRef
 from reconciler.errors import ConfigError, DestinationError
 from reconciler.integrations import Connections
 from reconciler.plan import splits
-from reconciler.plan.model import AudienceChange, Change
+from reconciler.plan.model import AudienceChange, Change, trips_mass_removal
 from reconciler.state.store import RecordedActivation, StateReader
 from reconciler.workspace.activation_spec import ActionMode, ResolvedActivation
 from reconciler.workspace.loader import Workspace
@@ -85,13 +85,12 @@ class AudienceTargeting:
             after = before + c["add"] + c["purge"] - removed - forgotten
             # updates that leave a member no usable identifier remove what was sent for it
             # (``sendable.unsendable``): to the guard, the destination loses them too
-            lost = removed + c["lose"]
             mass = (
                 sent
                 and act.action is not ActionMode.REMOVE
-                and before > 0
-                and lost > 0
-                and (after - c["lose"] <= 0 or lost > act.max_removal_share * before)
+                and trips_mass_removal(
+                    before, removed + c["lose"], after - c["lose"], act.max_removal_share
+                )
             )
             if grp not in splits.groups(act.split) and not any(c.values()) and before == 0:
                 continue

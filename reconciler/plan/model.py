@@ -102,6 +102,12 @@ class AudienceChange(Frozen):
         )
 
 
+def trips_mass_removal(before: int, removed: int, after: int, share: float) -> bool:
+    """The mass-removal guard: an audience that has members loses some (``removed``, of
+    ``before``) and is left empty (``after``) or loses more than ``share`` of them."""
+    return before > 0 and removed > 0 and (after <= 0 or removed > share * before)
+
+
 class ExportChange(Frozen):
     """What a ``goal: export_data`` apply writes: one delta file (entered / left / changed
     rows) and, when ``export.full`` says it is time, a full file of the audience."""

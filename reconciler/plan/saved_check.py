@@ -30,7 +30,14 @@ import duckdb
 
 from reconciler.enginedb import STAGING
 from reconciler.plan.membership import CHANGES_DDL
-from reconciler.plan.model import ActivationPlan, AudienceChange, Change, Plan, summarise
+from reconciler.plan.model import (
+    ActivationPlan,
+    AudienceChange,
+    Change,
+    Plan,
+    summarise,
+    trips_mass_removal,
+)
 
 #: the kinds of change that say what happens to the activation itself
 _KINDS = {Change.CREATE, Change.DELETE, Change.PAUSED}
@@ -198,9 +205,7 @@ def _audience(fa: ActivationPlan, au: AudienceChange, counts: dict) -> AudienceC
         mass = (
             au.sent
             and fa.action != "remove"
-            and before > 0
-            and c["remove"] > 0
-            and (after == 0 or c["remove"] > fa.max_removal_share * before)
+            and trips_mass_removal(before, c["remove"], after, fa.max_removal_share)
         )
     return au.model_copy(
         update={
