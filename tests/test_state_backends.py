@@ -124,3 +124,32 @@ def test_mask_dsn_forms():
     assert mask_dsn("host=db port=6432 dbname=x user=u password=p") == "postgresql://u@db:6432/x"
     assert mask_dsn("postgresql://u:p@h/d") == "postgresql://u@h/d"
     assert "p@" not in mask_dsn("not a dsn = = p@")
+
+
+def test_a_calls_members_in_flight_are_pushed_to_postgresql_once(pg_dsn, tmp_path, monkeypatch):
+    """An update or removal journals its intent (batch_id "b") and its members in flight
+    (batch_id ["b"]) in one transaction: the same rows, pushed once, not once per spelling."""
+    from datetime import date
+
+    from reconciler.state.backend import opened
+    from reconciler.state.postgres import mirror
+
+    backend = make_backend(
+        {"kind": "postgres", "dsn": pg_dsn.base, "schema": pg_dsn.schema, "tmp": str(tmp_path)}
+    )
+    pushed: list[str] = []
+    real = mirror.push
+    monkeypatch.setattr(
+        mirror,
+        "push",
+        lambda pg, s, con, c, table, *a: [pushed.append(table), real(pg, s, con, c, table, *a)][1],
+    )
+    with opened(backend, write=True) as st:
+        store = st.store()
+        store.ensure_activation("a", destination="x", frequency="daily", date_created=date.today())
+        pushed.clear()
+        with store.transaction():
+            store.journal_intent("b", "r", "a", "all", "remove", 2)
+            store.journal_inflight_keys("b", ["k1", "k2"])
+        assert sorted(pushed) == ["inflight", "journal"]
+        assert st.reader().in_flight("a") == 2

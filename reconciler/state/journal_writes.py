@@ -87,7 +87,8 @@ class JournalWrites(StateReader):
         """Keep the members of calls about to be made, each (batch id, Arrow rows with
         ``key`` and ``rec``: the strings the call sends), with their intents (the caller's
         transaction): a run killed before a call's answer is recorded leaves them, and the
-        next apply records them as possibly sent (:meth:`MemberWrites.recover_calls`)."""
+        next apply records them as possibly sent
+        (:meth:`MemberWrites.close_interrupted_batches`)."""
         for batch_id, rows in batches:
             self.con.register(INFLIGHT_ROWS, rows)
             try:

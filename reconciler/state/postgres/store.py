@@ -110,7 +110,11 @@ class PostgresStateStore(StateStore):
         pushes = [(table, where)]
         if table == "journal" and "batch_id" in where:  # a call's members in flight go with it
             pushes.append(("inflight", where))
-        self._pending.extend(p for p in pushes if p not in self._pending)
+        # once per (table, rows): batch_id="b" and batch_id=["b"] select the same rows
+        for push in pushes:
+            key = _push_key(*push)
+            if not any(t == push[0] and _push_key(t, w) == key for t, w in self._pending):
+                self._pending.append(push)
 
     def _flush(self) -> None:
         if not self._pending and not self._raw:
@@ -419,6 +423,16 @@ class PostgresStateStore(StateStore):
         if keys:
             # every rejection of these keys (the working copy holds them all)
             self._sync("rejections", activation_id=activation_id, grp=grp, key=sorted(keys))
+
+
+def _push_key(table: str, where: Mapping[str, Any]) -> tuple:
+    """What a push selects, with a single value and a list of it alike."""
+    return table, tuple(
+        sorted(
+            (col, tuple(v) if isinstance(v, list | tuple | set | frozenset) else (v,))
+            for col, v in where.items()
+        )
+    )
 
 
 #: StateStore methods that only read (or only touch the plan's staging tables): every other
