@@ -189,6 +189,37 @@ class RemovalBatch:
     def __len__(self) -> int:
         return len(self.keys)
 
+    def value_rows(self) -> list[tuple[str, dict[str, str]]]:
+        """The members' record strings (``<prefix>:<value>``) as ``(key, {prefix: value})``
+        rows, for destinations whose removal entry holds one value per identifier type.
+
+        A member recorded with two values of one type (the old and the new e-mail of an
+        update whose answer was lost, or a stale e-mail the destination once refused to
+        remove) gets a row per value, so every value recorded is removed. Each member's
+        first row comes first, in the batch's order; the extra rows follow, so a caller that
+        must split a call keeps the members' main rows together."""
+        first: list[tuple[str, dict[str, str]]] = []
+        extra: list[tuple[str, dict[str, str]]] = []
+        for key, records in zip(self.keys, self.records, strict=True):
+            rows: list[dict[str, str]] = []
+            seen: set[tuple[str, str]] = set()
+            for record in records:
+                prefix, _, value = record.partition(":")
+                if not value or (prefix, value) in seen:
+                    continue
+                seen.add((prefix, value))
+                row = next((r for r in rows if prefix not in r), None)
+                if row is None:
+                    row = {}
+                    rows.append(row)
+                row[prefix] = value
+            if rows:
+                first.append((key, rows[0]))
+                extra.extend((key, r) for r in rows[1:])
+            else:
+                first.append((key, {}))
+        return first + extra
+
 
 @dataclass(frozen=True)
 class CallContext:

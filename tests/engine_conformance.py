@@ -362,3 +362,29 @@ class EngineConformance:
         assert self.held(fake) == {"Conf": self.desired(ws, after)}
         assert self.audience_names(ws) == ["Conf"]
         assert_converged(ws)
+
+    @pytest.mark.slow
+    def test_killed_after_an_e_mail_moved_then_its_members_leave(
+        self, workspace, fake: Faults
+    ) -> None:
+        """Members' e-mails change; the run dies right after the destination took the new
+        e-mails and before the state recorded them, so each member is recorded with both
+        e-mails. They then leave the segment: both e-mails must go, the new one included
+        (a removal payload carrying one value per identifier type left it behind)."""
+        rows = member_rows(12)
+        ws = self.make_ws(workspace, {"conf": activation("Conf")}, rows)
+        apply(ws)
+        moved = [
+            profile(i, a=True, email=f"moved{i}@example.com" if i < 5 else "default")
+            for i in range(12)
+        ]
+        ws.set_profiles(moved)
+        conns, dest = self._target(ws)
+        method = "update" if dest.capabilities.update else "add"
+        conns.close()
+        killed_after(ws, method, "--allow-mass-removal")
+        after = [profile(i, a=i >= 5) for i in range(12)]
+        ws.set_profiles(after)
+        apply(ws, "--allow-mass-removal")
+        assert self.held(fake) == {"Conf": self.desired(ws, after)}
+        assert_converged(ws)

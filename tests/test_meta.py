@@ -202,11 +202,31 @@ def test_removal_rebuilds_rows_from_the_recorded_strings() -> None:
             ("phone_sha256:not-a-meta-record",),
         ],
     )
-    sent = meta_payload.removal(removal)
+    (sent,) = meta_payload.removals(removal, 10_000)
     assert sent.body == {"schema": ["EMAIL", "PHONE"], "data": [[h1, h2], ["", h1]]}
     assert sent.keys == ["a", "b"] and set(sent.unsendable) == {"c"}
-    only_email = meta_payload.removal(RemovalBatch(["a"], [(f"email_sha256:{h1}",)]))
+    (only_email,) = meta_payload.removals(RemovalBatch(["a"], [(f"email_sha256:{h1}",)]), 10)
     assert only_email.body == {"schema": "EMAIL_SHA256", "data": [h1]}
+
+
+def test_a_member_recorded_with_two_e_mails_gets_a_removal_row_per_e_mail() -> None:
+    """An update whose answer was lost leaves a member recorded with its old and its new
+    e-mail: both must go (one row per member sent only the first)."""
+    old, new, phone, other = "1" * 64, "2" * 64, "3" * 64, "4" * 64
+    removal = RemovalBatch(
+        keys=["a", "b"],
+        records=[
+            (f"email_sha256:{old}", f"meta_phone_sha256:{phone}", f"email_sha256:{new}"),
+            (f"email_sha256:{other}", f"email_sha256:{other}"),  # a repeat is one row
+        ],
+    )
+    (sent,) = meta_payload.removals(removal, 10_000)
+    assert sent.body["data"] == [[old, phone], [other, ""], [new, ""]]
+    assert sent.keys == ["a", "b", "a"] and not sent.unsendable
+    # more rows than a request takes: split, each member's first row in the first request
+    first, second = meta_payload.removals(removal, 2)
+    assert (first.keys, second.keys) == (["a", "b"], ["a"])
+    assert second.body == {"schema": ["EMAIL", "PHONE"], "data": [[new, ""]]}
 
 
 def test_a_one_batch_session_gets_its_own_id_stable_across_retries() -> None:
@@ -411,6 +431,25 @@ class TestMetaAdapter:
         assert not destination.remove(audience, gone, ctx("rm-1")).rejected
         left = {r for rec in sent.records[3:] for r in rec}
         assert self.stored_records(destination, audience) == left
+
+    def test_a_removal_with_more_rows_than_a_request_takes_is_split(self, client, fake) -> None:
+        """Members recorded with two e-mails need two rows each: the removal goes in
+        requests of at most ``batch_size`` rows, each a session the fake accepts, and
+        every recorded e-mail leaves."""
+        destination = make(client, batch_size=3)
+        audience = destination.create_audience("Split", idempotency_key="k")
+        people = [person(i, phone=False) for i in range(3)]
+        old = batch(destination, people)
+        new = batch(destination, [p | {"email": f"new{p['key']}@example.com"} for p in people])
+        destination.add(audience, old, ctx("add-old"))
+        destination.add(audience, new, ctx("add-new"))
+        both = [o + n for o, n in zip(old.records, new.records, strict=True)]
+        out = destination.remove(audience, RemovalBatch(old.keys, both), ctx("rm"))
+        assert not out.rejected
+        assert self.stored_records(destination, audience) == set()
+        deletes = [b for m, p, b in fake.requests if m == "DELETE" and p.endswith("/users")]
+        assert [len(b["payload"]["data"]) for b in deletes] == [3, 3]
+        assert len({b["session"]["session_id"] for b in deletes}) == 2
 
     def test_a_retried_call_is_deduplicated(self, destination, fake: FakeMeta) -> None:
         audience = destination.create_audience("Retry", idempotency_key="k")

@@ -322,6 +322,24 @@ def test_removal_and_update_events(tmp_path: Path, recorder: Recorder) -> None:
     assert "key" not in changed["members"][0]
 
 
+def test_a_member_recorded_with_two_e_mails_leaves_once_per_e_mail(
+    tmp_path: Path, recorder: Recorder
+) -> None:
+    """The old and the new e-mail of an update whose answer was lost are both recorded: the
+    receiver gets the member once per e-mail, so one matching by identifier drops both."""
+    dest = make(tmp_path, client=recorder.client())
+    old, new = "email_sha256:" + sha("old@example.com"), "email_sha256:" + sha("new@example.com")
+    phone = "phone_sha256:" + sha("+61412345000")
+    dest.remove(AudienceRef("a", "A"), RemovalBatch(["p1"], [(old, phone, new)]), CallContext("rm"))
+    left = recorder.event(0)
+    jsonschema.validate(left, EVENT_SCHEMA)
+    first = {"email_sha256": sha("old@example.com"), "phone_sha256": sha("+61412345000")}
+    assert left["members"] == [
+        {"key": "p1", "identifiers": first},
+        {"key": "p1", "identifiers": {"email_sha256": sha("new@example.com")}},
+    ]
+
+
 def test_a_batch_without_value_columns_sends_its_recorded_hashes(
     tmp_path: Path, recorder: Recorder
 ) -> None:

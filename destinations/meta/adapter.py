@@ -148,7 +148,15 @@ class MetaCustomAudiences:
         )
 
     def remove(self, audience: AudienceRef, batch: RemovalBatch, call: CallContext) -> Outcome:
-        return self._users("DELETE", audience, payload.removal(batch), call)
+        """One request, or more when members recorded with several values of one field need
+        more rows than a request takes: the first request is the call's batch of the engine's
+        session; each further one is a session of its own, derived from the call's key."""
+        sent = payload.removals(batch, self.config.batch_size)
+        outcome = self._users("DELETE", audience, sent[0], call)
+        for i, more in enumerate(sent[1:], start=1):
+            extra = CallContext(f"{call.batch_id}:{i}", call.session_id)
+            outcome = _merged(outcome, self._users("DELETE", audience, more, extra))
+        return outcome
 
     def poll(self, job: str) -> JobStatus:
         raise TerminalError("Meta Custom Audiences submits no asynchronous jobs")
@@ -188,6 +196,16 @@ class MetaCustomAudiences:
             if no_such_object(exc):
                 return None
             raise
+
+
+def _merged(a: Outcome, b: Outcome) -> Outcome:
+    """The outcome of one call sent as two requests."""
+    detail = "; ".join(d for d in (a.detail, b.detail) if d) or None
+    return Outcome(
+        rejected=a.rejected | b.rejected,
+        detail=detail,
+        unidentified=a.unidentified + b.unidentified,
+    )
 
 
 def _ref(item: dict[str, Any]) -> AudienceRef:

@@ -10,7 +10,8 @@ columns put in Meta's shape:
   ...]}`` with ``""`` where a member has no value.
 
 A removal sends back the recorded strings (``<prefix>:<value>``): each prefix names one
-``META`` field, and the value after it is exactly what was sent.
+``META`` field, and the value after it is exactly what was sent. A member recorded with two
+values of one field gets a row per value, so a removal may take more than one request.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ __all__ = [
     "Payload",
     "addition",
     "outcome",
-    "removal",
+    "removals",
     "session",
 ]
 
@@ -175,24 +176,35 @@ def _addition_from_table(fields: Sequence[str], table: Any) -> Payload:
     return Payload({"schema": schema}, sent_keys, unsendable, lazy, data)
 
 
-def removal(batch: RemovalBatch) -> Payload:
-    """The payload removing ``batch``: each member's recorded strings as one row."""
-    per_member: list[tuple[str, dict[str, str]]] = []
-    unsendable: dict[str, str] = {}
-    for key, records in zip(batch.keys, batch.records, strict=True):
-        cells: dict[str, str] = {}
-        for record in records:
-            prefix, _, value = record.partition(":")
-            field = _FIELD_OF_PREFIX.get(prefix)
-            if field is not None and value:
-                cells.setdefault(field, value)
+def removals(batch: RemovalBatch, size: int) -> list[Payload]:
+    """The payloads removing ``batch``, each of at most ``size`` rows: each member's recorded
+    strings as one row, or one row per value where a member was recorded with several values
+    of one field (see :meth:`RemovalBatch.value_rows`). A payload's ``keys`` name a member
+    once per row; the first payload carries the members left out."""
+    per_row: list[tuple[str, dict[str, str]]] = []
+    sendable: set[str] = set()
+    for key, recorded in batch.value_rows():
+        cells = {
+            _FIELD_OF_PREFIX[prefix]: value
+            for prefix, value in recorded.items()
+            if prefix in _FIELD_OF_PREFIX
+        }
         if cells:
-            per_member.append((key, cells))
-        else:
-            unsendable[key] = "its recorded identifiers are not ones Meta matches on"
-    fields = sorted({f for _, cells in per_member for f in cells}, key=_ORDER.__getitem__)
-    rows = [tuple(cells.get(f, "") for f in fields) for _, cells in per_member]
-    return Payload(_shape(fields, rows), [k for k, _ in per_member], unsendable, rows)
+            per_row.append((key, cells))
+            sendable.add(key)
+    unsendable = {
+        key: "its recorded identifiers are not ones Meta matches on"
+        for key in batch.keys
+        if key not in sendable
+    }
+    fields = sorted({f for _, cells in per_row for f in cells}, key=_ORDER.__getitem__)
+    out = []
+    for start in range(0, max(len(per_row), 1), size):
+        chunk = per_row[start : start + size]
+        rows = [tuple(cells.get(f, "") for f in fields) for _, cells in chunk]
+        left_out = unsendable if start == 0 else {}
+        out.append(Payload(_shape(fields, rows), [k for k, _ in chunk], left_out, rows))
+    return out
 
 
 def session(call: CallContext) -> dict[str, Any]:

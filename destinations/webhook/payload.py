@@ -20,7 +20,8 @@ Every event is one JSON object::
   value of some type simply lacks that field.
 - ``members_left`` carries what was recorded when the member was sent, which is always the
   hashed form (``email_sha256``...), also under ``pii: raw``: a raw receiver matches removals
-  by the SHA-256 of the normalised values it was given.
+  by the SHA-256 of the normalised values it was given. A member recorded with two values of
+  one type is listed once per value (same ``key``).
 - ``key``: the profile key (left out with ``send_keys: false``).
 
 :data:`EVENT_SCHEMA` is the JSON Schema of these documents (``docs/destinations.md``).
@@ -120,11 +121,14 @@ def members_event(
 def removal_event(
     audience: AudienceRef, batch: RemovalBatch, batch_id: str, *, pii: Pii, send_keys: bool
 ) -> dict[str, Any]:
-    """``members_left``: each member's recorded (hashed) identifiers."""
+    """``members_left``: each member's recorded (hashed) identifiers. A member recorded with
+    two values of one type (its old and new e-mail, when the answer to the update that sent
+    the new one was lost) is listed once per value, so a receiver matching by identifier
+    removes both."""
     members = []
-    for key, records in zip(batch.keys, batch.records, strict=True):
+    for key, identifiers in batch.value_rows():
         member: dict[str, Any] = {"key": key} if send_keys else {}
-        member["identifiers"] = _recorded(records)
+        member["identifiers"] = identifiers
         members.append(member)
     return {**_head(LEFT, audience, batch_id, pii), "members": members}
 
