@@ -27,7 +27,7 @@ from destinations.identity import (
 )
 from destinations.identity.sql import email_sql, normalised_sql, phone_sql, records_sql
 from destinations.identity.text import WHITESPACE
-from destinations.identity.types import CANONICAL
+from destinations.identity.types import CANONICAL, normalise_email
 from tests.test_identity_rules import VECTORS
 
 
@@ -238,7 +238,7 @@ def test_the_plans_phone_estimate_counts_the_fewest_digits_a_phone_can_have(
 _email_text = st.one_of(
     _messy,
     st.tuples(
-        st.sampled_from(["", " ", "\t", "\xa0"]),
+        st.sampled_from(["", " ", "\t", "\xa0", "\ufeff", " \u200b"]),
         st.from_regex(r"[A-Za-z0-9._+]{1,10}", fullmatch=True),
         st.sampled_from(["gmail.com", "GoogleMail.com", "Example.co.uk", "x.io"]),
     ).map(lambda t: f"{t[0]}{t[1]}@{t[2]}{t[0]}"),
@@ -277,3 +277,20 @@ def test_send_sql_equals_python(rules, members, data) -> None:  # type: ignore[n
                 encoding.identifier, encoding.form, member[encoding.identifier], country
             )
             assert value == (None if formed is None else encoding.value(formed)), encoding
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "\ufeffjane@example.com",
+        "ja\u200bne@example.com",
+        "jane@exam\xadple.com",
+        "\u200ejane@example.com\u200f ",
+    ],
+)
+def test_invisible_characters_leave_an_e_mail_before_it_is_hashed(con, raw: str) -> None:
+    """A byte order mark from a CSV export or a zero-width space from copy-paste would make
+    an address no platform matches: both sides drop them and hash the address itself."""
+    assert normalise_email(raw) == "jane@example.com"
+    [[got]] = _sql_values(con, [email_sql("v")], [raw])
+    assert got == "jane@example.com"

@@ -27,7 +27,7 @@ from destinations.identity.phones import (
     country_rules,
 )
 from destinations.identity.rules import Encoding, Hash, RuleSet
-from destinations.identity.text import WHITESPACE, char_class, sql_string
+from destinations.identity.text import INVISIBLE, WHITESPACE, char_class, sql_string
 from destinations.identity.types import (
     CANONICAL,
     DATE_PATTERN,
@@ -76,7 +76,8 @@ def _lower(x: str) -> str:
 
 
 def email_sql(column: str) -> str:
-    """Trimmed, lowercased e-mail of the shape ``local@domain.tld``, else ``NULL``.
+    """Trimmed, lowercased e-mail of the shape ``local@domain.tld`` without invisible
+    formatting characters (:data:`~destinations.identity.text.INVISIBLE`), else ``NULL``.
 
     The shape allows no whitespace anywhere (and lowercasing makes none), so a value whose
     lowercase form has the shape already is its own trimmed form: that common case skips the
@@ -84,7 +85,8 @@ def email_sql(column: str) -> str:
     shape = _q(email_pattern(sql=True))
     body = f"CASE WHEN regexp_full_match(__e, {shape}) THEN __e END"
     lowered = _lower(column)
-    full = _let(_lower(_trim(column)), "__e", body)
+    visible = f"translate({column}, {sql_string(INVISIBLE)}, '')"
+    full = _let(_lower(_trim(visible)), "__e", body)
     return f"CASE WHEN regexp_full_match({lowered}, {shape}) THEN {lowered} ELSE {full} END"
 
 

@@ -15,7 +15,16 @@ from __future__ import annotations
 
 import unicodedata
 
-__all__ = ["ASCII_SPACE", "WHITESPACE", "char_class", "lower", "nfc", "sql_string"]
+__all__ = [
+    "ASCII_SPACE",
+    "INVISIBLE",
+    "WHITESPACE",
+    "char_class",
+    "lower",
+    "nfc",
+    "sql_string",
+    "visible",
+]
 
 #: every character for which ``str.isspace()`` is true; ``str.strip()`` removes exactly these
 WHITESPACE = (
@@ -24,6 +33,20 @@ WHITESPACE = (
 )
 #: the ASCII whitespace of ``re.ASCII``'s ``\s`` (RE2's ``\s`` lacks the vertical tab)
 ASCII_SPACE = " \t\n\r\x0b\x0c"
+#: invisible formatting characters that exports and copy-paste leave inside values (a byte
+#: order mark at the start of a file, zero-width spaces and joiners, soft hyphens, direction
+#: marks): never part of an address, they are removed before an e-mail is checked and hashed
+INVISIBLE = (
+    "\xad\u061c\u180e\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+    "\u2060\u2061\u2062\u2063\u2064\u2066\u2067\u2068\u2069\u206a\u206b\u206c\u206d"
+    "\u206e\u206f\ufeff"
+)
+_NO_INVISIBLE = dict.fromkeys(map(ord, INVISIBLE))
+
+
+def visible(text: str) -> str:
+    """``text`` without the :data:`INVISIBLE` characters; ASCII is returned as is."""
+    return text if text.isascii() else text.translate(_NO_INVISIBLE)
 
 
 def lower(text: str) -> str:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from destinations.identity.phones import normalise_phone
-from destinations.identity.text import WHITESPACE, char_class, lower, nfc
+from destinations.identity.text import INVISIBLE, WHITESPACE, char_class, lower, nfc, visible
 
 __all__ = [
     "CANONICAL",
@@ -77,7 +77,7 @@ class IdentifierType:
 def email_pattern(*, sql: bool = False) -> str:
     """One ``@`` between a non-empty local part and a dotted domain, no whitespace anywhere,
     as a regular expression for ``re`` or (``sql=True``) RE2."""
-    n = char_class("@" + WHITESPACE, negate=True, sql=sql)[:-1]  # open: "." may be added
+    n = char_class("@" + WHITESPACE + INVISIBLE, negate=True, sql=sql)[:-1]  # "." may follow
     return f"{n}]+@{n}.]{n}]*\\.{n}.]+"
 
 
@@ -86,11 +86,12 @@ GMAIL_DOMAINS = ("gmail.com", "googlemail.com")
 
 
 def normalise_email(value: str | None) -> str | None:
-    """Trimmed, lowercased e-mail, or ``None`` when empty or clearly not an address
-    (anything but one ``@`` between a non-empty local part and a dotted domain)."""
+    """Trimmed, lowercased e-mail without invisible formatting characters (a byte order
+    mark, a zero-width space), or ``None`` when empty or clearly not an address (anything
+    but one ``@`` between a non-empty local part and a dotted domain)."""
     if not value:
         return None
-    email = lower(value.strip())
+    email = lower(visible(value).strip())
     return email if _EMAIL.fullmatch(email) else None
 
 
