@@ -133,6 +133,10 @@ def test_every_type_and_form_sql_equals_python(
 
 _phone_text = st.one_of(
     _messy,
+    # a number that went through a float column: "61412345678.0", "412345678.00"
+    st.tuples(st.integers(0, 10**15), st.sampled_from([".0", ".00", ".5", ".05", ""])).map(
+        lambda t: f"{t[0]}{t[1]}"
+    ),
     st.lists(
         st.sampled_from([*" -.()/+", "(0)", "00", "0", "x1", " ext. 9", *"0123456789"]),
         max_size=20,

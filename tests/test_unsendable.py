@@ -128,3 +128,31 @@ def test_an_update_that_leaves_no_identifier_is_logged_as_a_removal(workspace):
     run = cli(ws, "log", "act", "--format", "json").json()["runs"][0]
     assert (run["updated"], run["removed"]) == (1, 1)
     assert len(ws.sandbox_keys()["Messy"]) == 3
+
+
+def test_phones_from_a_float_column_are_sent_as_the_numbers_they_are(workspace):
+    """pandas writes an integer column with gaps as float64, so phones arrive as DOUBLE
+    (``61412345000.0`` as text): the ``.0`` is not a digit of the number, and a BOM or a
+    zero-width space in front of an e-mail is not part of the address."""
+    import duckdb
+
+    rows = [profile(i, a=True) for i in range(3)]
+    rows[0]["email"] = "\ufeffuser0@example.com"
+    rows[1]["email"] = "user1@exa\u200bmple.com"
+    ws = workspace({"act": ACT}, profiles=rows)
+    con = duckdb.connect(str(ws.db))
+    con.execute("ALTER TABLE profiles DROP COLUMN phone")
+    con.execute("ALTER TABLE profiles ADD COLUMN phone DOUBLE")
+    con.execute("UPDATE profiles SET phone = 61412345000 + CAST(customer_id[2:] AS INTEGER)")
+    con.close()
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 0, res.output + res.stderr
+
+    def sha(text: str) -> str:
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    held = ws.sandbox_keys()["Messy"]
+    for i in range(3):
+        assert f"phone_sha256:{sha(f'+6141234500{i}')}" in held
+        assert f"email_sha256:{sha(f'user{i}@example.com')}" in held
+    assert len(held) == 6

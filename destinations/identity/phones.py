@@ -16,6 +16,7 @@ from destinations.identity.text import ASCII_SPACE, WHITESPACE, char_class
 __all__ = [
     "COUNTRIES",
     "EXTENSION_PATTERN",
+    "FLOAT_DIGITS",
     "PHONE_PATTERN",
     "ZERO_TRUNK_CODES",
     "country_rules",
@@ -130,6 +131,11 @@ def _patterns(*, sql: bool) -> tuple[str, str]:
     return phone, extension
 
 
+#: a number written by a float column (pandas' float64 with missing values, a DOUBLE or a
+#: DECIMAL with a scale): "61412345678.0" is the number 61412345678, not 614123456780
+FLOAT_DIGITS = r"[0-9]+\.0+"
+_FLOAT = re.compile(FLOAT_DIGITS)
+
 #: the same two expressions, written for RE2 (DuckDB's ``regexp_*`` functions)
 PHONE_PATTERN, EXTENSION_PATTERN = _patterns(sql=True)
 _phone, _extension = _patterns(sql=False)
@@ -148,14 +154,15 @@ def normalise_phone(value: str | None, default_country: str) -> str | None:
     in RU, ``06`` in HU) is dropped and the calling code prefixed, unless the digits
     already start with the calling code and only make sense that way (``61412345678`` in
     AU, ``14155552671`` in US). A national number must have a length the country uses;
-    every result has 8 to 15 digits. Extensions (``x123``, ``ext. 4``) are ignored.
+    every result has 8 to 15 digits. Extensions (``x123``, ``ext. 4``) are ignored, and so
+    is the ``.0`` a float column adds (``61412345678.0``).
 
     Raises ``ValueError`` for a ``default_country`` missing from :data:`COUNTRIES`.
     """
     country = country_rules(default_country)
     if not value:
         return None
-    text = value.strip()
+    text = value.split(".", 1)[0] if "." in value and _FLOAT.fullmatch(value) else value.strip()
     match = _PHONE.fullmatch(text)
     if match is None:
         match = _PHONE.fullmatch(_EXTENSION.sub("", text))

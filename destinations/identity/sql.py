@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from destinations.identity.phones import (
     EXTENSION_PATTERN,
+    FLOAT_DIGITS,
     PHONE_PATTERN,
     ZERO_TRUNK_CODES,
     country_rules,
@@ -163,7 +164,12 @@ def _phone_steps(
     # a value that has the shape untrimmed differs from its trimmed form only by ASCII spaces
     # at its ends, which neither the "+" test nor the digits see: it skips the trimming
     untrimmed = f"regexp_full_match({column}, {shape})"
-    shaped = f"CASE WHEN {untrimmed} THEN {column} ELSE {_let(_trim(column), '__t', text)} END"
+    # a number that went through a float column on its way ("61412345678.0"): its digits
+    floated = f"contains({column}, '.') AND regexp_full_match({column}, {_q(FLOAT_DIGITS)})"
+    shaped = (
+        f"CASE WHEN {floated} THEN split_part({column}, '.', 1) "
+        f"WHEN {untrimmed} THEN {column} ELSE {_let(_trim(column), '__t', text)} END"
+    )
     return shaped, digits, number, checked
 
 
