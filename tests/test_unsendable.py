@@ -156,3 +156,20 @@ def test_phones_from_a_float_column_are_sent_as_the_numbers_they_are(workspace):
         assert f"phone_sha256:{sha(f'+6141234500{i}')}" in held
         assert f"email_sha256:{sha(f'user{i}@example.com')}" in held
     assert len(held) == 6
+
+
+def test_a_segment_returning_another_column_than_the_key_is_a_warning(workspace):
+    """`SELECT email` where `SELECT customer_id` was meant: no key is a profile, so nothing
+    can be sent. The plan says so as a warning naming the segment and the key column, not
+    as a quiet note; a segment with some unknown keys keeps the note."""
+    rows = [profile(i, a=True) for i in range(4)]
+    wrong = {"seg-a": "sql: SELECT email FROM profiles WHERE seg_a\n"}
+    ws = workspace({"act": ACT}, profiles=rows, segments=wrong)
+    (act,) = plan_json(ws)["activations"]
+    (warning,) = [w for w in act["warnings"] if "none of the 4 key(s)" in w]
+    assert "'seg-a'" in warning and "'customer_id'" in warning
+    some = {"seg-a": "sql: SELECT customer_id FROM profiles UNION ALL SELECT 'ghost'\n"}
+    ws.write("segments/seg-a.yaml", some["seg-a"])
+    (act,) = plan_json(ws)["activations"]
+    assert not [w for w in act["warnings"] if "none of the" in w]
+    assert "1 segment key(s) are not in the profiles table" in act["notes"]

@@ -214,7 +214,10 @@ class Planner(AudienceTargeting, MembershipStaging):
             frozen=frozen,
             suppressed=suppressed,
         )
-        if counts["unknown"]:
+        none_known = counts["unknown"] and not any(
+            counts[c] for c in ("held", "suppression", "consent", "eligible")
+        )
+        if counts["unknown"] and not none_known:
             notes.append(f"{counts['unknown']:,} segment key(s) are not in the profiles table")
         changes = membership.change_counts(self.con, aid)
         unsendable = None
@@ -258,6 +261,14 @@ class Planner(AudienceTargeting, MembershipStaging):
                     "are recorded, not sent"
                 )
         warnings: list[str] = list(drift.warnings)
+        if none_known:
+            names = ", ".join(repr(r.name) for r in seg_results)
+            warnings.append(
+                f"none of the {counts['unknown']:,} key(s) its segment(s) {names} returned is "
+                f"a key of the profiles table {self.profiles.table!r} (column "
+                f"{self.profiles.key!r}), so nothing of them can be sent: does the segment's "
+                "SELECT return the profile key (not an e-mail or another column)?"
+            )
         if warning := self._in_flight_warning(aid, act.moved_from):
             warnings.append(warning)
         if counts["held"] and held.table:
