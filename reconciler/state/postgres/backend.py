@@ -23,7 +23,8 @@ from reconciler.state.backend import AttachedState
 from reconciler.state.postgres import mirror
 from reconciler.state.postgres.db import PgDatabase
 from reconciler.state.postgres.lock import PostgresLock
-from reconciler.state.postgres.store import PostgresStateReader, PostgresStateStore
+from reconciler.state.postgres.reader import PostgresStateReader
+from reconciler.state.postgres.store import PostgresStateStore
 from reconciler.state.schema import CATALOG, create_schema
 
 
