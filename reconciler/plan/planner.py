@@ -235,6 +235,7 @@ class Planner(AudienceTargeting, MembershipStaging):
                 identity=dest.identity,
                 profiles=self.profiles,
                 recorded=self.state.members_sql(baseline),
+                staged=sending,
             )
             staged, unsendable = checked.staged, checked.none
             for grp, n in checked.lose.items():

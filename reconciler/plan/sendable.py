@@ -50,15 +50,16 @@ def unsendable(
     identity: Identity,
     profiles: ProfilesTable,
     recorded: str,
+    staged: int,
 ) -> Unsendable:
-    """The staged additions and updates of the activation checked by the destination's exact
-    rules; ``recorded`` is the relation of its recorded members (``key, grp, record``)."""
+    """The staged additions and updates of the activation (``staged`` of them, as the plan
+    counts them) checked by the destination's exact rules; ``recorded`` is the relation of
+    its recorded members (``key, grp, record``)."""
     aid = _lit(activation_id)
     changes = (
         f"(SELECT DISTINCT key, grp, op FROM {STAGING}.changes "
         f"WHERE activation_id = {aid} AND op IN ('add', 'update'))"
     )
-    (staged,) = con.execute(f"SELECT count(DISTINCT key) FROM {changes}").fetchall()[0]
     if not staged:
         return Unsendable(0, 0)
     if staged > EXACT_LIMIT or _table_rows(con, profiles) > EXACT_PROFILES:
