@@ -90,6 +90,9 @@ class Session:
         self._cap.enter_context(memory_cap(memory_bytes(str(config["memory_limit"])), factor))
         try:
             self.con = duckdb.connect(":memory:", config=config)
+            # TIMESTAMPTZ values become text (fingerprints, attributes, keys) in the workspace's
+            # time zone, not the machine's: a laptop and a CI runner plan the same changes
+            self.con.execute(f"SET GLOBAL TimeZone = '{_q(ws.config.timezone)}'")
         except BaseException:
             self._cap.close()
             raise

@@ -27,7 +27,9 @@ def open_source(ws, *, write: bool = False) -> Source:
             if integ.consent
         }
         mapped = {c for integ in ws.integrations.values() for c in integ.attributes.values()}
-        return PostgresProfilesSource(spec, ws.root, ws.config_location, consents, mapped)
+        return PostgresProfilesSource(
+            spec, ws.root, ws.config_location, consents, mapped, timezone=ws.config.timezone
+        )
     raise ConfigError(f"source type {spec.type!r} is not supported yet")
 
 

@@ -72,8 +72,10 @@ def _scrub(text: str, dsn: str) -> str:
     return text.replace(str(password), "***") if password else text
 
 
-def connect(dsn: str, where: str) -> psycopg.Connection:
-    """A connection whose transactions are read-only; a clear SourceError otherwise."""
+def connect(dsn: str, where: str, *, timezone: str = "UTC") -> psycopg.Connection:
+    """A connection whose transactions are read-only, its session in ``timezone`` (the
+    workspace's: timestamptz values become text as in the engine, whatever the server's
+    or the machine's zone); a clear SourceError otherwise."""
     try:
         conninfo_to_dict(dsn)
     except psycopg.ProgrammingError:
@@ -92,6 +94,8 @@ def connect(dsn: str, where: str) -> psycopg.Connection:
             f"{where}: cannot connect to the PostgreSQL source {masked(dsn)}: "
             f"{_scrub(str(exc), dsn)}; check `source.dsn` and that the server is reachable"
         ) from None
+    conn.execute("SELECT set_config('TimeZone', %s, false)", [timezone])
+    conn.commit()
     conn.read_only = True
     return conn
 

@@ -53,8 +53,11 @@ class PostgresProfilesSource:
         locate: Callable[..., Location] | None = None,
         consents: dict[str, tuple[str, str]] | None = None,
         mapped: set[str] | None = None,
+        timezone: str = "UTC",
     ):
         self.spec = spec
+        #: the session's TimeZone: timestamptz values become text as the engine's do
+        self.timezone = timezone
         self.profiles = spec.profiles
         self.schema = spec.schema_
         self.root = root
@@ -95,7 +98,9 @@ class PostgresProfilesSource:
 
     def connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
-            self._conn = pg_connect.connect(self.dsn, str(self.locate("source", "dsn")))
+            self._conn = pg_connect.connect(
+                self.dsn, str(self.locate("source", "dsn")), timezone=self.timezone
+            )
         return self._conn
 
     def describe(self) -> str:

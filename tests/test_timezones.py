@@ -1,0 +1,87 @@
+"""TIMESTAMPTZ values become text in the workspace's time zone, never the machine's: a plan on
+a laptop in Sydney and an apply on a CI runner in UTC see the same values, so nothing is
+re-sent (and no key changes) because the machines differ."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import duckdb
+import psycopg
+import pytest
+
+from tests.conftest import RECONCILE_YAML, SANDBOX_YAML, WS, profile
+from tests.test_pg_source import pg_workspace, pg_yaml  # noqa: F401 (a fixture)
+
+ACT = "segments: [seg-a]\ndestination: sandbox\nname: Zones\nattributes: [SEEN]\n"
+
+
+def run(ws: WS, tz: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "reconciler", "-C", str(ws.root), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ | {"TZ": tz},
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("column", ["seen", "customer_id"])
+def test_a_plan_on_another_machine_time_zone_plans_no_change(workspace, column: str) -> None:
+    """Applied on a UTC machine, planned on one in Sydney: no change (the attribute was sent
+    again to every member, and a TIMESTAMPTZ key made every member leave and re-enter)."""
+    integration = SANDBOX_YAML.replace("attributes:\n", "attributes:\n  SEEN: seen\n")
+    ws = workspace(
+        {"act": ACT},
+        profiles=[profile(i, a=True) for i in range(3)],
+        integration=integration,
+        reconcile_yaml=RECONCILE_YAML.replace("seg_a, seg_b]", "seg_a, seg_b, seen]"),
+    )
+    con = duckdb.connect(str(ws.db))
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("ALTER TABLE profiles ADD COLUMN seen TIMESTAMPTZ")
+    con.execute("UPDATE profiles SET seen = TIMESTAMPTZ '2024-05-01 23:30:00+00'")
+    if column == "customer_id":  # the key itself a timestamp (a stretch, but a key)
+        con.execute(
+            "ALTER TABLE profiles ALTER customer_id TYPE TIMESTAMPTZ USING "
+            "seen + to_days(CAST(customer_id[2:] AS INTEGER))"
+        )
+    con.close()
+    if column == "customer_id":
+        ws.write("segments/seg-a.yaml", "sql: SELECT customer_id FROM profiles WHERE seg_a\n")
+    applied = run(ws, "UTC", "apply", "--auto-approve")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    planned = run(ws, "Australia/Sydney", "plan", "--detailed-exitcode")
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+
+
+@pytest.mark.slow
+def test_a_postgres_source_on_another_machine_time_zone_plans_no_change(
+    pg_workspace,  # noqa: F811 (the fixture imported above)
+) -> None:
+    """The same with PostgreSQL: the diff runs there (timestamptz to text in the session's
+    zone) and the engine copies the rows (to text in its own): both use the workspace's."""
+    from psycopg import sql
+
+    integration = SANDBOX_YAML.replace("attributes:\n", "attributes:\n  SEEN: seen\n")
+    ws = pg_workspace(
+        {"act": ACT}, rows=[profile(i, a=True) for i in range(3)], integration=integration
+    )
+    table = sql.Identifier(ws.pg.schema, "profiles")
+    with psycopg.connect(ws.pg.base) as conn:
+        conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN seen timestamptz").format(table))
+        conn.execute(sql.SQL("UPDATE {} SET seen = '2024-05-01 23:30:00+00'").format(table))
+    ws.write(
+        "reconcile.yaml", pg_yaml(ws.pg.schema).replace("seg_a, seg_b]", "seg_a, seg_b, seen]")
+    )
+    applied = run(ws, "UTC", "apply", "--auto-approve")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    planned = run(ws, "Australia/Sydney", "plan", "--detailed-exitcode")
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    in_engine = pg_yaml(ws.pg.schema, "  diff: engine\n")
+    ws.write("reconcile.yaml", in_engine.replace("seg_a, seg_b]", "seg_a, seg_b, seen]"))
+    engine = run(ws, "Asia/Tokyo", "plan", "--detailed-exitcode")
+    assert engine.returncode == 0, engine.stdout + engine.stderr
