@@ -5,9 +5,11 @@ refusals."""
 from __future__ import annotations
 
 import duckdb
+import pytest
 
 from destinations.identity import sha256_hex
-from tests.conftest import audience_counts, cli, plan_json, profile
+from destinations.sandbox import open_store
+from tests.conftest import SANDBOX_YAML, audience_counts, cli, plan_json, profile
 
 SYNC = """\
 goal: sync_attributes
@@ -194,3 +196,28 @@ def test_a_state_from_before_attribute_hashes_is_read_and_completed(workspace):
     finally:
         con.close()
     assert "Name1" not in text and "AU" not in text and "X'" not in text
+
+
+@pytest.mark.parametrize("goal", ["send_segments", "sync_attributes"])
+def test_renaming_a_mapped_field_sends_every_member_under_the_new_name(workspace, goal) -> None:
+    """`FIRST_NAME: first_name` becomes `GIVEN_NAME: first_name`: the values did not change,
+    so the fingerprint did not, but the destination must get the field under its new name."""
+    act = (
+        "segments: [seg-a]\ndestination: sandbox\nname: Renamed\n"
+        f"goal: {goal}\nattributes: [FIRST_NAME]\n"
+    )
+    ws = workspace({"act": act}, profiles=[profile(i, a=True) for i in range(3)])
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    ws.write("integrations/sandbox.yaml", SANDBOX_YAML.replace("FIRST_NAME:", "GIVEN_NAME:"))
+    ws.write("activations/act.yaml", act.replace("FIRST_NAME", "GIVEN_NAME"))
+    (planned,) = plan_json(ws)["activations"]
+    assert planned["audiences"][0]["update"] == 3
+    assert any("attribute mapping changed" in n for n in planned["notes"])
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 0, res.output + res.stderr
+    store = open_store(ws.root / ".reconcile/sandbox.duckdb")
+    (audience,) = store.audiences()
+    held = store.attributes(audience.id)
+    assert held and all(a.get("GIVEN_NAME", "").startswith("Name") for a in held.values()), held
+    assert all("FIRST_NAME" not in a for a in held.values()), held
+    assert cli(ws, "plan", "--detailed-exitcode").exit_code == 0  # sent once, then settled

@@ -198,10 +198,22 @@ class Planner(AudienceTargeting, MembershipStaging):
         attr_cols = [integ.attributes[f] for f in act.attributes]
         mapping = {f: integ.attributes[f] for f in act.attributes}
         syncs = act.goal is Goal.SYNC_ATTRIBUTES
+        # a destination field renamed (or mapped to another column): the fingerprint covers
+        # the values only, so every recorded member is sent again under the new names
+        recorded_mapping = (
+            rec.spec.get("attribute_mapping", mapping) if rec and rec.spec else mapping
+        )
+        remapped = recorded_mapping != mapping
+        if remapped and not frozen:
+            notes.append(
+                "the attribute mapping changed (a destination field renamed or mapped to "
+                "another column): every member is updated with the fields as now mapped"
+            )
         counts, held = self._stage_membership(
             aid,
             act,
             integ,
+            remapped=remapped,
             baseline=baseline,
             seed=seed,
             seg_results=seg_results,

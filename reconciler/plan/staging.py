@@ -71,6 +71,7 @@ class MembershipStaging:
         gone: set[str],
         frozen: bool,
         suppressed: str | None,
+        remapped: bool = False,
     ) -> tuple[dict[str, int], Held]:
         """Diff the activation's desired members against those recorded under ``baseline``
         and stage the changes, under the source's query time limit; return the exclusion
@@ -78,7 +79,9 @@ class MembershipStaging:
         destination; a ``frozen`` activation (paused, or a one-time one that ran) stages
         only its exclusions; with ``syncs`` (``goal: sync_attributes``) each member also gets
         a hash per field of ``mapping`` (destination field -> profile column). A failure of
-        the consent condition on the data is a :class:`SegmentError` naming it."""
+        the consent condition on the data is a :class:`SegmentError` naming it. ``remapped``
+        (the attribute mapping changed since the members were recorded): every recorded
+        member still wanted is staged as an update (its fingerprint is ignored)."""
         consent_where = str(self.ws.location("integrations", act.destination, "consent"))
         try:
             with time_limit(
@@ -88,8 +91,12 @@ class MembershipStaging:
                 "the audience query (consent condition)",
             ):
                 pushdown = self.pushdown
-                if pushdown is not None and _in_source().can_stage(
-                    pushdown, act, self.profiles, identifier_types, attribute_columns
+                if (
+                    pushdown is not None
+                    and not remapped
+                    and _in_source().can_stage(
+                        pushdown, act, self.profiles, identifier_types, attribute_columns
+                    )
                 ):
                     staged = _in_source().stage(
                         pushdown,
@@ -119,6 +126,8 @@ class MembershipStaging:
                         self.pushdown.ship_all_profiles()
                         suppressed = self.segments.suppressed_table()
                     recorded = self.state.members_sql(baseline)
+                    if remapped:
+                        recorded = f"(SELECT key, grp, NULL::UBIGINT AS fp, record FROM {recorded})"
                     # nothing recorded yet (a first apply): every member the diff finds is an
                     # addition, whose fingerprint the send table computes as it is sent, so
                     # the diff needs none (~0.3 us of CPU a member)
