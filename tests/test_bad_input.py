@@ -898,3 +898,31 @@ def test_split_ab_with_one_existing_list_is_refused_by_validate(workspace):
     res = cli(ws, "validate")
     assert res.exit_code == 1
     assert "activations/act.yaml" in res.stderr and "one list per group" in res.stderr
+
+
+@pytest.mark.parametrize(
+    "column_type,value",
+    [
+        ("JSON", "'\"user0@example.com\"'"),
+        ("VARCHAR[]", "['user0@example.com']"),
+        ("BLOB", "'user0@example.com'::BLOB"),
+        ("STRUCT(e VARCHAR)", "{'e': 'user0@example.com'}"),
+    ],
+)
+def test_an_identifier_column_that_is_not_text_is_refused_by_name(workspace, column_type, value):
+    """An e-mail column typed JSON would be hashed with its quotes (a list with its
+    brackets): no platform matches such hashes. validate, plan and apply name the setting,
+    the column and its type, and nothing is sent."""
+    act = "segments: [seg-a]\ndestination: sandbox\nname: Typed\n"
+    ws = workspace({"act": act}, profiles=[profile(0, a=True)])
+    con = duckdb.connect(str(ws.db))
+    con.execute("ALTER TABLE profiles DROP COLUMN email")
+    con.execute(f"ALTER TABLE profiles ADD COLUMN email {column_type}")
+    con.execute(f"UPDATE profiles SET email = {value}")
+    con.close()
+    for command in (["validate"], ["plan"], ["apply", "--auto-approve"]):
+        res = cli(ws, *command)
+        assert res.exit_code == 1, (command, res.output + res.stderr)
+        text = res.output + res.stderr
+        assert "source.profiles.identifiers.email" in text and "'email'" in text, text
+    assert not (ws.root / ".reconcile" / "sandbox.duckdb").exists()

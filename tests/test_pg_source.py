@@ -457,3 +457,17 @@ def test_an_unbounded_numeric_keeps_every_digit(pg_workspace):
         conn.execute(sql.SQL("UPDATE {} SET big = 12345678901234567890.13").format(table))
     plan = plan_json(ws)
     assert audience_counts(plan, "act") == {"all": (0, 0, 2)}
+
+
+def test_a_jsonb_identifier_column_is_refused_by_name(pg_workspace):
+    """A jsonb e-mail would be hashed with its quotes: refused, naming the setting."""
+    ws = pg_workspace({"act": MAINTAIN}, rows=[profile(i, a=True) for i in range(2)])
+    table = sql.Identifier(ws.pg.schema, "profiles")
+    with psycopg.connect(ws.pg.base) as conn:
+        conn.execute(
+            sql.SQL("ALTER TABLE {} ALTER email TYPE jsonb USING to_jsonb(email)").format(table)
+        )
+    res = cli(ws, "plan")
+    assert res.exit_code == 1
+    assert "source.profiles.identifiers.email" in res.output + res.stderr
+    assert "jsonb" in res.output + res.stderr

@@ -11,6 +11,7 @@ from pathlib import Path
 import duckdb
 
 from reconciler.errors import Location, SourceError
+from reconciler.sources.identifier_columns import check_identifier_columns
 from reconciler.workspace.spec import DuckDBSource
 
 SOURCE_CATALOG = "source"
@@ -103,14 +104,14 @@ class DuckDBFileSource:
             ) from exc
         con.execute(f"USE {SOURCE_CATALOG}")
         table = self.profiles.table
-        cols = {
-            r[0]
-            for r in con.execute(
-                "SELECT column_name FROM information_schema.columns "
+        types = dict(
+            con.execute(
+                "SELECT column_name, data_type FROM information_schema.columns "
                 "WHERE table_catalog = ? AND table_name = ?",
                 [SOURCE_CATALOG, table],
             ).fetchall()
-        }
+        )
+        cols = set(types)
         if not cols:
             where = self.locate("source", "profiles", "table")
             raise SourceError(
@@ -133,6 +134,7 @@ class DuckDBFileSource:
                 f"under `source.profiles` (the table has: {', '.join(sorted(cols))})",
                 where,
             )
+        check_identifier_columns(self.profiles, types, self.locate, "duckdb")
 
 
 def _quote(path: Path) -> str:

@@ -35,6 +35,7 @@ from reconciler.errors import Location, SegmentError, SourceError
 from reconciler.sources import pg_connect
 from reconciler.sources.engine_errors import safe_engine_error
 from reconciler.sources.guard import SqlPolicy, SqlRejected, check_condition, check_segment_sql
+from reconciler.sources.identifier_columns import check_identifier_columns
 from reconciler.sources.pg_types import csv_relation, display_type, duck_type
 from reconciler.workspace.spec import PostgresSource
 
@@ -173,6 +174,9 @@ class PostgresProfilesSource:
         With the diff in PostgreSQL (:attr:`pushdown`), the table starts empty and receives
         only the rows of profiles whose membership changes."""
         columns = self._columns()
+        check_identifier_columns(
+            self.profiles, {c: t[0] for c, t in columns.items()}, self.locate, "postgres"
+        )
         select, types = self.projection(columns)
         # in memory: beyond the session's memory_limit DuckDB spills it to temp_directory
         # (a database file instead costs ~1 s more CPU per million profiles, measured)

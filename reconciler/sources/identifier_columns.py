@@ -1,0 +1,49 @@
+"""Identifier columns must hold text (or numbers, dates, UUIDs): their values are
+normalised and hashed from their text. A JSON value's text keeps its quotes, a list's its
+brackets and a BLOB's its escapes, so their hashes would never match at any platform. Such a
+column is refused by name before anything is planned, with the way out (a view that extracts
+the value)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from reconciler.errors import Location, SourceError
+from reconciler.workspace.spec import ProfilesTable
+
+__all__ = ["check_identifier_columns"]
+
+#: DuckDB types whose text is not the value (upper case; nested types are matched by shape)
+_DUCKDB = frozenset({"JSON", "BLOB", "BYTEA", "BIT", "BITSTRING", "VARBINARY"})
+_DUCKDB_NESTED = ("STRUCT", "MAP", "UNION")
+#: PostgreSQL ``information_schema.columns.data_type`` values of the same kind
+_POSTGRES = frozenset({"json", "jsonb", "bytea", "ARRAY", "bit", "bit varying", "xml", "tsvector"})
+
+
+def _not_text(data_type: str, dialect: str) -> bool:
+    if dialect == "postgres":
+        return data_type in _POSTGRES
+    t = data_type.strip().upper()
+    return t in _DUCKDB or t.endswith("]") or t.startswith(_DUCKDB_NESTED)
+
+
+def check_identifier_columns(
+    profiles: ProfilesTable,
+    types: Mapping[str, str],
+    locate: Callable[..., Location],
+    dialect: str,
+) -> None:
+    """Raise a :class:`SourceError` naming ``source.profiles.identifiers.<type>`` for the
+    first identifier column (``types``: column -> data type) that does not hold text."""
+    for kind, column in profiles.identifiers.items():
+        data_type = types.get(column)
+        if data_type is None or not _not_text(data_type, dialect):
+            continue
+        where = locate("source", "profiles", "identifiers", kind)
+        raise SourceError(
+            f"{where}: the {kind} identifier column {column!r} is of type {data_type}, whose "
+            "text is not the value (a JSON string keeps its quotes, a list its brackets), so "
+            "no platform would match its hashes; point it at a text column, e.g. a view "
+            f"that extracts the value ({column} ->> '$' for JSON, {column}[1] for a list)",
+            where,
+        )
