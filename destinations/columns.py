@@ -95,12 +95,30 @@ class RecordColumn(Sequence[tuple[str, ...]]):
 def _scalar(value: Any) -> Any:
     """One Arrow value as Python, when the whole column would not convert: a nanosecond
     timestamp as its text (no precision lost), a date or time beyond Python's range (an
-    infinite timestamp) as None, like a non-finite number."""
+    infinite timestamp) as None, like a non-finite number; inside a list, a map or a struct,
+    each element on its own (one such element spoils neither the others nor the run)."""
     try:
         return value.as_py()
-    except OverflowError:
-        return None
-    except ValueError:
+    except (OverflowError, ValueError) as exc:
         import pyarrow as pa
 
-        return value.cast(pa.string()).as_py()
+        if not value.is_valid:
+            return None
+        if isinstance(value, pa.MapScalar):
+            return [(_scalar(k), _scalar(v)) for k, v in zip(*_entries(value), strict=True)]
+        if isinstance(value, pa.ListScalar | pa.LargeListScalar | pa.FixedSizeListScalar):
+            return [_scalar(v) for v in value.values]
+        if isinstance(value, pa.StructScalar):
+            return {k: _scalar(v) for k, v in value.items()}
+        if isinstance(exc, OverflowError):
+            return None
+        try:
+            return value.cast(pa.string()).as_py()
+        except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
+            return str(value)
+
+
+def _entries(value: Any) -> tuple[Any, Any]:
+    """A map scalar's keys and values (two Arrow arrays)."""
+    entries = value.values
+    return entries.field(0), entries.field(1)

@@ -709,3 +709,45 @@ def test_shared_inbox_survives_changing_e_mails_across_batches(workspace):
     assert held(ws)["Moves"] == desired(rows)
     assert len(desired(rows)) == 2
     assert_converged(ws)
+
+
+# an adapter with a bug: its add raises something no destination error covers
+BUGGY_ADD = """\
+import sys
+from destinations.sandbox.adapter import SandboxDestination
+real = SandboxDestination.add
+def add(self, audience, batch, call):
+    if audience.name == "Broken":
+        raise RuntimeError("a bug in the adapter")
+    return real(self, audience, batch, call)
+SandboxDestination.add = add
+from reconciler.cli.main import main
+main(sys.argv[1:], prog_name="reconcile")
+"""
+
+
+@pytest.mark.slow
+def test_a_bug_in_one_activation_fails_it_and_the_others_still_run(workspace):
+    """An unexpected exception (a bug) in one activation marks it Failed with the traceback
+    and "please report it"; the activations after it are still applied, and the next apply
+    (the bug gone) completes the failed one."""
+    rows = [profile(i, a=True) for i in range(5)]
+    ws = workspace({"a": activation("Broken"), "b": activation("Healthy")}, profiles=rows)
+    done = subprocess.run(
+        [sys.executable, "-c", BUGGY_ADD, "-C", str(ws.root), "apply", "--auto-approve"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=ENV,
+        cwd=ws.root,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "internal error: RuntimeError: a bug in the adapter" in done.stdout + done.stderr
+    assert "Traceback" in done.stderr
+    assert held(ws)["Healthy"] == desired(rows) and held(ws)["Broken"] == set()
+    assert status_of(ws, "a")["status"] == "Failed"
+    assert status_of(ws, "b")["status"] == "Complete"
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 0, res.output + res.stderr
+    assert held(ws) == {"Broken": desired(rows), "Healthy": desired(rows)}
+    assert_converged(ws)

@@ -971,3 +971,48 @@ class TestWebhookEngineConformance(EngineConformance):
 
     def held(self, fake: WebhookReceiver) -> dict[str, set[str]]:
         return fake.held()
+
+
+def test_nested_values_python_cannot_hold_arrive_as_json(workspace, monkeypatch) -> None:
+    """A list of nanosecond timestamps (or one holding an infinite date) used to stop every
+    apply with an internal error: each element now converts on its own."""
+    from tests.conftest import RECONCILE_YAML
+
+    monkeypatch.setenv("WEBHOOK_SECRET", SECRET)
+    with WebhookReceiver(SECRET) as rx:
+        integration = (
+            "type: webhook\nconsent: email_consent\n"
+            "credentials: {secret: '${env:WEBHOOK_SECRET}'}\n"
+            f"attributes: {{SEEN: seen, DAYS: days}}\nconfig: {{identifiers: [email]}}\n"
+            f"endpoint: {rx.url}\n"
+        )
+        contract = RECONCILE_YAML.replace(
+            "identifiers: {email: email, phone: phone}", "identifiers: {email: email}"
+        ).replace(
+            "attributes: [first_name, country, total_spend, email_consent, seg_a, seg_b]",
+            "attributes: [email_consent, seen, days]",
+        )
+        ws = workspace(
+            {"act": "segments: [all]\ndestination: sandbox\nname: Aud\nattributes: [SEEN, DAYS]\n"},
+            segments={"all": "sql: SELECT customer_id FROM profiles\n"},
+            integration=integration,
+            reconcile_yaml=contract,
+        )
+        con = duckdb.connect(str(ws.db))
+        con.execute("DROP TABLE profiles")
+        con.execute(
+            "CREATE TABLE profiles (customer_id VARCHAR, email VARCHAR, email_consent BOOLEAN, "
+            "seen TIMESTAMP_NS[], days DATE[])"
+        )
+        con.execute(
+            "INSERT INTO profiles VALUES ('c1', 'a@example.com', true, "
+            "['2024-01-01 10:00:00.123456789'::TIMESTAMP_NS], ['infinity'::DATE, '2024-01-02'])"
+        )
+        con.close()
+        res = cli(ws, "apply", "--auto-approve")
+        assert res.exit_code == 0, res.output + res.stderr
+        (audience_id,) = rx.audiences
+        assert rx.members_by_key(audience_id)["c1"] == {
+            "SEEN": ["2024-01-01 10:00:00.123456789"],
+            "DAYS": [None, "2024-01-02"],
+        }

@@ -14,6 +14,8 @@ that died had journaled; then its members sent, or its files exported) are
 
 from __future__ import annotations
 
+import sys
+import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -188,6 +190,14 @@ class Applier(AudienceSteps):
             outcome.status, outcome.error = Status.REFUSED, str(exc)
         except (DestinationError, ReconcileError) as exc:
             outcome.status, outcome.error = Status.FAILED, str(exc)
+        except Exception as exc:  # a bug: this activation fails, the others still run
+            traceback.print_exc(file=sys.stderr)
+            outcome.status = Status.FAILED
+            outcome.error = (
+                f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:500]}; "
+                "please report it (the traceback is above); calls it made are recovered by "
+                "the next apply"
+            )
         if outcome.status is Status.COMPLETE and outcome.failed:
             text = _refused(outcome, act.max_rejected_share, runner)
             if outcome.failed > act.max_rejected_share * max(outcome.attempted, 1):
