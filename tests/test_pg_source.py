@@ -471,3 +471,27 @@ def test_a_jsonb_identifier_column_is_refused_by_name(pg_workspace):
     assert res.exit_code == 1
     assert "source.profiles.identifiers.email" in res.output + res.stderr
     assert "jsonb" in res.output + res.stderr
+
+
+def test_an_inet_attribute_converges(pg_workspace):
+    """`CAST(inet AS text)` keeps a /32 that COPY drops: the diff in PostgreSQL must not
+    compare the two texts (every plan showed ~1 and every apply re-sent it)."""
+    ws = pg_workspace({"act": MAINTAIN}, rows=[])
+    row = profile(1, a=True) | {"first_name": "192.168.0.1"}
+    set_pg_profiles(ws.pg, [row], PG_COLUMNS.replace("first_name text", "first_name inet"))
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    res = cli(ws, "plan", "--detailed-exitcode")
+    assert res.exit_code == 0, res.output
+
+
+@pytest.mark.parametrize("diff", ["postgres", "engine"])
+def test_a_char_n_key_is_sent_and_settles(pg_workspace, diff):
+    """A char(10) key: segment keys become text in PostgreSQL (padding dropped), so the
+    copied profiles' keys must too, or no segment key is ever a profile key."""
+    ws = pg_workspace({"act": MAINTAIN}, rows=[], extra=f"  diff: {diff}\n")
+    rows = [profile(i, a=True) for i in range(3)]
+    set_pg_profiles(ws.pg, rows, PG_COLUMNS.replace("customer_id text", "customer_id char(10)"))
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 0, res.output + res.stderr
+    assert len(ws.sandbox_keys()["Audience A"]) == 3
+    assert cli(ws, "plan", "--detailed-exitcode").exit_code == 0

@@ -239,6 +239,11 @@ class PostgresProfilesSource:
         ]
         names = list(dict.fromkeys(travel))
         select = [f"p.{pgsql.Identifier(c).as_string()}" for c in names]
+        key = self.profiles.key
+        if columns[key][0] == "character":  # char(n): its padding is not part of the key
+            # (segment keys are text in PostgreSQL, which drops it; COPY would keep it)
+            name = pgsql.Identifier(key).as_string()
+            select[names.index(key)] = f"CAST(p.{name} AS text) AS {name}"
         types = {c: duck_type(*columns[c]) for c in names}
         for integration, (condition, where) in sorted(self.consents.items()):
             col = self.consent_columns[integration]
