@@ -352,7 +352,20 @@ def test_a_value_the_engine_cannot_read_is_a_clear_error_without_data(pg_workspa
     res = cli(ws, "plan")
     assert res.exit_code == 1 and "Traceback" not in res.stderr
     assert "could not be read into the engine" in res.stderr and "reconcile.yaml" in res.stderr
+    assert "column(s) 'born'" in res.stderr  # which column, never which value
     assert "4000" not in res.stderr
+
+
+def test_a_numeric_nan_names_its_column(pg_workspace):
+    """numeric(12,2) holds 'NaN', DuckDB's DECIMAL cannot: the error names the column."""
+    ws = pg_workspace({"act": MAINTAIN}, rows=[], integration=SANDBOX_YAML_BORN)
+    ws.write("integrations/sandbox.yaml", SANDBOX_YAML_BORN.replace("born", "total_spend"))
+    rows = [profile(1, a=True) | {"total_spend": "NaN"}]
+    set_pg_profiles(ws.pg, rows, PG_COLUMNS.replace("double precision", "numeric(12,2)"))
+    for command in (["plan"], ["apply", "--auto-approve"]):
+        res = cli(ws, *command)
+        assert res.exit_code == 1 and "Traceback" not in res.stderr
+        assert "column(s) 'total_spend' (read as DECIMAL(12,2))" in res.stderr, res.stderr
 
 
 SANDBOX_YAML_BORN = """\

@@ -18,9 +18,7 @@ import duckdb
 import psycopg
 from psycopg import sql as pgsql
 
-from reconciler.errors import SourceError
 from reconciler.sources import pg_connect
-from reconciler.sources.engine_errors import safe_engine_error
 from reconciler.sources.pg_types import csv_relation
 
 if TYPE_CHECKING:
@@ -140,12 +138,7 @@ class PushdownTransaction:
             try:
                 self.con.execute(f"{into} SELECT r.* FROM {csv_relation(name, types)} r {join}")
             except duckdb.Error as exc:  # a value the engine cannot read as the column's type
-                detail, _ = safe_engine_error(exc, query)
-                raise SourceError(
-                    f"{self.source._where()}: the profiles table "
-                    f"{self.source.profiles.table!r} in {self.source.describe()} could not be "
-                    f"read into the engine: {detail}"
-                ) from None
+                raise self.source.read_error(self.con, name, types, exc, query) from None
             self.shipped_rows += count
             return count
         finally:

@@ -353,14 +353,52 @@ class PostgresProfilesSource:
                 with cur.copy(copy_sql) as copy:
                     out.writelines(copy)  # libpq's buffers, straight to the file
             kind = "TEMP TABLE" if temp else "TABLE"
-            con.execute(
-                f"CREATE OR REPLACE {kind} {table} AS SELECT * FROM {csv_relation(name, types)}"
-            )
+            try:
+                con.execute(
+                    f"CREATE OR REPLACE {kind} {table} AS SELECT * FROM {csv_relation(name, types)}"
+                )
+            except duckdb.Error as exc:  # a value the engine cannot read as the column's type
+                raise self.read_error(con, name, types, exc, query) from None
         except psycopg.Error as exc:
             raise self._failed(exc, user_sql or query, where, what) from None
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(name)
+
+    def read_error(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        path: str,
+        types: dict[str, str],
+        exc: duckdb.Error,
+        query: str,
+    ) -> SourceError:
+        """The error for a COPY file at ``path`` that the engine could not read as ``types``:
+        naming the columns whose values do not cast (never a value: it may be personal data),
+        else the engine's error kind."""
+        raw = csv_relation(path, dict.fromkeys(types, "VARCHAR"))
+        checks = ", ".join(
+            f'count(*) FILTER ("{q}" IS NOT NULL AND TRY_CAST("{q}" AS {t}) IS NULL)'
+            for q, t in ((c.replace('"', '""'), t) for c, t in types.items())
+        )
+        head = (
+            f"{self._where()}: the profiles table {self.profiles.table!r} in "
+            f"{self.describe()} could not be read into the engine"
+        )
+        try:
+            counts = con.execute(f"SELECT {checks} FROM {raw}").fetchall()[0]
+        except duckdb.Error:
+            counts = (0,) * len(types)
+        bad = [c for c, n in zip(types, counts, strict=True) if n]
+        if not bad:
+            detail, _ = safe_engine_error(exc, query)
+            return SourceError(f"{head}: {detail}")
+        return SourceError(
+            f"{head}: column(s) {', '.join(f'{c!r} (read as {types[c]})' for c in bad)} hold "
+            "values that type cannot (a numeric NaN, a date before year 1 or after 9999, "
+            "...); fix those values, or read the column through a view that casts it (e.g. "
+            "to text)"
+        )
 
     def _failed(self, exc: psycopg.Error, sql: str, where: str, what: str) -> Exception:
         if isinstance(exc, psycopg.errors.QueryCanceled) or (
