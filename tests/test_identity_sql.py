@@ -25,6 +25,7 @@ from destinations.identity import (
     hashed_identifiers,
     records,
 )
+from destinations.identity.phones import normalise_phone
 from destinations.identity.sql import email_sql, normalised_sql, phone_sql, records_sql
 from destinations.identity.text import WHITESPACE
 from destinations.identity.types import CANONICAL, normalise_email
@@ -138,7 +139,10 @@ _phone_text = st.one_of(
         lambda t: f"{t[0]}{t[1]}"
     ),
     st.lists(
-        st.sampled_from([*" -.()/+", "(0)", "00", "0", "x1", " ext. 9", *"0123456789"]),
+        st.sampled_from(
+            [*" -.()/+", "(0)", "00", "0", "x1", " ext. 9", *"0123456789"]
+            + ["\xa0", "\u2011", "\u2013", "\ufeff", "\u202a", "\u200e", "\u3000"]
+        ),
         max_size=20,
     ).map("".join),
 )
@@ -298,3 +302,22 @@ def test_invisible_characters_leave_an_e_mail_before_it_is_hashed(con, raw: str)
     assert normalise_email(raw) == "jane@example.com"
     [[got]] = _sql_values(con, [email_sql("v")], [raw])
     assert got == "jane@example.com"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "0412\xa0345\xa0678",
+        "\u202a0412 345 678\u202c",
+        "\ufeff0412-345-678",
+        "0412\u2011345\u2011678",
+        "\u200e+61 412 345 678",
+    ],
+)
+def test_other_spaces_dashes_and_invisible_characters_in_a_phone(con, raw: str) -> None:
+    """A non-breaking space or hyphen, a BOM or a direction mark (spreadsheets and
+    right-to-left text put them there) made the phone unusable: they are read as a space, a
+    "-" and nothing, on both sides."""
+    assert normalise_phone(raw, "AU") == "+61412345678"
+    [[got]] = _sql_values(con, [phone_sql("v", "AU")], [raw])
+    assert got == "+61412345678"

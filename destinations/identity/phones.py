@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import re
 
-from destinations.identity.text import ASCII_SPACE, WHITESPACE, char_class
+from destinations.identity.text import ASCII_SPACE, INVISIBLE, WHITESPACE, char_class
 
 __all__ = [
     "COUNTRIES",
     "EXTENSION_PATTERN",
     "FLOAT_DIGITS",
+    "SEPARATORS_FROM",
+    "SEPARATORS_TO",
     "PHONE_PATTERN",
     "ZERO_TRUNK_CODES",
     "country_rules",
@@ -131,6 +133,20 @@ def _patterns(*, sql: bool) -> tuple[str, str]:
     return phone, extension
 
 
+#: dashes that are not "-" (non-breaking hyphen, en dash, minus sign, ...): read as "-"
+DASHES = "\u2010\u2011\u2012\u2013\u2014\u2212\ufe63\uff0d"
+#: characters a phone is read with as others: whitespace that is not ASCII as a space, the
+#: dashes as "-", invisible formatting characters (a byte order mark, a direction mark) as
+#: nothing. (:data:`SEPARATORS_FROM` -> :data:`SEPARATORS_TO`, shorter: the rest deleted)
+_OTHER_SPACES = "".join(c for c in WHITESPACE if c not in ASCII_SPACE)
+SEPARATORS_FROM = _OTHER_SPACES + DASHES + INVISIBLE
+SEPARATORS_TO = " " * len(_OTHER_SPACES) + "-" * len(DASHES)
+_SEPARATORS: dict[int, str | None] = {
+    **{ord(c): " " for c in _OTHER_SPACES},
+    **{ord(c): "-" for c in DASHES},
+    **{ord(c): None for c in INVISIBLE},
+}
+
 #: a number written by a float column (pandas' float64 with missing values, a DOUBLE or a
 #: DECIMAL with a scale): "61412345678.0" is the number 61412345678, not 614123456780
 FLOAT_DIGITS = r"[0-9]+\.0+"
@@ -162,6 +178,8 @@ def normalise_phone(value: str | None, default_country: str) -> str | None:
     country = country_rules(default_country)
     if not value:
         return None
+    if not value.isascii():
+        value = value.translate(_SEPARATORS)
     text = value.split(".", 1)[0] if "." in value and _FLOAT.fullmatch(value) else value.strip()
     match = _PHONE.fullmatch(text)
     if match is None:

@@ -24,6 +24,8 @@ from destinations.identity.phones import (
     EXTENSION_PATTERN,
     FLOAT_DIGITS,
     PHONE_PATTERN,
+    SEPARATORS_FROM,
+    SEPARATORS_TO,
     ZERO_TRUNK_CODES,
     country_rules,
 )
@@ -108,6 +110,8 @@ def _phone_steps(
     its own query layer (no lambda)."""
     cc, trunk, idd, lengths = country_rules(default_country)
     allowed = sorted(lengths)
+    # other spaces and dashes read as " " and "-", invisible characters dropped
+    column = f"translate({column}, {sql_string(SEPARATORS_FROM)}, {sql_string(SEPARATORS_TO)})"
     # u: the text that passed the shape check, with a trailing extension cut off if needed
     shape = _q(PHONE_PATTERN)
     cut = f"regexp_replace(__t, {_q(EXTENSION_PATTERN)}, '')"
