@@ -88,7 +88,10 @@ def email_sql(column: str) -> str:
     shape = _q(email_pattern(sql=True))
     body = f"CASE WHEN regexp_full_match(__e, {shape}) THEN __e END"
     lowered = _lower(column)
-    visible = f"translate({column}, {sql_string(INVISIBLE)}, '')"
+    visible = (
+        f"CASE WHEN strlen({column}) = length({column}) THEN {column} "
+        f"ELSE translate({column}, {sql_string(INVISIBLE)}, '') END"
+    )
     full = _let(_lower(_trim(visible)), "__e", body)
     return f"CASE WHEN regexp_full_match({lowered}, {shape}) THEN {lowered} ELSE {full} END"
 
@@ -111,7 +114,9 @@ def _phone_steps(
     cc, trunk, idd, lengths = country_rules(default_country)
     allowed = sorted(lengths)
     # other spaces and dashes read as " " and "-", invisible characters dropped
-    column = f"translate({column}, {sql_string(SEPARATORS_FROM)}, {sql_string(SEPARATORS_TO)})"
+    # (translate costs ~1.7 us a value: only for the rare value that is not ASCII)
+    separated = f"translate({column}, {sql_string(SEPARATORS_FROM)}, {sql_string(SEPARATORS_TO)})"
+    column = f"(CASE WHEN strlen({column}) = length({column}) THEN {column} ELSE {separated} END)"
     # u: the text that passed the shape check, with a trailing extension cut off if needed
     shape = _q(PHONE_PATTERN)
     cut = f"regexp_replace(__t, {_q(EXTENSION_PATTERN)}, '')"
