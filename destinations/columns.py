@@ -27,6 +27,8 @@ class LazyColumn(Sequence[Any]):
                 self._values = self._source.to_pylist()
             except (ValueError, OverflowError):  # a value Python's types cannot hold
                 self._values = [_scalar(v) for v in self._source]
+            if _is_map(self._source):  # Arrow gives a map as (key, value) pairs
+                self._values = [None if v is None else dict(v) for v in self._values]
         return self._values
 
     def __len__(self) -> int:
@@ -116,6 +118,16 @@ def _scalar(value: Any) -> Any:
             return value.cast(pa.string()).as_py()
         except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
             return str(value)
+
+
+def _is_map(source: Any) -> bool:
+    """Whether ``source`` is an Arrow array (or chunked array) of maps."""
+    kind = getattr(source, "type", None)
+    if kind is None:
+        return False
+    import pyarrow.types as pat
+
+    return bool(pat.is_map(kind))
 
 
 def _entries(value: Any) -> tuple[Any, Any]:

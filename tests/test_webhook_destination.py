@@ -1016,3 +1016,17 @@ def test_nested_values_python_cannot_hold_arrive_as_json(workspace, monkeypatch)
             "SEEN": ["2024-01-01 10:00:00.123456789"],
             "DAYS": [None, "2024-01-02"],
         }
+
+
+def test_intervals_maps_and_blobs_arrive_as_json_a_receiver_can_read() -> None:
+    """An INTERVAL was sent as Arrow's [months, days, nanoseconds], a MAP as a list of
+    pairs and a BLOB as Python's b'...' text: now ISO 8601, an object and base64."""
+    from destinations.columns import LazyColumn
+
+    rel = duckdb.sql(
+        "SELECT INTERVAL '14 months 3 days 4 hours 5 minutes 6.5 seconds' AS i, "
+        "MAP {'x': 1, 'y': 2} AS m, '\\xAA\\xFF'::BLOB AS b, NULL::MAP(VARCHAR, INT) AS n"
+    ).arrow()
+    table = rel.read_all() if hasattr(rel, "read_all") else rel
+    got = {n: json_value(LazyColumn(table.column(n))[0]) for n in table.column_names}
+    assert got == {"i": "P1Y2M3DT4H5M6.5S", "m": {"x": 1, "y": 2}, "b": "qv8=", "n": None}

@@ -29,6 +29,7 @@ Every event is one JSON object::
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import decimal
 import json
@@ -146,11 +147,31 @@ def json_value(value: Any) -> Any:
         return str(value) if value.is_finite() else None
     if isinstance(value, Mapping):
         return {str(k): json_value(v) for k, v in value.items()}
+    if type(value).__name__ == "MonthDayNano":  # an INTERVAL, as Arrow gives it
+        return iso_duration(*value)
+    if isinstance(value, bytes | bytearray | memoryview):  # a BLOB: base64, as JSON has no bytes
+        return base64.b64encode(bytes(value)).decode()
     if isinstance(value, list | tuple):
         return [json_value(v) for v in value]
     if isinstance(value, uuid.UUID):
         return str(value)
     return str(value)
+
+
+def iso_duration(months: int, days: int, nanoseconds: int) -> str:
+    """An interval as ISO 8601 (``P1Y2M3DT4H5M6.5S``; ``PT0S`` when empty); each part keeps
+    its sign, as an interval's parts may differ in sign."""
+    years, months = divmod(months, 12) if months >= 0 else (-(-months // 12), -(-months % 12))
+    seconds_total, nanos = divmod(abs(nanoseconds), 10**9)
+    sign = "-" if nanoseconds < 0 else ""
+    hours, rest = divmod(seconds_total, 3600)
+    minutes, seconds = divmod(rest, 60)
+    date = "".join(f"{n}{u}" for n, u in ((years, "Y"), (months, "M"), (days, "D")) if n)
+    frac = f".{nanos:09d}".rstrip("0") if nanos else ""
+    time = "".join(f"{sign}{n}{u}" for n, u in ((hours, "H"), (minutes, "M")) if n) + (
+        f"{sign}{seconds}{frac}S" if seconds or nanos else ""
+    )
+    return "P" + date + ("T" + time if time else "") if date or time else "PT0S"
 
 
 def dumps(event: Mapping[str, Any]) -> str:
