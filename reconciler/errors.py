@@ -117,9 +117,12 @@ class MassRemovalRefused(ReconcileError):
 
 
 class DestinationError(ReconcileError):
-    """A destination call failed. ``transient`` drives retries."""
+    """A destination call failed. ``transient`` drives retries. ``partial``: the call was
+    sent as several requests and an earlier one went through, so a terminal error does not
+    mean that none of its members were taken."""
 
     transient = False
+    partial = False
 
 
 class TransientError(DestinationError):

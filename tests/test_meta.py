@@ -804,3 +804,35 @@ if EngineConformance is not None:
             with fake.fake._lock:
                 live = [a for a in fake.fake.audiences.values() if not a.deleted]
             return {a.name: _held(fake.fake, a.id) for a in live}
+
+        @pytest.mark.slow
+        def test_a_split_removal_refused_at_its_second_request_keeps_its_members_in_flight(
+            self, workspace, fake: MetaFaults
+        ) -> None:
+            """A removal Meta needs two requests for (a member recorded with two e-mails):
+            the first went through, the second was refused outright. The first request's
+            members are gone from Meta, so they stay in flight: when they come back they are
+            sent again (they were dropped as "none taken" and recorded as still there)."""
+            from tests.conftest import profile
+            from tests.engine_conformance import TARGET, activation, apply, killed_after
+            from tests.test_recovery import assert_converged
+
+            rows = [profile(0, a=True), profile(1, a=True)]
+            ws = self.make_ws(workspace, {"conf": activation("Conf")}, rows)
+            ws.write(
+                f"integrations/{TARGET}.yaml",
+                self.integration_yaml(ws.root, batch_size=2, identifiers=["email"]),
+            )
+            apply(ws)
+            moved = [profile(0, a=True, email="moved0@example.com"), profile(1, a=True)]
+            ws.set_profiles(moved)
+            killed_after(ws, "add")  # c00000 recorded with its old and its new e-mail
+            ws.set_profiles([dict(r, seg_a=False) for r in moved])
+            fake.fake.delay(0, 1, only="/users")  # the first DELETE passes
+            fake.fake.throttle(1, code=200, only="/users")  # the second: permission refused
+            apply(ws, "--allow-mass-removal", code=1)
+            fake.heal()
+            ws.set_profiles(moved)  # both come back
+            apply(ws)
+            assert self.held(fake) == {"Conf": self.desired(ws, moved)}
+            assert_converged(ws)

@@ -39,7 +39,7 @@ from destinations.meta import payload
 from destinations.meta.client import GraphClient, no_such_object
 from destinations.meta.config import MetaConfig, MetaCredentials
 from destinations.redaction import Credentials
-from reconciler.errors import AudienceGone, ConfigError, TerminalError
+from reconciler.errors import AudienceGone, ConfigError, DestinationError, TerminalError
 
 __all__ = ["CREATION_KEY_PREFIX", "MetaCustomAudiences"]
 
@@ -155,7 +155,11 @@ class MetaCustomAudiences:
         outcome = self._users("DELETE", audience, sent[0], call)
         for i, more in enumerate(sent[1:], start=1):
             extra = CallContext(f"{call.batch_id}:{i}", call.session_id)
-            outcome = _merged(outcome, self._users("DELETE", audience, more, extra))
+            try:
+                outcome = _merged(outcome, self._users("DELETE", audience, more, extra))
+            except DestinationError as exc:  # the requests before it went through
+                exc.partial = True
+                raise
         return outcome
 
     def poll(self, job: str) -> JobStatus:

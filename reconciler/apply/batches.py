@@ -175,7 +175,8 @@ class BatchRunner(AdditionSender):
         """``self.call(fn)``; a call the destination refused outright at its first attempt (a
         terminal error) took none of its members: they are no longer in flight (its intent
         stays open). After a retry they stay: an attempt whose answer was lost may have been
-        applied."""
+        applied; and so they do when an earlier request of a call the adapter split went
+        through (the error is ``partial``)."""
         attempts = 0
 
         def attempt():
@@ -185,8 +186,8 @@ class BatchRunner(AdditionSender):
 
         try:
             return self.call(attempt)
-        except TerminalError:
-            if attempts == 1:
+        except TerminalError as exc:
+            if attempts == 1 and not exc.partial:
                 self.state.journal_refused(batch_id)
             raise
 
