@@ -250,9 +250,15 @@ def _transport_error(request: httpx.Request, exc: httpx.TransportError) -> Desti
     kind = type(exc).__name__
     detail = f"{describe(request)} failed ({kind}: {exc})"
     if isinstance(exc, httpx.TimeoutException):
-        return TransientError(f"{describe(request)} timed out ({kind})")
+        err = TransientError(f"{describe(request)} timed out ({kind})")
+        # sent, and no answer: the destination may have applied it (not so when the
+        # connection was never made)
+        err.unanswered = not isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout)
+        return err
     if isinstance(exc, httpx.NetworkError | httpx.RemoteProtocolError):
-        return TransientError(detail)
+        err = TransientError(detail)
+        err.unanswered = not isinstance(exc, httpx.ConnectError)
+        return err
     return TerminalError(detail)  # unsupported protocol, proxy error, malformed request
 
 

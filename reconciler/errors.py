@@ -119,10 +119,13 @@ class MassRemovalRefused(ReconcileError):
 class DestinationError(ReconcileError):
     """A destination call failed. ``transient`` drives retries. ``partial``: the call was
     sent as several requests and an earlier one went through, so a terminal error does not
-    mean that none of its members were taken."""
+    mean that none of its members were taken. ``unanswered``: the request was sent and no
+    answer came (a read timeout, a dropped connection): the destination may have applied
+    it, or may still be applying it."""
 
     transient = False
     partial = False
+    unanswered = False
 
 
 class TransientError(DestinationError):

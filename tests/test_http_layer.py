@@ -443,15 +443,17 @@ def test_read_timeout_is_transient(server):
     timeout = httpx.Timeout(5, read=0.2)
     with (
         make_client(server.url, timeout=timeout) as client,
-        pytest.raises(TransientError, match="timed out"),
+        pytest.raises(TransientError, match="timed out") as caught,
     ):
         get(client)
+    assert caught.value.unanswered  # sent: the server may have applied it
 
 
 def test_dropped_connection_is_transient(server):
     server.script = ["drop"]
-    with make_client(server.url) as client, pytest.raises(TransientError):
+    with make_client(server.url) as client, pytest.raises(TransientError) as caught:
         get(client)
+    assert caught.value.unanswered
 
 
 def test_refused_connection_is_transient():
@@ -460,9 +462,10 @@ def test_refused_connection_is_transient():
         port = s.getsockname()[1]
     with (
         make_client(f"http://127.0.0.1:{port}") as client,
-        pytest.raises(TransientError, match="ConnectError"),
+        pytest.raises(TransientError, match="ConnectError") as caught,
     ):
         get(client)
+    assert not caught.value.unanswered  # never sent: nothing can have been applied
 
 
 def test_pool_limit_waits_then_times_out(server):

@@ -836,3 +836,29 @@ if EngineConformance is not None:
             apply(ws)
             assert self.held(fake) == {"Conf": self.desired(ws, moved)}
             assert_converged(ws)
+
+        @pytest.mark.slow
+        def test_a_creation_whose_answer_timed_out_is_found_not_made_twice(
+            self, workspace, fake: MetaFaults
+        ) -> None:
+            """The create POST times out on our side and Meta completes it a moment later:
+            the retry looks the audience up by its creation key (a few times) instead of
+            creating a second audience of the same name and key at once."""
+            import time
+
+            from tests.conftest import profile
+            from tests.engine_conformance import TARGET, activation, apply
+            from tests.test_recovery import assert_converged
+
+            rows = [profile(i, a=True) for i in range(3)]
+            ws = self.make_ws(workspace, {"conf": activation("Conf")}, rows)
+            ws.write(
+                f"integrations/{TARGET}.yaml", self.integration_yaml(ws.root, timeout_seconds=1)
+            )
+            fake.fake.delay(0, 3, only="customaudiences")  # the plan's and apply's listings
+            fake.fake.delay(1.6, 1, only="customaudiences")  # the create: applied, answer late
+            apply(ws)
+            time.sleep(1)
+            assert [a.name for a in fake.fake.by_name("Conf")] == ["Conf"]
+            assert self.held(fake) == {"Conf": self.desired(ws, rows)}
+            assert_converged(ws)

@@ -310,7 +310,9 @@ class SandboxDestination:
         if exiting:  # exit_when: after — applied, never answered
             os._exit(137)
         if lost < self.config.lost_ack_rate:
-            raise errors.TransientError(
+            err = errors.TransientError(
                 f"sandbox {op}: simulated lost answer (the call was applied)"
             )
+            err.unanswered = True
+            raise err
         return result

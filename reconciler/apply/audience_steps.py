@@ -11,6 +11,7 @@ has the name. A new or re-added activation creates new audiences unless its spec
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from destinations.base import AudienceRef, Destination
@@ -18,7 +19,7 @@ from reconciler.apply.batches import BatchRunner, RemovalGuard
 from reconciler.apply.calls import new_batch_id
 from reconciler.apply.export import ExportRunner
 from reconciler.apply.outcomes import ActivationOutcome
-from reconciler.errors import ReconcileError
+from reconciler.errors import DestinationError, ReconcileError
 from reconciler.plan import splits
 from reconciler.plan.exports import export_path
 from reconciler.plan.model import ActivationPlan, AudienceChange, Plan
@@ -28,6 +29,12 @@ from reconciler.workspace.loader import Workspace
 
 if TYPE_CHECKING:
     from reconciler.apply.applier import ApplyOptions
+
+
+#: seconds between the lookups of an audience whose creation's answer was lost, before it is
+#: created again: a timed-out create may still complete at the destination (Meta, seconds
+#: later), and creating at once made a second audience with the same name and key
+CREATION_LOOKUPS = (1.0, 2.0, 4.0, 8.0)
 
 
 class AudienceSteps:
@@ -138,11 +145,25 @@ class AudienceSteps:
             key, name = new_batch_id(), aud.name
             self.state.journal_intent(key, self._run_id, ap.id, aud.group, "create", 1, name)
 
+        unanswered = False
+
         def find_or_create() -> AudienceRef:
             # a creation that may have reached the destination (a run that died, or a lost
-            # answer being retried) is looked up by its own key before creating again
+            # answer being retried) is looked up by its own key before creating again; after
+            # an unanswered attempt the destination may still be creating it: looked up a
+            # few times
+            nonlocal unanswered
             found = dest.find_created_audience(name, idempotency_key=key)
-            return found or dest.create_audience(name, idempotency_key=key)
+            for wait in CREATION_LOOKUPS if unanswered else ():
+                if found is not None:
+                    break
+                time.sleep(wait)
+                found = dest.find_created_audience(name, idempotency_key=key)
+            try:
+                return found or dest.create_audience(name, idempotency_key=key)
+            except DestinationError as exc:
+                unanswered = exc.unanswered
+                raise
 
         ref = runner.call(find_or_create)
         with self.state.transaction():
