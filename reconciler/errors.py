@@ -20,6 +20,7 @@ Messages say what happened and what to do; they never contain secrets.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 __all__ = [
@@ -38,6 +39,9 @@ __all__ = [
     "ThrottledError",
     "TransientError",
     "ValidationFailed",
+    "is_engine_error",
+    "query_interrupted",
+    "stops_the_run",
 ]
 
 
@@ -149,3 +153,22 @@ class CredentialsRefused(TerminalError):
 class AudienceGone(TerminalError):
     """The audience no longer exists at the destination (deleted outside this tool): the
     next plan shows it being created again and its members sent again."""
+
+
+def query_interrupted(exc: BaseException) -> bool:
+    """DuckDB's answer to Ctrl-C in the middle of a query (a ``RuntimeError``, not a
+    ``KeyboardInterrupt``)."""
+    return isinstance(exc, RuntimeError) and str(exc).startswith("Query interrupted")
+
+
+def is_engine_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is DuckDB's, without importing DuckDB (a command that failed before
+    using it did not load it)."""
+    duckdb = sys.modules.get("duckdb")
+    return duckdb is not None and isinstance(exc, duckdb.Error)
+
+
+def stops_the_run(exc: BaseException) -> bool:
+    """An error no activation can be failed alone for: an interrupt, the memory cap, or the
+    database engine failing (the next statements would fail too)."""
+    return isinstance(exc, MemoryError) or query_interrupted(exc) or is_engine_error(exc)

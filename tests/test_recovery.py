@@ -711,36 +711,42 @@ def test_shared_inbox_survives_changing_e_mails_across_batches(workspace):
     assert_converged(ws)
 
 
-# an adapter with a bug: its add raises something no destination error covers
-BUGGY_ADD = """\
+# an adapter with a bug: its add (or remove) raises something no destination error covers
+BUGGY = """\
 import sys
 from destinations.sandbox.adapter import SandboxDestination
-real = SandboxDestination.add
-def add(self, audience, batch, call):
+method, error = sys.argv.pop(1), sys.argv.pop(1)
+real = getattr(SandboxDestination, method)
+def buggy(self, audience, batch, call):
     if audience.name == "Broken":
-        raise RuntimeError("a bug in the adapter")
+        raise {"bug": RuntimeError("a bug in the adapter"), "memory": MemoryError()}[error]
     return real(self, audience, batch, call)
-SandboxDestination.add = add
+setattr(SandboxDestination, method, buggy)
 from reconciler.cli.main import main
 main(sys.argv[1:], prog_name="reconcile")
 """
 
 
-@pytest.mark.slow
-def test_a_bug_in_one_activation_fails_it_and_the_others_still_run(workspace):
-    """An unexpected exception (a bug) in one activation marks it Failed with the traceback
-    and "please report it"; the activations after it are still applied, and the next apply
-    (the bug gone) completes the failed one."""
-    rows = [profile(i, a=True) for i in range(5)]
-    ws = workspace({"a": activation("Broken"), "b": activation("Healthy")}, profiles=rows)
-    done = subprocess.run(
-        [sys.executable, "-c", BUGGY_ADD, "-C", str(ws.root), "apply", "--auto-approve"],
+def buggy_apply(ws: WS, method: str, error: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-c", BUGGY, method, error, "-C", str(ws.root), "apply"]
+    return subprocess.run(
+        [*cmd, "--auto-approve", "--allow-mass-removal"],
         capture_output=True,
         text=True,
         timeout=120,
-        env=ENV,
+        env=ENV | {"RECONCILE_DEBUG": "1"},
         cwd=ws.root,
     )
+
+
+@pytest.mark.slow
+def test_a_bug_in_one_activation_fails_it_and_the_others_still_run(workspace):
+    """An unexpected exception (a bug) in one activation marks it Failed, "please report
+    it" (the traceback with RECONCILE_DEBUG=1); the activations after it are still applied,
+    and the next apply (the bug gone) completes the failed one."""
+    rows = [profile(i, a=True) for i in range(5)]
+    ws = workspace({"a": activation("Broken"), "b": activation("Healthy")}, profiles=rows)
+    done = buggy_apply(ws, "add", "bug")
     assert done.returncode == 1, done.stdout + done.stderr
     assert "internal error: RuntimeError: a bug in the adapter" in done.stdout + done.stderr
     assert "Traceback" in done.stderr
@@ -751,3 +757,33 @@ def test_a_bug_in_one_activation_fails_it_and_the_others_still_run(workspace):
     assert res.exit_code == 0, res.output + res.stderr
     assert held(ws) == {"Broken": desired(rows), "Healthy": desired(rows)}
     assert_converged(ws)
+
+
+@pytest.mark.slow
+def test_a_bug_in_a_deletion_fails_it_and_the_others_still_run(workspace):
+    rows = [profile(i, a=True) for i in range(5)]
+    ws = workspace(
+        {"a": activation("Broken", extra="on_delete: clear\n"), "b": activation("Healthy")},
+        profiles=rows,
+    )
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    (ws.root / "activations" / "a.yaml").unlink()
+    more = [profile(i, a=True) for i in range(8)]
+    ws.set_profiles(more)
+    done = buggy_apply(ws, "remove", "bug")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "internal error: RuntimeError" in done.stdout + done.stderr
+    assert held(ws)["Healthy"] == desired(more)
+    assert status_of(ws, "b")["status"] == "Complete"
+
+
+@pytest.mark.slow
+def test_the_memory_cap_still_stops_the_whole_apply(workspace):
+    """MemoryError (the memory cap) is no bug of one activation: the apply stops with the
+    out-of-memory message, as before, and no later activation runs."""
+    rows = [profile(i, a=True) for i in range(5)]
+    ws = workspace({"a": activation("Broken"), "b": activation("Healthy")}, profiles=rows)
+    done = buggy_apply(ws, "add", "memory")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "out of memory" in done.stderr and "internal error" not in done.stderr
+    assert "Healthy" not in held(ws)

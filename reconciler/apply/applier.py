@@ -14,6 +14,7 @@ that died had journaled; then its members sent, or its files exported) are
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 import uuid
@@ -37,6 +38,7 @@ from reconciler.errors import (
     DestinationError,
     MassRemovalRefused,
     ReconcileError,
+    stops_the_run,
 )
 from reconciler.integrations import Connections
 from reconciler.plan import membership
@@ -191,13 +193,9 @@ class Applier(AudienceSteps):
         except (DestinationError, ReconcileError) as exc:
             outcome.status, outcome.error = Status.FAILED, str(exc)
         except Exception as exc:  # a bug: this activation fails, the others still run
-            traceback.print_exc(file=sys.stderr)
-            outcome.status = Status.FAILED
-            outcome.error = (
-                f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:500]}; "
-                "please report it (the traceback is above); calls it made are recovered by "
-                "the next apply"
-            )
+            if stops_the_run(exc):
+                raise
+            outcome.status, outcome.error = Status.FAILED, internal_error(exc)
         if outcome.status is Status.COMPLETE and outcome.failed:
             text = _refused(outcome, act.max_rejected_share, runner)
             if outcome.failed > act.max_rejected_share * max(outcome.attempted, 1):
@@ -342,6 +340,10 @@ class Applier(AudienceSteps):
                 outcome.status, outcome.error = Status.DISABLED, str(exc)
             except (DestinationError, ReconcileError) as exc:
                 outcome.status, outcome.error = Status.FAILED, str(exc)
+            except Exception as exc:  # a bug: this deletion fails, the others still run
+                if stops_the_run(exc):
+                    raise
+                outcome.status, outcome.error = Status.FAILED, internal_error(exc)
             if outcome.failed and outcome.status is Status.COMPLETE:
                 outcome.status = Status.FAILED
                 outcome.error = _refused(outcome, 0.0, runner)
@@ -389,3 +391,15 @@ def interrupted(state, activation_id: str) -> bool:
     nothing is left to send, so that its status says it finished (it stayed Pending)."""
     rec = state.activation(activation_id)
     return rec is not None and rec.status in INTERRUPTED
+
+
+def internal_error(exc: Exception) -> str:
+    """The message of an unexpected exception (a bug) that failed one activation; with
+    ``RECONCILE_DEBUG=1`` its traceback is printed too."""
+    if os.environ.get("RECONCILE_DEBUG") == "1":
+        traceback.print_exception(exc, file=sys.stderr)
+    return (
+        f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:500]}; please "
+        "report it (RECONCILE_DEBUG=1 shows the traceback); calls it made are recovered by "
+        "the next apply"
+    )

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from reconciler.errors import ReconcileError
+from reconciler.errors import ReconcileError, is_engine_error, query_interrupted
 
 if TYPE_CHECKING:
     from reconciler.workspace.loader import Workspace
@@ -71,7 +71,7 @@ def fail(exc: BaseException) -> NoReturn:
         text = exc.format_message()
     elif isinstance(exc, ReconcileError):
         text = str(exc)
-    elif isinstance(exc, KeyboardInterrupt | click.Abort) or _query_interrupted(exc):
+    elif isinstance(exc, KeyboardInterrupt | click.Abort) or query_interrupted(exc):
         text = "interrupted"
     elif isinstance(exc, MemoryError):  # the session's memory cap (sources/limits.py)
         text = (
@@ -80,7 +80,7 @@ def fail(exc: BaseException) -> NoReturn:
             "done; raise `source.memory_limit` in reconcile.yaml (or set "
             "RECONCILE_MEMORY_CAP=off to run without the cap)"
         )
-    elif _is_duckdb_error(exc):  # one we did not expect: still one paragraph, exit 1
+    elif is_engine_error(exc):  # one we did not expect: still one paragraph, exit 1
         text = (
             f"the database engine failed: {_one_line(exc)}. Nothing more was done; if it "
             "happens again, report it with the command you ran"
@@ -183,16 +183,3 @@ def destination_calls(ws: Workspace, plan: Any) -> list[Any]:
 
 def use_color(no_color: bool) -> bool:
     return not no_color and "NO_COLOR" not in os.environ and sys.stdout.isatty()
-
-
-def _query_interrupted(exc: BaseException) -> bool:
-    """DuckDB's answer to Ctrl-C in the middle of a query (a ``RuntimeError``, not a
-    ``KeyboardInterrupt``)."""
-    return isinstance(exc, RuntimeError) and str(exc).startswith("Query interrupted")
-
-
-def _is_duckdb_error(exc: BaseException) -> bool:
-    """Whether ``exc`` is DuckDB's, without importing DuckDB (a command that failed before
-    using it did not load it)."""
-    duckdb = sys.modules.get("duckdb")
-    return duckdb is not None and isinstance(exc, duckdb.Error)
