@@ -313,6 +313,11 @@ STATIC = [
         ["reconcile.yaml:2: timezone: unknown timezone 'Mars/Olympus'"],
         id="unknown-timezone",
     ),
+    pytest.param(  # the machine's own zone: a laptop and a CI runner would read values apart
+        {"reconcile.yaml": RECONCILE_YAML.replace("timezone: UTC", "timezone: localtime")},
+        ["reconcile.yaml:2: timezone: unknown timezone 'localtime'"],
+        id="localtime-timezone",
+    ),
     pytest.param(
         {"activations/VIP Meta.yaml": MAINTAIN},
         ["activations/VIP Meta.yaml:1: file name 'VIP Meta.yaml' is not a valid activation id"],

@@ -85,3 +85,42 @@ def test_a_postgres_source_on_another_machine_time_zone_plans_no_change(
     ws.write("reconcile.yaml", in_engine.replace("seg_a, seg_b]", "seg_a, seg_b, seen]"))
     engine = run(ws, "Asia/Tokyo", "plan", "--detailed-exitcode")
     assert engine.returncode == 0, engine.stdout + engine.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("diff", ["postgres", "engine"])
+def test_a_postgres_source_reads_times_in_the_workspace_zone(pg_workspace, diff) -> None:  # noqa: F811
+    """A Sydney workspace over PostgreSQL: segment SQL casting a timestamptz to a date sees
+    Sydney's date (as DuckDB would), and timestamptz keys become the same text in
+    PostgreSQL (segment keys) and in the engine (profiles): every member is sent, and a plan
+    on a machine in New York finds nothing to change."""
+    from psycopg import sql
+
+    segments = {
+        "seg-a": "sql: SELECT customer_id FROM profiles WHERE CAST(seen AS DATE) = DATE '2024-05-02'\n",
+        "seg-b": "sql: SELECT customer_id FROM profiles WHERE seg_b\n",
+    }
+    ws = pg_workspace(
+        {"act": ACT.replace("attributes: [SEEN]\n", "")},
+        rows=[profile(i, a=False) for i in range(3)],
+        segments=segments,
+    )
+    table = sql.Identifier(ws.pg.schema, "profiles")
+    with psycopg.connect(ws.pg.base) as conn:
+        conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN seen timestamptz").format(table))
+        conn.execute(sql.SQL("UPDATE {} SET seen = '2024-05-01 23:30:00+00'").format(table))
+        conn.execute(
+            sql.SQL(
+                "ALTER TABLE {} ALTER customer_id TYPE timestamptz "
+                "USING seen + substr(customer_id, 2)::int * interval '1 day'"
+            ).format(table)
+        )
+    contract = pg_yaml(ws.pg.schema, f"  diff: {diff}\n").replace(
+        "timezone: UTC", "timezone: Australia/Sydney"
+    )
+    ws.write("reconcile.yaml", contract.replace("seg_a, seg_b]", "seg_a, seg_b, seen]"))
+    applied = run(ws, "UTC", "apply", "--auto-approve")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert len(ws.sandbox_keys()["Zones"]) == 3
+    planned = run(ws, "America/New_York", "plan", "--detailed-exitcode")
+    assert planned.returncode == 0, planned.stdout + planned.stderr

@@ -78,7 +78,11 @@ class PushdownTransaction:
                         pgsql.Identifier(self.source.schema).as_string(conn),
                     ],
                 )
-                cur.execute("SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD'")
+                # the workspace's zone, as the engine's: timestamptz keys and dates alike
+                cur.execute(
+                    "SELECT set_config('TimeZone', %s, true), set_config('DateStyle', 'ISO, YMD', true)",
+                    [self.source.timezone],
+                )
             except psycopg.Error as exc:
                 self.close()
                 raise self.source._lost(exc) from None

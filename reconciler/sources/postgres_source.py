@@ -348,7 +348,11 @@ class PostgresProfilesSource:
                 os.fdopen(fd, "wb") as out,
                 pg_connect.untrusted(conn, self.schema, self.timeout, where, what) as cur,
             ):
-                cur.execute("SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD'")
+                # the workspace's zone, as the engine's: timestamptz keys and dates alike
+                cur.execute(
+                    "SELECT set_config('TimeZone', %s, true), set_config('DateStyle', 'ISO, YMD', true)",
+                    [self.timezone],
+                )
                 copy_sql = f"COPY ({query}) TO STDOUT WITH (FORMAT csv)"
                 with cur.copy(copy_sql) as copy:
                     out.writelines(copy)  # libpq's buffers, straight to the file

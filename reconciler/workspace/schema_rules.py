@@ -27,10 +27,12 @@ def env_ref_values(schema: dict[str, Any]) -> None:
 @cache
 def timezones() -> frozenset[str]:
     """The IANA names of this system's time zone database (also what ``validate`` takes:
-    not the aliases ``ZoneInfo`` would also open, such as ``posix/...``)."""
+    not the aliases ``ZoneInfo`` would also open, such as ``posix/...``, nor ``localtime``,
+    the machine's own zone: values must read the same on every machine, and the engine
+    knows no such zone)."""
     from zoneinfo import available_timezones
 
-    return frozenset(available_timezones())
+    return frozenset(available_timezones() - {"localtime"})
 
 
 def known_timezones(schema: dict[str, Any]) -> None:
