@@ -931,3 +931,19 @@ def test_an_identifier_column_that_is_not_text_is_refused_by_name(workspace, col
         text = res.output + res.stderr
         assert "source.profiles.identifiers.email" in text and "'email'" in text, text
     assert not (ws.root / ".reconcile" / "sandbox.duckdb").exists()
+
+
+def test_a_same_named_table_in_another_schema_does_not_decide_the_column_types(workspace):
+    """`raw.profiles.email` is JSON, `main.profiles.email` text: only the profiles table
+    the workspace reads is checked (a UNION's text is its value: accepted too)."""
+    act = "segments: [seg-a]\ndestination: sandbox\nname: Typed\n"
+    ws = workspace({"act": act}, profiles=[profile(0, a=True)])
+    con = duckdb.connect(str(ws.db))
+    con.execute("CREATE SCHEMA raw")
+    con.execute("CREATE TABLE raw.profiles (customer_id VARCHAR, email JSON, phone JSON)")
+    con.execute("ALTER TABLE profiles DROP COLUMN phone")
+    con.execute("ALTER TABLE profiles ADD COLUMN phone UNION(s VARCHAR, n BIGINT)")
+    con.close()
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 0, res.output + res.stderr
+    assert len(ws.sandbox_keys()["Typed"]) == 1

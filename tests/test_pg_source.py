@@ -508,3 +508,34 @@ def test_a_char_n_key_is_sent_and_settles(pg_workspace, diff):
     assert res.exit_code == 0, res.output + res.stderr
     assert len(ws.sandbox_keys()["Audience A"]) == 3
     assert cli(ws, "plan", "--detailed-exitcode").exit_code == 0
+
+
+def test_a_composite_identifier_column_is_refused_and_an_enum_is_not(pg_workspace):
+    """A composite's text is `(a,b)`: refused by name. An enum's text is its value."""
+    ws = pg_workspace({"act": MAINTAIN}, rows=[profile(i, a=True) for i in range(2)])
+    table = sql.Identifier(ws.pg.schema, "profiles")
+    schema = sql.Identifier(ws.pg.schema)
+    with psycopg.connect(ws.pg.base) as conn:
+        conn.execute(sql.SQL("CREATE TYPE {}.addr AS (e text)").format(schema))
+        conn.execute(
+            sql.SQL(
+                "CREATE TYPE {}.kind AS ENUM ('user0@example.com', 'user1@example.com')"
+            ).format(schema)
+        )
+        conn.execute(
+            sql.SQL("ALTER TABLE {} ALTER email TYPE {}.kind USING email::{}.kind").format(
+                table, schema, schema
+            )
+        )
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 0, res.output + res.stderr
+    assert len(ws.sandbox_keys()["Audience A"]) == 2
+    with psycopg.connect(ws.pg.base) as conn:
+        conn.execute(
+            sql.SQL(
+                "ALTER TABLE {} ALTER email TYPE {}.addr USING ROW(email::text)::{}.addr"
+            ).format(table, schema, schema)
+        )
+    res = cli(ws, "plan")
+    assert res.exit_code == 1
+    assert "source.profiles.identifiers.email" in res.stderr and "composite" in res.stderr

@@ -107,7 +107,8 @@ class DuckDBFileSource:
         types = dict(
             con.execute(
                 "SELECT column_name, data_type FROM information_schema.columns "
-                "WHERE table_catalog = ? AND table_name = ?",
+                "WHERE table_catalog = ? AND table_schema = current_schema() "
+                "AND table_name = ?",
                 [SOURCE_CATALOG, table],
             ).fetchall()
         )

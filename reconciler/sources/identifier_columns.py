@@ -11,18 +11,21 @@ from collections.abc import Callable, Mapping
 from reconciler.errors import Location, SourceError
 from reconciler.workspace.spec import ProfilesTable
 
-__all__ = ["check_identifier_columns"]
+__all__ = ["POSTGRES_NOT_TEXT_UDT", "check_identifier_columns"]
 
 #: DuckDB types whose text is not the value (upper case; nested types are matched by shape)
 _DUCKDB = frozenset({"JSON", "BLOB", "BYTEA", "BIT", "BITSTRING", "VARBINARY"})
-_DUCKDB_NESTED = ("STRUCT", "MAP", "UNION")
-#: PostgreSQL ``information_schema.columns.data_type`` values of the same kind
+_DUCKDB_NESTED = ("STRUCT", "MAP")  # a UNION's text is its value's
+#: PostgreSQL ``information_schema.columns.data_type`` values of the same kind, and the
+#: user-defined types (``USER-DEFINED``, named by ``pg_type``) whose text is not the value: a
+#: composite's ``(a,b)``, an hstore's ``"k"=>"v"`` (an enum or citext is its text)
 _POSTGRES = frozenset({"json", "jsonb", "bytea", "ARRAY", "bit", "bit varying", "xml", "tsvector"})
+POSTGRES_NOT_TEXT_UDT = frozenset({"hstore", "composite"})
 
 
 def _not_text(data_type: str, dialect: str) -> bool:
     if dialect == "postgres":
-        return data_type in _POSTGRES
+        return data_type in _POSTGRES or data_type in POSTGRES_NOT_TEXT_UDT
     t = data_type.strip().upper()
     return t in _DUCKDB or t.endswith("]") or t.startswith(_DUCKDB_NESTED)
 

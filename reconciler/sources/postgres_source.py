@@ -161,6 +161,33 @@ class PostgresProfilesSource:
         except psycopg.Error as exc:
             raise self._lost(exc) from None
 
+    def _identifier_types(
+        self, columns: dict[str, tuple[str, int | None, int | None]]
+    ) -> dict[str, str]:
+        """Each column's data type, a user-defined one named: ``hstore``, ``composite``, or
+        its type name (an enum, citext)."""
+        types = {c: t[0] for c, t in columns.items()}
+        wanted = [c for c in self.profiles.identifiers.values() if types.get(c) == "USER-DEFINED"]
+        if not wanted:
+            return types
+        conn = self.connection()
+        try:
+            with conn.transaction(force_rollback=True), conn.cursor() as cur:
+                cur.execute(
+                    "SELECT c.column_name, t.typname, t.typtype "
+                    "FROM information_schema.columns c "
+                    "JOIN pg_catalog.pg_namespace n ON n.nspname = c.udt_schema "
+                    "JOIN pg_catalog.pg_type t ON t.typnamespace = n.oid AND t.typname = c.udt_name "
+                    "WHERE c.table_schema = %s AND c.table_name = %s "
+                    "AND c.column_name = ANY(%s)",
+                    [self.schema, self.profiles.table, wanted],
+                )
+                for name, typname, typtype in cur.fetchall():
+                    types[name] = "composite" if typtype == "c" else str(typname)
+        except psycopg.Error as exc:
+            raise self._lost(exc) from None
+        return types
+
     def _lost(self, exc: psycopg.Error) -> SourceError:
         detail = " ".join(str(exc).split()) if not isinstance(exc, psycopg.DataError) else ""
         return SourceError(
@@ -175,7 +202,7 @@ class PostgresProfilesSource:
         only the rows of profiles whose membership changes."""
         columns = self._columns()
         check_identifier_columns(
-            self.profiles, {c: t[0] for c, t in columns.items()}, self.locate, "postgres"
+            self.profiles, self._identifier_types(columns), self.locate, "postgres"
         )
         select, types = self.projection(columns)
         # in memory: beyond the session's memory_limit DuckDB spills it to temp_directory
