@@ -135,9 +135,12 @@ def test_every_type_and_form_sql_equals_python(
 _phone_text = st.one_of(
     _messy,
     # a number that went through a float column: "61412345678.0", "412345678.00"
-    st.tuples(st.integers(0, 10**15), st.sampled_from([".0", ".00", ".5", ".05", ""])).map(
-        lambda t: f"{t[0]}{t[1]}"
-    ),
+    st.tuples(
+        st.sampled_from(["", " ", "\xa0"]),
+        st.integers(0, 10**15),
+        st.sampled_from([".0", ".00", ".000", ".5", ".05", ""]),
+        st.sampled_from(["", " ", "\t"]),
+    ).map(lambda t: f"{t[0]}{t[1]}{t[2]}{t[3]}"),
     st.lists(
         st.sampled_from(
             [*" -.()/+", "(0)", "00", "0", "x1", " ext. 9", *"0123456789"]
@@ -321,3 +324,19 @@ def test_other_spaces_dashes_and_invisible_characters_in_a_phone(con, raw: str) 
     assert normalise_phone(raw, "AU") == "+61412345678"
     [[got]] = _sql_values(con, [phone_sql("v", "AU")], [raw])
     assert got == "+61412345678"
+
+
+@pytest.mark.parametrize(
+    "raw,country,expected",
+    [
+        (" 61412345678.0", "AU", "+61412345678"),
+        ("61412345678.00\t", "AU", "+61412345678"),
+        ("9123.0000", "SG", "+6591230000"),
+    ],
+)
+def test_a_float_phone_with_spaces_around_and_a_dotted_number(con, raw, country, expected):
+    """Spaces around a float's text do not turn its ".0" into a digit; "9123.0000" is a
+    number written with a dot (a float column writes ".0" or a DECIMAL ".00")."""
+    assert normalise_phone(raw, country) == expected
+    [[got]] = _sql_values(con, [phone_sql("v", country)], [raw])
+    assert got == expected

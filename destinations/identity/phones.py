@@ -149,8 +149,15 @@ _SEPARATORS: dict[int, str | None] = {
 
 #: a number written by a float column (pandas' float64 with missing values, a DOUBLE or a
 #: DECIMAL with a scale): "61412345678.0" is the number 61412345678, not 614123456780
-FLOAT_DIGITS = r"[0-9]+\.0+"
-_FLOAT = re.compile(FLOAT_DIGITS)
+#: (".0" as pandas and DOUBLE write it, ".00" as a DECIMAL of scale 2; whitespace around, as
+#: a value is trimmed; "9123.0000" is rather a number written with a dot)
+def _float_digits(*, sql: bool) -> str:
+    ws = char_class(WHITESPACE, sql=sql)
+    return rf"{ws}*[0-9]+\.00?{ws}*"
+
+
+FLOAT_DIGITS = _float_digits(sql=True)
+_FLOAT = re.compile(_float_digits(sql=False))
 
 #: the same two expressions, written for RE2 (DuckDB's ``regexp_*`` functions)
 PHONE_PATTERN, EXTENSION_PATTERN = _patterns(sql=True)
@@ -180,7 +187,9 @@ def normalise_phone(value: str | None, default_country: str) -> str | None:
         return None
     if not value.isascii():
         value = value.translate(_SEPARATORS)
-    text = value.split(".", 1)[0] if "." in value and _FLOAT.fullmatch(value) else value.strip()
+    text = value.strip()
+    if "." in text and _FLOAT.fullmatch(value):
+        text = text.split(".", 1)[0]
     match = _PHONE.fullmatch(text)
     if match is None:
         match = _PHONE.fullmatch(_EXTENSION.sub("", text))

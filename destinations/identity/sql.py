@@ -176,7 +176,7 @@ def _phone_steps(
     # a number that went through a float column on its way ("61412345678.0"): its digits
     floated = f"contains({column}, '.') AND regexp_full_match({column}, {_q(FLOAT_DIGITS)})"
     shaped = (
-        f"CASE WHEN {floated} THEN split_part({column}, '.', 1) "
+        f"CASE WHEN {floated} THEN split_part({_trim(column)}, '.', 1) "
         f"WHEN {untrimmed} THEN {column} ELSE {_let(_trim(column), '__t', text)} END"
     )
     return shaped, digits, number, checked
