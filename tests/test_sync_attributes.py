@@ -221,3 +221,43 @@ def test_renaming_a_mapped_field_sends_every_member_under_the_new_name(workspace
     assert held and all(a.get("GIVEN_NAME", "").startswith("Name") for a in held.values()), held
     assert all("FIRST_NAME" not in a for a in held.values()), held
     assert cli(ws, "plan", "--detailed-exitcode").exit_code == 0  # sent once, then settled
+
+
+def test_a_rename_reaches_a_member_the_destination_asked_to_retry(workspace) -> None:
+    """The sandbox asks to retry one member's update: the next run sends it again under the
+    new name (a run marking the rename done left that member with the old one)."""
+    act = "segments: [seg-a]\ndestination: sandbox\nname: Renamed\nattributes: [FIRST_NAME]\n"
+    ws = workspace({"act": act}, profiles=[profile(i, a=True) for i in range(3)])
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    renamed = SANDBOX_YAML.replace("FIRST_NAME:", "GIVEN_NAME:")
+    ws.write(
+        "integrations/sandbox.yaml",
+        renamed.replace("  batch_size: 7\n", "  batch_size: 7\n  retry_keys: [c00001]\n"),
+    )
+    ws.write("activations/act.yaml", act.replace("FIRST_NAME", "GIVEN_NAME"))
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    ws.write("integrations/sandbox.yaml", renamed)
+    (planned,) = plan_json(ws)["activations"]
+    assert planned["audiences"][0]["update"] == 1
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    store = open_store(ws.root / ".reconcile/sandbox.duckdb")
+    (audience,) = store.audiences()
+    assert all(
+        "GIVEN_NAME" in a and "FIRST_NAME" not in a for a in store.attributes(audience.id).values()
+    )
+    assert cli(ws, "plan", "--detailed-exitcode").exit_code == 0
+
+
+def test_a_rename_while_paused_is_sent_when_resumed(workspace) -> None:
+    act = "segments: [seg-a]\ndestination: sandbox\nname: Renamed\nattributes: [FIRST_NAME]\n"
+    ws = workspace({"act": act}, profiles=[profile(i, a=True) for i in range(3)])
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    ws.write("integrations/sandbox.yaml", SANDBOX_YAML.replace("FIRST_NAME:", "GIVEN_NAME:"))
+    renamed = act.replace("FIRST_NAME", "GIVEN_NAME")
+    ws.write("activations/act.yaml", renamed + "paused: true\n")
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0  # paused: nothing sent
+    ws.write("activations/act.yaml", renamed)
+    (planned,) = plan_json(ws)["activations"]
+    assert planned["audiences"][0]["update"] == 3
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    assert cli(ws, "plan", "--detailed-exitcode").exit_code == 0

@@ -173,3 +173,33 @@ def test_a_segment_returning_another_column_than_the_key_is_a_warning(workspace)
     (act,) = plan_json(ws)["activations"]
     assert not [w for w in act["warnings"] if "none of the" in w]
     assert "1 segment key(s) are not in the profiles table" in act["notes"]
+
+
+def test_members_sent_under_older_identifier_rules_are_rechecked_once(workspace):
+    """A state written by a version whose rules hashed an e-mail with its BOM (identity
+    rules 1): the first plan under the current rules re-checks the recorded members and
+    updates exactly those whose records now differ; then nothing more."""
+    import json
+
+    import duckdb
+
+    rows = [profile(i, a=True) for i in range(4)]
+    rows[0]["email"] = "\ufeffuser0@example.com"
+    ws = workspace({"act": ACT}, profiles=rows)
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    old = "email_sha256:" + hashlib.sha256("\ufeffuser0@example.com".encode()).hexdigest()
+    state = duckdb.connect(str(ws.root / ".reconcile" / "state.duckdb"))
+    spec = json.loads(state.execute("SELECT spec FROM activations").fetchall()[0][0])
+    del spec["identity_rules"]  # as the older version recorded it
+    state.execute("UPDATE activations SET spec = ?", [json.dumps(spec)])
+    state.execute("UPDATE members SET record = [?] WHERE key = 'c00000'", [old])
+    state.close()
+    (act,) = plan_json(ws)["activations"]
+    assert act["audiences"][0]["update"] == 1 and act["audiences"][0]["add"] == 0
+    assert any("older identifier rules" in n for n in act["notes"])
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 0, res.output + res.stderr
+    good = "email_sha256:" + hashlib.sha256(b"user0@example.com").hexdigest()
+    held = ws.sandbox_keys()["Messy"]
+    assert good in held and old not in held
+    assert cli(ws, "plan", "--detailed-exitcode").exit_code == 0

@@ -32,6 +32,7 @@ from typing import NamedTuple
 from destinations.identity.types import CANONICAL, TYPES, Form, NormaliseContext, Normaliser
 
 __all__ = [
+    "RULES_VERSION",
     "GOOGLE",
     "HASHED",
     "MAILCHIMP",
@@ -66,6 +67,13 @@ def meta_phone(e164: str) -> str:
     """Meta's phone form: the E.164 digits without ``+`` (``+61412345678`` -> ``61412345678``)."""
     return e164[1:] if e164.startswith("+") else e164
 
+
+
+#: the version of the normalisation rules: bumped when a rule change makes a value normalise
+#: differently (2: invisible characters leave e-mails; a float's ".0" and other spaces and
+#: dashes leave phones). The state records the version each activation was sent with; a plan
+#: under a newer one re-checks its recorded members and updates those whose records changed.
+RULES_VERSION = 2
 
 class Hash(enum.Enum):
     """How an encoding's value is sent (see the table in this module's docstring)."""

@@ -50,6 +50,7 @@ from reconciler.sources import sql_policy
 from reconciler.state.attributes import forget as forget_attribute_hashes
 from reconciler.state.schema import CATALOG
 from reconciler.state.writer import StateStore
+from reconciler.workspace.activation_spec import ResolvedActivation
 from reconciler.workspace.loader import Workspace
 from reconciler.workspace.spec import Integration
 from reconciler.workspace.templating import local_date
@@ -216,7 +217,7 @@ class Applier(AudienceSteps):
             except ReconcileError as exc:
                 outcome.status, outcome.error = Status.FAILED, str(exc)
         if outcome.status is Status.COMPLETE:
-            spec = recorded_spec(self.ws, act)
+            spec = self._spec_to_record(ap, act)
             self.state.record_spec(
                 ap.id,
                 spec,
@@ -227,6 +228,26 @@ class Applier(AudienceSteps):
             )
         self._finish(run_id, ap, outcome, outcome.status, outcome.error)
         return outcome
+
+    def _spec_to_record(self, ap: ActivationPlan, act: ResolvedActivation) -> dict:
+        """The spec a complete run records. A frozen run (paused, or a one-time activation
+        that ran) sent no update: the attribute mapping and identifier rules its members
+        were sent with stay recorded, so the run that sends again updates them."""
+        spec = recorded_spec(self.ws, act)
+        rec = self.state.activation(ap.id)
+        ran_once = rec is not None and rec.ran and act.frequency == "once"
+        if (
+            rec is None
+            or not rec.spec
+            or not (act.paused or (ran_once and not self.plan.include_inactive))
+        ):
+            return spec
+        for owed in ("attribute_mapping", "identity_rules"):
+            if owed in rec.spec:
+                spec[owed] = rec.spec[owed]
+            else:
+                spec.pop(owed, None)
+        return spec
 
     def _runner(
         self,

@@ -239,6 +239,9 @@ class BatchRunner(AdditionSender):
         ]
         # a rejected update keeps what the destination holds, and is not re-sent
         rows_out += [(k, old.get(k, ()), fps[k]) for k in rejected]
+        # one to retry keeps its record without a fingerprint: the next plan updates it again
+        # (an update forced by a renamed field or newer rules changed no fingerprint)
+        rows_out += [(k, old.get(k, ()), None) for k in retry]
         # a member left with no usable identifier is not updated: what was sent for it is
         # removed (counted as a removal), or it never had anything there (unmatched only)
         updated = len(taken) if sendable else 0

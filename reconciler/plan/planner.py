@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from destinations.identity.rules import RULES_VERSION
 from reconciler.enginedb import Session
 from reconciler.errors import ConfigError
 from reconciler.integrations import Connections
@@ -209,11 +210,22 @@ class Planner(AudienceTargeting, MembershipStaging):
                 "the attribute mapping changed (a destination field renamed or mapped to "
                 "another column): every member is updated with the fields as now mapped"
             )
+        # members recorded under older normalisation rules: those whose identifiers now
+        # normalise differently (a BOM in an e-mail, a float's ".0" in a phone) are updated
+        rules = rec.spec.get("identity_rules", 1) if rec and rec.spec else RULES_VERSION
+        recheck = rules != RULES_VERSION and act.goal is not Goal.EXPORT_DATA and not frozen
+        if recheck:
+            notes.append(
+                f"its members were recorded under older identifier rules (version {rules}, "
+                f"now {RULES_VERSION}): those whose identifiers now normalise differently "
+                "are updated"
+            )
         counts, held = self._stage_membership(
             aid,
             act,
             integ,
             remapped=remapped,
+            recheck=dest.identity if recheck else None,
             baseline=baseline,
             seed=seed,
             seg_results=seg_results,

@@ -7,6 +7,7 @@ import hashlib
 import json
 from typing import Any
 
+from destinations.identity.rules import RULES_VERSION
 from reconciler.plan.model import ConfigChange
 from reconciler.workspace.activation_spec import Activation
 from reconciler.workspace.loader import Workspace
@@ -25,6 +26,8 @@ def recorded_spec(ws: Workspace, act: Activation) -> dict[str, Any]:
     spec["attribute_mapping"] = {f: integ.attributes[f] for f in act.attributes}
     # phone numbers without a country code are read in this country: it changes what is sent
     spec["default_phone_country"] = ws.config.source.profiles.default_phone_country.upper()
+    # how identifiers were normalised (a newer version re-checks the recorded members)
+    spec["identity_rules"] = RULES_VERSION
     return spec
 
 

@@ -11,12 +11,14 @@ from typing import TYPE_CHECKING
 
 import duckdb
 
+from destinations.base import Identity
+from destinations.identity.sql import records_sql
 from reconciler.enginedb import Session
 from reconciler.errors import ReconcileError, SegmentError
 from reconciler.plan import attributes, membership
 from reconciler.plan.held import Held
 from reconciler.plan.segments import SegmentResult, SegmentRunner
-from reconciler.plan.terms import source_consent
+from reconciler.plan.terms import _ident, source_consent
 from reconciler.sources.engine_errors import safe_engine_error
 from reconciler.sources.guard import SqlPolicy
 from reconciler.sources.limits import query_timeout, time_limit
@@ -72,6 +74,7 @@ class MembershipStaging:
         frozen: bool,
         suppressed: str | None,
         remapped: bool = False,
+        recheck: Identity | None = None,
     ) -> tuple[dict[str, int], Held]:
         """Diff the activation's desired members against those recorded under ``baseline``
         and stage the changes, under the source's query time limit; return the exclusion
@@ -81,7 +84,9 @@ class MembershipStaging:
         a hash per field of ``mapping`` (destination field -> profile column). A failure of
         the consent condition on the data is a :class:`SegmentError` naming it. ``remapped``
         (the attribute mapping changed since the members were recorded): every recorded
-        member still wanted is staged as an update (its fingerprint is ignored)."""
+        member still wanted is staged as an update (its fingerprint is ignored). ``recheck`` (the members were recorded
+        under older identifier rules): those whose records, by its rules now, differ from the
+        recorded ones are staged as updates."""
         consent_where = str(self.ws.location("integrations", act.destination, "consent"))
         try:
             with time_limit(
@@ -94,6 +99,7 @@ class MembershipStaging:
                 if (
                     pushdown is not None
                     and not remapped
+                    and recheck is None
                     and _in_source().can_stage(
                         pushdown, act, self.profiles, identifier_types, attribute_columns
                     )
@@ -128,6 +134,8 @@ class MembershipStaging:
                     recorded = self.state.members_sql(baseline)
                     if remapped:
                         recorded = f"(SELECT key, grp, NULL::UBIGINT AS fp, record FROM {recorded})"
+                    elif recheck is not None:
+                        recorded = self._rechecked(recorded, recheck)
                     # nothing recorded yet (a first apply): every member the diff finds is an
                     # addition, whose fingerprint the send table computes as it is sent, so
                     # the diff needs none (~0.3 us of CPU a member)
@@ -174,6 +182,23 @@ class MembershipStaging:
                 f"{consent_where}: computing the audience of {aid!r} failed: {detail}"
             ) from exc
         return counts, held
+
+    def _rechecked(self, recorded: str, identity: Identity) -> str:
+        """``recorded`` (key, grp, fp, record) with no fingerprint for the members whose
+        recorded strings differ from those their identifiers give by ``identity``'s rules now:
+        the diff stages them as updates (one profile row per key: a held key's first)."""
+        profiles = self.profiles
+        columns = {t: f"p.{_ident(c)}" for t, c in profiles.identifiers.items()}
+        now = records_sql(
+            identity.accepted, identity.rules, columns, profiles.default_phone_country
+        )
+        key = f"CAST(p.{_ident(profiles.key)} AS VARCHAR)"
+        return f"""(SELECT m.key, m.grp,
+                CASE WHEN list_sort(m.record) IS NOT DISTINCT FROM list_sort({now})
+                     THEN m.fp END AS fp,
+                m.record
+            FROM {recorded} m LEFT JOIN {_ident(profiles.table)} p ON {key} = m.key
+            QUALIFY row_number() OVER (PARTITION BY m.key, m.grp) = 1)"""
 
 
 def _in_source():
