@@ -27,8 +27,9 @@ class LazyColumn(Sequence[Any]):
                 self._values = self._source.to_pylist()
             except (ValueError, OverflowError):  # a value Python's types cannot hold
                 self._values = [_scalar(v) for v in self._source]
-            if _is_map(self._source):  # Arrow gives a map as (key, value) pairs
-                self._values = [None if v is None else dict(v) for v in self._values]
+            kind = getattr(self._source, "type", None)
+            if kind is not None and _has_map(kind):  # Arrow gives a map as (key, value) pairs
+                self._values = [_dicts(v, kind) for v in self._values]
         return self._values
 
     def __len__(self) -> int:
@@ -120,14 +121,37 @@ def _scalar(value: Any) -> Any:
             return str(value)
 
 
-def _is_map(source: Any) -> bool:
-    """Whether ``source`` is an Arrow array (or chunked array) of maps."""
-    kind = getattr(source, "type", None)
-    if kind is None:
-        return False
+def _has_map(kind: Any) -> bool:
+    """Whether the Arrow type ``kind`` is or holds a map (in a list or a struct)."""
     import pyarrow.types as pat
 
-    return bool(pat.is_map(kind))
+    if pat.is_map(kind):
+        return True
+    if pat.is_list(kind) or pat.is_large_list(kind) or pat.is_fixed_size_list(kind):
+        return _has_map(kind.value_type)
+    if pat.is_struct(kind):
+        return any(_has_map(kind.field(i).type) for i in range(kind.num_fields))
+    return False
+
+
+def _dicts(value: Any, kind: Any) -> Any:
+    """``value`` (Python, of Arrow type ``kind``) with each map's pairs as a dict."""
+    import pyarrow.types as pat
+
+    if value is None:
+        return None
+    if pat.is_map(kind):
+        pairs = [(k, _dicts(v, kind.item_type)) for k, v in value]
+        try:
+            return dict(pairs)
+        except TypeError:  # a key Python cannot hash (a list): the pairs as they are
+            return pairs
+    if pat.is_list(kind) or pat.is_large_list(kind) or pat.is_fixed_size_list(kind):
+        return [_dicts(v, kind.value_type) for v in value]
+    if pat.is_struct(kind) and isinstance(value, dict):
+        types = {kind.field(i).name: kind.field(i).type for i in range(kind.num_fields)}
+        return {k: _dicts(v, types[k]) if k in types else v for k, v in value.items()}
+    return value
 
 
 def _entries(value: Any) -> tuple[Any, Any]:

@@ -1025,8 +1025,16 @@ def test_intervals_maps_and_blobs_arrive_as_json_a_receiver_can_read() -> None:
 
     rel = duckdb.sql(
         "SELECT INTERVAL '14 months 3 days 4 hours 5 minutes 6.5 seconds' AS i, "
-        "MAP {'x': 1, 'y': 2} AS m, '\\xAA\\xFF'::BLOB AS b, NULL::MAP(VARCHAR, INT) AS n"
+        "MAP {'x': 1, 'y': 2} AS m, '\\xAA\\xFF'::BLOB AS b, NULL::MAP(VARCHAR, INT) AS n, "
+        "[MAP {'x': 1}] AS l, {'s': MAP {'y': [MAP {'z': 2}]}} AS s"
     ).arrow()
     table = rel.read_all() if hasattr(rel, "read_all") else rel
     got = {n: json_value(LazyColumn(table.column(n))[0]) for n in table.column_names}
-    assert got == {"i": "P1Y2M3DT4H5M6.5S", "m": {"x": 1, "y": 2}, "b": "qv8=", "n": None}
+    assert got == {
+        "i": "P1Y2M3DT4H5M6.5S",
+        "m": {"x": 1, "y": 2},
+        "b": "qv8=",
+        "n": None,
+        "l": [{"x": 1}],  # maps inside lists and structs too
+        "s": {"s": {"y": [{"z": 2}]}},
+    }

@@ -147,6 +147,7 @@ _SEPARATORS: dict[int, str | None] = {
     **{ord(c): None for c in INVISIBLE},
 }
 
+
 #: a number written by a float column (pandas' float64 with missing values, a DOUBLE or a
 #: DECIMAL with a scale): "61412345678.0" is the number 61412345678, not 614123456780
 #: (".0" as pandas and DOUBLE write it, ".00" as a DECIMAL of scale 2; whitespace around, as

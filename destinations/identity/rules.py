@@ -68,12 +68,12 @@ def meta_phone(e164: str) -> str:
     return e164[1:] if e164.startswith("+") else e164
 
 
-
 #: the version of the normalisation rules: bumped when a rule change makes a value normalise
 #: differently (2: invisible characters leave e-mails; a float's ".0" and other spaces and
 #: dashes leave phones). The state records the version each activation was sent with; a plan
 #: under a newer one re-checks its recorded members and updates those whose records changed.
 RULES_VERSION = 2
+
 
 class Hash(enum.Enum):
     """How an encoding's value is sent (see the table in this module's docstring)."""
