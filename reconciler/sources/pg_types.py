@@ -5,6 +5,7 @@ read back as, and DuckDB's reading of the CSV file a ``COPY ... TO STDOUT (FORMA
 from __future__ import annotations
 
 import re
+from typing import Any
 
 
 def display_type(display: str | None) -> str:
@@ -54,3 +55,31 @@ def csv_relation(path: str, types: dict[str, str]) -> str:
 
 def _q(path: str) -> str:
     return path.replace("'", "''")
+
+
+def unreadable_columns(con: Any, path: str, types: dict[str, str]) -> list[str]:
+    """The columns of the COPY file at ``path`` holding a value that does not cast to its
+    DuckDB type (``types``); none when the file cannot even be read as text."""
+    import duckdb
+
+    raw = csv_relation(path, dict.fromkeys(types, "VARCHAR"))
+    checks = ", ".join(
+        f'count(*) FILTER ("{q}" IS NOT NULL AND TRY_CAST("{q}" AS {t}) IS NULL)'
+        for q, t in ((c.replace('"', '""'), t) for c, t in types.items())
+    )
+    try:
+        counts = con.execute(f"SELECT {checks} FROM {raw}").fetchall()[0]
+    except duckdb.Error:
+        return []
+    return [c for c, n in zip(types, counts, strict=True) if n]
+
+
+#: a user-defined PostgreSQL column's type: ``composite`` or the type's name (hstore, an
+#: enum, citext), from ``pg_type`` (``information_schema`` says only ``USER-DEFINED``)
+USER_DEFINED_TYPES = (
+    "SELECT c.column_name, CASE WHEN t.typtype = 'c' THEN 'composite' ELSE t.typname END "
+    "FROM information_schema.columns c "
+    "JOIN pg_catalog.pg_namespace n ON n.nspname = c.udt_schema "
+    "JOIN pg_catalog.pg_type t ON t.typnamespace = n.oid AND t.typname = c.udt_name "
+    "WHERE c.table_schema = %s AND c.table_name = %s AND c.column_name = ANY(%s)"
+)

@@ -36,7 +36,13 @@ from reconciler.sources import pg_connect
 from reconciler.sources.engine_errors import safe_engine_error
 from reconciler.sources.guard import SqlPolicy, SqlRejected, check_condition, check_segment_sql
 from reconciler.sources.identifier_columns import check_identifier_columns
-from reconciler.sources.pg_types import csv_relation, display_type, duck_type
+from reconciler.sources.pg_types import (
+    USER_DEFINED_TYPES,
+    csv_relation,
+    display_type,
+    duck_type,
+    unreadable_columns,
+)
 from reconciler.workspace.spec import PostgresSource
 
 SOURCE_CATALOG = "source"
@@ -146,20 +152,25 @@ class PostgresProfilesSource:
             "`source.schema`) to the profiles table"
         )
 
-    def _columns(self) -> dict[str, tuple[str, int | None, int | None]]:
-        """The profiles table's columns: name -> (data type, precision, scale)."""
+    def _catalog(self, sql: str, params: list) -> list[tuple]:
+        """The rows of one query of the catalog (our own SQL, in a rolled-back transaction)."""
         conn = self.connection()
         try:
             with conn.transaction(force_rollback=True), conn.cursor() as cur:
-                cur.execute(
-                    "SELECT column_name, data_type, numeric_precision, numeric_scale "
-                    "FROM information_schema.columns WHERE table_schema = %s "
-                    "AND table_name = %s ORDER BY ordinal_position",
-                    [self.schema, self.profiles.table],
-                )
-                return {r[0]: (r[1], r[2], r[3]) for r in cur.fetchall()}
+                cur.execute(sql, params)
+                return cur.fetchall()
         except psycopg.Error as exc:
             raise self._lost(exc) from None
+
+    def _columns(self) -> dict[str, tuple[str, int | None, int | None]]:
+        """The profiles table's columns: name -> (data type, precision, scale)."""
+        rows = self._catalog(
+            "SELECT column_name, data_type, numeric_precision, numeric_scale "
+            "FROM information_schema.columns WHERE table_schema = %s "
+            "AND table_name = %s ORDER BY ordinal_position",
+            [self.schema, self.profiles.table],
+        )
+        return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
     def _identifier_types(
         self, columns: dict[str, tuple[str, int | None, int | None]]
@@ -170,22 +181,8 @@ class PostgresProfilesSource:
         wanted = [c for c in self.profiles.identifiers.values() if types.get(c) == "USER-DEFINED"]
         if not wanted:
             return types
-        conn = self.connection()
-        try:
-            with conn.transaction(force_rollback=True), conn.cursor() as cur:
-                cur.execute(
-                    "SELECT c.column_name, t.typname, t.typtype "
-                    "FROM information_schema.columns c "
-                    "JOIN pg_catalog.pg_namespace n ON n.nspname = c.udt_schema "
-                    "JOIN pg_catalog.pg_type t ON t.typnamespace = n.oid AND t.typname = c.udt_name "
-                    "WHERE c.table_schema = %s AND c.table_name = %s "
-                    "AND c.column_name = ANY(%s)",
-                    [self.schema, self.profiles.table, wanted],
-                )
-                for name, typname, typtype in cur.fetchall():
-                    types[name] = "composite" if typtype == "c" else str(typname)
-        except psycopg.Error as exc:
-            raise self._lost(exc) from None
+        rows = self._catalog(USER_DEFINED_TYPES, [self.schema, self.profiles.table, wanted])
+        types |= {name: str(kind) for name, kind in rows}
         return types
 
     def _lost(self, exc: psycopg.Error) -> SourceError:
@@ -407,20 +404,11 @@ class PostgresProfilesSource:
         """The error for a COPY file at ``path`` that the engine could not read as ``types``:
         naming the columns whose values do not cast (never a value: it may be personal data),
         else the engine's error kind."""
-        raw = csv_relation(path, dict.fromkeys(types, "VARCHAR"))
-        checks = ", ".join(
-            f'count(*) FILTER ("{q}" IS NOT NULL AND TRY_CAST("{q}" AS {t}) IS NULL)'
-            for q, t in ((c.replace('"', '""'), t) for c, t in types.items())
-        )
         head = (
             f"{self._where()}: the profiles table {self.profiles.table!r} in "
             f"{self.describe()} could not be read into the engine"
         )
-        try:
-            counts = con.execute(f"SELECT {checks} FROM {raw}").fetchall()[0]
-        except duckdb.Error:
-            counts = (0,) * len(types)
-        bad = [c for c, n in zip(types, counts, strict=True) if n]
+        bad = unreadable_columns(con, path, types)
         if not bad:
             detail, _ = safe_engine_error(exc, query)
             return SourceError(f"{head}: {detail}")
