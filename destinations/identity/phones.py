@@ -141,11 +141,7 @@ DASHES = "\u2010\u2011\u2012\u2013\u2014\u2212\ufe63\uff0d"
 _OTHER_SPACES = "".join(c for c in WHITESPACE if c not in ASCII_SPACE)
 SEPARATORS_FROM = _OTHER_SPACES + DASHES + INVISIBLE
 SEPARATORS_TO = " " * len(_OTHER_SPACES) + "-" * len(DASHES)
-_SEPARATORS: dict[int, str | None] = {
-    **{ord(c): " " for c in _OTHER_SPACES},
-    **{ord(c): "-" for c in DASHES},
-    **{ord(c): None for c in INVISIBLE},
-}
+_SEPARATORS = str.maketrans(SEPARATORS_FROM[: len(SEPARATORS_TO)], SEPARATORS_TO, INVISIBLE)
 
 
 #: a number written by a float column (pandas' float64 with missing values, a DOUBLE or a

@@ -43,7 +43,7 @@ from reconciler.errors import (
 from reconciler.integrations import Connections
 from reconciler.plan import membership
 from reconciler.plan.model import ActivationPlan, Change, Plan, Status
-from reconciler.plan.recorded import digest, recorded_spec
+from reconciler.plan.recorded import digest, frozen, recorded_spec
 from reconciler.plan.segments import SegmentRunner
 from reconciler.plan.terms import source_consent
 from reconciler.sources import sql_policy
@@ -235,12 +235,7 @@ class Applier(AudienceSteps):
         were sent with stay recorded, so the run that sends again updates them."""
         spec = recorded_spec(self.ws, act)
         rec = self.state.activation(ap.id)
-        ran_once = rec is not None and rec.ran and act.frequency == "once"
-        if (
-            rec is None
-            or not rec.spec
-            or not (act.paused or (ran_once and not self.plan.include_inactive))
-        ):
+        if rec is None or not rec.spec or not frozen(act, rec, self.plan.include_inactive):
             return spec
         for owed in ("attribute_mapping", "identity_rules"):
             if owed in rec.spec:

@@ -23,6 +23,7 @@ from reconciler.plan.deleted import plan_delete
 from reconciler.plan.exports import plan_export
 from reconciler.plan.model import ActivationPlan, Change, Plan, SegmentInfo, summarise
 from reconciler.plan.recorded import config_diff, digest, recorded_spec
+from reconciler.plan.recorded import frozen as recorded_frozen
 from reconciler.plan.schedule import is_due, last_refresh
 from reconciler.plan.segments import SegmentRunner
 from reconciler.plan.staging import MembershipStaging
@@ -167,8 +168,7 @@ class Planner(AudienceTargeting, MembershipStaging):
         notes: list[str] = []
         if act.moved_from and rec is not None and rec.id == act.moved_from:
             notes.append(f"moved from {act.moved_from!r}: its state and audiences carry over")
-        ran_once = rec is not None and rec.ran and act.frequency == "once"
-        frozen = act.paused or (ran_once and not self.req.include_inactive)
+        frozen = recorded_frozen(act, rec, self.req.include_inactive)
         if act.paused:
             notes.append("paused (Stop Updates): only exclusions are applied")
         elif frozen:
@@ -261,13 +261,13 @@ class Planner(AudienceTargeting, MembershipStaging):
                 recorded=self.state.members_sql(baseline),
                 staged=sending,
             )
-            staged, unsendable = checked.staged, checked.none
+            unsendable = checked.none
             for grp, n in checked.lose.items():
                 changes[(grp, "lose")] = n
             if unsendable:
                 lose = sum(checked.lose.values())
                 notes.append(
-                    f"{unsendable:,} of the {staged:,} member(s) to add or update have no "
+                    f"{unsendable:,} of the {sending:,} member(s) to add or update have no "
                     f"identifier {integ.type} takes once normalised (an e-mail without a "
                     "domain, a phone too short): they are recorded, not sent"
                     + (
@@ -279,7 +279,7 @@ class Planner(AudienceTargeting, MembershipStaging):
                 )
             elif unsendable is None:
                 notes.append(
-                    f"the identifiers of the {staged:,} member(s) to add or update are "
+                    f"the identifiers of the {sending:,} member(s) to add or update are "
                     "checked as they are sent (a plan checks them when there are at most "
                     f"{sendable.EXACT_LIMIT:,} in a profiles table of at most "
                     f"{sendable.EXACT_PROFILES:,} rows): those with none the destination takes "

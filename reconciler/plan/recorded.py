@@ -9,7 +9,8 @@ from typing import Any
 
 from destinations.identity.rules import RULES_VERSION
 from reconciler.plan.model import ConfigChange
-from reconciler.workspace.activation_spec import Activation
+from reconciler.state.store import RecordedActivation
+from reconciler.workspace.activation_spec import Activation, ResolvedActivation
 from reconciler.workspace.loader import Workspace
 
 
@@ -68,3 +69,11 @@ def _dotted(path: str) -> str:
     out = path[len("root") :]
     out = out.replace("']['", ".").replace("['", ".").replace("']", "")
     return out.lstrip(".")
+
+
+def frozen(act: ResolvedActivation, rec: RecordedActivation | None, include_inactive: bool) -> bool:
+    """Whether a run of the resolved activation ``act`` (recorded as ``rec``, or None) sends
+    nothing but exclusions: it is paused, or a one-time activation that ran and is not being
+    re-run (``reconcile run``: ``include_inactive``)."""
+    ran_once = rec is not None and rec.ran and act.frequency == "once"
+    return bool(act.paused or (ran_once and not include_inactive))

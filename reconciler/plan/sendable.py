@@ -36,8 +36,8 @@ EXACT_PROFILES = 2_000_000
 
 @dataclass(frozen=True)
 class Unsendable:
-    staged: int  # staged additions and updates (distinct keys)
-    none: int | None  # of them, with no usable identifier (None: not checked)
+    none: int | None  # of the staged additions and updates, with no usable identifier
+    # (None: not checked)
     #: per group, updates with no usable identifier left whose recorded record is not empty:
     #: every string sent for them is removed at the destination (the mass-removal guard's)
     lose: dict[str, int] = field(default_factory=dict)
@@ -55,15 +55,14 @@ def unsendable(
     """The staged additions and updates of the activation (``staged`` of them, as the plan
     counts them) checked by the destination's exact rules; ``recorded`` is the relation of
     its recorded members (``key, grp, record``)."""
-    aid = _lit(activation_id)
+    if not staged:
+        return Unsendable(0)
+    if staged > EXACT_LIMIT or _table_rows(con, profiles) > EXACT_PROFILES:
+        return Unsendable(None)
     changes = (
         f"(SELECT DISTINCT key, grp, op FROM {STAGING}.changes "
-        f"WHERE activation_id = {aid} AND op IN ('add', 'update'))"
+        f"WHERE activation_id = {_lit(activation_id)} AND op IN ('add', 'update'))"
     )
-    if not staged:
-        return Unsendable(0, 0)
-    if staged > EXACT_LIMIT or _table_rows(con, profiles) > EXACT_PROFILES:
-        return Unsendable(staged, None)
     picked = {t: f"x{i}" for i, t in enumerate(profiles.identifiers)}
     inputs = ", ".join(
         f"p.{_ident(profiles.identifiers[t])} AS {alias}" for t, alias in picked.items()
@@ -88,7 +87,7 @@ def unsendable(
         ).fetchall()
     finally:
         con.execute(f"DROP TABLE IF EXISTS {NONE}")
-    return Unsendable(staged, none, dict(lose))
+    return Unsendable(none, dict(lose))
 
 
 def _table_rows(con: duckdb.DuckDBPyConnection, profiles: ProfilesTable) -> int:
