@@ -151,6 +151,18 @@ class WS:
         finally:
             con.close()
 
+    def alter_profiles(self, *statements: str, timezone: str | None = None) -> None:
+        """Run SQL statements on the profiles database (change a column's type, add one),
+        in ``timezone`` when given (TIMESTAMPTZ literals)."""
+        con = duckdb.connect(str(self.db))
+        try:
+            if timezone:
+                con.execute(f"SET TimeZone = '{timezone}'")
+            for statement in statements:
+                con.execute(statement)
+        finally:
+            con.close()
+
     def sandbox_keys(
         self, audience_name: str | None = None, *, path: str = ".reconcile/sandbox.duckdb"
     ) -> dict[str, set[str]]:

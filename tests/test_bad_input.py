@@ -920,11 +920,11 @@ def test_an_identifier_column_that_is_not_text_is_refused_by_name(workspace, col
     the column and its type, and nothing is sent."""
     act = "segments: [seg-a]\ndestination: sandbox\nname: Typed\n"
     ws = workspace({"act": act}, profiles=[profile(0, a=True)])
-    con = duckdb.connect(str(ws.db))
-    con.execute("ALTER TABLE profiles DROP COLUMN email")
-    con.execute(f"ALTER TABLE profiles ADD COLUMN email {column_type}")
-    con.execute(f"UPDATE profiles SET email = {value}")
-    con.close()
+    ws.alter_profiles(
+        "ALTER TABLE profiles DROP COLUMN email",
+        f"ALTER TABLE profiles ADD COLUMN email {column_type}",
+        f"UPDATE profiles SET email = {value}",
+    )
     for command in (["validate"], ["plan"], ["apply", "--auto-approve"]):
         res = cli(ws, *command)
         assert res.exit_code == 1, (command, res.output + res.stderr)
@@ -938,12 +938,12 @@ def test_a_same_named_table_in_another_schema_does_not_decide_the_column_types(w
     the workspace reads is checked (a UNION's text is its value: accepted too)."""
     act = "segments: [seg-a]\ndestination: sandbox\nname: Typed\n"
     ws = workspace({"act": act}, profiles=[profile(0, a=True)])
-    con = duckdb.connect(str(ws.db))
-    con.execute("CREATE SCHEMA raw")
-    con.execute("CREATE TABLE raw.profiles (customer_id VARCHAR, email JSON, phone JSON)")
-    con.execute("ALTER TABLE profiles DROP COLUMN phone")
-    con.execute("ALTER TABLE profiles ADD COLUMN phone UNION(s VARCHAR, n BIGINT)")
-    con.close()
+    ws.alter_profiles(
+        "CREATE SCHEMA raw",
+        "CREATE TABLE raw.profiles (customer_id VARCHAR, email JSON, phone JSON)",
+        "ALTER TABLE profiles DROP COLUMN phone",
+        "ALTER TABLE profiles ADD COLUMN phone UNION(s VARCHAR, n BIGINT)",
+    )
     res = cli(ws, "apply", "--auto-approve")
     assert res.exit_code == 0, res.output + res.stderr
     assert len(ws.sandbox_keys()["Typed"]) == 1

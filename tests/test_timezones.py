@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 
-import duckdb
 import psycopg
 import pytest
 
@@ -40,16 +39,20 @@ def test_a_plan_on_another_machine_time_zone_plans_no_change(workspace, column: 
         integration=integration,
         reconcile_yaml=RECONCILE_YAML.replace("seg_a, seg_b]", "seg_a, seg_b, seen]"),
     )
-    con = duckdb.connect(str(ws.db))
-    con.execute("SET TimeZone = 'UTC'")
-    con.execute("ALTER TABLE profiles ADD COLUMN seen TIMESTAMPTZ")
-    con.execute("UPDATE profiles SET seen = TIMESTAMPTZ '2024-05-01 23:30:00+00'")
-    if column == "customer_id":  # the key itself a timestamp (a stretch, but a key)
-        con.execute(
-            "ALTER TABLE profiles ALTER customer_id TYPE TIMESTAMPTZ USING "
-            "seen + to_days(CAST(customer_id[2:] AS INTEGER))"
-        )
-    con.close()
+    ws.alter_profiles(
+        "ALTER TABLE profiles ADD COLUMN seen TIMESTAMPTZ",
+        "UPDATE profiles SET seen = TIMESTAMPTZ '2024-05-01 23:30:00+00'",
+        # the key itself a timestamp (a stretch, but a key)
+        *(
+            [
+                "ALTER TABLE profiles ALTER customer_id TYPE TIMESTAMPTZ USING "
+                "seen + to_days(CAST(customer_id[2:] AS INTEGER))"
+            ]
+            if column == "customer_id"
+            else []
+        ),
+        timezone="UTC",
+    )
     if column == "customer_id":
         ws.write("segments/seg-a.yaml", "sql: SELECT customer_id FROM profiles WHERE seg_a\n")
     applied = run(ws, "UTC", "apply", "--auto-approve")

@@ -134,17 +134,15 @@ def test_phones_from_a_float_column_are_sent_as_the_numbers_they_are(workspace):
     """pandas writes an integer column with gaps as float64, so phones arrive as DOUBLE
     (``61412345000.0`` as text): the ``.0`` is not a digit of the number, and a BOM or a
     zero-width space in front of an e-mail is not part of the address."""
-    import duckdb
-
     rows = [profile(i, a=True) for i in range(3)]
     rows[0]["email"] = "\ufeffuser0@example.com"
     rows[1]["email"] = "user1@exa\u200bmple.com"
     ws = workspace({"act": ACT}, profiles=rows)
-    con = duckdb.connect(str(ws.db))
-    con.execute("ALTER TABLE profiles DROP COLUMN phone")
-    con.execute("ALTER TABLE profiles ADD COLUMN phone DOUBLE")
-    con.execute("UPDATE profiles SET phone = 61412345000 + CAST(customer_id[2:] AS INTEGER)")
-    con.close()
+    ws.alter_profiles(
+        "ALTER TABLE profiles DROP COLUMN phone",
+        "ALTER TABLE profiles ADD COLUMN phone DOUBLE",
+        "UPDATE profiles SET phone = 61412345000 + CAST(customer_id[2:] AS INTEGER)",
+    )
     res = cli(ws, "apply", "--auto-approve")
     assert res.exit_code == 0, res.output + res.stderr
 

@@ -998,17 +998,13 @@ def test_nested_values_python_cannot_hold_arrive_as_json(workspace, monkeypatch)
             integration=integration,
             reconcile_yaml=contract,
         )
-        con = duckdb.connect(str(ws.db))
-        con.execute("DROP TABLE profiles")
-        con.execute(
+        ws.alter_profiles(
+            "DROP TABLE profiles",
             "CREATE TABLE profiles (customer_id VARCHAR, email VARCHAR, email_consent BOOLEAN, "
-            "seen TIMESTAMP_NS[], days DATE[])"
-        )
-        con.execute(
+            "seen TIMESTAMP_NS[], days DATE[])",
             "INSERT INTO profiles VALUES ('c1', 'a@example.com', true, "
-            "['2024-01-01 10:00:00.123456789'::TIMESTAMP_NS], ['infinity'::DATE, '2024-01-02'])"
+            "['2024-01-01 10:00:00.123456789'::TIMESTAMP_NS], ['infinity'::DATE, '2024-01-02'])",
         )
-        con.close()
         res = cli(ws, "apply", "--auto-approve")
         assert res.exit_code == 0, res.output + res.stderr
         (audience_id,) = rx.audiences
