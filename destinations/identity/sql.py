@@ -130,8 +130,11 @@ def _phone_steps(
     # shape, whose only place for a "+" is its optional group after the leading spaces and
     # "(": so it contains a "+" exactly when the number starts with one (a third of the
     # cost of trimming the start and testing it)
+    # Most numbers hold nothing but digits, spaces and that "+": dropping the spaces is their
+    # digits, at a third of the cost of the global regexp_replace the others go through
     plus = f"contains({u}, '+')"
-    digits = f"CASE WHEN {plus} THEN '+' ELSE '' END || regexp_replace({u}, '[^0-9]', '', 'g')"
+    spelled = f"CASE WHEN {plus} THEN '+' ELSE '' END || regexp_replace({u}, '[^0-9]', '', 'g')"
+    digits = f"CASE WHEN regexp_matches({u}, '[^0-9+ ]') THEN {spelled} ELSE replace({u}, ' ', '') END"
     # international: drop "+", "00" or the dialling prefix, then a zero trunk after the code
     intl = (
         f"CASE WHEN starts_with({d}, '+') THEN substr({d}, 2) "
