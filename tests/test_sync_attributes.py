@@ -261,3 +261,39 @@ def test_a_rename_while_paused_is_sent_when_resumed(workspace) -> None:
     assert planned["audiences"][0]["update"] == 3
     assert cli(ws, "apply", "--auto-approve").exit_code == 0
     assert cli(ws, "plan", "--detailed-exitcode").exit_code == 0
+
+
+def test_a_goal_change_the_state_cannot_follow_is_refused_and_sends_nothing(workspace) -> None:
+    """sync_attributes forgets leavers (they stay at the destination): switching such an
+    activation to send_segments would leave them in the audience while the plan says it
+    matches. The switch is refused, naming the file; the other way round is planned."""
+    ws = workspace({"attrs": SYNC}, profiles=[profile(i, a=i < 6) for i in range(10)])
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    ws.set_profiles([profile(i, a=0 < i < 6) for i in range(10)])  # 0 leaves: forgotten
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    before = held(ws)
+    assert email_key(0) in before  # leaving never removes under sync_attributes
+
+    ws.write("activations/attrs.yaml", SYNC.replace("sync_attributes", "send_segments"))
+    for command in (["plan"], ["apply", "--auto-approve"]):
+        res = cli(ws, *command)
+        assert res.exit_code == 1, res.output + res.stderr
+        message = res.output + res.stderr
+        assert "activations/attrs.yaml" in message, message
+        assert "`goal` changed from sync_attributes to send_segments" in message, message
+    assert held(ws) == before  # nothing was sent
+
+    ws.write("activations/attrs.yaml", SYNC)  # back: planned as before
+    assert cli(ws, "plan", "--detailed-exitcode").exit_code == 0
+
+
+def test_send_segments_may_become_sync_attributes(workspace) -> None:
+    act = SYNC.replace("goal: sync_attributes\n", "")
+    ws = workspace({"attrs": act}, profiles=[profile(i, a=i < 6) for i in range(10)])
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    ws.write("activations/attrs.yaml", SYNC)
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 0, res.output + res.stderr
+    ws.set_profiles([profile(i, a=0 < i < 6) for i in range(10)])
+    (planned,) = plan_json(ws)["activations"]
+    assert planned["audiences"][0]["forget"] == 1 and planned["audiences"][0]["remove"] == 0

@@ -22,7 +22,7 @@ from reconciler.plan.audiences import AudienceTargeting, Drift, warn_shared_audi
 from reconciler.plan.deleted import plan_delete
 from reconciler.plan.exports import plan_export
 from reconciler.plan.model import ActivationPlan, Change, Plan, SegmentInfo, summarise
-from reconciler.plan.recorded import config_diff, digest, recorded_spec
+from reconciler.plan.recorded import check_goal_change, config_diff, digest, recorded_spec
 from reconciler.plan.recorded import frozen as recorded_frozen
 from reconciler.plan.schedule import is_due, last_refresh
 from reconciler.plan.segments import SegmentRunner
@@ -165,6 +165,7 @@ class Planner(AudienceTargeting, MembershipStaging):
         spec_digest = digest(spec)
         baseline = rec.id if rec else aid
         seed = rec.split_seed if rec else aid
+        check_goal_change(self.ws, aid, act, rec)
         notes: list[str] = []
         if act.moved_from and rec is not None and rec.id == act.moved_from:
             notes.append(f"moved from {act.moved_from!r}: its state and audiences carry over")

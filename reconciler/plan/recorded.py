@@ -8,9 +8,10 @@ import json
 from typing import Any
 
 from destinations.identity.rules import RULES_VERSION
+from reconciler.errors import ConfigError
 from reconciler.plan.model import ConfigChange
 from reconciler.state.store import RecordedActivation
-from reconciler.workspace.activation_spec import Activation, ResolvedActivation
+from reconciler.workspace.activation_spec import Activation, Goal, ResolvedActivation
 from reconciler.workspace.loader import Workspace
 
 
@@ -77,3 +78,34 @@ def frozen(act: ResolvedActivation, rec: RecordedActivation | None, include_inac
     re-run (``reconcile run``: ``include_inactive``)."""
     ran_once = rec is not None and rec.ran and act.frequency == "once"
     return bool(act.paused or (ran_once and not include_inactive))
+
+
+def check_goal_change(
+    ws: Workspace, aid: str, act: ResolvedActivation, rec: RecordedActivation | None
+) -> None:
+    """Refuse a ``goal`` change the recorded state cannot follow. ``send_segments`` ->
+    ``sync_attributes`` is fine (its members are all recorded). Not the other way: a profile
+    that left while attributes were synced was forgotten, not removed, so it is still in the
+    audience and no longer in the state — the audience could not be kept to its segments.
+    Nor to or from ``export_data``: files and an audience keep different records."""
+    old = rec.spec.get("goal") if rec is not None and rec.spec else None
+    new = act.goal.value
+    if old is None or old == new:
+        return
+    if old == Goal.SEND_SEGMENTS.value and new == Goal.SYNC_ATTRIBUTES.value:
+        return
+    if old == Goal.SYNC_ATTRIBUTES.value and new == Goal.SEND_SEGMENTS.value:
+        why = (
+            "profiles that left it while it synced attributes were forgotten, not removed: "
+            "they are still in its audience at the destination and no longer in the state, "
+            "so the audience could not be kept to its segments"
+        )
+    else:
+        why = "an export writes files and the other goals an audience: they keep different records"
+    raise ConfigError(
+        f"activation {aid!r}: `goal` changed from {old} to {new}, which its recorded state "
+        f"cannot follow: {why}. Put `goal: {old}` back, or give the activation a new id "
+        "(rename its file: the new one starts from an empty state, the old id is deleted and "
+        "its `on_delete` applies)",
+        ws.location("activations", aid, "goal"),
+    )
