@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from destinations.identity import sha256_hex
 from reconciler.plan.schedule import is_due
 from reconciler.state.store import RecordedActivation
 from tests.conftest import RECONCILE_YAML, cli, plan_json, profile
@@ -108,3 +109,25 @@ def test_freshness_sql_must_be_one_select(workspace):
     res = cli(ws, "plan")
     assert res.exit_code == 1
     assert "reconcile.yaml:" in res.stderr and "freshness_sql" in res.stderr
+
+
+@pytest.mark.parametrize("frozen", ["paused: true\n", "frequency: once\n"])
+def test_apply_due_removes_exclusions_of_a_paused_or_finished_one_time_activation(
+    workspace, frozen
+):
+    """Suppression and consent removals apply "even when paused" (and after a one-time
+    activation ran): the scheduled `apply --due` must make them, not only a manual apply."""
+    ws = workspace({"act": ACT}, profiles=[profile(i, a=True) for i in range(4)])
+    assert cli(ws, "apply", "--due", "--auto-approve").exit_code == 0
+    ws.write("activations/act.yaml", ACT + frozen)
+    assert cli(ws, "apply", "--due", "--auto-approve").exit_code == 0  # ran today
+    assert plan_json(ws, "--due")["activations"] == []  # nothing to do: not listed
+    ws.set_profiles([profile(i, a=True, consent=i != 2) for i in range(4)])  # 2 withdraws
+    (planned,) = plan_json(ws, "--due")["activations"]
+    assert [(au["add"], au["remove"]) for au in planned["audiences"]] == [(0, 1)]
+    res = cli(ws, "apply", "--due", "--auto-approve")
+    assert res.exit_code == 0, res.output + res.stderr
+    assert ws.sandbox_keys()["A"] == {
+        f"email_sha256:{sha256_hex(f'user{i}@example.com')}" for i in (0, 1, 3)
+    }
+    assert plan_json(ws, "--due")["activations"] == []

@@ -391,12 +391,15 @@ class Planner(AudienceTargeting, MembershipStaging):
             on_delete=act.on_delete,
             export=export,
             writeback_pending=pending,
+            # a paused or finished one-time activation still removes the profiles suppressed
+            # or without consent since: a scheduled `apply --due` makes those removals too
             due=(
                 not act.paused
                 and is_due(
                     rec, act.frequency, self.as_of, self.ws.config.timezone, self.last_refresh
                 )
-            ),
+            )
+            or (frozen and any(au.remove for au in audiences if au.sent)),
         )
 
 
