@@ -106,7 +106,27 @@ def test_mass_removal_guard_refuses_without_flag(workspace):
     assert res.exit_code == 1
     assert "mass-removal guard" in res.stderr
     assert len(ws.sandbox_keys()["Audience A"]) == 10  # nothing was removed
+    # the refused run shows in `status` and `log` (a blocked daily job does not look healthy)
+    (row,) = cli(ws, "status", "--format", "json").json()["activations"]
+    assert row["status"] == "Refused", row
+    runs = cli(ws, "log", "act", "--format", "json").json()["runs"]
+    assert [(r["status"], r["removed"]) for r in runs] == [("Refused", 0), ("Complete", 0)]
+    assert "mass-removal guard" in (runs[0]["error"] or "")
+    assert [a["id"] for a in plan_json(ws, "--due")["activations"]] == ["act"]  # due again
     assert cli(ws, "apply", "--auto-approve", "--allow-mass-removal").exit_code == 0
+    assert ws.sandbox_keys()["Audience A"] == {email_key(0), email_key(1)}
+    assert cli(ws, "status", "--format", "json").json()["activations"][0]["status"] == "Complete"
+
+
+def test_a_saved_plan_refused_by_the_guard_applies_with_the_flag(workspace, tmp_path):
+    ws = workspace({"act": MAINTAIN}, profiles=[profile(i, a=True) for i in range(10)])
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    ws.set_profiles([profile(i, a=i < 2) for i in range(10)])
+    out = tmp_path / "p.plan"
+    assert cli(ws, "plan", "--out", str(out)).exit_code == 0
+    assert cli(ws, "apply", str(out), "--auto-approve").exit_code == 1  # refused, recorded
+    res = cli(ws, "apply", str(out), "--auto-approve", "--allow-mass-removal")
+    assert res.exit_code == 0, res.output + res.stderr  # the refusal did not make it stale
     assert ws.sandbox_keys()["Audience A"] == {email_key(0), email_key(1)}
 
 

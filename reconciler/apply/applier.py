@@ -135,9 +135,12 @@ class Applier(AudienceSteps):
         self._started = _now()
         if refusal:
             outcome = ActivationOutcome(ap.id, Status.REFUSED, error=refusal)
+            run_id = None
+            if ap.mass_removal and not self.opts.allow_mass_removal:
+                run_id = self._record_refusal(ap, refusal)
             if ap.mass_removal:  # `notify: {on: [mass_removal]}` hears about it
                 self.finished.append(
-                    FinishedRun(None, ap, Status.REFUSED, self._started, _now(), (), refusal)
+                    FinishedRun(run_id, ap, Status.REFUSED, self._started, _now(), (), refusal)
                 )
             return outcome
         if ap.change is Change.DELETE:
@@ -313,6 +316,19 @@ class Applier(AudienceSteps):
         self.finished.append(
             FinishedRun(run_id, ap, status, self._started, _now(), tuple(o.audiences), error)
         )
+
+    def _record_refusal(self, ap: ActivationPlan, refusal: str) -> str | None:
+        """A run the mass-removal guard stopped before anything was sent is recorded as
+        ``Refused`` (``status`` and ``log`` show it; a scheduled job stays visibly blocked).
+        The serial is left alone: the same saved plan can be applied again with
+        ``--allow-mass-removal``."""
+        if self.state.activation(ap.id) is None:
+            return None
+        run_id = self._run_id = _run_id()
+        self.state.start_run(run_id, ap.id, self.opts.trigger)
+        self.state.finish_run(run_id, Status.REFUSED, audiences=[], error=refusal)
+        self.state.set_status(ap.id, Status.REFUSED, refusal)
+        return run_id
 
     def _refusal(self, ap: ActivationPlan) -> str | None:
         if ap.mass_removal and not self.opts.allow_mass_removal:

@@ -2,8 +2,8 @@
 
 A daily activation is due when it has no successful run since the later of local midnight
 (workspace timezone) and the source's last refresh (``source.freshness_sql``, one timestamp),
-so a warehouse that refreshes at 06:00 triggers a second run that day. Failed, Pending and
-Disabled ones are due; a one-time activation is due until it ran.
+so a warehouse that refreshes at 06:00 triggers a second run that day. Failed, Refused,
+Pending and Disabled ones are due; a one-time activation is due until it ran.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def is_due(
 ) -> bool:
     if rec is None:
         return True
-    if rec.status in ("Failed", "Pending", "Disabled", "New", "Running"):
+    if rec.status in ("Failed", "Refused", "Pending", "Disabled", "New", "Running"):
         return True
     if frequency == "once":
         return not rec.ran
