@@ -50,6 +50,22 @@ def test_apply_refuses_targets_with_a_saved_plan(workspace, tmp_path, args, name
     assert set(ws.sandbox_keys()) == {"A", "B"}
 
 
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["plan", "--out", ""], "--out needs a file name"),
+        (["plan", "--out", "  "], "--out needs a file name"),
+        (["apply", "", "--auto-approve"], "PLANFILE is empty"),
+    ],
+)
+def test_an_empty_plan_file_name_is_a_usage_error(workspace, args, expected):
+    """`plan --out "$PLANFILE" && apply "$PLANFILE"` with PLANFILE unset must not plan and
+    apply something nobody reviewed."""
+    ws = workspace({"act": ACT}, profiles=[profile(i, a=True) for i in range(3)])
+    _usage_error(cli(ws, *args), expected)
+    assert ws.sandbox_keys() == {}  # nothing applied
+
+
 # ---------------------------------------------------------------------- numeric ranges
 @pytest.mark.parametrize(
     ("args", "expected"),

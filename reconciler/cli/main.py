@@ -172,6 +172,8 @@ def plan(c: Ctx, targets, out, fmt, detailed_exitcode, refresh, due, comment_lim
         raise ReconcileError("--comment-limit and --commit need --format markdown")
     if commit and not render.markdown.COMMIT.fullmatch(commit):
         raise ReconcileError(f"--commit {commit!r} is not a commit id (7-64 hex digits)")
+    if out is not None and not out.strip():  # an unset variable: `--out "$PLANFILE"`
+        raise click.UsageError("--out needs a file name (it was given an empty one)")
     if out:  # before planning: --out replaces nothing but an older plan file
         from reconciler.plan.planfile import check_out
 
@@ -271,6 +273,11 @@ def apply(
     """Plan, confirm, push the changes to the destinations and record them."""
     from reconciler.plan.planner import PlanRequest
 
+    if planfile is not None and not planfile.strip():  # `apply "$PLANFILE"`, PLANFILE unset
+        raise click.UsageError(
+            "PLANFILE is empty: name the plan file written by `plan --out`, or leave it out "
+            "to plan and apply now"
+        )
     if planfile and (targets or due):
         chosen = [
             (o, flag)
