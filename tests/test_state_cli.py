@@ -84,6 +84,23 @@ def test_a_plan_made_against_another_state_is_refused(workspace, tmp_path):
     assert "Traceback" not in res.stderr
 
 
+def test_a_plan_made_against_a_state_is_refused_where_there_is_none(workspace, tmp_path):
+    """The plan file of a workspace with a state, applied where there is no state (another
+    workspace, or the state was deleted): refused, nothing sent."""
+    ws = workspace({"act": ACT}, profiles=[profile(i, a=True) for i in range(3)])
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    ws.set_profiles([profile(i, a=True) for i in range(4)])
+    plan = str(tmp_path / "next.plan")
+    assert cli(ws, "plan", "--out", plan).exit_code == 0
+    state = ws.root / ".reconcile" / "state.duckdb"
+    state.rename(state.with_suffix(".old"))
+    before = ws.sandbox_keys()
+    res = cli(ws, "apply", plan, "--auto-approve")
+    assert res.exit_code == 1, res.output + res.stderr
+    assert "was made against a state" in res.stderr and "has none" in res.stderr, res.stderr
+    assert ws.sandbox_keys() == before
+
+
 def test_state_show_lists_a_control_group_too(workspace):
     """A control group is recorded, never sent: `state show` lists it with its members."""
     act = (

@@ -103,8 +103,15 @@ def run_steps(
 
 
 def check_plan_lineage(plan_lineage: str | None, state_lineage: str | None, path: str) -> None:
-    """Refuse a saved plan made against another state. A plan made when there was no state
-    yet (no lineage) is checked by the activations' serials instead."""
+    """Refuse a saved plan made against another state, or against a state this workspace
+    does not have. A plan made when there was no state yet (no lineage) is checked by the
+    activations' serials instead."""
+    if plan_lineage and state_lineage is None:
+        raise PlanError(
+            f"{path} was made against a state (lineage {plan_lineage[:12]}), but this "
+            "workspace has none (another workspace, or its state was deleted or moved); make "
+            "the plan again here with `reconcile plan --out`"
+        )
     if plan_lineage and state_lineage and plan_lineage != state_lineage:
         raise PlanError(
             f"{path} was made against another state (lineage {plan_lineage[:12]}, this "
