@@ -75,3 +75,57 @@ def test_a_removal_applied_then_refused_on_retry_loses_no_member(workspace, monk
         res = cli(ws, "apply", "--auto-approve")
         assert res.exit_code == 0, res.output + res.stderr
         assert fake.held()["Hook"] == wanted(rows)
+
+
+def test_switching_pii_sends_every_member_again_in_the_new_form(workspace, monkeypatch):
+    """`pii: raw` -> `hashed` changes no record string and no fingerprint: without the spec
+    recording how identifiers are sent, the receiver kept raw e-mails while the plan said
+    it matched."""
+    monkeypatch.setenv("WH_SECRET", SECRET)
+    rows = [profile(i, a=True) for i in range(5)]
+    with WebhookReceiver(SECRET, pii="raw") as fake:
+        ws = workspace({"act": ACT}, profiles=rows, integration=HEALTHY_YAML)
+        raw = integration(fake.url) + "  pii: raw\n"
+        ws.write(f"integrations/{TARGET}.yaml", raw)
+        assert cli(ws, "apply", "--auto-approve").exit_code == 0
+        (audience,) = fake.audiences.values()
+        assert all("email" in r["identifiers"] for r in audience.rows.values())
+
+        ws.write(f"integrations/{TARGET}.yaml", integration(fake.url))  # pii: hashed
+        fake.pii = "hashed"
+        res = cli(ws, "plan", "--format", "json")
+        (planned,) = res.json()["activations"]
+        assert planned["audiences"][0]["update"] == 5, planned
+        assert any("form identifiers are sent in changed" in n for n in planned["notes"])
+        res = cli(ws, "apply", "--auto-approve")
+        assert res.exit_code == 0, res.output + res.stderr
+        assert fake.held()["Hook"] == wanted(rows)
+        assert all(set(r["identifiers"]) == {"email_sha256"} for r in audience.rows.values())
+        assert cli(ws, "plan", "--detailed-exitcode").exit_code == 0
+
+
+def test_a_spec_recorded_before_sent_as_plans_no_change(workspace, monkeypatch):
+    """A state recorded before the spec held `sent_as` is compared without it: no update of
+    every member, no configuration change shown, on the first plan after an upgrade."""
+    import json
+
+    import duckdb
+
+    from reconciler.plan.recorded import digest
+
+    monkeypatch.setenv("WH_SECRET", SECRET)
+    with WebhookReceiver(SECRET) as fake:
+        ws = workspace_on(workspace, fake, [profile(i, a=True) for i in range(4)])
+        con = duckdb.connect(str(ws.root / ".reconcile" / "state.duckdb"))
+        try:
+            (spec,) = con.execute("SELECT spec FROM activations").fetchone()
+            older = {k: v for k, v in json.loads(spec).items() if k != "sent_as"}
+            assert older != json.loads(spec)
+            con.execute(
+                "UPDATE activations SET spec = ?, spec_digest = ?",
+                [json.dumps(older), digest(older)],
+            )
+        finally:
+            con.close()
+        res = cli(ws, "plan", "--detailed-exitcode")
+        assert res.exit_code == 0, res.output + res.stderr

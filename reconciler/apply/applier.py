@@ -236,11 +236,11 @@ class Applier(AudienceSteps):
         """The spec a complete run records. A frozen run (paused, or a one-time activation
         that ran) sent no update: the attribute mapping and identifier rules its members
         were sent with stay recorded, so the run that sends again updates them."""
-        spec = recorded_spec(self.ws, act)
+        spec = recorded_spec(self.ws, act, self.conns.get(act.destination).identity)
         rec = self.state.activation(ap.id)
         if rec is None or not rec.spec or not frozen(act, rec, self.plan.include_inactive):
             return spec
-        for owed in ("attribute_mapping", "identity_rules"):
+        for owed in ("attribute_mapping", "identity_rules", "sent_as"):
             if owed in rec.spec:
                 spec[owed] = rec.spec[owed]
             else:

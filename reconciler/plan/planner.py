@@ -22,7 +22,13 @@ from reconciler.plan.audiences import AudienceTargeting, Drift, warn_shared_audi
 from reconciler.plan.deleted import plan_delete
 from reconciler.plan.exports import plan_export
 from reconciler.plan.model import ActivationPlan, Change, Plan, SegmentInfo, summarise
-from reconciler.plan.recorded import check_goal_change, config_diff, digest, recorded_spec
+from reconciler.plan.recorded import (
+    check_goal_change,
+    comparable,
+    config_diff,
+    digest,
+    recorded_spec,
+)
 from reconciler.plan.recorded import frozen as recorded_frozen
 from reconciler.plan.schedule import is_due, last_refresh
 from reconciler.plan.segments import SegmentRunner
@@ -161,8 +167,10 @@ class Planner(AudienceTargeting, MembershipStaging):
     ) -> ActivationPlan:
         integ = self.ws.integrations[act.destination]
         dest = self.conns.get(act.destination)
-        spec = recorded_spec(self.ws, act)
+        spec = recorded_spec(self.ws, act, dest.identity)
         spec_digest = digest(spec)
+        # what the recorded spec is compared with (the keys it predates left out)
+        compared = comparable(rec.spec if rec else None, spec)
         baseline = rec.id if rec else aid
         seed = rec.split_seed if rec else aid
         check_goal_change(self.ws, aid, act, rec)
@@ -210,6 +218,19 @@ class Planner(AudienceTargeting, MembershipStaging):
             notes.append(
                 "the attribute mapping changed (a destination field renamed or mapped to "
                 "another column): every member is updated with the fields as now mapped"
+            )
+        # the destination is sent identifiers in another form (a webhook's `pii`): likewise
+        sent_before = rec.spec.get("sent_as") if rec and rec.spec else None
+        if (
+            sent_before is not None
+            and sent_before != spec["sent_as"]
+            and act.goal is not Goal.EXPORT_DATA
+            and not frozen
+        ):
+            remapped = True
+            notes.append(
+                "the form identifiers are sent in changed (a webhook's `pii`, for one): every "
+                "member is updated with its identifiers as now sent"
             )
         # members recorded under older normalisation rules: those whose identifiers now
         # normalise differently (a BOM in an e-mail, a float's ".0" in a phone) are updated
@@ -318,7 +339,7 @@ class Planner(AudienceTargeting, MembershipStaging):
             notes += said
         if not self.req.refresh:
             notes.append("--refresh=false: destination lists were not checked")
-        config_changes = config_diff(rec.spec or None if rec else None, spec)
+        config_changes = config_diff(rec.spec or None if rec else None, compared)
         pending = 0
         if rec is not None and getattr(self.ws.config.source, "writable", False):
             pending = writeback.pending_rows(
@@ -334,7 +355,7 @@ class Planner(AudienceTargeting, MembershipStaging):
         elif act.paused and not any(a.has_changes for a in audiences) and not config_changes:
             change = Change.PAUSED
         elif (
-            rec.spec_digest != spec_digest
+            rec.spec_digest != digest(compared)
             or any(a.has_changes for a in audiences)
             or rec.id != aid
             or pending

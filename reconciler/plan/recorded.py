@@ -7,6 +7,7 @@ import hashlib
 import json
 from typing import Any
 
+from destinations.base import Identity
 from destinations.identity.rules import RULES_VERSION
 from reconciler.errors import ConfigError
 from reconciler.plan.model import ConfigChange
@@ -14,10 +15,31 @@ from reconciler.state.store import RecordedActivation
 from reconciler.workspace.activation_spec import Activation, Goal, ResolvedActivation
 from reconciler.workspace.loader import Workspace
 
+#: spec keys added after states were recorded without them: a spec recorded before is compared
+#: without them (no change shown for them), and their absence reads as "as now"
+LATER_KEYS = ("sent_as",)
 
-def recorded_spec(ws: Workspace, act: Activation) -> dict[str, Any]:
+
+def sent_as(identity: Identity) -> list[str]:
+    """How the destination is sent each identifier (field, type, form, hash). A change — a
+    webhook's ``pii: raw`` becoming ``hashed`` — changes no record string and no fingerprint
+    (both hash the value either way), so the plan sends every member again."""
+    return sorted(f"{e.field}={e.identifier}/{e.form}/{e.hash.value}" for e in identity.encodings)
+
+
+def comparable(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """``new`` as compared with the recorded spec ``old``: without the keys ``old`` predates."""
+    if not old:
+        return new
+    return {k: v for k, v in new.items() if k in old or k not in LATER_KEYS}
+
+
+def recorded_spec(
+    ws: Workspace, act: Activation, identity: Identity | None = None
+) -> dict[str, Any]:
     """What is recorded at apply and compared at plan: the resolved activation plus every
-    definition its membership depends on (so a segment edit shows under each user of it)."""
+    definition its membership depends on (so a segment edit shows under each user of it) and,
+    given the destination's ``identity``, how its identifiers are sent (:func:`sent_as`)."""
     integ = ws.integrations[act.destination]
     spec = act.resolved(ws.config.defaults).model_dump(mode="json", by_alias=True)
     if spec.get("export") is None:  # specs recorded before `export` existed keep their digest
@@ -30,6 +52,8 @@ def recorded_spec(ws: Workspace, act: Activation) -> dict[str, Any]:
     spec["default_phone_country"] = ws.config.source.profiles.default_phone_country.upper()
     # how identifiers were normalised (a newer version re-checks the recorded members)
     spec["identity_rules"] = RULES_VERSION
+    if identity is not None:
+        spec["sent_as"] = sent_as(identity)
     return spec
 
 

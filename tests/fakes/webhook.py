@@ -296,7 +296,11 @@ class WebhookReceiver:
                 if event["type"] == LEFT:
                     rows.pop(rec, None)
                 else:
-                    rows[rec] = {"key": member.get("key"), "attributes": member["attributes"]}
+                    rows[rec] = {
+                        "key": member.get("key"),
+                        "attributes": member["attributes"],
+                        "identifiers": member["identifiers"],  # in the form they came
+                    }
             if "key" in member:
                 by_key = self.audiences[ref["id"]].by_key
                 if event["type"] == LEFT:
