@@ -554,6 +554,21 @@ def test_validate_and_plan_name_unset_notification_variables(workspace, monkeypa
     assert planned.exit_code == 1 and "SLACK_URL, which is not set" in planned.stderr
 
 
+def test_validate_checks_the_url_a_notification_variable_holds(workspace, monkeypatch):
+    """`${env:SLACK_URL}` holding plain http to a remote host is refused by `validate`, as the
+    same URL written in the file is — not found only at delivery, in the run's log."""
+    monkeypatch.setenv("SLACK_URL", "http://example.com/T0/B0/XYZ")
+    ws = workspace(
+        {"act": ACT + "notify:\n  webhook: ['${env:SLACK_URL}']\n"},
+        reconcile_yaml=notifications(2525, login=True),
+    )
+    (line,) = fails_validate(ws)
+    assert line.startswith("activations/act.yaml:5: notify.webhook.0: "), line
+    assert "https" in line and "SLACK_URL" in line and "XYZ" not in line, line
+    monkeypatch.setenv("SLACK_URL", "https://hooks.example.com/T0/B0/XYZ")
+    assert cli(ws, "validate").exit_code == 0
+
+
 @pytest.mark.parametrize(
     ("activation", "reconcile", "expected"),
     [

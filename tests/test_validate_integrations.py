@@ -113,6 +113,22 @@ def test_empty_credential_counts_as_unset_and_a_set_one_passes(workspace, monkey
     assert res.exit_code == 0 and "s3cret-value" not in res.output + res.stderr
 
 
+@pytest.mark.parametrize("secret", ["notasecret", "whsec_c2hvcnQ="])
+def test_a_malformed_credential_is_refused_by_validate_as_by_plan(workspace, monkeypatch, secret):
+    """The adapter's credential model (a webhook secret's `whsec_` form and length) is checked
+    by `validate` too, not first by `plan`; the value is never printed."""
+    monkeypatch.setenv("WH_SECRET", secret)
+    hook = (
+        "type: webhook\ncredentials:\n  secret: ${env:WH_SECRET}\n"
+        "config:\n  url: https://hooks.example.com/audiences\n  identifiers: [email]\n"
+    )
+    ws = workspace({"act": ACT}, profiles=[profile(1, a=True)], integration=hook)
+    for command in (["validate"], ["plan"]):
+        err = _errors(cli(ws, *command))
+        assert "integrations/sandbox.yaml" in err and "secret" in err, (command, err)
+        assert secret not in err, err
+
+
 def test_commands_that_contact_no_destination_need_no_credentials(workspace, monkeypatch):
     monkeypatch.delenv(TOKEN_VAR, raising=False)
     ws = workspace({"act": ACT}, profiles=[profile(1, a=True)], integration=WITH_TOKEN)

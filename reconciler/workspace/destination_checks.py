@@ -16,6 +16,7 @@ from reconciler.errors import ConfigError, ValidationFailed
 from reconciler.workspace import yamlfile
 from reconciler.workspace.activation_spec import ActionMode, Activation, Goal
 from reconciler.workspace.export_checks import export_errors
+from reconciler.workspace.notify_spec import webhook_url_problem
 from reconciler.workspace.spec import Integration, PostgresSource
 from reconciler.workspace.spec_base import ENV_REF_RE
 
@@ -90,6 +91,7 @@ def missing_credentials(ws: Workspace) -> list[ConfigError]:
             )
         )
     for name, integ in ws.integrations.items():
+        values: dict[str, str] = {}
         for key, ref in integ.credentials.items():
             match = ENV_REF_RE.fullmatch(ref)
             if match is None:  # refused by the spec already
@@ -104,7 +106,29 @@ def missing_credentials(ws: Workspace) -> list[ConfigError]:
                         ("credentials", key),
                     )
                 )
+            else:
+                values[key] = os.environ[var]
+        if values and len(values) == len(integ.credentials):
+            out += _malformed_credentials(ws, name, integ.type, values)
     return out + _missing_notification_secrets(ws)
+
+
+def _malformed_credentials(
+    ws: Workspace, name: str, type_name: str, values: dict[str, str]
+) -> list[ConfigError]:
+    """The set credentials checked by the adapter's own model (a webhook secret's
+    ``whsec_`` form...), as ``plan`` does: the message names the credential, never a value."""
+    from destinations import registry
+
+    try:
+        factory = registry.load(type_name)
+    except ConfigError:  # reported by the schema check
+        return []
+    try:
+        factory.credentials_model.from_mapping(values, integration=name)
+    except ConfigError as exc:
+        return [ws.doc("integrations", name).error(exc.message, ("credentials",))]
+    return []
 
 
 def _blank(var: str) -> str:
@@ -150,6 +174,16 @@ def _missing_notification_secrets(ws: Workspace) -> list[ConfigError]:
                     ws.doc("activations", name).error(
                         f"the notification webhook comes from environment variable {var}, "
                         f"which is {_blank(var)}; set it (in CI: from a secret)",
+                        ("notify", "webhook", i),
+                    )
+                )
+            # the URL a variable holds is checked as a written one is (never repeated: a token)
+            elif (match := ENV_REF_RE.fullmatch(url or "")) and (
+                problem := webhook_url_problem(os.environ[match.group(1)])
+            ):
+                out.append(
+                    ws.doc("activations", name).error(
+                        f"{problem} (in environment variable {match.group(1)})",
                         ("notify", "webhook", i),
                     )
                 )
