@@ -411,3 +411,19 @@ def test_a_mass_removal_that_empties_says_so() -> None:
     line = mass_removal_line(act, au)
     assert "which empties it: apply needs --allow-mass-removal" in line
     assert "more than" not in line
+
+
+def test_an_export_held_by_the_mass_removal_guard_says_which() -> None:
+    """The text plan of an export names what the guard holds, as for an audience (the summary
+    line alone did not say which activation)."""
+    from reconciler.plan.model import ActivationPlan, AudienceChange, Change, ExportChange
+
+    au = AudienceChange(
+        group="all", name="pve", remove=3, size_before=4, size_after=1, mass_removal=True
+    )
+    act = ActivationPlan(id="pve", change=Change.UPDATE, destination="files",
+                         destination_type="files", goal="export_data", action="maintain",
+                         frequency="daily", audiences=[au],
+                         export=ExportChange(location="exports/", delta_rows=3))  # fmt: skip
+    text = render(make_plan(act), "text")
+    assert "would remove 3 of 4 members" in text and "--allow-mass-removal" in text, text

@@ -230,11 +230,12 @@ def _details(a: ActivationPlan, style: Styler) -> list[str]:
             lines += ["  " + style(cl[0], cl[0][0])] + ["  " + line for line in cl[1:]]
     for sym, text in export_lines(a):
         lines.append(style(f"{sym} {text}", sym))
-    for au in a.audiences if a.export is None else ():
-        sym, text = audience_line(a, au)
-        lines.append(style(f"{sym} {text}", sym))
-        if attrs := attribute_line(au):
-            lines.append(f"    {attrs}")
+    for au in a.audiences:
+        if a.export is None:  # an export's audience is its files (above)
+            sym, text = audience_line(a, au)
+            lines.append(style(f"{sym} {text}", sym))
+            if attrs := attribute_line(au):
+                lines.append(f"    {attrs}")
         if au.mass_removal and au.sent:
             lines.append(style(f"! {mass_removal_line(a, au)}", "!"))
     lines += [f"note: {n}" for n in a.notes]
