@@ -237,6 +237,23 @@ def test_two_activations_sending_to_one_audience_are_warned(workspace):
     assert not any("also managed" in w for w in handed["other"]), handed
 
 
+def test_two_activations_creating_audiences_of_one_name_are_warned(workspace):
+    """Two activations naming their audiences alike at one destination make two audiences of
+    one name (ambiguous for `list: existing` and `import`): both plans say so, before and after
+    the apply; one audience shared by id is not warned of twice."""
+    other = ACT.replace("seg-a", "seg-b")
+    ws = workspace(
+        {"act": ACT, "other": other}, profiles=[profile(i, a=True, b=True) for i in range(3)]
+    )
+    for _ in range(2):
+        warned = {a["id"]: a["warnings"] for a in plan_json(ws)["activations"]}
+        assert any("also the name of an audience of other" in w for w in warned["act"]), warned
+        assert any("also the name of an audience of act" in w for w in warned["other"]), warned
+        assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    ws.write("activations/other.yaml", other.replace("name: A", "name: B"))
+    assert not any(a["warnings"] for a in plan_json(ws)["activations"])
+
+
 def test_action_remove_says_removed_where_present_not_a_size(workspace):
     """`action: remove` cannot know which of its profiles the list holds: the plan says the
     removals apply where present, and counts what is recorded as removed, not a list size."""

@@ -286,3 +286,37 @@ def warn_shared_audiences(plans: list, recorded: dict[str, list[tuple[str, str]]
                     "(one removes what the other adds) and each plan looks right on its own; "
                     "give each its own audience"
                 )
+    _warn_same_names(plans)
+
+
+def _warn_same_names(plans: list) -> None:
+    """Warn on each planned activation whose audience has the name of another activation's
+    audience at the same destination (two audiences, one name): `list: existing` by name and
+    `reconcile import` can no longer tell them apart. One audience shared by id is warned of
+    by :func:`warn_shared_audiences` instead."""
+    users: dict[tuple[str, str], set[tuple[str, str]]] = {}
+    live = [p for p in plans if p.change is not Change.DELETE]
+    for p in live:
+        for au in p.audiences:
+            if au.sent:
+                users.setdefault((p.destination, au.name), set()).add(
+                    (p.id, au.resource_id or "")
+                )
+    for p in live:
+        said: set[str] = set()
+        for au in p.audiences:
+            if not au.sent or au.name in said:
+                continue
+            others = {
+                o
+                for o, rid in users[(p.destination, au.name)]
+                if o != p.id and o != p.moved_from and not (rid and rid == au.resource_id)
+            }
+            if others:
+                said.add(au.name)
+                p.warnings.append(
+                    f"audience name {au.name!r} at {p.destination!r} is also the name of an "
+                    f"audience of {', '.join(sorted(others))}: two audiences of one name "
+                    "cannot be told apart by `list: {existing: name}` or `reconcile import`; "
+                    "give each its own name"
+                )
