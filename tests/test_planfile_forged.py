@@ -130,3 +130,16 @@ def test_a_forged_audience_name_is_not_used(workspace, tmp_path):
     said = res.output + res.stderr
     assert "audience 'Another team' (group 'all') of 'act' is not what it plans now" in said
     assert ws.sandbox_keys() == {}
+
+
+def test_a_repeated_member_change_is_refused(workspace, tmp_path):
+    """A row repeated (counts raised to match, checksums recomputed): `show` would say +2
+    while apply sends 1. Refused as damaged by `show` and `apply`, nothing sent."""
+    ws = workspace({"act": MAINTAIN}, profiles=[profile(i, a=i < 3) for i in range(6)])
+    good = tmp_path / "good.plan"
+    assert cli(ws, "plan", "--out", str(good)).exit_code == 0
+    twice = forge(tmp_path, good, "twice", [("add", "c00001"), ("add", "c00001")])
+    for command in (["show", str(twice)], ["apply", str(twice), "--auto-approve"]):
+        res = cli(ws, *command)
+        assert res.exit_code == 1 and "repeats 1 member change" in res.stderr, res.stderr
+    assert ws.sandbox_keys() == {}

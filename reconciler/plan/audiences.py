@@ -299,9 +299,7 @@ def _warn_same_names(plans: list) -> None:
     for p in live:
         for au in p.audiences:
             if au.sent:
-                users.setdefault((p.destination, au.name), set()).add(
-                    (p.id, au.resource_id or "")
-                )
+                users.setdefault((p.destination, au.name), set()).add((p.id, au.resource_id or ""))
     for p in live:
         said: set[str] = set()
         for au in p.audiences:

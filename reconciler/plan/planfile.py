@@ -283,6 +283,13 @@ def _load_changes(path: Path, plan: Plan, parquet: Path, staging_db: Path) -> No
         ).fetchall()[0][0]
         if bad:
             raise _corrupt(path, f"changes.parquet has {bad:,} rows that match no planned change")
+        # a row repeated would be counted twice by `show` and sent once by `apply`
+        (repeated,) = con.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM incoming GROUP BY activation_id, grp, op, key "
+            "HAVING count(*) > 1)"
+        ).fetchall()[0]
+        if repeated:
+            raise _corrupt(path, f"changes.parquet repeats {repeated:,} member change(s)")
         counted = con.execute(
             "SELECT activation_id, grp, op, count(*) FROM incoming GROUP BY ALL"
         ).fetchall()
