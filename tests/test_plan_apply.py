@@ -130,6 +130,25 @@ def test_a_saved_plan_refused_by_the_guard_applies_with_the_flag(workspace, tmp_
     assert ws.sandbox_keys()["Audience A"] == {email_key(0), email_key(1)}
 
 
+def test_clear_counts_only_the_members_at_the_destination(workspace):
+    """`on_delete: clear` removes what was sent: a member the destination rejected (recorded
+    with nothing sent) is neither planned nor logged as a removal."""
+    integration = SANDBOX_YAML + "  reject_add_keys: [c00001]\n"
+    act = MAINTAIN + "on_delete: clear\nmax_rejected_share: 0.5\n"
+    ws = workspace({"act": act}, profiles=[profile(i, a=True) for i in range(4)],
+                   integration=integration)  # fmt: skip
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    assert len(ws.sandbox_keys()["Audience A"]) == 3
+    ws.remove("activations/act.yaml")
+    (planned,) = plan_json(ws)["activations"]
+    assert [au["remove"] for au in planned["audiences"]] == [3], planned
+    res = cli(ws, "apply", "--auto-approve", "--allow-mass-removal")
+    assert res.exit_code == 0, res.output + res.stderr
+    assert ws.sandbox_keys()["Audience A"] == set()
+    runs = cli(ws, "log", "act", "--format", "json").json()["runs"]
+    assert runs[0]["removed"] == 3, runs[0]
+
+
 def test_ab_split_is_stable_and_partitions(workspace):
     act = MAINTAIN.replace("name: Audience A", "name: Test") + "split: ab\n"
     ws = workspace({"ab": act}, profiles=[profile(i, a=True) for i in range(60)])

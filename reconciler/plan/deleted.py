@@ -21,8 +21,10 @@ def plan_delete(
     recorded members are staged for removal. ``destination_type``: its integration's type,
     when the integration is still there."""
     clear = rec.spec.get("on_delete") == "clear"
-    if clear:
-        membership.stage_all(con, rec.id, state.members_sql(rec.id), "remove")
+    if clear:  # members recorded with nothing sent (rejected, no usable identifier) are not
+        # at the destination: they are forgotten with the rest, not counted as removals
+        sent = f"(SELECT * FROM {state.members_sql(rec.id)} WHERE len(record) > 0)"
+        membership.stage_all(con, rec.id, sent, "remove")
     changes = membership.change_counts(con, rec.id)
     sizes = state.member_counts(rec.id)
     audiences = []
