@@ -297,3 +297,22 @@ def test_send_segments_may_become_sync_attributes(workspace) -> None:
     ws.set_profiles([profile(i, a=0 < i < 6) for i in range(10)])
     (planned,) = plan_json(ws)["activations"]
     assert planned["audiences"][0]["forget"] == 1 and planned["audiences"][0]["remove"] == 0
+
+
+def test_under_append_the_remapping_note_says_whom_it_updates(workspace) -> None:
+    """`action: append` keeps members that left; a mapping change updates the members still in
+    the segments only, and the note says so (it claimed every member)."""
+    act = (
+        "segments: [seg-a]\ndestination: sandbox\nname: Kept\naction: append\n"
+        "attributes: [FIRST_NAME]\n"
+    )
+    ws = workspace({"act": act}, profiles=[profile(i, a=True) for i in range(4)])
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    ws.set_profiles([profile(i, a=i >= 2) for i in range(4)])  # 0 and 1 leave, kept
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    ws.write("integrations/sandbox.yaml", SANDBOX_YAML.replace("FIRST_NAME:", "GIVEN_NAME:"))
+    ws.write("activations/act.yaml", act.replace("FIRST_NAME", "GIVEN_NAME"))
+    (planned,) = plan_json(ws)["activations"]
+    assert planned["audiences"][0]["update"] == 2
+    (note,) = [n for n in planned["notes"] if "attribute mapping changed" in n]
+    assert "every member still in its segments is updated" in note, note

@@ -214,10 +214,16 @@ class Planner(AudienceTargeting, MembershipStaging):
             rec.spec.get("attribute_mapping", mapping) if rec and rec.spec else mapping
         )
         remapped = recorded_mapping != mapping
+        # (`action: append`: a member kept after it left is no longer sent anything)
+        whom = (
+            "every member still in its segments"
+            if act.action.value == "append"
+            else ("every member")
+        )
         if remapped and not frozen:
             notes.append(
                 "the attribute mapping changed (a destination field renamed or mapped to "
-                "another column): every member is updated with the fields as now mapped"
+                f"another column): {whom} is updated with the fields as now mapped"
             )
         # the destination is sent identifiers in another form (a webhook's `pii`): likewise
         sent_before = rec.spec.get("sent_as") if rec and rec.spec else None
@@ -229,8 +235,8 @@ class Planner(AudienceTargeting, MembershipStaging):
         ):
             remapped = True
             notes.append(
-                "the form identifiers are sent in changed (a webhook's `pii`, for one): every "
-                "member is updated with its identifiers as now sent"
+                "the form identifiers are sent in changed (a webhook's `pii`, for one): "
+                f"{whom} is updated with its identifiers as now sent"
             )
         # members recorded under older normalisation rules: those whose identifiers now
         # normalise differently (a BOM in an e-mail, a float's ".0" in a phone) are updated
