@@ -20,6 +20,7 @@ Messages say what happened and what to do; they never contain secrets.
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass
 
@@ -49,6 +50,15 @@ class ReconcileError(Exception):
     """Root of every error the reconciler reports to a user."""
 
 
+#: characters a file or field name is printed with escaped (control characters, line and
+#: paragraph separators, text-direction overrides)
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _escaped(text: str) -> str:
+    return _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], text)
+
+
 @dataclass(frozen=True)
 class Location:
     """Where in the workspace a problem is: file, 1-based line, dotted field path."""
@@ -58,8 +68,10 @@ class Location:
     field: str | None = None
 
     def __str__(self) -> str:
-        where = self.file if self.line is None else f"{self.file}:{self.line}"
-        return f"{where}: {self.field}" if self.field else where
+        # a file name may hold a newline or an escape: printed escaped, it stays one line
+        file, field = _escaped(self.file), _escaped(self.field) if self.field else None
+        where = file if self.line is None else f"{file}:{self.line}"
+        return f"{where}: {field}" if field else where
 
 
 class ConfigError(ReconcileError):

@@ -144,6 +144,18 @@ def test_validate_github_escapes_a_forged_file_name(workspace):
     )
 
 
+def test_validate_text_prints_a_file_name_with_a_newline_on_one_line(workspace):
+    """A file name holding a newline or an escape is printed escaped: the problem stays one
+    line, and no terminal sequence reaches the screen."""
+    ws = workspace({"ok": ACT})
+    ws.write("activations/a\x1b[31mred\nx.yaml", "segments: [nope]\n")
+    res = cli(ws, "validate")
+    assert res.exit_code == 1
+    (line,) = [ln for ln in res.stderr.splitlines() if "red" in ln]
+    assert line.strip().startswith("activations/a\\x1b[31mred\\nx.yaml:1: "), line
+    assert "\x1b" not in res.stderr
+
+
 # ---------------------------------------------------------------------- lists
 def test_lists_escapes_control_characters_in_destination_names(workspace):
     ws = workspace({"act": ACT}, profiles=[profile(i, a=True) for i in range(2)])
