@@ -308,6 +308,15 @@ STATIC = [
         ],
         id="unknown-source-type",
     ),
+    pytest.param(  # the state's union member ("embedded") is no key of the file
+        {
+            "reconcile.yaml": RECONCILE_YAML.replace(
+                "{path: .reconcile/state.duckdb,", "{bogus_state: 1, path: .reconcile/state.duckdb,"
+            )
+        },
+        ["reconcile.yaml:13: state.bogus_state: unknown field"],
+        id="unknown-state-key",
+    ),
     pytest.param(
         {"reconcile.yaml": RECONCILE_YAML.replace("timezone: UTC", "timezone: Mars/Olympus")},
         ["reconcile.yaml:2: timezone: unknown timezone 'Mars/Olympus'"],

@@ -296,7 +296,7 @@ def validation_errors(
     return errors
 
 
-_UNION_TAG = re.compile(r"^(str|int|float|bool|none|duckdb|postgres|[a-z_]+\[.*\])$")
+_UNION_TAG = re.compile(r"^(str|int|float|bool|none|duckdb|postgres|embedded|[a-z_]+\[.*\])$")
 _SECRET_FIELDS = {"credentials", "endpoint", "dsn"}
 
 
