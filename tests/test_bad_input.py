@@ -620,6 +620,18 @@ def test_a_broken_file_is_not_also_reported_as_unknown(workspace):
     assert "integrations/sandbox.yaml:2: foo: unknown field" in err
 
 
+def test_an_integration_with_two_problems_reports_both_at_once(workspace):
+    """An unknown top-level field hid the `config:` problem until it was fixed."""
+    ws = workspace(
+        {"act": MAINTAIN},
+        integration="type: sandbox\nfoo: 1\nconfig:\n  colour: red\n",
+        profiles=ROWS,
+    )
+    err = fails(ws, "validate")
+    assert "integrations/sandbox.yaml:2: foo: unknown field" in err, err
+    assert "integrations/sandbox.yaml:4: config.colour: unknown field" in err, err
+
+
 def test_a_date_like_name_is_text(workspace):
     ws = workspace({"act": MAINTAIN.replace("Audience A", "2024-06-01")}, profiles=ROWS)
     plan = cli(ws, "plan", "--format", "json")

@@ -60,6 +60,28 @@ def check_integration_config(
             )
 
 
+def unparsed_config_errors(doc: yamlfile.YamlDoc) -> list[ConfigError]:
+    """The ``config:`` problems of an integration file whose other fields were refused (its
+    ``type`` named and ``config`` a mapping): reported with them, not after they are fixed."""
+    from destinations import registry
+
+    data = doc.data
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        return []
+    config = data.get("config", {})
+    if not isinstance(config, dict):
+        return []
+    try:
+        factory = registry.load(data["type"])
+    except ConfigError:  # reported with the other fields
+        return []
+    try:
+        factory.config_model.model_validate(config)
+    except ValidationError as exc:
+        return yamlfile.validation_errors(doc, exc, ("config",))
+    return []
+
+
 def endpoint_errors(doc: yamlfile.YamlDoc, endpoint: str) -> list[ConfigError]:
     """An endpoint must be https; plain http only to a loopback host (a local test server)."""
     import httpx

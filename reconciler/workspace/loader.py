@@ -26,6 +26,7 @@ from reconciler.workspace.destination_checks import (
     check_integration_config,
     endpoint_errors,
     missing_credentials,
+    unparsed_config_errors,
 )
 from reconciler.workspace.goal_rules import goal_errors
 from reconciler.workspace.spec import Integration, PostgresSource, Segment, WorkspaceConfig
@@ -143,6 +144,9 @@ def collect(
             item = _parse(doc, model, errors)
             if item is not None:
                 target[name] = item
+            elif kind == "integrations" and check_destinations:
+                # its `config:` too, so that every problem is reported at once
+                errors.extend(unparsed_config_errors(doc))
     if not config_ok:
         # the files are checked against reconcile.yaml: against the defaults that stand in
         # for a broken one they would report problems that are not there
