@@ -134,7 +134,9 @@ def _phone_steps(
     # digits, at a third of the cost of the global regexp_replace the others go through
     plus = f"contains({u}, '+')"
     spelled = f"CASE WHEN {plus} THEN '+' ELSE '' END || regexp_replace({u}, '[^0-9]', '', 'g')"
-    digits = f"CASE WHEN regexp_matches({u}, '[^0-9+ ]') THEN {spelled} ELSE replace({u}, ' ', '') END"
+    digits = (
+        f"CASE WHEN regexp_matches({u}, '[^0-9+ ]') THEN {spelled} ELSE replace({u}, ' ', '') END"
+    )
     # international: drop "+", "00" or the dialling prefix, then a zero trunk after the code
     intl = (
         f"CASE WHEN starts_with({d}, '+') THEN substr({d}, 2) "
