@@ -215,11 +215,8 @@ class Planner(AudienceTargeting, MembershipStaging):
         )
         remapped = recorded_mapping != mapping
         # (`action: append`: a member kept after it left is no longer sent anything)
-        whom = (
-            "every member still in its segments"
-            if act.action.value == "append"
-            else ("every member")
-        )
+        append = act.action.value == "append"
+        whom = "every member still in its segments" if append else "every member"
         if remapped and not frozen:
             notes.append(
                 "the attribute mapping changed (a destination field renamed or mapped to "
