@@ -326,6 +326,30 @@ class EngineConformance:
         assert self.audience_names(ws) == ["Conf"]
         assert_converged(ws)
 
+    def test_a_saved_plan_is_refused_once_its_audience_was_deleted_outside(
+        self, workspace, fake: Faults, tmp_path
+    ) -> None:
+        """The plan was saved, then the audience deleted at the destination: applying the saved
+        plan's few changes to a new, empty audience would lose the others for good (the state
+        still records them). The activation is refused as stale; a new plan refills it."""
+        if not self.refreshes:
+            pytest.skip("this destination cannot read an audience back (no drift detection)")
+        rows = member_rows(9)
+        ws = self.make_ws(workspace, {"conf": activation("Conf")}, rows)
+        apply(ws)
+        rows = member_rows(10)  # one more
+        ws.set_profiles(rows)
+        saved = tmp_path / "before.plan"
+        assert cli(ws, "plan", "--out", str(saved)).exit_code == 0
+        fake.delete_audience("Conf")
+        res = cli(ws, "apply", str(saved), "--auto-approve")
+        assert res.exit_code == 1, res.output + res.stderr
+        assert "gone from the destination since the plan" in res.stderr, res.stderr
+        assert "Conf" not in self.held(fake)  # nothing sent
+        apply(ws)
+        assert self.held(fake) == {"Conf": self.desired(ws, rows)}
+        assert_converged(ws)
+
     @pytest.mark.slow
     @pytest.mark.parametrize("method", ["create_audience", "add"])
     def test_killed_between_intent_and_outcome_then_apply_converges(

@@ -132,6 +132,15 @@ def _mismatch(ap: ActivationPlan, fa: ActivationPlan) -> str | None:
             return f"{ap.id!r} has {name} {was!r} in the plan, {now!r} now"
     if (ap.export and ap.export.location) != (fa.export and fa.export.location):
         return f"{ap.id!r} exports to another location in the plan than now"
+    # an audience deleted at the destination since the plan is created again now, and all of
+    # its members sent again: the saved plan's changes alone would leave it nearly empty
+    saved_creates = {a.group: a.create for a in ap.audiences}
+    for au in fa.audiences:
+        if au.create and not saved_creates.get(au.group, False):
+            return (
+                f"audience {au.name!r} (group {au.group!r}) of {ap.id!r} is gone from the "
+                "destination since the plan: it is to be created again, with every member"
+            )
     saved_aud = sorted((a.group, a.name, a.sent) for a in ap.audiences if a.has_changes)
     now_aud = {(a.group, a.name, a.sent) for a in fa.audiences}
     for group, name, sent in saved_aud:
