@@ -326,6 +326,32 @@ class EngineConformance:
         assert self.audience_names(ws) == ["Conf"]
         assert_converged(ws)
 
+    def test_a_gone_existing_list_fails_its_activation_only(self, workspace, fake: Faults) -> None:
+        """`list: existing` names a list that is not the activation's: deleted at the
+        destination, it cannot be created again. The plan warns, the apply fails that
+        activation only; the others are applied (a deleted audience never blocks apply)."""
+        if not self.refreshes:
+            pytest.skip("this destination cannot read an audience back (no drift detection)")
+        rows = member_rows(6)
+        ws = self.make_ws(workspace, {"conf": activation("Conf")}, rows)
+        conns, dest = self._target(ws)
+        try:
+            dest.create_audience("Outside", idempotency_key="outside-list-1")
+        finally:
+            conns.close()
+        ext = f"segments: [seg-a]\ndestination: {TARGET}\nlist: {{existing: Outside}}\n"
+        ws.write("activations/ext.yaml", ext)
+        apply(ws)
+        fake.delete_audience("Outside")
+        rows = member_rows(7)
+        ws.set_profiles(rows)
+        planned = {a["id"]: a for a in plan_json(ws)["activations"]}
+        assert any("gone from the destination" in w for w in planned["ext"]["warnings"]), planned
+        apply(ws, code=1)
+        assert self.held(fake)["Conf"] == self.desired(ws, rows)  # applied
+        assert recovery_status(ws, "ext")["status"] == "Failed"
+        assert recovery_status(ws, "conf")["status"] == "Complete"
+
     def test_a_saved_plan_is_refused_once_its_audience_was_deleted_outside(
         self, workspace, fake: Faults, tmp_path
     ) -> None:

@@ -219,6 +219,16 @@ class AudienceTargeting:
                     f"checked: {exc}"
                 )
                 continue
+            if now is None and act.target.existing is not None and not moved:
+                # not the activation's own list: it cannot be created again. Its apply fails
+                # (AudienceGone); the other activations are planned and applied as usual
+                drift.warnings.append(
+                    f"the list {ra.name!r} ({ra.resource_id}) that `list: existing` names is "
+                    "gone from the destination (deleted there): nothing can be sent to it, so "
+                    "its apply fails. Send to another list by giving the activation a new id "
+                    "(rename its file), or delete the activation"
+                )
+                continue
             if now is None:
                 drift.gone.add(grp)
                 drift.notes.append(
