@@ -7,8 +7,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from destinations.identity.rules import Encoding, Hash, RuleSet
-from destinations.identity.sql import _form, _phone_steps, _q, normalised_sql
-from destinations.identity.types import TYPES
+from destinations.identity.sql import (
+    _form,
+    _phone_steps,
+    _q,
+    identifier_source,
+    normalised_sql,
+)
 
 __all__ = ["send_sql"]
 
@@ -70,14 +75,14 @@ def send_sql(
             value = sent(e, column)
         return f"{_q(e.prefix + ':')} || {value}"
 
+    sources = {e.identifier: identifier_source(e.identifier, columns) for e in encodings}
     values = [
-        sent(e, columns[e.identifier]) if e.identifier in columns else "NULL" for e in encodings
+        sent(e, src) if (src := sources[e.identifier]) is not None else "NULL"
+        for e in encodings
     ]
     items = []
     for name in accepted:
-        column = columns.get(name)
-        if column is None and TYPES[name].fallback is not None:
-            column = columns.get(TYPES[name].fallback or "")
+        column = identifier_source(name, columns)
         if column is not None:
             items += [kept(e, column) for e in rules.for_identifier(name)]
     rec = (

@@ -340,6 +340,18 @@ def record_sql(encoding: Encoding, column: str, default_country: str = "US") -> 
     return _encoded(encoding, formed, record=True)
 
 
+def identifier_source(name: str, columns: Mapping[str, str]) -> str | None:
+    """The SQL a type's value is read from: its column, or — for a type with a ``fallback``
+    (``first_initial`` from ``first_name``) — the fallback's column where the member has no
+    value of its own, as :func:`rules.records` does in Python. None: no column at all."""
+    column = columns.get(name)
+    fallback = TYPES[name].fallback
+    other = columns.get(fallback) if fallback is not None else None
+    if column is not None and other is not None:
+        return f"coalesce(CAST({column} AS VARCHAR), CAST({other} AS VARCHAR))"
+    return column if column is not None else other
+
+
 def records_sql(
     accepted: Sequence[str],
     rules: RuleSet,
@@ -353,9 +365,7 @@ def records_sql(
     lists = []
     for name in accepted:
         encodings = rules.for_identifier(name)
-        column = columns.get(name)
-        if column is None and TYPES[name].fallback is not None:
-            column = columns.get(TYPES[name].fallback or "")
+        column = identifier_source(name, columns)
         if column is None:
             continue
         canonical = normalised_sql(name, column, default_country)
