@@ -13,8 +13,6 @@ import sys
 import psycopg
 import pytest
 
-from reconciler.state.postgres.db import PgDatabase
-from reconciler.state.postgres.lock import PostgresLock
 from tests.conftest import EMBEDDED_STATE, RECONCILE_YAML, WS, cli, plan_json, profile
 from tests.test_recovery import (
     activation,
@@ -107,6 +105,8 @@ def test_plan_apply_status_log_on_postgres(pg_ws, pg_dsn):
     ws = pg_ws(rows)
     res = cli(ws, "apply", "--auto-approve")
     assert res.exit_code == 0, res.output + res.stderr
+    # an apply does not take its own lock for another one's (it said so, naming itself)
+    assert "is running since" not in res.output + res.stderr, res.output + res.stderr
     assert held(ws) == {"A": desired(rows)}
     assert_converged(ws)
     assert pg_rows(pg_dsn, "SELECT count(*) FROM {s}.members") == [(20,)]
@@ -123,11 +123,29 @@ def test_plan_apply_status_log_on_postgres(pg_ws, pg_dsn):
     assert_converged(ws)
 
 
+HOLD_LOCK = """
+import sys
+lock = PostgresLock(PgDatabase(sys.argv[1], sys.argv[2]))
+lock.acquire("apply")
+print(lock.lock_id, flush=True)
+sys.stdin.read()  # held until the test closes stdin
+lock.release()
+"""
+
+
 def test_readers_work_while_an_apply_holds_the_lock(pg_ws, pg_dsn):
+    """Another process holds the lock (an apply running elsewhere): readers work and say so;
+    a second apply and `state unlock` name its lock."""
     ws = pg_ws([profile(i, a=True) for i in range(5)])
     assert cli(ws, "apply", "--auto-approve").exit_code == 0
-    lock = PostgresLock(PgDatabase(pg_dsn.base, pg_dsn.schema))
-    lock.acquire("apply")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, pg_dsn.base, pg_dsn.schema],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdin is not None
+    lock_id = holder.stdout.readline().strip()
     try:
         for args in (("plan",), ("status",), ("log", "act"), ("state", "show")):
             res = cli(ws, *args)
@@ -137,11 +155,12 @@ def test_readers_work_while_an_apply_holds_the_lock(pg_ws, pg_dsn):
         said = " ".join((cli(ws, "plan").output + status.output + status.stderr).split())
         assert said.count("`reconcile apply` (pid") == 2 and "recorded so far" in said, said
         res = cli(ws, "apply", "--auto-approve")
-        assert res.exit_code == 1 and f"lock {lock.lock_id}" in res.stderr
+        assert res.exit_code == 1 and f"lock {lock_id}" in res.stderr
         res = cli(ws, "state", "unlock")
-        assert res.exit_code == 1 and f"reconcile state unlock {lock.lock_id}" in res.stderr
+        assert res.exit_code == 1 and f"reconcile state unlock {lock_id}" in res.stderr
     finally:
-        lock.release()
+        holder.stdin.close()
+        holder.wait(timeout=30)
 
 
 # ---------------------------------------------------------------------- concurrency

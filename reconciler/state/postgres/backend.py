@@ -22,7 +22,7 @@ from reconciler.errors import StateError
 from reconciler.state.backend import AttachedState
 from reconciler.state.postgres import mirror
 from reconciler.state.postgres.db import PgDatabase
-from reconciler.state.postgres.lock import PostgresLock
+from reconciler.state.postgres.lock import PostgresLock, held_lock_id
 from reconciler.state.postgres.reader import PostgresStateReader
 from reconciler.state.postgres.store import PostgresStateStore
 from reconciler.state.schema import CATALOG, create_schema
@@ -80,8 +80,8 @@ class PostgresBackend:
             info = self.lock().info(pg)
         except (StateError, psycopg.Error):
             return None
-        if info is None or info.stale:
-            return None
+        if info is None or info.stale or info.id == held_lock_id(self.db):
+            return None  # nobody, a dead holder, or this very process (its own planning)
         return (
             f"`{info.command}` (pid {info.pid} on {info.host}, user {info.user}) is running "
             f"since {info.started}; showing what it has recorded so far (a plan saved now is "
