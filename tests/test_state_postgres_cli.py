@@ -125,6 +125,8 @@ def test_plan_apply_status_log_on_postgres(pg_ws, pg_dsn):
 
 HOLD_LOCK = """
 import sys
+from reconciler.state.postgres.db import PgDatabase
+from reconciler.state.postgres.lock import PostgresLock
 lock = PostgresLock(PgDatabase(sys.argv[1], sys.argv[2]))
 lock.acquire("apply")
 print(lock.lock_id, flush=True)
@@ -146,6 +148,7 @@ def test_readers_work_while_an_apply_holds_the_lock(pg_ws, pg_dsn):
     )
     assert holder.stdout is not None and holder.stdin is not None
     lock_id = holder.stdout.readline().strip()
+    assert lock_id, "the lock holder did not start"
     try:
         for args in (("plan",), ("status",), ("log", "act"), ("state", "show")):
             res = cli(ws, *args)
