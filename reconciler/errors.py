@@ -116,10 +116,14 @@ class StateError(ReconcileError):
 class StateLocked(StateError):
     def __init__(self, holder: str):
         self.holder = holder
-        super().__init__(
-            f"the state is locked by {holder}; wait for it to finish, retry with "
-            "--lock-timeout SECONDS, or if that process is gone run `reconcile state unlock`"
+        # `apply` and `run` can wait for the lock; the `state` commands cannot
+        advice = (
+            "wait for it to finish and run the command again (`apply` and `run` wait for it "
+            "with --lock-timeout SECONDS)"
         )
+        if "state unlock" not in holder:  # a stale holder's description says it already
+            advice += ", or if that process is gone run `reconcile state unlock`"
+        super().__init__(f"the state is locked by {holder}; {advice}")
 
 
 class PlanError(ReconcileError):

@@ -70,3 +70,17 @@ def test_a_lock_let_go_while_it_was_looked_at_is_taken(tmp_path):
     finally:
         lock.release()
         t.join()
+
+
+def test_the_locked_message_gives_each_piece_of_advice_once() -> None:
+    """`state` commands take no --lock-timeout: the message says which commands wait; a stale
+    holder's description already names `state unlock ID`, so it is not repeated."""
+    from reconciler.state.backend import LockInfo
+
+    live = LockInfo("abc", "ci", "runner", 42, "reconcile apply", "2026-12-01T06:00:00")
+    text = str(StateLocked(live.describe()))
+    assert "`apply` and `run` wait for it with --lock-timeout SECONDS" in text
+    assert text.count("state unlock") == 1
+    stale = LockInfo(**{**live.__dict__, "stale": True, "heartbeat": "2026-12-01T06:01:00"})
+    text = str(StateLocked(stale.describe()))
+    assert text.count("state unlock") == 1 and "reconcile state unlock abc" in text
