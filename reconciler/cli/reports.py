@@ -308,10 +308,12 @@ def state_unlock(lock_id) -> None:
         if info is None:
             click.echo("The state is not locked.")
             return
-        raise ReconcileError(
-            f"the state is locked by {info.describe()}; if that process is gone, break the "
-            f"lock with `reconcile state unlock {info.id}`"
+        advice = (  # a stale holder's description gives this advice already
+            ""
+            if info.stale
+            else f"; if that process is gone, break the lock with `reconcile state unlock {info.id}`"
         )
+        raise ReconcileError(f"the state is locked by {info.describe()}{advice}")
     if not lock.force_unlock(lock_id):
         now = f"; the state is locked by {info.describe()}" if info else " (it is not locked)"
         raise ReconcileError(f"no lock {lock_id!r} holds the state{now}")
