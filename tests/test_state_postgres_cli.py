@@ -426,3 +426,39 @@ def test_a_lock_left_by_a_process_that_exited_here_is_taken_over(pg_ws, pg_dsn, 
         assert res.exit_code == 0, res.stderr
     else:
         assert res.exit_code == 1 and "reconcile state unlock deadbeef0001" in res.stderr
+
+
+def test_a_role_that_may_only_read_gets_a_privilege_hint(pg_ws, pg_dsn, monkeypatch):
+    """A read-only role plans; its apply fails on a privilege, and says so (the hint said to
+    retry once the server is reachable: it was)."""
+    import uuid
+
+    from psycopg import sql
+
+    ws = pg_ws([profile(i, a=True) for i in range(3)])
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    role = f"ro_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(pg_dsn.base, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        conn.execute(
+            sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
+                sql.Identifier(pg_dsn.schema), sql.Identifier(role)
+            )
+        )
+        conn.execute(
+            sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(
+                sql.Identifier(pg_dsn.schema), sql.Identifier(role)
+            )
+        )
+    try:
+        monkeypatch.setenv("RECONCILE_STATE_DSN", f"{pg_dsn.base} user={role}")
+        ws.set_profiles([profile(i, a=True) for i in range(4)])
+        assert cli(ws, "plan").exit_code == 0
+        res = cli(ws, "apply", "--auto-approve")
+        assert res.exit_code == 1, res.output + res.stderr
+        assert "grant the state's role the privileges it lacks" in res.stderr, res.stderr
+        assert "once the server is reachable" not in res.stderr
+    finally:
+        with psycopg.connect(pg_dsn.base, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

@@ -76,10 +76,16 @@ class PgDatabase:
         try:
             yield
         except psycopg.Error as exc:
+            # what to do depends on the cause: a privilege the role lacks is not an outage
+            what = (
+                "grant the state's role the privileges it lacks (or use a role that may write "
+                "the state), then run the command again"
+                if isinstance(exc, psycopg.errors.InsufficientPrivilege)
+                else "run the command again once the server is reachable"
+            )
             raise StateError(
                 f"the PostgreSQL state at {self.where} failed while {doing}: "
-                f"{self.scrub(exc)}; nothing more was recorded — run the command again once "
-                "the server is reachable"
+                f"{self.scrub(exc)}; nothing more was recorded — {what}"
             ) from None
 
     # ------------------------------------------------------------------ schema
