@@ -68,15 +68,21 @@ def test_state_unlock_refuses_a_live_holder(workspace):
     assert res.exit_code == 0 and "not locked" in res.output
 
 
-def test_a_plan_made_against_another_state_is_refused(workspace, tmp_path):
+def _plan_saved_then_state_moved_away(workspace, tmp_path):
+    """A workspace whose plan was saved against its state, then the state file moved away."""
     ws = workspace({"act": ACT}, profiles=[profile(i, a=True) for i in range(3)])
     assert cli(ws, "apply", "--auto-approve").exit_code == 0
     ws.set_profiles([profile(i, a=True) for i in range(4)])
     plan = str(tmp_path / "next.plan")
     assert cli(ws, "plan", "--out", plan).exit_code == 0
-    # the state is replaced by another one (lost, recreated): a new lineage
     state = ws.root / ".reconcile" / "state.duckdb"
     state.rename(state.with_suffix(".old"))
+    return ws, plan
+
+
+def test_a_plan_made_against_another_state_is_refused(workspace, tmp_path):
+    # the state is replaced by another one (lost, recreated): a new lineage
+    ws, plan = _plan_saved_then_state_moved_away(workspace, tmp_path)
     # the audience is still at the destination: confirm a second one (state loss guard)
     assert cli(ws, "apply", "--auto-approve", "--allow-duplicate-audiences").exit_code == 0
     res = cli(ws, "apply", plan, "--auto-approve")
@@ -87,13 +93,7 @@ def test_a_plan_made_against_another_state_is_refused(workspace, tmp_path):
 def test_a_plan_made_against_a_state_is_refused_where_there_is_none(workspace, tmp_path):
     """The plan file of a workspace with a state, applied where there is no state (another
     workspace, or the state was deleted): refused, nothing sent."""
-    ws = workspace({"act": ACT}, profiles=[profile(i, a=True) for i in range(3)])
-    assert cli(ws, "apply", "--auto-approve").exit_code == 0
-    ws.set_profiles([profile(i, a=True) for i in range(4)])
-    plan = str(tmp_path / "next.plan")
-    assert cli(ws, "plan", "--out", plan).exit_code == 0
-    state = ws.root / ".reconcile" / "state.duckdb"
-    state.rename(state.with_suffix(".old"))
+    ws, plan = _plan_saved_then_state_moved_away(workspace, tmp_path)
     before = ws.sandbox_keys()
     res = cli(ws, "apply", plan, "--auto-approve")
     assert res.exit_code == 1, res.output + res.stderr
