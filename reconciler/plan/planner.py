@@ -28,6 +28,7 @@ from reconciler.plan.recorded import (
     config_diff,
     digest,
     recorded_spec,
+    sent_anew,
 )
 from reconciler.plan.recorded import frozen as recorded_frozen
 from reconciler.plan.schedule import is_due, last_refresh
@@ -208,33 +209,8 @@ class Planner(AudienceTargeting, MembershipStaging):
         attr_cols = [integ.attributes[f] for f in act.attributes]
         mapping = {f: integ.attributes[f] for f in act.attributes}
         syncs = act.goal is Goal.SYNC_ATTRIBUTES
-        # a destination field renamed (or mapped to another column): the fingerprint covers
-        # the values only, so every recorded member is sent again under the new names
-        recorded_mapping = (
-            rec.spec.get("attribute_mapping", mapping) if rec and rec.spec else mapping
-        )
-        remapped = recorded_mapping != mapping
-        # (`action: append`: a member kept after it left is no longer sent anything)
-        append = act.action.value == "append"
-        whom = "every member still in its segments" if append else "every member"
-        if remapped and not frozen:
-            notes.append(
-                "the attribute mapping changed (a destination field renamed or mapped to "
-                f"another column): {whom} is updated with the fields as now mapped"
-            )
-        # the destination is sent identifiers in another form (a webhook's `pii`): likewise
-        sent_before = rec.spec.get("sent_as") if rec and rec.spec else None
-        if (
-            sent_before is not None
-            and sent_before != spec["sent_as"]
-            and act.goal is not Goal.EXPORT_DATA
-            and not frozen
-        ):
-            remapped = True
-            notes.append(
-                "the form identifiers are sent in changed (a webhook's `pii`, for one): "
-                f"{whom} is updated with its identifiers as now sent"
-            )
+        remapped, said = sent_anew(rec, spec, act, frozen=frozen)
+        notes += said
         # members recorded under older normalisation rules: those whose identifiers now
         # normalise differently (a BOM in an e-mail, a float's ".0" in a phone) are updated
         rules = rec.spec.get("identity_rules", 1) if rec and rec.spec else RULES_VERSION

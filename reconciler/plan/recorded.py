@@ -133,3 +133,36 @@ def check_goal_change(
         "its `on_delete` applies)",
         ws.location("activations", aid, "goal"),
     )
+
+
+def sent_anew(
+    rec: RecordedActivation | None, spec: dict[str, Any], act: ResolvedActivation, *, frozen: bool
+) -> tuple[bool, list[str]]:
+    """Whether every member is updated although no fingerprint changed, and the plan's notes
+    saying why: a destination field renamed or mapped to another column (the fingerprint
+    covers the values only), or identifiers sent in another form (``sent_as``: a webhook's
+    ``pii``). Under ``action: append`` a member kept after it left gets nothing."""
+    old = rec.spec if rec is not None and rec.spec else {}
+    mapping = spec["attribute_mapping"]
+    remapped = old.get("attribute_mapping", mapping) != mapping
+    append = act.action.value == "append"
+    whom = "every member still in its segments" if append else "every member"
+    notes = []
+    if remapped and not frozen:
+        notes.append(
+            "the attribute mapping changed (a destination field renamed or mapped to "
+            f"another column): {whom} is updated with the fields as now mapped"
+        )
+    before = old.get("sent_as")
+    if (
+        before is not None
+        and before != spec.get("sent_as")
+        and act.goal is not Goal.EXPORT_DATA
+        and not frozen
+    ):
+        remapped = True
+        notes.append(
+            "the form identifiers are sent in changed (a webhook's `pii`, for one): "
+            f"{whom} is updated with its identifiers as now sent"
+        )
+    return remapped, notes
