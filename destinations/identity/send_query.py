@@ -77,8 +77,7 @@ def send_sql(
 
     sources = {e.identifier: identifier_source(e.identifier, columns) for e in encodings}
     values = [
-        sent(e, src) if (src := sources[e.identifier]) is not None else "NULL"
-        for e in encodings
+        sent(e, src) if (src := sources[e.identifier]) is not None else "NULL" for e in encodings
     ]
     items = []
     for name in accepted:
