@@ -129,3 +129,40 @@ def test_a_spec_recorded_before_sent_as_plans_no_change(workspace, monkeypatch):
             con.close()
         res = cli(ws, "plan", "--detailed-exitcode")
         assert res.exit_code == 0, res.output + res.stderr
+
+
+def test_a_plan_saved_before_sent_as_existed_still_applies(workspace, monkeypatch, tmp_path):
+    """A plan saved by a release before `sent_as` carries a digest of the spec without it:
+    against a state recorded without it too, it is not refused as stale."""
+    import json
+
+    import duckdb
+
+    from reconciler.plan.recorded import digest
+    from tests.test_planfile import members, write_plan
+
+    monkeypatch.setenv("WH_SECRET", SECRET)
+    rows = [profile(i, a=i < 3) for i in range(5)]
+    with WebhookReceiver(SECRET) as fake:
+        ws = workspace_on(workspace, fake, rows)
+        con = duckdb.connect(str(ws.root / ".reconcile" / "state.duckdb"))
+        try:  # the state an older release recorded
+            (spec,) = con.execute("SELECT spec FROM activations").fetchone()
+            older = {k: v for k, v in json.loads(spec).items() if k != "sent_as"}
+            con.execute(
+                "UPDATE activations SET spec = ?, spec_digest = ?",
+                [json.dumps(older), digest(older)],
+            )
+        finally:
+            con.close()
+        rows = [profile(i, a=True) for i in range(5)]
+        ws.set_profiles(rows)
+        good = tmp_path / "now.plan"
+        assert cli(ws, "plan", "--out", str(good)).exit_code == 0
+        parts = members(good)  # as the older release wrote it: the digest without sent_as
+        doc = json.loads(parts["plan.json"])
+        doc["activations"][0]["spec_digest"] = digest(older)
+        parts["plan.json"] = json.dumps(doc).encode()
+        res = cli(ws, "apply", str(write_plan(tmp_path / "older.plan", parts)), "--auto-approve")
+        assert res.exit_code == 0, res.output + res.stderr
+        assert fake.held()["Hook"] == wanted(rows)

@@ -169,9 +169,10 @@ class Planner(AudienceTargeting, MembershipStaging):
         integ = self.ws.integrations[act.destination]
         dest = self.conns.get(act.destination)
         spec = recorded_spec(self.ws, act, dest.identity)
-        spec_digest = digest(spec)
-        # what the recorded spec is compared with (the keys it predates left out)
+        # what the recorded spec is compared with (the keys it predates left out), and its
+        # digest, which a saved plan carries (one saved before an upgrade still matches)
         compared = comparable(rec.spec if rec else None, spec)
+        spec_digest = digest(compared)
         baseline = rec.id if rec else aid
         seed = rec.split_seed if rec else aid
         check_goal_change(self.ws, aid, act, rec)
@@ -334,7 +335,7 @@ class Planner(AudienceTargeting, MembershipStaging):
         elif act.paused and not any(a.has_changes for a in audiences) and not config_changes:
             change = Change.PAUSED
         elif (
-            rec.spec_digest != digest(compared)
+            rec.spec_digest != spec_digest
             or any(a.has_changes for a in audiences)
             or rec.id != aid
             or pending
