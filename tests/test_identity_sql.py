@@ -345,3 +345,28 @@ def test_a_float_phone_with_spaces_around_and_a_dotted_number(con, raw, country,
     assert normalise_phone(raw, country) == expected
     [[got]] = _sql_values(con, [phone_sql("v", country)], [raw])
     assert got == expected
+
+
+def test_the_fingerprint_covers_the_column_a_type_falls_back_to() -> None:
+    """`first_initial` accepted without `first_name`: a member with no initial of its own is
+    sent the first name's, so a changed first name must change the fingerprint (and be
+    sent); with its own initial, the first name is still in it (a NULL later falls back)."""
+    from reconciler.plan import terms
+    from reconciler.workspace.spec import ProfilesTable
+
+    profiles = ProfilesTable(
+        table="p",
+        key="k",
+        identifiers={"email": "e", "first_name": "fn", "first_initial": "fi"},
+        attributes=[],
+    )
+    fp = terms.fingerprint_sql(profiles, ("email", "first_initial"), [], "AU")
+    with duckdb.connect() as con:
+        con.execute("CREATE TABLE p (k VARCHAR, e VARCHAR, fn VARCHAR, fi VARCHAR)")
+        con.execute(
+            "INSERT INTO p VALUES ('1', 'a@x.io', 'Anne', NULL), ('2', 'a@x.io', 'Zed', NULL)"
+        )
+        first, second = (r[0] for r in con.execute(f"SELECT {fp} FROM p p ORDER BY k").fetchall())
+    assert first != second
+    only_email = ProfilesTable(table="p", key="k", identifiers={"email": "e"}, attributes=[])
+    assert "fn" not in terms.fingerprint_sql(only_email, ("email", "first_initial"), [], "AU")

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import duckdb
 
 from destinations.identity.phones import MIN_DIGITS
+from destinations.identity.types import TYPES
 from reconciler.errors import SegmentError
 from reconciler.sources.base import SqlRejected
 from reconciler.sources.engine_errors import safe_engine_error
@@ -87,8 +88,15 @@ def identifier_columns(
 ) -> list[tuple[str, str]]:
     """(type, column) of each identifier type the profiles table has a column for, in the
     destination's order: what the fingerprint and the match estimate read (here and in their
-    PostgreSQL twins, :mod:`reconciler.sources.pg_twins`)."""
-    return [(t, profiles.identifiers[t]) for t in identifier_types if t in profiles.identifiers]
+    PostgreSQL twins, :mod:`reconciler.sources.pg_twins`). A type read from another one's
+    column where a member has no value (``first_initial`` from ``first_name``) brings that
+    column too, last: a changed first name changes the initial sent."""
+    out = [(t, profiles.identifiers[t]) for t in identifier_types if t in profiles.identifiers]
+    for t in identifier_types:
+        fallback = TYPES[t].fallback if t in TYPES else None
+        if fallback and fallback not in identifier_types and fallback in profiles.identifiers:
+            out.append((fallback, profiles.identifiers[fallback]))
+    return out
 
 
 def fingerprint_sql(
