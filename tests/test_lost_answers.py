@@ -9,7 +9,7 @@ import pytest
 
 from destinations.identity import HASHED, NormaliseContext, records
 from destinations.webhook.payload import ENTERED, LEFT
-from tests.conftest import cli, profile
+from tests.conftest import cli, plan_json, profile
 from tests.engine_conformance import HEALTHY_YAML, TARGET
 from tests.fakes.webhook import WebhookReceiver
 from tests.test_webhook_destination import SECRET
@@ -166,3 +166,38 @@ def test_a_plan_saved_before_sent_as_existed_still_applies(workspace, monkeypatc
         res = cli(ws, "apply", str(write_plan(tmp_path / "older.plan", parts)), "--auto-approve")
         assert res.exit_code == 0, res.output + res.stderr
         assert fake.held()["Hook"] == wanted(rows)
+
+
+def test_a_state_from_before_sent_as_sends_raw_receivers_every_member_once(workspace, monkeypatch):
+    """A state recorded before `sent_as` does not say how members were sent; hashed (the
+    default) is assumed. A webhook now set to `pii: raw` — set before the upgrade or just
+    after it — gets every member once in raw form, then the plan settles."""
+    import json
+
+    import duckdb
+
+    from reconciler.plan.recorded import digest
+
+    monkeypatch.setenv("WH_SECRET", SECRET)
+    rows = [profile(i, a=True) for i in range(4)]
+    with WebhookReceiver(SECRET) as fake:
+        ws = workspace_on(workspace, fake, rows)
+        con = duckdb.connect(str(ws.root / ".reconcile" / "state.duckdb"))
+        try:
+            (spec,) = con.execute("SELECT spec FROM activations").fetchone()
+            older = {k: v for k, v in json.loads(spec).items() if k != "sent_as"}
+            con.execute(
+                "UPDATE activations SET spec = ?, spec_digest = ?",
+                [json.dumps(older), digest(older)],
+            )
+        finally:
+            con.close()
+        ws.write(f"integrations/{TARGET}.yaml", integration(fake.url) + "  pii: raw\n")
+        fake.pii = "raw"
+        (planned,) = plan_json(ws)["activations"]
+        assert planned["audiences"][0]["update"] == 4, planned
+        assert any("not recorded (a state from an earlier release)" in n for n in planned["notes"])
+        assert cli(ws, "apply", "--auto-approve").exit_code == 0
+        (audience,) = fake.audiences.values()
+        assert all("email" in r["identifiers"] for r in audience.rows.values())
+        assert cli(ws, "plan", "--detailed-exitcode").exit_code == 0

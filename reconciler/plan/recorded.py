@@ -154,15 +154,21 @@ def sent_anew(
             f"another column): {whom} is updated with the fields as now mapped"
         )
     before = old.get("sent_as")
+    now = spec.get("sent_as") or []
+    # a state from before `sent_as` does not say how its members were sent: hashed, the
+    # default, is assumed; a destination now sent raw values gets every member once
+    legacy_raw = bool(old) and before is None and any(s.endswith("/raw") for s in now)
     if (
-        before is not None
-        and before != spec.get("sent_as")
+        (legacy_raw or (before is not None and before != now))
         and act.goal is not Goal.EXPORT_DATA
         and not frozen
     ):
         remapped = True
-        notes.append(
-            "the form identifiers are sent in changed (a webhook's `pii`, for one): "
-            f"{whom} is updated with its identifiers as now sent"
+        why = (
+            "how its members' identifiers were sent is not recorded (a state from an earlier "
+            "release) and they are now sent raw (`pii: raw`)"
+            if legacy_raw
+            else "the form identifiers are sent in changed (a webhook's `pii`, for one)"
         )
+        notes.append(f"{why}: {whom} is updated with its identifiers as now sent")
     return remapped, notes
