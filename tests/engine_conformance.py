@@ -352,6 +352,30 @@ class EngineConformance:
         assert recovery_status(ws, "ext")["status"] == "Failed"
         assert recovery_status(ws, "conf")["status"] == "Complete"
 
+    def test_a_paused_activation_whose_audience_is_gone_removes_nothing_and_completes(
+        self, workspace, fake: Faults
+    ) -> None:
+        """Paused (no refresh), its audience deleted outside, a member withdraws consent:
+        the scheduled run's removal finds nothing to remove and completes (it failed every
+        day: "the next plan creates it again", which a paused activation never does).
+        Resumed, the audience is created again with every member."""
+        if not self.refreshes:
+            pytest.skip("this destination cannot say an audience is gone")
+        rows = member_rows(6)
+        ws = self.make_ws(workspace, {"conf": activation("Conf")}, rows)
+        apply(ws)
+        ws.write("activations/conf.yaml", activation("Conf") + "paused: true\n")
+        fake.delete_audience("Conf")
+        rows[2]["email_consent"] = False
+        ws.set_profiles(rows)
+        apply(ws, "--due")
+        assert status_of(ws, "conf") == "Complete"
+        assert "Conf" not in self.held(fake)  # nothing was created while paused
+        ws.write("activations/conf.yaml", activation("Conf"))
+        apply(ws)
+        assert self.held(fake) == {"Conf": self.desired(ws, rows)}
+        assert_converged(ws)
+
     def test_a_saved_plan_is_refused_once_its_audience_was_deleted_outside(
         self, workspace, fake: Faults, tmp_path
     ) -> None:

@@ -26,7 +26,7 @@ from destinations.base import AudienceRef, Outcome, RemovalBatch
 from reconciler.apply import encode
 from reconciler.apply.additions import AdditionSender
 from reconciler.apply.calls import Counts, as_rows, member_batch, new_batch_id
-from reconciler.errors import MassRemovalRefused, TerminalError
+from reconciler.errors import AudienceGone, MassRemovalRefused, TerminalError
 from reconciler.plan.model import MemberOp, trips_mass_removal
 
 CHANGES = encode.CHANGES
@@ -136,7 +136,10 @@ class BatchRunner(AdditionSender):
                 self.state.journal_inflight_keys(batch_id, [k for k, _ in send])
             batch = RemovalBatch([k for k, _ in send], [rec for _, rec in send])
             ctx = self._ctx(batch_id, "remove")  # once: a retry is the same call
-            outcome = self._refusable(batch_id, lambda: self.dest.remove(ref, batch, ctx))
+            try:
+                outcome = self._refusable(batch_id, lambda: self.dest.remove(ref, batch, ctx))
+            except AudienceGone:  # deleted at the destination: none of them is there now
+                outcome = Outcome(detail="the audience is gone from the destination")
             if outcome.job:  # journaled as submitted, polled to its end
                 fps = [None] * len(send)
                 jrows = [(0, k, rec, fp) for (k, rec), fp in zip(send, fps, strict=True)]
