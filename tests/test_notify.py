@@ -565,6 +565,10 @@ def test_validate_checks_the_url_a_notification_variable_holds(workspace, monkey
     (line,) = fails_validate(ws)
     assert line.startswith("activations/act.yaml:5: notify.webhook.0: "), line
     assert "https" in line and "SLACK_URL" in line and "XYZ" not in line, line
+    for held in ("https://hooks.example.com/T0/B0/XYZ\n", " https://hooks.example.com/T0"):
+        monkeypatch.setenv("SLACK_URL", held)  # a secret pasted with a newline or a space
+        (line,) = fails_validate(ws)
+        assert "line breaks" in line and "XYZ" not in line, line
     monkeypatch.setenv("SLACK_URL", "https://hooks.example.com/T0/B0/XYZ")
     assert cli(ws, "validate").exit_code == 0
 

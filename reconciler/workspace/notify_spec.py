@@ -180,6 +180,8 @@ class NotifySpec(Strict):
 def webhook_url_problem(url: str) -> str | None:
     """Why ``url`` cannot receive notifications (None when it can): https, or http to a
     loopback host. The message never repeats the URL (it may hold a token)."""
+    if any(c.isspace() or not c.isprintable() for c in url):  # a CI secret's trailing newline
+        return "a webhook URL may not hold spaces, line breaks or control characters"
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
