@@ -316,3 +316,21 @@ def test_under_append_the_remapping_note_says_whom_it_updates(workspace) -> None
     assert planned["audiences"][0]["update"] == 2
     (note,) = [n for n in planned["notes"] if "attribute mapping changed" in n]
     assert "every member still in its segments is updated" in note, note
+
+
+def test_a_goal_change_is_refused_too_when_no_run_completed(workspace) -> None:
+    """No run completed (one rejection over max_rejected_share 0), so no spec records the
+    goal: the attribute hashes in the state say the activation synced attributes, and the
+    switch to send_segments is refused as it is after a complete run."""
+    integration = SANDBOX_YAML + "  reject_add_keys: [c00001, c00007]\n"
+    act = SYNC + "max_rejected_share: 0\n"
+    ws = workspace({"attrs": act}, profiles=[profile(i, a=i < 6) for i in range(10)],
+                   integration=integration)  # fmt: skip
+    assert cli(ws, "apply", "--auto-approve").exit_code == 1  # Failed: a rejection
+    # 0 leaves (forgotten), 7 enters and is rejected: Failed again
+    ws.set_profiles([profile(i, a=0 < i < 6 or i == 7) for i in range(10)])
+    assert cli(ws, "apply", "--auto-approve").exit_code == 1
+    ws.write("activations/attrs.yaml", act.replace("sync_attributes", "send_segments"))
+    res = cli(ws, "plan")
+    assert res.exit_code == 1, res.output + res.stderr
+    assert "`goal` changed from sync_attributes to send_segments" in res.stderr, res.stderr

@@ -144,6 +144,11 @@ class Planner(AudienceTargeting, MembershipStaging):
             state_notice=self.session.state_notice,
         )
 
+    def _synced(self, rec: RecordedActivation) -> bool:
+        """Whether the state holds attribute hashes of the activation (it synced attributes)."""
+        rel = recorded_attributes(self.con, self.state.c, rec.id)
+        return bool(self.con.execute(f"SELECT EXISTS (SELECT 1 FROM {rel})").fetchall()[0][0])
+
     def _in_flight_warning(self, *ids: str | None) -> str | None:
         """Members of calls a run that died left unanswered, under these activation ids (its
         own, the one it moved from): the next apply records them first (recover_calls)."""
@@ -175,7 +180,9 @@ class Planner(AudienceTargeting, MembershipStaging):
         spec_digest = digest(compared)
         baseline = rec.id if rec else aid
         seed = rec.split_seed if rec else aid
-        check_goal_change(self.ws, aid, act, rec)
+        check_goal_change(
+            self.ws, aid, act, rec, synced=rec is not None and not rec.spec and self._synced(rec)
+        )
         notes: list[str] = []
         if act.moved_from and rec is not None and rec.id == act.moved_from:
             notes.append(f"moved from {act.moved_from!r}: its state and audiences carry over")

@@ -105,14 +105,24 @@ def frozen(act: ResolvedActivation, rec: RecordedActivation | None, include_inac
 
 
 def check_goal_change(
-    ws: Workspace, aid: str, act: ResolvedActivation, rec: RecordedActivation | None
+    ws: Workspace,
+    aid: str,
+    act: ResolvedActivation,
+    rec: RecordedActivation | None,
+    *,
+    synced: bool = False,
 ) -> None:
     """Refuse a ``goal`` change the recorded state cannot follow. ``send_segments`` ->
     ``sync_attributes`` is fine (its members are all recorded). Not the other way: a profile
     that left while attributes were synced was forgotten, not removed, so it is still in the
     audience and no longer in the state — the audience could not be kept to its segments.
-    Nor to or from ``export_data``: files and an audience keep different records."""
+    Nor to or from ``export_data``: files and an audience keep different records.
+
+    ``synced``: the state holds attribute hashes of the activation (only ``sync_attributes``
+    keeps them): its goal when no run completed yet, so no spec says it."""
     old = rec.spec.get("goal") if rec is not None and rec.spec else None
+    if old is None and rec is not None and synced:
+        old = Goal.SYNC_ATTRIBUTES.value
     new = act.goal.value
     if old is None or old == new:
         return
