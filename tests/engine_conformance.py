@@ -349,7 +349,11 @@ class EngineConformance:
         assert any("gone from the destination" in w for w in planned["ext"]["warnings"]), planned
         apply(ws, code=1)
         assert self.held(fake)["Conf"] == self.desired(ws, rows)  # applied
-        assert recovery_status(ws, "ext")["status"] == "Failed"
+        ext = recovery_status(ws, "ext")
+        assert ext["status"] == "Failed", ext
+        assert "gone" in (ext.get("error") or "") and "creates it again" not in (
+            ext.get("error") or ""
+        )
         assert recovery_status(ws, "conf")["status"] == "Complete"
 
     def test_a_paused_activation_whose_audience_is_gone_removes_nothing_and_completes(

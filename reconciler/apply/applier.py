@@ -34,6 +34,7 @@ from reconciler.apply.profile_writes import record_attribute_hashes, write_back
 from reconciler.apply.progress import Progress
 from reconciler.enginedb import Session
 from reconciler.errors import (
+    AudienceGone,
     CredentialsRefused,
     DestinationError,
     MassRemovalRefused,
@@ -194,6 +195,14 @@ class Applier(AudienceSteps):
             outcome.status, outcome.error = Status.DISABLED, str(exc)
         except MassRemovalRefused as exc:  # found once the members were read: nothing sent
             outcome.status, outcome.error = Status.REFUSED, str(exc)
+        except AudienceGone as exc:
+            outcome.status, outcome.error = Status.FAILED, str(exc)
+            if act.target.existing is not None:  # not its own list: never created again
+                outcome.error = (
+                    "the list that `list: existing` names is gone from the destination "
+                    "(deleted there): nothing can be sent to it. Send to another list by "
+                    "giving the activation a new id (rename its file), or delete the activation"
+                )
         except (DestinationError, ReconcileError) as exc:
             outcome.status, outcome.error = Status.FAILED, str(exc)
         except Exception as exc:  # a bug: this activation fails, the others still run
