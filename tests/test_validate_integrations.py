@@ -129,6 +129,20 @@ def test_a_malformed_credential_is_refused_by_validate_as_by_plan(workspace, mon
         assert secret not in err, err
 
 
+def test_a_misspelt_credential_is_one_problem(workspace, monkeypatch):
+    monkeypatch.setenv("WH_SECRET", "whsec_" + "A" * 44)
+    hook = (
+        "type: webhook\ncredentials:\n  secrett: ${env:WH_SECRET}\n"
+        "config:\n  url: https://hooks.example.com/audiences\n  identifiers: [email]\n"
+    )
+    ws = workspace({"act": ACT}, profiles=[profile(1, a=True)], integration=hook)
+    res = cli(ws, "validate")
+    assert res.exit_code == 1
+    lines = res.stderr.strip().splitlines()[1:]
+    assert len(lines) == 2, lines  # the unknown key and the one missing, not a third
+    assert any("takes no credential 'secrett'" in line for line in lines), lines
+
+
 def test_commands_that_contact_no_destination_need_no_credentials(workspace, monkeypatch):
     monkeypatch.delenv(TOKEN_VAR, raising=False)
     ws = workspace({"act": ACT}, profiles=[profile(1, a=True)], integration=WITH_TOKEN)

@@ -146,6 +146,10 @@ def _malformed_credentials(
         factory = registry.load(type_name)
     except ConfigError:  # reported by the schema check
         return []
+    takes = factory.credentials_model.model_fields
+    required = {k for k, f in takes.items() if f.is_required()}
+    if not set(values) <= set(takes) or not required <= set(values):
+        return []  # an unknown or a missing credential: reported by the schema check
     try:
         factory.credentials_model.from_mapping(values, integration=name)
     except ConfigError as exc:
