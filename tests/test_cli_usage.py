@@ -56,6 +56,7 @@ def test_apply_refuses_targets_with_a_saved_plan(workspace, tmp_path, args, name
         (["plan", "--out", ""], "--out needs a file name"),
         (["plan", "--out", "  "], "--out needs a file name"),
         (["apply", "", "--auto-approve"], "PLANFILE is empty"),
+        (["show", ""], "PLANFILE is empty"),
     ],
 )
 def test_an_empty_plan_file_name_is_a_usage_error(workspace, args, expected):

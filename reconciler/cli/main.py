@@ -217,6 +217,8 @@ def plan(c: Ctx, targets, out, fmt, detailed_exitcode, refresh, due, comment_lim
 @handle_errors
 def show(c: Ctx, planfile, fmt) -> None:
     """Render a saved plan."""
+    if not planfile.strip():  # `show "$PLANFILE"`, PLANFILE unset
+        raise click.UsageError("PLANFILE is empty: name the plan file written by `plan --out`")
     ws = c.workspace()
     staged = engine.load_plan(ws, Path(planfile))
     staged.discard()
