@@ -42,6 +42,27 @@ def workspace_on(workspace, fake, rows):
     return ws
 
 
+def recorded_before_sent_as(ws) -> dict:
+    """Rewrite the state's spec as a release before `sent_as` recorded it; returns it."""
+    import json
+
+    import duckdb
+
+    from reconciler.plan.recorded import digest
+
+    con = duckdb.connect(str(ws.root / ".reconcile" / "state.duckdb"))
+    try:
+        (spec,) = con.execute("SELECT spec FROM activations").fetchone()
+        older = {k: v for k, v in json.loads(spec).items() if k != "sent_as"}
+        assert older != json.loads(spec)
+        con.execute(
+            "UPDATE activations SET spec = ?, spec_digest = ?", [json.dumps(older), digest(older)]
+        )
+    finally:
+        con.close()
+    return older
+
+
 @pytest.mark.parametrize("status", [401, 400])
 def test_an_addition_applied_then_refused_on_retry_leaves_no_phantom(
     workspace, monkeypatch, status
@@ -107,26 +128,11 @@ def test_switching_pii_sends_every_member_again_in_the_new_form(workspace, monke
 def test_a_spec_recorded_before_sent_as_plans_no_change(workspace, monkeypatch):
     """A state recorded before the spec held `sent_as` is compared without it: no update of
     every member, no configuration change shown, on the first plan after an upgrade."""
-    import json
-
-    import duckdb
-
-    from reconciler.plan.recorded import digest
 
     monkeypatch.setenv("WH_SECRET", SECRET)
     with WebhookReceiver(SECRET) as fake:
         ws = workspace_on(workspace, fake, [profile(i, a=True) for i in range(4)])
-        con = duckdb.connect(str(ws.root / ".reconcile" / "state.duckdb"))
-        try:
-            (spec,) = con.execute("SELECT spec FROM activations").fetchone()
-            older = {k: v for k, v in json.loads(spec).items() if k != "sent_as"}
-            assert older != json.loads(spec)
-            con.execute(
-                "UPDATE activations SET spec = ?, spec_digest = ?",
-                [json.dumps(older), digest(older)],
-            )
-        finally:
-            con.close()
+        recorded_before_sent_as(ws)
         res = cli(ws, "plan", "--detailed-exitcode")
         assert res.exit_code == 0, res.output + res.stderr
 
@@ -136,8 +142,6 @@ def test_a_plan_saved_before_sent_as_existed_still_applies(workspace, monkeypatc
     against a state recorded without it too, it is not refused as stale."""
     import json
 
-    import duckdb
-
     from reconciler.plan.recorded import digest
     from tests.test_planfile import members, write_plan
 
@@ -145,16 +149,7 @@ def test_a_plan_saved_before_sent_as_existed_still_applies(workspace, monkeypatc
     rows = [profile(i, a=i < 3) for i in range(5)]
     with WebhookReceiver(SECRET) as fake:
         ws = workspace_on(workspace, fake, rows)
-        con = duckdb.connect(str(ws.root / ".reconcile" / "state.duckdb"))
-        try:  # the state an older release recorded
-            (spec,) = con.execute("SELECT spec FROM activations").fetchone()
-            older = {k: v for k, v in json.loads(spec).items() if k != "sent_as"}
-            con.execute(
-                "UPDATE activations SET spec = ?, spec_digest = ?",
-                [json.dumps(older), digest(older)],
-            )
-        finally:
-            con.close()
+        older = recorded_before_sent_as(ws)
         rows = [profile(i, a=True) for i in range(5)]
         ws.set_profiles(rows)
         good = tmp_path / "now.plan"
@@ -172,26 +167,12 @@ def test_a_state_from_before_sent_as_sends_raw_receivers_every_member_once(works
     """A state recorded before `sent_as` does not say how members were sent; hashed (the
     default) is assumed. A webhook now set to `pii: raw` — set before the upgrade or just
     after it — gets every member once in raw form, then the plan settles."""
-    import json
-
-    import duckdb
-
-    from reconciler.plan.recorded import digest
 
     monkeypatch.setenv("WH_SECRET", SECRET)
     rows = [profile(i, a=True) for i in range(4)]
     with WebhookReceiver(SECRET) as fake:
         ws = workspace_on(workspace, fake, rows)
-        con = duckdb.connect(str(ws.root / ".reconcile" / "state.duckdb"))
-        try:
-            (spec,) = con.execute("SELECT spec FROM activations").fetchone()
-            older = {k: v for k, v in json.loads(spec).items() if k != "sent_as"}
-            con.execute(
-                "UPDATE activations SET spec = ?, spec_digest = ?",
-                [json.dumps(older), digest(older)],
-            )
-        finally:
-            con.close()
+        recorded_before_sent_as(ws)
         ws.write(f"integrations/{TARGET}.yaml", integration(fake.url) + "  pii: raw\n")
         fake.pii = "raw"
         (planned,) = plan_json(ws)["activations"]
