@@ -392,22 +392,28 @@ def test_the_server_going_away_mid_plan_is_a_clear_error(pg_workspace, stop):
     ws = pg_workspace({"act": MAINTAIN}, rows=[profile(i, a=True) for i in range(120)],
                       segments={"seg-a": slow}, extra="  query_timeout: 60\n")  # fmt: skip
 
-    def kill_when_running() -> None:
+    done = threading.Event()
+
+    def kill_while_running() -> None:
+        # every matching query until the plan returns: a quick probe of the SQL may be the
+        # first one seen (on a loaded machine), and the slow query comes after it
         with psycopg.connect(ws.pg.base, autocommit=True) as conn:
-            for _ in range(1000):
-                (n,) = conn.execute(
+            while not done.is_set():
+                conn.execute(
                     f"SELECT count({stop}(pid)) FROM pg_stat_activity "
-                    "WHERE application_name = 'reconcile' AND query ILIKE %s",
+                    "WHERE application_name = 'reconcile' AND query ILIKE %s "
+                    "AND state = 'active'",
                     ["%md5%"],
                 ).fetchone()
-                if n:
-                    return
                 time.sleep(0.05)
 
-    killer = threading.Thread(target=kill_when_running)
+    killer = threading.Thread(target=kill_while_running)
     killer.start()
-    res = cli(ws, "plan")
-    killer.join()
+    try:
+        res = cli(ws, "plan")
+    finally:
+        done.set()
+        killer.join()
     assert res.exit_code == 1 and "Traceback" not in res.stderr
     assert "PostgreSQL source postgresql://" in res.stderr and "failed" in res.stderr, res.stderr
     assert "time limit" not in res.stderr and "fix the SQL" not in res.stderr
