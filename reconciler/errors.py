@@ -39,8 +39,10 @@ __all__ = [
     "TerminalError",
     "ThrottledError",
     "TransientError",
+    "UNPRINTABLE",
     "ValidationFailed",
     "is_engine_error",
+    "printable",
     "query_interrupted",
     "stops_the_run",
 ]
@@ -50,13 +52,16 @@ class ReconcileError(Exception):
     """Root of every error the reconciler reports to a user."""
 
 
-#: characters a file or field name is printed with escaped (control characters, line and
-#: paragraph separators, text-direction overrides)
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+#: what a name may not hold where it is printed: control characters (Unicode categories Cc,
+#: Zl and Zp) and the text-direction overrides (they could move the cursor, clear the screen
+#: or forge rows); also what ``render_name`` refuses in an audience name
+UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
-def _escaped(text: str) -> str:
-    return _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], text)
+def printable(value: object) -> str:
+    """``value`` as text with each :data:`UNPRINTABLE` character escaped as Python writes it
+    (``\\x1b``, ``\\n``, ``\\u202e``): a file name, a destination's list name, an error."""
+    return UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], str(value))
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,7 @@ class Location:
 
     def __str__(self) -> str:
         # a file name may hold a newline or an escape: printed escaped, it stays one line
-        file, field = _escaped(self.file), _escaped(self.field) if self.field else None
+        file, field = printable(self.file), printable(self.field) if self.field else None
         where = file if self.line is None else f"{file}:{self.line}"
         return f"{where}: {field}" if field else where
 

@@ -10,7 +10,7 @@ import click
 
 from reconciler.cli.common import handle_errors
 from reconciler.cli.lazy import LazyModule
-from reconciler.errors import ReconcileError
+from reconciler.errors import ReconcileError, printable
 
 if TYPE_CHECKING:
     from reconciler.workspace.loader import Workspace
@@ -24,17 +24,6 @@ MAX_PREVIEW = 10_000
 
 def _ws() -> Workspace:
     return click.get_current_context().find_root().obj.workspace()
-
-
-def printable(value: object) -> str:
-    """``value`` as text with each character an audience name may not hold (control
-    characters, line separators, text-direction overrides: a name from a destination could
-    move the cursor, clear the screen or forge rows) escaped as Python writes it (``\\x1b``,
-    ``\\n``, ``\\u202e``). Imported here, not at start-up: commands that print tables have
-    loaded the plan model anyway."""
-    from reconciler.plan.planfile_checks import UNSAFE_NAME
-
-    return UNSAFE_NAME.sub(lambda m: repr(m.group())[1:-1], str(value))
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:

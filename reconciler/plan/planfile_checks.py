@@ -17,13 +17,13 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from reconciler.errors import UNPRINTABLE
 from reconciler.plan.model import Change, Plan, summarise
 from reconciler.workspace.spec_base import NAME_RE
 from reconciler.workspace.template_budget import LIMITS
 
-#: what render_name refuses in an audience name: control characters (Unicode categories Cc,
-#: Zl and Zp) and the text-direction overrides (a regular expression: plan.json is up to 64 MB)
-UNSAFE_NAME = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+#: what render_name refuses in an audience name (a regular expression: plan.json is up to 64 MB)
+UNSAFE_NAME = UNPRINTABLE
 #: the same in other text (notes, a segment's SQL in a config change): tab and newline allowed
 UNSAFE_TEXT = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 #: a rendered name (at most the templates' output limit) with a split group's suffix
