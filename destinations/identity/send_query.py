@@ -75,13 +75,15 @@ def send_sql(
             value = sent(e, column)
         return f"{_q(e.prefix + ':')} || {value}"
 
-    sources = {e.identifier: identifier_source(e.identifier, columns) for e in encodings}
+    # where each type's value is read from, once for the values and the records alike
+    names = {*accepted, *(e.identifier for e in encodings)}
+    sources = {name: identifier_source(name, columns) for name in names}
     values = [
         sent(e, src) if (src := sources[e.identifier]) is not None else "NULL" for e in encodings
     ]
     items = []
     for name in accepted:
-        column = identifier_source(name, columns)
+        column = sources[name]
         if column is not None:
             items += [kept(e, column) for e in rules.for_identifier(name)]
     rec = (
