@@ -34,10 +34,7 @@ def check_integration_config(
     except ConfigError as exc:
         errors.append(doc.error(exc.message, ("type",)))
         return
-    try:
-        factory.config_model.model_validate(integ.config)
-    except ValidationError as exc:
-        errors.extend(yamlfile.validation_errors(doc, exc, ("config",)))
+    errors.extend(_config_errors(doc, factory, integ.config))
     # the credentials' names (their values are only read when a destination is called)
     takes = factory.credentials_model.model_fields
     for key in integ.credentials:
@@ -75,6 +72,11 @@ def unparsed_config_errors(doc: yamlfile.YamlDoc) -> list[ConfigError]:
         factory = registry.load(data["type"])
     except ConfigError:  # reported with the other fields
         return []
+    return _config_errors(doc, factory, config)
+
+
+def _config_errors(doc: yamlfile.YamlDoc, factory: Any, config: Any) -> list[ConfigError]:
+    """The problems of ``config:`` against the adapter's own config model."""
     try:
         factory.config_model.model_validate(config)
     except ValidationError as exc:
