@@ -295,7 +295,8 @@ def recheck_state_loss(ws: Workspace, plan: Plan) -> Plan:
     """A saved plan about to be applied: when the state is empty (no run recorded), ask each
     destination again whether the audiences to create already exist by name
     (:func:`reconciler.plan.state_loss.recheck`)."""
-    from reconciler.plan import state_loss
+    from reconciler.plan import state_loss, twins
+    from reconciler.workspace.templating import local_date
 
     if not any(au.create for a in plan.activations for au in a.audiences):
         return plan
@@ -303,13 +304,21 @@ def recheck_state_loss(ws: Workspace, plan: Plan) -> Plan:
         if state.last_runs():
             return plan
     conns = Connections(ws)
+    # a new audience is named on the plan's day: where the name shows that date, the same name
+    # on another date is the audience made before (:mod:`reconciler.plan.twins`)
+    day = local_date(plan.as_of, ws.config.timezone).isoformat()
 
-    def find(destination: str, name: str) -> str | None:
+    def find(destination: str, name: str) -> tuple[str, str] | None:
         try:
-            found = conns.get(destination).find_audience(name)
+            dest = conns.get(destination)
+            found = dest.find_audience(name)
+            if found is not None and found.name == name:
+                return found.id, found.name
+            pattern = twins.dated_pattern(lambda other: name.replace(day, other.isoformat()))
+            dated = twins.earlier_twins(dest.list_audiences(), pattern, name) if pattern else []
         except DestinationError:  # cannot tell; the apply itself reports the destination
             return None
-        return found.id if found is not None and found.name == name else None
+        return (dated[0].id, dated[0].name) if dated else None
 
     try:
         return state_loss.recheck(plan, find)

@@ -5,6 +5,8 @@ is given."""
 
 from __future__ import annotations
 
+import duckdb
+
 from tests.conftest import WS, cli, plan_json, profile
 from tests.test_recovery import activation, assert_converged, audiences, desired, held
 
@@ -156,3 +158,111 @@ def test_a_saved_plan_made_without_refresh_is_checked_again_at_apply(workspace):
     res = cli(ws, "apply", str(out), "--auto-approve", "--allow-duplicate-audiences")
     assert res.exit_code == 0, res.output + res.stderr
     assert len(audiences(ws)) == 4
+
+
+# ------------------------------------------------- audiences named by the date they were made
+DATED = "segments: [seg-a]\ndestination: sandbox\nattributes: [FIRST_NAME]\n"  # the default name
+
+
+def made_earlier_then_lost(workspace, day: str = "2026-10-02") -> tuple[WS, str, str]:
+    """An activation with the default name ("<date created> <segments>") applied, its audience
+    dated ``day`` (as if made then), then the state lost: today's plan names another audience.
+    Returns the workspace, the audience's id and its name."""
+    ws = workspace({"dated": DATED}, profiles=ROWS)
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    ((audience_id, name),) = audiences(ws)
+    old = f"{day} {name.split(' ', 1)[1]}"
+    con = duckdb.connect(str(ws.root / ".reconcile" / "sandbox.duckdb"))
+    try:
+        con.execute("UPDATE audiences SET name = ? WHERE id = ?", [old, audience_id])
+    finally:
+        con.close()
+    for file in ("state.duckdb", "state.duckdb.backup"):
+        (ws.root / ".reconcile" / file).unlink(missing_ok=True)
+    return ws, audience_id, old
+
+
+def test_a_lost_state_finds_the_audience_its_default_name_dated_earlier(workspace):
+    ws, audience_id, old = made_earlier_then_lost(workspace)
+    before = audiences(ws)
+    doc = plan_json(ws)
+    (planned,) = [au["name"] for a in doc["activations"] for au in a["audiences"]]
+    assert planned != old and planned.endswith(" seg-a")
+    assert [
+        (c["activation"], c["name"], c["audience_id"], c["planned"]) for c in doc["state_loss"]
+    ] == [("dated", old, audience_id, planned)]
+    text = cli(ws, "plan").output
+    assert "or the same name made on another date" in text
+    assert f"reconcile import dated {audience_id}" in text
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 1 and "refusing to apply" in res.stderr and old in res.stderr
+    assert audiences(ws) == before, "no second audience"
+    # importing it by id takes back its creation date: the plan then keeps its name
+    res = cli(ws, "import", "dated")
+    assert res.exit_code == 1 and f"{old!r} (id {audience_id})" in res.stderr
+    assert cli(ws, "import", "dated", audience_id).exit_code == 0
+    doc = plan_json(ws)
+    assert doc["state_loss"] == []
+    (au,) = [au for a in doc["activations"] for au in a["audiences"]]
+    assert (au["name"], au["resource_id"], au["create"], au["rename_from"]) == (
+        old,
+        audience_id,
+        False,
+        None,
+    )
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    assert audiences(ws) == before
+    assert held(ws) == {old: desired(ROWS)}
+    assert_converged(ws)
+
+
+def test_a_saved_blind_plan_is_refused_for_a_dated_twin_too(workspace):
+    ws, audience_id, old = made_earlier_then_lost(workspace)
+    out = ws.root / "blind.plan"
+    res = cli(ws, "plan", "--refresh=false", "--out", str(out))
+    assert res.exit_code == 0 and "STATE LOSS" not in res.output  # it did not ask
+    res = cli(ws, "apply", str(out), "--auto-approve")
+    assert res.exit_code == 1 and "refusing to apply" in res.stderr
+    assert f'audience "{old}" (id {audience_id})' in res.stderr
+
+
+def test_a_dated_twin_only_counts_when_the_state_is_empty(workspace):
+    # a state that has run: a second activation with the same segments is no state loss
+    ws, audience_id, old = made_earlier_then_lost(workspace)
+    assert cli(ws, "import", "dated", audience_id).exit_code == 0
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    ws.write("activations/again.yaml", DATED)
+    doc = plan_json(ws)
+    assert doc["state_loss"] == []
+
+
+def test_a_name_that_does_not_show_the_creation_date_has_no_dated_twin(workspace):
+    ws = workspace({"fixed": activation("Fixed 2026-10-02")}, profiles=ROWS)
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    (ws.root / ".reconcile" / "state.duckdb").unlink()
+    ws.write("activations/fixed.yaml", activation("Fixed 2026-10-03"))
+    assert plan_json(ws)["state_loss"] == []
+
+
+def test_dated_patterns():
+    from datetime import date
+
+    from destinations.base import AudienceRef
+    from reconciler.plan import twins
+
+    def render(day):
+        return f"{day.isoformat()} VIP (since {day.isoformat()}) - A"
+
+    pattern = twins.dated_pattern(render)
+    assert pattern is not None
+    assert twins.created_on(pattern, "2026-10-02 VIP (since 2026-10-02) - A") == date(2026, 10, 2)
+    assert twins.created_on(pattern, "2026-10-02 VIP (since 2026-10-03) - A") is None
+    assert twins.created_on(pattern, "2026-13-45 VIP (since 2026-13-45) - A") is None
+    assert twins.created_on(pattern, "2026-10-02 VIP (since 2026-10-02) - B") is None
+    assert twins.dated_pattern(lambda day: "VIP") is None
+    today = render(date(2026, 12, 1))
+    listed = [
+        AudienceRef(id=str(i), name=render(d))
+        for i, d in enumerate([date(2026, 10, 2), date(2026, 11, 5), date(2026, 12, 1)])
+    ]
+    assert [a.id for a in twins.earlier_twins(listed, pattern, today)] == ["1", "0"]

@@ -9,13 +9,14 @@ recorded under the state lock with no members: the next plan sends the whole aud
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
 from destinations.base import AudienceRef
 from reconciler.errors import ConfigError, DestinationError, ReconcileError
 from reconciler.integrations import Connections
-from reconciler.plan import splits
+from reconciler.plan import splits, twins
 from reconciler.plan.planner import plan_as_of
 from reconciler.state.writer import StateStore
 from reconciler.workspace.activation_spec import ResolvedActivation
@@ -65,7 +66,10 @@ def import_audience(
     as_of = plan_as_of(as_of)
     date_created = rec.date_created if rec else local_date(as_of, ws.config.timezone)
     name = _name(ws, act, activation_id, grp, as_of, date_created)
-    found = _find(ws, act.destination, name, audience_id)
+    pattern = twins.dated_pattern(lambda day: _name(ws, act, activation_id, grp, as_of, day))
+    found = _find(ws, act.destination, name, audience_id, pattern)
+    if rec is None and pattern is not None:  # the date it was made on, from its name
+        date_created = twins.created_on(pattern, found.name) or date_created
     with state.transaction():
         state.ensure_activation(
             activation_id,
@@ -111,14 +115,24 @@ def _name(
     return splits.audience_name(base, act.split, grp)
 
 
-def _find(ws: Workspace, destination: str, name: str, audience_id: str | None) -> AudienceRef:
+def _find(
+    ws: Workspace,
+    destination: str,
+    name: str,
+    audience_id: str | None,
+    pattern: re.Pattern[str] | None = None,
+) -> AudienceRef:
     conns = Connections(ws)
+    dated: list[AudienceRef] = []
     try:
         dest = conns.get(destination)
         try:
             found = dest.find_audience(audience_id or name)
             # by name: which of several audiences of that name is meant is not guessed
-            named = [] if audience_id else [a.id for a in dest.list_audiences() if a.name == name]
+            listed = [] if audience_id else dest.list_audiences()
+            named = [a.id for a in listed if a.name == name]
+            if pattern is not None:  # the same name made on other dates: named in the error
+                dated = twins.earlier_twins(listed, pattern, name)
         except DestinationError as exc:
             raise ReconcileError(f"cannot look the audience up at {destination!r}: {exc}") from exc
     finally:
@@ -136,9 +150,13 @@ def _find(ws: Workspace, destination: str, name: str, audience_id: str | None) -
             )
         return found
     if found is None or found.name != name:
+        hint = f"`reconcile lists {destination}` shows the audiences it has"
+        if dated:
+            hint = "the name made on another date: " + ", ".join(
+                f"{a.name!r} (id {a.id})" for a in dated[:5]
+            )
         raise ReconcileError(
             f"the destination {destination!r} has no audience named {name!r} (the name this "
-            f"activation gives its audience); give the audience's id: `reconcile lists "
-            f"{destination}` shows the audiences it has"
+            f"activation gives its audience); give the audience's id ({hint})"
         )
     return found

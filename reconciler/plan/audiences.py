@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import TYPE_CHECKING
 
 from destinations.base import AudienceRef
 from reconciler.errors import ConfigError, DestinationError
 from reconciler.integrations import Connections
-from reconciler.plan import splits
+from reconciler.plan import splits, twins
 from reconciler.plan.model import AudienceChange, Change, trips_mass_removal
 from reconciler.state.store import RecordedActivation, StateReader
 from reconciler.workspace.activation_spec import ActionMode, ResolvedActivation
@@ -47,6 +47,8 @@ class AudienceTargeting:
     state: StateReader
     as_of: datetime
     req: PlanRequest
+    #: each destination's audiences, listed once a plan (:meth:`_earlier_twin`)
+    _listed: dict[str, list[AudienceRef]]
 
     def _audiences(
         self,
@@ -95,6 +97,9 @@ class AudienceTargeting:
             if grp not in splits.groups(act.split) and not any(c.values()) and before == 0:
                 continue
             adopt = bool(create and taken_by and act.adopt)
+            twin = None
+            if create and sent and not taken_by:
+                twin = self._earlier_twin(aid, act, grp, name)
             if create and taken_by and sent and not adopt:
                 warnings.append(
                     f"the destination already has an audience named {name!r} (id {taken_by}) "
@@ -112,6 +117,8 @@ class AudienceTargeting:
                     rename_from=rename_from if sent else None,
                     name_taken_by=taken_by if sent else None,
                     adopt=adopt and sent,
+                    earlier_id=twin.id if twin else None,
+                    earlier_name=twin.name if twin else None,
                     add=c["add"],
                     remove=removed + c["purge"],
                     update=c["update"],
@@ -170,6 +177,13 @@ class AudienceTargeting:
                 "its file; the old id is then deleted, its `on_delete` applies)",
                 self.ws.location("activations", aid, "list"),
             )
+        name = self._name(aid, act, grp, date_created)
+        if ra is not None and ra.resource_id:
+            return name, ra.resource_id, False, (ra.name if ra.name != name else None), None
+        return name, None, True, None, self._name_taken(aid, act, grp, name)
+
+    def _name(self, aid: str, act: ResolvedActivation, grp: str, date_created: date) -> str:
+        """The name of the group's audience, rendered from the activation's template."""
         try:
             base = render_name(
                 act.name or DEFAULT_NAME,
@@ -181,10 +195,7 @@ class AudienceTargeting:
             )
         except TemplateFailed as exc:
             raise ConfigError(str(exc), self.ws.location("activations", aid, "name")) from exc
-        name = splits.audience_name(base, act.split, grp)
-        if ra is not None and ra.resource_id:
-            return name, ra.resource_id, False, (ra.name if ra.name != name else None), None
-        return name, None, True, None, self._name_taken(aid, act, grp, name)
+        return splits.audience_name(base, act.split, grp)
 
     @staticmethod
     def _moved_list(aid: str, ra, wanted: str, where) -> ConfigError:
@@ -264,6 +275,30 @@ class AudienceTargeting:
         except DestinationError:  # reported by apply; the plan itself needs no destination
             return None
         return found.id if found is not None and found.name == name else None
+
+    def _earlier_twin(
+        self, aid: str, act: ResolvedActivation, grp: str, name: str
+    ) -> AudienceRef | None:
+        """With an empty state (no run recorded: a lost state?), an audience at the
+        destination whose name is this one made on another date (:mod:`twins`): a template
+        using ``date_created``, the default one included, names a new audience anew each day,
+        so the exact lookup of :meth:`_name_taken` cannot find the one made before."""
+        if not self.req.refresh or not splits.sent(grp) or act.target.existing is not None:
+            return None
+        if self.state.last_runs() or self.state.pending_create(aid, grp) is not None:
+            return None
+        pattern = twins.dated_pattern(lambda day: self._name(aid, act, grp, day))
+        if pattern is None:
+            return None
+        listed = self._listed.get(act.destination)
+        if listed is None:
+            try:
+                listed = self.conns.get(act.destination).list_audiences()
+            except DestinationError:  # reported by apply; the plan itself needs no destination
+                listed = []
+            self._listed[act.destination] = listed
+        found = twins.earlier_twins(listed, pattern, name)
+        return found[0] if found else None
 
 
 def warn_shared_audiences(plans: list, recorded: dict[str, list[tuple[str, str]]]) -> None:

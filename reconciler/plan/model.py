@@ -92,6 +92,10 @@ class AudienceChange(Frozen):
     #: (shown as a conflict; taken over only with ``adopt: true``)
     name_taken_by: str | None = None
     adopt: bool = False  # the creation takes over ``name_taken_by`` (``adopt: true``)
+    #: with an empty state: an audience at the destination named as this one would have been
+    #: on another creation date (``reconciler.plan.twins``), its id and name
+    earlier_id: str | None = None
+    earlier_name: str | None = None
     #: ``goal: sync_attributes``: destination field -> values this apply changes there
     attributes: dict[str, int] = Field(default_factory=dict)
 
@@ -185,6 +189,9 @@ class NameConflict(Frozen):
     name: str
     audience_id: str
     destination: str
+    #: the name the plan would create, when the audience found has another one (its name is
+    #: this one on an earlier creation date): ``reconcile import`` takes it back, by its id
+    planned: str | None = None
 
 
 class Summary(Frozen):

@@ -62,6 +62,7 @@ class Planner(AudienceTargeting, MembershipStaging):
         request: PlanRequest,
     ):
         self.ws, self.session, self.conns = ws, session, connections
+        self._listed = {}
         self.as_of, self.req = as_of, request
         self.con = session.con
         self.state: StateReader = session.state_reader()

@@ -30,24 +30,40 @@ def conflicts(plans: Sequence[ActivationPlan], state_is_empty: bool) -> list[Nam
     per-activation warning)."""
     if not state_is_empty:
         return []
-    return [
-        NameConflict(
-            activation=a.id,
-            group=au.group,
-            name=au.name,
-            audience_id=au.name_taken_by or "",
-            destination=a.destination,
-        )
-        for a in plans
-        for au in a.audiences
-        if au.create and au.sent and au.name_taken_by and not au.adopt
-    ]
+    found = []
+    for a in plans:
+        for au in a.audiences:
+            if not au.create or not au.sent or au.adopt:
+                continue
+            if au.name_taken_by:
+                found.append(
+                    NameConflict(
+                        activation=a.id,
+                        group=au.group,
+                        name=au.name,
+                        audience_id=au.name_taken_by,
+                        destination=a.destination,
+                    )
+                )
+            elif au.earlier_id and au.earlier_name:  # made on another date, by its name
+                found.append(
+                    NameConflict(
+                        activation=a.id,
+                        group=au.group,
+                        name=au.earlier_name,
+                        audience_id=au.earlier_id,
+                        destination=a.destination,
+                        planned=au.name,
+                    )
+                )
+    return found
 
 
-def recheck(plan: Plan, find: Callable[[str, str], str | None]) -> Plan:
+def recheck(plan: Plan, find: Callable[[str, str], tuple[str, str] | None]) -> Plan:
     """A saved plan about to be applied to an empty state, with the destinations asked again
-    (``find(destination, name)`` -> the id of an audience of exactly that name): a plan made
-    with ``--refresh=false`` did not ask, and one may have appeared since."""
+    (``find(destination, name)`` -> (id, name) of an audience of exactly that name, or of that
+    name made on another date): a plan made with ``--refresh=false`` did not ask, and one may
+    have appeared since."""
     found = list(plan.state_loss)
     known = {(c.activation, c.group) for c in found}
     for a in plan.activations:
@@ -60,9 +76,10 @@ def recheck(plan: Plan, find: Callable[[str, str], str | None]) -> Plan:
                     NameConflict(
                         activation=a.id,
                         group=au.group,
-                        name=au.name,
-                        audience_id=taken,
+                        name=taken[1],
+                        audience_id=taken[0],
                         destination=a.destination,
+                        planned=au.name if taken[1] != au.name else None,
                     )
                 )
     return plan.model_copy(update={"state_loss": found})
@@ -70,7 +87,15 @@ def recheck(plan: Plan, find: Callable[[str, str], str | None]) -> Plan:
 
 def _item(c: NameConflict) -> str:
     group = "" if c.group == "all" else f" (group {c.group})"
-    return f'activation "{c.activation}"{group}: audience "{c.name}" (id {c.audience_id}) at {c.destination}'
+    item = f'activation "{c.activation}"{group}: audience "{c.name}" (id {c.audience_id}) at {c.destination}'
+    if c.planned is None:
+        return item
+    command = f"reconcile import {c.activation} {c.audience_id}"
+    command += "" if c.group == "all" else f" --group {c.group}"
+    return (
+        f'{item}, its name made on another date (this plan would create "{c.planned}"): '
+        f"`{command}` takes it back"
+    )
 
 
 def summary_lines(plan: Plan) -> list[str]:
@@ -80,9 +105,14 @@ def summary_lines(plan: Plan) -> list[str]:
     n = len(plan.state_loss)
     head = (
         f"STATE LOSS? The state is empty (no run recorded), but {n} audience(s) this plan would "
-        "create already exist at the destination with the same name:"
+        "create already exist at the destination with the same name"
+        + (" or the same name made on another date:" if _dated(plan) else ":")
     )
     return [head, *(f"  {_item(c)}" for c in plan.state_loss), WAYS_OUT + "."]
+
+
+def _dated(plan: Plan) -> bool:
+    return any(c.planned is not None for c in plan.state_loss)
 
 
 def refusal(plan: Plan) -> str | None:
@@ -92,6 +122,7 @@ def refusal(plan: Plan) -> str | None:
     items = "; ".join(_item(c) for c in plan.state_loss)
     return (
         "refusing to apply: the state is empty (no run recorded), but the destination already has "
-        f"audiences with the names this plan would create ({items}). Applying would create "
+        f"audiences with the names this plan would create{' (or made on another date)' if _dated(plan) else ''} "
+        f"({items}). Applying would create "
         f"duplicates and send one-time activations again. {WAYS_OUT}"
     )
