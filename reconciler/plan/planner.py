@@ -255,46 +255,19 @@ class Planner(AudienceTargeting, MembershipStaging):
             notes.append(f"{counts['unknown']:,} segment key(s) are not in the profiles table")
         changes = membership.change_counts(self.con, aid)
         unsendable = None
-        sending = sum(n for (_, op), n in changes.items() if op in ("add", "update"))
-        if self.pushdown is not None and act.goal is not Goal.EXPORT_DATA and sending:
-            notes.append(
-                "the identifiers of the members to add or update are checked as they are sent "
-                "(the diff ran in PostgreSQL): those with none the destination takes are "
-                "recorded, not sent"
-            )
-        elif self.pushdown is None and act.goal is not Goal.EXPORT_DATA and not frozen:
-            checked = sendable.unsendable(
+        if act.goal is not Goal.EXPORT_DATA:
+            unsendable = sendable.check(
                 self.con,
+                changes,
+                notes,
                 activation_id=aid,
+                destination_type=integ.type,
                 identity=dest.identity,
                 profiles=self.profiles,
                 recorded=self.state.members_sql(baseline),
-                staged=sending,
+                pushdown=self.pushdown is not None,
+                frozen=frozen,
             )
-            unsendable = checked.none
-            for grp, n in checked.lose.items():
-                changes[(grp, "lose")] = n
-            if unsendable:
-                lose = sum(checked.lose.values())
-                notes.append(
-                    f"{unsendable:,} of the {sending:,} member(s) to add or update have no "
-                    f"identifier {integ.type} takes once normalised (an e-mail without a "
-                    "domain, a phone too short): they are recorded, not sent"
-                    + (
-                        f"; {lose:,} of them were sent before, and what was sent for them is "
-                        "removed from the destination"
-                        if lose
-                        else ""
-                    )
-                )
-            elif unsendable is None:
-                notes.append(
-                    f"the identifiers of the {sending:,} member(s) to add or update are "
-                    "checked as they are sent (a plan checks them when there are at most "
-                    f"{sendable.EXACT_LIMIT:,} in a profiles table of at most "
-                    f"{sendable.EXACT_PROFILES:,} rows): those with none the destination takes "
-                    "are recorded, not sent"
-                )
         warnings: list[str] = list(drift.warnings)
         if none_known:
             names = ", ".join(repr(r.name) for r in seg_results)

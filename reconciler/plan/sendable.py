@@ -43,6 +43,69 @@ class Unsendable:
     lose: dict[str, int] = field(default_factory=dict)
 
 
+def check(
+    con: duckdb.DuckDBPyConnection,
+    changes: dict[tuple[str, str], int],
+    notes: list[str],
+    *,
+    activation_id: str,
+    destination_type: str,
+    identity: Identity,
+    profiles: ProfilesTable,
+    recorded: str,
+    pushdown: bool,
+    frozen: bool,
+) -> int | None:
+    """An activation's staged additions and updates checked for what the destination takes:
+    how many have no usable identifier (None: not checked), with a note saying so appended
+    to ``notes`` and, per group, the updates that lose every identifier added to
+    ``changes`` as ``(grp, "lose")``. ``pushdown``: the diff ran in PostgreSQL, so they are
+    checked as they are sent; ``frozen``: nothing is added or updated."""
+    sending = sum(n for (_, op), n in changes.items() if op in ("add", "update"))
+    if pushdown:
+        if sending:
+            notes.append(
+                "the identifiers of the members to add or update are checked as they are sent "
+                "(the diff ran in PostgreSQL): those with none the destination takes are "
+                "recorded, not sent"
+            )
+        return None
+    if frozen:
+        return None
+    checked = unsendable(
+        con,
+        activation_id=activation_id,
+        identity=identity,
+        profiles=profiles,
+        recorded=recorded,
+        staged=sending,
+    )
+    for grp, n in checked.lose.items():
+        changes[(grp, "lose")] = n
+    if checked.none:
+        lose = sum(checked.lose.values())
+        notes.append(
+            f"{checked.none:,} of the {sending:,} member(s) to add or update have no "
+            f"identifier {destination_type} takes once normalised (an e-mail without a "
+            "domain, a phone too short): they are recorded, not sent"
+            + (
+                f"; {lose:,} of them were sent before, and what was sent for them is "
+                "removed from the destination"
+                if lose
+                else ""
+            )
+        )
+    elif checked.none is None:
+        notes.append(
+            f"the identifiers of the {sending:,} member(s) to add or update are "
+            "checked as they are sent (a plan checks them when there are at most "
+            f"{EXACT_LIMIT:,} in a profiles table of at most "
+            f"{EXACT_PROFILES:,} rows): those with none the destination takes "
+            "are recorded, not sent"
+        )
+    return checked.none
+
+
 def unsendable(
     con: duckdb.DuckDBPyConnection,
     *,
