@@ -136,7 +136,7 @@ _phone_text = st.one_of(
     _messy,
     # a number that went through a float column: "61412345678.0", "412345678.00"
     st.tuples(
-        st.sampled_from(["", " ", "\xa0"]),
+        st.sampled_from(["", " ", "\xa0", "+", " +"]),
         st.integers(0, 10**15),
         st.sampled_from([".0", ".00", ".000", ".5", ".05", ""]),
         st.sampled_from(["", " ", "\t"]),
@@ -337,11 +337,15 @@ def test_other_spaces_dashes_and_invisible_characters_in_a_phone(con, raw: str) 
         (" 61412345678.0", "AU", "+61412345678"),
         ("61412345678.00\t", "AU", "+61412345678"),
         ("9123.0000", "SG", "+6591230000"),
+        ("+61412345678.0", "AU", "+61412345678"),
+        ("+61412345678.0", "US", "+61412345678"),
+        (" +61412345678.00 ", "AU", "+61412345678"),
     ],
 )
 def test_a_float_phone_with_spaces_around_and_a_dotted_number(con, raw, country, expected):
     """Spaces around a float's text do not turn its ".0" into a digit; "9123.0000" is a
-    number written with a dot (a float column writes ".0" or a DECIMAL ".00")."""
+    number written with a dot (a float column writes ".0" or a DECIMAL ".00"); a "+" in
+    front of a float's text keeps the number international."""
     assert normalise_phone(raw, country) == expected
     [[got]] = _sql_values(con, [phone_sql("v", country)], [raw])
     assert got == expected

@@ -147,10 +147,11 @@ _SEPARATORS = str.maketrans(SEPARATORS_FROM[: len(SEPARATORS_TO)], SEPARATORS_TO
 #: a number written by a float column (pandas' float64 with missing values, a DOUBLE or a
 #: DECIMAL with a scale): "61412345678.0" is the number 61412345678, not 614123456780
 #: (".0" as pandas and DOUBLE write it, ".00" as a DECIMAL of scale 2; whitespace around, as
-#: a value is trimmed; "9123.0000" is rather a number written with a dot)
+#: a value is trimmed; "9123.0000" is rather a number written with a dot). A "+" in front
+#: ("+61412345678.0": a spreadsheet's "+" & the float's text) keeps its meaning.
 def _float_digits(*, sql: bool) -> str:
     ws = char_class(WHITESPACE, sql=sql)
-    return rf"{ws}*[0-9]+\.00?{ws}*"
+    return rf"{ws}*\+?[0-9]+\.00?{ws}*"
 
 
 FLOAT_DIGITS = _float_digits(sql=True)
