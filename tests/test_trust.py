@@ -19,6 +19,7 @@ from destinations.base import DestinationContext
 from destinations.identity import hashed_identifiers, sha256_hex
 from destinations.sandbox import SandboxConfig, SandboxDestination
 from destinations.sandbox.config import SandboxCredentials
+from reconciler.plan.held import shown
 from tests.conftest import WS, audience_counts, cli, plan_json, profile
 from tests.seeding import Member, seed
 from tests.test_recovery import (
@@ -252,6 +253,31 @@ def test_a_member_that_left_with_a_duplicated_key_is_held_not_removed(workspace)
     apply_ok(ws)
     kept = {email_key(f"user{i}@example.com") for i in (0, 1, 2, 4)}
     assert ws.sandbox_keys()["Audience A"] == kept
+
+
+def test_a_held_key_that_is_an_e_mail_or_a_phone_is_not_quoted(workspace):
+    """A plan goes to pull requests and CI logs: a repeated key that reads as an e-mail or a
+    phone number is masked in its warning, which says how to find the keys instead."""
+    rows = [profile(i, a=True) | {"customer_id": f"user{i}@example.com"} for i in range(3)]
+    rows[2]["customer_id"] = "+61 412 345 678"
+    twins = [dict(rows[1], email="twin1@example.com"), dict(rows[2], email="twin2@example.com")]
+    ws = workspace({"act": MAINTAIN}, profiles=[*rows, *twins])
+    res = cli(ws, "plan")
+    assert "2 key(s) appear more than once" in res.output, res.output
+    assert "user1@example.com" not in res.output and "412 345" not in res.output, res.output
+    assert "(e.g. <phone>, <e-mail>)" in res.output, res.output
+    assert "GROUP BY customer_id HAVING count(*) > 1" in res.output, res.output
+    (act,) = plan_json(ws)["activations"]
+    assert "user1@" not in " ".join(act["warnings"])
+
+
+def test_held_keys_are_masked_by_shape_or_all_when_the_key_is_an_identifier():
+    assert shown(["c00001", "a@b.co", "0412 345 678", "61412345678"], False) == (
+        "c00001, <e-mail>, <phone>, 61412345678",
+        True,
+    )
+    assert shown(["c00001", "c00002"], False) == ("c00001, c00002", False)
+    assert shown(["61412345678"], True) == ("<identifier>", True)
 
 
 def test_a_key_returned_twice_by_a_segment_is_one_profile(workspace):

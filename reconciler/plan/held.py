@@ -11,6 +11,7 @@ does that anyway, so where it runs first only its few leaving rows are checked.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import duckdb
@@ -126,3 +127,28 @@ def held_keys(con: duckdb.DuckDBPyConnection) -> Held:
         return Held(None, [])
     rows = con.execute(f"SELECT k FROM {DUPLICATES} ORDER BY k LIMIT 3").fetchall()
     return Held(DUPLICATES, [r[0] for r in rows])
+
+
+#: a key that reads as an e-mail address, or as a phone number (a "+", a leading 0 or a
+#: separator, and 8 to 15 digits): a plan is shown in pull requests and CI logs, so such a key
+#: is not quoted in its warning (state holds no raw PII; neither does a plan)
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
+_PHONE = re.compile(r"(?=(?:\D*\d){8,15}\D*$)[+(]?[0-9][0-9 ().\-/]*")
+
+
+def shown(keys: list[str], key_is_identifier: bool) -> tuple[str, bool]:
+    """``keys`` for a message: each masked (``<e-mail>``, ``<phone>``, ``<identifier>``)
+    when it reads as an e-mail or a phone number, or all of them when the key column is also
+    an identifier column (``key_is_identifier``) — its values are then raw PII whatever their
+    shape. Also: whether any was masked."""
+
+    def one(key: str) -> str:
+        if _EMAIL.fullmatch(key.strip()):
+            return "<e-mail>"
+        text = key.strip()
+        if _PHONE.fullmatch(text) and (text[0] in "+(0" or not text.isdigit()):
+            return "<phone>"
+        return "<identifier>" if key_is_identifier else key
+
+    masked = [one(k) for k in keys]
+    return ", ".join(masked), masked != keys

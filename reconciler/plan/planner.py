@@ -21,6 +21,7 @@ from reconciler.plan import attributes, membership, sendable, state_loss
 from reconciler.plan.audiences import AudienceTargeting, Drift, warn_shared_audiences
 from reconciler.plan.deleted import plan_delete
 from reconciler.plan.exports import plan_export
+from reconciler.plan.held import shown
 from reconciler.plan.model import ActivationPlan, Change, Plan, SegmentInfo, summarise
 from reconciler.plan.recorded import (
     check_goal_change,
@@ -281,11 +282,19 @@ class Planner(AudienceTargeting, MembershipStaging):
             warnings.append(warning)
         if counts["held"] and held.table:
             n_dups = self.con.execute(f"SELECT count(*) FROM {held.table}").fetchall()[0][0]
+            key = self.profiles.key
+            keys, masked = shown(held.sample, key in self.profiles.identifiers.values())
+            find = (
+                f"; find them with SELECT {key} FROM {self.profiles.table} GROUP BY {key} "
+                "HAVING count(*) > 1"
+                if masked
+                else ""
+            )
             warnings.append(
                 f"{counts['held']:,} of its profiles held: {n_dups:,} key(s) appear more than "
-                f"once in the profiles table {self.profiles.table!r} "
-                f"(e.g. {', '.join(held.sample)}); profiles with such a key are held (neither "
-                "added, updated nor removed) until the source is fixed"
+                f"once in the profiles table {self.profiles.table!r} (e.g. {keys}); profiles "
+                "with such a key are held (neither added, updated nor removed) until the "
+                f"source is fixed{find}"
             )
         audiences = self._audiences(aid, act, rec, changes, warnings, drift)
         if syncs:
