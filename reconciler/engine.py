@@ -141,7 +141,7 @@ def verify_saved_plan(ws: Workspace, saved: StagedPlan, announce=None):
 def any_interrupted(ws: Workspace, plan: Plan) -> bool:
     """Whether an activation of the plan has an interrupted last run (Pending): the apply
     then runs even with nothing to send, and records that run as finished."""
-    from reconciler.apply.applier import interrupted
+    from reconciler.apply.outcomes import interrupted
 
     with read_state(ws, members=False) as state:
         return any(interrupted(state, a.id) for a in plan.activations)

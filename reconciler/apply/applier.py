@@ -14,9 +14,6 @@ that died had journaled; then its members sent, or its files exported) are
 
 from __future__ import annotations
 
-import os
-import sys
-import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,12 +21,18 @@ from datetime import UTC, datetime
 from functools import cached_property
 
 from destinations.base import AudienceRef, Destination
+from reconciler.apply import refusals
 from reconciler.apply.audience_steps import AudienceSteps
 from reconciler.apply.batches import CHANGES, BatchRunner
 from reconciler.apply.calls import Interrupted, finish_job
 from reconciler.apply.interrupts import InterruptGuard
 from reconciler.apply.notifications import FinishedRun, notify_finished
-from reconciler.apply.outcomes import ActivationOutcome, ApplyResult
+from reconciler.apply.outcomes import (
+    ActivationOutcome,
+    ApplyResult,
+    internal_error,
+    interrupted,
+)
 from reconciler.apply.profile_writes import record_attribute_hashes, write_back
 from reconciler.apply.progress import Progress
 from reconciler.enginedb import Session
@@ -132,13 +135,15 @@ class Applier(AudienceSteps):
 
     # ------------------------------------------------------------------ one activation
     def _activation(self, ap: ActivationPlan) -> ActivationOutcome:
-        refusal = self._refusal(ap)
+        refusal = refusals.refusal(ap, self.opts.allow_mass_removal, self.opts.refused)
         self._started = _now()
         if refusal:
             outcome = ActivationOutcome(ap.id, Status.REFUSED, error=refusal)
             run_id = None
             if ap.mass_removal and not self.opts.allow_mass_removal:
-                run_id = self._record_refusal(ap, refusal)
+                run_id = self._run_id = _run_id()
+                if not refusals.record_refusal(self.state, ap, refusal, run_id, self.opts.trigger):
+                    run_id = None
             if ap.mass_removal:  # `notify: {on: [mass_removal]}` hears about it
                 self.finished.append(
                     FinishedRun(run_id, ap, Status.REFUSED, self._started, _now(), (), refusal)
@@ -210,7 +215,7 @@ class Applier(AudienceSteps):
                 raise
             outcome.status, outcome.error = Status.FAILED, internal_error(exc)
         if outcome.status is Status.COMPLETE and outcome.failed:
-            text = _refused(outcome, act.max_rejected_share, runner)
+            text = refusals.refused_members(outcome, act.max_rejected_share, runner)
             if outcome.failed > act.max_rejected_share * max(outcome.attempted, 1):
                 outcome.status, outcome.error = Status.FAILED, text
             else:
@@ -326,33 +331,6 @@ class Applier(AudienceSteps):
             FinishedRun(run_id, ap, status, self._started, _now(), tuple(o.audiences), error)
         )
 
-    def _record_refusal(self, ap: ActivationPlan, refusal: str) -> str | None:
-        """A run the mass-removal guard stopped before anything was sent is recorded as
-        ``Refused`` (``status`` and ``log`` show it; a scheduled job stays visibly blocked).
-        The serial is left alone: the same saved plan can be applied again with
-        ``--allow-mass-removal``."""
-        if self.state.activation(ap.id) is None:
-            return None
-        run_id = self._run_id = _run_id()
-        self.state.start_run(run_id, ap.id, self.opts.trigger)
-        self.state.finish_run(run_id, Status.REFUSED, audiences=[], error=refusal)
-        self.state.set_status(ap.id, Status.REFUSED, refusal)
-        return run_id
-
-    def _refusal(self, ap: ActivationPlan) -> str | None:
-        if ap.mass_removal and not self.opts.allow_mass_removal:
-            worst = max(
-                (a for a in ap.audiences if a.mass_removal), key=lambda a: a.remove + a.lose
-            )
-            return (
-                f"refused by the mass-removal guard: audience {worst.name!r} would lose "
-                f"{worst.remove + worst.lose:,} of {worst.size_before:,} members (max_removal_share "
-                f"{ap.max_removal_share:.0%}); re-run with --allow-mass-removal if intended"
-            )
-        # a saved plan's activations that no longer match the workspace, the state or the
-        # data (stale ones included) were found before the apply: saved_check.verify
-        return self.opts.refused.get(ap.id)
-
     # ------------------------------------------------------------------ deleted files
     def _delete(self, ap: ActivationPlan) -> ActivationOutcome:
         self._started = _now()
@@ -387,7 +365,7 @@ class Applier(AudienceSteps):
                 outcome.status, outcome.error = Status.FAILED, internal_error(exc)
             if outcome.failed and outcome.status is Status.COMPLETE:
                 outcome.status = Status.FAILED
-                outcome.error = _refused(outcome, 0.0, runner)
+                outcome.error = refusals.refused_members(outcome, 0.0, runner)
         if outcome.status is Status.COMPLETE:
             try:
                 write_back(self.session, self.ws, ap, None)
@@ -400,47 +378,9 @@ class Applier(AudienceSteps):
         return outcome
 
 
-def _refused(o: ActivationOutcome, share: float, runner: BatchRunner | None) -> str:
-    """What a run whose members the destination refused says, with its first reasons."""
-    sample = "; ".join(runner.errors[:3]) if runner else ""
-    text = (
-        f"{o.failed:,} of {o.attempted:,} member(s) refused by the destination "
-        f"(max_rejected_share {share:.1%}; `reconcile log ID --rejected` lists them)"
-    )
-    if o.unidentified:
-        text += (
-            f"; {o.unidentified:,} of them the destination counted as invalid without naming "
-            "them: they stay recorded as sent, and are not listed"
-        )
-    return text + (f", e.g. {sample}" if sample else "")
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
 def _run_id() -> str:
     return datetime.now().strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-
-
-#: statuses of an activation whose last run stopped before it finished
-INTERRUPTED = (Status.PENDING.value, Status.RUNNING.value)
-
-
-def interrupted(state, activation_id: str) -> bool:
-    """Whether the activation's last run was interrupted: the next apply runs it even when
-    nothing is left to send, so that its status says it finished (it stayed Pending)."""
-    rec = state.activation(activation_id)
-    return rec is not None and rec.status in INTERRUPTED
-
-
-def internal_error(exc: Exception) -> str:
-    """The message of an unexpected exception (a bug) that failed one activation; with
-    ``RECONCILE_DEBUG=1`` its traceback is printed too."""
-    if os.environ.get("RECONCILE_DEBUG") == "1":
-        traceback.print_exception(exc, file=sys.stderr)
-    return (
-        f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:500]}; please "
-        "report it (RECONCILE_DEBUG=1 shows the traceback); calls it made are recovered by "
-        "the next apply"
-    )

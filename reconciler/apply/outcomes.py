@@ -1,9 +1,13 @@
 """What an apply returns: per activation its status, counts and audiences
 (:class:`ActivationOutcome`), and for the run whether it completed (:class:`ApplyResult`).
-Built by :class:`reconciler.apply.applier.Applier`, read by the CLI's summary and progress."""
+Built by :class:`reconciler.apply.applier.Applier`, read by the CLI's summary and progress;
+also whether an activation's last run was interrupted, and what a bug that failed one says."""
 
 from __future__ import annotations
 
+import os
+import sys
+import traceback
 from dataclasses import dataclass, field
 
 from reconciler.plan.model import Status
@@ -33,3 +37,26 @@ class ApplyResult:
     @property
     def ok(self) -> bool:
         return not self.interrupted and all(o.status is Status.COMPLETE for o in self.outcomes)
+
+
+#: statuses of an activation whose last run stopped before it finished
+INTERRUPTED = (Status.PENDING.value, Status.RUNNING.value)
+
+
+def interrupted(state, activation_id: str) -> bool:
+    """Whether the activation's last run was interrupted: the next apply runs it even when
+    nothing is left to send, so that its status says it finished (it stayed Pending)."""
+    rec = state.activation(activation_id)
+    return rec is not None and rec.status in INTERRUPTED
+
+
+def internal_error(exc: Exception) -> str:
+    """The message of an unexpected exception (a bug) that failed one activation; with
+    ``RECONCILE_DEBUG=1`` its traceback is printed too."""
+    if os.environ.get("RECONCILE_DEBUG") == "1":
+        traceback.print_exception(exc, file=sys.stderr)
+    return (
+        f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:500]}; please "
+        "report it (RECONCILE_DEBUG=1 shows the traceback); calls it made are recovered by "
+        "the next apply"
+    )
