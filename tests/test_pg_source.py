@@ -545,3 +545,164 @@ def test_a_composite_identifier_column_is_refused_and_an_enum_is_not(pg_workspac
     res = cli(ws, "plan")
     assert res.exit_code == 1
     assert "source.profiles.identifiers.email" in res.stderr and "composite" in res.stderr
+
+
+@pytest.mark.parametrize("diff", ["postgres", "engine"])
+def test_a_materialized_view_is_a_profiles_table(pg_workspace, diff):
+    """A dbt-built `profiles` is often a materialized view, which information_schema does not
+    list (it said "no table"): it plans, applies and settles, and a plan reads what the view
+    holds — a change in the table under it is seen once the view is refreshed."""
+    ws = pg_workspace(
+        {"act": MAINTAIN}, rows=[profile(i, a=i < 4) for i in range(6)], extra=f"  diff: {diff}\n"
+    )
+    base = sql.Identifier(ws.pg.schema, "profiles_base")
+    view = sql.Identifier(ws.pg.schema, "profiles")
+    with psycopg.connect(ws.pg.base) as conn:
+        conn.execute(sql.SQL("ALTER TABLE {} RENAME TO profiles_base").format(view))
+        conn.execute(sql.SQL("CREATE MATERIALIZED VIEW {} AS SELECT * FROM {}").format(view, base))
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 0, res.output + res.stderr
+    assert len(ws.sandbox_keys()["Audience A"]) == 4
+    assert cli(ws, "plan", "--detailed-exitcode").exit_code == 0
+    with psycopg.connect(ws.pg.base) as conn:
+        conn.execute(sql.SQL("UPDATE {} SET seg_a = true").format(base))
+    assert cli(ws, "plan", "--detailed-exitcode").exit_code == 0  # not refreshed yet
+    with psycopg.connect(ws.pg.base) as conn:
+        conn.execute(sql.SQL("REFRESH MATERIALIZED VIEW {}").format(view))
+    assert audience_counts(plan_json(ws), "act") == {"all": (2, 0, 0)}
+
+
+@pytest.fixture
+def reader_role(pg_dsn):
+    """A login role with no privilege on the test's schema (dropped afterwards)."""
+    import uuid
+
+    role = f"reader_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(pg_dsn.base, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    try:
+        yield role
+    finally:
+        with psycopg.connect(pg_dsn.base, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+@pytest.mark.parametrize(
+    "grants,wanted",
+    [
+        # found at introspection: no SELECT, or no USAGE on the schema
+        (["GRANT USAGE ON SCHEMA {schema} TO {role}"], "GRANT SELECT ON {schema}.profiles TO"),
+        ([], "GRANT USAGE ON SCHEMA {schema} TO {role}; GRANT SELECT ON {schema}.profiles TO"),
+        # found when first read: the segment's columns only, not the identifiers
+        (
+            [
+                "GRANT USAGE ON SCHEMA {schema} TO {role}",
+                "GRANT SELECT (customer_id, seg_a) ON {schema}.profiles TO {role}",
+            ],
+            "GRANT SELECT ON {schema}.profiles TO",
+        ),
+    ],
+    ids=["no-select", "no-usage", "some-columns"],
+)
+def test_a_profiles_table_the_role_may_not_read_says_what_to_grant(
+    pg_workspace, reader_role, monkeypatch, grants, wanted
+):
+    """Not "has no table" (information_schema hides what a role may not read), not a raw
+    trace: the table, the role and the GRANT, and never the DSN's password."""
+    ws = pg_workspace({"act": MAINTAIN}, rows=[profile(i, a=True) for i in range(3)])
+    names = {"schema": ws.pg.schema, "role": reader_role}
+    with psycopg.connect(ws.pg.base, autocommit=True) as conn:
+        for grant in grants:
+            conn.execute(grant.format(**names))
+    dsn = psycopg.conninfo.make_conninfo(ws.pg.base, user=reader_role, password="hunter2secret")
+    monkeypatch.setenv("RECONCILE_SOURCE_DSN", dsn)
+    res = cli(ws, "plan")
+    out = res.output + res.stderr
+    assert res.exit_code == 1 and "Traceback" not in out
+    assert f"the role '{reader_role}' may not read '{ws.pg.schema}.profiles'" in out, out
+    assert wanted.format(**names) in out and "has no table" not in out
+    assert "reconcile.yaml" in out and "source.profiles.table" in out
+    assert "hunter2secret" not in out
+
+
+def test_the_catalog_reads_every_kind_of_relation_as_information_schema_types_it(pg_workspace):
+    """Column types come from pg_attribute (information_schema lists no materialized view)
+    but keep information_schema's spelling, which the type mappings compare against; a
+    view, materialized view and partitioned table read like the table."""
+    from reconciler.sources import open_source
+    from reconciler.sources.pg_catalog import _UDT_NAMES, KINDS
+    from reconciler.workspace.loader import load
+
+    ws = pg_workspace({"act": MAINTAIN})
+    schema = sql.Identifier(ws.pg.schema)
+    wide = (
+        f"{PG_COLUMNS}, v varchar(80), n12 numeric(12,2), n numeric, i integer, b bigint, "
+        "c char(10), ts timestamptz, t time, arr text[], money_ money, ip inet, j jsonb, "
+        "d {s}.amount, dd {s}.amounts, e {s}.kind, r {s}.pair, u uuid"
+    )
+    with psycopg.connect(ws.pg.base) as conn:
+        conn.execute(sql.SQL("CREATE DOMAIN {}.amount AS numeric(9,3)").format(schema))
+        conn.execute(sql.SQL("CREATE DOMAIN {}.amounts AS int[]").format(schema))
+        conn.execute(sql.SQL("CREATE TYPE {}.kind AS ENUM ('a', 'b')").format(schema))
+        conn.execute(sql.SQL("CREATE TYPE {}.pair AS (x int, y int)").format(schema))
+    set_pg_profiles(ws.pg, [], wide.format(s=ws.pg.schema))
+    with psycopg.connect(ws.pg.base) as conn:
+        conn.execute(sql.SQL("ALTER TABLE {}.profiles DROP COLUMN i").format(schema))
+        want = conn.execute(
+            "SELECT column_name, data_type, numeric_precision, numeric_scale "
+            "FROM information_schema.columns WHERE table_schema = %s AND table_name = "
+            "'profiles' ORDER BY ordinal_position",
+            [ws.pg.schema],
+        ).fetchall()
+        conn.execute(sql.SQL("ALTER TABLE {}.profiles RENAME TO base").format(schema))
+    kinds = {
+        "view": "CREATE VIEW {}.profiles AS SELECT * FROM {}.base",
+        "materialized view": "CREATE MATERIALIZED VIEW {}.profiles AS SELECT * FROM {}.base",
+        "partitioned table": "CREATE TABLE {}.profiles (LIKE {}.base) PARTITION BY LIST (u)",
+    }
+    assert {r[0]: r[1] for r in want}["e"] == "USER-DEFINED" and len(want) == 25
+    for kind, ddl in kinds.items():
+        with psycopg.connect(ws.pg.base) as conn:
+            if kind != "view":  # drop the one before
+                before = "VIEW" if kind == "materialized view" else "MATERIALIZED VIEW"
+                conn.execute(sql.SQL(f"DROP {before} {{}}.profiles").format(schema))
+            conn.execute(sql.SQL(ddl).format(schema, schema))
+        source = open_source(load(ws.root))
+        try:
+            found = source.profiles_catalog
+            got = found.columns()
+            assert found.relation is not None and KINDS[found.relation.kind] == kind
+            assert [(c, *t) for c, t in got.items()] == [tuple(r) for r in want], kind
+            udts = found._query(_UDT_NAMES, [found.relation.oid, ["e", "r", "email"]])
+            assert dict(udts) == {"e": "kind", "r": "composite", "email": "text"}
+        finally:
+            source.close()
+
+
+def test_a_table_a_segment_reads_and_the_role_may_not_is_named(
+    pg_workspace, reader_role, monkeypatch
+):
+    """The profiles table is readable, a segment's other table is not: the segment's file,
+    the server's reason (which table) and what to grant, not "fix the SQL"."""
+    segments = {"seg-a": "sql: SELECT customer_id FROM orders\n", "seg-b": SEGMENTS["seg-b"]}
+    ws = pg_workspace(
+        {"act": MAINTAIN},
+        rows=[profile(i, a=True) for i in range(3)],
+        segments=segments,
+        extra="  tables: [orders]\n",
+    )
+    schema, role = sql.Identifier(ws.pg.schema), sql.Identifier(reader_role)
+    with psycopg.connect(ws.pg.base, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE TABLE {}.orders (customer_id text)").format(schema))
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(schema, role))
+        conn.execute(sql.SQL("GRANT SELECT ON {}.profiles TO {}").format(schema, role))
+    monkeypatch.setenv(
+        "RECONCILE_SOURCE_DSN", psycopg.conninfo.make_conninfo(ws.pg.base, user=reader_role)
+    )
+    res = cli(ws, "plan")
+    out = res.output + res.stderr
+    assert res.exit_code == 1 and "Traceback" not in out
+    assert "segments/seg-a.yaml" in out and "permission denied for table orders" in out, out
+    assert f"the role '{reader_role}' may not read" in out and "GRANT SELECT ON" in out
+    assert "fix the SQL" not in out

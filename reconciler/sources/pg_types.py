@@ -72,14 +72,3 @@ def unreadable_columns(con: Any, path: str, types: dict[str, str]) -> list[str]:
     except duckdb.Error:
         return []
     return [c for c, n in zip(types, counts, strict=True) if n]
-
-
-#: a user-defined PostgreSQL column's type: ``composite`` or the type's name (hstore, an
-#: enum, citext), from ``pg_type`` (``information_schema`` says only ``USER-DEFINED``)
-USER_DEFINED_TYPES = (
-    "SELECT c.column_name, CASE WHEN t.typtype = 'c' THEN 'composite' ELSE t.typname END "
-    "FROM information_schema.columns c "
-    "JOIN pg_catalog.pg_namespace n ON n.nspname = c.udt_schema "
-    "JOIN pg_catalog.pg_type t ON t.typnamespace = n.oid AND t.typname = c.udt_name "
-    "WHERE c.table_schema = %s AND c.table_name = %s AND c.column_name = ANY(%s)"
-)

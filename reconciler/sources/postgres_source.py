@@ -32,17 +32,11 @@ import sqlglot
 from psycopg import sql as pgsql
 
 from reconciler.errors import Location, SegmentError, SourceError
-from reconciler.sources import pg_connect
+from reconciler.sources import pg_catalog, pg_connect
 from reconciler.sources.engine_errors import safe_engine_error
 from reconciler.sources.guard import SqlPolicy, SqlRejected, check_condition, check_segment_sql
 from reconciler.sources.identifier_columns import check_identifier_columns
-from reconciler.sources.pg_types import (
-    USER_DEFINED_TYPES,
-    csv_relation,
-    display_type,
-    duck_type,
-    unreadable_columns,
-)
+from reconciler.sources.pg_types import csv_relation, display_type, duck_type, unreadable_columns
 from reconciler.workspace.spec import PostgresSource
 
 SOURCE_CATALOG = "source"
@@ -94,6 +88,8 @@ class PostgresProfilesSource:
         self.only_keys_of: str | None = None
         self._dsn: str | None = None
         self._conn: psycopg.Connection | None = None
+        #: the profiles relation, read from the server's catalog
+        self.profiles_catalog = pg_catalog.ProfilesCatalog(self)
         self.folder: Path | None = None  # where COPY output lands for DuckDB to read
 
     # ------------------------------------------------------------------ connection
@@ -130,7 +126,16 @@ class PostgresProfilesSource:
 
     # ------------------------------------------------------------------ prepare / attach
     def prepare(self, as_of_date: date) -> None:
-        columns = self._columns()
+        """Check that the profiles table is there and readable (or fill the demo's). A
+        failure closes the connection: no session owns the source yet to close it."""
+        try:
+            self._prepare(as_of_date)
+        except BaseException:
+            self.close()
+            raise
+
+    def _prepare(self, as_of_date: date) -> None:
+        columns = self.profiles_catalog.columns()
         if columns:
             return
         if self.spec.demo:
@@ -146,44 +151,7 @@ class PostgresProfilesSource:
                     tmp,
                 )
             return
-        raise SourceError(
-            f"{self.locate('source', 'profiles', 'table')}: the source {self.describe()} has "
-            f"no table {self.profiles.table!r}; set `source.profiles.table` (and "
-            "`source.schema`) to the profiles table"
-        )
-
-    def _catalog(self, sql: str, params: list) -> list[tuple]:
-        """The rows of one query of the catalog (our own SQL, in a rolled-back transaction)."""
-        conn = self.connection()
-        try:
-            with conn.transaction(force_rollback=True), conn.cursor() as cur:
-                cur.execute(sql, params)
-                return cur.fetchall()
-        except psycopg.Error as exc:
-            raise self._lost(exc) from None
-
-    def _columns(self) -> dict[str, tuple[str, int | None, int | None]]:
-        """The profiles table's columns: name -> (data type, precision, scale)."""
-        rows = self._catalog(
-            "SELECT column_name, data_type, numeric_precision, numeric_scale "
-            "FROM information_schema.columns WHERE table_schema = %s "
-            "AND table_name = %s ORDER BY ordinal_position",
-            [self.schema, self.profiles.table],
-        )
-        return {r[0]: (r[1], r[2], r[3]) for r in rows}
-
-    def _identifier_types(
-        self, columns: dict[str, tuple[str, int | None, int | None]]
-    ) -> dict[str, str]:
-        """Each column's data type, a user-defined one named: ``hstore``, ``composite``, or
-        its type name (an enum, citext)."""
-        types = {c: t[0] for c, t in columns.items()}
-        wanted = [c for c in self.profiles.identifiers.values() if types.get(c) == "USER-DEFINED"]
-        if not wanted:
-            return types
-        rows = self._catalog(USER_DEFINED_TYPES, [self.schema, self.profiles.table, wanted])
-        types |= {name: str(kind) for name, kind in rows}
-        return types
+        raise self.profiles_catalog.missing()
 
     def _lost(self, exc: psycopg.Error) -> SourceError:
         detail = " ".join(str(exc).split()) if not isinstance(exc, psycopg.DataError) else ""
@@ -197,9 +165,9 @@ class PostgresProfilesSource:
         in PostgreSQL, into ``source.<table>`` of the session, and make it the default.
         With the diff in PostgreSQL (:attr:`pushdown`), the table starts empty and receives
         only the rows of profiles whose membership changes."""
-        columns = self._columns()
+        columns = self.profiles_catalog.columns()
         check_identifier_columns(
-            self.profiles, self._identifier_types(columns), self.locate, "postgres"
+            self.profiles, self.profiles_catalog.identifier_types(columns), self.locate, "postgres"
         )
         select, types = self.projection(columns)
         # in memory: beyond the session's memory_limit DuckDB spills it to temp_directory
@@ -243,11 +211,7 @@ class PostgresProfilesSource:
             *((c, ("attributes", i)) for i, c in enumerate(self.profiles.attributes)),
         ]
         if not columns:
-            raise SourceError(
-                f"{self.locate('source', 'profiles', 'table')}: the source {self.describe()} "
-                f"has no table {self.profiles.table!r}; set `source.profiles.table` (and "
-                "`source.schema`) to the profiles table"
-            )
+            raise self.profiles_catalog.missing()
         missing = [(c, loc) for c, loc in wanted if c not in columns]
         if missing:
             raise SourceError(
@@ -426,6 +390,8 @@ class PostgresProfilesSource:
             and self._conn.broken
         ):  # cancelled by someone else (a timeout is reported before this) or connection gone
             return self._lost(exc)
+        if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+            return self.profiles_catalog.refused(exc, where, what)
         return SegmentError(
             f"{where}: {what} failed when run in PostgreSQL: {pg_connect.engine_error(exc, sql)}; "
             "fix the SQL and plan again"
