@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import duckdb
 
+from reconciler.sources.pg_keys import profile_key_sql, segment_key_sql
 from reconciler.sources.pg_transaction import PushdownTransaction
 from reconciler.sources.pg_twins import ident, lo64, quiet_sql, unsigned
 
@@ -50,7 +51,9 @@ class Pushdown(PushdownTransaction):
         self.columns = columns
         #: what travels of a profile (select list over ``p``) and its engine types
         self.projection, self.types = projection, types
-        self.key = f"CAST(p.{ident(source.profiles.key)} AS text)"
+        #: the profile key's text and a segment key's, one text per value (pg_keys)
+        self.key = profile_key_sql(source.profiles.key, columns[source.profiles.key])
+        self.key_column = columns[source.profiles.key]
         self.table = ident(source.profiles.table)
         self._segments = 0
         self._all_shipped = False
@@ -61,8 +64,8 @@ class Pushdown(PushdownTransaction):
         seg = self._segments
         self._segments += 1
         self.run(
-            f"INSERT INTO pg_temp.rk_seg SELECT {int(seg)}, CAST(q.{ident(column)} AS text) "
-            f"FROM (\n{sql}\n) AS q",
+            f"INSERT INTO pg_temp.rk_seg SELECT {int(seg)}, "
+            f"{segment_key_sql(f'q.{ident(column)}', self.key_column)} FROM (\n{sql}\n) AS q",
             where=where,
             what=what,
             user=sql,

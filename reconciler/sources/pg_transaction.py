@@ -18,7 +18,7 @@ import duckdb
 import psycopg
 from psycopg import sql as pgsql
 
-from reconciler.sources import pg_connect
+from reconciler.sources import pg_connect, pg_keys
 from reconciler.sources.pg_types import csv_relation
 
 if TYPE_CHECKING:
@@ -78,9 +78,11 @@ class PushdownTransaction:
                         pgsql.Identifier(self.source.schema).as_string(conn),
                     ],
                 )
-                # the workspace's zone, as the engine's: timestamptz keys and dates alike
+                # the workspace's zone, as the engine's: timestamptz keys and dates alike;
+                # a double key's shortest exact text (pg_keys)
                 cur.execute(
-                    "SELECT set_config('TimeZone', %s, true), set_config('DateStyle', 'ISO, YMD', true)",
+                    "SELECT set_config('TimeZone', %s, true), set_config('DateStyle', 'ISO, YMD', "
+                    f"true), {pg_keys.FLOAT_DIGITS}",
                     [self.source.timezone],
                 )
             except psycopg.Error as exc:

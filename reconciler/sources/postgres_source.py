@@ -32,7 +32,7 @@ import sqlglot
 from psycopg import sql as pgsql
 
 from reconciler.errors import Location, SegmentError, SourceError
-from reconciler.sources import pg_catalog, pg_connect
+from reconciler.sources import pg_catalog, pg_connect, pg_keys
 from reconciler.sources.engine_errors import safe_engine_error
 from reconciler.sources.guard import SqlPolicy, SqlRejected, check_condition, check_segment_sql
 from reconciler.sources.identifier_columns import check_identifier_columns
@@ -90,6 +90,7 @@ class PostgresProfilesSource:
         self._conn: psycopg.Connection | None = None
         #: the profiles relation, read from the server's catalog
         self.profiles_catalog = pg_catalog.ProfilesCatalog(self)
+        self.key_column: pg_keys.Column | None = None  # the key's type (set at attach)
         self.folder: Path | None = None  # where COPY output lands for DuckDB to read
 
     # ------------------------------------------------------------------ connection
@@ -169,6 +170,7 @@ class PostgresProfilesSource:
         check_identifier_columns(
             self.profiles, self.profiles_catalog.identifier_types(columns), self.locate, "postgres"
         )
+        self.key_column = pg_keys.checked_key(columns, self.profiles, self.locate)
         select, types = self.projection(columns)
         # in memory: beyond the session's memory_limit DuckDB spills it to temp_directory
         # (a database file instead costs ~1 s more CPU per million profiles, measured)
@@ -227,12 +229,9 @@ class PostgresProfilesSource:
         ]
         names = list(dict.fromkeys(travel))
         select = [f"p.{pgsql.Identifier(c).as_string()}" for c in names]
-        key = self.profiles.key
-        if columns[key][0] == "character":  # char(n): its padding is not part of the key
-            # (segment keys are text in PostgreSQL, which drops it; COPY would keep it)
-            name = pgsql.Identifier(key).as_string()
-            select[names.index(key)] = f"CAST(p.{name} AS text) AS {name}"
         types = {c: duck_type(*columns[c]) for c in names}
+        if key_sql := pg_keys.key_select(self.profiles.key, columns[self.profiles.key]):
+            select[names.index(self.profiles.key)], types[self.profiles.key] = key_sql, "VARCHAR"
         for integration, (condition, where) in sorted(self.consents.items()):
             col = self.consent_columns[integration]
             select.append(f"coalesce((\n{self._condition(condition, where)}\n), false) AS {col}")
@@ -246,9 +245,7 @@ class PostgresProfilesSource:
     def pushdown_wanted(self, columns: dict[str, tuple[str, int | None, int | None]]) -> bool:
         """The diff runs in PostgreSQL unless switched off (``source.diff: engine``) or the
         key's text could differ between PostgreSQL and the engine (its type)."""
-        from reconciler.sources.pg_twins import text_equal
-
-        return self.spec.diff == "postgres" and text_equal(columns[self.profiles.key])
+        return self.spec.diff == "postgres" and pg_keys.same_text(columns[self.profiles.key])
 
     def _condition(self, condition: str, where: str) -> str:
         """A consent condition, checked by the guard and regenerated from its tree."""
@@ -309,10 +306,10 @@ class PostgresProfilesSource:
         where: str,
         what: str,
     ) -> None:
-        """The segment's keys (``column`` of ``sql``, as text) into temp table ``table``
-        (column ``k``) of the session, by COPY; the seam where membership leaves the server."""
-        col = pgsql.Identifier(column).as_string()
-        query = f"SELECT CAST(q.{col} AS text) FROM (\n{sql}\n) AS q"
+        """The segment's keys (``column`` of ``sql``, as the key's text: :mod:`.pg_keys`) into
+        temp table ``table`` (column ``k``) of the session, by COPY: where membership leaves."""
+        key = pg_keys.segment_key_sql(f"q.{pgsql.Identifier(column).as_string()}", self.key_column)
+        query = f"SELECT {key} FROM (\n{sql}\n) AS q"
         self.copy_into(con, query, table, {"k": "VARCHAR"}, where, what, temp=True, user_sql=sql)
 
     def copy_into(
@@ -338,7 +335,8 @@ class PostgresProfilesSource:
             ):
                 # the workspace's zone, as the engine's: timestamptz keys and dates alike
                 cur.execute(
-                    "SELECT set_config('TimeZone', %s, true), set_config('DateStyle', 'ISO, YMD', true)",
+                    "SELECT set_config('TimeZone', %s, true), set_config('DateStyle', 'ISO, YMD', "
+                    f"true), {pg_keys.FLOAT_DIGITS}",
                     [self.timezone],
                 )
                 copy_sql = f"COPY ({query}) TO STDOUT WITH (FORMAT csv)"
