@@ -954,6 +954,29 @@ def test_an_identifier_column_that_is_not_text_is_refused_by_name(workspace, col
     assert not (ws.root / ".reconcile" / "sandbox.duckdb").exists()
 
 
+@pytest.mark.parametrize("column_type", ["FLOAT", "REAL", "FLOAT4"])
+def test_a_single_precision_phone_column_is_refused_by_name(workspace, column_type):
+    """A FLOAT holds about 7 significant digits: 61412345678 is stored as 6.141234e10, so
+    every phone in it is a wrong number. validate, plan and apply name the setting and the
+    column; nothing is sent. A DOUBLE holds a phone exactly and is accepted."""
+    act = "segments: [seg-a]\ndestination: sandbox\nname: Typed\n"
+    ws = workspace({"act": act}, profiles=[profile(0, a=True)])
+    ws.alter_profiles(
+        "ALTER TABLE profiles DROP COLUMN phone",
+        f"ALTER TABLE profiles ADD COLUMN phone {column_type}",
+        "UPDATE profiles SET phone = 61412345678",
+    )
+    for command in (["validate"], ["plan"], ["apply", "--auto-approve"]):
+        res = cli(ws, *command)
+        assert res.exit_code == 1, (command, res.output + res.stderr)
+        text = res.output + res.stderr
+        assert "source.profiles.identifiers.phone" in text and "'phone'" in text, text
+        assert "REAL (about 7 significant digits)" in text, text
+    assert not (ws.root / ".reconcile" / "sandbox.duckdb").exists()
+    ws.alter_profiles("ALTER TABLE profiles ALTER phone TYPE DOUBLE")
+    assert cli(ws, "validate").exit_code == 0
+
+
 def test_a_same_named_table_in_another_schema_does_not_decide_the_column_types(workspace):
     """`raw.profiles.email` is JSON, `main.profiles.email` text: only the profiles table
     the workspace reads is checked (a UNION's text is its value: accepted too)."""

@@ -492,6 +492,21 @@ def test_a_jsonb_identifier_column_is_refused_by_name(pg_workspace):
     assert "jsonb" in res.output + res.stderr
 
 
+def test_a_real_phone_column_is_refused_by_name(pg_workspace):
+    """A real holds about 7 significant digits: every phone in it is already a wrong number.
+    Refused, naming the setting; a double precision phone column is accepted."""
+    ws = pg_workspace({"act": MAINTAIN}, rows=[])
+    rows = [profile(i, a=True) | {"phone": 61412345670 + i} for i in range(2)]
+    set_pg_profiles(ws.pg, rows, PG_COLUMNS.replace("phone text", "phone real"))
+    res = cli(ws, "plan")
+    assert res.exit_code == 1
+    assert "source.profiles.identifiers.phone" in res.stderr, res.stderr
+    assert "REAL (about 7 significant digits)" in res.stderr and "'phone'" in res.stderr
+    set_pg_profiles(ws.pg, rows, PG_COLUMNS.replace("phone text", "phone double precision"))
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 0, res.output + res.stderr
+
+
 def test_an_inet_attribute_converges(pg_workspace):
     """`CAST(inet AS text)` keeps a /32 that COPY drops: the diff in PostgreSQL must not
     compare the two texts (every plan showed ~1 and every apply re-sent it)."""

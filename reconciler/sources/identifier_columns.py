@@ -2,7 +2,12 @@
 normalised and hashed from their text. A JSON value's text keeps its quotes, a list's its
 brackets and a BLOB's its escapes, so their hashes would never match at any platform. Such a
 column is refused by name before anything is planned, with the way out (a view that extracts
-the value)."""
+the value).
+
+A phone column of single precision (DuckDB ``FLOAT``/``REAL``/``FLOAT4``, PostgreSQL
+``real``) is refused too: it holds about 7 significant digits, so every phone number in it is
+already rounded (61412345678 is stored as 6.141234e10) and would be sent as another number.
+A DOUBLE (15+ digits) holds one exactly; its ``.0`` is dropped by the identity rules."""
 
 from __future__ import annotations
 
@@ -21,6 +26,8 @@ _DUCKDB_NESTED = ("STRUCT", "MAP")  # a UNION's text is its value's
 #: composite's ``(a,b)``, an hstore's ``"k"=>"v"`` (an enum or citext is its text)
 _POSTGRES = frozenset({"json", "jsonb", "bytea", "ARRAY", "bit", "bit varying", "xml", "tsvector"})
 POSTGRES_NOT_TEXT_UDT = frozenset({"hstore", "composite"})
+#: single precision (as ``information_schema`` names it): too few digits for a phone number
+_SINGLE = {"duckdb": "FLOAT", "postgres": "real"}
 
 
 def _not_text(data_type: str, dialect: str) -> bool:
@@ -37,9 +44,18 @@ def check_identifier_columns(
     dialect: str,
 ) -> None:
     """Raise a :class:`SourceError` naming ``source.profiles.identifiers.<type>`` for the
-    first identifier column (``types``: column -> data type) that does not hold text."""
+    first identifier column (``types``: column -> data type) that does not hold text, or a
+    phone column of single precision."""
     for kind, column in profiles.identifiers.items():
         data_type = types.get(column)
+        if kind == "phone" and data_type == _SINGLE.get(dialect):
+            where = locate("source", "profiles", "identifiers", kind)
+            raise SourceError(
+                f"{where}: column {column!r} of table {profiles.table!r} is REAL (about 7 "
+                "significant digits), which cannot hold a phone number: every number in it "
+                "is already rounded; store phone numbers as text (VARCHAR)",
+                where,
+            )
         if data_type is None or not _not_text(data_type, dialect):
             continue
         where = locate("source", "profiles", "identifiers", kind)
