@@ -54,6 +54,7 @@ class SegmentRunner:
         self.timeout = query_timeout(ws.config.source)
         self._done: dict[str, SegmentResult] = {}
         self._scanned: dict[str, SegmentResult] = {}
+        self._profile_key_type: str | None = None
 
     def for_activation(self, names: list[str]) -> list[SegmentResult]:
         """The segments of one activation: a lone segment that only filters the profiles
@@ -86,6 +87,18 @@ class SegmentRunner:
         result = SegmentResult(name, "", size, 0, str(cols[0][1]), rows=one_scan.Rows(rows, size))
         self._scanned[name] = result
         return result
+
+    def _key_type(self) -> str:
+        """The type of the profiles table's key column in the engine ("" if unknown)."""
+        if self._profile_key_type is None:
+            profiles = self.ws.config.source.profiles
+            try:
+                cols = self.con.execute(f"DESCRIBE {_ident(profiles.table)}").fetchall()
+            except duckdb.Error:  # no such table: the plan reports it elsewhere
+                cols = []
+            types = {str(c[0]): str(c[1]) for c in cols}
+            self._profile_key_type = types.get(profiles.key, "")
+        return self._profile_key_type
 
     def _checked(self, name: str) -> str:
         """The segment's SQL, rendered and checked by the guard."""
@@ -122,9 +135,10 @@ class SegmentRunner:
                     # the engine's "LINE n" is the SQL's line n
                     cols = self.con.execute(f"DESCRIBE SELECT * FROM ({sql}\n) q").fetchall()
                     self._one_column(name, where, cols)
+                    key = key_text(_ident(cols[0][0]), str(cols[0][1]), self._key_type())
                     self.con.execute(
                         f"CREATE OR REPLACE TEMP TABLE {table} AS "
-                        f"SELECT CAST({_ident(cols[0][0])} AS VARCHAR) AS k FROM ({sql}\n) q"
+                        f"SELECT {key} AS k FROM ({sql}\n) q"
                     )
                 # keys of distinct hashes are distinct: the keys themselves (strings, ~25%
                 # slower to count) are counted only when two rows share a hash
@@ -211,3 +225,25 @@ class SegmentRunner:
             self.con.execute(f"CREATE OR REPLACE TEMP TABLE {SUPPRESSED} AS {parts}")
             self._local.add(SUPPRESSED)
         return SUPPRESSED
+
+
+#: the engine's number types: a key column of one of them has one text per number
+_NUMBERS = ["TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT", "FLOAT", "DOUBLE"]
+
+
+def key_text(column: str, column_type: str, key_type: str) -> str:
+    """The text of a segment's key, as the profiles table's key column writes it: a value of
+    another type than a number key column (an order table's BIGINT against a DOUBLE key
+    loaded through pandas, "007" against an INTEGER key) is read as that column's type first,
+    so 1 is the key "1.0" of a DOUBLE column. A value the key's type holds only rounded (1.5
+    for an INTEGER key, 1.005 for a DECIMAL(10,2) one) keeps its own text: it is no key
+    rather than another profile's."""
+    plain = f"CAST({column} AS VARCHAR)"
+    number = key_type in _NUMBERS or key_type.startswith("DECIMAL")
+    if not number or column_type == key_type:
+        return plain
+    typed = f"TRY_CAST({column} AS {key_type})"
+    return (
+        f"CASE WHEN TRY_CAST({typed} AS DOUBLE) = TRY_CAST({column} AS DOUBLE) "
+        f"THEN CAST({typed} AS VARCHAR) ELSE {plain} END"
+    )
