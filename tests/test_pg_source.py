@@ -478,6 +478,33 @@ def test_an_unbounded_numeric_keeps_every_digit(pg_workspace):
     assert audience_counts(plan, "act") == {"all": (0, 0, 2)}
 
 
+@pytest.mark.parametrize(
+    "numeric,value,text", [("numeric(5,-2)", 12345, "12300"), ("numeric(2,5)", 0.000123, "0.00012")]
+)
+def test_a_numeric_scale_the_engine_has_not_is_read_as_text(pg_workspace, numeric, value, text):
+    """PostgreSQL 15's negative scale and scale above the precision have no DECIMAL twin in
+    the engine: such a column is read as its exact text instead of failing the plan."""
+    act = MAINTAIN.replace("[FIRST_NAME]", "[FIRST_NAME, BIG]")
+    ws = pg_workspace({"act": act}, rows=[profile(i, a=True) for i in range(2)])
+    table = sql.Identifier(ws.pg.schema, "profiles")
+    with psycopg.connect(ws.pg.base) as conn:
+        if conn.info.server_version < 150000:
+            pytest.skip("PostgreSQL before 15 has no such scale")
+        conn.execute(sql.SQL(f"ALTER TABLE {{}} ADD COLUMN big {numeric}").format(table))
+        conn.execute(sql.SQL("UPDATE {} SET big = %s").format(table), [value])
+    ws.write("reconcile.yaml", pg_yaml(ws.pg.schema).replace("seg_a, seg_b]", "seg_a, seg_b, big]"))
+    ws.write("integrations/sandbox.yaml", SANDBOX_YAML_BIG)
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 0, res.output
+    con = duckdb.connect(str(ws.root / ".reconcile/sandbox.duckdb"), read_only=True)
+    try:
+        sent = {r[0] for r in con.execute("SELECT attributes FROM member_log").fetchall()}
+    finally:
+        con.close()
+    assert all(text in a for a in sent), sent
+    assert cli(ws, "plan", "--detailed-exitcode").exit_code == 0
+
+
 def test_a_jsonb_identifier_column_is_refused_by_name(pg_workspace):
     """A jsonb e-mail would be hashed with its quotes: refused, naming the setting."""
     ws = pg_workspace({"act": MAINTAIN}, rows=[profile(i, a=True) for i in range(2)])

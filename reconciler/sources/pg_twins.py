@@ -34,7 +34,9 @@ def text_equal(column: tuple[str, int | None, int | None]) -> bool:
     """Whether a column of this PostgreSQL type has the same text in both databases."""
     data_type, precision, _ = column
     t = data_type.lower()
-    if t == "numeric":  # without a precision the engine reads it as a double
+    # a bounded numeric only: the engine reads an unbounded one (or one over 38 digits) as
+    # its text (pg_types.duck_type), not as the DECIMAL whose text matches PostgreSQL's
+    if t == "numeric":
         return bool(precision) and (precision or 0) <= 38
     return t not in _NOT_EQUAL
 

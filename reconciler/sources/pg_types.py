@@ -23,10 +23,11 @@ def duck_type(data_type: str, precision: int | None, scale: int | None) -> str:
     """The DuckDB type a PostgreSQL column is read back as (its text form parses there)."""
     t = data_type.lower()
     if t == "numeric":
-        if precision and precision <= 38:
+        if precision and precision <= 38 and 0 <= (scale or 0) <= precision:
             return f"DECIMAL({precision},{scale or 0})"
-        # unbounded, or wider than DuckDB's DECIMAL: as its exact text (a DOUBLE would lose
-        # digits, and a change in them would go unseen)
+        # unbounded, wider than DuckDB's DECIMAL, or a scale it has not (PostgreSQL 15's
+        # numeric(5,-2) and numeric(2,5)): as its exact text (a DOUBLE would lose digits, and
+        # a change in them would go unseen)
         return "VARCHAR"
     return {
         "smallint": "SMALLINT",
