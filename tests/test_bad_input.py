@@ -977,6 +977,27 @@ def test_a_single_precision_phone_column_is_refused_by_name(workspace, column_ty
     assert cli(ws, "validate").exit_code == 0
 
 
+def test_a_single_precision_external_id_column_is_refused_by_name(workspace):
+    """An external id in a REAL column is rounded above 16,777,216: refused like a phone."""
+    act = "segments: [seg-a]\ndestination: sandbox\nname: Typed\n"
+    ws = workspace({"act": act}, profiles=[profile(0, a=True)])
+    ws.alter_profiles(
+        "ALTER TABLE profiles ADD COLUMN ext REAL", "UPDATE profiles SET ext = 16777217"
+    )
+    ws.write(
+        "reconcile.yaml",
+        RECONCILE_YAML.replace(
+            "identifiers: {email: email, phone: phone}",
+            "identifiers: {email: email, phone: phone, external_id: ext}",
+        ),
+    )
+    res = cli(ws, "plan")
+    assert res.exit_code == 1, res.output + res.stderr
+    text = res.output + res.stderr
+    assert "source.profiles.identifiers.external_id" in text and "'ext'" in text, text
+    assert "an id above 16,777,216 exactly" in text, text
+
+
 def test_a_same_named_table_in_another_schema_does_not_decide_the_column_types(workspace):
     """`raw.profiles.email` is JSON, `main.profiles.email` text: only the profiles table
     the workspace reads is checked (a UNION's text is its value: accepted too)."""

@@ -4,8 +4,8 @@ brackets and a BLOB's its escapes, so their hashes would never match at any plat
 column is refused by name before anything is planned, with the way out (a view that extracts
 the value).
 
-A phone column of single precision (DuckDB ``FLOAT``/``REAL``/``FLOAT4``, PostgreSQL
-``real``) is refused too: it holds about 7 significant digits, so every phone number in it is
+A phone or external id column of single precision (DuckDB ``FLOAT``/``REAL``/``FLOAT4``,
+PostgreSQL ``real``) is refused too: it holds about 7 significant digits, so every phone number in it is
 already rounded (61412345678 is stored as 6.141234e10) and would be sent as another number.
 A DOUBLE (15+ digits) holds one exactly; its ``.0`` is dropped by the identity rules."""
 
@@ -28,6 +28,11 @@ _POSTGRES = frozenset({"json", "jsonb", "bytea", "ARRAY", "bit", "bit varying", 
 POSTGRES_NOT_TEXT_UDT = frozenset({"hstore", "composite"})
 #: single precision (as ``information_schema`` names it): too few digits for a phone number
 _SINGLE = {"duckdb": "FLOAT", "postgres": "real"}
+#: the identifiers a single-precision column rounds into another value (and what they are)
+_ROUNDED = {
+    "phone": "a phone number",
+    "external_id": "an id above 16,777,216 exactly",
+}
 
 
 def _not_text(data_type: str, dialect: str) -> bool:
@@ -45,15 +50,15 @@ def check_identifier_columns(
 ) -> None:
     """Raise a :class:`SourceError` naming ``source.profiles.identifiers.<type>`` for the
     first identifier column (``types``: column -> data type) that does not hold text, or a
-    phone column of single precision."""
+    phone or external id column of single precision."""
     for kind, column in profiles.identifiers.items():
         data_type = types.get(column)
-        if kind == "phone" and data_type == _SINGLE.get(dialect):
+        if kind in _ROUNDED and data_type == _SINGLE.get(dialect):
             where = locate("source", "profiles", "identifiers", kind)
             raise SourceError(
                 f"{where}: column {column!r} of table {profiles.table!r} is REAL (about 7 "
-                "significant digits), which cannot hold a phone number: every number in it "
-                "is already rounded; store phone numbers as text (VARCHAR)",
+                f"significant digits), which cannot hold {_ROUNDED[kind]}: every number in it "
+                "is already rounded; store them as text (VARCHAR)",
                 where,
             )
         if data_type is None or not _not_text(data_type, dialect):
