@@ -46,3 +46,15 @@ def test_a_value_the_key_type_would_round_is_no_key(workspace):
     ws.write("segments/seg-a.yaml", "sql: SELECT 1.6 AS k UNION ALL SELECT 3.0\n")
     plan = plan_json(ws)
     assert audience_counts(plan, "act") == {"all": (1, 0, 0)}  # 3 only
+
+
+def test_a_single_precision_key_is_refused_by_name(workspace):
+    """A FLOAT key holds about 7 digits: keys above 2^24 are rounded into each other."""
+    ws = workspace({"act": ACT}, profiles=[profile(i, a=True) for i in range(1, 3)])
+    ws.alter_profiles(
+        "ALTER TABLE profiles ALTER customer_id TYPE FLOAT USING CAST(customer_id[2:] AS FLOAT)"
+    )
+    res = cli(ws, "plan")
+    assert res.exit_code == 1, res.output
+    text = res.output + res.stderr
+    assert "source.profiles.key" in text and "is REAL (about 7 significant digits)" in text, text

@@ -11,7 +11,7 @@ from pathlib import Path
 import duckdb
 
 from reconciler.errors import Location, SourceError
-from reconciler.sources.identifier_columns import check_identifier_columns
+from reconciler.sources.identifier_columns import check_identifier_columns, single_precision_key
 from reconciler.workspace.spec import DuckDBSource
 
 SOURCE_CATALOG = "source"
@@ -136,6 +136,8 @@ class DuckDBFileSource:
                 where,
             )
         check_identifier_columns(self.profiles, types, self.locate, "duckdb")
+        if types.get(self.profiles.key) == "FLOAT":
+            raise single_precision_key(self.profiles, self.locate)
 
 
 def _quote(path: Path) -> str:

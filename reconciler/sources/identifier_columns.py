@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from reconciler.errors import Location, SourceError
 from reconciler.workspace.spec import ProfilesTable
 
-__all__ = ["POSTGRES_NOT_TEXT_UDT", "check_identifier_columns"]
+__all__ = ["POSTGRES_NOT_TEXT_UDT", "check_identifier_columns", "single_precision_key"]
 
 #: DuckDB types whose text is not the value (upper case; nested types are matched by shape)
 _DUCKDB = frozenset({"JSON", "BLOB", "BYTEA", "BIT", "BITSTRING", "VARBINARY"})
@@ -71,3 +71,17 @@ def check_identifier_columns(
             f"that extracts the value ({column} ->> '$' for JSON, {column}[1] for a list)",
             where,
         )
+
+
+def single_precision_key(profiles: ProfilesTable, locate: Callable[..., Location]) -> SourceError:
+    """The refusal of a key column of single precision (DuckDB ``FLOAT``, PostgreSQL
+    ``real``), naming ``source.profiles.key``."""
+    where = locate("source", "profiles", "key")
+    name, table = profiles.key, profiles.table
+    return SourceError(
+        f"{where}: the key column {name!r} of table {table!r} is REAL (about 7 significant "
+        "digits): keys above 16,777,216 are already rounded in it, so two profiles can share "
+        "one and a segment's key can miss its profile; use an integer, numeric or text key "
+        f"column (e.g. a view over {table!r} that casts it: CAST({name} AS BIGINT))",
+        where,
+    )

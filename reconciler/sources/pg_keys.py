@@ -26,7 +26,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from reconciler.errors import Location, SourceError
+from reconciler.errors import Location
+from reconciler.sources.identifier_columns import single_precision_key
 from reconciler.sources.pg_twins import ident, text_equal
 from reconciler.workspace.spec import ProfilesTable
 
@@ -65,15 +66,7 @@ def checked_key(
     column = columns[profiles.key]
     if kind(column) != "real":
         return column
-    where = locate("source", "profiles", "key")
-    name, table = profiles.key, profiles.table
-    raise SourceError(
-        f"{where}: the key column {name!r} of table {table!r} is REAL (about 7 significant "
-        "digits): keys above 16,777,216 are already rounded in it, so two profiles can share "
-        "one and a segment's key can miss its profile; use an integer, numeric or text key "
-        f"column (e.g. a view over {table!r} that casts it: {name}::bigint)",
-        where,
-    )
+    raise single_precision_key(profiles, locate)
 
 
 def same_text(column: Column) -> bool:
