@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import duckdb
 
 from reconciler.enginedb import STAGING
+from reconciler.errors import printable
 from reconciler.sources.base import INTERNAL_PREFIX
 
 DUPLICATES = f"{INTERNAL_PREFIX}_tmp_duplicate_keys"
@@ -129,26 +130,26 @@ def held_keys(con: duckdb.DuckDBPyConnection) -> Held:
     return Held(DUPLICATES, [r[0] for r in rows])
 
 
-#: a key that reads as an e-mail address, or as a phone number (a "+", a leading 0 or a
-#: separator, and 8 to 15 digits): a plan is shown in pull requests and CI logs, so such a key
-#: is not quoted in its warning (state holds no raw PII; neither does a plan)
-_EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
-_PHONE = re.compile(r"(?=(?:\D*\d){8,15}\D*$)[+(]?[0-9][0-9 ().\-/]*")
+_PHONE_LIKE = re.compile(r"\+?[\d\s().\-]+")
+
+
+def identifier_shaped(value: str, column_type: str = "VARCHAR") -> bool:
+    """An e-mail address, or a phone number written as text (a key of an integer column is
+    a number, not a phone): raw PII a plan, a preview or a log must not quote."""
+    if "@" in value:
+        return True
+    digits = sum(c.isdigit() for c in value)
+    textual = "INT" not in column_type.upper()
+    return textual and digits >= 7 and bool(_PHONE_LIKE.fullmatch(value.strip()))
 
 
 def shown(keys: list[str], key_is_identifier: bool) -> tuple[str, bool]:
-    """``keys`` for a message: each masked (``<e-mail>``, ``<phone>``, ``<identifier>``)
-    when it reads as an e-mail or a phone number, or all of them when the key column is also
-    an identifier column (``key_is_identifier``) — its values are then raw PII whatever their
-    shape. Also: whether any was masked."""
-
-    def one(key: str) -> str:
-        if _EMAIL.fullmatch(key.strip()):
-            return "<e-mail>"
-        text = key.strip()
-        if _PHONE.fullmatch(text) and (text[0] in "+(0" or not text.isdigit()):
-            return "<phone>"
-        return "<identifier>" if key_is_identifier else key
-
-    masked = [one(k) for k in keys]
-    return ", ".join(masked), masked != keys
+    """``keys`` for a message (a plan goes to pull requests and CI logs; state and plans
+    hold no raw PII): each one that reads as an e-mail or a phone number
+    (:func:`identifier_shaped`) masked as ``<identifier>``, or all of them when the key column
+    is also an identifier column (``key_is_identifier``: its values are PII whatever their
+    shape); control characters escaped. Also: whether any was masked."""
+    masked = [
+        "<identifier>" if key_is_identifier or identifier_shaped(k) else printable(k) for k in keys
+    ]
+    return ", ".join(masked), any(m == "<identifier>" for m in masked)

@@ -3,9 +3,9 @@ end can render."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
+from reconciler.plan.held import identifier_shaped
 from reconciler.plan.planner import plan_as_of
 from reconciler.state.store import StateReader
 from reconciler.workspace.loader import Workspace
@@ -156,7 +156,7 @@ def segment_rows(
                             [limit],
                         ).fetchall()
                     ]
-                    if any(_identifier_shaped(k, key_type) for k in preview):
+                    if any(identifier_shaped(k, key_type) for k in preview):
                         preview = []
                         note = (
                             "preview hidden: the keys look like e-mail addresses or phone "
@@ -176,15 +176,3 @@ def segment_rows(
     finally:
         remove_staging(staging)
     return rows
-
-
-_PHONE_LIKE = re.compile(r"\+?[\d\s().\-]+")
-
-
-def _identifier_shaped(value: str, column_type: str) -> bool:
-    """An e-mail address, or a phone number written as text (an integer key is a number)."""
-    if "@" in value:
-        return True
-    digits = sum(c.isdigit() for c in value)
-    textual = not column_type.upper().endswith("INT") and "INT" not in column_type.upper()
-    return textual and digits >= 7 and bool(_PHONE_LIKE.fullmatch(value.strip()))
