@@ -11,7 +11,7 @@ from pathlib import Path
 import duckdb
 
 from reconciler.errors import Location, SourceError
-from reconciler.sources.identifier_columns import check_identifier_columns, single_precision_key
+from reconciler.sources.identifier_columns import check_identifier_columns, check_key_column
 from reconciler.workspace.spec import DuckDBSource
 
 SOURCE_CATALOG = "source"
@@ -136,8 +136,7 @@ class DuckDBFileSource:
                 where,
             )
         check_identifier_columns(self.profiles, types, self.locate, "duckdb")
-        if types.get(self.profiles.key) == "FLOAT":
-            raise single_precision_key(self.profiles, self.locate)
+        check_key_column(self.profiles, types.get(self.profiles.key), self.locate, "duckdb")
 
 
 def _quote(path: Path) -> str:

@@ -5,9 +5,10 @@ column is refused by name before anything is planned, with the way out (a view t
 the value).
 
 A phone or external id column of single precision (DuckDB ``FLOAT``/``REAL``/``FLOAT4``,
-PostgreSQL ``real``) is refused too: it holds about 7 significant digits, so every phone number in it is
-already rounded (61412345678 is stored as 6.141234e10) and would be sent as another number.
-A DOUBLE (15+ digits) holds one exactly; its ``.0`` is dropped by the identity rules."""
+PostgreSQL ``real``) is refused too: it holds about 7 significant digits, so every phone number
+in it is already rounded (61412345678 is stored as 6.141234e10) and would be sent as another
+number. A DOUBLE (15+ digits) holds one exactly; its ``.0`` is dropped by the identity rules.
+So is a key column of single precision (:func:`check_key_column`)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from collections.abc import Callable, Mapping
 from reconciler.errors import Location, SourceError
 from reconciler.workspace.spec import ProfilesTable
 
-__all__ = ["POSTGRES_NOT_TEXT_UDT", "check_identifier_columns", "single_precision_key"]
+__all__ = ["POSTGRES_NOT_TEXT_UDT", "check_identifier_columns", "check_key_column"]
 
 #: DuckDB types whose text is not the value (upper case; nested types are matched by shape)
 _DUCKDB = frozenset({"JSON", "BLOB", "BYTEA", "BIT", "BITSTRING", "VARBINARY"})
@@ -26,7 +27,7 @@ _DUCKDB_NESTED = ("STRUCT", "MAP")  # a UNION's text is its value's
 #: composite's ``(a,b)``, an hstore's ``"k"=>"v"`` (an enum or citext is its text)
 _POSTGRES = frozenset({"json", "jsonb", "bytea", "ARRAY", "bit", "bit varying", "xml", "tsvector"})
 POSTGRES_NOT_TEXT_UDT = frozenset({"hstore", "composite"})
-#: single precision (as ``information_schema`` names it): too few digits for a phone number
+#: single precision (as each engine names it): too few digits for a phone number or a key
 _SINGLE = {"duckdb": "FLOAT", "postgres": "real"}
 #: the identifiers a single-precision column rounds into another value (and what they are)
 _ROUNDED = {
@@ -73,12 +74,19 @@ def check_identifier_columns(
         )
 
 
-def single_precision_key(profiles: ProfilesTable, locate: Callable[..., Location]) -> SourceError:
-    """The refusal of a key column of single precision (DuckDB ``FLOAT``, PostgreSQL
-    ``real``), naming ``source.profiles.key``."""
+def check_key_column(
+    profiles: ProfilesTable,
+    data_type: str | None,
+    locate: Callable[..., Location],
+    dialect: str,
+) -> None:
+    """Raise a :class:`SourceError` naming ``source.profiles.key`` when the key column (of
+    type ``data_type``) is of single precision (DuckDB ``FLOAT``, PostgreSQL ``real``)."""
+    if data_type != _SINGLE.get(dialect):
+        return
     where = locate("source", "profiles", "key")
     name, table = profiles.key, profiles.table
-    return SourceError(
+    raise SourceError(
         f"{where}: the key column {name!r} of table {table!r} is REAL (about 7 significant "
         "digits): keys above 16,777,216 are already rounded in it, so two profiles can share "
         "one and a segment's key can miss its profile; use an integer, numeric or text key "

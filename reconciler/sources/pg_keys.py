@@ -14,7 +14,7 @@ The canonical text keeps what the state already holds: an integer's digits (``42
 ``numeric(p,s)``'s text with exactly ``s`` decimals (``1.50``, as both PostgreSQL and the
 engine's DECIMAL write it); an unbounded ``numeric`` without trailing zeros (``1``, ``1.5``:
 its stored scale is not part of the value); a ``double precision``'s shortest exact text
-(PostgreSQL's, ``extra_float_digits`` 1). A segment value that is not a number of that type
+(PostgreSQL's, ``extra_float_digits`` 1: :data:`.pg_twins.TEXT_SETTINGS`). A segment value that is not a number of that type
 (``1.5`` for an integer key, ``1.005`` for a ``numeric(10,2)`` one, a text like ``abc``) keeps
 its own text, which is no key's: it is never rounded into another profile's key.
 
@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from reconciler.errors import Location
-from reconciler.sources.identifier_columns import single_precision_key
+from reconciler.sources.identifier_columns import check_key_column
 from reconciler.sources.pg_twins import ident, text_equal
 from reconciler.workspace.spec import ProfilesTable
 
@@ -38,9 +38,6 @@ _NUMBER = r"^[+-]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][+-]?[0-9]{1,3})?$"
 #: the same for ``double precision``: at most 2 exponent digits and (below) 200 characters,
 #: so the parse never overflows nor underflows
 _FLOAT = r"^[+-]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][+-]?[0-9]{1,2})?$"
-#: a transaction's setting of how a double becomes text: its shortest exact form (the
-#: default from PostgreSQL 12; a role's own setting would change every double key's text)
-FLOAT_DIGITS = "set_config('extra_float_digits', '1', true)"
 _INTEGERS = frozenset({"smallint", "integer", "bigint"})
 
 Column = tuple[str, int | None, int | None]  # PostgreSQL data type, precision, scale
@@ -64,9 +61,8 @@ def checked_key(
 ) -> Column:
     """The key column's type; a ``real`` one is refused, naming ``source.profiles.key``."""
     column = columns[profiles.key]
-    if kind(column) != "real":
-        return column
-    raise single_precision_key(profiles, locate)
+    check_key_column(profiles, column[0], locate, "postgres")
+    return column
 
 
 def same_text(column: Column) -> bool:

@@ -18,7 +18,8 @@ import duckdb
 import psycopg
 from psycopg import sql as pgsql
 
-from reconciler.sources import pg_connect, pg_keys
+from reconciler.sources import pg_connect
+from reconciler.sources.pg_twins import TEXT_SETTINGS
 from reconciler.sources.pg_types import csv_relation
 
 if TYPE_CHECKING:
@@ -78,13 +79,7 @@ class PushdownTransaction:
                         pgsql.Identifier(self.source.schema).as_string(conn),
                     ],
                 )
-                # the workspace's zone, as the engine's: timestamptz keys and dates alike;
-                # a double key's shortest exact text (pg_keys)
-                cur.execute(
-                    "SELECT set_config('TimeZone', %s, true), set_config('DateStyle', 'ISO, YMD', "
-                    f"true), {pg_keys.FLOAT_DIGITS}",
-                    [self.source.timezone],
-                )
+                cur.execute(TEXT_SETTINGS, [self.source.timezone])  # values as the engine's
             except psycopg.Error as exc:
                 self.close()
                 raise self.source._lost(exc) from None

@@ -29,6 +29,15 @@ _NOT_EQUAL = {
 }
 U64 = 18446744073709551616
 
+#: how a transaction that reads values for the engine writes them as text, as the engine
+#: does (its one parameter: the workspace's zone): timestamptz values and dates in that zone
+#: and ISO order, a double's shortest exact text (the default from PostgreSQL 12; a role's
+#: own ``extra_float_digits`` would change every double key's text, :mod:`.pg_keys`)
+TEXT_SETTINGS = (
+    "SELECT set_config('TimeZone', %s, true), set_config('DateStyle', 'ISO, YMD', true), "
+    "set_config('extra_float_digits', '1', true)"
+)
+
 
 def text_equal(column: tuple[str, int | None, int | None]) -> bool:
     """Whether a column of this PostgreSQL type has the same text in both databases."""

@@ -36,6 +36,7 @@ from reconciler.sources import pg_catalog, pg_connect, pg_keys
 from reconciler.sources.engine_errors import safe_engine_error
 from reconciler.sources.guard import SqlPolicy, SqlRejected, check_condition, check_segment_sql
 from reconciler.sources.identifier_columns import check_identifier_columns
+from reconciler.sources.pg_twins import TEXT_SETTINGS
 from reconciler.sources.pg_types import csv_relation, display_type, duck_type, unreadable_columns
 from reconciler.workspace.spec import PostgresSource
 
@@ -333,12 +334,7 @@ class PostgresProfilesSource:
                 os.fdopen(fd, "wb") as out,
                 pg_connect.untrusted(conn, self.schema, self.timeout, where, what) as cur,
             ):
-                # the workspace's zone, as the engine's: timestamptz keys and dates alike
-                cur.execute(
-                    "SELECT set_config('TimeZone', %s, true), set_config('DateStyle', 'ISO, YMD', "
-                    f"true), {pg_keys.FLOAT_DIGITS}",
-                    [self.timezone],
-                )
+                cur.execute(TEXT_SETTINGS, [self.timezone])  # values as the engine writes them
                 copy_sql = f"COPY ({query}) TO STDOUT WITH (FORMAT csv)"
                 with cur.copy(copy_sql) as copy:
                     out.writelines(copy)  # libpq's buffers, straight to the file
