@@ -37,13 +37,22 @@ def test_a_segment_of_another_type_finds_its_number_keys(workspace, key_type, se
     assert cli(ws, "plan", "--detailed-exitcode").exit_code == 0  # no changes
 
 
-def test_a_value_the_key_type_would_round_is_no_key(workspace):
-    """1.6 is not the INTEGER key 2, and 1.005 not the DECIMAL(10,2) key 1.01."""
+@pytest.mark.parametrize(
+    "key_type,segment",
+    [
+        ("INTEGER", "SELECT 1.6 AS k UNION ALL SELECT 3.0"),  # 1.6 is not the key 2
+        ("DECIMAL(10,2)", "SELECT 0.995 AS k UNION ALL SELECT 3"),  # 0.995 is not 1.00
+    ],
+)
+def test_a_value_the_key_type_would_round_is_no_key(workspace, key_type, segment):
+    """A value the key's type holds only rounded matches no profile, never a neighbour's;
+    the same number in another type (3.0, 3) is its profile's key."""
     ws = workspace({"act": ACT}, profiles=[profile(i) for i in range(1, 4)])
     ws.alter_profiles(
-        "ALTER TABLE profiles ALTER customer_id TYPE INTEGER USING CAST(customer_id[2:] AS INTEGER)"
+        f"ALTER TABLE profiles ALTER customer_id TYPE {key_type} "
+        f"USING CAST(customer_id[2:] AS {key_type})"
     )
-    ws.write("segments/seg-a.yaml", "sql: SELECT 1.6 AS k UNION ALL SELECT 3.0\n")
+    ws.write("segments/seg-a.yaml", f"sql: {segment}\n")
     plan = plan_json(ws)
     assert audience_counts(plan, "act") == {"all": (1, 0, 0)}  # 3 only
 
