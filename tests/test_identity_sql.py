@@ -25,9 +25,9 @@ from destinations.identity import (
     hashed_identifiers,
     records,
 )
-from destinations.identity.phones import normalise_phone
+from destinations.identity.phones import SEPARATORS_FROM, SEPARATORS_TO, normalise_phone
 from destinations.identity.sql import email_sql, normalised_sql, phone_sql, records_sql
-from destinations.identity.text import WHITESPACE
+from destinations.identity.text import INVISIBLE, WHITESPACE, sql_string
 from destinations.identity.types import CANONICAL, normalise_email
 from tests.test_identity_rules import VECTORS
 
@@ -63,6 +63,17 @@ def _sql_values(
 def test_whitespace_is_what_python_strips() -> None:
     every = "".join(c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace())
     assert every == WHITESPACE
+
+
+def test_a_string_literal_reads_back_every_character_the_rules_write(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    # control characters go through chr(), the rest as they are (a chr() piece is folded
+    # each time a query is bound); quotes doubled
+    texts = [WHITESPACE, INVISIBLE, SEPARATORS_FROM, SEPARATORS_TO, "it's", "", "a\x01b\x7f\x85'"]
+    got = con.execute(f"SELECT {', '.join(sql_string(t) for t in texts)}").fetchall()[0]
+    assert list(got) == texts
+    assert "chr(" not in sql_string(INVISIBLE.replace("\x85", "") + "\u00e9")
 
 
 def test_published_vectors_in_sql(con: duckdb.DuckDBPyConnection) -> None:
