@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, settings
 
 from reconciler.cli.main import main
+from tests.duckfiles import attached, query
 
 settings.register_profile(
     "ci", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -138,8 +139,7 @@ class WS:
     def set_profiles(self, rows: Iterable[dict]) -> None:
         rows = list(rows)
         self.db.parent.mkdir(parents=True, exist_ok=True)
-        con = duckdb.connect(str(self.db))
-        try:
+        with attached(self.db, read_only=False) as con:
             con.execute(f"CREATE OR REPLACE TABLE profiles ({PROFILE_COLUMNS})")
             if rows:
                 cols = list(rows[0])
@@ -148,8 +148,6 @@ class WS:
                     f"({', '.join('?' for _ in cols)})",
                     [[r[c] for c in cols] for r in rows],
                 )
-        finally:
-            con.close()
 
     def alter_profiles(self, *statements: str, timezone: str | None = None) -> None:
         """Run SQL statements on the profiles database (change a column's type, add one),
@@ -170,14 +168,10 @@ class WS:
         path = self.root / path
         if not path.exists():
             return {}
-        con = duckdb.connect(str(path), read_only=True)
-        try:
-            rows = con.execute(
-                "SELECT a.name, m.match_key FROM audiences a "
-                "LEFT JOIN members m ON m.audience_id = a.id"
-            ).fetchall()
-        finally:
-            con.close()
+        rows = query(
+            path,
+            "SELECT a.name, m.match_key FROM audiences a LEFT JOIN members m ON m.audience_id = a.id",
+        )
         out: dict[str, set[str]] = {}
         for name, key in rows:
             out.setdefault(name, set())

@@ -6,12 +6,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import duckdb
-
 from destinations.base import DestinationContext
 from destinations.sandbox import SandboxConfig, SandboxDestination
 from destinations.sandbox.config import SandboxCredentials
 from reconciler.workspace.activation_spec import SplitMode
+from tests.duckfiles import query
 from tests.state_model import CONTROL_PERCENT, Config
 
 N = 5  # profiles
@@ -113,8 +112,4 @@ def reconcile_command() -> list[str]:
 def read(path: Path, sql: str) -> list[tuple]:
     if not path.exists():
         return []
-    con = duckdb.connect(str(path), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
+    return query(path, sql)

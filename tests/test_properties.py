@@ -24,6 +24,8 @@ from destinations.sandbox.config import SandboxCredentials
 from reconciler.plan import membership, splits
 from reconciler.workspace.activation_spec import SplitMode
 from tests.conftest import PROFILE_COLUMNS, SANDBOX_YAML, WS, cli, profile
+from tests.duckfiles import attached
+from tests.duckfiles import query as read_file
 from tests.seeding import Member, seed
 
 N = 30  # profiles per history
@@ -230,24 +232,17 @@ def reset(ws: WS, models: list[Model], first: list[dict]) -> dict[str, set[str]]
 def set_profiles(ws: WS, rows: list[dict]) -> None:
     """``WS.set_profiles``, column-wise (one statement: fast enough to run per step)."""
     cols = list(rows[0])
-    con = duckdb.connect(str(ws.db))
-    try:
+    with attached(ws.db, read_only=False) as con:
         con.execute(f"CREATE OR REPLACE TABLE profiles ({PROFILE_COLUMNS})")
         con.execute(
             f"INSERT INTO profiles ({', '.join(cols)}) SELECT "
             + ", ".join(f"unnest(${c})" for c in cols),
             {c: [r[c] for r in rows] for c in cols},
         )
-    finally:
-        con.close()
 
 
 def query(ws: WS, file: str, sql: str) -> list[tuple]:
-    con = duckdb.connect(str(ws.root / ".reconcile" / file), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
+    return read_file(ws.root / ".reconcile" / file, sql)
 
 
 def destination(ws: WS, file: str) -> tuple[dict[str, set[str]], int]:

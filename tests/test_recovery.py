@@ -19,7 +19,6 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-import duckdb
 import pytest
 
 from destinations.identity import hashed_identifiers
@@ -27,6 +26,7 @@ from reconciler.plan import splits
 from reconciler.state.lock import StateLock
 from reconciler.workspace.activation_spec import SplitMode
 from tests.conftest import SANDBOX_YAML, WS, audience_counts, cli, plan_json, profile
+from tests.duckfiles import query
 
 IDENTIFIERS = ("email", "phone")
 COUNTRY = "AU"  # default_phone_country of the test workspace
@@ -80,11 +80,7 @@ def audiences(ws: WS, path: str = ".reconcile/sandbox.duckdb") -> list[tuple[str
     file = ws.root / path
     if not file.exists():
         return []
-    con = duckdb.connect(str(file), read_only=True)
-    try:
-        return con.execute("SELECT id, name FROM audiences ORDER BY created_at").fetchall()
-    finally:
-        con.close()
+    return query(file, "SELECT id, name FROM audiences ORDER BY created_at")
 
 
 def held(ws: WS, path: str = ".reconcile/sandbox.duckdb") -> dict[str, set[str]]:
@@ -93,11 +89,7 @@ def held(ws: WS, path: str = ".reconcile/sandbox.duckdb") -> dict[str, set[str]]
 
 
 def state_rows(ws: WS, sql: str, params: list | None = None) -> list[tuple]:
-    con = duckdb.connect(str(ws.root / ".reconcile" / "state.duckdb"), read_only=True)
-    try:
-        return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
+    return query(ws.root / ".reconcile" / "state.duckdb", sql, params or [])
 
 
 def runs(ws: WS, activation_id: str) -> list[dict]:
