@@ -201,3 +201,43 @@ def test_members_sent_under_older_identifier_rules_are_rechecked_once(workspace)
     held = ws.sandbox_keys()["Messy"]
     assert good in held and old not in held
     assert cli(ws, "plan", "--detailed-exitcode").exit_code == 0
+
+
+def test_activations_on_the_same_members_are_each_checked_by_their_destinations_rules(
+    workspace, monkeypatch
+):
+    """A plan checks a member once per set of rules (the keys checked are kept for the
+    session): activations of one integration share the answer, an integration that takes
+    other identifiers gets its own."""
+    from tests.conftest import SANDBOX_YAML
+
+    phones = SANDBOX_YAML.replace("identifiers: [email, phone]", "identifiers: [phone]")
+    phones = phones.replace(".reconcile/sandbox.duckdb", ".reconcile/phones.duckdb")
+    acts = {
+        "e1": ACT,
+        "e2": ACT.replace("Messy", "Messy 2"),
+        "p1": ACT.replace("sandbox", "phones").replace("Messy", "Phones"),
+    }
+    rows = messy_rows()
+    for i, r in enumerate(rows):  # phones for two good and two messy e-mails; one too short
+        r["phone"] = "0412 345 67" + str(i) if i in (0, 1, 3, 4) else None
+    rows[1]["phone"] = "+1 2345"  # five digits: matchable by the estimate, not a number
+    ws = workspace(acts, profiles=rows)
+    ws.write("integrations/phones.yaml", phones)
+    queries: list[str] = []
+    execute = sendable.records_sql
+
+    def spy(*args, **kwargs):
+        queries.append(args[0])  # the identifier types it normalises
+        return execute(*args, **kwargs)
+
+    monkeypatch.setattr(sendable, "records_sql", spy)
+    by_id = {a["id"]: a for a in plan_json(ws)["activations"]}
+    # e-mail or phone: the two messy e-mails without a phone
+    assert (by_id["e1"]["unsendable"], by_id["e2"]["unsendable"]) == (2, 2)
+    assert by_id["p1"]["unsendable"] == 1  # 4 members with a phone, one too short
+    assert sorted(map(tuple, queries)) == [("email", "phone"), ("phone",)]  # once per rules
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 0, res.output + res.stderr
+    assert len(ws.sandbox_keys(path=".reconcile/phones.duckdb")["Phones"]) == 3
+    assert len(ws.sandbox_keys()["Messy 2"]) == 6  # 5 members: one with both identifiers

@@ -9,10 +9,12 @@ them, the staged additions and updates are checked by those exact rules (the sam
 send uses, :func:`destinations.identity.sql.records_sql`) when there are at most
 :data:`EXACT_LIMIT` of them in a profiles table of at most :data:`EXACT_PROFILES` rows (the
 check costs a scan of the table); otherwise the plan says they are checked as they are sent.
+A member is checked once per plan for every activation whose destination has the same rules.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import duckdb
@@ -24,7 +26,8 @@ from reconciler.plan.membership import TEMP
 from reconciler.plan.terms import _ident, _lit
 from reconciler.workspace.spec import ProfilesTable
 
-NONE = f"{TEMP}_unsendable"
+#: prefix of the session's tables of keys checked by one destination's rules
+CHECKED = f"{TEMP}_identifiers_checked"
 
 #: staged additions and updates checked exactly at most (above: the plan says it did not)
 EXACT_LIMIT = 250_000
@@ -126,31 +129,57 @@ def unsendable(
         f"(SELECT DISTINCT key, grp, op FROM {STAGING}.changes "
         f"WHERE activation_id = {_lit(activation_id)} AND op IN ('add', 'update'))"
     )
-    picked = {t: f"x{i}" for i, t in enumerate(profiles.identifiers)}
-    inputs = ", ".join(
-        f"p.{_ident(profiles.identifiers[t])} AS {alias}" for t, alias in picked.items()
+    checked = _checked_keys(con, identity, profiles)
+    (unseen,) = con.execute(
+        f"SELECT count(*) FROM (SELECT DISTINCT key FROM {changes}) ANTI JOIN {checked} USING (key)"
+    ).fetchall()[0]
+    if unseen:  # keys no activation of this session checked by these rules yet
+        picked = {t: f"x{i}" for i, t in enumerate(profiles.identifiers)}
+        inputs = ", ".join(
+            f"p.{_ident(profiles.identifiers[t])} AS {alias}" for t, alias in picked.items()
+        )
+        rec = records_sql(identity.accepted, identity.rules, picked, profiles.default_phone_country)
+        key = f"CAST(p.{_ident(profiles.key)} AS VARCHAR)"
+        # the new keys' identifiers first (MATERIALIZED): a filter over the profile columns
+        # alone would otherwise be pushed into the scan, normalising every profile of the
+        # table. A key on several rows has none if one of its rows has none; a key on no row
+        # (none is NULL) is not counted, and not looked up again
+        con.execute(
+            f"""INSERT INTO {checked}
+            WITH j AS MATERIALIZED (
+                SELECT c.key, {key} IS NOT NULL AS found{", " + inputs if inputs else ""}
+                FROM (SELECT DISTINCT key FROM {changes} ANTI JOIN {checked} USING (key)) c
+                LEFT JOIN {_ident(profiles.table)} p ON {key} = c.key)
+            SELECT key, bool_or(CASE WHEN found THEN len({rec}) = 0 END) FROM j GROUP BY key"""
+        )
+    none_rows = (
+        f"(SELECT c.key, c.grp, c.op FROM {changes} c JOIN {checked} k USING (key) WHERE k.none)"
     )
-    rec = records_sql(identity.accepted, identity.rules, picked, profiles.default_phone_country)
-    key = f"CAST(p.{_ident(profiles.key)} AS VARCHAR)"
-    # the staged rows' identifiers first (MATERIALIZED): a filter over the profile columns
-    # alone would otherwise be pushed into the scan, normalising every profile of the table
-    con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE {NONE} AS
-        WITH j AS MATERIALIZED (
-            SELECT c.key, c.grp, c.op{", " + inputs if inputs else ""} FROM {changes} c
-            JOIN {_ident(profiles.table)} p ON {key} = c.key)
-        SELECT key, grp, op FROM j WHERE len({rec}) = 0"""
-    )
-    try:
-        (none,) = con.execute(f"SELECT count(DISTINCT key) FROM {NONE}").fetchall()[0]
-        lose = con.execute(
-            f"""SELECT n.grp, count(*) FROM {NONE} n JOIN {recorded} m
-                ON m.key = n.key AND m.grp = n.grp
-                WHERE n.op = 'update' AND len(m.record) > 0 GROUP BY ALL"""
-        ).fetchall()
-    finally:
-        con.execute(f"DROP TABLE IF EXISTS {NONE}")
+    (none,) = con.execute(f"SELECT count(DISTINCT key) FROM {none_rows}").fetchall()[0]
+    lose = con.execute(
+        f"""SELECT n.grp, count(*) FROM {none_rows} n JOIN {recorded} m
+            ON m.key = n.key AND m.grp = n.grp
+            WHERE n.op = 'update' AND len(m.record) > 0 GROUP BY ALL"""
+    ).fetchall()
     return Unsendable(none, dict(lose))
+
+
+def _checked_keys(
+    con: duckdb.DuckDBPyConnection, identity: Identity, profiles: ProfilesTable
+) -> str:
+    """The session's table of keys checked by ``identity``'s rules (``key``, ``none``: no
+    usable identifier), made empty the first time: activations that stage the same members
+    for destinations with the same rules (several activations of one segment, one
+    integration) check each key once, and a query that binds the rules' SQL (~20-40 ms for
+    e-mail and phone, paid even for a handful of members) runs only for keys not seen yet.
+    The profiles do not change within a session (a plan reads one snapshot)."""
+    signature = repr(
+        (identity.rules, identity.accepted, sorted(profiles.identifiers.items()),
+         profiles.default_phone_country, profiles.table, profiles.key)
+    )  # fmt: skip
+    name = f"{CHECKED}_{hashlib.sha256(signature.encode()).hexdigest()[:16]}"
+    con.execute(f"CREATE TEMP TABLE IF NOT EXISTS {name} (key VARCHAR, none BOOLEAN)")
+    return name
 
 
 def _table_rows(con: duckdb.DuckDBPyConnection, profiles: ProfilesTable) -> int:
