@@ -9,7 +9,7 @@ import hashlib
 import pytest
 
 from reconciler.plan import sendable
-from tests.conftest import cli, plan_json, profile
+from tests.conftest import SANDBOX_YAML, cli, plan_json, profile
 
 ACT = "segments: [seg-a]\ndestination: sandbox\nname: Messy\n"
 MESSY = ["bob@localhost", "a@b@c.com", "x y@example.com", "trailing@example.com."]
@@ -209,8 +209,6 @@ def test_activations_on_the_same_members_are_each_checked_by_their_destinations_
     """A plan checks a member once per set of rules (the keys checked are kept for the
     session): activations of one integration share the answer, an integration that takes
     other identifiers gets its own."""
-    from tests.conftest import SANDBOX_YAML
-
     phones = SANDBOX_YAML.replace("identifiers: [email, phone]", "identifiers: [phone]")
     phones = phones.replace(".reconcile/sandbox.duckdb", ".reconcile/phones.duckdb")
     acts = {
@@ -224,19 +222,19 @@ def test_activations_on_the_same_members_are_each_checked_by_their_destinations_
     rows[1]["phone"] = "+1 2345"  # five digits: matchable by the estimate, not a number
     ws = workspace(acts, profiles=rows)
     ws.write("integrations/phones.yaml", phones)
-    queries: list[str] = []
-    execute = sendable.records_sql
+    built: list[tuple[str, ...]] = []  # the identifier types of each rules' SQL built
+    records_sql = sendable.records_sql
 
     def spy(*args, **kwargs):
-        queries.append(args[0])  # the identifier types it normalises
-        return execute(*args, **kwargs)
+        built.append(tuple(args[0]))
+        return records_sql(*args, **kwargs)
 
     monkeypatch.setattr(sendable, "records_sql", spy)
     by_id = {a["id"]: a for a in plan_json(ws)["activations"]}
     # e-mail or phone: the two messy e-mails without a phone
     assert (by_id["e1"]["unsendable"], by_id["e2"]["unsendable"]) == (2, 2)
     assert by_id["p1"]["unsendable"] == 1  # 4 members with a phone, one too short
-    assert sorted(map(tuple, queries)) == [("email", "phone"), ("phone",)]  # once per rules
+    assert sorted(built) == [("email", "phone"), ("phone",)]  # once per set of rules
     res = cli(ws, "apply", "--auto-approve")
     assert res.exit_code == 0, res.output + res.stderr
     assert len(ws.sandbox_keys(path=".reconcile/phones.duckdb")["Phones"]) == 3

@@ -130,9 +130,8 @@ def unsendable(
         f"WHERE activation_id = {_lit(activation_id)} AND op IN ('add', 'update'))"
     )
     checked = _checked_keys(con, identity, profiles)
-    (unseen,) = con.execute(
-        f"SELECT count(*) FROM (SELECT DISTINCT key FROM {changes}) ANTI JOIN {checked} USING (key)"
-    ).fetchall()[0]
+    unseen_keys = f"(SELECT DISTINCT key FROM {changes} ANTI JOIN {checked} USING (key))"
+    (unseen,) = con.execute(f"SELECT count(*) FROM {unseen_keys}").fetchall()[0]
     if unseen:  # keys no activation of this session checked by these rules yet
         picked = {t: f"x{i}" for i, t in enumerate(profiles.identifiers)}
         inputs = ", ".join(
@@ -148,7 +147,7 @@ def unsendable(
             f"""INSERT INTO {checked}
             WITH j AS MATERIALIZED (
                 SELECT c.key, {key} IS NOT NULL AS found{", " + inputs if inputs else ""}
-                FROM (SELECT DISTINCT key FROM {changes} ANTI JOIN {checked} USING (key)) c
+                FROM {unseen_keys} c
                 LEFT JOIN {_ident(profiles.table)} p ON {key} = c.key)
             SELECT key, bool_or(CASE WHEN found THEN len({rec}) = 0 END) FROM j GROUP BY key"""
         )

@@ -14,9 +14,10 @@ The canonical text keeps what the state already holds: an integer's digits (``42
 ``numeric(p,s)``'s text with exactly ``s`` decimals (``1.50``, as both PostgreSQL and the
 engine's DECIMAL write it); an unbounded ``numeric`` without trailing zeros (``1``, ``1.5``:
 its stored scale is not part of the value); a ``double precision``'s shortest exact text
-(PostgreSQL's, ``extra_float_digits`` 1: :data:`.pg_twins.TEXT_SETTINGS`). A segment value that is not a number of that type
-(``1.5`` for an integer key, ``1.005`` for a ``numeric(10,2)`` one, a text like ``abc``) keeps
-its own text, which is no key's: it is never rounded into another profile's key.
+(PostgreSQL's, ``extra_float_digits`` 1: :data:`.pg_twins.TEXT_SETTINGS`). A segment value
+that is not a number of that type (``1.5`` for an integer key, ``1.005`` for a
+``numeric(10,2)`` one, a text like ``abc``) keeps its own text, which is no key's: it is never
+rounded into another profile's key.
 
 A ``real`` key is refused: with about 7 significant digits, keys above 16,777,216 are already
 rounded in the column, so two customers can share one.
