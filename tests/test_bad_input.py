@@ -502,6 +502,21 @@ STATIC = [
     ),
     pytest.param(
         {
+            "activations/heir1.yaml": MAINTAIN.replace("Audience A", "Heir 1")
+            + "moved_from: old\n",
+            "activations/heir2.yaml": MAINTAIN.replace("Audience A", "Heir 2")
+            + "moved_from: old\n",
+        },
+        ["moved_from: moved_from 'old' is claimed by activations/heir"],
+        id="moved-from-claimed-twice",
+    ),
+    pytest.param(
+        {"activations/act.yaml": MAINTAIN + "moved_from: Bad Id!\n"},
+        ["activations/act.yaml:5: moved_from: moved_from 'Bad Id!' is not an activation id"],
+        id="moved-from-not-an-id",
+    ),
+    pytest.param(
+        {
             "integrations/sandbox.yaml": SANDBOX_YAML.replace(
                 ".reconcile/sandbox.duckdb", "./data/../.reconcile/state.duckdb"
             )

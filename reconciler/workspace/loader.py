@@ -232,6 +232,7 @@ def _cross_check(ws: Workspace, errors: list[ConfigError], check_destinations: b
                         ("attributes", dest_field),
                     )
                 )
+    claims: dict[str, str] = {}  # moved_from -> the first activation that names it
     for name, act in ws.activations.items():
         doc = ws.doc("activations", name)
         for i, seg in enumerate(act.segments):
@@ -269,6 +270,25 @@ def _cross_check(ws: Workspace, errors: list[ConfigError], check_destinations: b
                     ("moved_from",),
                 )
             )
+        elif act.moved_from is not None and not NAME_RE.match(act.moved_from):
+            errors.append(
+                doc.error(
+                    f"moved_from {act.moved_from!r} is not an activation id (the old file's "
+                    "name without .yaml)",
+                    ("moved_from",),
+                )
+            )
+        elif act.moved_from is not None and act.moved_from in claims:
+            # two heirs would share one state and one audience: which one owns it?
+            errors.append(
+                doc.error(
+                    f"moved_from {act.moved_from!r} is claimed by activations/"
+                    f"{claims[act.moved_from]}.yaml too; an activation moves to one new id",
+                    ("moved_from",),
+                )
+            )
+        if act.moved_from is not None:
+            claims.setdefault(act.moved_from, name)
         notifications = ws.config.notifications
         if act.notify.email and (notifications is None or notifications.smtp is None):
             short = isinstance(doc.data.get("notify"), list)
