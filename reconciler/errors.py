@@ -64,6 +64,11 @@ def printable(value: object) -> str:
     return UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], str(value))
 
 
+def printable_lines(text: str) -> str:
+    """:func:`printable` per line: a message of several lines keeps its line breaks."""
+    return "\n".join(printable(line) for line in text.split("\n"))
+
+
 @dataclass(frozen=True)
 class Location:
     """Where in the workspace a problem is: file, 1-based line, dotted field path."""

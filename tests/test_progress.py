@@ -187,3 +187,70 @@ def test_verbose_plan_says_what_it_computes(workspace):
     assert "planning" not in cli(ws, "plan").stderr
     res = cli(ws, "-v", "plan")
     assert res.exit_code == 0 and "planning act: segments seg-a" in res.stderr
+
+
+# ------------------------------------------------ what a destination answered, and who reads
+class Hostile:
+    kind, attempt, wait = "transient", 1, 0.5
+    error = (
+        'POST /x answered 503: {"error": "bad \x1b[31mRED\x1b]0;PWNED\x07 \x1b]52;c;ZWNobw==\x07"}'
+    )
+
+
+def test_a_destination_answer_reaches_the_terminal_with_its_escapes_escaped():
+    progress, reporter, _, out = _plain(verbose=True)
+    progress.start("vip", "VIP", "add", 10)
+    progress.retry(Hostile())
+    reporter.message("notified\x1b]0;TITLE\x07 ops")
+    shown = out.getvalue()
+    assert "\x1b" not in shown and "\x07" not in shown
+    assert "\\x1b]0;PWNED\\x07" in shown and "notified\\x1b]0;TITLE\\x07 ops" in shown
+    live = io.StringIO()
+    bars = LiveReporter(Console(file=live, force_terminal=True), verbose=True)
+    Progress(emit=bars.event).retry(Hostile())
+    bars.close()
+    assert "\x1b]" not in live.getvalue() and "\\x1b]52;c;" in live.getvalue()
+
+
+def test_the_summary_escapes_an_error_that_quotes_the_destination(capsys):
+    from reconciler.apply.outcomes import ApplyResult
+    from reconciler.cli.applying import _report
+
+    failed = ActivationOutcome("vip", Status.FAILED, error="answered 400: \x1b]52;c;eA==\x07")
+    _report(ApplyResult([failed]))
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "answered 400: \\x1b]52;c;eA==\\x07" in err
+
+
+class ClosedPipe(io.StringIO):
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_reader_that_went_away_loses_the_lines_not_the_apply():
+    for reporter in (
+        PlainReporter(ClosedPipe(), verbose=True, clock=Clock(), interval=0.0),
+        JsonReporter(ClosedPipe()),
+    ):
+        progress = Progress(emit=reporter.event, clock=Clock())
+        progress.start("vip", "VIP", "add", 2)
+        progress.retry(Wait())
+        progress.advance(2)
+        reporter.message("done")
+        reporter.step("planning")
+        reporter.close()  # nothing raised
+
+
+def test_a_call_that_moves_no_member_names_its_audience_in_its_waits():
+    progress, reporter, _, out = _plain(verbose=True)
+    progress.at("vip", "VIP", "create")
+    progress.retry(Wait())
+    assert out.getvalue() == (
+        'vip: audience "VIP": create: throttled, waiting 1.5s (attempt 2): 429 Too Many Requests\n'
+    )
+    stream = io.StringIO()
+    json_progress = Progress(emit=JsonReporter(stream).event)
+    json_progress.at("vip", "VIP", "create")
+    json_progress.retry(Wait())
+    event = json.loads(stream.getvalue())
+    assert (event["activation"], event["audience"], event["op"]) == ("vip", "VIP", "create")

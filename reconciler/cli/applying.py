@@ -12,7 +12,7 @@ import click
 
 from reconciler.cli.common import Ctx, destination_calls
 from reconciler.cli.lazy import LazyModule
-from reconciler.errors import ReconcileError
+from reconciler.errors import ReconcileError, printable_lines
 
 if TYPE_CHECKING:
     from reconciler.apply.outcomes import ApplyResult
@@ -161,10 +161,11 @@ def _report(result: ApplyResult) -> None:
         if o.retry:
             line += f", {o.retry:,} to retry next run"
         click.echo(line)
+        # an error may quote what a destination answered: its control characters escaped
         if o.error:
-            click.echo(f"  {o.error}", err=True)
+            click.echo(f"  {printable_lines(o.error)}", err=True)
         elif o.warning:
-            click.echo(f"  warning: {o.warning}", err=True)
+            click.echo(f"  warning: {printable_lines(o.warning)}", err=True)
     if result.interrupted:
         click.echo("Interrupted: what was sent is recorded; run apply again to finish.", err=True)
     else:

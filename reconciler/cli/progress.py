@@ -13,11 +13,15 @@ renders them, on standard error so standard output keeps the plan and the report
   final ``outcome`` event per activation.
 
 Retries and throttle waits (``wait`` events) are shown with ``-v``; JSON always has them.
-Their error texts went through the process redactor in the retry policy: no secrets.
+Their error texts went through the process redactor in the retry policy: no secrets. A text
+line is printed with its control characters escaped (an error text holds what a destination
+answered, which may carry terminal escapes); a reader that went away (``apply 2>&1 | head``)
+loses the lines, never the apply.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -26,6 +30,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
 from reconciler.apply.progress import Event
+from reconciler.errors import printable_lines
 
 if TYPE_CHECKING:  # annotations only
     from reconciler.apply.outcomes import ActivationOutcome
@@ -65,7 +70,7 @@ class Reporter:
 
     def message(self, text: str) -> None:
         """A message of the engine (waiting for the state, notifications sent)."""
-        print(text, file=sys.stderr, flush=True)
+        emit(text)
 
     def outcome(self, o: ActivationOutcome) -> None:
         """The final outcome of one activation (JSON only: the text report says it)."""
@@ -86,6 +91,13 @@ class Reporter:
         if self.current is not None and not self.ended:
             self.ended = True
             self.finished(self.current)
+
+
+def emit(text: str, stream: TextIO | None = None) -> None:
+    """Print one message on ``stream`` (standard error by default), each of its lines with
+    its control characters escaped. A closed pipe drops the message: the apply goes on."""
+    with contextlib.suppress(BrokenPipeError):
+        print(printable_lines(text), file=stream or sys.stderr, flush=True)
 
 
 def _label(e: Event) -> str:
@@ -137,7 +149,7 @@ class PlainReporter(Reporter):
         self.began = 0.0
 
     def _write(self, text: str) -> None:
-        print(text, file=self.stream or sys.stderr, flush=True)
+        emit(text, self.stream)
 
     def started(self, e: Event) -> None:
         self.began = self.last_line = self.clock()
@@ -199,6 +211,7 @@ class LiveReporter(Reporter):
         return self.bars
 
     def _print(self, text: str) -> None:
+        text = printable_lines(text)
         (self.bars.console if self.bars is not None else self.console).print(
             text, markup=False, highlight=False
         )
@@ -261,7 +274,9 @@ class JsonReporter(Reporter):
 
     def _write(self, data: dict[str, Any]) -> None:
         line = {"time": datetime.now(UTC).isoformat(timespec="milliseconds"), **data}
-        print(json.dumps(line, default=str), file=self.stream or sys.stderr, flush=True)
+        # JSON escapes control characters itself; a reader that went away loses the line
+        with contextlib.suppress(BrokenPipeError):
+            print(json.dumps(line, default=str), file=self.stream or sys.stderr, flush=True)
 
     def event(self, e: Event) -> None:
         self._write(dict(e))
