@@ -281,6 +281,10 @@ class Destination(Protocol):
     # webhook receiver sent the keys), not only by identifier. A member who leaves is then
     # removed by key even when another member still holds every identifier it had (a shared
     # inbox): its removal is sent with no identifiers rather than skipped.
+    # ``creation_settles: bool`` (default True): a creation whose answer was lost may still
+    # appear at the destination seconds later, so the engine looks it up a few times before
+    # creating again; False for a destination whose lookup can only find what this process
+    # recorded (a webhook's registry): waiting could never find more.
 
     def list_audiences(self) -> list[AudienceRef]:
         """Every audience the account has (``reconcile lists``)."""

@@ -19,6 +19,7 @@ import json
 import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import duckdb
@@ -42,6 +43,7 @@ from destinations.webhook import WebhookConfig, WebhookCredentials, WebhookDesti
 from destinations.webhook.adapter import audience_id
 from destinations.webhook.client import WebhookClient, classify
 from destinations.webhook.payload import EVENT_SCHEMA, json_value
+from reconciler.apply import audience_steps
 from reconciler.errors import (
     ConfigError,
     CredentialsRefused,
@@ -880,6 +882,31 @@ class TestWebhookEngine:
         assert res.exit_code == 1 and "Disabled" in res.output + res.stderr
         assert OTHER_SECRET not in res.output + res.stderr
         assert fake.audiences == {}
+
+    def test_a_lost_answer_to_a_creation_is_sent_again_without_waiting_for_lookups(
+        self, ws: WS, fake: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A creation is found only in this process's registry: after a lost answer, the
+        engine's lookups spread over 15 s (for vendors where it settles later) could find
+        nothing. The retry resends ``audience.created`` under the same ``webhook-id`` at once,
+        and the receiver holds one audience with exactly the desired members."""
+        path = ws.root / "integrations" / "crm-hooks.yaml"
+        path.write_text(
+            path.read_text().replace("  pii: hashed", "  timeout_seconds: 0.5\n  pii: hashed")
+        )
+        naps: list[float] = []
+        monkeypatch.setattr(audience_steps, "time", SimpleNamespace(sleep=naps.append))
+        fake.slow(30, on="audience.created")  # the first attempt's answer never comes in time
+        res = cli(ws, "-v", "apply", "--auto-approve")
+        assert res.exit_code == 0, res.output + res.stderr
+        assert naps == []
+        assert 'big-spenders-crm: audience "Big spenders": create: retrying' in res.stderr
+        assert len(fake.audiences) == 1 and self.held(fake) == self.desired(ws)
+        created = [d for d in fake.deliveries if d.type == "audience.created"]
+        assert len({d.msg_id for d in created}) == 1 and [d.replay for d in created] == [
+            False,
+            True,
+        ]
 
 
 def test_the_documented_event_is_valid() -> None:

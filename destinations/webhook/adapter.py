@@ -61,6 +61,10 @@ class WebhookDestination:
     capabilities = Capabilities(
         remove=True, update=True, rename=False, attributes=True, create=True, refresh=False
     )
+    #: a creation is found only in this process's registry, written once the receiver
+    #: answered: after a lost answer, looking again later finds nothing more (the retry
+    #: sends ``audience.created`` again with the same ``webhook-id``)
+    creation_settles = False
 
     def __init__(
         self,

@@ -132,6 +132,7 @@ class AudienceSteps:
         if aud.resource_id and not aud.create:
             ref = AudienceRef(aud.resource_id, recorded.name if recorded else aud.name)
             if aud.rename_from:
+                runner.progress.at(ap.id, aud.name, "rename")  # its retries are labelled
                 current = ref
                 ref = runner.call(lambda: dest.rename_audience(current, aud.name))
             self.state.record_audience(ap.id, aud.group, ref.name, ref.id, True)
@@ -146,6 +147,7 @@ class AudienceSteps:
             self.state.journal_intent(key, self._run_id, ap.id, aud.group, "create", 1, name)
 
         unanswered = False
+        runner.progress.at(ap.id, name, "create")  # its retries are labelled
 
         def find_or_create() -> AudienceRef:
             # a creation that may have reached the destination (a run that died, or a lost
@@ -154,7 +156,8 @@ class AudienceSteps:
             # few times
             nonlocal unanswered
             found = dest.find_created_audience(name, idempotency_key=key)
-            for wait in CREATION_LOOKUPS if unanswered else ():
+            settles = getattr(dest, "creation_settles", True)
+            for wait in CREATION_LOOKUPS if unanswered and settles else ():
                 if found is not None:
                     break
                 time.sleep(wait)

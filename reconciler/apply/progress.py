@@ -36,6 +36,11 @@ class Progress:
         self.total, self.done, self.started, self.sent = total, 0, self.clock(), sent
         self._send("start")
 
+    def at(self, activation: str, audience: str, op: str) -> None:
+        """A call that moves no member (creating or renaming an audience) is under way: the
+        retries and waits it may have name it. No event of its own."""
+        self.activation, self.audience, self.op = activation, audience, op
+
     def advance(self, n: int) -> None:
         self.done += n
         self._send("progress")
