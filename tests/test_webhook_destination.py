@@ -867,12 +867,21 @@ class TestWebhookEngine:
     def test_a_receiver_that_asks_to_stop_fails_the_activation(
         self, ws: WS, fake: WebhookReceiver
     ) -> None:
-        fake.fail(410, on="audience.members_entered", times=100)
+        fake.fail(410, on="audience.members_entered", times=1)
         res = cli(ws, "apply", "--auto-approve")
         assert res.exit_code == 1
         assert "asked to stop" in res.output + res.stderr
         assert self.held(fake) == {"Big spenders": set()}
-        assert cli(ws, "plan", "--detailed-exitcode").exit_code == 2  # still to send
+        plan = cli(ws, "plan", "--detailed-exitcode")
+        assert plan.exit_code == 2  # still to send
+        # the refused call took none of its members: no warning about calls in flight, and
+        # they enter (not 'change') when sent again
+        assert "never recorded" not in plan.output + plan.stderr
+        again = cli(ws, "apply", "--auto-approve")
+        assert again.exit_code == 0, again.output + again.stderr
+        assert "~0)" in again.output
+        assert {d.type for d in fake.applied()} == {"audience.created", "audience.members_entered"}
+        assert self.held(fake) == self.desired(ws)
 
     def test_a_wrong_secret_disables_the_activation(
         self, ws: WS, fake: WebhookReceiver, monkeypatch: pytest.MonkeyPatch

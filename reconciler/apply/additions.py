@@ -18,7 +18,7 @@ from functools import partial
 
 from destinations.base import AudienceRef
 from reconciler.apply import encode
-from reconciler.apply.calls import Call, as_rows, member_batch, new_batch_id, wait
+from reconciler.apply.calls import Call, as_rows, member_batch, new_batch_id, refusal_marked, wait
 from reconciler.apply.held_rows import HeldRows
 from reconciler.apply.sending import Sender
 
@@ -84,7 +84,9 @@ class AdditionSender(Sender):
                         break
                     # the adapter's view of the batch is built here and let go once sent
                     batch = member_batch(cols, table)
-                    call = partial(self.call, partial(self.dest.add, ref, batch, ctx))
+                    call = partial(
+                        refusal_marked, self.call, partial(self.dest.add, ref, batch, ctx)
+                    )
                     inflight.append(Call(pool.submit(call), batch_id, cols, len(cols)))
                     del batch, call
                     if self.guard.stop_requested:
@@ -224,8 +226,10 @@ class AdditionSender(Sender):
                 break
             c = done.pop(0)
             taken += c.size
-            if c.error is not None:  # its members stay in flight: an attempt whose answer
-                error = error or c.error  # was lost may have been applied before the refusal
+            if c.error is not None:  # its members stay in flight (an attempt whose answer
+                error = error or c.error  # was lost may have been applied before the refusal)
+                if getattr(c.error, "refused_outright", False):  # unless none was taken
+                    self.state.journal_refused(c.batch_id)
                 continue
             outcome = c.outcome
             if outcome.job:  # an asynchronous job: journaled as submitted, polled to its end

@@ -25,7 +25,7 @@ from functools import partial
 from destinations.base import AudienceRef, Outcome, RemovalBatch
 from reconciler.apply import encode
 from reconciler.apply.additions import AdditionSender
-from reconciler.apply.calls import Counts, as_rows, member_batch, new_batch_id
+from reconciler.apply.calls import Counts, as_rows, member_batch, new_batch_id, refusal_marked
 from reconciler.errors import AudienceGone, MassRemovalRefused, TerminalError
 from reconciler.plan.model import MemberOp, trips_mass_removal
 
@@ -180,17 +180,10 @@ class BatchRunner(AdditionSender):
         stays open). After a retry they stay: an attempt whose answer was lost may have been
         applied; and so they do when an earlier request of a call the adapter split went
         through (the error is ``partial``)."""
-        attempts = 0
-
-        def attempt():
-            nonlocal attempts
-            attempts += 1
-            return fn()
-
         try:
-            return self.call(attempt)
+            return refusal_marked(self.call, fn)
         except TerminalError as exc:
-            if attempts == 1 and not exc.partial:
+            if exc.refused_outright:
                 self.state.journal_refused(batch_id)
             raise
 

@@ -15,11 +15,32 @@ from typing import Any
 from destinations.base import Destination, MemberBatch, Outcome
 from reconciler.apply import encode
 from reconciler.apply.interrupts import InterruptGuard
+from reconciler.errors import TerminalError
 from reconciler.state.writer import StateStore
 
 
 class Interrupted(Exception):
     """Ctrl-C: the batch in flight was finished and recorded; stop here."""
+
+
+def refusal_marked(call: Callable[[Callable[[], Any]], Any], fn: Callable[[], Any]) -> Any:
+    """``call(fn)`` (``call``: the retry policy), counting attempts: a terminal error at the
+    first attempt of a call not split by the adapter (not ``partial``) is marked
+    ``refused_outright`` — the destination took none of its members. After a retry it is
+    not: an attempt whose answer was lost may have been applied. Safe in a worker thread
+    (it only marks the error; the caller's thread journals it)."""
+    attempts = 0
+
+    def attempt() -> Any:
+        nonlocal attempts
+        attempts += 1
+        return fn()
+
+    try:
+        return call(attempt)
+    except TerminalError as exc:
+        exc.refused_outright = attempts == 1 and not exc.partial
+        raise
 
 
 def new_batch_id() -> str:
