@@ -4,6 +4,7 @@ re-sent (and no key changes) because the machines differ."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import psycopg
 import pytest
 
 from tests.conftest import RECONCILE_YAML, SANDBOX_YAML, WS, profile
+from tests.duckfiles import query
 from tests.test_pg_source import pg_workspace, pg_yaml  # noqa: F401 (a fixture)
 
 ACT = "segments: [seg-a]\ndestination: sandbox\nname: Zones\nattributes: [SEEN]\n"
@@ -58,6 +60,33 @@ def test_a_plan_on_another_machine_time_zone_plans_no_change(workspace, column: 
     applied = run(ws, "UTC", "apply", "--auto-approve")
     assert applied.returncode == 0, applied.stdout + applied.stderr
     planned = run(ws, "Australia/Sydney", "plan", "--detailed-exitcode")
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+
+
+@pytest.mark.slow
+def test_an_attribute_with_a_time_zone_arrives_in_the_workspace_zone(workspace) -> None:
+    """The destination gets the text the fingerprint read (the workspace's zone), not the
+    instant rendered in the zone of the machine that applied (it was: the sandbox wrote
+    '2024-06-29 20:00:00-04' from a New York machine, '2024-06-30 00:00:00+00' from UTC)."""
+    integration = SANDBOX_YAML.replace("attributes:\n", "attributes:\n  SEEN: seen\n")
+    ws = workspace(
+        {"act": ACT},
+        profiles=[profile(i, a=True) for i in range(2)],
+        integration=integration,
+        reconcile_yaml=RECONCILE_YAML.replace("seg_a, seg_b]", "seg_a, seg_b, seen]").replace(
+            "timezone: UTC", "timezone: Australia/Sydney"
+        ),
+    )
+    ws.alter_profiles(
+        "ALTER TABLE profiles ADD COLUMN seen TIMESTAMPTZ",
+        "UPDATE profiles SET seen = TIMESTAMPTZ '2024-06-30 00:00:00+00'",
+        timezone="UTC",
+    )
+    applied = run(ws, "America/New_York", "apply", "--auto-approve")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    rows = query(ws.root / ".reconcile" / "sandbox.duckdb", "SELECT attributes FROM members")
+    assert [json.loads(r[0])["SEEN"] for r in rows] == ["2024-06-30 10:00:00+10"] * 2
+    planned = run(ws, "UTC", "plan", "--detailed-exitcode")
     assert planned.returncode == 0, planned.stdout + planned.stderr
 
 

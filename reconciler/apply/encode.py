@@ -79,7 +79,13 @@ def build(
     # the profile columns the send needs, under names no column of the source can shadow
     picked = {t: f"x{i}" for i, t in enumerate(identifiers)}
     inputs = [f"p.{_ident(identifiers[t])} AS {alias}" for t, alias in picked.items()]
-    attrs = [f"p.{_ident(col)} AS a{i}" for i, col in enumerate(attribute_map.values())]
+    zoned = _zoned_columns(con, profiles, list(attribute_map.values()))
+    attrs = [
+        # a value with a time zone goes as text in the workspace's zone (the session's), as
+        # the fingerprint reads it: an adapter would render the instant in its own machine's
+        f"CAST(p.{_ident(col)} AS VARCHAR) AS a{i}" if col in zoned else f"p.{_ident(col)} AS a{i}"
+        for i, col in enumerate(attribute_map.values())
+    ]
     key = f"CAST(p.{_ident(profiles.key)} AS VARCHAR)"
     base = ", ".join(["c.op AS op", f"{key} AS key", f"{fingerprint} AS fp", *inputs, *attrs])
     encoded = send_sql(
@@ -138,6 +144,18 @@ def build(
     return {
         op: SendTable(op, fields, tuple(attribute_map), staged.get(op, 0), *read.get(op, (0, 0)))
         for op in SENT_OPS
+    }
+
+
+def _zoned_columns(
+    con: duckdb.DuckDBPyConnection, profiles: ProfilesTable, columns: list[str]
+) -> set[str]:
+    """Those of ``columns`` whose type is ``TIMESTAMP WITH TIME ZONE``."""
+    if not columns:
+        return set()
+    rows = con.execute(f"DESCRIBE {_ident(profiles.table)}").fetchall()
+    return {
+        r[0] for r in rows if r[0] in columns and str(r[1]).upper() == "TIMESTAMP WITH TIME ZONE"
     }
 
 
