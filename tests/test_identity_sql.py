@@ -325,6 +325,18 @@ def test_invisible_characters_leave_an_e_mail_before_it_is_hashed(con, raw: str)
 
 @pytest.mark.parametrize(
     "raw",
+    ["jane@example.com\x00", "\x07jane@example.com", "ja\x1bne@example.com", "jane@ex\x7f.com"],
+)
+def test_an_e_mail_holding_a_control_character_is_no_e_mail(con, raw: str) -> None:
+    """A NUL or an escape left by a broken export made a hash that matches nobody while the
+    plan counted the member as matchable: both sides now find no e-mail in it."""
+    assert normalise_email(raw) is None
+    [[got]] = _sql_values(con, [email_sql("v")], [raw])
+    assert got is None
+
+
+@pytest.mark.parametrize(
+    "raw",
     [
         "0412\xa0345\xa0678",
         "\u202a0412 345 678\u202c",

@@ -70,10 +70,11 @@ def meta_phone(e164: str) -> str:
 
 #: the version of the normalisation rules: bumped when a rule change makes a value normalise
 #: differently (2: invisible characters leave e-mails; a float's ".0" and other spaces and
-#: dashes leave phones; 3: "+61412345678.0" is +61412345678, as "61412345678.0" was). The
+#: dashes leave phones; 3: "+61412345678.0" is +61412345678, as "61412345678.0" was; 4: an
+#: e-mail holding a control character, "a@x.com\x00", is no e-mail). The
 #: state records the version each activation was sent with; a plan under a newer one
 #: re-checks its recorded members and updates those whose records changed.
-RULES_VERSION = 3
+RULES_VERSION = 4
 
 
 class Hash(enum.Enum):

@@ -17,6 +17,7 @@ import unicodedata
 
 __all__ = [
     "ASCII_SPACE",
+    "CONTROL",
     "INVISIBLE",
     "WHITESPACE",
     "char_class",
@@ -42,6 +43,11 @@ INVISIBLE = (
     "\u206e\u206f\ufeff"
 )
 _NO_INVISIBLE = dict.fromkeys(map(ord, INVISIBLE))
+#: the control characters that are not whitespace (NUL, BEL, ESC, DEL, C1 controls): left in a
+#: value by a broken export, never part of an address: a value holding one is not an e-mail
+CONTROL = "".join(
+    chr(c) for c in range(0xA0) if unicodedata.category(chr(c)) == "Cc" and chr(c) not in WHITESPACE
+)
 
 
 def visible(text: str) -> str:

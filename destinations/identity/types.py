@@ -19,7 +19,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from destinations.identity.phones import normalise_phone
-from destinations.identity.text import INVISIBLE, WHITESPACE, char_class, lower, nfc, visible
+from destinations.identity.text import (
+    CONTROL,
+    INVISIBLE,
+    WHITESPACE,
+    char_class,
+    lower,
+    nfc,
+    visible,
+)
 
 __all__ = [
     "CANONICAL",
@@ -75,9 +83,9 @@ class IdentifierType:
 
 
 def email_pattern(*, sql: bool = False) -> str:
-    """One ``@`` between a non-empty local part and a dotted domain, no whitespace anywhere,
-    as a regular expression for ``re`` or (``sql=True``) RE2."""
-    n = char_class("@" + WHITESPACE + INVISIBLE, negate=True, sql=sql)[:-1]  # "." may follow
+    """One ``@`` between a non-empty local part and a dotted domain, no whitespace or control
+    character anywhere, as a regular expression for ``re`` or (``sql=True``) RE2."""
+    n = char_class("@" + WHITESPACE + INVISIBLE + CONTROL, negate=True, sql=sql)[:-1]
     return f"{n}]+@{n}.]{n}]*\\.{n}.]+"
 
 
