@@ -517,6 +517,20 @@ STATIC = [
     ),
     pytest.param(
         {
+            "reconcile.yaml": RECONCILE_YAML.replace(
+                ".reconcile/state.duckdb", "./data/profiles.duckdb"
+            )
+        },
+        ["state.path: './data/profiles.duckdb' is the source database (source.path)"],
+        id="state-file-is-the-source",
+    ),
+    pytest.param(
+        {"reconcile.yaml": RECONCILE_YAML.replace(".reconcile/state.duckdb", "''")},
+        ["state.path: the state file's path is empty"],
+        id="state-path-empty",
+    ),
+    pytest.param(
+        {
             "integrations/sandbox.yaml": SANDBOX_YAML.replace(
                 ".reconcile/sandbox.duckdb", "./data/../.reconcile/state.duckdb"
             )

@@ -158,6 +158,12 @@ def collect(
     return ws, errors
 
 
+def _resolve(ws: Workspace, text: str) -> Path:
+    """A path of a workspace file as the tool opens it (relative to the workspace)."""
+    p = Path(text).expanduser()
+    return (p if p.is_absolute() else ws.root / p).resolve()
+
+
 def _reserved_path_errors(ws: Workspace, doc: yamlfile.YamlDoc, integ: Any) -> list[ConfigError]:
     """An integration keeping its data in a file (its ``config.path``) may not name the
     workspace's own state or source database: it would fail mid-apply on the file's lock,
@@ -168,18 +174,40 @@ def _reserved_path_errors(ws: Workspace, doc: yamlfile.YamlDoc, integ: Any) -> l
     reserved = {"the state file": getattr(ws.config.state, "path", None)}
     reserved["the source database"] = getattr(ws.config.source, "path", None)
 
-    def resolve(text: str) -> Path:
-        p = Path(text).expanduser()
-        return (p if p.is_absolute() else ws.root / p).resolve()
-
-    mine = resolve(path)
+    mine = _resolve(ws, path)
     return [
         doc.error(
             f"{path!r} is {what} of this workspace; choose a file of its own", ("config", "path")
         )
         for what, other in reserved.items()
-        if isinstance(other, str) and resolve(other) == mine
+        if isinstance(other, str) and _resolve(ws, other) == mine
     ]
+
+
+def _state_path_errors(ws: Workspace, doc: yamlfile.YamlDoc) -> list[ConfigError]:
+    """An embedded state's file must be a file of its own: not empty (the workspace folder)
+    and not the source database (apply would write its tables into the source, then fail
+    on the file's lock)."""
+    path = getattr(ws.config.state, "path", None)
+    if not isinstance(path, str):
+        return []
+    if not path.strip():
+        return [
+            doc.error(
+                "the state file's path is empty; omit it for .reconcile/state.duckdb",
+                ("state", "path"),
+            )
+        ]
+    source = getattr(ws.config.source, "path", None)
+
+    if isinstance(source, str) and source.strip() and _resolve(ws, source) == _resolve(ws, path):
+        return [
+            doc.error(
+                f"{path!r} is the source database (source.path); the state needs a file of its own",
+                ("state", "path"),
+            )
+        ]
+    return []
 
 
 def _yaml_files(folder: Path) -> list[Path]:
@@ -215,6 +243,8 @@ def _cross_check(ws: Workspace, errors: list[ConfigError], check_destinations: b
     for i, seg in enumerate(ws.config.suppression):
         if _missing(ws, "segments", seg) and cfg_loc is not None:
             errors.append(cfg_loc.error(_unknown("segment", seg, ws.segments), ("suppression", i)))
+    if cfg_loc is not None:
+        errors.extend(_state_path_errors(ws, cfg_loc))
     profile_columns = set(ws.config.source.profiles.attributes)
     for name, integ in ws.integrations.items():
         doc = ws.doc("integrations", name)
