@@ -30,6 +30,7 @@ from destinations.base import (
 from destinations.identity import META, NormaliseContext, encode, sha256_hex
 from destinations.meta import MetaConfig, MetaCredentials, MetaCustomAudiences
 from destinations.meta import payload as meta_payload
+from destinations.meta.adapter import _ref
 from destinations.meta.client import classify
 from destinations.retry import RetryEvent
 from reconciler.errors import (
@@ -312,6 +313,34 @@ def test_classify(response: httpx.Response, kind: type) -> None:
     assert "Meta error" in str(error)
 
 
+@pytest.mark.parametrize(
+    ("code", "kind"),
+    [
+        (80003, ThrottledError),
+        (4, ThrottledError),
+        (190, CredentialsRefused),
+        (2650, TransientError),
+    ],
+)
+def test_an_error_body_is_an_error_whatever_the_status(code: int, kind: type) -> None:
+    """Meta may answer 200 with an error object: taken as success, the members were recorded
+    and never taken, and every later plan said "No changes"."""
+    assert type(classify(meta_error(200, code))) is kind
+
+
+def test_an_answer_that_does_not_say_what_meta_took_is_sent_again() -> None:
+    """A 2xx from ``/users`` without ``num_received`` says nothing about the members: it is
+    transient (Meta de-duplicates what is sent again), never a success; an audience without
+    an id is no audience."""
+    sent = meta_payload.Payload(
+        body={"schema": "EMAIL_SHA256"}, keys=["a"], unsendable={}, values=[("h",)]
+    )
+    with pytest.raises(TransientError, match="num_received"):
+        meta_payload.outcome({"audience_id": "1"}, sent, "received")
+    with pytest.raises(TransientError, match="without an id"):
+        _ref({"name": "x"})
+
+
 def test_classify_takes_the_throttle_wait_from_the_usage_header() -> None:
     assert classify(meta_error(400, 80003, headers=usage(3))).retry_after == 180
     assert classify(meta_error(400, 17, headers=usage(0))).retry_after is None
@@ -505,6 +534,19 @@ def test_throttling_is_waited_out_by_the_retry_policy(client, fake: FakeMeta) ->
     assert [e.kind for e in events] == ["throttled", "throttled"]
     assert all(e.wait >= 0.25 for e in events)  # from throttle_backoff_seconds, not at once
     assert len(fake.members(audience.id)) == 2
+
+
+def test_a_throttle_answered_with_200_is_waited_out_not_taken_as_success(
+    client, fake: FakeMeta
+) -> None:
+    dest = make(client, throttle_backoff_seconds=0.5)
+    audience = dest.create_audience("Busy", idempotency_key="k")
+    fake.throttle(1, code=80003, only="/users", status=200)
+    events: list[RetryEvent] = []
+    policy = dataclasses.replace(dest.retry_policy, sleep=lambda s: None, on_event=events.append)
+    out = policy.call(dest.add, audience, batch(dest, [person(1)]), ctx())
+    assert not out.rejected and [e.kind for e in events] == ["throttled"]
+    assert len(fake.members(audience.id)) == 2  # taken by the retry
 
 
 def test_a_throttle_with_a_regain_time_waits_that_long(client, fake: FakeMeta) -> None:

@@ -39,7 +39,13 @@ from destinations.meta import payload
 from destinations.meta.client import GraphClient, no_such_object
 from destinations.meta.config import MetaConfig, MetaCredentials
 from destinations.redaction import Credentials
-from reconciler.errors import AudienceGone, ConfigError, DestinationError, TerminalError
+from reconciler.errors import (
+    AudienceGone,
+    ConfigError,
+    DestinationError,
+    TerminalError,
+    TransientError,
+)
 
 __all__ = ["CREATION_KEY_PREFIX", "MetaCustomAudiences"]
 
@@ -213,6 +219,8 @@ def _merged(a: Outcome, b: Outcome) -> Outcome:
 
 
 def _ref(item: dict[str, Any]) -> AudienceRef:
+    if not item.get("id"):  # not an audience as Meta describes one
+        raise TransientError(f"Meta answered an audience without an id: {str(item)[:200]}")
     size = item.get("approximate_count_lower_bound")  # -1 while Meta has no estimate
     known = isinstance(size, int) and size >= 0
     return AudienceRef(str(item["id"]), str(item.get("name") or ""), size if known else None)

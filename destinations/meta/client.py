@@ -70,12 +70,12 @@ def _int(value: object) -> int | None:
 
 
 def classify(response: httpx.Response) -> DestinationError | None:
-    """Meta's answer -> a typed error (see the module docstring), or None for success."""
-    if response.status_code < 300:
-        return None
+    """Meta's answer -> a typed error (see the module docstring), or None for success. An
+    ``error`` object is an error whatever the status: Meta may answer 200 with one (a
+    throttle among them), and taken as success it recorded members Meta never took."""
     error = _error_body(response)
     if error is None:
-        return default_classify(response)
+        return None if response.status_code < 300 else default_classify(response)
     code, subcode = _int(error.get("code")), _int(error.get("error_subcode"))
     message = " ".join(str(error.get("message") or "no message").split())[:300]
     trace = error.get("fbtrace_id")

@@ -25,6 +25,7 @@ from typing import Any
 from destinations.base import CallContext, MemberBatch, Outcome, RemovalBatch
 from destinations.identity import META
 from destinations.identity.rules import Hash
+from reconciler.errors import TransientError
 
 __all__ = [
     "SINGLE_KEY",
@@ -253,6 +254,11 @@ def outcome(answer: Mapping[str, Any], payload: Payload, verb: str) -> Outcome:
     """Per-member outcome of a ``/users`` answer: members whose values Meta sampled as
     invalid are rejected (with Meta's reason), the others accepted; ``detail`` counts."""
     received = answer.get("num_received")
+    if not isinstance(received, int):  # not Meta's answer to /users: nothing says it took them
+        raise TransientError(
+            f"Meta answered the {verb} call without num_received (it says nothing about the "
+            "members); sent again"
+        )
     invalid = answer.get("num_invalid_entries") or 0
     samples = _samples(answer)
     rejected = dict(payload.unsendable)
@@ -261,7 +267,7 @@ def outcome(answer: Mapping[str, Any], payload: Payload, verb: str) -> Outcome:
             hit = next((samples[c] for c in row if c in samples), None)
             if hit is not None:
                 rejected[key] = f"Meta counted the entry invalid: {hit}"
-    detail = f"Meta {verb} {received if received is not None else len(payload.keys)} entries"
+    detail = f"Meta {verb} {received} entries"
     unnamed = 0
     if invalid:
         named = len(rejected) - len(payload.unsendable)

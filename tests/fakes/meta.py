@@ -153,8 +153,12 @@ class FakeMeta:
             return [a for a in self.audiences.values() if a.name == name and not a.deleted]
 
     # -- fault injection ---------------------------------------------------------------------
-    def throttle(self, n: int = 1, *, code: int = 80003, regain_minutes: int = 0, only=None):
-        self._add(_Fault("throttle", n, only, (code, regain_minutes)))
+    def throttle(
+        self, n: int = 1, *, code: int = 80003, regain_minutes: int = 0, only=None, status=400
+    ):
+        """The next ``n`` requests are throttled with ``code``; ``status`` 200: the error body
+        comes with HTTP 200, a shape Meta's throttling also takes."""
+        self._add(_Fault("throttle", n, only, (code, regain_minutes, status)))
 
     def fail(self, n: int = 1, *, status: int = 500, only: str | None = None) -> None:
         self._add(_Fault("fail", n, only, status))
@@ -229,10 +233,12 @@ class FakeMeta:
             return
         if fault.kind == "fail":
             raise GraphError(2, "An unexpected error has occurred. Please retry.", None, fault.arg)
-        code, minutes = fault.arg
+        code, minutes, status = fault.arg
         with self._lock:
             self.throttled += 1
-        err = GraphError(code, "(#80003) There have been too many calls to this ad-account.")
+        err = GraphError(
+            code, "(#80003) There have been too many calls to this ad-account.", None, status
+        )
         err.headers["X-Business-Use-Case-Usage"] = usage_header(100, minutes, self.account)
         raise err
 
