@@ -24,12 +24,19 @@ from dataclasses import dataclass
 
 import httpx
 
+from reconciler.errors import ThrottledError
+
 __all__ = ["Pacer", "Usage", "meta_business_use_case_usage", "ratelimit_headers"]
 
 #: below this share of the quota used, the declared rate applies unchanged
 SLOW_DOWN_FROM = 0.5
 #: the slowest the pacer goes, as a share of the declared rate
 SLOWEST = 0.05
+#: a pause up to this long is slept before the request; a longer one (the vendor said when
+#: access comes back: minutes, up to an hour) raises :class:`ThrottledError` instead, so the
+#: retry policy waits it out — within the integration's time budget, stopping on Ctrl-C or
+#: SIGTERM — rather than a sleep no budget and no signal could cut short
+INLINE_PAUSE = 1.0
 
 
 @dataclass(frozen=True)
@@ -83,10 +90,18 @@ class Pacer:
                 self._slots.release()
 
     def wait_turn(self) -> float:
-        """Take one token, sleeping until it is due; returns the seconds slept."""
+        """Take one token, sleeping until it is due; returns the seconds slept. While a
+        pause of more than :data:`INLINE_PAUSE` remains, raises :class:`ThrottledError` with
+        the pause as its ``retry_after`` (nothing is sent)."""
         with self._lock:
             now = self.clock()
             wait = max(0.0, self._paused_until - now)
+            if wait > INLINE_PAUSE:
+                raise ThrottledError(
+                    f"the destination's usage report asks to wait {wait:.0f}s before the next "
+                    "request",
+                    retry_after=wait,
+                )
             if self.rate is not None:
                 rate = self.rate * self._factor
                 self._tokens = min(self.burst, self._tokens + (now - self._stamp) * rate)

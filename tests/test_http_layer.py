@@ -28,7 +28,7 @@ from destinations.http import (
 )
 from destinations.pacing import Pacer, Usage, meta_business_use_case_usage, ratelimit_headers
 from destinations.redaction import Credentials, RedactingFilter, Redactor
-from destinations.retry import RetryPolicy
+from destinations.retry import RetryInterrupted, RetryPolicy
 from reconciler.errors import (
     ConfigError,
     CredentialsRefused,
@@ -355,7 +355,13 @@ def test_meta_usage_header_slows_down_and_pauses():
     assert pacer.factor == pytest.approx(0.4)
     usage["123"][0].update(call_count=100, estimated_time_to_regain_access=2)
     pacer.observe(httpx.Response(200, headers={"X-Business-Use-Case-Usage": json.dumps(usage)}))
-    assert pacer.wait_turn() >= 120
+    # a pause of minutes is not slept inside the request: the retry policy waits it out,
+    # within the integration's budget and stopping on a signal
+    with pytest.raises(ThrottledError) as paused:
+        pacer.wait_turn()
+    assert paused.value.retry_after == pytest.approx(120)
+    clock.now += 119.5  # what is left is slept before the request
+    assert pacer.wait_turn() >= 0.5
     pacer.observe(httpx.Response(200, headers={"X-Business-Use-Case-Usage": "{not json"}))
     assert meta_business_use_case_usage(httpx.Response(200)) is None
 
@@ -492,3 +498,24 @@ def test_send_with_policy_recovers_against_a_real_server(server):
     assert len(server.seen) == 3
     assert all(h["User-Agent"].startswith("activation-reconciler/") for h in server.seen)
     assert sum(slept) >= 2  # the Retry-After floor, plus the 503 backoff
+
+
+def test_a_long_usage_pause_is_waited_by_the_retry_policy_within_its_budget(server):
+    """Meta said access comes back in 30 minutes: the request is not sent, and the wait is
+    the retry policy's — past a 6-second budget it gives up at once, and a stop request
+    (Ctrl-C, SIGTERM) ends it — instead of a 30-minute sleep inside the request."""
+    usage = {"1": [{"call_count": 100, "estimated_time_to_regain_access": 30}]}
+    pacer = Pacer(usage=meta_business_use_case_usage)
+    pacer.observe(httpx.Response(200, headers={"X-Business-Use-Case-Usage": json.dumps(usage)}))
+    slept: list[float] = []
+    tight = RetryPolicy(budget_minutes=0.1, sleep=slept.append, rng=random.Random(1))
+    with make_client(server.url) as client:
+        with pytest.raises(ThrottledError, match="asks to wait 1800s"):
+            send(client, client.build_request("GET", "/x"), pacer=pacer, policy=tight)
+        assert slept == [] and server.seen == []
+        stop = RetryPolicy(
+            budget_minutes=60, sleep=slept.append, interrupt=lambda: bool(slept), tick=1.0
+        )
+        with pytest.raises(RetryInterrupted):
+            send(client, client.build_request("GET", "/x"), pacer=pacer, policy=stop)
+    assert slept == [1.0] and server.seen == []  # one tick of the wait, then the stop
