@@ -672,6 +672,21 @@ def test_example_members_leave_and_a_deleted_audience_comes_back(
     assert second.id != first.id and fake.members(second.id) == wanted
 
 
+def test_a_throttle_while_the_plan_reads_an_audience_back_does_not_hide_its_deletion(
+    tmp_path: Path, fake: FakeMeta, monkeypatch
+) -> None:
+    """The plan's read of an audience is retried like apply's calls: one throttle on it said
+    "could not be read back" and planned no change (exit 0) for an audience deleted at Meta."""
+    ws = _example(tmp_path, fake, monkeypatch, "  throttle_backoff_seconds: 0.01\n")
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    (first,) = fake.by_name("Big spenders")
+    fake.delete_audience(first.id)
+    fake.throttle(1, code=4, only=f"/{first.id}")
+    planned = cli(ws, "plan", "--detailed-exitcode")
+    assert planned.exit_code == 2, planned.output + planned.stderr
+    assert "deleted at the destination" in planned.output and fake.throttled == 1
+
+
 def _expected_members(root: Path, *, spend: int = 500) -> set[tuple[str, str]]:
     return set().union(*_expected_rows(root, spend=spend))
 

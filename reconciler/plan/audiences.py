@@ -7,9 +7,10 @@ destination (audiences deleted or renamed there). The audience side of
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from destinations.base import AudienceRef
 from reconciler.errors import ConfigError, DestinationError
@@ -20,6 +21,8 @@ from reconciler.state.store import RecordedActivation, StateReader
 from reconciler.workspace.activation_spec import ActionMode, ResolvedActivation
 from reconciler.workspace.loader import Workspace
 from reconciler.workspace.templating import DEFAULT_NAME, TemplateFailed, local_date, render_name
+
+_T = TypeVar("_T")
 
 if TYPE_CHECKING:
     from reconciler.plan.planner import PlanRequest
@@ -151,7 +154,7 @@ class AudienceTargeting:
             if not self.req.refresh:
                 return wanted, None, False, None, None
             dest = self.conns.get(act.destination)
-            found = dest.find_audience(wanted)
+            found = retried(dest, dest.find_audience, wanted)
             if found is None:
                 raise ConfigError(
                     f"the destination {act.destination!r} has no list {wanted!r}; "
@@ -159,7 +162,7 @@ class AudienceTargeting:
                     where,
                 )
             if found.id != wanted:  # found by its name: no other list may have that name
-                named = [a.id for a in dest.list_audiences() if a.name == wanted]
+                named = [a.id for a in retried(dest, dest.list_audiences) if a.name == wanted]
                 if len(named) > 1:
                     raise ConfigError(
                         f"{len(named)} lists at the destination {act.destination!r} are named "
@@ -223,7 +226,7 @@ class AudienceTargeting:
                 drift.notes.append(self._moved_note(ra, rec.destination, act.destination))
                 continue
             try:
-                now = dest.read_audience(AudienceRef(ra.resource_id, ra.name))
+                now = retried(dest, dest.read_audience, AudienceRef(ra.resource_id, ra.name))
             except DestinationError as exc:  # the plan itself needs no destination
                 drift.warnings.append(
                     f"audience {ra.name!r} could not be read back, so the destination was not "
@@ -271,7 +274,8 @@ class AudienceTargeting:
         if self.state.pending_create(aid, grp) is not None:
             return None
         try:
-            found = self.conns.get(act.destination).find_audience(name)
+            dest = self.conns.get(act.destination)
+            found = retried(dest, dest.find_audience, name)
         except DestinationError:  # reported by apply; the plan itself needs no destination
             return None
         return found.id if found is not None and found.name == name else None
@@ -293,12 +297,20 @@ class AudienceTargeting:
         listed = self._listed.get(act.destination)
         if listed is None:
             try:
-                listed = self.conns.get(act.destination).list_audiences()
+                dest = self.conns.get(act.destination)
+                listed = retried(dest, dest.list_audiences)
             except DestinationError:  # reported by apply; the plan itself needs no destination
                 listed = []
             self._listed[act.destination] = listed
         found = twins.earlier_twins(listed, pattern, name)
         return found[0] if found else None
+
+
+def retried(dest: Any, fn: Callable[..., _T], *args: Any) -> _T:
+    """``fn(*args)``, a read of the destination, retried by the destination's retry policy
+    as apply's calls are: one throttle must not hide an audience deleted there."""
+    policy = getattr(dest, "retry_policy", None)
+    return policy.call(fn, *args) if policy is not None else fn(*args)
 
 
 def warn_shared_audiences(plans: list, recorded: dict[str, list[tuple[str, str]]]) -> None:
