@@ -151,6 +151,23 @@ def test_what_templates_are_for_keeps_working():
     assert render_sql("{{ days_ago(7) }} {{ range(3)|sum }}", AS_OF, "UTC") == "DATE '2024-06-08' 3"
 
 
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "VIP {{ dict(a=1).items }}",
+        "VIP {{ range }}",
+        "{{ (segments|first).format_map }}",
+        "{{ [range] }}",
+        "{{ range|string }}",
+    ],
+)
+def test_a_name_that_would_print_a_memory_address_is_refused(payload):
+    """Its text changed on every run (``<built-in method items of dict object at 0x7f...>``):
+    every plan renamed the audience, and exit code 2 forever."""
+    with pytest.raises(TemplateFailed, match="changes from run to run"):
+        name(payload)
+
+
 @pytest.mark.parametrize("payload", ["a\nb", "a\x1b[31mred", "a\x00", "a\u202eb", "{{ 'a\\x07' }}"])
 def test_audience_names_hold_no_control_characters(payload):
     with pytest.raises(TemplateFailed, match="the audience name holds a control character"):

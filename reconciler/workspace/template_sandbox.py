@@ -22,6 +22,7 @@ call :mod:`reconciler.workspace.template_checks`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -89,13 +90,32 @@ class _BoundedCodeGenerator(CodeGenerator):
             super().visit_Tuple(node, frame)
 
 
+#: how Python prints an object it knows nothing about: its memory address, new every run
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def stable(value: Any) -> Any:
+    """What ``{{ ... }}`` prints, refused when its text would differ from run to run: a
+    function or method (``{{ range }}``, ``{{ dict().items }}``) prints its address, so an
+    audience name made of it would be renamed by every plan."""
+    if callable(value) or _ADDRESS.search(str(value)):
+        raise TemplateFailed(
+            f"the template prints a {type(value).__name__}, whose text changes from run to "
+            "run (a function or method, not its result: add the call's parentheses)"
+        )
+    return value
+
+
 class BoundedSandbox(ImmutableSandboxedEnvironment):
     code_generator_class = _BoundedCodeGenerator
     intercepted_binops = frozenset({"+", "-", "*", "/", "//", "%", "**"})
 
     def __init__(self, *, autoescape: bool = False) -> None:
         super().__init__(
-            undefined=StrictUndefined, autoescape=autoescape, keep_trailing_newline=True
+            undefined=StrictUndefined,
+            autoescape=autoescape,
+            keep_trailing_newline=True,
+            finalize=stable,
         )
         for name in ("lipsum", "cycler", "joiner", "namespace"):
             self.globals.pop(name, None)
