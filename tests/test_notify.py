@@ -774,3 +774,27 @@ def test_a_workspace_file_linked_outside_it_is_refused(workspace, tmp_path):
     assert res.exit_code == 1
     assert "segments/leak.yaml: file is a link to somewhere outside the workspace" in res.stderr
     assert "private text" not in res.stderr + res.output
+
+
+@pytest.mark.parametrize(
+    ("secret", "problem"),
+    [
+        ("whsec_c2hvcnQ=", "must hold at least 16 random bytes"),
+        ("whsec_bad!!secretvalue", "must be 'whsec_' followed by base64"),
+        ("c2VjcmV0LXNlY3JldC1zZWNyZXQ=", "must start with 'whsec_'"),
+    ],
+)
+def test_a_malformed_signing_secret_is_found_by_validate(
+    workspace, receiver, monkeypatch, secret: str, problem: str
+):
+    """Found before the run (as the destination's own secret is), not after it as a
+    notification that could not be delivered; the secret is never repeated."""
+    ws = workspace(
+        {"vip": ACT + f"notify:\n  webhook: ['{receiver.url()}']\n"},
+        reconcile_yaml=notifications(closed_port()),
+    )
+    monkeypatch.setenv("HOOK_SECRET", secret)
+    res = cli(ws, "validate")
+    assert res.exit_code == 1
+    assert "notifications.webhook_secret: the signing secret in environment variable " in res.stderr
+    assert f"HOOK_SECRET {problem}" in res.stderr and secret not in res.stderr + res.output

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
@@ -13,13 +11,10 @@ from destinations.identity import TYPES
 from destinations.identity.types import check_identifier_types
 from destinations.redaction import Credentials
 from reconciler.errors import ConfigError
+from reconciler.webhook_secrets import SECRET_PREFIX, secret_problem
 from reconciler.workspace.schema_rules import URL_PATTERN
 
 __all__ = ["SECRET_PREFIX", "WebhookConfig", "WebhookCredentials"]
-
-SECRET_PREFIX = "whsec_"
-#: Standard Webhooks secrets are 24 to 64 random bytes; fewer than this is refused
-MIN_SECRET_BYTES = 16
 
 
 class WebhookConfig(HttpOptions):
@@ -79,14 +74,7 @@ class WebhookCredentials(Credentials):
     @field_validator("secret")
     @classmethod
     def _standard_secret(cls, value: SecretStr) -> SecretStr:
-        raw = value.get_secret_value()
-        if not raw.startswith(SECRET_PREFIX):
-            raise ValueError(f"must start with {SECRET_PREFIX!r} (a Standard Webhooks secret)")
-        body = raw[len(SECRET_PREFIX) :].rstrip("=")
-        try:
-            key = base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
-        except (binascii.Error, ValueError):
-            raise ValueError(f"must be {SECRET_PREFIX!r} followed by base64") from None
-        if len(key) < MIN_SECRET_BYTES:
-            raise ValueError(f"must hold at least {MIN_SECRET_BYTES} random bytes")
+        problem = secret_problem(value.get_secret_value())
+        if problem is not None:
+            raise ValueError(problem)
         return value

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from reconciler.errors import ConfigError, ValidationFailed
+from reconciler.webhook_secrets import secret_problem
 from reconciler.workspace import yamlfile
 from reconciler.workspace.activation_spec import ActionMode, Activation, Goal
 from reconciler.workspace.export_checks import export_errors
@@ -192,6 +193,17 @@ def _missing_notification_secrets(ws: Workspace) -> list[ConfigError]:
                 ConfigError(
                     f"notifications need environment variable {var}, which is {_blank(var)}; "
                     "set it (in CI: from a secret)",
+                    ws.config_location(*loc),
+                )
+            )
+        elif (
+            loc[-1] == "webhook_secret"
+            and (match := ENV_REF_RE.fullmatch(ref or ""))
+            and (problem := secret_problem(os.environ[match.group(1)]))
+        ):  # found now, not after the run as an undelivered notification
+            out.append(
+                ConfigError(
+                    f"the signing secret in environment variable {match.group(1)} {problem}",
                     ws.config_location(*loc),
                 )
             )
