@@ -518,8 +518,9 @@ def fails_validate(ws: WS) -> list[str]:
 
 
 def test_validate_accepts_both_notify_forms(workspace, monkeypatch):
-    for var in ("SMTP_USER", "SMTP_PASSWORD", "HOOK_SECRET", "SLACK_URL"):
+    for var in ("SMTP_USER", "SMTP_PASSWORD", "SLACK_URL"):
         monkeypatch.setenv(var, "https://hooks.example.com/set" if var == "SLACK_URL" else "x")
+    monkeypatch.setenv("HOOK_SECRET", SECRET)
     ws = workspace(
         {
             "short": ACT + "notify: [ops@example.com]\n",
