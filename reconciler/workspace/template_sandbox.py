@@ -26,7 +26,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from jinja2 import StrictUndefined, nodes
+from jinja2 import StrictUndefined, Undefined, nodes
 from jinja2.compiler import CodeGenerator
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -98,6 +98,8 @@ def stable(value: Any) -> Any:
     """What ``{{ ... }}`` prints, refused when its text would differ from run to run: a
     function or method (``{{ range }}``, ``{{ dict().items }}``) prints its address, so an
     audience name made of it would be renamed by every plan."""
+    if isinstance(value, Undefined):  # jinja's own error says which name is undefined
+        return value
     if callable(value) or _ADDRESS.search(str(value)):
         raise TemplateFailed(
             f"the template prints a {type(value).__name__}, whose text changes from run to "
