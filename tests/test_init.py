@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from reconciler.cli.main import main
 from reconciler.workspace.scaffold import render_workflows, tool_version
-from tests.conftest import WS, plan_json
+from tests.conftest import WS, cli, plan_json
 
 WORKSPACE_FILES = (
     "reconcile.yaml",
@@ -145,3 +145,22 @@ def test_two_workspaces_whose_workflow_names_collide_are_refused(tmp_path: Path)
     assert res.exit_code == 1
     assert "already runs the workspace 'a/b'" in res.output
     assert not (repo / "a-b" / "reconcile.yaml").exists()  # nothing written
+
+
+def test_a_folder_name_with_terminal_escapes_plans_applies_and_prints_escaped(tmp_path: Path):
+    """The folder's name is shown in plans, PR comments and init's output: escaped. Raw, it
+    reached the terminal, and the saved plan was refused as corrupt ('workspace holds a
+    control character'), which making the plan again could never fix."""
+    root = tmp_path / "evil\x1b]0;TITLE\x07\x1b[2Jx"
+    res = init(str(root))
+    assert res.exit_code == 0 and "\x1b" not in res.output and "\\x1b]0;TITLE" in res.output
+    ws = WS(root)
+    saved = cli(ws, "plan", "--out", "p.plan")
+    assert saved.exit_code == 0, saved.stderr
+    assert "\x1b" not in saved.output and 'workspace "evil\\x1b]0;TITLE\\x07' in saved.output
+    shown = cli(ws, "show", "p.plan")
+    assert shown.exit_code == 0, shown.stderr
+    assert "\x1b" not in shown.output + shown.stderr
+    applied = cli(ws, "apply", "--auto-approve", "p.plan")
+    assert applied.exit_code == 0, applied.stderr
+    assert "new-customers: Complete" in applied.output

@@ -21,7 +21,7 @@ from reconciler.cli.common import (
     use_color,
 )
 from reconciler.cli.lazy import LazyModule
-from reconciler.errors import ReconcileError
+from reconciler.errors import ReconcileError, printable
 
 if TYPE_CHECKING:
     pass
@@ -368,14 +368,15 @@ def init(directory: str, install: str | None) -> None:
     except OSError as exc:  # e.g. a folder that cannot be created there
         where = "" if exc.filename in (None, directory) else f"{exc.filename}: "
         raise ReconcileError(
-            f"cannot create the workspace in {directory}: {where}{exc.strerror or exc}"
+            f"cannot create the workspace in {printable(directory)}: {printable(where)}"
+            f"{exc.strerror or exc}"
         ) from exc
     for path in result.created:
-        click.echo(f"created {path}")
+        click.echo(f"created {printable(path)}")
     if result.gitignore:
-        click.echo(f"appended our lines to {result.gitignore}")
+        click.echo(f"appended our lines to {printable(result.gitignore)}")
     for path in result.kept:
-        click.echo(f"kept {path} (exists; not overwritten)")
+        click.echo(f"kept {printable(path)} (exists; not overwritten)")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 from destinations.identity.rules import RULES_VERSION
 from reconciler.enginedb import Session
-from reconciler.errors import ConfigError
+from reconciler.errors import ConfigError, printable
 from reconciler.integrations import Connections
 from reconciler.plan import attributes, membership, sendable, state_loss
 from reconciler.plan.audiences import AudienceTargeting, Drift, warn_shared_audiences
@@ -135,7 +135,9 @@ class Planner(AudienceTargeting, MembershipStaging):
             plan_id=uuid.uuid4().hex[:12],
             as_of=self.as_of,
             created_at=now,
-            workspace=self.ws.root.name,
+            # shown in plans and PR comments: a folder name's escapes escaped (the plan
+            # file's checks refuse control characters, so the plan could never be applied)
+            workspace=printable(self.ws.root.name),
             targets=list(self.req.targets),
             include_inactive=self.req.include_inactive,
             state_lineage=self.state.lineage(),
