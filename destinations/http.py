@@ -112,9 +112,13 @@ def _is_loopback(host: str) -> bool:
 def check_url(url: httpx.URL | str) -> None:
     """Raise ConfigError unless ``url`` is https, or http to a loopback host."""
     u = httpx.URL(url)
+    shown = PROCESS_REDACTOR(str(u.copy_with(query=None, fragment=None)))
+    if u.scheme in ("http", "https") and not u.host:
+        raise ConfigError(f"endpoint {PROCESS_REDACTOR(str(url))!r} names no host")
+    if u.port is not None and not 0 < u.port < 65536:
+        raise ConfigError(f"endpoint {shown}: port {u.port} is not a TCP port (1-65535)")
     if u.scheme == "https" or (u.scheme == "http" and _is_loopback(u.host)):
         return
-    shown = PROCESS_REDACTOR(str(u.copy_with(query=None, fragment=None)))
     if u.scheme == "http":
         raise ConfigError(
             f"endpoint {shown} must use https:// (plain http is allowed only to "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import socket
 import threading
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,7 @@ from pydantic import SecretStr
 
 from destinations.http import (
     HttpOptions,
+    check_url,
     default_classify,
     make_client,
     parse_retry_after,
@@ -519,3 +521,34 @@ def test_a_long_usage_pause_is_waited_by_the_retry_policy_within_its_budget(serv
         with pytest.raises(RetryInterrupted):
             send(client, client.build_request("GET", "/x"), pacer=pacer, policy=stop)
     assert slept == [1.0] and server.seen == []  # one tick of the wait, then the stop
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://graph.facebook.com",
+        "https://hooks.example.com:8443/x?y=1",
+        "https://[::1]/x",
+        "http://127.0.0.1:8081/hooks",
+        "http://[::1]:80/a",
+        "http://LOCALHOST/x",
+        "http://localhost./x",
+        "https://",
+        "http://127.0.0.1:99999",
+        "http://127.0.0.1:0/x",
+        "http://foo.localhost/x",
+        "http://example.com/x",
+        "ftp://example.com/x",
+    ],
+)
+def test_the_schema_and_validate_agree_on_an_endpoint(url):
+    """An editor (``reconcile schema``) refuses exactly the endpoints validate refuses: the
+    schema took ``http://foo.localhost`` and validate took ``https://`` with no host."""
+    from reconciler.workspace.schema_rules import URL_PATTERN
+
+    try:
+        check_url(url)
+        accepted = True
+    except (ConfigError, httpx.InvalidURL):
+        accepted = False
+    assert bool(re.match(URL_PATTERN, url)) is accepted

@@ -12,8 +12,19 @@ from typing import Any
 LOOPBACK_HOST = (
     r"(localhost|[A-Za-z0-9.-]*\.localhost|127\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}|\[::1\])"
 )
+#: a loopback host as ``destinations.http.check_url`` accepts one for plain http: localhost
+#: in any case with or without its final dot, 127.x.y.z, [::1] (not a name under .localhost,
+#: which a resolver may send elsewhere)
+_HTTP_LOOPBACK = (
+    r"([Ll][Oo][Cc][Aa][Ll][Hh][Oo][Ss][Tt]\.?|127\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}|\[::1\])"
+)
+#: a TCP port, 1-65535
+_PORT = r"([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
 #: https://..., or plain http:// to a loopback host
-URL_PATTERN = rf"^(https://[^/?#\s]+|http://{LOOPBACK_HOST}(:[0-9]{{1,5}})?)([/?#][^\s]*)?$"
+URL_PATTERN = (
+    rf"^(https://([^/?#:\s\[\]]+|\[[0-9A-Fa-f:.]+\])(:{_PORT})?"
+    rf"|http://{_HTTP_LOOPBACK}(:{_PORT})?)([/?#][^\s]*)?$"
+)
 ENV_REF_PATTERN = r"^\$\{env:[A-Za-z_][A-Za-z0-9_]*\}$"
 TABLE_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$"
 #: a relative path inside the workspace: no leading / or ~, no '..' part, no ':'
