@@ -530,6 +530,20 @@ STATIC = [
         id="state-path-empty",
     ),
     pytest.param(
+        {"activations/act.yaml": MAINTAIN.replace("[FIRST_NAME]", "[FIRST_NAME, FIRST_NAME]")},
+        ["activations/act.yaml:4: attributes: attribute(s) listed twice: ['FIRST_NAME']"],
+        id="attribute-listed-twice",
+    ),
+    pytest.param(
+        {
+            "reconcile.yaml": RECONCILE_YAML.replace(
+                "suppression: []", "suppression: [seg-b, seg-b]"
+            )
+        },
+        ["suppression: segment(s) listed twice: ['seg-b']"],
+        id="suppression-listed-twice",
+    ),
+    pytest.param(
         {
             "integrations/sandbox.yaml": SANDBOX_YAML.replace(
                 ".reconcile/sandbox.duckdb", "./data/../.reconcile/state.duckdb"

@@ -23,6 +23,7 @@ from reconciler.workspace.spec_base import (
     EMAIL_RE,
     FieldError,
     Strict,
+    listed_once,
 )
 
 
@@ -159,7 +160,9 @@ class Activation(Strict):
         None, ge=1, le=50, description="size of the control group in percent (default 10)"
     )
     attributes: list[str] = Field(
-        default_factory=list, description="destination fields (from the integration mapping)"
+        default_factory=list,
+        description="destination fields (from the integration mapping)",
+        json_schema_extra={"uniqueItems": True},
     )
     paused: bool = Field(False, description="Stop Updates: keep the audience, send nothing more")
     adopt: bool = Field(
@@ -204,10 +207,12 @@ class Activation(Strict):
     @field_validator("segments")
     @classmethod
     def _unique_segments(cls, value: list[str]) -> list[str]:
-        dupes = sorted({s for s in value if value.count(s) > 1})
-        if dupes:
-            raise ValueError(f"segment(s) listed twice: {dupes}")
-        return value
+        return listed_once(value, "segment(s)")
+
+    @field_validator("attributes")
+    @classmethod
+    def _unique_attributes(cls, value: list[str]) -> list[str]:
+        return listed_once(value, "attribute(s)")
 
     @model_validator(mode="after")
     def _coherent(self) -> Activation:

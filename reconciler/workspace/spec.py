@@ -27,6 +27,7 @@ from reconciler.workspace.spec_base import (
     FieldError,
     Strict,
     env_reference,
+    listed_once,
 )
 
 # --------------------------------------------------------------------------- reconcile.yaml
@@ -303,11 +304,18 @@ class WorkspaceConfig(Strict):
     )
     defaults: Defaults = Field(default_factory=Defaults, description="defaults of every activation")
     suppression: list[str] = Field(
-        default_factory=list, description="segments excluded from every activation"
+        default_factory=list,
+        description="segments excluded from every activation",
+        json_schema_extra={"uniqueItems": True},
     )
     notifications: NotificationSettings | None = Field(
         None, description="how run notifications are delivered (mail server, webhook secret)"
     )
+
+    @field_validator("suppression")
+    @classmethod
+    def _unique_suppression(cls, value: list[str]) -> list[str]:
+        return listed_once(value, "segment(s)")
 
     @field_validator("timezone")
     @classmethod

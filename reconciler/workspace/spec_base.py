@@ -59,3 +59,12 @@ def env_reference(value: Any, what: str) -> Any:
     if value is not None and not (isinstance(value, str) and ENV_REF_RE.fullmatch(value)):
         raise FieldError(f"{what} must be an ${{env:VAR}} reference, never a literal secret")
     return value
+
+
+def listed_once(value: list[str], what: str) -> list[str]:
+    """``value`` when no item is in it twice (a copy-paste slip, never meant); else
+    ValueError naming the repeated ones."""
+    dupes = sorted({s for s in value if value.count(s) > 1})
+    if dupes:
+        raise ValueError(f"{what} listed twice: {dupes}")
+    return value
