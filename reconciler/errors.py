@@ -156,8 +156,9 @@ class DestinationError(ReconcileError):
     transient = False
     partial = False
     unanswered = False
-    #: set by the engine: a terminal error at a call's first attempt, not ``partial``: the
-    #: destination took none of its members (``reconciler.apply.calls.refusal_marked``)
+    #: set by the engine: every attempt of the call was refused with nothing taken (throttles,
+    #: a terminal error): none of its members is at the destination
+    #: (``reconciler.apply.calls.refusal_marked``)
     refused_outright = False
 
 

@@ -883,6 +883,27 @@ class TestWebhookEngine:
         assert {d.type for d in fake.applied()} == {"audience.created", "audience.members_entered"}
         assert self.held(fake) == self.desired(ws)
 
+    def test_a_call_only_ever_throttled_took_none_of_its_members(
+        self, ws: WS, fake: WebhookReceiver
+    ) -> None:
+        """429 with a Retry-After past the integration's budget: the call gives up having
+        been refused every time, so its members are not left in flight — the next plan warns
+        of nothing and the next apply makes them enter (not 'change')."""
+        path = ws.root / "integrations" / "crm-hooks.yaml"
+        path.write_text(
+            path.read_text().replace("  pii: hashed", "  retry_budget_minutes: 1\n  pii: hashed")
+        )
+        fake.fail(429, retry_after="600", on="audience.members_entered", times=1)
+        res = cli(ws, "apply", "--auto-approve")
+        assert res.exit_code == 1, res.output + res.stderr
+        assert self.held(fake) == {"Big spenders": set()}
+        plan = cli(ws, "plan", "--detailed-exitcode")
+        assert plan.exit_code == 2 and "never recorded" not in plan.output + plan.stderr
+        again = cli(ws, "apply", "--auto-approve")
+        assert again.exit_code == 0, again.output + again.stderr
+        assert "~0)" in again.output and self.held(fake) == self.desired(ws)
+        assert "audience.members_changed" not in {d.type for d in fake.applied()}
+
     def test_a_wrong_secret_disables_the_activation(
         self, ws: WS, fake: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
     ) -> None:

@@ -26,7 +26,7 @@ from destinations.base import AudienceRef, Outcome, RemovalBatch
 from reconciler.apply import encode
 from reconciler.apply.additions import AdditionSender
 from reconciler.apply.calls import Counts, as_rows, member_batch, new_batch_id, refusal_marked
-from reconciler.errors import AudienceGone, MassRemovalRefused, TerminalError
+from reconciler.errors import AudienceGone, MassRemovalRefused
 from reconciler.plan.model import MemberOp, trips_mass_removal
 
 CHANGES = encode.CHANGES
@@ -175,15 +175,15 @@ class BatchRunner(AdditionSender):
         self.progress.advance(len(keys))
 
     def _refusable(self, batch_id: str, fn):
-        """``self.call(fn)``; a call the destination refused outright at its first attempt (a
-        terminal error) took none of its members: they are no longer in flight (its intent
-        stays open). After a retry they stay: an attempt whose answer was lost may have been
-        applied; and so they do when an earlier request of a call the adapter split went
-        through (the error is ``partial``)."""
+        """``self.call(fn)``; a call the destination refused outright (every attempt
+        answered with a throttle or a terminal error, :func:`refusal_marked`) took none of its
+        members: they are no longer in flight (its intent stays open). After a transient
+        error or a lost answer they stay: that attempt may have been applied; and so they do
+        when an earlier request of a call the adapter split went through (``partial``)."""
         try:
             return refusal_marked(self.call, fn)
-        except TerminalError as exc:
-            if exc.refused_outright:
+        except BaseException as exc:
+            if getattr(exc, "refused_outright", False):
                 self.state.journal_refused(batch_id)
             raise
 

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from destinations.base import Destination, MemberBatch, Outcome
+from destinations.retry import RetryInterrupted
 from reconciler.apply import encode
 from reconciler.apply.interrupts import InterruptGuard
-from reconciler.errors import TerminalError
+from reconciler.errors import TerminalError, ThrottledError
 from reconciler.state.writer import StateStore
 
 
@@ -24,22 +25,32 @@ class Interrupted(Exception):
 
 
 def refusal_marked(call: Callable[[Callable[[], Any]], Any], fn: Callable[[], Any]) -> Any:
-    """``call(fn)`` (``call``: the retry policy), counting attempts: a terminal error at the
-    first attempt of a call not split by the adapter (not ``partial``) is marked
-    ``refused_outright`` — the destination took none of its members. After a retry it is
-    not: an attempt whose answer was lost may have been applied. Safe in a worker thread
-    (it only marks the error; the caller's thread journals it)."""
-    attempts = 0
+    """``call(fn)`` (``call``: the retry policy), watching each attempt: when the call fails
+    and every attempt was answered with a refusal that takes nothing — throttles (429, a
+    vendor's throttle code) and at most a final terminal error — the error (also the retry
+    policy's giving up or being stopped by Ctrl-C) is marked ``refused_outright``: the
+    destination took none of its members. Not after a transient error or a lost answer (that
+    attempt may have been applied), nor when an earlier request of a call the adapter split
+    went through (``partial``). Safe in a worker thread (it only marks the error; the
+    caller's thread journals it)."""
+    refused = True
 
     def attempt() -> Any:
-        nonlocal attempts
-        attempts += 1
-        return fn()
+        nonlocal refused
+        try:
+            return fn()
+        except (ThrottledError, TerminalError) as exc:
+            refused = refused and not exc.partial and not exc.unanswered
+            raise
+        except BaseException:
+            refused = False
+            raise
 
     try:
         return call(attempt)
-    except TerminalError as exc:
-        exc.refused_outright = attempts == 1 and not exc.partial
+    except BaseException as exc:
+        if refused and isinstance(exc, TerminalError | ThrottledError | RetryInterrupted):
+            exc.refused_outright = True  # type: ignore[union-attr]
         raise
 
 
