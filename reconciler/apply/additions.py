@@ -239,8 +239,8 @@ class AdditionSender(Sender):
                 self.progress.advance(c.size)
                 continue
             self._note(outcome)
-            if not (outcome.rejected or outcome.retry or outcome.ids):  # taken whole
-                self._held.add(c.batch_id, c.cols.arrow, outcome.detail)
+            if not (outcome.rejected or outcome.retry or outcome.ids or outcome.unidentified):
+                self._held.add(c.batch_id, c.cols.arrow, outcome.detail)  # taken whole
                 continue
             self._recorded += c.size
             accepted = c.size - len(outcome.rejected) - len(outcome.retry)
@@ -257,7 +257,8 @@ class AdditionSender(Sender):
                 rejected=outcome.rejected,
                 ids=outcome.ids,
                 detail=outcome.detail,
-                counts={"added": accepted, "failed": len(outcome.rejected)},
+                # entries refused without being named count as refused in the run's log
+                counts={"added": accepted, "failed": len(outcome.rejected) + outcome.unidentified},
             )
             self.progress.advance(c.size)
         self._record_held(flush=flush or limit < RECORD_ROWS)

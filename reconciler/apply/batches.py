@@ -254,7 +254,11 @@ class BatchRunner(AdditionSender):
             insert=rows_out,
             delete=[r[0] for r in rows_out],
             detail=outcome.detail,
-            counts={"updated": updated, "removed": removed, "failed": len(rejected) + len(owed)},
+            counts={
+                "updated": updated,
+                "removed": removed,
+                "failed": len(rejected) + len(owed) + outcome.unidentified,
+            },
             rejections=[(k, "update", reason) for k, reason in rejected.items()],
         )
 
