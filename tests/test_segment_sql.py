@@ -157,6 +157,15 @@ def test_parse_error_carries_the_sql_line():
     assert "(SQL line 3, column" in str(info.value)
 
 
+def test_a_parse_error_names_no_class_of_the_parser():
+    """sqlglot describes some constructs by its own class (``<class 'sqlglot.expressions
+    .string.Secret'>``): the message names the construct only."""
+    with pytest.raises(SqlRejected) as info:
+        check_segment_sql("CREATE SECRET (TYPE S3)", "duckdb")
+    assert "sqlglot" not in str(info.value) and "<class" not in str(info.value)
+    assert "missing for Secret" in str(info.value)
+
+
 def test_rejection_is_quiet(capsys, caplog):
     """sqlglot's 'falling back to parsing as a Command' warning would clutter the one-line
     error; the statement is rejected anyway."""

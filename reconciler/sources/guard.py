@@ -168,9 +168,9 @@ def _check_shape(sql: str, dialect: str) -> exp.Query:
     except ParseError as exc:
         first = exc.errors[0] if exc.errors else {}
         where = f" (SQL line {first.get('line')}, column {first.get('col')})" if first else ""
-        raise SqlRejected(
-            f"SQL does not parse{where}: {first.get('description', exc)}", first.get("line")
-        ) from exc
+        # sqlglot may describe the construct by its own class (<class 'sqlglot...Secret'>)
+        said = re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", str(first.get("description", exc)))
+        raise SqlRejected(f"SQL does not parse{where}: {said}", first.get("line")) from exc
     except TokenError as exc:  # an unterminated quote or comment
         problem, line = _token_problem(sql), _duckdb_error_line(sql)
         where = f" (SQL line {line})" if line else ""
