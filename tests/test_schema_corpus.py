@@ -96,6 +96,13 @@ BAD = [
     ),
     ("activation", "segments: []\ndestination: sandbox\n"),
     ("activation", "segments: [seg-a, seg-a]\ndestination: sandbox\n"),
+    ("activation", 'segments: [seg-a]\ndestination: sandbox\nname: "VIP\\u200b"\n'),
+    ("activation", 'segments: [seg-a]\ndestination: sandbox\nname: "VIP\\e[31m"\n'),
+    ("activation", 'segments: [seg-a]\ndestination: sandbox\nname: "VIP\\u202eX"\n'),
+    (
+        "activation",
+        "segments: [seg-a]\ndestination: sandbox\nattributes: [FIRST_NAME, FIRST_NAME]\n",
+    ),
     ("activation", "segments: [seg-a]\n"),
     ("activation", "segments: [seg-a]\ndestination: sandbox\nfrequency: weekly\n"),
     ("activation", "segments: [seg-a]\ndestination: sandbox\nlist: {create: false}\n"),

@@ -174,6 +174,21 @@ def test_audience_names_hold_no_control_characters(payload):
         name(payload)
 
 
+@pytest.mark.parametrize(
+    "payload", ["VIP\u200b", "\ufeffVIP", "V\xadIP", "VIP\u200e", "{{ 'VIP\u2060' }}"]
+)
+def test_audience_names_hold_no_invisible_characters(payload):
+    """ "VIP\u200b" and "VIP" look the same in Ads Manager and in a plan."""
+    with pytest.raises(TemplateFailed, match="invisible character"):
+        name(payload)
+
+
+def test_joiners_stay_in_audience_names():
+    assert name("Families \U0001f468\u200d\U0001f469\u200d\U0001f467") == (
+        "Families \U0001f468\u200d\U0001f469\u200d\U0001f467"
+    )
+
+
 def test_a_hanging_name_template_fails_validate_with_its_file(workspace):
     ws = workspace(
         {"act": "segments: [seg-a]\ndestination: sandbox\nname: \"{{ 'x'.ljust(10**9) }}\"\n"},

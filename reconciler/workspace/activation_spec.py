@@ -129,7 +129,9 @@ class Activation(Strict):
     )
     destination: str = Field(description="an integration name from integrations/")
     name: str | None = Field(
-        None, description="audience name template; default '<date created> <segment names>'"
+        None,
+        description="audience name template; default '<date created> <segment names>'",
+        json_schema_extra={"pattern": rules.NAME_TEXT_PATTERN},
     )
     notify: NotifySpec = Field(
         default_factory=NotifySpec,

@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 
 from jinja2 import TemplateError, TemplateSyntaxError, UndefinedError
 
+from destinations.identity.text import INVISIBLE
 from reconciler.workspace.template_budget import LIMITS, Limits, TemplateFailed
 from reconciler.workspace.template_sandbox import render
 
@@ -82,12 +83,23 @@ def render_name(
         raise TemplateFailed(
             f"the audience name holds a control character (U+{ord(bad):04X}); remove it"
         )
+    hidden = next((c for c in name if c in _HIDDEN), None)
+    if hidden is not None:
+        raise TemplateFailed(
+            f"the audience name holds an invisible character (U+{ord(hidden):04X}): it would "
+            "look the same as a name without it; remove it"
+        )
     return name
 
 
 _CONTROL = ("Cc", "Zl", "Zp")
 #: text-direction overrides, which make a name read differently from what it is
 _BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+#: invisible formatting characters (zero-width space, byte order mark, soft hyphen, direction
+#: marks): a name holding one looks like another. The joiners (U+200C, U+200D) stay: emoji
+#: sequences and some scripts need them
+_HIDDEN = frozenset(INVISIBLE) - {"\u200c", "\u200d"}
 
 DEFAULT_NAME = "{{ date_created }} {{ segments | join(', ') }}"
 
