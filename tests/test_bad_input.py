@@ -535,6 +535,16 @@ STATIC = [
         id="attribute-listed-twice",
     ),
     pytest.param(
+        {"activations/other.YAML": MAINTAIN},
+        ["activations/other.YAML: is not read: rename it to other.yaml"],
+        id="uppercase-extension",
+    ),
+    pytest.param(
+        {"segments/more/seg-c.yaml": "sql: SELECT customer_id FROM profiles\n"},
+        ["segments/more/seg-c.yaml: is not read: segments are the YAML files directly in"],
+        id="yaml-in-a-subfolder",
+    ),
+    pytest.param(
         {
             "reconcile.yaml": RECONCILE_YAML.replace(
                 "suppression: []", "suppression: [seg-b, seg-b]"

@@ -28,6 +28,7 @@ from reconciler.workspace.destination_checks import (
     missing_credentials,
     unparsed_config_errors,
 )
+from reconciler.workspace.file_checks import reserved_path_errors, state_path_errors, unread_files
 from reconciler.workspace.goal_rules import goal_errors
 from reconciler.workspace.spec import Integration, PostgresSource, Segment, WorkspaceConfig
 from reconciler.workspace.spec_base import NAME_RE
@@ -117,6 +118,7 @@ def collect(
         ws.docs[CONFIG_FILE] = config_doc
     for kind, model in KINDS.items():
         target: dict[str, Any] = getattr(ws, kind)
+        errors.extend(unread_files(root, kind))
         for path in _yaml_files(root / kind):
             name = path.stem
             if f"{kind}/{name}" in ws.files:
@@ -158,58 +160,6 @@ def collect(
     return ws, errors
 
 
-def _resolve(ws: Workspace, text: str) -> Path:
-    """A path of a workspace file as the tool opens it (relative to the workspace)."""
-    p = Path(text).expanduser()
-    return (p if p.is_absolute() else ws.root / p).resolve()
-
-
-def _reserved_path_errors(ws: Workspace, doc: yamlfile.YamlDoc, integ: Any) -> list[ConfigError]:
-    """An integration keeping its data in a file (its ``config.path``) may not name the
-    workspace's own state or source database: it would fail mid-apply on the file's lock,
-    or overwrite what reconcile reads."""
-    path = integ.config.get("path") if isinstance(integ.config, dict) else None
-    if not isinstance(path, str) or not path:
-        return []
-    reserved = {"the state file": getattr(ws.config.state, "path", None)}
-    reserved["the source database"] = getattr(ws.config.source, "path", None)
-
-    mine = _resolve(ws, path)
-    return [
-        doc.error(
-            f"{path!r} is {what} of this workspace; choose a file of its own", ("config", "path")
-        )
-        for what, other in reserved.items()
-        if isinstance(other, str) and _resolve(ws, other) == mine
-    ]
-
-
-def _state_path_errors(ws: Workspace, doc: yamlfile.YamlDoc) -> list[ConfigError]:
-    """An embedded state's file must be a file of its own: not empty (the workspace folder)
-    and not the source database (apply would write its tables into the source, then fail
-    on the file's lock)."""
-    path = getattr(ws.config.state, "path", None)
-    if not isinstance(path, str):
-        return []
-    if not path.strip():
-        return [
-            doc.error(
-                "the state file's path is empty; omit it for .reconcile/state.duckdb",
-                ("state", "path"),
-            )
-        ]
-    source = getattr(ws.config.source, "path", None)
-
-    if isinstance(source, str) and source.strip() and _resolve(ws, source) == _resolve(ws, path):
-        return [
-            doc.error(
-                f"{path!r} is the source database (source.path); the state needs a file of its own",
-                ("state", "path"),
-            )
-        ]
-    return []
-
-
 def _yaml_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
@@ -244,7 +194,7 @@ def _cross_check(ws: Workspace, errors: list[ConfigError], check_destinations: b
         if _missing(ws, "segments", seg) and cfg_loc is not None:
             errors.append(cfg_loc.error(_unknown("segment", seg, ws.segments), ("suppression", i)))
     if cfg_loc is not None:
-        errors.extend(_state_path_errors(ws, cfg_loc))
+        errors.extend(state_path_errors(ws, cfg_loc))
     profile_columns = set(ws.config.source.profiles.attributes)
     for name, integ in ws.integrations.items():
         doc = ws.doc("integrations", name)
@@ -252,7 +202,7 @@ def _cross_check(ws: Workspace, errors: list[ConfigError], check_destinations: b
             check_integration_config(doc, integ, errors)
         if integ.endpoint is not None:
             errors.extend(endpoint_errors(doc, integ.endpoint))
-        errors.extend(_reserved_path_errors(ws, doc, integ))
+        errors.extend(reserved_path_errors(ws, doc, integ))
         for dest_field, column in integ.attributes.items():
             if profile_columns and column not in profile_columns:
                 errors.append(
