@@ -750,6 +750,22 @@ RUNTIME = [
         id="sql-two-columns",
     ),
     pytest.param(
+        seg_file("sql: SELECT [customer_id] AS ids FROM profiles\n"),
+        [
+            "segments/seg-a.yaml:1: sql: segment 'seg-a' returns 'ids' of type VARCHAR[], not a "
+            "profile key; select customer_id itself"
+        ],
+        id="sql-list-key",
+    ),
+    pytest.param(
+        seg_file("sql: \"SELECT {'id': customer_id} AS k FROM profiles\"\n"),
+        [
+            "segments/seg-a.yaml:1: sql: segment 'seg-a' returns 'k' of type STRUCT(id VARCHAR), "
+            "not a profile key"
+        ],
+        id="sql-struct-key",
+    ),
+    pytest.param(
         {
             "integrations/sandbox.yaml": SANDBOX_YAML.replace(
                 "consent: email_consent", "consent: opted_in"

@@ -16,7 +16,7 @@ from reconciler.plan.membership import SUPPRESSED, TEMP, _ident
 from reconciler.sources import sql_policy
 from reconciler.sources.engine_errors import safe_engine_error
 from reconciler.sources.functions import exceeded
-from reconciler.sources.guard import SqlRejected, check_segment_sql
+from reconciler.sources.guard import SqlRejected, check_segment_sql, key_columns_problem
 from reconciler.sources.limits import query_timeout, time_limit
 from reconciler.workspace.loader import Workspace
 from reconciler.workspace.templating import TemplateFailed, render_sql
@@ -198,12 +198,9 @@ class SegmentRunner:
             )
 
     def _one_column(self, name: str, where: object, cols: list) -> None:
-        if len(cols) != 1:
-            raise SegmentError(
-                f"{where}: segment {name!r} must return exactly one column (the "
-                f"profile key), it returns {len(cols)}: {[c[0] for c in cols]}; "
-                f"select only {self.ws.config.source.profiles.key}"
-            )
+        problem = key_columns_problem(name, cols, self.ws.config.source.profiles.key)
+        if problem is not None:
+            raise SegmentError(f"{where}: {problem}")
 
     def _failed(self, name: str, exc: duckdb.Error, sql: str) -> SegmentError:
         """The engine's error with the file line of the SQL line it names, and only its

@@ -20,7 +20,12 @@ from reconciler.enginedb import default_memory_limit, memory_bytes
 from reconciler.errors import ConfigError, Location, ReconcileError, SourceError
 from reconciler.sources import open_source, sql_policy, writeback
 from reconciler.sources.engine_errors import safe_engine_error
-from reconciler.sources.guard import SqlRejected, check_condition, check_segment_sql
+from reconciler.sources.guard import (
+    SqlRejected,
+    check_condition,
+    check_segment_sql,
+    key_columns_problem,
+)
 from reconciler.sources.limits import memory_cap, query_timeout, time_limit
 from reconciler.workspace.goal_rules import WRITEBACK_TABLE
 from reconciler.workspace.loader import Workspace
@@ -163,15 +168,8 @@ class _Binder:
                     at,
                 )
             )
-        elif len(found) != 1:
-            key = self.ws.config.source.profiles.key
-            self.out.errors.append(
-                doc.error(
-                    f"segment {name!r} must return exactly one column (the profile key), it "
-                    f"returns {len(found)}: {[c[0] for c in found]}; select only {key}",
-                    ("sql",),
-                )
-            )
+        elif problem := key_columns_problem(name, found, self.ws.config.source.profiles.key):
+            self.out.errors.append(doc.error(problem, ("sql",)))
 
     def _consent(self, name: str) -> None:
         integ = self.ws.integrations[name]

@@ -403,3 +403,21 @@ class _Walker:
                 f"SQL (a larger or computed length can exhaust memory); see {DOCS}",
                 node,
             )
+
+
+def key_columns_problem(name: str, cols: list, key: str) -> str | None:
+    """What is wrong with the columns a segment's query returns (``(name, type, ...)`` rows
+    of DESCRIBE), or None: it must return one column, the profile key, as a single value —
+    no key can equal a list or a record, so the audience would be empty without a word."""
+    if len(cols) != 1:
+        return (
+            f"segment {name!r} must return exactly one column (the profile key), it returns "
+            f"{len(cols)}: {[c[0] for c in cols]}; select only {key}"
+        )
+    kind = str(cols[0][1]).upper()
+    if "[" in kind or kind.startswith(("STRUCT", "MAP", "UNION", "ARRAY", "RECORD")):
+        return (
+            f"segment {name!r} returns {cols[0][0]!r} of type {cols[0][1]}, not a profile key; "
+            f"select {key} itself (unnest a list of keys)"
+        )
+    return None
