@@ -540,6 +540,11 @@ STATIC = [
         id="uppercase-extension",
     ),
     pytest.param(
+        {"activations/act.yaml": MAINTAIN.replace("name: Audience A", "name: ''")},
+        ["activations/act.yaml:3: name: is empty; omit `name` for the default"],
+        id="name-empty",
+    ),
+    pytest.param(
         {"segments/more/seg-c.yaml": "sql: SELECT customer_id FROM profiles\n"},
         ["segments/more/seg-c.yaml: is not read: segments are the YAML files directly in"],
         id="yaml-in-a-subfolder",

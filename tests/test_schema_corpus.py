@@ -97,6 +97,7 @@ BAD = [
     ("activation", "segments: []\ndestination: sandbox\n"),
     ("activation", "segments: [seg-a, seg-a]\ndestination: sandbox\n"),
     ("activation", 'segments: [seg-a]\ndestination: sandbox\nname: "VIP\\u200b"\n'),
+    ("activation", "segments: [seg-a]\ndestination: sandbox\nname: ' '\n"),
     ("activation", 'segments: [seg-a]\ndestination: sandbox\nname: "VIP\\e[31m"\n'),
     ("activation", 'segments: [seg-a]\ndestination: sandbox\nname: "VIP\\u202eX"\n'),
     (

@@ -216,6 +216,13 @@ class Activation(Strict):
     def _unique_attributes(cls, value: list[str]) -> list[str]:
         return listed_once(value, "attribute(s)")
 
+    @field_validator("name")
+    @classmethod
+    def _named(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():  # `name:` left blank by mistake?
+            raise ValueError("is empty; omit `name` for the default (date created, segments)")
+        return value
+
     @model_validator(mode="after")
     def _coherent(self) -> Activation:
         if self.split is not SplitMode.NONE and self.action is ActionMode.REMOVE:

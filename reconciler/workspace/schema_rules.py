@@ -28,7 +28,7 @@ URL_PATTERN = (
 #: an audience name as written: no control, line-separator, direction-override or invisible
 #: character (templating.render_name refuses them in what a template renders)
 NAME_TEXT_PATTERN = (
-    "^[^\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+    "^(?=[\\s\\S]*\\S)[^\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069"
     "\u00ad\u061c\u180e\u200b\u200e\u200f\u2060-\u2064\u206a-\u206f\ufeff]*$"
 )
 ENV_REF_PATTERN = r"^\$\{env:[A-Za-z_][A-Za-z0-9_]*\}$"
