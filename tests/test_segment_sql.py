@@ -50,8 +50,10 @@ REJECTED = [
     ("COPY profiles TO '/tmp/out.csv'", "only a SELECT is allowed, found COPY"),
     ("SET enable_external_access = true", "only a SELECT is allowed, found SET"),
     ("PRAGMA version", "only a SELECT is allowed, found PRAGMA"),
-    ("EXPLAIN SELECT 1", "only a SELECT is allowed"),
-    ("CALL duckdb_settings()", "only a SELECT is allowed"),
+    ("EXPLAIN SELECT 1", "only a SELECT is allowed, found EXPLAIN"),
+    ("CALL duckdb_settings()", "only a SELECT is allowed, found CALL"),
+    ("CHECKPOINT", "only a SELECT is allowed, found CHECKPOINT"),  # a COLUMN to sqlglot
+    ("VACUUM", "only a SELECT is allowed, found VACUUM"),
     ("SELECT * INTO copy FROM profiles", "INTO is not allowed"),
     ("SELECT * FROM read_csv('/etc/passwd')", "table functions are not allowed"),
     ("SELECT * FROM read_text('/etc/passwd')", "table functions are not allowed"),

@@ -181,9 +181,13 @@ def _check_shape(sql: str, dialect: str) -> exp.Query:
         raise SqlRejected(f"expected one SELECT statement, found {len(statements)} statements")
     query = statements[0]
     if not isinstance(query, exp.Query):
-        raise SqlRejected(
-            f"only a SELECT is allowed, found {query.key.upper()}; segments never change data"
-        )
+        found = query.key.upper()
+        if isinstance(query, exp.Command):  # VACUUM, EXPLAIN, CALL, LOAD, ...: say which
+            found = str(query.this or found).upper()
+        elif not isinstance(query, exp.DDL | exp.DML | exp.Set | exp.Pragma):
+            # a bare word sqlglot reads as an expression (CHECKPOINT is a COLUMN to it)
+            found = (sql.split() or ["nothing"])[0].upper()
+        raise SqlRejected(f"only a SELECT is allowed, found {found}; segments never change data")
     for node in query.walk():
         if isinstance(node, exp.Command | exp.Pragma | exp.Set | exp.Into):
             raise SqlRejected(f"{node.key.upper()} is not allowed in segment SQL")
