@@ -545,6 +545,15 @@ STATIC = [
         id="name-empty",
     ),
     pytest.param(
+        {
+            "reconcile.yaml": RECONCILE_YAML.replace(
+                "  profiles:\n", "  tables: [__reconcile_state.members]\n  profiles:\n"
+            )
+        },
+        ["source.tables.0: '__reconcile_state.members' is one of reconcile's own tables"],
+        id="tables-name-the-state",
+    ),
+    pytest.param(
         {"segments/more/seg-c.yaml": "sql: SELECT customer_id FROM profiles\n"},
         ["segments/more/seg-c.yaml: is not read: segments are the YAML files directly in"],
         id="yaml-in-a-subfolder",

@@ -188,6 +188,10 @@ BAD = [
         RECONCILE_YAML.replace("{email: email, phone: phone}", "{email: email, fax: fax}"),
     ),
     ("reconcile", RECONCILE_YAML.replace("  profiles:\n", "  tables: ['a b']\n  profiles:\n")),
+    *(
+        ("reconcile", RECONCILE_YAML.replace("  profiles:\n", f"  tables: [{t}]\n  profiles:\n"))
+        for t in ("__reconcile_state.members", "information_schema.tables", "pg_roles", "System.x")
+    ),
     (
         "reconcile",
         RECONCILE_YAML.replace("default_phone_country: AU", "default_phone_country: AUS"),

@@ -32,7 +32,21 @@ NAME_TEXT_PATTERN = (
     "\u00ad\u061c\u180e\u200b\u200e\u200f\u2060-\u2064\u206a-\u206f\ufeff]*$"
 )
 ENV_REF_PATTERN = r"^\$\{env:[A-Za-z_][A-Za-z0-9_]*\}$"
-TABLE_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$"
+
+
+def _anycase(word: str) -> str:
+    """``word`` as a pattern matching it in any case (JSON Schema regexes have no flags)."""
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in word)
+
+
+#: 'name' or 'schema.name', whose first part is not a schema of the database's own catalog
+#: (information_schema, system, temp, pg_*) nor reconcile's own (__reconcile*): the source
+#: spec's validator refuses those
+TABLE_NAME_PATTERN = (
+    rf"^(?!({_anycase('information_schema')}|{_anycase('system')}|{_anycase('temp')})(\.|$)"
+    rf"|{_anycase('pg_')}|{_anycase('__reconcile')})"
+    r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$"
+)
 #: a relative path inside the workspace: no leading / or ~, no '..' part, no ':'
 RELATIVE_PATH_PATTERN = r"^(?![/~])(?!.*:)(?!(.*[/\\])?\.\.([/\\]|$)).*$"
 

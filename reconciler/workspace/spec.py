@@ -123,6 +123,12 @@ class _SourceSettings(Strict):
                     "settings, other tables); segment SQL may read only your data's tables",
                     i,
                 )
+            if first.startswith("__reconcile"):  # the engine's own (state, staging): never
+                raise FieldError(
+                    f"{name!r} is one of reconcile's own tables (its state and staging), which "
+                    "segment SQL never reads",
+                    i,
+                )
         return value
 
     @field_validator("memory_limit", "max_temp_directory_size")
