@@ -300,9 +300,14 @@ def test_each_due_run_writes_one_delta_even_when_nothing_changed(workspace):
         "reconcile.yaml",
         config.replace("  type: duckdb\n", "  type: duckdb\n  freshness_sql: SELECT now()\n"),
     )
-    for _ in range(2):
-        res = cli(ws, "apply", "--due", "--auto-approve")
-        assert res.exit_code == 0, res.output + res.stderr
+    res = cli(ws, "apply", "--due", "--auto-approve")
+    assert res.exit_code == 0, res.output + res.stderr
+    # nothing changed, yet the due run writes a file: the plan says so, not "No changes"
+    planned = cli(ws, "plan", "--due", "--detailed-exitcode")
+    assert planned.exit_code == 2, planned.output + planned.stderr
+    assert "the export is due: its delta file is written (0 rows)" in planned.output
+    res = cli(ws, "apply", "--due", "--auto-approve")
+    assert res.exit_code == 0, res.output + res.stderr
     deltas = sorted(p for p in exported(ws) if p.name.endswith("-delta.csv"))
     assert [len(rows(p)) for p in deltas] == [5, 0]
     assert manifest_of(deltas[1])["rows"] == 0

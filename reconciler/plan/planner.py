@@ -335,6 +335,8 @@ class Planner(AudienceTargeting, MembershipStaging):
             change = Change.UPDATE
         else:
             change = Change.PAUSED if act.paused else Change.NOOP
+        tz, refresh = self.ws.config.timezone, self.last_refresh
+        due = not act.paused and is_due(rec, act.frequency, self.as_of, tz, refresh)
         export = None
         if act.goal is Goal.EXPORT_DATA:
             export = plan_export(
@@ -350,6 +352,9 @@ class Planner(AudienceTargeting, MembershipStaging):
             if export.resume:
                 change = Change.UPDATE if change is Change.NOOP else change
                 notes.append(f"an interrupted export ({export.resume}) is written again")
+            elif change is Change.NOOP and due:  # its delta file is written even if empty
+                change = Change.UPDATE
+                notes.append("the export is due: its delta file is written (0 rows)")
         return ActivationPlan(
             id=aid,
             change=change,
@@ -386,13 +391,7 @@ class Planner(AudienceTargeting, MembershipStaging):
             writeback_pending=pending,
             # a paused or finished one-time activation still removes the profiles suppressed
             # or without consent since: a scheduled `apply --due` makes those removals too
-            due=(
-                not act.paused
-                and is_due(
-                    rec, act.frequency, self.as_of, self.ws.config.timezone, self.last_refresh
-                )
-            )
-            or (frozen and any(au.remove for au in audiences if au.sent)),
+            due=due or (frozen and any(au.remove for au in audiences if au.sent)),
         )
 
 
