@@ -270,6 +270,8 @@ def test_markdown_escapes_pipe_and_backtick(plan: Plan) -> None:
     assert escape_md("two\nlines") == "two lines"
     assert escape_md("<b>~x_") == "\\<b\\>\\~x\\_"
     assert escape_md("VIP @team") == "VIP @\u200bteam"  # no GitHub notification
+    # an entity would render as '@' (a mention after all); '#123' would reference an issue
+    assert escape_md("&#64;octocat #12 o/r#7") == "\\&#\u200b64;octocat #\u200b12 o/r#\u200b7"
 
 
 def test_markdown_details_and_warning(plan: Plan) -> None:

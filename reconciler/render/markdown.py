@@ -36,7 +36,7 @@ __all__ = ["escape_md", "render_markdown"]
 COMMIT = re.compile(r"[0-9a-f]{7,64}")
 SPEC_PATHS = 5  # changed fields named per activation in the spec-changes table
 
-_MD_SPECIAL = re.compile(r"([\\`|*_~\[\]<>])")
+_MD_SPECIAL = re.compile(r"([\\`|*_~\[\]<>&])")
 CHANGE_LABELS = {
     Change.CREATE: "create",
     Change.UPDATE: "update",
@@ -47,11 +47,12 @@ CHANGE_LABELS = {
 
 
 def escape_md(text: Any) -> str:
-    """Escape Markdown specials in user text so it cannot break a table cell or the layout,
-    and keep an ``@name`` from notifying a GitHub user or team (a zero-width space after the
-    ``@``: it reads the same)."""
+    """Escape Markdown specials in user text so it cannot break a table cell or the layout
+    (``&`` too: ``&#64;`` would render as ``@``), and keep an ``@name`` from notifying a
+    GitHub user or team and a ``#123`` from referencing an issue (a zero-width space after
+    the ``@`` or ``#``: it reads the same)."""
     flat = " ".join(str(text).splitlines())
-    return _MD_SPECIAL.sub(r"\\\1", flat).replace("@", "@\u200b")
+    return _MD_SPECIAL.sub(r"\\\1", flat).replace("@", "@\u200b").replace("#", "#\u200b")
 
 
 @cache
