@@ -286,3 +286,33 @@ def test_an_ab_split_naming_a_list_for_one_group_only_is_a_clear_error(workspace
     assert "activations/act.yaml:5: list.existing: `split: ab` with existing lists names one " in (
         res.stderr
     ), res.stderr
+
+
+def test_github_annotations_name_files_from_the_repository_root(tmp_path, monkeypatch):
+    """GitHub reads an annotation's file from the repository's root: a workspace in a
+    subfolder (`reconcile init marketing/audiences`) put its problems on no line of the PR."""
+    import subprocess
+
+    from click.testing import CliRunner
+
+    from reconciler.cli.main import main
+
+    monkeypatch.delenv("GITHUB_WORKSPACE", raising=False)
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    root = repo / "marketing" / "audiences"
+    assert CliRunner().invoke(main, ["init", str(root)]).exit_code == 0
+    (root / "activations" / "b.yaml").write_text(
+        "segments: [first-order-last-7-days]\ndestination: sandbox\nbogus: 1\n"
+    )
+    for where in (root, repo):
+        args = ["-C", str(root), "validate", "--format", "github", "--offline"]
+        monkeypatch.chdir(where)
+        gh = CliRunner().invoke(main, args)
+        assert gh.exit_code == 1
+        assert gh.output.startswith(
+            "::error file=marketing/audiences/activations/b.yaml,line=3,"
+        ), gh.output
+    monkeypatch.setenv("GITHUB_WORKSPACE", str(repo / "marketing"))  # the checkout's root
+    gh = CliRunner().invoke(main, ["-C", str(root), "validate", "--format", "github", "--offline"])
+    assert gh.output.startswith("::error file=audiences/activations/b.yaml,line=3,"), gh.output

@@ -119,7 +119,7 @@ def validate(c: Ctx, fmt: str, offline: bool) -> None:
     if fmt == "json":
         click.echo(problems.render_json(errors, warnings, counts))
     elif fmt == "github" and (errors or warnings):
-        click.echo(problems.render_github(errors, warnings))
+        click.echo(problems.render_github(errors, warnings, problems.repository_folder(root)))
     if errors:
         if fmt == "text":
             raise ValidationFailed(errors)

@@ -5,7 +5,9 @@ pull request). Errors and warnings arrive sorted by file and line."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from reconciler.errors import ConfigError
@@ -36,15 +38,36 @@ def render_json(
     return json.dumps(doc, indent=2)
 
 
-def render_github(errors: Sequence[ConfigError], warnings: Sequence[ConfigError]) -> str:
-    """``::error file=F,line=N,title=...::field: message`` (``::warning`` for warnings)."""
-    lines = [_annotation("error", e) for e in errors]
-    lines += [_annotation("warning", w) for w in warnings]
+def render_github(
+    errors: Sequence[ConfigError], warnings: Sequence[ConfigError], folder: str = ""
+) -> str:
+    """``::error file=F,line=N,title=...::field: message`` (``::warning`` for warnings).
+    ``folder``: the workspace's path inside the repository (:func:`repository_folder`), put
+    before each file: GitHub reads annotation paths from the repository's root."""
+    lines = [_annotation("error", e, folder) for e in errors]
+    lines += [_annotation("warning", w, folder) for w in warnings]
     return "\n".join(lines)
 
 
-def _annotation(level: str, e: ConfigError) -> str:
+def repository_folder(root: Path) -> str:
+    """Where the workspace ``root`` is inside its repository (``marketing/audiences/``; ""
+    at the root or outside any repository): the checkout GitHub names (``GITHUB_WORKSPACE``),
+    else the nearest folder above holding ``.git``."""
+    root = root.resolve()
+    named = os.environ.get("GITHUB_WORKSPACE")
+    tops = [Path(named).resolve()] if named else []
+    tops += [d for d in (root, *root.parents) if (d / ".git").exists()][:1]
+    for top in tops:
+        if root == top or top in root.parents:
+            rel = root.relative_to(top).as_posix()
+            return "" if rel == "." else rel + "/"
+    return ""
+
+
+def _annotation(level: str, e: ConfigError, folder: str = "") -> str:
     p = as_dict(e)
+    if p["file"]:
+        p["file"] = folder + p["file"]
     props = [(k, p[k]) for k in ("file", "line") if p[k]] + [("title", TITLE)]
     text = (f"{p['field']}: " if p["field"] else "") + str(p["message"])
     where = ",".join(f"{k}={escape_property(str(v))}" for k, v in props)
