@@ -98,6 +98,21 @@ def test_apply_due_runs_once_a_day_unless_the_source_refreshed(workspace):
     ]
 
 
+def test_a_merged_change_not_applied_yet_is_due(workspace):
+    """A daily activation that ran today but whose file changed since (a merge whose own apply
+    was replaced in the queue, or failed) is applied by the next scheduled run: `--due` left
+    it out until the next day, with no word."""
+    ws = workspace({"act": ACT}, profiles=[profile(i, a=True) for i in range(3)])
+    assert cli(ws, "apply", "--due", "--auto-approve").exit_code == 0
+    assert plan_json(ws, "--due")["activations"] == []
+    ws.write("activations/act.yaml", ACT.replace("name: A", "name: Renamed"))
+    (due,) = plan_json(ws, "--due")["activations"]
+    assert due["id"] == "act" and due["change"] == "update"
+    assert cli(ws, "apply", "--due", "--auto-approve").exit_code == 0
+    assert plan_json(ws, "--due")["activations"] == []
+    assert "No changes" in cli(ws, "plan").output
+
+
 def test_freshness_sql_must_be_one_select(workspace):
     ws = workspace({"act": ACT}, profiles=[profile(1, a=True)])
     ws.write(

@@ -336,7 +336,12 @@ class Planner(AudienceTargeting, MembershipStaging):
         else:
             change = Change.PAUSED if act.paused else Change.NOOP
         tz, refresh = self.ws.config.timezone, self.last_refresh
-        due = not act.paused and is_due(rec, act.frequency, self.as_of, tz, refresh)
+        # a merged change the merge's own apply did not make is due at the next scheduled run
+        edited = rec is not None and (rec.spec_digest != spec_digest or rec.id != aid)
+        due = not act.paused and (
+            is_due(rec, act.frequency, self.as_of, tz, refresh)
+            or (edited and act.frequency != "once")
+        )
         export = None
         if act.goal is Goal.EXPORT_DATA:
             export = plan_export(
