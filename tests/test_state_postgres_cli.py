@@ -123,6 +123,24 @@ def test_plan_apply_status_log_on_postgres(pg_ws, pg_dsn):
     assert_converged(ws)
 
 
+@pytest.mark.parametrize("datestyle", ["SQL, DMY", "German", "Postgres, MDY"])
+def test_a_role_or_server_date_style_does_not_break_the_state(pg_ws, monkeypatch, datestyle):
+    """A DBA's DateStyle (per database, role or server) changed how the state's times and
+    dates were written out: every command then failed reading them back."""
+    rows = [profile(i, a=True) for i in range(5)]
+    ws = pg_ws(rows)
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    monkeypatch.setenv("PGOPTIONS", f"-c DateStyle={datestyle.replace(' ', '')}")
+    for args in (["status"], ["log", "act"]):
+        res = cli(ws, *args)
+        assert res.exit_code == 0, res.output + res.stderr
+    assert_converged(ws)  # plan: no changes
+    ws.set_profiles([profile(i, a=True) for i in range(6)])
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 0, res.output + res.stderr
+    assert held(ws) == {"A": desired([profile(i, a=True) for i in range(6)])}
+
+
 HOLD_LOCK = """
 import sys
 from reconciler.state.postgres.db import PgDatabase

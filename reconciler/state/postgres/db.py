@@ -46,13 +46,22 @@ class PgDatabase:
                 "reconcile.yaml"
             )
         try:
-            return psycopg.connect(
+            conn = psycopg.connect(
                 self.dsn,
                 autocommit=autocommit,
                 prepare_threshold=None,  # poolers in transaction mode: no prepared statements
                 connect_timeout=self.connect_timeout,
                 application_name=f"reconcile {os.getpid()}",
             )
+            try:  # times and dates in ISO whatever the server's, database's or role's
+                # DateStyle (psycopg reads no other; pgbouncer carries DateStyle per client)
+                conn.execute("SET DateStyle = 'ISO, YMD'")
+                if not autocommit:
+                    conn.commit()
+            except BaseException:
+                conn.close()
+                raise
+            return conn
         except psycopg.Error as exc:
             raise StateError(
                 f"cannot connect to the PostgreSQL state at {mask_dsn(self.dsn)}: "
