@@ -87,7 +87,25 @@ def validate(root: Path, *, check_credentials: bool = True) -> Validation:
         found = check_catalog(ws)
         errors.extend(found.errors)
         warnings.extend(found.warnings)
+        warnings.extend(identifier_key_warnings(ws))
     return Validation(ws, _by_place(errors), _by_place(warnings))
+
+
+def identifier_key_warnings(ws: Workspace) -> list[ConfigError]:
+    """A warning when the profiles' key column is one of their identifier columns: the state
+    and saved plans keep each member's key, so they would hold raw e-mails or phones."""
+    profiles = ws.config.source.profiles
+    kinds = sorted(t for t, col in profiles.identifiers.items() if col == profiles.key)
+    if not kinds:
+        return []
+    return [
+        ConfigError(
+            f"the profile key {profiles.key!r} is also the {' and '.join(kinds)} identifier "
+            "column: the state, run logs and saved plans keep every member's key, so they "
+            "would hold these values in clear; key profiles by a customer id (or a hash of it)",
+            ws.config_location("source", "profiles", "key"),
+        )
+    ]
 
 
 def _by_place(errors: list[ConfigError]) -> list[ConfigError]:

@@ -181,3 +181,23 @@ def test_no_workspace_is_one_problem_in_the_format_asked_for(tmp_path):
     assert p["file"] is None and p["message"].startswith("no reconcile.yaml in ")
     gh = CliRunner().invoke(main, ["-C", str(tmp_path), "validate", "--format", "github"])
     assert gh.exit_code == 1 and gh.stdout.startswith("::error title=reconcile validate::no ")
+
+
+def test_a_profile_key_that_is_an_identifier_column_is_a_warning(workspace):
+    """Keys are kept in the state, run logs and saved plans: keyed by the e-mail column, they
+    would hold raw e-mail addresses (which the docs promise they never do), without a word."""
+    ws = workspace(
+        {"act": ACT},
+        segments={**SEGMENTS, "seg-a": "sql: SELECT email FROM profiles WHERE seg_a\n"},
+        reconcile_yaml=RECONCILE_YAML.replace("key: customer_id", "key: email"),
+        profiles=[profile(i, a=True) for i in range(3)],
+    )
+    for args in (["validate"], ["plan"]):
+        res = cli(ws, *args)
+        assert res.exit_code == 0, res.output + res.stderr
+        assert (
+            "source.profiles.key: the profile key 'email' is also the email identifier column"
+            in res.stderr
+        ), res.stderr
+    clean = workspace({"act": ACT}, profiles=[profile(1, a=True)])
+    assert "is also the" not in cli(clean, "validate").stderr

@@ -204,6 +204,8 @@ def plan(c: Ctx, targets, out, fmt, detailed_exitcode, refresh, due, comment_lim
                 f"Saved the plan to {out}; apply it with `reconcile apply {out}`.",
                 err=fmt != "text",
             )
+        for warning in engine.identifier_key_warnings(ws):  # on stderr: the plan stays clean
+            click.echo(f"Warning: {warning}", err=True)
     finally:
         staged.discard()
     if detailed_exitcode and staged.plan.has_changes:
