@@ -53,6 +53,10 @@ REJECTED = [
     ("EXPLAIN SELECT 1", "only a SELECT is allowed, found EXPLAIN"),
     ("CALL duckdb_settings()", "only a SELECT is allowed, found CALL"),
     ("CHECKPOINT", "only a SELECT is allowed, found CHECKPOINT"),  # a COLUMN to sqlglot
+    (
+        "WITH x AS (DELETE FROM profiles RETURNING customer_id) SELECT customer_id FROM x",
+        "DELETE is not allowed in segment SQL",
+    ),
     ("VACUUM", "only a SELECT is allowed, found VACUUM"),
     ("SELECT * INTO copy FROM profiles", "INTO is not allowed"),
     ("SELECT * FROM read_csv('/etc/passwd')", "table functions are not allowed"),

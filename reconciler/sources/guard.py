@@ -189,7 +189,8 @@ def _check_shape(sql: str, dialect: str) -> exp.Query:
             found = (sql.split() or ["nothing"])[0].upper()
         raise SqlRejected(f"only a SELECT is allowed, found {found}; segments never change data")
     for node in query.walk():
-        if isinstance(node, exp.Command | exp.Pragma | exp.Set | exp.Into):
+        # a DELETE/INSERT/UPDATE inside a CTE (`WITH x AS (DELETE ... RETURNING ...)`) too
+        if isinstance(node, exp.Command | exp.Pragma | exp.Set | exp.Into | exp.DML | exp.DDL):
             raise SqlRejected(f"{node.key.upper()} is not allowed in segment SQL")
     return query
 
