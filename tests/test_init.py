@@ -104,9 +104,9 @@ def test_init_subdir_puts_workflows_at_the_repository_root(tmp_path: Path):
     # PyYAML reads the key `on` as True
     assert "marketing/audiences/activations/**" in plan_flow[True]["pull_request"]["paths"]
     assert "marketing/audiences/segments/**" in apply_flow[True]["push"]["paths"]
-    assert apply_flow["concurrency"]["group"] == "reconcile-apply-marketing-audiences"
     for job in apply_flow["jobs"].values():
         assert job["defaults"]["run"]["working-directory"] == "marketing/audiences"
+        assert job["concurrency"]["group"] == "reconcile-apply-marketing-audiences"
 
 
 def test_init_subdir_outside_git_is_its_own_root(tmp_path: Path):
