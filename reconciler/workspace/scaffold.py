@@ -87,6 +87,12 @@ def render_workflows(
     requirement = install or f"{DISTRIBUTION}=={tool_version()}"
     if not SAFE_REQUIREMENT.fullmatch(requirement):
         raise ReconcileError(f"--install {requirement!r} is not a pip requirement")
+    if not _pinned(requirement):  # the workflows promise a pinned tool
+        raise ReconcileError(
+            f"--install {requirement!r} is not pinned: give an exact version "
+            f"({DISTRIBUTION}==X.Y.Z), a git URL at a tag or commit "
+            f"({DISTRIBUTION} @ git+https://github.com/OWNER/REPO@v0.1.0) or a local path"
+        )
     slug = "" if workspace == "." else "-" + workspace.strip("/").replace("/", "-")
     values = {
         "VERSION": tool_version(),
@@ -101,6 +107,17 @@ def render_workflows(
         text = TOKEN.sub(lambda m: values[m.group(1)], src.read_text())
         out[rel.stem + slug + rel.suffix] = text
     return out
+
+
+def _pinned(requirement: str) -> bool:
+    """An exact version (``==``, nothing looser), a URL at a ref (``...@v1``) or a path."""
+    text = requirement.strip()
+    if text.startswith((".", "/")):
+        return True
+    if " @ " in text:
+        url = text.split(" @ ", 1)[1]
+        return "@" in url.rsplit("/", 1)[-1]
+    return "==" in text and not any(op in text for op in (">", "<", "~", "!", "*", ","))
 
 
 def scaffold(target: Path, *, install: str | None = None) -> InitResult:
