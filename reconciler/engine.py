@@ -300,11 +300,17 @@ def read_state(ws: Workspace, *, members: bool = False):
 
 
 @contextmanager
-def write_state(ws: Workspace, operation: str):
-    """The writing StateStore under the state lock (``state rm|mv``)."""
+def write_state(ws: Workspace, operation: str, check: Any = None):
+    """The writing StateStore under the state lock (``state rm|mv``, ``import``). ``check``
+    (a function of a StateReader) runs first on the state as it is, read-only: a command it
+    refuses writes nothing — not even the backup every write starts with, which it would
+    have replaced."""
     backend = open_backend(ws)
     with backend.lock() as lock:
         lock.acquire(operation)
+        if check is not None:
+            with opened(backend, write=False) as attached:
+                check(attached.reader())
         with opened(backend, write=True) as attached:
             yield attached.store()
 

@@ -113,3 +113,55 @@ def test_state_show_lists_a_control_group_too(workspace):
     assert set(groups) == {"experiment", "control"}
     assert groups["control"]["sent"] is False and groups["control"]["members"] > 0
     assert groups["experiment"]["members"] + groups["control"]["members"] == 40
+
+
+def _backup_bytes(ws) -> bytes:
+    return (ws.root / ".reconcile" / "state.duckdb.backup").read_bytes()
+
+
+def test_a_refused_state_command_keeps_the_backup(workspace):
+    """Every write starts by making the current state the backup: a command it then refused
+    (a typo'd id, an id taken, an audience recorded already) replaced the backup of the last
+    apply for nothing. And on a damaged state the damaged file became the backup — the one
+    copy the error message tells the user to restore."""
+    ws = workspace(
+        {"act": ACT, "other": ACT.replace("name: A", "name: B")},
+        profiles=[profile(i, a=True) for i in range(3)],
+    )
+    for _ in range(2):  # the second apply leaves a backup: the state after the first
+        assert cli(ws, "apply", "--auto-approve").exit_code == 0
+        ws.set_profiles([profile(i, a=True) for i in range(4)])
+    good = _backup_bytes(ws)
+    for args in (
+        ["state", "rm", "nope"],
+        ["state", "mv", "nope", "x"],
+        ["state", "mv", "act", "other"],
+        ["import", "act"],  # the state records its audience already
+        ["import", "nope"],
+    ):
+        res = cli(ws, *args)
+        assert res.exit_code == 1, (args, res.output)
+        assert _backup_bytes(ws) == good, args
+    state = ws.root / ".reconcile" / "state.duckdb"
+    state.write_bytes(state.read_bytes()[:5000])  # damaged
+    for args in (["import", "act"], ["state", "rm", "act"], ["state", "mv", "act", "y"]):
+        res = cli(ws, *args)
+        assert res.exit_code == 1 and "restore" in res.stderr, (args, res.stderr)
+        assert _backup_bytes(ws) == good, args
+    state.write_bytes(good)  # the documented way back
+    assert cli(ws, "status").exit_code == 0
+
+
+def test_import_refuses_an_audience_another_activation_manages(workspace):
+    ws = workspace(
+        {"act": ACT, "other": ACT.replace("name: A", "name: B")},
+        profiles=[profile(i, a=True) for i in range(3)],
+    )
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    (taken,) = json.loads(cli(ws, "state", "show", "act").output)
+    audience_id = taken["audiences"][0]["resource_id"]
+    assert cli(ws, "state", "rm", "other").exit_code == 0
+    res = cli(ws, "import", "other", audience_id)
+    assert res.exit_code == 1
+    assert "is recorded for 'act'" in res.stderr, res.stderr
+    assert "other" not in [a["id"] for a in json.loads(cli(ws, "state", "show").output)]

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 
 from destinations.base import AudienceRef
 from reconciler.errors import ConfigError, DestinationError, ReconcileError
 from reconciler.integrations import Connections
 from reconciler.plan import splits, twins
 from reconciler.plan.planner import plan_as_of
+from reconciler.state.store import StateReader
 from reconciler.state.writer import StateStore
 from reconciler.workspace.activation_spec import ResolvedActivation
 from reconciler.workspace.loader import Workspace
@@ -30,19 +31,20 @@ class Imported:
     group: str
     audience: AudienceRef
     destination: str
+    frequency: str
+    date_created: date
 
 
-def import_audience(
+def find_import(
     ws: Workspace,
-    state: StateStore,
+    state: StateReader,
     activation_id: str,
     *,
     group: str | None = None,
     audience_id: str | None = None,
     as_of: datetime | None = None,
 ) -> Imported:
-    """Find the audience at the destination and record it for ``activation_id``'s group, in
-    ``state`` (the caller holds the state lock)."""
+    """What importing would record (read-only: refused imports write nothing)."""
     spec = ws.activations.get(activation_id)
     if spec is None:
         known = ", ".join(sorted(ws.activations)) or "none"
@@ -68,18 +70,35 @@ def import_audience(
     name = _name(ws, act, activation_id, grp, as_of, date_created)
     pattern = twins.dated_pattern(lambda day: _name(ws, act, activation_id, grp, as_of, day))
     found = _find(ws, act.destination, name, audience_id, pattern)
+    for other, orec in state.activations().items():  # one audience, one manager
+        if other != activation_id and orec.destination == act.destination:
+            for ogrp, ra in state.audiences(other).items():
+                if ra.resource_id == found.id:
+                    raise ReconcileError(
+                        f"audience {found.name!r} (id {found.id}) is recorded for "
+                        f"{other!r}"
+                        + ("" if ogrp == splits.ALL else f" group {ogrp}")
+                        + ": two activations managing one audience undo each other's "
+                        "changes; import another audience"
+                    )
     if rec is None and pattern is not None:  # the date it was made on, from its name
         date_created = twins.created_on(pattern, found.name) or date_created
+    return Imported(activation_id, grp, found, act.destination, act.frequency, date_created)
+
+
+def record_import(state: StateStore, found: Imported) -> None:
+    """Record what :func:`find_import` found."""
     with state.transaction():
         state.ensure_activation(
-            activation_id,
-            destination=act.destination,
-            frequency=act.frequency,
-            date_created=date_created,
+            found.activation,
+            destination=found.destination,
+            frequency=found.frequency,
+            date_created=found.date_created,
         )
-        state.record_audience(activation_id, grp, found.name, found.id, True)
-        state.bump_serial(activation_id)  # plans saved before this are stale
-    return Imported(activation_id, grp, found, act.destination)
+        state.record_audience(
+            found.activation, found.group, found.audience.name, found.audience.id, True
+        )
+        state.bump_serial(found.activation)  # plans saved before this are stale
 
 
 def _group(act: ResolvedActivation, group: str | None, where: str) -> str:

@@ -319,7 +319,7 @@ def _recorded(st, name: str) -> None:
 @handle_errors
 def state_rm(name) -> None:
     """Stop managing an activation: drop its state (the destination is not touched)."""
-    with engine.write_state(_ws(), "state rm") as st:
+    with engine.write_state(_ws(), "state rm", lambda st: _recorded(st, name)) as st:
         _recorded(st, name)
         st.forget_activation(name)
     click.echo(f"Removed {name!r} from the state.")
@@ -340,10 +340,14 @@ def state_mv(old, new) -> None:
             "activations/ID.yaml, only lowercase letters, digits, '-' and '_' (starting with a "
             "letter or digit)"
         )
-    with engine.write_state(_ws(), "state mv") as st:
+
+    def check(st) -> None:
         _recorded(st, old)
         if st.activation(new) is not None:
             raise ReconcileError(f"{new!r} already exists in the state")
+
+    with engine.write_state(_ws(), "state mv", check) as st:
+        check(st)
         st.move_activation(old, new)
     from reconciler.sources.writeback import rekey_source
 

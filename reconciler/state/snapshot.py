@@ -71,12 +71,29 @@ def begin_write(path: Path) -> Path | None:
         base = _checkpointed_copy(path)
         os.replace(base, backup)
     else:
+        _check_readable(path)  # a damaged state never replaces the backup it needs
         _publish(path, backup)
     _fsync_dir(path.parent)
     _note_snapshot(path, backup)
     _copy(backup, _next(path))
     _install_next(path)
     return backup
+
+
+def _check_readable(path: Path) -> None:
+    """Raise StateError unless ``path`` opens as a DuckDB database."""
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute(f"ATTACH '{_q(path)}' AS probe (READ_ONLY)")
+    except duckdb.Error as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StateError(
+            f"cannot open the state {path}: {first}; it is not a readable state database. "
+            f"Its backup {backup_path(path).name} was left as it is: restore it "
+            "(docs/state-recovery.md)"
+        ) from exc
+    finally:
+        con.close()
 
 
 def _publish(src: Path, dst: Path) -> None:
