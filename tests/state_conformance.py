@@ -398,19 +398,15 @@ class StateBackendConformance:
             lock = backend.lock()
             assert not lock.force_unlock("0123456789ab")  # another id: nothing broken
             assert lock.info().id == lock_id
-            if self.STALE_LOCKS:
-                assert lock.force_unlock(lock_id)
-                assert lock.info() is None
-            else:
-                with pytest.raises(StateError, match="live process"):
-                    lock.force_unlock(lock_id)
+            # a live holder's lock is never broken (on PostgreSQL: a fresh heartbeat, or a
+            # process of this machine that runs): a second apply would run beside it
+            with pytest.raises(StateError, match="live process"):
+                lock.force_unlock(lock_id)
+            assert lock.info().id == lock_id
         finally:
             flag.with_suffix(".go").write_text("")
             out, err = proc.communicate(timeout=60)
-        # a holder whose lock was broken records nothing more
-        assert ("refused:" in out and "lock" in out) if self.STALE_LOCKS else "wrote" in out, (
-            out + err
-        )
+        assert "wrote" in out, out + err  # the holder went on and recorded its write
 
     # ------------------------------------------------------------------ crashes
     def test_crash_mid_write_leaves_the_state_as_before(self, backend, spec, tmp_path):

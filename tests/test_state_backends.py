@@ -3,6 +3,8 @@ is particular to each: the PostgreSQL lock row and heartbeat, DSN errors, the em
 
 from __future__ import annotations
 
+import time
+
 import duckdb
 import psycopg
 import pytest
@@ -11,7 +13,13 @@ from reconciler.errors import StateError
 from reconciler.state import versions
 from reconciler.state.schema import create_schema
 from reconciler.state.writer import StateStore
-from tests.state_conformance import StateBackendConformance, failing_steps, make_backend
+from tests.state_conformance import (
+    StateBackendConformance,
+    child,
+    failing_steps,
+    make_backend,
+    wait_for,
+)
 
 
 class TestEmbedded(StateBackendConformance):
@@ -77,6 +85,23 @@ class TestPostgres(StateBackendConformance):
         with psycopg.connect(backend.db.dsn, autocommit=True) as conn:
             meta = dict(conn.execute(f"SELECT k, v FROM {backend.db.schema}.meta").fetchall())
         return int(meta["schema_version"]), meta.get("lineage")
+
+    def test_a_holder_whose_lock_row_was_broken_records_nothing_more(self, backend, spec, tmp_path):
+        """A lock broken from elsewhere (it looked stale: a paused VM, a network partition)
+        while its holder still runs: the holder's heartbeat finds the row gone and it refuses
+        to write."""
+        flag = tmp_path / "held"
+        proc = child(spec, "hold-and-write", flag)
+        try:
+            lock_id = wait_for(flag, proc)
+            with psycopg.connect(backend.db.dsn, autocommit=True) as conn:
+                conn.execute(f"DELETE FROM {backend.db.schema}.lock WHERE id = %s", [lock_id])
+            assert backend.lock().info() is None
+            time.sleep(3 * spec["heartbeat"])  # its heartbeat notices
+        finally:
+            flag.with_suffix(".go").write_text("")
+            out, err = proc.communicate(timeout=60)
+        assert "refused:" in out and "lock" in out, out + err
 
     def migrate(self, backend, fail):
         with backend.db.connect() as conn:

@@ -444,6 +444,9 @@ def test_a_lock_left_by_a_process_that_exited_here_is_taken_over(pg_ws, pg_dsn, 
         assert res.exit_code == 0, res.stderr
     else:
         assert res.exit_code == 1 and "reconcile state unlock deadbeef0001" in res.stderr
+        # stale (no heartbeat for an hour): `state unlock` breaks it, and apply proceeds
+        assert cli(ws, "state", "unlock", "deadbeef0001").exit_code == 0
+        assert cli(ws, "apply", "--auto-approve").exit_code == 0
 
 
 def test_a_role_that_may_only_read_gets_a_privilege_hint(pg_ws, pg_dsn, monkeypatch):
