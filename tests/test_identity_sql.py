@@ -397,3 +397,41 @@ def test_the_fingerprint_covers_the_column_a_type_falls_back_to() -> None:
     assert first != second
     only_email = ProfilesTable(table="p", key="k", identifiers={"email": "e"}, attributes=[])
     assert "fn" not in terms.fingerprint_sql(only_email, ("email", "first_initial"), [], "AU")
+
+
+@pytest.mark.parametrize(
+    ("member", "sent"),
+    [
+        ({"email": "bob@localhost", "first_name": "Bob", "postal_code": "3000"}, False),
+        ({"email": None, "phone": "0412 34", "first_name": "Bob", "country": "AU"}, False),
+        ({"madid": "not-a-uuid", "last_name": "Bad"}, False),
+        ({"email": "bob@example.com", "first_name": "Bob", "postal_code": "3000"}, True),
+        ({"external_id": "EXT-1", "first_name": "Bob"}, True),
+    ],
+)
+def test_names_and_address_fields_are_never_sent_alone(member, sent) -> None:
+    """Meta matched `bob@localhost` + name + postcode as the name and postcode alone: a member
+    needs a usable e-mail, phone, MADID or external id, or it has no records (not sent,
+    counted unsendable) — Python, the records SQL and the send query alike."""
+    from destinations.identity.send_query import send_sql
+
+    accepted = ("email", "phone", "madid", "external_id", "first_name", "last_name",
+                "postal_code", "country")  # fmt: skip
+    columns = {t: t for t in accepted}
+    python = records(member, accepted, META, NormaliseContext("AU"))
+    assert bool(python) is sent
+    with duckdb.connect() as con:
+        con.execute(f"CREATE TABLE m ({', '.join(f'{c} VARCHAR' for c in columns)})")
+        con.execute(
+            f"INSERT INTO m VALUES ({', '.join('?' * len(columns))})",
+            [member.get(c) for c in columns],
+        )
+        [[by_records]] = con.execute(
+            f"SELECT {records_sql(accepted, META, columns, 'AU')} FROM m"
+        ).fetchall()
+        query = send_sql("m", META.encodings, accepted, META, columns, "AU")
+        rec, *values = con.execute(
+            f"SELECT rec, {', '.join(f'v{i}' for i in range(len(META.encodings)))} FROM ({query})"
+        ).fetchall()[0]
+    assert tuple(by_records) == tuple(rec) == python
+    assert any(v is not None for v in values) is sent

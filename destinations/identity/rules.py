@@ -32,6 +32,7 @@ from typing import NamedTuple
 from destinations.identity.types import CANONICAL, TYPES, Form, NormaliseContext, Normaliser
 
 __all__ = [
+    "ANCHORS",
     "RULES_VERSION",
     "GOOGLE",
     "HASHED",
@@ -71,10 +72,11 @@ def meta_phone(e164: str) -> str:
 #: the version of the normalisation rules: bumped when a rule change makes a value normalise
 #: differently (2: invisible characters leave e-mails; a float's ".0" and other spaces and
 #: dashes leave phones; 3: "+61412345678.0" is +61412345678, as "61412345678.0" was; 4: an
-#: e-mail holding a control character, "a@x.com\x00", is no e-mail). The
+#: e-mail holding a control character, "a@x.com\x00", is no e-mail; 5: a member with no
+#: usable e-mail, phone, MADID or external id has no records, whatever else it has). The
 #: state records the version each activation was sent with; a plan under a newer one
 #: re-checks its recorded members and updates those whose records changed.
-RULES_VERSION = 4
+RULES_VERSION = 5
 
 
 class Hash(enum.Enum):
@@ -125,12 +127,21 @@ class Encoding:
         return value, f"{self.prefix}:{value}"
 
 
+#: identifier types that match a person by themselves. A member is sent (and has records)
+#: only with a usable one of these: names, birth date, gender and address fields travel with
+#: one to improve the match, never alone (``bob@localhost`` with a name and a postcode was
+#: sent to Meta as the name and postcode alone)
+ANCHORS = frozenset({"email", "phone", "madid", "external_id"})
+
+
 @dataclass(frozen=True, eq=False)  # compared and hashed by identity: cheap cache keys
 class RuleSet:
-    """A platform's encodings, in the order its payload lists them."""
+    """A platform's encodings, in the order its payload lists them. ``anchors``: the
+    identifier types a member needs one of to be sent at all (None: any record will do)."""
 
     name: str
     encodings: tuple[Encoding, ...]
+    anchors: frozenset[str] | None = ANCHORS
 
     @property
     def identifiers(self) -> tuple[str, ...]:
@@ -189,6 +200,9 @@ GOOGLE = RuleSet(
         Encoding("country", "regionCode", "region_code", Hash.NONE, "upper"),
         Encoding("postal_code", "postalCode", "postal_code", Hash.NONE),
     ),
+    # Google's address info (names, country and postal code together) matches by itself:
+    # not modelled as an anchor group (no Google adapter yet), so no anchor rule here
+    anchors=None,
 )
 
 #: the local sandbox: today's records, which existing state depends on
@@ -286,6 +300,7 @@ def _run(
     with_values: bool,
 ) -> list[Encoded] | list[str]:
     out: list = []
+    anchored = False  # a record of an identifier that matches by itself (ANCHORS)
     for name, fallback, normalise, pairs in _steps(rules, tuple(accepted)):
         raw = identifiers.get(name)
         if raw is None and fallback is not None:
@@ -300,7 +315,8 @@ def _run(
             value = formed if digest is None else digest(formed)
             record = prefix + (value if record_digest is None else record_digest(formed))
             out.append(Encoded(encoding, value, record) if with_values else record)
-    return out
+            anchored = anchored or rules.anchors is None or name in rules.anchors
+    return out if anchored else []
 
 
 def encode(

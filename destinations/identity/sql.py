@@ -363,6 +363,7 @@ def records_sql(
     ``columns`` maps identifier types to column expressions; a type without a column counts
     as missing (``first_initial`` falls back to the ``first_name`` column, as in Python)."""
     lists = []
+    anchors: list[str] = []  # record prefixes of identifiers that match by themselves
     for name in accepted:
         encodings = rules.for_identifier(name)
         column = identifier_source(name, columns)
@@ -371,6 +372,19 @@ def records_sql(
         canonical = normalised_sql(name, column, default_country)
         items = ", ".join(_encoded(e, _form(name, e.form, "__c"), record=True) for e in encodings)
         lists.append(_let(canonical, "__c", f"[{items}]"))
+        if rules.anchors is not None and name in rules.anchors:
+            anchors += [e.prefix + ":" for e in encodings]
     if not lists:
         return "[]::VARCHAR[]"
-    return f"list_filter(flatten([{', '.join(lists)}]), lambda __r: __r IS NOT NULL)"
+    found = f"list_filter(flatten([{', '.join(lists)}]), lambda __r: __r IS NOT NULL)"
+    if rules.anchors is None:
+        return found
+    if not anchors:  # nothing that matches a person by itself: no records
+        return "[]::VARCHAR[]"
+    anchored = " OR ".join(f"starts_with(__a, {_q(a)})" for a in sorted(set(anchors)))
+    return _let(
+        found,
+        "__rs",
+        f"CASE WHEN len(list_filter(__rs, lambda __a: {anchored})) > 0 "
+        "THEN __rs ELSE []::VARCHAR[] END",
+    )
