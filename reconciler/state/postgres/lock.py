@@ -167,8 +167,8 @@ class PostgresLock:
 
     def force_unlock(self, lock_id: str) -> bool:
         """Break the lock ``lock_id`` (only that one); False when no such lock is held. A
-        holder that is alive — its heartbeat fresh, or its process running on this machine —
-        is refused, as the embedded backend refuses: breaking it let a second apply run while
+        holder that is alive — its process running on this machine, or a fresh heartbeat from
+        another one — is refused, as the embedded backend refuses: breaking it let a second apply run while
         the first went on sending what it could no longer record."""
         with self.db.connect(autocommit=True) as conn, self.db.errors("breaking the lock"):
             if not self.db._has_lock_table(conn):
@@ -176,7 +176,12 @@ class PostgresLock:
             info = self._info(conn)
             if info is not None and info.id == lock_id:
                 here = info.host == socket.gethostname()
-                if not info.stale or (here and isinstance(info.pid, int) and pid_alive(info.pid)):
+                # this machine's process is checked; another machine's is alive while its
+                # heartbeat is fresh
+                alive = (
+                    (isinstance(info.pid, int) and pid_alive(info.pid)) if here else not info.stale
+                )
+                if alive:
                     raise StateError(
                         f"lock {lock_id} is held by a live process: {info.describe()}; it "
                         "cannot be broken while that process runs — stop it (its lock ends "
