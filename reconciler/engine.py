@@ -304,7 +304,7 @@ def write_state(ws: Workspace, operation: str, check: Any = None):
     """The writing StateStore under the state lock (``state rm|mv``, ``import``). ``check``
     (a function of a StateReader) runs first on the state as it is, read-only: a command it
     refuses writes nothing — not even the backup every write starts with, which it would
-    have replaced."""
+    have replaced. The lock is held from the check to the write: what it checked holds."""
     backend = open_backend(ws)
     with backend.lock() as lock:
         lock.acquire(operation)

@@ -82,26 +82,21 @@ def send_sql(
         sent(e, src) if (src := sources[e.identifier]) is not None else "NULL" for e in encodings
     ]
     items = []
-    anchors = []  # the records of identifiers that match by themselves (rules.ANCHORS)
+    anchors = []  # the records of identifiers that match by themselves (rules.anchors)
     for name in accepted:
         column = sources[name]
         if column is not None:
             kept_items = [kept(e, column) for e in rules.for_identifier(name)]
             items += kept_items
-            anchors += kept_items if rules.anchors is None or name in rules.anchors else []
-    # a member with none of those has no records and sends no value (names, a postcode
-    # travel with one of them, never alone)
-    ok = " OR ".join(f"({a}) IS NOT NULL" for a in anchors) or "FALSE"
-    rec = (
-        f"CASE WHEN {ok} THEN list_filter([{', '.join(items)}], lambda __r: __r IS NOT NULL) "
-        "ELSE []::VARCHAR[] END"
-        if items and anchors
-        else "[]::VARCHAR[]"
-    )
-    outer = [
-        f"{rec} AS rec",
-        *(f"CASE WHEN {ok} THEN {v} END AS v{i}" for i, v in enumerate(values)),
-    ]
+            anchors += kept_items if rules.anchors is not None and name in rules.anchors else []
+    rec = f"list_filter([{', '.join(items)}], lambda __r: __r IS NOT NULL)" if items else None
+    if rules.anchors is not None:
+        # a member with none of those has no records and sends no value (names, a postcode
+        # travel with one of them, never alone)
+        ok = " OR ".join(f"({a}) IS NOT NULL" for a in anchors) or "FALSE"
+        rec = f"CASE WHEN {ok} THEN {rec} ELSE []::VARCHAR[] END" if rec and anchors else None
+        values = [f"CASE WHEN {ok} THEN {v} END" for v in values]
+    outer = [f"{rec or '[]::VARCHAR[]'} AS rec", *(f"{v} AS v{i}" for i, v in enumerate(values))]
     hidden = [*stepped, *canon.values(), *coded.values()]
     exclude = f" EXCLUDE ({', '.join(hidden)})" if hidden else ""
     relation = source

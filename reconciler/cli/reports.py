@@ -320,7 +320,6 @@ def _recorded(st, name: str) -> None:
 def state_rm(name) -> None:
     """Stop managing an activation: drop its state (the destination is not touched)."""
     with engine.write_state(_ws(), "state rm", lambda st: _recorded(st, name)) as st:
-        _recorded(st, name)
         st.forget_activation(name)
     click.echo(f"Removed {name!r} from the state.")
 
@@ -347,7 +346,6 @@ def state_mv(old, new) -> None:
             raise ReconcileError(f"{new!r} already exists in the state")
 
     with engine.write_state(_ws(), "state mv", check) as st:
-        check(st)
         st.move_activation(old, new)
     from reconciler.sources.writeback import rekey_source
 

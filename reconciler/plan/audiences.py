@@ -309,8 +309,7 @@ class AudienceTargeting:
 def retried(dest: Any, fn: Callable[..., _T], *args: Any) -> _T:
     """``fn(*args)``, a read of the destination, retried by the destination's retry policy
     as apply's calls are: one throttle must not hide an audience deleted there."""
-    policy = getattr(dest, "retry_policy", None)
-    return policy.call(fn, *args) if policy is not None else fn(*args)
+    return dest.retry_policy.call(fn, *args)
 
 
 def warn_shared_audiences(plans: list, recorded: dict[str, list[tuple[str, str]]]) -> None:

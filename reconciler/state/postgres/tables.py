@@ -21,17 +21,12 @@ class Col:
     kind: str = "plain"
 
     def pg_export(self) -> str:
-        """PostgreSQL expression giving the column as text DuckDB can cast back. Dates and
-        times are written in ISO form whatever the server's or the role's ``DateStyle``
-        (``SQL, DMY`` wrote ``02/12/2026 06:06:09 UTC``, which no reader could parse)."""
+        """PostgreSQL expression giving the column as text DuckDB can cast back (dates and
+        times in ISO form: the connection sets ``DateStyle``, ``PgDatabase.connect``)."""
         if self.kind == "textarr":
             return f"to_json({self.name})::text"
         if self.kind == "u64arr":
             return f"to_json({self.name}::text[])::text"
-        if self.pg == "timestamptz":
-            return f"""to_char({self.name} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
-        if self.pg == "date":
-            return f"to_char({self.name}, 'YYYY-MM-DD')"
         return self.name
 
     def duck_export(self) -> str:
