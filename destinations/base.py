@@ -361,6 +361,11 @@ class FileExport(Protocol):
         """Where the files of export path ``path`` go (for the plan; no I/O)."""
         ...
 
+    def export_format(self) -> str:
+        """The files' format (``csv``, ``parquet``): a change starts a new series of files,
+        with a full one (for the plan; no I/O)."""
+        ...
+
     def write_export(
         self, con: duckdb.DuckDBPyConnection, query: str, request: ExportRequest
     ) -> ExportedFile:

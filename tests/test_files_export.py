@@ -391,3 +391,42 @@ def test_a_saved_plan_exports_nobody_who_withdrew_consent_meanwhile(workspace, t
         written = {r["customer_id"] for r in rows(only(exported(ws), kind))}
         assert "c00002" not in written and "c00001" in written, (kind, written)
     assert "user2@example.com" not in "".join(p.read_text() for p in exported(ws))
+
+
+@pytest.mark.parametrize("edit", ["location", "path", "format"])
+def test_a_moved_export_starts_a_new_series_with_a_full_file(workspace, edit):
+    """Whoever reads the new place (or the new format) holds none of the earlier files: the
+    plan says so and the next apply writes a full file there, whatever `export.full` says."""
+    ws = files_ws(workspace, PEOPLE, full="never")
+    apply(ws)
+    assert "No changes" in cli(ws, "plan").output
+    folder = ws.root / "out" / "vip" / "daily"
+    if edit == "location":
+        ws.write(
+            "integrations/files.yaml",
+            FILES_YAML.format(format="csv", pii="hashed", extra="").replace(
+                "location: out", "location: moved"
+            ),
+        )
+        folder, why = ws.root / "moved" / "vip" / "daily", "the export moved from out/vip/daily/"
+    elif edit == "path":
+        ws.write(
+            "activations/vip-export.yaml",
+            EXPORT_ACT.format(full="never").replace("path: vip/daily", "path: vip/weekly"),
+        )
+        folder, why = ws.root / "out" / "vip" / "weekly", "the export moved from out/vip/daily/"
+    else:
+        ws.write(
+            "integrations/files.yaml", FILES_YAML.format(format="parquet", pii="hashed", extra="")
+        )
+        why = "the export's format changed from csv to parquet"
+    planned = cli(ws, "plan", "--detailed-exitcode")
+    assert planned.exit_code == 2, planned.output + planned.stderr
+    assert f"{why}: a full file is written with the delta" in planned.output
+    assert "full file of 5 rows (export.full: never)" in planned.output
+    apply(ws)
+    ext = "parquet" if edit == "format" else "csv"
+    fulls = sorted(folder.glob(f"*-full.{ext}"))
+    assert len(fulls) == 1, sorted(folder.iterdir())
+    assert sorted(r["customer_id"] for r in rows(fulls[0])) == [f"c{i:05d}" for i in range(1, 6)]
+    assert "No changes" in cli(ws, "plan").output  # one full file: the series goes on from it

@@ -114,6 +114,9 @@ class FilesDestination:
         location = self.config.location.rstrip("/")
         return f"{location}/{path.strip('/')}/"
 
+    def export_format(self) -> str:
+        return self.config.format
+
     def write_export(
         self, con: duckdb.DuckDBPyConnection, query: str, request: ExportRequest
     ) -> ExportedFile:

@@ -136,6 +136,10 @@ class ExportRunner:
         detail = {
             "stamp": stamp,
             "full": full,
+            # where and how this series of files goes: the next plan starts a new one (with
+            # a full file) when either changes (reconciler.plan.exports)
+            "location": plan.location,
+            "format": self.dest.export_format(),
             "files": [f.url for f in out.files],
             "rows": [f.rows for f in out.files],
             "sha256": [f.sha256 for f in out.files],

@@ -46,11 +46,29 @@ def plan_export(
         )
     else:
         full = False
+    files = cast(FileExport, dest)
+    location = files.export_location(export_path(activation_id, act))
+    new_series = _new_series(exports.last_series(reader, baseline), location, files.export_format())
     return ExportChange(
-        location=cast(FileExport, dest).export_location(export_path(activation_id, act)),
+        location=location,
         delta_rows=(aud.add + aud.remove + aud.update) if aud else 0,
-        full=full or bool(pending and pending.full),
+        full=full or bool(pending and pending.full) or new_series is not None,
         full_rows=aud.size_after if aud else 0,
         full_policy=spec.full,
         resume=pending.stamp if pending else None,
+        new_series=new_series,
     )
+
+
+def _new_series(last: tuple[str, str] | None, location: str, fmt: str) -> str | None:
+    """Why the files now start a new series (the last export went elsewhere, or in another
+    format), or None. Whoever reads the new place holds none of the earlier files: it gets a
+    full file of the audience with its first delta, whatever ``export.full`` says."""
+    if last is None:
+        return None
+    before, before_format = last
+    if before != location:
+        return f"the export moved from {before}"
+    if before_format != fmt:
+        return f"the export's format changed from {before_format} to {fmt}"
+    return None

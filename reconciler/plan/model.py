@@ -122,6 +122,9 @@ class ExportChange(Frozen):
     full_rows: int = 0  # rows of the full file (the audience after the apply)
     full_policy: str = "weekly"  # export.full: daily | weekly | never
     resume: str | None = None  # stamp of an interrupted export this apply writes again
+    #: why this export starts a new series of files (moved, another format), with a full
+    #: file: a reader of the new place has none of the earlier deltas. None: it does not
+    new_series: str | None = None
 
 
 class ActivationPlan(Frozen):

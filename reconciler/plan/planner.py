@@ -354,6 +354,11 @@ class Planner(AudienceTargeting, MembershipStaging):
                 as_of=self.as_of,
                 timezone=self.ws.config.timezone,
             )
+            if export.new_series and not act.paused:
+                # like an edit of the activation: written at once, its full file included
+                change = Change.UPDATE if change is Change.NOOP else change
+                due = True
+                notes.append(f"{export.new_series}: a full file is written with the delta")
             if export.resume:
                 change = Change.UPDATE if change is Change.NOOP else change
                 notes.append(f"an interrupted export ({export.resume}) is written again")

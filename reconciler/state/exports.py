@@ -62,6 +62,22 @@ def last_full_at(reader: StateReader, activation_id: str) -> datetime | None:
     return None
 
 
+def last_series(reader: StateReader, activation_id: str) -> tuple[str, str] | None:
+    """Where the newest recorded export of this activation went and in which format
+    (``location``, ``format``); None: no export recorded where, or none at all (exports
+    recorded before the state kept it count as none: nothing to compare with)."""
+    row = reader.con.execute(
+        f"""SELECT detail FROM {reader.c}.journal WHERE status = 'done' AND op = '{OP}'
+            AND activation_id = ? ORDER BY finished_at DESC LIMIT 1""",
+        [activation_id],
+    ).fetchone()
+    detail = _detail(row[0]) if row else {}
+    location, fmt = detail.get("location"), detail.get("format")
+    if not isinstance(location, str) or not isinstance(fmt, str):
+        return None
+    return location, fmt
+
+
 def begin(
     store: StateStore,
     batch_id: str,
