@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from pathlib import Path
 
 import duckdb
 import httpx
@@ -152,3 +153,73 @@ def test_a_store_that_does_not_answer_fails_only_its_activation(workspace, monke
     assert res.exit_code == 1 and "internal error" not in said, said
     assert "crm-export: Failed" in said and "zz-other: Complete" in said, said
     assert SECRET not in said
+
+
+def test_a_store_that_accepts_and_never_answers_is_given_up_within_the_retry_budget(
+    workspace, monkeypatch
+):
+    """A store that takes connections and never answers (a stuck proxy, a black-holed
+    route): each request ends at its deadline (connect + 2 x read timeout; botocore's read
+    timeout alone does not cover the wait for `100 Continue`) and is attempted once per retry
+    of the destination's own policy. Before, one export waited past 15 minutes, past any
+    budget; the connections the store saw tell how many attempts were made."""
+    import socket
+    import threading
+
+    monkeypatch.setenv("EXPORT_KEY_ID", KEY_ID)
+    monkeypatch.setenv("EXPORT_SECRET", SECRET)
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def take() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(conn)  # held open, never answered
+
+    threading.Thread(target=take, daemon=True).start()
+    port = listener.getsockname()[1]
+    ws = workspace({"crm-export": ACT}, profiles=[profile(i, a=True) for i in range(1, 4)])
+    short = (
+        "{client_kwargs: {region_name: us-east-1},"
+        " config_kwargs: {connect_timeout: 1, read_timeout: 1}}"
+    )
+    ws.write(
+        "integrations/s3.yaml",
+        S3_YAML.format(endpoint=f"http://127.0.0.1:{port}", format="csv").replace(
+            "{client_kwargs: {region_name: us-east-1}}", short
+        ),
+    )
+    try:
+        res = cli(ws, "apply", "--auto-approve")
+    finally:
+        listener.close()
+        for conn in accepted:
+            conn.close()
+    said = res.output + res.stderr
+    assert res.exit_code == 1 and "crm-export: Failed" in said, said
+    assert "s3://exports-bucket/reconcile/crm/" in said and SECRET not in said
+    # the policy's 4 attempts, one request each (25 per attempt before)
+    assert 1 <= len(accepted) <= 8, len(accepted)
+    assert "delta file of 3 rows" in cli(ws, "plan").output  # nothing recorded
+
+
+def test_s3_client_defaults_bound_each_request_and_yield_to_the_users_settings():
+    from destinations.base import DestinationContext
+    from destinations.files import FilesDestination
+    from destinations.files.config import FilesConfig, FilesCredentials
+
+    def options(storage: dict) -> dict:
+        config = FilesConfig(location="s3://b/p", storage_options=storage)
+        dest = FilesDestination(config, FilesCredentials(), DestinationContext(root=Path(".")))
+        return dest._options()
+
+    got = options({})
+    assert got["config_kwargs"]["read_timeout"] == 60
+    assert got["config_kwargs"]["connect_timeout"] == 10
+    assert got["config_kwargs"]["retries"] == {"total_max_attempts": 1, "mode": "standard"}
+    mine = options({"config_kwargs": {"read_timeout": 300}})
+    assert mine["config_kwargs"]["read_timeout"] == 300
+    assert mine["config_kwargs"]["connect_timeout"] == 10

@@ -11,12 +11,13 @@ audience at the destination to add to or remove from.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, cast
 
 import duckdb
 import httpx
@@ -37,7 +38,7 @@ from destinations.base import (
     RemovalBatch,
 )
 from destinations.files.config import FilesConfig, FilesCredentials, url_scheme
-from destinations.files.storage import Store, open_store
+from destinations.files.storage import DEADLINE_SECONDS, FsspecStore, Store, open_store
 from destinations.identity import HASHED, RAW
 from destinations.redaction import Credentials
 from destinations.retry import RetryPolicy
@@ -46,6 +47,27 @@ from reconciler import errors
 __all__ = ["FilesDestination"]
 
 MANIFEST_SUFFIX = ".manifest.json"
+
+
+#: botocore settings of an S3 store unless ``storage_options.config_kwargs`` sets them: one
+#: attempt per request, bounded; the destination's retry policy retries within its budget.
+#: Left to botocore (up to 5 attempts) inside s3fs (5 more each), a store that accepts
+#: connections and never answers held one export past 15 minutes
+S3_CLIENT_DEFAULTS: dict[str, Any] = {
+    "connect_timeout": 10,
+    "read_timeout": 60,
+    "retries": {"total_max_attempts": 1, "mode": "standard"},
+}
+
+
+def _deadline(options: dict[str, Any]) -> float:
+    """The longest one request may take (beyond a second per MB): an S3 store's connect
+    timeout and twice its read timeout, else :data:`DEADLINE_SECONDS`."""
+    timeouts = options.get("config_kwargs") or {}
+    try:
+        return float(timeouts["connect_timeout"]) + 2 * float(timeouts["read_timeout"])
+    except (KeyError, TypeError, ValueError):
+        return DEADLINE_SECONDS
 
 
 class FilesDestination:
@@ -87,7 +109,14 @@ class FilesDestination:
     @property
     def store(self) -> Store:
         if self._store is None:
-            self._store = open_store(self.config.location, self.context.root, self._options())
+            options = self._options()
+            self._store = open_store(
+                self.config.location, self.context.root, options, _deadline(options)
+            )
+            if url_scheme(self.config.location) in ("s3", "s3a"):
+                # and once by s3fs (its own loop makes 5 by default): the retry policy above
+                # retries within its budget
+                cast(FsspecStore, self._store).fs.retries = 1
         return self._store
 
     def _options(self) -> dict:
@@ -95,6 +124,11 @@ class FilesDestination:
         server) and the credentials, for S3 URLs."""
         options = dict(self.config.storage_options)
         if url_scheme(self.config.location) in ("s3", "s3a"):
+            # each request bounded and attempted once by botocore (see S3_CLIENT_DEFAULTS)
+            config_kwargs = dict(options.get("config_kwargs") or {})
+            for name, value in S3_CLIENT_DEFAULTS.items():  # copies: botocore edits them
+                config_kwargs.setdefault(name, copy.deepcopy(value))
+            options["config_kwargs"] = config_kwargs
             if self.context.endpoint:
                 kwargs = dict(options.get("client_kwargs") or {})
                 kwargs["endpoint_url"] = self.context.endpoint

@@ -45,10 +45,21 @@ class Store(Protocol):
         ...
 
 
-def open_store(location: str, root: Path, options: dict[str, Any]) -> Store:
-    """The store of ``location``: a URL through fsspec, else a folder (relative to ``root``)."""
+#: the longest one request to an object store may take, beyond a second per MB it carries:
+#: a store that takes the connection and never answers (a stuck proxy; botocore's read
+#: timeout does not cover its wait for ``100 Continue``) would otherwise hold the export for
+#: good; the destination's retry policy retries a request that ran out, within its budget
+DEADLINE_SECONDS = 130.0
+
+
+def open_store(
+    location: str, root: Path, options: dict[str, Any], deadline: float = DEADLINE_SECONDS
+) -> Store:
+    """The store of ``location``: a URL through fsspec, else a folder (relative to ``root``).
+    ``deadline``: the longest one request to an object store may take (see
+    :data:`DEADLINE_SECONDS`)."""
     if url_scheme(location) is not None:
-        return FsspecStore(location, root, options)
+        return FsspecStore(location, root, options, deadline)
     base = Path(location).expanduser()
     return LocalStore(base if base.is_absolute() else root / base)
 
@@ -113,7 +124,13 @@ class FsspecStore:
     file, which is uploaded under its final key in one ``put`` (S3 and GCS show an object
     only when its upload completed), then removed."""
 
-    def __init__(self, location: str, root: Path, options: dict[str, Any]):
+    def __init__(
+        self,
+        location: str,
+        root: Path,
+        options: dict[str, Any],
+        deadline: float = DEADLINE_SECONDS,
+    ):
         import fsspec
 
         self.location = location.rstrip("/")
@@ -123,6 +140,14 @@ class FsspecStore:
         except (ImportError, ValueError, TypeError) as exc:
             raise ConfigError(f"cannot open {protocol}:// storage: {exc}") from exc
         self.tmp = root / ".reconcile" / "tmp"
+        self.deadline = deadline
+
+    def _bounded(self, size: int) -> dict[str, Any]:
+        """The keyword that bounds one request of ``size`` bytes: fsspec's ``timeout`` (only
+        its asynchronous filesystems take it: s3, gcs, azure)."""
+        if not getattr(self.fs, "async_impl", False):
+            return {}
+        return {"timeout": self.deadline + size / 1_000_000}
 
     def url(self, rel: str) -> str:
         return f"{self.location}/{_inside(rel)}"
@@ -136,7 +161,7 @@ class FsspecStore:
 
     def publish(self, scratch: Path, rel: str) -> None:
         try:
-            self.fs.put_file(str(scratch), self.url(rel))
+            self.fs.put_file(str(scratch), self.url(rel), **self._bounded(_size(scratch)))
         except Exception as exc:  # the store's library raises its own (botocore, aiohttp)
             raise _storage_error(exc, self.url(rel)) from exc
         finally:
@@ -145,18 +170,26 @@ class FsspecStore:
 
     def put_text(self, rel: str, text: str) -> None:
         try:
-            self.fs.pipe_file(self.url(rel), text.encode())
+            data = text.encode()
+            self.fs.pipe_file(self.url(rel), data, **self._bounded(len(data)))
         except Exception as exc:  # the store's library raises its own (botocore, aiohttp)
             raise _storage_error(exc, self.url(rel)) from exc
 
     def folders(self) -> list[str]:
         try:
-            found = self.fs.ls(self.location, detail=True)
+            found = self.fs.ls(self.location, detail=True, **self._bounded(0))
         except FileNotFoundError:
             return []
         except Exception as exc:  # the store's library raises its own (botocore, aiohttp)
             raise _storage_error(exc, self.location) from exc
         return sorted(PurePosixPath(e["name"]).name for e in found if e.get("type") == "directory")
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _storage_error(exc: Exception, where: str) -> Exception:
@@ -167,6 +200,10 @@ def _storage_error(exc: Exception, where: str) -> Exception:
         return TerminalError(f"the store refused writing {where}: {exc}")
     if isinstance(exc, FileNotFoundError):
         return TerminalError(f"cannot write {where}: the bucket or folder does not exist ({exc})")
+    from fsspec.exceptions import FSTimeoutError  # imported already: the store uses fsspec
+
+    if isinstance(exc, FSTimeoutError):  # a request past its deadline
+        return TransientError(f"writing {where} failed: the store did not answer in time")
     return TransientError(f"writing {where} failed: {exc}")
 
 
