@@ -48,7 +48,7 @@ from pydantic import BaseModel, ConfigDict
 
 from destinations.columns import LazyColumn, RecordColumn
 from destinations.identity import Encoding, RuleSet
-from destinations.redaction import Credentials
+from destinations.redaction import PROCESS_REDACTOR, Credentials, member_reason
 from destinations.retry import RetryPolicy
 
 if TYPE_CHECKING:  # httpx is loaded by the adapters that speak HTTP, not by every command
@@ -254,6 +254,14 @@ class Outcome:
     job: str | None = None
     detail: str | None = None
     unidentified: int = 0
+
+    def __post_init__(self) -> None:
+        # reasons and the summary are printed, recorded and sent in notifications: a vendor
+        # may echo a member's e-mail or phone in them (redaction.member_reason)
+        self.rejected = {k: member_reason(v) for k, v in self.rejected.items()}
+        self.retry = {k: member_reason(v) for k, v in self.retry.items()}
+        if self.detail is not None:
+            self.detail = PROCESS_REDACTOR(self.detail)
 
 
 @dataclass

@@ -33,6 +33,7 @@ __all__ = [
     "Credentials",
     "RedactingFilter",
     "Redactor",
+    "member_reason",
     "protect",
 ]
 
@@ -101,6 +102,21 @@ class Redactor:
 
     def __repr__(self) -> str:
         return f"Redactor({len(self._secrets)} secret forms)"
+
+
+#: a phone number as a person writes it: 8 or more digits, maybe spaced, dashed or bracketed
+_PHONE = re.compile(r"\+?\(?\d[\d ().-]{6,}\d")
+#: the longest reason kept for one member
+MAX_REASON = 300
+
+
+def member_reason(text: str) -> str:
+    """A destination's reason for refusing one member, fit to print, record and notify: the
+    process redactor's masks, and phone-number-like digit runs as ``<phone>`` (a receiver may
+    echo the member's identifiers: the state and the messages hold none), cut to
+    :data:`MAX_REASON` characters."""
+    text = _PHONE.sub("<phone>", PROCESS_REDACTOR(str(text)))
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
 
 
 class RedactingFilter(logging.Filter):

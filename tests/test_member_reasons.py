@@ -1,0 +1,27 @@
+"""A destination's reasons for refusing members are printed, recorded in the state and sent
+in notifications: whatever identifiers a vendor echoes in them never get that far."""
+
+from __future__ import annotations
+
+from destinations.base import Outcome
+from destinations.redaction import MAX_REASON, member_reason
+
+
+def test_reasons_lose_emails_and_phones_and_keep_the_rest():
+    out = Outcome(
+        rejected={"k1": "user10@example.com bounced", "k2": "+61 412-345-678 not a mobile"},
+        retry={"k3": "mailbox of a.b+c@mail.example.org full, later"},
+        detail="refused 2 (first: user10@example.com)",
+    )
+    assert out.rejected == {"k1": "<email> bounced", "k2": "<phone> not a mobile"}
+    assert out.retry == {"k3": "mailbox of <email> full, later"}
+    assert out.detail == "refused 2 (first: <email>)"
+    # short numbers (codes, counts) are not phones
+    assert (
+        member_reason("error 4012: 3 of 12 fields invalid") == "error 4012: 3 of 12 fields invalid"
+    )
+
+
+def test_a_long_reason_is_cut():
+    reason = member_reason("x" * 5000)
+    assert len(reason) == MAX_REASON and reason.endswith("...")
