@@ -503,6 +503,30 @@ def test_members_the_destination_asks_to_retry_are_sent_again(workspace):
     assert_converged(ws)
 
 
+def test_removals_the_destination_asks_to_retry_are_not_refusals(workspace):
+    """'Retry later' for a member leaving is what it is for one entering: the run is
+    Complete, nothing counts against max_rejected_share or shows as rejected, and the next
+    run removes them."""
+    rows = [profile(i, a=True) for i in range(10)]
+    ws = workspace({"act": activation("Later")}, profiles=rows)
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    leaving = [dict(r, seg_a=False) if i < 4 else r for i, r in enumerate(rows)]
+    ws.set_profiles(leaving)
+    ws.write("integrations/sandbox.yaml", sandbox_yaml(retry_keys=["c00001", "c00002"]))
+    res = cli(ws, "apply", "--auto-approve", "--allow-mass-removal")
+    assert res.exit_code == 0, res.output + res.stderr
+    assert "act: Complete" in res.output and "2 to retry next run" in res.output, res.output
+    run = runs(ws, "act")[0]
+    assert run["status"] == "Complete" and run["failed"] == 0 and run["removed"] == 2, run
+    rejected = cli(ws, "log", "act", "--rejected")
+    assert "c00001" not in rejected.output, rejected.output
+    assert audience_counts(plan_json(ws), "act") == {"all": (0, 2, 0)}
+    ws.write("integrations/sandbox.yaml", sandbox_yaml())
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    assert held(ws) == {"Later": desired(leaving)}
+    assert_converged(ws)
+
+
 def test_refused_credentials_disable_the_activation_and_record_nothing(workspace):
     rows = [profile(i, a=True) for i in range(10)]
     ws = workspace(

@@ -157,11 +157,15 @@ class BatchRunner(AdditionSender):
                 self.counts.remove += len(rest)
                 self.progress.advance(len(keys))
                 return
-        refused = {**outcome.rejected, **outcome.retry}
-        done = [k for k in keys if k not in refused]
+        # both stay recorded, so the next plan removes them again; only a refusal counts
+        # against max_rejected_share and is listed by `log --rejected`: one to retry is not
+        # refused (as for an addition)
+        rejected, retry = outcome.rejected, outcome.retry
+        done = [k for k in keys if k not in rejected and k not in retry]
         self._note(outcome)
         self.counts.remove += len(done)
-        self.counts.failed_removals += len(refused)
+        self.counts.failed_removals += len(rejected)
+        self.counts.retry += len(retry)
         self.state.confirm_batch(
             batch_id,
             self.aid,
@@ -169,8 +173,8 @@ class BatchRunner(AdditionSender):
             run_id=self._run(),
             delete=done,
             detail=outcome.detail,
-            counts={"removed": len(done), "failed": len(refused)},
-            rejections=[(k, "remove", reason) for k, reason in refused.items()],
+            counts={"removed": len(done), "failed": len(rejected)},
+            rejections=[(k, "remove", reason) for k, reason in rejected.items()],
         )
         self.progress.advance(len(keys))
 
@@ -315,11 +319,13 @@ class BatchRunner(AdditionSender):
                     self.call(partial(self.dest.remove, ref, batch, self._ctx(batch_id, "purge")))
                 )
             self._note(outcome)
-            refused = {**outcome.rejected, **outcome.retry}
+            rejected, retry = outcome.rejected, outcome.retry
+            refused = {*rejected, *retry}
             ok = [(r[1], tuple(r[2]), r[3]) for r in rows if r[1] not in refused]
             # a profile purged again (its identifiers changed) replaces its earlier record
             self.counts.remove += len(ok)
-            self.counts.failed_removals += len(refused)
+            self.counts.failed_removals += len(rejected)
+            self.counts.retry += len(retry)
             self.state.confirm_batch(
                 batch_id,
                 self.aid,
@@ -328,8 +334,8 @@ class BatchRunner(AdditionSender):
                 insert=ok,
                 delete=[k for k, _, _ in ok],
                 detail=outcome.detail,
-                counts={"removed": len(ok), "failed": len(refused)},
-                rejections=[(k, "remove", reason) for k, reason in refused.items()],
+                counts={"removed": len(ok), "failed": len(rejected)},
+                rejections=[(k, "remove", reason) for k, reason in rejected.items()],
             )
             self.progress.advance(len(keys))
             self._check_stop()
