@@ -1095,3 +1095,29 @@ def test_a_same_named_table_in_another_schema_does_not_decide_the_column_types(w
     res = cli(ws, "apply", "--auto-approve")
     assert res.exit_code == 0, res.output + res.stderr
     assert len(ws.sandbox_keys()["Typed"]) == 1
+
+
+@pytest.mark.parametrize("kind", ["dangling link", "pipe"])
+def test_an_activation_file_that_cannot_be_read_is_a_problem_not_a_deletion(workspace, kind):
+    """Skipped without a word, a broken link or a pipe named like an activation's file made
+    the plan delete that activation (and clear its audience under `on_delete: clear`)."""
+    import os
+
+    ws = workspace(
+        {"act": "segments: [seg-a]\ndestination: sandbox\nname: Kept\n"},
+        profiles=[profile(i, a=True) for i in range(3)],
+    )
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    path = ws.root / "activations" / "act.yaml"
+    path.unlink()
+    if kind == "pipe":
+        os.mkfifo(path)
+        why = "activations/act.yaml: file is not a regular file"
+    else:
+        os.symlink(ws.root / "elsewhere" / "act.yaml", path)
+        why = "activations/act.yaml: cannot read file"
+    for command in ("validate", "plan"):
+        res = cli(ws, command)
+        assert res.exit_code == 1, res.output
+        assert why in res.stderr, res.stderr
+        assert "will be deleted" not in res.output

@@ -163,7 +163,9 @@ def collect(
 def _yaml_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    # not only regular files: a broken link or a pipe named like one is reported when read
+    # (skipped, the activation it stood for would be planned as deleted)
+    return sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and not p.is_dir())
 
 
 def _load_doc(path: Path, root: Path, errors: list[ConfigError]) -> yamlfile.YamlDoc | None:

@@ -8,6 +8,7 @@ location such as ``("list", "existing")`` maps back to the line that holds it.
 from __future__ import annotations
 
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,6 +191,19 @@ def load(path: Path, root: Path) -> YamlDoc:
         display = str(path.relative_to(root))
     except ValueError:
         display = str(path)
+    try:
+        st = path.stat()
+    except OSError as exc:  # a link to nothing: the file it stood for is not read
+        raise ConfigError(
+            f"cannot read file: {exc.strerror} (a link to a file that does not exist?)",
+            Location(display),
+        ) from exc
+    if not stat.S_ISREG(st.st_mode):  # a pipe would block the read, a device never end
+        raise ConfigError(
+            "file is not a regular file (a pipe, a device or a socket); workspace files are "
+            "plain YAML files",
+            Location(display),
+        )
     if not within(path, root):
         raise ConfigError(
             "file is a link to somewhere outside the workspace, or not a regular file; "
@@ -198,7 +212,7 @@ def load(path: Path, root: Path) -> YamlDoc:
             Location(display),
         )
     try:
-        if path.stat().st_size > MAX_FILE_BYTES:
+        if st.st_size > MAX_FILE_BYTES:
             raise ConfigError(
                 f"file is larger than {MAX_FILE_BYTES >> 10} KB; a workspace file is small "
                 "configuration, not data",
