@@ -173,6 +173,30 @@ def test_lists_escapes_control_characters_in_destination_names(workspace):
     assert listed[0]["name"] == "A\x1b[2J\x07\nB\u202eC"  # JSON escapes them itself
 
 
+def test_a_name_renamed_at_the_destination_is_printed_escaped_and_the_plan_file_is_usable(
+    workspace,
+):
+    """The plan shows the audience's current name at the destination (set in its UI): its
+    control characters are escaped in the text, and the saved plan holds them escaped too (its
+    reader refuses a control character: the file was refused as corrupt, plan after plan)."""
+    ws = workspace({"act": ACT}, profiles=[profile(i, a=True) for i in range(2)])
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    con = duckdb.connect(str(ws.root / ".reconcile/sandbox.duckdb"))
+    con.execute("UPDATE audiences SET name = ?", ["x\x1b]0;pwned\x07\nPlan: 0 to create"])
+    con.close()
+    res = cli(ws, "plan")
+    assert res.exit_code == 0, res.stderr
+    assert not any(c in res.output for c in "\x1b\x07"), res.output
+    assert 'audience "x\\x1b]0;pwned\\x07\\nPlan: 0 to create" -> ' in res.output, res.output
+    planfile = ws.root / "r.plan"
+    assert cli(ws, "plan", "--out", str(planfile)).exit_code == 0
+    shown = cli(ws, "show", str(planfile))
+    assert shown.exit_code == 0, shown.stderr
+    applied = cli(ws, "apply", str(planfile), "--auto-approve")
+    assert applied.exit_code == 0, applied.output + applied.stderr
+    assert "No changes" in cli(ws, "plan").output
+
+
 def test_printable_keeps_ordinary_text():
     assert printable("Café – VIP 2026 \\ tab") == "Café – VIP 2026 \\ tab"
     assert printable("\t\x7f\x9f\u2028") == "\\t\\x7f\\x9f\\u2028"

@@ -13,7 +13,7 @@ from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from destinations.base import AudienceRef
-from reconciler.errors import ConfigError, DestinationError
+from reconciler.errors import ConfigError, DestinationError, printable
 from reconciler.integrations import Connections
 from reconciler.plan import splits, twins
 from reconciler.plan.model import AudienceChange, Change, trips_mass_removal
@@ -117,11 +117,13 @@ class AudienceTargeting:
                     sent=sent,
                     resource_id=taken_by if adopt else resource_id,
                     create=create and sent and not adopt,
-                    rename_from=rename_from if sent else None,
-                    name_taken_by=taken_by if sent else None,
+                    # what the destination calls them, escaped: a name set in its UI may hold
+                    # control characters (the plan prints it, its file refuses them)
+                    rename_from=printable(rename_from) if rename_from and sent else None,
+                    name_taken_by=printable(taken_by) if taken_by and sent else None,
                     adopt=adopt and sent,
-                    earlier_id=twin.id if twin else None,
-                    earlier_name=twin.name if twin else None,
+                    earlier_id=printable(twin.id) if twin else None,
+                    earlier_name=printable(twin.name) if twin else None,
                     add=c["add"],
                     remove=removed + c["purge"],
                     update=c["update"],
