@@ -748,3 +748,19 @@ def test_a_table_a_segment_reads_and_the_role_may_not_is_named(
     assert "segments/seg-a.yaml" in out and "permission denied for table orders" in out, out
     assert f"the role '{reader_role}' may not read" in out and "GRANT SELECT ON" in out
     assert "fix the SQL" not in out
+
+
+@pytest.mark.parametrize("diff", ["postgres", "engine"])
+def test_line_breaks_inside_values_are_read_as_values(pg_workspace, diff):
+    """A notes-like value with Windows line endings (\\r\\n) or a lone \\r: the copy of the
+    profiles is read row by row on \\n (as PostgreSQL writes it). Guessed from the first
+    row, one such value made every plan of the workspace fail."""
+    ws = pg_workspace({"act": MAINTAIN}, rows=[], extra=f"  diff: {diff}\n")
+    rows = [profile(i, a=True) for i in range(4)]
+    rows[0] = rows[0] | {"first_name": "line one\r\nline two"}
+    rows[2] = rows[2] | {"first_name": "a\rb"}
+    set_pg_profiles(ws.pg, rows)
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 0, res.output + res.stderr
+    assert len(ws.sandbox_keys()["Audience A"]) == 4
+    assert cli(ws, "plan", "--detailed-exitcode").exit_code == 0

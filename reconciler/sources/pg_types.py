@@ -50,7 +50,9 @@ def csv_relation(path: str, types: dict[str, str]) -> str:
     return (
         f"read_csv('{_q(path)}', columns = {{{spec}}}, header = false, quote = '\"', "
         "escape = '\"', allow_quoted_nulls = false, auto_detect = false, "
-        "dateformat = '%Y-%m-%d')"
+        # PostgreSQL ends each row with \n; guessed, a quoted \r\n in the first value made
+        # DuckDB expect \r\n everywhere and refuse the whole table
+        "new_line = '\\n', dateformat = '%Y-%m-%d')"
     )
 
 
