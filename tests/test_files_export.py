@@ -430,3 +430,36 @@ def test_a_moved_export_starts_a_new_series_with_a_full_file(workspace, edit):
     assert len(fulls) == 1, sorted(folder.iterdir())
     assert sorted(r["customer_id"] for r in rows(fulls[0])) == [f"c{i:05d}" for i in range(1, 6)]
     assert "No changes" in cli(ws, "plan").output  # one full file: the series goes on from it
+
+
+@pytest.mark.parametrize(
+    ("field", "clash"),
+    [
+        ("change", "named 'change'"),
+        ("Change", "'change', differing only in case, as 'Change'"),
+        ("Customer_Id", "'customer_id', differing only in case, as 'Customer_Id'"),
+        ("EMAIL_SHA256", "'email_sha256', differing only in case, as 'EMAIL_SHA256'"),
+    ],
+)
+def test_an_attribute_named_like_a_column_of_the_export_is_refused_by_plan(workspace, field, clash):
+    """DuckDB's column names are case-insensitive: an attribute `Change` became `Change_1`
+    and held the change, not the attribute; the exact name failed only at apply."""
+    ws = files_ws(
+        workspace,
+        PEOPLE,
+        act=EXPORT_ACT.format(full="daily").replace("[FIRST_NAME, LTV]", f"[FIRST_NAME, {field}]"),
+    )
+    ws.write(
+        "integrations/files.yaml",
+        FILES_YAML.format(format="csv", pii="hashed", extra="").replace(
+            "  LTV: total_spend", f"  {field}: total_spend"
+        ),
+    )
+    for command in ("plan", "apply"):
+        res = cli(ws, command, *(["--auto-approve"] if command == "apply" else []))
+        assert res.exit_code == 1, res.output + res.stderr
+        assert (
+            f"integrations/files.yaml:3: attributes: the export would have two columns {clash}"
+            in res.stderr
+        ), res.stderr
+    assert exported(ws) == []

@@ -29,7 +29,7 @@ from reconciler.apply.batches import CHANGES
 from reconciler.apply.calls import new_batch_id
 from reconciler.apply.encode import admitted_sql
 from reconciler.enginedb import STAGING
-from reconciler.errors import ConfigError
+from reconciler.plan.exports import export_columns
 from reconciler.plan.membership import _ident, _lit
 from reconciler.plan.model import ExportChange
 from reconciler.state import exports
@@ -166,13 +166,7 @@ class ExportRunner:
             if e.identifier in columns
         ]
         attrs = [(f, f"p.{_ident(col)}") for f, col in self.attribute_map.items()]
-        names = [self.profiles.key, "change", *(n for n, _ in values), *(n for n, _ in attrs)]
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            raise ConfigError(
-                f"the export would have two columns named {', '.join(map(repr, twice))}; "
-                "rename the destination field in the integration's attribute mapping"
-            )
+        export_columns(self.profiles.key, self.identity, columns, self.attribute_map)
         return values, attrs
 
     def _build(self, grp: str, values: list, attrs: list) -> None:

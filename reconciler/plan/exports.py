@@ -3,10 +3,12 @@ delta file gets, and whether ``export.full`` makes this apply write a full file 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import cast
 
-from destinations.base import Destination, FileExport
+from destinations.base import Destination, FileExport, Identity
+from reconciler.errors import ConfigError
 from reconciler.plan.model import AudienceChange, ExportChange
 from reconciler.state import exports
 from reconciler.state.store import StateReader
@@ -23,6 +25,28 @@ def export_path(activation_id: str, act: ResolvedActivation) -> str:
     return (spec.path or activation_id).strip("/")
 
 
+def export_columns(
+    key: str, identity: Identity, identifiers: Iterable[str], attributes: Iterable[str]
+) -> list[str]:
+    """The columns of an export's delta file: ``change``, the profile key, one per encoding
+    of an identifier the source has (``identifiers``), one per mapped attribute. Refuses two
+    that differ only in case: DuckDB's names are case-insensitive, so the second became
+    ``Change_1`` and took the first one's values (an attribute ``Change`` held the change)."""
+    have = set(identifiers)
+    names = ["change", key, *(e.field for e in identity.encodings if e.identifier in have)]
+    taken = {n.lower(): n for n in names}
+    for field in attributes:
+        other = taken.get(field.lower())
+        if other is not None:
+            same = "named" if other == field else f"{other!r}, differing only in case, as"
+            raise ConfigError(
+                f"the export would have two columns {same} {field!r}; rename the destination "
+                "field in the integration's attribute mapping"
+            )
+        taken[field.lower()] = field
+    return [*names, *attributes]
+
+
 def plan_export(
     reader: StateReader,
     dest: Destination,
@@ -33,8 +57,15 @@ def plan_export(
     *,
     as_of: datetime,
     timezone: str,
+    key: str,
+    identifiers: Iterable[str],
+    attributes: Iterable[str],
 ) -> ExportChange:
+    """The files of this apply. ``key``, ``identifiers`` and ``attributes``: the profiles'
+    key column, their identifier types and the activation's destination fields (checked by
+    :func:`export_columns`)."""
     spec = act.export or ExportSpec()
+    export_columns(key, dest.identity, identifiers, attributes)
     aud = next((a for a in audiences if a.group == "all"), None)
     pending = exports.pending(reader, baseline)
     if spec.full == "daily":

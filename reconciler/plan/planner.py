@@ -344,16 +344,23 @@ class Planner(AudienceTargeting, MembershipStaging):
         )
         export = None
         if act.goal is Goal.EXPORT_DATA:
-            export = plan_export(
-                self.state,
-                dest,
-                aid,
-                baseline,
-                act,
-                audiences,
-                as_of=self.as_of,
-                timezone=self.ws.config.timezone,
-            )
+            try:
+                export = plan_export(
+                    self.state,
+                    dest,
+                    aid,
+                    baseline,
+                    act,
+                    audiences,
+                    as_of=self.as_of,
+                    timezone=self.ws.config.timezone,
+                    key=self.profiles.key,
+                    identifiers=self.profiles.identifiers,
+                    attributes=act.attributes,
+                )
+            except ConfigError as exc:  # the columns: named where the mapping is
+                where = self.ws.location("integrations", act.destination, "attributes")
+                raise ConfigError(exc.message, where) from None
             if export.new_series and not act.paused:
                 # like an edit of the activation: written at once, its full file included
                 change = Change.UPDATE if change is Change.NOOP else change
