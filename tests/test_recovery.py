@@ -384,6 +384,74 @@ def test_a_deleted_activation_killed_while_clearing_shows_pending_until_done(wor
     )
 
 
+@pytest.mark.parametrize("stop", ["retry", "killed unrecorded"])
+def test_a_shared_inbox_removed_before_its_other_holder_is_sent_again_when_it_returns(
+    workspace, stop
+):
+    """Two profiles share an e-mail and both leave: the first removal takes the shared string
+    away for both. If the second is not recorded as removed (asked to retry, or the run died
+    before or during it) and that profile comes back, it must be sent again: it was recorded
+    with its fingerprint, so the next plan said No changes while the destination lacked it."""
+    rows = [profile(i, a=True) for i in range(3)]
+    rows[0]["email"] = rows[1]["email"] = "home@example.com"
+    ws = workspace({"act": activation("Home")}, profiles=rows)
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    leaving = [dict(r, seg_a=False) if i < 2 else r for i, r in enumerate(rows)]
+    ws.set_profiles(leaving)
+    if stop == "retry":
+        ws.write(
+            "integrations/sandbox.yaml",
+            sandbox_yaml(batch_size=1, retry_keys=["c00000"]),
+        )
+        res = cli(ws, "apply", "--auto-approve", "--allow-mass-removal")
+        assert res.exit_code == 0, res.output + res.stderr
+    else:  # the first removal made, unrecorded: the other holder was never in flight
+        knobs = {"exit_after_calls": 1, "exit_when": "after"}
+        ws.write("integrations/sandbox.yaml", sandbox_yaml(batch_size=1, **knobs))
+        proc = start(ws, "apply", "--auto-approve", "--allow-mass-removal")
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 137, out + err
+    ws.write("integrations/sandbox.yaml", sandbox_yaml())
+    # the one that comes back: a holder still recorded whose own removal was never sent
+    # (not the killed call's, which the next apply's recovery marks as possibly sent)
+    (back,) = [
+        k
+        for (k,) in state_rows(
+            ws,
+            "SELECT key FROM members WHERE key IN ('c00000', 'c00001') "
+            "AND key NOT IN (SELECT key FROM inflight)",
+        )
+    ]
+    returning = [dict(r, seg_a=r["customer_id"] in (back, "c00002")) for r in rows]
+    ws.set_profiles(returning)
+    res = cli(ws, "apply", "--auto-approve", "--allow-mass-removal")
+    assert res.exit_code == 0, res.output + res.stderr
+    assert held(ws) == {"Home": desired(returning)}
+    assert_converged(ws)
+
+
+def test_a_kept_inbox_is_not_announced_as_removed_when_its_holder_changes(workspace):
+    """One holder of a shared e-mail leaves while the other is updated in the same apply:
+    the e-mail stays (the updated member is sent with it), so the removal does not take it."""
+    rows = [profile(i, a=True) for i in range(3)]
+    rows[0]["email"] = rows[1]["email"] = "home@example.com"
+    ws = workspace({"act": activation("Home")}, profiles=rows)
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    changed = [dict(r) for r in rows]
+    changed[0]["seg_a"] = False
+    changed[1]["first_name"] = "Renamed"
+    ws.set_profiles(changed)
+    res = cli(ws, "apply", "--auto-approve", "--allow-mass-removal")
+    assert res.exit_code == 0, res.output + res.stderr
+    removed = state_rows(
+        ws,
+        "SELECT count(*) FROM journal WHERE op = 'remove' AND status = 'done'",
+    )
+    assert removed == [(0,)]  # nothing of c00000's was left to remove: no call at all
+    assert held(ws) == {"Home": desired(changed)}
+    assert_converged(ws)
+
+
 # ---------------------------------------------------------------------- destination failures
 def test_transient_errors_throttling_and_lost_acks_converge_in_one_apply(workspace):
     knobs = {

@@ -93,7 +93,12 @@ class BatchRunner(AdditionSender):
             guard.check(name, removals, self.state.lost_identifiers(encode.SEND, self.aid, grp))
         self.state.forget_staged(CHANGES, self.aid, grp)
         target = ref if sent else None
-        protected = self.state.shared_records(CHANGES, self.aid, grp) if sent else set()
+        protected, co_held = (
+            self.state.shared_records(CHANGES, encode.SEND, self.aid, grp)
+            if sent
+            else (set(), set())
+        )
+        self._co_held = co_held
         if removals:
             self.progress.start(self.aid, name, "remove", removals, sent=sent)
             self._begin("remove", removals)
@@ -175,6 +180,9 @@ class BatchRunner(AdditionSender):
             detail=outcome.detail,
             counts={"removed": len(done), "failed": len(rejected)},
             rejections=[(k, "remove", reason) for k, reason in rejected.items()],
+            removed_strings=sorted({r for _, rec in send for r in rec} & self._co_held)
+            if batch_id
+            else (),
         )
         self.progress.advance(len(keys))
 

@@ -34,6 +34,17 @@ class MemberWrites(JournalWrites):
         open_calls = f"""(SELECT j.activation_id, j.grp, j.op, i.key, i.record
             FROM {self.c}.inflight i JOIN {self.c}.journal j ON j.batch_id = i.batch_id
             WHERE j.status = 'intent' AND j.op IN ('add', 'update', 'remove'))"""
+        # and the members holding a string such a removal may have removed (a shared inbox):
+        # recorded as possibly sent too (see confirm_batch's removed_strings)
+        co_holders = f"""(SELECT DISTINCT m.activation_id, m.grp, m.key, NULL AS record,
+                'hold' AS op FROM {self.c}.members m JOIN {open_calls} f
+                ON f.op = 'remove' AND m.activation_id = f.activation_id AND m.grp = f.grp
+                AND NOT EXISTS (SELECT 1 FROM {open_calls} o WHERE o.activation_id =
+                    m.activation_id AND o.grp = m.grp AND o.key = m.key)
+                JOIN {self.c}.members r ON r.activation_id = f.activation_id AND r.grp = f.grp
+                AND r.key = f.key AND list_has_any(m.record, r.record))"""
+        open_calls = f"""(SELECT * FROM {open_calls} UNION ALL
+            SELECT activation_id, grp, op, key, record FROM {co_holders})"""
         with self.transaction():
             touched = self.con.execute(
                 f"""SELECT activation_id, grp, list(DISTINCT key ORDER BY key)
@@ -47,7 +58,7 @@ class MemberWrites(JournalWrites):
                                  lambda r: NOT list_contains(members.record, r)))
                             ELSE members.record END
                         FROM {open_calls} f
-                        WHERE f.op IN ('update', 'remove') AND members.activation_id =
+                        WHERE f.op IN ('update', 'remove', 'hold') AND members.activation_id =
                           f.activation_id AND members.grp = f.grp AND members.key = f.key"""
                 )
                 self.con.execute(
@@ -74,14 +85,27 @@ class MemberWrites(JournalWrites):
         status: str = "done",
         counts: Mapping[str, int] | None = None,
         rejections: Sequence[tuple[str, str, str]] = (),
+        removed_strings: Sequence[str] = (),
     ) -> None:
         """After the destination confirmed a batch: drop the ``delete`` keys' records, add the
         ``insert`` rows (key, record, fingerprint — None when a removal is still owed), close
         the batch's intent and add ``counts`` (added/removed/updated/failed) to the run, in one
-        transaction, so a killed run's log counts exactly what was recorded."""
+        transaction, so a killed run's log counts exactly what was recorded.
+
+        ``removed_strings``: strings the batch removed that other members still recorded may
+        hold (a shared inbox whose holders all leave): those members lose their fingerprint,
+        so a plan made before their own removal is recorded (the run stopped, or the
+        destination asked to retry it) sends them again if they are still wanted."""
         with self.transaction():
             if delete:
                 self._delete_members(activation_id, grp, delete)
+            if removed_strings:
+                self.con.execute(
+                    f"""UPDATE {self.c}.members SET fp = NULL
+                        WHERE activation_id = ? AND grp = ? AND fp IS NOT NULL
+                        AND list_has_any(record, ?::VARCHAR[])""",
+                    [activation_id, grp, list(removed_strings)],
+                )
             self._insert_members(activation_id, grp, insert)
             if batch_id:
                 self._journal_outcome(batch_id, status, detail)
@@ -307,23 +331,43 @@ class MemberWrites(JournalWrites):
         ).fetchall()
         return {k: tuple(rec or ()) for k, rec in rows}
 
-    def shared_records(self, changes: str, activation_id: str, grp: str) -> set[str]:
-        """Records held both by members who leave or change and by members who stay: a hash
-        shared with a leaving member (a shared inbox) is not removed while an included profile
-        still has it."""
+    def shared_records(
+        self, changes: str, send: str, activation_id: str, grp: str
+    ) -> tuple[set[str], set[str]]:
+        """Of the records of members who leave or change (``changes``):
+
+        - *protected*: those a member who stays holds — unchanged, or sent again by an update
+          or an addition of the send table ``send`` (its ``rec``): a hash shared with a
+          leaving member (a shared inbox) is not removed while an included profile has it;
+        - *co-held*: the others held by several leaving members: the first removal of one
+          removes it for all (see ``confirm_batch``'s ``removed_strings``)."""
         rows = self.con.execute(
             f"""WITH leaving AS (SELECT key FROM {changes}
                     WHERE activation_id = $1 AND grp = $2 AND op IN ('remove', 'update')),
                 mine AS (SELECT key, record FROM {self.c}.members
                     WHERE activation_id = $1 AND grp = $2),
-                leaving_r AS (SELECT DISTINCT unnest(record) AS r FROM mine SEMI JOIN leaving
+                leaving_r AS (SELECT key, unnest(record) AS r FROM mine SEMI JOIN leaving
                     USING (key)),
-                staying_r AS (SELECT unnest(record) AS r FROM mine ANTI JOIN leaving
-                    USING (key))
-                SELECT DISTINCT r FROM staying_r SEMI JOIN leaving_r USING (r)""",
+                staying_r AS (SELECT unnest(record) AS r FROM mine ANTI JOIN leaving USING (key)
+                    UNION ALL SELECT unnest(rec) FROM {send}
+                    WHERE op IN ('update', 'add') AND sendable)
+                SELECT r, bool_or(r IN (SELECT r FROM staying_r)) AS kept
+                FROM leaving_r GROUP BY r
+                HAVING kept OR count(DISTINCT key) > 1""",
             [activation_id, grp],
         ).fetchall()
-        return {r[0] for r in rows}
+        return {r for r, kept in rows if kept}, {r for r, kept in rows if not kept}
+
+    def holders_of(self, activation_id: str, grp: str, strings: Sequence[str]) -> list[str]:
+        """The recorded members holding any of ``strings``."""
+        if not strings:
+            return []
+        rows = self.con.execute(
+            f"""SELECT key FROM {self.c}.members WHERE activation_id = ? AND grp = ?
+                AND list_has_any(record, ?::VARCHAR[])""",
+            [activation_id, grp, list(strings)],
+        ).fetchall()
+        return [r[0] for r in rows]
 
     def held_by_others(
         self, activation_id: str, grp: str, keys: Sequence[str], candidates: Sequence[str]

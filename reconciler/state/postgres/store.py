@@ -238,6 +238,8 @@ class PostgresStateStore(StateStore):
         **kwargs: Any,
     ) -> None:
         with self.transaction():
+            # members that lose their fingerprint with the strings the batch removed
+            holders = self.holders_of(activation_id, grp, kwargs.get("removed_strings") or ())
             super().confirm_batch(
                 batch_id,
                 activation_id,
@@ -248,7 +250,7 @@ class PostgresStateStore(StateStore):
                 rejections=rejections,
                 **kwargs,
             )
-            keys = {*delete, *(r[0] for r in insert)}
+            keys = {*delete, *(r[0] for r in insert), *holders}
             self._members(activation_id, grp, keys)
             self._batch(batch_id, run_id)
             self._rejections(run_id, activation_id, grp, [r[0] for r in rejections])
@@ -406,6 +408,7 @@ READ_ONLY = frozenset(
         "records_of",
         "lost_identifiers",
         "shared_records",
+        "holders_of",
         "held_by_others",
     }
 )
