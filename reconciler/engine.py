@@ -301,16 +301,20 @@ def read_state(ws: Workspace, *, members: bool = False):
 
 @contextmanager
 def write_state(ws: Workspace, operation: str, check: Any = None):
-    """The writing StateStore under the state lock (``state rm|mv``, ``import``). ``check``
-    (a function of a StateReader) runs first on the state as it is, read-only: a command it
-    refuses writes nothing — not even the backup every write starts with, which it would
-    have replaced. The lock is held from the check to the write: what it checked holds."""
+    """The writing StateStore under the state lock (``state rm|mv``, ``import``). The state is
+    read whole first (a damaged block refuses the command before the write makes the state
+    its backup), then ``check`` (a function of a StateReader) runs on it as it is, read-only:
+    a command it refuses writes nothing — not even the backup every write starts with,
+    which it would have replaced. The lock is held from the check to the write: what it
+    checked holds."""
     backend = open_backend(ws)
     with backend.lock() as lock:
         lock.acquire(operation)
-        if check is not None:
-            with opened(backend, write=False) as attached:
-                check(attached.reader())
+        with opened(backend, write=False) as attached:
+            reader = attached.reader()
+            reader.read_every_block()  # before the write replaces the backup with it
+            if check is not None:
+                check(reader)
         with opened(backend, write=True) as attached:
             yield attached.store()
 

@@ -152,6 +152,40 @@ def test_a_refused_state_command_keeps_the_backup(workspace):
     assert cli(ws, "status").exit_code == 0
 
 
+def test_a_damaged_data_block_keeps_the_backup(workspace):
+    """A state whose catalog opens but one of whose data blocks is damaged (bit rot, a bad
+    copy): opening it read only the catalog, so `state rm` made it the backup, then failed or
+    even succeeded; the good backup was gone."""
+    import duckdb
+
+    ws = workspace({"act": ACT}, profiles=[profile(i, a=True) for i in range(200)])
+    for n in (150, 200):  # the second apply leaves a backup
+        ws.set_profiles([profile(i, a=True) for i in range(n)])
+        assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    good = _backup_bytes(ws)
+    state = ws.root / ".reconcile" / "state.duckdb"
+    con = duckdb.connect(str(state), read_only=True)
+    blocks = sorted(
+        {
+            b
+            for (b,) in con.execute(
+                "SELECT block_id FROM pragma_storage_info('members') WHERE block_id >= 0"
+            ).fetchall()
+        }
+    )
+    con.close()
+    assert blocks, "the members are stored in blocks"
+    data = bytearray(state.read_bytes())
+    at = 3 * 4096 + blocks[0] * 262144 + 64  # inside the block, past its checksum
+    data[at : at + 256] = bytes(256)
+    state.write_bytes(bytes(data))
+    for args in (["state", "rm", "act"], ["state", "mv", "act", "y"], ["import", "act"]):
+        res = cli(ws, *args)
+        assert res.exit_code == 1, (args, res.output)
+        assert "damaged" in res.stderr or "restore" in res.stderr, (args, res.stderr)
+        assert _backup_bytes(ws) == good, args
+
+
 def test_import_refuses_an_audience_another_activation_manages(workspace):
     ws = workspace(
         {"act": ACT, "other": ACT.replace("name: A", "name: B")},

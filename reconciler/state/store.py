@@ -11,6 +11,7 @@ from typing import Any
 
 import duckdb
 
+from reconciler.errors import StateError
 from reconciler.state.schema import CATALOG
 
 
@@ -76,6 +77,28 @@ class StateReader:
     def __init__(self, con: duckdb.DuckDBPyConnection, catalog: str = CATALOG):
         self.con = con
         self.c = catalog
+
+    def read_every_block(self) -> None:
+        """Read every value of every table of the state once (DuckDB checks each block's
+        checksum as it reads it), raising :class:`StateError` on a damaged one. Opening a
+        state reads its catalog only: a command that writes the state first makes the state
+        its backup, and a damaged block found later would have replaced the good backup."""
+        tables = self.con.execute(
+            "SELECT table_name, list(column_name ORDER BY column_index) FROM duckdb_columns() "
+            "WHERE database_name = ? GROUP BY table_name ORDER BY table_name",
+            [self.c],
+        ).fetchall()
+        for table, columns in tables:
+            cols = ", ".join('"' + c.replace('"', '""') + '"' for c in columns)
+            try:
+                self.con.execute(f'SELECT bit_xor(hash({cols})) FROM {self.c}."{table}"').fetchall()
+            except duckdb.Error as exc:
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise StateError(
+                    f"the state is damaged (its table {table!r} cannot be read: {first}); "
+                    "nothing was written and its backup was left as it is: restore the backup "
+                    "(docs/state-recovery.md)"
+                ) from exc
 
     def lineage(self) -> str | None:
         """The id made with this state (None before the first apply made it)."""
