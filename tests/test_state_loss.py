@@ -266,3 +266,27 @@ def test_dated_patterns():
         for i, d in enumerate([date(2026, 10, 2), date(2026, 11, 5), date(2026, 12, 1)])
     ]
     assert [a.id for a in twins.earlier_twins(listed, pattern, today)] == ["1", "0"]
+
+
+def test_members_recorded_without_their_audience_are_sent_to_the_new_one(workspace):
+    """A state that lost its audience rows but kept the members (damaged, or edited by
+    hand): the audience is created again, and its members must be sent to it. They stayed
+    recorded, so the new audience was created empty and the state claimed it full."""
+    rows = [profile(i, a=True) for i in range(5)]
+    ws = workspace({"act": activation("Kept")}, profiles=rows)
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    con = duckdb.connect(str(ws.root / ".reconcile" / "state.duckdb"))
+    con.execute("DELETE FROM audiences")
+    con.close()
+    text = cli(ws, "plan").output
+    assert "records 5 member(s) of group 'all' but no audience for them" in text, text
+    res = cli(ws, "apply", "--auto-approve")
+    assert res.exit_code == 0, res.output + res.stderr
+    first, second = audiences(ws)  # the old one is no longer managed; a warning said so
+    sandbox = duckdb.connect(str(ws.root / ".reconcile" / "sandbox.duckdb"), read_only=True)
+    (count,) = sandbox.execute(
+        "SELECT count(*) FROM members WHERE audience_id = ?", [second[0]]
+    ).fetchone()
+    sandbox.close()
+    assert count == len(desired(rows))
+    assert_converged(ws)

@@ -218,9 +218,21 @@ class AudienceTargeting:
         drift = Drift()
         moved = rec.destination != act.destination  # the file now names another integration
         checkable = self.req.refresh and dest.capabilities.refresh
+        recorded = self.state.audiences(rec.id)
+        if act.action is not ActionMode.REMOVE and act.target.existing is None:
+            # members recorded for an audience the state does not know (a damaged or edited
+            # state): its creation must send them, not record an empty audience as full
+            for grp, n in sorted(self.state.member_counts(rec.id).items()):
+                if grp not in recorded and n:
+                    drift.gone.add(grp)
+                    drift.notes.append(
+                        f"the state records {n:,} member(s) of group {grp!r} but no audience "
+                        "for them (a damaged or edited state): the audience is created and "
+                        "its members sent again"
+                    )
         if act.action is ActionMode.REMOVE or not (checkable or moved):
             return drift
-        for grp, ra in self.state.audiences(rec.id).items():
+        for grp, ra in recorded.items():
             if not ra.sent or not ra.resource_id:
                 continue
             if moved and not checkable:  # another system, which cannot be asked: start anew
