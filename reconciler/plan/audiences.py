@@ -223,7 +223,7 @@ class AudienceTargeting:
             # members recorded for an audience the state does not know (a damaged or edited
             # state): its creation must send them, not record an empty audience as full
             for grp, n in sorted(self.state.member_counts(rec.id).items()):
-                if grp not in recorded and n:
+                if grp not in recorded and n and splits.sent(grp):
                     drift.gone.add(grp)
                     drift.notes.append(
                         f"the state records {n:,} member(s) of group {grp!r} but no audience "
