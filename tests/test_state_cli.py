@@ -152,17 +152,9 @@ def test_a_refused_state_command_keeps_the_backup(workspace):
     assert cli(ws, "status").exit_code == 0
 
 
-def test_a_damaged_data_block_keeps_the_backup(workspace):
-    """A state whose catalog opens but one of whose data blocks is damaged (bit rot, a bad
-    copy): opening it read only the catalog, so `state rm` made it the backup, then failed or
-    even succeeded; the good backup was gone."""
+def _damage_members_block(ws) -> None:
     import duckdb
 
-    ws = workspace({"act": ACT}, profiles=[profile(i, a=True) for i in range(200)])
-    for n in (150, 200):  # the second apply leaves a backup
-        ws.set_profiles([profile(i, a=True) for i in range(n)])
-        assert cli(ws, "apply", "--auto-approve").exit_code == 0
-    good = _backup_bytes(ws)
     state = ws.root / ".reconcile" / "state.duckdb"
     con = duckdb.connect(str(state), read_only=True)
     blocks = sorted(
@@ -179,6 +171,29 @@ def test_a_damaged_data_block_keeps_the_backup(workspace):
     at = 3 * 4096 + blocks[0] * 262144 + 64  # inside the block, past its checksum
     data[at : at + 256] = bytes(256)
     state.write_bytes(bytes(data))
+
+
+def test_a_damaged_state_is_named_not_the_consent_condition(workspace):
+    ws = workspace({"act": ACT}, profiles=[profile(i, a=True) for i in range(200)])
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    ws.set_profiles([profile(i, a=True) for i in range(150)])
+    _damage_members_block(ws)
+    res = cli(ws, "plan")
+    assert res.exit_code == 1
+    assert "consent" not in res.stderr, res.stderr
+    assert "the state is damaged" in res.stderr or "restore its backup" in res.stderr, res.stderr
+
+
+def test_a_damaged_data_block_keeps_the_backup(workspace):
+    """A state whose catalog opens but one of whose data blocks is damaged (bit rot, a bad
+    copy): opening it read only the catalog, so `state rm` made it the backup, then failed or
+    even succeeded; the good backup was gone."""
+    ws = workspace({"act": ACT}, profiles=[profile(i, a=True) for i in range(200)])
+    for n in (150, 200):  # the second apply leaves a backup
+        ws.set_profiles([profile(i, a=True) for i in range(n)])
+        assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    good = _backup_bytes(ws)
+    _damage_members_block(ws)
     for args in (["state", "rm", "act"], ["state", "mv", "act", "y"], ["import", "act"]):
         res = cli(ws, *args)
         assert res.exit_code == 1, (args, res.output)

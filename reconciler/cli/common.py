@@ -80,6 +80,12 @@ def fail(exc: BaseException) -> NoReturn:
             "done; raise `source.memory_limit` in reconcile.yaml (or set "
             "RECONCILE_MEMORY_CAP=off to run without the cap)"
         )
+    elif is_engine_error(exc) and "Corrupt database file" in str(exc):
+        text = (
+            f"a database file is damaged: {_one_line(exc)}. Nothing more was done. If it is "
+            "the state (`reconcile status` fails too), restore its backup "
+            "(docs/state-recovery.md); if it is the source, restore it from where it came"
+        )
     elif is_engine_error(exc):  # one we did not expect: still one paragraph, exit 1
         text = (
             f"the database engine failed: {_one_line(exc)}. Nothing more was done; if it "
