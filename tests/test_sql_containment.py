@@ -5,6 +5,9 @@ may read and call, a time limit, and unreadable SQL reported as a problem, not a
 from __future__ import annotations
 
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -271,6 +274,38 @@ def test_endless_segment_is_stopped_at_the_time_limit(workspace):
         err = fails(ws, *args)
         assert "segments/seg-a.yaml:2: sql: segment 'seg-a' was stopped after 0.5 s" in err
         assert "`source.query_timeout` in reconcile.yaml" in err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_a_running_segment_at_once(workspace, sig):
+    """Python's handlers run only once the query returns: Ctrl-C (or a cancelled CI job's
+    SIGTERM) waited for the time limit (120 s by default) or the memory limit, which the
+    message then blamed. The signal now interrupts the query."""
+    ws = workspace(
+        {"act": MAINTAIN},
+        profiles=rows(),
+        segments=seg(ENDLESS),
+        reconcile_yaml=with_source("  query_timeout: 300\n"),
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "-C", str(ws.root), "segments", "seg-a"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(2)  # the query runs
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)  # not the 300 s limit
+    assert proc.returncode != 0, out + err
+    assert "interrupted" in err.lower() or proc.returncode < 0, err
+    assert "time limit" not in err and "Out of Memory" not in err, err
+
+
+def test_time_limit_rejects_what_a_thread_cannot_wait(workspace):
+    ws = workspace({"act": MAINTAIN}, reconcile_yaml=with_source("  query_timeout: 1e10\n"))
+    res = cli(ws, "validate")
+    assert res.exit_code == 1 and "source.query_timeout" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
 
 
 def test_endless_freshness_sql_is_stopped_at_the_time_limit():

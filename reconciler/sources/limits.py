@@ -21,8 +21,11 @@ Usage::
 from __future__ import annotations
 
 import os
+import select
+import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -50,11 +53,17 @@ def time_limit(
     ``except duckdb.Error`` of the caller, so the interrupt is reported as the time limit."""
     done = threading.Event()
     fired = threading.Event()
+    # Ctrl-C (or a CI job's SIGTERM) reaches Python's handlers only once the query returns:
+    # the signal's wakeup byte lets the watchdog interrupt the query at once instead
+    woken = _signal_pipe()
 
     def watch() -> None:
-        if not done.wait(seconds):
+        ended = _wait(done, seconds, woken)
+        if ended == "done":
+            return
+        if ended == "time":
             fired.set()
-            con.interrupt()  # harmless when the query has just finished
+        con.interrupt()  # harmless when the query has just finished
 
     watchdog = threading.Thread(target=watch, name="reconcile-query-timeout", daemon=True)
     watchdog.start()
@@ -70,7 +79,56 @@ def time_limit(
         raise
     finally:
         done.set()
+        if woken is not None:
+            os.write(woken[2], b"\0")  # wakes the watchdog's select
         watchdog.join()
+        if woken is not None:
+            _restore(woken)
+
+
+#: signals that stop a run: their wakeup byte interrupts the query
+_STOPPING = {signal.SIGINT, signal.SIGTERM}
+
+
+def _signal_pipe() -> tuple[int, int, int, int] | None:
+    """(read end, previous wakeup fd, our write end to wake the watchdog, the signal write
+    end) when this thread may install a wakeup fd (only the main thread may), else None."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    try:
+        previous = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    except ValueError:
+        os.close(r)
+        os.close(w)
+        return None
+    return r, previous, w, w
+
+
+def _wait(done: threading.Event, seconds: float, woken: tuple[int, int, int, int] | None) -> str:
+    """Wait up to ``seconds`` for the block to end: ``done``; ``time`` when the time ran out;
+    ``signal`` when a stopping signal arrived (Python's handler runs once the interrupted
+    query returns)."""
+    if woken is None:
+        return "done" if done.wait(seconds) else "time"
+    deadline = time.monotonic() + seconds
+    while True:
+        left = deadline - time.monotonic()
+        if done.is_set():
+            return "done"
+        if left <= 0:
+            return "time"
+        ready, _, _ = select.select([woken[0]], [], [], left)
+        if ready and any(b in _STOPPING for b in os.read(woken[0], 64)):
+            return "signal"
+
+
+def _restore(woken: tuple[int, int, int, int]) -> None:
+    r, previous, w, _ = woken
+    signal.set_wakeup_fd(previous)
+    os.close(r)
+    os.close(w)
 
 
 #: the room a session gets above what the process uses when it opens: this many times the

@@ -95,6 +95,7 @@ class _SourceSettings(Strict):
     query_timeout: float = Field(
         120,
         gt=0,
+        le=86_400,  # a day; beyond what a thread can wait, the watchdog died: no limit at all
         description="seconds any query running untrusted SQL (segments, consent, "
         "freshness_sql) may take before it is stopped",
     )
