@@ -1121,3 +1121,17 @@ def test_an_activation_file_that_cannot_be_read_is_a_problem_not_a_deletion(work
         assert res.exit_code == 1, res.output
         assert why in res.stderr, res.stderr
         assert "will be deleted" not in res.output
+
+
+def test_a_webhook_with_no_receiver_is_found_by_validate(workspace, monkeypatch):
+    monkeypatch.setenv("WH_SECRET", "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+    ws = workspace({"act": "segments: [seg-a]\ndestination: hooks\nname: Hooked\n"})
+    ws.write(
+        "integrations/hooks.yaml",
+        "type: webhook\ncredentials:\n  secret: ${env:WH_SECRET}\nconfig:\n  identifiers: [email]\n",
+    )
+    res = cli(ws, "validate")
+    assert res.exit_code == 1, res.output
+    assert "integrations/hooks.yaml:4: config: the webhook needs a receiver" in res.stderr, (
+        res.stderr
+    )

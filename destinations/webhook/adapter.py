@@ -66,6 +66,20 @@ class WebhookDestination:
     #: sends ``audience.created`` again with the same ``webhook-id``)
     creation_settles = False
 
+    @staticmethod
+    def config_problems(
+        config: DestinationConfig, endpoint: str | None
+    ) -> list[tuple[str, tuple[str, ...]]]:
+        """What ``validate`` reports beyond the config model: a receiver to send to."""
+        if endpoint or getattr(config, "url", None):
+            return []
+        return [
+            (
+                "the webhook needs a receiver: set config.url (or the integration's endpoint)",
+                ("config",),
+            )
+        ]
+
     def __init__(
         self,
         config: DestinationConfig,
@@ -80,9 +94,7 @@ class WebhookDestination:
         self.context = context
         url = context.endpoint or config.url
         if url is None:
-            raise errors.ConfigError(
-                "the webhook needs a receiver: set config.url (or the integration's endpoint)"
-            )
+            raise errors.ConfigError(self.config_problems(config, None)[0][0])
         accepted = tuple(config.identifiers)
         context.check_phone_country(accepted)
         self.identity = Identity(RAW if config.pii == "raw" else HASHED, accepted)

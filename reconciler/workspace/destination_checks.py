@@ -35,7 +35,14 @@ def check_integration_config(
     except ConfigError as exc:
         errors.append(doc.error(exc.message, ("type",)))
         return
-    errors.extend(_config_errors(doc, factory, integ.config))
+    problems = _config_errors(doc, factory, integ.config)
+    errors.extend(problems)
+    # what the adapter checks across its config and the integration (no I/O)
+    check = getattr(factory, "config_problems", None)
+    if not problems and check is not None:
+        config = factory.config_model.model_validate(integ.config)
+        for message, where in check(config, getattr(integ, "endpoint", None)):
+            errors.append(doc.error(message, where))
     # the credentials' names (their values are only read when a destination is called)
     takes = factory.credentials_model.model_fields
     for key in integ.credentials:
