@@ -288,6 +288,10 @@ def test_refused_and_deferred_recipients_are_reported_one_by_one(workspace, smtp
     assert got["b@example.com"][0] is False
     assert "refused the address: 550 5.1.1 no such user" in got["b@example.com"][1]
     assert [rcpts for _, rcpts, _ in box.messages] == [["a@example.com"], ["c@example.com"]]
+    # each address's own attempts: the refused one was tried once, not "after 2 attempts"
+    tries = {r.recipient: r.attempts for r in results}
+    assert tries == {"a@example.com": 1, "b@example.com": 1, "c@example.com": 2}
+    assert "attempts" not in str(next(r for r in results if r.recipient == "b@example.com"))
 
 
 def test_a_server_that_keeps_deferring_is_retried_then_reported(workspace, smtp):
@@ -799,3 +803,18 @@ def test_a_malformed_signing_secret_is_found_by_validate(
     assert res.exit_code == 1
     assert "notifications.webhook_secret: the signing secret in environment variable " in res.stderr
     assert f"HOOK_SECRET {problem}" in res.stderr and secret not in res.stderr + res.output
+
+
+def test_a_notification_retry_after_given_as_a_date_is_honoured():
+    """RFC 9110 allows an HTTP date: it was ignored (1 s backoff instead of the wait asked)."""
+    from email.utils import format_datetime
+
+    import httpx
+
+    from reconciler.notify.webhook import _retry_after
+
+    when = datetime.now(UTC) + timedelta(seconds=8)
+    response = httpx.Response(503, headers={"retry-after": format_datetime(when, usegmt=True)})
+    assert 6.0 <= _retry_after(response) <= 8.0
+    assert _retry_after(httpx.Response(503, headers={"retry-after": "3"})) == 3.0
+    assert _retry_after(httpx.Response(503)) is None

@@ -60,8 +60,11 @@ def send(
     mime = build_message(smtp, to, message)
     pending = list(dict.fromkeys(to))
     done: dict[str, RecipientOutcome] = {}
+    tried = dict.fromkeys(pending, 0)  # per address: one refused for good is tried once
 
     def attempt() -> None:
+        for address in pending:
+            tried[address] += 1
         refused = _deliver(smtp, credentials, mime, pending, policy.timeout)
         transient: list[str] = []
         for address in list(pending):
@@ -82,15 +85,15 @@ def send(
                 f"the mail server deferred the address: {code} {text}", transient=True
             )
 
-    _, attempts, failure = policy.call(attempt)
+    _, _, failure = policy.call(attempt)
     outcomes = []
     for address in dict.fromkeys(to):
         got = done.get(address)
         if got is not None and address not in pending:
-            outcomes.append(RecipientOutcome(address, got.delivered, attempts, got.error))
+            outcomes.append(RecipientOutcome(address, got.delivered, tried[address], got.error))
         else:
             error = str(failure) if failure else "not delivered"
-            outcomes.append(RecipientOutcome(address, False, attempts, error))
+            outcomes.append(RecipientOutcome(address, False, tried[address], error))
     return outcomes
 
 

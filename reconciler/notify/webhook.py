@@ -98,8 +98,8 @@ def post(
 
 
 def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after", "")
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
+    """``Retry-After`` in seconds: a number or an HTTP date (RFC 9110), as the HTTP layer
+    of the destinations reads it."""
+    from destinations.http import parse_retry_after
+
+    return parse_retry_after(response.headers.get("retry-after"))
