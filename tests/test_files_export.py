@@ -463,3 +463,39 @@ def test_an_attribute_named_like_a_column_of_the_export_is_refused_by_plan(works
             in res.stderr
         ), res.stderr
     assert exported(ws) == []
+
+
+def test_the_full_file_holds_what_was_exported(workspace, tmp_path):
+    """The full file is the audience as exported: a member whose key is now on two profile
+    rows (held: neither removed nor updated) is still in it, and values that were not exported
+    — a paused activation, a change a saved plan left out because the profile withdrew its
+    consent — are not written in it: such a member has its key and recorded hashes only."""
+    ws = files_ws(workspace, PEOPLE, full="daily")
+    apply(ws)
+    people = [dict(p) for p in PEOPLE]
+    people.append(dict(people[1], first_name="Twin"))  # c00002 now on two rows: held
+    people[0]["first_name"] = "Ann NEW"  # c00001 changes while paused
+    ws.set_profiles(people)
+    ws.write("activations/vip-export.yaml", EXPORT_ACT.format(full="daily") + "paused: true\n")
+    apply(ws)
+    full = rows(sorted(p for p in exported(ws) if p.name.endswith("-full.csv"))[-1])
+    got = {r["customer_id"]: r for r in full}
+    assert sorted(got) == [f"c{i:05d}" for i in range(1, 6)]  # held c00002 included
+    assert got["c00001"]["FIRST_NAME"] is None  # not "Ann NEW": never exported
+    assert got["c00001"]["email_sha256"] == hashlib.sha256(b"user1@example.com").hexdigest()
+    assert got["c00002"]["FIRST_NAME"] is None and "Twin" not in str(full)
+    assert got["c00003"]["FIRST_NAME"] == "Name3"  # unchanged: its current values
+
+    # a saved plan whose change no longer holds at apply (consent withdrawn meanwhile)
+    ws.write("activations/vip-export.yaml", EXPORT_ACT.format(full="daily"))
+    people = [dict(p) for p in PEOPLE]
+    people[2]["first_name"] = "Cleo NEW"  # c00003 changes ...
+    ws.set_profiles(people)
+    out = tmp_path / "export.plan"
+    assert cli(ws, "plan", "--out", str(out)).exit_code == 0
+    people[2]["email_consent"] = False  # ... then withdraws before the apply
+    ws.set_profiles(people)
+    res = cli(ws, "apply", str(out), "--auto-approve")
+    assert res.exit_code == 0, res.output + res.stderr
+    full = rows(sorted(p for p in exported(ws) if p.name.endswith("-full.csv"))[-1])
+    assert "Cleo NEW" not in str(full)

@@ -199,22 +199,11 @@ class ExportRunner:
         before: its key and the hashes recorded for it; no raw value and no attribute. A
         profile may leave because it withdrew its consent or was suppressed: its current
         values are not written again (with ``pii: raw``, not at all)."""
-        from destinations.identity.rules import Hash
-
-        hashed = {e.field: e.prefix for e in self.identity.encodings if e.hash is Hash.SHA256}
         members = f"{self.state.c}.members"
         cols = ["d.change", f"d.{_ident(self.profiles.key)}"]
         for name, _ in values:
-            col = f"d.{_ident(name)}"
-            if name in hashed:  # the recorded hash of that field ('<prefix>:<hash>')
-                head = _lit(hashed[name] + ":")
-                recorded = (
-                    f"substr(list_filter(m.record, lambda r: starts_with(r, {head}))[1], "
-                    f"{len(hashed[name]) + 2})"
-                )
-                cols.append(f"CASE WHEN d.change = 'left' THEN {recorded} ELSE {col} END")
-            else:
-                cols.append(f"CASE WHEN d.change = 'left' THEN NULL ELSE {col} END")
+            recorded = self._recorded_value(name)
+            cols.append(f"CASE WHEN d.change = 'left' THEN {recorded} ELSE d.{_ident(name)} END")
         cols += [f"CASE WHEN d.change = 'left' THEN NULL ELSE d.{_ident(n)} END" for n, _ in attrs]
         names = [self.profiles.key, *(n for n, _ in values), *(n for n, _ in attrs)]
         shown = ["d.change AS change"] + [
@@ -239,19 +228,46 @@ class ExportRunner:
         return ", ".join(cols)
 
     def _full_query(self, grp: str, key: str, values: list, attrs: list) -> str:
-        """The audience after this export: recorded members not changed by it, plus the
-        entering and changed ones, with their current values."""
+        """The audience after this export, as exported: the entering and changed members as
+        the delta writes them; the others with their current values where those are what
+        was exported (their fingerprint is the one recorded); else — the activation is
+        paused, a saved plan left out a change (its profile withdrew its consent), or the
+        key is on several profile rows — with only their key and the hashes recorded for
+        them, like a leaver: never values that were not exported."""
         pkey = f"CAST(p.{_ident(self.profiles.key)} AS VARCHAR)"
         members = f"{self.state.c}.members"
-        cols = [f"{pkey} AS {key}"]
-        cols += [f"{sql} AS {_ident(name)}" for name, sql in values]
-        cols += [f"{sql} AS {_ident(name)}" for name, sql in attrs]
-        return f"""WITH k AS (
-                SELECT m.key FROM {members} m ANTI JOIN {EXPORT} e ON e.key = m.key
-                WHERE m.activation_id = {_lit(self.aid)} AND m.grp = {_lit(grp)}
-                UNION ALL
-                SELECT key FROM {EXPORT} WHERE present AND op IN ('add', 'update'))
-            SELECT {", ".join(cols)}
-            FROM k JOIN (SELECT * FROM {_ident(self.profiles.table)} p
-                         QUALIFY count(*) OVER (PARTITION BY {pkey}) = 1) p ON {pkey} = k.key
+        current = [f"{pkey} AS {key}"]
+        current += [f"{sql} AS {_ident(name)}" for name, sql in values]
+        current += [f"{sql} AS {_ident(name)}" for name, sql in attrs]
+        recorded = [f"m.key AS {key}"]
+        recorded += [f"{self._recorded_value(name)} AS {_ident(name)}" for name, _ in values]
+        recorded += [f"NULL AS {_ident(name)}" for name, _ in attrs]
+        return f"""WITH m AS (
+                SELECT m.key, m.record, m.fp FROM {members} m ANTI JOIN {EXPORT} e
+                    ON e.key = m.key
+                WHERE m.activation_id = {_lit(self.aid)} AND m.grp = {_lit(grp)}),
+            p AS (SELECT p.* FROM {_ident(self.profiles.table)} p SEMI JOIN m ON m.key = {pkey}
+                  QUALIFY count(*) OVER (PARTITION BY {pkey}) = 1),
+            same AS (SELECT {", ".join(current)} FROM m JOIN p ON {pkey} = m.key
+                     WHERE m.fp = {self.fingerprint})
+            SELECT * FROM same
+            UNION ALL
+            SELECT {", ".join(recorded)} FROM m ANTI JOIN same ON same.{key} = m.key
+            UNION ALL
+            SELECT {self._out(key, values, attrs)} FROM {EXPORT}
+            WHERE present AND op IN ('add', 'update')
             ORDER BY 1"""
+
+    def _recorded_value(self, name: str) -> str:
+        """What the state recorded for field ``name`` of a member ``m``: the hash, for a
+        hashed field ('<prefix>:<hash>' in ``m.record``); nothing for a raw one."""
+        from destinations.identity.rules import Hash
+
+        hashed = {e.field: e.prefix for e in self.identity.encodings if e.hash is Hash.SHA256}
+        if name not in hashed:
+            return "NULL"
+        head = _lit(hashed[name] + ":")
+        return (
+            f"substr(list_filter(m.record, lambda r: starts_with(r, {head}))[1], "
+            f"{len(hashed[name]) + 2})"
+        )
