@@ -513,3 +513,19 @@ def test_the_full_file_holds_what_was_exported(workspace, tmp_path):
     assert res.exit_code == 0, res.output + res.stderr
     full = rows(sorted(p for p in exported(ws) if p.name.endswith("-full.csv"))[-1])
     assert "Cleo NEW" not in str(full)
+
+
+def test_identifier_types_the_source_does_not_declare_are_warned_about(workspace):
+    """`identifiers: [email, madid]` with no `madid` column in the profiles table: the export
+    has no column for it, silently; the plan now says so."""
+    ws = files_ws(workspace, PEOPLE)
+    ws.write(
+        "integrations/files.yaml",
+        FILES_YAML.format(format="csv", pii="hashed", extra="").replace(
+            "identifiers: [email, phone]", "identifiers: [email, madid]"
+        ),
+    )
+    text = cli(ws, "plan").output
+    assert "config.identifiers lists 'madid', which the profiles table does not declare" in text
+    ws.write("integrations/files.yaml", FILES_YAML.format(format="csv", pii="hashed", extra=""))
+    assert "does not declare" not in cli(ws, "plan").output

@@ -35,6 +35,7 @@ from reconciler.plan.recorded import frozen as recorded_frozen
 from reconciler.plan.schedule import is_due, last_refresh
 from reconciler.plan.segments import SegmentRunner
 from reconciler.plan.staging import MembershipStaging
+from reconciler.plan.terms import undeclared_identifiers
 from reconciler.sources import sql_policy, writeback
 from reconciler.sources.limits import query_timeout
 from reconciler.state.attributes import relation as recorded_attributes
@@ -271,7 +272,7 @@ class Planner(AudienceTargeting, MembershipStaging):
                 pushdown=self.pushdown is not None,
                 frozen=frozen,
             )
-        warnings: list[str] = list(drift.warnings)
+        warnings = [*undeclared_identifiers(integ.config, self.profiles), *drift.warnings]
         if none_known:
             names = ", ".join(repr(r.name) for r in seg_results)
             warnings.append(

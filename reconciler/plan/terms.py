@@ -138,3 +138,27 @@ def matchable_sql(profiles: ProfilesTable, identifier_types: tuple[str, ...]) ->
         elif t in STANDALONE_IDENTIFIERS:  # an id that matches a person by itself
             tests.append(f"(trim(CAST({c} AS VARCHAR)) <> '')")
     return " OR ".join(tests) if tests else "FALSE"
+
+
+def undeclared_identifiers(config: object, profiles: ProfilesTable) -> list[str]:
+    """A warning for the identifier types the integration lists (``config.identifiers``)
+    that the profiles table does not declare: nothing is sent (or exported) for them, and
+    an export has no column for them."""
+    listed = config.get("identifiers") if isinstance(config, dict) else None
+    if not isinstance(listed, list):
+        return []
+    declared = profiles.identifiers
+    missing = [
+        t
+        for t in listed
+        if isinstance(t, str)
+        and t not in declared
+        and getattr(TYPES.get(t), "fallback", None) not in declared
+    ]
+    if not missing:
+        return []
+    return [
+        f"the integration's config.identifiers lists {', '.join(map(repr, missing))}, which "
+        "the profiles table does not declare (source.profiles.identifiers in reconcile.yaml): "
+        "nothing is sent or written for them"
+    ]
