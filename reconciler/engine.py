@@ -319,6 +319,34 @@ def write_state(ws: Workspace, operation: str, check: Any = None):
             yield attached.store()
 
 
+def restore_state(ws: Workspace) -> tuple[Path | None, int]:
+    """``reconcile state restore``: the backup becomes the state again, under the state lock,
+    and every member it records loses its fingerprint. The backup does not know what the
+    last apply did: the members it removed are still recorded as present, so without this a
+    member that came back later was never sent again. Now the next plan sends each member
+    still wanted once more (a no-op where the destination has it) and removes again those
+    that left. Returns the file the replaced state was kept as, and the members marked."""
+    from reconciler.state.backend import EmbeddedBackend
+    from reconciler.state.snapshot import restore_backup
+
+    backend = open_backend(ws)
+    if not isinstance(backend, EmbeddedBackend):
+        raise ConfigError(
+            "`state restore` restores the embedded state file's backup; a PostgreSQL state is "
+            "restored from the database's own backups (then run `reconcile plan`)"
+        )
+    with backend.lock() as lock:
+        lock.acquire("state restore")
+        aside = restore_backup(backend.path)
+        with opened(backend, write=True) as attached:
+            store = attached.store()
+            with store.transaction():
+                row = store.con.execute(
+                    f"UPDATE {store.c}.members SET fp = NULL WHERE fp IS NOT NULL"
+                ).fetchone()
+    return (aside if aside.exists() else None), int(row[0]) if row else 0
+
+
 def recheck_state_loss(ws: Workspace, plan: Plan) -> Plan:
     """A saved plan about to be applied: when the state is empty (no run recorded), ask each
     destination again whether the audiences to create already exist by name

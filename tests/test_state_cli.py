@@ -214,3 +214,27 @@ def test_import_refuses_an_audience_another_activation_manages(workspace):
     assert res.exit_code == 1
     assert "is recorded for 'act'" in res.stderr, res.stderr
     assert "other" not in [a["id"] for a in json.loads(cli(ws, "state", "show").output)]
+
+
+def test_state_restore_puts_the_backup_back_and_resends_what_it_cannot_know(workspace):
+    """The backup does not know what the last apply removed: restored by hand (`cp`), those
+    members were recorded as present, and when they came back the plan said No changes
+    while the destination lacked them. `state restore` has the next apply send every
+    recorded member once more."""
+    from tests.test_recovery import desired, held
+
+    everyone = [profile(i, a=True) for i in range(6)]
+    ws = workspace({"act": ACT}, profiles=everyone)
+    assert cli(ws, "state", "restore").exit_code == 1  # no backup yet
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    fewer = [dict(p, seg_a=i < 3) for i, p in enumerate(everyone)]
+    ws.set_profiles(fewer)
+    assert cli(ws, "apply", "--auto-approve", "--allow-mass-removal").exit_code == 0
+    res = cli(ws, "state", "restore")
+    assert res.exit_code == 0, res.output + res.stderr
+    assert "kept as state.duckdb.before-restore" in res.output
+    assert (ws.root / ".reconcile" / "state.duckdb.before-restore").exists()
+    ws.set_profiles(everyone)  # the change is reverted: those removed come back
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    assert held(ws) == {"A": desired(everyone)}
+    assert "No changes" in cli(ws, "plan").output

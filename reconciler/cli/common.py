@@ -84,7 +84,7 @@ def fail(exc: BaseException) -> NoReturn:
         text = (
             f"a database file is damaged: {_one_line(exc)}. Nothing more was done. If it is "
             "the state (`reconcile status` fails too), restore its backup "
-            "(docs/state-recovery.md); if it is the source, restore it from where it came"
+            "(`reconcile state restore`); if it is the source, restore it from where it came"
         )
     elif is_engine_error(exc):  # one we did not expect: still one paragraph, exit 1
         text = (

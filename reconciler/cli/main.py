@@ -346,6 +346,7 @@ def run(c: Ctx, name, auto_approve, allow_mass_removal, allow_duplicate_audience
 # ---------------------------------------------------------------------- reports
 from reconciler.cli.importing import import_  # noqa: E402
 from reconciler.cli.reports import lists, log, segments, state, status  # noqa: E402
+from reconciler.cli.state_restore import state_restore  # noqa: E402, F401  (registers it)
 
 for _cmd in (status, log, lists, segments, state, import_):
     main.add_command(_cmd)

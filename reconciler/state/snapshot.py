@@ -80,6 +80,37 @@ def begin_write(path: Path) -> Path | None:
     return backup
 
 
+def restore_backup(path: Path) -> Path:
+    """Put the backup back as the state (with the state lock held): the current file (if
+    any) is kept beside it as ``<state>.before-restore``, with its write-ahead log; an
+    apply's unfinished copy (``.next``) is dropped. Refuses a backup that cannot be read
+    whole. Returns the file kept aside (or None)."""
+    backup = backup_path(path)
+    if not backup.exists():
+        raise StateError(f"there is no backup of the state to restore ({backup.name})")
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute(f"ATTACH '{_q(backup)}' AS restored (READ_ONLY)")
+        from reconciler.state.store import StateReader
+
+        StateReader(con, "restored").read_every_block()
+    except duckdb.Error as exc:
+        raise StateError(f"the backup {backup.name} cannot be read either: {exc}") from exc
+    finally:
+        con.close()
+    aside = path.with_name(path.name + ".before-restore")
+    for p in (aside, _wal(aside), _next(path)):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+    if path.exists():
+        os.replace(path, aside)
+    if _wal(path).exists():
+        os.replace(_wal(path), _wal(aside))
+    _copy(backup, path)
+    _fsync_dir(path.parent)
+    return aside
+
+
 def _check_readable(path: Path) -> None:
     """Raise StateError unless ``path`` opens as a DuckDB database."""
     con = duckdb.connect(":memory:")
@@ -89,8 +120,8 @@ def _check_readable(path: Path) -> None:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise StateError(
             f"cannot open the state {path}: {first}; it is not a readable state database. "
-            f"Its backup {backup_path(path).name} was left as it is: restore it "
-            "(docs/state-recovery.md)"
+            f"Its backup {backup_path(path).name} was left as it is: `reconcile state restore` "
+            "puts it back (docs/state-recovery.md)"
         ) from exc
     finally:
         con.close()

@@ -96,8 +96,8 @@ class StateReader:
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise StateError(
                     f"the state is damaged (its table {table!r} cannot be read: {first}); "
-                    "nothing was written and its backup was left as it is: restore the backup "
-                    "(docs/state-recovery.md)"
+                    "nothing was written and its backup was left as it is: `reconcile state restore` "
+                    "puts it back (docs/state-recovery.md)"
                 ) from exc
 
     def lineage(self) -> str | None:
