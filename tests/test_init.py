@@ -6,6 +6,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -174,3 +175,24 @@ def test_a_folder_name_with_terminal_escapes_plans_applies_and_prints_escaped(tm
     applied = cli(ws, "apply", "--auto-approve", "p.plan")
     assert applied.exit_code == 0, applied.stderr
     assert "new-customers: Complete" in applied.output
+
+
+@pytest.mark.parametrize(
+    "link",
+    [".gitignore", ".github/workflows/reconcile-plan.yml", "segments/first-order-last-7-days.yaml"],
+)
+def test_init_writes_nothing_through_a_symbolic_link(tmp_path: Path, link: str):
+    """A cloned repository may hold links to files outside it: init appended to the file a
+    `.gitignore` link pointed at, and created files at the targets of dangling links."""
+    repo = git_repo(tmp_path / "repo")
+    victim = tmp_path / "victim"
+    victim.write_text("export SAFE=1\n")
+    (repo / link).parent.mkdir(parents=True, exist_ok=True)
+    target = victim if link == ".gitignore" else tmp_path / "created-outside"
+    (repo / link).symlink_to(target)
+    res = init(str(repo))
+    assert res.exit_code == 1, res.output
+    assert "symbolic link" in res.output
+    assert victim.read_text() == "export SAFE=1\n"
+    assert not (tmp_path / "created-outside").exists()
+    assert not (repo / "reconcile.yaml").exists()  # refused before writing anything

@@ -131,17 +131,52 @@ def scaffold(target: Path, *, install: str | None = None) -> InitResult:
     for name in workflows:
         _check_not_another(root / ".github" / "workflows" / name, workspace)
     result = InitResult(root=root, workspace=target)
-    if (target / "reconcile.yaml").exists():
+    existing = (target / "reconcile.yaml").exists()
+    files = (
+        []
+        if existing
+        else [(target / rel, src) for src, rel in _walk(_template()) if rel.parts[0] != "github"]
+    )
+    # every path first: nothing is written through a link (a cloned repository may hold
+    # links to files outside it), and a refusal leaves the directory as it was
+    for path in [
+        *(p for p, _ in files),
+        *(root / ".github" / "workflows" / name for name in workflows),
+        target / ".gitignore",
+    ]:
+        _check_inside(path, root)
+    if existing:
         # an existing workspace: its files are the user's; a sample activation would be sent
         result.kept.append(target / "reconcile.yaml")
-    else:
-        for src, rel in _walk(_template()):
-            if rel.parts[0] != "github":
-                _write(target / rel, src.read_text(), result)
+    for path, src in files:
+        _write(path, src.read_text(), result)
     for name, text in workflows.items():
         _write(root / ".github" / "workflows" / name, text, result)
     _gitignore(target / ".gitignore", result)
     return result
+
+
+def _check_inside(path: Path, root: Path) -> None:
+    """Refuse to write ``path`` when it is a symbolic link (even to nothing) or when one of
+    its folders below ``root`` is a link leading outside ``root`` (or to nothing)."""
+    if path.is_symlink():
+        raise ReconcileError(
+            f"{path} is a symbolic link; init writes no file through a link (remove it, or "
+            "init another directory)"
+        )
+    inside = root.resolve()
+    folder = root
+    for part in path.parent.relative_to(root).parts:
+        folder = folder / part
+        if not folder.is_symlink():
+            if not folder.exists():
+                return  # created by init: a plain folder
+            continue
+        if not folder.exists() or not folder.resolve().is_relative_to(inside):
+            raise ReconcileError(
+                f"{folder} is a symbolic link leading outside {root} (or to nothing); init "
+                "writes only inside the repository"
+            )
 
 
 _WORKSPACE_LINE = re.compile(r'^\s*RECONCILE_WORKSPACE:\s*"([^"]*)"', re.MULTILINE)
