@@ -115,6 +115,26 @@ def test_log_rejected_lists_keys_reasons_and_no_raw_identifiers(workspace):
     assert cli(ws, "log", "act").output.count("\n") >= 2  # the runs view is unchanged
 
 
+def test_log_says_when_there_is_more_than_it_shows(workspace):
+    """`--limit` (20 by default) cut the list without a word: it looked complete."""
+    integration = SANDBOX_YAML + "  reject_add_keys: [c00001, c00002]\n"
+    ws = workspace(
+        {"act": ACT + "max_rejected_share: 0.5\n"},
+        profiles=[profile(i, a=True) for i in range(5)],
+        integration=integration,
+    )
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    ws.set_profiles([profile(i, a=True) for i in range(6)])
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0  # a second run
+    one = cli(ws, "log", "act", "--rejected", "--limit", "1")
+    assert "... more: the newest 1 rejected members are shown" in one.output, one.output
+    assert "more" not in cli(ws, "log", "act", "--rejected", "--limit", "2").output
+    assert cli(ws, "log", "act", "--rejected", "--limit", "1", "--format", "json").json()["more"]
+    runs = cli(ws, "log", "act", "--limit", "1")
+    assert "... more: the newest 1 runs are shown" in runs.output, runs.output
+    assert not cli(ws, "log", "act", "--format", "json").json()["more"]
+
+
 def test_log_rejected_reads_a_state_written_before_rejections_were_kept(workspace):
     ws = _rejecting(workspace)
     assert cli(ws, "apply", "--auto-approve").exit_code == 0

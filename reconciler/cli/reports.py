@@ -107,18 +107,21 @@ def log(name, limit, rejected, fmt) -> None:
     """Runs of one activation: time, status, counts per audience, errors."""
     ws = _ws()
     with engine.read_state(ws) as state:
-        rows = rows_of.log_rows(state, name, limit)
-        rejections = rows_of.rejection_rows(state, name, limit) if rejected else []
+        # one more than shown: whether there are more to say so
+        rows = rows_of.log_rows(state, name, limit + 1)
+        rejections = rows_of.rejection_rows(state, name, limit + 1) if rejected else []
         notice = state.notice
+    more_runs, rows = len(rows) > limit, rows[:limit]
+    more_rejected, rejections = len(rejections) > limit, rejections[:limit]
     if notice and fmt == "text":
         click.echo(f"Note: {notice}.\n")
     if not rows and name not in ws.activations:
         raise ReconcileError(f"no activation {name!r} in the workspace or the state")
     if rejected:
-        _rejections(name, rejections, fmt)
+        _rejections(name, rejections, fmt, more_rejected)
         return
     if fmt == "json":
-        doc: dict[str, Any] = {"activation": name, "runs": rows}
+        doc: dict[str, Any] = {"activation": name, "runs": rows, "more": more_runs}
         if notice:
             doc["state_notice"] = notice
         click.echo(json.dumps(doc, indent=2, default=str))
@@ -146,11 +149,18 @@ def log(name, limit, rejected, fmt) -> None:
     for r in rows:
         if r["error"]:
             click.echo(f"  {r['started_at']}: {printable(r['error'])}")
+    if more_runs:
+        click.echo(_more(len(rows), "runs"))
 
 
-def _rejections(name: str, rows: list[dict], fmt: str) -> None:
+def _more(shown: int, what: str) -> str:
+    return f"... more: the newest {shown:,} {what} are shown; `--limit N` shows more"
+
+
+def _rejections(name: str, rows: list[dict], fmt: str, more: bool = False) -> None:
     if fmt == "json":
-        click.echo(json.dumps({"activation": name, "rejected": rows}, indent=2, default=str))
+        doc = {"activation": name, "rejected": rows, "more": more}
+        click.echo(json.dumps(doc, indent=2, default=str))
         return
     if not rows:
         click.echo(f"{name}: no rejected members.")
@@ -172,6 +182,8 @@ def _rejections(name: str, rows: list[dict], fmt: str) -> None:
             ],
         )
     )
+    if more:
+        click.echo(_more(len(rows), "rejected members"))
 
 
 @click.command()
