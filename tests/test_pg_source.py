@@ -764,3 +764,14 @@ def test_line_breaks_inside_values_are_read_as_values(pg_workspace, diff):
     assert res.exit_code == 0, res.output + res.stderr
     assert len(ws.sandbox_keys()["Audience A"]) == 4
     assert cli(ws, "plan", "--detailed-exitcode").exit_code == 0
+
+
+def test_segments_previews_the_keys_of_an_integer_key(pg_workspace):
+    """PostgreSQL's segment keys arrive as text: with an integer key the preview was always
+    hidden "returning a VARCHAR, not the INTEGER of the profiles key"."""
+    ws = pg_workspace({"act": MAINTAIN}, rows=[])
+    rows = [profile(i, a=True) | {"customer_id": str(1000 + i)} for i in range(3)]
+    set_pg_profiles(ws.pg, rows, PG_COLUMNS.replace("customer_id text", "customer_id bigint"))
+    seg = cli(ws, "segments", "seg-a")
+    assert seg.exit_code == 0, seg.stderr
+    assert "preview hidden" not in seg.output and "1001" in seg.output, seg.output

@@ -141,7 +141,10 @@ def segment_rows(
                             [limit],
                         ).fetchall()
                     ]
-                elif res.column_type != key_type:
+                elif res.column_type != key_type and not (
+                    # PostgreSQL's segment keys arrive as text, whatever the key's type
+                    source.dialect == "postgres" and res.column_type == "VARCHAR"
+                ):
                     preview = []
                     note = (
                         f"preview hidden: the segment returns a {res.column_type} column, not "
