@@ -529,3 +529,13 @@ def test_identifier_types_the_source_does_not_declare_are_warned_about(workspace
     assert "config.identifiers lists 'madid', which the profiles table does not declare" in text
     ws.write("integrations/files.yaml", FILES_YAML.format(format="csv", pii="hashed", extra=""))
     assert "does not declare" not in cli(ws, "plan").output
+
+
+def test_parquet_keeps_every_digit_of_a_128_bit_integer(workspace):
+    """Parquet has no 128-bit integer: DuckDB wrote HUGEINT as DOUBLE and rounded it."""
+    people = [dict(p) for p in PEOPLE]
+    ws = files_ws(workspace, people, fmt="parquet")
+    ws.alter_profiles("ALTER TABLE profiles ALTER total_spend TYPE HUGEINT USING 9007199254740993")
+    apply(ws)
+    got = {r["LTV"] for r in rows(only(exported(ws), "full"))}
+    assert got == {"9007199254740993"}, got

@@ -165,6 +165,8 @@ class FilesDestination:
             # the profile key (after `change` in a delta) is what downstream joins on: as is
             key = request.columns[1] if request.kind == "delta" else request.columns[0]
             query = _formulas_escaped(con, query, keep=(key,))
+        if ext == "parquet":
+            query = _exact_wide_integers(con, query)
         try:
             rows = con.execute(f"COPY ({query}) TO '{_q(str(scratch))}' ({options})").fetchall()
             checksum = _sha256(scratch)
@@ -242,6 +244,21 @@ def _sha256(path: Path) -> str:
 
 def _q(text: str) -> str:
     return text.replace("'", "''")
+
+
+def _exact_wide_integers(con: duckdb.DuckDBPyConnection, query: str) -> str:
+    """``query`` with its 128-bit integer columns (``HUGEINT``, ``UHUGEINT``) as text: Parquet
+    has no such type and DuckDB writes them as DOUBLE, rounding 9007199254740993 to
+    9007199254740992; as text every digit stays (as the CSV writes them)."""
+    columns = con.execute(f"DESCRIBE ({query})").fetchall()
+    wide = {"HUGEINT", "UHUGEINT"}
+    if not any(str(kind).upper() in wide for _, kind, *_ in columns):
+        return query
+    cells = []
+    for name, kind, *_ in columns:
+        col = '"' + str(name).replace('"', '""') + '"'
+        cells.append(f"CAST({col} AS VARCHAR) AS {col}" if str(kind).upper() in wide else col)
+    return f"SELECT {', '.join(cells)} FROM ({query}) __export"
 
 
 def _formulas_escaped(
