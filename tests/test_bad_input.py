@@ -267,6 +267,16 @@ STATIC = [
         id="yaml-1.1-boolean-key",
     ),
     pytest.param(
+        {"activations/act.yaml": MAINTAIN + "~: 1\n"},
+        ["activations/act.yaml:5: a key must be text, but YAML reads this one as null"],
+        id="null-key",
+    ),
+    pytest.param(
+        {"activations/act.yaml": MAINTAIN + "[a, b]: 1\n"},
+        ["activations/act.yaml:5: a key must be text, but YAML reads this one as a list"],
+        id="list-key",
+    ),
+    pytest.param(
         {"activations/act.yaml": MAINTAIN + "notify: [ops@example.com]\n"},
         ["activations/act.yaml:5: notify: e-mail notifications need a mail server"],
         id="notify-email-without-smtp",

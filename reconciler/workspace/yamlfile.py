@@ -150,7 +150,10 @@ class _Builder:
                     # (`notify: {on: [failed]}`), as in GitHub Actions' `on:`
                     key = key_node.value if key_node.value.lower() in _WORD_KEYS else key
                 if not isinstance(key, str):
-                    shown = "a list or mapping" if key is None else repr(key)
+                    if not isinstance(key_node, yaml.ScalarNode):
+                        shown = "a list or mapping"
+                    else:  # `null:`, `~:`, `? null`: YAML's null, shown as written
+                        shown = "null" if key is None else repr(key)
                     raise self.error(
                         f"a key must be text, but YAML reads this one as {shown}; "
                         "put the key in quotes",
