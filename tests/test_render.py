@@ -368,6 +368,17 @@ def test_markdown_budget_counts_what_was_left_out() -> None:
     assert "Unchanged: steady" in full and "Unchanged: steady" not in cut  # cut from the end
 
 
+def test_a_comment_cut_to_fit_keeps_deletions_and_removals_first() -> None:
+    """Cut to fit after many additions, the comment left out the one activation to delete
+    (and the audience losing members) that the plan listed last."""
+    adds = [create_ab().model_copy(update={"id": f"new-{i:03d}-{'x' * 40}"}) for i in range(60)]
+    plan = make_plan(*adds, update_mass_removal(), delete_kept())
+    md = render_markdown(plan, max_chars=6_000)
+    assert "**Truncated to fit a comment:**" in md
+    assert "| old-list | delete |" in md
+    assert "Mass removal in churn-google" in md  # a mass removal is a warning at the top
+
+
 def test_markdown_budget_too_small_for_the_summary(plan: Plan) -> None:
     with pytest.raises(ValueError, match="no room for the plan's summary"):
         render_markdown(plan, max_chars=100)

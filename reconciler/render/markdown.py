@@ -227,8 +227,16 @@ def _pieces(macros: Any, plan: Plan, commit: str | None) -> list[tuple[str, str]
         if au.mass_removal and au.sent
     ]
     pieces += [("", macros.notice(a, w)) for a in plan.activations for w in a.warnings]
-    spec = [a for a in changed if a.change in (Change.CREATE, Change.UPDATE, Change.DELETE)]
-    rows = [r for a in changed if a.member_changes or not a.audiences for r in _rows(a)]
+    # what destroys first: a comment cut to fit never leaves out a deletion or a removal
+    # while it shows additions (sorted() keeps the plan's order within each kind)
+    spec = sorted(
+        (a for a in changed if a.change in (Change.CREATE, Change.UPDATE, Change.DELETE)),
+        key=lambda a: a.change is not Change.DELETE,
+    )
+    rows = sorted(
+        (r for a in changed if a.member_changes or not a.audiences for r in _rows(a)),
+        key=lambda r: not (r["remove"] or r["change"] == CHANGE_LABELS[Change.DELETE]),
+    )
     for header, items in (
         (macros.spec_header(), [macros.spec_row(_spec_row(a)) for a in spec]),
         (macros.data_header(), [macros.data_row(r) for r in rows]),
