@@ -539,3 +539,18 @@ def test_parquet_keeps_every_digit_of_a_128_bit_integer(workspace):
     apply(ws)
     got = {r["LTV"] for r in rows(only(exported(ws), "full"))}
     assert got == {"9007199254740993"}, got
+
+
+@pytest.mark.slow
+def test_an_interrupted_export_resumed_in_another_format_warns_of_what_it_left(workspace):
+    """Killed after publishing its delta, then resumed as Parquet: the rerun cannot replace
+    the CSV the dead run published under the same number; the plan says so."""
+    ws = files_ws(workspace, PEOPLE, full="never", extra="  exit_at: published\n")
+    killed = reconcile(ws, "apply", "--auto-approve")
+    assert killed.returncode == 137, killed.stdout + killed.stderr
+    ws.write("integrations/files.yaml", FILES_YAML.format(format="parquet", pii="hashed", extra=""))
+    text = cli(ws, "plan").output
+    assert "the interrupted export was written elsewhere or in another format" in text, text
+    assert "out/vip/daily/" in text and "(csv)" in text
+    ws.write("integrations/files.yaml", FILES_YAML.format(format="csv", pii="hashed", extra=""))
+    assert "written elsewhere" not in cli(ws, "plan").output  # same place and format: replaced

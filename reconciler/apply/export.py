@@ -116,6 +116,8 @@ class ExportRunner:
                 stamp=stamp,
                 full=full,
                 rows=sum(counts.values()),
+                location=plan.location,
+                fmt=self.dest.export_format(),
             )
         key = _ident(self.profiles.key)
         names = (self.profiles.key, *(n for n, _ in values), *(n for n, _ in attrs))

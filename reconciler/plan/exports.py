@@ -88,7 +88,18 @@ def plan_export(
         full_policy=spec.full,
         resume=pending.stamp if pending else None,
         new_series=new_series,
+        stale_files=_stale(pending, location, files.export_format()),
     )
+
+
+def _stale(pending: exports.PendingExport | None, location: str, fmt: str) -> str | None:
+    """Where the run that died may have published files this apply's files do not replace
+    (same names, another folder or format): say so, they are not part of the series."""
+    if pending is None or not pending.location:
+        return None
+    if (pending.location, pending.format) == (location, fmt):
+        return None
+    return f"{pending.location}*-{pending.stamp}-* ({pending.format})"
 
 
 def _new_series(last: tuple[str, str] | None, location: str, fmt: str) -> str | None:

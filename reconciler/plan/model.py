@@ -125,6 +125,9 @@ class ExportChange(Frozen):
     #: why this export starts a new series of files (moved, another format), with a full
     #: file: a reader of the new place has none of the earlier deltas. None: it does not
     new_series: str | None = None
+    #: where an interrupted export (``resume``) may have left files this apply does not
+    #: replace: it was writing elsewhere or in another format
+    stale_files: str | None = None
 
 
 class ActivationPlan(Frozen):

@@ -370,6 +370,12 @@ class Planner(AudienceTargeting, MembershipStaging):
             if export.resume:
                 change = Change.UPDATE if change is Change.NOOP else change
                 notes.append(f"an interrupted export ({export.resume}) is written again")
+                if export.stale_files:
+                    warnings.append(
+                        f"the interrupted export was written elsewhere or in another format: "
+                        f"files it may have published ({export.stale_files}) are not replaced "
+                        "and belong to no recorded export; delete them"
+                    )
             elif change is Change.NOOP and due:  # its delta file is written even if empty
                 change = Change.UPDATE
                 notes.append("the export is due: its delta file is written (0 rows)")

@@ -25,6 +25,8 @@ class PendingExport:
     batch_id: str
     stamp: str
     full: bool
+    location: str = ""  # where and how the run that died was writing ("": not recorded)
+    format: str = ""
 
 
 def pending(reader: StateReader, activation_id: str) -> PendingExport | None:
@@ -37,7 +39,13 @@ def pending(reader: StateReader, activation_id: str) -> PendingExport | None:
     if row is None:
         return None
     detail = _detail(row[1])
-    return PendingExport(row[0], str(detail.get("stamp", "")), bool(detail.get("full")))
+    return PendingExport(
+        row[0],
+        str(detail.get("stamp", "")),
+        bool(detail.get("full")),
+        str(detail.get("location") or ""),
+        str(detail.get("format") or ""),
+    )
 
 
 def recorded_count(reader: StateReader, activation_id: str) -> int:
@@ -88,10 +96,11 @@ def begin(
     stamp: str,
     full: bool,
     rows: int,
+    location: str = "",
+    fmt: str = "",
 ) -> None:
-    store.journal_intent(
-        batch_id, run_id, activation_id, grp, OP, rows, json.dumps({"stamp": stamp, "full": full})
-    )
+    detail = {"stamp": stamp, "full": full, "location": location, "format": fmt}
+    store.journal_intent(batch_id, run_id, activation_id, grp, OP, rows, json.dumps(detail))
 
 
 def _detail(text: str | None) -> dict[str, Any]:
