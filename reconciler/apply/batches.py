@@ -59,6 +59,9 @@ class BatchRunner(AdditionSender):
     """One activation's sender: per audience, its removals, then updates and purges here,
     additions in :class:`~reconciler.apply.additions.AdditionSender`."""
 
+    #: records several leaving members hold and no staying one (``shared_records``)
+    _co_held: frozenset[str] | set[str] = frozenset()
+
     # ------------------------------------------------------------------ per audience
     def run_audience(
         self,
@@ -93,9 +96,11 @@ class BatchRunner(AdditionSender):
             guard.check(name, removals, self.state.lost_identifiers(encode.SEND, self.aid, grp))
         self.state.forget_staged(CHANGES, self.aid, grp)
         target = ref if sent else None
+        # no member leaves or changes (a first apply): no record can be shared with one
+        leaving = removals or tables[str(MemberOp.UPDATE)].staged
         protected, co_held = (
             self.state.shared_records(CHANGES, encode.SEND, self.aid, grp)
-            if sent
+            if sent and leaving
             else (set(), set())
         )
         self._co_held = co_held
