@@ -348,12 +348,14 @@ class MemberWrites(JournalWrites):
                     WHERE activation_id = $1 AND grp = $2),
                 leaving_r AS (SELECT key, unnest(record) AS r FROM mine SEMI JOIN leaving
                     USING (key)),
+                lr AS (SELECT r, count(DISTINCT key) AS holders FROM leaving_r GROUP BY r),
                 staying_r AS (SELECT unnest(record) AS r FROM mine ANTI JOIN leaving USING (key)
                     UNION ALL SELECT unnest(rec) FROM {send}
-                    WHERE op IN ('update', 'add') AND sendable)
-                SELECT r, bool_or(r IN (SELECT r FROM staying_r)) AS kept
-                FROM leaving_r GROUP BY r
-                HAVING kept OR count(DISTINCT key) > 1""",
+                    WHERE op IN ('update', 'add') AND sendable),
+                -- probing the few leaving strings, not hashing every staying one
+                kept AS (SELECT DISTINCT r FROM staying_r SEMI JOIN lr USING (r))
+                SELECT lr.r, kept.r IS NOT NULL FROM lr LEFT JOIN kept USING (r)
+                WHERE kept.r IS NOT NULL OR lr.holders > 1""",
             [activation_id, grp],
         ).fetchall()
         return {r for r, kept in rows if kept}, {r for r, kept in rows if not kept}
