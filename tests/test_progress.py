@@ -182,6 +182,20 @@ def test_log_format_json_streams_events_and_outcomes(workspace):
     assert "Apply finished: 1 of 1" in res.output  # standard output keeps the report
 
 
+def test_log_format_json_keeps_a_failed_run_s_error_in_json(workspace):
+    """A Disabled or Failed activation's error was also printed as a plain text line after
+    its outcome event: `jq` stopped on it."""
+    integration = SANDBOX_YAML + "  refuse_credentials: true\n"
+    ws = workspace(
+        {"act": ACT}, profiles=[profile(i, a=True) for i in range(3)], integration=integration
+    )
+    res = cli(ws, "--log-format", "json", "apply", "--auto-approve")
+    assert res.exit_code == 1
+    events = [json.loads(line) for line in res.stderr.splitlines()]  # every line is JSON
+    (outcome,) = [e for e in events if e["event"] == "outcome"]
+    assert outcome["status"] == "Disabled" and "refused the credentials" in outcome["error"]
+
+
 def test_verbose_plan_says_what_it_computes(workspace):
     ws = workspace({"act": ACT}, profiles=[profile(1, a=True)])
     assert "planning" not in cli(ws, "plan").stderr
@@ -217,7 +231,7 @@ def test_the_summary_escapes_an_error_that_quotes_the_destination(capsys):
     from reconciler.cli.applying import _report
 
     failed = ActivationOutcome("vip", Status.FAILED, error="answered 400: \x1b]52;c;eA==\x07")
-    _report(ApplyResult([failed]))
+    _report(ApplyResult([failed]), PlainReporter())
     err = capsys.readouterr().err
     assert "\x1b" not in err and "answered 400: \\x1b]52;c;eA==\\x07" in err
 
@@ -254,3 +268,47 @@ def test_a_call_that_moves_no_member_names_its_audience_in_its_waits():
     json_progress.retry(Wait())
     event = json.loads(stream.getvalue())
     assert (event["activation"], event["audience"], event["op"]) == ("vip", "VIP", "create")
+
+
+def _until(out: io.StringIO, text: str, seconds: float = 10.0) -> list[str]:
+    import time
+
+    end = time.monotonic() + seconds
+    while text not in out.getvalue() and time.monotonic() < end:
+        time.sleep(0.05)
+    return out.getvalue().splitlines()
+
+
+def test_plain_lines_go_on_while_no_batch_comes_back():
+    """A line appeared only when a batch came back: a slow answer or a throttle being waited
+    out left a CI log silent for as long as it lasted (minutes for Meta's regain time)."""
+    clock, out = Clock(), io.StringIO()
+    reporter = PlainReporter(out, clock=clock, interval=5.0, heartbeat=True)
+    progress = Progress(emit=reporter.event, clock=clock)
+    try:
+        progress.start("vip", "VIP", "add", 30)
+        clock.now += 6  # no batch back for 6 s
+        lines = _until(out, "waiting for the destination's answer")
+        assert lines == [
+            'vip: audience "VIP": add: 0 of 30 members (waiting for the destination\'s answer)'
+        ]
+        reporter.event(
+            {
+                "event": "wait",
+                "kind": "throttled",
+                "wait_seconds": 30.0,
+                "attempt": 1,
+                "activation": "vip",
+                "audience": "VIP",
+                "op": "add",
+            }
+        )  # without -v the wait itself prints nothing ...
+        clock.now += 6
+        lines = _until(out, "throttled by the destination")  # ... the heartbeat says it
+        assert lines[-1] == (
+            'vip: audience "VIP": add: 0 of 30 members (throttled by the destination, '
+            "waiting 24s more)"
+        )
+    finally:
+        reporter.close()
+    assert reporter._timer is None  # stopped with the reporter

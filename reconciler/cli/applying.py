@@ -12,7 +12,7 @@ import click
 
 from reconciler.cli.common import Ctx, destination_calls
 from reconciler.cli.lazy import LazyModule
-from reconciler.errors import ReconcileError, printable_lines
+from reconciler.errors import ReconcileError
 
 if TYPE_CHECKING:
     from reconciler.apply.outcomes import ApplyResult
@@ -115,7 +115,7 @@ def apply_plan(
         lock.release()
     for o in result.outcomes:
         reporter.outcome(o)
-    _report(result)
+    _report(result, reporter)
     if not result.ok:
         sys.exit(1)
 
@@ -153,7 +153,10 @@ def _confirm() -> bool:
     )
 
 
-def _report(result: ApplyResult) -> None:
+def _report(result: ApplyResult, reporter: Reporter) -> None:
+    """The run's outcome: a line per activation on standard output; errors, warnings and an
+    interruption on standard error through ``reporter`` (with ``--log-format json`` they are
+    JSON events there too: every line of standard error is one)."""
     for o in result.outcomes:
         line = f"{o.id}: {o.status} (+{o.added:,} -{o.removed:,} ~{o.updated:,})"
         if o.failed:
@@ -163,11 +166,11 @@ def _report(result: ApplyResult) -> None:
         click.echo(line)
         # an error may quote what a destination answered: its control characters escaped
         if o.error:
-            click.echo(f"  {printable_lines(o.error)}", err=True)
+            reporter.message(f"  {o.error}")
         elif o.warning:
-            click.echo(f"  warning: {printable_lines(o.warning)}", err=True)
+            reporter.message(f"  warning: {o.warning}")
     if result.interrupted:
-        click.echo("Interrupted: what was sent is recorded; run apply again to finish.", err=True)
+        reporter.message("Interrupted: what was sent is recorded; run apply again to finish.")
     else:
         done = sum(1 for o in result.outcomes if o.status == "Complete")
         click.echo(f"Apply finished: {done} of {len(result.outcomes)} activation(s) complete.")

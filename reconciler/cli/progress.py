@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -132,7 +133,9 @@ def wait_text(e: Event) -> str:
 
 
 class PlainReporter(Reporter):
-    """Plain lines for logs: progress every ``interval`` seconds and at each operation's end."""
+    """Plain lines for logs: progress every ``interval`` seconds and at each operation's end.
+    With ``heartbeat`` a timer says so every ``interval`` seconds also while no batch comes
+    back (a slow answer, a throttle being waited out): a CI log never goes silent."""
 
     def __init__(
         self,
@@ -141,20 +144,39 @@ class PlainReporter(Reporter):
         verbose: bool = False,
         clock: Callable[[], float] = time.monotonic,
         interval: float = INTERVAL,
+        heartbeat: bool = False,
     ):
         super().__init__()
         self.stream, self.verbose = stream, verbose
         self.clock, self.interval = clock, interval
         self.last_line = 0.0
         self.began = 0.0
+        self.wait: tuple[str, float] | None = None  # (kind, until) of a retry wait under way
+        self._lock = threading.RLock()
+        self.heartbeat = heartbeat
+        self._stop = threading.Event()
+        self._timer: threading.Thread | None = None
 
     def _write(self, text: str) -> None:
-        emit(text, self.stream)
+        with self._lock:
+            emit(text, self.stream)
+
+    def event(self, e: Event) -> None:
+        with self._lock:
+            super().event(e)
 
     def started(self, e: Event) -> None:
         self.began = self.last_line = self.clock()
+        self.wait = None
+        if self.heartbeat and self._timer is None:  # from the first operation to close()
+            self._stop.clear()
+            self._timer = threading.Thread(
+                target=self._beat, name="reconcile-progress", daemon=True
+            )
+            self._timer.start()
 
     def advanced(self, e: Event) -> None:
+        self.wait = None
         now = self.clock()
         if now - self.last_line >= self.interval and e["done"] < e["total"]:
             self.last_line = now
@@ -162,6 +184,31 @@ class PlainReporter(Reporter):
                 f"{_label(e)}: {e['done']:,} of {e['total']:,} members "
                 f"({_rate(e['rate'])}/s, about {_eta(e['eta_seconds'])} left)"
             )
+
+    def _beat(self) -> None:
+        """Every second: an operation under way that printed nothing for ``interval``
+        seconds says where it is, and what it waits for."""
+        while not self._stop.wait(1.0):
+            with self._lock:
+                e, now = self.current, self.clock()
+                if e is None or self.ended or now - self.last_line < self.interval:
+                    continue
+                self.last_line = now
+                if self.wait is not None and self.wait[1] > now:
+                    kind, until = self.wait
+                    why = "throttled by the destination" if kind == "throttled" else "retrying"
+                    doing = f"{why}, waiting {until - now:.0f}s more"
+                else:
+                    doing = "waiting for the destination's answer"
+                self._write(f"{_label(e)}: {e['done']:,} of {e['total']:,} members ({doing})")
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._timer is not None:
+            self._timer.join()
+            self._timer = None
+        with self._lock:
+            super().close()
 
     def finished(self, e: Event) -> None:
         took = max(self.clock() - self.began, 0.0)
@@ -172,6 +219,8 @@ class PlainReporter(Reporter):
         )
 
     def waited(self, e: Event) -> None:
+        if e.get("kind") != "gave_up":
+            self.wait = (str(e.get("kind")), self.clock() + float(e.get("wait_seconds") or 0))
         if self.verbose:
             self._write(wait_text(e))
 
@@ -289,7 +338,7 @@ class JsonReporter(Reporter):
         self._write({"event": "plan_step", "text": text})
 
     def message(self, text: str) -> None:
-        self._write({"event": "message", "text": text})
+        self._write({"event": "message", "text": text.strip()})
 
     def outcome(self, o: ActivationOutcome) -> None:
         self._write(
@@ -326,4 +375,8 @@ def make_reporter(
         terminal = stream is None and sys.stderr.isatty()
     if terminal:
         return LiveReporter(verbose=verbose, color=color)
-    return PlainReporter(stream, verbose=verbose, clock=clock, interval=interval)
+    # a timer only on the real clock (tests drive theirs by hand)
+    heartbeat = clock is time.monotonic
+    return PlainReporter(
+        stream, verbose=verbose, clock=clock, interval=interval, heartbeat=heartbeat
+    )
