@@ -238,3 +238,16 @@ def test_state_restore_puts_the_backup_back_and_resends_what_it_cannot_know(work
     assert cli(ws, "apply", "--auto-approve").exit_code == 0
     assert held(ws) == {"A": desired(everyone)}
     assert "No changes" in cli(ws, "plan").output
+
+
+def test_a_state_missing_a_column_is_named_not_the_consent_condition(workspace):
+    import duckdb
+
+    ws = workspace({"act": ACT}, profiles=[profile(i, a=True) for i in range(3)])
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    con = duckdb.connect(str(ws.root / ".reconcile" / "state.duckdb"))
+    con.execute("ALTER TABLE members DROP COLUMN fp")
+    con.close()
+    res = cli(ws, "plan")
+    assert res.exit_code == 1 and "consent" not in res.stderr, res.stderr
+    assert "lacks the column(s) 'fp' of its table 'members'" in res.stderr, res.stderr

@@ -78,7 +78,7 @@ class StateReader:
         self.con = con
         self.c = catalog
 
-    def read_every_block(self) -> None:
+    def read_every_block(self, columns: bool = False) -> None:
         """Read every value of every table of the state once (DuckDB checks each block's
         checksum as it reads it), raising :class:`StateError` on a damaged one. Opening a
         state reads its catalog only: a command that writes the state first makes the state
@@ -88,6 +88,8 @@ class StateReader:
             "WHERE database_name = ? GROUP BY table_name ORDER BY table_name",
             [self.c],
         ).fetchall()
+        if columns:  # and its tables hold every column (not before a migration)
+            self._check_columns(dict(tables))
         for table, columns in tables:
             cols = ", ".join('"' + c.replace('"', '""') + '"' for c in columns)
             try:
@@ -99,6 +101,38 @@ class StateReader:
                     "nothing was written and its backup was left as it is: `reconcile state restore` "
                     "puts it back (docs/state-recovery.md)"
                 ) from exc
+
+    @staticmethod
+    def _check_columns(found: dict[str, list[str]]) -> None:
+        """Every table and column this release's state has (a state edited by hand, or
+        damaged, may lack one: its queries then failed naming no file)."""
+        from reconciler.state.schema import DDL
+
+        con = duckdb.connect(":memory:")
+        try:
+            con.execute("ATTACH ':memory:' AS expected")
+            for stmt in DDL:
+                con.execute(stmt.format(c="expected"))
+            wanted = con.execute(
+                "SELECT table_name, list(column_name) FROM duckdb_columns() "
+                "WHERE database_name = 'expected' GROUP BY table_name"
+            ).fetchall()
+        finally:
+            con.close()
+        for table, columns in sorted(wanted):
+            have = set(found.get(table, ()))
+            missing = [c for c in columns if c not in have]
+            if table not in found or missing:
+                what = (
+                    f"table {table!r}"
+                    if table not in found
+                    else (f"column(s) {', '.join(map(repr, missing))} of its table {table!r}")
+                )
+                raise StateError(
+                    f"the state is damaged or was edited: it lacks the {what}; nothing was "
+                    "written: `reconcile state restore` puts its backup back "
+                    "(docs/state-recovery.md)"
+                )
 
     def lineage(self) -> str | None:
         """The id made with this state (None before the first apply made it)."""
