@@ -178,7 +178,7 @@ class MembershipStaging:
             raise
         except duckdb.Error as exc:  # the consent condition fails on the data
             # ... or the state it reads is damaged: then that is what the user must fix
-            self.state.read_every_block(columns=True)
+            self.state.read_every_block(schema=True)
             detail = safe_engine_error(exc, integ.consent or "")[0]
             raise SegmentError(
                 f"{consent_where}: computing the audience of {aid!r} failed: {detail}"

@@ -78,7 +78,7 @@ class StateReader:
         self.con = con
         self.c = catalog
 
-    def read_every_block(self, columns: bool = False) -> None:
+    def read_every_block(self, schema: bool = False) -> None:
         """Read every value of every table of the state once (DuckDB checks each block's
         checksum as it reads it), raising :class:`StateError` on a damaged one. Opening a
         state reads its catalog only: a command that writes the state first makes the state
@@ -88,7 +88,7 @@ class StateReader:
             "WHERE database_name = ? GROUP BY table_name ORDER BY table_name",
             [self.c],
         ).fetchall()
-        if columns:  # and its tables hold every column (not before a migration)
+        if schema:  # and its tables hold every column (not before a migration)
             self._check_columns(dict(tables))
         for table, columns in tables:
             cols = ", ".join('"' + c.replace('"', '""') + '"' for c in columns)
