@@ -282,3 +282,40 @@ def test_whole_row_groups_are_written_once(workspace):
     assert rows == 250_000
     assert [n for (n,) in sizes] == [group, group, 250_000 - 2 * group]
     assert free == 0
+
+
+def test_a_new_split_group_never_sends_to_the_audience_the_split_change_empties(workspace):
+    """Adding a control group drains the old `all` audience. Adopting that audience for the
+    experiment group (the name-taken warning advised `adopt: true`) added the members, then
+    removed them with the old group's: the list ended empty, and the next plan said No
+    changes."""
+    rows = [profile(i, a=True) for i in range(20)]
+    base = "segments: [seg-a]\ndestination: sandbox\nname: Gold\n"
+    ws = workspace({"act": base}, profiles=rows)
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    split = base + "split: control\ncontrol_percent: 20\n"
+    ws.write("activations/act.yaml", split)
+    text = cli(ws, "plan").output
+    assert "is this activation's own, of group 'all', which the new split empties" in text
+    assert "adopt: true" not in text
+    ws.write("activations/act.yaml", split + "adopt: true\n")
+    res = cli(ws, "plan")
+    assert res.exit_code == 1
+    assert "group 'experiment' would send to the audience 'Gold'" in res.stderr, res.stderr
+    assert "activations/act.yaml" in res.stderr
+
+
+def test_a_control_group_added_on_an_existing_list_is_refused(workspace):
+    rows = [profile(i, a=True) for i in range(20)]
+    ws = workspace({"base": "segments: [seg-a]\ndestination: sandbox\nname: Base\n"}, profiles=rows)
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    ws.remove("activations/base.yaml")  # the list stays at the destination
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    existing = "segments: [seg-a]\ndestination: sandbox\nlist: {existing: Base}\n"
+    ws.write("activations/ex.yaml", existing)
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    ws.write("activations/ex.yaml", existing + "split: control\ncontrol_percent: 20\n")
+    res = cli(ws, "apply", "--auto-approve", "--allow-mass-removal")
+    assert res.exit_code == 1
+    assert "group 'experiment' would send to the audience 'Base'" in res.stderr, res.stderr
+    assert len(held(ws)["Base"]) == 20  # nothing was sent

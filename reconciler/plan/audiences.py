@@ -72,6 +72,12 @@ class AudienceTargeting:
         # the recorded spec sent to a `list: existing` (a list that is not the activation's)
         was_existing = bool(rec and (rec.spec.get("list") or {}).get("existing"))
         groups = splits.groups(act.split)
+        # audiences of groups an earlier split had: drained of their members (id -> group)
+        drained = {
+            ra.resource_id: g
+            for g, ra in recorded_aud.items()
+            if g not in groups and ra.resource_id and ra.sent
+        }
         # groups that exist only in the state (the split changed) still need their leavers
         groups += [g for g in sorted(set(recorded_aud) | set(sizes)) if g not in groups]
         out = []
@@ -103,7 +109,24 @@ class AudienceTargeting:
             twin = None
             if create and sent and not taken_by:
                 twin = self._earlier_twin(aid, act, grp, name)
-            if create and taken_by and sent and not adopt:
+            target_id = taken_by if adopt else resource_id
+            if sent and grp not in drained.values() and target_id in drained:
+                raise ConfigError(
+                    f"group {grp!r} would send to the audience {name!r} ({target_id}) that "
+                    f"the split change empties (it holds group {drained[target_id]!r}): its "
+                    "members would be added, then removed with the old group's. Give the new "
+                    "group an audience of its own (another `name`, or a `list: existing` naming "
+                    "another list), or keep the split",
+                    self.ws.location("activations", aid, "split"),
+                )
+            if create and taken_by and sent and not adopt and taken_by in drained:
+                warnings.append(
+                    f"the destination's audience named {name!r} (id {taken_by}) is this "
+                    f"activation's own, of group {drained[taken_by]!r}, which the new split "
+                    f"empties and keeps: apply creates a second audience of that name for group "
+                    f"{grp!r}. Give the new group another `name` to tell them apart"
+                )
+            elif create and taken_by and sent and not adopt:
                 warnings.append(
                     f"the destination already has an audience named {name!r} (id {taken_by}) "
                     "that this activation did not create; apply creates a second one with the "
