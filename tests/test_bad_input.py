@@ -1145,3 +1145,23 @@ def test_a_webhook_with_no_receiver_is_found_by_validate(workspace, monkeypatch)
     assert "integrations/hooks.yaml:4: config: the webhook needs a receiver" in res.stderr, (
         res.stderr
     )
+
+
+@pytest.mark.parametrize(
+    ("extra", "field", "why"),
+    [
+        ("append_to_profiles: true\n", "append_to_profiles", "would be written as included"),
+        ("max_removal_share: 0.1\n", "max_removal_share", "no guard applies"),
+    ],
+)
+def test_what_action_remove_cannot_mean_is_refused_by_validate(workspace, extra, field, why):
+    """`action: remove` with write-back recorded the removed profiles as included in the list;
+    a `max_removal_share` on it was silently ignored."""
+    config = RECONCILE_YAML.replace(
+        "  path: data/profiles.duckdb\n", "  path: data/profiles.duckdb\n  writable: true\n"
+    )
+    act = "segments: [seg-a]\ndestination: sandbox\naction: remove\nlist: {existing: Base}\n"
+    ws = workspace({"rm": act + extra}, reconcile_yaml=config)
+    res = cli(ws, "validate")
+    assert res.exit_code == 1, res.output
+    assert f"activations/rm.yaml:5: {field}:" in res.stderr and why in res.stderr, res.stderr

@@ -17,7 +17,7 @@ from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
 from reconciler.errors import ConfigError
-from reconciler.workspace.activation_spec import Activation, Goal
+from reconciler.workspace.activation_spec import ActionMode, Activation, Goal
 from reconciler.workspace.spec import PostgresSource
 
 if TYPE_CHECKING:
@@ -56,6 +56,24 @@ def goal_errors(ws: Workspace, aid: str, act: Activation, caps: Any) -> list[Con
                     field,
                 )
             )
+    if act.append_to_profiles and act.action is ActionMode.REMOVE:
+        out.append(
+            doc.error(
+                "`append_to_profiles` records the profiles an audience includes, but `action: "
+                "remove` takes its segments' profiles out of the list: they would be written "
+                "as included in it. Remove `append_to_profiles`",
+                ("append_to_profiles",),
+            )
+        )
+    if "max_removal_share" in doc.data and act.action is ActionMode.REMOVE:
+        out.append(
+            doc.error(
+                "`max_removal_share` guards audiences this tool fills; `action: remove` removes "
+                "its segments' profiles from the list by design, and no guard applies. Remove "
+                "`max_removal_share` (or use `action: maintain`)",
+                ("max_removal_share",),
+            )
+        )
     if act.append_to_profiles:
         source = ws.config.source
         if isinstance(source, PostgresSource) or not getattr(source, "writable", False):
