@@ -334,3 +334,18 @@ def test_a_goal_change_is_refused_too_when_no_run_completed(workspace) -> None:
     res = cli(ws, "plan")
     assert res.exit_code == 1, res.output + res.stderr
     assert "`goal` changed from sync_attributes to send_segments" in res.stderr, res.stderr
+
+
+def test_clearing_a_deleted_sync_says_what_it_cannot_reach(workspace):
+    """Profiles that left a sync_attributes activation were forgotten, not removed: clearing
+    it on delete removes only the recorded members, though the plan said it empties the
+    audience. The plan now says which stay."""
+    ws = workspace(
+        {"attrs": SYNC + "on_delete: clear\n"}, profiles=[profile(i, a=True) for i in range(6)]
+    )
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    ws.set_profiles([profile(i, a=i >= 2) for i in range(6)])  # two leave: forgotten
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    ws.remove("activations/attrs.yaml")
+    text = cli(ws, "plan").output
+    assert "clearing removes only the recorded members, and those stay" in text, text

@@ -49,6 +49,15 @@ def plan_delete(
         if clear
         else "the audience at the destination is kept (on_delete: keep)"
     )
+    notes = [note]
+    if clear and rec.spec.get("goal") == "sync_attributes":
+        # sync_attributes forgets the profiles that leave (it never removes them): the
+        # state no longer knows them, so clearing cannot reach them
+        notes.append(
+            "a sync_attributes activation left at the destination the profiles that left it "
+            "earlier (they were forgotten, not removed): clearing removes only the recorded "
+            "members, and those stay"
+        )
     return ActivationPlan(
         id=rec.id,
         change=Change.DELETE,
@@ -61,7 +70,7 @@ def plan_delete(
         spec_digest=None,
         state_serial=rec.serial,
         audiences=audiences,
-        notes=[note],
+        notes=notes,
         max_removal_share=rec.spec.get("max_removal_share", 0.5),
         on_delete="clear" if clear else "keep",
         due=True,
