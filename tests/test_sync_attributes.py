@@ -82,7 +82,10 @@ def test_changed_values_are_counted_per_attribute_and_leavers_keep_their_fields(
     assert plan["summary"]["remove"] == 0
     text = cli(ws, "plan").output
     assert "profiles to update: 4; attribute values to change: FIRST_NAME 3, COUNTRY 2" in text
-    assert "left the segment: their attribute values stay" in text
+    assert (
+        "left the audience (the segment, or excluded by consent or suppression): their attribute values stay"
+        in text
+    )
 
     assert cli(ws, "apply", "--auto-approve").exit_code == 0
     now = held(ws)

@@ -103,8 +103,9 @@ def with_value_counts(
     left = sum(au.forget for au in out)
     notes = (
         [
-            f"{left:,} profile(s) left the segment: their attribute values stay at the "
-            "destination (leaving never clears fields)"
+            f"{left:,} profile(s) left the audience (the segment, or excluded by consent or "
+            "suppression): their attribute values stay at the destination (leaving never "
+            "clears fields)"
         ]
         if left
         else []
