@@ -112,20 +112,11 @@ class AudienceTargeting:
             target_id = taken_by if adopt else resource_id
             if sent and grp not in drained.values() and target_id in drained:
                 raise ConfigError(
-                    f"group {grp!r} would send to the audience {name!r} ({target_id}) that "
-                    f"the split change empties (it holds group {drained[target_id]!r}): its "
-                    "members would be added, then removed with the old group's. Give the new "
-                    "group an audience of its own (another `name`, or a `list: existing` naming "
-                    "another list), or keep the split",
+                    splits.drained_target(grp, name, target_id, drained[target_id]),
                     self.ws.location("activations", aid, "split"),
                 )
             if create and taken_by and sent and not adopt and taken_by in drained:
-                warnings.append(
-                    f"the destination's audience named {name!r} (id {taken_by}) is this "
-                    f"activation's own, of group {drained[taken_by]!r}, which the new split "
-                    f"empties and keeps: apply creates a second audience of that name for group "
-                    f"{grp!r}. Give the new group another `name` to tell them apart"
-                )
+                warnings.append(splits.own_drained_name(grp, name, taken_by, drained[taken_by]))
             elif create and taken_by and sent and not adopt:
                 warnings.append(
                     f"the destination already has an audience named {name!r} (id {taken_by}) "

@@ -9,7 +9,7 @@ from typing import cast
 
 from destinations.base import Destination, FileExport, Identity
 from reconciler.errors import ConfigError
-from reconciler.plan.model import AudienceChange, ExportChange
+from reconciler.plan.model import AudienceChange, Change, ExportChange
 from reconciler.state import exports
 from reconciler.state.store import StateReader
 from reconciler.workspace.activation_spec import ExportSpec, ResolvedActivation
@@ -114,3 +114,33 @@ def _new_series(last: tuple[str, str] | None, location: str, fmt: str) -> str | 
     if before_format != fmt:
         return f"the export's format changed from {before_format} to {fmt}"
     return None
+
+
+def export_changes(
+    export: ExportChange,
+    change: Change,
+    due: bool,
+    paused: bool,
+    notes: list[str],
+    warnings: list[str],
+) -> tuple[Change, bool]:
+    """What the files of an export make of the activation's ``change`` and ``due``, with the
+    notes and warnings the plan shows: a new series is written at once (like an edit), an
+    interrupted export is written again, and a due export writes its delta even when empty."""
+    if export.new_series and not paused:
+        change = Change.UPDATE if change is Change.NOOP else change
+        due = True
+        notes.append(f"{export.new_series}: a full file is written with the delta")
+    if export.resume:
+        change = Change.UPDATE if change is Change.NOOP else change
+        notes.append(f"an interrupted export ({export.resume}) is written again")
+        if export.stale_files:
+            warnings.append(
+                "the interrupted export was written elsewhere or in another format: files it "
+                f"may have published ({export.stale_files}) are not replaced and belong to no "
+                "recorded export; delete them"
+            )
+    elif change is Change.NOOP and due:  # its delta file is written even if empty
+        change = Change.UPDATE
+        notes.append("the export is due: its delta file is written (0 rows)")
+    return change, due

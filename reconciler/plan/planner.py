@@ -20,7 +20,7 @@ from reconciler.integrations import Connections
 from reconciler.plan import attributes, membership, sendable, state_loss
 from reconciler.plan.audiences import AudienceTargeting, Drift, warn_shared_audiences
 from reconciler.plan.deleted import plan_delete
-from reconciler.plan.exports import plan_export
+from reconciler.plan.exports import export_changes, plan_export
 from reconciler.plan.held import shown
 from reconciler.plan.model import ActivationPlan, Change, Plan, SegmentInfo, summarise
 from reconciler.plan.recorded import (
@@ -362,23 +362,7 @@ class Planner(AudienceTargeting, MembershipStaging):
             except ConfigError as exc:  # the columns: named where the mapping is
                 where = self.ws.location("integrations", act.destination, "attributes")
                 raise ConfigError(exc.message, where) from None
-            if export.new_series and not act.paused:
-                # like an edit of the activation: written at once, its full file included
-                change = Change.UPDATE if change is Change.NOOP else change
-                due = True
-                notes.append(f"{export.new_series}: a full file is written with the delta")
-            if export.resume:
-                change = Change.UPDATE if change is Change.NOOP else change
-                notes.append(f"an interrupted export ({export.resume}) is written again")
-                if export.stale_files:
-                    warnings.append(
-                        f"the interrupted export was written elsewhere or in another format: "
-                        f"files it may have published ({export.stale_files}) are not replaced "
-                        "and belong to no recorded export; delete them"
-                    )
-            elif change is Change.NOOP and due:  # its delta file is written even if empty
-                change = Change.UPDATE
-                notes.append("the export is due: its delta file is written (0 rows)")
+            change, due = export_changes(export, change, due, act.paused, notes, warnings)
         return ActivationPlan(
             id=aid,
             change=change,

@@ -62,3 +62,23 @@ def group_sql(split: SplitMode, control_percent: int | None, seed_param: str, ke
     if split is SplitMode.AB:
         return f"CASE WHEN {b} < 50 THEN 'A' ELSE 'B' END"
     return f"CASE WHEN {b} < {int(control_percent or 10)} THEN 'control' ELSE 'experiment' END"
+
+
+def drained_target(grp: str, name: str, audience_id: str, old_group: str) -> str:
+    """Why a new group may not send to the audience a split change drains."""
+    return (
+        f"group {grp!r} would send to the audience {name!r} ({audience_id}) that the split "
+        f"change empties (it holds group {old_group!r}): its members would be added, then "
+        "removed with the old group's. Give the new group an audience of its own (another "
+        "`name`, or a `list: existing` naming another list), or keep the split"
+    )
+
+
+def own_drained_name(grp: str, name: str, audience_id: str, old_group: str) -> str:
+    """The warning for a new group whose name is the activation's own draining audience's."""
+    return (
+        f"the destination's audience named {name!r} (id {audience_id}) is this activation's "
+        f"own, of group {old_group!r}, which the new split empties and keeps: apply creates a "
+        f"second audience of that name for group {grp!r}. Give the new group another `name` "
+        "to tell them apart"
+    )
