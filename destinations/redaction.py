@@ -104,8 +104,18 @@ class Redactor:
         return f"Redactor({len(self._secrets)} secret forms)"
 
 
-#: a phone number as a person writes it: 8 or more digits, maybe spaced, dashed or bracketed
-_PHONE = re.compile(r"\+?\(?\d[\d ().-]{6,}\d")
+#: a phone number as a person writes it: digits, maybe spaced, dashed or bracketed, standing
+#: alone (not inside a hash or an id); masked when it holds 8 or more digits and is no date
+_PHONE = re.compile(r"(?<![\w+])\+?\(?\d[\d ().-]{6,}\d(?![\w])")
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _phone(m: re.Match[str]) -> str:
+    text = m.group()
+    digits = sum(c.isdigit() for c in text)
+    return "<phone>" if digits >= 8 and not _DATE.match(text) else text
+
+
 #: the longest reason kept for one member
 MAX_REASON = 300
 
@@ -115,7 +125,7 @@ def member_reason(text: str) -> str:
     process redactor's masks, and phone-number-like digit runs as ``<phone>`` (a receiver may
     echo the member's identifiers: the state and the messages hold none), cut to
     :data:`MAX_REASON` characters."""
-    text = _PHONE.sub("<phone>", PROCESS_REDACTOR(str(text)))
+    text = _PHONE.sub(_phone, PROCESS_REDACTOR(str(text)))
     return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
 
 

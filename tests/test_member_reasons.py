@@ -16,10 +16,15 @@ def test_reasons_lose_emails_and_phones_and_keep_the_rest():
     assert out.rejected == {"k1": "<email> bounced", "k2": "<phone> not a mobile"}
     assert out.retry == {"k3": "mailbox of <email> full, later"}
     assert out.detail == "refused 2 (first: <email>)"
-    # short numbers (codes, counts) are not phones
-    assert (
-        member_reason("error 4012: 3 of 12 fields invalid") == "error 4012: 3 of 12 fields invalid"
-    )
+    # short numbers (codes, counts), dates and digits inside a hash or an id are not phones
+    for kept in (
+        "error 4012: 3 of 12 fields invalid",
+        "retry after 2026-12-02 10:42",
+        "email_sha256:4b2a0c12345678901ab is a duplicate",
+        "id x1234567890",
+    ):
+        assert member_reason(kept) == kept
+    assert member_reason("call 0412 345 678 or (02) 9876 5432") == "call <phone> or <phone>"
 
 
 def test_a_long_reason_is_cut():
