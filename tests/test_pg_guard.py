@@ -46,6 +46,11 @@ HOSTILE = [
     ("SELECT dblink_exec('host=evil', 'DROP TABLE x')", "function dblink_exec"),
     ("SELECT * FROM generate_series(1, 1000000000)", "table functions"),
     ("SELECT customer_id FROM profiles, LATERAL generate_series(1, 10)", "table functions"),
+    ("SELECT customer_id FROM profiles, LATERAL (SELECT usename FROM pg_user) x", "pg_user"),
+    (
+        "SELECT customer_id FROM profiles, LATERAL (SELECT pg_read_file('/etc/passwd') f) x",
+        "pg_read_file",
+    ),
     ("SELECT repeat('x', 1000000000)", "function repeat"),
     ("SELECT lpad('x', 1000000000)", "literal length"),
     ("SELECT pg_catalog.lower(email) FROM profiles", "qualified function"),
@@ -93,6 +98,11 @@ def test_hostile_sql_is_refused(sql, reason):
         "SELECT customer_id FROM profiles WHERE lpad(country, 5) = '   AU'",
         "SELECT customer_id FROM profiles p WHERE EXISTS (SELECT 1 FROM orders o "
         "WHERE o.customer_id = p.customer_id) AND country = ANY(ARRAY['AU', 'NZ'])",
+        # a LATERAL subquery is a subquery (it was refused as a table function)
+        "SELECT p.customer_id FROM profiles p, LATERAL (SELECT max(o.amount) AS m FROM orders o "
+        "WHERE o.customer_id = p.customer_id) x WHERE x.m > 10",
+        "SELECT p.customer_id FROM profiles p LEFT JOIN LATERAL (SELECT o.amount FROM orders o "
+        "WHERE o.customer_id = p.customer_id ORDER BY o.amount DESC LIMIT 1) x ON true",
     ],
 )
 def test_ordinary_segment_sql_passes(sql):

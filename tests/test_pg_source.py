@@ -775,3 +775,18 @@ def test_segments_previews_the_keys_of_an_integer_key(pg_workspace):
     seg = cli(ws, "segments", "seg-a")
     assert seg.exit_code == 0, seg.stderr
     assert "preview hidden" not in seg.output and "1001" in seg.output, seg.output
+
+
+def test_a_lateral_subquery_runs_in_postgres(pg_workspace):
+    """Refused as a table function before; it is a subquery, its contents checked."""
+    lateral = (
+        "sql: SELECT p.customer_id FROM profiles p, LATERAL (SELECT p.seg_a AS s) x WHERE x.s\n"
+    )
+    ws = pg_workspace(
+        {"act": MAINTAIN},
+        rows=[profile(i, a=i < 3) for i in range(5)],
+        segments={"seg-a": lateral},
+    )
+    seg = cli(ws, "segments", "seg-a")
+    assert seg.exit_code == 0, seg.stderr
+    assert "3 profiles" in seg.output, seg.output

@@ -114,7 +114,12 @@ def _check_node(node: Any, readable: list[str], schema: str) -> None:
         )
     if isinstance(node, exp.Placeholder | exp.Parameter):
         raise Rejected("parameters are not allowed in segment SQL")
-    if isinstance(node, exp.Lateral | exp.Unnest) and isinstance(node.parent, exp.From | exp.Join):
+    if (
+        isinstance(node, exp.Lateral | exp.Unnest)
+        and isinstance(node.parent, exp.From | exp.Join)
+        # a LATERAL subquery reads tables like any subquery (its contents are checked)
+        and not (isinstance(node, exp.Lateral) and isinstance(node.this, exp.Subquery))
+    ):
         raise Rejected("table functions are not allowed in segment SQL; read tables only")
     if isinstance(node, exp.Table):
         _check_table(node, readable, schema)
