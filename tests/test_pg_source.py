@@ -790,3 +790,20 @@ def test_a_lateral_subquery_runs_in_postgres(pg_workspace):
     seg = cli(ws, "segments", "seg-a")
     assert seg.exit_code == 0, seg.stderr
     assert "3 profiles" in seg.output, seg.output
+
+
+@pytest.mark.parametrize(
+    ("sql", "label"),
+    [
+        ("SELECT customer_idd FROM profiles", "Binder Error: column"),
+        ("SELECT customer_id FROM profiles GROUP BY country", "Binder Error: column"),
+    ],
+)
+def test_postgres_errors_say_what_kind_they_are(pg_workspace, sql, label):
+    """PostgreSQL's class 42 was all called "Syntax Error": a misspelt column is a name that
+    does not resolve (DuckDB's Binder Error)."""
+    ws = pg_workspace(
+        {"act": MAINTAIN}, rows=[profile(1, a=True)], segments={"seg-a": f"sql: {sql}\n"}
+    )
+    res = cli(ws, "plan")
+    assert res.exit_code == 1 and label in res.stderr, res.stderr

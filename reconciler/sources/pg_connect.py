@@ -143,6 +143,8 @@ def timed_out(where: str, what: str, timeout: float) -> SegmentError:
 #: SQLSTATE classes whose messages are about the query text (names, types), not row values
 _TEXT_CLASSES = {"42": "Syntax", "0A": "Not Supported", "25": "Read Only"}
 _DATA_CLASSES = {"22": "Conversion", "23": "Constraint", "53": "Out of Memory"}
+#: SQLSTATEs of class 42 named for what they are (the rest of it resolves names and types)
+_TEXT_STATES = {"42601": "Syntax", "42501": "Permission"}
 
 
 def engine_error(exc: psycopg.Error, sql: str) -> str:
@@ -151,7 +153,12 @@ def engine_error(exc: psycopg.Error, sql: str) -> str:
     state = exc.sqlstate or ""
     primary = exc.diag.message_primary or str(exc).splitlines()[0]
     if state[:2] in _TEXT_CLASSES:
-        return f"{_TEXT_CLASSES[state[:2]]} Error: {' '.join(primary.split())}"
+        # class 42 is more than syntax: a name or type that does not resolve is what DuckDB
+        # calls a Binder Error (a misspelt column, a missing GROUP BY, an ambiguous name)
+        kind = _TEXT_STATES.get(state) or (
+            "Binder" if state[:2] == "42" else _TEXT_CLASSES[state[:2]]
+        )
+        return f"{kind} Error: {' '.join(primary.split())}"
     cls = _DATA_CLASSES.get(state[:2], "Database")
     detail, _ = safe_engine_error(f"{cls} Error: {primary}", sql)
     return detail
