@@ -90,9 +90,10 @@ def time_limit(
 _STOPPING = {signal.SIGINT, signal.SIGTERM}
 
 
-def _signal_pipe() -> tuple[int, int, int, int] | None:
-    """(read end, previous wakeup fd, our write end to wake the watchdog, the signal write
-    end) when this thread may install a wakeup fd (only the main thread may), else None."""
+def _signal_pipe() -> tuple[int, int, int] | None:
+    """(read end, previous wakeup fd, write end: the signals' wakeup fd, and how the block's
+    end wakes the watchdog) when this thread may install a wakeup fd (only the main thread
+    may), else None."""
     if threading.current_thread() is not threading.main_thread():
         return None
     r, w = os.pipe()
@@ -103,10 +104,10 @@ def _signal_pipe() -> tuple[int, int, int, int] | None:
         os.close(r)
         os.close(w)
         return None
-    return r, previous, w, w
+    return r, previous, w
 
 
-def _wait(done: threading.Event, seconds: float, woken: tuple[int, int, int, int] | None) -> str:
+def _wait(done: threading.Event, seconds: float, woken: tuple[int, int, int] | None) -> str:
     """Wait up to ``seconds`` for the block to end: ``done``; ``time`` when the time ran out;
     ``signal`` when a stopping signal arrived (Python's handler runs once the interrupted
     query returns)."""
@@ -124,8 +125,8 @@ def _wait(done: threading.Event, seconds: float, woken: tuple[int, int, int, int
             return "signal"
 
 
-def _restore(woken: tuple[int, int, int, int]) -> None:
-    r, previous, w, _ = woken
+def _restore(woken: tuple[int, int, int]) -> None:
+    r, previous, w = woken
     signal.set_wakeup_fd(previous)
     os.close(r)
     os.close(w)
