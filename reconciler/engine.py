@@ -344,7 +344,7 @@ def restore_state(ws: Workspace) -> tuple[Path | None, int]:
                 row = store.con.execute(
                     f"UPDATE {store.c}.members SET fp = NULL WHERE fp IS NOT NULL"
                 ).fetchone()
-    return (aside if aside.exists() else None), int(row[0]) if row else 0
+    return aside, int(row[0]) if row else 0
 
 
 def recheck_state_loss(ws: Workspace, plan: Plan) -> Plan:

@@ -240,6 +240,26 @@ def test_state_restore_puts_the_backup_back_and_resends_what_it_cannot_know(work
     assert "No changes" in cli(ws, "plan").output
 
 
+def test_state_restore_refuses_a_damaged_backup_and_changes_nothing(workspace):
+    ws = workspace({"act": ACT}, profiles=[profile(i, a=True) for i in range(200)])
+    for n in (150, 200):  # the second apply leaves a backup
+        ws.set_profiles([profile(i, a=True) for i in range(n)])
+        assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    folder = ws.root / ".reconcile"
+    (folder / "state.duckdb").rename(folder / "good.duckdb")
+    (folder / "state.duckdb.backup").rename(folder / "state.duckdb")
+    _damage_members_block(ws)  # now the would-be backup is damaged
+    (folder / "state.duckdb").rename(folder / "state.duckdb.backup")
+    (folder / "good.duckdb").rename(folder / "state.duckdb")
+    state = (folder / "state.duckdb").read_bytes()
+    res = cli(ws, "state", "restore")
+    assert res.exit_code == 1
+    assert "the backup state.duckdb.backup cannot be read either" in res.stderr, res.stderr
+    assert "puts it back" not in res.stderr
+    assert (folder / "state.duckdb").read_bytes() == state
+    assert not (folder / "state.duckdb.before-restore").exists()
+
+
 def test_a_state_missing_a_column_is_named_not_the_consent_condition(workspace):
     import duckdb
 

@@ -80,35 +80,41 @@ def begin_write(path: Path) -> Path | None:
     return backup
 
 
-def restore_backup(path: Path) -> Path:
+def restore_backup(path: Path) -> Path | None:
     """Put the backup back as the state (with the state lock held): the current file (if
     any) is kept beside it as ``<state>.before-restore``, with its write-ahead log; an
     apply's unfinished copy (``.next``) is dropped. Refuses a backup that cannot be read
-    whole. Returns the file kept aside (or None)."""
+    whole. Returns the file kept aside, or None when there was no state file."""
+    from reconciler.state.store import StateReader
+
     backup = backup_path(path)
     if not backup.exists():
         raise StateError(f"there is no backup of the state to restore ({backup.name})")
     con = duckdb.connect(":memory:")
     try:
         con.execute(f"ATTACH '{_q(backup)}' AS restored (READ_ONLY)")
-        from reconciler.state.store import StateReader
-
         StateReader(con, "restored").read_every_block()
-    except duckdb.Error as exc:
-        raise StateError(f"the backup {backup.name} cannot be read either: {exc}") from exc
+    except (duckdb.Error, StateError) as exc:
+        # the engine's own words: a StateError's would say to restore the backup
+        cause = exc.__cause__ if isinstance(exc, StateError) and exc.__cause__ else exc
+        first = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+        raise StateError(
+            f"the backup {backup.name} cannot be read either ({first}); nothing was changed"
+        ) from exc
     finally:
         con.close()
     aside = path.with_name(path.name + ".before-restore")
     for p in (aside, _wal(aside), _next(path)):
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
-    if path.exists():
+    had_state = path.exists()
+    if had_state:
         os.replace(path, aside)
     if _wal(path).exists():
         os.replace(_wal(path), _wal(aside))
     _copy(backup, path)
     _fsync_dir(path.parent)
-    return aside
+    return aside if had_state else None
 
 
 def _check_readable(path: Path) -> None:
