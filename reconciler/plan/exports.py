@@ -57,15 +57,8 @@ def plan_export(
     *,
     as_of: datetime,
     timezone: str,
-    key: str,
-    identifiers: Iterable[str],
-    attributes: Iterable[str],
 ) -> ExportChange:
-    """The files of this apply. ``key``, ``identifiers`` and ``attributes``: the profiles'
-    key column, their identifier types and the activation's destination fields (checked by
-    :func:`export_columns`)."""
     spec = act.export or ExportSpec()
-    export_columns(key, dest.identity, identifiers, attributes)
     aud = next((a for a in audiences if a.group == "all"), None)
     pending = exports.pending(reader, baseline)
     if spec.full == "daily":

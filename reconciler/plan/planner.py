@@ -20,7 +20,7 @@ from reconciler.integrations import Connections
 from reconciler.plan import attributes, membership, sendable, state_loss
 from reconciler.plan.audiences import AudienceTargeting, Drift, warn_shared_audiences
 from reconciler.plan.deleted import plan_delete
-from reconciler.plan.exports import export_changes, plan_export
+from reconciler.plan.exports import export_changes, export_columns, plan_export
 from reconciler.plan.held import shown
 from reconciler.plan.model import ActivationPlan, Change, Plan, SegmentInfo, summarise
 from reconciler.plan.recorded import (
@@ -346,22 +346,22 @@ class Planner(AudienceTargeting, MembershipStaging):
         export = None
         if act.goal is Goal.EXPORT_DATA:
             try:
-                export = plan_export(
-                    self.state,
-                    dest,
-                    aid,
-                    baseline,
-                    act,
-                    audiences,
-                    as_of=self.as_of,
-                    timezone=self.ws.config.timezone,
-                    key=self.profiles.key,
-                    identifiers=self.profiles.identifiers,
-                    attributes=act.attributes,
+                export_columns(
+                    self.profiles.key, dest.identity, self.profiles.identifiers, act.attributes
                 )
-            except ConfigError as exc:  # the columns: named where the mapping is
+            except ConfigError as exc:  # named where the mapping is
                 where = self.ws.location("integrations", act.destination, "attributes")
                 raise ConfigError(exc.message, where) from None
+            export = plan_export(
+                self.state,
+                dest,
+                aid,
+                baseline,
+                act,
+                audiences,
+                as_of=self.as_of,
+                timezone=self.ws.config.timezone,
+            )
             change, due = export_changes(export, change, due, act.paused, notes, warnings)
         return ActivationPlan(
             id=aid,
