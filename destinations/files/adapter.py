@@ -15,6 +15,7 @@ import copy
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, cast
@@ -246,19 +247,28 @@ def _q(text: str) -> str:
     return text.replace("'", "''")
 
 
+def _per_column(
+    con: duckdb.DuckDBPyConnection, query: str, cell: Callable[[str, str, str], str | None]
+) -> str:
+    """``query`` with each column rewritten by ``cell(quoted name, name, TYPE)`` (None: as
+    it is); ``query`` itself when no column is."""
+    cells, changed = [], False
+    for name, kind, *_ in con.execute(f"DESCRIBE ({query})").fetchall():
+        col = '"' + str(name).replace('"', '""') + '"'
+        expr = cell(col, str(name), str(kind).upper())
+        changed = changed or expr is not None
+        cells.append(f"{expr} AS {col}" if expr is not None else col)
+    return f"SELECT {', '.join(cells)} FROM ({query}) __export" if changed else query
+
+
 def _exact_wide_integers(con: duckdb.DuckDBPyConnection, query: str) -> str:
     """``query`` with its 128-bit integer columns (``HUGEINT``, ``UHUGEINT``) as text: Parquet
     has no such type and DuckDB writes them as DOUBLE, rounding 9007199254740993 to
     9007199254740992; as text every digit stays (as the CSV writes them)."""
-    columns = con.execute(f"DESCRIBE ({query})").fetchall()
     wide = {"HUGEINT", "UHUGEINT"}
-    if not any(str(kind).upper() in wide for _, kind, *_ in columns):
-        return query
-    cells = []
-    for name, kind, *_ in columns:
-        col = '"' + str(name).replace('"', '""') + '"'
-        cells.append(f"CAST({col} AS VARCHAR) AS {col}" if str(kind).upper() in wide else col)
-    return f"SELECT {', '.join(cells)} FROM ({query}) __export"
+    return _per_column(
+        con, query, lambda col, _, kind: f"CAST({col} AS VARCHAR)" if kind in wide else None
+    )
 
 
 def _formulas_escaped(
@@ -268,19 +278,17 @@ def _formulas_escaped(
     ``=``, ``+``, ``-``, ``@``, a tab or a carriage return) prefixed with ``'``; the columns
     ``keep``, those that are not text (numbers, dates) and text that is a plain number (an
     exact PostgreSQL ``numeric`` arrives as text: ``-5`` computes nothing) as they are."""
-    columns = con.execute(f"DESCRIBE ({query})").fetchall()
-    cells = []
-    for name, kind, *_ in columns:
-        col = '"' + str(name).replace('"', '""') + '"'
-        if str(kind).upper() == "VARCHAR" and name not in keep:
-            risky = (
-                r"regexp_matches("
-                + col
-                + r", '^[=+\-@\t\r]') AND NOT regexp_matches("
-                + col
-                + r", '^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?$')"
-            )
-            cells.append(f"CASE WHEN {risky} THEN '''' || {col} ELSE {col} END AS {col}")
-        else:
-            cells.append(col)
-    return f"SELECT {', '.join(cells)} FROM ({query}) __export"
+
+    def escaped(col: str, name: str, kind: str) -> str | None:
+        if kind != "VARCHAR" or name in keep:
+            return None
+        risky = (
+            r"regexp_matches("
+            + col
+            + r", '^[=+\-@\t\r]') AND NOT regexp_matches("
+            + col
+            + r", '^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?$')"
+        )
+        return f"CASE WHEN {risky} THEN '''' || {col} ELSE {col} END"
+
+    return _per_column(con, query, escaped)
