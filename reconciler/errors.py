@@ -108,7 +108,10 @@ class ValidationFailed(ConfigError):
 
 
 class SegmentError(ReconcileError):
-    pass
+    """``token``: the name in the segment's SQL a database server's error points at (the
+    server runs SQL regenerated from the checked tree, so its own position is of no use)."""
+
+    token: str | None = None
 
 
 class SourceError(ReconcileError):

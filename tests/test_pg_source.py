@@ -807,3 +807,24 @@ def test_postgres_errors_say_what_kind_they_are(pg_workspace, sql, label):
     )
     res = cli(ws, "plan")
     assert res.exit_code == 1 and label in res.stderr, res.stderr
+
+
+def test_a_postgres_error_names_the_file_line_of_the_sql_line(pg_workspace):
+    """The server's error position is a character of the statement sent: the message names
+    the segment file's line holding the misspelt column, as DuckDB's errors do."""
+    sql = "sql: |\n  SELECT customer_id\n  FROM profiles\n  WHERE seg_aa\n"
+    ws = pg_workspace({"act": MAINTAIN}, rows=[profile(1, a=True)], segments={"seg-a": sql})
+    res = cli(ws, "plan")
+    assert res.exit_code == 1, res.output
+    assert "segments/seg-a.yaml:4" in res.stderr and "seg_aa" in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize(
+    ("token", "line"),
+    [("seg_aa", 3), ("SEG_AA", 3), ("customer_id", None), ("seg", None), (None, None)],
+)
+def test_the_line_of_a_name_is_found_only_when_it_is_on_one_line(token, line):
+    from reconciler.plan.segments import token_line
+
+    sql = "SELECT customer_id\nFROM profiles WHERE customer_id > 0\nAND seg_aa\n"
+    assert token_line(sql, token) == line

@@ -4,6 +4,7 @@ untrusted SQL; engine errors are reported without data from the rows."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -150,8 +151,13 @@ class SegmentRunner:
                     distinct = self.con.execute(
                         f"SELECT count(DISTINCT k) FROM {table}"
                     ).fetchall()[0][0]
-        except SegmentError:
-            raise
+        except SegmentError as exc:
+            line = token_line(self.ws.segments[name].sql, exc.token)
+            if line is None:
+                raise
+            # the server pointed at a name written on one line: that line, as for DuckDB
+            at = self.ws.doc("segments", name).text_location(("sql",), line)
+            raise SegmentError(str(exc).replace(str(where), str(at), 1)) from exc
         except duckdb.Error as exc:
             raise self._failed(name, exc, sql) from exc
         self._check_nulls(name, where, cols, total, non_null)
@@ -222,6 +228,15 @@ class SegmentRunner:
             self.con.execute(f"CREATE OR REPLACE TEMP TABLE {SUPPRESSED} AS {parts}")
             self._local.add(SUPPRESSED)
         return SUPPRESSED
+
+
+def token_line(sql: str, token: str | None) -> int | None:
+    """The line of ``sql`` where the name ``token`` is written, when it is on exactly one."""
+    if not token:
+        return None
+    word = re.compile(rf"(?<![\w$]){re.escape(token)}(?![\w$])", re.IGNORECASE)
+    lines = [n for n, text in enumerate(sql.split("\n"), 1) if word.search(text)]
+    return lines[0] if len(lines) == 1 else None
 
 
 #: the engine's number types: a key column of one of them has one text per number

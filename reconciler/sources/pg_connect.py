@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ from reconciler.workspace.spec_base import ENV_REF_RE
 __all__ = [
     "connect",
     "engine_error",
+    "error_token",
     "hit_time_limit",
     "masked",
     "resolve_dsn",
@@ -145,6 +147,20 @@ _TEXT_CLASSES = {"42": "Syntax", "0A": "Not Supported", "25": "Read Only"}
 _DATA_CLASSES = {"22": "Conversion", "23": "Constraint", "53": "Out of Memory"}
 #: SQLSTATEs of class 42 named for what they are (the rest of it resolves names and types)
 _TEXT_STATES = {"42601": "Syntax", "42501": "Permission"}
+
+
+#: a name or word at the server's error position
+_TOKEN = re.compile(r'"((?:[^"]|"")+)"|([A-Za-z_][A-Za-z0-9_$]*)')
+
+
+def error_token(exc: psycopg.Error, sent: str) -> str | None:
+    """The name the server's error points at in the statement ``sent`` (its position counts
+    characters from 1), unquoted; None when it points at no name."""
+    position = exc.diag.statement_position
+    if not position or not position.isdigit() or not sent:
+        return None
+    m = _TOKEN.match(sent, int(position) - 1)
+    return (m.group(1).replace('""', '"') if m.group(1) else m.group(2)) if m else None
 
 
 def engine_error(exc: psycopg.Error, sql: str) -> str:

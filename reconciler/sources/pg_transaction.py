@@ -99,7 +99,7 @@ class PushdownTransaction:
             # no parameters: no placeholder parsing (user SQL may hold a literal %)
             return cur.execute(sql, list(params) if params else None)
         except psycopg.Error as exc:
-            raise self._error(exc, cur, started, user or sql, where, what) from None
+            raise self._error(exc, cur, started, user or sql, where, what, sql) from None
 
     def _error(
         self,
@@ -109,6 +109,7 @@ class PushdownTransaction:
         sql: str,
         where: str,
         what: str,
+        sent: str = "",
     ) -> Exception:
         """The statement's timeout as the time limit of untrusted SQL; anything else (an
         administrator's cancel included) as the source's failure."""
@@ -117,7 +118,7 @@ class PushdownTransaction:
             cur.connection, started, timeout
         ):
             return pg_connect.timed_out(where, what, timeout)
-        return self.source._failed(exc, sql, where, what)
+        return self.source._failed(exc, sql, where, what, sent)
 
     # ------------------------------------------------------------------ bulk moves
     def copy_out(self, query: str, into: str, types: dict[str, str], join: str = "") -> int:

@@ -283,10 +283,11 @@ class PostgresProfilesSource:
         conn = self.connection()
         try:
             with pg_connect.untrusted(conn, self.schema, self.timeout, where, what) as cur:
-                cur.execute(f"SELECT * FROM (\n{sql}\n) AS q LIMIT 0")
+                statement = f"SELECT * FROM (\n{sql}\n) AS q LIMIT 0"
+                cur.execute(statement)
                 return [(d.name, display_type(d.type_display)) for d in cur.description or []]
         except psycopg.Error as exc:
-            raise self._failed(exc, sql, where, what) from None
+            raise self._failed(exc, sql, where, what, statement) from None
 
     def fetch(self, sql: str, where: str, what: str) -> list[tuple]:
         """All rows of a small untrusted query (``freshness_sql``)."""
@@ -296,7 +297,7 @@ class PostgresProfilesSource:
                 cur.execute(sql)
                 return cur.fetchall()
         except psycopg.Error as exc:
-            raise self._failed(exc, sql, where, what) from None
+            raise self._failed(exc, sql, where, what, sql) from None
 
     def materialise(
         self,
@@ -329,13 +330,13 @@ class PostgresProfilesSource:
         assert self.folder is not None, "attach() first"
         fd, name = tempfile.mkstemp(suffix=".csv", dir=self.folder)
         conn = self.connection()
+        copy_sql = f"COPY ({query}) TO STDOUT WITH (FORMAT csv)"
         try:
             with (
                 os.fdopen(fd, "wb") as out,
                 pg_connect.untrusted(conn, self.schema, self.timeout, where, what) as cur,
             ):
                 cur.execute(TEXT_SETTINGS, [self.timezone])  # values as the engine writes them
-                copy_sql = f"COPY ({query}) TO STDOUT WITH (FORMAT csv)"
                 with cur.copy(copy_sql) as copy:
                     out.writelines(copy)  # libpq's buffers, straight to the file
             kind = "TEMP TABLE" if temp else "TABLE"
@@ -346,7 +347,7 @@ class PostgresProfilesSource:
             except duckdb.Error as exc:  # a value the engine cannot read as the column's type
                 raise self.read_error(con, name, types, exc, query) from None
         except psycopg.Error as exc:
-            raise self._failed(exc, user_sql or query, where, what) from None
+            raise self._failed(exc, user_sql or query, where, what, copy_sql) from None
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(name)
@@ -377,7 +378,12 @@ class PostgresProfilesSource:
             "to text)"
         )
 
-    def _failed(self, exc: psycopg.Error, sql: str, where: str, what: str) -> Exception:
+    def _failed(
+        self, exc: psycopg.Error, sql: str, where: str, what: str, sent: str = ""
+    ) -> Exception:
+        """The error of untrusted ``sql`` (run inside the statement ``sent``); a
+        :class:`SegmentError` carries the name the server pointed at as ``token``
+        (:func:`pg_connect.error_token`)."""
         if isinstance(exc, psycopg.errors.QueryCanceled) or (
             isinstance(exc, psycopg.OperationalError)
             and self._conn is not None
@@ -386,10 +392,12 @@ class PostgresProfilesSource:
             return self._lost(exc)
         if isinstance(exc, psycopg.errors.InsufficientPrivilege):
             return self.profiles_catalog.refused(exc, where, what)
-        return SegmentError(
+        error = SegmentError(
             f"{where}: {what} failed when run in PostgreSQL: {pg_connect.engine_error(exc, sql)}; "
             "fix the SQL and plan again"
         )
+        error.token = pg_connect.error_token(exc, sent)
+        return error
 
     # ------------------------------------------------------------------ temp files
     def _new_folder(self) -> Path:
