@@ -85,7 +85,7 @@ def test_an_attribute_with_a_time_zone_arrives_in_the_workspace_zone(workspace) 
     applied = run(ws, "America/New_York", "apply", "--auto-approve")
     assert applied.returncode == 0, applied.stdout + applied.stderr
     rows = query(ws.root / ".reconcile" / "sandbox.duckdb", "SELECT attributes FROM members")
-    assert [json.loads(r[0])["SEEN"] for r in rows] == ["2024-06-30 10:00:00+10"] * 2
+    assert [json.loads(r[0])["SEEN"] for r in rows] == ["2024-06-30T10:00:00+10"] * 2
     planned = run(ws, "UTC", "plan", "--detailed-exitcode")
     assert planned.returncode == 0, planned.stdout + planned.stderr
 

@@ -355,14 +355,21 @@ def test_attribute_values_become_json() -> None:
     assert json_value(dt.date(2026, 1, 2)) == "2026-01-02"
     assert json_value(dt.datetime(2026, 1, 2, 3, 4, 5)) == "2026-01-02T03:04:05"
     assert json_value(decimal.Decimal("1234.50")) == "1234.50"
-    assert json_value(float("nan")) is None and json_value(float("inf")) is None
+    # fixed-point, never Python's exponent form; non-finite values by name, not NULL's null
+    assert json_value(decimal.Decimal("1E-10")) == "0.0000000001"
+    assert json_value(decimal.Decimal("0E-10")) == "0.0000000000"
+    assert [json_value(float(v)) for v in ("nan", "inf", "-inf")] == [
+        "NaN",
+        "Infinity",
+        "-Infinity",
+    ]
     assert json_value([1, (2.5, True)]) == [1, [2.5, True]]
     assert json_value({"a": decimal.Decimal("1")}) == {"a": "1"}
 
 
 def test_columns_python_cannot_hold_still_become_json():
     """A nanosecond timestamp keeps its digits as text; an infinite one (beyond Python's
-    dates) is null, like a non-finite number: neither may crash the apply."""
+    dates) is null: neither may crash the apply."""
     from destinations.columns import LazyColumn
 
     table = (

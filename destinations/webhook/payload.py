@@ -135,16 +135,18 @@ def removal_event(
 
 
 def json_value(value: Any) -> Any:
-    """A source value as JSON: dates and times in ISO 8601, decimals as strings (no
-    precision lost), non-finite floats as null, anything else unknown as its string."""
+    """A source value as JSON: dates and times in ISO 8601, decimals as fixed-point strings
+    (no precision lost), non-finite numbers by name (``"NaN"``, ``"Infinity"``,
+    ``"-Infinity"``: JSON has none, and null is NULL's), anything else unknown as its
+    string."""
     if value is None or isinstance(value, bool | int | str):
         return value
     if isinstance(value, float):
-        return value if math.isfinite(value) else None
+        return value if math.isfinite(value) else _non_finite(value)
     if isinstance(value, dt.date | dt.time):  # datetime is a date
         return value.isoformat()
     if isinstance(value, decimal.Decimal):
-        return str(value) if value.is_finite() else None
+        return format(value, "f") if value.is_finite() else _non_finite(float(value))
     if isinstance(value, Mapping):
         return {str(k): json_value(v) for k, v in value.items()}
     if type(value).__name__ == "MonthDayNano":  # an INTERVAL, as Arrow gives it
@@ -156,6 +158,10 @@ def json_value(value: Any) -> Any:
     if isinstance(value, uuid.UUID):
         return str(value)
     return str(value)
+
+
+def _non_finite(value: float) -> str:
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
 
 
 def iso_duration(months: int, days: int, nanoseconds: int) -> str:

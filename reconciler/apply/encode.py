@@ -79,11 +79,11 @@ def build(
     # the profile columns the send needs, under names no column of the source can shadow
     picked = {t: f"x{i}" for i, t in enumerate(identifiers)}
     inputs = [f"p.{_ident(identifiers[t])} AS {alias}" for t, alias in picked.items()]
-    zoned = _zoned_columns(con, profiles, list(attribute_map.values()))
+    as_text = _text_columns(con, profiles, list(attribute_map.values()))
     attrs = [
-        # a value with a time zone goes as text in the workspace's zone (the session's), as
-        # the fingerprint reads it: an adapter would render the instant in its own machine's
-        f"CAST(p.{_ident(col)} AS VARCHAR) AS a{i}" if col in zoned else f"p.{_ident(col)} AS a{i}"
+        f"{as_text[col].format(v=f'p.{_ident(col)}')} AS a{i}"
+        if col in as_text
+        else f"p.{_ident(col)} AS a{i}"
         for i, col in enumerate(attribute_map.values())
     ]
     key = f"CAST(p.{_ident(profiles.key)} AS VARCHAR)"
@@ -147,16 +147,28 @@ def build(
     }
 
 
-def _zoned_columns(
+#: attribute types sent as text built in SQL (``{v}``: the value): a value with a time zone
+#: in the workspace's zone (the session's), as the fingerprint reads it (an adapter would
+#: render the instant in its own machine's zone, and Arrow drops a time's offset), ISO 8601's
+#: ``T`` between date and time; 128-bit integers as their digits (Arrow carries them as
+#: 38-digit decimals: the largest would wrap)
+_AS_TEXT = {
+    "TIMESTAMP WITH TIME ZONE": "replace(CAST({v} AS VARCHAR), ' ', 'T')",
+    "TIME WITH TIME ZONE": "CAST({v} AS VARCHAR)",
+    "HUGEINT": "CAST({v} AS VARCHAR)",
+    "UHUGEINT": "CAST({v} AS VARCHAR)",
+}
+
+
+def _text_columns(
     con: duckdb.DuckDBPyConnection, profiles: ProfilesTable, columns: list[str]
-) -> set[str]:
-    """Those of ``columns`` whose type is ``TIMESTAMP WITH TIME ZONE``."""
+) -> dict[str, str]:
+    """Those of ``columns`` sent as text (:data:`_AS_TEXT`): column -> SQL over ``{v}``."""
     if not columns:
-        return set()
+        return {}
     rows = con.execute(f"DESCRIBE {_ident(profiles.table)}").fetchall()
-    return {
-        r[0] for r in rows if r[0] in columns and str(r[1]).upper() == "TIMESTAMP WITH TIME ZONE"
-    }
+    types = {r[0]: str(r[1]).upper() for r in rows if r[0] in columns}
+    return {c: _AS_TEXT[t] for c, t in types.items() if t in _AS_TEXT}
 
 
 def admitted_sql(consent: str, suppressed: str | None) -> str | None:
