@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.conftest import RECONCILE_YAML, SANDBOX_YAML, SEGMENTS, cli, profile
 
 ACT = "segments: [seg-a]\ndestination: sandbox\n"
@@ -201,3 +203,26 @@ def test_a_profile_key_that_is_an_identifier_column_is_a_warning(workspace):
         ), res.stderr
     clean = workspace({"act": ACT}, profiles=[profile(1, a=True)])
     assert "is also the" not in cli(clean, "validate").stderr
+
+
+@pytest.mark.parametrize(
+    ("data_type", "dialect", "hint"),
+    [
+        ("JSON", "duckdb", "(col ->> '$')"),
+        ("VARCHAR[]", "duckdb", "(col[1])"),
+        ("STRUCT(a VARCHAR)", "duckdb", "(col.<field>)"),
+        ("BLOB", "duckdb", "decode(col)"),
+        ("bytea", "postgres", "convert_from(col, 'UTF8')"),
+        ("ARRAY", "postgres", "(col[1])"),
+    ],
+)
+def test_an_identifier_column_that_is_not_text_gets_a_hint_for_its_type(data_type, dialect, hint):
+    """The hint named JSON's and a list's extraction for every type, a BLOB's included."""
+    from reconciler.errors import SourceError
+    from reconciler.sources.identifier_columns import check_identifier_columns
+    from reconciler.workspace.spec import ProfilesTable
+
+    profiles = ProfilesTable(table="p", key="k", identifiers={"email": "col"})
+    with pytest.raises(SourceError) as err:
+        check_identifier_columns(profiles, {"col": data_type}, lambda *a: "x", dialect)
+    assert hint in str(err.value), str(err.value)

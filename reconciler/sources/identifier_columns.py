@@ -69,9 +69,24 @@ def check_identifier_columns(
             f"{where}: the {kind} identifier column {column!r} is of type {data_type}, whose "
             "text is not the value (a JSON string keeps its quotes, a list its brackets), so "
             "no platform would match its hashes; point it at a text column, e.g. a view "
-            f"that extracts the value ({column} ->> '$' for JSON, {column}[1] for a list)",
+            f"that extracts the value{_extract_hint(column, data_type)}",
             where,
         )
+
+
+def _extract_hint(column: str, data_type: str) -> str:
+    """How a view would take the text out of ``column`` of ``data_type``, where one way is
+    plain (a JSON value, a list's first element, a struct's field, a blob's UTF-8 text)."""
+    t = data_type.upper()
+    if t in ("JSON", "JSONB"):
+        return f" ({column} ->> '$')"
+    if t.endswith("[]") or t.startswith("ARRAY") or t.startswith("LIST"):
+        return f" ({column}[1])"
+    if t.startswith("STRUCT"):
+        return f" ({column}.<field>)"
+    if t in ("BLOB", "BYTEA"):
+        return f" (decode({column}) in DuckDB, convert_from({column}, 'UTF8') in PostgreSQL)"
+    return ""
 
 
 def check_key_column(
