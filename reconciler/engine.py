@@ -7,7 +7,7 @@ import gc
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from reconciler.apply.applier import Applier, ApplyOptions
 from reconciler.apply.interrupts import InterruptGuard
 from reconciler.apply.outcomes import ApplyResult
 from reconciler.enginedb import STAGING, Session, new_staging_path, remove_staging
-from reconciler.errors import ConfigError, DestinationError
+from reconciler.errors import ConfigError, DestinationError, PlanError
 from reconciler.integrations import Connections
 from reconciler.plan import planfile
 from reconciler.plan.model import Plan
@@ -129,12 +129,27 @@ def load_plan(ws: Workspace, path: Path) -> StagedPlan:
     return StagedPlan(plan, staging)
 
 
-def verify_saved_plan(ws: Workspace, saved: StagedPlan, announce=None):
+#: how far in the future a saved plan's ``as_of`` may be (clocks of two machines differ)
+CLOCK_SKEW = timedelta(minutes=10)
+
+
+def verify_saved_plan(ws: Workspace, saved: StagedPlan, path: Path, announce=None):
     """The saved plan checked against the same plan made now, as of its ``as_of``
     (:mod:`reconciler.plan.saved_check`): the staged plan to apply instead of it, the
-    activations refused (why) and the saved member changes left out (how many)."""
+    activations refused (why) and the saved member changes left out (how many).
+
+    The file's ``as_of`` is untrusted too: one in the future is refused, and when it falls on
+    another day than today (in the workspace's zone: dates in templates and segment SQL are
+    days), the member changes must also hold in a plan made as of now, so a back-dated file
+    cannot send a member who is not in the segment today."""
     from reconciler.plan.saved_check import verify
 
+    now = plan_as_of()
+    if saved.plan.as_of > now + CLOCK_SKEW:
+        raise PlanError(
+            f"{path}: the saved plan is dated {saved.plan.as_of.isoformat()}, in the "
+            "future (edited?); make the plan again"
+        )
     with read_state(ws, members=False) as state:
         recorded = set(state.activations())
     known = set(ws.activations) | recorded
@@ -143,15 +158,32 @@ def verify_saved_plan(ws: Workspace, saved: StagedPlan, announce=None):
         include_inactive=saved.plan.include_inactive,
         announce=announce,
     )
+    today: StagedPlan | None = None
     if not request.targets:
         fresh = StagedPlan(saved.plan.model_copy(update={"activations": []}), new_staging_path(ws))
     else:
         fresh = make_plan(ws, request, as_of=saved.plan.as_of)
+        tz = ws.config.timezone
+        if local_date(saved.plan.as_of, tz) != local_date(now, tz):
+            try:
+                today = make_plan(ws, request, as_of=now)
+            except BaseException:
+                fresh.discard()
+                raise
     try:
-        checked = verify(saved.plan, saved.staging, fresh.plan, fresh.staging)
+        checked = verify(
+            saved.plan,
+            saved.staging,
+            fresh.plan,
+            fresh.staging,
+            today.staging if today is not None else None,
+        )
     except BaseException:
         fresh.discard()
         raise
+    finally:
+        if today is not None:
+            today.discard()
     saved.discard()
     return StagedPlan(checked.plan, fresh.staging), checked.refused, checked.dropped
 

@@ -143,3 +143,49 @@ def test_a_repeated_member_change_is_refused(workspace, tmp_path):
         res = cli(ws, *command)
         assert res.exit_code == 1 and "repeats 1 member change" in res.stderr, res.stderr
     assert ws.sandbox_keys() == {}
+
+
+def back_dated(tmp_path: Path, good: Path, name: str, as_of: str, rows) -> Path:
+    """``good`` with ``rows`` as its changes (:func:`forge`) and ``as_of`` moved back."""
+    forged = forge(tmp_path, good, f"{name}-rows", rows, change="update")
+    parts = members(forged)
+    doc = json.loads(parts["plan.json"])
+    doc["as_of"] = as_of
+    parts["plan.json"] = json.dumps(doc).encode()
+    return write_plan(tmp_path / f"{name}.plan", parts)
+
+
+def test_a_back_dated_plan_cannot_send_members_outside_todays_segment(workspace, tmp_path):
+    """A rolling window (``days_ago``) means other members on another day: a plan file whose
+    ``as_of`` was moved back a year planned again as of that day would send everyone who
+    joined within a week of it. Its changes must hold today as well."""
+    recent = "sql: SELECT customer_id FROM profiles WHERE joined >= {{ days_ago(7) }}\n"
+    ws = workspace(
+        {"act": MAINTAIN},
+        profiles=[profile(i) for i in range(6)],
+        segments={"seg-a": recent, "seg-b": "sql: SELECT customer_id FROM profiles\n"},
+    )
+    ws.alter_profiles(
+        "ALTER TABLE profiles ADD COLUMN joined DATE",
+        "UPDATE profiles SET joined = CASE WHEN customer_id < 'c00002' THEN current_date "
+        "ELSE DATE '2020-01-01' END",
+    )
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    before = ws.sandbox_keys()
+    assert len(before["Audience A"]) == 2
+    good = tmp_path / "good.plan"
+    assert cli(ws, "plan", "--out", str(good)).exit_code == 0
+    old = [("add", f"c0000{i}") for i in (2, 3, 4, 5)]
+    res = applied(ws, back_dated(tmp_path, good, "old", "2020-01-03T00:00:00Z", old))
+    assert ws.sandbox_keys() == before, res.output + res.stderr
+    assert "act: 4 member change(s) of the saved plan no longer hold" in res.stderr
+
+
+def test_a_plan_dated_in_the_future_is_refused(workspace, tmp_path):
+    ws, good, before = setup(workspace, tmp_path)
+    res = applied(ws, back_dated(tmp_path, good, "future", "2999-01-01T00:00:00Z", []))
+    assert res.exit_code == 1
+    assert "future.plan: the saved plan is dated 2999-01-01T00:00:00+00:00, in the future" in (
+        res.stderr
+    )
+    assert ws.sandbox_keys() == before

@@ -63,7 +63,7 @@ def apply_plan(
                 engine.check_plan_state(ws, staged.plan, Path(planfile))
                 try:
                     staged, refused, dropped = engine.verify_saved_plan(
-                        ws, staged, announce=reporter.step
+                        ws, staged, Path(planfile), announce=reporter.step
                     )
                 finally:
                     reporter.close()

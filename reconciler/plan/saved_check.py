@@ -55,9 +55,17 @@ class Verified:
     dropped: dict[str, int] = field(default_factory=dict)
 
 
-def verify(saved: Plan, saved_staging: Path, fresh: Plan, fresh_staging: Path) -> Verified:
+def verify(
+    saved: Plan,
+    saved_staging: Path,
+    fresh: Plan,
+    fresh_staging: Path,
+    today_staging: Path | None = None,
+) -> Verified:
     """The saved plan against the fresh one; ``fresh_staging`` is left holding only the
-    member changes both have (the ones the apply sends)."""
+    member changes both have (the ones the apply sends) and, with ``today_staging`` (the
+    member changes of a plan made as of now, when the saved plan is of another day), that
+    one has too."""
     refused: dict[str, str] = {}
     for ap in saved.activations:
         fa = _find(fresh, ap.id)
@@ -71,7 +79,7 @@ def verify(saved: Plan, saved_staging: Path, fresh: Plan, fresh_staging: Path) -
                 "run `reconcile plan` again"
             )
     keep = [a.id for a in saved.activations if a.id not in refused]
-    counts, dropped = _intersect(saved_staging, fresh_staging, keep)
+    counts, dropped = _intersect(saved_staging, fresh_staging, keep, today_staging)
     activations = []
     for ap in saved.activations:
         fa = _find(fresh, ap.id)
@@ -150,20 +158,28 @@ def _mismatch(ap: ActivationPlan, fa: ActivationPlan) -> str | None:
 
 
 def _intersect(
-    saved_staging: Path, fresh_staging: Path, keep: list[str]
+    saved_staging: Path, fresh_staging: Path, keep: list[str], today_staging: Path | None
 ) -> tuple[dict[tuple[str, str, str], int], dict[str, int]]:
-    """Leave in the fresh staging only the changes of ``keep`` the saved plan has too;
-    the rows left per (activation, group, op), and the saved rows dropped per activation."""
+    """Leave in the fresh staging only the changes of ``keep`` the saved plan (and the plan
+    of today, when given) has too; the rows left per (activation, group, op), and the saved
+    rows dropped per activation."""
     con = duckdb.connect()
     try:
         con.execute(f"ATTACH '{_q(fresh_staging)}' AS fresh")
         con.execute(f"ATTACH '{_q(saved_staging)}' AS saved (READ_ONLY)")
         con.execute(CHANGES_DDL.replace(STAGING, "fresh"))
-        has_saved = con.execute(
-            "SELECT count(*) FROM duckdb_tables() WHERE database_name = 'saved' "
-            "AND table_name = 'changes'"
-        ).fetchall()[0][0]
-        saved_rows = "saved.changes" if has_saved else "fresh.changes WHERE FALSE"
+        if today_staging is not None:  # a change must hold today too
+            con.execute(f"ATTACH '{_q(today_staging)}' AS today (READ_ONLY)")
+            today_rows = (
+                "today.changes" if _has_changes(con, "today") else "fresh.changes WHERE FALSE"
+            )
+            con.execute(
+                f"""DELETE FROM fresh.changes f
+                WHERE NOT EXISTS (SELECT 1 FROM (SELECT * FROM {today_rows}) t
+                                  WHERE t.activation_id = f.activation_id AND t.grp = f.grp
+                                    AND t.op = f.op AND t.key = f.key)"""
+            )
+        saved_rows = "saved.changes" if _has_changes(con, "saved") else "fresh.changes WHERE FALSE"
         con.execute(
             f"""DELETE FROM fresh.changes f
             WHERE NOT list_contains($keep, f.activation_id)
@@ -192,6 +208,16 @@ def _intersect(
     finally:
         con.close()
     return counts, dropped
+
+
+def _has_changes(con: duckdb.DuckDBPyConnection, database: str) -> bool:
+    return bool(
+        con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? "
+            "AND table_name = 'changes'",
+            [database],
+        ).fetchall()[0][0]
+    )
 
 
 def _limited(fa: ActivationPlan, counts: dict) -> ActivationPlan:
