@@ -100,6 +100,13 @@ def test_the_name_rule_is_the_one_yaml_names_get():
         ("note", _set("activations", 0, "notes", value=["\x1b]0;x\x07"]), "activations.0.notes.0"),
         ("workspace", _set("workspace", value="w\x1bs"), "workspace holds a control character"),
         ("rename", _set(*AUDIENCE, "rename_from", value="old\rnew"), "rename_from"),
+        (
+            "surrogate",
+            _set("activations", 0, "notes", value=["\ud800"]),
+            "activations.0.notes.0 holds an unpaired surrogate (U+D800)",
+        ),
+        ("share", _set("activations", 0, "max_removal_share", value=-1), "max_removal_share"),
+        ("nan", _set("activations", 0, "max_removal_share", value=float("nan")), "share"),
     ],
 )
 def test_other_tampered_strings_are_refused(saved, tmp_path, case, edit, expected):
@@ -223,3 +230,44 @@ def test_save_checks_the_path_too(saved, tmp_path):
     planfile.check_out(good)
     planfile.check_out(tmp_path / "new.plan")
     assert target.read_text() == "keep me"
+
+
+def test_a_member_holding_more_than_its_entry_declares_is_refused_unread(saved, tmp_path):
+    """A zip entry declaring plan.json's real size and checksum but holding 64 MiB more of
+    deflated spaces: ``ZipFile.read`` inflated all of it in memory (a few MB of file took
+    gigabytes) and the file was accepted, as only the declared bytes were checked."""
+    import struct
+    import zlib
+
+    ws, good = saved
+    parts = members(good)
+    real = parts["plan.json"]
+    co = zlib.compressobj(9, zlib.DEFLATED, -15)
+    bomb = co.compress(real) + b"".join(co.compress(b" " * (1 << 20)) for _ in range(64))
+    bomb += co.flush()
+    out = write_plan(tmp_path / "bomb.plan", {**parts, "plan.json": b"x"}, deflate=())
+    data = bytearray(out.read_bytes())
+    info = zipfile.ZipFile(out).getinfo("plan.json")
+    head = info.header_offset
+    names = struct.unpack("<HH", data[head + 26 : head + 30])
+    start = head + 30 + sum(names)
+    data[start : start + info.compress_size] = bomb
+    shift = len(bomb) - info.compress_size
+    fields = (zlib.crc32(real), len(bomb), len(real))
+    struct.pack_into("<III", data, head + 14, *fields)
+    cd = data.find(b"PK\x01\x02", start + len(bomb))
+    while cd >= 0:
+        n = struct.unpack("<H", data[cd + 28 : cd + 30])[0]
+        offset = struct.unpack("<I", data[cd + 42 : cd + 46])[0]
+        if bytes(data[cd + 46 : cd + 46 + n]) == b"plan.json":
+            struct.pack_into("<III", data, cd + 16, *fields)
+        if offset > head:
+            struct.pack_into("<I", data, cd + 42, offset + shift)
+        cd = data.find(b"PK\x01\x02", cd + 4)
+    end = data.rfind(b"PK\x05\x06")
+    struct.pack_into(
+        "<I", data, end + 16, struct.unpack("<I", data[end + 16 : end + 20])[0] + shift
+    )
+    out.write_bytes(bytes(data))
+    assert zipfile.ZipFile(out).getinfo("plan.json").file_size == len(real)
+    refused(ws, out, "its plan.json holds more data than its zip entry says")

@@ -155,7 +155,7 @@ class ActivationPlan(Frozen):
     notes: list[str] = Field(default_factory=list)
     #: problems shown even when nothing changes (held profiles, a name taken at the destination)
     warnings: list[str] = Field(default_factory=list)
-    max_removal_share: float = 0.5
+    max_removal_share: float = Field(0.5, gt=0, le=1, allow_inf_nan=False)
     on_delete: str = "keep"  # "keep" | "clear": what deleting the file does to the audience
     due: bool = False
     export: ExportChange | None = None  # `goal: export_data`: the files apply writes

@@ -124,7 +124,7 @@ def is_plan_file(path: Path) -> bool:
                 return False
             if zf.getinfo(MANIFEST).file_size > MAX_MEMBER_BYTES[MANIFEST]:
                 return False
-            manifest = json.loads(zf.read(MANIFEST))
+            manifest = json.loads(_read_bounded(zf, MANIFEST))
     except (OSError, RecursionError, *_ZIP_ERRORS):  # ValueError covers bad JSON
         return False
     return isinstance(manifest, dict) and "plan_file_format" in manifest
@@ -201,10 +201,14 @@ def _read_json_members(path: Path, zf: zipfile.ZipFile) -> tuple[dict[str, Any],
                 f"{path} is not a usable plan file: its {info.filename} is larger than "
                 f"{MAX_MEMBER_BYTES[info.filename]:,} bytes"
             )
+        # deflate never makes data much larger: a member whose compressed data is longer
+        # than what it declares holds more than it says (a bomb behind a small size)
+        if info.compress_size > info.file_size + info.file_size // 100 + 1024:
+            raise _corrupt(path, f"its {info.filename} holds more data than its zip entry says")
     if zf.getinfo(CHANGES).compress_type != zipfile.ZIP_STORED:
         # stored as is, it can never expand beyond the plan file's own size (no zip bomb)
         raise _not_a_plan(path, "its changes.parquet is compressed inside the zip")
-    manifest = _json(path, MANIFEST, zf.read(MANIFEST))
+    manifest = _json(path, MANIFEST, _read_bounded(zf, MANIFEST))
     if not isinstance(manifest, dict):
         raise _corrupt(path, "its manifest is not a JSON object")
     formats = (manifest.get("plan_file_format"), manifest.get("format_version"))
@@ -217,10 +221,23 @@ def _read_json_members(path: Path, zf: zipfile.ZipFile) -> tuple[dict[str, Any],
     for field in ("plan_sha256", "changes_sha256", "plan_id"):
         if not isinstance(manifest.get(field), str):
             raise _corrupt(path, f"its manifest has no {field}")
-    plan_bytes = zf.read(PLAN_JSON)
+    plan_bytes = _read_bounded(zf, PLAN_JSON)
     if hashlib.sha256(plan_bytes).hexdigest() != manifest["plan_sha256"]:
         raise _corrupt(path, "plan.json does not match the checksum in the manifest (edited?)")
     return manifest, plan_bytes
+
+
+def _read_bounded(zf: zipfile.ZipFile, name: str) -> bytes:
+    """A member's bytes, decompressed 1 MiB at a time (``ZipFile.read`` inflates all the
+    compressed data at once, however little of it the entry declares) and never more than
+    its size-checked entry declares."""
+    info = zf.getinfo(name)
+    out, left = bytearray(), info.file_size
+    with zf.open(info) as src:
+        while left > 0 and (block := src.read(min(1 << 20, left))):
+            out += block
+            left -= len(block)
+    return bytes(out)
 
 
 def _extract_changes(path: Path, zf: zipfile.ZipFile, manifest: dict, parquet: Path) -> None:

@@ -25,7 +25,9 @@ from reconciler.workspace.template_budget import LIMITS
 #: what render_name refuses in an audience name (a regular expression: plan.json is up to 64 MB)
 UNSAFE_NAME = UNPRINTABLE
 #: the same in other text (notes, a segment's SQL in a config change): tab and newline allowed
-UNSAFE_TEXT = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+UNSAFE_TEXT = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
 #: a rendered name (at most the templates' output limit) with a split group's suffix
 MAX_NAME = LIMITS.output + len(" - experiment")
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_\-]{1,40}")
@@ -142,6 +144,8 @@ def _counts(c: dict[str, int]) -> str:
 
 
 def _control(c: str) -> str:
+    if 0xD800 <= ord(c) <= 0xDFFF:  # valid as a JSON escape, not as text
+        return f"an unpaired surrogate (U+{ord(c):04X})"
     return f"a control character (U+{ord(c):04X})"
 
 
