@@ -55,9 +55,7 @@ class ReconcileError(Exception):
 #: what a name may not hold where it is printed: control characters (Unicode categories Cc,
 #: Zl and Zp) and the text-direction overrides (they could move the cursor, clear the screen
 #: or forge rows); also what ``render_name`` refuses in an audience name
-UNPRINTABLE = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
-)
+UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def printable(value: object) -> str:

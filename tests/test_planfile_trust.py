@@ -73,7 +73,7 @@ def test_the_name_rule_is_the_one_yaml_names_get():
     refused_by_yaml = set()
     for code in range(sys.maxunicode + 1):
         c = chr(code)
-        if unicodedata.category(c) in ("Cc", "Zl", "Zp") or c in BIDI:
+        if unicodedata.category(c) in ("Cc", "Zl", "Zp", "Cs") or c in BIDI:
             refused_by_yaml.add(c)
     refused_here = {c for c in map(chr, range(sys.maxunicode + 1)) if UNSAFE_NAME.match(c)}
     assert refused_here == refused_by_yaml

@@ -92,7 +92,7 @@ def render_name(
     return name
 
 
-_CONTROL = ("Cc", "Zl", "Zp")
+_CONTROL = ("Cc", "Zl", "Zp", "Cs")  # Cs: an unpaired surrogate, which is no text at all
 #: text-direction overrides, which make a name read differently from what it is
 _BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
