@@ -379,10 +379,12 @@ def restore_state(ws: Workspace) -> tuple[Path | None, int]:
     return aside, int(row[0]) if row else 0
 
 
-def recheck_state_loss(ws: Workspace, plan: Plan) -> Plan:
+def recheck_state_loss(ws: Workspace, plan: Plan, refused=frozenset()) -> Plan:
     """A saved plan about to be applied: when the state is empty (no run recorded), ask each
     destination again whether the audiences to create already exist by name
-    (:func:`reconciler.plan.state_loss.recheck`)."""
+    (:func:`reconciler.plan.state_loss.recheck`); ``refused`` activations (shown as the file
+    has them, never applied: their destination may not even be in this workspace) are not
+    asked about."""
     from reconciler.plan import state_loss, twins
     from reconciler.workspace.templating import local_date
 
@@ -409,7 +411,7 @@ def recheck_state_loss(ws: Workspace, plan: Plan) -> Plan:
         return (dated[0].id, dated[0].name) if dated else None
 
     try:
-        return state_loss.recheck(plan, find)
+        return state_loss.recheck(plan, find, skip=refused)
     finally:
         conns.close()
 

@@ -189,3 +189,17 @@ def test_a_plan_dated_in_the_future_is_refused(workspace, tmp_path):
         res.stderr
     )
     assert ws.sandbox_keys() == before
+
+
+def test_a_plan_for_a_destination_this_workspace_lacks_is_refused_cleanly(workspace, tmp_path):
+    """A plan made in another workspace: the state is empty, so apply asks the destinations
+    whether the audiences to create exist already, and asked for one the workspace has no
+    integration for (internal error: KeyError)."""
+    ws = workspace({"act": MAINTAIN}, profiles=[profile(i, a=True) for i in range(3)])
+    plan = tmp_path / "other.plan"
+    assert cli(ws, "plan", "--out", str(plan)).exit_code == 0
+    ws.root.joinpath("activations", "act.yaml").unlink()
+    ws.root.joinpath("integrations", "sandbox.yaml").unlink()
+    res = applied(ws, plan)
+    assert "internal error" not in res.stderr, res.stderr
+    assert "act: Refused" in res.output and "act.yaml was deleted since the plan" in res.stderr

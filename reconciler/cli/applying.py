@@ -74,7 +74,7 @@ def apply_plan(
                         "next plan shows what remains",
                         err=True,
                     )
-                staged.plan = engine.recheck_state_loss(ws, staged.plan)
+                staged.plan = engine.recheck_state_loss(ws, staged.plan, set(refused))
             check_plan(ws, staged.plan)
             calls = destination_calls(ws, staged.plan)
             click.echo(render.render(staged.plan, "text", color=c.color, calls=calls))

@@ -10,7 +10,7 @@ refuses (:func:`refusal`) until each is adopted — ``adopt: true`` in the activ
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from reconciler.plan.model import ActivationPlan, NameConflict, Plan
 
@@ -59,7 +59,11 @@ def conflicts(plans: Sequence[ActivationPlan], state_is_empty: bool) -> list[Nam
     return found
 
 
-def recheck(plan: Plan, find: Callable[[str, str], tuple[str, str] | None]) -> Plan:
+def recheck(
+    plan: Plan,
+    find: Callable[[str, str], tuple[str, str] | None],
+    skip: Collection[str] = (),
+) -> Plan:
     """A saved plan about to be applied to an empty state, with the destinations asked again
     (``find(destination, name)`` -> (id, name) of an audience of exactly that name, or of that
     name made on another date): a plan made with ``--refresh=false`` did not ask, and one may
@@ -67,6 +71,8 @@ def recheck(plan: Plan, find: Callable[[str, str], tuple[str, str] | None]) -> P
     found = list(plan.state_loss)
     known = {(c.activation, c.group) for c in found}
     for a in plan.activations:
+        if a.id in skip:
+            continue
         for au in a.audiences:
             if not (au.create and au.sent) or au.adopt or (a.id, au.group) in known:
                 continue
