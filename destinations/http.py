@@ -70,7 +70,10 @@ class HttpOptions(DestinationConfig):
         15.0, gt=0, le=24 * 60, description="how long one call may keep retrying"
     )
     timeout_seconds: float = Field(
-        60.0, gt=0, le=600, description="read/write/pool timeout of one request"
+        60.0,
+        gt=0,
+        le=600,
+        description="read/write/pool timeout of one request, and the most its answer body may take",
     )
     connect_timeout_seconds: float = Field(
         10.0, gt=0, le=120, description="how long opening a connection may take"
@@ -254,7 +257,8 @@ def _transport_error(request: httpx.Request, exc: httpx.TransportError) -> Desti
     kind = type(exc).__name__
     detail = f"{describe(request)} failed ({kind}: {exc})"
     if isinstance(exc, httpx.TimeoutException):
-        err = TransientError(f"{describe(request)} timed out ({kind})")
+        why = f": {exc}" if isinstance(exc, AnswerTooSlow) else ""
+        err = TransientError(f"{describe(request)} timed out ({kind}{why})")
         # sent, and no answer: the destination may have applied it (not so when the
         # connection was never made)
         err.unanswered = not isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout)
@@ -276,10 +280,10 @@ def _send_once(
     started = time.monotonic()
     try:
         if pacer is None:
-            response = client.send(request)
+            response = _send_whole(client, request)
         else:
             with pacer.slot():
-                response = client.send(request)
+                response = _send_whole(client, request)
     except httpx.TransportError as exc:
         err = _redacted(_transport_error(request, exc), redactor)
         log.debug("%s", err)
@@ -298,6 +302,45 @@ def _send_once(
     if error is not None:
         raise _redacted(error, redactor) from None
     return response
+
+
+class AnswerTooSlow(httpx.ReadTimeout):
+    """The answer's body kept coming, each piece within the read timeout, for longer than
+    the read timeout in all (a receiver or proxy trickling it)."""
+
+
+def _send_whole(client: httpx.Client, request: httpx.Request) -> httpx.Response:
+    """``client.send`` whose answer body must arrive within the read timeout *in all*:
+    httpx's read timeout bounds each wait for the socket, so a body trickled a byte at a
+    time would hold the call (and the state lock) for as long as the sender liked, past the
+    retry budget too. Raises :class:`AnswerTooSlow` (a read timeout: sent, no answer)."""
+    response = client.send(request, stream=True)
+    try:
+        response.content  # noqa: B018 (read already: an in-memory transport)
+    except httpx.ResponseNotRead:
+        pass
+    else:
+        return response
+    try:
+        timeouts = request.extensions.get("timeout") or {}
+        limit = timeouts.get("read", client.timeout.read)
+        deadline = time.monotonic() + limit if limit else None
+        raw = []
+        for chunk in response.iter_raw():
+            raw.append(chunk)
+            if deadline is not None and time.monotonic() > deadline:
+                raise AnswerTooSlow(
+                    f"the answer's body took longer than {limit:g}s to arrive", request=request
+                )
+    finally:
+        response.close()
+    return httpx.Response(
+        response.status_code,
+        headers=response.headers,
+        content=b"".join(raw),
+        request=request,
+        extensions=response.extensions,
+    )
 
 
 def send(

@@ -396,7 +396,8 @@ def test_http_options_build_policy_and_refuse_unknown_keys():
 
 class Server:
     """An HTTP server on 127.0.0.1 whose answers follow ``script``: ``(status, headers)``,
-    ``"hang"`` (wait until released) or ``"drop"`` (close without answering)."""
+    ``"hang"`` (wait until released), ``"drop"`` (close without answering) or ``"drip"``
+    (200 at once, then a 40-byte body a byte every 0.1 s)."""
 
     def __init__(self):
         self.script: list = []
@@ -415,6 +416,16 @@ class Server:
                     return
                 if step == "drop":
                     self.close_connection = True
+                    return
+                if step == "drip":
+                    self.send_response(200)
+                    self.send_header("Content-Length", "40")
+                    self.end_headers()
+                    for _ in range(40):
+                        if outer.release.wait(0.1):
+                            return
+                        self.wfile.write(b" ")
+                        self.wfile.flush()
                     return
                 status, headers = step
                 self.send_response(status)
@@ -444,6 +455,20 @@ def server():
     s = Server()
     yield s
     s.close()
+
+
+def test_an_answer_trickled_past_the_read_timeout_is_a_timeout(server):
+    """Each byte came within the read timeout (httpx's timeout is per socket read), so a
+    receiver sending its body a byte at a time held the call for as long as it liked."""
+    server.script = ["drip"]
+    timeout = httpx.Timeout(5, read=0.5)
+    with (
+        make_client(server.url, timeout=timeout) as client,
+        pytest.raises(TransientError, match="timed out") as caught,
+    ):
+        get(client)
+    assert caught.value.unanswered
+    assert "longer than 0.5s" in str(caught.value)
 
 
 def test_read_timeout_is_transient(server):

@@ -565,6 +565,19 @@ def test_server_errors_are_transient(client, fake: FakeMeta) -> None:
     assert dest.list_audiences() == []
 
 
+def test_a_success_cut_short_is_a_lost_answer_not_a_refusal(client, fake: FakeMeta) -> None:
+    """A 200 whose body is not JSON (cut short, a proxy's page) may have been applied: sent
+    again, and never counted as refused outright (its members would be dropped from the
+    state while Meta holds them)."""
+    dest = make(client)
+    audience = dest.create_audience("Cut", idempotency_key="k")
+    fake.garble(1, only="/users")
+    with pytest.raises(TransientError, match="with no JSON") as caught:
+        dest.add(audience, batch(dest, [person(1)]), ctx())
+    assert caught.value.unanswered
+    assert len(fake.members(audience.id)) == 2  # it was applied all the same
+
+
 def test_a_slow_answer_times_out_as_transient(fake: FakeMeta) -> None:
     with httpx.Client(base_url=fake.url, timeout=0.2) as slow:
         fake.delay(5)

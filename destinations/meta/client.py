@@ -182,10 +182,15 @@ class GraphClient:
         try:
             answer = response.json()
         except ValueError:
-            raise TerminalError(
-                f"{describe(request)} answered {response.status_code} with no JSON; "
-                "check the integration's endpoint"
-            ) from None
+            # a success whose body cannot be read (cut short, a proxy's page): the call may
+            # have been applied, so it is neither a refusal nor an answer; sent again (a
+            # /users call's session and batch number make a repeat a no-op at Meta)
+            err = TransientError(
+                f"{describe(request)} answered {response.status_code} with no JSON (cut "
+                "short, or not Meta's answer: check the integration's endpoint)"
+            )
+            err.unanswered = True
+            raise err from None
         return answer if isinstance(answer, dict) else {}
 
     def pages(self, path: str, params: Mapping[str, Any]) -> Iterator[dict[str, Any]]:

@@ -61,6 +61,9 @@ from tests.fakes.meta_contract import (
     usage_header,
 )
 
+#: an internal header: the handler cuts the answer short
+GARBLE = "X-Fake-Garble"
+
 
 @dataclass
 class Audience:
@@ -166,6 +169,10 @@ class FakeMeta:
     def delay(self, seconds: float, n: int = 1, *, only: str | None = None) -> None:
         self._add(_Fault("delay", n, only, seconds))
 
+    def garble(self, n: int = 1, *, only: str | None = None) -> None:
+        """The next ``n`` requests are applied, then answered 200 with a body cut short."""
+        self._add(_Fault("garble", n, only, None))
+
     def expire_token(self) -> None:
         with self._lock:
             self._expired = True
@@ -208,7 +215,9 @@ class FakeMeta:
             with self._lock:
                 self.requests.append((method, url.path, data or None))
             fault = self._fault_for(url.path)
-            if fault is not None:
+            if fault is not None and fault.kind == "garble":
+                extra[GARBLE] = "1"  # applied below, its answer cut short by the handler
+            elif fault is not None:
                 self._inject(fault)
             self._authenticate(headers, {**query, **data})
             match = VERSION.match(url.path)
@@ -425,6 +434,8 @@ def _handler(fake: FakeMeta) -> type[BaseHTTPRequestHandler]:
             body = self.rfile.read(length) if length else b""
             status, answer, headers = fake.handle(self.command, self.path, self.headers, body)
             out = json.dumps(answer).encode()
+            if headers.pop(GARBLE, None):
+                out = out[: len(out) // 2] + b"<html>"
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(out)))
