@@ -15,6 +15,7 @@ long until access comes back when it is exhausted). Parsers for Meta's
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import threading
@@ -48,8 +49,14 @@ class Usage:
     regain_after: float | None = None
 
 
+#: seconds of recent requests whose pace an undeclared rate is taken from
+RECENT_WINDOW = 60.0
+
+
 class Pacer:
-    """Thread-safe. ``requests_per_minute=None`` paces only by concurrency and usage pauses."""
+    """Thread-safe. ``requests_per_minute=None``: paced by concurrency and usage pauses, and
+    from :data:`SLOW_DOWN_FROM` of the quota used, slowed down from the pace of the last
+    minute's requests (the rate the vendor's usage report was reached at)."""
 
     def __init__(
         self,
@@ -75,6 +82,10 @@ class Pacer:
         self._stamp = clock()
         self._factor = 1.0  # share of the declared rate currently allowed
         self._paused_until = 0.0
+        #: with no declared rate: the pace of the recent requests, taken when usage crossed
+        #: SLOW_DOWN_FROM (None below it: no rate applies)
+        self._implied: float | None = None
+        self._recent: collections.deque[float] = collections.deque(maxlen=10_000)
 
     # ------------------------------------------------------------------ before a request
     @contextlib.contextmanager
@@ -102,8 +113,10 @@ class Pacer:
                     "request",
                     retry_after=wait,
                 )
-            if self.rate is not None:
-                rate = self.rate * self._factor
+            self._recent.append(now)
+            base = self.rate if self.rate is not None else self._implied
+            if base is not None:
+                rate = base * self._factor
                 self._tokens = min(self.burst, self._tokens + (now - self._stamp) * rate)
                 self._stamp = now
                 self._tokens -= 1  # reserve: a negative balance is a queue of waiters
@@ -127,11 +140,24 @@ class Pacer:
         with self._lock:
             if usage.used < SLOW_DOWN_FROM:
                 self._factor = 1.0
+                self._implied = None
             else:
                 share = (1.0 - usage.used) / (1.0 - SLOW_DOWN_FROM)
                 self._factor = min(1.0, max(SLOWEST, share))
+                if self.rate is None and self._implied is None:
+                    self._implied = self._recent_pace()
             if usage.regain_after:
                 self._paused_until = max(self._paused_until, self.clock() + usage.regain_after)
+
+    def _recent_pace(self) -> float:
+        """Requests per second over the last :data:`RECENT_WINDOW` seconds (at least one
+        second counted; one request a second when there were none)."""
+        now = self.clock()
+        while self._recent and self._recent[0] < now - RECENT_WINDOW:
+            self._recent.popleft()
+        if not self._recent:
+            return 1.0
+        return len(self._recent) / max(1.0, now - self._recent[0])
 
     @property
     def factor(self) -> float:

@@ -347,6 +347,32 @@ def test_pacer_caps_requests_in_flight():
     worker.join()
 
 
+def test_without_a_declared_rate_high_usage_slows_down_from_the_recent_pace():
+    """With no ``requests_per_minute`` (Meta's default) a usage of 95 % changed nothing:
+    17 calls went out in half a second until Meta throttled. From 50 % the pace of the
+    recent requests is taken as the rate and slowed down like a declared one."""
+    clock = FakeClock()
+    pacer = Pacer(usage=meta_business_use_case_usage, clock=clock, sleep=clock.sleep)
+    for _ in range(10):  # ten requests in one second, nothing paces them
+        pacer.wait_turn()
+        clock.now += 0.1
+    assert clock.now == pytest.approx(1.0)
+    usage = {"123": [{"type": "ads_management", "call_count": 95}]}
+    pacer.observe(httpx.Response(200, headers={"X-Business-Use-Case-Usage": json.dumps(usage)}))
+    assert pacer.factor == pytest.approx(0.1)
+    start = clock.now
+    for _ in range(3):
+        pacer.wait_turn()
+    # 10 requests/s seen, at 10 % of it: one a second (the first used the bucket's token)
+    assert clock.now - start == pytest.approx(2.0)
+    usage["123"][0]["call_count"] = 10  # back under 50 %: no rate at all again
+    pacer.observe(httpx.Response(200, headers={"X-Business-Use-Case-Usage": json.dumps(usage)}))
+    start = clock.now
+    for _ in range(5):
+        pacer.wait_turn()
+    assert clock.now == start
+
+
 def test_meta_usage_header_slows_down_and_pauses():
     clock = FakeClock()
     pacer = Pacer(
