@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from destinations.http import default_classify, describe, make_client, send
+from destinations.http import default_classify, describe, make_client, parse_retry_after, send
 from destinations.meta.config import MetaConfig, MetaCredentials
 from destinations.pacing import Pacer, meta_business_use_case_usage
 from reconciler.errors import (
@@ -90,8 +90,17 @@ def classify(response: httpx.Response) -> DestinationError | None:
         )
     elif code in THROTTLE_CODES:
         usage = meta_business_use_case_usage(response)
-        regain = usage.regain_after if usage is not None else None
-        err = ThrottledError(f"Meta throttled the call: {what}", retry_after=regain)
+        waits = [
+            w
+            for w in (
+                usage.regain_after if usage is not None else None,
+                parse_retry_after(response.headers.get("retry-after")),
+            )
+            if w is not None
+        ]  # the longer of Meta's regain time and a Retry-After (a floor, as everywhere)
+        err = ThrottledError(
+            f"Meta throttled the call: {what}", retry_after=max(waits, default=None)
+        )
     elif AUDIENCE_DELETED in (code, subcode):
         err = AudienceGone(
             f"the audience was deleted at Meta: {what}; the next plan creates it again"
