@@ -271,3 +271,24 @@ def test_a_state_missing_a_column_is_named_not_the_consent_condition(workspace):
     res = cli(ws, "plan")
     assert res.exit_code == 1 and "consent" not in res.stderr, res.stderr
     assert "lacks the column(s) 'fp' of its table 'members'" in res.stderr, res.stderr
+
+
+def test_a_state_file_reached_through_a_link_is_written_through_it(workspace, tmp_path):
+    """A CI volume keeps the file and the workspace links to it: the first write renamed its
+    new copy over the *link*, so the kept file never changed again and the next runner,
+    linking it anew, planned everything already sent."""
+    ws = workspace({"act": ACT}, profiles=[profile(i, a=i < 2) for i in range(4)])
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    kept = tmp_path / "volume" / "state.duckdb"
+    kept.parent.mkdir()
+    link = ws.root / ".reconcile" / "state.duckdb"
+    link.rename(kept)
+    link.symlink_to(kept)
+    ws.set_profiles([profile(i, a=i < 3) for i in range(4)])
+    applied = cli(ws, "apply", "--auto-approve")
+    assert applied.exit_code == 0, applied.output + applied.stderr
+    assert link.is_symlink() and link.resolve() == kept
+    assert (tmp_path / "volume" / "state.duckdb.backup").exists()
+    link.unlink()
+    link.symlink_to(kept)  # the next runner links the kept file again: nothing to send
+    assert cli(ws, "plan", "--detailed-exitcode").exit_code == 0

@@ -102,7 +102,9 @@ def open_backend(ws: Workspace) -> StateBackend:
             tmp=ws.path(".reconcile/tmp"),
             heartbeat=spec.lock_heartbeat,
         )
-    return EmbeddedBackend(ws.path(spec.path))
+    # through a link to the file kept elsewhere (a CI volume): the copy, backup and lock go
+    # beside the real file (the link itself was replaced by a private copy at the first write)
+    return EmbeddedBackend(ws.path(spec.path).resolve())
 
 
 def resolve_dsn(ws: Workspace, ref: str) -> str:
