@@ -292,3 +292,28 @@ def test_a_state_file_reached_through_a_link_is_written_through_it(workspace, tm
     link.unlink()
     link.symlink_to(kept)  # the next runner links the kept file again: nothing to send
     assert cli(ws, "plan", "--detailed-exitcode").exit_code == 0
+
+
+def test_a_state_folder_that_refuses_writes_is_a_clear_error(workspace, monkeypatch):
+    """A full disk (or a read-only folder) was "internal error: OSError ... please report
+    it", and left a partial copy filling the disk."""
+    import errno
+
+    from reconciler.state import snapshot
+
+    ws = workspace({"act": ACT}, profiles=[profile(i, a=i < 2) for i in range(4)])
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    before = (ws.root / ".reconcile" / "state.duckdb").read_bytes()
+
+    def full(src, dst):
+        tmp = dst.with_name(dst.name + ".tmp")
+        tmp.write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+
+    monkeypatch.setattr(snapshot, "_copy", full)
+    res = cli(ws, "state", "rm", "act")
+    assert res.exit_code == 1
+    assert "internal error" not in res.stderr
+    assert "cannot write the state" in res.stderr and "No space left on device" in res.stderr
+    assert not list((ws.root / ".reconcile").glob("*.tmp"))
+    assert (ws.root / ".reconcile" / "state.duckdb").read_bytes() == before

@@ -26,8 +26,14 @@ class StateLock:
         self._fd: int | None = None
 
     def acquire(self, operation: str, timeout: float = 0.0) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StateError(
+                f"cannot take the state lock {self.path}: {exc.strerror or exc}; the state "
+                "folder must be writable (`state.path` in reconcile.yaml)"
+            ) from None
         deadline = time.monotonic() + timeout
         busy_again = False
         while True:

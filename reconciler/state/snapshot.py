@@ -59,7 +59,25 @@ def _lock_path(path: Path) -> Path:
 def begin_write(path: Path) -> Path | None:
     """Before an apply (or ``state rm|mv``) writes the state — with the state lock held:
     keep the current state as the backup and give the writer a file of its own.
-    Returns the backup, or None when there is no state yet."""
+    Returns the backup, or None when there is no state yet. A file system that refuses
+    (read-only, no space left) is a :class:`StateError` naming the state, with the
+    half-written copies removed; the state itself is unchanged."""
+    try:
+        return _begin_write(path)
+    except OSError as exc:
+        # the partial copies only: a complete <state>.next is installed by the next writer
+        for partial in (_next(path), backup_path(path)):
+            with contextlib.suppress(OSError):
+                partial.with_name(partial.name + ".tmp").unlink()
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise StateError(
+            f"cannot write the state {path}: {exc.strerror or exc}{where}; nothing was "
+            "recorded and the state is unchanged. Free space or make the folder writable "
+            "(`state.path` in reconcile.yaml), then run the command again"
+        ) from None
+
+
+def _begin_write(path: Path) -> Path | None:
     _install_next(path)
     if not path.exists():
         _note_snapshot(path, None)
