@@ -317,3 +317,19 @@ def test_a_state_folder_that_refuses_writes_is_a_clear_error(workspace, monkeypa
     assert "cannot write the state" in res.stderr and "No space left on device" in res.stderr
     assert not list((ws.root / ".reconcile").glob("*.tmp"))
     assert (ws.root / ".reconcile" / "state.duckdb").read_bytes() == before
+
+
+def test_restoring_twice_keeps_the_state_the_first_restore_put_aside(workspace):
+    """The second restore replaced `before-restore` (the newest state there was) with a copy
+    of the backup: state, backup and before-restore were then the same file."""
+    ws = workspace({"act": ACT}, profiles=[profile(i, a=True) for i in range(6)])
+    folder = ws.root / ".reconcile"
+    for n in (2, 4):
+        ws.set_profiles([profile(i, a=i < n) for i in range(6)])
+        assert cli(ws, "apply", "--auto-approve", "--allow-mass-removal").exit_code == 0
+    newest = (folder / "state.duckdb").read_bytes()
+    assert cli(ws, "state", "restore").exit_code == 0
+    assert (folder / "state.duckdb.before-restore").read_bytes() == newest
+    assert cli(ws, "state", "restore").exit_code == 0
+    kept = [p.read_bytes() for p in folder.glob("state.duckdb.before-restore*")]
+    assert len(kept) == 2 and newest in kept

@@ -28,6 +28,7 @@ import json
 import os
 import shutil
 import socket
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
@@ -122,6 +123,7 @@ def restore_backup(path: Path) -> Path | None:
     finally:
         con.close()
     aside = path.with_name(path.name + ".before-restore")
+    _keep_earlier(aside)
     for p in (aside, _wal(aside), _next(path)):
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
@@ -133,6 +135,18 @@ def restore_backup(path: Path) -> Path | None:
     _copy(backup, path)
     _fsync_dir(path.parent)
     return aside if had_state else None
+
+
+def _keep_earlier(aside: Path) -> None:
+    """A file an earlier restore kept aside is renamed after its time, never replaced: a
+    second restore would put the backup over it, and it may be the newest state there was."""
+    if not aside.exists():
+        return
+    stamp = datetime.fromtimestamp(aside.stat().st_mtime, UTC).strftime("%Y%m%dT%H%M%SZ")
+    kept = aside.with_name(f"{aside.name}-{stamp}")
+    os.replace(aside, kept)
+    if _wal(aside).exists():
+        os.replace(_wal(aside), _wal(kept))
 
 
 def _check_readable(path: Path) -> None:
