@@ -567,7 +567,16 @@ def test_the_memory_cap_is_shared_by_open_sessions_and_lifted_after_the_last(mon
 
 
 @pytest.mark.parametrize(
-    "table", ["pg_catalog.pg_authid", "information_schema.tables", "pg_authid", "PG_CATALOG.x"]
+    "table",
+    [
+        "pg_catalog.pg_authid",
+        "information_schema.tables",
+        "pg_authid",
+        "PG_CATALOG.x",
+        "duckdb_tables",
+        "main.duckdb_databases",
+        "sqlite_master",
+    ],
 )
 def test_source_tables_may_not_open_the_catalog(workspace, table):
     """`source.tables` opens tables to segment SQL: never the engine's own catalog, whose
@@ -577,6 +586,17 @@ def test_source_tables_may_not_open_the_catalog(workspace, table):
     )
     err = fails(ws, "validate")
     assert "reconcile.yaml:" in err and "source.tables" in err and "own catalog" in err, err
+
+
+def test_the_engine_metadata_stays_refused_when_a_policy_lists_it():
+    """The guard let a table through as soon as `source.tables` named it, before asking
+    whether it is the engine's metadata (a workspace that passed validate otherwise, e.g.
+    an older one, let segment SQL count the state's tables)."""
+    from reconciler.sources.guard import SqlPolicy, SqlRejected, check_segment_sql
+
+    policy = SqlPolicy(profiles_table="profiles", tables=("duckdb_tables",))
+    with pytest.raises(SqlRejected, match="engine's metadata"):
+        check_segment_sql("SELECT count(*) FROM duckdb_tables", "duckdb", policy=policy)
 
 
 def test_memory_settings_must_be_sizes(workspace):

@@ -363,7 +363,16 @@ class _Walker:
                 raise self._reject(f"segment SQL may not read the engine's {part!r} tables", ref)
         if not catalog and not schema and name.lower() in ctes:
             return
-        if self.policy.allows(catalog, schema, name):
+        metadata = (
+            catalog.lower() in _METADATA_SCHEMAS
+            or schema.lower() in _METADATA_SCHEMAS
+            or name.lower().startswith(_METADATA_PREFIXES)
+        )
+        # the engine's own views stay refused when `source.tables` lists them (it lets a
+        # pull request's SQL count the state's tables); the profiles table is the user's
+        if self.policy.allows(catalog, schema, name) and (
+            not metadata or full.lower() == self.policy.profiles_table.lower()
+        ):
             return
         if _FILE_LIKE.search(name):
             raise self._reject(
@@ -371,11 +380,7 @@ class _Walker:
                 "of the source only",
                 ref,
             )
-        if (
-            catalog.lower() in _METADATA_SCHEMAS
-            or schema.lower() in _METADATA_SCHEMAS
-            or name.lower().startswith(_METADATA_PREFIXES)
-        ):
+        if metadata:
             raise self._reject(
                 f"segment SQL may not read the engine's metadata ({full!r}); read tables of "
                 "the source only",

@@ -117,8 +117,12 @@ class _SourceSettings(Strict):
         for i, name in enumerate(value):
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?", name):
                 raise FieldError(f"{name!r} is not a table name; write 'name' or 'schema.name'", i)
-            first = name.split(".")[0].lower()
-            if first in _CATALOG_SCHEMAS or first.startswith("pg_"):
+            first, last = name.split(".")[0].lower(), name.split(".")[-1].lower()
+            if (
+                first in _CATALOG_SCHEMAS
+                or first.startswith("pg_")
+                or last.startswith(("duckdb_", "pragma_", "sqlite_", "pg_"))
+            ):
                 raise FieldError(
                     f"{name!r} is a table of the database's own catalog (users, roles, "
                     "settings, other tables); segment SQL may read only your data's tables",
