@@ -59,6 +59,9 @@ def rec(**kw) -> RecordedActivation:
         (rec(status="Failed", last_success_at=AS_OF), "daily", "UTC", None, True),
         (rec(status="Disabled", last_success_at=AS_OF), "daily", "UTC", None, True),
         (rec(ran=False, last_success_at=None), "once", "UTC", None, True),
+        (rec(ran=False, status="Failed"), "once", "UTC", None, True),  # its first run: again
+        (rec(ran=True, status="Refused"), "once", "UTC", None, False),  # a re-run: `run` again
+        (rec(ran=True, status="Pending"), "once", "UTC", None, True),  # interrupted: recover
         (
             rec(ran=True, last_success_at=datetime(2026, 1, 1, tzinfo=UTC)),
             "once",
@@ -146,3 +149,19 @@ def test_apply_due_removes_exclusions_of_a_paused_or_finished_one_time_activatio
         f"email_sha256:{sha256_hex(f'user{i}@example.com')}" for i in (0, 1, 3)
     }
     assert plan_json(ws, "--due")["activations"] == []
+
+
+def test_a_refused_re_run_of_a_one_time_activation_stays_visible(workspace):
+    """The scheduled job planned the finished one-time activation (its Refused status made
+    it due), had nothing to send, and recorded Complete: status and plan then said all was
+    well while the re-run's removal was never made."""
+    once = ACT + "frequency: once\n"
+    ws = workspace({"act": once}, profiles=[profile(i, a=i < 2) for i in range(4)])
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    ws.set_profiles([profile(i, a=i < 1) for i in range(4)])  # one of two leaves: 50% > share
+    ws.write("activations/act.yaml", once + "max_removal_share: 0.4\n")
+    assert cli(ws, "run", "act", "--auto-approve").exit_code == 1  # refused by the guard
+    assert cli(ws, "apply", "--due", "--auto-approve").exit_code == 0
+    status = cli(ws, "status", "--inactive")
+    assert "Refused" in status.output and "Complete" not in status.output, status.output
+    assert len(ws.sandbox_keys()["A"]) == 2  # still there: `run` again is the way

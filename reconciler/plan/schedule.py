@@ -31,6 +31,11 @@ def is_due(
 ) -> bool:
     if rec is None:
         return True
+    if frequency == "once" and rec.ran and rec.status in ("Failed", "Refused"):
+        # a re-run (`reconcile run`) that failed or was refused: the schedule sends a
+        # finished one-time activation only exclusions, and would record Complete over the
+        # failure while the re-run's changes were never made; it waits for `run` again
+        return False
     if rec.status in ("Failed", "Refused", "Pending", "Disabled", "New", "Running"):
         return True
     if frequency == "once":
