@@ -165,3 +165,13 @@ def test_a_refused_re_run_of_a_one_time_activation_stays_visible(workspace):
     status = cli(ws, "status", "--inactive")
     assert "Refused" in status.output and "Complete" not in status.output, status.output
     assert len(ws.sandbox_keys()["A"]) == 2  # still there: `run` again is the way
+
+
+def test_no_changes_names_the_finished_one_time_activations_run_would_re_run(workspace):
+    once = ACT + "frequency: once\n"
+    ws = workspace({"act": once}, profiles=[profile(i, a=i < 2) for i in range(4)])
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    ws.set_profiles([profile(i, a=i < 3) for i in range(4)])  # one enters: only `run` sends it
+    out = cli(ws, "plan", "-t", "act").output
+    assert "No changes." in out
+    assert '= activation "act": one-time activation already ran: `reconcile run act`' in out, out

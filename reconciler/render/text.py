@@ -270,6 +270,13 @@ def render_text(
         out.append(f"({num(n)} activation{'' if n == 1 else 's'} checked.)")
         for a in plan.activations:
             out += [style(f'! activation "{a.id}": {w}', "!") for w in a.warnings]
+            # a finished one-time activation is not planned again: say how to re-run it, so
+            # "match" is not read as "the segment did not change"
+            out += [
+                f'= activation "{a.id}": {note.replace("`reconcile run`", f"`reconcile run {a.id}`")}'
+                for note in a.notes
+                if note.startswith("one-time activation already ran")
+            ]
         return "\n".join(out) + "\n"
     unchanged = []
     for a in plan.activations:
