@@ -248,7 +248,7 @@ def test_a_member_that_left_with_a_duplicated_key_is_held_not_removed(workspace)
     assert act["excluded"]["duplicate key"] == 1  # c00002, in the segment
     (warning,) = act["warnings"]
     assert "1 of its profiles held: 2 key(s) appear more than once" in warning, warning
-    assert "(e.g. c00001, c00002)" in warning, warning
+    assert "(e.g. 'c00001', 'c00002')" in warning, warning
     assert audience_counts(plan, "act") == {"all": (0, 1, 0)}  # c00003 only: c00001 is held
     apply_ok(ws)
     kept = {email_key(f"user{i}@example.com") for i in (0, 1, 2, 4)}
@@ -273,10 +273,10 @@ def test_a_held_key_that_is_an_e_mail_or_a_phone_is_not_quoted(workspace):
 
 def test_held_keys_are_masked_by_shape_or_all_when_the_key_is_an_identifier():
     assert shown(["c00001", "a@b.co", "0412 345 678", "c\x1b[2J"], False) == (
-        "c00001, <identifier>, <identifier>, c\\x1b[2J",
+        "'c00001', <identifier>, <identifier>, 'c\\x1b[2J'",
         True,
     )
-    assert shown(["c00001", "c00002"], False) == ("c00001, c00002", False)
+    assert shown(["c00001", "c00002", ""], False) == ("'c00001', 'c00002', ''", False)
     assert shown(["c00001"], True) == ("<identifier>", True)
 
 

@@ -150,6 +150,7 @@ def shown(keys: list[str], key_is_identifier: bool) -> tuple[str, bool]:
     is also an identifier column (``key_is_identifier``: its values are PII whatever their
     shape); control characters escaped. Also: whether any was masked."""
     masked = [
-        "<identifier>" if key_is_identifier or identifier_shaped(k) else printable(k) for k in keys
+        "<identifier>" if key_is_identifier or identifier_shaped(k) else f"'{printable(k)}'"
+        for k in keys
     ]
     return ", ".join(masked), any(m == "<identifier>" for m in masked)
