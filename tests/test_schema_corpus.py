@@ -89,6 +89,11 @@ GOOD = [
 
 BAD = [
     # activations
+    ("activation", "segments: [seg-a]\ndestination: sandbox\nlist: {existing: ''}\n"),
+    (
+        "activation",
+        "segments: [seg-a, seg-b]\ndestination: sandbox\nsplit: ab\nlist:\n  existing: {A: a, B: ' '}\n",
+    ),
     (
         "activation",
         "segments: [seg-a]\ndestination: sandbox\naction: remove\nlist: {existing: M}\n"

@@ -53,9 +53,29 @@ class ListTarget(Strict):
     create: bool | None = Field(None, description="true: create a new audience named `name`")
     existing: str | dict[Literal["A", "B"], str] | None = Field(
         None,
+        json_schema_extra={
+            "anyOf": [
+                {"type": "string", "pattern": r"\S"},
+                {
+                    "type": "object",
+                    "additionalProperties": {"type": "string", "pattern": r"\S"},
+                    "propertyNames": {"enum": ["A", "B"]},
+                },
+                {"type": "null"},
+            ]
+        },
         description="an audience that exists at the destination, by id or name "
         "({A: .., B: ..} with `split: ab`)",
     )
+
+    @field_validator("existing")
+    @classmethod
+    def _not_blank(cls, value: str | dict[str, str] | None) -> str | dict[str, str] | None:
+        # a blank id or name passed validate and was refused only by plan
+        names = value.values() if isinstance(value, dict) else [value] if value is not None else []
+        if any(not n.strip() for n in names):
+            raise ValueError("an existing audience is named by its id or name, not a blank")
+        return value
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ListTarget:
