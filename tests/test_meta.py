@@ -781,7 +781,7 @@ def test_invalid_entries_meta_does_not_sample_count_against_the_share(
     logged = cli(ws, "log", "big-spenders-meta")
     assert "without naming them" in logged.output, logged.output
     (run,) = json.loads(cli(ws, "log", "big-spenders-meta", "--format", "json").output)["runs"]
-    assert run["failed"] == 3  # the REFUSED column counts the unnamed ones too (it said 1)
+    assert run["failed"] == 3  # the REJECTED column counts the unnamed ones too (it said 1)
 
 
 def test_a_plan_that_cannot_read_the_audience_back_does_not_say_it_matches(

@@ -226,3 +226,14 @@ def test_an_identifier_column_that_is_not_text_gets_a_hint_for_its_type(data_typ
     with pytest.raises(SourceError) as err:
         check_identifier_columns(profiles, {"col": data_type}, lambda *a: "x", dialect)
     assert hint in str(err.value), str(err.value)
+
+
+def test_an_offset_for_a_timezone_is_refused_in_words(workspace):
+    """YAML reads an unquoted +10:00 as 600: the message said "Input should be a valid
+    string (got 600)"."""
+    ws = workspace(
+        {"act": ACT}, reconcile_yaml=RECONCILE_YAML.replace("timezone: UTC", "timezone: +10:00")
+    )
+    res = cli(ws, "validate")
+    assert res.exit_code == 1
+    assert "timezone: a number (600) is not a time zone; write an IANA name" in res.stderr

@@ -131,7 +131,7 @@ def log(name, limit, rejected, fmt) -> None:
         return
     click.echo(
         _table(
-            ["STARTED", "TRIGGER", "STATUS", "ADDED", "REMOVED", "UPDATED", "REFUSED"],
+            ["STARTED", "TRIGGER", "STATUS", "ADDED", "REMOVED", "UPDATED", "REJECTED"],
             [
                 [
                     r["started_at"],

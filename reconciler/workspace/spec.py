@@ -328,6 +328,17 @@ class WorkspaceConfig(Strict):
     def _unique_suppression(cls, value: list[str]) -> list[str]:
         return listed_once(value, "segment(s)")
 
+    @field_validator("timezone", mode="before")
+    @classmethod
+    def _a_zone_name(cls, value: Any) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            # YAML 1.1 reads an unquoted +10:00 as 600 (base 60)
+            raise ValueError(
+                f"a number ({value}) is not a time zone; write an IANA name such as "
+                "Australia/Sydney (an offset like +10:00 would not follow daylight saving)"
+            )
+        return value
+
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:
