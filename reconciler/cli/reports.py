@@ -401,5 +401,6 @@ def state_migrate(to, dsn, schema) -> None:
         f"Migrated the state to {target.where}; both agree. Point reconcile.yaml at it:\n"
         "state:\n  backend: postgres\n  dsn: ${env:RECONCILE_STATE_DSN}\n"
         f"  schema: {schema}\n"
-        f"The embedded state is left as it was ({source.path}); keep it as a backup."
+        f"The embedded state was renamed {source.path.name}.migrated (keep it as a backup): "
+        "a checkout still configured for it is refused instead of applying against it."
     )

@@ -104,7 +104,21 @@ def open_backend(ws: Workspace) -> StateBackend:
         )
     # through a link to the file kept elsewhere (a CI volume): the copy, backup and lock go
     # beside the real file (the link itself was replaced by a private copy at the first write)
-    return EmbeddedBackend(ws.path(spec.path).resolve())
+    path = ws.path(spec.path).resolve()
+    if not path.exists() and migrated_path(path).exists():
+        raise ConfigError(
+            f"the embedded state {spec.path} was moved to PostgreSQL by `reconcile state "
+            f"migrate`, which left its copy as {migrated_path(path).name}: point `state:` at "
+            "the PostgreSQL state (docs/state.md). To use the embedded state again instead, "
+            f"rename that file back to {path.name}",
+            ws.config_location("state"),
+        )
+    return EmbeddedBackend(path)
+
+
+def migrated_path(path: Path) -> Path:
+    """Where ``state migrate`` leaves the embedded state it copied to PostgreSQL."""
+    return path.with_name(path.name + ".migrated")
 
 
 def resolve_dsn(ws: Workspace, ref: str) -> str:

@@ -10,13 +10,15 @@ a state is never overwritten.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import duckdb
 
 from reconciler.errors import StateError
-from reconciler.state.backend import EmbeddedBackend
+from reconciler.state.backend import EmbeddedBackend, migrated_path
 from reconciler.state.postgres import mirror
 from reconciler.state.postgres.backend import PostgresBackend
 from reconciler.state.postgres.tables import TABLES
@@ -59,11 +61,25 @@ def migrate_to_postgres(
                     con.execute(f"DELETE FROM {COPY}.meta")
                     with db.errors("reading the copy back"):
                         mirror.load(pg, db.schema, con, COPY, target.tmp)
-                return _verify(con, target)
+                checks = _verify(con, target)
             finally:
                 attached.close()
         finally:
             con.close()
+        retire(source.path)  # still under its lock: no apply can slip in between
+    return checks
+
+
+def retire(path: Path) -> None:
+    """The migrated embedded state (and its write-ahead log) renamed aside, so a checkout
+    still configured for it finds no live state there and says why
+    (:func:`reconciler.state.backend.migrated_path`) instead of planning and applying
+    against a copy PostgreSQL has moved on from."""
+    aside = migrated_path(path)
+    wal = path.with_name(path.name + ".wal")
+    if wal.exists():
+        os.replace(wal, aside.with_name(aside.name + ".wal"))
+    os.replace(path, aside)
 
 
 def _refuse_non_empty(pg, target: PostgresBackend) -> None:
