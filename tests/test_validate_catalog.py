@@ -237,3 +237,13 @@ def test_an_offset_for_a_timezone_is_refused_in_words(workspace):
     res = cli(ws, "validate")
     assert res.exit_code == 1
     assert "timezone: a number (600) is not a time zone; write an IANA name" in res.stderr
+
+
+def test_a_declared_table_the_source_lacks_is_a_warning(workspace):
+    yaml = RECONCILE_YAML.replace(
+        "  path: data/profiles.duckdb\n", "  path: data/profiles.duckdb\n  tables: [ordres]\n"
+    )
+    ws = workspace({"act": ACT}, reconcile_yaml=yaml, profiles=[profile(1, a=True)])
+    res = cli(ws, "validate")
+    assert res.exit_code == 0, res.stderr
+    assert "source.tables.0: 'ordres' is not a table or view of the source" in res.stderr

@@ -110,6 +110,7 @@ class _Binder:
         self.dialect = "duckdb"  # the engine session binds every source's SQL
 
     def run(self) -> None:
+        self._declared_tables()
         if self.ws.config.source.freshness_sql:
             self._freshness()
         for name in sorted(self.ws.segments):
@@ -129,6 +130,22 @@ class _Binder:
         except duckdb.Error as exc:
             detail, line = safe_engine_error(exc, sql)
             return _Failed(" ".join(detail.split()), line)
+
+    def _declared_tables(self) -> None:
+        """Each ``source.tables`` entry is a table or view of the source (a misspelt one
+        passed validate; segments naming the right table were then refused by the guard)."""
+        for i, name in enumerate(self.ws.config.source.tables):
+            ident = ".".join('"' + part.replace('"', '""') + '"' for part in name.split("."))
+            try:
+                self.con.execute(f"SELECT * FROM {ident} LIMIT 0")
+            except duckdb.Error:
+                self.out.warnings.append(
+                    ConfigError(
+                        f"{name!r} is not a table or view of the source (misspelt?): segment "
+                        "SQL reading it will fail",
+                        self.ws.config_location("source", "tables", i),
+                    )
+                )
 
     def _freshness(self) -> None:
         where = self.ws.config_location("source", "freshness_sql")
