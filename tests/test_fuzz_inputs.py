@@ -321,6 +321,7 @@ USAGE_ERRORS = [
     ("status", "--format"),
     ("no-such-command",),
     ("apply", "--lock-timeout", "soon"),
+    ("apply", "--lock-timeout", "-1"),
     ("schema", "nope"),
     ("state", "bogus"),
 ]

@@ -12,7 +12,7 @@ import click
 
 from reconciler.cli.common import Ctx, destination_calls
 from reconciler.cli.lazy import LazyModule
-from reconciler.errors import ReconcileError
+from reconciler.errors import ReconcileError, StateError, StateLocked
 
 if TYPE_CHECKING:
     from reconciler.apply.outcomes import ApplyResult
@@ -40,7 +40,20 @@ def apply_plan(
 
     check_durable_state(ws, os.environ)
     lock = engine.state_lock(ws)
-    lock.acquire(trigger if trigger != "schedule" else "apply --due", lock_timeout)
+    operation = trigger if trigger != "schedule" else "apply --due"
+    try:
+        lock.acquire(operation, 0.0)
+    except StateLocked as busy:
+        if lock_timeout <= 0:
+            raise
+        click.echo(
+            f"Waiting up to {lock_timeout:g}s for the state lock, held by {busy.holder}...",
+            err=True,
+        )
+        try:
+            lock.acquire(operation, lock_timeout)
+        except StateLocked as still:
+            raise StateError(f"waited {lock_timeout:g}s for the state lock: {still}") from None
     reporter = reporter_for(c)
     try:
         for aid in engine.recover_calls(ws):

@@ -246,7 +246,7 @@ def _apply_options(fn):
             ),
             click.option(
                 "--lock-timeout",
-                type=float,
+                type=click.FloatRange(min=0),
                 default=0.0,
                 show_default=True,
                 help="Seconds to wait for the state lock.",
