@@ -7,6 +7,7 @@ import os
 
 from destinations import registry
 from destinations.base import Destination, DestinationContext
+from reconciler.endpoints import check_endpoints
 from reconciler.errors import ConfigError
 from reconciler.workspace.loader import Workspace
 from reconciler.workspace.spec_base import ENV_REF_RE
@@ -32,6 +33,10 @@ class Connections:
     def _build(self, name: str) -> Destination:
         integ = self.ws.integrations[name]
         factory = registry.load(integ.type)
+        field = "endpoint" if integ.endpoint else "config"
+        check_endpoints(
+            name, integ.endpoint, integ.config, self.ws.location("integrations", name, field)
+        )
         config = factory.config_model.model_validate(integ.config)
         credentials = {}
         for key, ref in integ.credentials.items():

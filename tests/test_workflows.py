@@ -354,6 +354,7 @@ def run_job(repo: Repo, flow: str, job_name: str, context: dict[str, str], **env
         "github.run_id": "555",
         "secrets.RECONCILE_STATE_DSN": "",
         "secrets.RECONCILE_STATE_DSN_READONLY": "",
+        "vars.RECONCILE_ENDPOINTS": "",
         **context,
     }
 
