@@ -828,3 +828,25 @@ def test_the_line_of_a_name_is_found_only_when_it_is_on_one_line(token, line):
 
     sql = "SELECT customer_id\nFROM profiles WHERE customer_id > 0\nAND seg_aa\n"
     assert token_line(sql, token) == line
+
+
+@pytest.mark.parametrize(
+    ("dsn", "refused"),
+    [
+        ("postgresql://reader@db.attacker.example/crm", True),
+        ("host=localhost,203.0.113.5 dbname=test", True),
+        ("postgresql://postgres@127.0.0.1:5432/test", False),
+        ("dbname=test", False),
+    ],
+)
+def test_a_literal_dsn_may_only_name_this_machine(pg_workspace, dsn, refused):
+    """libpq answers the server a DSN names with the job's PGPASSWORD or ~/.pgpass: a pull
+    request changing a literal host collected them (validate and plan --refresh=false
+    connected to it)."""
+    ws = pg_workspace({"act": MAINTAIN})
+    ws.write("reconcile.yaml", pg_yaml(ws.pg.schema).replace("${env:RECONCILE_SOURCE_DSN}", dsn))
+    res = cli(ws, "validate", "--offline")
+    said = "a literal DSN may only name this machine" in res.stderr
+    assert said is refused, res.stderr
+    if refused:
+        assert res.exit_code == 1 and "reconcile.yaml:" in res.stderr

@@ -210,7 +210,43 @@ class PostgresSource(_SourceSettings):
                 "the DSN carries a password: set it in an environment variable and write "
                 "`dsn: ${env:VAR}`, never a literal secret"
             )
+        if not _local_dsn(value):
+            # libpq would answer that host with the job's PGPASSWORD or ~/.pgpass: a pull
+            # request changing a literal host would collect it
+            raise ValueError(
+                "a literal DSN may only name this machine (localhost, 127.0.0.1, a socket "
+                "folder); write `dsn: ${env:VAR}` and keep the server's address in the "
+                "variable, which a workspace file cannot change"
+            )
         return value
+
+
+def _local_dsn(dsn: str) -> bool:
+    """Whether every host a libpq DSN names is this machine (none: the default socket)."""
+    import ipaddress
+
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        params = conninfo_to_dict(dsn)
+    except Exception:  # noqa: BLE001 - refused as not local; libpq says why on connect
+        return False
+    hosts = [
+        h.strip()
+        for key in ("host", "hostaddr")
+        for h in str(params.get(key) or "").split(",")
+        if h.strip()
+    ]
+    for host in hosts:
+        if host.startswith("/") or host.lower() == "localhost":
+            continue
+        try:
+            if ipaddress.ip_address(host).is_loopback:
+                continue
+        except ValueError:
+            pass
+        return False
+    return True
 
 
 class LocalState(Strict):
