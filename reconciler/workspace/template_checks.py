@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import re
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from reconciler.workspace.template_budget import Budget, current_budget, weight
@@ -74,12 +74,30 @@ def check_str_format(b: Budget, fmt: str, args: tuple, kwargs: dict) -> None:
     for _, _, spec, _ in fields:
         if not spec:
             continue
-        if "{" in spec:
-            for v in (*args, *kwargs.values()):
-                if isinstance(v, int):
-                    b.size(abs(v))
+        if "{" in spec:  # a width or precision taken from an argument: size them all
+            for n in _numbers((*args, *kwargs.values())):
+                b.size(n)
         for digits in re.findall(r"\d+", spec):
             b.size(int(digits))
+
+
+def _numbers(values: Any, depth: int = 0) -> Iterator[int]:
+    """Every number a nested format field could read from ``values``: ints, digit strings
+    (``'{0:{1}}'.format('x', '1000000000')``) and those inside lists and dicts
+    (``{1[0]}``), a few levels deep."""
+    for v in values:
+        if isinstance(v, bool):
+            continue
+        if isinstance(v, int):
+            yield abs(v)
+        elif isinstance(v, str):
+            digits = v.strip().lstrip("+-")
+            if digits.isdigit() and len(digits) < 20:
+                yield int(digits)
+        elif depth < 3 and isinstance(v, list | tuple | set | frozenset):
+            yield from _numbers(v, depth + 1)
+        elif depth < 3 and isinstance(v, dict):
+            yield from _numbers((*v.keys(), *v.values()), depth + 1)
 
 
 def checked_str_method(s: str, name: str, method: Callable) -> Callable:
