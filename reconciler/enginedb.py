@@ -68,6 +68,9 @@ class Session:
             "temp_directory": str(tmp),
             "max_temp_directory_size": getattr(spec, "max_temp_directory_size", None) or "10GB",
             "preserve_insertion_order": "false",
+            # nothing fetched from the network on the engine's own initiative (a file that is
+            # not DuckDB's made it download a reader extension during `validate --offline`)
+            "autoinstall_known_extensions": "false",
         }
         if write_state:
             # an apply commits a batch of members at a time: at DuckDB's default threshold

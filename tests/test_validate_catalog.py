@@ -247,3 +247,20 @@ def test_a_declared_table_the_source_lacks_is_a_warning(workspace):
     res = cli(ws, "validate")
     assert res.exit_code == 0, res.stderr
     assert "source.tables.0: 'ordres' is not a table or view of the source" in res.stderr
+
+
+def test_a_source_file_that_is_not_duckdb_is_refused_without_fetching_a_reader(workspace):
+    """A SQLite file as `source.path`: the engine auto-detected it and tried to download its
+    SQLite extension from the network, during `validate --offline` too."""
+    import sqlite3
+
+    ws = workspace({"act": ACT}, profiles=[profile(1, a=True)])
+    db = ws.root / "data" / "profiles.duckdb"
+    db.unlink()
+    with sqlite3.connect(db) as lite:
+        lite.execute("CREATE TABLE profiles (customer_id TEXT)")
+    for args in (("validate",), ("plan", "--refresh=false")):
+        res = cli(ws, *args)
+        assert res.exit_code == 1, res.output
+        assert "not a valid DuckDB database file" in res.stderr, res.stderr
+        assert "extension" not in res.stderr.lower(), res.stderr

@@ -81,7 +81,9 @@ def check_catalog(ws: Workspace, as_of: datetime | None = None) -> CatalogCheck:
     spec = ws.config.source
     memory = getattr(spec, "memory_limit", None) or default_memory_limit()
     with memory_cap(memory_bytes(memory)):  # what memory_limit does not count
-        con = duckdb.connect(":memory:", config={"memory_limit": memory})
+        con = duckdb.connect(
+            ":memory:", config={"memory_limit": memory, "autoinstall_known_extensions": "false"}
+        )
         try:
             try:
                 source.attach(con)

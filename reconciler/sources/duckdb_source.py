@@ -91,8 +91,10 @@ class DuckDBFileSource:
 
     def attach(self, con: duckdb.DuckDBPyConnection) -> None:
         try:
-            mode = "" if self.write else " (READ_ONLY)"
-            con.execute(f"ATTACH '{_quote(self.path)}' AS {SOURCE_CATALOG}{mode}")
+            # TYPE duckdb: a SQLite or other file is refused, never handed to an extension
+            # the engine would download on the spot (`validate --offline` reached the net)
+            mode = "TYPE duckdb" if self.write else "TYPE duckdb, READ_ONLY"
+            con.execute(f"ATTACH '{_quote(self.path)}' AS {SOURCE_CATALOG} ({mode})")
         except duckdb.Error as exc:
             detail = re.sub(r"\s+", " ", str(exc)).strip().rstrip(".!")
             where = self.locate("source", "path")
