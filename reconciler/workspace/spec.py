@@ -163,7 +163,9 @@ class DuckDBSource(_SourceSettings):
     demo: bool = Field(
         False, description="generate the deterministic demo customer database on first use"
     )
-    demo_profiles: int = Field(50_000, ge=100, description="how many demo profiles to generate")
+    demo_profiles: int = Field(
+        50_000, ge=100, le=10_000_000, description="how many demo profiles to generate"
+    )
     writable: bool = Field(
         False,
         description="allow reconcile to write into the source: `append_to_profiles` keeps "
@@ -191,7 +193,9 @@ class PostgresSource(_SourceSettings):
         False,
         description="fill the profiles table with the deterministic demo data when it is missing",
     )
-    demo_profiles: int = Field(50_000, ge=100, description="how many demo profiles to generate")
+    demo_profiles: int = Field(
+        50_000, ge=100, le=10_000_000, description="how many demo profiles to generate"
+    )
     diff: Literal["postgres", "engine"] = Field(
         "postgres",
         description="where the membership diff runs: `postgres` (next to the data: the "
