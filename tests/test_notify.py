@@ -818,3 +818,29 @@ def test_a_notification_retry_after_given_as_a_date_is_honoured():
     assert 6.0 <= _retry_after(response) <= 8.0
     assert _retry_after(httpx.Response(503, headers={"retry-after": "3"})) == 3.0
     assert _retry_after(httpx.Response(503)) is None
+
+
+def test_a_templates_folder_linked_outside_or_a_template_that_is_no_file_is_refused(
+    workspace, smtp, tmp_path
+):
+    """A linked folder made validate list another directory's file names (into CI logs);
+    a pipe or a device under a template's name passed validate (a send would block on the
+    pipe or fall back to the default silently)."""
+    import os
+
+    _, port = smtp
+    act = ACT + "notify:\n  email: [ops@example.com]\n"
+    ws = workspace({"vip": act}, reconcile_yaml=notifications(port, extra="  templates: tpl\n"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "private-name.txt").write_text("x")
+    os.symlink(elsewhere, ws.root / "tpl")
+    res = cli(ws, "validate")
+    assert res.exit_code == 1 and "is a link to somewhere outside the workspace" in res.stderr
+    assert "private-name" not in res.stderr
+    (ws.root / "tpl").unlink()
+    (ws.root / "tpl").mkdir()
+    os.mkfifo(ws.root / "tpl" / "email.txt.j2")
+    res = cli(ws, "validate")
+    assert res.exit_code == 1 and "tpl/email.txt.j2" in res.stderr, res.stderr
+    assert "not a regular file" in res.stderr

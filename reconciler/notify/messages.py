@@ -60,8 +60,9 @@ class Templates:
         if self.root is not None and self.folder is not None:
             path = self.root / self.folder / name
             display = f"{self.folder.rstrip('/')}/{name}"
-            if path.is_file() or path.is_symlink():
-                if not within(path, self.root):
+            if path.exists() or path.is_symlink():
+                # a pipe would block, a device never end, a link leave the workspace
+                if not within(path, self.root) or not path.is_file():
                     raise TemplateProblem(
                         "template is a link to somewhere outside the workspace, or not a "
                         "regular file; templates must be files inside it",
@@ -120,6 +121,14 @@ def check_template_folder(root: Path, folder: str) -> list[TemplateProblem]:
     """What ``validate`` says about a workspace's template folder: it exists, holds only
     known template names, and each override renders for a sample run."""
     path = root / folder
+    if path.exists() and not path.resolve().is_relative_to(root.resolve()):
+        # listing it would show another folder's file names
+        return [
+            TemplateProblem(
+                f"templates folder {folder!r} is a link to somewhere outside the workspace; "
+                "templates must be files inside it"
+            )
+        ]
     if not path.is_dir():
         return [
             TemplateProblem(
@@ -141,7 +150,7 @@ def check_template_folder(root: Path, folder: str) -> list[TemplateProblem]:
     templates = Templates(root, folder)
     context = template_context(sample_report())
     for name in TEMPLATE_NAMES:
-        if not (path / name).is_file():
+        if not ((path / name).exists() or (path / name).is_symlink()):
             continue
         try:
             if name == "webhook.json.j2":
