@@ -272,6 +272,11 @@ def test_markdown_escapes_pipe_and_backtick(plan: Plan) -> None:
     assert escape_md("VIP @team") == "VIP @\u200bteam"  # no GitHub notification
     # an entity would render as '@' (a mention after all); '#123' would reference an issue
     assert escape_md("&#64;octocat #12 o/r#7") == "\\&#\u200b64;octocat #\u200b12 o/r#\u200b7"
+    # no autolink (a name "approve at https://..." was a link in the bot's comment), and a
+    # name of 30,000 characters is cut (it pushed the deletions out of the comment)
+    shown = escape_md("ok at https://evil.example/x and WWW.evil.example")
+    assert "https://" not in shown and "WWW." not in shown and "evil.example/x" in shown
+    assert escape_md("n" * 30_000).endswith("… (30,000 characters)")
 
 
 def test_markdown_details_and_warning(plan: Plan) -> None:

@@ -46,13 +46,23 @@ CHANGE_LABELS = {
 }
 
 
+#: characters of one user value shown in a comment
+MAX_SHOWN = 300
+#: what GitHub turns into a link by itself: a scheme's "://" and "www."
+_AUTOLINK = re.compile(r"(?i)(?<=[a-z0-9+.-]):/|\bwww\.")
+
+
 def escape_md(text: Any) -> str:
     """Escape Markdown specials in user text so it cannot break a table cell or the layout
     (``&`` too: ``&#64;`` would render as ``@``), and keep an ``@name`` from notifying a
     GitHub user or team and a ``#123`` from referencing an issue (a zero-width space after
     the ``@`` or ``#``: it reads the same)."""
     flat = " ".join(str(text).splitlines())
-    return _MD_SPECIAL.sub(r"\\\1", flat).replace("@", "@\u200b").replace("#", "#\u200b")
+    if len(flat) > MAX_SHOWN:  # a 30,000-character name pushed the deletions out of the comment
+        flat = f"{flat[:MAX_SHOWN]}… ({len(flat):,} characters)"
+    escaped = _MD_SPECIAL.sub(r"\\\1", flat).replace("@", "@\u200b").replace("#", "#\u200b")
+    # no autolink either: "approve at https://…" in a name would be a link in the bot's comment
+    return _AUTOLINK.sub(lambda m: m.group(0)[:-1] + "\u200b" + m.group(0)[-1], escaped)
 
 
 @cache
