@@ -496,6 +496,18 @@ STATIC = [
         id="name-jinja-sandbox-escape",
     ),
     pytest.param(
+        {
+            "activations/act.yaml": MAINTAIN.replace(
+                "Audience A", "'{{ segments|map(attribute=\"__class__\")|list }}'"
+            )
+        },
+        [
+            "activations/act.yaml:3: name: template error: access to attribute '__class__' of "
+            "'str' object is unsafe"
+        ],
+        id="name-jinja-unsafe-attribute-in-a-list",  # it named the audience "[Undefined]"
+    ),
+    pytest.param(
         {"activations/act.yaml": MAINTAIN.replace("Audience A", "'{% if %}'")},
         ["activations/act.yaml:3: name: template error:"],
         id="name-jinja-syntax",

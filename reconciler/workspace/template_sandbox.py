@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from jinja2 import StrictUndefined, Undefined, nodes
+from jinja2.exceptions import SecurityError
 from jinja2.compiler import CodeGenerator
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -136,6 +137,13 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         return self._checked(obj, attribute, super().getattr(obj, attribute))
+
+    def unsafe_undefined(self, obj: Any, attribute: str) -> Any:
+        # refused at once: the sandbox's undefined value printed as "[Undefined]" inside a
+        # list (`segments|map(attribute="__class__")|list` named an audience so)
+        raise SecurityError(
+            f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe"
+        )
 
     def getitem(self, obj: Any, argument: Any) -> Any:
         value = super().getitem(obj, argument)
