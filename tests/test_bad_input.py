@@ -476,6 +476,11 @@ STATIC = [
         id="sql-jinja-bad-argument",
     ),
     pytest.param(
+        seg_file('sql: "SELECT customer_id FROM profiles WHERE x > {{ days_ago(2**40) }}"\n'),
+        ["segments/seg-a.yaml:1: sql: segment 'seg-a': days_ago() takes at most"],
+        id="sql-jinja-days-before-year-1",  # it said "Python int too large to convert to C int"
+    ),
+    pytest.param(
         {"activations/act.yaml": MAINTAIN.replace("Audience A", "'{{ nope }}'")},
         [
             "activations/act.yaml:3: name: template error: 'nope' is undefined; the names "

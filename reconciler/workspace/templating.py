@@ -46,6 +46,11 @@ def render_sql(sql: str, as_of: datetime, timezone: str, limits: Limits = LIMITS
     def days_ago(n: int) -> str:
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise TemplateFailed(f"days_ago() takes a whole number of days >= 0, not {n!r}")
+        if n > (today - date.min).days:  # before year 1 (Python's words were about C ints)
+            raise TemplateFailed(
+                f"days_ago() takes at most {(today - date.min).days:,} days (back to year 1), "
+                f"not {n:,}"
+            )
         return _sql_date(today - timedelta(days=n))
 
     context = {"today": _sql_date(today), "days_ago": days_ago}
