@@ -554,3 +554,11 @@ def test_an_interrupted_export_resumed_in_another_format_warns_of_what_it_left(w
     assert "out/vip/daily/" in text and "(csv)" in text
     ws.write("integrations/files.yaml", FILES_YAML.format(format="csv", pii="hashed", extra=""))
     assert "written elsewhere" not in cli(ws, "plan").output  # same place and format: replaced
+
+
+def test_import_of_an_export_activation_says_it_has_no_audience(workspace):
+    """It said the destination had no audience named after the activation."""
+    ws = files_ws(workspace, [profile(i, a=True) for i in range(3)])
+    res = cli(ws, "import", "vip-export")
+    assert res.exit_code == 1
+    assert "exports files (`goal: export_data`): it has no audience" in res.stderr, res.stderr

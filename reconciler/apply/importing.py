@@ -20,7 +20,7 @@ from reconciler.plan import splits, twins
 from reconciler.plan.planner import plan_as_of
 from reconciler.state.store import StateReader
 from reconciler.state.writer import StateStore
-from reconciler.workspace.activation_spec import ResolvedActivation
+from reconciler.workspace.activation_spec import Goal, ResolvedActivation
 from reconciler.workspace.loader import Workspace
 from reconciler.workspace.templating import DEFAULT_NAME, TemplateFailed, local_date, render_name
 
@@ -51,6 +51,12 @@ def find_import(
         raise ReconcileError(f"unknown activation {activation_id!r}; known: {known}")
     act = spec.resolved(ws.config.defaults)
     where = ws.file_of("activations", activation_id)
+    if act.goal is Goal.EXPORT_DATA:
+        raise ConfigError(
+            f"{activation_id!r} exports files (`goal: export_data`): it has no audience at the "
+            "destination to import; its files are written again by the next apply",
+            ws.location("activations", activation_id, "goal"),
+        )
     if act.target.existing is not None:
         raise ConfigError(
             f"{activation_id!r} sends to `list: {{existing: ...}}`: that list is already the "
