@@ -220,6 +220,8 @@ BAD = [
     ),
     ("reconcile", RECONCILE_YAML + "notifications: {templates: ../elsewhere}\n"),
     ("reconcile", RECONCILE_YAML + "notifications: {webhook_secret: whsec_literal}\n"),
+    ("reconcile", RECONCILE_YAML.replace("{path: .reconcile/state.duckdb", "{path: ~/s.duckdb")),
+    ("reconcile", RECONCILE_YAML.replace("{path: .reconcile/state.duckdb", "{path: .reconcile/")),
 ]
 
 

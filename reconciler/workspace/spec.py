@@ -260,7 +260,9 @@ class LocalState(Strict):
         "embedded", description="an embedded DuckDB file (`local` is its older name)"
     )
     path: str = Field(
-        ".reconcile/state.duckdb", description="the state file, relative to the workspace"
+        ".reconcile/state.duckdb",
+        description="the state file, relative to the workspace",
+        json_schema_extra={"pattern": r"^(?!~)(?!.*\$\{)(?=.*\S).*[^/\\]$"},
     )
     allow_ephemeral: bool = Field(
         False,
@@ -268,6 +270,19 @@ class LocalState(Strict):
         "outlive the runner unless the workflow keeps it (env "
         "RECONCILE_ALLOW_EPHEMERAL_STATE=true does the same)",
     )
+
+    @field_validator("path")
+    @classmethod
+    def _a_plain_path(cls, value: str) -> str:
+        # neither is expanded: a folder named "~" (or "${env:X}") appeared in the workspace
+        if value.startswith("~") or "${" in value:
+            raise ValueError(
+                f"{value!r}: `~` and `${{env:...}}` are not expanded in a path; write it "
+                "relative to the workspace, or absolute"
+            )
+        if not value.strip() or value.endswith(("/", "\\")):
+            raise ValueError(f"{value!r} names no file; write the state file's path")
+        return value
 
 
 class PostgresState(Strict):
