@@ -352,3 +352,20 @@ def test_clearing_a_deleted_sync_says_what_it_cannot_reach(workspace):
     ws.remove("activations/attrs.yaml")
     text = cli(ws, "plan").output
     assert "clearing removes only the recorded members, and those stay" in text, text
+
+
+def test_adding_a_field_or_a_segment_is_said_as_such(workspace) -> None:
+    """A field added to `attributes` was announced as "the attribute mapping changed (a
+    destination field renamed or mapped to another column)", and a segment added to the
+    activation as "(definition changed)"."""
+    act = "segments: [seg-a]\ndestination: sandbox\nname: Grown\nattributes: [FIRST_NAME]\n"
+    ws = workspace({"act": act}, profiles=[profile(i, a=True, b=i < 2) for i in range(3)])
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    ws.write(
+        "activations/act.yaml",
+        act.replace("[FIRST_NAME]", "[FIRST_NAME, COUNTRY]").replace("[seg-a]", "[seg-a, seg-b]"),
+    )
+    (planned,) = plan_json(ws)["activations"]
+    (note,) = [n for n in planned["notes"] if "attribute" in n]
+    assert note.startswith("attribute(s) COUNTRY added to what is sent"), note
+    assert [s["changed"] for s in planned["segments"]] == [False, False]

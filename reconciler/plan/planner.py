@@ -210,8 +210,10 @@ class Planner(AudienceTargeting, MembershipStaging):
                 name=r.name,
                 size=r.size,
                 # an activation whose first run did not complete has no spec recorded yet
+                # (a segment newly added to the activation is not one whose definition moved)
                 changed=bool(rec and rec.spec)
-                and old_sql.get(r.name) != spec["segment_sql"][r.name],
+                and r.name in old_sql
+                and old_sql[r.name] != spec["segment_sql"][r.name],
             )
             for r in seg_results
         ]

@@ -159,10 +159,19 @@ def sent_anew(
     whom = "every member still in its segments" if append else "every member"
     notes = []
     if remapped and not frozen:
-        notes.append(
-            "the attribute mapping changed (a destination field renamed or mapped to "
-            f"another column): {whom} is updated with the fields as now mapped"
-        )
+        was = old.get("attribute_mapping") or {}
+        added = sorted(set(mapping) - set(was))
+        kept_alike = all(mapping.get(f) == c for f, c in was.items())
+        if added and kept_alike:  # fields added, none renamed or remapped
+            notes.append(
+                f"attribute(s) {', '.join(added)} added to what is sent: {whom} is updated "
+                "to carry them"
+            )
+        else:
+            notes.append(
+                "the attribute mapping changed (a destination field renamed, removed or "
+                f"mapped to another column): {whom} is updated with the fields as now mapped"
+            )
     before = old.get("sent_as")
     now = spec.get("sent_as") or []
     # a state from before `sent_as` does not say how its members were sent: hashed, the
