@@ -262,7 +262,7 @@ class LocalState(Strict):
     path: str = Field(
         ".reconcile/state.duckdb",
         description="the state file, relative to the workspace",
-        json_schema_extra={"pattern": r"^(?!~)(?!.*\$\{)(?=.*\S).*[^/\\]$"},
+        json_schema_extra={"pattern": r"^(?!~)(?!.*\$\{)(.*[^/\\])?$"},
     )
     allow_ephemeral: bool = Field(
         False,
@@ -280,7 +280,7 @@ class LocalState(Strict):
                 f"{value!r}: `~` and `${{env:...}}` are not expanded in a path; write it "
                 "relative to the workspace, or absolute"
             )
-        if not value.strip() or value.endswith(("/", "\\")):
+        if value.strip() and value.endswith(("/", "\\")):  # empty: said by the file checks
             raise ValueError(f"{value!r} names no file; write the state file's path")
         return value
 
