@@ -12,6 +12,14 @@ from destinations.base import DestinationFactory
 from reconciler.errors import ConfigError
 
 GROUP = "reconciler.destinations"
+#: the distribution the built-in adapters come with
+DISTRIBUTION = "activation-reconciler"
+
+
+def _distribution(ep: EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    name = getattr(dist, "name", "") or ""
+    return name.lower().replace("_", "-")
 
 
 def installed() -> list[str]:
@@ -27,10 +35,14 @@ def load(type_name: str) -> DestinationFactory:
     if not found:
         known = ", ".join(installed()) or "none installed"
         raise ConfigError(f"unknown destination type {type_name!r}; available: {known}")
+    # a type this package ships is its own: another distribution registering the same name
+    # (whose adapter would get the integration's credentials) never takes it over
+    ours = [ep for ep in found if _distribution(ep) == DISTRIBUTION]
+    chosen = (ours or found)[0]
     try:
-        return found[0].load()
+        return chosen.load()
     except Exception as exc:  # a broken adapter: say which, and keep the others usable
         raise ConfigError(
-            f"the destination type {type_name!r} ({found[0].value}) cannot be loaded: "
+            f"the destination type {type_name!r} ({chosen.value}) cannot be loaded: "
             f"{type(exc).__name__}: {exc}; reinstall it or remove the integrations that use it"
         ) from exc
