@@ -40,9 +40,16 @@ def load(type_name: str) -> DestinationFactory:
     ours = [ep for ep in found if _distribution(ep) == DISTRIBUTION]
     chosen = (ours or found)[0]
     try:
-        return chosen.load()
+        factory = chosen.load()
     except Exception as exc:  # a broken adapter: say which, and keep the others usable
         raise ConfigError(
             f"the destination type {type_name!r} ({chosen.value}) cannot be loaded: "
             f"{type(exc).__name__}: {exc}; reinstall it or remove the integrations that use it"
         ) from exc
+    if not all(hasattr(factory, a) for a in ("config_model", "credentials_model")):
+        raise ConfigError(
+            f"the destination type {type_name!r} ({chosen.value}) is not a destination "
+            "adapter (it has no config_model and credentials_model); fix or remove the "
+            "package that registers it"
+        )
+    return factory
