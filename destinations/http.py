@@ -48,6 +48,7 @@ __all__ = [
     "HttpOptions",
     "default_classify",
     "describe",
+    "is_loopback",
     "make_client",
     "parse_retry_after",
     "send",
@@ -103,7 +104,7 @@ def default_user_agent() -> str:
     return f"activation-reconciler/{v}"
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host.lower().rstrip(".") == "localhost":
         return True
     try:
@@ -120,7 +121,7 @@ def check_url(url: httpx.URL | str) -> None:
         raise ConfigError(f"endpoint {PROCESS_REDACTOR(str(url))!r} names no host")
     if u.port is not None and not 0 < u.port < 65536:
         raise ConfigError(f"endpoint {shown}: port {u.port} is not a TCP port (1-65535)")
-    if u.scheme == "https" or (u.scheme == "http" and _is_loopback(u.host)):
+    if u.scheme == "https" or (u.scheme == "http" and is_loopback(u.host)):
         return
     if u.scheme == "http":
         raise ConfigError(

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from destinations.http import _is_loopback, check_url
+from destinations.http import check_url, is_loopback
 from reconciler.errors import ConfigError, Location
 
 __all__ = ["ALLOWED_ENV", "check_endpoints"]
@@ -42,12 +42,12 @@ def check_endpoints(
     for field, url in urls:
         try:
             check_url(url)
-            host = httpx.URL(url).host
+            parsed = httpx.URL(url)
         except (ConfigError, httpx.InvalidURL) as exc:
             message = exc.message if isinstance(exc, ConfigError) else str(exc)
             raise ConfigError(f"integration {name!r}: {field}: {message}", where) from None
-        port = httpx.URL(url).port
-        if _is_loopback(host) or host.lower() in allowed or f"{host}:{port}".lower() in allowed:
+        host, port = parsed.host, parsed.port
+        if is_loopback(host) or host.lower() in allowed or f"{host}:{port}".lower() in allowed:
             continue
         raise ConfigError(
             f"integration {name!r} sends its requests (and their credentials) to {host} "

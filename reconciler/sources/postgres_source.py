@@ -281,9 +281,9 @@ class PostgresProfilesSource:
     def describe_query(self, sql: str, where: str, what: str) -> list[tuple[str, str]]:
         """The columns ``sql`` returns: (name, PostgreSQL type)."""
         conn = self.connection()
+        statement = f"SELECT * FROM (\n{sql}\n) AS q LIMIT 0"
         try:
             with pg_connect.untrusted(conn, self.schema, self.timeout, where, what) as cur:
-                statement = f"SELECT * FROM (\n{sql}\n) AS q LIMIT 0"
                 cur.execute(statement)
                 return [(d.name, display_type(d.type_display)) for d in cur.description or []]
         except psycopg.Error as exc:
