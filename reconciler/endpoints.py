@@ -15,9 +15,6 @@ import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import httpx
-
-from destinations.http import check_url, is_loopback
 from reconciler.errors import ConfigError, Location
 
 __all__ = ["ALLOWED_ENV", "check_endpoints"]
@@ -37,8 +34,14 @@ def check_endpoints(
     """Raise :class:`ConfigError` at ``where`` for an endpoint override of integration
     ``name`` (its ``endpoint``, or an endpoint key anywhere in its ``config``) that is not
     https (plain http to loopback only) or whose host is neither loopback nor allowed."""
-    allowed = {h.strip().lower() for h in environ.get(ALLOWED_ENV, "").split(",") if h.strip()}
     urls = ([("endpoint", endpoint)] if endpoint else []) + list(_config_endpoints(config))
+    if not urls:  # the vendor's own host: nothing to parse (httpx is loaded only when needed)
+        return
+    import httpx
+
+    from destinations.http import check_url, is_loopback
+
+    allowed = {h.strip().lower() for h in environ.get(ALLOWED_ENV, "").split(",") if h.strip()}
     for field, url in urls:
         try:
             check_url(url)

@@ -9,7 +9,7 @@ import pytest
 
 from reconciler.endpoints import ALLOWED_ENV, check_endpoints
 from reconciler.errors import ConfigError, Location
-from tests.conftest import cli
+from tests.conftest import cli, profile
 
 WHERE = Location("integrations/x.yaml", 3, "endpoint")
 S3 = {"location": "s3://b/p", "storage_options": {"client_kwargs": {"endpoint_url": None}}}
@@ -60,3 +60,24 @@ def test_plan_never_sends_a_token_to_a_host_the_workspace_chose(workspace, monke
         res.stderr
     ), res.stderr
     assert "secret-meta-token" not in res.output + res.stderr
+
+
+def test_a_plan_without_endpoint_overrides_never_loads_the_http_stack(workspace):
+    """Only some commands need httpx (issue: imports only some commands need are lazy): a
+    sandbox plan checks the integrations' endpoints without parsing any URL."""
+    import subprocess
+    import sys
+
+    act = "segments: [seg-a]\ndestination: sandbox\nname: Audience A\n"
+    ws = workspace({"act": act}, profiles=[profile(i, a=True) for i in range(3)])
+    probe = (
+        "import sys\nfrom reconciler.cli.main import main\n"
+        "try:\n    main(['-C', sys.argv[1], 'plan'])\nexcept SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "print('httpx' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(ws.root)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False", done.stdout
