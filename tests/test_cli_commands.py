@@ -336,3 +336,32 @@ def test_github_annotations_name_files_from_the_repository_root(tmp_path, monkey
     monkeypatch.setenv("GITHUB_WORKSPACE", str(repo / "marketing"))  # the checkout's root
     gh = CliRunner().invoke(main, ["-C", str(root), "validate", "--format", "github", "--offline"])
     assert gh.output.startswith("::error file=audiences/activations/b.yaml,line=3,"), gh.output
+
+
+def test_status_and_log_read_the_state_while_an_activation_file_is_broken(workspace):
+    """A merged pull request broke one file: the daily job fails, and `status` / `log` are
+    what a user runs next. They read the state, say that the workspace has problems, and
+    show the broken file's activation as the state recorded it."""
+    act = "segments: [seg-a]\ndestination: sandbox\nname: Audience A\n"
+    ws = workspace({"act": act, "other": act.replace("A\n", "O\n")}, profiles=[profile(1, a=True)])
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    ws.write("activations/act.yaml", "segments: [seg-a\n")  # unparseable YAML
+    res = cli(ws, "status")
+    assert res.exit_code == 0, res.stderr
+    assert "the workspace has 1 problem" in res.stderr and "reconcile validate" in res.stderr
+    rows = {line.split()[0]: line.split() for line in res.output.splitlines() if line[:1].isalpha()}
+    assert rows["act"][1] == "Complete" and rows["other"][1] == "Complete", res.output
+    doc = cli(ws, "status", "--format", "json").json()
+    assert doc["workspace_problems"] == 1
+    assert {r["id"]: r["in_workspace"] for r in doc["activations"]} == {"act": False, "other": True}
+    res = cli(ws, "log", "act")
+    assert res.exit_code == 0 and "Complete" in res.output, res.output + res.stderr
+    assert cli(ws, "state", "show", "act").exit_code == 0
+    assert cli(ws, "plan").exit_code == 1  # what changes things still refuses
+
+
+def test_status_refuses_a_broken_reconcile_yaml_it_cannot_find_the_state_without(workspace):
+    ws = workspace({}, profiles=[profile(1, a=True)])
+    ws.write("reconcile.yaml", (ws.root / "reconcile.yaml").read_text() + "state: [\n")
+    res = cli(ws, "status")
+    assert res.exit_code == 1 and "reconcile.yaml" in res.stderr, res.stderr

@@ -55,6 +55,19 @@ class Ctx:
 
         return load_workspace(find_root(self.directory), check_credentials=check_credentials)
 
+    def readable_workspace(self) -> tuple[Workspace, int]:
+        """The workspace for commands that only read the state (``status``, ``log``, ``state
+        show``, ``state unlock``), and how many problems it has: a broken activation or
+        segment file does not stop them (the state says what ran; `validate` says what is
+        wrong). A problem in reconcile.yaml does: it says where the state is."""
+        from reconciler.errors import ValidationFailed
+        from reconciler.workspace.loader import CONFIG_FILE, collect, find_root
+
+        ws, errors = collect(find_root(self.directory))
+        if any(e.location is None or e.location.file == CONFIG_FILE for e in errors):
+            raise ValidationFailed(errors)
+        return ws, len(errors)
+
 
 def fail(exc: BaseException) -> NoReturn:
     """The single error handler: one `Error: ...` paragraph on stderr, exit 1.

@@ -26,6 +26,21 @@ def _ws() -> Workspace:
     return click.get_current_context().find_root().obj.workspace()
 
 
+def _readable(fmt: str = "text") -> tuple[Workspace, int]:
+    """The workspace for a command that only reads the state, even with broken activation or
+    segment files (:meth:`reconciler.cli.common.Ctx.readable_workspace`); in text, a note on
+    standard error says how many problems it has."""
+    ws, problems = click.get_current_context().find_root().obj.readable_workspace()
+    if problems and fmt == "text":
+        noun = "problem" if problems == 1 else "problems"
+        click.echo(
+            f"Note: the workspace has {problems} {noun} (`reconcile validate` lists them); an "
+            "activation whose file did not load is shown as the state recorded it.\n",
+            err=True,
+        )
+    return ws, problems
+
+
 def _table(headers: list[str], rows: list[list[str]]) -> str:
     cells = [[printable(x) for x in r] for r in rows]
     widths = [max(len(x) for x in col) for col in zip(headers, *cells, strict=False)]
@@ -46,7 +61,7 @@ def status(active, inactive, fmt) -> None:
             ctx=click.get_current_context(),
         )
     which = "active" if active else "inactive" if inactive else None
-    ws = _ws()
+    ws, problems = _readable(fmt)
     with engine.read_state(ws) as state:
         rows = rows_of.activation_rows(ws, state)
         notice = state.notice
@@ -56,6 +71,8 @@ def status(active, inactive, fmt) -> None:
         doc: dict[str, Any] = {"activations": rows}
         if notice:
             doc["state_notice"] = notice
+        if problems:
+            doc["workspace_problems"] = problems
         click.echo(json.dumps(doc, indent=2, default=str))
         return
     if notice:
@@ -105,7 +122,7 @@ def status(active, inactive, fmt) -> None:
 @handle_errors
 def log(name, limit, rejected, fmt) -> None:
     """Runs of one activation: time, status, counts per audience, errors."""
-    ws = _ws()
+    ws, problems = _readable(fmt)
     with engine.read_state(ws) as state:
         # one more than shown: whether there are more to say so
         rows = rows_of.log_rows(state, name, limit + 1)
@@ -124,6 +141,8 @@ def log(name, limit, rejected, fmt) -> None:
         doc: dict[str, Any] = {"activation": name, "runs": rows, "more": more_runs}
         if notice:
             doc["state_notice"] = notice
+        if problems:
+            doc["workspace_problems"] = problems
         click.echo(json.dumps(doc, indent=2, default=str))
         return
     if not rows:
@@ -256,7 +275,7 @@ def state() -> None:
 def state_show(name) -> None:
     """Recorded activations (or one), with serials, audiences and member counts (a group
     recorded but never sent, a control group, has members and no audience)."""
-    ws = _ws()
+    ws, _ = _readable()
     with engine.read_state(ws) as st:
         if st.notice:
             click.echo(f"Note: {st.notice}.", err=True)
@@ -303,7 +322,7 @@ def state_show(name) -> None:
 def state_unlock(lock_id) -> None:
     """Break the state lock LOCK_ID, left by a process that is gone (without LOCK_ID: show
     who holds the lock)."""
-    lock = engine.state_lock(_ws())
+    lock = engine.state_lock(_readable()[0])
     info = lock.info()
     if lock_id is None:
         if info is None:
