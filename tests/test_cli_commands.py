@@ -365,3 +365,21 @@ def test_status_refuses_a_broken_reconcile_yaml_it_cannot_find_the_state_without
     ws.write("reconcile.yaml", (ws.root / "reconcile.yaml").read_text() + "state: [\n")
     res = cli(ws, "status")
     assert res.exit_code == 1 and "reconcile.yaml" in res.stderr, res.stderr
+
+
+def test_status_and_log_show_times_in_the_workspace_time_zone_and_json_in_utc(workspace):
+    from tests.conftest import RECONCILE_YAML
+
+    act = "segments: [seg-a]\ndestination: sandbox\nname: Audience A\n"
+    yaml_text = "timezone: Asia/Kolkata\n" + RECONCILE_YAML.replace("timezone: UTC\n", "")
+    ws = workspace({"act": act}, profiles=[profile(1, a=True)], reconcile_yaml=yaml_text)
+    assert cli(ws, "apply", "--auto-approve").exit_code == 0
+    row = next(line for line in cli(ws, "status").output.splitlines() if line.startswith("act"))
+    assert "+05:30" in row, row
+    assert (
+        cli(ws, "status", "--format", "json")
+        .json()["activations"][0]["last_run"]
+        .endswith("+00:00")
+    )
+    runs = [line for line in cli(ws, "log", "act").output.splitlines() if "Complete" in line]
+    assert runs and "+05:30" in runs[0], runs

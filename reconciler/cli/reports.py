@@ -41,6 +41,20 @@ def _readable(fmt: str = "text") -> tuple[Workspace, int]:
     return ws, problems
 
 
+def _local(at: str | None, tz: str) -> str | None:
+    """An ISO time the state recorded (UTC) in the workspace's time zone, for the text tables
+    (a marketer in Sydney reads the 6 am run as 06:00+10:00; JSON keeps UTC)."""
+    if not at:
+        return at
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    moment = datetime.fromisoformat(at)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(ZoneInfo(tz)).isoformat(timespec="seconds")
+
+
 def _table(headers: list[str], rows: list[list[str]]) -> str:
     cells = [[printable(x) for x in r] for r in rows]
     widths = [max(len(x) for x in col) for col in zip(headers, *cells, strict=False)]
@@ -90,7 +104,7 @@ def status(active, inactive, fmt) -> None:
                         r["id"],
                         r["status"],
                         r["destination"],
-                        r["last_run"] or "never",
+                        _local(r["last_run"], ws.config.timezone) or "never",
                         r["added"],
                         r["removed"],
                         r["updated"],
@@ -135,7 +149,7 @@ def log(name, limit, rejected, fmt) -> None:
     if not rows and name not in ws.activations:
         raise ReconcileError(f"no activation {name!r} in the workspace or the state")
     if rejected:
-        _rejections(name, rejections, fmt, more_rejected)
+        _rejections(name, rejections, fmt, more_rejected, ws.config.timezone)
         return
     if fmt == "json":
         doc: dict[str, Any] = {"activation": name, "runs": rows, "more": more_runs}
@@ -153,7 +167,7 @@ def log(name, limit, rejected, fmt) -> None:
             ["STARTED", "TRIGGER", "STATUS", "ADDED", "REMOVED", "UPDATED", "REJECTED"],
             [
                 [
-                    r["started_at"],
+                    _local(r["started_at"], ws.config.timezone),
                     r["trigger"],
                     r["status"],
                     r["added"],
@@ -167,7 +181,7 @@ def log(name, limit, rejected, fmt) -> None:
     )
     for r in rows:
         if r["error"]:
-            click.echo(f"  {r['started_at']}: {printable(r['error'])}")
+            click.echo(f"  {_local(r['started_at'], ws.config.timezone)}: {printable(r['error'])}")
     if more_runs:
         click.echo(_more(len(rows), "runs"))
 
@@ -176,7 +190,7 @@ def _more(shown: int, what: str) -> str:
     return f"... more: the newest {shown:,} {what} are shown; `--limit N` shows more"
 
 
-def _rejections(name: str, rows: list[dict], fmt: str, more: bool = False) -> None:
+def _rejections(name: str, rows: list[dict], fmt: str, more: bool, tz: str) -> None:
     if fmt == "json":
         doc = {"activation": name, "rejected": rows, "more": more}
         click.echo(json.dumps(doc, indent=2, default=str))
@@ -189,7 +203,7 @@ def _rejections(name: str, rows: list[dict], fmt: str, more: bool = False) -> No
             ["REJECTED AT", "RUN", "GROUP", "KEY", "OP", "REASON", "RECORD"],
             [
                 [
-                    r["rejected_at"],
+                    _local(r["rejected_at"], tz) or "",
                     r["run_id"] or "",
                     r["group"],
                     r["key"],
