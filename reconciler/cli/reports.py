@@ -167,7 +167,7 @@ def log(name, limit, rejected, fmt) -> None:
             ["STARTED", "TRIGGER", "STATUS", "ADDED", "REMOVED", "UPDATED", "REJECTED"],
             [
                 [
-                    _local(r["started_at"], ws.config.timezone),
+                    _local(r["started_at"], ws.config.timezone) or "",
                     r["trigger"],
                     r["status"],
                     r["added"],
