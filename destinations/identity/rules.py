@@ -144,6 +144,14 @@ class RuleSet:
     anchors: frozenset[str] | None = ANCHORS
 
     @property
+    def anchor_prefixes(self) -> tuple[str, ...] | None:
+        """The record prefixes (``"email_sha256:"``) of the identifiers that match a person by
+        themselves; None when any record will do (no anchor rule)."""
+        if self.anchors is None:
+            return None
+        return tuple(f"{e.prefix}:" for e in self.encodings if e.identifier in self.anchors)
+
+    @property
     def identifiers(self) -> tuple[str, ...]:
         """The identifier types this platform accepts, in order."""
         return tuple(dict.fromkeys(e.identifier for e in self.encodings))

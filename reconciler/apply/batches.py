@@ -15,6 +15,14 @@ again. A refused removal stays recorded: the next plan shows it again.
 An update whose new record drops strings sent before (a changed or unusable identifier)
 removes those stale strings in a journaled call of its own; a stale string the destination
 does not remove stays recorded (with no fingerprint), so the next plan sends the update again.
+Where the destination cannot update in place (it holds people matched by their identifiers,
+as Meta does), the stale strings go *before* the new record: removing the old e-mail after
+adding the new row would take out the very person the new row had just matched.
+
+A removal row is sent only with an identifier that matches a person by itself (the rule set's
+anchors): what is left of a record once the strings other members still hold are taken out
+(a shared inbox), or a stale name or postcode alone, would match nobody — or a stranger — and
+is personal data sent for nothing.
 """
 
 from __future__ import annotations
@@ -135,7 +143,7 @@ class BatchRunner(AdditionSender):
         keys = [k for k, _ in rows]
         send = [(k, tuple(r for r in rec if r not in protected)) for k, rec in rows]
         if not getattr(self.dest, "members_by_key", False):  # nothing of theirs left to remove
-            send = [(k, rec) for k, rec in send if rec]
+            send = [(k, rec) for k, rec in send if self._anchored(rec)]
         batch_id, outcome = "", Outcome()
         if ref is not None and send:
             batch_id = new_batch_id()
@@ -204,6 +212,13 @@ class BatchRunner(AdditionSender):
                 self.state.journal_refused(batch_id)
             raise
 
+    def _anchored(self, rec: tuple[str, ...]) -> bool:
+        """Whether a removal row holds a string of an identifier that matches by itself (any
+        string, for rules without anchors): only such a row is sent."""
+        rules = getattr(getattr(self.dest, "identity", None), "rules", None)
+        prefixes = getattr(rules, "anchor_prefixes", None)
+        return bool(rec) and (prefixes is None or any(r.startswith(prefixes) for r in rec))
+
     # ------------------------------------------------------------------ updates
     def _update_all(self, ref: AudienceRef | None, table: encode.SendTable) -> None:
         for sendable in (True, False):
@@ -227,6 +242,11 @@ class BatchRunner(AdditionSender):
             self.counts.update += len(keys)
             return
         batch_id, outcome = "", Outcome()
+        old = self.state.records_of(self.aid, self.grp, keys)
+        # no update in place: the destination holds people, and removing the old e-mail after
+        # the new row would remove the person that row matched; the stale strings go first
+        first = sendable and not self.dest.capabilities.update
+        gone, owed = self._remove_stale(ref, old, new) if first else ({}, {})
         if sendable:
             batch_id = new_batch_id()
             with self.state.transaction():  # the intent with the strings it sends
@@ -241,20 +261,24 @@ class BatchRunner(AdditionSender):
             self._note(outcome)
         else:
             self.counts.unmatched += len(keys)
-        old = self.state.records_of(self.aid, self.grp, keys)
         rejected, retry = outcome.rejected, outcome.retry
         taken = {
             k: (outcome.ids.get(k) or new[k]) for k in keys if k not in rejected and k not in retry
         }
-        owed = self._remove_stale(ref, old, taken)
+        if not first:
+            gone, owed = self._remove_stale(ref, old, taken)
         rows_out = [
             (k, rec + owed.get(k, ()), None if owed.get(k) else fps[k]) for k, rec in taken.items()
         ]
+
+        def kept(k: str) -> tuple[str, ...]:  # what the destination still holds of the old
+            return tuple(r for r in old.get(k, ()) if r not in gone.get(k, ()))
+
         # a rejected update keeps what the destination holds, and is not re-sent
-        rows_out += [(k, old.get(k, ()), fps[k]) for k in rejected]
+        rows_out += [(k, kept(k), fps[k]) for k in rejected]
         # one to retry keeps its record without a fingerprint: the next plan updates it again
         # (an update forced by a renamed field or newer rules changed no fingerprint)
-        rows_out += [(k, old.get(k, ()), None) for k in retry]
+        rows_out += [(k, kept(k), None) for k in retry]
         # a member left with no usable identifier is not updated: what was sent for it is
         # removed (counted as a removal), or it never had anything there (unmatched only)
         updated = len(taken) if sendable else 0
@@ -284,11 +308,14 @@ class BatchRunner(AdditionSender):
         ref: AudienceRef,
         old: dict[str, tuple[str, ...]],
         new: dict[str, tuple[str, ...]],
-    ) -> dict[str, tuple[str, ...]]:
+    ) -> tuple[dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]]:
         """Remove the strings sent before that the members' new records no longer hold (their
         identifiers changed or became unusable), unless another member still holds them (a
-        shared inbox). Journaled as its own call. Returns, per key, the stale strings the
-        destination did not remove (they stay recorded)."""
+        shared inbox). Journaled as its own call. A member's stale strings go only with one of
+        an identifier that matches by itself (:meth:`_anchored`); a stale name or postcode
+        alone is dropped from the record unsent (the person it helped match is matched by
+        the new record, or removed with the old anchor). Returns, per key, the stale strings
+        no longer recorded and those the destination did not remove (they stay recorded)."""
         new_all = {r for rec in new.values() for r in rec}
         stale = {k: tuple(r for r in old.get(k, ()) if r not in new_all) for k in new}
         stale = {k: rec for k, rec in stale.items() if rec}
@@ -298,8 +325,10 @@ class BatchRunner(AdditionSender):
             )
             stale = {k: tuple(r for r in rec if r not in protected) for k, rec in stale.items()}
             stale = {k: rec for k, rec in stale.items() if rec}
+        dropped = {k: rec for k, rec in stale.items() if not self._anchored(rec)}
+        stale = {k: rec for k, rec in stale.items() if k not in dropped}
         if not stale:
-            return {}
+            return dropped, {}
         batch_id = new_batch_id()
         self.state.journal_intent(
             batch_id, self.run_id, self.aid, self.grp, "remove_stale", len(stale)
@@ -309,7 +338,8 @@ class BatchRunner(AdditionSender):
         self._note(outcome)
         self.state.journal_outcome(batch_id, "done", outcome.detail)
         refused = {**outcome.rejected, **outcome.retry}
-        return {k: rec for k, rec in stale.items() if k in refused}
+        gone = {k: rec for k, rec in stale.items() if k not in refused}
+        return {**dropped, **gone}, {k: rec for k, rec in stale.items() if k in refused}
 
     # ------------------------------------------------------------------ purges (action: remove)
     def _purge_all(self, ref: AudienceRef | None, table: encode.SendTable) -> None:
