@@ -105,6 +105,12 @@ VECTORS: list[tuple[str, str, str, str | None, str | None]] = [
     ("first_name", CANONICAL, "US", "Mary  Ann", "mary ann"),
     ("first_name", "letters", "US", "Mary  Ann", "maryann"),
     ("first_name", CANONICAL, "US", "Jose\u0301", "josé"),  # decomposed accent, NFC
+    # vowel signs and viramas are part of the letters: kept (Meta: names in UTF-8)
+    ("first_name", CANONICAL, "IN", "प्रिया", "प्रिया"),
+    ("last_name", "letters", "IN", "सुनील कुमार", "सुनीलकुमार"),
+    ("first_name", CANONICAL, "TH", "สมศักดิ์", "สมศักดิ์"),
+    ("first_name", CANONICAL, "US", "n\u0308a", "n\u0308a"),  # no precomposed n-umlaut
+    ("first_name", CANONICAL, "US", "\u0301\u0308", None),  # marks alone: no name
     ("madid", CANONICAL, "US", "00000000-0000-0000-0000-000000000000", None),
     ("country", "upper", "US", "au", "AU"),
     ("postal_code", CANONICAL, "US", " sw1a  1aa ", "SW1A 1AA"),

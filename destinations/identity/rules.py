@@ -73,10 +73,11 @@ def meta_phone(e164: str) -> str:
 #: differently (2: invisible characters leave e-mails; a float's ".0" and other spaces and
 #: dashes leave phones; 3: "+61412345678.0" is +61412345678, as "61412345678.0" was; 4: an
 #: e-mail holding a control character, "a@x.com\x00", is no e-mail; 5: a member with no
-#: usable e-mail, phone, MADID or external id has no records, whatever else it has). The
+#: usable e-mail, phone, MADID or external id has no records, whatever else it has; 6: names
+#: keep their combining marks, the vowel signs and viramas of Indic and Thai names). The
 #: state records the version each activation was sent with; a plan under a newer one
 #: re-checks its recorded members and updates those whose records changed.
-RULES_VERSION = 5
+RULES_VERSION = 6
 
 
 class Hash(enum.Enum):

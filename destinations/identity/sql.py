@@ -203,12 +203,15 @@ def _external_id(column: str, default_country: str) -> str:
 
 
 def _name(column: str, default_country: str = "") -> str:
-    not_letter = "[^\\pL" + _WS_CLASS[1:-1] + "]"
+    # letters and combining marks (Indic vowel signs and viramas), as in Python
+    not_letter = "[^\\pL\\pM" + _WS_CLASS[1:-1] + "]"
     # NUL is not a letter either; dropped first because nfc_normalize stops at it
     composed = f"nfc_normalize(replace({column}, chr(0), ''))"
     letters = f"regexp_replace(lower({composed}), {_q(not_letter)}, '', 'g')"
     spaced = f"regexp_replace({letters}, {_q(_WS_CLASS + '+')}, ' ', 'g')"
-    return f"nullif(trim({spaced}, ' '), '')"
+    kept = f"nullif(trim({spaced}, ' '), '')"
+    # marks alone are no name
+    return _let(kept, "__n", "CASE WHEN regexp_matches(__n, '\\pL') THEN __n END")
 
 
 def _first_initial(column: str, default_country: str) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -119,15 +120,25 @@ _SPACES = re.compile(char_class(WHITESPACE) + "+")
 
 
 def normalise_name(value: str | None) -> str | None:
-    """NFC, lowercased, letters only (any script), words separated by one space:
-    ``" Anne-Marie  O'Brien "`` -> ``"annemarie obrien"``; ``None`` when no letter is left."""
+    """NFC, lowercased, letters and combining marks only (any script), words separated by one
+    space: ``" Anne-Marie  O'Brien "`` -> ``"annemarie obrien"``; ``None`` when no letter is
+    left. The marks are the vowel signs and viramas of Indic and Thai scripts (``प्रिया``
+    without them is ``परय``, a name nobody has) and accents NFC cannot compose."""
     if not value:
         return None
     text = lower(nfc(value))
     if not text.isalpha():
-        text = "".join(c if c.isalpha() else " " if c.isspace() else "" for c in text)
+        text = "".join(
+            c if c.isalpha() or _is_mark(c) else " " if c.isspace() else "" for c in text
+        )
         text = " ".join(text.split())
+        if not any(c.isalpha() for c in text):
+            return None
     return text or None
+
+
+def _is_mark(c: str) -> bool:
+    return unicodedata.category(c) in ("Mn", "Mc", "Me")
 
 
 def _no_spaces(name: str) -> str | None:
