@@ -562,3 +562,19 @@ def test_import_of_an_export_activation_says_it_has_no_audience(workspace):
     res = cli(ws, "import", "vip-export")
     assert res.exit_code == 1
     assert "exports files (`goal: export_data`): it has no audience" in res.stderr, res.stderr
+
+
+def test_formulas_in_enum_and_blob_cells_are_escaped_too(workspace):
+    """An ENUM (a tier, a status) and a BLOB are written as text: escaped like VARCHAR."""
+    people = [profile(1, a=True, name="=1+2"), profile(2, a=True, name="Ann")]
+    ws = files_ws(workspace, people, extra="  escape_formulas: true\n")
+    ws.alter_profiles(
+        "ALTER TABLE profiles ALTER first_name SET DATA TYPE ENUM('=1+2', 'Ann')",
+    )
+    apply(ws)
+    assert {r["FIRST_NAME"] for r in rows(only(exported(ws), "full"))} == {"'=1+2", "Ann"}
+    ws.alter_profiles("ALTER TABLE profiles ALTER first_name SET DATA TYPE BLOB")
+    ws.alter_profiles("UPDATE profiles SET first_name = '@x'::BLOB WHERE first_name = 'Ann'::BLOB")
+    apply(ws)
+    latest = sorted(p for p in exported(ws) if p.name.endswith("-delta.csv"))[-1]
+    assert "'@x" in {r["FIRST_NAME"] for r in rows(latest)}, latest.read_text()

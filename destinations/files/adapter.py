@@ -280,8 +280,12 @@ def _formulas_escaped(
     exact PostgreSQL ``numeric`` arrives as text: ``-5`` computes nothing) as they are."""
 
     def escaped(col: str, name: str, kind: str) -> str | None:
-        if kind != "VARCHAR" or name in keep:
+        # an ENUM or a BLOB is written as its text too (a DuckDB tier ENUM carried a live
+        # `=HYPERLINK(...)` into the file)
+        if not (kind == "VARCHAR" or kind == "BLOB" or kind.startswith("ENUM(")) or name in keep:
             return None
+        if kind != "VARCHAR":
+            col = f"CAST({col} AS VARCHAR)"
         risky = (
             r"regexp_matches("
             + col
