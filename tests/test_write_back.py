@@ -344,3 +344,39 @@ def test_a_renamed_activation_takes_its_write_back_rows_along(workspace):
     assert "3 write-back row(s) too" in out
     assert rows(ws) == {(f"c{i:05d}", "vip-3", "VIP campaign", "all") for i in range(3)}
     assert "members: +0 -0 ~0" in ok(ws, "plan")
+
+
+def test_a_table_of_that_name_with_other_columns_is_refused_before_anything_is_sent(workspace):
+    """A source with its own "included in audience" table: named, nothing sent or written,
+    and the table left as it was (it broke every later plan with an engine error)."""
+    ws = workspace(
+        {"vip": VIP}, profiles=[profile(i, a=True) for i in range(3)], reconcile_yaml=WRITABLE
+    )
+    ws.alter_profiles(
+        "CREATE TABLE included_in_audience (profile_key INTEGER, campaign VARCHAR)",
+        "INSERT INTO included_in_audience VALUES (1, 'spring-sale')",
+    )
+    for command in (["plan"], ["apply", "--auto-approve"]):
+        res = cli(ws, *command)
+        assert res.exit_code == 1, res.output + res.stderr
+        assert "included_in_audience (profile_key INTEGER, campaign VARCHAR)" in res.stderr
+        assert "database engine" not in res.stderr
+    assert ws.sandbox_keys() == {}
+    con = duckdb.connect(str(ws.db), read_only=True)
+    assert con.execute("SELECT * FROM included_in_audience").fetchall() == [(1, "spring-sale")]
+    con.close()
+
+
+def test_a_postgresql_source_is_never_written_and_says_so(workspace, monkeypatch):
+    """The read-only message sent PostgreSQL users to `source.writable`, an unknown field there."""
+    monkeypatch.setenv("PG_SOURCE_DSN", "postgresql://127.0.0.1/test")
+    pg = RECONCILE_YAML.replace(
+        "  type: duckdb\n  path: data/profiles.duckdb\n",
+        "  type: postgres\n  dsn: ${env:PG_SOURCE_DSN}\n",
+    )
+    assert "type: postgres" in pg
+    ws = workspace({"vip": VIP}, profiles=[profile(1, a=True)], reconcile_yaml=pg)
+    res = cli(ws, "validate", "--offline")
+    assert res.exit_code == 1
+    assert "a PostgreSQL source is never written to" in res.output + res.stderr
+    assert "set `source.writable" not in res.output + res.stderr

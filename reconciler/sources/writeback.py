@@ -34,14 +34,44 @@ def ddl(table: str, *, temp: bool = False) -> str:
     return f"CREATE {'TEMP ' if temp else ''}TABLE IF NOT EXISTS {table} ({COLUMNS})"
 
 
+#: the table's columns, as DuckDB describes them
+SHAPE = [
+    ("profile_key", "VARCHAR"),
+    ("activation_id", "VARCHAR"),
+    ("activation_name", "VARCHAR"),
+    ("grp", "VARCHAR"),
+    ("since", "TIMESTAMP WITH TIME ZONE"),
+]
+
+
 def ensure_table(path: str) -> None:
     """Create the (empty) write-back table in the DuckDB file at ``path`` if it has none, so
-    segment SQL can read it before the first apply. Opens the file for writing only then."""
+    segment SQL can read it before the first apply. Opens the file for writing only then.
+    A table of that name with other columns (the source had its own "included in audience")
+    is a :class:`SourceError` before anything is planned or sent."""
     con = duckdb.connect(path, read_only=True)
     try:
         found = _has_table(con)
+        shape = (
+            con.execute(
+                "SELECT column_name, data_type FROM duckdb_columns() WHERE schema_name = 'main' "
+                "AND table_name = ? ORDER BY column_index",
+                [WRITEBACK_TABLE],
+            ).fetchall()
+            if found
+            else []
+        )
     finally:
         con.close()
+    if found and [(str(n).lower(), str(t)) for n, t in shape] != SHAPE:
+        have = ", ".join(f"{n} {t}" for n, t in shape)
+        need = ", ".join(f"{n} {t}" for n, t in SHAPE)
+        raise SourceError(
+            f"the source {path} already has a table {WRITEBACK_TABLE} ({have}) that is not "
+            f"the write-back's ({need}): `source.writable: true` writes the activations' "
+            f"members there. Rename that table, or remove `source.writable` (and every "
+            "`append_to_profiles`)"
+        )
     if found:
         return
     con = duckdb.connect(path)

@@ -76,7 +76,17 @@ def goal_errors(ws: Workspace, aid: str, act: Activation, caps: Any) -> list[Con
         )
     if act.append_to_profiles:
         source = ws.config.source
-        if isinstance(source, PostgresSource) or not getattr(source, "writable", False):
+        if isinstance(source, PostgresSource):
+            out.append(
+                doc.error(
+                    "`append_to_profiles` writes the activation name into the source (table "
+                    f"{WRITEBACK_TABLE}), which only a DuckDB source allows (`source.writable: "
+                    "true`): a PostgreSQL source is never written to. Remove "
+                    "`append_to_profiles`",
+                    ("append_to_profiles",),
+                )
+            )
+        elif not getattr(source, "writable", False):
             out.append(
                 doc.error(
                     "`append_to_profiles` writes the activation name into the source (table "
